@@ -1,0 +1,62 @@
+# hatswarm — every target installs what it needs first (uv is pip-installed when missing).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+UV ?= $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
+RUN := $(UV) run --frozen
+PROTO_DIR := node-agent/proto
+PROTO_OUT := node-agent/src
+PROTOS := $(wildcard $(PROTO_DIR)/hatswarm_agent/v1/*.proto)
+
+.PHONY: help install gen crds chart lint test test-fast demo bench images e2e-kind clean
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(UV):
+	python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
+
+.venv/.installed: pyproject.toml uv.lock operator/pyproject.toml node-agent/pyproject.toml | $(UV)
+	$(UV) sync --frozen --all-packages --all-groups --all-extras
+	touch $@
+
+install: .venv/.installed ## create .venv with both distributions and the test/lint tools
+
+gen: install ## regenerate protobuf/gRPC stubs (+ .pyi) from the .proto files
+	$(RUN) python -m grpc_tools.protoc -I$(PROTO_DIR) --python_out=$(PROTO_OUT) \
+	  --grpc_python_out=$(PROTO_OUT) --mypy_out=$(PROTO_OUT) --mypy_grpc_out=$(PROTO_OUT) $(PROTOS)
+
+crds: install ## write crds/*.yaml (and the chart's copy) from the pydantic API types
+	$(RUN) hatswarm crds --out crds
+	@if [ -d charts/hatswarm ]; then mkdir -p charts/hatswarm/crds && cp crds/*.yaml charts/hatswarm/crds/; fi
+
+chart: install ## lint and render the Helm chart (filled by the ship-it issue)
+	$(RUN) python -m hatswarm_operator.devtools chart
+
+lint: install gen crds ## ruff, mypy strict, yamllint; fails when generated files drift
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
+	$(RUN) mypy
+	$(RUN) yamllint -s examples crds
+	git diff --exit-code -- $(PROTO_OUT) crds charts/hatswarm/crds || \
+	  (echo "generated files drifted: run 'make gen crds' and commit" >&2; exit 1)
+
+test: lint ## lint, then every unit and integration test
+	$(RUN) pytest -m "not e2e" -q
+
+test-fast: install ## unit tests only
+	$(RUN) pytest tests/unit -q
+
+demo: install ## a local pool on simulated Pi + HAT+ nodes (no cluster)
+	$(RUN) hatswarm demo
+
+bench: install ## every benchmark; ratios against baselines measured in the same run
+	$(RUN) hatswarm bench --out bench/results.json
+
+images: ## build the operator and agent images (filled by the ship-it issue)
+	@echo "images: not built yet (see the ship-it issue)"; exit 1
+
+e2e-kind: install ## kind e2e with simulated Pi nodes (skips without kind/docker)
+	$(RUN) pytest tests/e2e -m e2e -q
+
+clean:
+	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache
