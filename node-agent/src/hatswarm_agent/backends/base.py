@@ -1,0 +1,87 @@
+"""The one small interface every backend implements.
+
+The OIP servicer, the batcher and the metrics only ever see these types, so onnxruntime, the
+Hailo NPU and the simulated NPU are interchangeable. `LoadedModel.run` is blocking and is always
+called from a worker thread, never from the event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+Array = npt.NDArray[np.generic]
+
+
+class BackendError(Exception):
+    """A model could not be loaded or run by this backend; the message is shown to users."""
+
+
+class BackendUnavailableError(BackendError):
+    """The backend cannot exist on this node (e.g. `hailo_platform` is not installed)."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One model input or output as the Open Inference Protocol describes it."""
+
+    name: str
+    datatype: str  # OIP datatype: "FP32", "UINT8", "INT64", "FP16", "BYTES", ...
+    shape: tuple[int, ...]  # -1 marks a variable dimension
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """What the node's accelerator says about itself; None where it cannot be read."""
+
+    accelerator: str  # "hailo8l", "hailo8" or "cpu"
+    device_id: str = ""
+    temperature_c: float | None = None
+    watts: float | None = None
+
+
+@dataclass
+class ModelProfile:
+    """Throughput and latency the accelerator sustains for one model (batch 1 and batch 8)."""
+
+    fps_batch1: float
+    fps_batch8: float
+    latency_ms_batch1: float = field(default=0.0)
+
+
+@runtime_checkable
+class LoadedModel(Protocol):
+    """A model ready to run on one backend."""
+
+    inputs: Sequence[TensorSpec]
+    outputs: Sequence[TensorSpec]
+    # Largest batch the first dimension may carry when it is dynamic; 0 when it is not.
+    max_batch_size: int
+
+    def run(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
+        """Run one (possibly batched) inference. Blocking; called from a worker thread."""
+        ...
+
+    def capacity_fps(self) -> float:
+        """Inferences per second this node sustains for this model (measured or profiled)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Loads model files for one kind of accelerator and reports the device's health."""
+
+    name: str  # "onnxruntime", "hailo" or "simulated"
+
+    def load(self, path: Path, options: Mapping[str, str]) -> LoadedModel: ...
+
+    def device_info(self) -> DeviceInfo: ...
+
+    def close(self) -> None: ...
