@@ -1,0 +1,557 @@
+"""Replica placement for an inference pool: a pure function from pool state to an assignment.
+
+Plain frozen dataclasses in, plain frozen dataclasses out, no I/O: the kopf operator and the
+local mode each adapt their own types into these, and the decision itself is unit- and
+property-tested without a cluster. The same input (in any order) always gives the same output.
+
+Rules, in the order they bind:
+
+- A replica goes only where it can run: the node matches the model's node selector and the
+  model has an artifact for the node's accelerator, or a ``cpu`` artifact (which runs on any
+  node's CPU). Where a node could run both, the NPU artifact wins.
+- At most one replica of a model per node; never beyond a node's memory or NPU contexts,
+  counting everything already placed. A CPU replica takes no NPU context.
+- Stability first: a current replica that is still valid stays where it is (even on a cordoned
+  node: ``schedulable=False`` means "take nothing new", not "drain"). A node that can no longer
+  serve must be left out of ``nodes``; only its replicas then move. Kept replicas are never
+  rebalanced, so adding a node or an unrelated model moves nothing.
+- New replicas spread over the model's spread key (max skew 1 among the domains that still have
+  room, like a topologySpreadConstraint at scheduling time), then go to the node where this
+  model runs fastest (measured fps, never TOPS), then the least loaded, then by name.
+- Under contention models take turns, one replica each per round, most constrained first, so
+  every model gets its first replica before any gets its second.
+- Every model left short gets an :class:`Unplaced` with a reason code and a message.
+
+Cost: O(total candidates) to build per-model, per-domain heaps once, then
+O(domains * log nodes) per replica with lazily refreshed keys (a node's load only grows and its
+free room only shrinks during one call, so stale heap entries are fixed or dropped on sight).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+
+CPU = "cpu"
+"""The accelerator kind of a CPU artifact, and of a node without an NPU."""
+
+DEFAULT_FPS: Mapping[str, float] = MappingProxyType({"hailo8": 400.0, "hailo8l": 150.0, CPU: 15.0})
+"""Fallback throughput per accelerator when neither the node nor the artifact has a measured
+figure (the order of magnitude of hailo_model_zoo batch-1 results for yolov8s/resnet50)."""
+
+
+class Reason(StrEnum):
+    """Why a model is short of its desired replicas (stable codes for conditions and Events)."""
+
+    SELECTOR_MATCHES_NOTHING = "SelectorMatchesNothing"
+    NO_ACCELERATOR_ARTIFACT = "NoAcceleratorArtifact"
+    NO_SCHEDULABLE_NODE = "NoSchedulableNode"
+    TOO_FEW_NODES = "TooFewNodes"
+    INSUFFICIENT_CAPACITY = "InsufficientCapacity"
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """A pool node as placement sees it: what it runs on, its labels and its capacity.
+
+    ``memory_mib`` and ``npu_contexts`` are what the pool may use in total on this node; replicas
+    placed on it (kept or new) count against them.
+    """
+
+    name: str
+    accelerator: str
+    memory_mib: int
+    npu_contexts: int = 0
+    labels: Mapping[str, str] = field(default_factory=dict)
+    schedulable: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Artifact:
+    """A model build for one accelerator kind (``hef`` for a Hailo chip, ``onnx`` for ``cpu``)."""
+
+    accelerator: str
+    format: str = ""
+    uri: str = ""
+    sha256: str = ""
+    fps: float | None = None
+    """Measured inferences/s at batch 1 on this accelerator, if known."""
+
+    def identity(self) -> tuple[str, str, str, str]:
+        """What a node must reload when it changes (a new fps figure is not a reload)."""
+        return (self.accelerator, self.format, self.uri, self.sha256)
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    """A model to place: its artifacts, replica count, per-replica needs and constraints."""
+
+    name: str
+    artifacts: tuple[Artifact, ...]
+    replicas: int
+    memory_mib: int
+    npu_contexts: int = 1
+    """NPU contexts per replica on an NPU artifact; a CPU replica takes none."""
+    version: str = ""
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    spread_key: str | None = None
+    fps_by_node: Mapping[str, float] = field(default_factory=dict)
+    """Throughput measured for this model on given nodes; beats the artifact's figure."""
+
+
+@dataclass(frozen=True, slots=True)
+class Replica:
+    """One placed replica; ``weight`` is the node's throughput for the model (for routers)."""
+
+    model: str
+    node: str
+    artifact: Artifact
+    weight: float
+    version: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Unplaced:
+    """A model placed short of its desired replicas, with the reason."""
+
+    model: str
+    reason: Reason
+    message: str
+    placed: int
+    desired: int
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """The result: replicas sorted by (model, node), shortfalls sorted by model."""
+
+    replicas: tuple[Replica, ...]
+    unplaced: tuple[Unplaced, ...]
+
+    def by_node(self) -> dict[str, tuple[Replica, ...]]:
+        """Replicas per node (nodes without any are absent), nodes in name order."""
+        out: dict[str, list[Replica]] = {}
+        for r in sorted(self.replicas, key=lambda r: (r.node, r.model)):
+            out.setdefault(r.node, []).append(r)
+        return {node: tuple(rs) for node, rs in out.items()}
+
+    def assignment(self) -> dict[str, tuple[str, ...]]:
+        """Model -> nodes it is on: the ``current`` argument of the next :func:`place`."""
+        out: dict[str, list[str]] = {}
+        for r in self.replicas:
+            out.setdefault(r.model, []).append(r.node)
+        return {model: tuple(nodes) for model, nodes in out.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class NodeChanges:
+    """What one node's agent must do to go from the old to the new placement."""
+
+    loads: tuple[Replica, ...]
+    unloads: tuple[Replica, ...]
+
+
+Current = Placement | Mapping[str, Iterable[str]]
+
+
+def place(
+    nodes: Iterable[Node],
+    models: Iterable[Model],
+    current: Current | None = None,
+    *,
+    default_fps: Mapping[str, float] = DEFAULT_FPS,
+) -> Placement:
+    """Place every model's replicas on the pool, keeping valid ``current`` replicas in place.
+
+    ``current`` is either a previous :class:`Placement` or a mapping model name -> node names.
+    Raises ``ValueError`` on duplicate names or negative counts (an adapter bug, not a state).
+    """
+    node_list = sorted(nodes, key=lambda n: n.name)
+    model_list = sorted(models, key=lambda m: m.name)
+    _validate(node_list, model_list)
+    pool = _Pool(node_list)
+    cur = _normalise(current)
+
+    plans = [_Plan(m, pool, default_fps) for m in model_list]
+    for plan in plans:
+        plan.choose_kept(cur.get(plan.model.name, ()))
+    # Kept replicas claim capacity first, in (model, node) order; any that no longer fit move.
+    for plan in plans:
+        plan.claim_kept()
+    for plan in plans:
+        plan.build_heaps()
+
+    pending = sorted(
+        (p for p in plans if p.missing() > 0), key=lambda p: (p.candidate_count, p.model.name)
+    )
+    while pending:
+        still: list[_Plan] = []
+        for plan in pending:
+            if plan.take_one() and plan.missing() > 0:
+                still.append(plan)
+        pending = still
+
+    replicas = tuple(r for plan in plans for r in plan.replicas())
+    unplaced = tuple(u for plan in plans if (u := plan.explain()) is not None)
+    return Placement(replicas=replicas, unplaced=unplaced)
+
+
+def diff(
+    old: Placement | Iterable[Replica], new: Placement | Iterable[Replica]
+) -> dict[str, NodeChanges]:
+    """Loads and unloads per node (only nodes with changes, in name order).
+
+    A replica changes when its model, version or artifact changes on a node; a new routing
+    weight alone is not a change. The agent should unload before it loads, to free room.
+    """
+    old_rs = old.replicas if isinstance(old, Placement) else tuple(old)
+    new_rs = new.replicas if isinstance(new, Placement) else tuple(new)
+
+    def key(r: Replica) -> tuple[str, str, str, tuple[str, str, str, str]]:
+        return (r.node, r.model, r.version, r.artifact.identity())
+
+    old_keys = {key(r) for r in old_rs}
+    new_keys = {key(r) for r in new_rs}
+    loads: dict[str, list[Replica]] = {}
+    unloads: dict[str, list[Replica]] = {}
+    for r in new_rs:
+        if key(r) not in old_keys:
+            loads.setdefault(r.node, []).append(r)
+    for r in old_rs:
+        if key(r) not in new_keys:
+            unloads.setdefault(r.node, []).append(r)
+
+    def order(rs: list[Replica]) -> tuple[Replica, ...]:
+        return tuple(sorted(rs, key=lambda r: (r.model, r.version, r.artifact.identity())))
+
+    return {
+        node: NodeChanges(loads=order(loads.get(node, [])), unloads=order(unloads.get(node, [])))
+        for node in sorted(loads.keys() | unloads.keys())
+    }
+
+
+# --- internals ------------------------------------------------------------------------------
+
+
+def _validate(nodes: list[Node], models: list[Model]) -> None:
+    for kind, names in (("node", [n.name for n in nodes]), ("model", [m.name for m in models])):
+        dup = sorted(name for name, k in Counter(names).items() if k > 1)
+        if dup:
+            raise ValueError(f"duplicate {kind} names: {', '.join(dup)}")
+    for n in nodes:
+        if n.memory_mib < 0 or n.npu_contexts < 0:
+            raise ValueError(f"node {n.name}: negative capacity")
+    for m in models:
+        if m.replicas < 0 or m.memory_mib < 0 or m.npu_contexts < 0:
+            raise ValueError(f"model {m.name}: negative replicas or resources")
+
+
+def _normalise(current: Current | None) -> dict[str, frozenset[str]]:
+    if current is None:
+        return {}
+    if isinstance(current, Placement):
+        current = current.assignment()
+    return {model: frozenset(nodes) for model, nodes in current.items()}
+
+
+class _Pool:
+    """Mutable capacity bookkeeping over nodes indexed in name order (index = tie-break)."""
+
+    __slots__ = (
+        "accel",
+        "by_accel",
+        "cap_ctx",
+        "cap_mem",
+        "free_ctx",
+        "free_mem",
+        "index",
+        "label_index",
+        "load",
+        "nodes",
+        "schedulable",
+    )
+
+    def __init__(self, nodes: list[Node]) -> None:
+        self.nodes = nodes
+        self.index = {n.name: i for i, n in enumerate(nodes)}
+        self.accel = [n.accelerator for n in nodes]
+        self.schedulable = [n.schedulable for n in nodes]
+        self.cap_mem = [n.memory_mib for n in nodes]
+        self.cap_ctx = [n.npu_contexts for n in nodes]
+        self.free_mem = list(self.cap_mem)
+        self.free_ctx = list(self.cap_ctx)
+        self.load = [0.0] * len(nodes)
+        self.by_accel: dict[str, list[int]] = {}
+        self.label_index: dict[tuple[str, str], set[int]] = {}
+        for i, n in enumerate(nodes):
+            self.by_accel.setdefault(n.accelerator, []).append(i)
+            for kv in n.labels.items():
+                self.label_index.setdefault(kv, set()).add(i)
+
+    def selected(self, selector: Mapping[str, str]) -> set[int] | None:
+        """Node indexes matching every selector label; None means all nodes."""
+        if not selector:
+            return None
+        sets = sorted((self.label_index.get(kv, set()) for kv in selector.items()), key=len)
+        out = set(sets[0])
+        for s in sets[1:]:
+            out &= s
+        return out
+
+    def fits(self, i: int, mem: int, ctx: int) -> bool:
+        return self.free_mem[i] >= mem and self.free_ctx[i] >= ctx
+
+    def take(self, i: int, mem: int, ctx: int) -> None:
+        self.free_mem[i] -= mem
+        self.free_ctx[i] -= ctx
+        cm, cc = self.cap_mem[i], self.cap_ctx[i]
+        mem_share = (cm - self.free_mem[i]) / cm if cm else 1.0
+        ctx_share = (cc - self.free_ctx[i]) / cc if cc else 0.0
+        self.load[i] = max(mem_share, ctx_share)
+
+
+# A heap entry: (-fps, load when pushed, node index, NPU contexts needed there).
+_Entry = tuple[float, float, int, int]
+
+
+class _Plan:
+    """One model's placement state during a :func:`place` call."""
+
+    def __init__(self, model: Model, pool: _Pool, default_fps: Mapping[str, float]) -> None:
+        self.model = model
+        self.pool = pool
+        self.default_fps = default_fps
+        # Per accelerator kind, the artifact to use (first by identity if several).
+        arts: dict[str, Artifact] = {}
+        for a in sorted(model.artifacts, key=Artifact.identity):
+            arts.setdefault(a.accelerator, a)
+        self.arts = arts
+        self.cpu_art = arts.get(CPU)
+        self.selected = pool.selected(model.node_selector)
+        self.on: dict[int, Artifact] = {}  # node index -> artifact of the replica there
+        self.domain_count: Counter[str] = Counter()
+        self.heaps: dict[str, list[_Entry]] = {}
+        self.candidate_count = 0
+
+    # -- what may run where ---------------------------------------------------------------
+
+    def artifact_on(self, i: int) -> Artifact | None:
+        """The artifact this model would run on node i (NPU first), ignoring the selector."""
+        return self.arts.get(self.pool.accel[i]) or self.cpu_art
+
+    def compatible(self) -> list[int]:
+        """Nodes matching the selector that have an artifact to run, in name order."""
+        pool = self.pool
+        if self.cpu_art is not None:
+            base: Iterable[int] = range(len(pool.nodes))
+        else:
+            idx: list[int] = []
+            for accel in self.arts:
+                idx.extend(pool.by_accel.get(accel, ()))
+            base = sorted(idx)
+        if self.selected is None:
+            return list(base)
+        sel = self.selected
+        if isinstance(base, range):
+            return sorted(sel)
+        return [i for i in base if i in sel]
+
+    def ctx_need(self, art: Artifact) -> int:
+        return 0 if art.accelerator == CPU else self.model.npu_contexts
+
+    def fps(self, i: int, art: Artifact) -> float:
+        measured = self.model.fps_by_node.get(self.pool.nodes[i].name)
+        if measured is not None:
+            return measured
+        if art.fps is not None:
+            return art.fps
+        return self.default_fps.get(art.accelerator, 1.0)
+
+    def domain(self, i: int) -> str:
+        key = self.model.spread_key
+        return "" if key is None else self.pool.nodes[i].labels.get(key, "")
+
+    def missing(self) -> int:
+        return self.model.replicas - len(self.on)
+
+    # -- kept replicas ----------------------------------------------------------------------
+
+    def choose_kept(self, nodes_now: Iterable[str]) -> None:
+        """Keep current replicas that may still run there; trim to the desired count."""
+        pool = self.pool
+        valid: dict[int, Artifact] = {}
+        for name in nodes_now:
+            i = pool.index.get(name)
+            if i is None or (self.selected is not None and i not in self.selected):
+                continue
+            art = self.artifact_on(i)
+            if art is not None:
+                valid[i] = art
+        excess = len(valid) - self.model.replicas
+        if excess > 0:
+            counts = Counter(self.domain(i) for i in valid)
+            for _ in range(excess):
+                # Drop from the fullest domain its slowest node (then the last by name).
+                worst = max(
+                    valid,
+                    key=lambda i: (counts[self.domain(i)], -self.fps(i, valid[i]), i),
+                )
+                counts[self.domain(worst)] -= 1
+                del valid[worst]
+        self.on = dict(sorted(valid.items()))
+
+    def claim_kept(self) -> None:
+        pool, mem = self.pool, self.model.memory_mib
+        for i, art in list(self.on.items()):
+            ctx = self.ctx_need(art)
+            if pool.fits(i, mem, ctx):
+                pool.take(i, mem, ctx)
+                self.domain_count[self.domain(i)] += 1
+            else:
+                del self.on[i]
+
+    # -- new replicas -----------------------------------------------------------------------
+
+    def build_heaps(self) -> None:
+        if self.missing() <= 0:
+            return
+        pool = self.pool
+        heaps: dict[str, list[_Entry]] = {}
+        schedulable, load, on = pool.schedulable, pool.load, self.on
+        count = 0
+        for i in self.compatible():
+            if not schedulable[i] or i in on:
+                continue
+            art = self.artifact_on(i)
+            assert art is not None  # compatible() only yields runnable nodes
+            heaps.setdefault(self.domain(i), []).append(
+                (-self.fps(i, art), load[i], i, self.ctx_need(art))
+            )
+            count += 1
+        for h in heaps.values():
+            heapq.heapify(h)
+        self.heaps = heaps
+        self.candidate_count = count
+
+    def _top(self, heap: list[_Entry]) -> _Entry | None:
+        """The best node of a domain that still fits, refreshing stale loads on the way."""
+        pool, mem = self.pool, self.model.memory_mib
+        free_mem, free_ctx, load = pool.free_mem, pool.free_ctx, pool.load
+        while heap:
+            neg_fps, pushed_load, i, ctx = heap[0]
+            if free_mem[i] < mem or free_ctx[i] < ctx:
+                heapq.heappop(heap)  # room only shrinks within a call: never fits again
+            elif load[i] != pushed_load:
+                heapq.heapreplace(heap, (neg_fps, load[i], i, ctx))
+            else:
+                return heap[0]
+        return None
+
+    def take_one(self) -> bool:
+        """Place one more replica; False when no node can take it (nor ever will this call)."""
+        best: tuple[int, _Entry, str] | None = None
+        for dom in sorted(self.heaps):
+            top = self._top(self.heaps[dom])
+            if top is None:
+                del self.heaps[dom]
+                continue
+            cand = (self.domain_count[dom], top, dom)
+            if best is None or cand[:2] < best[:2]:
+                best = cand
+        if best is None:
+            return False
+        _, (_, _, i, ctx), dom = best
+        heapq.heappop(self.heaps[dom])
+        art = self.artifact_on(i)
+        assert art is not None
+        self.pool.take(i, self.model.memory_mib, ctx)
+        self.on[i] = art
+        self.domain_count[dom] += 1
+        return True
+
+    # -- output -----------------------------------------------------------------------------
+
+    def replicas(self) -> list[Replica]:
+        m, nodes = self.model, self.pool.nodes
+        return [
+            Replica(
+                model=m.name,
+                node=nodes[i].name,
+                artifact=art,
+                weight=self.fps(i, art),
+                version=m.version,
+            )
+            for i, art in sorted(self.on.items())
+        ]
+
+    def explain(self) -> Unplaced | None:
+        m, pool = self.model, self.pool
+        placed = len(self.on)
+        if placed >= m.replicas:
+            return None
+
+        def short(reason: Reason, message: str) -> Unplaced:
+            return Unplaced(m.name, reason, message, placed=placed, desired=m.replicas)
+
+        if self.selected is not None and not self.selected:
+            return short(Reason.SELECTOR_MATCHES_NOTHING, self._selector_message())
+        compatible = self.compatible()
+        if not compatible:
+            scope = range(len(pool.nodes)) if self.selected is None else sorted(self.selected)
+            has = ", ".join(
+                f"{a.format}/{a.accelerator}" if a.format else a.accelerator
+                for a in sorted(m.artifacts, key=Artifact.identity)
+            )
+            where = "pool has" if self.selected is None else "nodes matching the selector have"
+            return short(
+                Reason.NO_ACCELERATOR_ARTIFACT,
+                "no node with an accelerator the model has an artifact for "
+                f"(has: {has or 'none'}; {where}: {_kinds(pool, scope)})",
+            )
+        eligible = [i for i in compatible if pool.schedulable[i] or i in self.on]
+        if not eligible:
+            return short(
+                Reason.NO_SCHEDULABLE_NODE,
+                f"all {len(compatible)} nodes that can run it are unschedulable "
+                f"({_kinds(pool, compatible)})",
+            )
+        if placed < len(eligible):
+            rest = [i for i in eligible if i not in self.on]
+            most_mem = max(pool.free_mem[i] for i in rest)
+            most_ctx = max(pool.free_ctx[i] for i in rest)
+            return short(
+                Reason.INSUFFICIENT_CAPACITY,
+                f"placed {placed} of {m.replicas}: no room on the {len(rest)} other nodes "
+                f"that can run it (a replica needs {m.memory_mib} MiB and, on an NPU, "
+                f"{m.npu_contexts} context(s); most free: {most_mem} MiB, {most_ctx} context(s))",
+            )
+        return short(
+            Reason.TOO_FEW_NODES,
+            f"placed {placed} of {m.replicas}: at most one replica per node and only "
+            f"{len(eligible)} nodes can run it ({_kinds(pool, eligible)})",
+        )
+
+    def _selector_message(self) -> str:
+        sel = self.model.node_selector
+        wanted = ",".join(f"{k}={v}" for k, v in sorted(sel.items()))
+        present = []
+        for k in sorted(sel):
+            values = sorted({n.labels[k] for n in self.pool.nodes if k in n.labels})
+            shown = ",".join(values[:5]) + (",..." if len(values) > 5 else "")
+            present.append(f"{k} in {{{shown}}}" if values else f"no node has {k}")
+        return (
+            f"node selector {wanted} matches none of the {len(self.pool.nodes)} nodes "
+            f"({'; '.join(present)})"
+        )
+
+
+def _kinds(pool: _Pool, idx: Iterable[int]) -> str:
+    """'hailo8l x3, cpu x1' for a set of nodes, or 'no nodes'."""
+    counts = Counter(pool.accel[i] for i in idx)
+    if not counts:
+        return "no nodes"
+    return ", ".join(f"{k} x{n}" for k, n in sorted(counts.items()))
