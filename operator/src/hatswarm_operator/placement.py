@@ -266,6 +266,7 @@ class _Pool:
         "by_accel",
         "cap_ctx",
         "cap_mem",
+        "domain_cache",
         "free_ctx",
         "free_mem",
         "index",
@@ -287,6 +288,7 @@ class _Pool:
         self.load = [0.0] * len(nodes)
         self.by_accel: dict[str, list[int]] = {}
         self.label_index: dict[tuple[str, str], set[int]] = {}
+        self.domain_cache: dict[str | None, list[str]] = {}
         for i, n in enumerate(nodes):
             self.by_accel.setdefault(n.accelerator, []).append(i)
             for kv in n.labels.items():
@@ -301,6 +303,17 @@ class _Pool:
         for s in sets[1:]:
             out &= s
         return out
+
+    def domains(self, key: str | None) -> list[str]:
+        """Each node's spread domain under a label key ("" without the label or the key)."""
+        cached = self.domain_cache.get(key)
+        if cached is None:
+            if key is None:
+                cached = [""] * len(self.nodes)
+            else:
+                cached = [n.labels.get(key, "") for n in self.nodes]
+            self.domain_cache[key] = cached
+        return cached
 
     def fits(self, i: int, mem: int, ctx: int) -> bool:
         return self.free_mem[i] >= mem and self.free_ctx[i] >= ctx
@@ -363,17 +376,18 @@ class _Plan:
     def ctx_need(self, art: Artifact) -> int:
         return 0 if art.accelerator == CPU else self.model.npu_contexts
 
-    def fps(self, i: int, art: Artifact) -> float:
-        measured = self.model.fps_by_node.get(self.pool.nodes[i].name)
-        if measured is not None:
-            return measured
+    def _artifact_fps(self, art: Artifact) -> float:
         if art.fps is not None:
             return art.fps
         return self.default_fps.get(art.accelerator, 1.0)
 
+    def fps(self, i: int, art: Artifact) -> float:
+        """This model's throughput on node i: measured there, else the artifact's, else default."""
+        measured = self.model.fps_by_node.get(self.pool.nodes[i].name)
+        return measured if measured is not None else self._artifact_fps(art)
+
     def domain(self, i: int) -> str:
-        key = self.model.spread_key
-        return "" if key is None else self.pool.nodes[i].labels.get(key, "")
+        return self.pool.domains(self.model.spread_key)[i]
 
     def missing(self) -> int:
         return self.model.replicas - len(self.on)
@@ -417,20 +431,37 @@ class _Plan:
     # -- new replicas -----------------------------------------------------------------------
 
     def build_heaps(self) -> None:
+        """Per spread domain, a heap of the schedulable nodes this model could still take."""
         if self.missing() <= 0:
             return
         pool = self.pool
+        # Everything that depends only on the accelerator kind, computed once per model.
+        per_accel: dict[str, tuple[float, int]] = {}
+        for accel in pool.by_accel:
+            art = self.arts.get(accel) or self.cpu_art
+            if art is not None:
+                per_accel[accel] = (-self._artifact_fps(art), self.ctx_need(art))
+        measured = {
+            pool.index[name]: -fps
+            for name, fps in self.model.fps_by_node.items()
+            if name in pool.index
+        }
+        domains = pool.domains(self.model.spread_key)
+        accels, schedulable, load, on = pool.accel, pool.schedulable, pool.load, self.on
         heaps: dict[str, list[_Entry]] = {}
-        schedulable, load, on = pool.schedulable, pool.load, self.on
         count = 0
         for i in self.compatible():
             if not schedulable[i] or i in on:
                 continue
-            art = self.artifact_on(i)
-            assert art is not None  # compatible() only yields runnable nodes
-            heaps.setdefault(self.domain(i), []).append(
-                (-self.fps(i, art), load[i], i, self.ctx_need(art))
-            )
+            neg_fps, ctx = per_accel[accels[i]]
+            if measured:
+                neg_fps = measured.get(i, neg_fps)
+            entry = (neg_fps, load[i], i, ctx)
+            heap = heaps.get(domains[i])
+            if heap is None:
+                heaps[domains[i]] = [entry]
+            else:
+                heap.append(entry)
             count += 1
         for h in heaps.values():
             heapq.heapify(h)
@@ -454,14 +485,17 @@ class _Plan:
     def take_one(self) -> bool:
         """Place one more replica; False when no node can take it (nor ever will this call)."""
         best: tuple[int, _Entry, str] | None = None
-        for dom in sorted(self.heaps):
+        counts = self.domain_count
+        # Fewest replicas first (the spread), so domains past the first full count are skipped.
+        for dom in sorted(self.heaps, key=lambda d: (counts[d], d)):
+            if best is not None and counts[dom] > best[0]:
+                break
             top = self._top(self.heaps[dom])
             if top is None:
                 del self.heaps[dom]
                 continue
-            cand = (self.domain_count[dom], top, dom)
-            if best is None or cand[:2] < best[:2]:
-                best = cand
+            if best is None or top < best[1]:
+                best = (counts[dom], top, dom)
         if best is None:
             return False
         _, (_, _, i, ctx), dom = best
@@ -521,13 +555,17 @@ class _Plan:
             )
         if placed < len(eligible):
             rest = [i for i in eligible if i not in self.on]
-            most_mem = max(pool.free_mem[i] for i in rest)
-            most_ctx = max(pool.free_ctx[i] for i in rest)
+            short_mem = sum(1 for i in rest if pool.free_mem[i] < m.memory_mib)
+            short_ctx = 0
+            for i in rest:
+                art = self.artifact_on(i)
+                short_ctx += art is not None and pool.free_ctx[i] < self.ctx_need(art)
             return short(
                 Reason.INSUFFICIENT_CAPACITY,
-                f"placed {placed} of {m.replicas}: no room on the {len(rest)} other nodes "
-                f"that can run it (a replica needs {m.memory_mib} MiB and, on an NPU, "
-                f"{m.npu_contexts} context(s); most free: {most_mem} MiB, {most_ctx} context(s))",
+                f"placed {placed} of {m.replicas}: none of the {len(rest)} other nodes that can "
+                f"run it has room for a replica ({m.memory_mib} MiB, {m.npu_contexts} NPU "
+                f"context(s) on an NPU): {short_mem} short of memory, {short_ctx} short of "
+                "NPU contexts",
             )
         return short(
             Reason.TOO_FEW_NODES,
