@@ -1,0 +1,50 @@
+"""`hatswarm`: one entry point; each subcommand lives in its own module, imported lazily.
+
+Lazy imports keep `hatswarm cost` fast and let the CLI run where an optional part (plotting,
+kopf) is not installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+
+# subcommand -> (module, one-line help). Each module has `main(argv: list[str]) -> int`.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "crds": (
+        "hatswarm_operator.crdgen",
+        "write or check the CRD YAML generated from the API types",
+    ),
+    "validate": ("hatswarm_operator.validate_cli", "validate EdgeModel/InferencePool manifests"),
+    "cost": ("hatswarm_operator.cost_cli", "edge TCO, cost per inference, cloud break-even"),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="hatswarm",
+        description="hatswarm: a swarm of Raspberry Pi 5 + AI HAT+ nodes as one inference pool",
+    )
+    p.add_argument("--version", action="version", version="hatswarm 0.1.0")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_) in COMMANDS.items():
+        sub.add_parser(name, help=help_, add_help=False)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    if not args or args[0] not in COMMANDS:
+        parser.parse_args(args)  # prints help / errors for unknown commands
+        parser.print_help()
+        return 2
+    module_name, _ = COMMANDS[args[0]]
+    entry: Callable[[list[str]], int] = importlib.import_module(module_name).main
+    return entry(args[1:])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
