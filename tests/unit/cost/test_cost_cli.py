@@ -228,3 +228,14 @@ def test_module_runs_as_a_script() -> None:
     )
     assert bad.returncode == 2
     assert "not allowed with" in bad.stderr
+
+
+def test_plot_without_matplotlib_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a None entry in sys.modules makes the import raise ImportError
+    monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)
+    target = tmp_path / "cost.png"
+    assert cost_cli.main(["--per-day", "10", "--plot", str(target)]) == 1
+    assert "--plot needs matplotlib" in capsys.readouterr().err
+    assert not target.exists()
