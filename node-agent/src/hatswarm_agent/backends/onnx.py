@@ -1,0 +1,217 @@
+"""onnxruntime on the CPU: the reference backend, and the engine under the simulated NPU.
+
+The model describes itself: inputs and outputs come from the session, ONNX element types map
+to OIP datatypes, and a symbolic first dimension shared by every input and output marks a
+dynamic batch the micro-batcher may fill. onnxruntime releases the GIL in `run`, so the agent's
+worker threads run sessions in parallel.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from hatswarm_agent.backends.base import Array, BackendError, DeviceInfo, TensorSpec
+
+log = logging.getLogger(__name__)
+
+ONNX_TO_OIP: dict[str, str] = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+}
+
+_OPT_LEVELS: dict[str, Any] = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+DEFAULT_MAX_BATCH_SIZE = 8
+
+
+def int_option(options: Mapping[str, str], key: str, default: int, minimum: int = 0) -> int:
+    """Read an integer option, with a BackendError naming it when it is not one."""
+    raw = options.get(key, "")
+    if raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BackendError(f"option {key}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise BackendError(f"option {key}={value} must be >= {minimum}")
+    return value
+
+
+def float_option(options: Mapping[str, str], key: str, default: float) -> float:
+    raw = options.get(key, "")
+    if raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BackendError(f"option {key}={raw!r} is not a number") from None
+    if not value > 0:
+        raise BackendError(f"option {key}={value} must be > 0")
+    return value
+
+
+def session_options(options: Mapping[str, str]) -> ort.SessionOptions:
+    """Session options from backend options: intra/inter-op threads, graph optimisation."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int_option(options, "intra_op_threads", 1)
+    so.inter_op_num_threads = int_option(options, "inter_op_threads", 1)
+    level = options.get("graph_optimization", "all")
+    if level not in _OPT_LEVELS:
+        raise BackendError(
+            f"option graph_optimization={level!r}: expected one of {list(_OPT_LEVELS)}"
+        )
+    so.graph_optimization_level = _OPT_LEVELS[level]
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.log_severity_level = 3
+    return so
+
+
+def _dims(shape: Sequence[Any]) -> tuple[int, ...]:
+    return tuple(d if isinstance(d, int) and d >= 0 else -1 for d in shape)
+
+
+def describe(args: Sequence[Any], kind: str) -> tuple[list[TensorSpec], list[str]]:
+    """TensorSpecs for session inputs/outputs; non-tensor outputs (e.g. ZipMap) are skipped."""
+    specs: list[TensorSpec] = []
+    skipped: list[str] = []
+    for arg in args:
+        datatype = ONNX_TO_OIP.get(arg.type)
+        if datatype is None:
+            if kind == "input":
+                raise BackendError(f"input '{arg.name}' has unsupported type {arg.type}")
+            skipped.append(arg.name)
+            continue
+        specs.append(TensorSpec(arg.name, datatype, _dims(arg.shape)))
+    return specs, skipped
+
+
+def has_dynamic_batch(args: Sequence[Any]) -> bool:
+    """True when every tensor's first dimension is symbolic (or unknown): a batch axis."""
+    return bool(args) and all(
+        len(a.shape) >= 1 and not (isinstance(a.shape[0], int) and a.shape[0] > 0) for a in args
+    )
+
+
+class OnnxModel:
+    """One onnxruntime session; `concurrency` worker threads may call `run` at once."""
+
+    def __init__(self, session: ort.InferenceSession, options: Mapping[str, str]) -> None:
+        self._session = session
+        inputs, _ = describe(session.get_inputs(), "input")
+        outputs = list(session.get_outputs())
+        tensor_specs, skipped = describe(outputs, "output")
+        self.inputs: Sequence[TensorSpec] = inputs
+        self.outputs: Sequence[TensorSpec] = tensor_specs
+        if skipped:
+            log.info("skipping non-tensor outputs %s", skipped)
+        if not self.outputs:
+            raise BackendError("model has no tensor outputs")
+        self._output_names = [o.name for o in self.outputs]
+        tensor_outputs = [o for o in outputs if o.name in self._output_names]
+        batchable = has_dynamic_batch(list(session.get_inputs()) + tensor_outputs)
+        max_batch = int_option(options, "max_batch_size", DEFAULT_MAX_BATCH_SIZE)
+        self.max_batch_size = max_batch if batchable and max_batch > 1 else 0
+        self.concurrency = int_option(options, "workers", os.cpu_count() or 1, minimum=1)
+        self._capacity = 0.0
+
+    def run(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
+        try:
+            results = self._session.run(self._output_names, dict(inputs))
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise BackendError(f"onnxruntime: {exc}") from exc
+        return dict(zip(self._output_names, results, strict=True))
+
+    def warm_up(self) -> None:
+        """Run once on zeros (first runs allocate) and derive capacity from a timed second run."""
+        feeds: dict[str, Array] = {}
+        for spec in self.inputs:
+            shape = tuple(1 if d < 0 else d for d in spec.shape)
+            if spec.datatype == "BYTES":
+                feeds[spec.name] = np.full(shape, "", dtype=np.object_)
+            else:
+                feeds[spec.name] = np.zeros(shape, dtype=_NUMPY[spec.datatype])
+        try:
+            self.run(feeds)
+            start = time.perf_counter()
+            self.run(feeds)
+            elapsed = time.perf_counter() - start
+        except BackendError as exc:
+            log.info("warm-up on zeros failed (capacity unknown): %s", exc)
+            return
+        self._capacity = self.concurrency / max(elapsed, 1e-6)
+
+    def capacity_fps(self) -> float:
+        return self._capacity
+
+    def close(self) -> None:
+        del self._session
+
+
+_NUMPY: dict[str, Any] = {
+    "BOOL": np.bool_,
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "FP16": np.float16,
+    "FP32": np.float32,
+    "FP64": np.float64,
+}
+
+
+def open_session(path: Path, options: Mapping[str, str]) -> ort.InferenceSession:
+    """An onnxruntime CPU session for `path`, with load errors as BackendError."""
+    try:
+        return ort.InferenceSession(
+            str(path), session_options(options), providers=["CPUExecutionProvider"]
+        )
+    except BackendError:
+        raise
+    except Exception as exc:
+        raise BackendError(f"cannot load ONNX model {path.name}: {exc}") from exc
+
+
+class OnnxBackend:
+    """onnxruntime on the CPU; the node reports itself as a plain CPU."""
+
+    name = "onnxruntime"
+
+    def load(self, path: Path, options: Mapping[str, str]) -> OnnxModel:
+        model = OnnxModel(open_session(path, options), options)
+        model.warm_up()
+        return model
+
+    def device_info(self) -> DeviceInfo:
+        return DeviceInfo(accelerator="cpu")
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,150 @@
+"""`hatswarm-agent`: serve models standalone, or as a node of a pool driven by the operator.
+
+    hatswarm-agent --port 8001 --model cnn=/models/cnn.onnx --model mlp=file:///m/mlp.onnx
+    hatswarm-agent --model-dir /models --backend simulated --accelerator hailo8l
+
+Prints `hatswarm-agent ready on HOST:PORT` (flushed) once serving; SIGTERM/SIGINT stop it
+gracefully.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from hatswarm_agent.backends import BACKEND_NAMES
+from hatswarm_agent.backends.base import BackendError
+from hatswarm_agent.lifecycle import QueueDefaults
+from hatswarm_agent.server import Agent, AgentConfig
+from hatswarm_agent.v1 import control_pb2
+
+log = logging.getLogger("hatswarm_agent")
+
+
+def parse_model(spec: str, backend: str, options: dict[str, str]) -> control_pb2.LoadModelRequest:
+    """NAME=URI[#sha256=HEX] (an optional :VERSION after NAME) to a LoadModelRequest."""
+    name, sep, uri = spec.partition("=")
+    if not sep or not name or not uri:
+        raise argparse.ArgumentTypeError(f"--model wants NAME=URI, got {spec!r}")
+    name, _, version = name.partition(":")
+    sha256 = ""
+    if "#" in uri:
+        uri, _, fragment = uri.rpartition("#")
+        key, _, value = fragment.partition("=")
+        if key != "sha256" or not value:
+            raise argparse.ArgumentTypeError(
+                f"--model fragment must be #sha256=HEX, got #{fragment}"
+            )
+        sha256 = value.lower()
+    return control_pb2.LoadModelRequest(
+        name=name, version=version, uri=uri, sha256=sha256, backend=backend, options=options
+    )
+
+
+def parse_option(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--option wants KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hatswarm-agent", description=__doc__.split("\n")[0])
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 in pods)")
+    p.add_argument("--port", type=int, default=8001, help="OIP + control gRPC port (0 = any)")
+    p.add_argument("--node-name", default="local")
+    p.add_argument("--accelerator", choices=["cpu", "hailo8l", "hailo8"], default="cpu")
+    p.add_argument("--backend", choices=list(BACKEND_NAMES), default="onnxruntime")
+    p.add_argument("--model", action="append", default=[], metavar="NAME=URI[#sha256=HEX]")
+    p.add_argument("--model-dir", type=Path, help="serve every *.onnx in DIR (name = stem)")
+    p.add_argument(
+        "--option",
+        action="append",
+        type=parse_option,
+        default=[],
+        metavar="KEY=VALUE",
+        help="backend option for the command-line models (intra_op_threads, workers, profile, ...)",
+    )
+    p.add_argument(
+        "--state-dir", type=Path, help="assignment + artifact cache (default: temporary)"
+    )
+    p.add_argument("--cache-max-bytes", type=int, default=4 << 30)
+    p.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port; 0 = off")
+    p.add_argument("--queue-limit", type=int, default=256, help="requests per model before refusal")
+    p.add_argument("--max-batch-size", type=int, default=8)
+    p.add_argument("--max-queue-delay-us", type=int, default=0)
+    p.add_argument("--max-message-bytes", type=int, default=64 << 20)
+    p.add_argument("--grace-seconds", type=float, default=5.0)
+    p.add_argument("--gateway", action="store_true", help="no local backend (routing only)")
+    p.add_argument("--log-level", default="WARNING")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> AgentConfig:
+    options = dict(args.option)
+    backend = "" if args.backend == "onnxruntime" else args.backend
+    models = [parse_model(spec, backend, options) for spec in args.model]
+    if args.model_dir is not None:
+        for path in sorted(Path(args.model_dir).glob("*.onnx")):
+            models.append(
+                control_pb2.LoadModelRequest(
+                    name=path.stem, uri=str(path.resolve()), backend=backend, options=options
+                )
+            )
+    return AgentConfig(
+        host=args.host,
+        port=args.port,
+        node_name=args.node_name,
+        accelerator=args.accelerator,
+        backend=args.backend,
+        state_dir=args.state_dir,
+        cache_max_bytes=args.cache_max_bytes,
+        metrics_port=args.metrics_port,
+        queue=QueueDefaults(args.queue_limit, args.max_batch_size, args.max_queue_delay_us),
+        gateway=args.gateway,
+        max_message_bytes=args.max_message_bytes,
+        grace_seconds=args.grace_seconds,
+        models=models,
+    )
+
+
+async def serve(config: AgentConfig) -> None:
+    """Run until SIGTERM/SIGINT, then stop gracefully."""
+    agent = Agent(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await agent.start()
+    for entry in agent.registry.all():
+        if not entry.ready:
+            log.warning("model %s/%s FAILED: %s", entry.name, entry.version, entry.reason)
+    print(f"hatswarm-agent ready on {config.host}:{agent.port}", flush=True)
+    await stop.wait()
+    await agent.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config = config_from_args(args)
+        asyncio.run(serve(config))
+    except BackendError as exc:
+        print(f"hatswarm-agent: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"hatswarm-agent: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""Domain errors and the one place that turns them into gRPC status codes.
+
+Servicers raise these; `grpc_errors` (a decorator on every RPC method) maps them, so no request
+can surface a backend's stack trace as INTERNAL when it is the caller's mistake.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from hatswarm_agent.backends.base import BackendError
+
+log = logging.getLogger(__name__)
+
+
+class AgentError(Exception):
+    """Base of every error the agent answers on purpose; `reason` labels failure metrics."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    reason: str = "internal"
+
+
+class ModelNotFoundError(AgentError):
+    code = grpc.StatusCode.NOT_FOUND
+    reason = "not_found"
+
+
+class ModelNotReadyError(AgentError):
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "not_ready"
+
+
+class InvalidInputError(AgentError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "invalid_argument"
+
+
+class QueueFullError(AgentError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "queue_full"
+
+
+class PreconditionError(AgentError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "failed_precondition"
+
+
+class ShuttingDownError(AgentError):
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "shutting_down"
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, str]:
+    """(status code, message, metric reason) for any exception a servicer let escape."""
+    if isinstance(exc, AgentError):
+        return exc.code, str(exc), exc.reason
+    if isinstance(exc, BackendError):
+        return grpc.StatusCode.INTERNAL, f"backend error: {exc}", "backend"
+    return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}", "internal"
+
+
+_Self = TypeVar("_Self")
+_Req = TypeVar("_Req")
+_Resp = TypeVar("_Resp")
+Handler = Callable[[_Self, _Req, Any], Awaitable[_Resp]]
+
+
+def grpc_errors(fn: Handler[_Self, _Req, _Resp]) -> Handler[_Self, _Req, _Resp]:
+    """Wrap an async servicer method so domain errors become their status codes."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: _Self, request: _Req, context: Any) -> _Resp:
+        try:
+            return await fn(self, request, context)
+        except Exception as exc:
+            # context.abort raises its own exception; let it (and cancellation) through untouched.
+            if isinstance(exc, grpc.aio.AbortError):
+                raise
+            code, message, _ = status_for(exc)
+            if code is grpc.StatusCode.INTERNAL:
+                log.exception("%s failed", fn.__name__)
+            await context.abort(code, message)
+            raise  # unreachable: abort raises
+
+    return wrapper

@@ -1,0 +1,178 @@
+"""Prometheus metrics with Triton-style names, on their own HTTP port.
+
+Per-model series are labelled `model` and `version`; the labelled children are created once per
+model version and cached, so the request path only increments and observes. The NPU's
+temperature and power are node-level and read from the backend at scrape time.
+`METRIC_NAMES` lists every exported name (the Grafana dashboard test checks against it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from hatswarm_agent.backends.base import DeviceInfo
+
+METRIC_NAMES: list[str] = [
+    "hatswarm_inference_request_success_total",
+    "hatswarm_inference_request_failure_total",
+    "hatswarm_inference_count_total",
+    "hatswarm_inference_exec_count_total",
+    "hatswarm_inference_request_duration_seconds",
+    "hatswarm_inference_queue_duration_seconds",
+    "hatswarm_inference_compute_duration_seconds",
+    "hatswarm_model_queue_depth",
+    "hatswarm_models_loaded",
+    "hatswarm_model_compute_seconds_total",
+    "hatswarm_model_energy_joules_total",
+    "hatswarm_npu_temperature_celsius",
+    "hatswarm_npu_power_watts",
+]
+
+_LABELS = ("model", "version")
+_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+)  # fmt: skip
+
+
+@dataclass
+class ModelMetrics:
+    """The labelled children of one model version: what the request path touches."""
+
+    success: Counter
+    inferences: Counter
+    executions: Counter
+    request_duration: Histogram
+    queue_duration: Histogram
+    compute_duration: Histogram
+    compute_seconds: Counter
+    energy_joules: Counter
+    loaded: Gauge
+    queue_depth: Gauge
+    failures: Counter  # the parent family; children are made per reason on first failure
+    name: str
+    version: str
+
+    def failure(self, reason: str) -> None:
+        self.failures.labels(self.name, self.version, reason).inc()
+
+
+class _DeviceCollector(Collector):
+    """NPU temperature and power, read from the backend when Prometheus scrapes."""
+
+    def __init__(self, read: Callable[[], DeviceInfo]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        info = self._read()
+        labels = ["accelerator", "device"]
+        values = [info.accelerator, info.device_id]
+        temp = GaugeMetricFamily(
+            "hatswarm_npu_temperature_celsius", "NPU temperature", labels=labels
+        )
+        power = GaugeMetricFamily("hatswarm_npu_power_watts", "NPU power draw", labels=labels)
+        if info.temperature_c is not None:
+            temp.add_metric(values, info.temperature_c)
+        if info.watts is not None:
+            power.add_metric(values, info.watts)
+        yield temp
+        yield power
+
+
+class AgentMetrics:
+    """Every metric of one agent, in its own registry (several agents may share a process)."""
+
+    def __init__(self, device_info: Callable[[], DeviceInfo] | None = None) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self._success = Counter(
+            "hatswarm_inference_request_success",
+            "Successful inference requests",
+            _LABELS,
+            registry=r,
+        )
+        self._failure = Counter(
+            "hatswarm_inference_request_failure",
+            "Failed inference requests by reason",
+            (*_LABELS, "reason"),
+            registry=r,
+        )
+        self._count = Counter(
+            "hatswarm_inference_count", "Inferences performed (batch items)", _LABELS, registry=r
+        )
+        self._exec = Counter(
+            "hatswarm_inference_exec_count", "Backend executions (batches)", _LABELS, registry=r
+        )
+        self._request = Histogram(
+            "hatswarm_inference_request_duration_seconds",
+            "End-to-end request time inside the agent",
+            _LABELS,
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self._queue = Histogram(
+            "hatswarm_inference_queue_duration_seconds",
+            "Time a request waited in the model's queue",
+            _LABELS,
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self._compute = Histogram(
+            "hatswarm_inference_compute_duration_seconds",
+            "Backend run time of the batch that carried the request",
+            _LABELS,
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self._depth = Gauge(
+            "hatswarm_model_queue_depth", "Requests waiting or running", _LABELS, registry=r
+        )
+        self._loaded = Gauge(
+            "hatswarm_models_loaded", "1 when the model version is READY", _LABELS, registry=r
+        )
+        self._compute_s = Counter(
+            "hatswarm_model_compute_seconds", "Accelerator seconds spent", _LABELS, registry=r
+        )
+        self._energy = Counter(
+            "hatswarm_model_energy_joules", "Energy attributed to the model", _LABELS, registry=r
+        )
+        if device_info is not None:
+            r.register(_DeviceCollector(device_info))
+
+    def model(self, name: str, version: str) -> ModelMetrics:
+        """Labelled children for one model version (created on first use)."""
+        labels = (name, version)
+        return ModelMetrics(
+            success=self._success.labels(*labels),
+            inferences=self._count.labels(*labels),
+            executions=self._exec.labels(*labels),
+            request_duration=self._request.labels(*labels),
+            queue_duration=self._queue.labels(*labels),
+            compute_duration=self._compute.labels(*labels),
+            compute_seconds=self._compute_s.labels(*labels),
+            energy_joules=self._energy.labels(*labels),
+            loaded=self._loaded.labels(*labels),
+            queue_depth=self._depth.labels(*labels),
+            failures=self._failure,
+            name=name,
+            version=version,
+        )
+
+    def failure_without_model(self, reason: str) -> None:
+        """A request for a model this agent does not have (no per-name series: bounded)."""
+        self._failure.labels(model="", version="", reason=reason).inc()
+
+    def forget(self, name: str, version: str) -> None:
+        """Drop a model version's gauges after unload (counters keep their history)."""
+        for gauge in (self._depth, self._loaded):
+            with contextlib.suppress(KeyError):
+                gauge.remove(name, version)
+
+    def serve(self, host: str, port: int) -> None:
+        """Expose /metrics on its own port, in a daemon thread."""
+        start_http_server(port, addr=host, registry=self.registry)

@@ -1,0 +1,134 @@
+"""The Open Inference Protocol (KServe v2) gRPC servicer: protobuf in, domain calls, protobuf out.
+
+ModelInfer is the hot path: one registry lookup, validation and zero-copy decode (tensors.py),
+the model's queue (batching.py), one encode. Errors become status codes in errors.py.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from hatswarm_agent import __version__
+from hatswarm_agent.errors import AgentError, grpc_errors, status_for
+from hatswarm_agent.metrics import AgentMetrics
+from hatswarm_agent.models import ModelRegistry, ModelVersion
+from hatswarm_agent.routing import Router
+from hatswarm_agent.tensors import decode_request, encode_response, select_outputs
+from hatswarm_agent.v1 import grpc_predict_v2_pb2 as pb
+from hatswarm_agent.v1 import grpc_predict_v2_pb2_grpc as pb_grpc
+
+PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "hailo": "hailo_hef", "simulated": "simulated_npu"}
+
+
+@dataclass
+class ServingState:
+    """Whether the agent accepts work: false until started and once shutdown begins."""
+
+    ready: bool = False
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """inference.GRPCInferenceService over the model registry."""
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        metrics: AgentMetrics,
+        state: ServingState,
+        router: Router | None = None,
+    ) -> None:
+        self._registry = registry
+        self._metrics = metrics
+        self._state = state
+        self.router = router
+
+    async def ServerLive(  # noqa: N802
+        self, request: pb.ServerLiveRequest, context: Any
+    ) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(  # noqa: N802
+        self, request: pb.ServerReadyRequest, context: Any
+    ) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self._state.ready)
+
+    async def ServerMetadata(  # noqa: N802
+        self, request: pb.ServerMetadataRequest, context: Any
+    ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name="hatswarm-agent", version=__version__)
+
+    async def ModelReady(  # noqa: N802
+        self, request: pb.ModelReadyRequest, context: Any
+    ) -> pb.ModelReadyResponse:
+        try:
+            self._registry.get(request.name, request.version)
+        except AgentError:
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=True)
+
+    @grpc_errors
+    async def ModelMetadata(  # noqa: N802
+        self, request: pb.ModelMetadataRequest, context: Any
+    ) -> pb.ModelMetadataResponse:
+        entry = self._registry.get(request.name, request.version)
+        batch = entry.queue is not None and entry.queue.max_batch_size > 0
+        response = pb.ModelMetadataResponse(
+            name=entry.name,
+            versions=self._registry.ready_versions(entry.name),
+            platform=PLATFORMS.get(entry.backend, entry.backend),
+        )
+        for spec in entry.inputs:
+            shape = (-1, *spec.shape[1:]) if batch else spec.shape
+            response.inputs.add(name=spec.name, datatype=spec.datatype, shape=shape)
+        for spec in entry.outputs:
+            shape = (-1, *spec.shape[1:]) if batch else spec.shape
+            response.outputs.add(name=spec.name, datatype=spec.datatype, shape=shape)
+        return response
+
+    @grpc_errors
+    async def ModelInfer(  # noqa: N802
+        self, request: pb.ModelInferRequest, context: Any
+    ) -> pb.ModelInferResponse:
+        start = time.perf_counter()
+        local: ModelVersion | None = None
+        miss: AgentError | None = None
+        try:
+            local = self._registry.get(request.model_name, request.model_version)
+        except AgentError as exc:
+            miss = exc
+        if self.router is not None:
+            routed = await self.router.route(request, local)
+            if routed is not None:
+                return routed
+        if local is None:
+            assert miss is not None
+            self._metrics.failure_without_model(miss.reason)
+            raise miss
+        try:
+            return await self._infer(request, local, start)
+        except Exception as exc:
+            local.stats.failure += 1
+            if local.metrics is not None:
+                local.metrics.failure(status_for(exc)[2])
+            raise
+
+    async def _infer(
+        self, request: pb.ModelInferRequest, entry: ModelVersion, start: float
+    ) -> pb.ModelInferResponse:
+        queue = entry.queue
+        assert queue is not None
+        decoded = decode_request(request, entry.inputs, queue.max_batch_size > 0)
+        outputs = select_outputs(request, entry.outputs)
+        result = await queue.submit(decoded)
+        response = encode_response(request, entry.version, result.outputs, outputs, decoded.raw)
+        elapsed = time.perf_counter() - start
+        entry.stats.record_success(elapsed)
+        m = entry.metrics
+        if m is not None:
+            m.success.inc()
+            m.request_duration.observe(elapsed)
+            m.queue_duration.observe(result.queue_s)
+            m.compute_duration.observe(result.compute_s)
+        return response

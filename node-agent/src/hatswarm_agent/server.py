@@ -1,0 +1,141 @@
+"""Assembles one agent: grpc.aio server, OIP + control + health + reflection, graceful stop.
+
+Start order matters: the last assignment is reloaded from disk and the command-line models are
+loaded before the port accepts calls, so the first control call sees the restored state; only
+then is health SERVING and the ready line printed. Stop order: health NOT_SERVING everywhere
+(probes and load balancers drain us), then the grace period for in-flight calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from hatswarm_agent.artifacts import ArtifactStore
+from hatswarm_agent.assignment import AssignmentStore
+from hatswarm_agent.control import ControlServicer, NodeIdentity
+from hatswarm_agent.lifecycle import BackendPool, ModelLifecycle, QueueDefaults
+from hatswarm_agent.metrics import AgentMetrics
+from hatswarm_agent.models import ModelRegistry
+from hatswarm_agent.oip import InferenceServicer, ServingState
+from hatswarm_agent.routing import Router, RoutingTableStore
+from hatswarm_agent.v1 import control_pb2, control_pb2_grpc
+from hatswarm_agent.v1 import grpc_predict_v2_pb2 as pb
+from hatswarm_agent.v1 import grpc_predict_v2_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+    control_pb2.DESCRIPTOR.services_by_name["AgentControl"].full_name,
+    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+    reflection.SERVICE_NAME,
+)
+
+
+@dataclass
+class AgentConfig:
+    """Everything the command line sets."""
+
+    host: str = "127.0.0.1"
+    port: int = 8001
+    node_name: str = "local"
+    accelerator: str = "cpu"
+    backend: str = "onnxruntime"
+    state_dir: Path | None = None
+    cache_max_bytes: int = 4 << 30
+    metrics_port: int = 0
+    queue: QueueDefaults = field(default_factory=QueueDefaults)
+    gateway: bool = False
+    max_message_bytes: int = 64 << 20
+    grace_seconds: float = 5.0
+    models: list[control_pb2.LoadModelRequest] = field(default_factory=list)
+
+
+def server_options(config: AgentConfig) -> list[tuple[str, int]]:
+    """grpc.aio options: message size limits (over them: RESOURCE_EXHAUSTED), one port owner."""
+    return [
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_concurrent_streams", 1024),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+class Agent:
+    """One running node agent."""
+
+    def __init__(self, config: AgentConfig, router: Router | None = None) -> None:
+        self.config = config
+        self.port = config.port
+        self.state = ServingState()
+        self.registry = ModelRegistry()
+        self.backends = BackendPool(config.backend, config.accelerator)
+        if not config.gateway:
+            self.backends.get()  # fail fast when the default backend cannot exist here
+        self.metrics = AgentMetrics(None if config.gateway else self.backends.device_info)
+        self.health = health_aio.HealthServicer()
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        state_dir = config.state_dir
+        if state_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="hatswarm-agent-")
+            state_dir = Path(self._tmp.name)
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.lifecycle = ModelLifecycle(
+            self.registry,
+            self.metrics,
+            ArtifactStore(state_dir / "artifacts", config.cache_max_bytes),
+            self.backends,
+            self.health,
+            assignment=AssignmentStore(state_dir / "assignment.json")
+            if config.state_dir is not None
+            else None,
+            defaults=config.queue,
+            gateway=config.gateway,
+        )
+        self.routing = RoutingTableStore()
+        self.inference = InferenceServicer(self.registry, self.metrics, self.state, router)
+        self.server = grpc.aio.server(options=server_options(config))
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.inference, self.server)
+        control_pb2_grpc.add_AgentControlServicer_to_server(
+            ControlServicer(
+                self.lifecycle,
+                self.routing,
+                NodeIdentity(config.node_name, config.accelerator, config.gateway),
+            ),
+            self.server,
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(SERVICE_NAMES, self.server)
+
+    async def start(self) -> None:
+        """Restore, load command-line models, listen, then report SERVING."""
+        await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.port = self.server.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.config.host}:{self.config.port}")
+        await self.lifecycle.restore()
+        for request in self.config.models:
+            await self.lifecycle.load(request, persistent=False)
+        if self.config.metrics_port:
+            self.metrics.serve(self.config.host, self.config.metrics_port)
+        await self.server.start()
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        self.state.ready = True
+
+    async def stop(self) -> None:
+        """Health NOT_SERVING first, then let in-flight calls finish within the grace period."""
+        self.state.ready = False
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.config.grace_seconds)
+        await self.lifecycle.close()
+        if self._tmp is not None:
+            self._tmp.cleanup()
