@@ -10,11 +10,13 @@ The cache is bounded by `max_bytes`: least-recently-used artifacts are evicted f
 "use" is the file's mtime, touched on every fetch, so the order survives restarts. Pinned
 artifacts (the ones loaded models run from) are never evicted. Callers that are about to load
 an artifact should pin its digest before fetching it, so nothing can evict it in between.
+One process owns a cache root: pins and sizes are kept in memory.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -131,8 +133,13 @@ class ArtifactStore:
         self._tmp = self.root / "tmp"
         self._objects.mkdir(parents=True, exist_ok=True)
         self._tmp.mkdir(parents=True, exist_ok=True)
-        for stale in self._tmp.iterdir():  # partial downloads from a previous run
-            stale.unlink(missing_ok=True)
+        # Partial downloads of a previous run. A live transfer writes at least once per I/O
+        # timeout, so only files idle for longer are stale (and safe to remove).
+        idle_ns = int((io_timeout_s + 60) * 1e9)
+        for stale in self._tmp.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                if time.time_ns() - stale.stat().st_mtime_ns > idle_ns:
+                    stale.unlink()
         self._sizes: dict[str, int] = {}
         self._last_use_ns = 0
         for entry in self._objects.iterdir():

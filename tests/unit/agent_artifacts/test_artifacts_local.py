@@ -196,11 +196,15 @@ async def test_lru_order_survives_restart(tmp_path: Path) -> None:
     digests = {n: write(tmp_path / n, n.encode() * 100) for n in "abcd"}
     for name in "abca":  # a used last, b is the LRU
         await store.fetch(str(tmp_path / name))
-    (tmp_path / "cache" / "tmp" / "leftover.part").write_bytes(b"half a download")
+    stale = tmp_path / "cache" / "tmp" / "stale.part"
+    stale.write_bytes(b"half a download")
+    os.utime(stale, (0, 0))  # idle since 1970: its writer is long gone
+    live = tmp_path / "cache" / "tmp" / "live.part"
+    live.write_bytes(b"being written by another process")
 
     reopened = ArtifactStore(tmp_path / "cache", max_bytes=300)
     assert reopened.total_bytes() == 300
-    assert list((tmp_path / "cache" / "tmp").iterdir()) == []
+    assert [p.name for p in (tmp_path / "cache" / "tmp").iterdir()] == ["live.part"]
     await reopened.fetch(str(tmp_path / "d"))
     assert reopened.path_for(digests["b"]) is None
     assert all(reopened.path_for(digests[n]) is not None for n in "acd")

@@ -274,7 +274,8 @@ def test_close_releases_models_and_device(tmp_path: Path, hp: ModuleType) -> Non
     assert not configured_before.is_open
     with pytest.raises(BackendError, match="unloaded"):
         model.run({"net/input_layer1": np.ones((1, 4, 4, 3), dtype=np.uint8)})
-    other = b.load(hp.write_fake_hef(tmp_path / "n.hef"), {})
+    other = b.load(hp.write_fake_hef(tmp_path / "n.hef"), {})._configured
+    assert other.is_open
     b.close()
-    assert not other._configured.is_open
+    assert not other.is_open
     assert hp.FAKE.vdevices[-1].released

@@ -195,7 +195,11 @@ class HailoModel:
         if self._closed:
             return
         self._closed = True
+        # Free the NPU's resources now rather than when the objects are collected.
+        with contextlib.suppress(self._backend.hailo_error, AttributeError):
+            self._configured.shutdown()
         self._stack.close()
+        self._configured = self._infer_model = None
         self._backend.forget(self)
 
 
