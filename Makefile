@@ -1,7 +1,7 @@
 # hatswarm — every target installs what it needs first (uv is pip-installed when missing).
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
-UV ?= $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
+UV ?= python3 -m uv
 RUN := $(UV) run --frozen
 PROTO_DIR := node-agent/proto
 PROTO_OUT := node-agent/src
@@ -12,10 +12,8 @@ PROTOS := $(wildcard $(PROTO_DIR)/hatswarm_agent/v1/*.proto)
 help: ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-$(UV):
-	python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
-
-.venv/.installed: pyproject.toml uv.lock operator/pyproject.toml node-agent/pyproject.toml | $(UV)
+.venv/.installed: pyproject.toml uv.lock operator/pyproject.toml node-agent/pyproject.toml
+	@python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
 	$(UV) sync --frozen --all-packages --all-groups --all-extras
 	touch $@
 

@@ -19,6 +19,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "validate": ("hatswarm_operator.validate_cli", "validate EdgeModel/InferencePool manifests"),
     "cost": ("hatswarm_operator.cost_cli", "edge TCO, cost per inference, cloud break-even"),
+    "up": ("hatswarm_operator.up_cli:up_main", "run a whole pool on this machine (no cluster)"),
+    "status": ("hatswarm_operator.up_cli:status_main", "show the status of `hatswarm up`"),
+    "demo": ("hatswarm_operator.demo", "the guided demo: pool, load, failover, cache, cost"),
 }
 
 
@@ -41,8 +44,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.parse_args(args)  # prints help / errors for unknown commands
         parser.print_help()
         return 2
-    module_name, _ = COMMANDS[args[0]]
-    entry: Callable[[list[str]], int] = importlib.import_module(module_name).main
+    target, _ = COMMANDS[args[0]]
+    module_name, _, func = target.partition(":")
+    entry: Callable[[list[str]], int] = getattr(
+        importlib.import_module(module_name), func or "main"
+    )
     return entry(args[1:])
 
 

@@ -1,0 +1,213 @@
+"""Local mode's infrastructure: agent processes on loopback standing in for Pi + HAT+ nodes.
+
+This is the local adapter's half of "one control loop, two adapters": where the kopf operator
+learns nodes from the Kubernetes API, `hatswarm up` starts them itself. Each agent runs in its
+own session (so a terminal's Ctrl-C reaches only `hatswarm up`, which then stops them in
+order) and dies with its parent on Linux (PR_SET_PDEATHSIG), so nothing is left running.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import yaml
+
+READY_PREFIX = "hatswarm-agent ready on "
+BUNDLED_MODEL = "light_shufflenet.onnx"
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """A simulated node: its name, Hailo chip and labels (as `kubectl get node --show-labels`)."""
+
+    name: str
+    accelerator: str
+    labels: dict[str, str] = field(default_factory=dict)
+    slowdown: float = 1.0
+
+
+def default_nodes(count: int, pool_labels: dict[str, str]) -> list[NodeSpec]:
+    """A mixed floor: every third node a Hailo-8, the rest Hailo-8L, over two lines."""
+    return [
+        NodeSpec(
+            name=f"pi-{i + 1:02d}",
+            accelerator="hailo8" if i % 3 == 2 else "hailo8l",
+            labels={**pool_labels, "hatswarm.io/line": f"line-{'ab'[i % 2]}"},
+        )
+        for i in range(count)
+    ]
+
+
+def load_nodes_file(path: Path, pool_labels: dict[str, str]) -> list[NodeSpec]:
+    """`--nodes-file`: a YAML list of {name, accelerator, labels, slowdown}."""
+    raw = yaml.safe_load(path.read_text())
+    if not isinstance(raw, list) or not raw:
+        raise ValueError(f"{path}: expected a non-empty YAML list of nodes")
+    out = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict) or "name" not in item:
+            raise ValueError(f"{path}: node {i} needs at least a name")
+        acc = item.get("accelerator", "hailo8l")
+        if acc not in ("hailo8l", "hailo8", "cpu"):
+            raise ValueError(f"{path}: node {item['name']}: accelerator {acc!r} is not known")
+        out.append(
+            NodeSpec(
+                name=str(item["name"]),
+                accelerator=acc,
+                labels={
+                    **pool_labels,
+                    **{str(k): str(v) for k, v in item.get("labels", {}).items()},
+                },
+                slowdown=float(item.get("slowdown", 1.0)),
+            )
+        )
+    return out
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def agent_command() -> list[str]:
+    exe = Path(sys.executable).parent / "hatswarm-agent"
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "hatswarm_agent.cli"]
+
+
+@dataclass
+class LocalAgent:
+    spec: NodeSpec
+    proc: subprocess.Popen[str]
+    address: str
+    log_path: Path
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: what a node losing power looks like to the pool."""
+        if self.alive():
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+def start_agent(spec: NodeSpec, state_dir: Path, timeout: float = 60.0) -> LocalAgent:
+    """Start one simulated node's agent and wait for its ready line."""
+    node_dir = state_dir / "nodes" / spec.name
+    node_dir.mkdir(parents=True, exist_ok=True)
+    log_path = node_dir / "agent.log"
+    log: IO[str] = log_path.open("w")
+    cmd = [
+        *agent_command(),
+        "--host", "127.0.0.1", "--port", "0",
+        "--node-name", spec.name,
+        "--accelerator", spec.accelerator,
+        "--backend", "simulated",
+        "--state-dir", str(node_dir / "state"),
+        "--log-level", "WARNING",
+    ]  # fmt: skip
+    if spec.slowdown != 1.0:
+        cmd += ["--option", f"slowdown={spec.slowdown}"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+        env=env,
+        start_new_session=True,
+        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+    )
+    found: list[str] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith(READY_PREFIX) and not found:
+                found.append(line[len(READY_PREFIX) :].strip())
+
+    threading.Thread(target=read, daemon=True).start()
+    deadline = time.monotonic() + timeout
+    while not found:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(
+                f"agent {spec.name} did not start: {log_path.read_text(errors='replace')[-2000:]}"
+            )
+        time.sleep(0.02)
+    return LocalAgent(spec, proc, found[0], log_path)
+
+
+def bundled_model(state_dir: Path) -> tuple[Path, str]:
+    """A small real CNN that ships inside the `onnx` package (ShuffleNet, constant weights)."""
+    import onnx  # the test/dev extra; imported lazily so the operator image need not carry it
+
+    src = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / BUNDLED_MODEL
+    if not src.exists():
+        raise FileNotFoundError(f"{src} is missing: install the `onnx` package")
+    dst = state_dir / "models" / "shufflenet.onnx"
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)
+    return dst, hashlib.sha256(dst.read_bytes()).hexdigest()
+
+
+def bundled_manifests(state_dir: Path) -> list[dict[str, Any]]:
+    """The example pool `hatswarm up` runs when given no manifests: works offline."""
+    path, digest = bundled_model(state_dir)
+    return [
+        {
+            "apiVersion": "hatswarm.io/v1alpha1",
+            "kind": "InferencePool",
+            "metadata": {"name": "local", "namespace": "default"},
+            "spec": {
+                "nodeSelector": {"hatswarm.io/pool": "local"},
+                "agent": {"backend": "simulated"},
+                "failureDetection": {"probeIntervalSeconds": 0.5, "failureThreshold": 3},
+                "routing": {"retries": 2, "timeoutMs": 5000},
+            },
+        },
+        {
+            "apiVersion": "hatswarm.io/v1alpha1",
+            "kind": "EdgeModel",
+            "metadata": {"name": "shufflenet", "namespace": "default"},
+            "spec": {
+                "pool": "local",
+                "version": "1.0.0",
+                "artifacts": [
+                    {
+                        "accelerator": "cpu",
+                        "format": "onnx",
+                        "uri": path.resolve().as_uri(),
+                        "sha256": digest,
+                    }
+                ],
+                "replicas": {"min": 1, "max": 3, "desired": 2},
+                "placement": {"spreadKey": "hatswarm.io/line"},
+                "cache": {"enabled": True, "ttlSeconds": 60},
+                "costAttribution": {"team": "demo"},
+            },
+        },
+    ]

@@ -1,0 +1,297 @@
+"""The acting half of the control loop: probe agents, plan (pure), then load/unload/route.
+
+`PoolRuntime.tick` is called on the pool's probe interval by either adapter (a kopf daemon or
+`hatswarm up`). Loads run as background tasks, at most `maxConcurrentLoadsPerNode` per node,
+with exponential backoff per (node, model, version) after a failure, so one bad artifact never
+stalls the loop or hammers a node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+import grpc
+from hatswarm_agent.v1 import control_pb2
+
+from hatswarm_operator.agentclient import AgentClient
+from hatswarm_operator.api import EdgeModel, InferencePool
+from hatswarm_operator.api.edgemodel import EdgeModelStatus
+from hatswarm_operator.api.inferencepool import InferencePoolStatus
+from hatswarm_operator.controller import Event, Load, PoolPlan, Route, plan_pool
+from hatswarm_operator.inventory import NodeState, observe
+
+log = logging.getLogger("hatswarm.loop")
+
+PublicKeyResolver = Callable[[str, str], Awaitable[str]]  # (namespace, "secret/key") -> key
+
+
+class Sink(Protocol):
+    """Where decisions become visible: Kubernetes status + Events, or the local terminal."""
+
+    async def model_status(self, namespace: str, name: str, status: EdgeModelStatus) -> None: ...
+
+    async def pool_status(self, namespace: str, name: str, status: InferencePoolStatus) -> None: ...
+
+    async def event(self, namespace: str, event: Event) -> None: ...
+
+
+@dataclass
+class _Backoff:
+    attempts: int = 0
+    not_before: float = 0.0
+
+
+async def _no_keys(namespace: str, ref: str) -> str:
+    raise LookupError(f"no public key resolver for {ref}")
+
+
+class PoolRuntime:
+    """Live state of one pool: its nodes, loads in flight, backoffs, last pushed routes."""
+
+    def __init__(
+        self,
+        client: AgentClient,
+        sink: Sink,
+        *,
+        clock: Callable[[], float] = time.time,
+        resolve_public_key: PublicKeyResolver = _no_keys,
+    ) -> None:
+        self.client = client
+        self.sink = sink
+        self.clock = clock
+        self.resolve_public_key = resolve_public_key
+        self.nodes: dict[str, NodeState] = {}
+        self.replicas: dict[str, int] = {}
+        self.last_plan: PoolPlan | None = None
+        self._inflight: dict[tuple[str, str, str], asyncio.Task[None]] = {}
+        self._backoff: dict[tuple[str, str, str], _Backoff] = {}
+        self._routes: tuple[Route, ...] | None = None
+        self._generation = int(time.time() * 1000)
+        self._pushed: dict[str, int] = {}
+        self._published: dict[str, str] = {}
+        self.failovers = 0
+
+    # --- inventory -----------------------------------------------------------------------
+
+    def set_nodes(self, nodes: Sequence[NodeState]) -> None:
+        """Replace Kubernetes' (or the local) view of the nodes, keeping probe history."""
+        fresh: dict[str, NodeState] = {}
+        for n in nodes:
+            old = self.nodes.get(n.name)
+            if old is not None and old.address == n.address:
+                n = replace(
+                    old,
+                    labels=n.labels,
+                    k8s_ready=n.k8s_ready,
+                    schedulable=n.schedulable,
+                    memory_mib=n.memory_mib,
+                    npu_contexts=n.npu_contexts,
+                )
+            fresh[n.name] = n
+        self.nodes = fresh
+
+    async def probe(self, threshold: int) -> list[tuple[NodeState, NodeState]]:
+        """Probe every node at once; return (before, after) for nodes that changed up/down."""
+
+        async def one(n: NodeState) -> NodeState:
+            try:
+                status = await self.client.status(n.address)
+            except grpc.aio.AioRpcError as err:
+                return observe(n, None, self.clock(), threshold, err.code().name)
+            return observe(n, status, self.clock(), threshold)
+
+        after = await asyncio.gather(*(one(n) for n in self.nodes.values()))
+        changed = [
+            (self.nodes[a.name], a) for a in after if self.nodes[a.name].in_pool != a.in_pool
+        ]
+        self.nodes = {a.name: a for a in after}
+        return changed
+
+    # --- one reconcile ---------------------------------------------------------------------
+
+    async def tick(self, pool: InferencePool, models: Sequence[EdgeModel]) -> PoolPlan:
+        ns = pool.metadata.namespace
+        threshold = pool.spec.failure_detection.failure_threshold
+        for before, after in await self.probe(threshold):
+            if after.in_pool:
+                await self.sink.event(
+                    ns,
+                    Event("InferencePool", pool.metadata.name, "Normal", "NodeJoined",
+                          f"node {after.name} ({after.accelerator}) joined the pool"),
+                )  # fmt: skip
+            else:
+                self.failovers += 1
+                await self.sink.event(
+                    ns,
+                    Event("InferencePool", pool.metadata.name, "Warning", "NodeLost",
+                          f"node {after.name} left the pool: {after.out_reason}; "
+                          f"re-placing {len([o for o in before.models if o.ready])} replicas"),
+                )  # fmt: skip
+        plan = plan_pool(pool, models, list(self.nodes.values()), self.clock(), self.replicas)
+        self.last_plan = plan
+        await self._act(pool, plan)
+        await self._push_routes(pool, plan)
+        await self._publish(pool, models, plan)
+        return plan
+
+    async def _act(self, pool: InferencePool, plan: PoolPlan) -> None:
+        ns = pool.metadata.namespace
+        for u in plan.unloads:
+            try:
+                await self.client.unload(u.address, u.model, u.version)
+            except grpc.aio.AioRpcError as err:
+                log.warning("unload %s@%s on %s: %s", u.model, u.version, u.node, err.details())
+                continue
+            await self.sink.event(
+                ns,
+                Event("EdgeModel", u.model, "Normal", "Unloaded",
+                      f"unloaded {u.model}@{u.version} from {u.node}"),
+            )  # fmt: skip
+        limit = pool.spec.max_concurrent_loads_per_node
+        now = self.clock()
+        for ld in plan.loads:
+            key = (ld.node, ld.model, ld.version)
+            if key in self._inflight:
+                continue
+            busy = sum(1 for k in self._inflight if k[0] == ld.node)
+            if busy >= limit or self._backoff.get(key, _Backoff()).not_before > now:
+                continue
+            self._inflight[key] = asyncio.create_task(self._load(ns, ld))
+
+    async def _load(self, ns: str, ld: Load) -> None:
+        key = (ld.node, ld.model, ld.version)
+        try:
+            public_key = ""
+            if ld.public_key_ref:
+                public_key = await self.resolve_public_key(ns, ld.public_key_ref)
+            req = control_pb2.LoadModelRequest(
+                name=ld.model,
+                version=ld.version,
+                uri=ld.artifact.uri,
+                sha256=ld.artifact.sha256,
+                signature=ld.signature,
+                public_key=public_key,
+                format=ld.artifact.format,
+                cache_ttl_seconds=ld.cache_ttl_seconds,
+            )
+            await self.sink.event(
+                ns,
+                Event("EdgeModel", ld.model, "Normal", "Loading",
+                      f"loading {ld.model}@{ld.version} ({ld.artifact.accelerator}) on {ld.node}"),
+            )  # fmt: skip
+            status = await self.client.load(ld.address, req)
+            if status.state == control_pb2.MODEL_STATE_READY:
+                self._backoff.pop(key, None)
+                await self.sink.event(
+                    ns,
+                    Event("EdgeModel", ld.model, "Normal", "Loaded",
+                          f"{ld.model}@{ld.version} ready on {ld.node}"),
+                )  # fmt: skip
+                return
+            reason = status.reason or "load failed"
+        except (grpc.aio.AioRpcError, LookupError) as err:
+            reason = err.details() if isinstance(err, grpc.aio.AioRpcError) else str(err)
+        finally:
+            self._inflight.pop(key, None)
+        b = self._backoff.setdefault(key, _Backoff())
+        b.attempts += 1
+        b.not_before = self.clock() + min(2.0**b.attempts, 60.0)
+        await self.sink.event(
+            ns,
+            Event("EdgeModel", ld.model, "Warning", "LoadFailed",
+                  f"{ld.model}@{ld.version} on {ld.node}: {reason} "
+                  f"(retry in {2**b.attempts:.0f}s)"),
+        )  # fmt: skip
+
+    async def _push_routes(self, pool: InferencePool, plan: PoolPlan) -> None:
+        routes = tuple(plan.routes)
+        if routes != self._routes:
+            self._routes = routes
+            self._generation += 1
+        table = routing_table(pool, routes, self._generation)
+        for n in self.nodes.values():
+            if not n.up or self._pushed.get(n.name) == self._generation:
+                continue
+            try:
+                await self.client.set_routing(n.address, table)
+                self._pushed[n.name] = self._generation
+            except grpc.aio.AioRpcError as err:
+                log.info("routing table to %s: %s", n.name, err.code().name)
+
+    async def _publish(
+        self, pool: InferencePool, models: Sequence[EdgeModel], plan: PoolPlan
+    ) -> None:
+        ns = pool.metadata.namespace
+        for ev in plan.events:
+            key = f"event/{ev.kind}/{ev.name}/{ev.reason}"
+            if self._published.get(key) != ev.message:
+                self._published[key] = ev.message
+                await self.sink.event(ns, ev)
+        for name, status in plan.model_status.items():
+            body = status.model_dump_json(
+                exclude={"conditions": {"__all__": {"last_transition_time"}}}
+            )
+            if self._published.get(f"em/{name}") != body:
+                self._published[f"em/{name}"] = body
+                await self.sink.model_status(ns, name, status)
+        body = plan.pool_status.model_dump_json(
+            exclude={
+                "conditions": {"__all__": {"last_transition_time"}},
+                "nodes": {"__all__": {"last_seen"}},
+            }
+        )
+        if self._published.get("pool") != body:
+            self._published["pool"] = body
+            await self.sink.pool_status(ns, pool.metadata.name, plan.pool_status)
+
+    async def close(self) -> None:
+        for task in list(self._inflight.values()):
+            task.cancel()
+        await asyncio.gather(*self._inflight.values(), return_exceptions=True)
+
+
+def routing_table(
+    pool: InferencePool, routes: Sequence[Route], generation: int
+) -> control_pb2.RoutingTable:
+    """The table every agent of the pool gets: peers per model version, weights, fallback."""
+    spec = pool.spec
+    table = control_pb2.RoutingTable(
+        generation=generation,
+        queue_limit=spec.routing.queue_limit,
+        retries=spec.routing.retries,
+        timeout_ms=spec.routing.timeout_ms,
+    )
+    for r in routes:
+        table.routes.append(
+            control_pb2.Route(
+                model=r.model,
+                version=r.version,
+                cache_ttl_seconds=r.cache_ttl_seconds,
+                cloud_fallback=r.cloud_fallback,
+                endpoints=[
+                    control_pb2.Endpoint(node=e.node, address=e.address, weight=e.weight)
+                    for e in r.endpoints
+                ],
+            )
+        )
+    if spec.cloud_fallback is not None:
+        cf = spec.cloud_fallback
+        table.cloud.CopyFrom(
+            control_pb2.CloudFallback(
+                endpoint=cf.endpoint,
+                token_file=(
+                    f"/var/run/hatswarm/cloud-token/{cf.token_secret_ref.key}"
+                    if cf.token_secret_ref
+                    else ""
+                ),
+                max_share=cf.max_share,
+                price_per_1k_usd=cf.price_per1k_usd,
+                tls=cf.tls,
+            )
+        )
+    return table
