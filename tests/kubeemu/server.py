@@ -123,9 +123,11 @@ class ApiServer:
     async def _serve(self) -> None:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=1.0
+        )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0, shutdown_timeout=1.0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
         server = site._server
         assert server is not None
@@ -298,6 +300,14 @@ class ApiServer:
     # -- resources -----------------------------------------------------------------------------
 
     async def _body(self, request: web.Request) -> Any:
+        content_type = request.headers.get("Content-Type", "")
+        if "protobuf" in content_type or "cbor" in content_type:
+            raise ApiError(
+                415,
+                "UnsupportedMediaType",
+                f"the body of the request was in an unknown format - accepted media types"
+                f" include: application/json, application/yaml (got {content_type})",
+            )
         raw = await request.read()
         if not raw:
             return None

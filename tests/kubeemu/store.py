@@ -140,21 +140,25 @@ def parse_field_selector(text: str) -> list[Requirement]:
     return reqs
 
 
+def _requirement_holds(has: bool, value: str | None, op: str, values: tuple[str, ...]) -> bool:
+    if op == "exists":
+        return has
+    if op == "!":
+        return not has
+    if op == "=":
+        return has and value == values[0]
+    if op == "!=":
+        return not has or value != values[0]
+    if op == "in":
+        return has and value in values
+    return not has or value not in values  # notin
+
+
 def _labels_match(obj: Obj, reqs: list[Requirement]) -> bool:
     labels: dict[str, str] = (obj.get("metadata") or {}).get("labels") or {}
-    for key, op, values in reqs:
-        has, value = key in labels, labels.get(key)
-        ok = {
-            "=": has and value == values[0],
-            "!=": not has or value != values[0],
-            "in": has and value in values,
-            "notin": not has or value not in values,
-            "exists": has,
-            "!": not has,
-        }[op]
-        if not ok:
-            return False
-    return True
+    return all(
+        _requirement_holds(key in labels, labels.get(key), op, values) for key, op, values in reqs
+    )
 
 
 def _field_value(obj: Obj, path: str) -> str:

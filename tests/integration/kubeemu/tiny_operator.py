@@ -15,13 +15,13 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kubeemu.test")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="kubeemu.test")
     settings.watching.server_timeout = 30
-    settings.posting.level = 0
 
 
 @kopf.on.create("example.com", "v1", "widgets")
-async def created(patch: kopf.Patch, spec: kopf.Spec, **_: Any) -> None:
+async def created(body: kopf.Body, patch: kopf.Patch, spec: kopf.Spec, **_: Any) -> None:
     patch.status["phase"] = "Ready"
     patch.status["observedSize"] = spec.get("size")
+    kopf.info(body, reason="Ready", message=f"size {spec.get('size')}")  # a core v1 Event
 
 
 @kopf.on.delete("example.com", "v1", "widgets")
