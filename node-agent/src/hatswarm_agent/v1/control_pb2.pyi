@@ -405,11 +405,16 @@ class Route(_message.Message):
     ENDPOINTS_FIELD_NUMBER: _builtins.int
     CACHE_TTL_SECONDS_FIELD_NUMBER: _builtins.int
     CLOUD_FALLBACK_FIELD_NUMBER: _builtins.int
+    WEIGHT_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     version: _builtins.str
     cache_ttl_seconds: _builtins.int
     """Cached responses allowed for this model version (seconds, 0 = never)."""
     cloud_fallback: _builtins.bool
+    weight: _builtins.float
+    """Share of the model's traffic for this version when a request names no version (canary
+    splits, relative across the model's routes); 0 means the sum of its endpoint weights.
+    """
     @_builtins.property
     def endpoints(self) -> _containers.RepeatedCompositeFieldContainer[Global___Endpoint]: ...
     def __init__(
@@ -420,10 +425,11 @@ class Route(_message.Message):
         endpoints: _abc.Iterable[Global___Endpoint] | None = ...,
         cache_ttl_seconds: _builtins.int = ...,
         cloud_fallback: _builtins.bool = ...,
+        weight: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_ttl_seconds", b"cache_ttl_seconds", "cloud_fallback", b"cloud_fallback", "endpoints", b"endpoints", "model", b"model", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_ttl_seconds", b"cache_ttl_seconds", "cloud_fallback", b"cloud_fallback", "endpoints", b"endpoints", "model", b"model", "version", b"version", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -473,11 +479,19 @@ class RoutingTable(_message.Message):
     QUEUE_LIMIT_FIELD_NUMBER: _builtins.int
     RETRIES_FIELD_NUMBER: _builtins.int
     TIMEOUT_MS_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    HEDGE_AFTER_PERCENTILE_FIELD_NUMBER: _builtins.int
     generation: _builtins.int
     queue_limit: _builtins.int
     """Per-model queue limit before the router sends work elsewhere or sheds it."""
     retries: _builtins.int
     timeout_ms: _builtins.int
+    policy: _builtins.str
+    """"PowerOfTwoChoices" (also when empty), "LeastLoaded" or "RoundRobin"."""
+    hedge_after_percentile: _builtins.float
+    """Hedge: send a second copy of a request still unanswered past this percentile (50..100) of
+    the pool's recent latencies, to another replica; 0 disables hedging.
+    """
     @_builtins.property
     def routes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Route]: ...
     @_builtins.property
@@ -491,10 +505,12 @@ class RoutingTable(_message.Message):
         queue_limit: _builtins.int = ...,
         retries: _builtins.int = ...,
         timeout_ms: _builtins.int = ...,
+        policy: _builtins.str = ...,
+        hedge_after_percentile: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cloud", b"cloud"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cloud", b"cloud", "generation", b"generation", "queue_limit", b"queue_limit", "retries", b"retries", "routes", b"routes", "timeout_ms", b"timeout_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cloud", b"cloud", "generation", b"generation", "hedge_after_percentile", b"hedge_after_percentile", "policy", b"policy", "queue_limit", b"queue_limit", "retries", b"retries", "routes", b"routes", "timeout_ms", b"timeout_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
