@@ -48,7 +48,7 @@ demo: install ## a local pool on simulated Pi + HAT+ nodes (no cluster)
 	$(RUN) hatswarm demo
 
 bench: install ## every benchmark; ratios against baselines measured in the same run
-	$(RUN) hatswarm bench --out bench/results.json
+	$(RUN) python bench/run.py
 
 images: ## build the operator and agent images (filled by the ship-it issue)
 	@echo "images: not built yet (see the ship-it issue)"; exit 1
