@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from dataclasses import dataclass
@@ -51,7 +52,9 @@ class ControlServicer(control_pb2_grpc.AgentControlServicer):
         self, request: control_pb2.NodeStatusRequest, context: Any
     ) -> control_pb2.NodeStatusResponse:
         lc = self._lifecycle
-        info = lc.backends.device_info() if not self._identity.gateway else None
+        info = None
+        if not self._identity.gateway:  # may block on the NPU: off the event loop
+            info = await asyncio.get_running_loop().run_in_executor(None, lc.backends.device_info)
         temperature = info.temperature_c if info and info.temperature_c is not None else math.nan
         watts = info.watts if info and info.watts is not None else math.nan
         return control_pb2.NodeStatusResponse(

@@ -26,6 +26,7 @@ from hatswarm_agent.batching import ModelQueue
 from hatswarm_agent.errors import InvalidInputError, PreconditionError
 from hatswarm_agent.metrics import AgentMetrics
 from hatswarm_agent.models import DEFAULT_VERSION, ModelRegistry, ModelVersion
+from hatswarm_agent.signing import normalize_sha256
 from hatswarm_agent.v1 import control_pb2
 
 log = logging.getLogger(__name__)
@@ -155,27 +156,38 @@ class ModelLifecycle:
         request = entry.request
         backend = self.backends.get(request.backend)
         entry.backend = backend.name
-        path = await self.artifacts.fetch(
-            request.uri, request.sha256, request.signature, request.public_key
-        )
-        options = self._options(entry.name, request.options)
-        loop = asyncio.get_running_loop()
-        model = await loop.run_in_executor(None, backend.load, path, options)
+        # Pin a known digest before fetching, so a concurrent eviction cannot take the file
+        # between download and load; a failure releases it again.
+        pinned = normalize_sha256(request.sha256) if request.sha256 else ""
+        if pinned:
+            self.artifacts.pin(pinned)
         try:
-            queue = ModelQueue(
-                model,
-                limit=int_option(options, "queue_limit", self.defaults.queue_limit, minimum=1),
-                max_batch_size=model.max_batch_size,
-                max_queue_delay_s=int_option(options, "max_queue_delay_us", 0) / 1e6,
-                concurrency=max(1, int(getattr(model, "concurrency", 1))),
-                on_execution=entry.on_execution,
-                name=entry.name,
+            path = await self.artifacts.fetch(
+                request.uri, request.sha256, request.signature, request.public_key
             )
+            options = self._options(entry.name, request.options, request.uri)
+            loop = asyncio.get_running_loop()
+            model = await loop.run_in_executor(None, backend.load, path, options)
+            try:
+                queue = ModelQueue(
+                    model,
+                    limit=int_option(options, "queue_limit", self.defaults.queue_limit, minimum=1),
+                    max_batch_size=model.max_batch_size,
+                    max_queue_delay_s=int_option(options, "max_queue_delay_us", 0) / 1e6,
+                    concurrency=max(1, int(getattr(model, "concurrency", 1))),
+                    on_execution=entry.on_execution,
+                    name=entry.name,
+                )
+            except BaseException:
+                model.close()
+                raise
         except BaseException:
-            model.close()
+            if pinned:
+                self.artifacts.unpin(pinned)
             raise
         entry.sha256 = path.name
-        self.artifacts.pin(entry.sha256)
+        if not pinned:
+            self.artifacts.pin(entry.sha256)
         entry.model, entry.queue = model, queue
         watts = getattr(model, "active_watts", None)
         entry.active_watts = float(watts) if isinstance(watts, int | float) else None
@@ -185,7 +197,7 @@ class ModelLifecycle:
         entry.loaded_at_unix_ms = int(time.time() * 1000)
         entry.state, entry.reason = READY, ""
 
-    def _options(self, name: str, requested: Mapping[str, str]) -> dict[str, str]:
+    def _options(self, name: str, requested: Mapping[str, str], uri: str = "") -> dict[str, str]:
         d = self.defaults
         return {
             "queue_limit": str(d.queue_limit),
@@ -193,6 +205,7 @@ class ModelLifecycle:
             "max_queue_delay_us": str(d.max_queue_delay_us),
             **requested,
             "model_name": name,
+            "uri": uri,
         }
 
     async def unload(self, name: str, version: str = "") -> list[str]:
