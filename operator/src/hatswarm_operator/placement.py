@@ -8,7 +8,8 @@ Rules, in the order they bind:
 
 - A replica goes only where it can run: the node matches the model's node selector and the
   model has an artifact for the node's accelerator, or a ``cpu`` artifact (which runs on any
-  node's CPU). Where a node could run both, the NPU artifact wins.
+  node's CPU). Where a node could run both, the NPU artifact wins, always: a full NPU does not
+  turn the node into a CPU host for that model, so a replica never flips runtime with load.
 - At most one replica of a model per node; never beyond a node's memory or NPU contexts,
   counting everything already placed. A CPU replica takes no NPU context.
 - Stability first: a current replica that is still valid stays where it is (even on a cordoned
@@ -340,7 +341,7 @@ class _Plan:
         self.default_fps = default_fps
         # Per accelerator kind, the artifact to use (first by identity if several).
         arts: dict[str, Artifact] = {}
-        for a in sorted(model.artifacts, key=Artifact.identity):
+        for a in sorted(model.artifacts, key=_artifact_order):
             arts.setdefault(a.accelerator, a)
         self.arts = arts
         self.cpu_art = arts.get(CPU)
@@ -585,6 +586,11 @@ class _Plan:
             f"node selector {wanted} matches none of the {len(self.pool.nodes)} nodes "
             f"({'; '.join(present)})"
         )
+
+
+def _artifact_order(a: Artifact) -> tuple[str, str, str, str, bool, float]:
+    """A total order on artifacts, so duplicates resolve the same in any input order."""
+    return (*a.identity(), a.fps is None, a.fps or 0.0)
 
 
 def _kinds(pool: _Pool, idx: Iterable[int]) -> str:
