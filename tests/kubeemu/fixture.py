@@ -119,3 +119,5 @@ def kube_api(tmp_path: Path) -> Iterator[KubeApi]:
         yield KubeApi(server, store, kubeconfig, home / "kube-cache", token)
     finally:
         server.stop()
+    if store.hook_errors:
+        raise AssertionError(f"kubeemu hooks raised: {store.hook_errors!r}")

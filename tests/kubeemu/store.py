@@ -27,6 +27,7 @@ Semantics, as the real API server (differences are called out):
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import copy
 import random
@@ -249,6 +250,7 @@ class Store:
         self._hooks: builtins.list[tuple[Hook, str | None, frozenset[str]]] = []
         self._txn = threading.local()
         self._orphaning: set[str] = set()
+        self.hook_errors: builtins.list[Exception] = []
         for rt in BUILTIN_TYPES:
             self._types[(rt.group, rt.version, rt.plural)] = rt
         for ns in ("default", "kube-system", "kube-public", "kube-node-lease"):
@@ -304,7 +306,8 @@ class Store:
 
         Hooks run in the thread that made the change (often the HTTP server's), after the
         store's lock is released; they may call the store (e.g. create a Pod for a new
-        DaemonSet) but must not block for long.
+        DaemonSet) but must not block for long. Their exceptions are kept in
+        ``hook_errors`` (the ``kube_api`` fixture fails the test on them).
         """
         entry = (fn, kind, frozenset(events))
         with self._lock:
@@ -330,6 +333,15 @@ class Store:
                     raise TimeoutError(f"store condition not met within {timeout}s")
                 self._cond.wait(min(remaining, 0.5))
 
+    async def wait_for_async(
+        self,
+        predicate: Callable[[Store], T],
+        *,
+        timeout: float = 10.0,  # noqa: ASYNC109 - the wait happens in a worker thread
+    ) -> T:
+        """:meth:`wait_for` for async tests: waits in a worker thread, not on the loop."""
+        return await asyncio.to_thread(self.wait_for, predicate, timeout=timeout)
+
     @contextmanager
     def _transaction(self) -> Iterator[None]:
         txn: _Txn = getattr(self._txn, "state", None) or _Txn()
@@ -347,7 +359,10 @@ class Store:
                 for event_type, rt, obj in pending:
                     for fn, kind, events in hooks:
                         if event_type in events and kind in (None, rt.kind):
-                            fn(event_type, rt, copy.deepcopy(obj))
+                            try:
+                                fn(event_type, rt, copy.deepcopy(obj))
+                            except Exception as e:  # kept for the fixture to report
+                                self.hook_errors.append(e)
 
     # -- reading -------------------------------------------------------------------------------
 

@@ -71,15 +71,24 @@ def test_kopf_sets_status_and_completes_deletion(
     except TimeoutError:
         pytest.fail(f"kopf never set the status:\n{operator.read_text()[-4000:]}")
 
+    kube_api.server.close_watches()  # kopf must resume from its last resourceVersion
+    kube_api.store.put(widget("resumed"))
+    try:
+        store.wait_for(_phase("resumed", widgets), timeout=30)
+    except TimeoutError:
+        pytest.fail(f"kopf did not resume watching:\n{operator.read_text()[-4000:]}")
+
     late = store.get(widgets, "default", "late")
     assert late["status"] == {"phase": "Ready", "observedSize": "small"}
     assert late["metadata"]["finalizers"] == ["kubeemu.test/tiny-operator"]
     assert late["metadata"]["generation"] == 1  # status and metadata writes only
 
-    deleted = kube_api.kubectl("delete", "widget", "late", "early", "--timeout=30s")
+    deleted = kube_api.kubectl("delete", "widget", "late", "early", "resumed", "--timeout=30s")
     assert deleted.returncode == 0, f"{deleted.stderr}\n{operator.read_text()[-4000:]}"
     assert store.find("Widget") == []
-    events = store.wait_for(
-        lambda s: [e for e in s.find("Event") if e["reason"] == "Ready"], timeout=30
-    )
-    assert {e["involvedObject"]["name"] for e in events} >= {"early", "late"}
+
+    def posted(store: Store) -> set[str]:
+        names = {e["involvedObject"]["name"] for e in store.find("Event") if e["reason"] == "Ready"}
+        return names if names >= {"early", "late", "resumed"} else set()
+
+    assert store.wait_for(posted, timeout=30)  # kopf.info() -> core v1 Events, generateName
