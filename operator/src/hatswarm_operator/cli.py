@@ -21,6 +21,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "cost": ("hatswarm_operator.cost_cli", "edge TCO, cost per inference, cloud break-even"),
     "up": ("hatswarm_operator.up_cli:up_main", "run a whole pool on this machine (no cluster)"),
     "status": ("hatswarm_operator.up_cli:status_main", "show the status of `hatswarm up`"),
+    "loadtest": (
+        "hatswarm_operator.loadtest",
+        "synthetic load on any OIP endpoint: throughput, tails",
+    ),
     "demo": ("hatswarm_operator.demo", "the guided demo: pool, load, failover, cache, cost"),
 }
 
@@ -49,7 +53,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     entry: Callable[[list[str]], int] = getattr(
         importlib.import_module(module_name), func or "main"
     )
-    return entry(args[1:])
+    try:
+        return entry(args[1:])
+    except BrokenPipeError:  # `hatswarm status | head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":
