@@ -261,9 +261,14 @@ def validate(
         _cause(e)
         for e in sorted(validator.iter_errors(body), key=lambda e: list(map(str, e.absolute_path)))
     ]
-    old_body = None
-    if old is not None:
-        old_body = {k: v for k, v in old.items() if k not in ("apiVersion", "kind", "metadata")}
     if not causes:
-        causes += _cel_causes(body, old_body, root, [])
+        causes += _cel_causes(_cel_root(obj), _cel_root(old) if old else None, root, [])
     return causes
+
+
+def _cel_root(obj: dict[str, Any]) -> dict[str, Any]:
+    """The root ``self`` of CEL rules: metadata is reduced to name and generateName."""
+    out = dict(obj)
+    meta = obj.get("metadata") or {}
+    out["metadata"] = {k: meta[k] for k in ("name", "generateName") if k in meta}
+    return out

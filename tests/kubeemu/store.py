@@ -417,14 +417,29 @@ class Store:
             ]
             return items, str(self._rv)
 
-    def find(self, kind: str, namespace: str | None = None, **labels: str) -> builtins.list[Obj]:
-        """Test helper: every object of ``kind`` (optionally in a namespace, with labels)."""
+    def find(
+        self,
+        kind: str,
+        namespace: str | None = None,
+        *,
+        selector: str = "",
+        fields: str = "",
+        **labels: str,
+    ) -> builtins.list[Obj]:
+        """Test helper: every object of ``kind`` (core group first for ``Event``).
+
+        Optionally in one namespace, matching a label ``selector`` string (for keys such as
+        ``app.kubernetes.io/name``), a field selector, and/or ``key=value`` labels.
+        """
         with self._lock:
             rts = [rt for rt in self._types.values() if rt.kind == kind]
             if not rts:
                 return []
-            selector = ",".join(f"{k}={v}" for k, v in labels.items())
-            return self.list(rts[0], namespace, label_selector=selector)[0]
+            parts = [selector] if selector else []
+            parts += [f"{k}={v}" for k, v in labels.items()]
+            return self.list(
+                rts[0], namespace, label_selector=",".join(parts), field_selector=fields
+            )[0]
 
     # -- committing ----------------------------------------------------------------------------
 
