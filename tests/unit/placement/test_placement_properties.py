@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 ACCELS = ("hailo8l", "hailo8", CPU)
 NODE_NAMES = tuple(f"n{i}" for i in range(9))
 MODEL_NAMES = tuple(f"m{i}" for i in range(6))
-SETTINGS = settings(max_examples=80, deadline=None)
+SETTINGS = settings(max_examples=60, deadline=None)
 
 
 @st.composite
