@@ -32,6 +32,15 @@ METRIC_NAMES: list[str] = [
     "hatswarm_model_energy_joules_total",
     "hatswarm_npu_temperature_celsius",
     "hatswarm_npu_power_watts",
+    "hatswarm_route_requests_total",
+    "hatswarm_route_retries_total",
+    "hatswarm_route_hedges_total",
+    "hatswarm_peer_ejections_total",
+    "hatswarm_requests_shed_total",
+    "hatswarm_cache_hits_total",
+    "hatswarm_cache_misses_total",
+    "hatswarm_cloud_fallback_requests_total",
+    "hatswarm_cloud_fallback_cost_usd_total",
 ]
 
 _LABELS = ("model", "version")
@@ -176,3 +185,50 @@ class AgentMetrics:
     def serve(self, host: str, port: int) -> None:
         """Expose /metrics on its own port, in a daemon thread."""
         start_http_server(port, addr=host, registry=self.registry)
+
+
+class RouteMetrics:
+    """The router's counters: where requests went, retries, ejections, shedding, cache, cloud."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.requests = Counter(
+            "hatswarm_route_requests",
+            "Requests by where they were answered (local, peer, cloud, cache)",
+            ("model", "route"),
+            registry=r,
+        )
+        self.retries = Counter(
+            "hatswarm_route_retries", "Requests sent again to another replica", registry=r
+        )
+        self.hedges = Counter(
+            "hatswarm_route_hedges", "Second copies sent for slow requests", registry=r
+        )
+        self.ejections = Counter(
+            "hatswarm_peer_ejections", "Peers ejected after consecutive failures", ("peer",),
+            registry=r,
+        )  # fmt: skip
+        self.shed = Counter(
+            "hatswarm_requests_shed",
+            "Requests refused because the pool was saturated",
+            ("model", "priority"),
+            registry=r,
+        )
+        self.cache_hits = Counter(
+            "hatswarm_cache_hits", "Responses answered from the cache", ("model",), registry=r
+        )
+        self.cache_misses = Counter(
+            "hatswarm_cache_misses", "Cacheable requests not in the cache", ("model",), registry=r
+        )
+        self.cloud_requests = Counter(
+            "hatswarm_cloud_fallback_requests",
+            "Requests sent to the cloud fallback",
+            ("model",),
+            registry=r,
+        )
+        self.cloud_cost = Counter(
+            "hatswarm_cloud_fallback_cost_usd",
+            "Cost of the cloud fallback requests (price_per_1k_usd / 1000 each)",
+            ("model",),
+            registry=r,
+        )
