@@ -21,7 +21,6 @@ from .server import ApiServer
 from .store import Store
 
 KUBECTL = Path(sys.executable).parent / "kubectl"
-_VALIDATING_VERBS = {"apply", "create", "replace"}
 
 
 @dataclass
@@ -52,7 +51,12 @@ class KubeApi:
         check: bool = False,
         timeout: float = 60.0,
     ) -> subprocess.CompletedProcess[str]:
-        """Run the real kubectl against the emulator (``--validate=false`` added where due)."""
+        """Run the real kubectl against the emulator, with its own kubeconfig and cache dir.
+
+        kubectl's default ``--validate=strict`` works: the emulator advertises server-side
+        field validation, so unknown fields of custom resources are refused (400);
+        ``--validate=false`` prunes them silently, ``--validate=warn`` prints a warning.
+        """
         argv = [
             str(KUBECTL),
             "--kubeconfig",
@@ -61,9 +65,6 @@ class KubeApi:
             str(self.cache_dir),
         ]
         argv += list(args)
-        verb = next((a for a in args if not a.startswith("-")), "")
-        if verb in _VALIDATING_VERBS and not any(a.startswith("--validate") for a in args):
-            argv.append("--validate=false")
         result = subprocess.run(
             argv, input=input, capture_output=True, text=True, timeout=timeout, env=self.env()
         )

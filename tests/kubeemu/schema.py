@@ -108,25 +108,74 @@ def _prunes(schema: dict[str, Any]) -> bool:
     )
 
 
-def prune(value: Any, schema: dict[str, Any], *, root: bool = False) -> Any:
-    """Drop fields the schema does not declare (unless it preserves unknown fields)."""
+def prune(
+    value: Any,
+    schema: dict[str, Any],
+    *,
+    root: bool = False,
+    dropped: list[str] | None = None,
+    path: str = "",
+) -> Any:
+    """Drop fields the schema does not declare (unless it preserves unknown fields).
+
+    The paths of dropped fields (``spec.foo``) are appended to ``dropped``.
+    """
     if isinstance(value, dict):
         props: dict[str, Any] = schema.get("properties") or {}
         additional = schema.get("additionalProperties")
         for key in list(value):
             if root and key in ("apiVersion", "kind", "metadata"):
                 continue
+            here = f"{path}.{key}" if path else str(key)
             if key in props:
-                value[key] = prune(value[key], props[key])
+                value[key] = prune(value[key], props[key], dropped=dropped, path=here)
             elif isinstance(additional, dict):
-                value[key] = prune(value[key], additional)
+                value[key] = prune(value[key], additional, dropped=dropped, path=here)
             elif not _prunes(schema):
                 continue
             else:
                 del value[key]
+                if dropped is not None:
+                    dropped.append(here)
     elif isinstance(value, list) and isinstance(schema.get("items"), dict):
-        return [prune(item, schema["items"]) for item in value]
+        return [
+            prune(item, schema["items"], dropped=dropped, path=f"{path}[{n}]")
+            for n, item in enumerate(value)
+        ]
     return value
+
+
+def _list_causes(value: Any, schema: dict[str, Any], path: list[str | int]) -> list[Cause]:
+    """``x-kubernetes-list-type: set|map`` uniqueness, as the real server checks it."""
+    causes: list[Cause] = []
+    if isinstance(value, list):
+        list_type = schema.get("x-kubernetes-list-type")
+        keys = schema.get("x-kubernetes-list-map-keys") or []
+        seen: list[Any] = []
+        for n, item in enumerate(value):
+            if list_type == "set":
+                identity: Any = item
+                shown = _go_value(item)
+            elif list_type == "map" and isinstance(item, dict):
+                identity = {k: item.get(k) for k in keys}
+                inner = ", ".join(f"{json.dumps(k)}:{json.dumps(v)}" for k, v in identity.items())
+                shown = "map[string]interface {}{" + inner + "}"
+            else:
+                continue
+            if identity in seen:
+                causes.append(
+                    Cause(_field([*path, n]), "FieldValueDuplicate", f"Duplicate value: {shown}")
+                )
+            else:
+                seen.append(identity)
+        if isinstance(schema.get("items"), dict):
+            for n, item in enumerate(value):
+                causes += _list_causes(item, schema["items"], [*path, n])
+    elif isinstance(value, dict):
+        for key, sub in (schema.get("properties") or {}).items():
+            if key in value:
+                causes += _list_causes(value[key], sub, [*path, key])
+    return causes
 
 
 def _field(path: Any) -> str:
@@ -261,6 +310,7 @@ def validate(
         _cause(e)
         for e in sorted(validator.iter_errors(body), key=lambda e: list(map(str, e.absolute_path)))
     ]
+    causes += _list_causes(body, root, [])
     if not causes:
         causes += _cel_causes(_cel_root(obj), _cel_root(old) if old else None, root, [])
     return causes

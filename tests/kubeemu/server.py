@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import re
 import threading
@@ -215,8 +216,12 @@ class ApiServer:
             )
         if path == "/apis":
             return self._json(self._group_list())
+        if path == "/openapi/v3":
+            return self._json(self._openapi_index())
+        if path.startswith("/openapi/v3/"):
+            return self._json(self._openapi_group_version(path[len("/openapi/v3/") :]))
         if path.startswith("/openapi"):
-            raise ApiError(404, "NotFound", "kubeemu serves no OpenAPI documents")
+            raise ApiError(404, "NotFound", "kubeemu serves no OpenAPI v2 document")
         parts = path.strip("/").split("/")
         if parts[0] == "api" and len(parts) >= 2:
             group, version, rest = "", parts[1], parts[2:]
@@ -272,6 +277,46 @@ class ApiServer:
             "apiVersion": "v1",
             "groupVersion": f"{group}/{version}" if group else version,
             "resources": resources,
+        }
+
+    # -- OpenAPI v3: just enough for kubectl to see server-side field validation --------------
+
+    def _openapi_index(self) -> Obj:
+        paths: Obj = {}
+        for group, versions in self._versions().items():
+            for version in versions:
+                key = f"apis/{group}/{version}" if group else f"api/{version}"
+                digest = hashlib.sha256(
+                    json.dumps(self._openapi_group_version(key), sort_keys=True).encode()
+                ).hexdigest()[:16]
+                paths[key] = {"serverRelativeURL": f"/openapi/v3/{key}?hash={digest}"}
+        return {"paths": paths}
+
+    def _openapi_group_version(self, key: str) -> Obj:
+        """Paths with a PATCH that takes ``fieldValidation``; no schemas (no ``explain``)."""
+        parts = key.split("/")
+        group, version = ("", parts[1]) if parts[0] == "api" else (parts[1], parts[2])
+        types = [rt for rt in self.store.types() if (rt.group, rt.version) == (group, version)]
+        if not types:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        prefix = f"/apis/{group}/{version}" if group else f"/api/{version}"
+        paths: Obj = {}
+        for rt in types:
+            scope = "/namespaces/{namespace}" if rt.namespaced else ""
+            gvk = {"group": rt.group, "version": rt.version, "kind": rt.kind}
+            operation = {
+                "x-kubernetes-group-version-kind": gvk,
+                "parameters": [
+                    {"name": "fieldValidation", "in": "query", "schema": {"type": "string"}}
+                ],
+                "responses": {"200": {"description": "OK"}},
+            }
+            paths[f"{prefix}{scope}/{rt.plural}/{{name}}"] = {"patch": operation}
+        return {
+            "openapi": "3.0.0",
+            "info": {"title": "Kubernetes (kubeemu)", "version": _VERSION["gitVersion"]},
+            "paths": paths,
+            "components": {"schemas": {}},
         }
 
     def _target(self, group: str, version: str, rest: list[str]) -> _Target:
@@ -332,6 +377,19 @@ class ApiServer:
             include_object=request.query.get("includeObject", "Metadata"),
         )
 
+    @staticmethod
+    def _field_validation(request: web.Request) -> str:
+        mode = request.query.get("fieldValidation", "Warn")
+        if mode not in ("Strict", "Warn", "Ignore"):
+            raise ApiError(400, "BadRequest", "fieldValidation must be Strict, Warn or Ignore")
+        return mode
+
+    @staticmethod
+    def _warned(response: web.Response, warnings: list[str]) -> web.Response:
+        for warning in warnings:
+            response.headers.add("Warning", "299 - " + json.dumps(warning))
+        return response
+
     async def _serve_resource(self, request: web.Request, t: _Target) -> web.StreamResponse:
         q = request.query
         if q.get("dryRun"):
@@ -362,7 +420,9 @@ class ApiServer:
                 body = await self._body(request)
                 if not isinstance(body, dict):
                     raise ApiError(400, "BadRequest", "the request body must be an object")
-                return self._json(store.create(rt, t.namespace, body), 201)
+                with store.field_validation(self._field_validation(request)) as warnings:
+                    created = store.create(rt, t.namespace, body)
+                return self._warned(self._json(created, 201), warnings)
             if method == "DELETE":
                 deleted = store.delete_collection(
                     rt,
@@ -394,9 +454,9 @@ class ApiServer:
             body = await self._body(request)
             if not isinstance(body, dict):
                 raise ApiError(400, "BadRequest", "the request body must be an object")
-            return self._json(
-                store.replace(rt, t.namespace, t.name, body, subresource=t.subresource)
-            )
+            with store.field_validation(self._field_validation(request)) as warnings:
+                replaced = store.replace(rt, t.namespace, t.name, body, subresource=t.subresource)
+            return self._warned(self._json(replaced), warnings)
         if method == "PATCH":
             content_type = request.headers.get("Content-Type", "").split(";")[0].strip()
             if content_type.startswith("application/apply-patch"):
@@ -412,9 +472,11 @@ class ApiServer:
                     415, "UnsupportedMediaType", f"the patch type {content_type!r} is not supported"
                 )
             body = await self._body(request)
-            return self._json(
-                store.patch(rt, t.namespace, t.name, patch_type, body, subresource=t.subresource)
-            )
+            with store.field_validation(self._field_validation(request)) as warnings:
+                patched = store.patch(
+                    rt, t.namespace, t.name, patch_type, body, subresource=t.subresource
+                )
+            return self._warned(self._json(patched), warnings)
         if method == "DELETE":
             options = await self._body(request) or {}
             propagation = q.get("propagationPolicy") or options.get("propagationPolicy")

@@ -216,6 +216,8 @@ class Event:
 class _Txn:
     depth: int = 0
     hooks: list[tuple[str, ResourceType, Obj]] = field(default_factory=list)
+    field_validation: str = "Ignore"
+    warnings: list[str] = field(default_factory=list)
 
 
 def _get_path(obj: Obj, path: str) -> Any:
@@ -660,11 +662,33 @@ class Store:
     def _check_schema(self, rt: ResourceType, obj: Obj, old: Obj | None) -> None:
         if rt.schema is None:
             return
-        schema.prune(obj, rt.schema, root=True)
+        dropped: builtins.list[str] = []
+        schema.prune(obj, rt.schema, root=True, dropped=dropped)
+        mode = getattr(self._txn.state, "field_validation", "Ignore")
+        if dropped and mode == "Strict":
+            unknown = ", ".join(f'unknown field "{d}"' for d in dropped)
+            raise ApiError(400, "BadRequest", f"strict decoding error: {unknown}")
+        if dropped and mode == "Warn":
+            self._txn.state.warnings += [f'unknown field "{d}"' for d in dropped]
         schema.apply_defaults(obj, rt.schema)
         causes = schema.validate(obj, rt.schema, old)
         if causes:
             raise self._invalid(rt, obj["metadata"]["name"], causes)
+
+    @contextmanager
+    def field_validation(self, mode: str) -> Iterator[builtins.list[str]]:
+        """Writes in this block (this thread) validate unknown fields as ``mode``.
+
+        ``Strict`` refuses them (400), ``Warn`` collects warnings into the yielded list,
+        ``Ignore`` (the default for direct store calls) prunes them silently.
+        """
+        with self._transaction():
+            state: _Txn = self._txn.state
+            previous, state.field_validation, state.warnings = state.field_validation, mode, []
+            try:
+                yield state.warnings
+            finally:
+                state.field_validation = previous
 
     # -- updating ------------------------------------------------------------------------------
 

@@ -104,8 +104,13 @@ def test_schema_invalid_widget_is_refused_naming_the_field(
     assert "minReplicas must not exceed replicas" in cel.stderr
     assert kube_api.store.find("Widget") == []
 
-    kube_api.apply(widget("ok", junk="pruned"))
-    assert "junk" not in kube_api.store.get(widgets, "default", "ok")["spec"]
+    typo = kube_api.kubectl("apply", "-f", "-", input=yaml.safe_dump(widget("ok", junk=1)))
+    assert 'strict decoding error: unknown field "spec.junk"' in typo.stderr
+    warned = kube_api.kubectl(
+        "apply", "--validate=warn", "-f", "-", input=yaml.safe_dump(widget("ok", junk=1))
+    )
+    assert 'unknown field "spec.junk"' in warned.stderr
+    assert "junk" not in kube_api.store.get(widgets, "default", "ok")["spec"]  # pruned
 
 
 def test_delete_waits_for_finalizers(kube_api: KubeApi, widgets: ResourceType) -> None:

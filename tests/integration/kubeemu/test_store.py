@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
 
-from tests.integration.kubeemu.widgets import widget
+from tests.integration.kubeemu.widgets import WIDGET_CRD, widget
 from tests.kubeemu import ApiError, ResourceType, Store
 from tests.kubeemu.patches import PatchTestError, json_patch, merge_patch, strategic_merge_patch
 from tests.kubeemu.tables import jsonpath
@@ -80,8 +81,6 @@ def store() -> Store:
 
 @pytest.fixture
 def widgets(store: Store) -> ResourceType:
-    from tests.integration.kubeemu.widgets import WIDGET_CRD
-
     store.put(WIDGET_CRD)
     return store.type_for("example.com/v1", "Widget")
 
@@ -166,3 +165,31 @@ def test_hooks_fire_after_commit(store: Store, widgets: ResourceType) -> None:
     store.put(widget("w1"))
     store.delete(widgets, "default", "w1")
     assert seen == ["ADDED Widget w1", "DELETED Widget w1"]
+
+
+def test_list_map_keys_must_be_unique() -> None:
+    store = Store()
+    crd = copy.deepcopy(WIDGET_CRD)
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    spec["properties"]["ports"] = {
+        "type": "array",
+        "x-kubernetes-list-type": "map",
+        "x-kubernetes-list-map-keys": ["name"],
+        "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+    }
+    store.put(crd)
+    with pytest.raises(ApiError) as invalid:
+        store.put(widget("w1", ports=[{"name": "a", "port": 1}, {"name": "a", "port": 2}]))
+    assert invalid.value.code == 422
+    assert 'spec.ports[1]: Duplicate value: map[string]interface {}{"name":"a"}' in str(
+        invalid.value
+    )
+
+
+def test_field_validation_modes(store: Store, widgets: ResourceType) -> None:
+    with pytest.raises(ApiError) as strict, store.field_validation("Strict"):
+        store.put(widget("w1", junk=1))
+    assert strict.value.code == 400
+    with store.field_validation("Warn") as warnings:
+        store.put(widget("w1", junk=1))
+    assert warnings == ['unknown field "spec.junk"']
