@@ -2,8 +2,11 @@
 
 Serves discovery (legacy, non-aggregated: clients fall back to it), list/watch (chunked JSON
 lines), CRUD, patches, the status and scale subresources, and meta.k8s.io Tables for
-``kubectl get``. ``/openapi/v2`` and ``/openapi/v3`` answer 404, which kubectl tolerates with
-``--validate=false``. Server-side apply and ``dryRun`` are refused with a clear error.
+``kubectl get``. ``/openapi/v3`` is a minimal index whose per-group-version documents only
+declare that PATCH takes ``fieldValidation`` (so kubectl's default ``--validate=strict`` uses
+server-side validation); they carry no schemas (``kubectl explain`` fails) and
+``/openapi/v2`` is 404. Protobuf request bodies (``kubectl create namespace|configmap``
+generators), server-side apply and ``dryRun`` are refused with a clear error.
 """
 
 from __future__ import annotations
