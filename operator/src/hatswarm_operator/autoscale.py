@@ -234,7 +234,7 @@ def _hpa(
     current: int, value: float, target: float, tolerance: float, what: str, goal: str
 ) -> _Recommendation:
     ratio = value / target
-    if abs(ratio - 1.0) <= tolerance:
+    if abs(ratio - 1.0) <= tolerance + _EPS:
         return _Recommendation(current, f"{what} within {tolerance:.0%} of {goal}")
     sign = ">" if ratio > 1.0 else "<"
     return _Recommendation(math.ceil(current * ratio - _EPS), f"{what} {sign} {goal}")

@@ -156,7 +156,7 @@ def tensor_array(t: Tensor, role: str = "input") -> npt.NDArray[Any]:
         bad = _first_unrepresentable(raw, dtype)
         if bad is not None:
             raise ValueError(
-                f"{role} '{t.name}'[{_index(bad, t.shape)}]: {raw[bad]:g} is not a {t.datatype}"
+                f"{role} '{t.name}'[{_index(bad, t.shape)}]: {raw[bad]:g} does not fit {t.datatype}"
             )
     return raw.astype(dtype).reshape(t.shape)
 
