@@ -130,7 +130,7 @@ def _plain(body: Mapping[str, Any]) -> dict[str, Any]:
 def _invalid(body: kopf.Body, patch: kopf.Patch, err: ManifestError, kind: str) -> NoReturn:
     """Make an invalid spec visible (Event + condition) and stop retrying it."""
     message = str(err)
-    metrics.RECONCILES.labels(kind=kind, result="invalid").inc()
+    metrics.RECONCILES.labels(kind=kind, trigger="handler", result="invalid").inc()
     kopf.warn(body, reason="InvalidSpec", message=message[:1024])
     patch.status["observedGeneration"] = body.metadata.get("generation")
     patch.status["conditions"] = [
@@ -180,7 +180,7 @@ async def reconcile_pool(
             what = f"{obj['kind']} {obj['metadata']['name']}"
             logger.info(f"{action} {what}")
             kopf.info(body, reason=action.capitalize(), message=f"{action} {what}")
-    metrics.RECONCILES.labels(kind="InferencePool", result="ok").inc()
+    metrics.RECONCILES.labels(kind="InferencePool", trigger="handler", result="ok").inc()
     handle = memo.pools.get((pool.metadata.namespace, pool.metadata.name))
     if handle is not None:
         handle.kick.set()
@@ -199,7 +199,7 @@ async def check_model(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: 
         _invalid(body, patch, err, "EdgeModel")
     if not body.status.get("phase"):
         patch.status["phase"] = "Pending"
-    metrics.RECONCILES.labels(kind="EdgeModel", result="ok").inc()
+    metrics.RECONCILES.labels(kind="EdgeModel", trigger="handler", result="ok").inc()
     handle = memo.pools.get((model.metadata.namespace, model.spec.pool))
     if handle is not None:
         handle.kick.set()
@@ -238,7 +238,7 @@ async def unload_model(
             unloaded.append(f"{node} ({', '.join(versions)})")
     if unloaded:
         logger.info(f"unloaded {name} from {'; '.join(unloaded)}")
-    metrics.RECONCILES.labels(kind="EdgeModel", result="deleted").inc()
+    metrics.RECONCILES.labels(kind="EdgeModel", trigger="handler", result="deleted").inc()
     if handle is not None:
         handle.kick.set()
 
@@ -320,10 +320,12 @@ async def run_pool(
                     runtime.set_nodes(node_states(nodes, pods))
                     await runtime.tick(pool, models)
             except Exception as err:  # one bad tick must not end the pool's loop
-                metrics.RECONCILES.labels(kind="InferencePool", result="error").inc()
+                metrics.RECONCILES.labels(
+                    kind="InferencePool", trigger="loop", result="error"
+                ).inc()
                 logger.warning(f"pool tick failed: {type(err).__name__}: {err}")
             else:
-                metrics.RECONCILES.labels(kind="InferencePool", result="ok").inc()
+                metrics.RECONCILES.labels(kind="InferencePool", trigger="loop", result="ok").inc()
             handle.last_tick = time.monotonic()
             up = sum(1 for n in runtime.nodes.values() if n.in_pool)
             metrics.set_pool_nodes(namespace, name, up, len(runtime.nodes) - up)

@@ -1,6 +1,7 @@
 """The operator's own Prometheus metrics (the agents export theirs on each node).
 
-- `hatswarm_operator_reconciles_total{kind,result}`: handler runs and pool ticks
+- `hatswarm_operator_reconciles_total{kind,trigger,result}`: kopf handler runs
+  (`trigger="handler"`) and pool control-loop ticks (`trigger="loop"`)
 - `hatswarm_operator_placement_duration_seconds`: one pool tick (probe, plan, act, publish)
 - `hatswarm_operator_nodes{state="up"|"down"}`: agent nodes over every pool this replica runs
 - `hatswarm_operator_failovers_total`: nodes that left a pool while holding its traffic
@@ -15,7 +16,7 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 RECONCILES = Counter(
     "hatswarm_operator_reconciles",
     "Reconciliations: kopf handler runs and pool control-loop ticks",
-    ["kind", "result"],
+    ["kind", "trigger", "result"],
     registry=REGISTRY,
 )
 PLACEMENT_SECONDS = Histogram(
