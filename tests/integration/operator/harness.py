@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import grpc
 from hatswarm_agent.v1 import control_pb2, control_pb2_grpc
 
-from tests.agentproc import AgentProcess, build_mlp, free_port, start_agent
+from tests.agentproc import AgentProcess, free_port, start_agent
 from tests.kubeemu import KubeApi
 
 ROOT = Path(__file__).resolve().parents[3]
