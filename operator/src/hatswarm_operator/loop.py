@@ -22,6 +22,7 @@ from hatswarm_operator.agentclient import AgentClient
 from hatswarm_operator.api import EdgeModel, InferencePool
 from hatswarm_operator.api.edgemodel import EdgeModelStatus
 from hatswarm_operator.api.inferencepool import InferencePoolStatus
+from hatswarm_operator.autoscale import ScaleMetrics, ScaleState, decide_replicas, policy_from_spec
 from hatswarm_operator.controller import Event, Load, PoolPlan, Route, plan_pool
 from hatswarm_operator.inventory import NodeState, observe
 
@@ -74,6 +75,7 @@ class PoolRuntime:
         self._generation = int(time.time() * 1000)
         self._pushed: dict[str, int] = {}
         self._published: dict[str, str] = {}
+        self._scale_state: dict[str, ScaleState] = {}
         self.failovers = 0
 
     # --- inventory -----------------------------------------------------------------------
@@ -132,12 +134,52 @@ class PoolRuntime:
                           f"node {after.name} left the pool: {after.out_reason}; "
                           f"re-placing {len([o for o in before.models if o.ready])} replicas"),
                 )  # fmt: skip
+        for ev in self._autoscale(pool, models):
+            await self.sink.event(ns, ev)
         plan = plan_pool(pool, models, list(self.nodes.values()), self.clock(), self.replicas)
         self.last_plan = plan
         await self._act(pool, plan)
         await self._push_routes(pool, plan)
         await self._publish(pool, models, plan)
         return plan
+
+    def _autoscale(self, pool: InferencePool, models: Sequence[EdgeModel]) -> list[Event]:
+        """Each model's replica count from its queue depth and rate (or `kubectl scale`)."""
+        events = []
+        now = self.clock()
+        for m in models:
+            if m.spec.pool != pool.metadata.name:
+                continue
+            name = m.metadata.name
+            ready = [
+                o
+                for n in self.nodes.values()
+                if n.in_pool
+                for o in n.models
+                if o.name == name and o.version == m.spec.version and o.ready
+            ]
+            metrics = (
+                ScaleMetrics(
+                    queue_depth=sum(o.queue_depth for o in ready) / len(ready),
+                    request_rate=sum(o.request_rate for o in ready),
+                    capacity_fps=sum(o.capacity_fps for o in ready) or None,
+                )
+                if ready
+                else None
+            )
+            current = self.replicas.get(name, m.spec.replicas.target())
+            decision = decide_replicas(
+                policy_from_spec(m.spec),
+                current,
+                metrics,
+                self._scale_state.get(name, ScaleState()),
+                now,
+            )
+            self._scale_state[name] = decision.state
+            self.replicas[name] = decision.replicas
+            if decision.changed:
+                events.append(Event("EdgeModel", name, "Normal", "Scaled", decision.reason))
+        return events
 
     async def _act(self, pool: InferencePool, plan: PoolPlan) -> None:
         ns = pool.metadata.namespace
