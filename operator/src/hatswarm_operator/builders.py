@@ -18,9 +18,14 @@ import copy
 import hashlib
 import json
 import re
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Final
 
+import yaml
+
 from hatswarm_operator.api import InferencePool
+from hatswarm_operator.api.inferencepool import AgentSettings
 
 AGENT: Final = "hatswarm-agent"
 NAME_LABEL: Final = "app.kubernetes.io/name"
@@ -51,6 +56,42 @@ def quantity_bytes(quantity: str) -> int:
     if m is None:
         raise ValueError(f"not a quantity: {quantity!r}")
     return int(float(m.group(1)) * _UNITS[m.group(2) or ""])
+
+
+def load_agent_defaults(path: str | Path | None) -> dict[str, Any]:
+    """The cluster's agent defaults (the chart's `$HATSWARM_AGENT_DEFAULTS` file); {} if none.
+
+    Validated as `spec.agent` keys, so a bad file stops the operator at start, not a pool later.
+    """
+    if not path or not Path(path).exists():
+        return {}
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: agent defaults must be a mapping of spec.agent keys")
+    AgentSettings.model_validate(data)
+    return data
+
+
+def apply_agent_defaults(pool: InferencePool, defaults: Mapping[str, Any]) -> InferencePool:
+    """Fill the agent settings a pool leaves at their built-in value from the cluster defaults.
+
+    The API server writes the CRD's defaults into every stored pool, so "left out" and "set to
+    the built-in default" look the same; both take the cluster's value.
+    """
+    if not defaults:
+        return pool
+    chosen = AgentSettings.model_validate(defaults)
+    builtin = AgentSettings()
+    agent = pool.spec.agent
+    updates = {
+        name: getattr(chosen, name)
+        for name in chosen.model_fields_set
+        if getattr(agent, name) == getattr(builtin, name)
+    }
+    if not updates:
+        return pool
+    spec = pool.spec.model_copy(update={"agent": agent.model_copy(update=updates)})
+    return pool.model_copy(update={"spec": spec})
 
 
 def daemonset_name(pool_name: str) -> str:

@@ -2,7 +2,7 @@
 
 Read top to bottom, this is the operator:
 
-- startup: our own finalizer and progress-storage names under `hatswarm.io`, Events, peering,
+- startup: the cluster's agent defaults ($HATSWARM_AGENT_DEFAULTS), our own finalizer and progress-storage names under `hatswarm.io`, Events, peering,
   watch timeouts, one Kubernetes client and one agent client for everything below;
 - an InferencePool is parsed (an invalid one is a PermanentError, a Warning Event and a
   `Ready=False, reason=InvalidSpec` condition), and owns its agent DaemonSet and its Service
@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import copy
 import logging
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ from hatswarm_operator.manifests import ManifestError, parse_object
 log = logging.getLogger("hatswarm.operator")
 
 FINALIZER = "hatswarm.io/finalizer"
+AGENT_DEFAULTS_ENV = "HATSWARM_AGENT_DEFAULTS"  # a YAML file of spec.agent keys (the chart's)
 POOLS = "inferencepools"
 MODELS = "edgemodels"
 
@@ -101,6 +103,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.watching.client_timeout = CONFIG.watch_server_timeout_s + 30
     settings.watching.connect_timeout = 10
     settings.networking.request_timeout = 60
+    memo.agent_defaults = builders.load_agent_defaults(os.environ.get(AGENT_DEFAULTS_ENV))
     memo.cluster = Cluster(_api_client())
     memo.agents = AgentClient(timeout_s=CONFIG.agent_timeout_s)
     memo.pools = {}
@@ -148,10 +151,13 @@ def _invalid(body: kopf.Body, patch: kopf.Patch, err: ManifestError, kind: str) 
     raise kopf.PermanentError(message)
 
 
-def parse_pool(body: Mapping[str, Any]) -> InferencePool:
+def parse_pool(
+    body: Mapping[str, Any], agent_defaults: Mapping[str, Any] | None = None
+) -> InferencePool:
+    """The pool as the operator acts on it: parsed, with the cluster's agent defaults applied."""
     obj = parse_object(_plain(body), "InferencePool")
     assert isinstance(obj, InferencePool)
-    return obj
+    return builders.apply_agent_defaults(obj, agent_defaults or {})
 
 
 def parse_model(body: Mapping[str, Any]) -> EdgeModel:
@@ -170,7 +176,7 @@ async def reconcile_pool(
     body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **_: Any
 ) -> None:
     try:
-        pool = parse_pool(body)
+        pool = parse_pool(body, memo.agent_defaults)
     except ManifestError as err:
         _invalid(body, patch, err, "InferencePool")
     for obj in (builders.build_daemonset(pool), builders.build_service(pool)):
@@ -298,9 +304,9 @@ async def run_pool(
     failovers = 0
     try:
         while not stopped:
-            interval = 1.0
             try:
-                pool = parse_pool(body)  # `body` is live in daemons: spec edits show up here
+                # `body` is live in daemons: spec edits show up here without a restart.
+                pool = parse_pool(body, memo.agent_defaults)
             except ManifestError:
                 await _wait(handle, stopped, 5.0)
                 continue

@@ -12,8 +12,10 @@ import yaml
 from hatswarm_operator.api import InferencePool
 from hatswarm_operator.builders import (
     SETTINGS_HASH,
+    apply_agent_defaults,
     build_daemonset,
     build_service,
+    load_agent_defaults,
     needs_update,
     quantity_bytes,
 )
@@ -177,3 +179,17 @@ def test_built_objects_pass_kubernetes_validate_strict(tmp_path: Path) -> None:
         timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_cluster_agent_defaults_fill_what_the_pool_leaves_at_builtin(tmp_path: Path) -> None:
+    path = tmp_path / "agent-defaults.yaml"
+    path.write_text("image: registry.local/agent:9\nbackend: simulated\nport: 8001\n")
+    defaults = load_agent_defaults(path)
+    assert load_agent_defaults(tmp_path / "absent.yaml") == {}
+    p = apply_agent_defaults(pool(agent={"backend": "onnxruntime"}), defaults)
+    assert p.spec.agent.image == "registry.local/agent:9"  # left at the built-in: filled
+    assert p.spec.agent.backend == "onnxruntime"  # set by the pool: kept
+    assert apply_agent_defaults(pool(), {}) == pool()
+    path.write_text("port: 0\n")
+    with pytest.raises(ValueError, match="port"):
+        load_agent_defaults(path)
