@@ -2,6 +2,8 @@
 
     hatswarm-agent --port 8001 --model cnn=/models/cnn.onnx --model mlp=file:///m/mlp.onnx
     hatswarm-agent --model-dir /models --backend simulated --accelerator hailo8l
+    hatswarm-agent --gateway --peer cnn=10.0.0.5:8001 --peer cnn=10.0.0.6:8001,2
+    hatswarm-agent --routing-table pool.json --auth-token-file /run/secrets/pool-token
 
 Prints `hatswarm-agent ready on HOST:PORT` (flushed) once serving; SIGTERM/SIGINT stop it
 gracefully.
@@ -17,9 +19,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from hatswarm_agent.auth import TlsFiles
 from hatswarm_agent.backends import BACKEND_NAMES
 from hatswarm_agent.backends.base import BackendError
 from hatswarm_agent.lifecycle import QueueDefaults
+from hatswarm_agent.pool import RouterConfig
+from hatswarm_agent.router import POLICIES
+from hatswarm_agent.routing import TableFileError, parse_peer, static_table
 from hatswarm_agent.server import Agent, AgentConfig
 from hatswarm_agent.v1 import control_pb2
 
@@ -81,6 +87,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-message-bytes", type=int, default=64 << 20)
     p.add_argument("--grace-seconds", type=float, default=5.0)
     p.add_argument("--gateway", action="store_true", help="no local backend (routing only)")
+    r = p.add_argument_group("routing (a pushed table replaces the static one)")
+    r.add_argument("--routing-table", type=Path, metavar="FILE", help="RoutingTable JSON/YAML")
+    r.add_argument(
+        "--peer",
+        action="append",
+        default=[],
+        metavar="MODEL[:VERSION]=HOST:PORT[,WEIGHT]",
+        help="a peer serving MODEL (repeatable)",
+    )
+    r.add_argument("--policy", choices=POLICIES, help="balancing policy (default: the table's)")
+    r.add_argument("--retries", type=int, default=2, help="other replicas tried (no table)")
+    r.add_argument("--timeout-ms", type=int, default=5000, help="request budget (no table)")
+    r.add_argument(
+        "--hedge-after-percentile",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="send a second copy to another replica past this latency percentile (0 = off)",
+    )
+    r.add_argument(
+        "--shed-below-priority",
+        type=int,
+        default=1,
+        help="when saturated, refuse priorities below this; the others wait",
+    )
+    r.add_argument("--response-cache-entries", type=int, default=4096)
+    r.add_argument("--response-cache-bytes", type=int, default=64 << 20)
+    s = p.add_argument_group("security")
+    s.add_argument("--auth-token-file", type=Path, help="require 'authorization: Bearer <token>'")
+    s.add_argument("--tls-cert", type=Path, help="PEM certificate (server and toward peers)")
+    s.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    s.add_argument("--tls-ca", type=Path, help="PEM CA: require client certificates (mTLS)")
     p.add_argument("--log-level", default="WARNING")
     return p
 
@@ -96,6 +134,22 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
                     name=path.stem, uri=str(path.resolve()), backend=backend, options=options
                 )
             )
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise TableFileError("--tls-cert and --tls-key go together")
+    if args.tls_ca and not args.tls_cert:
+        raise TableFileError("--tls-ca needs --tls-cert and --tls-key")
+    tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert else None
+    routing = RouterConfig(
+        node_name=args.node_name,
+        policy=args.policy or "",
+        retries=args.retries,
+        timeout_ms=args.timeout_ms,
+        hedge_after_percentile=args.hedge_after_percentile,
+        shed_below_priority=args.shed_below_priority,
+        cache_max_entries=args.response_cache_entries,
+        cache_max_bytes=args.response_cache_bytes,
+    )
+    table = static_table(args.routing_table, [parse_peer(spec) for spec in args.peer])
     return AgentConfig(
         host=args.host,
         port=args.port,
@@ -110,6 +164,10 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         max_message_bytes=args.max_message_bytes,
         grace_seconds=args.grace_seconds,
         models=models,
+        routing=routing,
+        routing_table=table,
+        auth_token_file=args.auth_token_file,
+        tls=tls,
     )
 
 
@@ -137,6 +195,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = config_from_args(args)
         asyncio.run(serve(config))
+    except TableFileError as exc:
+        print(f"hatswarm-agent: {exc}", file=sys.stderr)
+        return 2
     except BackendError as exc:
         print(f"hatswarm-agent: {exc}", file=sys.stderr)
         return 2

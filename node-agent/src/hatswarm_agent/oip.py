@@ -91,27 +91,27 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(  # noqa: N802
         self, request: pb.ModelInferRequest, context: Any
     ) -> pb.ModelInferResponse:
-        start = time.perf_counter()
-        local: ModelVersion | None = None
-        miss: AgentError | None = None
-        try:
-            local = self._registry.get(request.model_name, request.model_version)
-        except AgentError as exc:
-            miss = exc
         if self.router is not None:
-            routed = await self.router.route(request, local)
-            if routed is not None:
-                return routed
-        if local is None:
-            assert miss is not None
-            self._metrics.failure_without_model(miss.reason)
-            raise miss
+            return await self.router.infer(request, context)
+        return await self.serve_local(request)
+
+    async def serve_local(
+        self, request: pb.ModelInferRequest, entry: ModelVersion | None = None
+    ) -> pb.ModelInferResponse:
+        """Run the request on this node (the router's `local` route); domain errors raise."""
+        start = time.perf_counter()
+        if entry is None:
+            try:
+                entry = self._registry.get(request.model_name, request.model_version)
+            except AgentError as exc:
+                self._metrics.failure_without_model(exc.reason)
+                raise
         try:
-            return await self._infer(request, local, start)
+            return await self._infer(request, entry, start)
         except Exception as exc:
-            local.stats.failure += 1
-            if local.metrics is not None:
-                local.metrics.failure(status_for(exc)[2])
+            entry.stats.failure += 1
+            if entry.metrics is not None:
+                entry.metrics.failure(status_for(exc)[2])
             raise
 
     async def _infer(

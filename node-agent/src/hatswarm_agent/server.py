@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import grpc
@@ -20,11 +20,13 @@ from grpc_reflection.v1alpha import reflection
 
 from hatswarm_agent.artifacts import ArtifactStore
 from hatswarm_agent.assignment import AssignmentStore
+from hatswarm_agent.auth import BearerAuthInterceptor, TlsFiles, TokenFile
 from hatswarm_agent.control import ControlServicer, NodeIdentity
 from hatswarm_agent.lifecycle import BackendPool, ModelLifecycle, QueueDefaults
-from hatswarm_agent.metrics import AgentMetrics
+from hatswarm_agent.metrics import AgentMetrics, RouteMetrics
 from hatswarm_agent.models import ModelRegistry
 from hatswarm_agent.oip import InferenceServicer, ServingState
+from hatswarm_agent.pool import PoolRouter, RouterConfig
 from hatswarm_agent.routing import Router, RoutingTableStore
 from hatswarm_agent.v1 import control_pb2, control_pb2_grpc
 from hatswarm_agent.v1 import grpc_predict_v2_pb2 as pb
@@ -57,6 +59,10 @@ class AgentConfig:
     max_message_bytes: int = 64 << 20
     grace_seconds: float = 5.0
     models: list[control_pb2.LoadModelRequest] = field(default_factory=list)
+    routing: RouterConfig = field(default_factory=RouterConfig)
+    routing_table: control_pb2.RoutingTable | None = None  # static: --routing-table, --peer
+    auth_token_file: Path | None = None
+    tls: TlsFiles | None = None
 
 
 def server_options(config: AgentConfig) -> list[tuple[str, int]]:
@@ -101,9 +107,23 @@ class Agent:
             defaults=config.queue,
             gateway=config.gateway,
         )
-        self.routing = RoutingTableStore()
+        self.routing = RoutingTableStore(config.routing_table)
         self.inference = InferenceServicer(self.registry, self.metrics, self.state, router)
-        self.server = grpc.aio.server(options=server_options(config))
+        self.tokens = TokenFile(config.auth_token_file) if config.auth_token_file else None
+        self.pool: PoolRouter | None = None
+        if router is None:
+            self.pool = PoolRouter(
+                replace(config.routing, node_name=config.node_name),
+                self.registry,
+                self.routing,
+                self.inference.serve_local,
+                RouteMetrics(self.metrics.registry),
+                tokens=self.tokens,
+                tls=config.tls,
+            )
+            self.inference.router = self.pool
+        interceptors = [BearerAuthInterceptor(self.tokens)] if self.tokens else []
+        self.server = grpc.aio.server(options=server_options(config), interceptors=interceptors)
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.inference, self.server)
         control_pb2_grpc.add_AgentControlServicer_to_server(
             ControlServicer(
@@ -119,9 +139,15 @@ class Agent:
     async def start(self) -> None:
         """Restore, load command-line models, listen, then report SERVING."""
         await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.port = self.server.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        address = f"{self.config.host}:{self.config.port}"
+        if self.config.tls is not None:
+            self.port = self.server.add_secure_port(address, self.config.tls.server_credentials())
+        else:
+            self.port = self.server.add_insecure_port(address)
         if self.port == 0:
-            raise OSError(f"cannot listen on {self.config.host}:{self.config.port}")
+            raise OSError(f"cannot listen on {address}")
+        if self.pool is not None:
+            await self.pool.start(self.config.host, self.port)
         await self.lifecycle.restore()
         for request in self.config.models:
             await self.lifecycle.load(request, persistent=False)
@@ -136,6 +162,8 @@ class Agent:
         self.state.ready = False
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.config.grace_seconds)
+        if self.pool is not None:
+            await self.pool.stop()
         await self.lifecycle.close()
         if self._tmp is not None:
             self._tmp.cleanup()
