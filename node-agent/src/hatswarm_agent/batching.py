@@ -38,7 +38,7 @@ class Result:
     compute_s: float
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # compared by identity (in-flight list removal)
 class _Pending:
     request: DecodedRequest
     future: asyncio.Future[Result]
