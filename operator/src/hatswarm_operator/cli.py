@@ -18,7 +18,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "write or check the CRD YAML generated from the API types",
     ),
     "validate": ("hatswarm_operator.validate_cli", "validate EdgeModel/InferencePool manifests"),
-    "cost": ("hatswarm_operator.cost_cli", "edge TCO, cost per inference, cloud break-even"),
+    "cost": (
+        "hatswarm_operator.cost_cli",
+        "edge TCO, cloud break-even; `cost incident`, `cost report` from Prometheus",
+    ),
+    "plan": (
+        "hatswarm_operator.plan_cli",
+        "devices per accelerator for a load and SLO with K nodes down, vs the cloud",
+    ),
     "up": ("hatswarm_operator.up_cli:up_main", "run a whole pool on this machine (no cluster)"),
     "status": ("hatswarm_operator.up_cli:status_main", "show the status of `hatswarm up`"),
     "loadtest": (
