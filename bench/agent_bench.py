@@ -191,7 +191,10 @@ def measure_throughput(make_caller: Callable[[], Caller], clients: int, seconds:
         for caller in callers:
             caller.close()
     if errors:
-        raise RuntimeError(f"{len(errors)} client(s) failed: {errors[0]!r}") from errors[0]
+        first = errors[0]
+        raise RuntimeError(
+            f"{len(errors)} client(s) failed: {type(first).__name__}: {first}"
+        ) from first
     return sum(counts) / elapsed
 
 
@@ -454,8 +457,10 @@ def _stream(argv: list[str], prefix: str, timeout_s: float) -> tuple[int, list[s
 def ensure_peer_env(peer: PeerEnv, timeout_s: float = 1200.0) -> tuple[Path | None, str]:
     """Create the peer's venv once, reuse it after: (python, version) or (None, reason)."""
     mark = peer.venv / _READY_MARK
-    if mark.exists() and peer.python.exists():
-        return peer.python, mark.read_text().strip()
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        cached = json.loads(mark.read_text())
+        if peer.python.exists() and tuple(cached["requirements"]) in peer.requirement_sets:
+            return peer.python, str(cached["version"])
     log(f"setting up the {peer.name} venv in {peer.venv} (first run only)")
     if not peer.python.exists():
         base = getattr(sys, "_base_executable", None) or sys.executable
@@ -473,7 +478,7 @@ def ensure_peer_env(peer: PeerEnv, timeout_s: float = 1200.0) -> tuple[Path | No
         )
         if code == 0:
             version = _installed_version(peer)
-            mark.write_text(version + "\n")
+            mark.write_text(json.dumps({"version": version, "requirements": requirements}))
             return peer.python, version
         reason = f"pip install {' '.join(requirements)} failed: " + " | ".join(tail[-3:])
         log(reason)
