@@ -893,6 +893,7 @@ def run(
         # Turn SIGTERM into SystemExit so the finally blocks stop every server we started.
         previous_sigterm = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.time()
+    load_start = list(os.getloadavg())
     try:
         log(f"building models in {models_dir}")
         paths: dict[str, Path] = models.build_models(models_dir).as_dict()
@@ -967,7 +968,12 @@ def run(
                 "warmup_s": plan.warmup_s,
                 "clients": CLIENTS,
             },
-            "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+            "machine": {
+                "cpus": os.cpu_count(),
+                "platform": platform.platform(),
+                "loadavg_start": load_start,
+                "loadavg_end": list(os.getloadavg()),
+            },
             "versions": _versions(),
             "models": {
                 name: {"path": str(path), "bytes": path.stat().st_size}
@@ -1010,6 +1016,11 @@ def format_table(results: dict[str, Any]) -> str:
             f"{entry['mlp']['p50_ms']:>10.3f} {entry['mlp']['throughput_rps']:>10.0f} "
             f"{(f'{rss:.0f}' if rss else '-'):>12}"
         )
+    for key, label in SERVER_LABELS.items():
+        match = results["servers"].get(key, {}).get("outputs_match_raw", {})
+        wrong = [m for m, ok in match.items() if not ok]
+        if wrong:
+            lines.append(f"WARNING: {label} outputs differ from raw onnxruntime for {wrong}")
     lines.append("")
     for entry in results["ratios"].values():
         if entry["value"] is None:
