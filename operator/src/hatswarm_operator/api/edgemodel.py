@@ -285,6 +285,11 @@ class EdgeModelStatus(ApiModel):
     ready: str = Field(default="0/0", description="ready/desired, for kubectl get")
     version: str | None = None
     stable_version: str | None = None
+    stable_artifacts: Annotated[list[Artifact], Field(max_length=3)] | None = Field(
+        default=None,
+        description="The stable version's artifacts, kept while spec.artifacts holds a new "
+        "version's (so the stable version can still be re-placed during a rollout)",
+    )
     canary: CanaryStatus | None = None
     placements: list[ModelPlacement] = Field(default_factory=list)
     conditions: list[Condition] = Field(default_factory=list)
