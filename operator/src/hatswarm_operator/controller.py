@@ -8,15 +8,15 @@ without duplicate loads. It decides; `loop.py` acts (with backoff and per-node l
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 
 from hatswarm_operator import placement as pl
 from hatswarm_operator.api import EdgeModel, InferencePool
 from hatswarm_operator.api.common import Condition
-from hatswarm_operator.api.edgemodel import EdgeModelStatus, ModelPlacement
+from hatswarm_operator.api.edgemodel import Artifact, EdgeModelStatus, ModelPlacement
 from hatswarm_operator.api.inferencepool import (
     InferencePoolStatus,
     PoolCapacity,
@@ -31,6 +31,24 @@ from hatswarm_operator.cost import (
     inferences_per_year_from_rate,
 )
 from hatswarm_operator.inventory import FAILED, LOADING, READY, STATE_NAMES, NodeState
+from hatswarm_operator.rollout import ACTIVE as ACTIVE_PHASES
+from hatswarm_operator.rollout import FAILED as FAILED_PHASES
+from hatswarm_operator.rollout import (
+    RolloutDecision,
+    RolloutInput,
+    canary_to_status,
+    decide_rollout,
+)
+from hatswarm_operator.rollout import policy_from_spec as rollout_policy
+from hatswarm_operator.rolloutplan import (
+    GateRequest,
+    RolloutContext,
+    RolloutMemory,
+    attempt_key,
+    memory_from_status,
+    split_unit,
+    unit_name,
+)
 
 
 @dataclass(frozen=True)
@@ -67,6 +85,8 @@ class Route:
     endpoints: tuple[Endpoint, ...]
     cache_ttl_seconds: int = 0
     cloud_fallback: bool = False
+    weight: float = 0.0
+    """The version's share of the model's traffic (percent; relative across its routes)."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +107,13 @@ class PoolPlan:
     model_status: dict[str, EdgeModelStatus] = field(default_factory=dict)
     pool_status: InferencePoolStatus = field(default_factory=InferencePoolStatus)
     events: list[Event] = field(default_factory=list)
+    """Events about a lasting state (posted when their message changes)."""
+    rollout_events: list[Event] = field(default_factory=list)
+    """Rollout transitions (posted every time: each happens once)."""
+    rollouts: dict[str, RolloutMemory] = field(default_factory=dict)
+    """Each model's rollout state after this reconcile (the next one starts from it)."""
+    gates: list[GateRequest] = field(default_factory=list)
+    """Validation gates that can run now (their version is ready on a member)."""
 
 
 def _now_iso(now: float) -> str:
@@ -119,19 +146,26 @@ def merge_conditions(old: Sequence[Condition], new: Sequence[Condition]) -> list
     return out
 
 
-def _to_placement_model(m: EdgeModel, replicas: int, nodes: Sequence[NodeState]) -> pl.Model:
+def _to_placement_model(
+    m: EdgeModel,
+    version: str,
+    artifacts: Sequence[Artifact],
+    replicas: int,
+    nodes: Sequence[NodeState],
+) -> pl.Model:
+    """One version of a model as its own placement unit (``model@version``)."""
     spec = m.spec
     fps_by_node = {
         n.name: obs.capacity_fps
         for n in nodes
-        if (obs := n.model(m.metadata.name, spec.version)) is not None and obs.capacity_fps > 0
+        if (obs := n.model(m.metadata.name, version)) is not None and obs.capacity_fps > 0
     }
     return pl.Model(
-        name=m.metadata.name,
-        version=spec.version,
+        name=unit_name(m.metadata.name, version),
+        version=version,
         artifacts=tuple(
             pl.Artifact(a.accelerator, a.format, a.uri, a.sha256, a.throughput_fps)
-            for a in spec.artifacts
+            for a in artifacts
         ),
         replicas=replicas,
         memory_mib=spec.resources.memory_mi_b,
@@ -140,6 +174,67 @@ def _to_placement_model(m: EdgeModel, replicas: int, nodes: Sequence[NodeState])
         spread_key=spec.placement.spread_key,
         fps_by_node=fps_by_node,
     )
+
+
+@dataclass(frozen=True)
+class ModelRollout:
+    """One model's rollout decision this reconcile, with the artifacts of each known version."""
+
+    decision: RolloutDecision
+    artifacts: Mapping[str, tuple[Artifact, ...]]
+
+    def memory(self) -> RolloutMemory:
+        """What the next reconcile starts from."""
+        stable = self.decision.stable_version
+        return RolloutMemory(
+            stable_version=stable,
+            canary=self.decision.canary,
+            stable_artifacts=self.artifacts.get(stable, ()) if stable is not None else (),
+        )
+
+    def may_retire(self, version: str, serving: bool) -> bool:
+        """May a ready replica of a version this decision no longer wants be unloaded now?
+
+        Yes when something else serves the model, when it is the canary that just failed, or
+        when the strategy unloads first (Recreate); otherwise it is the last thing serving.
+        """
+        c = self.decision.canary
+        failed = c is not None and c.version == version and c.phase in FAILED_PHASES
+        return serving or failed or self.decision.unload_first
+
+
+def decide_model_rollout(
+    m: EdgeModel,
+    ctx: RolloutContext,
+    replicas: int,
+    members: Sequence[NodeState],
+    now: float,
+) -> ModelRollout:
+    """Call :func:`rollout.decide_rollout` for one model with what the loop measured."""
+    spec, name = m.spec, m.metadata.name
+    memory = ctx.memory
+    ready_new = sum(
+        1 for n in members if (o := n.model(name, spec.version)) is not None and o.ready
+    )
+    decision = decide_rollout(
+        RolloutInput(
+            version=spec.version,
+            stable_version=memory.stable_version,
+            canary=memory.canary,
+            policy=rollout_policy(spec),
+            now=now,
+            replicas=replicas,
+            gate=ctx.gate,
+            canary_metrics=ctx.canary_metrics,
+            stable_metrics=ctx.stable_metrics,
+            canary_ready=ready_new,
+        )
+    )
+    artifacts: dict[str, tuple[Artifact, ...]] = {}
+    if memory.stable_version is not None and memory.stable_artifacts:
+        artifacts[memory.stable_version] = tuple(memory.stable_artifacts)
+    artifacts[spec.version] = tuple(spec.artifacts)
+    return ModelRollout(decision, artifacts)
 
 
 def _selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
@@ -163,11 +258,15 @@ def plan_pool(
     nodes: Sequence[NodeState],
     now: float,
     replicas: dict[str, int] | None = None,
+    rollouts: Mapping[str, RolloutContext] | None = None,
 ) -> PoolPlan:
     """Decide placement, loads, unloads, routes, statuses and Events for one pool.
 
     `replicas` overrides each model's replica count (the autoscaler's decision); by default a
-    model gets `spec.replicas.target()`.
+    model gets `spec.replicas.target()`. `rollouts` holds what the loop knows of each model's
+    rollout (its memory, the gate's verdict, the step's metrics); a model without an entry
+    starts from its status. Each model's versions (stable, canary, under validation) come from
+    :func:`rollout.decide_rollout` and are placed, loaded, routed and reported side by side.
     """
     members = pool_members(pool, nodes)
     by_name = {n.name: n for n in nodes}
@@ -178,25 +277,48 @@ def plan_pool(
         m.metadata.name: (replicas or {}).get(m.metadata.name, m.spec.replicas.target())
         for m in mine
     }
-    current = {
-        m.metadata.name: [
-            n.name
-            for n in members
-            if (o := n.model(m.metadata.name, m.spec.version)) is not None
-            and o.state in (READY, LOADING)
-        ]
-        for m in mine
-    }
-    placement = pl.place(
+    spec_of = {m.metadata.name: m for m in mine}
+    rolls: dict[str, ModelRollout] = {}
+    for m in mine:
+        ctx = (rollouts or {}).get(m.metadata.name)
+        if ctx is None:
+            ctx = RolloutContext(memory_from_status(m.status))
+        rolls[m.metadata.name] = decide_model_rollout(m, ctx, wanted[m.metadata.name], members, now)
+
+    # Placement: each version the rollout wants is a unit of its own. A version whose
+    # artifacts are unknown (a stable version from before stableArtifacts) is held where it
+    # runs, never placed anew.
+    units: list[pl.Model] = []
+    current: dict[str, list[str]] = {}
+    held: dict[str, set[str]] = {}
+    for m in mine:
+        name = m.metadata.name
+        roll = rolls[name]
+        for ld in roll.decision.loads:
+            arts = roll.artifacts.get(ld.version, ())
+            if not arts:
+                held.setdefault(name, set()).add(ld.version)
+                continue
+            unit = _to_placement_model(m, ld.version, arts, ld.replicas, members)
+            units.append(unit)
+            current[unit.name] = [
+                n.name
+                for n in members
+                if (o := n.model(name, ld.version)) is not None and o.state in (READY, LOADING)
+            ]
+    raw = pl.place(
         [
             pl.Node(n.name, n.accelerator, n.memory_mib, n.npu_contexts, dict(n.labels))
             for n in members
         ],
-        [_to_placement_model(m, wanted[m.metadata.name], members) for m in mine],
+        units,
         current,
     )
+    placement = pl.Placement(
+        replicas=tuple(replace(r, model=split_unit(r.model)[0]) for r in raw.replicas),
+        unplaced=tuple(replace(u, model=split_unit(u.model)[0]) for u in raw.unplaced),
+    )
     plan = PoolPlan(placement=placement)
-    spec_of = {m.metadata.name: m for m in mine}
 
     # Loads: placed replicas the node does not have (ready or loading) yet.
     desired_on: dict[str, set[tuple[str, str]]] = {}
@@ -206,7 +328,14 @@ def plan_pool(
         obs = node.model(r.model, r.version)
         if obs is None or obs.state not in (READY, LOADING):
             m = spec_of[r.model]
-            art = m.spec.artifact_for(r.artifact.accelerator)
+            art = next(
+                (
+                    a
+                    for a in rolls[r.model].artifacts.get(r.version, ())
+                    if a.accelerator == r.artifact.accelerator
+                ),
+                None,
+            )
             plan.loads.append(
                 Load(
                     node=r.node,
@@ -223,14 +352,25 @@ def plan_pool(
                     ),
                 )
             )
+    for name, versions in held.items():
+        for n in members:
+            for o in n.models:
+                if o.name == name and o.version in versions and o.state in (READY, LOADING):
+                    desired_on.setdefault(n.name, set()).add((name, o.version))
 
-    # Unloads: what an answering node has but should not, never the last ready replica of a
-    # model that is still wanted (its replacement must be ready first).
-    ready_count: dict[str, int] = {}
+    # Unloads: what an answering node has but should not. Never the last ready replica of a
+    # version that is still wanted (its replacement must be ready first), and a version the
+    # rollout retires only once another version serves the model (or it is the canary that
+    # failed, or Recreate unloads first).
+    ready_count: dict[tuple[str, str], int] = {}
     for n in members:
         for o in n.models:
-            if o.ready and o.name in spec_of and o.version == spec_of[o.name].spec.version:
-                ready_count[o.name] = ready_count.get(o.name, 0) + 1
+            if o.ready and o.name in spec_of:
+                ready_count[(o.name, o.version)] = ready_count.get((o.name, o.version), 0) + 1
+    serving = {
+        name: any(ready_count.get((name, v), 0) > 0 for v, w in r.decision.weights.items() if w)
+        for name, r in rolls.items()
+    }
     for n in nodes:
         if not n.up:
             continue
@@ -238,48 +378,95 @@ def plan_pool(
         for o in n.models:
             if (o.name, o.version) in keep:
                 continue
-            still_wanted = o.name in spec_of
-            is_current = still_wanted and o.version == spec_of[o.name].spec.version
-            if still_wanted and o.ready:
-                others = ready_count.get(o.name, 0) - (1 if is_current and n.in_pool else 0)
-                if not is_current:
-                    # an old version keeps serving until the new one is ready somewhere
-                    others = ready_count.get(o.name, 0)
-                if others < 1:
+            owner = rolls.get(o.name)
+            if owner is not None and o.ready:
+                if any(ld.version == o.version for ld in owner.decision.loads):
+                    others = ready_count.get((o.name, o.version), 0) - (1 if n.in_pool else 0)
+                    if others < 1:
+                        continue
+                elif not owner.may_retire(o.version, serving[o.name]):
                     continue
             plan.unloads.append(Unload(n.name, n.address, o.name, o.version))
-            if is_current and n.in_pool:
-                ready_count[o.name] -= 1
+            if owner is not None and o.ready and n.in_pool:
+                ready_count[(o.name, o.version)] -= 1
 
-    # Routes: every member with the version ready, weighted by its measured throughput.
-    weight = {(r.model, r.node): r.weight for r in placement.replicas}
+    # Routes: per version with a share of the traffic, every member with it ready, weighted
+    # by measured throughput; the version's share is the route's weight. A canary without a
+    # ready replica gets no route (its share goes to the stable version).
+    weight = {(r.model, r.version, r.node): r.weight for r in placement.replicas}
     for m in mine:
-        name, version = m.metadata.name, m.spec.version
-        endpoints = tuple(
-            Endpoint(n.name, n.address, max(weight.get((name, n.name), 0.0), 1.0))
-            for n in members
-            if (o := n.model(name, version)) is not None and o.ready
-        )
-        plan.routes.append(
-            Route(
-                name,
-                version,
-                endpoints,
-                cache_ttl_seconds=m.spec.cache.ttl_seconds if m.spec.cache.enabled else 0,
-                cloud_fallback=m.spec.cloud_fallback.allowed,
+        name = m.metadata.name
+        decision = rolls[name].decision
+        for version, share in sorted(decision.weights.items()):
+            if share <= 0:
+                continue
+            endpoints = tuple(
+                Endpoint(n.name, n.address, max(weight.get((name, version, n.name), 0.0), 1.0))
+                for n in members
+                if (o := n.model(name, version)) is not None and o.ready
             )
-        )
+            if not endpoints and version != decision.stable_version:
+                continue
+            plan.routes.append(
+                Route(
+                    name,
+                    version,
+                    endpoints,
+                    cache_ttl_seconds=m.spec.cache.ttl_seconds if m.spec.cache.enabled else 0,
+                    cloud_fallback=m.spec.cloud_fallback.allowed,
+                    weight=float(share),
+                )
+            )
 
-    unplaced = {u.model: u for u in placement.unplaced}
+    # The validation gate runs once the version under validation is ready on a member.
     for m in mine:
-        plan.model_status[m.metadata.name] = _model_status(
-            m, wanted[m.metadata.name], placement, members, unplaced.get(m.metadata.name), now
+        c = rolls[m.metadata.name].decision.canary
+        if c is None or c.phase != "Validating":
+            continue
+        host = next(
+            (n for n in members if (o := n.model(m.metadata.name, c.version)) and o.ready), None
         )
-        u = unplaced.get(m.metadata.name)
-        if u is not None:
-            plan.events.append(Event("EdgeModel", m.metadata.name, "Warning", u.reason, u.message))
+        if host is not None:
+            plan.gates.append(
+                GateRequest(m.metadata.name, c.version, host.name, host.address, attempt_key(c))
+            )
+
+    unplaced: dict[str, list[pl.Unplaced]] = {}
+    for u in placement.unplaced:
+        unplaced.setdefault(u.model, []).append(u)
+    for m in mine:
+        name = m.metadata.name
+        roll = rolls[name]
+        plan.rollouts[name] = roll.memory()
+        plan.model_status[name] = _model_status(
+            m,
+            wanted[name],
+            placement,
+            members,
+            next(iter(unplaced.get(name, [])), None),
+            roll,
+            [r for r in plan.routes if r.model == name],
+            now,
+        )
+        for u in unplaced.get(name, []):
+            plan.events.append(Event("EdgeModel", name, "Warning", u.reason, u.message))
+        for ev in roll.decision.events:
+            plan.rollout_events.append(Event("EdgeModel", name, ev.type, ev.reason, ev.message))
     plan.pool_status = _pool_status(pool, mine, nodes, members, now)
     return plan
+
+
+def _shares(routes: Sequence[Route]) -> dict[tuple[str, str], float]:
+    """(node, version) -> percent of the model's traffic that replica gets."""
+    total = sum(r.weight for r in routes if r.endpoints)
+    out: dict[tuple[str, str], float] = {}
+    if total <= 0:
+        return out
+    for r in routes:
+        ep_total = sum(e.weight for e in r.endpoints)
+        for e in r.endpoints:
+            out[(e.node, r.version)] = round(100.0 * r.weight / total * e.weight / ep_total, 2)
+    return out
 
 
 def _model_status(
@@ -288,41 +475,101 @@ def _model_status(
     placement: pl.Placement,
     members: Sequence[NodeState],
     unplaced: pl.Unplaced | None,
+    roll: ModelRollout,
+    routes: Sequence[Route],
     now: float,
 ) -> EdgeModelStatus:
-    name, version, gen = m.metadata.name, m.spec.version, m.metadata.generation
+    name, gen = m.metadata.name, m.metadata.generation
+    decision = roll.decision
+    serving = decision.stable_version
+    canary = decision.canary
+    active = canary is not None and canary.phase in ACTIVE_PHASES
+    rolled_back = (
+        canary is not None and canary.phase in FAILED_PHASES and canary.version == m.spec.version
+    )
+    shares = _shares(routes)
     placements: list[ModelPlacement] = []
     ready = 0
     failures: list[str] = []
     rate = 0.0
     p99 = 0.0
     for n in members:
-        o = n.model(name, version)
-        if o is None:
-            continue
-        state = STATE_NAMES.get(o.state, "Loading")
-        if state not in ("Loading", "Ready", "Failed", "Unloading"):
-            state = "Loading"
-        placements.append(
-            ModelPlacement(
-                node=n.name,
-                version=version,
-                state=state,
-                message=o.reason or None,
+        for o in n.models:
+            if o.name != name:
+                continue
+            state = STATE_NAMES.get(o.state, "Loading")
+            if state not in ("Loading", "Ready", "Failed", "Unloading"):
+                state = "Loading"
+            if o.ready and canary is not None and canary.phase == "Validating":
+                state = "Validating" if o.version == canary.version else state
+            placements.append(
+                ModelPlacement(
+                    node=n.name,
+                    version=o.version,
+                    state=state,
+                    weight=shares.get((n.name, o.version)),
+                    message=o.reason or None,
+                )
             )
-        )
-        if o.ready:
-            ready += 1
-            rate += o.request_rate
-            p99 = max(p99, o.p99_ms)
-        elif o.state == FAILED:
-            failures.append(f"{n.name}: {o.reason}")
+            if o.ready:
+                rate += o.request_rate
+                if o.version == serving:
+                    ready += 1
+                    p99 = max(p99, o.p99_ms)
+            elif o.state == FAILED:
+                failures.append(f"{n.name} ({o.version}): {o.reason}")
     for r in placement.replicas:
-        if r.model == name and not any(p.node == r.node for p in placements):
-            placements.append(ModelPlacement(node=r.node, version=version, state="Loading"))
-    placements.sort(key=lambda p: p.node)
+        if r.model == name and not any(
+            p.node == r.node and p.version == r.version for p in placements
+        ):
+            placements.append(ModelPlacement(node=r.node, version=r.version, state="Loading"))
+    placements.sort(key=lambda p: (p.node, p.version))
+    counted = serving if serving is not None else m.spec.version
 
     verify_failed = [f for f in failures if "sha256" in f or "signature" in f or "digest" in f]
+    if active and canary is not None:
+        progressing = condition(
+            "Progressing",
+            True,
+            "Validating" if canary.phase == "Validating" else "CanaryProgressing",
+            f"{canary.version}: {canary.message or canary.phase}",
+            now,
+            gen,
+        )
+    elif rolled_back and canary is not None:
+        progressing = condition(
+            "Progressing", False, "RolledBack", f"{canary.version}: {canary.message}", now, gen
+        )
+    else:
+        progressing = condition(
+            "Progressing",
+            ready < desired and unplaced is None and not failures,
+            "Loading" if ready < desired else "Converged",
+            f"{len(placements) - ready} replicas loading" if ready < desired else "up to date",
+            now,
+            gen,
+        )
+    if rolled_back and canary is not None:
+        keeps = f"{serving} keeps serving" if serving is not None else "no version serves"
+        degraded = condition(
+            "Degraded",
+            True,
+            "RolledBack",
+            f"{canary.version} rolled back, {keeps}: {canary.message}",
+            now,
+            gen,
+        )
+    else:
+        degraded = condition(
+            "Degraded",
+            unplaced is not None or bool(failures),
+            unplaced.reason
+            if unplaced is not None
+            else ("LoadFailed" if failures else "AsExpected"),
+            unplaced.message if unplaced is not None else ("; ".join(failures) or ""),
+            now,
+            gen,
+        )
     conds = [
         condition(
             "Ready",
@@ -332,24 +579,8 @@ def _model_status(
             now,
             gen,
         ),
-        condition(
-            "Progressing",
-            ready < desired and unplaced is None and not failures,
-            "Loading" if ready < desired else "Converged",
-            f"{len(placements) - ready} replicas loading" if ready < desired else "up to date",
-            now,
-            gen,
-        ),
-        condition(
-            "Degraded",
-            unplaced is not None or bool(failures),
-            unplaced.reason
-            if unplaced is not None
-            else ("LoadFailed" if failures else "AsExpected"),
-            unplaced.message if unplaced is not None else ("; ".join(failures) or ""),
-            now,
-            gen,
-        ),
+        progressing,
+        degraded,
         condition(
             "ArtifactVerified",
             False if verify_failed else (True if ready else None),
@@ -360,21 +591,26 @@ def _model_status(
         ),
     ]
     old = m.status.conditions if m.status else []
-    if ready >= desired and ready > 0:
-        phase = "Ready"
+    if rolled_back:
+        phase = "Degraded" if ready > 0 else "Failed"
+    elif ready >= desired and ready > 0:
+        phase = "Progressing" if active else "Ready"
     elif unplaced is not None or verify_failed:
         phase = "Failed" if ready == 0 and (verify_failed or unplaced) else "Degraded"
     else:
         phase = "Progressing" if desired > 0 else "Ready"
+    stable_artifacts = list(roll.artifacts.get(serving, ())) if serving is not None else []
     return EdgeModelStatus(
         phase=phase,
         observed_generation=gen,
-        replicas=len(placements),
+        replicas=sum(1 for p in placements if p.version == counted),
         desired_replicas=desired,
         ready_replicas=ready,
         ready=f"{ready}/{desired}",
-        version=version if ready else (m.status.version if m.status else None),
-        stable_version=version if ready else (m.status.stable_version if m.status else None),
+        version=serving if ready else (m.status.version if m.status else None),
+        stable_version=serving,
+        stable_artifacts=stable_artifacts or None,
+        canary=canary_to_status(canary),
         placements=placements,
         conditions=merge_conditions(old, conds),
         request_rate=round(rate, 3),

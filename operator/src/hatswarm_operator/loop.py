@@ -24,11 +24,29 @@ from hatswarm_operator.api.edgemodel import EdgeModelStatus
 from hatswarm_operator.api.inferencepool import InferencePoolStatus
 from hatswarm_operator.autoscale import ScaleMetrics, ScaleState, decide_replicas, policy_from_spec
 from hatswarm_operator.controller import Event, Load, PoolPlan, Route, plan_pool
+from hatswarm_operator.gate_runner import GateUnavailableError, run_gate
 from hatswarm_operator.inventory import NodeState, observe
+from hatswarm_operator.rollout import GateVerdict
+from hatswarm_operator.rolloutplan import (
+    Counters,
+    GateRequest,
+    RolloutContext,
+    RolloutMemory,
+    attempt_key,
+    counters,
+    memory_from_status,
+    window_metrics,
+)
+from hatswarm_operator.validation_gate import gate_from_spec
 
 log = logging.getLogger("hatswarm.loop")
 
 PublicKeyResolver = Callable[[str, str], Awaitable[str]]  # (namespace, "secret/key") -> key
+GateKey = tuple[str, float | None]  # (version, when its rollout attempt began)
+StepKey = tuple[str, int, float | None]  # (canary version, step, when the step began)
+
+GATE_RETRY_SECONDS = 2.0
+"""After a gate run found its node unreachable, wait this long before asking again."""
 
 
 class Sink(Protocol):
@@ -77,6 +95,13 @@ class PoolRuntime:
         self._published: dict[str, str] = {}
         self._scale_state: dict[str, ScaleState] = {}
         self.failovers = 0
+        # Rollouts: the last decided state per model (with the object's uid), the counters
+        # when each canary step began, the gates' verdicts and runs in flight.
+        self._rollouts: dict[str, tuple[str, RolloutMemory]] = {}
+        self._windows: dict[str, tuple[StepKey, Counters]] = {}
+        self._verdicts: dict[str, tuple[GateKey, GateVerdict]] = {}
+        self._gate_tasks: dict[str, tuple[GateKey, asyncio.Task[None]]] = {}
+        self._gate_retry: dict[str, float] = {}
 
     # --- inventory -----------------------------------------------------------------------
 
@@ -136,12 +161,128 @@ class PoolRuntime:
                 )  # fmt: skip
         for ev in self._autoscale(pool, models):
             await self.sink.event(ns, ev)
-        plan = plan_pool(pool, models, list(self.nodes.values()), self.clock(), self.replicas)
+        mine = [m for m in models if m.spec.pool == pool.metadata.name]
+        plan = plan_pool(
+            pool,
+            models,
+            list(self.nodes.values()),
+            self.clock(),
+            self.replicas,
+            self._rollout_contexts(mine),
+        )
         self.last_plan = plan
+        self._remember(mine, plan)
         await self._act(pool, plan)
         await self._push_routes(pool, plan)
+        for ev in plan.rollout_events:
+            await self.sink.event(ns, ev)
+        self._run_gates(mine, plan)
         await self._publish(pool, models, plan)
         return plan
+
+    # --- rollouts --------------------------------------------------------------------------
+
+    def rollout_memory(self, m: EdgeModel) -> RolloutMemory:
+        """Where a model's rollout stands: what this runtime last decided for this very object,
+        else what its status says (after a restart, or a model this runtime never saw)."""
+        kept = self._rollouts.get(m.metadata.name)
+        if kept is not None and kept[0] == m.metadata.uid:
+            return kept[1]
+        return memory_from_status(m.status)
+
+    def _rollout_contexts(self, models: Sequence[EdgeModel]) -> dict[str, RolloutContext]:
+        nodes = list(self.nodes.values())
+        out: dict[str, RolloutContext] = {}
+        for m in models:
+            name = m.metadata.name
+            memory = self.rollout_memory(m)
+            c = memory.canary
+            gate = None
+            kept = self._verdicts.get(name)
+            if c is not None and kept is not None and kept[0] == (c.version, attempt_key(c)):
+                gate = kept[1]
+            canary_metrics = stable_metrics = None
+            window = self._windows.get(name)
+            if (
+                c is not None
+                and c.phase == "Progressing"
+                and window is not None
+                and window[0] == (c.version, c.step, c.started_at)
+            ):
+                canary_metrics = window_metrics(nodes, name, c.version, window[1])
+                if memory.stable_version is not None:
+                    stable_metrics = window_metrics(nodes, name, memory.stable_version, window[1])
+            out[name] = RolloutContext(memory, gate, canary_metrics, stable_metrics)
+        return out
+
+    def _remember(self, models: Sequence[EdgeModel], plan: PoolPlan) -> None:
+        """Keep each model's new rollout state, and the counters when a canary step began."""
+        nodes = list(self.nodes.values())
+        names = {m.metadata.name for m in models}
+        for m in models:
+            name = m.metadata.name
+            memory = plan.rollouts.get(name)
+            if memory is None:
+                continue
+            self._rollouts[name] = (m.metadata.uid, memory)
+            c = memory.canary
+            if c is None or c.phase != "Progressing":
+                self._windows.pop(name, None)
+                continue
+            key = (c.version, c.step, c.started_at)
+            window = self._windows.get(name)
+            if window is None or window[0] != key:
+                self._windows[name] = (key, counters(nodes, name))
+        for state in (self._rollouts, self._windows, self._verdicts, self._gate_retry):
+            for name in [k for k in state if k not in names]:
+                del state[name]
+
+    def _run_gates(self, models: Sequence[EdgeModel], plan: PoolPlan) -> None:
+        """Start the validation gate of every version that is ready for it (once each)."""
+        spec_of = {m.metadata.name: m for m in models}
+        now = self.clock()
+        for req in plan.gates:
+            m = spec_of.get(req.model)
+            if m is None:
+                continue
+            key: GateKey = (req.version, req.key)
+            if self._verdicts.get(req.model, (None,))[0] == key:
+                continue
+            running = self._gate_tasks.get(req.model)
+            if running is not None and not running[1].done():
+                if running[0] == key:
+                    continue
+                running[1].cancel()  # a newer attempt supersedes it
+            if self._gate_retry.get(req.model, 0.0) > now:
+                continue
+            if m.spec.validation is None:
+                # Policy said "gate" but the spec has none any more: nothing to check.
+                self._verdicts[req.model] = (key, GateVerdict(req.version, True, "no gate"))
+                continue
+            task = asyncio.create_task(self._gate(m, req, key))
+            self._gate_tasks[req.model] = (key, task)
+
+    async def _gate(self, m: EdgeModel, req: GateRequest, key: GateKey) -> None:
+        assert m.spec.validation is not None
+        gate = gate_from_spec(m.spec.validation)
+        try:
+            result = await run_gate(req.address, req.model, req.version, gate)
+        except GateUnavailableError as err:
+            log.info("validation gate of %s@%s: %s", req.model, req.version, err)
+            self._gate_retry[req.model] = self.clock() + GATE_RETRY_SECONDS
+            return
+        except Exception:  # a bug must not leave the rollout waiting silently
+            log.exception("validation gate of %s@%s", req.model, req.version)
+            self._gate_retry[req.model] = self.clock() + GATE_RETRY_SECONDS
+            return
+        log.info(
+            "validation gate of %s@%s on %s: %s",
+            req.model,
+            req.version,
+            req.node,
+            "passed" if result.passed else f"failed: {result.message}",
+        )
+        self._verdicts[req.model] = (key, GateVerdict(req.version, result.passed, result.message))
 
     def _autoscale(self, pool: InferencePool, models: Sequence[EdgeModel]) -> list[Event]:
         """Each model's replica count from its queue depth and rate (or `kubectl scale`)."""
@@ -151,12 +292,13 @@ class PoolRuntime:
             if m.spec.pool != pool.metadata.name:
                 continue
             name = m.metadata.name
+            serving = self.rollout_memory(m).stable_version or m.spec.version
             ready = [
                 o
                 for n in self.nodes.values()
                 if n.in_pool
                 for o in n.models
-                if o.name == name and o.version == m.spec.version and o.ready
+                if o.name == name and o.version == serving and o.ready
             ]
             metrics = (
                 ScaleMetrics(
@@ -292,9 +434,10 @@ class PoolRuntime:
             await self.sink.pool_status(ns, pool.metadata.name, plan.pool_status)
 
     async def close(self) -> None:
-        for task in list(self._inflight.values()):
+        tasks = [*self._inflight.values(), *(t for _, t in self._gate_tasks.values())]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._inflight.values(), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def routing_table(
@@ -315,6 +458,7 @@ def routing_table(
                 version=r.version,
                 cache_ttl_seconds=r.cache_ttl_seconds,
                 cloud_fallback=r.cloud_fallback,
+                weight=r.weight,
                 endpoints=[
                     control_pb2.Endpoint(node=e.node, address=e.address, weight=e.weight)
                     for e in r.endpoints
