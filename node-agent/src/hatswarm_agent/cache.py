@@ -44,7 +44,6 @@ def request_key(request: pb.ModelInferRequest, version: str) -> tuple[str, str, 
         if out.parameters:
             h.update(_params(out.parameters))
     if request.parameters:
-        h.update(b"P")
         h.update(_params(request.parameters, IGNORED_PARAMETERS))
     return request.model_name, version, h.digest()
 
@@ -52,7 +51,7 @@ def request_key(request: pb.ModelInferRequest, version: str) -> tuple[str, str, 
 def _params(params: object, skip: frozenset[str] = frozenset()) -> bytes:
     items = params.items()  # type: ignore[attr-defined]
     return b"".join(
-        k.encode() + b"=" + v.SerializeToString(deterministic=True) + b";"
+        b"P" + k.encode() + b"=" + v.SerializeToString(deterministic=True) + b";"
         for k, v in sorted(items)
         if k not in skip
     )
