@@ -464,7 +464,18 @@ def _plot(report: CostReport, path: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``hatswarm cost``; returns the exit code (2 for bad input)."""
+    """Entry point of ``hatswarm cost``; returns the exit code (2 for bad input).
+
+    ``hatswarm cost incident ...`` and ``hatswarm cost report ...`` read Prometheus instead
+    (:mod:`incident`, :mod:`report`).
+    """
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] in ("incident", "report"):
+        from importlib import import_module
+
+        sub = import_module(f"hatswarm_operator.{args_list[0]}")
+        code: int = sub.main(args_list[1:])
+        return code
     parser = build_parser()
     try:
         args = parser.parse_args(None if argv is None else list(argv))
