@@ -1,0 +1,111 @@
+"""`hatswarm up` end to end: a subprocess pool, tritonclient load through one agent, a node
+killed under load, nothing lost, the replica re-placed, and SIGINT leaves no process behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+pytestmark = pytest.mark.integration
+
+HATSWARM = Path(sys.executable).parent / "hatswarm"
+
+
+def _wait(pred, within: float = 90.0, every: float = 0.2):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(every)
+    return pred()
+
+
+def _status(state: Path) -> dict:  # type: ignore[type-arg]
+    try:
+        return json.loads((state / "status.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def _ready_nodes(state: Path) -> set[str]:
+    m = _status(state).get("models", {}).get("shufflenet", {})
+    return {p["node"] for p in m.get("placements", []) if p.get("state") == "Ready"}
+
+
+def test_up_survives_a_node_kill_and_stops_cleanly(tmp_path: Path) -> None:
+    import tritonclient.grpc as grpcclient
+
+    state = tmp_path / "state"
+    proc = subprocess.Popen(
+        [str(HATSWARM), "up", "--nodes", "3", "--quiet", "--state-dir", str(state)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    lines: list[str] = []
+    threading.Thread(
+        target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True
+    ).start()  # type: ignore[union-attr]
+    try:
+        assert _wait(lambda: len(_ready_nodes(state)) == 2), "".join(lines)
+        pids: dict[str, int] = _status(state)["pids"]
+        addresses = (
+            next(x for x in lines if "entry points" in x).split(": ", 1)[1].strip().split(", ")
+        )
+        holders = _ready_nodes(state)
+        # The entry agent does not hold the model: every request is routed to a peer.
+        names = sorted(pids)
+        entry = addresses[names.index(next(n for n in names if n not in holders))]
+        victim = sorted(holders)[0]
+
+        client = grpcclient.InferenceServerClient(entry)
+        data = np.random.default_rng(0).random((1, 3, 224, 224), dtype=np.float32)
+        ok, failed, served = 0, [], set()
+        for i in range(120):
+            if i == 30:
+                os.kill(pids[victim], signal.SIGKILL)
+            inp = grpcclient.InferInput("gpu_0/data_0", [1, 3, 224, 224], "FP32")
+            inp.set_data_from_numpy(data + i)  # distinct inputs: no cache hits
+            try:
+                res = client.infer("shufflenet", [inp], client_timeout=15.0)
+            except Exception as err:
+                failed.append(str(err))
+                continue
+            ok += 1
+            assert res.as_numpy("gpu_0/softmax_1").shape == (1, 1000)
+            served.add(res.get_response().parameters["hatswarm.node"].string_param)
+        client.close()
+        assert failed == []
+        assert ok == 120
+        assert victim in served  # it served before it died
+        # the lost replica is re-placed on the node that had none
+        assert _wait(lambda: len(_ready_nodes(state)) == 2 and victim not in _ready_nodes(state))
+        events = [e["reason"] for e in _status(state)["events"]]
+        assert "NodeLost" in events
+    finally:
+        children = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0, "".join(lines)
+    assert _wait(
+        lambda: (
+            not [
+                p
+                for p in children
+                if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+            ]
+        ),
+        within=20,
+    )
+    assert any("stopped every agent" in x for x in lines)
