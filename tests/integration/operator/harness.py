@@ -32,7 +32,7 @@ T = TypeVar("T")
 
 
 def wait_for(
-    fn: Callable[[], T], *, timeout: float = 30.0, interval: float = 0.2, what: str = ""
+    fn: Callable[[], T], *, timeout: float = 90.0, interval: float = 0.2, what: str = ""
 ) -> T:
     """Poll `fn` until it returns something truthy (bounded; never a timed assertion)."""
     deadline = time.monotonic() + timeout
@@ -62,7 +62,7 @@ def pool_manifest(name: str = "floor", **spec: Any) -> dict[str, Any]:
             "nodeSelector": {"hatswarm.io/pool": name},
             "accelerators": ["cpu"],
             "agent": {"backend": "onnxruntime", "image": "hatswarm/agent:test"},
-            "failureDetection": {"probeIntervalSeconds": 0.5, "failureThreshold": 2},
+            "failureDetection": {"probeIntervalSeconds": 0.5, "failureThreshold": 3},
             **spec,
         },
     }

@@ -26,11 +26,11 @@ def test_scale_cordon_settings_change_and_restart(world: World, mlp: Path) -> No
         world.add_node(node)
     world.kube.apply(pool_manifest("floor"), model_manifest("mlp", mlp, replicas=1))
     op = world.start_operator()
-    wait_for(lambda: world.status("EdgeModel", "mlp").get("ready") == "1/1", timeout=60)
+    wait_for(lambda: world.status("EdgeModel", "mlp").get("ready") == "1/1", timeout=120)
 
     # `kubectl scale` sets spec.replicas.desired through the scale subresource.
     world.kube.kubectl("scale", "em/mlp", "--replicas=2", check=True)
-    wait_for(lambda: world.status("EdgeModel", "mlp").get("ready") == "2/2", timeout=60)
+    wait_for(lambda: world.status("EdgeModel", "mlp").get("ready") == "2/2", timeout=120)
     assert len(world.ready_on("mlp")) == 2
 
     # Cordon a node that holds a replica: it leaves the pool and the replica moves.
@@ -46,7 +46,7 @@ def test_scale_cordon_settings_change_and_restart(world: World, mlp: Path) -> No
             and len(world.ready_on("mlp")) == 2
         )
 
-    wait_for(left, timeout=60, what=f"{holder} out of the pool, replica moved")
+    wait_for(left, timeout=120, what=f"{holder} out of the pool, replica moved")
     assert world.status("InferencePool", "floor")["nodesReady"] == 2
     world.kube.kubectl("uncordon", holder, check=True)
     wait_for(lambda: world.status("InferencePool", "floor").get("nodesReady") == 3)
@@ -77,7 +77,7 @@ def test_scale_cordon_settings_change_and_restart(world: World, mlp: Path) -> No
     wait_for(
         lambda: _counter(op2.metrics(), "hatswarm_operator_reconciles_total",
                          kind="InferencePool", trigger="loop", result="ok") >= 10,
-        timeout=60,
+        timeout=120,
         what="ten ticks of the new operator",
     )  # fmt: skip
     assert world.loaded_at("mlp") == loaded
