@@ -59,7 +59,10 @@ def _pip() -> list[str]:
     """A python that has pip: this one, else python3 on PATH (uv venvs come without pip)."""
     candidates = [sys.executable, shutil.which("python3") or ""]
     for exe in candidates:
-        if exe and subprocess.run([exe, "-m", "pip", "--version"], capture_output=True).returncode == 0:
+        if (
+            exe
+            and subprocess.run([exe, "-m", "pip", "--version"], capture_output=True).returncode == 0
+        ):
             return [exe, "-m", "pip"]
     raise RuntimeError("no python with pip found (install pip, or put helm on PATH)")
 

@@ -34,7 +34,7 @@ def _one(objs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
 def test_yamllint_on_the_chart_files() -> None:
     """yamllint (repo .yamllint) on every non-template YAML of the chart and deploy/."""
     files = [CHART / "Chart.yaml", CHART / "values.yaml", *sorted((CHART / "ci").glob("*.yaml"))]
-    files += sorted((ROOT / "deploy").rglob("*.yaml")) + [CHART / "files" / "hatswarm-rules.yaml"]
+    files += [*sorted((ROOT / "deploy").rglob("*.yaml")), CHART / "files" / "hatswarm-rules.yaml"]
     files += sorted((ROOT / "tests" / "e2e").glob("*.yaml"))
     files += sorted((ROOT / ".github").rglob("*.yaml"))
     proc = subprocess.run(
@@ -152,7 +152,11 @@ def test_operator_runs_two_peered_replicas(render: Render) -> None:
 
 def test_standalone_operator(render: Render) -> None:
     objs = render(
-        sets=["operator.replicas=1", "operator.peering.enabled=false", "operator.watchNamespaces={a}"]
+        sets=[
+            "operator.replicas=1",
+            "operator.peering.enabled=false",
+            "operator.watchNamespaces={a}",
+        ]
     )
     container = _one(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
     assert container["command"] == ["hatswarm-operator"]
