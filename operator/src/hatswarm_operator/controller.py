@@ -34,6 +34,7 @@ from hatswarm_operator.inventory import FAILED, LOADING, READY, STATE_NAMES, Nod
 from hatswarm_operator.rollout import ACTIVE as ACTIVE_PHASES
 from hatswarm_operator.rollout import FAILED as FAILED_PHASES
 from hatswarm_operator.rollout import (
+    GateVerdict,
     RolloutDecision,
     RolloutInput,
     canary_to_status,
@@ -216,6 +217,15 @@ def decide_model_rollout(
     ready_new = sum(
         1 for n in members if (o := n.model(name, spec.version)) is not None and o.ready
     )
+    gate = ctx.gate
+    c = memory.canary
+    if gate is None and c is not None and c.phase == "Validating":
+        # An artifact the node refuses to verify never passes: that is the gate's verdict.
+        for n in members:
+            o = n.model(name, c.version)
+            if o is not None and o.state == FAILED and _verification_failure(o.reason):
+                gate = GateVerdict(c.version, False, f"artifact rejected on {n.name}: {o.reason}")
+                break
     decision = decide_rollout(
         RolloutInput(
             version=spec.version,
@@ -224,7 +234,7 @@ def decide_model_rollout(
             policy=rollout_policy(spec),
             now=now,
             replicas=replicas,
-            gate=ctx.gate,
+            gate=gate,
             canary_metrics=ctx.canary_metrics,
             stable_metrics=ctx.stable_metrics,
             canary_ready=ready_new,
@@ -456,6 +466,11 @@ def plan_pool(
     return plan
 
 
+def _verification_failure(reason: str) -> bool:
+    """Did a load fail because the artifact is not the one the spec names (or unsigned)?"""
+    return "sha256" in reason or "signature" in reason or "digest" in reason
+
+
 def _shares(routes: Sequence[Route]) -> dict[tuple[str, str], float]:
     """(node, version) -> percent of the model's traffic that replica gets."""
     total = sum(r.weight for r in routes if r.endpoints)
@@ -526,7 +541,7 @@ def _model_status(
     placements.sort(key=lambda p: (p.node, p.version))
     counted = serving if serving is not None else m.spec.version
 
-    verify_failed = [f for f in failures if "sha256" in f or "signature" in f or "digest" in f]
+    verify_failed = [f for f in failures if _verification_failure(f)]
     if active and canary is not None:
         progressing = condition(
             "Progressing",

@@ -9,7 +9,7 @@ from typing import Any
 from hatswarm_operator.api import EdgeModel, InferencePool
 from hatswarm_operator.api.edgemodel import Artifact, EdgeModelStatus
 from hatswarm_operator.controller import PoolPlan, plan_pool
-from hatswarm_operator.inventory import LOADING, READY, ModelObs, NodeState
+from hatswarm_operator.inventory import FAILED, LOADING, READY, ModelObs, NodeState
 from hatswarm_operator.loop import routing_table
 from hatswarm_operator.rollout import Canary, GateVerdict, WindowMetrics
 from hatswarm_operator.rolloutplan import (
@@ -296,3 +296,22 @@ def test_window_metrics_are_counter_deltas_and_survive_a_reset() -> None:
     assert window_metrics(after, "m", "1", since) == WindowMetrics(30, 0, 4.0)
     assert window_metrics(after, "m", "2", since) == WindowMetrics(10, 2, 9.0)
     assert window_metrics(after, "m", "3", since) == WindowMetrics(0, 0, None)
+
+
+def test_an_artifact_that_fails_verification_fails_the_gate() -> None:
+    canary = Canary("2", "Validating", 0, 0, started_at=100)
+    bad = NodeState(
+        name="n3",
+        address="127.0.0.1:9003",
+        labels={"pool": "p"},
+        accelerator="cpu",
+        up=True,
+        models=(ModelObs("m", "2", FAILED, reason="sha256 mismatch: expected 222 got 999"),),
+    )
+    nodes = [node("n1", ("1", READY)), node("n2", ("1", READY)), bad]
+    plan = plan_pool(pool(), [model(validation=GATE)], nodes, now=101, rollouts=ctx(canary))
+    st = plan.model_status["m"]
+    assert st.canary is not None and st.canary.phase == "RolledBack"
+    assert "artifact rejected on n3: sha256 mismatch" in (st.canary.message or "")
+    assert [(u.node, u.version) for u in plan.unloads] == [("n3", "2")]
+    assert versions(plan) == {"1": 100.0}
