@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
 
+from hatswarm_agent.adapters import DEFAULT_SLOTS, AdapterSet
 from hatswarm_agent.artifacts import ArtifactError, ArtifactStore
 from hatswarm_agent.assignment import AssignedModel, AssignmentStore
 from hatswarm_agent.backends import canonical_name, create_backend
@@ -81,6 +83,23 @@ def same_request(a: control_pb2.LoadModelRequest, b: control_pb2.LoadModelReques
     return same_bytes and a.backend == b.backend and dict(a.options) == dict(b.options)
 
 
+def _adapter_keys(request: control_pb2.LoadModelRequest) -> list[tuple[str, str, str]]:
+    return [(a.name, a.uri, a.sha256.lower()) for a in request.adapters]
+
+
+def check_adapters(request: control_pb2.LoadModelRequest) -> None:
+    """Adapter names must be present and unique, and each needs a uri."""
+    seen: set[str] = set()
+    for a in request.adapters:
+        if not a.name:
+            raise InvalidInputError(f"LoadModel '{request.name}': an adapter has no name")
+        if a.name in seen:
+            raise InvalidInputError(f"LoadModel '{request.name}': adapter '{a.name}' given twice")
+        if not a.uri:
+            raise InvalidInputError(f"LoadModel '{request.name}': adapter '{a.name}' needs a uri")
+        seen.add(a.name)
+
+
 class ModelLifecycle:
     """Brings model versions in and out of service."""
 
@@ -117,6 +136,7 @@ class ModelLifecycle:
             raise InvalidInputError(f"LoadModel '{request.name}' needs a uri")
         if self.gateway:
             raise PreconditionError("this agent is a gateway: it has no local backend")
+        check_adapters(request)
         task = asyncio.create_task(self._load(request, persistent))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -127,6 +147,15 @@ class ModelLifecycle:
         async with self._locks.setdefault(name, asyncio.Lock()):
             existing = self.registry.find(name, version)
             if existing is not None and existing.ready and same_request(existing.request, request):
+                # Same base: at most the adapter set changes (refused ones are retried).
+                if _adapter_keys(existing.request) == _adapter_keys(request) and not (
+                    existing.adapter_refusals
+                ):
+                    return existing
+                await self._admit_adapters(existing, request.adapters)
+                existing.request = request
+                if persistent and existing.persistent:
+                    self._save()
                 return existing
             entry = ModelVersion(
                 name, version, request, backend=request.backend or self.backends.default,
@@ -166,9 +195,11 @@ class ModelLifecycle:
                 request.uri, request.sha256, request.signature, request.public_key
             )
             options = self._options(entry.name, request.options, request.uri)
+            slots = int_option(options, "adapter_slots", DEFAULT_SLOTS, minimum=1)
             loop = asyncio.get_running_loop()
             model = await loop.run_in_executor(None, backend.load, path, options)
             try:
+                adapters = AdapterSet(model, slots, entry.name, entry.version)
                 queue = ModelQueue(
                     model,
                     limit=int_option(options, "queue_limit", self.defaults.queue_limit, minimum=1),
@@ -177,6 +208,7 @@ class ModelLifecycle:
                     concurrency=max(1, int(getattr(model, "concurrency", 1))),
                     on_execution=entry.on_execution,
                     name=entry.name,
+                    adapters=adapters,
                 )
             except BaseException:
                 model.close()
@@ -188,14 +220,57 @@ class ModelLifecycle:
         entry.sha256 = path.name
         if not pinned:
             self.artifacts.pin(entry.sha256)
-        entry.model, entry.queue = model, queue
+        entry.model, entry.queue, entry.adapters = model, queue, adapters
         watts = getattr(model, "active_watts", None)
         entry.active_watts = float(watts) if isinstance(watts, int | float) else None
         entry.metrics = self.metrics.model(entry.name, entry.version)
         entry.metrics.loaded.set(1)
         entry.metrics.queue_depth.set_function(lambda: queue.depth)
         entry.loaded_at_unix_ms = int(time.time() * 1000)
+        if request.adapters:
+            await self._admit_adapters(entry, request.adapters)
         entry.state, entry.reason = READY, ""
+
+    async def _admit_adapters(
+        self, entry: ModelVersion, wanted: Sequence[control_pb2.AdapterArtifact]
+    ) -> None:
+        """Fetch, verify and fit-check `wanted`, then make it the entry's adapter set.
+
+        Each adapter is admitted or refused on its own (the reason shows in NodeStatus) and
+        the base model keeps serving either way. Admitted adapters stay pinned in the artifact
+        cache, so one evicted from its slot can always be reloaded from its verified file.
+        """
+        adapters = entry.adapters
+        assert adapters is not None
+        loop = asyncio.get_running_loop()
+        old = adapters.paths()
+        admitted: dict[str, Path] = {}
+        refusals: dict[str, str] = {}
+        for spec in wanted:
+            digest = ""
+            try:
+                digest = normalize_sha256(spec.sha256) if spec.sha256 else ""
+                if digest:
+                    self.artifacts.pin(digest)
+                path = await self.artifacts.fetch(spec.uri, spec.sha256)
+                if path != old.get(spec.name):
+                    await loop.run_in_executor(None, adapters.validate, path)
+            except (ArtifactError, BackendError, OSError, ValueError) as exc:
+                if digest:
+                    self.artifacts.unpin(digest)
+                refusals[spec.name] = str(exc) or type(exc).__name__
+                log.warning(
+                    "model %s/%s: adapter %s refused: %s",
+                    entry.name, entry.version, spec.name, refusals[spec.name],
+                )  # fmt: skip
+                continue
+            if not digest:
+                self.artifacts.pin(path.name)
+            admitted[spec.name] = path
+        adapters.replace(admitted)
+        for path in old.values():
+            self.artifacts.unpin(path.name)
+        entry.adapter_refusals = refusals
 
     def _options(self, name: str, requested: Mapping[str, str], uri: str = "") -> dict[str, str]:
         d = self.defaults
@@ -230,6 +305,10 @@ class ModelLifecycle:
             await asyncio.get_running_loop().run_in_executor(None, model.close)
         if entry.ready and entry.sha256:
             self.artifacts.unpin(entry.sha256)
+        if entry.adapters is not None:
+            for path in entry.adapters.paths().values():
+                self.artifacts.unpin(path.name)
+            entry.adapters.clear()
 
     async def _update_health(self, name: str) -> None:
         serving = bool(self.registry.ready_versions(name))
@@ -244,7 +323,9 @@ class ModelLifecycle:
         if self.assignment is None:
             return
         models = [
-            AssignedModel.from_request(e.request) for e in self.registry.all() if e.persistent
+            AssignedModel.from_request(e.request)
+            for e in self.registry.all()
+            if e.persistent and e.ready
         ]
         try:
             self.assignment.save(models)
