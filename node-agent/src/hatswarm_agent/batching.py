@@ -3,7 +3,8 @@
 Admission is counted (waiting + running requests); past `limit` a request is refused at once
 with QueueFullError rather than queued behind minutes of work. Worker coroutines (one per
 backend thread) take the head request and, when the model has a dynamic batch dimension, every
-compatible request queued behind it up to `max_batch_size` items. While a batch runs, new
+compatible request queued behind it up to `max_batch_size` items (compatible: same shapes past
+the batch dimension and the same LoRA adapter, or none). While a batch runs, new
 requests pile up and the next take merges them, so batching costs no delay when the queue is
 empty; `max_queue_delay_s` only adds a wait when another batch is already running. Inference
 runs in a thread pool, never on the event loop; merging and splitting happen there too.
@@ -19,12 +20,16 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from hatswarm_agent.backends.base import Array, BackendError, LoadedModel
 from hatswarm_agent.errors import ModelNotReadyError, QueueFullError
 from hatswarm_agent.tensors import DecodedRequest
+
+if TYPE_CHECKING:
+    from hatswarm_agent.adapters import AdapterSet
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +48,7 @@ class _Pending:
     request: DecodedRequest
     future: asyncio.Future[Result]
     enqueued: float = field(default_factory=time.perf_counter)
+    adapter: str = ""  # LoRA adapter to run with; "" runs the base model
 
 
 # Called once per backend run with (items in the batch, seconds the run took).
@@ -88,8 +94,10 @@ class ModelQueue:
         concurrency: int,
         on_execution: ExecutionHook | None = None,
         name: str = "model",
+        adapters: AdapterSet | None = None,
     ) -> None:
         self.model = model
+        self.adapters = adapters
         self.limit = limit
         self.max_batch_size = max_batch_size if model.max_batch_size else 0
         self.max_queue_delay_s = max_queue_delay_s
@@ -109,8 +117,8 @@ class ModelQueue:
         """Requests admitted and not yet answered (waiting plus running)."""
         return self._depth
 
-    async def submit(self, request: DecodedRequest) -> Result:
-        """Queue one decoded request and wait for its outputs."""
+    async def submit(self, request: DecodedRequest, adapter: str = "") -> Result:
+        """Queue one decoded request (to run with `adapter`, if any) and wait for its outputs."""
         if self._closed:
             raise ModelNotReadyError("model is unloading")
         if self._depth >= self.limit:
@@ -121,7 +129,7 @@ class ModelQueue:
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._depth += 1
         try:
-            self._pending.append(_Pending(request, future))
+            self._pending.append(_Pending(request, future, adapter=adapter))
             self._wakeup.set()
             return await future
         finally:
@@ -148,13 +156,17 @@ class ModelQueue:
 
     def _extend(self, batch: list[_Pending], total: int) -> int:
         pending = self._pending
-        key = batch[0].request.key
+        key, adapter = batch[0].request.key, batch[0].adapter
         while pending and total < self.max_batch_size:
             nxt = pending[0]
             if nxt.future.done():
                 pending.popleft()
                 continue
-            if nxt.request.key != key or total + nxt.request.batch > self.max_batch_size:
+            if (
+                nxt.request.key != key
+                or nxt.adapter != adapter
+                or total + nxt.request.batch > self.max_batch_size
+            ):
                 break
             batch.append(pending.popleft())
             total += nxt.request.batch
@@ -209,11 +221,17 @@ class ModelQueue:
                     p.future.set_result(Result(outputs, started - p.enqueued, seconds))
 
     def _run(self, batch: list[_Pending]) -> tuple[list[dict[str, Array]], float]:
-        """Worker thread: merge, run, split."""
+        """Worker thread: merge, run (with the batch's one adapter, if any), split."""
         requests = [p.request for p in batch]
         inputs = merge(requests)
+        adapter = batch[0].adapter
         start = time.perf_counter()
-        outputs = self.model.run(inputs)
+        if not adapter:
+            outputs = self.model.run(inputs)
+        elif self.adapters is None:
+            raise BackendError(f"adapter '{adapter}' requested but this model has none")
+        else:
+            outputs = self.adapters.run(inputs, adapter)
         seconds = time.perf_counter() - start
         return split(outputs, [r.batch for r in requests]), seconds
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from hatswarm_agent.adapters import AdapterSet
 from hatswarm_agent.backends.base import LoadedModel, TensorSpec
 from hatswarm_agent.batching import ModelQueue
 from hatswarm_agent.errors import ModelNotFoundError, ModelNotReadyError
@@ -80,6 +81,9 @@ class ModelVersion:
     loaded_at_unix_ms: int = 0
     persistent: bool = True  # part of the saved assignment (CLI models are not)
     active_watts: float | None = None
+    adapters: AdapterSet | None = None  # LoRA adapters requests may name (adapters.py)
+    # Adapters asked for but refused (fetch, verification or fit), name -> why; the base serves.
+    adapter_refusals: dict[str, str] = field(default_factory=dict)
 
     @property
     def ready(self) -> bool:
@@ -111,12 +115,17 @@ class ModelVersion:
 
     def status(self) -> control_pb2.ModelStatus:
         s = self.stats
+        reason = self.reason
+        if self.ready and self.adapter_refusals:
+            reason = "; ".join(
+                f"adapter '{n}' refused: {r}" for n, r in self.adapter_refusals.items()
+            )
         p50, p95, p99 = s.quantiles_ms()
         return control_pb2.ModelStatus(
             name=self.name,
             version=self.version,
             state=self.state,  # type: ignore[arg-type]
-            reason=self.reason,
+            reason=reason,
             backend=self.backend,
             sha256=self.sha256,
             queue_depth=self.queue.depth if self.queue else 0,
@@ -130,7 +139,7 @@ class ModelVersion:
             compute_seconds=s.compute_seconds,
             energy_joules=s.energy_joules,
             capacity_fps=self.model.capacity_fps() if self.model else 0.0,
-            adapters=[a.name for a in self.request.adapters],
+            adapters=self.adapters.names() if self.adapters else [],
             loaded_at_unix_ms=self.loaded_at_unix_ms,
         )
 

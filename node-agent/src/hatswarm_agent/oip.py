@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from hatswarm_agent import __version__
-from hatswarm_agent.errors import AgentError, grpc_errors, status_for
+from hatswarm_agent.adapters import UnknownAdapterError
+from hatswarm_agent.errors import AgentError, InvalidInputError, grpc_errors, status_for
 from hatswarm_agent.metrics import AgentMetrics
 from hatswarm_agent.models import ModelRegistry, ModelVersion
 from hatswarm_agent.routing import Router
@@ -119,9 +120,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelInferResponse:
         queue = entry.queue
         assert queue is not None
+        adapter = requested_adapter(request)
+        if adapter:
+            if entry.adapters is None:
+                raise UnknownAdapterError(
+                    f"adapter '{adapter}' is not known for model '{entry.name}' "
+                    f"version '{entry.version}' (known: none)"
+                )
+            entry.adapters.check(adapter)
         decoded = decode_request(request, entry.inputs, queue.max_batch_size > 0)
         outputs = select_outputs(request, entry.outputs)
-        result = await queue.submit(decoded)
+        result = await queue.submit(decoded, adapter)
         response = encode_response(request, entry.version, result.outputs, outputs, decoded.raw)
         elapsed = time.perf_counter() - start
         entry.stats.record_success(elapsed)
@@ -132,3 +141,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             m.queue_duration.observe(result.queue_s)
             m.compute_duration.observe(result.compute_s)
         return response
+
+
+def requested_adapter(request: pb.ModelInferRequest) -> str:
+    """The LoRA adapter a request names (request parameter `adapter`); "" for the base model."""
+    if "adapter" not in request.parameters:
+        return ""
+    param = request.parameters["adapter"]
+    if param.WhichOneof("parameter_choice") != "string_param":
+        raise InvalidInputError("request parameter 'adapter' must be a string")
+    return param.string_param

@@ -75,6 +75,24 @@ class LoadedModel(Protocol):
 
 
 @runtime_checkable
+class AdapterModel(Protocol):
+    """A LoadedModel that can run LoRA adapters over its base weights (optional capability).
+
+    An adapter file overrides some of the base model's parameters for one run; the agent keeps
+    the bookkeeping (which adapters a model knows, which are resident: adapters.py) and asks the
+    backend only to load a file and to run with a loaded adapter. Both are blocking.
+    """
+
+    def load_adapter(self, path: Path) -> object:
+        """Check an adapter file against this model and load it; BackendError if it does not fit."""
+        ...
+
+    def run_adapter(self, inputs: Mapping[str, Array], adapter: object) -> dict[str, Array]:
+        """`run` with the parameters of an adapter `load_adapter` returned."""
+        ...
+
+
+@runtime_checkable
 class Backend(Protocol):
     """Loads model files for one kind of accelerator and reports the device's health."""
 

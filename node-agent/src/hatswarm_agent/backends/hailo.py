@@ -57,6 +57,11 @@ _FORMAT_OPTION = {"uint8": "UINT8", "uint16": "UINT16", "float32": "FLOAT32", "f
 _ARCHES = ("hailo8", "hailo8l")
 _ARCH_IN_NAME = re.compile(r"(?:^|[^a-z0-9])(hailo8l|h8l|hailo8|h8)(?=$|[^a-z0-9])")
 
+NO_ADAPTERS = (
+    "hailo: a HEF is compiled with its weights and has no run-time LoRA; merge the adapter "
+    "into the model and compile one HEF per variant (load each as its own model version)"
+)
+
 DEFAULT_BATCH_SIZE = 8  # Hailo-8L resnet_v1_50: 138 FPS at batch 1, 502 at batch 8
 DEFAULT_TIMEOUT_MS = 10_000
 
@@ -186,6 +191,12 @@ class HailoModel:
         if frames <= 0:
             raise BackendError("a request must carry at least one frame")
         return frames
+
+    def load_adapter(self, path: Path) -> object:
+        raise BackendError(NO_ADAPTERS)
+
+    def run_adapter(self, inputs: Mapping[str, Array], adapter: object) -> dict[str, Array]:
+        raise BackendError(NO_ADAPTERS)
 
     def capacity_fps(self) -> float:
         """Declared FPS, else the compiler's bottleneck FPS of the HEF, else the best measured."""

@@ -146,6 +146,53 @@ class OnnxModel:
             raise BackendError(f"onnxruntime: {exc}") from exc
         return dict(zip(self._output_names, results, strict=True))
 
+    def load_adapter(self, path: Path) -> ort.LoraAdapter:
+        """A LoRA adapter file (onnxruntime's adapter format) checked against this model.
+
+        Every parameter must name one of the model's overridable initializers (graph inputs
+        with a default) with the same element type and shape, so a wrong adapter is refused
+        here with a clear reason instead of failing each request later.
+        """
+        try:
+            params = ort.AdapterFormat.read_adapter(str(path)).get_parameters()
+        except Exception as exc:
+            raise BackendError(f"not an onnxruntime adapter file: {exc}") from exc
+        if not params:
+            raise BackendError("adapter has no parameters")
+        overridable = {a.name: a for a in self._session.get_overridable_initializers()}
+        for name, value in sorted(params.items()):
+            target = overridable.get(name)
+            if target is None:
+                raise BackendError(
+                    f"adapter parameter '{name}' is not an overridable initializer of the "
+                    f"model (has {sorted(overridable) or 'none'})"
+                )
+            shape, expected = list(value.shape()), _dims(target.shape)
+            if (
+                value.data_type() != target.type
+                or len(shape) != len(expected)
+                or any(e >= 0 and d != e for d, e in zip(shape, expected, strict=True))
+            ):
+                raise BackendError(
+                    f"adapter parameter '{name}' is {value.data_type()} {shape}, the model "
+                    f"expects {target.type} {list(expected)}"
+                )
+        adapter = ort.LoraAdapter()
+        try:
+            adapter.Load(str(path))
+        except Exception as exc:
+            raise BackendError(f"cannot load adapter: {exc}") from exc
+        return adapter
+
+    def run_adapter(self, inputs: Mapping[str, Array], adapter: object) -> dict[str, Array]:
+        run_options = ort.RunOptions()
+        run_options.add_active_adapter(adapter)
+        try:
+            results = self._session.run(self._output_names, dict(inputs), run_options)
+        except Exception as exc:
+            raise BackendError(f"onnxruntime: {exc}") from exc
+        return dict(zip(self._output_names, results, strict=True))
+
     def warm_up(self) -> None:
         """Run once on zeros (first runs allocate) and derive capacity from a timed second run."""
         feeds: dict[str, Array] = {}

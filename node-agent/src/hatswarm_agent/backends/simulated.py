@@ -121,13 +121,26 @@ class SimulatedModel:
         self.active_watts = device.busy_w
 
     def run(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
+        return self._paced(inputs, None)
+
+    def load_adapter(self, path: Path) -> object:
+        return self._inner.load_adapter(path)
+
+    def run_adapter(self, inputs: Mapping[str, Array], adapter: object) -> dict[str, Array]:
+        return self._paced(inputs, adapter)
+
+    def _paced(self, inputs: Mapping[str, Array], adapter: object | None) -> dict[str, Array]:
+        """Run on the shared device (with an adapter when given) at the profile's pace."""
         n = 1
         if self.max_batch_size:
             n = next(iter(inputs.values())).shape[0]
         target = batch_seconds(self.profile, n) * self.slowdown
         with self._device.lock:
             start = time.monotonic()
-            outputs = self._inner.run(inputs)
+            if adapter is None:
+                outputs = self._inner.run(inputs)
+            else:
+                outputs = self._inner.run_adapter(inputs, adapter)
             remaining = target - (time.monotonic() - start)
             if remaining > 0:
                 time.sleep(remaining)
