@@ -4,6 +4,13 @@ This is the control loop both adapters share: the kopf operator feeds it objects
 Kubernetes API, `hatswarm up` feeds it manifests and local agent processes. It is level-based:
 the current placement is read from what the agents report, so a restarted operator converges
 without duplicate loads. It decides; `loop.py` acts (with backoff and per-node load limits).
+
+Each EdgeModel's versions come from the rollout state machine (`rollout.decide_rollout`): the
+stable version, and a new `spec.version` under validation (one node, no traffic) or as a canary
+(a share of the traffic, stepping up). Each version is placed as its own unit, routed with its
+share as the route's weight, and the old version is unloaded only once the new one succeeded
+(after a rollback, only the canary goes). The rollout's state lives in status
+(`stableVersion`, `canary`, `stableArtifacts`) and in the runtime's memory.
 """
 
 from __future__ import annotations
