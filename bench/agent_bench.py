@@ -9,9 +9,13 @@ MLP (float32 [N, 16]). For each server: warm up, then measure per round
 
 The baseline is raw ``session.run`` in this process: p50 with the faster of 1 and 2 intra-op
 threads; throughput the best of sequential runs at 2 threads and 8 threads calling one
-1-thread session concurrently. Raw rounds are interleaved with the agent's rounds (the agent
-sits idle meanwhile), so the agent/raw ratios are paired per round and resist drift from
-other load on the machine; figures are medians over rounds (quick: 1 short round, full: 5).
+1-thread session concurrently.
+
+Rounds are the outer loop: in each round every server is started, warmed up, measured and
+stopped in turn (the order rotates per round), so drift in the load of these shared cores
+spreads over all servers. Raw onnxruntime is measured inside the agent's slot, after its
+warm-up, while it sits idle: agent/raw ratios are paired per round. Figures are medians over
+rounds (quick: 1 short round, full: 5).
 
 Peers run in their own cached venvs under bench/out/venvs/ (created on first use, progress
 shown live). A peer that cannot be installed or started is recorded as skipped with the
@@ -611,6 +615,7 @@ def measure_raw_round(raw: RawTarget, work: Workload, plan: Plan) -> dict[str, f
         "throughput_rps": max(concurrent, sequential),
         "throughput_sequential_2_threads_rps": sequential,
         "throughput_concurrent_1_thread_rps": concurrent,
+        "loadavg_1m": os.getloadavg()[0],
     }
 
 
@@ -621,7 +626,12 @@ def measure_server_round(target: OipTarget, work: Workload, plan: Plan) -> dict[
     finally:
         caller.close()
     rps = measure_throughput(lambda: target.caller(work), CLIENTS, plan.throughput_s)
-    return {"p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"], "throughput_rps": rps}
+    return {
+        "p50_ms": lat["p50_ms"],
+        "p99_ms": lat["p99_ms"],
+        "throughput_rps": rps,
+        "loadavg_1m": os.getloadavg()[0],
+    }
 
 
 def _summarise(rounds: list[dict[str, float]]) -> dict[str, Any]:
@@ -710,10 +720,10 @@ def bench_round(
     With ``raw_rounds`` (the agent's slot), raw onnxruntime is measured in the same round,
     between the warm-up and the agent's measurement, while the agent sits idle.
     """
-    spec = contender.make_spec()
-    log(f"round {index + 1}/{plan.rounds}: starting {spec.label}")
+    log(f"round {index + 1}/{plan.rounds}: starting {contender.label}")
     t0 = time.monotonic()
     try:
+        spec = contender.make_spec()
         with serving(spec) as proc:
             contender.startup_s.append(time.monotonic() - t0)
             target = OipTarget(f"{HOST}:{spec.grpc_port}")
@@ -729,11 +739,11 @@ def bench_round(
             rss = peak_rss_mb(proc.pid)
     except Exception as exc:
         contender.failure = f"{type(exc).__name__}: {exc}"
-        log(f"{spec.label} failed: {contender.failure}")
+        log(f"{contender.label} failed: {contender.failure}")
         return
     for m in MODEL_NAMES:
         contender.rounds[m].append(measured[m])
-        log(f"round {index + 1}/{plan.rounds} {spec.label} {m}: {_fmt(measured[m])}")
+        log(f"round {index + 1}/{plan.rounds} {contender.label} {m}: {_fmt(measured[m])}")
     if rss is not None:
         contender.peak_rss_mb.append(rss)
 
@@ -864,6 +874,24 @@ def compute_ratios(servers: dict[str, Any]) -> dict[str, Any]:
 # Entry points
 
 
+def machine_load(servers: dict[str, Any], load_start: list[float]) -> dict[str, Any]:
+    """CPU count and the 1-minute load average seen during the run: on a machine shared with
+    other jobs a load above the core count means every figure is contended (slower and
+    noisier, ratios included), so the run says so rather than hiding it."""
+    cpus = os.cpu_count() or 1
+    seen = [load_start[0], os.getloadavg()[0]]
+    for entry in servers.values():
+        for m in MODEL_NAMES:
+            seen += [r["loadavg_1m"] for r in entry.get(m, {}).get("rounds", [])]
+    return {
+        "cpus": cpus,
+        "platform": platform.platform(),
+        "loadavg_1m_max": max(seen),
+        "loadavg_1m_median": _median(seen),
+        "contended": _median(seen) > cpus,
+    }
+
+
 def _versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for dist in ("onnxruntime", "grpcio", "tritonclient", "numpy", "onnx", "hatswarm-agent"):
@@ -968,12 +996,7 @@ def run(
                 "warmup_s": plan.warmup_s,
                 "clients": CLIENTS,
             },
-            "machine": {
-                "cpus": os.cpu_count(),
-                "platform": platform.platform(),
-                "loadavg_start": load_start,
-                "loadavg_end": list(os.getloadavg()),
-            },
+            "machine": machine_load(servers, load_start),
             "versions": _versions(),
             "models": {
                 name: {"path": str(path), "bytes": path.stat().st_size}
@@ -1015,6 +1038,13 @@ def format_table(results: dict[str, Any]) -> str:
             f"{label:<30} {entry['cnn']['p50_ms']:>10.2f} {entry['cnn']['throughput_rps']:>10.0f} "
             f"{entry['mlp']['p50_ms']:>10.3f} {entry['mlp']['throughput_rps']:>10.0f} "
             f"{(f'{rss:.0f}' if rss else '-'):>12}"
+        )
+    machine = results.get("machine", {})
+    if machine.get("contended"):
+        lines.append(
+            f"WARNING: median load average {machine['loadavg_1m_median']:.1f} "
+            f"(max {machine['loadavg_1m_max']:.1f}) on {machine['cpus']} cores: other jobs "
+            "competed for the CPU, figures are contended and noisy; rerun on a quiet machine"
         )
     for key, label in SERVER_LABELS.items():
         match = results["servers"].get(key, {}).get("outputs_match_raw", {})
