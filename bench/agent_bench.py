@@ -425,6 +425,8 @@ MLSERVER_ENV = PeerEnv(
     ),
 )
 _READY_MARK = ".hatswarm-bench-ready"
+# Fail fast without a network (pip's defaults retry for many minutes); progress stays line-based.
+_PIP_FLAGS = ("--progress-bar", "off", "--retries", "2", "--timeout", "30")
 
 
 def log(message: str) -> None:
@@ -476,7 +478,7 @@ def ensure_peer_env(peer: PeerEnv, timeout_s: float = 1200.0) -> tuple[Path | No
     for requirements in peer.requirement_sets:
         log(f"pip install {' '.join(requirements)}")
         code, tail = _stream(
-            [str(peer.python), "-m", "pip", "install", "--progress-bar", "off", *requirements],
+            [str(peer.python), "-m", "pip", "install", *_PIP_FLAGS, *requirements],
             peer.name,
             timeout_s,
         )
