@@ -22,7 +22,7 @@ from hatswarm_agent.adapters import DEFAULT_SLOTS, AdapterSet
 from hatswarm_agent.artifacts import ArtifactError, ArtifactStore
 from hatswarm_agent.assignment import AssignedModel, AssignmentStore
 from hatswarm_agent.backends import canonical_name, create_backend
-from hatswarm_agent.backends.base import Backend, BackendError, DeviceInfo
+from hatswarm_agent.backends.base import Backend, BackendError, DeviceInfo, LoadedModel
 from hatswarm_agent.backends.onnx import int_option
 from hatswarm_agent.batching import ModelQueue
 from hatswarm_agent.errors import InvalidInputError, PreconditionError
@@ -72,6 +72,16 @@ class BackendPool:
     def close(self) -> None:
         for backend in self._backends.values():
             backend.close()
+
+
+def inline_items(model: LoadedModel, options: Mapping[str, str]) -> int:
+    """How many items may run on the event loop: those whose measured run time stays under
+    `inline_max_us` (default 200 us, about the cost of the thread-pool round trip)."""
+    latency = getattr(model, "latency_s", 0.0)
+    budget = int_option(options, "inline_max_us", 200) / 1e6
+    if not isinstance(latency, float) or latency <= 0 or latency > budget:
+        return 0
+    return max(1, min(int(budget / latency), model.max_batch_size or 1))
 
 
 def same_request(a: control_pb2.LoadModelRequest, b: control_pb2.LoadModelRequest) -> bool:
@@ -208,6 +218,7 @@ class ModelLifecycle:
                     concurrency=max(1, int(getattr(model, "concurrency", 1))),
                     on_execution=entry.on_execution,
                     name=entry.name,
+                    inline_max_items=inline_items(model, options),
                     adapters=adapters,
                 )
             except BaseException:

@@ -198,6 +198,7 @@ def test_sigterm_flips_health_then_finishes_in_flight_work(model_dir: Path) -> N
         )
         agent.proc.terminate()
         assert next(watch).status == NOT_SERVING
+        watch.cancel()  # an open Watch stream would hold the server for its whole grace period
         assert in_flight.result().outputs[0].name == "y"
         assert agent.proc.wait(30) == 0
         ch.close()

@@ -95,3 +95,19 @@ async def test_queue_delay_fills_a_batch_while_another_runs(mlp: OnnxModel) -> N
     assert sum(runs) == 12
     assert max(runs) <= 4
     await queue.close()
+
+
+async def test_tiny_requests_run_inline_only_on_an_idle_queue(mlp: OnnxModel) -> None:
+    runs: list[int] = []
+    queue = ModelQueue(
+        mlp, limit=100, max_batch_size=8, max_queue_delay_s=0, concurrency=1,
+        on_execution=lambda items, _s: runs.append(items), inline_max_items=1,
+    )  # fmt: skip
+    x = np.full((1, 64), 0.5, np.float32)
+    result = await queue.submit(request(x))  # idle: inline, no worker started
+    np.testing.assert_array_equal(result.outputs["y"], mlp.run({"x": x})["y"])
+    assert runs == [1] and result.queue_s == 0.0 and not queue._workers
+    big = np.ones((2, 64), np.float32)
+    await queue.submit(request(big))  # over the inline size: through the pool
+    assert runs == [1, 2] and len(queue._workers) == 1
+    await queue.close()

@@ -138,6 +138,7 @@ class OnnxModel:
         self.max_batch_size = max_batch if batchable and max_batch > 1 else 0
         self.concurrency = int_option(options, "workers", os.cpu_count() or 1, minimum=1)
         self._capacity = 0.0
+        self.latency_s = 0.0  # measured batch-1 run time at load; 0 when unknown
 
     def run(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
         try:
@@ -210,6 +211,7 @@ class OnnxModel:
         except BackendError as exc:
             log.info("warm-up on zeros failed (capacity unknown): %s", exc)
             return
+        self.latency_s = elapsed
         self._capacity = self.concurrency / max(elapsed, 1e-6)
 
     def capacity_fps(self) -> float:
