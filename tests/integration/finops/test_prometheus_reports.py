@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
-import numpy as np
 import pytest
 import yaml
 from hatswarm_operator.cost_cli import main as cost_main
 from hatswarm_operator.promql import Prometheus
 
+from tests import tritonjobs
 from tests.agentproc import AgentProcess, build_mlp, free_port, start_agent
 
 pytestmark = pytest.mark.integration
@@ -152,28 +152,10 @@ def _scraped(prom: Prometheus, expr: str, want: float) -> bool:
 
 
 def _drive(address: str) -> None:
-    import tritonclient.grpc as grpcclient
-    from tritonclient.utils import InferenceServerException
-
-    client = grpcclient.InferenceServerClient(address)
-    rng = np.random.default_rng(0)
-
-    def infer(model: str, dim: int = 64) -> None:
-        inp = grpcclient.InferInput("x", [1, dim], "FP32")
-        inp.set_data_from_numpy(rng.random((1, dim), dtype=np.float32))
-        client.infer(model, [inp])
-
-    try:
-        for model, n in SENT.items():
-            for _ in range(n):
-                infer(model)
-        for _ in range(BAD):
-            with pytest.raises(InferenceServerException):
-                infer(YOLO, dim=63)
-        for _ in range(CLOUD):
-            infer(CLOUDY)
-    finally:
-        client.close()
+    """The requests, sent by tritonclient in a child process (see tests/tritonjobs.py)."""
+    plan = [(model, [1, 64], n, False) for model, n in SENT.items()]
+    plan += [(YOLO, [1, 63], BAD, True), (CLOUDY, [1, 64], CLOUD, False)]
+    assert tritonjobs.run(tritonjobs.infer_series, address, plan) == []
 
 
 def _run(capsys: pytest.CaptureFixture[str], argv: list[str]) -> dict[str, Any]:

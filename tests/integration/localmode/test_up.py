@@ -12,9 +12,10 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import psutil
 import pytest
+
+from tests import tritonjobs
 
 pytestmark = pytest.mark.integration
 
@@ -44,8 +45,6 @@ def _ready_nodes(state: Path) -> set[str]:
 
 
 def test_up_survives_a_node_kill_and_stops_cleanly(tmp_path: Path) -> None:
-    import tritonclient.grpc as grpcclient
-
     state = tmp_path / "state"
     proc = subprocess.Popen(
         [str(HATSWARM), "up", "--nodes", "3", "--quiet", "--state-dir", str(state)],
@@ -70,26 +69,21 @@ def test_up_survives_a_node_kill_and_stops_cleanly(tmp_path: Path) -> None:
         entry = addresses[names.index(next(n for n in names if n not in holders))]
         victim = sorted(holders)[0]
 
-        client = grpcclient.InferenceServerClient(entry)
-        data = np.random.default_rng(0).random((1, 3, 224, 224), dtype=np.float32)
-        ok, failed, served = 0, [], set()
-        for i in range(120):
-            if i == 30:
-                os.kill(pids[victim], signal.SIGKILL)
-            inp = grpcclient.InferInput("gpu_0/data_0", [1, 3, 224, 224], "FP32")
-            inp.set_data_from_numpy(data + i)  # distinct inputs: no cache hits
-            try:
-                res = client.infer("shufflenet", [inp], client_timeout=15.0)
-            except Exception as err:
-                failed.append(str(err))
-                continue
-            ok += 1
-            assert res.as_numpy("gpu_0/softmax_1").shape == (1, 1000)
-            served.add(res.get_response().parameters["hatswarm.node"].string_param)
-        client.close()
-        assert failed == []
-        assert ok == 120
-        assert victim in served  # it served before it died
+        res = tritonjobs.run(
+            tritonjobs.infer_many,
+            entry,
+            "shufflenet",
+            "gpu_0/data_0",
+            [1, 3, 224, 224],
+            120,
+            "gpu_0/softmax_1",
+            pids[victim],
+            30,
+        )
+        assert res["errors"] == []
+        assert res["ok"] == 120
+        assert res["shapes"] == {(1, 1000)}
+        assert res["nodes"][victim] > 0  # it served before it died
         # the lost replica is re-placed on the node that had none
         assert _wait(lambda: len(_ready_nodes(state)) == 2 and victim not in _ready_nodes(state))
         events = [e["reason"] for e in _status(state)["events"]]

@@ -1,0 +1,95 @@
+"""tritonclient work run in a fresh child process (`run(fn, *args)`).
+
+tritonclient's generated protobufs and hatswarm's own OIP stubs both define the protobuf package
+`inference`, and one process's descriptor pool refuses the second set ("duplicate symbol").
+The pytest process imports hatswarm's stubs, so every tritonclient call a test makes goes
+through `run`, which executes a function of this module in a `spawn`ed child and returns its
+(picklable) result. The client stays the real, unmodified tritonclient.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import numpy as np
+
+T = TypeVar("T")
+
+
+def run(fn: Callable[..., T], *args: Any, timeout: float = 300.0) -> T:
+    """Call `fn(*args)` in a fresh interpreter; exceptions come back as exceptions."""
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        return pool.apply_async(fn, args).get(timeout)
+
+
+def infer_many(
+    url: str,
+    model: str,
+    input_name: str,
+    shape: list[int],
+    count: int,
+    output: str,
+    kill_pid: int | None = None,
+    kill_at: int = -1,
+    timeout_s: float = 15.0,
+) -> dict[str, Any]:
+    """`count` requests with distinct FP32 inputs; optionally SIGKILL a pid before request
+    `kill_at`. Returns ok/failed counts, errors, nodes that answered and output shapes."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(url)
+    data = np.random.default_rng(0).random(shape, dtype=np.float32)
+    out: dict[str, Any] = {"ok": 0, "failed": 0, "errors": [], "nodes": Counter(), "shapes": set()}
+    try:
+        for i in range(count):
+            if i == kill_at and kill_pid is not None:
+                os.kill(kill_pid, signal.SIGKILL)
+            inp = grpcclient.InferInput(input_name, shape, "FP32")
+            inp.set_data_from_numpy(data + i)  # distinct inputs: no cache hits
+            try:
+                res = client.infer(model, [inp], client_timeout=timeout_s)
+            except Exception as err:  # reported to the test, which asserts there are none
+                out["failed"] += 1
+                out["errors"].append(str(err))
+                continue
+            out["ok"] += 1
+            out["shapes"].add(tuple(res.as_numpy(output).shape))
+            params = res.get_response().parameters
+            if "hatswarm.node" in params:
+                out["nodes"][params["hatswarm.node"].string_param] += 1
+    finally:
+        client.close()
+    return out
+
+
+def infer_series(address: str, plan: list[tuple[str, list[int], int, bool]]) -> list[str]:
+    """For each (model, shape, count, must_fail): send `count` random FP32 inputs named `x`.
+    Returns one message per unexpected outcome (empty when all went as planned)."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    client = grpcclient.InferenceServerClient(address)
+    rng = np.random.default_rng(0)
+    problems: list[str] = []
+    try:
+        for model, shape, count, must_fail in plan:
+            for _ in range(count):
+                inp = grpcclient.InferInput("x", shape, "FP32")
+                inp.set_data_from_numpy(rng.random(shape, dtype=np.float32))
+                try:
+                    client.infer(model, [inp])
+                except InferenceServerException as err:
+                    if not must_fail:
+                        problems.append(f"{model}: {err}")
+                else:
+                    if must_fail:
+                        problems.append(f"{model} {shape}: expected an error")
+    finally:
+        client.close()
+    return problems
