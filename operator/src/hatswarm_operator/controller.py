@@ -254,7 +254,7 @@ def decide_model_rollout(
     return ModelRollout(decision, artifacts)
 
 
-def _selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
 
 
@@ -264,7 +264,7 @@ def pool_members(pool: InferencePool, nodes: Sequence[NodeState]) -> list[NodeSt
         n
         for n in nodes
         if n.in_pool
-        and _selects(pool.spec.node_selector, n.labels)
+        and selects(pool.spec.node_selector, n.labels)
         and n.accelerator in pool.spec.accelerators
     ]
 
@@ -649,7 +649,7 @@ def _pool_status(
     now: float,
 ) -> InferencePoolStatus:
     member_names = {n.name for n in members}
-    selected = [n for n in nodes if _selects(pool.spec.node_selector, n.labels)]
+    selected = [n for n in nodes if selects(pool.spec.node_selector, n.labels)]
     pool_nodes = [
         PoolNode(
             name=n.name,

@@ -18,12 +18,13 @@ from typing import Protocol
 import grpc
 from hatswarm_agent.v1 import control_pb2
 
+from hatswarm_operator import cost_metrics, costing
 from hatswarm_operator.agentclient import AgentClient
 from hatswarm_operator.api import EdgeModel, InferencePool
 from hatswarm_operator.api.edgemodel import EdgeModelStatus
-from hatswarm_operator.api.inferencepool import InferencePoolStatus
+from hatswarm_operator.api.inferencepool import InferencePoolStatus, PoolCost
 from hatswarm_operator.autoscale import ScaleMetrics, ScaleState, decide_replicas, policy_from_spec
-from hatswarm_operator.controller import Event, Load, PoolPlan, Route, plan_pool
+from hatswarm_operator.controller import Event, Load, PoolPlan, Route, plan_pool, selects
 from hatswarm_operator.gate_runner import GateUnavailableError, run_gate
 from hatswarm_operator.inventory import NodeState, observe
 from hatswarm_operator.rollout import GateVerdict
@@ -40,6 +41,8 @@ from hatswarm_operator.rolloutplan import (
 from hatswarm_operator.validation_gate import gate_from_spec
 
 log = logging.getLogger("hatswarm.loop")
+
+COST_STATUS_SECONDS = 30.0
 
 PublicKeyResolver = Callable[[str, str], Awaitable[str]]  # (namespace, "secret/key") -> key
 GateKey = tuple[str, float | None]  # (version, when its rollout attempt began)
@@ -94,6 +97,8 @@ class PoolRuntime:
         self._pushed: dict[str, int] = {}
         self._published: dict[str, str] = {}
         self._scale_state: dict[str, ScaleState] = {}
+        self.cost_ledger = costing.CostLedger()
+        self._cost_status: tuple[float, PoolCost, dict[str, float | None]] | None = None
         self.failovers = 0
         # Rollouts: the last decided state per model (with the object's uid), the counters
         # when each canary step began, the gates' verdicts and runs in flight.
@@ -170,6 +175,7 @@ class PoolRuntime:
             self.replicas,
             self._rollout_contexts(mine),
         )
+        self._cost(pool, mine, plan)
         self.last_plan = plan
         self._remember(mine, plan)
         await self._act(pool, plan)
@@ -179,6 +185,27 @@ class PoolRuntime:
         self._run_gates(mine, plan)
         await self._publish(pool, models, plan)
         return plan
+
+    # --- cost ------------------------------------------------------------------------------
+
+    def _cost(self, pool: InferencePool, models: Sequence[EdgeModel], plan: PoolPlan) -> None:
+        """Live cost: charge this window to models by NPU seconds; measured energy if known.
+
+        The gauges move every tick; the figures in status only every `COST_STATUS_SECONDS`
+        so a busy pool does not rewrite its status each second.
+        """
+        selected = [n for n in self.nodes.values() if selects(pool.spec.node_selector, n.labels)]
+        now = self.clock()
+        live = costing.account(
+            self.cost_ledger, costing.pool_cost_inputs(pool), costing.node_samples(selected), now
+        )
+        cost_metrics.default().publish(pool.metadata.name, live, cost_metrics.showback_of(models))
+        if self._cost_status is None or now - self._cost_status[0] >= COST_STATUS_SECONDS:
+            self._cost_status = (now, costing.pool_cost(live), costing.model_cost_per1k(live))
+        _, pool_cost, per1k = self._cost_status
+        plan.pool_status.cost = pool_cost
+        for name, st in plan.model_status.items():
+            st.cost_per1k_usd = per1k.get(name)
 
     # --- rollouts --------------------------------------------------------------------------
 
@@ -450,6 +477,8 @@ def routing_table(
         queue_limit=spec.routing.queue_limit,
         retries=spec.routing.retries,
         timeout_ms=spec.routing.timeout_ms,
+        policy=spec.routing.policy,
+        hedge_after_percentile=spec.routing.hedge_after_percentile or 0.0,
     )
     for r in routes:
         table.routes.append(
