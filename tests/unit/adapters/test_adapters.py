@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import importlib
 import sys
 from collections.abc import Iterator, Mapping
@@ -11,13 +12,19 @@ from types import ModuleType
 
 import numpy as np
 import pytest
+from grpc_health.v1.health import aio as health_aio
 from hatswarm_agent.adapters import AdapterSet, UnknownAdapterError
+from hatswarm_agent.artifacts import ArtifactStore
 from hatswarm_agent.backends.base import AdapterModel, Array, BackendError, LoadedModel
 from hatswarm_agent.backends.onnx import OnnxBackend, OnnxModel
 from hatswarm_agent.backends.simulated import SimulatedBackend
 from hatswarm_agent.batching import ModelQueue
-from hatswarm_agent.errors import ModelNotFoundError
+from hatswarm_agent.errors import InvalidInputError, ModelNotFoundError
+from hatswarm_agent.lifecycle import BackendPool, ModelLifecycle
+from hatswarm_agent.metrics import AgentMetrics
+from hatswarm_agent.models import ModelRegistry
 from hatswarm_agent.tensors import DecodedRequest
+from hatswarm_agent.v1 import control_pb2
 
 from tests.unit.adapters.loramodels import (
     IN,
@@ -260,3 +267,69 @@ async def test_batches_never_mix_adapters(base: OnnxModel, files: dict[str, Path
     assert len(spy.runs) < len(plan)
     assert [a for a, _ in spy.runs] == [a for i, a in enumerate(plan) if i == 0 or a != plan[i - 1]]
     await queue.close()
+
+
+# -- lifecycle: adapter artifacts are verified, pinned while known, and released -----------------
+
+
+def lifecycle(tmp_path: Path) -> ModelLifecycle:
+    return ModelLifecycle(
+        ModelRegistry(),
+        AgentMetrics(),
+        ArtifactStore(tmp_path / "cache", 1 << 30),
+        BackendPool("onnxruntime", "cpu"),
+        health_aio.HealthServicer(),
+    )
+
+
+def load_request(
+    files: dict[str, Path], names: str, **options: str
+) -> control_pb2.LoadModelRequest:
+    def digest(p: Path) -> str:
+        return hashlib.sha256(p.read_bytes()).hexdigest()
+
+    return control_pb2.LoadModelRequest(
+        name="m",
+        uri=str(files["base"]),
+        sha256=digest(files["base"]),
+        options={"workers": "1", **options},
+        adapters=[
+            control_pb2.AdapterArtifact(name=n, uri=str(files[n]), sha256=digest(files[n]))
+            for n in names
+        ],
+    )
+
+
+async def test_lifecycle_pins_adapters_while_known_and_updates_without_reload(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    lc = lifecycle(tmp_path)
+    store = lc.artifacts
+
+    def pinned() -> set[str]:
+        return {
+            n for n in "abc" if store.is_pinned(hashlib.sha256(files[n].read_bytes()).hexdigest())
+        }
+
+    entry = await lc.load(load_request(files, "ab", adapter_slots="1"))
+    assert entry.ready and entry.adapters is not None and entry.adapters.slots == 1
+    assert entry.adapters.names() == ["a", "b"] and pinned() == {"a", "b"}
+    model = entry.model
+    same = await lc.load(load_request(files, "bc", adapter_slots="1"))
+    assert same is entry and entry.model is model  # the base was not reloaded
+    assert entry.adapters.names() == ["b", "c"] and pinned() == {"b", "c"}
+    assert [a.name for a in entry.request.adapters] == ["b", "c"]
+    await lc.unload("m")
+    assert pinned() == set() and not store.is_pinned(entry.sha256)
+    await lc.close()
+
+
+async def test_lifecycle_refuses_a_bad_slot_option_and_a_duplicate_name(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    lc = lifecycle(tmp_path)
+    failed = await lc.load(load_request(files, "a", adapter_slots="0"))
+    assert not failed.ready and "adapter_slots=0 must be >= 1" in failed.reason
+    with pytest.raises(InvalidInputError, match="adapter 'a' given twice"):
+        await lc.load(load_request(files, "aa"))
+    await lc.close()
