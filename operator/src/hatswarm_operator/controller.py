@@ -410,7 +410,9 @@ def plan_pool(
     # Routes: per version with a share of the traffic, every member with it ready, weighted
     # by measured throughput; the version's share is the route's weight. A canary without a
     # ready replica gets no route (its share goes to the stable version).
+    # Replicas about to be unloaded are left out, so peers stop sending to them first.
     weight = {(r.model, r.version, r.node): r.weight for r in placement.replicas}
+    leaving = {(u.model, u.version, u.node) for u in plan.unloads}
     for m in mine:
         name = m.metadata.name
         decision = rolls[name].decision
@@ -420,7 +422,9 @@ def plan_pool(
             endpoints = tuple(
                 Endpoint(n.name, n.address, max(weight.get((name, version, n.name), 0.0), 1.0))
                 for n in members
-                if (o := n.model(name, version)) is not None and o.ready
+                if (o := n.model(name, version)) is not None
+                and o.ready
+                and (name, version, n.name) not in leaving
             )
             if not endpoints and version != decision.stable_version:
                 continue

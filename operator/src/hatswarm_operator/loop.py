@@ -178,8 +178,9 @@ class PoolRuntime:
         self._cost(pool, mine, plan)
         self.last_plan = plan
         self._remember(mine, plan)
-        await self._act(pool, plan)
+        # Routes first: they no longer list what is about to be unloaded.
         await self._push_routes(pool, plan)
+        await self._act(pool, plan)
         for ev in plan.rollout_events:
             await self.sink.event(ns, ev)
         self._run_gates(mine, plan)
