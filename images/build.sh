@@ -4,6 +4,8 @@
 #   images/build.sh                         # both images, this machine's platform
 #   images/build.sh --platform linux/arm64,linux/amd64 --push   # multi-arch (buildx only)
 #   images/build.sh --local-base            # offline: a debootstrap'ed bookworm base (buildah)
+#   images/build.sh --wheelhouse            # also download every wheel into the context (the
+#                                           # build then needs no network; implied by --local-base)
 #   images/build.sh --context-only          # just prepare build/images/ (wheels + requirements)
 #
 # Engines, in order: docker buildx (with a reachable daemon), else buildah
@@ -24,6 +26,7 @@ BASE="${BASE:-python:3.11-slim-bookworm}"
 PLATFORM=""
 PUSH=0
 LOCAL_BASE=0
+WHEELHOUSE=0
 CONTEXT_ONLY=0
 ENGINE="${ENGINE:-}"
 IMAGES=(operator agent)
@@ -33,11 +36,12 @@ while [[ $# -gt 0 ]]; do
   case "$1" in
     --platform) PLATFORM="$2"; shift 2 ;;
     --push) PUSH=1; shift ;;
-    --local-base) LOCAL_BASE=1; shift ;;
+    --local-base) LOCAL_BASE=1; WHEELHOUSE=1; shift ;;
+    --wheelhouse) WHEELHOUSE=1; shift ;;
     --context-only) CONTEXT_ONLY=1; shift ;;
     --engine) ENGINE="$2"; shift 2 ;;
     --only) IMAGES=("$2"); shift 2 ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "build.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -56,6 +60,14 @@ if grep -qiE '^(kopf|kubernetes)==' "$CTX/agent-requirements.txt"; then
 fi
 if grep -qiE '^onnxruntime==' "$CTX/operator-requirements.txt"; then
   echo "build.sh: the operator's requirements carry onnxruntime" >&2; exit 1
+fi
+if [[ $WHEELHOUSE == 1 ]]; then
+  # This machine's platform only (a cross-platform wheelhouse needs pip download --platform).
+  echo "==> wheelhouse: every pinned wheel into $CTX/wheels"
+  for req in "$CTX"/*-requirements.txt; do
+    python3 -m pip download --quiet --no-deps --only-binary=:all: --require-hashes \
+      -r "$req" -d "$CTX/wheels"
+  done
 fi
 [[ $CONTEXT_ONLY == 1 ]] && { ls -l "$CTX" "$CTX/wheels"; exit 0; }
 
@@ -76,14 +88,18 @@ local_base() {
   # A Debian bookworm rootfs with python3.11 + venv, imported as localhost/hatswarm-base.
   local rootfs=build/rootfs-bookworm mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
   if ! "${BUILDAH[@]}" inspect --type image localhost/hatswarm-base:bookworm >/dev/null 2>&1; then
-    command -v debootstrap >/dev/null || { echo "build.sh: apt-get install -y debootstrap" >&2; exit 1; }
-    rm -rf "$rootfs"
-    debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
-      bookworm "$rootfs" "$mirror"
-    rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+    if [[ ! -x "$rootfs/usr/bin/python3" ]]; then
+      command -v debootstrap >/dev/null || { echo "build.sh: apt-get install -y debootstrap" >&2; exit 1; }
+      rm -rf "$rootfs"
+      debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
+        bookworm "$rootfs" "$mirror"
+      rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+    fi
+    tar -C "$rootfs" -cf "$rootfs.tar" .
     local ctr
     ctr="$("${BUILDAH[@]}" from scratch)"
-    tar -C "$rootfs" -c . | "${BUILDAH[@]}" add "$ctr" - /
+    "${BUILDAH[@]}" add "$ctr" "$rootfs.tar" /  # a local tar is unpacked into /
+    rm -f "$rootfs.tar"
     "${BUILDAH[@]}" config --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
       --cmd /bin/sh "$ctr"
     "${BUILDAH[@]}" commit --rm "$ctr" localhost/hatswarm-base:bookworm
@@ -95,7 +111,8 @@ REVISION="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 CREATED="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 for image in "${IMAGES[@]}"; do
   tag="$REGISTRY/$image:$VERSION"
-  args=(--build-arg "VERSION=$VERSION" --build-arg "REVISION=$REVISION" --build-arg "CREATED=$CREATED")
+  args=(--build-arg "VERSION=$VERSION" --build-arg "REVISION=$REVISION" --build-arg "CREATED=$CREATED"
+        --build-arg "PIP_NO_INDEX=$WHEELHOUSE")
   echo "==> $tag"
   case "$ENGINE" in
     buildx)

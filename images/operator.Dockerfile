@@ -7,7 +7,10 @@
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS install
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
+# PIP_NO_INDEX=1 (images/build.sh --wheelhouse): every wheel comes from the context, no network.
+ARG PIP_NO_INDEX=0
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1 \
+    PIP_FIND_LINKS=/tmp/wheels PIP_NO_INDEX=${PIP_NO_INDEX}
 COPY operator-requirements.txt /tmp/requirements.txt
 COPY wheels/ /tmp/wheels/
 RUN python3 -m venv /opt/hatswarm \
