@@ -39,8 +39,8 @@ crds: install ## write crds/*.yaml (and the chart's copy) from the pydantic API 
 	$(RUN) hatswarm crds --out crds
 	@if [ -d charts/hatswarm ]; then mkdir -p charts/hatswarm/crds && cp crds/*.yaml charts/hatswarm/crds/; fi
 
-chart: install ## lint and render the Helm chart (filled by the ship-it issue)
-	$(RUN) python -m hatswarm_operator.devtools chart
+chart: install tools ## lint, render and schema-check the Helm chart (helm 3 + 4), rules, dashboard
+	$(RUN) pytest tests/unit/chart -q
 
 lint: install gen crds ## ruff, mypy strict, yamllint; fails when generated files drift
 	$(RUN) ruff check .
@@ -62,8 +62,8 @@ demo: install ## a local pool on simulated Pi + HAT+ nodes (no cluster)
 bench: install ## every benchmark; ratios against baselines measured in the same run
 	$(RUN) python bench/run.py
 
-images: ## build the operator and agent images (filled by the ship-it issue)
-	@echo "images: not built yet (see the ship-it issue)"; exit 1
+images: install ## build the operator and agent images (docker buildx, else buildah; see images/)
+	images/build.sh
 
 e2e-kind: install ## kind e2e with simulated Pi nodes (skips without kind/docker)
 	$(RUN) pytest tests/e2e -m e2e -q
