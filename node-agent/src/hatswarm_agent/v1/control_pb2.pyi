@@ -220,6 +220,26 @@ Global___LatencyQuantiles: _TypeAlias = LatencyQuantiles  # noqa: Y015
 class ModelStatus(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class AdapterRequestsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NAME_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
@@ -239,6 +259,11 @@ class ModelStatus(_message.Message):
     CAPACITY_FPS_FIELD_NUMBER: _builtins.int
     ADAPTERS_FIELD_NUMBER: _builtins.int
     LOADED_AT_UNIX_MS_FIELD_NUMBER: _builtins.int
+    RESIDENT_ADAPTERS_FIELD_NUMBER: _builtins.int
+    ADAPTER_SLOTS_FIELD_NUMBER: _builtins.int
+    ADAPTER_REQUESTS_FIELD_NUMBER: _builtins.int
+    ADAPTER_LOADS_FIELD_NUMBER: _builtins.int
+    ADAPTER_EVICTIONS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.str
     state: Global___ModelState.ValueType
@@ -262,10 +287,27 @@ class ModelStatus(_message.Message):
     capacity_fps: _builtins.float
     """Measured (or profiled) inferences per second this node can sustain for this model."""
     loaded_at_unix_ms: _builtins.int
+    adapter_slots: _builtins.int
+    """How many adapters may be resident at once (the `adapter_slots` option)."""
+    adapter_loads: _builtins.int
+    """Backend adapter loads (first ones and reloads after an eviction) and evictions since load:
+    1 - adapter_loads / sum(adapter_requests) is the adapter hit rate.
+    """
+    adapter_evictions: _builtins.int
     @_builtins.property
     def latency(self) -> Global___LatencyQuantiles: ...
     @_builtins.property
-    def adapters(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def adapters(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Adapters requests may name (admitted, verified)."""
+
+    @_builtins.property
+    def resident_adapters(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Adapters loaded in the backend now, least recently used first (at most adapter_slots)."""
+
+    @_builtins.property
+    def adapter_requests(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Requests per adapter since load (measured share, for adapter placement)."""
+
     def __init__(
         self,
         *,
@@ -288,10 +330,15 @@ class ModelStatus(_message.Message):
         capacity_fps: _builtins.float = ...,
         adapters: _abc.Iterable[_builtins.str] | None = ...,
         loaded_at_unix_ms: _builtins.int = ...,
+        resident_adapters: _abc.Iterable[_builtins.str] | None = ...,
+        adapter_slots: _builtins.int = ...,
+        adapter_requests: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        adapter_loads: _builtins.int = ...,
+        adapter_evictions: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["latency", b"latency"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapters", b"adapters", "backend", b"backend", "capacity_fps", b"capacity_fps", "compute_seconds", b"compute_seconds", "energy_joules", b"energy_joules", "execution_count", b"execution_count", "inference_count", b"inference_count", "latency", b"latency", "loaded_at_unix_ms", b"loaded_at_unix_ms", "name", b"name", "queue_depth", b"queue_depth", "queue_limit", b"queue_limit", "reason", b"reason", "request_failure", b"request_failure", "request_rate", b"request_rate", "request_success", b"request_success", "sha256", b"sha256", "state", b"state", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter_evictions", b"adapter_evictions", "adapter_loads", b"adapter_loads", "adapter_requests", b"adapter_requests", "adapter_slots", b"adapter_slots", "adapters", b"adapters", "backend", b"backend", "capacity_fps", b"capacity_fps", "compute_seconds", b"compute_seconds", "energy_joules", b"energy_joules", "execution_count", b"execution_count", "inference_count", b"inference_count", "latency", b"latency", "loaded_at_unix_ms", b"loaded_at_unix_ms", "name", b"name", "queue_depth", b"queue_depth", "queue_limit", b"queue_limit", "reason", b"reason", "request_failure", b"request_failure", "request_rate", b"request_rate", "request_success", b"request_success", "resident_adapters", b"resident_adapters", "sha256", b"sha256", "state", b"state", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -376,21 +423,37 @@ class Endpoint(_message.Message):
     NODE_FIELD_NUMBER: _builtins.int
     ADDRESS_FIELD_NUMBER: _builtins.int
     WEIGHT_FIELD_NUMBER: _builtins.int
+    ADAPTERS_FIELD_NUMBER: _builtins.int
+    ADAPTER_SLOTS_FREE_FIELD_NUMBER: _builtins.int
+    ADAPTERS_KNOWN_FIELD_NUMBER: _builtins.int
     node: _builtins.str
     address: _builtins.str
     """host:port of the peer's OIP gRPC server."""
     weight: _builtins.float
     """Relative share of traffic (canary splits), > 0."""
+    adapter_slots_free: _builtins.int
+    """Adapter slots still free there: another adapter loads without an eviction."""
+    @_builtins.property
+    def adapters(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """LoRA adapters the endpoint has loaded (resident) for this route's model version."""
+
+    @_builtins.property
+    def adapters_known(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Adapters the endpoint can serve (loaded or not); empty means not reported (may have any)."""
+
     def __init__(
         self,
         *,
         node: _builtins.str = ...,
         address: _builtins.str = ...,
         weight: _builtins.float = ...,
+        adapters: _abc.Iterable[_builtins.str] | None = ...,
+        adapter_slots_free: _builtins.int = ...,
+        adapters_known: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "node", b"node", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter_slots_free", b"adapter_slots_free", "adapters", b"adapters", "adapters_known", b"adapters_known", "address", b"address", "node", b"node", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -406,6 +469,10 @@ class Route(_message.Message):
     CACHE_TTL_SECONDS_FIELD_NUMBER: _builtins.int
     CLOUD_FALLBACK_FIELD_NUMBER: _builtins.int
     WEIGHT_FIELD_NUMBER: _builtins.int
+    ESCALATION_OUTPUT_FIELD_NUMBER: _builtins.int
+    ESCALATION_THRESHOLD_FIELD_NUMBER: _builtins.int
+    ESCALATION_MODEL_FIELD_NUMBER: _builtins.int
+    ESCALATION_CLOUD_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     version: _builtins.str
     cache_ttl_seconds: _builtins.int
@@ -415,6 +482,15 @@ class Route(_message.Message):
     """Share of the model's traffic for this version when a request names no version (canary
     splits, relative across the model's routes); 0 means the sum of its endpoint weights.
     """
+    escalation_output: _builtins.str
+    """Confidence cascade: when output `escalation_output`'s top probability (softmax applied
+    when the values are not probabilities) is under `escalation_threshold`, the request is
+    sent on to model `escalation_model` in the pool, or to the cloud fallback when
+    `escalation_cloud`. Empty output: no escalation.
+    """
+    escalation_threshold: _builtins.float
+    escalation_model: _builtins.str
+    escalation_cloud: _builtins.bool
     @_builtins.property
     def endpoints(self) -> _containers.RepeatedCompositeFieldContainer[Global___Endpoint]: ...
     def __init__(
@@ -426,10 +502,14 @@ class Route(_message.Message):
         cache_ttl_seconds: _builtins.int = ...,
         cloud_fallback: _builtins.bool = ...,
         weight: _builtins.float = ...,
+        escalation_output: _builtins.str = ...,
+        escalation_threshold: _builtins.float = ...,
+        escalation_model: _builtins.str = ...,
+        escalation_cloud: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_ttl_seconds", b"cache_ttl_seconds", "cloud_fallback", b"cloud_fallback", "endpoints", b"endpoints", "model", b"model", "version", b"version", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_ttl_seconds", b"cache_ttl_seconds", "cloud_fallback", b"cloud_fallback", "endpoints", b"endpoints", "escalation_cloud", b"escalation_cloud", "escalation_model", b"escalation_model", "escalation_output", b"escalation_output", "escalation_threshold", b"escalation_threshold", "model", b"model", "version", b"version", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -481,6 +561,7 @@ class RoutingTable(_message.Message):
     TIMEOUT_MS_FIELD_NUMBER: _builtins.int
     POLICY_FIELD_NUMBER: _builtins.int
     HEDGE_AFTER_PERCENTILE_FIELD_NUMBER: _builtins.int
+    ADAPTER_POLICY_FIELD_NUMBER: _builtins.int
     generation: _builtins.int
     queue_limit: _builtins.int
     """Per-model queue limit before the router sends work elsewhere or sheds it."""
@@ -491,6 +572,11 @@ class RoutingTable(_message.Message):
     hedge_after_percentile: _builtins.float
     """Hedge: send a second copy of a request still unanswered past this percentile (50..100) of
     the pool's recent latencies, to another replica; 0 disables hedging.
+    """
+    adapter_policy: _builtins.str
+    """Requests naming a LoRA adapter: "Affinity" (also when empty) scores replicas by adapter
+    residency first (loaded 1.0 > free slot 0.8 > must evict 0.6 > cannot 0), then load;
+    "Ignore" routes them by load alone.
     """
     @_builtins.property
     def routes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Route]: ...
@@ -507,10 +593,11 @@ class RoutingTable(_message.Message):
         timeout_ms: _builtins.int = ...,
         policy: _builtins.str = ...,
         hedge_after_percentile: _builtins.float = ...,
+        adapter_policy: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cloud", b"cloud"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cloud", b"cloud", "generation", b"generation", "hedge_after_percentile", b"hedge_after_percentile", "policy", b"policy", "queue_limit", b"queue_limit", "retries", b"retries", "routes", b"routes", "timeout_ms", b"timeout_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter_policy", b"adapter_policy", "cloud", b"cloud", "generation", b"generation", "hedge_after_percentile", b"hedge_after_percentile", "policy", b"policy", "queue_limit", b"queue_limit", "retries", b"retries", "routes", b"routes", "timeout_ms", b"timeout_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
