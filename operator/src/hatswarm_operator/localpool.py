@@ -13,6 +13,7 @@ import hashlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -94,6 +95,7 @@ class LocalAgent:
     proc: subprocess.Popen[str]
     address: str
     log_path: Path
+    metrics_port: int = 0
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -114,8 +116,16 @@ class LocalAgent:
                 self.proc.wait(timeout=10)
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
 def start_agent(spec: NodeSpec, state_dir: Path, timeout: float = 60.0) -> LocalAgent:
-    """Start one simulated node's agent and wait for its ready line."""
+    """Start one simulated node's agent (with /metrics) and wait for its ready line."""
+    metrics_port = free_port()
     node_dir = state_dir / "nodes" / spec.name
     node_dir.mkdir(parents=True, exist_ok=True)
     log_path = node_dir / "agent.log"
@@ -128,6 +138,7 @@ def start_agent(spec: NodeSpec, state_dir: Path, timeout: float = 60.0) -> Local
         "--backend", "simulated",
         "--state-dir", str(node_dir / "state"),
         "--log-level", "WARNING",
+        "--metrics-port", str(metrics_port),
     ]  # fmt: skip
     if spec.slowdown != 1.0:
         cmd += ["--option", f"slowdown={spec.slowdown}"]
@@ -158,7 +169,74 @@ def start_agent(spec: NodeSpec, state_dir: Path, timeout: float = 60.0) -> Local
                 f"agent {spec.name} did not start: {log_path.read_text(errors='replace')[-2000:]}"
             )
         time.sleep(0.02)
-    return LocalAgent(spec, proc, found[0], log_path)
+    return LocalAgent(spec, proc, found[0], log_path, metrics_port)
+
+
+@dataclass
+class LocalPrometheus:
+    """A real Prometheus server (Debian's `prometheus`) on loopback scraping the local pool."""
+
+    proc: subprocess.Popen[bytes]
+    url: str
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def prometheus_config(agents: list[LocalAgent], loop_port: int, pool: str) -> dict[str, Any]:
+    """Jobs and labels as deploy/observability/prometheus-scrape.yaml gives them in a cluster."""
+    return {
+        "global": {"scrape_interval": "2s", "evaluation_interval": "2s"},
+        "scrape_configs": [
+            {
+                "job_name": "hatswarm-agent",
+                "static_configs": [
+                    {
+                        "targets": [f"127.0.0.1:{a.metrics_port}"],
+                        "labels": {"node": a.spec.name, "pool": pool},
+                    }
+                    for a in agents
+                ],
+            },
+            {
+                "job_name": "hatswarm-operator",
+                "static_configs": [{"targets": [f"127.0.0.1:{loop_port}"]}],
+            },
+        ],
+    }
+
+
+def start_prometheus(
+    agents: list[LocalAgent], loop_port: int, pool: str, state_dir: Path
+) -> LocalPrometheus:
+    exe = shutil.which("prometheus")
+    if exe is None:
+        raise FileNotFoundError(
+            "prometheus is not installed: `apt-get install prometheus` (Debian) or `make tools`"
+        )
+    folder = state_dir / "prometheus"
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "prometheus.yml"
+    config.write_text(yaml.safe_dump(prometheus_config(agents, loop_port, pool)))
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            exe,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={folder / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=(folder / "prometheus.log").open("wb"),
+        start_new_session=True,
+        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+    )
+    return LocalPrometheus(proc, f"http://127.0.0.1:{port}")
 
 
 def bundled_model(state_dir: Path) -> tuple[Path, str]:

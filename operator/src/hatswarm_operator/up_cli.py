@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import signal
 import sys
@@ -16,8 +17,15 @@ from pathlib import Path
 
 import yaml
 
+from hatswarm_operator import operator_metrics
 from hatswarm_operator.local import LocalPool, default_state_dir, render
-from hatswarm_operator.localpool import bundled_manifests, default_nodes, load_nodes_file
+from hatswarm_operator.localpool import (
+    bundled_manifests,
+    default_nodes,
+    free_port,
+    load_nodes_file,
+    start_prometheus,
+)
 from hatswarm_operator.manifests import ManifestError, ManifestSet, load, parse_object
 
 
@@ -63,10 +71,20 @@ async def run_up(args: argparse.Namespace) -> int:
             f"hatswarm up: status in {local.sink.path} (`hatswarm status`); Ctrl-C stops",
             flush=True,
         )
+        prom = None
+        if args.prometheus:
+            loop_port = free_port()
+            operator_metrics.serve(loop_port, host="127.0.0.1")
+            prom = start_prometheus(
+                list(local.agents.values()), loop_port, pool.metadata.name, state_dir
+            )
+            print(
+                f"hatswarm up: Prometheus on {prom.url} (agents and the control loop)", flush=True
+            )
         last = ""
         elapsed = 0.0
         while not stop.is_set():
-            with contextlib_suppress_timeout():
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=args.refresh)
             elapsed += args.refresh
             if not args.quiet:
@@ -76,16 +94,10 @@ async def run_up(args: argparse.Namespace) -> int:
                     last = text
             if args.duration and elapsed >= args.duration:
                 break
+        if prom is not None:
+            prom.stop()
     print("hatswarm up: stopped every agent", flush=True)
     return 0
-
-
-class contextlib_suppress_timeout:  # noqa: N801 - reads as a context manager at the call site
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, typ: object, exc: object, tb: object) -> bool:
-        return typ is TimeoutError
 
 
 def up_main(argv: list[str] | None = None) -> int:
@@ -97,6 +109,9 @@ def up_main(argv: list[str] | None = None) -> int:
     p.add_argument("--refresh", type=float, default=2.0, help="seconds between table refreshes")
     p.add_argument("--duration", type=float, default=0.0, help="stop after N seconds (0: never)")
     p.add_argument("--quiet", action="store_true", help="no live table")
+    p.add_argument(
+        "--prometheus", action="store_true", help="also run a real Prometheus scraping the pool"
+    )
     args = p.parse_args(argv)
     if args.nodes < 1:
         p.error("--nodes must be >= 1")
