@@ -44,6 +44,7 @@ class AdapterSet:
         self._lock = threading.Lock()
         self.loads = 0  # backend loads, first ones and reloads after an eviction
         self.evictions = 0
+        self.requests: dict[str, int] = {}  # per adapter since load: its measured share
 
     @property
     def backend_model(self) -> AdapterModel:
@@ -72,6 +73,10 @@ class AdapterSet:
             raise UnknownAdapterError(
                 f"adapter '{adapter}' is not known for {self._label} (known: {known})"
             )
+
+    def count(self, adapter: str) -> None:
+        """One request for `adapter` (event loop): the per-adapter request counters."""
+        self.requests[adapter] = self.requests.get(adapter, 0) + 1
 
     def validate(self, path: Path) -> None:
         """Load a file once to check it fits the model (blocking); it is not kept resident."""

@@ -41,6 +41,7 @@ METRIC_NAMES: list[str] = [
     "hatswarm_cache_misses_total",
     "hatswarm_cloud_fallback_requests_total",
     "hatswarm_cloud_fallback_cost_usd_total",
+    "hatswarm_escalations_total",
 ]
 
 _LABELS = ("model", "version")
@@ -230,5 +231,11 @@ class RouteMetrics:
             "hatswarm_cloud_fallback_cost_usd",
             "Cost of the cloud fallback requests (price_per_1k_usd / 1000 each)",
             ("model",),
+            registry=r,
+        )
+        self.escalations = Counter(
+            "hatswarm_escalations",
+            "Low-confidence answers sent on to a bigger tier (target: a model name or cloud)",
+            ("model", "target"),
             registry=r,
         )

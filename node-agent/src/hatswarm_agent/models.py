@@ -121,6 +121,7 @@ class ModelVersion:
                 f"adapter '{n}' refused: {r}" for n, r in self.adapter_refusals.items()
             )
         p50, p95, p99 = s.quantiles_ms()
+        a = self.adapters
         return control_pb2.ModelStatus(
             name=self.name,
             version=self.version,
@@ -139,8 +140,13 @@ class ModelVersion:
             compute_seconds=s.compute_seconds,
             energy_joules=s.energy_joules,
             capacity_fps=self.model.capacity_fps() if self.model else 0.0,
-            adapters=self.adapters.names() if self.adapters else [],
+            adapters=a.names() if a else [],
             loaded_at_unix_ms=self.loaded_at_unix_ms,
+            resident_adapters=a.resident() if a else [],
+            adapter_slots=a.slots if a else 0,
+            adapter_requests=dict(a.requests) if a else {},
+            adapter_loads=a.loads if a else 0,
+            adapter_evictions=a.evictions if a else 0,
         )
 
 

@@ -128,6 +128,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     f"version '{entry.version}' (known: none)"
                 )
             entry.adapters.check(adapter)
+            entry.adapters.count(adapter)
         decoded = decode_request(request, entry.inputs, queue.max_batch_size > 0)
         outputs = select_outputs(request, entry.outputs)
         result = await queue.submit(decoded, adapter)

@@ -10,6 +10,13 @@ idempotent); consecutive failures eject it until a health probe says it is back.
 is saturated low priorities are shed and high ones wait; when it cannot serve at all the cloud
 fallback may, within its share. Every answer says where it ran (`hatswarm.node`,
 `hatswarm.route` response parameters).
+
+A request naming a LoRA adapter is served here only when this node has it loaded or a free
+slot for it (unless no peer does better), and peers are scored by adapter residency first
+(router.py); a peer's NOT_FOUND for the adapter is retried on another. When the model's route
+names an escalation, an answer whose confidence is under the threshold is sent on to the
+bigger model or the cloud (within the deadline and the cloud's share) and `hatswarm.tier`
+says which tier answered (cascade.py).
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from hatswarm_agent import cascade
+from hatswarm_agent.adapters import UnknownAdapterError
 from hatswarm_agent.auth import TlsFiles, TokenFile
 from hatswarm_agent.cache import ResponseCache, request_key
 from hatswarm_agent.cloud import CloudTarget
@@ -34,15 +43,19 @@ from hatswarm_agent.errors import AgentError, ModelNotReadyError, QueueFullError
 from hatswarm_agent.metrics import RouteMetrics
 from hatswarm_agent.models import ModelRegistry, ModelVersion
 from hatswarm_agent.router import (
+    ADAPTER_CANNOT,
+    ADAPTER_FREE_SLOT,
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT_MS,
     RETRYABLE_CODES,
     Balancer,
     CompiledTable,
+    Escalation,
     LatencyWindow,
     PeerState,
     VersionRoute,
     WaitingLine,
+    adapter_score,
     compile_table,
     pick_version,
     should_shed,
@@ -101,6 +114,7 @@ class RouterConfig:
 
     node_name: str = "local"
     policy: str = ""  # empty: the table's (PowerOfTwoChoices by default)
+    adapter_policy: str = ""  # empty: the table's (Affinity by default)
     retries: int = DEFAULT_RETRIES
     timeout_ms: int = DEFAULT_TIMEOUT_MS
     hedge_after_percentile: float = 0.0
@@ -126,11 +140,47 @@ def request_priority(request: pb.ModelInferRequest) -> int:
     return 0
 
 
+def request_adapter(request: pb.ModelInferRequest) -> str:
+    """The LoRA adapter a request names ("" for none; a malformed one is the server's to refuse)."""
+    if "adapter" not in request.parameters:
+        return ""
+    return request.parameters["adapter"].string_param
+
+
+def local_adapter_score(entry: ModelVersion, adapter: str) -> float:
+    """How well this node's model version takes `adapter` (router.adapter_score)."""
+    adapters = entry.adapters
+    if adapters is None:
+        return ADAPTER_CANNOT
+    resident = adapters.resident()
+    return adapter_score(
+        adapter in resident, adapter in adapters.names(), adapters.slots - len(resident)
+    )
+
+
+def unknown_adapter_error(entry: ModelVersion, adapter: str) -> UnknownAdapterError:
+    """The NOT_FOUND this node's model version gives for `adapter` (as oip.py words it)."""
+    if entry.adapters is not None:
+        try:
+            entry.adapters.check(adapter)
+        except UnknownAdapterError as exc:
+            return exc
+    return UnknownAdapterError(
+        f"adapter '{adapter}' is not known for model '{entry.name}' version '{entry.version}' "
+        "(known: none)"
+    )
+
+
 def tag(response: pb.ModelInferResponse, node: str, route: str) -> pb.ModelInferResponse:
     params = response.parameters
     params[NODE_PARAM].string_param = node
     params[ROUTE_PARAM].string_param = route
     return response
+
+
+def _route_of(response: pb.ModelInferResponse) -> str:
+    params = response.parameters
+    return params[ROUTE_PARAM].string_param if ROUTE_PARAM in params else ""
 
 
 @dataclass
@@ -298,9 +348,61 @@ class PoolRouter:
                 return tag(hit, "cache", "cache")
             self.metrics.cache_misses.labels(model).inc()
         response = await self._dispatch(request, route, compiled, deadline)
+        escalation = route.escalation if route is not None else None
+        if escalation is not None:  # tiered: the answer says which tier gave it
+            response = await self._escalate(request, response, escalation, compiled, deadline)
         if key is not None and route is not None:
             self.cache.put(key, response, route.cache_ttl_s)
         return response
+
+    async def _escalate(
+        self,
+        request: pb.ModelInferRequest,
+        response: pb.ModelInferResponse,
+        rule: Escalation,
+        compiled: CompiledTable,
+        deadline: float,
+    ) -> pb.ModelInferResponse:
+        """Send an unsure edge answer's request on to the bigger tier; its answer, else ours.
+
+        The edge answer stands when it is sure enough, when no time is left, when the cloud is
+        at its share limit, or when the bigger tier fails (logged): a cascade never turns an
+        answer into an error.
+        """
+        model = request.model_name
+        if _route_of(response) == "cloud":  # the pool could not serve it: the cloud answered
+            return cascade.set_tier(response, cascade.TIER_CLOUD)
+        edge = cascade.set_tier(response, cascade.TIER_EDGE)
+        if not cascade.unsure(response, rule.output, rule.threshold):
+            return edge
+        if time.monotonic() >= deadline:
+            return edge
+        try:
+            if rule.cloud:
+                if not self.cloud.allow():
+                    return edge
+                self.metrics.escalations.labels(model, "cloud").inc()
+                answer = await self._to_cloud(request, deadline)
+                return cascade.set_tier(answer, cascade.TIER_CLOUD)
+            bigger = pb.ModelInferRequest()
+            bigger.CopyFrom(request)
+            bigger.model_name, bigger.model_version = rule.model, ""
+            bigger.parameters.pop("adapter", None)  # the adapter belongs to the small model
+            routes = compiled.routes(rule.model)
+            route = pick_version(routes, self.balancer.rng) if routes else None
+            if route is not None and route.version:
+                bigger.model_version = route.version
+            self.metrics.escalations.labels(model, rule.model).inc()
+            answer = await self._dispatch(bigger, route, compiled, deadline)
+        except AgentError as exc:
+            log.info("escalation of model '%s' failed, the edge answer stands: %s", model, exc)
+            return edge
+        tier = (
+            cascade.TIER_CLOUD
+            if _route_of(answer) == "cloud"
+            else cascade.tier_of_model(rule.model)
+        )
+        return cascade.set_tier(answer, tier)
 
     async def _serve_hop(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         """A peer forwarded this: serve it here or fail (never forward twice)."""
@@ -338,6 +440,9 @@ class PoolRouter:
         retries = self._retries(compiled)
         replicas = route.replicas if route is not None else []
         priority = request_priority(request)
+        adapter = request_adapter(request)
+        adapter_policy = self.config.adapter_policy or compiled.adapter_policy
+        aware = bool(adapter) and adapter_policy != "Ignore"
         failed: set[str] = set()  # hard failures: never again for this request
         refused: set[str] = set()  # full this round: again after waiting
         failures = 0
@@ -355,6 +460,20 @@ class PoolRouter:
                     entry = None
                     if last is None:
                         last = exc
+                if entry is not None and adapter:
+                    score = local_adapter_score(entry, adapter)
+                    if score == ADAPTER_CANNOT:  # a peer may have it
+                        last = unknown_adapter_error(entry, adapter)
+                        entry = None
+                    elif (
+                        aware
+                        and score < ADAPTER_FREE_SLOT
+                        and self.balancer.best_adapter_score(
+                            replicas, now, limit, adapter, failed | refused
+                        )
+                        > score
+                    ):
+                        entry = None  # a peer has it loaded (or room): no eviction here
                 if entry is not None:
                     if self._local_has_room(entry, limit):
                         try:
@@ -371,10 +490,12 @@ class PoolRouter:
                     local_full = True
             elif "local" in refused:
                 local_full = True
-            peer, saturated = self.balancer.choose(replicas, now, limit, policy, failed | refused)
+            peer, saturated = self.balancer.choose(
+                replicas, now, limit, policy, failed | refused, adapter if aware else ""
+            )
             if peer is not None:
                 try:
-                    return await self._forward_maybe_hedged(
+                    response = await self._forward_maybe_hedged(
                         peer, request, route, compiled, deadline, failed | refused, policy
                     )
                 except _AttemptFailedError as exc:
@@ -391,6 +512,9 @@ class PoolRouter:
                             break
                     self.metrics.retries.inc()
                     continue
+                if adapter and route is not None:
+                    self._learn_adapter(route, response, adapter)
+                return response
             saturated = saturated or local_full or bool(refused)
             if not saturated:
                 break
@@ -412,11 +536,23 @@ class PoolRouter:
                 f"no replica can serve model '{model}' and the cloud fallback is at its share "
                 f"limit ({self.cloud.config.max_share:.0%} of recent requests)"
             )
-        if last is not None and not replicas and not failed:
-            raise last  # e.g. an unknown model: the registry's own NOT_FOUND
+        unknown_adapter = aware and isinstance(last, UnknownAdapterError)
+        if last is not None and not failed and (not replicas or unknown_adapter):
+            raise last  # e.g. an unknown model or adapter: NOT_FOUND
         tried = ", ".join(sorted(failed)) or "none"
         detail = f"; last error: {last}" if last is not None else ""
         raise NoReplicaError(f"no replica of model '{model}' is available (tried: {tried}){detail}")
+
+    def _learn_adapter(
+        self, route: VersionRoute, response: pb.ModelInferResponse, adapter: str
+    ) -> None:
+        """The peer that answered has `adapter` loaded now (until the next table says more)."""
+        params = response.parameters
+        node = params[NODE_PARAM].string_param if NODE_PARAM in params else ""
+        for r in route.replicas:
+            if r.peer.node == node:
+                r.adapters.used(adapter)
+                return
 
     # -- forwarding -----------------------------------------------------------------------
 

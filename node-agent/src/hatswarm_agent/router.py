@@ -5,8 +5,11 @@ agent, an EWMA of their latency, consecutive failures) plus the queue depth the 
 in its last answer. Picking among the replicas of a model version is power-of-two-choices: two
 replicas drawn by table weight, the one with the lower expected wait wins; least-loaded and
 round-robin are there for comparison (RoutingTable.policy). A request that names no version is
-split across the model's versions by version weight (canary). The I/O around these decisions
-(channels, retries, probes) lives in pool.py.
+split across the model's versions by version weight (canary). A request naming a LoRA adapter
+is first scored per replica the way the Gateway API Inference Extension does (adapter loaded
+1.0 > free slot 0.8 > must evict 0.6 > cannot 0), and the policy picks among the best-scored
+ones; what each endpoint has loaded comes from the table and from this agent's own forwards.
+The I/O around these decisions (channels, retries, probes) lives in pool.py.
 """
 
 from __future__ import annotations
@@ -23,6 +26,12 @@ from dataclasses import dataclass, field
 from hatswarm_agent.v1 import control_pb2
 
 POLICIES = ("PowerOfTwoChoices", "LeastLoaded", "RoundRobin")
+ADAPTER_POLICIES = ("Affinity", "Ignore")
+# Adapter scores (Gateway API Inference Extension's LoRA affinity): higher is better.
+ADAPTER_LOADED = 1.0
+ADAPTER_FREE_SLOT = 0.8
+ADAPTER_EVICT = 0.6
+ADAPTER_CANNOT = 0.0
 DEFAULT_RETRIES = 2
 DEFAULT_TIMEOUT_MS = 5000
 EWMA_ALPHA = 0.2
@@ -109,12 +118,61 @@ class PeerState:
             self.ejections += 1
 
 
+@dataclass
+class AdapterResidency:
+    """One endpoint's adapters for one route: what the table said, then what we saw since.
+
+    `known` None means the endpoint did not report its adapters (it may have any); `slots` 0
+    means its slot count is unknown (then nothing is learned, the table's word stands).
+    """
+
+    resident: list[str] = field(default_factory=list)  # least recently used first
+    known: frozenset[str] | None = None
+    slots: int = 0
+
+    @classmethod
+    def from_endpoint(cls, ep: control_pb2.Endpoint) -> AdapterResidency:
+        resident = list(ep.adapters)
+        known = frozenset(ep.adapters_known) | frozenset(resident) if ep.adapters_known else None
+        slots = len(resident) + ep.adapter_slots_free if (resident or ep.adapter_slots_free) else 0
+        return cls(resident, known, slots)
+
+    def score(self, adapter: str) -> float:
+        return adapter_score(
+            adapter in self.resident,
+            self.known is None or adapter in self.known,
+            self.slots - len(self.resident) if self.slots else 0,
+        )
+
+    def used(self, adapter: str) -> None:
+        """A request with `adapter` was served there: it is resident now (LRU order)."""
+        if not self.slots or (self.known is not None and adapter not in self.known):
+            return
+        if adapter in self.resident:
+            self.resident.remove(adapter)
+        self.resident.append(adapter)
+        del self.resident[: max(0, len(self.resident) - self.slots)]
+
+
+def adapter_score(resident: bool, known: bool, slots_free: int) -> float:
+    """Loaded 1.0 > free slot 0.8 > must evict 0.6 > cannot (unknown adapter) 0."""
+    if resident:
+        return ADAPTER_LOADED
+    if not known:
+        return ADAPTER_CANNOT
+    return ADAPTER_FREE_SLOT if slots_free > 0 else ADAPTER_EVICT
+
+
 @dataclass(frozen=True)
 class Replica:
-    """One endpoint of a route: a peer and its table weight."""
+    """One endpoint of a route: a peer, its table weight and its adapters for the route."""
 
     peer: PeerState
     weight: float
+    adapters: AdapterResidency = field(default_factory=AdapterResidency)
+
+    def adapter_score(self, adapter: str) -> float:
+        return self.adapters.score(adapter) if adapter else ADAPTER_LOADED
 
 
 @dataclass
@@ -128,6 +186,35 @@ class VersionRoute:
     cache_ttl_s: float = 0.0
     cloud_fallback: bool = False
     local: bool = False  # this agent is one of the endpoints
+    escalation: Escalation | None = None
+
+    def replica(self, address: str) -> Replica | None:
+        return next((r for r in self.replicas if r.peer.address == address), None)
+
+
+@dataclass(frozen=True)
+class Escalation:
+    """A route's confidence cascade: under `threshold` on `output`, ask the bigger tier."""
+
+    output: str
+    threshold: float
+    model: str = ""  # a bigger model in the pool, or
+    cloud: bool = False  # the cloud fallback
+
+    @property
+    def target(self) -> str:
+        return "cloud" if self.cloud else f"model:{self.model}"
+
+    @classmethod
+    def from_route(cls, route: control_pb2.Route) -> Escalation | None:
+        if not route.escalation_output or not (route.escalation_model or route.escalation_cloud):
+            return None
+        return cls(
+            route.escalation_output,
+            route.escalation_threshold,
+            "" if route.escalation_cloud else route.escalation_model,
+            route.escalation_cloud,
+        )
 
 
 @dataclass
@@ -141,6 +228,10 @@ class CompiledTable:
     @property
     def policy(self) -> str:
         return self.table.policy or "PowerOfTwoChoices"
+
+    @property
+    def adapter_policy(self) -> str:
+        return self.table.adapter_policy or "Affinity"
 
     def routes(self, model: str) -> dict[str, VersionRoute]:
         return self.models.get(model, {})
@@ -172,7 +263,11 @@ def compile_table(
             peer = out.peers.get(ep.address) or known.get(ep.address) or PeerState(ep.address)
             peer.node = ep.node or ep.address
             out.peers[ep.address] = peer
-            replicas.append(Replica(peer, ep.weight if ep.weight > 0 else 1.0))
+            replicas.append(
+                Replica(
+                    peer, ep.weight if ep.weight > 0 else 1.0, AdapterResidency.from_endpoint(ep)
+                )
+            )
         weight = route.weight if route.weight > 0 else sum(r.weight for r in replicas) or 1.0
         out.models.setdefault(route.model, {})[route.version] = VersionRoute(
             route.model,
@@ -182,6 +277,7 @@ def compile_table(
             float(route.cache_ttl_seconds),
             route.cloud_fallback,
             local,
+            Escalation.from_route(route),
         )
     return out
 
@@ -239,13 +335,21 @@ class Balancer:
         limit: int,
         policy: str = "PowerOfTwoChoices",
         exclude: frozenset[str] | set[str] = frozenset(),
+        adapter: str = "",
     ) -> tuple[PeerState | None, bool]:
         """(the peer to try, whether any usable replica was merely full).
 
         Ejected and excluded replicas are never chosen; full ones only count as saturated.
+        With `adapter`, replicas that cannot serve it are left out and the policy picks among
+        the open ones with the best adapter score.
         """
         usable = [r for r in replicas if not r.peer.ejected and r.peer.address not in exclude]
+        if adapter:
+            usable = [r for r in usable if r.adapter_score(adapter) > ADAPTER_CANNOT]
         open_ = [r for r in usable if not r.peer.full(limit, now)]
+        if adapter and len(open_) > 1:
+            best = max(r.adapter_score(adapter) for r in open_)
+            open_ = [r for r in open_ if r.adapter_score(adapter) == best]
         saturated = bool(usable) and not open_
         if not open_:
             return None, saturated
@@ -259,6 +363,26 @@ class Balancer:
         wa = a.peer.expected_wait(now) / a.weight
         wb = b.peer.expected_wait(now) / b.weight
         return (a.peer if wa <= wb else b.peer), False
+
+    @staticmethod
+    def best_adapter_score(
+        replicas: Sequence[Replica],
+        now: float,
+        limit: int,
+        adapter: str,
+        exclude: frozenset[str] | set[str] = frozenset(),
+    ) -> float:
+        """The best adapter score among the replicas that could take a request now."""
+        return max(
+            (
+                r.adapter_score(adapter)
+                for r in replicas
+                if not r.peer.ejected
+                and r.peer.address not in exclude
+                and not r.peer.full(limit, now)
+            ),
+            default=ADAPTER_CANNOT,
+        )
 
     def _round_robin(self, replicas: Sequence[Replica]) -> PeerState:
         """Smooth weighted round robin over a fixed sequence of weighted slots."""
