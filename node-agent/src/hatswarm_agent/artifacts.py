@@ -87,7 +87,7 @@ def _write_hashing(f: BinaryIO, hasher: hashlib._Hash, data: bytes) -> None:
     hasher.update(data)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     """Make a rename durable: the Pi may lose power right after os.replace."""
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -390,7 +390,7 @@ class ArtifactStore:
         dest = self._objects / digest
         tmp.chmod(0o444)  # a verified artifact is immutable
         os.replace(tmp, dest)
-        _fsync_dir(self._objects)
+        fsync_dir(self._objects)
         self._touch(dest)
         self._sizes[digest] = size
         self._verified.add(digest)

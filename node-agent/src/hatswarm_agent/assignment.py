@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hatswarm_agent.artifacts import fsync_dir
 from hatswarm_agent.v1 import control_pb2
 
 log = logging.getLogger(__name__)
@@ -160,22 +161,10 @@ class AssignmentStore:
         except BaseException:
             Path(tmp_name).unlink(missing_ok=True)
             raise
-        self._fsync_parent()
+        fsync_dir(self.path.parent)
 
     def _set_aside(self) -> None:
         try:
             os.replace(self.path, self.path.with_name(self.path.name + ".corrupt"))
         except OSError as exc:
             log.warning("cannot move corrupt assignment file aside: %s", exc)
-
-    def _fsync_parent(self) -> None:
-        try:
-            fd = os.open(self.path.parent, os.O_RDONLY)
-        except OSError:
-            return
-        try:
-            os.fsync(fd)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)

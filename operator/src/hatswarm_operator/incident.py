@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from hatswarm_operator.cliutil import parse
 from hatswarm_operator.manifests import ManifestError, load
 from hatswarm_operator.promql import (
     DEFAULT_URL,
@@ -303,10 +304,9 @@ def default_step(window: float) -> float:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    try:
-        args = parser.parse_args(None if argv is None else list(argv))
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 2
+    args = parse(parser, argv)
+    if isinstance(args, int):
+        return args
     try:
         start, end = parse_time(args.start), parse_time(args.end)
         if end <= start:

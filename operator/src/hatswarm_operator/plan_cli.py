@@ -38,6 +38,7 @@ from hatswarm_operator.capacity import (
     ModelLoad,
     plan_kind,
 )
+from hatswarm_operator.cliutil import parse
 from hatswarm_operator.cost import (
     FleetCost,
     break_even_per_device_day,
@@ -646,10 +647,9 @@ def to_table(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    try:
-        args = parser.parse_args(None if argv is None else list(argv))
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 2
+    args = parse(parser, argv)
+    if isinstance(args, int):
+        return args
     try:
         pool, plans, rates = run(args)
     except PlanError as exc:

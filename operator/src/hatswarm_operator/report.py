@@ -31,6 +31,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from hatswarm_operator.cliutil import parse
 from hatswarm_operator.cost import (
     SECONDS_PER_YEAR,
     ModelUsage,
@@ -591,10 +592,9 @@ def _inputs(args: argparse.Namespace) -> tuple[PoolCostInputs, dict[str, Showbac
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    try:
-        args = parser.parse_args(None if argv is None else list(argv))
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 2
+    args = parse(parser, argv)
+    if isinstance(args, int):
+        return args
     try:
         start, end = parse_time(args.start), parse_time(args.end)
         if end <= start:
