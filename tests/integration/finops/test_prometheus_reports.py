@@ -16,7 +16,7 @@ import json
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,6 +28,7 @@ from hatswarm_operator.promql import Prometheus
 
 from tests import tritonjobs
 from tests.agentproc import AgentProcess, build_mlp, free_port, start_agent
+from tests.polling import poll
 
 pytestmark = pytest.mark.integration
 
@@ -39,16 +40,6 @@ SENT = {YOLO: 40, MOBILENET: 120}
 BAD = 5  # wrong-shape requests to yolov8s: failures
 CLOUD = 10
 PRICE_PER_1K = 2.0
-
-
-def _wait(pred: Callable[[], T], within: float, every: float = 0.2) -> T:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(every)
-    return pred()
 
 
 @pytest.fixture
@@ -134,7 +125,7 @@ def prometheus(tmp_path: Path, agents: tuple[AgentProcess, int]) -> Iterator[tup
             return False
 
     try:
-        assert _wait(ready, 20), (tmp_path / "prometheus.log").read_text()
+        assert poll(ready, 20), (tmp_path / "prometheus.log").read_text()
         yield url, target, dead
     finally:
         proc.terminate()
@@ -176,8 +167,8 @@ def test_report_and_incident_match_what_was_sent(
     url, target, dead = prometheus
     prom = Prometheus(url)
     # A scrape with the counters at zero, before the window opens.
-    assert _wait(lambda: _scraped(prom, f'up{{instance="{target}"}}', 1), 20)
-    assert _wait(
+    assert poll(lambda: _scraped(prom, f'up{{instance="{target}"}}', 1), 20)
+    assert poll(
         lambda: _scraped(
             prom, f'count(hatswarm_inference_request_success_total{{instance="{target}"}})', 2
         ),
@@ -186,13 +177,13 @@ def test_report_and_incident_match_what_was_sent(
     start = time.time() - 0.05
     _drive(edge.address)
     total = sum(SENT.values())
-    assert _wait(
+    assert poll(
         lambda: _scraped(
             prom, f'sum(hatswarm_inference_request_success_total{{instance="{target}"}})', total
         ),
         15,
     )
-    assert _wait(lambda: _scraped(prom, "sum(hatswarm_cloud_fallback_requests_total)", CLOUD), 10)
+    assert poll(lambda: _scraped(prom, "sum(hatswarm_cloud_fallback_requests_total)", CLOUD), 10)
     end = time.time()
     prom.close()
 

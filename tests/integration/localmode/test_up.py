@@ -9,27 +9,17 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import psutil
 import pytest
 
 from tests import tritonjobs
+from tests.polling import poll
 
 pytestmark = pytest.mark.integration
 
 HATSWARM = Path(sys.executable).parent / "hatswarm"
-
-
-def _wait(pred, within: float = 90.0, every: float = 0.2):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(every)
-    return pred()
 
 
 def _status(state: Path) -> dict:  # type: ignore[type-arg]
@@ -58,7 +48,7 @@ def test_up_survives_a_node_kill_and_stops_cleanly(tmp_path: Path) -> None:
         target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True
     ).start()  # type: ignore[union-attr]
     try:
-        assert _wait(lambda: len(_ready_nodes(state)) == 2), "".join(lines)
+        assert poll(lambda: len(_ready_nodes(state)) == 2), "".join(lines)
         pids: dict[str, int] = _status(state)["pids"]
         addresses = (
             next(x for x in lines if "entry points" in x).split(": ", 1)[1].strip().split(", ")
@@ -85,14 +75,14 @@ def test_up_survives_a_node_kill_and_stops_cleanly(tmp_path: Path) -> None:
         assert res["shapes"] == {(1, 1000)}
         assert res["nodes"][victim] > 0  # it served before it died
         # the lost replica is re-placed on the node that had none
-        assert _wait(lambda: len(_ready_nodes(state)) == 2 and victim not in _ready_nodes(state))
+        assert poll(lambda: len(_ready_nodes(state)) == 2 and victim not in _ready_nodes(state))
         events = [e["reason"] for e in _status(state)["events"]]
         assert "NodeLost" in events
     finally:
         children = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0, "".join(lines)
-    assert _wait(
+    assert poll(
         lambda: (
             not [
                 p

@@ -1,0 +1,20 @@
+"""Bounded polling for integration tests: wait for a condition, never for a fixed time."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def poll(pred: Callable[[], T], within: float = 90.0, every: float = 0.2) -> T:
+    """Call `pred` until it returns something truthy or `within` seconds pass; return its last
+    value (falsy on timeout, so `assert poll(...)` fails with the state it saw)."""
+    deadline = time.monotonic() + within
+    while True:
+        value = pred()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(every)
