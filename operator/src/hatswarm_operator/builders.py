@@ -10,6 +10,13 @@ seccomp) and reaches the NPU through a device plugin's extended resource. Only
 mode the artifact cache lives on the host (`/var/lib/hatswarm/<pool>`) so verified artifacts
 survive a pod restart. Restricted pods cannot use hostPath, so they cache in an `emptyDir`
 capped at `cacheSize`.
+
+Auth: `spec.auth.tokenSecretRef` is mounted read-only (mode 0440, only the referenced key) at
+`/var/run/hatswarm/token/<key>` and passed as `--auth-token-file`; the agent re-reads it when
+the kubelet refreshes the volume, so a rotated Secret needs no restart. `spec.auth.tlsSecretRef`
+(a kubernetes.io/tls Secret) is mounted at `/var/run/hatswarm/tls/` for `--tls-cert/--tls-key`,
+plus `--tls-ca` (its `ca.crt`) when `mutualTls`. The cloud fallback token is mounted where
+the routing table points (`/var/run/hatswarm/cloud-token/<key>`).
 """
 
 from __future__ import annotations
@@ -35,6 +42,10 @@ SETTINGS_HASH: Final = "hatswarm.io/agent-settings-hash"
 SPEC_HASH: Final = "hatswarm.io/spec-hash"
 STATE_DIR: Final = "/var/lib/hatswarm"
 CLOUD_TOKEN_DIR: Final = "/var/run/hatswarm/cloud-token"
+TOKEN_DIR: Final = "/var/run/hatswarm/token"
+TLS_DIR: Final = "/var/run/hatswarm/tls"
+TLS_CERT, TLS_KEY, TLS_CA = "tls.crt", "tls.key", "ca.crt"  # kubernetes.io/tls Secret keys
+SECRET_MODE: Final = 0o440  # owner and group (fsGroup) may read; nobody else
 AGENT_UID: Final = 10001
 
 _UNITS = {
@@ -127,6 +138,7 @@ def settings_hash(pool: InferencePool) -> str:
             "cloudToken": cloud.token_secret_ref.wire()
             if cloud and cloud.token_secret_ref
             else None,
+            "auth": spec.auth.wire(),
         }
     )
 
@@ -141,6 +153,14 @@ def agent_accelerator(pool: InferencePool) -> str:
 
 def agent_args(pool: InferencePool) -> list[str]:
     agent = pool.spec.agent
+    auth = pool.spec.auth
+    extra: list[str] = []
+    if auth.token_secret_ref is not None:
+        extra += ["--auth-token-file", f"{TOKEN_DIR}/{auth.token_secret_ref.key}"]
+    if auth.tls_secret_ref is not None:
+        extra += ["--tls-cert", f"{TLS_DIR}/{TLS_CERT}", "--tls-key", f"{TLS_DIR}/{TLS_KEY}"]
+        if auth.mutual_tls:
+            extra += ["--tls-ca", f"{TLS_DIR}/{TLS_CA}"]
     return [
         "--host", "0.0.0.0",
         "--port", str(agent.port),
@@ -151,6 +171,7 @@ def agent_args(pool: InferencePool) -> list[str]:
         "--cache-max-bytes", str(quantity_bytes(agent.cache_size)),
         "--metrics-port", str(agent.metrics_port),
         "--log-level", "INFO",
+        *extra,
     ]  # fmt: skip
 
 
@@ -198,15 +219,9 @@ def build_daemonset(pool: InferencePool) -> dict[str, Any]:
         mounts.append({"name": "npu", "mountPath": device})
     else:
         volumes.append({"name": "state", "emptyDir": {"sizeLimit": agent.cache_size}})
-    cloud = pool.spec.cloud_fallback
-    if cloud is not None and cloud.token_secret_ref is not None:
-        volumes.append(
-            {
-                "name": "cloud-token",
-                "secret": {"secretName": cloud.token_secret_ref.name, "defaultMode": 0o440},
-            }
-        )
-        mounts.append({"name": "cloud-token", "mountPath": CLOUD_TOKEN_DIR, "readOnly": True})
+    for volume, mount in _secret_volumes(pool):
+        volumes.append(volume)
+        mounts.append(mount)
 
     if privileged:
         container_security: dict[str, Any] = {"privileged": True, "runAsUser": 0}
@@ -230,7 +245,15 @@ def build_daemonset(pool: InferencePool) -> dict[str, Any]:
             "seccompProfile": {"type": "RuntimeDefault"},
         }
 
-    grpc_probe = {"grpc": {"port": agent.port}}
+    # Kubernetes' native gRPC probe speaks plaintext only (no TLS, no client certificate), so
+    # with TLS on it could never pass. Then the probes are a TCP connect to the gRPC port:
+    # weaker (a wedged server that still accepts connections passes), but honest, needs no
+    # exec or extra binary in the image, and opens no plaintext port beside the TLS one. A
+    # bearer token alone keeps the gRPC probe: the agent leaves grpc.health.v1 open.
+    if pool.spec.auth.tls_secret_ref is not None:
+        grpc_probe: dict[str, Any] = {"tcpSocket": {"port": "grpc"}}
+    else:
+        grpc_probe = {"grpc": {"port": agent.port}}
     container: dict[str, Any] = {
         "name": "agent",
         "image": agent.image,
@@ -280,6 +303,31 @@ def build_daemonset(pool: InferencePool) -> dict[str, Any]:
         },
     }
     return _stamped(obj)
+
+
+def _secret_volumes(pool: InferencePool) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(volume, mount) for each Secret the agent reads: pool token, TLS files, cloud token."""
+
+    def secret(name: str, secret_name: str, keys: list[str], path: str) -> tuple[Any, Any]:
+        items = [{"key": k, "path": k} for k in keys]
+        volume = {
+            "name": name,
+            "secret": {"secretName": secret_name, "items": items, "defaultMode": SECRET_MODE},
+        }
+        return volume, {"name": name, "mountPath": path, "readOnly": True}
+
+    auth, cloud = pool.spec.auth, pool.spec.cloud_fallback
+    out = []
+    if auth.token_secret_ref is not None:
+        ref = auth.token_secret_ref
+        out.append(secret("auth-token", ref.name, [ref.key], TOKEN_DIR))
+    if auth.tls_secret_ref is not None:
+        keys = [TLS_CERT, TLS_KEY, *([TLS_CA] if auth.mutual_tls else [])]
+        out.append(secret("tls", auth.tls_secret_ref.name, keys, TLS_DIR))
+    if cloud is not None and cloud.token_secret_ref is not None:
+        ref = cloud.token_secret_ref
+        out.append(secret("cloud-token", ref.name, [ref.key], CLOUD_TOKEN_DIR))
+    return out
 
 
 def build_service(pool: InferencePool) -> dict[str, Any]:

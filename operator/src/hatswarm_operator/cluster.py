@@ -17,7 +17,9 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from hatswarm_operator import builders
+from hatswarm_operator.agentclient import AgentCredentials
 from hatswarm_operator.api.common import GROUP, VERSION
+from hatswarm_operator.api.inferencepool import Auth
 from hatswarm_operator.inventory import NodeState
 
 MERGE_PATCH = "application/merge-patch+json"
@@ -105,18 +107,68 @@ class Cluster:
             obj.setdefault("kind", "EdgeModel")
         return items
 
-    async def secret_value(self, namespace: str, name: str, key: str) -> str:
-        def call() -> str:
+    async def secret_data(self, namespace: str, name: str) -> dict[str, bytes]:
+        """A Secret's data, decoded; LookupError when it cannot be read."""
+
+        def call() -> dict[str, bytes]:
             resp: Any = self.core.read_namespaced_secret(name, namespace, _preload_content=False)
             data = json.loads(resp.data).get("data") or {}
-            if key not in data:
-                raise LookupError(f"secret {namespace}/{name} has no key {key!r}")
-            return base64.b64decode(data[key]).decode().strip()
+            return {str(k): base64.b64decode(v) for k, v in data.items()}
 
         try:
             return await asyncio.to_thread(call)
         except ApiException as err:
             raise LookupError(f"secret {namespace}/{name}: {err.status} {err.reason}") from err
+
+    async def secret_value(self, namespace: str, name: str, key: str) -> str:
+        data = await self.secret_data(namespace, name)
+        if key not in data:
+            raise LookupError(f"secret {namespace}/{name} has no key {key!r}")
+        return data[key].decode().strip()
+
+    async def agent_credentials(self, namespace: str, auth: Auth) -> AgentCredentials:
+        """What the operator presents to a pool's agents, from the Secrets of `spec.auth`.
+
+        The token Secret gives the bearer token. The TLS Secret (kubernetes.io/tls) gives the
+        CA the agents' certificates are checked against (`ca.crt`; the system roots when it
+        has none) and, with `mutualTls`, the client certificate: the operator presents the
+        pool's own `tls.crt`/`tls.key`, as the agents do to each other.
+        """
+        token = ""
+        if auth.token_secret_ref is not None:
+            ref = auth.token_secret_ref
+            token = await self.secret_value(namespace, ref.name, ref.key)
+            if not token:
+                raise LookupError(f"secret {namespace}/{ref.name}: key {ref.key!r} is empty")
+        if auth.tls_secret_ref is None:
+            return AgentCredentials(token=token)
+        name = auth.tls_secret_ref.name
+        data = await self.secret_data(namespace, name)
+        cert, key = data.get(builders.TLS_CERT), data.get(builders.TLS_KEY)
+        if auth.mutual_tls and not (cert and key):
+            raise LookupError(f"secret {namespace}/{name} lacks tls.crt/tls.key for mutualTls")
+        return AgentCredentials(
+            token=token,
+            tls=True,
+            ca_pem=data.get(builders.TLS_CA) or None,
+            cert_pem=cert if auth.mutual_tls else None,
+            key_pem=key if auth.mutual_tls else None,
+        )
+
+    async def inference_pool(self, namespace: str, name: str) -> Obj | None:
+        def call() -> Obj | None:
+            try:
+                resp: Any = self.custom.get_namespaced_custom_object(
+                    GROUP, VERSION, namespace, "inferencepools", name, _preload_content=False
+                )
+            except ApiException as err:
+                if err.status == 404:
+                    return None
+                raise
+            obj: Obj = json.loads(resp.data)
+            return obj
+
+        return await asyncio.to_thread(call)
 
     # --- writes ----------------------------------------------------------------------------
 

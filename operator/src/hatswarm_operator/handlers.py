@@ -3,7 +3,7 @@
 Read top to bottom, this is the operator:
 
 - startup: the cluster's agent defaults ($HATSWARM_AGENT_DEFAULTS), our own finalizer and progress-storage names under `hatswarm.io`, Events, peering,
-  watch timeouts, one Kubernetes client and one agent client for everything below;
+  watch timeouts, one Kubernetes client for everything below;
 - an InferencePool is parsed (an invalid one is a PermanentError, a Warning Event and a
   `Ready=False, reason=InvalidSpec` condition), and owns its agent DaemonSet and its Service
   (created if absent, patched when their settings hash differs; deleted by Kubernetes'
@@ -12,7 +12,9 @@ Read top to bottom, this is the operator:
   places it. Its finalizer unloads it from every agent of the pool before it goes away;
 - one async daemon per InferencePool runs `PoolRuntime.tick` every `probeIntervalSeconds`:
   Nodes + agent Pods -> NodeStates, EdgeModels of the namespace -> probe, plan, act, publish
-  (status through `/status`, Events through kopf);
+  (status through `/status`, Events through kopf). Each pool has its own agent client
+  carrying the pool's credentials (`spec.auth`: bearer token, TLS), re-read from their
+  Secrets every few seconds so a rotated token is picked up;
 - a liveness probe reports the pools being run.
 """
 
@@ -36,9 +38,10 @@ from kubernetes import config as k8s_config
 
 from hatswarm_operator import builders
 from hatswarm_operator import operator_metrics as metrics
-from hatswarm_operator.agentclient import AgentClient
+from hatswarm_operator.agentclient import AgentClient, AgentCredentials
 from hatswarm_operator.api import EdgeModel, InferencePool
 from hatswarm_operator.api.common import GROUP, VERSION
+from hatswarm_operator.api.inferencepool import Auth
 from hatswarm_operator.cluster import Cluster, node_states
 from hatswarm_operator.kubesink import KubeSink
 from hatswarm_operator.loop import PoolRuntime
@@ -63,6 +66,8 @@ class OperatorConfig:
 
 
 CONFIG = OperatorConfig()
+CREDENTIALS_REFRESH_S = 5.0
+"""How often a pool's daemon re-reads its auth Secrets (a rotation shows up within this)."""
 
 
 @dataclass
@@ -105,13 +110,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.networking.request_timeout = 60
     memo.agent_defaults = builders.load_agent_defaults(os.environ.get(AGENT_DEFAULTS_ENV))
     memo.cluster = Cluster(_api_client())
-    memo.agents = AgentClient(timeout_s=CONFIG.agent_timeout_s)
     memo.pools = {}
 
 
 @kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_: Any) -> None:
-    await memo.agents.close()
     memo.cluster.api_client.close()
 
 
@@ -224,24 +227,30 @@ async def unload_model(
     namespace = namespace or "default"
     pool = str(spec.get("pool", ""))
     handle: PoolHandle | None = memo.pools.get((namespace, pool))
+    cluster: Cluster = memo.cluster
     if handle is not None and handle.runtime.nodes:
         addresses = {n.name: n.address for n in handle.runtime.nodes.values()}
+        agents, own_client = handle.runtime.client, False
     else:
-        nodes, pods = await asyncio.gather(
-            memo.cluster.nodes(), memo.cluster.agent_pods(namespace, pool)
-        )
+        nodes, pods = await asyncio.gather(cluster.nodes(), cluster.agent_pods(namespace, pool))
         addresses = {n.name: n.address for n in node_states(nodes, pods)}
-    agents: AgentClient = memo.agents
+        agents, own_client = AgentClient(timeout_s=CONFIG.agent_timeout_s), True
+        if addresses:
+            await agents.set_credentials(await _pool_credentials(cluster, namespace, pool))
     unloaded = []
-    for node, address in sorted(addresses.items()):
-        try:
-            versions = await agents.unload(address, name, "")
-        except grpc.aio.AioRpcError as err:
-            # An agent that is down now gets the unload from its pool's loop when it is back.
-            logger.warning(f"unload {name} from {node}: {err.code().name}")
-            continue
-        if versions:
-            unloaded.append(f"{node} ({', '.join(versions)})")
+    try:
+        for node, address in sorted(addresses.items()):
+            try:
+                versions = await agents.unload(address, name, "")
+            except grpc.aio.AioRpcError as err:
+                # An agent that is down now gets the unload from its pool's loop when back.
+                logger.warning(f"unload {name} from {node}: {err.code().name}")
+                continue
+            if versions:
+                unloaded.append(f"{node} ({', '.join(versions)})")
+    finally:
+        if own_client:
+            await agents.close()
     if unloaded:
         logger.info(f"unloaded {name} from {'; '.join(unloaded)}")
     metrics.RECONCILES.labels(kind="EdgeModel", trigger="handler", result="deleted").inc()
@@ -250,6 +259,60 @@ async def unload_model(
 
 
 # --- the pool's control loop ----------------------------------------------------------------
+
+
+async def _pool_credentials(cluster: Cluster, namespace: str, pool: str) -> AgentCredentials:
+    """Credentials for a pool's agents when only its name is known (none if it is gone)."""
+    body = await cluster.inference_pool(namespace, pool)
+    if body is None:
+        return AgentCredentials()
+    try:
+        parsed = parse_pool(body)
+    except ManifestError:
+        return AgentCredentials()
+    try:
+        return await cluster.agent_credentials(namespace, parsed.spec.auth)
+    except LookupError as err:
+        log.warning("credentials of pool %s/%s: %s", namespace, pool, err)
+        return AgentCredentials()
+
+
+@dataclass
+class CredentialsRefresh:
+    """Re-reads a pool's auth Secrets into its agent client every `CREDENTIALS_REFRESH_S`.
+
+    A Secret that cannot be read keeps the last good credentials (the agents keep their
+    mounted files too) and is reported once per distinct problem.
+    """
+
+    client: AgentClient
+    auth: Auth | None = None
+    read_at: float = float("-inf")
+    problem: str = ""
+
+    async def __call__(self, cluster: Cluster, namespace: str, pool: InferencePool) -> str:
+        """'' when the client is up to date, else the problem to report (once)."""
+        auth = pool.spec.auth
+        now = time.monotonic()
+        if auth == self.auth and now - self.read_at < CREDENTIALS_REFRESH_S:
+            return ""
+        if auth == Auth() and self.auth in (None, Auth()):
+            self.auth, self.read_at = auth, now
+            return ""
+        try:
+            creds = await cluster.agent_credentials(namespace, auth)
+        except LookupError as err:
+            self.read_at = now
+            if self.auth != auth:  # new settings we cannot honour yet: read again next tick
+                self.read_at = float("-inf")
+            message = f"agent credentials: {err}"
+            if message == self.problem:
+                return ""
+            self.problem = message
+            return message
+        await self.client.set_credentials(creds)
+        self.auth, self.read_at, self.problem = auth, now, ""
+        return ""
 
 
 async def _models(cluster: Cluster, namespace: str, pool: str) -> list[EdgeModel]:
@@ -298,7 +361,9 @@ async def run_pool(
         return await cluster.secret_value(ns, secret, key or "token")
 
     sink = KubeSink(cluster, name)
-    runtime = PoolRuntime(memo.agents, sink, resolve_public_key=public_key)
+    agents = AgentClient(timeout_s=CONFIG.agent_timeout_s)
+    refresh = CredentialsRefresh(agents)
+    runtime = PoolRuntime(agents, sink, resolve_public_key=public_key)
     handle = PoolHandle(runtime)
     memo.pools[(namespace, name)] = handle
     failovers = 0
@@ -313,6 +378,10 @@ async def run_pool(
             interval = pool.spec.failure_detection.probe_interval_seconds
             sink.service = builders.service_address(pool)
             try:
+                problem = await refresh(cluster, namespace, pool)
+                if problem:
+                    logger.warning(problem)
+                    kopf.warn(body, reason="CredentialsUnavailable", message=problem[:1024])
                 with metrics.PLACEMENT_SECONDS.time():
                     nodes, pods, models = await asyncio.gather(
                         cluster.nodes(),
@@ -345,3 +414,5 @@ async def run_pool(
         metrics.forget_pool(namespace, name)
         with contextlib.suppress(Exception):
             await runtime.close()
+        with contextlib.suppress(Exception):
+            await agents.close()

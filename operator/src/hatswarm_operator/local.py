@@ -3,12 +3,19 @@
 `LocalPool` is the local adapter: the same `PoolRuntime` (probe, pure plan, converge, route,
 status) the kopf operator runs, fed from manifest files instead of the Kubernetes API, with
 status written to a JSON file and the terminal instead of `/status` subresources.
+
+Secrets are files here: a pool's `secretRef {name, key}` is `<state-dir>/secrets/<name>/<key>`
+(artifact public keys, `spec.auth.tokenSecretRef`), and `spec.auth.tlsSecretRef` is the
+folder `<state-dir>/secrets/<name>/` holding `tls.crt`, `tls.key` and `ca.crt`. The agents
+are started with those files (`--auth-token-file`, `--tls-*`) and the control loop re-reads
+them every tick, so rewriting the token file rotates it for both sides.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import time
@@ -17,7 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hatswarm_operator.agentclient import AgentClient
+from hatswarm_operator import builders
+from hatswarm_operator.agentclient import AgentClient, AgentCredentials
 from hatswarm_operator.api import EdgeModel, InferencePool
 from hatswarm_operator.api.edgemodel import EdgeModelStatus
 from hatswarm_operator.api.inferencepool import InferencePoolStatus
@@ -29,6 +37,62 @@ from hatswarm_operator.loop import PoolRuntime
 
 def default_state_dir() -> Path:
     return Path(os.environ.get("HATSWARM_STATE_DIR", Path.home() / ".cache" / "hatswarm" / "up"))
+
+
+def secret_path(state_dir: Path, name: str, key: str) -> Path:
+    """The local stand-in for key `key` of Secret `name`."""
+    return state_dir / "secrets" / name / key
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError as err:
+        msg = f"{what}: {path} is missing (local mode's Secrets are files)"
+        raise FileNotFoundError(msg) from err
+
+
+def local_auth_args(pool: InferencePool, state_dir: Path) -> list[str]:
+    """The agents' `--auth-token-file`/`--tls-*` for the pool's `spec.auth`, as local files."""
+    auth = pool.spec.auth
+    args: list[str] = []
+    if auth.token_secret_ref is not None:
+        ref = auth.token_secret_ref
+        path = secret_path(state_dir, ref.name, ref.key)
+        if not _read(path, "spec.auth.tokenSecretRef").strip():
+            raise ValueError(f"spec.auth.tokenSecretRef: {path} is empty")
+        args += ["--auth-token-file", str(path.resolve())]
+    if auth.tls_secret_ref is not None:
+        folder = state_dir / "secrets" / auth.tls_secret_ref.name
+        files = [builders.TLS_CERT, builders.TLS_KEY, *([builders.TLS_CA] * auth.mutual_tls)]
+        for f in files:
+            _read(folder / f, "spec.auth.tlsSecretRef")
+        args += ["--tls-cert", str((folder / builders.TLS_CERT).resolve())]
+        args += ["--tls-key", str((folder / builders.TLS_KEY).resolve())]
+        if auth.mutual_tls:
+            args += ["--tls-ca", str((folder / builders.TLS_CA).resolve())]
+    return args
+
+
+def local_credentials(pool: InferencePool, state_dir: Path) -> AgentCredentials:
+    """What the local control loop presents to its agents (as the operator does in a cluster)."""
+    auth = pool.spec.auth
+    token = ""
+    if auth.token_secret_ref is not None:
+        ref = auth.token_secret_ref
+        path = secret_path(state_dir, ref.name, ref.key)
+        token = _read(path, "spec.auth.tokenSecretRef").decode().strip()
+    if auth.tls_secret_ref is None:
+        return AgentCredentials(token=token)
+    folder = state_dir / "secrets" / auth.tls_secret_ref.name
+    ca = folder / builders.TLS_CA
+    return AgentCredentials(
+        token=token,
+        tls=True,
+        ca_pem=ca.read_bytes() if ca.exists() else None,
+        cert_pem=_read(folder / builders.TLS_CERT, "tls") if auth.mutual_tls else None,
+        key_pem=_read(folder / builders.TLS_KEY, "tls") if auth.mutual_tls else None,
+    )
 
 
 class LocalSink:
@@ -107,10 +171,21 @@ class LocalPool:
         path = self.state_dir / "secrets" / ref
         return path.read_text().strip()
 
+    async def _refresh_credentials(self) -> None:
+        """Re-read the pool's credential files (a rewritten token file is a rotation)."""
+        try:
+            creds = local_credentials(self.pool, self.state_dir)
+        except OSError:
+            return  # keep the last good ones; the agents keep theirs too
+        await self.client.set_credentials(creds)
+
     async def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        auth_args = local_auth_args(self.pool, self.state_dir)
+        await self.client.set_credentials(local_credentials(self.pool, self.state_dir))
+        launch = functools.partial(start_agent, extra_args=auth_args)
         started = await asyncio.gather(
-            *(asyncio.to_thread(start_agent, spec, self.state_dir) for spec in self.node_specs),
+            *(asyncio.to_thread(launch, spec, self.state_dir) for spec in self.node_specs),
             return_exceptions=True,
         )
         errors = [s for s in started if isinstance(s, BaseException)]
@@ -131,6 +206,7 @@ class LocalPool:
         interval = self.pool.spec.failure_detection.probe_interval_seconds
         while True:
             started = time.monotonic()
+            await self._refresh_credentials()
             await self.runtime.tick(self.pool, self.models)
             self.ticks += 1
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))

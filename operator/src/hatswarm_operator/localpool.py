@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -123,8 +124,13 @@ def free_port() -> int:
         return port
 
 
-def start_agent(spec: NodeSpec, state_dir: Path, timeout: float = 60.0) -> LocalAgent:
-    """Start one simulated node's agent (with /metrics) and wait for its ready line."""
+def start_agent(
+    spec: NodeSpec, state_dir: Path, timeout: float = 60.0, extra_args: Sequence[str] = ()
+) -> LocalAgent:
+    """Start one simulated node's agent (with /metrics) and wait for its ready line.
+
+    `extra_args` go to every agent alike (the pool's `--auth-token-file`, `--tls-*`).
+    """
     metrics_port = free_port()
     node_dir = state_dir / "nodes" / spec.name
     node_dir.mkdir(parents=True, exist_ok=True)
@@ -142,6 +148,7 @@ def start_agent(spec: NodeSpec, state_dir: Path, timeout: float = 60.0) -> Local
     ]  # fmt: skip
     if spec.slowdown != 1.0:
         cmd += ["--option", f"slowdown={spec.slowdown}"]
+    cmd += list(extra_args)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         cmd,

@@ -3,12 +3,14 @@
 hatswarm-operator                          # peering (HA) under the name `hatswarm`
 hatswarm-operator --standalone -n floor-1  # one replica, one namespace
 hatswarm-operator --all-namespaces --metrics-port 9100 --log-format json
+hatswarm-operator --priority auto          # HA: a random peering priority per replica
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import secrets
 import sys
 from collections.abc import Sequence
 
@@ -24,6 +26,24 @@ LOG_FORMATS = {
 }
 
 
+PRIORITY_AUTO_MAX = 2**31 - 1
+
+
+def priority(text: str) -> int:
+    """`--priority`: an integer, or `auto` for a random one in [1, 2**31 - 1].
+
+    kopf's peering lets the replica of the highest priority act and pauses every peer of the
+    same priority, so replicas started alike (one Deployment) must not share one: `auto`
+    draws each a random priority, and two replicas collide with odds of about 1 in 2**31.
+    """
+    if text.strip().lower() == "auto":
+        return 1 + secrets.randbelow(PRIORITY_AUTO_MAX)
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer or 'auto': {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hatswarm-operator", description=__doc__.split("\n")[0])
     scope = p.add_mutually_exclusive_group()
@@ -37,7 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="no peering: this replica acts alone (default: peer with the other replicas)",
     )  # fmt: skip
     p.add_argument("--peering-name", default="hatswarm", help="KopfPeering object for HA")
-    p.add_argument("--priority", type=int, default=0, help="peering priority of this replica")
+    p.add_argument(
+        "--priority", type=priority, default=0,
+        help="peering priority of this replica: an integer, or 'auto' (random per replica)",
+    )  # fmt: skip
     p.add_argument(
         "--liveness", default="http://0.0.0.0:8080/healthz",
         help="liveness endpoint URL ('' = off)",
