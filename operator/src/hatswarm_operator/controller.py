@@ -11,6 +11,12 @@ stable version, and a new `spec.version` under validation (one node, no traffic)
 share as the route's weight, and the old version is unloaded only once the new one succeeded
 (after a rollback, only the canary goes). The rollout's state lives in status
 (`stableVersion`, `canary`, `stableArtifacts`) and in the runtime's memory.
+
+A model's LoRA adapters go out with its loads, spread over the nodes serving each version by
+`adapterplan.plan_adapters` (measured request share, each node's adapter slots); a node whose
+adapter set differs from the plan gets the same LoadModel again with the new set (the base
+keeps serving). Routes tell every agent which adapters each endpoint has loaded and its free
+slots (for adapter-affinity routing), and carry the model's escalation rule (cascade).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 
+from hatswarm_operator import adapterplan
 from hatswarm_operator import placement as pl
 from hatswarm_operator.api import EdgeModel, InferencePool
 from hatswarm_operator.api.common import Condition
@@ -37,7 +44,7 @@ from hatswarm_operator.cost import (
     fleet_annual_cost,
     inferences_per_year_from_rate,
 )
-from hatswarm_operator.inventory import FAILED, LOADING, READY, STATE_NAMES, NodeState
+from hatswarm_operator.inventory import FAILED, LOADING, READY, STATE_NAMES, ModelObs, NodeState
 from hatswarm_operator.rollout import ACTIVE as ACTIVE_PHASES
 from hatswarm_operator.rollout import FAILED as FAILED_PHASES
 from hatswarm_operator.rollout import (
@@ -60,6 +67,15 @@ from hatswarm_operator.rolloutplan import (
 
 
 @dataclass(frozen=True)
+class AdapterRef:
+    """A LoRA adapter artifact sent with a load."""
+
+    name: str
+    uri: str
+    sha256: str
+
+
+@dataclass(frozen=True)
 class Load:
     node: str
     address: str
@@ -69,6 +85,9 @@ class Load:
     cache_ttl_seconds: int = 0
     signature: str = ""
     public_key_ref: str = ""
+    adapters: tuple[AdapterRef, ...] = ()
+    adapters_only: bool = False
+    """The base is loaded already: only its adapter set changes."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +103,25 @@ class Endpoint:
     node: str
     address: str
     weight: float
+    adapters: tuple[str, ...] = ()
+    """Adapters loaded there now (for adapter-affinity routing)."""
+    adapter_slots_free: int = 0
+    adapters_known: tuple[str, ...] = ()
+    """Adapters it can serve, loaded or not."""
+
+
+def endpoint_for(node: NodeState, obs: ModelObs, weight: float) -> Endpoint:
+    """A route endpoint with the adapters the node reported for this model version."""
+    return Endpoint(
+        node.name,
+        node.address,
+        weight,
+        adapters=obs.resident_adapters,
+        adapter_slots_free=max(0, obs.adapter_slots - len(obs.resident_adapters))
+        if obs.adapters
+        else 0,
+        adapters_known=obs.adapters,
+    )
 
 
 @dataclass(frozen=True)
@@ -95,6 +133,10 @@ class Route:
     cloud_fallback: bool = False
     weight: float = 0.0
     """The version's share of the model's traffic (percent; relative across its routes)."""
+    escalation_output: str = ""
+    escalation_threshold: float = 0.0
+    escalation_model: str = ""
+    escalation_cloud: bool = False
 
 
 @dataclass(frozen=True)
@@ -336,15 +378,23 @@ def plan_pool(
         unplaced=tuple(replace(u, model=split_unit(u.model)[0]) for u in raw.unplaced),
     )
     plan = PoolPlan(placement=placement)
+    carry = _adapter_plans(mine, placement, members)
 
-    # Loads: placed replicas the node does not have (ready or loading) yet.
+    # Loads: placed replicas the node does not have (ready or loading) yet, and ready ones
+    # whose adapter set is not the planned one (the same load again, with the new set).
     desired_on: dict[str, set[tuple[str, str]]] = {}
     for r in placement.replicas:
         desired_on.setdefault(r.node, set()).add((r.model, r.version))
         node = by_name[r.node]
         obs = node.model(r.model, r.version)
-        if obs is None or obs.state not in (READY, LOADING):
-            m = spec_of[r.model]
+        m = spec_of[r.model]
+        wanted_adapters = carry.get((r.model, r.version, r.node), ())
+        by_adapter = {a.name: a for a in m.spec.adapters}
+        refs = tuple(
+            AdapterRef(a, by_adapter[a].uri, by_adapter[a].sha256) for a in wanted_adapters
+        )
+        update = obs is not None and obs.ready and sorted(obs.adapters) != sorted(wanted_adapters)
+        if obs is None or obs.state not in (READY, LOADING) or update:
             art = next(
                 (
                     a
@@ -367,6 +417,8 @@ def plan_pool(
                         if art and art.signature
                         else ""
                     ),
+                    adapters=refs,
+                    adapters_only=update,
                 )
             )
     for name, versions in held.items():
@@ -420,7 +472,7 @@ def plan_pool(
             if share <= 0:
                 continue
             endpoints = tuple(
-                Endpoint(n.name, n.address, max(weight.get((name, version, n.name), 0.0), 1.0))
+                endpoint_for(n, o, max(weight.get((name, version, n.name), 0.0), 1.0))
                 for n in members
                 if (o := n.model(name, version)) is not None
                 and o.ready
@@ -428,6 +480,7 @@ def plan_pool(
             )
             if not endpoints and version != decision.stable_version:
                 continue
+            esc = m.spec.escalation
             plan.routes.append(
                 Route(
                     name,
@@ -436,6 +489,10 @@ def plan_pool(
                     cache_ttl_seconds=m.spec.cache.ttl_seconds if m.spec.cache.enabled else 0,
                     cloud_fallback=m.spec.cloud_fallback.allowed,
                     weight=float(share),
+                    escalation_output=esc.output if esc else "",
+                    escalation_threshold=esc.threshold if esc else 0.0,
+                    escalation_model=(esc.target.model or "") if esc else "",
+                    escalation_cloud=bool(esc.target.cloud) if esc else False,
                 )
             )
 
@@ -475,6 +532,49 @@ def plan_pool(
             plan.rollout_events.append(Event("EdgeModel", name, ev.type, ev.reason, ev.message))
     plan.pool_status = _pool_status(pool, mine, nodes, members, now)
     return plan
+
+
+def _adapter_plans(
+    models: Sequence[EdgeModel], placement: pl.Placement, members: Sequence[NodeState]
+) -> dict[tuple[str, str, str], tuple[str, ...]]:
+    """(model, version, node) -> the adapters that replica carries (adapterplan).
+
+    Shares are the requests per adapter the model's replicas measured (any version); slots
+    are what each node reported for the version (the agent's default before it reported).
+    """
+    out: dict[tuple[str, str, str], tuple[str, ...]] = {}
+    by_name = {n.name: n for n in members}
+    for m in models:
+        names = [a.name for a in m.spec.adapters]
+        if not names:
+            continue
+        model = m.metadata.name
+        requests: dict[str, int] = {}
+        for n in members:
+            for o in n.models:
+                if o.name == model:
+                    for adapter, count in o.adapter_requests:
+                        requests[adapter] = requests.get(adapter, 0) + count
+        shares = adapterplan.request_shares(names, requests)
+        versions = sorted({r.version for r in placement.replicas if r.model == model})
+        for version in versions:
+            nodes = []
+            for r in placement.replicas:
+                if r.model != model or r.version != version:
+                    continue
+                node = by_name.get(r.node)
+                obs = node.model(model, version) if node is not None else None
+                slots = obs.adapter_slots if obs is not None and obs.adapter_slots > 0 else 0
+                nodes.append(
+                    adapterplan.AdapterNode(
+                        r.node,
+                        slots or adapterplan.DEFAULT_SLOTS,
+                        frozenset(obs.adapters) if obs is not None else frozenset(),
+                    )
+                )
+            for node_name, carried in adapterplan.plan_adapters(names, nodes, shares).items():
+                out[(model, version, node_name)] = carried
+    return out
 
 
 def _verification_failure(reason: str) -> bool:

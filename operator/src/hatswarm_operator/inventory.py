@@ -42,6 +42,10 @@ class ModelObs:
     inference_count: int = 0
     request_success: int = 0
     request_failure: int = 0
+    adapters: tuple[str, ...] = ()  # adapters it accepts (admitted)
+    resident_adapters: tuple[str, ...] = ()  # loaded now, least recently used first
+    adapter_slots: int = 0
+    adapter_requests: tuple[tuple[str, int], ...] = ()  # per adapter since load
 
     @property
     def ready(self) -> bool:
@@ -108,6 +112,10 @@ def from_status(status: control_pb2.NodeStatusResponse) -> tuple[ModelObs, ...]:
             inference_count=m.inference_count,
             request_success=m.request_success,
             request_failure=m.request_failure,
+            adapters=tuple(m.adapters),
+            resident_adapters=tuple(m.resident_adapters),
+            adapter_slots=m.adapter_slots,
+            adapter_requests=tuple(sorted(m.adapter_requests.items())),
         )
         for m in status.models
     )

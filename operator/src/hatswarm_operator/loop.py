@@ -390,14 +390,24 @@ class PoolRuntime:
                 public_key=public_key,
                 format=ld.artifact.format,
                 cache_ttl_seconds=ld.cache_ttl_seconds,
+                adapters=[
+                    control_pb2.AdapterArtifact(name=a.name, uri=a.uri, sha256=a.sha256)
+                    for a in ld.adapters
+                ],
             )
+            what = "adapters " + ",".join(a.name for a in ld.adapters) if ld.adapters_only else ""
             await self.sink.event(
                 ns,
                 Event("EdgeModel", ld.model, "Normal", "Loading",
-                      f"loading {ld.model}@{ld.version} ({ld.artifact.accelerator}) on {ld.node}"),
+                      f"loading {ld.model}@{ld.version} {what or f'({ld.artifact.accelerator})'}"
+                      f" on {ld.node}"),
             )  # fmt: skip
             status = await self.client.load(ld.address, req)
-            if status.state == control_pb2.MODEL_STATE_READY:
+            missing = sorted({a.name for a in ld.adapters} - set(status.adapters))
+            if status.state == control_pb2.MODEL_STATE_READY and missing:
+                # The base serves; a refused adapter is retried after the backoff.
+                reason = f"adapters {', '.join(missing)} refused: {status.reason}"
+            elif status.state == control_pb2.MODEL_STATE_READY:
                 self._backoff.pop(key, None)
                 await self.sink.event(
                     ns,
@@ -405,7 +415,8 @@ class PoolRuntime:
                           f"{ld.model}@{ld.version} ready on {ld.node}"),
                 )  # fmt: skip
                 return
-            reason = status.reason or "load failed"
+            else:
+                reason = status.reason or "load failed"
         except (grpc.aio.AioRpcError, LookupError) as err:
             reason = err.details() if isinstance(err, grpc.aio.AioRpcError) else str(err)
         finally:
@@ -490,9 +501,20 @@ def routing_table(
                 cloud_fallback=r.cloud_fallback,
                 weight=r.weight,
                 endpoints=[
-                    control_pb2.Endpoint(node=e.node, address=e.address, weight=e.weight)
+                    control_pb2.Endpoint(
+                        node=e.node,
+                        address=e.address,
+                        weight=e.weight,
+                        adapters=e.adapters,
+                        adapter_slots_free=e.adapter_slots_free,
+                        adapters_known=e.adapters_known,
+                    )
                     for e in r.endpoints
                 ],
+                escalation_output=r.escalation_output,
+                escalation_threshold=r.escalation_threshold,
+                escalation_model=r.escalation_model,
+                escalation_cloud=r.escalation_cloud,
             )
         )
     if spec.cloud_fallback is not None:
