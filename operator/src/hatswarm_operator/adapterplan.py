@@ -98,9 +98,20 @@ def plan_adapters(
     carried: dict[str, set[str]] = {n.name: set() for n in nodes}
     load = dict.fromkeys(budget, 0.0)  # share each node is expected to serve
     order = sorted(adapters, key=lambda a: (-shares.get(a, 0.0), -copies[a], adapters.index(a)))
+    left = dict(copies)
+
+    def give(node: str, adapter: str) -> None:
+        carried[node].add(adapter)
+        load[node] += shares.get(adapter, 0.0) / copies[adapter]
+        left[adapter] -= 1
+
+    # First keep what nodes carry (no reload), then place the remaining copies.
     for a in order:
-        per_copy = shares.get(a, 0.0) / copies[a]
-        for _ in range(copies[a]):
+        for n in sorted(nodes, key=lambda n: (load[n.name], n.name)):
+            if left[a] and a in n.carries and len(carried[n.name]) < budget[n.name]:
+                give(n.name, a)
+    for a in order:
+        while left[a] > 0:
             candidates = [n for n in nodes if a not in carried[n.name]]
             if not candidates:
                 break
@@ -108,13 +119,7 @@ def plan_adapters(
             pool = room or candidates  # overcommitted: fewer slots than adapters
             best = min(
                 pool,
-                key=lambda n: (
-                    a not in n.carries,
-                    load[n.name],
-                    len(carried[n.name]) - budget[n.name],
-                    n.name,
-                ),
+                key=lambda n: (load[n.name], len(carried[n.name]) - budget[n.name], n.name),
             )
-            carried[best.name].add(a)
-            load[best.name] += per_copy
+            give(best.name, a)
     return {n.name: tuple(a for a in adapters if a in carried[n.name]) for n in nodes}
