@@ -26,7 +26,7 @@ import copy
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NoReturn
@@ -289,11 +289,12 @@ class CredentialsRefresh:
     auth: Auth | None = None
     read_at: float = float("-inf")
     problem: str = ""
+    clock: Callable[[], float] = time.monotonic
 
     async def __call__(self, cluster: Cluster, namespace: str, pool: InferencePool) -> str:
         """'' when the client is up to date, else the problem to report (once)."""
         auth = pool.spec.auth
-        now = time.monotonic()
+        now = self.clock()
         if auth == self.auth and now - self.read_at < CREDENTIALS_REFRESH_S:
             return ""
         if auth == Auth() and self.auth in (None, Auth()):

@@ -19,6 +19,7 @@ from hatswarm_operator.builders import (
     needs_update,
     quantity_bytes,
 )
+from hatswarm_operator.loop import routing_table
 
 ROOT = Path(__file__).resolve().parents[3]
 VALIDATE = Path(sys.executable).parent / "kubernetes-validate"
@@ -113,13 +114,65 @@ def test_cpu_backends_ask_for_no_npu() -> None:
 
 
 def test_cloud_token_secret_is_mounted_where_the_routing_table_points() -> None:
-    ds = build_daemonset(
-        pool(cloudFallback={"endpoint": "oip.example:443", "tokenSecretRef": {"name": "cloud"}})
-    )
+    p = pool(cloudFallback={"endpoint": "oip.example:443", "tokenSecretRef": {"name": "cloud"}})
+    ds = build_daemonset(p)
     volumes = {v["name"]: v for v in ds["spec"]["template"]["spec"]["volumes"]}
     assert volumes["cloud-token"]["secret"]["secretName"] == "cloud"
+    assert volumes["cloud-token"]["secret"]["items"] == [{"key": "token", "path": "token"}]
     mounts = {m["name"]: m for m in container(ds)["volumeMounts"]}
     assert mounts["cloud-token"]["mountPath"] == "/var/run/hatswarm/cloud-token"
+    assert mounts["cloud-token"]["readOnly"] is True
+    table = routing_table(p, [], 1)
+    assert table.cloud.token_file == "/var/run/hatswarm/cloud-token/token"
+
+
+def test_pool_token_is_mounted_read_only_and_passed_to_the_agent() -> None:
+    p = pool(auth={"tokenSecretRef": {"name": "floor-token", "key": "pool"}})
+    ds = build_daemonset(p)
+    c = container(ds)
+    assert arg(c, "--auth-token-file") == "/var/run/hatswarm/token/pool"
+    volumes = {v["name"]: v for v in ds["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["auth-token"]["secret"] == {
+        "secretName": "floor-token",
+        "items": [{"key": "pool", "path": "pool"}],
+        "defaultMode": 0o440,
+    }
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    assert mounts["auth-token"] == {
+        "name": "auth-token",
+        "mountPath": "/var/run/hatswarm/token",
+        "readOnly": True,
+    }
+    assert "--tls-cert" not in c["args"]
+    # A token alone keeps the native gRPC probes: the agent leaves grpc.health.v1 open.
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        assert c[probe]["grpc"] == {"port": p.spec.agent.port}
+    # Turning auth on rolls the agents.
+    hash_of = lambda ds: ds["spec"]["template"]["metadata"]["annotations"][SETTINGS_HASH]  # noqa: E731
+    assert hash_of(ds) != hash_of(build_daemonset(pool()))
+
+
+@pytest.mark.parametrize("mutual", [False, True])
+def test_tls_secret_is_mounted_and_probes_fall_back_to_tcp(mutual: bool) -> None:
+    ds = build_daemonset(pool(auth={"tlsSecretRef": {"name": "floor-tls"}, "mutualTls": mutual}))
+    c = container(ds)
+    assert arg(c, "--tls-cert") == "/var/run/hatswarm/tls/tls.crt"
+    assert arg(c, "--tls-key") == "/var/run/hatswarm/tls/tls.key"
+    assert ("--tls-ca" in c["args"]) is mutual
+    if mutual:
+        assert arg(c, "--tls-ca") == "/var/run/hatswarm/tls/ca.crt"
+    volumes = {v["name"]: v for v in ds["spec"]["template"]["spec"]["volumes"]}
+    keys = [i["key"] for i in volumes["tls"]["secret"]["items"]]
+    assert keys == ["tls.crt", "tls.key", *(["ca.crt"] if mutual else [])]
+    assert volumes["tls"]["secret"]["secretName"] == "floor-tls"
+    assert volumes["tls"]["secret"]["defaultMode"] == 0o440
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    assert mounts["tls"]["mountPath"] == "/var/run/hatswarm/tls"
+    assert mounts["tls"]["readOnly"] is True
+    # Kubernetes' gRPC probe cannot speak TLS: a TCP connect to the gRPC port instead.
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        assert c[probe]["tcpSocket"] == {"port": "grpc"}
+        assert "grpc" not in c[probe]
 
 
 def test_agent_settings_change_rolls_the_pods_and_marks_the_object_for_update() -> None:
@@ -168,6 +221,15 @@ def test_built_objects_pass_kubernetes_validate_strict(tmp_path: Path) -> None:
         pool(),
         pool(agent={"backend": "onnxruntime", "npu": {"resourceName": None}}),
         pool(agent={"npu": {"hostDevice": True, "deviceFile": "/dev/hailo0"}}),
+        pool(
+            auth={
+                "tokenSecretRef": {"name": "t"},
+                "tlsSecretRef": {"name": "tls"},
+                "mutualTls": True,
+            },
+            cloudFallback={"endpoint": "oip.example:443", "tokenSecretRef": {"name": "c"}},
+        ),
+        pool(auth={"tlsSecretRef": {"name": "tls"}}),
     ]
     docs = [obj for p in pools for obj in (build_daemonset(p), build_service(p))]
     path = tmp_path / "built.yaml"
