@@ -28,6 +28,7 @@ BENCHES = {
     "placement": "placement_bench.py",
     "agent": "agent_bench.py",
     "routing": "routing_bench.py",
+    "adapters": "adapter_bench.py",
     "failover": "failover_bench.py",
 }
 
