@@ -1,0 +1,141 @@
+"""A pool with `spec.auth.tokenSecretRef`: the operator presents the token, strangers are refused.
+
+The test plays the kubelet: the agents behind the emulated Pods run with `--auth-token-file`
+on a file holding the Secret's token (what the DaemonSet's secret volume gives them). The real
+operator must read the Secret and present the token on every control call to place the
+model; a caller without it gets UNAUTHENTICATED. Then the token rotates the way it does in a
+cluster (the Secret first, the mounted file later) and the pool keeps working, with no node
+ever counted lost.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from hatswarm_agent.v1 import (
+    control_pb2,
+    control_pb2_grpc,
+    grpc_predict_v2_pb2,
+    grpc_predict_v2_pb2_grpc,
+)
+from hatswarm_operator.handlers import CREDENTIALS_REFRESH_S
+
+from tests.agentproc import AgentProcess
+from tests.integration.operator import harness
+from tests.integration.operator.harness import World, model_manifest, pool_manifest, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def secret(name: str, token: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": "default"},
+        "type": "Opaque",
+        "data": {"token": base64.b64encode(token.encode()).decode()},
+    }
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """As the kubelet updates a Secret volume: the new file appears at once, never half."""
+    tmp = path.with_suffix(".new")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def models_ready(agent: AgentProcess, token: str) -> set[str]:
+    with grpc.insecure_channel(agent.address) as ch:
+        resp = control_pb2_grpc.AgentControlStub(ch).NodeStatus(
+            control_pb2.NodeStatusRequest(),
+            timeout=5,
+            metadata=(("authorization", f"Bearer {token}"),),
+        )
+    return {m.name for m in resp.models if m.state == control_pb2.MODEL_STATE_READY}
+
+
+def ready_on(world: World, model: str, token: str) -> list[str]:
+    out = []
+    for node, agent in sorted(world.agents.items()):
+        try:
+            if model in models_ready(agent, token):
+                out.append(node)
+        except grpc.RpcError:
+            continue
+    return out
+
+
+def test_operator_presents_the_pool_token_and_strangers_are_refused(
+    world: World, mlp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token_file = world.tmp / "pool-token"
+    token_file.write_text("first-token\n")
+    start = harness.start_agent
+
+    def start_with_token(args: Sequence[str], **kw: Any) -> AgentProcess:
+        return start(["--auth-token-file", str(token_file), *args], **kw)
+
+    monkeypatch.setattr(harness, "start_agent", start_with_token)
+    for node in ("pi-1", "pi-2"):
+        world.add_node(node)
+    world.kube.apply(secret("floor-token", "first-token"))
+    world.kube.apply(
+        pool_manifest("floor", auth={"tokenSecretRef": {"name": "floor-token"}}),
+        model_manifest("mlp", mlp, replicas=2),
+    )
+    world.start_operator()
+
+    # The agents the operator would run are told where the mounted token is.
+    ds = wait_for(lambda: world.get("DaemonSet", "hatswarm-agent-floor"), what="DaemonSet")
+    spec = ds["spec"]["template"]["spec"]
+    args = spec["containers"][0]["args"]
+    assert args[args.index("--auth-token-file") + 1] == "/var/run/hatswarm/token/token"
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["auth-token"]["secret"]["secretName"] == "floor-token"
+
+    # Placing the model took the token on every control call (probe, load, routing table).
+    wait_for(lambda: len(ready_on(world, "mlp", "first-token")) == 2, timeout=60, what="2 replicas")
+    wait_for(lambda: world.status("EdgeModel", "mlp").get("phase") == "Ready", what="phase")
+    assert world.status("InferencePool", "floor")["nodesReady"] == 2
+
+    # Without the token (or with a wrong one), an agent refuses control and inference alike.
+    agent = world.agents["pi-1"]
+    infer = grpc_predict_v2_pb2.ModelInferRequest(model_name="mlp")
+    infer.inputs.add(name="x", datatype="FP32", shape=[1, 8])
+    infer.raw_input_contents.append(np.ones((1, 8), np.float32).tobytes())
+    with grpc.insecure_channel(agent.address) as ch:
+        control = control_pb2_grpc.AgentControlStub(ch)
+        oip = grpc_predict_v2_pb2_grpc.GRPCInferenceServiceStub(ch)
+        for md in ((), (("authorization", "Bearer wrong"),)):
+            with pytest.raises(grpc.RpcError) as err:
+                control.NodeStatus(control_pb2.NodeStatusRequest(), timeout=5, metadata=md)
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            with pytest.raises(grpc.RpcError) as err:
+                oip.ModelInfer(infer, timeout=5, metadata=md)
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        ok = oip.ModelInfer(infer, timeout=10, metadata=(("authorization", "Bearer first-token"),))
+        assert ok.model_name == "mlp"
+
+    # Rotation: the Secret changes first; the kubelet refreshes the mounted file later (here
+    # after the operator's refresh interval, as a kubelet's sync period is longer still).
+    world.kube.apply(secret("floor-token", "second-token"))
+    time.sleep(CREDENTIALS_REFRESH_S + 1.0)
+    write_atomically(token_file, "second-token\n")
+    with pytest.raises(grpc.RpcError):
+        models_ready(agent, "first-token")  # the agents now take only the new token
+    world.kube.apply(model_manifest("mlp2", mlp, replicas=1))
+    wait_for(
+        lambda: len(ready_on(world, "mlp2", "second-token")) == 1,
+        timeout=60,
+        what="a model placed after the rotation",
+    )
+    assert ready_on(world, "mlp", "second-token") == ["pi-1", "pi-2"]
+    assert not world.events("floor", "NodeLost"), "a rotation must not look like a node failure"
