@@ -28,7 +28,7 @@ from hatswarm_agent.v1 import (
 )
 from hatswarm_operator.handlers import CREDENTIALS_REFRESH_S
 
-from tests.agentproc import AgentProcess
+from tests.agentproc import AgentProcess, start_agent
 from tests.integration.operator import harness
 from tests.integration.operator.harness import World, model_manifest, pool_manifest, wait_for
 
@@ -78,10 +78,9 @@ def test_operator_presents_the_pool_token_and_strangers_are_refused(
 ) -> None:
     token_file = world.tmp / "pool-token"
     token_file.write_text("first-token\n")
-    start = harness.start_agent
 
     def start_with_token(args: Sequence[str], **kw: Any) -> AgentProcess:
-        return start(["--auth-token-file", str(token_file), *args], **kw)
+        return start_agent(["--auth-token-file", str(token_file), *args], **kw)
 
     monkeypatch.setattr(harness, "start_agent", start_with_token)
     for node in ("pi-1", "pi-2"):
@@ -95,6 +94,7 @@ def test_operator_presents_the_pool_token_and_strangers_are_refused(
 
     # The agents the operator would run are told where the mounted token is.
     ds = wait_for(lambda: world.get("DaemonSet", "hatswarm-agent-floor"), what="DaemonSet")
+    assert ds is not None
     spec = ds["spec"]["template"]["spec"]
     args = spec["containers"][0]["args"]
     assert args[args.index("--auth-token-file") + 1] == "/var/run/hatswarm/token/token"
@@ -139,3 +139,57 @@ def test_operator_presents_the_pool_token_and_strangers_are_refused(
     )
     assert ready_on(world, "mlp", "second-token") == ["pi-1", "pi-2"]
     assert not world.events("floor", "NodeLost"), "a rotation must not look like a node failure"
+
+
+def test_local_mode_starts_agents_with_the_pool_token_and_presents_it(
+    tmp_path: Path, mlp: Path
+) -> None:
+    """`hatswarm up`'s wiring: `<state-dir>/secrets/<name>/<key>` is the Secret, on both sides."""
+    import asyncio
+    import json
+
+    from hatswarm_operator.api import EdgeModel, InferencePool
+    from hatswarm_operator.local import LocalPool
+    from hatswarm_operator.localpool import NodeSpec
+    from hatswarm_operator.manifests import parse_object
+
+    state = tmp_path / "up"
+    token = state / "secrets" / "floor-token" / "pool"
+    token.parent.mkdir(parents=True)
+    token.write_text("local-token\n")
+    pool = parse_object(
+        pool_manifest(
+            "floor",
+            auth={"tokenSecretRef": {"name": "floor-token", "key": "pool"}},
+            accelerators=["hailo8l", "cpu"],  # simulated nodes report a Hailo-8L
+        ),
+        "test",
+    )
+    model = parse_object(model_manifest("mlp", mlp, replicas=1), "test")
+    assert isinstance(pool, InferencePool) and isinstance(model, EdgeModel)
+    labels = dict(pool.spec.node_selector)
+    nodes = [NodeSpec("pi-1", "hailo8l", labels), NodeSpec("pi-2", "hailo8l", labels)]
+
+    async def run() -> None:
+        async with LocalPool(pool, [model], nodes, state) as local:
+            assert await local.wait(
+                lambda sink: "mlp" in sink.models and sink.models["mlp"].phase == "Ready",
+                within=30,
+            ), json.dumps(local.sink.snapshot(), indent=1, default=str)
+            holder = local.sink.models["mlp"].placements[0].node
+            other = next(a for name, a in local.agents.items() if name != holder)
+            infer = grpc_predict_v2_pb2.ModelInferRequest(model_name="mlp")
+            infer.inputs.add(name="x", datatype="FP32", shape=[1, 8])
+            infer.raw_input_contents.append(np.ones((1, 8), np.float32).tobytes())
+            async with grpc.aio.insecure_channel(other.address) as ch:
+                oip = grpc_predict_v2_pb2_grpc.GRPCInferenceServiceStub(ch)
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await oip.ModelInfer(infer, timeout=10)
+                assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+                # With the token, the agent without the model forwards it to the holder.
+                resp = await oip.ModelInfer(
+                    infer, timeout=10, metadata=(("authorization", "Bearer local-token"),)
+                )
+                assert resp.model_name == "mlp"
+
+    asyncio.run(run())
