@@ -141,10 +141,15 @@ def test_operator_presents_the_pool_token_and_strangers_are_refused(
     assert not world.events("floor", "NodeLost"), "a rotation must not look like a node failure"
 
 
-def test_local_mode_starts_agents_with_the_pool_token_and_presents_it(
-    tmp_path: Path, mlp: Path
+@pytest.mark.parametrize("mtls", [False, True], ids=["token", "token+mtls"])
+def test_local_mode_starts_agents_with_the_pool_credentials_and_presents_them(
+    tmp_path: Path, mlp: Path, mtls: bool
 ) -> None:
-    """`hatswarm up`'s wiring: `<state-dir>/secrets/<name>/<key>` is the Secret, on both sides."""
+    """`hatswarm up`'s wiring: `<state-dir>/secrets/<name>/<key>` is the Secret, on both sides.
+
+    With mTLS the control loop dials its agents over TLS, checks them against the pool's CA
+    and presents the pool's certificate, as the operator does in a cluster.
+    """
     import asyncio
     import json
 
@@ -153,18 +158,30 @@ def test_local_mode_starts_agents_with_the_pool_token_and_presents_it(
     from hatswarm_operator.localpool import NodeSpec
     from hatswarm_operator.manifests import parse_object
 
+    from tests.integration.routing.test_tls import make_pki
+
     state = tmp_path / "up"
     token = state / "secrets" / "floor-token" / "pool"
     token.parent.mkdir(parents=True)
     token.write_text("local-token\n")
-    pool = parse_object(
-        pool_manifest(
-            "floor",
-            auth={"tokenSecretRef": {"name": "floor-token", "key": "pool"}},
-            accelerators=["hailo8l", "cpu"],  # simulated nodes report a Hailo-8L
-        ),
-        "test",
-    )
+    auth: dict[str, Any] = {"tokenSecretRef": {"name": "floor-token", "key": "pool"}}
+    channel_creds = None
+    if mtls:
+        folder = state / "secrets" / "floor-tls"
+        folder.mkdir()
+        pki = make_pki(folder)
+        pki["cert"].rename(folder / "tls.crt")
+        pki["key"].rename(folder / "tls.key")
+        pki["ca"].rename(folder / "ca.crt")
+        auth |= {"tlsSecretRef": {"name": "floor-tls"}, "mutualTls": True}
+        channel_creds = grpc.ssl_channel_credentials(
+            (folder / "ca.crt").read_bytes(),
+            (folder / "tls.key").read_bytes(),
+            (folder / "tls.crt").read_bytes(),
+        )
+    # Simulated local nodes report a Hailo-8L; the model's artifact is onnx/cpu.
+    manifest = pool_manifest("floor", auth=auth, accelerators=["hailo8l", "cpu"])
+    pool = parse_object(manifest, "test")
     model = parse_object(model_manifest("mlp", mlp, replicas=1), "test")
     assert isinstance(pool, InferencePool) and isinstance(model, EdgeModel)
     labels = dict(pool.spec.node_selector)
@@ -172,6 +189,7 @@ def test_local_mode_starts_agents_with_the_pool_token_and_presents_it(
 
     async def run() -> None:
         async with LocalPool(pool, [model], nodes, state) as local:
+            assert local.client.credentials.tls is mtls
             assert await local.wait(
                 lambda sink: "mlp" in sink.models and sink.models["mlp"].phase == "Ready",
                 within=30,
@@ -181,7 +199,12 @@ def test_local_mode_starts_agents_with_the_pool_token_and_presents_it(
             infer = grpc_predict_v2_pb2.ModelInferRequest(model_name="mlp")
             infer.inputs.add(name="x", datatype="FP32", shape=[1, 8])
             infer.raw_input_contents.append(np.ones((1, 8), np.float32).tobytes())
-            async with grpc.aio.insecure_channel(other.address) as ch:
+            channel = (
+                grpc.aio.secure_channel(other.address, channel_creds)
+                if channel_creds is not None
+                else grpc.aio.insecure_channel(other.address)
+            )
+            async with channel as ch:
                 oip = grpc_predict_v2_pb2_grpc.GRPCInferenceServiceStub(ch)
                 with pytest.raises(grpc.aio.AioRpcError) as err:
                     await oip.ModelInfer(infer, timeout=10)
