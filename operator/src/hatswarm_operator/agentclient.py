@@ -14,9 +14,9 @@ so a rotation never looks like a node failure.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from hatswarm_agent.v1 import control_pb2, control_pb2_grpc
@@ -55,6 +55,20 @@ class AgentCredentials:
             private_key=self.key_pem,
             certificate_chain=self.cert_pem,
         )
+
+    def open_channel(
+        self, address: str, options: Sequence[tuple[str, Any]] = ()
+    ) -> grpc.aio.Channel:
+        """A channel to one agent: TLS (with the pool's CA and client cert) or plaintext."""
+        opts = list(options)
+        if not self.tls:
+            return grpc.aio.insecure_channel(address, options=opts)
+        if self.server_name:
+            opts.append(("grpc.ssl_target_name_override", self.server_name))
+        return grpc.aio.secure_channel(address, self.channel_credentials(), options=opts)
+
+    def metadata(self) -> Metadata:
+        return bearer_metadata(self.token)
 
     def __repr__(self) -> str:  # never print the token or the key
         return (
@@ -129,15 +143,7 @@ class AgentClient:
     def _stub(self, address: str) -> control_pb2_grpc.AgentControlStub:
         ch = self._channels.get(address)
         if ch is None:
-            creds = self._credentials
-            if creds.tls:
-                options = list(CHANNEL_OPTIONS)
-                if creds.server_name:
-                    options.append(("grpc.ssl_target_name_override", creds.server_name))
-                ch = grpc.aio.secure_channel(address, creds.channel_credentials(), options=options)
-            else:
-                ch = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
-            self._channels[address] = ch
+            ch = self._channels[address] = self._credentials.open_channel(address, CHANNEL_OPTIONS)
         return control_pb2_grpc.AgentControlStub(ch)
 
     # --- the control calls -------------------------------------------------------------------

@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from hatswarm_operator import validation_gate as vg
+from hatswarm_operator.agentclient import AgentCredentials
 
 if TYPE_CHECKING:
     from hatswarm_agent.v1 import grpc_predict_v2_pb2 as pb
@@ -100,6 +101,7 @@ async def run_gate(
     *,
     timeout_s: float = 30.0,
     channel_options: Mapping[str, Any] | None = None,
+    credentials: AgentCredentials | None = None,
 ) -> vg.GateResult:
     """Send every sample of ``gate`` to ``model@version`` on the agent at ``address``.
 
@@ -124,15 +126,17 @@ async def run_gate(
             req.raw_input_contents.append(raw)
         requests.append(req)
 
+    creds = credentials or AgentCredentials()
+    metadata = (*HOP_METADATA, *creds.metadata())
     options = list((channel_options or {}).items())
-    async with grpc.aio.insecure_channel(address, options=options) as channel:
+    async with creds.open_channel(address, options) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
 
         async def call(req: pb.ModelInferRequest) -> vg.SampleRun:
             started = time.perf_counter()
             try:
                 resp: pb.ModelInferResponse = await stub.ModelInfer(
-                    req, timeout=timeout_s, metadata=HOP_METADATA
+                    req, timeout=timeout_s, metadata=metadata
                 )
             except grpc.aio.AioRpcError as err:
                 if err.code() in TRANSIENT:

@@ -294,7 +294,9 @@ class PoolRuntime:
         assert m.spec.validation is not None
         gate = gate_from_spec(m.spec.validation)
         try:
-            result = await run_gate(req.address, req.model, req.version, gate)
+            result = await run_gate(
+                req.address, req.model, req.version, gate, credentials=self.client.credentials
+            )
         except GateUnavailableError as err:
             log.info("validation gate of %s@%s: %s", req.model, req.version, err)
             self._gate_retry[req.model] = self.clock() + GATE_RETRY_SECONDS
