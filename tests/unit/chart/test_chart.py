@@ -136,8 +136,8 @@ def test_operator_runs_two_peered_replicas(render: Render) -> None:
     assert "--all-namespaces" in args
     assert "--standalone" not in args
     # kopf pauses all peers of one priority: each replica draws its own at start
-    assert container["command"][:2] == ["/bin/sh", "-c"]
-    assert "--priority" in container["command"][2]
+    assert container["command"] == ["hatswarm-operator"]
+    assert "--priority=auto" in args
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "liveness"}
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"liveness": 8080, "metrics": 9100}
