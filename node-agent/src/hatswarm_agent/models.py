@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -90,12 +91,12 @@ class ModelVersion:
         return self.state == control_pb2.MODEL_STATE_READY
 
     @property
-    def inputs(self) -> list[TensorSpec]:
-        return list(self.model.inputs) if self.model else []
+    def inputs(self) -> Sequence[TensorSpec]:
+        return self.model.inputs if self.model else ()
 
     @property
-    def outputs(self) -> list[TensorSpec]:
-        return list(self.model.outputs) if self.model else []
+    def outputs(self) -> Sequence[TensorSpec]:
+        return self.model.outputs if self.model else ()
 
     def on_execution(self, items: int, seconds: float) -> None:
         """Batch accounting (event loop): executions, inferences, compute time, energy."""
@@ -173,6 +174,10 @@ class ModelRegistry:
                     f"model '{name}' version '{version}' is {state}: {entry.reason}".rstrip(": ")
                 )
             return entry
+        if len(versions) == 1:  # the usual case: one version, no sorting
+            (entry,) = versions.values()
+            if entry.ready:
+                return entry
         ready = [v for v in versions.values() if v.ready]
         if not ready:
             reasons = "; ".join(f"{v.version}: {v.reason}" for v in versions.values() if v.reason)

@@ -68,7 +68,7 @@ _FIELD_DTYPE: dict[str, np.dtype[Any]] = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class DecodedRequest:
     """Validated inputs ready for a backend, plus what the batcher needs to merge requests."""
 
@@ -81,65 +81,81 @@ class DecodedRequest:
 def decode_request(
     request: pb.ModelInferRequest, specs: Sequence[TensorSpec], batchable: bool
 ) -> DecodedRequest:
-    """Check `request` against the model's inputs and turn it into numpy arrays."""
-    by_name = {s.name: s for s in specs}
-    n_raw = len(request.raw_input_contents)
+    """Check `request` against the model's inputs and turn it into numpy arrays.
+
+    This runs once per request on the event loop, so the common case does no more than it must:
+    specs are found by a scan (models have a handful of inputs), messages are only formatted
+    when a check fails.
+    """
+    tensors = request.inputs
+    contents = request.raw_input_contents
+    n_raw = len(contents)
     raw = n_raw > 0
-    if raw and n_raw != len(request.inputs):
-        raise InvalidInputError(
-            f"raw_input_contents has {n_raw} entries for {len(request.inputs)} inputs"
-        )
+    if raw and n_raw != len(tensors):
+        raise InvalidInputError(f"raw_input_contents has {n_raw} entries for {len(tensors)} inputs")
     arrays: dict[str, Array] = {}
-    for i, tensor in enumerate(request.inputs):
-        spec = by_name.get(tensor.name)
-        if spec is None:
-            raise InvalidInputError(
-                f"unexpected input '{tensor.name}': model inputs are {sorted(by_name)}"
-            )
-        if tensor.name in arrays:
-            raise InvalidInputError(f"input '{tensor.name}' given twice")
+    shapes: dict[str, tuple[int, ...]] = {}
+    for i, tensor in enumerate(tensors):
+        name = tensor.name
+        spec = _spec_named(specs, name)
+        if name in arrays:
+            raise InvalidInputError(f"input '{name}' given twice")
         if tensor.datatype != spec.datatype:
             raise InvalidInputError(
-                f"input '{spec.name}': datatype {tensor.datatype or '(empty)'}, "
-                f"expected {spec.datatype}"
+                f"input '{name}': datatype {tensor.datatype or '(empty)'}, expected {spec.datatype}"
             )
         shape = tuple(tensor.shape)
         check_shape(spec, shape)
-        has_typed = tensor.HasField("contents")
         if raw:
-            if has_typed:
+            if tensor.HasField("contents"):
                 raise InvalidInputError(
-                    f"input '{spec.name}': both raw_input_contents and typed contents given"
+                    f"input '{name}': both raw_input_contents and typed contents given"
                 )
-            arrays[spec.name] = decode_raw(spec, shape, request.raw_input_contents[i])
+            arrays[name] = decode_raw(spec, shape, contents[i])
         else:
-            arrays[spec.name] = decode_typed(spec, shape, tensor.contents)
-    missing = [s.name for s in specs if s.name not in arrays]
-    if missing:
-        raise InvalidInputError(f"missing inputs {missing}: model inputs are {sorted(by_name)}")
-    batch = 1
-    key: tuple[tuple[int, ...], ...] = ()
-    if batchable:
-        dims0 = {a.shape[0] for a in arrays.values()}
+            arrays[name] = decode_typed(spec, shape, tensor.contents)
+        shapes[name] = shape
+    if len(arrays) != len(specs):  # every given name is a distinct spec: some are missing
+        missing = [s.name for s in specs if s.name not in arrays]
+        names = sorted(s.name for s in specs)
+        raise InvalidInputError(f"missing inputs {missing}: model inputs are {names}")
+    if not batchable:
+        return DecodedRequest(arrays, 1, (), raw)
+    key = tuple(shapes[s.name][1:] for s in specs)
+    if len(specs) == 1:
+        batch = shapes[specs[0].name][0]
+    else:
+        dims0 = {shape[0] for shape in shapes.values()}
         if len(dims0) != 1:
             raise InvalidInputError(
                 f"inputs disagree on the batch dimension: {sorted(dims0)} "
                 "(every input's first dimension is the batch)"
             )
         batch = dims0.pop()
-        if batch < 1:
-            raise InvalidInputError("the batch dimension (first of every input) must be >= 1")
-        key = tuple(arrays[s.name].shape[1:] for s in specs)
+    if batch < 1:
+        raise InvalidInputError("the batch dimension (first of every input) must be >= 1")
     return DecodedRequest(arrays, batch, key, raw)
+
+
+def _spec_named(specs: Sequence[TensorSpec], name: str) -> TensorSpec:
+    for spec in specs:
+        if spec.name == name:
+            return spec
+    names = sorted(s.name for s in specs)
+    raise InvalidInputError(f"unexpected input '{name}': model inputs are {names}")
 
 
 def check_shape(spec: TensorSpec, shape: tuple[int, ...]) -> None:
     """Rank and every fixed dimension must match; -1 in the spec accepts any size >= 0."""
-    expected = "[" + ", ".join(str(d) for d in spec.shape) + "]"
-    if len(shape) != len(spec.shape) or any(
-        d < 0 or (e >= 0 and d != e) for d, e in zip(shape, spec.shape, strict=True)
-    ):
-        raise InvalidInputError(f"input '{spec.name}': shape {list(shape)}, expected {expected}")
+    dims = spec.shape
+    if len(shape) == len(dims):
+        for d, e in zip(shape, dims, strict=True):
+            if d < 0 or (e >= 0 and d != e):
+                break
+        else:
+            return
+    expected = "[" + ", ".join(str(d) for d in dims) + "]"
+    raise InvalidInputError(f"input '{spec.name}': shape {list(shape)}, expected {expected}")
 
 
 def decode_raw(spec: TensorSpec, shape: tuple[int, ...], data: bytes) -> Array:
@@ -227,10 +243,12 @@ def encode_bytes(arr: Array) -> bytes:
     return b"".join(parts)
 
 
-def select_outputs(request: pb.ModelInferRequest, specs: Sequence[TensorSpec]) -> list[TensorSpec]:
+def select_outputs(
+    request: pb.ModelInferRequest, specs: Sequence[TensorSpec]
+) -> Sequence[TensorSpec]:
     """The outputs the caller asked for (all when it named none); unknown names are invalid."""
     if not request.outputs:
-        return list(specs)
+        return specs
     by_name = {s.name: s for s in specs}
     chosen: list[TensorSpec] = []
     for requested in request.outputs:
@@ -268,7 +286,7 @@ def encode_response(
                     for x in arr.reshape(-1)
                 )
         elif raw:
-            response.raw_output_contents.append(np.ascontiguousarray(arr).tobytes())
+            response.raw_output_contents.append(arr.tobytes())  # C order, contiguous or not
         else:
             getattr(tensor.contents, CONTENTS_FIELD[spec.datatype]).extend(arr.reshape(-1).tolist())
     return response
