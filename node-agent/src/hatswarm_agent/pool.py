@@ -408,7 +408,7 @@ class PoolRouter:
         """A peer forwarded this: serve it here or fail (never forward twice)."""
         entry = self.registry.get(request.model_name, request.model_version)
         response = await self.serve_local(request, entry)
-        self.metrics.requests.labels(request.model_name, "local").inc()
+        self.metrics.routed(request.model_name, "local").inc()
         tag(response, self.config.node_name, "local")
         if entry.queue is not None:
             response.parameters[DEPTH_PARAM].int64_param = entry.queue.depth
@@ -485,7 +485,7 @@ class PoolRouter:
                             continue
                         finally:
                             self._wake()
-                        self.metrics.requests.labels(model, "local").inc()
+                        self.metrics.routed(model, "local").inc()
                         return tag(response, self.config.node_name, "local")
                     local_full = True
             elif "local" in refused:
