@@ -98,6 +98,12 @@ class ModelQueue:
         inline_max_items: int = 0,
     ) -> None:
         self.model = model
+        # A backend may run a request faster when it has the device to itself (onnx.py: more
+        # intra-op threads); the queue knows when that is: nothing else waiting or running.
+        run_alone = getattr(model, "run_alone", None)
+        self._run_alone: Callable[[dict[str, Array]], dict[str, Array]] = (
+            run_alone if callable(run_alone) else model.run
+        )
         # Requests this small run on the event loop when nothing else waits: for a model that
         # computes in tens of microseconds, the two thread hops of the pool cost more than it.
         self.inline_max_items = inline_max_items
@@ -226,10 +232,11 @@ class ModelQueue:
             if self.max_queue_delay_s > 0 and self.max_batch_size and self._running > 0:
                 await self._fill(batch)
             started = time.perf_counter()
+            alone = not self._running and not self._pending
             self._running += 1
             self._inflight.append(batch)
             try:
-                parts, seconds = await loop.run_in_executor(self._executor, self._run, batch)
+                parts, seconds = await loop.run_in_executor(self._executor, self._run, batch, alone)
             except Exception as exc:
                 for p in batch:
                     if not p.future.done():
@@ -244,14 +251,16 @@ class ModelQueue:
                 if not p.future.done():
                     p.future.set_result(Result(outputs, started - p.enqueued, seconds))
 
-    def _run(self, batch: list[_Pending]) -> tuple[list[dict[str, Array]], float]:
+    def _run(
+        self, batch: list[_Pending], alone: bool = False
+    ) -> tuple[list[dict[str, Array]], float]:
         """Worker thread: merge, run (with the batch's one adapter, if any), split."""
         requests = [p.request for p in batch]
         inputs = merge(requests)
         adapter = batch[0].adapter
         start = time.perf_counter()
         if not adapter:
-            outputs = self.model.run(inputs)
+            outputs = self._run_alone(inputs) if alone else self.model.run(inputs)
         elif self.adapters is None:
             raise BackendError(f"adapter '{adapter}' requested but this model has none")
         else:
