@@ -55,6 +55,37 @@ class _Pending:
 ExecutionHook = Callable[[int, float], None]
 
 
+@dataclass(slots=True)
+class AloneChoice:
+    """Which way to run a lone request: `run_alone` (wide) or `run`, by measured time per item.
+
+    Each way keeps a moving average; the faster one is used, the other every EXPLORE_EVERY-th
+    time so a change in the node's load is noticed. Both start unmeasured (tried first).
+    """
+
+    wide_s: float = 0.0
+    narrow_s: float = 0.0
+    runs: int = 0
+
+    EXPLORE_EVERY = 8
+    WEIGHT = 0.3
+
+    def wide(self) -> bool:
+        self.runs += 1
+        if not self.wide_s or not self.narrow_s:
+            return not self.wide_s
+        faster = self.wide_s <= self.narrow_s
+        return faster != (self.runs % self.EXPLORE_EVERY == 0)
+
+    def learn(self, wide: bool, seconds_per_item: float) -> None:
+        if wide:
+            old = self.wide_s or seconds_per_item
+            self.wide_s = old + self.WEIGHT * (seconds_per_item - old)
+        else:
+            old = self.narrow_s or seconds_per_item
+            self.narrow_s = old + self.WEIGHT * (seconds_per_item - old)
+
+
 def merge(requests: list[DecodedRequest]) -> dict[str, Array]:
     """Concatenate compatible requests along the batch dimension."""
     if len(requests) == 1:
@@ -100,10 +131,13 @@ class ModelQueue:
         self.model = model
         # A backend may run a request faster when it has the device to itself (onnx.py: more
         # intra-op threads); the queue knows when that is: nothing else waiting or running.
+        # Whether it is faster depends on what else the node runs (other pods take cores), so
+        # lone runs are timed both ways and the faster kept, the other retried now and then.
         run_alone = getattr(model, "run_alone", None)
-        self._run_alone: Callable[[dict[str, Array]], dict[str, Array]] = (
-            run_alone if callable(run_alone) else model.run
+        self._run_alone: Callable[[dict[str, Array]], dict[str, Array]] | None = (
+            run_alone if callable(run_alone) else None
         )
+        self._alone = AloneChoice()
         # Requests this small run on the event loop when nothing else waits: for a model that
         # computes in tens of microseconds, the two thread hops of the pool cost more than it.
         self.inline_max_items = inline_max_items
@@ -232,11 +266,17 @@ class ModelQueue:
             if self.max_queue_delay_s > 0 and self.max_batch_size and self._running > 0:
                 await self._fill(batch)
             started = time.perf_counter()
-            alone = not self._running and not self._pending
+            alone = (
+                self._run_alone is not None
+                and not self._running
+                and not self._pending
+                and not batch[0].adapter
+            )
+            wide = alone and self._alone.wide()
             self._running += 1
             self._inflight.append(batch)
             try:
-                parts, seconds = await loop.run_in_executor(self._executor, self._run, batch, alone)
+                parts, seconds = await loop.run_in_executor(self._executor, self._run, batch, wide)
             except Exception as exc:
                 for p in batch:
                     if not p.future.done():
@@ -245,14 +285,17 @@ class ModelQueue:
             finally:
                 self._running -= 1
                 self._inflight.remove(batch)
+            items = sum(p.request.batch for p in batch)
+            if alone:
+                self._alone.learn(wide, seconds / items)
             if self._on_execution is not None:
-                self._on_execution(sum(p.request.batch for p in batch), seconds)
+                self._on_execution(items, seconds)
             for p, outputs in zip(batch, parts, strict=True):
                 if not p.future.done():
                     p.future.set_result(Result(outputs, started - p.enqueued, seconds))
 
     def _run(
-        self, batch: list[_Pending], alone: bool = False
+        self, batch: list[_Pending], wide: bool = False
     ) -> tuple[list[dict[str, Array]], float]:
         """Worker thread: merge, run (with the batch's one adapter, if any), split."""
         requests = [p.request for p in batch]
@@ -260,7 +303,8 @@ class ModelQueue:
         adapter = batch[0].adapter
         start = time.perf_counter()
         if not adapter:
-            outputs = self._run_alone(inputs) if alone else self.model.run(inputs)
+            run = self._run_alone if wide and self._run_alone is not None else self.model.run
+            outputs = run(inputs)
         elif self.adapters is None:
             raise BackendError(f"adapter '{adapter}' requested but this model has none")
         else:
