@@ -138,6 +138,7 @@ class ModelQueue:
             run_alone if callable(run_alone) else None
         )
         self._alone = AloneChoice()
+        self._starts = 0  # runs started so far (was a lone run joined by another?)
         # Requests this small run on the event loop when nothing else waits: for a model that
         # computes in tens of microseconds, the two thread hops of the pool cost more than it.
         self.inline_max_items = inline_max_items
@@ -274,6 +275,8 @@ class ModelQueue:
             )
             wide = alone and self._alone.wide()
             self._running += 1
+            self._starts += 1
+            starts = self._starts
             self._inflight.append(batch)
             try:
                 parts, seconds = await loop.run_in_executor(self._executor, self._run, batch, wide)
@@ -286,7 +289,7 @@ class ModelQueue:
                 self._running -= 1
                 self._inflight.remove(batch)
             items = sum(p.request.batch for p in batch)
-            if alone:
+            if alone and self._starts == starts:  # it stayed alone: a fair sample
                 self._alone.learn(wide, seconds / items)
             if self._on_execution is not None:
                 self._on_execution(items, seconds)

@@ -174,12 +174,15 @@ class OnnxModel:
         return dict(zip(self._output_names, results, strict=True))
 
     def add_wide_session(self, session: ort.InferenceSession) -> None:
-        """Use `session` (same model, more intra-op threads) for `run_alone`; warm it up."""
-        self._wide = session
-        self._run_wide = getattr(session, "_sess", session).run
+        """Use `session` (same model, more intra-op threads) for `run_alone` once warmed up."""
+        run = getattr(session, "_sess", session).run
         feeds = self._zero_feeds()
-        self.run_alone(feeds)
-        self.run_alone(feeds)
+        try:
+            for _ in range(2):
+                run(self._output_names, feeds, self._run_options)
+        except Exception as exc:
+            raise BackendError(f"onnxruntime: {exc}") from exc
+        self._wide, self._run_wide = session, run
 
     def load_adapter(self, path: Path) -> ort.LoraAdapter:
         """A LoRA adapter file (onnxruntime's adapter format) checked against this model.
@@ -258,6 +261,11 @@ class OnnxModel:
     def close(self) -> None:
         del self._session
         self._wide = None
+        self._run = self._run_wide = _closed  # the bound methods held the sessions
+
+
+def _closed(*_: object) -> list[Array]:
+    raise BackendError("model is closed")
 
 
 _NUMPY: dict[str, Any] = {
