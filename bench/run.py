@@ -15,9 +15,11 @@ import importlib.util
 import json
 import os
 import platform
+import re
+import subprocess
 import sys
+import tempfile
 import time
-import traceback
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -44,18 +46,49 @@ def load(name: str) -> ModuleType:
     return module
 
 
-def ratios(result: Any, prefix: str = "") -> list[tuple[str, float]]:
-    """Every ratio a benchmark reports: keys named *ratio*, *_vs_* or under `ratios`."""
-    out: list[tuple[str, float]] = []
-    if isinstance(result, dict):
-        for key, value in result.items():
-            path = f"{prefix}{key}"
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                if "ratio" in key or "_vs_" in key or prefix.endswith("ratios."):
-                    out.append((path, float(value)))
-            elif isinstance(value, dict) and key not in ("servers", "plan", "versions"):
+RATIO_KEY = re.compile(r"(_vs_|_over_|(^|_)ratio($|_))")
+
+
+def ratios(result: Any, prefix: str = "") -> list[tuple[str, float, str]]:
+    """Every ratio a benchmark reports, as (name, value, target): keys named *_vs_*, *_over_*
+    or *ratio*, and entries of a `ratios` dict (a number, or {value, target})."""
+    out: list[tuple[str, float, str]] = []
+    if not isinstance(result, dict):
+        return out
+    for key, value in result.items():
+        path = f"{prefix}{key}"
+        in_ratios = prefix.endswith("ratios.")
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int | float):
+            if in_ratios or RATIO_KEY.search(key):
+                out.append((path, float(value), ""))
+        elif isinstance(value, dict):
+            if in_ratios and isinstance(value.get("value"), int | float):
+                out.append((path, float(value["value"]), str(value.get("target", ""))))
+            elif key not in ("servers", "plan", "versions", "machine", "models"):
                 out += ratios(value, f"{path}.")
     return out
+
+
+def derive(name: str, result: dict[str, Any]) -> dict[str, Any]:
+    """Ratios a benchmark leaves implicit, named so `ratios()` lists them."""
+    if name == "routing":
+        hop, bal, fo = result.get("hop", {}), result.get("balance", {}), result.get("failover", {})
+        p2c, rr = bal.get("PowerOfTwoChoices", {}), bal.get("RoundRobin", {})
+        derived = {
+            "hop_added_ms_vs_1ms_target": hop.get("added_ms", 0) / hop.get("target_ms", 1.0),
+            "hop_added_vs_bare_aio_proxy": hop.get("added_ms", 0)
+            / (hop.get("minimal_aio_proxy_added_ms") or 1),
+            "balance_p99_p2c_vs_round_robin": p2c.get("p99_ms", 0) / (rr.get("p99_ms") or 1),
+            "balance_slow_share_p2c_vs_round_robin": p2c.get("shares", {}).get("slow", 0)
+            / (rr.get("shares", {}).get("slow") or 1),
+            "failover_p99_kill_vs_steady": fo.get("during_kill_p99_ms", 0)
+            / (fo.get("steady_p99_ms") or 1),
+            "failover_lost_ratio": fo.get("lost", 0) / (fo.get("requests") or 1),
+        }
+        result = {**result, "ratios": {k: round(v, 3) for k, v in derived.items()}}
+    return result
 
 
 def machine() -> dict[str, Any]:
@@ -76,12 +109,13 @@ def chart(results: dict[str, Any], path: Path) -> None:
     except ImportError:
         print("matplotlib missing: no chart", file=sys.stderr)
         return
-    rows = [(f"{b}: {k}", v) for b, r in results.items() for k, v in ratios(r)]
+    rows = [(f"{b}: {k}", v) for b, r in results.items() for k, v, _ in ratios(r)]
     if not rows:
         return
     fig, ax = plt.subplots(figsize=(10, 0.35 * len(rows) + 1.5))
     ax.barh([r[0] for r in rows], [r[1] for r in rows], color="#4c72b0")
     ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_xscale("log")
     ax.set_xlabel("ratio against the same-run baseline (see bench/results.json)")
     ax.set_title(f"hatswarm benchmarks, {machine()['date']}, {os.cpu_count()} cores")
     ax.invert_yaxis()
@@ -96,12 +130,33 @@ def readme_table(results: dict[str, Any]) -> str:
         f"Measured {m['date']} on {m['cpus']} cores ({m['platform']}, Python {m['python']}) with "
         "`make bench`; raw figures in `bench/results.json`, chart in `bench/results.png`.",
         "",
-        "| benchmark | ratio | value |",
-        "|---|---|---|",
+        "| benchmark | ratio | value | target |",
+        "|---|---|---|---|",
     ]
     for bench, result in results.items():
-        for key, value in ratios(result):
-            lines.append(f"| {bench} | {key} | {value:.3f} |")
+        for key, value, target in ratios(result):
+            lines.append(f"| {bench} | {key} | {value:.3f} | {target} |")
+    servers = results.get("agent", {}).get("servers", {})
+    if servers:
+        lines += [
+            "",
+            "Node agent and peers (same run, medians; tritonclient over loopback gRPC, 8 clients "
+            "for throughput):",
+            "",
+            "| server | CNN p50 ms | CNN req/s | MLP p50 ms | MLP req/s | peak RSS MB |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, srv in servers.items():
+            if srv.get("status") != "ok":
+                lines.append(f"| {name} | {srv.get('status')}: {srv.get('reason', '')} | | | | |")
+                continue
+            cnn, mlp = srv.get("cnn", {}), srv.get("mlp", {})
+            rss = srv.get("peak_rss_mb")
+            lines.append(
+                f"| {name} | {cnn.get('p50_ms', 0):.2f} | {cnn.get('throughput_rps', 0):.0f} | "
+                f"{mlp.get('p50_ms', 0):.3f} | {mlp.get('throughput_rps', 0):.0f} | "
+                f"{f'{rss:.0f}' if isinstance(rss, int | float) else '-'} |"
+            )
     return "\n".join(lines)
 
 
@@ -124,8 +179,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default=",".join(BENCHES), help="comma-separated subset")
     p.add_argument("--out", type=Path, default=HERE / "results.json")
     p.add_argument("--no-readme", action="store_true")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--rederive", action="store_true", help="redo ratios/README from --out only")
     args = p.parse_args(argv)
+    if args.child:
+        run = load(args.child).run
+        out = run(quick=args.quick) if "quick" in run.__code__.co_varnames else run()
+        args.out.write_text(json.dumps(out, default=str))
+        return 0
+    # A partial run (--only) keeps the other benchmarks' last figures.
+    if args.rederive and args.out.exists():
+        payload = json.loads(args.out.read_text())
+        payload["results"] = {k: derive(k, v) for k, v in payload["results"].items()}
+        args.out.write_text(json.dumps(payload, indent=1, default=str))
+        chart(payload["results"], args.out.with_suffix(".png"))
+        update_readme(readme_table(payload["results"]))
+        return 0
     results: dict[str, Any] = {}
+    if args.out.exists() and not args.quick:
+        try:
+            results = json.loads(args.out.read_text()).get("results", {})
+        except ValueError:
+            results = {}
     failed = []
     for name in [n.strip() for n in args.only.split(",") if n.strip()]:
         if name not in BENCHES or not (HERE / BENCHES[name]).exists():
@@ -134,16 +209,16 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"== {name}", flush=True)
         started = time.monotonic()
-        try:
-            module = load(name)
-            run = module.run
-            results[name] = run(quick=args.quick) if "quick" in run.__code__.co_varnames else run()
-        except Exception:
-            traceback.print_exc()
-            failed.append(name)
-            continue
-        for key, value in ratios(results[name]):
-            print(f"  {key:<50} {value:8.3f}")
+        # Each benchmark in its own interpreter: tritonclient's protobufs and the agent's own
+        # OIP stubs both define package `inference` and cannot share a process.
+        with tempfile.NamedTemporaryFile(suffix=".json") as tmp:
+            cmd = [sys.executable, __file__, "--child", name, "--out", tmp.name]
+            if subprocess.run(cmd + (["--quick"] if args.quick else []), check=False).returncode:
+                failed.append(name)
+                continue
+            results[name] = derive(name, json.loads(Path(tmp.name).read_text()))
+        for key, value, target in ratios(results[name]):
+            print(f"  {key:<50} {value:8.3f}  {target}")
         print(f"  ({time.monotonic() - started:.0f} s)", flush=True)
     payload = {"machine": machine(), "results": results, "failed": failed}
     args.out.write_text(json.dumps(payload, indent=1, default=str))

@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from hatswarm_agent.tensors import CONTENTS_FIELD, OIP_TO_NUMPY
+from hatswarm_agent.datatypes import CONTENTS_FIELD, OIP_TO_NUMPY
 from hatswarm_agent.v1 import grpc_predict_v2_pb2 as pb
 
 TIER_PARAM = "hatswarm.tier"

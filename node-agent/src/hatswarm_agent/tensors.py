@@ -17,45 +17,14 @@ from typing import Any
 import numpy as np
 
 from hatswarm_agent.backends.base import Array, TensorSpec
+from hatswarm_agent.datatypes import CONTENTS_FIELD, OIP_TO_NUMPY
 from hatswarm_agent.errors import InvalidInputError
 from hatswarm_agent.v1 import grpc_predict_v2_pb2 as pb
 
-# OIP datatype -> numpy dtype. BF16 has no numpy dtype: it travels raw as its uint16 bits.
-OIP_TO_NUMPY: dict[str, np.dtype[Any]] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype(np.uint8),
-    "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32),
-    "UINT64": np.dtype(np.uint64),
-    "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16),
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-    "BF16": np.dtype(np.uint16),
-    "BYTES": np.dtype(np.object_),
-}
 NUMPY_TO_OIP: dict[np.dtype[Any], str] = {
     dt: name for name, dt in OIP_TO_NUMPY.items() if name not in ("BF16", "BYTES")
 }
 
-# Which InferTensorContents field carries each datatype when typed; FP16/BF16 are raw only.
-CONTENTS_FIELD: dict[str, str] = {
-    "BOOL": "bool_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-    "BYTES": "bytes_contents",
-}
 # The wide dtype a typed field decodes to before range-checking into the narrow one.
 _FIELD_DTYPE: dict[str, np.dtype[Any]] = {
     "bool_contents": np.dtype(np.bool_),

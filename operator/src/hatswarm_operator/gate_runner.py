@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import numpy as np
 import numpy.typing as npt
+from hatswarm_agent.datatypes import CONTENTS_FIELD
 
 from hatswarm_operator import validation_gate as vg
 from hatswarm_operator.agentclient import AgentCredentials
@@ -48,19 +49,7 @@ def _encode(t: vg.WireTensor) -> tuple[dict[str, Any], bytes]:
     return {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}, raw
 
 
-_TYPED_FIELDS = {
-    "BOOL": "bool_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-}
+_TYPED_FIELDS = {k: v for k, v in CONTENTS_FIELD.items() if k != "BYTES"}
 
 
 def decode_outputs(response: pb.ModelInferResponse) -> dict[str, vg.Output]:

@@ -21,12 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from hatswarm_agent.datatypes import OIP_TO_NUMPY
 
-DTYPES = {
-    "FP32": np.float32, "FP16": np.float16, "FP64": np.float64, "UINT8": np.uint8,
-    "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
-    "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64, "BOOL": np.bool_,
-}  # fmt: skip
+DTYPES = {k: v.type for k, v in OIP_TO_NUMPY.items() if k not in ("BF16", "BYTES")}
 
 
 @dataclass

@@ -23,27 +23,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
+from hatswarm_agent.datatypes import OIP_TO_NUMPY
 
 if TYPE_CHECKING:
     from hatswarm_operator.api.edgemodel import SampleTensor, ValidationGate
 
 NP_DTYPES: Mapping[str, np.dtype[Any]] = MappingProxyType(
-    {
-        "BOOL": np.dtype(np.bool_),
-        "UINT8": np.dtype(np.uint8),
-        "UINT16": np.dtype(np.uint16),
-        "UINT32": np.dtype(np.uint32),
-        "UINT64": np.dtype(np.uint64),
-        "INT8": np.dtype(np.int8),
-        "INT16": np.dtype(np.int16),
-        "INT32": np.dtype(np.int32),
-        "INT64": np.dtype(np.int64),
-        "FP16": np.dtype(np.float16),
-        "FP32": np.dtype(np.float32),
-        "FP64": np.dtype(np.float64),
-        # numpy has no bfloat16: OIP clients (tritonclient) hold BF16 tensors as float32.
-        "BF16": np.dtype(np.float32),
-    }
+    # numpy has no bfloat16: OIP clients (tritonclient) hold BF16 tensors as float32.
+    {**{k: v for k, v in OIP_TO_NUMPY.items() if k != "BYTES"}, "BF16": np.dtype(np.float32)}
 )
 """OIP datatype -> the numpy dtype a client holds it in. BYTES is absent: samples are numbers."""
 
