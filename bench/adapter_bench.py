@@ -23,9 +23,7 @@ clients' own. `adapter_load_ms` is what loading one adapter file costs here (onn
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
 import random
 import sys
 import threading
@@ -301,16 +299,9 @@ def run(quick: bool = False) -> dict[str, Any]:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--out", type=Path, default=OUT / "adapters.json")
-    args = p.parse_args()
-    result = run(args.quick)
-    text = json.dumps(result, indent=2)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n")
-    print(text)
-    return 0
+    from benchcli import standalone  # bench/ is on sys.path when run as a script
+
+    return standalone(run, OUT / "adapters.json", __doc__.split("\n")[0])
 
 
 if __name__ == "__main__":

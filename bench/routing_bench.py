@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -273,16 +272,9 @@ def run(quick: bool = False) -> dict[str, object]:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--out", type=Path, default=OUT / "routing.json")
-    args = p.parse_args()
-    result = run(args.quick)
-    text = json.dumps(result, indent=2)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n")
-    print(text)
-    return 0
+    from benchcli import standalone  # bench/ is on sys.path when run as a script
+
+    return standalone(run, OUT / "routing.json", __doc__.split("\n")[0])
 
 
 if __name__ == "__main__":

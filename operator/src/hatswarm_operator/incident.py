@@ -31,7 +31,7 @@ from hatswarm_operator.promql import (
     duration,
     iso,
     parse_duration,
-    parse_time,
+    parse_window,
 )
 
 DEFAULT_SLO_MS = 200.0
@@ -165,7 +165,10 @@ def collect(
         f"histogram_quantile({quantile}, sum by (le, model) "
         f"(rate(hatswarm_inference_request_duration_seconds_bucket[{duration(rate_window)}])))"
     )
-    for series in prom.query_range(expr, start, end, step):
+    # Align the points on `end`: the window's last moment is always evaluated (a burst scraped
+    # just before `end` must not fall between the last point and `end`).
+    first = end - math.floor((end - start) / step) * step
+    for series in prom.query_range(expr, first, end, step):
         name = series.labels.get("model", "")
         if not name:
             continue
@@ -308,9 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if isinstance(args, int):
         return args
     try:
-        start, end = parse_time(args.start), parse_time(args.end)
-        if end <= start:
-            raise ValueError("--to must be after --from")
+        start, end = parse_window(args.start, args.end)
         step = parse_duration(args.step) if args.step else default_step(end - start)
         rate_window = parse_duration(args.rate_window)
         if not 0 < args.quantile < 1:

@@ -59,6 +59,14 @@ def parse_time(text: str, now: float | None = None) -> float:
     return parsed.timestamp()
 
 
+def parse_window(start: str, end: str) -> tuple[float, float]:
+    """`--from`/`--to` of the cost commands, checked to be in order."""
+    t1, t2 = parse_time(start), parse_time(end)
+    if t2 <= t1:
+        raise ValueError("--to must be after --from")
+    return t1, t2
+
+
 def parse_duration(text: str) -> float:
     """Seconds from ``30s``, ``5m``, ``1h`` or a plain number of seconds."""
     match = _DURATION.match(text.strip())

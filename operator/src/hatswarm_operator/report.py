@@ -50,7 +50,7 @@ from hatswarm_operator.promql import (
     duration,
     iso,
     parse_duration,
-    parse_time,
+    parse_window,
 )
 
 UNASSIGNED = "unassigned"
@@ -596,9 +596,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if isinstance(args, int):
         return args
     try:
-        start, end = parse_time(args.start), parse_time(args.end)
-        if end <= start:
-            raise ValueError("--to must be after --from")
+        start, end = parse_window(args.start, args.end)
         step = parse_duration(args.step) if args.step else None
         inputs, showback, source = _inputs(args)
     except (ValueError, ManifestError) as exc:
