@@ -5,7 +5,7 @@ UV ?= python3 -m uv
 RUN := $(UV) run --frozen
 PROTO_DIR := node-agent/proto
 PROTO_OUT := node-agent/src
-PROTOS := $(wildcard $(PROTO_DIR)/hatswarm_agent/v1/*.proto)
+PROTOS := $(wildcard $(PROTO_DIR)/hatswarm_agent/protocol/v1/*.proto)
 
 .PHONY: help install tools gen crds chart lint test test-fast demo bench images e2e-kind clean
 
@@ -46,6 +46,7 @@ lint: install gen crds ## ruff, mypy strict, yamllint; fails when generated file
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
 	$(RUN) mypy
+	$(RUN) lint-imports
 	$(RUN) yamllint -s examples crds charts/hatswarm/crds
 	git diff --exit-code -- $(PROTO_OUT) crds charts/hatswarm/crds || \
 	  (echo "generated files drifted: run 'make gen crds' and commit" >&2; exit 1)

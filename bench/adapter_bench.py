@@ -39,14 +39,14 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import onnxruntime as ort  # noqa: E402
 from agentproc import AgentProcess, start_agent  # noqa: E402
-from hatswarm_agent.v1 import control_pb2, control_pb2_grpc  # noqa: E402
-from hatswarm_agent.v1 import grpc_predict_v2_pb2 as pb  # noqa: E402
-from hatswarm_agent.v1 import grpc_predict_v2_pb2_grpc as pb_grpc  # noqa: E402
-from hatswarm_operator.adapterplan import AdapterNode, plan_adapters  # noqa: E402
+from hatswarm_agent.protocol.v1 import control_pb2, control_pb2_grpc  # noqa: E402
+from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb  # noqa: E402
+from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2_grpc as pb_grpc  # noqa: E402
 from hatswarm_operator.api import InferencePool  # noqa: E402
-from hatswarm_operator.controller import Route, endpoint_for  # noqa: E402
-from hatswarm_operator.inventory import NodeState, from_status  # noqa: E402
-from hatswarm_operator.loop import routing_table  # noqa: E402
+from hatswarm_operator.control.runtime import routing_table  # noqa: E402
+from hatswarm_operator.core.adapterplan import AdapterNode, plan_adapters  # noqa: E402
+from hatswarm_operator.core.inventory import NodeState, from_status  # noqa: E402
+from hatswarm_operator.core.reconcile import Route, endpoint_for  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper, save_model  # noqa: E402
 
 OUT = ROOT / "bench" / "out"

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from hatswarm_operator.api import EdgeModel, InferencePool
-from hatswarm_operator.local import LocalPool
-from hatswarm_operator.localpool import bundled_manifests, default_nodes
-from hatswarm_operator.manifests import parse_object
+from hatswarm_operator.api.manifests import parse_object
+from hatswarm_operator.local.pool import LocalPool
+from hatswarm_operator.local.processes import bundled_manifests, default_nodes
 
 TARGET_OVERHEAD_S = 3.0
 K8S_STOCK_S = 40.0 + 300.0

@@ -16,7 +16,7 @@ import statistics
 import time
 from collections.abc import Callable
 
-from hatswarm_operator.placement import CPU, DEFAULT_FPS, Artifact, Model, Node, diff, place
+from hatswarm_operator.core.placement import CPU, DEFAULT_FPS, Artifact, Model, Node, diff, place
 
 TARGET_SECONDS = 1.0
 NODES = 1000

@@ -17,7 +17,7 @@ RUN python3 -m venv /opt/hatswarm \
  && /opt/hatswarm/bin/pip install --no-cache-dir --require-hashes -r /tmp/requirements.txt \
  && /opt/hatswarm/bin/pip install --no-cache-dir --no-deps \
       /tmp/wheels/hatswarm_agent-*.whl /tmp/wheels/hatswarm_operator-*.whl \
- && /opt/hatswarm/bin/python -c "import hatswarm_operator.main, hatswarm_agent.v1.control_pb2_grpc" \
+ && /opt/hatswarm/bin/python -c "import hatswarm_operator.kube.main, hatswarm_agent.protocol.v1.control_pb2_grpc" \
  && if /opt/hatswarm/bin/python -c "import onnxruntime" 2>/dev/null; then exit 1; fi \
  && find /opt/hatswarm -name '__pycache__' -prune -exec rm -rf {} + \
  && rm -rf /opt/hatswarm/bin/pip* /opt/hatswarm/lib/python3*/site-packages/pip

@@ -19,15 +19,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from hatswarm_agent.auth import TlsFiles
 from hatswarm_agent.backends import BACKEND_NAMES
 from hatswarm_agent.backends.base import BackendError
-from hatswarm_agent.lifecycle import QueueDefaults
-from hatswarm_agent.pool import RouterConfig
-from hatswarm_agent.router import POLICIES
-from hatswarm_agent.routing import TableFileError, parse_peer, static_table
+from hatswarm_agent.control.lifecycle import QueueDefaults
+from hatswarm_agent.protocol.auth import TlsFiles
+from hatswarm_agent.protocol.v1 import control_pb2
+from hatswarm_agent.routing.dispatcher import RouterConfig
+from hatswarm_agent.routing.policy import POLICIES
+from hatswarm_agent.routing.table import TableFileError, parse_peer, static_table
 from hatswarm_agent.server import Agent, AgentConfig
-from hatswarm_agent.v1 import control_pb2
 
 log = logging.getLogger("hatswarm_agent")
 

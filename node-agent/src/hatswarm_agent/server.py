@@ -18,19 +18,19 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from hatswarm_agent.artifacts import ArtifactStore
-from hatswarm_agent.assignment import AssignmentStore
-from hatswarm_agent.auth import BearerAuthInterceptor, TlsFiles, TokenFile
-from hatswarm_agent.control import ControlServicer, NodeIdentity
-from hatswarm_agent.lifecycle import BackendPool, ModelLifecycle, QueueDefaults
-from hatswarm_agent.metrics import AgentMetrics, RouteMetrics
-from hatswarm_agent.models import ModelRegistry
-from hatswarm_agent.oip import InferenceServicer, ServingState
-from hatswarm_agent.pool import PoolRouter, RouterConfig
-from hatswarm_agent.routing import Router, RoutingTableStore
-from hatswarm_agent.v1 import control_pb2, control_pb2_grpc
-from hatswarm_agent.v1 import grpc_predict_v2_pb2 as pb
-from hatswarm_agent.v1 import grpc_predict_v2_pb2_grpc as pb_grpc
+from hatswarm_agent.control.artifacts import ArtifactStore
+from hatswarm_agent.control.assignment import AssignmentStore
+from hatswarm_agent.control.lifecycle import BackendPool, ModelLifecycle, QueueDefaults
+from hatswarm_agent.control.servicer import ControlServicer, NodeIdentity
+from hatswarm_agent.protocol.auth import BearerAuthInterceptor, TlsFiles, TokenFile
+from hatswarm_agent.protocol.v1 import control_pb2, control_pb2_grpc
+from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
+from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2_grpc as pb_grpc
+from hatswarm_agent.routing.dispatcher import PoolRouter, RouterConfig
+from hatswarm_agent.routing.table import RoutingTableStore
+from hatswarm_agent.serving.metrics import AgentMetrics, RouteMetrics
+from hatswarm_agent.serving.registry import ModelRegistry
+from hatswarm_agent.serving.servicer import InferenceServicer, Router, ServingState
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from hatswarm_agent.metrics import METRIC_NAMES
-from hatswarm_agent.v1 import control_pb2, control_pb2_grpc
-from hatswarm_agent.v1 import grpc_predict_v2_pb2 as pb
-from hatswarm_agent.v1 import grpc_predict_v2_pb2_grpc as pb_grpc
+from hatswarm_agent.protocol.v1 import control_pb2, control_pb2_grpc
+from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
+from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2_grpc as pb_grpc
+from hatswarm_agent.serving.metrics import METRIC_NAMES
 
 from tests.agentproc import AgentProcess, free_port, start_agent
 

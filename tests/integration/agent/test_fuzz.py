@@ -14,8 +14,8 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
-from hatswarm_agent.v1 import grpc_predict_v2_pb2 as pb
-from hatswarm_agent.v1 import grpc_predict_v2_pb2_grpc as pb_grpc
+from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
+from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2_grpc as pb_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

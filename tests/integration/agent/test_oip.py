@@ -9,10 +9,10 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
-from hatswarm_agent.tensors import NUMPY_TO_OIP
-from hatswarm_agent.v1 import control_pb2, control_pb2_grpc
-from hatswarm_agent.v1 import grpc_predict_v2_pb2 as pb
-from hatswarm_agent.v1 import grpc_predict_v2_pb2_grpc as pb_grpc
+from hatswarm_agent.protocol.v1 import control_pb2, control_pb2_grpc
+from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
+from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2_grpc as pb_grpc
+from hatswarm_agent.serving.tensors import NUMPY_TO_OIP
 
 pytestmark = pytest.mark.integration
 

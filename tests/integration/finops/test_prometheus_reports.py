@@ -23,8 +23,8 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 import yaml
-from hatswarm_operator.cost_cli import main as cost_main
-from hatswarm_operator.promql import Prometheus
+from hatswarm_operator.cli.cost import main as cost_main
+from hatswarm_operator.finops.promql import Prometheus
 
 from tests import tritonjobs
 from tests.agentproc import AgentProcess, build_mlp, free_port, start_agent

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
-from hatswarm_agent.v1 import control_pb2, control_pb2_grpc
+from hatswarm_agent.protocol.v1 import control_pb2, control_pb2_grpc
 
 from tests.agentproc import AgentProcess, free_port, start_agent
 from tests.kubeemu import KubeApi

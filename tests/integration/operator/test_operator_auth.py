@@ -20,13 +20,13 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from hatswarm_agent.v1 import (
+from hatswarm_agent.protocol.v1 import (
     control_pb2,
     control_pb2_grpc,
     grpc_predict_v2_pb2,
     grpc_predict_v2_pb2_grpc,
 )
-from hatswarm_operator.handlers import CREDENTIALS_REFRESH_S
+from hatswarm_operator.kube.handlers import CREDENTIALS_REFRESH_S
 
 from tests.agentproc import AgentProcess, start_agent
 from tests.integration.operator import harness
@@ -154,9 +154,9 @@ def test_local_mode_starts_agents_with_the_pool_credentials_and_presents_them(
     import json
 
     from hatswarm_operator.api import EdgeModel, InferencePool
-    from hatswarm_operator.local import LocalPool
-    from hatswarm_operator.localpool import NodeSpec
-    from hatswarm_operator.manifests import parse_object
+    from hatswarm_operator.api.manifests import parse_object
+    from hatswarm_operator.local.pool import LocalPool
+    from hatswarm_operator.local.processes import NodeSpec
 
     from tests.integration.routing.test_tls import make_pki
 

@@ -18,9 +18,9 @@ from onnx import TensorProto, helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from agentproc import AgentProcess, _save, start_agent
-from hatswarm_agent.v1 import control_pb2, control_pb2_grpc
-from hatswarm_agent.v1 import grpc_predict_v2_pb2 as pb
-from hatswarm_agent.v1 import grpc_predict_v2_pb2_grpc as pb_grpc
+from hatswarm_agent.protocol.v1 import control_pb2, control_pb2_grpc
+from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
+from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2_grpc as pb_grpc
 
 
 def build_identity(path: Path, dim: int = 4) -> Path:

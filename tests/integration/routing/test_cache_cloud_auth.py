@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from hatswarm_agent.v1 import control_pb2, control_pb2_grpc
+from hatswarm_agent.protocol.v1 import control_pb2, control_pb2_grpc
 
 from .conftest import Agents, make_request, metric, params, route, scrape, stub, table
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.unit.api.schemacheck import validate as validate_cr
+from tests.unit.operator.api.schemacheck import validate as validate_cr
 
 from .conftest import CHART, CRD_KINDS, FULL_VALUES, ROOT, Render, run_template
 

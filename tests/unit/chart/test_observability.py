@@ -1,7 +1,7 @@
 """SLO rules and the Grafana dashboard: promtool, the chart's copies, and metric names that exist.
 
 Every metric a rule or a panel queries must be one the code exports: the agent's
-`hatswarm_agent.metrics.METRIC_NAMES` and the operator's `operator_metrics.REGISTRY`, expanded
+`hatswarm_agent.serving.metrics.METRIC_NAMES` and the operator's `operator_metrics.REGISTRY`, expanded
 the way Prometheus exposes them (counters `_total`, histograms `_bucket`/`_sum`/`_count`), plus
 the recording rules the rules file defines and Prometheus' own `up`.
 """
@@ -59,7 +59,7 @@ def metric_names(expr: str) -> set[str]:
 
 
 def exported_names() -> set[str]:
-    from hatswarm_agent.metrics import METRIC_NAMES, AgentMetrics
+    from hatswarm_agent.serving.metrics import METRIC_NAMES, AgentMetrics
 
     types = {f.name: f.type for f in AgentMetrics().registry.collect()}
     names: set[str] = set()
@@ -68,7 +68,7 @@ def exported_names() -> set[str]:
         if types.get(name) == "histogram":
             names |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
     try:
-        from hatswarm_operator import operator_metrics
+        from hatswarm_operator.control import metrics as operator_metrics
     except ImportError:  # the operator's metrics module is optional for this check
         return names
     for family in operator_metrics.REGISTRY.collect():

@@ -1,0 +1,1 @@
+"""The acting half of the control plane: probe agents, converge, push tables."""

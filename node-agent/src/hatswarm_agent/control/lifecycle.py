@@ -1,0 +1,361 @@
+"""Loading and unloading model versions: fetch, verify, load, queue, health, assignment.
+
+A model that fails to load is kept as FAILED with its reason (NodeStatus shows it) and the
+others keep serving. Loads survive a cancelled LoadModel call (the operator's deadline) and
+replacing a READY version keeps the old one serving until the new one is ready. Every
+successful load or unload rewrites the assignment on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from grpc_health.v1 import health_pb2
+from grpc_health.v1.health import aio as health_aio
+
+from hatswarm_agent.backends import canonical_name, create_backend
+from hatswarm_agent.backends.base import Backend, BackendError, DeviceInfo, LoadedModel
+from hatswarm_agent.backends.onnx import int_option
+from hatswarm_agent.control.artifacts import ArtifactError, ArtifactStore
+from hatswarm_agent.control.assignment import AssignedModel, AssignmentStore
+from hatswarm_agent.control.signing import normalize_sha256
+from hatswarm_agent.protocol.v1 import control_pb2
+from hatswarm_agent.serving.adapters import DEFAULT_SLOTS, AdapterSet
+from hatswarm_agent.serving.batching import ModelQueue
+from hatswarm_agent.serving.errors import InvalidInputError, PreconditionError
+from hatswarm_agent.serving.metrics import AgentMetrics
+from hatswarm_agent.serving.registry import DEFAULT_VERSION, ModelRegistry, ModelVersion
+
+log = logging.getLogger(__name__)
+
+READY = control_pb2.MODEL_STATE_READY
+FAILED = control_pb2.MODEL_STATE_FAILED
+
+
+@dataclass(frozen=True)
+class QueueDefaults:
+    """Agent-wide defaults a LoadModel's options may override per model."""
+
+    queue_limit: int = 256
+    max_batch_size: int = 8
+    max_queue_delay_us: int = 0
+
+
+class BackendPool:
+    """One backend instance per kind (an NPU is one device shared by all its models)."""
+
+    def __init__(self, default: str, accelerator: str) -> None:
+        self.default = canonical_name(default)
+        self.accelerator = accelerator
+        self._backends: dict[str, Backend] = {}
+
+    def get(self, name: str = "") -> Backend:
+        canonical = canonical_name(name or self.default)
+        backend = self._backends.get(canonical)
+        if backend is None:
+            backend = create_backend(canonical, self.accelerator)
+            self._backends[canonical] = backend
+        return backend
+
+    def device_info(self) -> DeviceInfo:
+        """The default backend's device; a plain CPU when it cannot be created."""
+        try:
+            return self.get().device_info()
+        except BackendError:
+            return DeviceInfo(accelerator=self.accelerator)
+
+    def close(self) -> None:
+        for backend in self._backends.values():
+            backend.close()
+
+
+def inline_items(model: LoadedModel, options: Mapping[str, str]) -> int:
+    """How many items may run on the event loop: those whose measured run time stays under
+    `inline_max_us` (default 200 us, about the cost of the thread-pool round trip)."""
+    latency = getattr(model, "latency_s", 0.0)
+    budget = int_option(options, "inline_max_us", 200) / 1e6
+    if not isinstance(latency, float) or latency <= 0 or latency > budget:
+        return 0
+    return max(1, min(int(budget / latency), model.max_batch_size or 1))
+
+
+def same_request(a: control_pb2.LoadModelRequest, b: control_pb2.LoadModelRequest) -> bool:
+    """Whether a load asks for exactly what is already loaded (then it is a no-op)."""
+    if a.sha256 and b.sha256:
+        same_bytes = a.sha256.lower() == b.sha256.lower()
+    else:
+        same_bytes = a.uri == b.uri and a.sha256 == b.sha256
+    return same_bytes and a.backend == b.backend and dict(a.options) == dict(b.options)
+
+
+def _adapter_keys(request: control_pb2.LoadModelRequest) -> list[tuple[str, str, str]]:
+    return [(a.name, a.uri, a.sha256.lower()) for a in request.adapters]
+
+
+def check_adapters(request: control_pb2.LoadModelRequest) -> None:
+    """Adapter names must be present and unique, and each needs a uri."""
+    seen: set[str] = set()
+    for a in request.adapters:
+        if not a.name:
+            raise InvalidInputError(f"LoadModel '{request.name}': an adapter has no name")
+        if a.name in seen:
+            raise InvalidInputError(f"LoadModel '{request.name}': adapter '{a.name}' given twice")
+        if not a.uri:
+            raise InvalidInputError(f"LoadModel '{request.name}': adapter '{a.name}' needs a uri")
+        seen.add(a.name)
+
+
+class ModelLifecycle:
+    """Brings model versions in and out of service."""
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        metrics: AgentMetrics,
+        artifacts: ArtifactStore,
+        backends: BackendPool,
+        health: health_aio.HealthServicer,
+        *,
+        assignment: AssignmentStore | None = None,
+        defaults: QueueDefaults = QueueDefaults(),
+        gateway: bool = False,
+    ) -> None:
+        self.registry = registry
+        self.metrics = metrics
+        self.artifacts = artifacts
+        self.backends = backends
+        self.health = health
+        self.assignment = assignment
+        self.defaults = defaults
+        self.gateway = gateway
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._tasks: set[asyncio.Task[ModelVersion]] = set()
+
+    async def load(
+        self, request: control_pb2.LoadModelRequest, persistent: bool = True
+    ) -> ModelVersion:
+        """Load one model version; the result is READY or FAILED with its reason."""
+        if not request.name:
+            raise InvalidInputError("LoadModel needs a model name")
+        if not request.uri:
+            raise InvalidInputError(f"LoadModel '{request.name}' needs a uri")
+        if self.gateway:
+            raise PreconditionError("this agent is a gateway: it has no local backend")
+        check_adapters(request)
+        task = asyncio.create_task(self._load(request, persistent))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return await asyncio.shield(task)
+
+    async def _load(self, request: control_pb2.LoadModelRequest, persistent: bool) -> ModelVersion:
+        name, version = request.name, request.version or DEFAULT_VERSION
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            existing = self.registry.find(name, version)
+            if existing is not None and existing.ready and same_request(existing.request, request):
+                # Same base: at most the adapter set changes (refused ones are retried).
+                if _adapter_keys(existing.request) == _adapter_keys(request) and not (
+                    existing.adapter_refusals
+                ):
+                    return existing
+                await self._admit_adapters(existing, request.adapters)
+                existing.request = request
+                if persistent and existing.persistent:
+                    self._save()
+                return existing
+            entry = ModelVersion(
+                name, version, request, backend=request.backend or self.backends.default,
+                persistent=persistent,
+            )  # fmt: skip
+            serving_old = existing is not None and existing.ready
+            if not serving_old:
+                self.registry.put(entry)  # visible as LOADING
+            try:
+                await self._bring_up(entry)
+            except (ArtifactError, BackendError, OSError, ValueError) as exc:
+                entry.state, entry.reason = FAILED, str(exc) or type(exc).__name__
+                log.warning("model %s/%s failed to load: %s", name, version, entry.reason)
+                if not serving_old:
+                    self.registry.put(entry)
+                await self._update_health(name)
+                return entry
+            self.registry.put(entry)
+            if serving_old and existing is not None:
+                await self._retire(existing)
+            await self._update_health(name)
+            if persistent:
+                self._save()
+            return entry
+
+    async def _bring_up(self, entry: ModelVersion) -> None:
+        request = entry.request
+        backend = self.backends.get(request.backend)
+        entry.backend = backend.name
+        # Pin a known digest before fetching, so a concurrent eviction cannot take the file
+        # between download and load; a failure releases it again.
+        pinned = normalize_sha256(request.sha256) if request.sha256 else ""
+        if pinned:
+            self.artifacts.pin(pinned)
+        try:
+            path = await self.artifacts.fetch(
+                request.uri, request.sha256, request.signature, request.public_key
+            )
+            options = self._options(entry.name, request.options, request.uri)
+            slots = int_option(options, "adapter_slots", DEFAULT_SLOTS, minimum=1)
+            loop = asyncio.get_running_loop()
+            model = await loop.run_in_executor(None, backend.load, path, options)
+            try:
+                adapters = AdapterSet(model, slots, entry.name, entry.version)
+                queue = ModelQueue(
+                    model,
+                    limit=int_option(options, "queue_limit", self.defaults.queue_limit, minimum=1),
+                    max_batch_size=model.max_batch_size,
+                    max_queue_delay_s=int_option(options, "max_queue_delay_us", 0) / 1e6,
+                    concurrency=max(1, int(getattr(model, "concurrency", 1))),
+                    on_execution=entry.on_execution,
+                    name=entry.name,
+                    inline_max_items=inline_items(model, options),
+                    adapters=adapters,
+                )
+            except BaseException:
+                model.close()
+                raise
+        except BaseException:
+            if pinned:
+                self.artifacts.unpin(pinned)
+            raise
+        entry.sha256 = path.name
+        if not pinned:
+            self.artifacts.pin(entry.sha256)
+        entry.model, entry.queue, entry.adapters = model, queue, adapters
+        watts = getattr(model, "active_watts", None)
+        entry.active_watts = float(watts) if isinstance(watts, int | float) else None
+        entry.metrics = self.metrics.model(entry.name, entry.version)
+        entry.metrics.loaded.set(1)
+        entry.metrics.queue_depth.set_function(lambda: queue.depth)
+        entry.loaded_at_unix_ms = int(time.time() * 1000)
+        if request.adapters:
+            await self._admit_adapters(entry, request.adapters)
+        entry.state, entry.reason = READY, ""
+
+    async def _admit_adapters(
+        self, entry: ModelVersion, wanted: Sequence[control_pb2.AdapterArtifact]
+    ) -> None:
+        """Fetch, verify and fit-check `wanted`, then make it the entry's adapter set.
+
+        Each adapter is admitted or refused on its own (the reason shows in NodeStatus) and
+        the base model keeps serving either way. Admitted adapters stay pinned in the artifact
+        cache, so one evicted from its slot can always be reloaded from its verified file.
+        """
+        adapters = entry.adapters
+        assert adapters is not None
+        loop = asyncio.get_running_loop()
+        old = adapters.paths()
+        admitted: dict[str, Path] = {}
+        refusals: dict[str, str] = {}
+        for spec in wanted:
+            digest = ""
+            try:
+                digest = normalize_sha256(spec.sha256) if spec.sha256 else ""
+                if digest:
+                    self.artifacts.pin(digest)
+                path = await self.artifacts.fetch(spec.uri, spec.sha256)
+                if path != old.get(spec.name):
+                    await loop.run_in_executor(None, adapters.validate, path)
+            except (ArtifactError, BackendError, OSError, ValueError) as exc:
+                if digest:
+                    self.artifacts.unpin(digest)
+                refusals[spec.name] = str(exc) or type(exc).__name__
+                log.warning(
+                    "model %s/%s: adapter %s refused: %s",
+                    entry.name, entry.version, spec.name, refusals[spec.name],
+                )  # fmt: skip
+                continue
+            if not digest:
+                self.artifacts.pin(path.name)
+            admitted[spec.name] = path
+        adapters.replace(admitted)
+        for path in old.values():
+            self.artifacts.unpin(path.name)
+        entry.adapter_refusals = refusals
+
+    def _options(self, name: str, requested: Mapping[str, str], uri: str = "") -> dict[str, str]:
+        d = self.defaults
+        return {
+            "queue_limit": str(d.queue_limit),
+            "max_batch_size": str(d.max_batch_size),
+            "max_queue_delay_us": str(d.max_queue_delay_us),
+            **requested,
+            "model_name": name,
+            "uri": uri,
+        }
+
+    async def unload(self, name: str, version: str = "") -> list[str]:
+        """Unload one version (all when empty); unknown names unload nothing."""
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            removed = self.registry.remove(name, version)
+            for entry in removed:
+                await self._retire(entry)
+                self.metrics.forget(entry.name, entry.version)
+            await self._update_health(name)
+            if any(e.persistent for e in removed):
+                self._save()
+            return [e.version for e in removed]
+
+    async def _retire(self, entry: ModelVersion) -> None:
+        """Drain and close a version that left the registry (or was replaced)."""
+        if entry.queue is not None:
+            await entry.queue.close()
+        if entry.model is not None:
+            model = entry.model
+            entry.model = None
+            await asyncio.get_running_loop().run_in_executor(None, model.close)
+        if entry.ready and entry.sha256:
+            self.artifacts.unpin(entry.sha256)
+        if entry.adapters is not None:
+            for path in entry.adapters.paths().values():
+                self.artifacts.unpin(path.name)
+            entry.adapters.clear()
+
+    async def _update_health(self, name: str) -> None:
+        serving = bool(self.registry.ready_versions(name))
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        await self.health.set(name, status)
+
+    def _save(self) -> None:
+        if self.assignment is None:
+            return
+        models = [
+            AssignedModel.from_request(e.request)
+            for e in self.registry.all()
+            if e.persistent and e.ready
+        ]
+        try:
+            self.assignment.save(models)
+        except OSError:
+            log.exception("could not save the assignment")
+
+    async def restore(self) -> list[ModelVersion]:
+        """Reload the last saved assignment (offline autonomy after a restart)."""
+        if self.assignment is None:
+            return []
+        loaded: list[ModelVersion] = []
+        for assigned in self.assignment.load():
+            try:
+                loaded.append(await self.load(assigned.to_request()))
+            except Exception:
+                log.exception("could not restore model %s", assigned.name)
+        return loaded
+
+    async def close(self) -> None:
+        for entry in self.registry.all():
+            await self._retire(entry)
+        self.backends.close()

@@ -1,0 +1,79 @@
+"""hatswarm.v1.AgentControl: what the operator (or `hatswarm up`) asks of this agent."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from hatswarm_agent import __version__
+from hatswarm_agent.control.lifecycle import ModelLifecycle
+from hatswarm_agent.protocol.v1 import control_pb2, control_pb2_grpc
+from hatswarm_agent.routing.table import RoutingTableStore
+from hatswarm_agent.serving.errors import grpc_errors
+
+
+@dataclass(frozen=True)
+class NodeIdentity:
+    node_name: str
+    accelerator: str
+    gateway: bool = False
+
+
+class ControlServicer(control_pb2_grpc.AgentControlServicer):
+    """Load/unload, node status and the routing table."""
+
+    def __init__(
+        self, lifecycle: ModelLifecycle, routing: RoutingTableStore, identity: NodeIdentity
+    ) -> None:
+        self._lifecycle = lifecycle
+        self._routing = routing
+        self._identity = identity
+        self._started = time.monotonic()
+
+    @grpc_errors
+    async def LoadModel(  # noqa: N802
+        self, request: control_pb2.LoadModelRequest, context: Any
+    ) -> control_pb2.ModelStatus:
+        entry = await self._lifecycle.load(request)
+        return entry.status()
+
+    @grpc_errors
+    async def UnloadModel(  # noqa: N802
+        self, request: control_pb2.UnloadModelRequest, context: Any
+    ) -> control_pb2.UnloadModelResponse:
+        versions = await self._lifecycle.unload(request.name, request.version)
+        return control_pb2.UnloadModelResponse(unloaded_versions=versions)
+
+    @grpc_errors
+    async def NodeStatus(  # noqa: N802
+        self, request: control_pb2.NodeStatusRequest, context: Any
+    ) -> control_pb2.NodeStatusResponse:
+        lc = self._lifecycle
+        info = None
+        if not self._identity.gateway:  # may block on the NPU: off the event loop
+            info = await asyncio.get_running_loop().run_in_executor(None, lc.backends.device_info)
+        temperature = info.temperature_c if info and info.temperature_c is not None else math.nan
+        watts = info.watts if info and info.watts is not None else math.nan
+        return control_pb2.NodeStatusResponse(
+            node_name=self._identity.node_name,
+            accelerator=info.accelerator if info else self._identity.accelerator,
+            device_id=info.device_id if info else "",
+            agent_version=__version__,
+            models=[e.status() for e in lc.registry.all()],
+            temperature_c=temperature,
+            watts=watts,
+            uptime_seconds=int(time.monotonic() - self._started),
+            artifact_cache_bytes=lc.artifacts.total_bytes(),
+            routing_generation=self._routing.generation,
+            gateway=self._identity.gateway,
+            now_unix_ms=int(time.time() * 1000),
+        )
+
+    @grpc_errors
+    async def SetRoutingTable(  # noqa: N802
+        self, request: control_pb2.RoutingTable, context: Any
+    ) -> control_pb2.SetRoutingTableResponse:
+        return control_pb2.SetRoutingTableResponse(generation=self._routing.set(request))

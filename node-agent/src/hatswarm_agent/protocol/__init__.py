@@ -1,0 +1,1 @@
+"""What crosses the wire, shared by agent and operator: stubs, datatypes, auth."""

@@ -1,0 +1,1 @@
+"""Where a request runs: routing policy, dispatcher, peers, cache, cloud, cascade."""

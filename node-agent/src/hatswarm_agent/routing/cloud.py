@@ -1,0 +1,115 @@
+"""Cloud fallback: the pool's last resort, an OIP endpoint outside it, capped by traffic share.
+
+Used only when the pool cannot serve a model (nothing loaded, every replica saturated or down)
+and its route allows it. The bearer token comes from the table's token file (a mounted Secret,
+re-read when it changes); the share of recent requests sent to the cloud never exceeds
+`max_share` (a sliding window of one-second buckets), and each request is priced.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from hatswarm_agent.protocol.auth import TokenFile
+from hatswarm_agent.protocol.v1 import control_pb2
+from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
+
+WINDOW_S = 30
+
+
+class ShareWindow:
+    """Requests seen and requests sent to the cloud over the last `window_s` seconds."""
+
+    def __init__(self, window_s: int = WINDOW_S, clock: Callable[[], float] = time.monotonic):
+        self.window_s = window_s
+        self._clock = clock
+        self._buckets: deque[list[int]] = deque()  # [second, total, cloud]
+
+    def _bucket(self) -> list[int]:
+        now = int(self._clock())
+        while self._buckets and self._buckets[0][0] <= now - self.window_s:
+            self._buckets.popleft()
+        if not self._buckets or self._buckets[-1][0] != now:
+            self._buckets.append([now, 0, 0])
+        return self._buckets[-1]
+
+    def request(self) -> None:
+        """Count one request entering the router."""
+        self._bucket()[1] += 1
+
+    def totals(self) -> tuple[int, int]:
+        self._bucket()
+        return sum(b[1] for b in self._buckets), sum(b[2] for b in self._buckets)
+
+    def allow(self, max_share: float) -> bool:
+        """Whether one more cloud request keeps the cloud's share within `max_share`."""
+        if max_share <= 0:
+            return False
+        total, cloud = self.totals()
+        return cloud + 1 <= max_share * max(total, 1) + 1e-9
+
+    def sent(self) -> None:
+        self._bucket()[2] += 1
+
+
+class CloudTarget:
+    """The table's cloud endpoint: one channel (rebuilt when the endpoint changes) and a token."""
+
+    def __init__(self) -> None:
+        self.config = control_pb2.CloudFallback()
+        self.window = ShareWindow()
+        self._channel: grpc.aio.Channel | None = None
+        self._call: Any = None  # grpc.aio.UnaryUnaryMultiCallable (grpc has no type stubs)
+        self._tokens: TokenFile | None = None
+        self._key: tuple[str, bool, str] = ("", False, "")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.config.endpoint)
+
+    def configure(self, config: control_pb2.CloudFallback) -> grpc.aio.Channel | None:
+        """Adopt a table's cloud section; returns a channel that should now be closed."""
+        self.config = config
+        key = (config.endpoint, config.tls, config.token_file)
+        if key == self._key:
+            return None
+        old = self._channel
+        self._key = key
+        self._channel, self._call = None, None
+        self._tokens = TokenFile(config.token_file) if config.token_file else None
+        return old
+
+    def cost_usd(self) -> float:
+        price = self.config.price_per_1k_usd
+        return price / 1000 if math.isfinite(price) and price > 0 else 0.0
+
+    def allow(self) -> bool:
+        return self.enabled and self.window.allow(self.config.max_share)
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._tokens.metadata() if self._tokens else ()
+
+    def call(self) -> Any:
+        if self._call is None:
+            target = self.config.endpoint
+            if self.config.tls:
+                self._channel = grpc.aio.secure_channel(target, grpc.ssl_channel_credentials())
+            else:
+                self._channel = grpc.aio.insecure_channel(target)
+            self._call = self._channel.unary_unary(
+                "/inference.GRPCInferenceService/ModelInfer",
+                request_serializer=pb.ModelInferRequest.SerializeToString,
+                response_deserializer=pb.ModelInferResponse.FromString,
+            )
+        return self._call
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel, self._call = None, None

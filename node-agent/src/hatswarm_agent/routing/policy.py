@@ -1,0 +1,457 @@
+"""Routing policy: where one request should run. Pure: plain data in, a decision out, no I/O.
+
+What the router knows of each peer is only what it saw itself (requests outstanding from this
+agent, an EWMA of their latency, consecutive failures) plus the queue depth the peer reported
+in its last answer. Picking among the replicas of a model version is power-of-two-choices: two
+replicas drawn by table weight, the one with the lower expected wait wins; least-loaded and
+round-robin are there for comparison (RoutingTable.policy). A request that names no version is
+split across the model's versions by version weight (canary). A request naming a LoRA adapter
+is first scored per replica the way the Gateway API Inference Extension does (adapter loaded
+1.0 > free slot 0.8 > must evict 0.6 > cannot 0), and the policy picks among the best-scored
+ones; what each endpoint has loaded comes from the table and from this agent's own forwards.
+The I/O around these decisions (channels, retries, probes) lives in pool.py.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import itertools
+import math
+import random
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from hatswarm_agent.protocol.v1 import control_pb2
+
+POLICIES = ("PowerOfTwoChoices", "LeastLoaded", "RoundRobin")
+ADAPTER_POLICIES = ("Affinity", "Ignore")
+# Adapter scores (Gateway API Inference Extension's LoRA affinity): higher is better.
+ADAPTER_LOADED = 1.0
+ADAPTER_FREE_SLOT = 0.8
+ADAPTER_EVICT = 0.6
+ADAPTER_CANNOT = 0.0
+DEFAULT_RETRIES = 2
+DEFAULT_TIMEOUT_MS = 5000
+EWMA_ALPHA = 0.2
+# A reported queue depth is trusted this long; then only what this agent sees counts.
+DEPTH_FRESH_S = 0.5
+# A peer that answered RESOURCE_EXHAUSTED counts as full this long (it is busy, not broken).
+EXHAUSTED_HOLD_S = 0.02
+EJECT_AFTER_FAILURES = 3
+EJECT_BASE_S = 0.5
+EJECT_MAX_S = 10.0
+
+
+@dataclass
+class PeerState:
+    """What this agent knows of one peer: its own observations, never a global view."""
+
+    address: str
+    node: str = ""
+    outstanding: int = 0
+    ewma_s: float = 0.0
+    samples: int = 0
+    consecutive_failures: int = 0
+    ejections: int = 0  # in a row: sets the back-off
+    ejected_until: float = 0.0
+    ejected: bool = False
+    reported_depth: int = -1
+    reported_at: float = 0.0
+    exhausted_until: float = 0.0
+
+    def expected_wait(self, now: float) -> float:
+        """The P2C cost: queued work ahead of us times the time per request."""
+        per_request = self.ewma_s if self.samples else 0.001
+        depth = self.outstanding
+        if self.reported_depth >= 0 and now - self.reported_at < DEPTH_FRESH_S:
+            depth = max(depth, self.reported_depth)
+        return (depth + 1) * per_request * (1 + self.consecutive_failures)
+
+    def full(self, limit: int, now: float) -> bool:
+        if now < self.exhausted_until:
+            return True
+        if limit <= 0:
+            return False
+        if self.outstanding >= limit:
+            return True
+        fresh = self.reported_depth >= 0 and now - self.reported_at < DEPTH_FRESH_S
+        return fresh and self.reported_depth >= limit
+
+    def available(self, now: float) -> bool:
+        return not self.ejected
+
+    # -- outcomes -------------------------------------------------------------------------
+
+    def on_success(self, seconds: float, depth: int, now: float) -> None:
+        self.consecutive_failures = 0
+        self.ejections = 0
+        if self.samples:
+            self.ewma_s += EWMA_ALPHA * (seconds - self.ewma_s)
+        else:
+            self.ewma_s = seconds
+        self.samples += 1
+        if depth >= 0:
+            self.reported_depth, self.reported_at = depth, now
+
+    def on_exhausted(self, now: float) -> None:
+        self.exhausted_until = now + EXHAUSTED_HOLD_S
+
+    def on_failure(self, now: float) -> bool:
+        """Count a failure; True when this one ejects the peer."""
+        self.consecutive_failures += 1
+        if self.ejected or self.consecutive_failures < EJECT_AFTER_FAILURES:
+            return False
+        self.ejected = True
+        self.ejected_until = now + min(EJECT_MAX_S, EJECT_BASE_S * 2**self.ejections)
+        self.ejections += 1
+        return True
+
+    def on_probe(self, healthy: bool, now: float) -> None:
+        """The background health probe's answer for an ejected peer."""
+        if healthy:
+            self.ejected = False
+            self.consecutive_failures = 0
+        else:
+            self.ejected_until = now + min(EJECT_MAX_S, EJECT_BASE_S * 2**self.ejections)
+            self.ejections += 1
+
+
+@dataclass
+class AdapterResidency:
+    """One endpoint's adapters for one route: what the table said, then what we saw since.
+
+    `known` None means the endpoint did not report its adapters (it may have any); `slots` 0
+    means its slot count is unknown (then nothing is learned, the table's word stands).
+    """
+
+    resident: list[str] = field(default_factory=list)  # least recently used first
+    known: frozenset[str] | None = None
+    slots: int = 0
+
+    @classmethod
+    def from_endpoint(cls, ep: control_pb2.Endpoint) -> AdapterResidency:
+        resident = list(ep.adapters)
+        known = frozenset(ep.adapters_known) | frozenset(resident) if ep.adapters_known else None
+        slots = len(resident) + ep.adapter_slots_free if (resident or ep.adapter_slots_free) else 0
+        return cls(resident, known, slots)
+
+    def score(self, adapter: str) -> float:
+        return adapter_score(
+            adapter in self.resident,
+            self.known is None or adapter in self.known,
+            self.slots - len(self.resident) if self.slots else 0,
+        )
+
+    def used(self, adapter: str) -> None:
+        """A request with `adapter` was served there: it is resident now (LRU order)."""
+        if not self.slots or (self.known is not None and adapter not in self.known):
+            return
+        if adapter in self.resident:
+            self.resident.remove(adapter)
+        self.resident.append(adapter)
+        del self.resident[: max(0, len(self.resident) - self.slots)]
+
+
+def adapter_score(resident: bool, known: bool, slots_free: int) -> float:
+    """Loaded 1.0 > free slot 0.8 > must evict 0.6 > cannot (unknown adapter) 0."""
+    if resident:
+        return ADAPTER_LOADED
+    if not known:
+        return ADAPTER_CANNOT
+    return ADAPTER_FREE_SLOT if slots_free > 0 else ADAPTER_EVICT
+
+
+@dataclass(frozen=True)
+class Replica:
+    """One endpoint of a route: a peer, its table weight and its adapters for the route."""
+
+    peer: PeerState
+    weight: float
+    adapters: AdapterResidency = field(default_factory=AdapterResidency)
+
+    def adapter_score(self, adapter: str) -> float:
+        return self.adapters.score(adapter) if adapter else ADAPTER_LOADED
+
+
+@dataclass
+class VersionRoute:
+    """The replicas of one model version (version "" = whatever version the peer serves)."""
+
+    model: str
+    version: str
+    replicas: list[Replica]
+    weight: float
+    cache_ttl_s: float = 0.0
+    cloud_fallback: bool = False
+    local: bool = False  # this agent is one of the endpoints
+    escalation: Escalation | None = None
+
+    def replica(self, address: str) -> Replica | None:
+        return next((r for r in self.replicas if r.peer.address == address), None)
+
+
+@dataclass(frozen=True)
+class Escalation:
+    """A route's confidence cascade: under `threshold` on `output`, ask the bigger tier."""
+
+    output: str
+    threshold: float
+    model: str = ""  # a bigger model in the pool, or
+    cloud: bool = False  # the cloud fallback
+
+    @property
+    def target(self) -> str:
+        return "cloud" if self.cloud else f"model:{self.model}"
+
+    @classmethod
+    def from_route(cls, route: control_pb2.Route) -> Escalation | None:
+        if not route.escalation_output or not (route.escalation_model or route.escalation_cloud):
+            return None
+        return cls(
+            route.escalation_output,
+            route.escalation_threshold,
+            "" if route.escalation_cloud else route.escalation_model,
+            route.escalation_cloud,
+        )
+
+
+@dataclass
+class CompiledTable:
+    """A RoutingTable turned into lookups: model -> versions, with the peers shared by address."""
+
+    table: control_pb2.RoutingTable
+    models: dict[str, dict[str, VersionRoute]] = field(default_factory=dict)
+    peers: dict[str, PeerState] = field(default_factory=dict)
+
+    @property
+    def policy(self) -> str:
+        return self.table.policy or "PowerOfTwoChoices"
+
+    @property
+    def adapter_policy(self) -> str:
+        return self.table.adapter_policy or "Affinity"
+
+    def routes(self, model: str) -> dict[str, VersionRoute]:
+        return self.models.get(model, {})
+
+
+def compile_table(
+    table: control_pb2.RoutingTable,
+    self_node: str,
+    self_addresses: Iterable[str],
+    known: dict[str, PeerState] | None = None,
+) -> CompiledTable:
+    """Index `table`; endpoints naming this agent mark the route local instead of a peer.
+
+    Peer state carries over from `known` (same address), so a new table keeps what the router
+    learned about latency and failures.
+    """
+    mine = set(self_addresses)
+    known = known or {}
+    out = CompiledTable(table)
+    for route in table.routes:
+        replicas: list[Replica] = []
+        local = False
+        for ep in route.endpoints:
+            if (self_node and ep.node == self_node) or ep.address in mine:
+                local = True
+                continue
+            if not ep.address:
+                continue
+            peer = out.peers.get(ep.address) or known.get(ep.address) or PeerState(ep.address)
+            peer.node = ep.node or ep.address
+            out.peers[ep.address] = peer
+            replicas.append(
+                Replica(
+                    peer, ep.weight if ep.weight > 0 else 1.0, AdapterResidency.from_endpoint(ep)
+                )
+            )
+        weight = route.weight if route.weight > 0 else sum(r.weight for r in replicas) or 1.0
+        out.models.setdefault(route.model, {})[route.version] = VersionRoute(
+            route.model,
+            route.version,
+            replicas,
+            weight,
+            float(route.cache_ttl_seconds),
+            route.cloud_fallback,
+            local,
+            Escalation.from_route(route),
+        )
+    return out
+
+
+def pick_version(
+    routes: dict[str, VersionRoute], rng: random.Random, asked: str = ""
+) -> VersionRoute | None:
+    """The route for the asked version; with none asked, a weighted draw (canary split)."""
+    if asked:
+        return routes.get(asked) or routes.get("")
+    if not routes:
+        return None
+    if len(routes) == 1:
+        return next(iter(routes.values()))
+    choices = list(routes.values())
+    cumulative = list(itertools.accumulate(r.weight for r in choices))
+    x = rng.random() * cumulative[-1]
+    return choices[min(bisect.bisect_right(cumulative, x), len(choices) - 1)]
+
+
+def _weighted_pair(replicas: Sequence[Replica], rng: random.Random) -> tuple[Replica, Replica]:
+    """Two distinct replicas drawn by weight, without replacement."""
+    total = sum(r.weight for r in replicas)
+    x = rng.random() * total
+    first = len(replicas) - 1
+    for i, r in enumerate(replicas):
+        x -= r.weight
+        if x < 0:
+            first = i
+            break
+    rest_total = total - replicas[first].weight
+    x = rng.random() * rest_total
+    second = first
+    for i, r in enumerate(replicas):
+        if i == first:
+            continue
+        second = i
+        x -= r.weight
+        if x < 0:
+            break
+    return replicas[first], replicas[second]
+
+
+class Balancer:
+    """Chooses a replica under one of POLICIES; keeps the round-robin cursor."""
+
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self.rng = rng or random.Random()
+        self._cursor = itertools.count()
+
+    def choose(
+        self,
+        replicas: Sequence[Replica],
+        now: float,
+        limit: int,
+        policy: str = "PowerOfTwoChoices",
+        exclude: frozenset[str] | set[str] = frozenset(),
+        adapter: str = "",
+    ) -> tuple[PeerState | None, bool]:
+        """(the peer to try, whether any usable replica was merely full).
+
+        Ejected and excluded replicas are never chosen; full ones only count as saturated.
+        With `adapter`, replicas that cannot serve it are left out and the policy picks among
+        the open ones with the best adapter score.
+        """
+        usable = [r for r in replicas if not r.peer.ejected and r.peer.address not in exclude]
+        if adapter:
+            usable = [r for r in usable if r.adapter_score(adapter) > ADAPTER_CANNOT]
+        open_ = [r for r in usable if not r.peer.full(limit, now)]
+        if adapter and len(open_) > 1:
+            best = max(r.adapter_score(adapter) for r in open_)
+            open_ = [r for r in open_ if r.adapter_score(adapter) == best]
+        saturated = bool(usable) and not open_
+        if not open_:
+            return None, saturated
+        if len(open_) == 1:
+            return open_[0].peer, False
+        if policy == "RoundRobin":
+            return self._round_robin(open_), False
+        if policy == "LeastLoaded":
+            return min(open_, key=lambda r: r.peer.expected_wait(now) / r.weight).peer, False
+        a, b = _weighted_pair(open_, self.rng)
+        wa = a.peer.expected_wait(now) / a.weight
+        wb = b.peer.expected_wait(now) / b.weight
+        return (a.peer if wa <= wb else b.peer), False
+
+    @staticmethod
+    def best_adapter_score(
+        replicas: Sequence[Replica],
+        now: float,
+        limit: int,
+        adapter: str,
+        exclude: frozenset[str] | set[str] = frozenset(),
+    ) -> float:
+        """The best adapter score among the replicas that could take a request now."""
+        return max(
+            (
+                r.adapter_score(adapter)
+                for r in replicas
+                if not r.peer.ejected
+                and r.peer.address not in exclude
+                and not r.peer.full(limit, now)
+            ),
+            default=ADAPTER_CANNOT,
+        )
+
+    def _round_robin(self, replicas: Sequence[Replica]) -> PeerState:
+        """Smooth weighted round robin over a fixed sequence of weighted slots."""
+        slots = [r for r in replicas for _ in range(max(1, round(r.weight)))]
+        return slots[next(self._cursor) % len(slots)].peer
+
+
+class LatencyWindow:
+    """Recent forwarding latencies, for the hedging threshold (a percentile)."""
+
+    def __init__(self, size: int = 512, min_samples: int = 20) -> None:
+        self._values: deque[float] = deque(maxlen=size)
+        self.min_samples = min_samples
+
+    def add(self, seconds: float) -> None:
+        self._values.append(seconds)
+
+    def percentile(self, p: float) -> float | None:
+        if len(self._values) < self.min_samples:
+            return None
+        ordered = sorted(self._values)
+        k = min(len(ordered) - 1, max(0, math.ceil(p / 100 * len(ordered)) - 1))
+        return ordered[k]
+
+
+@dataclass(order=True)
+class _Waiter:
+    key: tuple[int, int]
+    token: object = field(compare=False)
+
+
+class WaitingLine:
+    """High-priority requests waiting for capacity, most important (then oldest) first.
+
+    Pure bookkeeping: `join` returns a ticket, `next` pops the one to wake; pool.py pairs the
+    tickets with futures.
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[_Waiter] = []
+        self._seq = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def join(self, priority: int, token: object) -> None:
+        heapq.heappush(self._heap, _Waiter((-priority, next(self._seq)), token))
+
+    def next(self) -> object | None:
+        return heapq.heappop(self._heap).token if self._heap else None
+
+    def remove(self, token: object) -> None:
+        for i, w in enumerate(self._heap):
+            if w.token is token:
+                self._heap.pop(i)
+                heapq.heapify(self._heap)
+                return
+
+
+def should_shed(priority: int, threshold: int = 1) -> bool:
+    """In a saturated pool, requests below `threshold` are refused first; the rest wait."""
+    return priority < threshold
+
+
+RETRYABLE_CODES = frozenset(
+    {"UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "NOT_FOUND", "CANCELLED", "UNKNOWN"}
+)
+"""Status codes (by name) after which another replica may still answer.
+
+NOT_FOUND covers a stale table (the peer unloaded the model); CANCELLED and UNKNOWN what a
+peer dying mid-call can look like. Inference is idempotent, so a retry is always safe.
+"""

@@ -1,0 +1,1 @@
+"""The data plane: the OIP servicer, model registry, tensors, queues, adapters."""

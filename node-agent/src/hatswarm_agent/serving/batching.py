@@ -1,0 +1,334 @@
+"""A bounded queue per model and the dynamic micro-batcher that drains it.
+
+Admission is counted (waiting + running requests); past `limit` a request is refused at once
+with QueueFullError rather than queued behind minutes of work. Worker coroutines (one per
+backend thread) take the head request and, when the model has a dynamic batch dimension, every
+compatible request queued behind it up to `max_batch_size` items (compatible: same shapes past
+the batch dimension and the same LoRA adapter, or none). While a batch runs, new
+requests pile up and the next take merges them, so batching costs no delay when the queue is
+empty; `max_queue_delay_s` only adds a wait when another batch is already running. Inference
+runs in a thread pool, never on the event loop; merging and splitting happen there too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from hatswarm_agent.backends.base import Array, BackendError, LoadedModel
+from hatswarm_agent.serving.errors import ModelNotReadyError, QueueFullError
+from hatswarm_agent.serving.tensors import DecodedRequest
+
+if TYPE_CHECKING:
+    from hatswarm_agent.serving.adapters import AdapterSet
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Result:
+    """A request's outputs and where its time went."""
+
+    outputs: dict[str, Array]
+    queue_s: float
+    compute_s: float
+
+
+@dataclass(slots=True, eq=False)  # compared by identity (in-flight list removal)
+class _Pending:
+    request: DecodedRequest
+    future: asyncio.Future[Result]
+    enqueued: float = field(default_factory=time.perf_counter)
+    adapter: str = ""  # LoRA adapter to run with; "" runs the base model
+
+
+# Called once per backend run with (items in the batch, seconds the run took).
+ExecutionHook = Callable[[int, float], None]
+
+
+@dataclass(slots=True)
+class AloneChoice:
+    """Which way to run a lone request: `run_alone` (wide) or `run`, by measured time per item.
+
+    Each way keeps a moving average; the faster one is used, the other every EXPLORE_EVERY-th
+    time so a change in the node's load is noticed. Both start unmeasured (tried first).
+    """
+
+    wide_s: float = 0.0
+    narrow_s: float = 0.0
+    runs: int = 0
+
+    EXPLORE_EVERY = 8
+    WEIGHT = 0.3
+
+    def wide(self) -> bool:
+        self.runs += 1
+        if not self.wide_s or not self.narrow_s:
+            return not self.wide_s
+        faster = self.wide_s <= self.narrow_s
+        return faster != (self.runs % self.EXPLORE_EVERY == 0)
+
+    def learn(self, wide: bool, seconds_per_item: float) -> None:
+        if wide:
+            old = self.wide_s or seconds_per_item
+            self.wide_s = old + self.WEIGHT * (seconds_per_item - old)
+        else:
+            old = self.narrow_s or seconds_per_item
+            self.narrow_s = old + self.WEIGHT * (seconds_per_item - old)
+
+
+def merge(requests: list[DecodedRequest]) -> dict[str, Array]:
+    """Concatenate compatible requests along the batch dimension."""
+    if len(requests) == 1:
+        return requests[0].inputs
+    names = requests[0].inputs.keys()
+    return {n: np.concatenate([r.inputs[n] for r in requests]) for n in names}
+
+
+def split(outputs: dict[str, Array], sizes: list[int]) -> list[dict[str, Array]]:
+    """Slice batched outputs back into per-request views (no copies)."""
+    if len(sizes) == 1:
+        return [outputs]
+    total = sum(sizes)
+    for name, arr in outputs.items():
+        if arr.ndim == 0 or arr.shape[0] != total:
+            raise BackendError(
+                f"output '{name}' has shape {list(arr.shape)}, expected batch {total} first"
+            )
+    parts: list[dict[str, Array]] = []
+    offset = 0
+    for n in sizes:
+        parts.append({name: arr[offset : offset + n] for name, arr in outputs.items()})
+        offset += n
+    return parts
+
+
+class ModelQueue:
+    """Admission, batching and execution for one loaded model version."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        *,
+        limit: int,
+        max_batch_size: int,
+        max_queue_delay_s: float,
+        concurrency: int,
+        on_execution: ExecutionHook | None = None,
+        name: str = "model",
+        adapters: AdapterSet | None = None,
+        inline_max_items: int = 0,
+    ) -> None:
+        self.model = model
+        # A backend may run a request faster when it has the device to itself (onnx.py: more
+        # intra-op threads); the queue knows when that is: nothing else waiting or running.
+        # Whether it is faster depends on what else the node runs (other pods take cores), so
+        # lone runs are timed both ways and the faster kept, the other retried now and then.
+        run_alone = getattr(model, "run_alone", None)
+        self._run_alone: Callable[[dict[str, Array]], dict[str, Array]] | None = (
+            run_alone if callable(run_alone) else None
+        )
+        self._alone = AloneChoice()
+        self._starts = 0  # runs started so far (was a lone run joined by another?)
+        # Requests this small run on the event loop when nothing else waits: for a model that
+        # computes in tens of microseconds, the two thread hops of the pool cost more than it.
+        self.inline_max_items = inline_max_items
+        self.adapters = adapters
+        self.limit = limit
+        self.max_batch_size = max_batch_size if model.max_batch_size else 0
+        self.max_queue_delay_s = max_queue_delay_s
+        self.concurrency = concurrency
+        self._on_execution = on_execution
+        self._pending: deque[_Pending] = deque()
+        self._depth = 0
+        self._running = 0
+        self._wakeup: asyncio.Event | None = None
+        self._workers: list[asyncio.Task[None]] = []
+        self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix=f"infer-{name}")
+        self._closed = False
+        self._inflight: list[list[_Pending]] = []
+
+    @property
+    def depth(self) -> int:
+        """Requests admitted and not yet answered (waiting plus running)."""
+        return self._depth
+
+    async def submit(self, request: DecodedRequest, adapter: str = "") -> Result:
+        """Queue one decoded request (to run with `adapter`, if any) and wait for its outputs."""
+        if self._closed:
+            raise ModelNotReadyError("model is unloading")
+        if self._depth >= self.limit:
+            raise QueueFullError(f"queue full ({self._depth}/{self.limit} requests)")
+        if (
+            request.batch <= self.inline_max_items
+            and not adapter
+            and not self._running
+            and not self._pending
+        ):
+            return self._run_inline(request)
+        if self._wakeup is None:
+            self._start()
+        assert self._wakeup is not None
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._depth += 1
+        try:
+            self._pending.append(_Pending(request, future, adapter=adapter))
+            self._wakeup.set()
+            return await future
+        finally:
+            self._depth -= 1
+
+    def _run_inline(self, request: DecodedRequest) -> Result:
+        """The fast path for tiny models on an idle queue (see `inline_max_items`)."""
+        self._depth += 1
+        try:
+            start = time.perf_counter()
+            outputs = self.model.run(request.inputs)
+            seconds = time.perf_counter() - start
+        finally:
+            self._depth -= 1
+        if self._on_execution is not None:
+            self._on_execution(request.batch, seconds)
+        return Result(outputs, 0.0, seconds)
+
+    def _start(self) -> None:
+        self._wakeup = asyncio.Event()
+        self._workers = [
+            asyncio.create_task(self._work(), name=f"batcher-{i}") for i in range(self.concurrency)
+        ]
+
+    def _take(self) -> list[_Pending]:
+        """The head request plus compatible followers (same shapes past dim 0), FIFO."""
+        pending = self._pending
+        while pending and pending[0].future.done():  # cancelled by its caller
+            pending.popleft()
+        if not pending:
+            return []
+        first = pending.popleft()
+        batch = [first]
+        if self.max_batch_size:
+            self._extend(batch, first.request.batch)
+        return batch
+
+    def _extend(self, batch: list[_Pending], total: int) -> int:
+        pending = self._pending
+        key, adapter = batch[0].request.key, batch[0].adapter
+        while pending and total < self.max_batch_size:
+            nxt = pending[0]
+            if nxt.future.done():
+                pending.popleft()
+                continue
+            if (
+                nxt.request.key != key
+                or nxt.adapter != adapter
+                or total + nxt.request.batch > self.max_batch_size
+            ):
+                break
+            batch.append(pending.popleft())
+            total += nxt.request.batch
+        return total
+
+    async def _fill(self, batch: list[_Pending]) -> None:
+        """Wait up to max_queue_delay for more compatible requests while the device is busy."""
+        assert self._wakeup is not None
+        total = sum(p.request.batch for p in batch)
+        deadline = time.perf_counter() + self.max_queue_delay_s
+        while total < self.max_batch_size:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                break
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                break
+            total = self._extend(batch, total)
+        if self._pending:
+            self._wakeup.set()  # leftovers: let another worker see them
+
+    async def _work(self) -> None:
+        assert self._wakeup is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = self._take()
+            if not batch:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            if self.max_queue_delay_s > 0 and self.max_batch_size and self._running > 0:
+                await self._fill(batch)
+            started = time.perf_counter()
+            alone = (
+                self._run_alone is not None
+                and not self._running
+                and not self._pending
+                and not batch[0].adapter
+            )
+            wide = alone and self._alone.wide()
+            self._running += 1
+            self._starts += 1
+            starts = self._starts
+            self._inflight.append(batch)
+            try:
+                parts, seconds = await loop.run_in_executor(self._executor, self._run, batch, wide)
+            except Exception as exc:
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(exc)
+                continue
+            finally:
+                self._running -= 1
+                self._inflight.remove(batch)
+            items = sum(p.request.batch for p in batch)
+            if alone and self._starts == starts:  # it stayed alone: a fair sample
+                self._alone.learn(wide, seconds / items)
+            if self._on_execution is not None:
+                self._on_execution(items, seconds)
+            for p, outputs in zip(batch, parts, strict=True):
+                if not p.future.done():
+                    p.future.set_result(Result(outputs, started - p.enqueued, seconds))
+
+    def _run(
+        self, batch: list[_Pending], wide: bool = False
+    ) -> tuple[list[dict[str, Array]], float]:
+        """Worker thread: merge, run (with the batch's one adapter, if any), split."""
+        requests = [p.request for p in batch]
+        inputs = merge(requests)
+        adapter = batch[0].adapter
+        start = time.perf_counter()
+        if not adapter:
+            run = self._run_alone if wide and self._run_alone is not None else self.model.run
+            outputs = run(inputs)
+        elif self.adapters is None:
+            raise BackendError(f"adapter '{adapter}' requested but this model has none")
+        else:
+            outputs = self.adapters.run(inputs, adapter)
+        seconds = time.perf_counter() - start
+        return split(outputs, [r.batch for r in requests]), seconds
+
+    async def close(self, grace_s: float = 5.0) -> None:
+        """Refuse new work, let admitted requests finish for up to `grace_s`, fail the rest."""
+        self._closed = True
+        deadline = time.monotonic() + grace_s
+        while self._depth > 0 and time.monotonic() < deadline:  # noqa: ASYNC110 - rare path
+            await asyncio.sleep(0.01)
+        for task in self._workers:
+            task.cancel()
+        for task in self._workers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        leftovers = list(self._pending) + [p for b in self._inflight for p in b]
+        self._pending.clear()
+        for p in leftovers:
+            if not p.future.done():
+                p.future.set_exception(ModelNotReadyError("model was unloaded"))
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,261 @@
+"""Open Inference Protocol tensors <-> numpy, validated against a model's metadata. Pure.
+
+Every check a backend would otherwise fail on (name, datatype, rank, fixed dims, byte count,
+element count) happens here first, so a bad request is INVALID_ARGUMENT naming the input and
+what was expected, never an onnxruntime error turned INTERNAL. Raw contents are decoded with
+`np.frombuffer` (zero copy); nothing loops over elements except BYTES.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from hatswarm_agent.backends.base import Array, TensorSpec
+from hatswarm_agent.protocol.datatypes import CONTENTS_FIELD, OIP_TO_NUMPY
+from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
+from hatswarm_agent.serving.errors import InvalidInputError
+
+NUMPY_TO_OIP: dict[np.dtype[Any], str] = {
+    dt: name for name, dt in OIP_TO_NUMPY.items() if name not in ("BF16", "BYTES")
+}
+
+# The wide dtype a typed field decodes to before range-checking into the narrow one.
+_FIELD_DTYPE: dict[str, np.dtype[Any]] = {
+    "bool_contents": np.dtype(np.bool_),
+    "int_contents": np.dtype(np.int32),
+    "int64_contents": np.dtype(np.int64),
+    "uint_contents": np.dtype(np.uint32),
+    "uint64_contents": np.dtype(np.uint64),
+    "fp32_contents": np.dtype(np.float32),
+    "fp64_contents": np.dtype(np.float64),
+}
+
+
+@dataclass(slots=True)
+class DecodedRequest:
+    """Validated inputs ready for a backend, plus what the batcher needs to merge requests."""
+
+    inputs: dict[str, Array]
+    batch: int  # items along dim 0 when the model batches, else 1
+    key: tuple[tuple[int, ...], ...]  # per-input shapes past dim 0: only equal keys can merge
+    raw: bool  # the request used raw_input_contents (answer in kind)
+
+
+def decode_request(
+    request: pb.ModelInferRequest, specs: Sequence[TensorSpec], batchable: bool
+) -> DecodedRequest:
+    """Check `request` against the model's inputs and turn it into numpy arrays.
+
+    This runs once per request on the event loop, so the common case does no more than it must:
+    specs are found by a scan (models have a handful of inputs), messages are only formatted
+    when a check fails.
+    """
+    tensors = request.inputs
+    contents = request.raw_input_contents
+    n_raw = len(contents)
+    raw = n_raw > 0
+    if raw and n_raw != len(tensors):
+        raise InvalidInputError(f"raw_input_contents has {n_raw} entries for {len(tensors)} inputs")
+    arrays: dict[str, Array] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
+    for i, tensor in enumerate(tensors):
+        name = tensor.name
+        spec = _spec_named(specs, name)
+        if name in arrays:
+            raise InvalidInputError(f"input '{name}' given twice")
+        if tensor.datatype != spec.datatype:
+            raise InvalidInputError(
+                f"input '{name}': datatype {tensor.datatype or '(empty)'}, expected {spec.datatype}"
+            )
+        shape = tuple(tensor.shape)
+        check_shape(spec, shape)
+        if raw:
+            if tensor.HasField("contents"):
+                raise InvalidInputError(
+                    f"input '{name}': both raw_input_contents and typed contents given"
+                )
+            arrays[name] = decode_raw(spec, shape, contents[i])
+        else:
+            arrays[name] = decode_typed(spec, shape, tensor.contents)
+        shapes[name] = shape
+    if len(arrays) != len(specs):  # every given name is a distinct spec: some are missing
+        missing = [s.name for s in specs if s.name not in arrays]
+        names = sorted(s.name for s in specs)
+        raise InvalidInputError(f"missing inputs {missing}: model inputs are {names}")
+    if not batchable:
+        return DecodedRequest(arrays, 1, (), raw)
+    key = tuple(shapes[s.name][1:] for s in specs)
+    if len(specs) == 1:
+        batch = shapes[specs[0].name][0]
+    else:
+        dims0 = {shape[0] for shape in shapes.values()}
+        if len(dims0) != 1:
+            raise InvalidInputError(
+                f"inputs disagree on the batch dimension: {sorted(dims0)} "
+                "(every input's first dimension is the batch)"
+            )
+        batch = dims0.pop()
+    if batch < 1:
+        raise InvalidInputError("the batch dimension (first of every input) must be >= 1")
+    return DecodedRequest(arrays, batch, key, raw)
+
+
+def _spec_named(specs: Sequence[TensorSpec], name: str) -> TensorSpec:
+    for spec in specs:
+        if spec.name == name:
+            return spec
+    names = sorted(s.name for s in specs)
+    raise InvalidInputError(f"unexpected input '{name}': model inputs are {names}")
+
+
+def check_shape(spec: TensorSpec, shape: tuple[int, ...]) -> None:
+    """Rank and every fixed dimension must match; -1 in the spec accepts any size >= 0."""
+    dims = spec.shape
+    if len(shape) == len(dims):
+        for d, e in zip(shape, dims, strict=True):
+            if d < 0 or (e >= 0 and d != e):
+                break
+        else:
+            return
+    expected = "[" + ", ".join(str(d) for d in dims) + "]"
+    raise InvalidInputError(f"input '{spec.name}': shape {list(shape)}, expected {expected}")
+
+
+def decode_raw(spec: TensorSpec, shape: tuple[int, ...], data: bytes) -> Array:
+    """Row-major raw bytes to an array; the byte count must match the shape exactly."""
+    count = math.prod(shape)
+    if spec.datatype == "BYTES":
+        return _decode_bytes(spec, shape, count, data)
+    dtype = OIP_TO_NUMPY[spec.datatype]
+    expected = count * dtype.itemsize
+    if len(data) != expected:
+        raise InvalidInputError(
+            f"input '{spec.name}': {len(data)} raw bytes, expected {expected} "
+            f"({spec.datatype} x {list(shape)})"
+        )
+    arr: Array = np.frombuffer(data, dtype=dtype).reshape(shape)
+    return arr
+
+
+def _decode_bytes(spec: TensorSpec, shape: tuple[int, ...], count: int, data: bytes) -> Array:
+    """BYTES raw layout: each element is a 4-byte little-endian length, then its bytes."""
+    items: list[bytes] = []
+    offset = 0
+    for _ in range(count):
+        if offset + 4 > len(data):
+            raise InvalidInputError(f"input '{spec.name}': BYTES raw data truncated")
+        (length,) = struct.unpack_from("<I", data, offset)
+        offset += 4
+        if offset + length > len(data):
+            raise InvalidInputError(f"input '{spec.name}': BYTES raw data truncated")
+        items.append(data[offset : offset + length])
+        offset += length
+    if offset != len(data):
+        raise InvalidInputError(
+            f"input '{spec.name}': {len(data) - offset} trailing raw bytes after {count} elements"
+        )
+    arr = np.empty(count, dtype=np.object_)
+    arr[:] = items
+    return arr.reshape(shape)
+
+
+def decode_typed(
+    spec: TensorSpec, shape: tuple[int, ...], contents: pb.InferTensorContents
+) -> Array:
+    """Typed contents to an array, range-checked into the declared datatype."""
+    field = CONTENTS_FIELD.get(spec.datatype)
+    if field is None:
+        raise InvalidInputError(
+            f"input '{spec.name}': {spec.datatype} must be sent in raw_input_contents"
+        )
+    for other in _FIELD_DTYPE.keys() | {"bytes_contents"}:
+        if other != field and len(getattr(contents, other)):
+            raise InvalidInputError(
+                f"input '{spec.name}': {spec.datatype} data belongs in contents.{field}, "
+                f"got contents.{other}"
+            )
+    values = getattr(contents, field)
+    count = math.prod(shape)
+    if len(values) != count:
+        raise InvalidInputError(
+            f"input '{spec.name}': {len(values)} elements in contents.{field}, expected {count} "
+            f"(shape {list(shape)})"
+        )
+    if spec.datatype == "BYTES":
+        arr = np.empty(count, dtype=np.object_)
+        arr[:] = list(values)
+        return arr.reshape(shape)
+    dtype = OIP_TO_NUMPY[spec.datatype]
+    wide = np.asarray(values, dtype=_FIELD_DTYPE[field])
+    if wide.dtype != dtype:
+        info = np.iinfo(dtype)
+        if wide.size and (wide.min() < info.min or wide.max() > info.max):
+            raise InvalidInputError(f"input '{spec.name}': values out of range for {spec.datatype}")
+        wide = wide.astype(dtype)
+    out: Array = wide.reshape(shape)
+    return out
+
+
+def encode_bytes(arr: Array) -> bytes:
+    """BYTES array to the OIP raw layout (length-prefixed elements)."""
+    parts: list[bytes] = []
+    for item in arr.reshape(-1):
+        b = item.encode() if isinstance(item, str) else bytes(item)  # type: ignore[call-overload]
+        parts.append(struct.pack("<I", len(b)))
+        parts.append(b)
+    return b"".join(parts)
+
+
+def select_outputs(
+    request: pb.ModelInferRequest, specs: Sequence[TensorSpec]
+) -> Sequence[TensorSpec]:
+    """The outputs the caller asked for (all when it named none); unknown names are invalid."""
+    if not request.outputs:
+        return specs
+    by_name = {s.name: s for s in specs}
+    chosen: list[TensorSpec] = []
+    for requested in request.outputs:
+        spec = by_name.get(requested.name)
+        if spec is None:
+            raise InvalidInputError(
+                f"unknown requested output '{requested.name}': model outputs are {sorted(by_name)}"
+            )
+        chosen.append(spec)
+    return chosen
+
+
+def encode_response(
+    request: pb.ModelInferRequest,
+    version: str,
+    outputs: Mapping[str, Array],
+    specs: Sequence[TensorSpec],
+    raw: bool,
+) -> pb.ModelInferResponse:
+    """Build the response in the request's style (raw or typed); FP16/BF16 force raw."""
+    if not raw and any(CONTENTS_FIELD.get(s.datatype) is None for s in specs):
+        raw = True
+    response = pb.ModelInferResponse(
+        model_name=request.model_name, model_version=version, id=request.id
+    )
+    for spec in specs:
+        arr = outputs[spec.name]
+        tensor = response.outputs.add(name=spec.name, datatype=spec.datatype, shape=arr.shape)
+        if spec.datatype == "BYTES":
+            if raw:
+                response.raw_output_contents.append(encode_bytes(arr))
+            else:
+                tensor.contents.bytes_contents.extend(
+                    x.encode() if isinstance(x, str) else bytes(x)  # type: ignore[call-overload]
+                    for x in arr.reshape(-1)
+                )
+        elif raw:
+            response.raw_output_contents.append(arr.tobytes())  # C order, contiguous or not
+        else:
+            getattr(tensor.contents, CONTENTS_FIELD[spec.datatype]).extend(arr.reshape(-1).tolist())
+    return response

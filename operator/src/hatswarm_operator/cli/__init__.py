@@ -1,0 +1,1 @@
+"""The `hatswarm` command line: one module a subcommand."""

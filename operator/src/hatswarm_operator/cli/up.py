@@ -1,0 +1,147 @@
+"""`hatswarm up` runs a whole pool on this machine; `hatswarm status` shows it.
+
+hatswarm up                      # the bundled example pool: works offline
+hatswarm up -f examples/ --nodes 5
+hatswarm status -o json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+from pathlib import Path
+
+import yaml
+
+from hatswarm_operator.api.manifests import ManifestError, ManifestSet, load, parse_object
+from hatswarm_operator.control import metrics as operator_metrics
+from hatswarm_operator.local.pool import LocalPool, default_state_dir, render
+from hatswarm_operator.local.processes import (
+    bundled_manifests,
+    default_nodes,
+    free_port,
+    load_nodes_file,
+    start_prometheus,
+)
+
+
+def resolve(files: list[str] | None, state_dir: Path) -> ManifestSet:
+    if files:
+        return load(files)
+    out = ManifestSet()
+    for doc in bundled_manifests(state_dir):
+        obj = parse_object(doc, "bundled example")
+        (out.pools if obj.kind == "InferencePool" else out.models).append(obj)  # type: ignore[arg-type]
+    return out
+
+
+async def run_up(args: argparse.Namespace) -> int:
+    state_dir: Path = args.state_dir
+    found = resolve(args.filename, state_dir)
+    if len(found.pools) != 1:
+        print(
+            f"hatswarm up: need exactly one InferencePool, found {len(found.pools)}",
+            file=sys.stderr,
+        )
+        return 2
+    pool = found.pools[0]
+    nodes = (
+        load_nodes_file(args.nodes_file, pool.spec.node_selector)
+        if args.nodes_file
+        else default_nodes(args.nodes, pool.spec.node_selector)
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(
+        f"hatswarm up: starting {len(nodes)} simulated nodes for pool {pool.metadata.name} ...",
+        flush=True,
+    )
+    async with LocalPool(pool, found.models, nodes, state_dir) as local:
+        print(
+            f"hatswarm up: pool entry points: {', '.join(a.address for a in local.agents.values())}",
+            flush=True,
+        )
+        print(
+            f"hatswarm up: status in {local.sink.path} (`hatswarm status`); Ctrl-C stops",
+            flush=True,
+        )
+        prom = None
+        if args.prometheus:
+            loop_port = free_port()
+            operator_metrics.serve(loop_port, host="127.0.0.1")
+            prom = start_prometheus(
+                list(local.agents.values()), loop_port, pool.metadata.name, state_dir
+            )
+            print(
+                f"hatswarm up: Prometheus on {prom.url} (agents and the control loop)", flush=True
+            )
+        last = ""
+        elapsed = 0.0
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=args.refresh)
+            elapsed += args.refresh
+            if not args.quiet:
+                text = render(local.sink.snapshot())
+                if text != last:
+                    print(("\033[2J\033[H" if sys.stdout.isatty() else "\n") + text, flush=True)
+                    last = text
+            if args.duration and elapsed >= args.duration:
+                break
+        if prom is not None:
+            prom.stop()
+    print("hatswarm up: stopped every agent", flush=True)
+    return 0
+
+
+def up_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="hatswarm up", description=__doc__.split("\n")[0])
+    p.add_argument("-f", "--filename", action="append", help="manifest file or folder")
+    p.add_argument("--nodes", type=int, default=3, help="simulated Pi + HAT+ nodes (default 3)")
+    p.add_argument("--nodes-file", type=Path, help="YAML list of {name, accelerator, labels}")
+    p.add_argument("--state-dir", type=Path, default=default_state_dir())
+    p.add_argument("--refresh", type=float, default=2.0, help="seconds between table refreshes")
+    p.add_argument("--duration", type=float, default=0.0, help="stop after N seconds (0: never)")
+    p.add_argument("--quiet", action="store_true", help="no live table")
+    p.add_argument(
+        "--prometheus", action="store_true", help="also run a real Prometheus scraping the pool"
+    )
+    args = p.parse_args(argv)
+    if args.nodes < 1:
+        p.error("--nodes must be >= 1")
+    try:
+        return asyncio.run(run_up(args))
+    except (ManifestError, ValueError, RuntimeError, FileNotFoundError) as err:
+        print(f"hatswarm up: {err}", file=sys.stderr)
+        return 1
+
+
+def status_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="hatswarm status", description="status of `hatswarm up`")
+    p.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
+    p.add_argument("--state-dir", type=Path, default=default_state_dir())
+    args = p.parse_args(argv)
+    path = args.state_dir / "status.json"
+    if not path.exists():
+        print(
+            f"hatswarm status: no local pool status at {path} (is `hatswarm up` running?)",
+            file=sys.stderr,
+        )
+        return 1
+    snap = json.loads(path.read_text())
+    if args.output == "json":
+        print(json.dumps(snap, indent=2))
+    elif args.output == "yaml":
+        print(yaml.safe_dump(snap, sort_keys=False))
+    else:
+        print(render(snap))
+    return 0
+
+
+main = up_main

@@ -1,0 +1,1 @@
+"""Pure decisions: plain data in, plain data out. No Kubernetes, gRPC or files."""

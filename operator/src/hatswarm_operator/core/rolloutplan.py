@@ -1,0 +1,119 @@
+"""What the control loop feeds :func:`rollout.decide_rollout` per EdgeModel, and how a
+decision's versions become placement units. Pure: plain data in, plain data out.
+
+A rollout runs two versions of one model side by side (the stable one and the canary or the
+version under validation). Placement knows one model per name and at most one replica of it
+per node, so each version is placed as its own unit named ``model@version``: both versions may
+then share a node (memory and NPU contexts still count both) and each keeps its replicas where
+they are. ``@`` cannot appear in an EdgeModel name (a DNS label), so the split is unambiguous.
+
+The canary's health comes from the agents' request counters: what each (node, version)
+reported when the current step began is kept (:func:`counters`), and the window's requests and
+errors are the deltas since then (:func:`window_metrics`); a counter that went backwards (an
+agent restarted or reloaded the version) counts from zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from hatswarm_operator.api.edgemodel import Artifact, EdgeModelStatus
+from hatswarm_operator.core.inventory import NodeState
+from hatswarm_operator.core.rollout import Canary, GateVerdict, WindowMetrics, canary_from_status
+
+Counters = Mapping[tuple[str, str], tuple[int, int]]
+"""(node, version) -> (request_success, request_failure) of one model."""
+
+
+@dataclass(frozen=True)
+class RolloutMemory:
+    """What the last reconcile decided for a model (``status.stableVersion``, ``.canary``,
+    ``.stableArtifacts``); the runtime keeps it exactly, status keeps it across restarts."""
+
+    stable_version: str | None = None
+    canary: Canary | None = None
+    stable_artifacts: tuple[Artifact, ...] = ()
+
+
+@dataclass(frozen=True)
+class RolloutContext:
+    """Everything about a model's rollout the control loop measured: its memory, the gate's
+    verdict once one was computed, and canary and stable metrics of the current step."""
+
+    memory: RolloutMemory
+    gate: GateVerdict | None = None
+    canary_metrics: WindowMetrics | None = None
+    stable_metrics: WindowMetrics | None = None
+
+
+@dataclass(frozen=True)
+class GateRequest:
+    """Run the validation gate of ``model@version`` on ``node`` (its validation replica is
+    ready there). ``key`` names the rollout attempt: a verdict only counts for the same one."""
+
+    model: str
+    version: str
+    node: str
+    address: str
+    key: float | None
+
+
+def memory_from_status(status: EdgeModelStatus | None) -> RolloutMemory:
+    """The rollout memory a status carries (after an operator restart, or from the API)."""
+    if status is None:
+        return RolloutMemory()
+    return RolloutMemory(
+        stable_version=status.stable_version,
+        canary=canary_from_status(status.canary),
+        stable_artifacts=tuple(status.stable_artifacts or ()),
+    )
+
+
+def unit_name(model: str, version: str) -> str:
+    """The placement model of one version of an EdgeModel."""
+    return f"{model}@{version}"
+
+
+def split_unit(unit: str) -> tuple[str, str]:
+    """``model@version`` -> (model, version)."""
+    model, _, version = unit.partition("@")
+    return model, version
+
+
+def attempt_key(canary: Canary | None) -> float | None:
+    """Identifies one rollout attempt of a version: when its current phase began."""
+    return canary.started_at if canary is not None else None
+
+
+def counters(nodes: Sequence[NodeState], model: str) -> dict[tuple[str, str], tuple[int, int]]:
+    """Request counters of every version of ``model`` on every answering node."""
+    return {
+        (n.name, o.version): (o.request_success, o.request_failure)
+        for n in nodes
+        if n.up
+        for o in n.models
+        if o.name == model
+    }
+
+
+def window_metrics(
+    nodes: Sequence[NodeState], model: str, version: str, since: Counters
+) -> WindowMetrics:
+    """Requests and errors of ``model@version`` since ``since``, p99 = the worst replica's."""
+    requests = errors = 0
+    p99: float | None = None
+    for n in nodes:
+        if not n.up:
+            continue
+        o = n.model(model, version)
+        if o is None:
+            continue
+        ok0, bad0 = since.get((n.name, version), (0, 0))
+        ok = o.request_success - ok0 if o.request_success >= ok0 else o.request_success
+        bad = o.request_failure - bad0 if o.request_failure >= bad0 else o.request_failure
+        requests += ok + bad
+        errors += bad
+        if o.ready and n.in_pool and o.p99_ms > 0:
+            p99 = o.p99_ms if p99 is None else max(p99, o.p99_ms)
+    return WindowMetrics(requests=requests, errors=errors, p99_ms=p99)

@@ -1,0 +1,1 @@
+"""Edge FinOps: the TCO model, live attribution, capacity, Prometheus reads."""

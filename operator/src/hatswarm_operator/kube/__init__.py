@@ -1,0 +1,1 @@
+"""The Kubernetes adapter: kopf handlers, cluster reads and writes, status sink."""

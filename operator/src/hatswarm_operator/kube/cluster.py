@@ -1,0 +1,242 @@
+"""The operator's reads and writes against the Kubernetes API, off the event loop.
+
+The `kubernetes` client is synchronous, so every call runs in `asyncio.to_thread`; objects
+travel as plain JSON dicts (`_preload_content=False`), camelCase as the API serves them, so
+they feed straight into the pydantic API types and the pure `node_states`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from hatswarm_operator.api.common import GROUP, VERSION
+from hatswarm_operator.api.inferencepool import Auth
+from hatswarm_operator.control import agentclient
+from hatswarm_operator.control.agentclient import AgentCredentials
+from hatswarm_operator.core.inventory import NodeState
+from hatswarm_operator.kube import builders
+
+MERGE_PATCH = "application/merge-patch+json"
+Obj = dict[str, Any]
+
+
+def _condition(obj: Obj, type_: str) -> str | None:
+    for c in (obj.get("status") or {}).get("conditions") or []:
+        if c.get("type") == type_:
+            return str(c.get("status"))
+    return None
+
+
+def _grpc_port(pod: Obj) -> int | None:
+    for c in (pod.get("spec") or {}).get("containers") or []:
+        for p in c.get("ports") or []:
+            if p.get("name") == "grpc" and p.get("containerPort"):
+                return int(p["containerPort"])
+    return None
+
+
+def node_states(nodes: Iterable[Obj], pods: Iterable[Obj]) -> list[NodeState]:
+    """One NodeState per agent pod: where to probe it, and how Kubernetes sees its node.
+
+    A pod counts when it has an IP and a container port named `grpc` and is not being
+    deleted. `k8s_ready` is the node's Ready condition and the pod's; `schedulable` is the
+    node not being cordoned (`spec.unschedulable`). The agent probe decides the rest.
+    """
+    by_name = {n["metadata"]["name"]: n for n in nodes}
+    out: dict[str, NodeState] = {}
+    for pod in sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or ""):
+        meta, spec, status = pod["metadata"], pod.get("spec") or {}, pod.get("status") or {}
+        node_name, ip, port = spec.get("nodeName"), status.get("podIP"), _grpc_port(pod)
+        if not node_name or not ip or port is None or meta.get("deletionTimestamp"):
+            continue
+        if status.get("phase") in ("Succeeded", "Failed"):
+            continue
+        node = by_name.get(node_name)
+        if node is None:
+            continue
+        host = f"[{ip}]" if ":" in ip else ip
+        out[node_name] = NodeState(
+            name=node_name,
+            address=f"{host}:{port}",
+            labels=dict(node["metadata"].get("labels") or {}),
+            k8s_ready=_condition(node, "Ready") == "True" and _condition(pod, "Ready") == "True",
+            schedulable=not (node.get("spec") or {}).get("unschedulable", False),
+        )
+    return [out[k] for k in sorted(out)]
+
+
+class Cluster:
+    """Thin async facade over the kubernetes client for exactly what the operator needs."""
+
+    def __init__(self, api_client: Any) -> None:
+        self.api_client = api_client
+        self.core = client.CoreV1Api(api_client)
+        self.apps = client.AppsV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
+
+    # --- reads -----------------------------------------------------------------------------
+
+    async def _items(self, fn: Any, *args: Any, **kwargs: Any) -> list[Obj]:
+        def call() -> list[Obj]:
+            resp = fn(*args, _preload_content=False, **kwargs)
+            items: list[Obj] = json.loads(resp.data).get("items") or []
+            return items
+
+        return await asyncio.to_thread(call)
+
+    async def nodes(self) -> list[Obj]:
+        return await self._items(self.core.list_node)
+
+    async def agent_pods(self, namespace: str, pool: str) -> list[Obj]:
+        return await self._items(
+            self.core.list_namespaced_pod, namespace, label_selector=builders.label_selector(pool)
+        )
+
+    async def edge_models(self, namespace: str) -> list[Obj]:
+        items = await self._items(
+            self.custom.list_namespaced_custom_object, GROUP, VERSION, namespace, "edgemodels"
+        )
+        for obj in items:  # list items carry no apiVersion/kind of their own
+            obj.setdefault("apiVersion", f"{GROUP}/{VERSION}")
+            obj.setdefault("kind", "EdgeModel")
+        return items
+
+    async def secret_data(self, namespace: str, name: str) -> dict[str, bytes]:
+        """A Secret's data, decoded; LookupError when it cannot be read."""
+
+        def call() -> dict[str, bytes]:
+            resp: Any = self.core.read_namespaced_secret(name, namespace, _preload_content=False)
+            data = json.loads(resp.data).get("data") or {}
+            return {str(k): base64.b64decode(v) for k, v in data.items()}
+
+        try:
+            return await asyncio.to_thread(call)
+        except ApiException as err:
+            raise LookupError(f"secret {namespace}/{name}: {err.status} {err.reason}") from err
+
+    async def secret_value(self, namespace: str, name: str, key: str) -> str:
+        data = await self.secret_data(namespace, name)
+        if key not in data:
+            raise LookupError(f"secret {namespace}/{name} has no key {key!r}")
+        return data[key].decode().strip()
+
+    async def agent_credentials(self, namespace: str, auth: Auth) -> AgentCredentials:
+        """What the operator presents to a pool's agents, from the Secrets of `spec.auth`.
+
+        The token Secret gives the bearer token. The TLS Secret (kubernetes.io/tls) gives the
+        CA the agents' certificates are checked against (`ca.crt`; the system roots when it
+        has none) and, with `mutualTls`, the client certificate: the operator presents the
+        pool's own `tls.crt`/`tls.key`, as the agents do to each other.
+        """
+        token = ""
+        if auth.token_secret_ref is not None:
+            ref = auth.token_secret_ref
+            token = await self.secret_value(namespace, ref.name, ref.key)
+            if not token:
+                raise LookupError(f"secret {namespace}/{ref.name}: key {ref.key!r} is empty")
+        if auth.tls_secret_ref is None:
+            return AgentCredentials(token=token)
+        name = auth.tls_secret_ref.name
+        data = await self.secret_data(namespace, name)
+        cert, key = data.get(agentclient.TLS_CERT), data.get(agentclient.TLS_KEY)
+        if auth.mutual_tls and not (cert and key):
+            raise LookupError(f"secret {namespace}/{name} lacks tls.crt/tls.key for mutualTls")
+        return AgentCredentials(
+            token=token,
+            tls=True,
+            ca_pem=data.get(agentclient.TLS_CA) or None,
+            cert_pem=cert if auth.mutual_tls else None,
+            key_pem=key if auth.mutual_tls else None,
+        )
+
+    async def inference_pool(self, namespace: str, name: str) -> Obj | None:
+        def call() -> Obj | None:
+            try:
+                resp: Any = self.custom.get_namespaced_custom_object(
+                    GROUP, VERSION, namespace, "inferencepools", name, _preload_content=False
+                )
+            except ApiException as err:
+                if err.status == 404:
+                    return None
+                raise
+            obj: Obj = json.loads(resp.data)
+            return obj
+
+        return await asyncio.to_thread(call)
+
+    # --- writes ----------------------------------------------------------------------------
+
+    async def ensure(self, obj: Obj) -> str:
+        """Create `obj` if absent, patch it if its spec hash differs: "created", "patched", "".
+
+        Handles the two kinds a pool owns (DaemonSet, Service); a retry is always safe.
+        """
+        kind, meta = obj["kind"], obj["metadata"]
+        read: Any
+        create: Any
+        patch: Any
+        name, ns = meta["name"], meta["namespace"]
+        if kind == "DaemonSet":
+            read, create, patch = (
+                self.apps.read_namespaced_daemon_set,
+                self.apps.create_namespaced_daemon_set,
+                self.apps.patch_namespaced_daemon_set,
+            )
+        elif kind == "Service":
+            read, create, patch = (
+                self.core.read_namespaced_service,
+                self.core.create_namespaced_service,
+                self.core.patch_namespaced_service,
+            )
+        else:
+            raise ValueError(f"cannot ensure a {kind}")
+
+        def call() -> str:
+            try:
+                existing = json.loads(read(name, ns, _preload_content=False).data)
+            except ApiException as err:
+                if err.status != 404:
+                    raise
+                try:
+                    create(ns, obj)
+                except ApiException as err2:
+                    if err2.status != 409:
+                        raise
+                    return ""
+                return "created"
+            if not builders.needs_update(existing, obj):
+                return ""
+            body = {"metadata": obj["metadata"], "spec": obj["spec"]}
+            patch(name, ns, body, _content_type=MERGE_PATCH)
+            return "patched"
+
+        return await asyncio.to_thread(call)
+
+    async def patch_status(self, plural: str, namespace: str, name: str, status: Obj) -> bool:
+        """Merge-patch `/status` of a hatswarm object; False when it is gone."""
+
+        def call() -> bool:
+            try:
+                self.custom.patch_namespaced_custom_object_status(
+                    GROUP,
+                    VERSION,
+                    namespace,
+                    plural,
+                    name,
+                    {"status": status},
+                    _content_type=MERGE_PATCH,
+                )
+            except ApiException as err:
+                if err.status == 404:
+                    return False
+                raise
+            return True
+
+        return await asyncio.to_thread(call)

@@ -1,0 +1,419 @@
+"""The hatswarm operator's kopf handlers: thin adapters around the shared control loop.
+
+Read top to bottom, this is the operator:
+
+- startup: the cluster's agent defaults ($HATSWARM_AGENT_DEFAULTS), our own finalizer and progress-storage names under `hatswarm.io`, Events, peering,
+  watch timeouts, one Kubernetes client for everything below;
+- an InferencePool is parsed (an invalid one is a PermanentError, a Warning Event and a
+  `Ready=False, reason=InvalidSpec` condition), and owns its agent DaemonSet and its Service
+  (created if absent, patched when their settings hash differs; deleted by Kubernetes'
+  garbage collector through ownerReferences);
+- an EdgeModel is parsed the same way (and also gets `phase: Failed`); the pool's daemon
+  places it. Its finalizer unloads it from every agent of the pool before it goes away;
+- one async daemon per InferencePool runs `PoolRuntime.tick` every `probeIntervalSeconds`:
+  Nodes + agent Pods -> NodeStates, EdgeModels of the namespace -> probe, plan, act, publish
+  (status through `/status`, Events through kopf). Each pool has its own agent client
+  carrying the pool's credentials (`spec.auth`: bearer token, TLS), re-read from their
+  Secrets every few seconds so a rotated token is picked up;
+- a liveness probe reports the pools being run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, NoReturn
+
+import grpc
+import kopf
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+
+from hatswarm_operator.api import EdgeModel, InferencePool
+from hatswarm_operator.api.common import GROUP, VERSION
+from hatswarm_operator.api.inferencepool import Auth
+from hatswarm_operator.api.manifests import ManifestError, parse_object
+from hatswarm_operator.control import metrics
+from hatswarm_operator.control.agentclient import AgentClient, AgentCredentials
+from hatswarm_operator.control.runtime import PoolRuntime
+from hatswarm_operator.kube import builders
+from hatswarm_operator.kube.cluster import Cluster, node_states
+from hatswarm_operator.kube.sink import KubeSink
+
+log = logging.getLogger("hatswarm.operator")
+
+FINALIZER = "hatswarm.io/finalizer"
+AGENT_DEFAULTS_ENV = "HATSWARM_AGENT_DEFAULTS"  # a YAML file of spec.agent keys (the chart's)
+POOLS = "inferencepools"
+MODELS = "edgemodels"
+
+
+@dataclass
+class OperatorConfig:
+    """What `hatswarm-operator` (main.py) decides before kopf starts; None = kopf's choice."""
+
+    standalone: bool | None = None
+    peering_name: str | None = None
+    agent_timeout_s: float = 1.0
+    watch_server_timeout_s: int = 300
+
+
+CONFIG = OperatorConfig()
+CREDENTIALS_REFRESH_S = 5.0
+"""How often a pool's daemon re-reads its auth Secrets (a rotation shows up within this)."""
+
+
+@dataclass
+class PoolHandle:
+    """What the other handlers may know about a running pool daemon."""
+
+    runtime: PoolRuntime
+    kick: asyncio.Event = field(default_factory=asyncio.Event)
+    last_tick: float = 0.0
+
+
+# --- startup / cleanup / probes ----------------------------------------------------------
+
+
+def _api_client() -> Any:
+    configuration = k8s.Configuration()
+    try:
+        k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    except k8s_config.ConfigException:
+        k8s_config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    return k8s.ApiClient(configuration)
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.posting.enabled = True
+    settings.posting.level = logging.WARNING  # kopf's own log lines: only problems
+    if CONFIG.peering_name is not None:
+        settings.peering.name = CONFIG.peering_name
+    if CONFIG.standalone is not None:
+        settings.peering.standalone = CONFIG.standalone
+    settings.watching.server_timeout = CONFIG.watch_server_timeout_s
+    settings.watching.client_timeout = CONFIG.watch_server_timeout_s + 30
+    settings.watching.connect_timeout = 10
+    settings.networking.request_timeout = 60
+    memo.agent_defaults = builders.load_agent_defaults(os.environ.get(AGENT_DEFAULTS_ENV))
+    memo.cluster = Cluster(_api_client())
+    memo.pools = {}
+
+
+@kopf.on.cleanup()
+async def close(memo: kopf.Memo, **_: Any) -> None:
+    memo.cluster.api_client.close()
+
+
+@kopf.on.probe(id="pools")
+def pools_running(memo: kopf.Memo, **_: Any) -> dict[str, float]:
+    """Seconds since each pool's last tick (liveness: a stuck loop shows up here)."""
+    now = time.monotonic()
+    pools: dict[tuple[str, str], PoolHandle] = getattr(memo, "pools", {})
+    return {f"{ns}/{name}": round(now - h.last_tick, 3) for (ns, name), h in pools.items()}
+
+
+# --- parsing -----------------------------------------------------------------------------
+
+
+def _plain(body: Mapping[str, Any]) -> dict[str, Any]:
+    return copy.deepcopy({k: body[k] for k in body})
+
+
+def _invalid(body: kopf.Body, patch: kopf.Patch, err: ManifestError, kind: str) -> NoReturn:
+    """Make an invalid spec visible (Event + condition) and stop retrying it."""
+    message = str(err)
+    metrics.RECONCILES.labels(kind=kind, trigger="handler", result="invalid").inc()
+    kopf.warn(body, reason="InvalidSpec", message=message[:1024])
+    patch.status["observedGeneration"] = body.metadata.get("generation")
+    patch.status["conditions"] = [
+        {
+            "type": "Ready",
+            "status": "False",
+            "reason": "InvalidSpec",
+            "message": message,
+            "lastTransitionTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "observedGeneration": body.metadata.get("generation"),
+        }
+    ]
+    if kind == "EdgeModel":
+        patch.status["phase"] = "Failed"
+    raise kopf.PermanentError(message)
+
+
+def parse_pool(
+    body: Mapping[str, Any], agent_defaults: Mapping[str, Any] | None = None
+) -> InferencePool:
+    """The pool as the operator acts on it: parsed, with the cluster's agent defaults applied."""
+    obj = parse_object(_plain(body), "InferencePool")
+    assert isinstance(obj, InferencePool)
+    return builders.apply_agent_defaults(obj, agent_defaults or {})
+
+
+def parse_model(body: Mapping[str, Any]) -> EdgeModel:
+    obj = parse_object(_plain(body), "EdgeModel")
+    assert isinstance(obj, EdgeModel)
+    return obj
+
+
+# --- InferencePool: the agents and the entry point -----------------------------------------
+
+
+@kopf.on.resume(GROUP, VERSION, POOLS)
+@kopf.on.create(GROUP, VERSION, POOLS)
+@kopf.on.update(GROUP, VERSION, POOLS)
+async def reconcile_pool(
+    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+) -> None:
+    try:
+        pool = parse_pool(body, memo.agent_defaults)
+    except ManifestError as err:
+        _invalid(body, patch, err, "InferencePool")
+    for obj in (builders.build_daemonset(pool), builders.build_service(pool)):
+        kopf.adopt(obj, owner=body)
+        action = await memo.cluster.ensure(obj)
+        if action:
+            what = f"{obj['kind']} {obj['metadata']['name']}"
+            logger.info(f"{action} {what}")
+            kopf.info(body, reason=action.capitalize(), message=f"{action} {what}")
+    metrics.RECONCILES.labels(kind="InferencePool", trigger="handler", result="ok").inc()
+    handle = memo.pools.get((pool.metadata.namespace, pool.metadata.name))
+    if handle is not None:
+        handle.kick.set()
+
+
+# --- EdgeModel: validated here, placed by its pool's daemon ----------------------------------
+
+
+@kopf.on.resume(GROUP, VERSION, MODELS)
+@kopf.on.create(GROUP, VERSION, MODELS)
+@kopf.on.update(GROUP, VERSION, MODELS)
+async def check_model(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    try:
+        model = parse_model(body)
+    except ManifestError as err:
+        _invalid(body, patch, err, "EdgeModel")
+    if not body.status.get("phase"):
+        patch.status["phase"] = "Pending"
+    metrics.RECONCILES.labels(kind="EdgeModel", trigger="handler", result="ok").inc()
+    handle = memo.pools.get((model.metadata.namespace, model.spec.pool))
+    if handle is not None:
+        handle.kick.set()
+
+
+@kopf.on.delete(GROUP, VERSION, MODELS)
+async def unload_model(
+    name: str,
+    namespace: str | None,
+    spec: kopf.Spec,
+    memo: kopf.Memo,
+    logger: kopf.Logger,
+    **_: Any,
+) -> None:
+    """The finalizer: unload every version of the model from every agent of its pool."""
+    namespace = namespace or "default"
+    pool = str(spec.get("pool", ""))
+    handle: PoolHandle | None = memo.pools.get((namespace, pool))
+    cluster: Cluster = memo.cluster
+    if handle is not None and handle.runtime.nodes:
+        addresses = {n.name: n.address for n in handle.runtime.nodes.values()}
+        agents, own_client = handle.runtime.client, False
+    else:
+        nodes, pods = await asyncio.gather(cluster.nodes(), cluster.agent_pods(namespace, pool))
+        addresses = {n.name: n.address for n in node_states(nodes, pods)}
+        agents, own_client = AgentClient(timeout_s=CONFIG.agent_timeout_s), True
+        if addresses:
+            await agents.set_credentials(await _pool_credentials(cluster, namespace, pool))
+    unloaded = []
+    try:
+        for node, address in sorted(addresses.items()):
+            try:
+                versions = await agents.unload(address, name, "")
+            except grpc.aio.AioRpcError as err:
+                # An agent that is down now gets the unload from its pool's loop when back.
+                logger.warning(f"unload {name} from {node}: {err.code().name}")
+                continue
+            if versions:
+                unloaded.append(f"{node} ({', '.join(versions)})")
+    finally:
+        if own_client:
+            await agents.close()
+    if unloaded:
+        logger.info(f"unloaded {name} from {'; '.join(unloaded)}")
+    metrics.RECONCILES.labels(kind="EdgeModel", trigger="handler", result="deleted").inc()
+    if handle is not None:
+        handle.kick.set()
+
+
+# --- the pool's control loop ----------------------------------------------------------------
+
+
+async def _pool_credentials(cluster: Cluster, namespace: str, pool: str) -> AgentCredentials:
+    """Credentials for a pool's agents when only its name is known (none if it is gone)."""
+    body = await cluster.inference_pool(namespace, pool)
+    if body is None:
+        return AgentCredentials()
+    try:
+        parsed = parse_pool(body)
+    except ManifestError:
+        return AgentCredentials()
+    try:
+        return await cluster.agent_credentials(namespace, parsed.spec.auth)
+    except LookupError as err:
+        log.warning("credentials of pool %s/%s: %s", namespace, pool, err)
+        return AgentCredentials()
+
+
+@dataclass
+class CredentialsRefresh:
+    """Re-reads a pool's auth Secrets into its agent client every `CREDENTIALS_REFRESH_S`.
+
+    A Secret that cannot be read keeps the last good credentials (the agents keep their
+    mounted files too) and is reported once per distinct problem.
+    """
+
+    client: AgentClient
+    auth: Auth | None = None
+    read_at: float = float("-inf")
+    problem: str = ""
+    clock: Callable[[], float] = time.monotonic
+
+    async def __call__(self, cluster: Cluster, namespace: str, pool: InferencePool) -> str:
+        """'' when the client is up to date, else the problem to report (once)."""
+        auth = pool.spec.auth
+        now = self.clock()
+        if auth == self.auth and now - self.read_at < CREDENTIALS_REFRESH_S:
+            return ""
+        if auth == Auth() and self.auth in (None, Auth()):
+            self.auth, self.read_at = auth, now
+            return ""
+        try:
+            creds = await cluster.agent_credentials(namespace, auth)
+        except LookupError as err:
+            self.read_at = now
+            if self.auth != auth:  # new settings we cannot honour yet: read again next tick
+                self.read_at = float("-inf")
+            message = f"agent credentials: {err}"
+            if message == self.problem:
+                return ""
+            self.problem = message
+            return message
+        await self.client.set_credentials(creds)
+        self.auth, self.read_at, self.problem = auth, now, ""
+        return ""
+
+
+async def _models(cluster: Cluster, namespace: str, pool: str) -> list[EdgeModel]:
+    """Valid, live EdgeModels of the pool (invalid ones carry their own InvalidSpec status)."""
+    out = []
+    for obj in await cluster.edge_models(namespace):
+        meta = obj.get("metadata") or {}
+        if meta.get("deletionTimestamp") or (obj.get("spec") or {}).get("pool") != pool:
+            continue
+        try:
+            out.append(parse_model(obj))
+        except ManifestError:
+            continue
+    return out
+
+
+async def _wait(handle: PoolHandle, stopped: kopf.DaemonStopped, seconds: float) -> None:
+    """Sleep until the next tick: the interval, a kick (spec change) or the daemon stopping."""
+    kick = asyncio.ensure_future(handle.kick.wait())
+    stop = asyncio.ensure_future(stopped.wait())
+    try:
+        await asyncio.wait({kick, stop}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in (kick, stop):
+            t.cancel()
+        await asyncio.gather(kick, stop, return_exceptions=True)
+    handle.kick.clear()
+
+
+@kopf.daemon(GROUP, VERSION, POOLS, cancellation_timeout=10)
+async def run_pool(
+    name: str,
+    namespace: str | None,
+    body: kopf.Body,
+    memo: kopf.Memo,
+    stopped: kopf.DaemonStopped,
+    logger: kopf.Logger,
+    **_: Any,
+) -> None:
+    """Probe, plan, converge and publish one pool every probeIntervalSeconds, until deleted."""
+    namespace = namespace or "default"
+    cluster: Cluster = memo.cluster
+
+    async def public_key(ns: str, ref: str) -> str:
+        secret, _, key = ref.partition("/")
+        return await cluster.secret_value(ns, secret, key or "token")
+
+    sink = KubeSink(cluster, name)
+    agents = AgentClient(timeout_s=CONFIG.agent_timeout_s)
+    refresh = CredentialsRefresh(agents)
+    runtime = PoolRuntime(agents, sink, resolve_public_key=public_key)
+    handle = PoolHandle(runtime)
+    memo.pools[(namespace, name)] = handle
+    failovers = 0
+    try:
+        while not stopped:
+            try:
+                # `body` is live in daemons: spec edits show up here without a restart.
+                pool = parse_pool(body, memo.agent_defaults)
+            except ManifestError:
+                await _wait(handle, stopped, 5.0)
+                continue
+            interval = pool.spec.failure_detection.probe_interval_seconds
+            sink.service = builders.service_address(pool)
+            try:
+                problem = await refresh(cluster, namespace, pool)
+                if problem:
+                    logger.warning(problem)
+                    kopf.warn(body, reason="CredentialsUnavailable", message=problem[:1024])
+                with metrics.PLACEMENT_SECONDS.time():
+                    nodes, pods, models = await asyncio.gather(
+                        cluster.nodes(),
+                        cluster.agent_pods(namespace, name),
+                        _models(cluster, namespace, name),
+                    )
+                    sink.uids = {("InferencePool", name): body.metadata.uid or ""}
+                    sink.uids.update(
+                        {("EdgeModel", m.metadata.name): m.metadata.uid for m in models}
+                    )
+                    runtime.set_nodes(node_states(nodes, pods))
+                    await runtime.tick(pool, models)
+            except Exception as err:  # one bad tick must not end the pool's loop
+                metrics.RECONCILES.labels(
+                    kind="InferencePool", trigger="loop", result="error"
+                ).inc()
+                logger.warning(f"pool tick failed: {type(err).__name__}: {err}")
+            else:
+                metrics.RECONCILES.labels(kind="InferencePool", trigger="loop", result="ok").inc()
+            handle.last_tick = time.monotonic()
+            up = sum(1 for n in runtime.nodes.values() if n.in_pool)
+            metrics.set_pool_nodes(namespace, name, up, len(runtime.nodes) - up)
+            if runtime.failovers > failovers:
+                metrics.FAILOVERS.inc(runtime.failovers - failovers)
+                failovers = runtime.failovers
+            await _wait(handle, stopped, interval)
+    finally:
+        if memo.pools.get((namespace, name)) is handle:
+            del memo.pools[(namespace, name)]
+        metrics.forget_pool(namespace, name)
+        with contextlib.suppress(Exception):
+            await runtime.close()
+        with contextlib.suppress(Exception):
+            await agents.close()

@@ -1,0 +1,1 @@
+"""Local mode: the control loop over agent processes on this machine, no cluster."""

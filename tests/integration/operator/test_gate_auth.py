@@ -1,0 +1,32 @@
+"""The validation gate reaches agents of a pool that requires a bearer token."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hatswarm_operator.api.edgemodel import ValidationGate
+from hatswarm_operator.control.agentclient import AgentCredentials
+from hatswarm_operator.control.gate_runner import run_gate
+from hatswarm_operator.core import gate as vg
+
+from tests.agentproc import start_agent
+
+from .test_canary import GATE, build_scale
+
+pytestmark = pytest.mark.integration
+
+
+async def test_gate_presents_the_pool_token(tmp_path: Path) -> None:
+    model = build_scale(tmp_path / "m.onnx", 2.0)
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    gate = vg.gate_from_spec(ValidationGate.model_validate(GATE))
+    with start_agent(["--model", f"m:1={model}", "--auth-token-file", str(token)]) as agent:
+        ok = await run_gate(
+            agent.address, "m", "1", gate, credentials=AgentCredentials(token="s3cret")
+        )
+        refused = await run_gate(agent.address, "m", "1", gate)
+    assert ok.passed, ok.message
+    assert not refused.passed
+    assert "UNAUTHENTICATED" in refused.message

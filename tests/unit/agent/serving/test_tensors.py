@@ -1,0 +1,180 @@
+"""tensors.py: OIP <-> numpy, and every validation a bad request must hit before a backend."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hatswarm_agent.backends.base import TensorSpec
+from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
+from hatswarm_agent.serving.errors import InvalidInputError
+from hatswarm_agent.serving.tensors import (
+    NUMPY_TO_OIP,
+    decode_request,
+    encode_bytes,
+    encode_response,
+    select_outputs,
+)
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+X = TensorSpec("x", "FP32", (-1, 4))
+IDS = TensorSpec("ids", "INT64", (-1, 4))
+Y = TensorSpec("y", "FP32", (-1, 2))
+
+
+def raw_request(**arrays: np.ndarray) -> pb.ModelInferRequest:
+    req = pb.ModelInferRequest(model_name="m", id="r1")
+    for name, arr in arrays.items():
+        req.inputs.add(name=name, datatype=NUMPY_TO_OIP[arr.dtype], shape=arr.shape)
+        req.raw_input_contents.append(arr.tobytes())
+    return req
+
+
+def test_raw_decode_is_zero_copy_view_with_batch_and_key() -> None:
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    ids = np.arange(12, dtype=np.int64).reshape(3, 4)
+    decoded = decode_request(raw_request(x=x, ids=ids), [X, IDS], batchable=True)
+    np.testing.assert_array_equal(decoded.inputs["x"], x)
+    np.testing.assert_array_equal(decoded.inputs["ids"], ids)
+    assert decoded.batch == 3
+    assert decoded.key == ((4,), (4,))
+    assert decoded.raw
+    assert not decoded.inputs["x"].flags.owndata
+
+
+def test_typed_decode_range_checks_narrow_types() -> None:
+    spec = TensorSpec("u", "UINT8", (3,))
+    req = pb.ModelInferRequest()
+    req.inputs.add(name="u", datatype="UINT8", shape=[3]).contents.uint_contents.extend([0, 7, 255])
+    decoded = decode_request(req, [spec], batchable=False)
+    assert decoded.inputs["u"].dtype == np.uint8
+    assert decoded.inputs["u"].tolist() == [0, 7, 255]
+    assert not decoded.raw
+    req.inputs[0].contents.uint_contents[2] = 256
+    with pytest.raises(InvalidInputError, match="out of range for UINT8"):
+        decode_request(req, [spec], batchable=False)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda r: setattr(r.inputs[0], "name", "z"), "unexpected input 'z'"),
+        (lambda r: setattr(r.inputs[0], "datatype", "FP64"), "'x': datatype FP64, expected FP32"),
+        (lambda r: r.inputs[0].shape.__setitem__(1, 5), r"'x': shape \[2, 5\], expected \[-1, 4\]"),
+        (lambda r: r.inputs[0].shape.append(1), "'x': shape"),
+        (
+            lambda r: r.raw_input_contents.__setitem__(0, b"\0" * 31),
+            "'x': 31 raw bytes, expected 32",
+        ),
+        (
+            lambda r: r.inputs[0].contents.fp32_contents.append(1.0),
+            "both raw_input_contents and typed",
+        ),
+        (
+            lambda r: r.raw_input_contents.append(b""),
+            "raw_input_contents has 2 entries for 1 inputs",
+        ),
+        (
+            lambda r: (
+                r.inputs[0].shape.__setitem__(0, 0),
+                r.raw_input_contents.__setitem__(0, b""),
+            ),
+            "batch dimension",
+        ),
+        (lambda r: r.inputs[0].shape.__setitem__(0, -2), "'x': shape"),
+    ],
+)
+def test_bad_inputs_name_the_input_and_the_expectation(mutate, message) -> None:  # type: ignore[no-untyped-def]
+    req = raw_request(x=np.zeros((2, 4), np.float32))
+    mutate(req)
+    with pytest.raises(InvalidInputError, match=message):
+        decode_request(req, [X], batchable=True)
+
+
+def test_missing_and_duplicate_inputs() -> None:
+    with pytest.raises(InvalidInputError, match=r"missing inputs \['ids'\]"):
+        decode_request(raw_request(x=np.zeros((1, 4), np.float32)), [X, IDS], batchable=True)
+    req = raw_request(x=np.zeros((1, 4), np.float32))
+    req.inputs.add(name="x", datatype="FP32", shape=[1, 4])
+    req.raw_input_contents.append(np.zeros((1, 4), np.float32).tobytes())
+    with pytest.raises(InvalidInputError, match="given twice"):
+        decode_request(req, [X], batchable=True)
+
+
+def test_batch_dims_must_agree() -> None:
+    req = raw_request(x=np.zeros((2, 4), np.float32), ids=np.zeros((3, 4), np.int64))
+    with pytest.raises(InvalidInputError, match="disagree on the batch"):
+        decode_request(req, [X, IDS], batchable=True)
+
+
+def test_fp16_is_raw_only_and_typed_field_must_match() -> None:
+    spec = TensorSpec("h", "FP16", (2,))
+    req = pb.ModelInferRequest()
+    req.inputs.add(name="h", datatype="FP16", shape=[2]).contents.fp32_contents.extend([1, 2])
+    with pytest.raises(InvalidInputError, match="FP16 must be sent in raw_input_contents"):
+        decode_request(req, [spec], batchable=False)
+    req = pb.ModelInferRequest()
+    req.inputs.add(name="x", datatype="FP32", shape=[1, 4]).contents.int_contents.extend([1] * 4)
+    with pytest.raises(InvalidInputError, match=r"belongs in contents\.fp32_contents"):
+        decode_request(req, [X], batchable=True)
+    req.inputs[0].ClearField("contents")
+    req.inputs[0].contents.fp32_contents.extend([1.0] * 3)
+    with pytest.raises(
+        InvalidInputError, match=r"3 elements in contents\.fp32_contents, expected 4"
+    ):
+        decode_request(req, [X], batchable=True)
+
+
+def test_bytes_raw_layout_round_trip_and_truncation() -> None:
+    spec = TensorSpec("s", "BYTES", (3,))
+    arr = np.array([b"a", b"", b"xyz"], dtype=np.object_)
+    raw = encode_bytes(arr)
+    req = pb.ModelInferRequest()
+    req.inputs.add(name="s", datatype="BYTES", shape=[3])
+    req.raw_input_contents.append(raw)
+    assert decode_request(req, [spec], batchable=False).inputs["s"].tolist() == arr.tolist()
+    req.raw_input_contents[0] = raw[:-1]
+    with pytest.raises(InvalidInputError, match="truncated"):
+        decode_request(req, [spec], batchable=False)
+    req.raw_input_contents[0] = raw + b"!"
+    with pytest.raises(InvalidInputError, match="trailing"):
+        decode_request(req, [spec], batchable=False)
+
+
+def test_response_mirrors_request_style_and_fp16_forces_raw() -> None:
+    y = np.arange(4, dtype=np.float32).reshape(2, 2)
+    req = pb.ModelInferRequest(model_name="m", id="abc")
+    raw = encode_response(req, "3", {"y": y}, [Y], raw=True)
+    assert (raw.model_name, raw.model_version, raw.id) == ("m", "3", "abc")
+    assert np.frombuffer(raw.raw_output_contents[0], np.float32).tolist() == y.ravel().tolist()
+    typed = encode_response(req, "3", {"y": y}, [Y], raw=False)
+    assert list(typed.outputs[0].contents.fp32_contents) == y.ravel().tolist()
+    assert not typed.raw_output_contents
+    h = TensorSpec("h", "FP16", (-1, 2))
+    forced = encode_response(req, "3", {"y": y, "h": y.astype(np.float16)}, [Y, h], raw=False)
+    assert len(forced.raw_output_contents) == 2
+
+
+def test_requested_outputs_select_and_reject_unknown() -> None:
+    z = TensorSpec("z", "FP32", (1,))
+    req = pb.ModelInferRequest()
+    assert select_outputs(req, [Y, z]) == [Y, z]
+    req.outputs.add(name="z")
+    assert select_outputs(req, [Y, z]) == [z]
+    req.outputs.add(name="nope")
+    with pytest.raises(InvalidInputError, match="unknown requested output 'nope'"):
+        select_outputs(req, [Y, z])
+
+
+_DTYPES = st.sampled_from([np.float32, np.float64, np.int8, np.uint16, np.int64, np.bool_])
+
+
+@settings(max_examples=60, deadline=None)
+@given(hnp.arrays(_DTYPES, hnp.array_shapes(min_dims=1, max_dims=3, max_side=5)))
+def test_raw_round_trip_preserves_every_array(arr: np.ndarray) -> None:
+    spec = TensorSpec("t", NUMPY_TO_OIP[arr.dtype], tuple(-1 for _ in arr.shape))
+    decoded = decode_request(raw_request(t=arr), [spec], batchable=True)
+    out = encode_response(pb.ModelInferRequest(), "1", decoded.inputs, [spec], raw=True)
+    back = np.frombuffer(out.raw_output_contents[0], arr.dtype).reshape(out.outputs[0].shape)
+    np.testing.assert_array_equal(back, arr)

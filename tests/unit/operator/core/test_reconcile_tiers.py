@@ -1,0 +1,130 @@
+"""The control loop's adapter and escalation decisions (controller.py, loop.routing_table)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hatswarm_operator.api import EdgeModel, InferencePool
+from hatswarm_operator.control.runtime import routing_table
+from hatswarm_operator.core.inventory import READY, ModelObs, NodeState
+from hatswarm_operator.core.reconcile import AdapterRef, plan_pool
+
+SHA = "a" * 64
+
+
+def pool() -> InferencePool:
+    return InferencePool.model_validate(
+        {
+            "apiVersion": "hatswarm.io/v1alpha1",
+            "kind": "InferencePool",
+            "metadata": {"name": "p", "generation": 1},
+            "spec": {"nodeSelector": {"pool": "p"}},
+        }
+    )
+
+
+def model(name: str = "m", replicas: int = 3, **spec: Any) -> EdgeModel:
+    return EdgeModel.model_validate(
+        {
+            "apiVersion": "hatswarm.io/v1alpha1",
+            "kind": "EdgeModel",
+            "metadata": {"name": name, "generation": 1},
+            "spec": {
+                "pool": "p",
+                "version": "1",
+                "artifacts": [
+                    {"accelerator": "cpu", "format": "onnx", "uri": "file:///m.onnx", "sha256": SHA}
+                ],
+                "replicas": {"min": 1, "max": 5, "desired": replicas},
+                **spec,
+            },
+        }
+    )
+
+
+def adapters(n: int) -> list[dict[str, str]]:
+    return [
+        {"name": f"a{i}", "uri": f"file:///a{i}.onnx_adapter", "sha256": f"{i:x}" * 64}
+        for i in range(n)
+    ]
+
+
+def node(name: str, *models: ModelObs) -> NodeState:
+    return NodeState(
+        name=name,
+        address=f"127.0.0.1:{9000 + int(name[-1])}",
+        labels={"pool": "p"},
+        accelerator="hailo8l",
+        up=True,
+        models=models,
+    )
+
+
+def ready(**kw: Any) -> ModelObs:
+    return ModelObs("m", "1", READY, capacity_fps=100.0, **kw)
+
+
+def test_loads_carry_every_adapter_when_each_node_has_the_slots() -> None:
+    plan = plan_pool(pool(), [model(adapters=adapters(3))], [node(f"n{i}") for i in range(3)], 0)
+    assert len(plan.loads) == 3
+    for ld in plan.loads:
+        assert [a.name for a in ld.adapters] == ["a0", "a1", "a2"]
+        assert ld.adapters[1] == AdapterRef("a1", "file:///a1.onnx_adapter", "1" * 64)
+        assert not ld.adapters_only
+
+
+def test_more_adapters_than_slots_spread_by_measured_share() -> None:
+    requests = (("a0", 900), ("a1", 50), ("a2", 50))
+    nodes = [
+        node(f"n{i}", ready(adapter_slots=2, adapters=("a0",), adapter_requests=requests))
+        for i in range(3)
+    ]
+    plan = plan_pool(pool(), [model(adapters=adapters(4))], nodes, 0)
+    assert len(plan.loads) == 3 and all(ld.adapters_only for ld in plan.loads)
+    carried = {ld.node: {a.name for a in ld.adapters} for ld in plan.loads}
+    assert all(len(c) == 2 for c in carried.values())
+    assert all("a0" in c for c in carried.values())  # the hot one everywhere
+    assert set().union(*carried.values()) == {"a0", "a1", "a2", "a3"}
+
+
+def test_a_replica_with_the_planned_adapters_is_left_alone() -> None:
+    nodes = [node(f"n{i}", ready(adapters=("a0", "a1"), adapter_slots=4)) for i in range(3)]
+    assert plan_pool(pool(), [model(adapters=adapters(2))], nodes, 0).loads == []
+
+
+def test_endpoints_report_resident_adapters_and_free_slots() -> None:
+    nodes = [
+        node("n1", ready(adapters=("a0", "a1"), resident_adapters=("a1",), adapter_slots=4)),
+        node("n2", ready(adapters=("a0", "a1"), resident_adapters=("a0", "a1"), adapter_slots=2)),
+        node("n3", ready(adapters=("a0", "a1"), adapter_slots=4)),
+    ]
+    plan = plan_pool(pool(), [model(adapters=adapters(2))], nodes, 0)
+    eps = {e.node: e for e in plan.routes[0].endpoints}
+    assert (eps["n1"].adapters, eps["n1"].adapter_slots_free) == (("a1",), 3)
+    assert (eps["n2"].adapters, eps["n2"].adapter_slots_free) == (("a0", "a1"), 0)
+    assert eps["n3"].adapters_known == ("a0", "a1")
+    table = routing_table(pool(), plan.routes, 7)
+    (ep,) = [e for e in table.routes[0].endpoints if e.node == "n1"]
+    assert (list(ep.adapters), ep.adapter_slots_free, list(ep.adapters_known)) == (
+        ["a1"],
+        3,
+        ["a0", "a1"],
+    )
+
+
+def test_escalation_rule_reaches_the_route_and_the_table() -> None:
+    esc = {"output": "probs", "threshold": 0.8, "target": {"model": "big"}}
+    nodes = [node(f"n{i}", ready()) for i in range(3)]
+    plan = plan_pool(pool(), [model(escalation=esc)], nodes, 0)
+    (r,) = plan.routes
+    assert (r.escalation_output, r.escalation_threshold, r.escalation_model) == (
+        "probs",
+        0.8,
+        "big",
+    )
+    table = routing_table(pool(), plan.routes, 1)
+    t = table.routes[0]
+    assert (t.escalation_output, t.escalation_model, t.escalation_cloud) == ("probs", "big", False)
+    cloud = {"output": "probs", "threshold": 0.5, "target": {"cloud": True}}
+    (r,) = plan_pool(pool(), [model(escalation=cloud)], nodes, 0).routes
+    assert r.escalation_cloud and r.escalation_model == ""
