@@ -24,8 +24,9 @@ from hatswarm_agent.backends.onnx import int_option
 from hatswarm_agent.control.artifacts import ArtifactError, ArtifactStore
 from hatswarm_agent.control.assignment import AssignmentStore
 from hatswarm_agent.control.signing import normalize_sha256
+from hatswarm_agent.protocol.defaults import ADAPTER_SLOTS
 from hatswarm_agent.protocol.v1 import control_pb2
-from hatswarm_agent.serving.adapters import DEFAULT_SLOTS, AdapterSet
+from hatswarm_agent.serving.adapters import AdapterSet
 from hatswarm_agent.serving.batching import ModelQueue
 from hatswarm_agent.serving.errors import InvalidInputError, PreconditionError
 from hatswarm_agent.serving.metrics import AgentMetrics
@@ -205,7 +206,7 @@ class ModelLifecycle:
                 request.uri, request.sha256, request.signature, request.public_key
             )
             options = self._options(entry.name, request.options, request.uri)
-            slots = int_option(options, "adapter_slots", DEFAULT_SLOTS, minimum=1)
+            slots = int_option(options, "adapter_slots", ADAPTER_SLOTS, minimum=1)
             loop = asyncio.get_running_loop()
             model = await loop.run_in_executor(None, backend.load, path, options)
             try:

@@ -174,9 +174,8 @@ class Attempts:
                         try:
                             response = await self.dataplane.serve(request, entry)
                         except (QueueFullError, ModelNotReadyError) as exc:
-                            (
-                                tries.refused if isinstance(exc, QueueFullError) else tries.failed
-                            ).add(HERE)
+                            full = isinstance(exc, QueueFullError)  # full: again after waiting
+                            (tries.refused if full else tries.failed).add(HERE)
                             tries.last = exc
                             self.metrics.retries.inc()
                             continue

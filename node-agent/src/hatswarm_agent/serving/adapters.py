@@ -23,8 +23,6 @@ from pathlib import Path
 from hatswarm_agent.backends.base import AdapterModel, Array, BackendError, LoadedModel
 from hatswarm_agent.serving.errors import UnknownAdapterError
 
-DEFAULT_SLOTS = 4
-
 
 class AdapterSet:
     """The adapters one model version knows (name -> verified file) and the resident few."""

@@ -1,7 +1,7 @@
 """Each table both sides share has one definition; these pin every copy that must agree with it.
 
 Routing defaults: protocol.defaults against static tables, the dispatcher's config, the agent's
-flags and the InferencePool API (and its CRD). Datatypes: protocol.datatypes against the
+flags and the InferencePool API (and its CRD); adapter slots against the operator's planner. Datatypes: protocol.datatypes against the
 EdgeModel API and its CRD. Wire names: protocol.wire against the generated service descriptor
 and the literal values clients already rely on.
 """
@@ -13,13 +13,19 @@ from typing import Any, get_args
 from hatswarm_agent.cli import build_parser
 from hatswarm_agent.protocol import wire
 from hatswarm_agent.protocol.datatypes import CONTENTS_FIELD, OIP_TO_NUMPY
-from hatswarm_agent.protocol.defaults import ROUTE_QUEUE_LIMIT, ROUTE_RETRIES, ROUTE_TIMEOUT_MS
+from hatswarm_agent.protocol.defaults import (
+    ADAPTER_SLOTS,
+    ROUTE_QUEUE_LIMIT,
+    ROUTE_RETRIES,
+    ROUTE_TIMEOUT_MS,
+)
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
 from hatswarm_agent.routing.config import DispatchConfig
 from hatswarm_agent.routing.table import TABLE_DEFAULTS, table_from_dict
 from hatswarm_operator.api.crd import edgemodel_crd, inferencepool_crd
 from hatswarm_operator.api.edgemodel import OipDatatype
 from hatswarm_operator.api.inferencepool import Routing
+from hatswarm_operator.core import adapterplan
 
 
 def _find(node: Any, key: str) -> list[Any]:
@@ -57,6 +63,11 @@ def test_routing_defaults_are_defined_once() -> None:
     assert props["queueLimit"]["default"] == ROUTE_QUEUE_LIMIT
     assert props["retries"]["default"] == ROUTE_RETRIES
     assert props["timeoutMs"]["default"] == ROUTE_TIMEOUT_MS
+
+
+def test_adapter_slots_default_is_the_agents() -> None:
+    assert ADAPTER_SLOTS == 4
+    assert adapterplan.DEFAULT_SLOTS == ADAPTER_SLOTS  # the operator plans with the agent's
 
 
 def test_the_api_datatypes_are_the_protocols() -> None:
