@@ -23,8 +23,9 @@ from hatswarm_agent.backends import BACKEND_NAMES
 from hatswarm_agent.backends.base import BackendError
 from hatswarm_agent.control.lifecycle import QueueDefaults
 from hatswarm_agent.protocol.auth import TlsFiles
+from hatswarm_agent.protocol.defaults import ROUTE_RETRIES, ROUTE_TIMEOUT_MS
 from hatswarm_agent.protocol.v1 import control_pb2
-from hatswarm_agent.routing.dispatcher import RouterConfig
+from hatswarm_agent.routing.config import DispatchConfig
 from hatswarm_agent.routing.policy import POLICIES
 from hatswarm_agent.routing.table import TableFileError, parse_peer, static_table
 from hatswarm_agent.server import Agent, AgentConfig
@@ -97,8 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a peer serving MODEL (repeatable)",
     )
     r.add_argument("--policy", choices=POLICIES, help="balancing policy (default: the table's)")
-    r.add_argument("--retries", type=int, default=2, help="other replicas tried (no table)")
-    r.add_argument("--timeout-ms", type=int, default=5000, help="request budget (no table)")
+    r.add_argument(
+        "--retries", type=int, default=ROUTE_RETRIES, help="other replicas tried (no table)"
+    )
+    r.add_argument(
+        "--timeout-ms", type=int, default=ROUTE_TIMEOUT_MS, help="request budget (no table)"
+    )
     r.add_argument(
         "--hedge-after-percentile",
         type=float,
@@ -139,7 +144,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
     if args.tls_ca and not args.tls_cert:
         raise TableFileError("--tls-ca needs --tls-cert and --tls-key")
     tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert else None
-    routing = RouterConfig(
+    routing = DispatchConfig(
         node_name=args.node_name,
         policy=args.policy or "",
         retries=args.retries,

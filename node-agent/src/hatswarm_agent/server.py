@@ -1,5 +1,9 @@
 """Assembles one agent: grpc.aio server, OIP + control + health + reflection, graceful stop.
 
+The request path is wired here and points one way: the OIP servicer calls one `infer` (the
+dispatcher's, which calls the data plane for what runs here; or, with `dispatch=False`, the
+data plane's own); the data plane knows neither.
+
 Start order matters: the last assignment is reloaded from disk and the command-line models are
 loaded before the port accepts calls, so the first control call sees the restored state; only
 then is health SERVING and the ready line printed. Stop order: health NOT_SERVING everywhere
@@ -20,17 +24,19 @@ from grpc_reflection.v1alpha import reflection
 
 from hatswarm_agent.control.artifacts import ArtifactStore
 from hatswarm_agent.control.assignment import AssignmentStore
-from hatswarm_agent.control.lifecycle import BackendPool, ModelLifecycle, QueueDefaults
+from hatswarm_agent.control.lifecycle import Backends, ModelLifecycle, QueueDefaults
 from hatswarm_agent.control.servicer import ControlServicer, NodeIdentity
 from hatswarm_agent.protocol.auth import BearerAuthInterceptor, TlsFiles, TokenFile
 from hatswarm_agent.protocol.v1 import control_pb2, control_pb2_grpc
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2_grpc as pb_grpc
-from hatswarm_agent.routing.dispatcher import PoolRouter, RouterConfig
+from hatswarm_agent.routing.config import DispatchConfig
+from hatswarm_agent.routing.dispatcher import Dispatcher
 from hatswarm_agent.routing.table import RoutingTableStore
+from hatswarm_agent.serving.dataplane import DataPlane, ServingState
 from hatswarm_agent.serving.metrics import AgentMetrics, RouteMetrics
 from hatswarm_agent.serving.registry import ModelRegistry
-from hatswarm_agent.serving.servicer import InferenceServicer, Router, ServingState
+from hatswarm_agent.serving.servicer import InferenceServicer
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +65,7 @@ class AgentConfig:
     max_message_bytes: int = 64 << 20
     grace_seconds: float = 5.0
     models: list[control_pb2.LoadModelRequest] = field(default_factory=list)
-    routing: RouterConfig = field(default_factory=RouterConfig)
+    routing: DispatchConfig = field(default_factory=DispatchConfig)
     routing_table: control_pb2.RoutingTable | None = None  # static: --routing-table, --peer
     auth_token_file: Path | None = None
     tls: TlsFiles | None = None
@@ -79,12 +85,13 @@ def server_options(config: AgentConfig) -> list[tuple[str, int]]:
 class Agent:
     """One running node agent."""
 
-    def __init__(self, config: AgentConfig, router: Router | None = None) -> None:
+    def __init__(self, config: AgentConfig, *, dispatch: bool = True) -> None:
+        """`dispatch=False`: no routing at all, every request runs (or fails) here."""
         self.config = config
         self.port = config.port
         self.state = ServingState()
         self.registry = ModelRegistry()
-        self.backends = BackendPool(config.backend, config.accelerator)
+        self.backends = Backends(config.backend, config.accelerator)
         if not config.gateway:
             self.backends.get()  # fail fast when the default backend cannot exist here
         self.metrics = AgentMetrics(None if config.gateway else self.backends.device_info)
@@ -108,20 +115,20 @@ class Agent:
             gateway=config.gateway,
         )
         self.routing = RoutingTableStore(config.routing_table)
-        self.inference = InferenceServicer(self.registry, self.metrics, self.state, router)
         self.tokens = TokenFile(config.auth_token_file) if config.auth_token_file else None
-        self.pool: PoolRouter | None = None
-        if router is None:
-            self.pool = PoolRouter(
+        self.dataplane = DataPlane(self.registry, self.metrics, self.state)
+        self.dispatcher: Dispatcher | None = None
+        if dispatch:
+            self.dispatcher = Dispatcher(
                 replace(config.routing, node_name=config.node_name),
-                self.registry,
+                self.dataplane,
                 self.routing,
-                self.inference.serve_local,
                 RouteMetrics(self.metrics.registry),
                 tokens=self.tokens,
                 tls=config.tls,
             )
-            self.inference.router = self.pool
+        infer = self.dispatcher.infer if self.dispatcher is not None else self.dataplane.infer
+        self.inference = InferenceServicer(self.dataplane, infer)
         interceptors = [BearerAuthInterceptor(self.tokens)] if self.tokens else []
         self.server = grpc.aio.server(options=server_options(config), interceptors=interceptors)
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.inference, self.server)
@@ -146,8 +153,8 @@ class Agent:
             self.port = self.server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"cannot listen on {address}")
-        if self.pool is not None:
-            await self.pool.start(self.config.host, self.port)
+        if self.dispatcher is not None:
+            await self.dispatcher.start(self.config.host, self.port)
         await self.lifecycle.restore()
         for request in self.config.models:
             await self.lifecycle.load(request, persistent=False)
@@ -162,8 +169,8 @@ class Agent:
         self.state.ready = False
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.config.grace_seconds)
-        if self.pool is not None:
-            await self.pool.stop()
+        if self.dispatcher is not None:
+            await self.dispatcher.stop()
         await self.lifecycle.close()
         if self._tmp is not None:
             self._tmp.cleanup()

@@ -1,12 +1,13 @@
 """The one small interface every backend implements.
 
-The OIP servicer, the batcher and the metrics only ever see these types, so onnxruntime, the
-Hailo NPU and the simulated NPU are interchangeable. `LoadedModel.run` is blocking and is always
-called from a worker thread, never from the event loop.
+The data plane, the batcher and the metrics only ever see these types, so onnxruntime, the
+Hailo NPU and the simulated NPU are interchangeable. `LoadedModel.run` is blocking and is
+called from a worker thread (or, for a model that declares a tiny `latency_s`, inline).
 """
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,23 +55,39 @@ class ModelProfile:
     latency_ms_batch1: float = field(default=0.0)
 
 
-@runtime_checkable
-class LoadedModel(Protocol):
-    """A model ready to run on one backend."""
+class LoadedModel(abc.ABC):
+    """A model ready to run on one backend, and what it can do: backends subclass this.
+
+    The class attributes are the capabilities the agent plans around; a backend overrides the
+    ones it has (set on the class or the instance).
+    """
 
     inputs: Sequence[TensorSpec]
     outputs: Sequence[TensorSpec]
     # Largest batch the first dimension may carry when it is dynamic; 0 when it is not.
-    max_batch_size: int
+    max_batch_size: int = 0
+    # Worker threads that may call `run` at once (a device that runs one batch at a time: 1).
+    concurrency: int = 1
+    # Measured batch-1 run time, 0.0 when unknown; a short one runs on the event loop.
+    latency_s: float = 0.0
+    # Watts drawn while computing, for energy accounting; None when the backend cannot tell.
+    active_watts: float | None = None
+    # Whether `run_alone` is another way to run (more cores) worth timing against `run`.
+    runs_alone: bool = False
 
+    @abc.abstractmethod
     def run(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
         """Run one (possibly batched) inference. Blocking; called from a worker thread."""
-        ...
 
+    def run_alone(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
+        """`run` for a request with the device to itself (only called when `runs_alone`)."""
+        return self.run(inputs)
+
+    @abc.abstractmethod
     def capacity_fps(self) -> float:
         """Inferences per second this node sustains for this model (measured or profiled)."""
-        ...
 
+    @abc.abstractmethod
     def close(self) -> None: ...
 
 

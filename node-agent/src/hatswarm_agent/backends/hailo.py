@@ -37,6 +37,7 @@ from hatswarm_agent.backends.base import (
     BackendError,
     BackendUnavailableError,
     DeviceInfo,
+    LoadedModel,
     TensorSpec,
 )
 
@@ -105,7 +106,7 @@ def _option(options: Mapping[str, str], key: str, default: int) -> int:
     return value
 
 
-class HailoModel:
+class HailoModel(LoadedModel):
     """One configured HEF on the shared VDevice."""
 
     def __init__(

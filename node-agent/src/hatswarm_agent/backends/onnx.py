@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from hatswarm_agent.backends.base import Array, BackendError, DeviceInfo, TensorSpec
+from hatswarm_agent.backends.base import Array, BackendError, DeviceInfo, LoadedModel, TensorSpec
+from hatswarm_agent.protocol.datatypes import OIP_TO_NUMPY
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +127,10 @@ def has_dynamic_batch(args: Sequence[Any]) -> bool:
     )
 
 
-class OnnxModel:
+class OnnxModel(LoadedModel):
     """One onnxruntime session; `concurrency` worker threads may call `run` at once."""
+
+    runs_alone = True  # a lone request may use the wide session (or the same one)
 
     def __init__(self, session: ort.InferenceSession, options: Mapping[str, str]) -> None:
         self._session = session
@@ -238,7 +241,7 @@ class OnnxModel:
             if spec.datatype == "BYTES":
                 feeds[spec.name] = np.full(shape, "", dtype=np.object_)
             else:
-                feeds[spec.name] = np.zeros(shape, dtype=_NUMPY[spec.datatype])
+                feeds[spec.name] = np.zeros(shape, dtype=OIP_TO_NUMPY[spec.datatype])
         return feeds
 
     def warm_up(self) -> None:
@@ -266,22 +269,6 @@ class OnnxModel:
 
 def _closed(*_: object) -> list[Array]:
     raise BackendError("model is closed")
-
-
-_NUMPY: dict[str, Any] = {
-    "BOOL": np.bool_,
-    "UINT8": np.uint8,
-    "UINT16": np.uint16,
-    "UINT32": np.uint32,
-    "UINT64": np.uint64,
-    "INT8": np.int8,
-    "INT16": np.int16,
-    "INT32": np.int32,
-    "INT64": np.int64,
-    "FP16": np.float16,
-    "FP32": np.float32,
-    "FP64": np.float64,
-}
 
 
 def open_session(path: Path, options: Mapping[str, str]) -> ort.InferenceSession:

@@ -20,6 +20,7 @@ from hatswarm_agent.backends.base import (
     Array,
     BackendError,
     DeviceInfo,
+    LoadedModel,
     ModelProfile,
     TensorSpec,
 )
@@ -103,7 +104,7 @@ class SimulatedDevice:
         )
 
 
-class SimulatedModel:
+class SimulatedModel(LoadedModel):
     """An onnxruntime model paced to its profile on the shared simulated device."""
 
     concurrency = 1  # the device runs one batch at a time

@@ -1,1 +1,2 @@
-"""The acting half of the control plane: probe agents, converge, push tables."""
+"""What the operator asks of this agent: the control servicer, model lifecycle, artifacts,
+signatures, the saved assignment."""

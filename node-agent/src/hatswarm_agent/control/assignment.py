@@ -12,9 +12,10 @@ import json
 import logging
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from google.protobuf import json_format
 
 from hatswarm_agent.control.artifacts import fsync_dir
 from hatswarm_agent.protocol.v1 import control_pb2
@@ -24,97 +25,33 @@ log = logging.getLogger(__name__)
 _FORMAT_VERSION = 1
 
 
-@dataclass
-class AssignedModel:
-    """One model version the agent was told to serve: a LoadModelRequest as plain data."""
+def entry_of(request: control_pb2.LoadModelRequest) -> dict[str, Any]:
+    """One stored entry: every LoadModelRequest field under its proto name (format version 1).
 
-    name: str
-    version: str
-    uri: str
-    sha256: str = ""
-    signature: str = ""
-    public_key: str = ""
-    backend: str = ""
-    format: str = ""
-    options: dict[str, str] = field(default_factory=dict)
-    cache_ttl_seconds: int = 0
-    adapters: list[dict[str, str]] = field(default_factory=list)
+    `cache_ttl_seconds` stays a JSON number, as version 1 files have always had it (proto JSON
+    would write an int64 as a string, which the agents before this one refuse).
+    """
+    entry = json_format.MessageToDict(
+        request, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    entry["cache_ttl_seconds"] = request.cache_ttl_seconds
+    return entry
 
-    @classmethod
-    def from_request(cls, req: control_pb2.LoadModelRequest) -> AssignedModel:
-        return cls(
-            name=req.name,
-            version=req.version,
-            uri=req.uri,
-            sha256=req.sha256,
-            signature=req.signature,
-            public_key=req.public_key,
-            backend=req.backend,
-            format=req.format,
-            options=dict(req.options),
-            cache_ttl_seconds=req.cache_ttl_seconds,
-            adapters=[{"name": a.name, "uri": a.uri, "sha256": a.sha256} for a in req.adapters],
-        )
 
-    def to_request(self) -> control_pb2.LoadModelRequest:
-        return control_pb2.LoadModelRequest(
-            name=self.name,
-            version=self.version,
-            uri=self.uri,
-            sha256=self.sha256,
-            signature=self.signature,
-            public_key=self.public_key,
-            backend=self.backend,
-            format=self.format,
-            options=self.options,
-            cache_ttl_seconds=self.cache_ttl_seconds,
-            adapters=[
-                control_pb2.AdapterArtifact(
-                    name=a.get("name", ""), uri=a.get("uri", ""), sha256=a.get("sha256", "")
-                )
-                for a in self.adapters
-            ],
-        )
-
-    @classmethod
-    def from_json(cls, data: Any) -> AssignedModel:
-        """Parse one stored entry strictly: a wrong type is a ValueError, unknown keys are
-        ignored (a newer agent may have written them)."""
-        if not isinstance(data, dict):
-            raise ValueError(f"model entry must be an object, got {type(data).__name__}")
-
-        def text(key: str, required: bool = False) -> str:
-            value = data.get(key, "")
-            if not isinstance(value, str) or (required and not value):
-                raise ValueError(f"model entry field {key!r} must be a non-empty string")
-            return value
-
-        options = data.get("options", {})
-        if not isinstance(options, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in options.items()
-        ):
-            raise ValueError("model entry field 'options' must map strings to strings")
-        adapters = data.get("adapters", [])
-        if not isinstance(adapters, list) or not all(
-            isinstance(a, dict) and all(isinstance(v, str) for v in a.values()) for a in adapters
-        ):
-            raise ValueError("model entry field 'adapters' must be a list of string maps")
-        ttl = data.get("cache_ttl_seconds", 0)
-        if not isinstance(ttl, int) or isinstance(ttl, bool):
-            raise ValueError("model entry field 'cache_ttl_seconds' must be an integer")
-        return cls(
-            name=text("name", required=True),
-            version=text("version"),
-            uri=text("uri", required=True),
-            sha256=text("sha256"),
-            signature=text("signature"),
-            public_key=text("public_key"),
-            backend=text("backend"),
-            format=text("format"),
-            options=dict(options),
-            cache_ttl_seconds=ttl,
-            adapters=[dict(a) for a in adapters],
-        )
+def request_of(entry: Any) -> control_pb2.LoadModelRequest:
+    """Parse one stored entry strictly: a wrong type is a ValueError, unknown keys are
+    ignored (a newer agent may have written them)."""
+    if not isinstance(entry, dict):
+        raise ValueError(f"model entry must be an object, got {type(entry).__name__}")
+    request = control_pb2.LoadModelRequest()
+    try:
+        json_format.ParseDict(entry, request, ignore_unknown_fields=True)
+    except json_format.ParseError as exc:
+        raise ValueError(f"model entry: {exc}") from None
+    if not request.name or not request.uri:
+        missing = "name" if not request.name else "uri"
+        raise ValueError(f"model entry field {missing!r} must be a non-empty string")
+    return request
 
 
 class AssignmentStore:
@@ -123,7 +60,7 @@ class AssignmentStore:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
 
-    def load(self) -> list[AssignedModel]:
+    def load(self) -> list[control_pb2.LoadModelRequest]:
         """The saved assignment; empty when absent or unreadable (never raises)."""
         try:
             raw = self.path.read_bytes()
@@ -138,15 +75,15 @@ class AssignmentStore:
                 raise ValueError("expected an object with a 'models' list")
             if doc.get("version", _FORMAT_VERSION) != _FORMAT_VERSION:
                 raise ValueError(f"unknown format version {doc.get('version')!r}")
-            return [AssignedModel.from_json(entry) for entry in doc["models"]]
+            return [request_of(entry) for entry in doc["models"]]
         except (ValueError, RecursionError) as exc:  # JSON and UTF-8 errors are ValueErrors
             log.error("assignment file %s is corrupt (%s); starting empty", self.path, exc)
             self._set_aside()
             return []
 
-    def save(self, models: list[AssignedModel]) -> None:
+    def save(self, models: list[control_pb2.LoadModelRequest]) -> None:
         """Replace the file with `models` atomically and durably."""
-        doc = {"version": _FORMAT_VERSION, "models": [asdict(m) for m in models]}
+        doc = {"version": _FORMAT_VERSION, "models": [entry_of(m) for m in models]}
         data = json.dumps(doc, indent=2, sort_keys=True).encode("utf-8")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(

@@ -22,10 +22,11 @@ from hatswarm_agent.backends import canonical_name, create_backend
 from hatswarm_agent.backends.base import Backend, BackendError, DeviceInfo, LoadedModel
 from hatswarm_agent.backends.onnx import int_option
 from hatswarm_agent.control.artifacts import ArtifactError, ArtifactStore
-from hatswarm_agent.control.assignment import AssignedModel, AssignmentStore
+from hatswarm_agent.control.assignment import AssignmentStore
 from hatswarm_agent.control.signing import normalize_sha256
+from hatswarm_agent.protocol.defaults import ADAPTER_SLOTS
 from hatswarm_agent.protocol.v1 import control_pb2
-from hatswarm_agent.serving.adapters import DEFAULT_SLOTS, AdapterSet
+from hatswarm_agent.serving.adapters import AdapterSet
 from hatswarm_agent.serving.batching import ModelQueue
 from hatswarm_agent.serving.errors import InvalidInputError, PreconditionError
 from hatswarm_agent.serving.metrics import AgentMetrics
@@ -46,8 +47,8 @@ class QueueDefaults:
     max_queue_delay_us: int = 0
 
 
-class BackendPool:
-    """One backend instance per kind (an NPU is one device shared by all its models)."""
+class Backends:
+    """The node's backends, one instance per kind (an NPU is one device shared by its models)."""
 
     def __init__(self, default: str, accelerator: str) -> None:
         self.default = canonical_name(default)
@@ -77,9 +78,9 @@ class BackendPool:
 def inline_items(model: LoadedModel, options: Mapping[str, str]) -> int:
     """How many items may run on the event loop: those whose measured run time stays under
     `inline_max_us` (default 200 us, about the cost of the thread-pool round trip)."""
-    latency = getattr(model, "latency_s", 0.0)
+    latency = model.latency_s
     budget = int_option(options, "inline_max_us", 200) / 1e6
-    if not isinstance(latency, float) or latency <= 0 or latency > budget:
+    if latency <= 0 or latency > budget:
         return 0
     return max(1, min(int(budget / latency), model.max_batch_size or 1))
 
@@ -118,7 +119,7 @@ class ModelLifecycle:
         registry: ModelRegistry,
         metrics: AgentMetrics,
         artifacts: ArtifactStore,
-        backends: BackendPool,
+        backends: Backends,
         health: health_aio.HealthServicer,
         *,
         assignment: AssignmentStore | None = None,
@@ -205,7 +206,7 @@ class ModelLifecycle:
                 request.uri, request.sha256, request.signature, request.public_key
             )
             options = self._options(entry.name, request.options, request.uri)
-            slots = int_option(options, "adapter_slots", DEFAULT_SLOTS, minimum=1)
+            slots = int_option(options, "adapter_slots", ADAPTER_SLOTS, minimum=1)
             loop = asyncio.get_running_loop()
             model = await loop.run_in_executor(None, backend.load, path, options)
             try:
@@ -215,7 +216,7 @@ class ModelLifecycle:
                     limit=int_option(options, "queue_limit", self.defaults.queue_limit, minimum=1),
                     max_batch_size=model.max_batch_size,
                     max_queue_delay_s=int_option(options, "max_queue_delay_us", 0) / 1e6,
-                    concurrency=max(1, int(getattr(model, "concurrency", 1))),
+                    concurrency=max(1, model.concurrency),
                     on_execution=entry.on_execution,
                     name=entry.name,
                     inline_max_items=inline_items(model, options),
@@ -232,8 +233,7 @@ class ModelLifecycle:
         if not pinned:
             self.artifacts.pin(entry.sha256)
         entry.model, entry.queue, entry.adapters = model, queue, adapters
-        watts = getattr(model, "active_watts", None)
-        entry.active_watts = float(watts) if isinstance(watts, int | float) else None
+        entry.active_watts = model.active_watts
         entry.metrics = self.metrics.model(entry.name, entry.version)
         entry.metrics.loaded.set(1)
         entry.metrics.queue_depth.set_function(lambda: queue.depth)
@@ -333,11 +333,7 @@ class ModelLifecycle:
     def _save(self) -> None:
         if self.assignment is None:
             return
-        models = [
-            AssignedModel.from_request(e.request)
-            for e in self.registry.all()
-            if e.persistent and e.ready
-        ]
+        models = [e.request for e in self.registry.all() if e.persistent and e.ready]
         try:
             self.assignment.save(models)
         except OSError:
@@ -348,11 +344,11 @@ class ModelLifecycle:
         if self.assignment is None:
             return []
         loaded: list[ModelVersion] = []
-        for assigned in self.assignment.load():
+        for request in self.assignment.load():
             try:
-                loaded.append(await self.load(assigned.to_request()))
+                loaded.append(await self.load(request))
             except Exception:
-                log.exception("could not restore model %s", assigned.name)
+                log.exception("could not restore model %s", request.name)
         return loaded
 
     async def close(self) -> None:

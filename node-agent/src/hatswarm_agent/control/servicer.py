@@ -6,13 +6,23 @@ import asyncio
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from hatswarm_agent import __version__
 from hatswarm_agent.control.lifecycle import ModelLifecycle
 from hatswarm_agent.protocol.v1 import control_pb2, control_pb2_grpc
-from hatswarm_agent.routing.table import RoutingTableStore
 from hatswarm_agent.serving.errors import grpc_errors
+
+
+class RoutingTables(Protocol):
+    """Where pushed routing tables go (routing.table.RoutingTableStore)."""
+
+    @property
+    def generation(self) -> int: ...
+
+    def set(self, table: control_pb2.RoutingTable) -> int:
+        """Adopt `table` unless it is older; returns the current generation."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -26,7 +36,7 @@ class ControlServicer(control_pb2_grpc.AgentControlServicer):
     """Load/unload, node status and the routing table."""
 
     def __init__(
-        self, lifecycle: ModelLifecycle, routing: RoutingTableStore, identity: NodeIdentity
+        self, lifecycle: ModelLifecycle, routing: RoutingTables, identity: NodeIdentity
     ) -> None:
         self._lifecycle = lifecycle
         self._routing = routing

@@ -1,1 +1,2 @@
-"""What crosses the wire, shared by agent and operator: stubs, datatypes, auth."""
+"""What crosses the wire, shared by agent and operator: stubs, datatypes, wire names, parameter
+readers, routing defaults, auth."""

@@ -1,18 +1,20 @@
-"""Bearer tokens and TLS: who may call this agent, and how it presents itself to peers.
+"""Bearer tokens and TLS: who may call this agent, and how callers present themselves.
 
 `--auth-token-file` holds the pool token (a mounted Secret). Every RPC but health and
 reflection must carry `authorization: Bearer <token>`, entry requests and forwarded hops alike
 (a hop marker alone proves nothing). The file is re-read when it changes, so a rotated Secret
 takes effect without a restart. TLS uses one set of files both ways: the server's certificate
 and key, and with a CA, client certificates are required (mTLS); the same files are this
-agent's client credentials toward its peers.
+agent's client credentials toward its peers. `bearer_metadata` and `open_channel` are the one
+way any hatswarm client (peer hops, the cloud fallback, the operator) builds its call metadata
+and its channels.
 """
 
 from __future__ import annotations
 
 import hmac
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,34 @@ OPEN_SERVICES = (
     "/" + reflection.SERVICE_NAME + "/",
     "/grpc.reflection.v1.ServerReflection/",
 )
+
+
+Metadata = tuple[tuple[str, str], ...]
+
+
+def bearer_metadata(token: str) -> Metadata:
+    """`authorization: Bearer <token>` call metadata; none for an empty token."""
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+def open_channel(
+    address: str,
+    tls: grpc.ChannelCredentials | None = None,
+    options: Sequence[tuple[str, Any]] = (),
+    *,
+    server_name: str | None = None,
+) -> grpc.aio.Channel:
+    """A grpc.aio channel: TLS with `tls` credentials, else plaintext.
+
+    `server_name` overrides the name the server's certificate is checked against (default:
+    the host dialled).
+    """
+    opts = list(options)
+    if tls is None:
+        return grpc.aio.insecure_channel(address, options=opts)
+    if server_name:
+        opts.append(("grpc.ssl_target_name_override", server_name))
+    return grpc.aio.secure_channel(address, tls, options=opts)
 
 
 class TokenFile:
@@ -52,9 +82,8 @@ class TokenFile:
             self._stamp = stamp
         return self._token
 
-    def metadata(self) -> tuple[tuple[str, str], ...]:
-        token = self.token()
-        return (("authorization", f"Bearer {token}"),) if token else ()
+    def metadata(self) -> Metadata:
+        return bearer_metadata(self.token())
 
 
 def bearer(metadata: Any) -> str:

@@ -1,1 +1,2 @@
-"""Where a request runs: routing policy, dispatcher, peers, cache, cloud, cascade."""
+"""Where a request runs: dispatcher (entry, cache), attempts (here, peers, cloud), forwarding,
+escalation, peers (channels, probes), policy (pure pickers), table, cache, cloud, cascade."""

@@ -17,8 +17,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
+from hatswarm_agent.protocol.wire import PRIORITY_PARAM
 
-IGNORED_PARAMETERS = frozenset({"priority", "timeout", "id"})
+IGNORED_PARAMETERS = frozenset({PRIORITY_PARAM, "timeout", "id"})
 
 
 def request_key(request: pb.ModelInferRequest, version: str) -> tuple[str, str, bytes]:

@@ -6,7 +6,7 @@ nodes carry, say) or to the cloud. "Unsure" is the top class probability of one 
 under the route's threshold. An output that is not already a probability distribution (values
 outside [0, 1], or rows not summing to 1) is read as logits and softmaxed; a single value per
 row is a sigmoid probability p, whose confidence is max(p, 1 - p). A batched request escalates
-when any of its rows is unsure. pool.py does the sending.
+when any of its rows is unsure. escalation.py does the sending.
 """
 
 from __future__ import annotations
@@ -17,17 +17,15 @@ import numpy as np
 
 from hatswarm_agent.protocol.datatypes import CONTENTS_FIELD, OIP_TO_NUMPY
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
+from hatswarm_agent.protocol.wire import TIER_MODEL_PREFIX, TIER_PARAM
 
-TIER_PARAM = "hatswarm.tier"
-TIER_EDGE = "edge"
-TIER_CLOUD = "cloud"
 # Rows of probabilities sum to 1 within this (float32 softmax outputs are not exact).
 SUM_TOLERANCE = 1e-3
 _NUMERIC = {k for k in OIP_TO_NUMPY if k not in ("BYTES", "BOOL")}
 
 
 def tier_of_model(model: str) -> str:
-    return f"escalated-model:{model}"
+    return f"{TIER_MODEL_PREFIX}{model}"
 
 
 def output_values(response: pb.ModelInferResponse, name: str) -> np.ndarray | None:

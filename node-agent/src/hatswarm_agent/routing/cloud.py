@@ -16,9 +16,9 @@ from typing import Any
 
 import grpc
 
-from hatswarm_agent.protocol.auth import TokenFile
+from hatswarm_agent.protocol.auth import Metadata, TokenFile, open_channel
 from hatswarm_agent.protocol.v1 import control_pb2
-from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
+from hatswarm_agent.routing.peers import infer_call
 
 WINDOW_S = 30
 
@@ -40,7 +40,7 @@ class ShareWindow:
         return self._buckets[-1]
 
     def request(self) -> None:
-        """Count one request entering the router."""
+        """Count one request entering the dispatcher."""
         self._bucket()[1] += 1
 
     def totals(self) -> tuple[int, int]:
@@ -92,21 +92,14 @@ class CloudTarget:
     def allow(self) -> bool:
         return self.enabled and self.window.allow(self.config.max_share)
 
-    def metadata(self) -> tuple[tuple[str, str], ...]:
+    def metadata(self) -> Metadata:
         return self._tokens.metadata() if self._tokens else ()
 
     def call(self) -> Any:
         if self._call is None:
-            target = self.config.endpoint
-            if self.config.tls:
-                self._channel = grpc.aio.secure_channel(target, grpc.ssl_channel_credentials())
-            else:
-                self._channel = grpc.aio.insecure_channel(target)
-            self._call = self._channel.unary_unary(
-                "/inference.GRPCInferenceService/ModelInfer",
-                request_serializer=pb.ModelInferRequest.SerializeToString,
-                response_deserializer=pb.ModelInferResponse.FromString,
-            )
+            tls = grpc.ssl_channel_credentials() if self.config.tls else None  # system roots
+            self._channel = open_channel(self.config.endpoint, tls)
+            self._call = infer_call(self._channel)
         return self._call
 
     async def close(self) -> None:

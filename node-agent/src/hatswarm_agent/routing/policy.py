@@ -1,15 +1,16 @@
 """Routing policy: where one request should run. Pure: plain data in, a decision out, no I/O.
 
-What the router knows of each peer is only what it saw itself (requests outstanding from this
-agent, an EWMA of their latency, consecutive failures) plus the queue depth the peer reported
-in its last answer. Picking among the replicas of a model version is power-of-two-choices: two
+What the dispatcher knows of each peer is only what it saw itself (requests outstanding from
+this agent, an EWMA of their latency, consecutive failures) plus the queue depth the peer
+reported in its last answer. Picking among the replicas of a model version is power-of-two-choices: two
 replicas drawn by table weight, the one with the lower expected wait wins; least-loaded and
 round-robin are there for comparison (RoutingTable.policy). A request that names no version is
 split across the model's versions by version weight (canary). A request naming a LoRA adapter
 is first scored per replica the way the Gateway API Inference Extension does (adapter loaded
 1.0 > free slot 0.8 > must evict 0.6 > cannot 0), and the policy picks among the best-scored
 ones; what each endpoint has loaded comes from the table and from this agent's own forwards.
-The I/O around these decisions (channels, retries, probes) lives in pool.py.
+The I/O around these decisions lives beside it: attempts.py (retries, waiting),
+forwarding.py (calls, hedging), peers.py (channels, probes).
 """
 
 from __future__ import annotations
@@ -32,8 +33,6 @@ ADAPTER_LOADED = 1.0
 ADAPTER_FREE_SLOT = 0.8
 ADAPTER_EVICT = 0.6
 ADAPTER_CANNOT = 0.0
-DEFAULT_RETRIES = 2
-DEFAULT_TIMEOUT_MS = 5000
 EWMA_ALPHA = 0.2
 # A reported queue depth is trusted this long; then only what this agent sees counts.
 DEPTH_FRESH_S = 0.5
@@ -245,8 +244,8 @@ def compile_table(
 ) -> CompiledTable:
     """Index `table`; endpoints naming this agent mark the route local instead of a peer.
 
-    Peer state carries over from `known` (same address), so a new table keeps what the router
-    learned about latency and failures.
+    Peer state carries over from `known` (same address), so a new table keeps what the
+    dispatcher learned about latency and failures.
     """
     mine = set(self_addresses)
     known = known or {}
@@ -417,8 +416,8 @@ class _Waiter:
 class WaitingLine:
     """High-priority requests waiting for capacity, most important (then oldest) first.
 
-    Pure bookkeeping: `join` returns a ticket, `next` pops the one to wake; pool.py pairs the
-    tickets with futures.
+    Pure bookkeeping: `join` returns a ticket, `next` pops the one to wake; attempts.Capacity pairs
+    the tickets with futures.
     """
 
     def __init__(self) -> None:

@@ -1,7 +1,7 @@
-"""The routing seam: the table the operator pushes, the hook the OIP servicer calls, and static
-tables for standalone use (`--routing-table FILE`, `--peer MODEL=HOST:PORT[,weight]`).
+"""The routing table: the one the operator pushes, and static ones for standalone use
+(`--routing-table FILE`, `--peer MODEL=HOST:PORT[,weight]`).
 
-The policy is in router.py, the I/O that carries it out (peers, cache, cloud) in pool.py.
+policy.py compiles it into decisions; the dispatcher (dispatcher.py) carries them out.
 """
 
 from __future__ import annotations
@@ -12,10 +12,15 @@ from typing import Any
 
 from google.protobuf import json_format
 
+from hatswarm_agent.protocol.defaults import ROUTE_QUEUE_LIMIT, ROUTE_RETRIES, ROUTE_TIMEOUT_MS
 from hatswarm_agent.protocol.v1 import control_pb2
 
 # What a static table means when it leaves them out (the InferencePool's defaults).
-TABLE_DEFAULTS = {"queue_limit": 64, "retries": 2, "timeout_ms": 5000}
+TABLE_DEFAULTS = {
+    "queue_limit": ROUTE_QUEUE_LIMIT,
+    "retries": ROUTE_RETRIES,
+    "timeout_ms": ROUTE_TIMEOUT_MS,
+}
 
 
 class RoutingTableStore:

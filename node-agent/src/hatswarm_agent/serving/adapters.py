@@ -21,13 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from hatswarm_agent.backends.base import AdapterModel, Array, BackendError, LoadedModel
-from hatswarm_agent.serving.errors import ModelNotFoundError
-
-DEFAULT_SLOTS = 4
-
-
-class UnknownAdapterError(ModelNotFoundError):
-    """A request named an adapter its model version does not have (NOT_FOUND)."""
+from hatswarm_agent.serving.errors import UnknownAdapterError
 
 
 class AdapterSet:
@@ -38,7 +32,7 @@ class AdapterSet:
             raise ValueError("an adapter set needs at least one slot")
         self._model = model
         self.slots = slots
-        self._label = f"model '{name}' version '{version}'"
+        self._model_name, self._version = name, version
         self._paths: dict[str, Path] = {}
         self._resident: OrderedDict[str, object] = OrderedDict()
         self._lock = threading.Lock()
@@ -69,10 +63,7 @@ class AdapterSet:
     def check(self, adapter: str) -> None:
         """NOT_FOUND naming the adapter and model when `adapter` is not known."""
         if adapter not in self._paths:
-            known = ", ".join(sorted(self._paths)) or "none"
-            raise UnknownAdapterError(
-                f"adapter '{adapter}' is not known for {self._label} (known: {known})"
-            )
+            raise UnknownAdapterError(adapter, self._model_name, self._version, self._paths)
 
     def count(self, adapter: str) -> None:
         """One request for `adapter` (event loop): the per-adapter request counters."""

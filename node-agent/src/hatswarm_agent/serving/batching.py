@@ -133,9 +133,8 @@ class ModelQueue:
         # intra-op threads); the queue knows when that is: nothing else waiting or running.
         # Whether it is faster depends on what else the node runs (other pods take cores), so
         # lone runs are timed both ways and the faster kept, the other retried now and then.
-        run_alone = getattr(model, "run_alone", None)
         self._run_alone: Callable[[dict[str, Array]], dict[str, Array]] | None = (
-            run_alone if callable(run_alone) else None
+            model.run_alone if model.runs_alone else None
         )
         self._alone = AloneChoice()
         self._starts = 0  # runs started so far (was a lone run joined by another?)

@@ -1,19 +1,22 @@
 """Domain errors and the one place that turns them into gRPC status codes.
 
-Servicers raise these; `grpc_errors` (a decorator on every RPC method) maps them, so no request
-can surface a backend's stack trace as INTERNAL when it is the caller's mistake.
+Servicers, the data plane and the dispatcher raise these; `grpc_errors` (a decorator on every
+RPC method) maps them, so no request can surface a backend's stack trace as INTERNAL when it is
+the caller's mistake. Two errors of the layers below are mapped here too: BackendError
+(backends/base.py) and ParameterError (protocol/params.py).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import grpc
 
 from hatswarm_agent.backends.base import BackendError
+from hatswarm_agent.protocol.params import ParameterError
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +31,17 @@ class AgentError(Exception):
 class ModelNotFoundError(AgentError):
     code = grpc.StatusCode.NOT_FOUND
     reason = "not_found"
+
+
+class UnknownAdapterError(ModelNotFoundError):
+    """A request named an adapter its model version does not have (NOT_FOUND)."""
+
+    def __init__(self, adapter: str, model: str, version: str, known: Iterable[str] = ()) -> None:
+        names = ", ".join(sorted(known)) or "none"
+        super().__init__(
+            f"adapter '{adapter}' is not known for model '{model}' version '{version}' "
+            f"(known: {names})"
+        )
 
 
 class ModelNotReadyError(AgentError):
@@ -55,10 +69,42 @@ class ShuttingDownError(AgentError):
     reason = "shutting_down"
 
 
+class ForwardedError(AgentError):
+    """A status a peer (or the cloud) answered with, passed on to the caller as it was."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = code.name.lower()
+
+
+class SaturatedError(AgentError):
+    """Every replica is at its queue limit and this request's priority is shed."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "saturated"
+
+
+class NoReplicaError(AgentError):
+    """No replica in the pool (nor the cloud) can serve the model now."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "no_replica"
+
+
+class DeadlineError(AgentError):
+    """The request's budget ran out while it was being routed."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    reason = "deadline"
+
+
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, str]:
     """(status code, message, metric reason) for any exception a servicer let escape."""
     if isinstance(exc, AgentError):
         return exc.code, str(exc), exc.reason
+    if isinstance(exc, ParameterError):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc), InvalidInputError.reason
     if isinstance(exc, BackendError):
         return grpc.StatusCode.INTERNAL, f"backend error: {exc}", "backend"
     return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}", "internal"

@@ -189,7 +189,7 @@ class AgentMetrics:
 
 
 class RouteMetrics:
-    """The router's counters: where requests went, retries, ejections, shedding, cache, cloud."""
+    """The dispatcher's counters: where requests went, retries, ejections, shedding, cache, cloud."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         r = registry

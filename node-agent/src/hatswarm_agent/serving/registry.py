@@ -17,7 +17,11 @@ from hatswarm_agent.backends.base import LoadedModel, TensorSpec
 from hatswarm_agent.protocol.v1 import control_pb2
 from hatswarm_agent.serving.adapters import AdapterSet
 from hatswarm_agent.serving.batching import ModelQueue
-from hatswarm_agent.serving.errors import ModelNotFoundError, ModelNotReadyError
+from hatswarm_agent.serving.errors import (
+    ModelNotFoundError,
+    ModelNotReadyError,
+    UnknownAdapterError,
+)
 from hatswarm_agent.serving.metrics import ModelMetrics
 
 DEFAULT_VERSION = "1"
@@ -97,6 +101,14 @@ class ModelVersion:
     @property
     def outputs(self) -> Sequence[TensorSpec]:
         return self.model.outputs if self.model else ()
+
+    def check_adapter(self, adapter: str) -> AdapterSet:
+        """The adapter set that knows `adapter`; NOT_FOUND naming both when it does not."""
+        adapters = self.adapters
+        if adapters is None:
+            raise UnknownAdapterError(adapter, self.name, self.version)
+        adapters.check(adapter)
+        return adapters
 
     def on_execution(self, items: int, seconds: float) -> None:
         """Batch accounting (event loop): executions, inferences, compute time, energy."""

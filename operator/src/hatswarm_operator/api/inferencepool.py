@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Self
 
+from hatswarm_agent.protocol.defaults import ROUTE_QUEUE_LIMIT, ROUTE_RETRIES, ROUTE_TIMEOUT_MS
 from pydantic import Field, model_validator
 
 from hatswarm_operator.api.common import (
@@ -65,9 +66,9 @@ class AgentSettings(ApiModel):
 
 class Routing(ApiModel):
     policy: Literal["LeastLoaded", "PowerOfTwoChoices", "RoundRobin"] = "PowerOfTwoChoices"
-    queue_limit: Annotated[int, Field(ge=1, le=100000)] = 64
-    retries: Annotated[int, Field(ge=0, le=10)] = 2
-    timeout_ms: Annotated[int, Field(ge=1, le=600000)] = 5000
+    queue_limit: Annotated[int, Field(ge=1, le=100000)] = ROUTE_QUEUE_LIMIT
+    retries: Annotated[int, Field(ge=0, le=10)] = ROUTE_RETRIES
+    timeout_ms: Annotated[int, Field(ge=1, le=600000)] = ROUTE_TIMEOUT_MS
     hedge_after_percentile: Annotated[float, Field(ge=50, le=100)] | None = None
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from hatswarm_agent.protocol.wire import NODE_PARAM, ROUTE_PARAM
 
 from hatswarm_operator.api import EdgeModel, InferencePool
 from hatswarm_operator.api.manifests import parse_object
@@ -105,16 +106,8 @@ def drive(
                     with lock:
                         result.ok += 1
                         result.latencies_ms.append((time.perf_counter() - t0) * 1000)
-                        node = (
-                            params["hatswarm.node"].string_param
-                            if "hatswarm.node" in params
-                            else "?"
-                        )
-                        route = (
-                            params["hatswarm.route"].string_param
-                            if "hatswarm.route" in params
-                            else "?"
-                        )
+                        node = params[NODE_PARAM].string_param if NODE_PARAM in params else "?"
+                        route = params[ROUTE_PARAM].string_param if ROUTE_PARAM in params else "?"
                         result.nodes[node] += 1
                         result.routes[route] += 1
                 with lock:

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 from hatswarm_agent.protocol.datatypes import OIP_TO_NUMPY
+from hatswarm_agent.protocol.wire import ROUTE_PARAM
 
 DTYPES = {k: v.type for k, v in OIP_TO_NUMPY.items() if k not in ("BF16", "BYTES")}
 
@@ -117,7 +118,7 @@ def run_model(
                         result.errors[key] = result.errors.get(key, 0) + 1
                     continue
                 ms = (time.perf_counter() - t0) * 1000
-                route = res.get_response().parameters.get("hatswarm.route")
+                route = res.get_response().parameters.get(ROUTE_PARAM)
                 with lock:
                     result.ok += 1
                     result.latencies_ms.append(ms)

@@ -8,8 +8,10 @@ import os
 from pathlib import Path
 
 import pytest
-from hatswarm_agent.control.assignment import AssignedModel, AssignmentStore
+from hatswarm_agent.control.assignment import AssignmentStore, entry_of, request_of
 from hatswarm_agent.protocol.v1 import control_pb2
+
+Load = control_pb2.LoadModelRequest
 
 
 def sample_request() -> control_pb2.LoadModelRequest:
@@ -30,18 +32,60 @@ def sample_request() -> control_pb2.LoadModelRequest:
 
 def test_request_round_trip() -> None:
     req = sample_request()
-    model = AssignedModel.from_request(req)
-    assert model.options == {"max_batch_size": "8", "max_queue_delay_us": "500"}
-    assert model.adapters == [{"name": "lora1", "uri": "file:///a", "sha256": "cd" * 32}]
-    assert model.to_request() == req
+    entry = entry_of(req)
+    assert entry["options"] == {"max_batch_size": "8", "max_queue_delay_us": "500"}
+    assert entry["adapters"] == [{"name": "lora1", "uri": "file:///a", "sha256": "cd" * 32}]
+    assert request_of(entry) == req
+
+
+# A file as the agent before json_format wrote it (AssignedModel, dataclasses.asdict).
+PREVIOUS_FORMAT = {
+    "models": [
+        {
+            "adapters": [{"name": "lora1", "sha256": "cd" * 32, "uri": "file:///a"}],
+            "backend": "hailo",
+            "cache_ttl_seconds": 30,
+            "format": "hef",
+            "name": "resnet50",
+            "options": {"max_batch_size": "8", "max_queue_delay_us": "500"},
+            "public_key": "a2V5",
+            "sha256": "ab" * 32,
+            "signature": "c2ln",
+            "uri": "https://registry.local/resnet50.hef",
+            "version": "v2",
+        },
+        {
+            "adapters": [],
+            "backend": "",
+            "cache_ttl_seconds": 0,
+            "format": "",
+            "name": "iris",
+            "options": {},
+            "public_key": "",
+            "sha256": "",
+            "signature": "",
+            "uri": "/models/iris.onnx",
+            "version": "1",
+        },
+    ],
+    "version": 1,
+}
+
+
+def test_the_previous_versions_file_loads_and_is_written_the_same(tmp_path: Path) -> None:
+    path = tmp_path / "assignment.json"
+    previous = json.dumps(PREVIOUS_FORMAT, indent=2, sort_keys=True)
+    path.write_text(previous)
+    store = AssignmentStore(path)
+    models = store.load()
+    assert models == [sample_request(), Load(name="iris", version="1", uri="/models/iris.onnx")]
+    store.save(models)
+    assert path.read_text() == previous  # a rolled-back agent reads it as before
 
 
 def test_save_load_round_trip(tmp_path: Path) -> None:
     store = AssignmentStore(tmp_path / "state" / "assignment.json")
-    models = [
-        AssignedModel.from_request(sample_request()),
-        AssignedModel(name="iris", version="1", uri="/models/iris.onnx"),
-    ]
+    models = [sample_request(), Load(name="iris", version="1", uri="/models/iris.onnx")]
     store.save(models)
     assert store.load() == models
     store.save(models[1:])  # a later save replaces the file
@@ -75,7 +119,7 @@ def test_corrupt_file_is_logged_and_empty(
         assert store.load() == []
     assert "corrupt" in caplog.text
     assert (tmp_path / "assignment.json.corrupt").read_bytes() == content  # kept for a human
-    store.save([AssignedModel(name="m", version="1", uri="/m")])  # and the agent carries on
+    store.save([Load(name="m", version="1", uri="/m")])  # and the agent carries on
     assert store.load()[0].name == "m"
 
 
@@ -83,12 +127,12 @@ def test_unknown_fields_are_ignored(tmp_path: Path) -> None:
     path = tmp_path / "a.json"
     entry = {"name": "m", "version": "1", "uri": "/m", "added_by_a_newer_agent": True}
     path.write_text(json.dumps({"version": 1, "models": [entry]}))
-    assert AssignmentStore(path).load() == [AssignedModel(name="m", version="1", uri="/m")]
+    assert AssignmentStore(path).load() == [Load(name="m", version="1", uri="/m")]
 
 
 def test_failed_save_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = AssignmentStore(tmp_path / "a.json")
-    old = [AssignedModel(name="old", version="1", uri="/old")]
+    old = [Load(name="old", version="1", uri="/old")]
     store.save(old)
 
     def boom(src: object, dst: object) -> None:
@@ -96,7 +140,7 @@ def test_failed_save_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.Monk
 
     monkeypatch.setattr(os, "replace", boom)
     with pytest.raises(OSError, match="disk gone"):
-        store.save([AssignedModel(name="new", version="1", uri="/new")])
+        store.save([Load(name="new", version="1", uri="/new")])
     monkeypatch.undo()
     assert store.load() == old
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]  # no temp file left behind

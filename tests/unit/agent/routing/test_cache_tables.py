@@ -1,4 +1,4 @@
-"""Response cache keys and bounds, the cloud share window, static tables, tokens, priority."""
+"""Response cache keys and bounds, the cloud share window, static tables."""
 
 from __future__ import annotations
 
@@ -6,11 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hatswarm_agent.protocol.auth import TokenFile, bearer, check
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
 from hatswarm_agent.routing.cache import ResponseCache, request_key
 from hatswarm_agent.routing.cloud import ShareWindow
-from hatswarm_agent.routing.dispatcher import request_priority
 from hatswarm_agent.routing.table import TableFileError, load_table_file, parse_peer, static_table
 
 
@@ -114,27 +112,3 @@ def test_static_table_json_defaults_and_peers(tmp_path: Path) -> None:
     path.write_text('{"routes": 3}')
     with pytest.raises(TableFileError):
         load_table_file(path)
-
-
-def test_token_file_is_reread_when_it_changes(tmp_path: Path) -> None:
-    path = tmp_path / "token"
-    tokens = TokenFile(path)
-    assert tokens.token() == "" and tokens.metadata() == ()
-    path.write_text("one\n")
-    assert tokens.token() == "one"
-    path.write_text("second\n")
-    assert tokens.token() == "second"
-    assert bearer([("authorization", "Bearer second")]) == "second"
-    assert bearer([("x", "y")]) == ""
-    assert check("second", "second") and not check("second", "one") and not check("", "")
-
-
-def test_priority_parameter_forms() -> None:
-    r = _req()
-    assert request_priority(r) == 0
-    r.parameters["priority"].uint64_param = 7
-    assert request_priority(r) == 7
-    r.parameters["priority"].string_param = "3"
-    assert request_priority(r) == 3
-    r.parameters["priority"].string_param = "high"
-    assert request_priority(r) == 0

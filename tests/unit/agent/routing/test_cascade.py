@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
+from hatswarm_agent.protocol.wire import TIER_PARAM
 from hatswarm_agent.routing.cascade import (
-    TIER_PARAM,
     confidence,
     is_distribution,
     set_tier,

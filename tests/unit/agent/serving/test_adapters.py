@@ -17,11 +17,15 @@ from hatswarm_agent.backends.base import AdapterModel, Array, BackendError, Load
 from hatswarm_agent.backends.onnx import OnnxBackend, OnnxModel
 from hatswarm_agent.backends.simulated import SimulatedBackend
 from hatswarm_agent.control.artifacts import ArtifactStore
-from hatswarm_agent.control.lifecycle import BackendPool, ModelLifecycle
+from hatswarm_agent.control.lifecycle import Backends, ModelLifecycle
 from hatswarm_agent.protocol.v1 import control_pb2
-from hatswarm_agent.serving.adapters import AdapterSet, UnknownAdapterError
+from hatswarm_agent.serving.adapters import AdapterSet
 from hatswarm_agent.serving.batching import ModelQueue
-from hatswarm_agent.serving.errors import InvalidInputError, ModelNotFoundError
+from hatswarm_agent.serving.errors import (
+    InvalidInputError,
+    ModelNotFoundError,
+    UnknownAdapterError,
+)
 from hatswarm_agent.serving.metrics import AgentMetrics
 from hatswarm_agent.serving.registry import ModelRegistry
 from hatswarm_agent.serving.tensors import DecodedRequest
@@ -53,7 +57,7 @@ def base(files: dict[str, Path]) -> OnnxModel:
     return OnnxBackend().load(files["base"], {"workers": "1"})
 
 
-class CountingModel:
+class CountingModel(LoadedModel):
     """A LoadedModel whose adapters are their file names; records every load and run."""
 
     inputs = ()
@@ -133,7 +137,7 @@ def test_replace_unloads_adapters_that_left_or_changed_file() -> None:
 
 
 def test_a_model_without_adapter_support_is_refused() -> None:
-    class Plain:
+    class Plain(LoadedModel):
         inputs = outputs = ()
         max_batch_size = 0
 
@@ -215,7 +219,7 @@ def test_hailo_refuses_adapters_clearly(
         backend.close()
 
 
-class SpyModel:
+class SpyModel(LoadedModel):
     """The real base model; records which adapter and batch size each backend run had."""
 
     def __init__(self, inner: OnnxModel) -> None:
@@ -277,7 +281,7 @@ def lifecycle(tmp_path: Path) -> ModelLifecycle:
         ModelRegistry(),
         AgentMetrics(),
         ArtifactStore(tmp_path / "cache", 1 << 30),
-        BackendPool("onnxruntime", "cpu"),
+        Backends("onnxruntime", "cpu"),
         health_aio.HealthServicer(),
     )
 

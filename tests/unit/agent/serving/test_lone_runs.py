@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from hatswarm_agent.backends.base import Array, TensorSpec
+from hatswarm_agent.backends.base import Array, LoadedModel, TensorSpec
 from hatswarm_agent.backends.onnx import OnnxBackend, open_session
 from hatswarm_agent.serving.batching import AloneChoice, ModelQueue
 from hatswarm_agent.serving.tensors import DecodedRequest
@@ -19,8 +19,10 @@ from hatswarm_agent.serving.tensors import DecodedRequest
 from tests.agentproc import build_mlp
 
 
-class TwoWays:
+class TwoWays(LoadedModel):
     """A model that records which way each run went."""
+
+    runs_alone = True
 
     def __init__(self) -> None:
         spec = TensorSpec("x", "FP32", (-1, 2))

@@ -1,0 +1,91 @@
+"""Readers and writers of the OIP parameters hatswarm defines (names in wire.py), one each.
+
+A malformed parameter the agent must refuse raises ParameterError, which the servicer answers
+as INVALID_ARGUMENT (serving/errors.py); one it can do without (priority) reads as its default.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from hatswarm_agent.protocol.wire import (
+    ADAPTER_PARAM,
+    DEPTH_PARAM,
+    NODE_PARAM,
+    PRIORITY_PARAM,
+    ROUTE_PARAM,
+)
+
+if TYPE_CHECKING:  # no stubs at run time: see wire.py
+    from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
+
+
+class ParameterError(ValueError):
+    """A request parameter of the wrong kind: the caller's mistake (INVALID_ARGUMENT)."""
+
+
+def adapter(request: pb.ModelInferRequest) -> str:
+    """The LoRA adapter a request names ("" for the base model); it must be a string."""
+    params = request.parameters
+    if ADAPTER_PARAM not in params:
+        return ""
+    param = params[ADAPTER_PARAM]
+    if param.WhichOneof("parameter_choice") != "string_param":
+        raise ParameterError(f"request parameter '{ADAPTER_PARAM}' must be a string")
+    return param.string_param
+
+
+def priority(request: pb.ModelInferRequest) -> int:
+    """The `priority` parameter (int, higher = more important); 0 when absent or malformed."""
+    params = request.parameters
+    if PRIORITY_PARAM not in params:
+        return 0
+    p = params[PRIORITY_PARAM]
+    kind = p.WhichOneof("parameter_choice")
+    try:
+        if kind == "string_param":
+            return int(p.string_param)
+        if kind == "int64_param":
+            return int(p.int64_param)
+        if kind == "uint64_param":
+            return int(p.uint64_param)
+        if kind == "bool_param":
+            return int(p.bool_param)
+    except ValueError:
+        return 0
+    return 0
+
+
+def tag(response: pb.ModelInferResponse, node: str, route: str) -> pb.ModelInferResponse:
+    """Say where an answer ran: `hatswarm.node` and `hatswarm.route`."""
+    params = response.parameters
+    params[NODE_PARAM].string_param = node
+    params[ROUTE_PARAM].string_param = route
+    return response
+
+
+def answered_by(response: pb.ModelInferResponse, default: str = "") -> str:
+    """The node an answer says it ran on (`default` when it does not say)."""
+    params = response.parameters
+    return params[NODE_PARAM].string_param if NODE_PARAM in params else default
+
+
+def route_of(response: pb.ModelInferResponse) -> str:
+    """The route an answer says it took ("" when it does not say)."""
+    params = response.parameters
+    return params[ROUTE_PARAM].string_param if ROUTE_PARAM in params else ""
+
+
+def set_queue_depth(response: pb.ModelInferResponse, depth: int) -> None:
+    """A hop's answer reports the serving node's queue depth to the forwarder."""
+    response.parameters[DEPTH_PARAM].int64_param = depth
+
+
+def pop_queue_depth(response: pb.ModelInferResponse) -> int:
+    """Take the reported queue depth off an answer (-1 when none): it is for this hop only."""
+    params = response.parameters
+    if DEPTH_PARAM not in params:
+        return -1
+    depth = int(params[DEPTH_PARAM].int64_param)
+    del params[DEPTH_PARAM]
+    return depth
