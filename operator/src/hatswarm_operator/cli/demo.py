@@ -24,8 +24,9 @@ import numpy as np
 from hatswarm_operator.api import EdgeModel, InferencePool
 from hatswarm_operator.api.manifests import parse_object
 from hatswarm_operator.cli import cost as cost_cli
-from hatswarm_operator.local.pool import LocalPool, LocalSink, render
+from hatswarm_operator.local.pool import LocalPool
 from hatswarm_operator.local.processes import bundled_manifests, default_nodes
+from hatswarm_operator.local.status import LocalSink, render
 
 INPUT = "gpu_0/data_0"
 SHAPE = (1, 3, 224, 224)

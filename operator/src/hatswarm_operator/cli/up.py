@@ -19,7 +19,7 @@ import yaml
 
 from hatswarm_operator.api.manifests import ManifestError, ManifestSet, load, parse_object
 from hatswarm_operator.control import metrics as operator_metrics
-from hatswarm_operator.local.pool import LocalPool, default_state_dir, render
+from hatswarm_operator.local.pool import LocalPool, default_state_dir
 from hatswarm_operator.local.processes import (
     bundled_manifests,
     default_nodes,
@@ -27,6 +27,7 @@ from hatswarm_operator.local.processes import (
     load_nodes_file,
     start_prometheus,
 )
+from hatswarm_operator.local.status import render
 
 
 def resolve(files: list[str] | None, state_dir: Path) -> ManifestSet:

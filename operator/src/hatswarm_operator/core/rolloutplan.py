@@ -18,9 +18,20 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from hatswarm_operator.api import EdgeModel
 from hatswarm_operator.api.edgemodel import Artifact, EdgeModelStatus
-from hatswarm_operator.core.inventory import NodeState
-from hatswarm_operator.core.rollout import Canary, GateVerdict, WindowMetrics, canary_from_status
+from hatswarm_operator.core.inventory import ModelState, NodeState, is_verification_failure
+from hatswarm_operator.core.rollout import FAILED as FAILED_PHASES
+from hatswarm_operator.core.rollout import (
+    Canary,
+    GateVerdict,
+    RolloutDecision,
+    RolloutInput,
+    WindowMetrics,
+    canary_from_status,
+    decide_rollout,
+    policy_from_spec,
+)
 
 Counters = Mapping[tuple[str, str], tuple[int, int]]
 """(node, version) -> (request_success, request_failure) of one model."""
@@ -57,6 +68,76 @@ class GateRequest:
     node: str
     address: str
     key: float | None
+
+
+@dataclass(frozen=True)
+class ModelRollout:
+    """One model's rollout decision this reconcile, with the artifacts of each known version."""
+
+    decision: RolloutDecision
+    artifacts: Mapping[str, tuple[Artifact, ...]]
+
+    def memory(self) -> RolloutMemory:
+        """What the next reconcile starts from."""
+        stable = self.decision.stable_version
+        return RolloutMemory(
+            stable_version=stable,
+            canary=self.decision.canary,
+            stable_artifacts=self.artifacts.get(stable, ()) if stable is not None else (),
+        )
+
+    def may_retire(self, version: str, serving: bool) -> bool:
+        """May a ready replica of a version this decision no longer wants be unloaded now?
+
+        Yes when something else serves the model, when it is the canary that just failed, or
+        when the strategy unloads first (Recreate); otherwise it is the last thing serving.
+        """
+        c = self.decision.canary
+        failed = c is not None and c.version == version and c.phase in FAILED_PHASES
+        return serving or failed or self.decision.unload_first
+
+
+def decide_model_rollout(
+    m: EdgeModel,
+    ctx: RolloutContext,
+    replicas: int,
+    members: Sequence[NodeState],
+    now: float,
+) -> ModelRollout:
+    """Call :func:`rollout.decide_rollout` for one model with what the loop measured."""
+    spec, name = m.spec, m.metadata.name
+    memory = ctx.memory
+    ready_new = sum(
+        1 for n in members if (o := n.model(name, spec.version)) is not None and o.ready
+    )
+    gate = ctx.gate
+    c = memory.canary
+    if gate is None and c is not None and c.phase == "Validating":
+        # An artifact the node refuses to verify never passes: that is the gate's verdict.
+        for n in members:
+            o = n.model(name, c.version)
+            if o is not None and o.state is ModelState.FAILED and is_verification_failure(o.reason):
+                gate = GateVerdict(c.version, False, f"artifact rejected on {n.name}: {o.reason}")
+                break
+    decision = decide_rollout(
+        RolloutInput(
+            version=spec.version,
+            stable_version=memory.stable_version,
+            canary=memory.canary,
+            policy=policy_from_spec(spec),
+            now=now,
+            replicas=replicas,
+            gate=gate,
+            canary_metrics=ctx.canary_metrics,
+            stable_metrics=ctx.stable_metrics,
+            canary_ready=ready_new,
+        )
+    )
+    artifacts: dict[str, tuple[Artifact, ...]] = {}
+    if memory.stable_version is not None and memory.stable_artifacts:
+        artifacts[memory.stable_version] = tuple(memory.stable_artifacts)
+    artifacts[spec.version] = tuple(spec.artifacts)
+    return ModelRollout(decision, artifacts)
 
 
 def memory_from_status(status: EdgeModelStatus | None) -> RolloutMemory:

@@ -14,11 +14,12 @@ import pytest
 from hatswarm_agent.protocol.v1 import control_pb2
 from hatswarm_operator.api import InferencePool
 from hatswarm_operator.api.inferencepool import Auth
-from hatswarm_operator.control.agentclient import AgentClient, AgentCredentials
+from hatswarm_operator.control.agentclient import AgentClient
+from hatswarm_operator.control.credentials import AgentCredentials
 from hatswarm_operator.kube import handlers
 from hatswarm_operator.kube.cluster import Cluster
 from hatswarm_operator.kube.main import build_parser
-from hatswarm_operator.local.pool import local_auth_args, local_credentials
+from hatswarm_operator.local.secrets import local_auth_args, local_credentials
 
 
 class Unauthenticated(grpc.aio.AioRpcError):  # type: ignore[misc]

@@ -6,8 +6,11 @@ from typing import Any
 
 from hatswarm_agent.protocol.v1 import control_pb2
 from hatswarm_operator.api import EdgeModel, InferencePool
-from hatswarm_operator.core.inventory import FAILED, READY, ModelObs, NodeState, observe
+from hatswarm_operator.control.converters import node_report
+from hatswarm_operator.core.inventory import ModelObs, ModelState, NodeState, observe
 from hatswarm_operator.core.reconcile import plan_pool
+
+FAILED, READY = ModelState.FAILED, ModelState.READY
 
 SHA = "a" * 64
 
@@ -168,7 +171,7 @@ def test_cost_status_from_the_pool_cost_block() -> None:
 def test_observe_drops_a_node_after_the_failure_threshold() -> None:
     n = NodeState(name="n1", address="a:1")
     status = control_pb2.NodeStatusResponse(accelerator="hailo8", temperature_c=float("nan"))
-    n = observe(n, status, now=1.0, failure_threshold=3)
+    n = observe(n, node_report(status), now=1.0, failure_threshold=3)
     assert n.up
     assert n.accelerator == "hailo8"
     assert n.temperature_c is None
@@ -178,4 +181,4 @@ def test_observe_drops_a_node_after_the_failure_threshold() -> None:
     n = observe(n, None, now=5.0, failure_threshold=3, error="UNAVAILABLE")
     assert not n.up
     assert n.out_reason.startswith("AgentUnreachable")
-    assert observe(n, status, now=6.0, failure_threshold=3).up
+    assert observe(n, node_report(status), now=6.0, failure_threshold=3).up

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from hatswarm_operator.api import EdgeModel, InferencePool
-from hatswarm_operator.control.runtime import routing_table
-from hatswarm_operator.core.inventory import READY, ModelObs, NodeState
-from hatswarm_operator.core.reconcile import AdapterRef, plan_pool
+from hatswarm_operator.control.converters import routing_table
+from hatswarm_operator.core.inventory import ModelObs, ModelState, NodeState
+from hatswarm_operator.core.plan import AdapterRef
+from hatswarm_operator.core.reconcile import plan_pool
 
 SHA = "a" * 64
 
@@ -61,7 +62,7 @@ def node(name: str, *models: ModelObs) -> NodeState:
 
 
 def ready(**kw: Any) -> ModelObs:
-    return ModelObs("m", "1", READY, capacity_fps=100.0, **kw)
+    return ModelObs("m", "1", ModelState.READY, capacity_fps=100.0, **kw)
 
 
 def test_loads_carry_every_adapter_when_each_node_has_the_slots() -> None:

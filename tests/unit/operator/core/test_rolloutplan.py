@@ -8,9 +8,10 @@ from typing import Any
 
 from hatswarm_operator.api import EdgeModel, InferencePool
 from hatswarm_operator.api.edgemodel import Artifact, EdgeModelStatus
-from hatswarm_operator.control.runtime import routing_table
-from hatswarm_operator.core.inventory import FAILED, LOADING, READY, ModelObs, NodeState
-from hatswarm_operator.core.reconcile import PoolPlan, plan_pool
+from hatswarm_operator.control.converters import routing_table
+from hatswarm_operator.core.inventory import ModelObs, ModelState, NodeState
+from hatswarm_operator.core.plan import PoolPlan
+from hatswarm_operator.core.reconcile import plan_pool
 from hatswarm_operator.core.rollout import Canary, GateVerdict, WindowMetrics
 from hatswarm_operator.core.rolloutplan import (
     RolloutContext,
@@ -19,6 +20,8 @@ from hatswarm_operator.core.rolloutplan import (
     memory_from_status,
     window_metrics,
 )
+
+FAILED, LOADING, READY = ModelState.FAILED, ModelState.LOADING, ModelState.READY
 
 OLD_SHA, NEW_SHA = "1" * 64, "2" * 64
 OLD_ART = Artifact(accelerator="cpu", format="onnx", uri="file:///v1.onnx", sha256=OLD_SHA)

@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 from hatswarm_operator.api import EdgeModel, InferencePool
-from hatswarm_operator.core.inventory import ModelObs, NodeState
+from hatswarm_operator.core.inventory import ModelObs, ModelState, NodeState
 from hatswarm_operator.finops.attribution import (
     CostLedger,
     ModelSample,
@@ -221,7 +221,9 @@ def test_adapters_from_api_and_inventory() -> None:
     assert inputs.device.watts == 7
     assert inputs.shared_ops_usd_per_year == 100
     assert inputs.cloud_usd_per_1k == D("0.4")
-    obs = ModelObs("m", "1", 2, compute_seconds=1.5, inference_count=3, energy_joules=0.5)
+    obs = ModelObs(
+        "m", "1", ModelState.READY, compute_seconds=1.5, inference_count=3, energy_joules=0.5
+    )
     samples = node_samples(
         [NodeState("n1", "a:1", up=True, models=(obs,), watts=2.0)], {"n1": {"m": 4}}
     )

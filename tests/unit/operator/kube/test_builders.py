@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 from hatswarm_operator.api import InferencePool
-from hatswarm_operator.control.runtime import routing_table
+from hatswarm_operator.control.converters import routing_table
 from hatswarm_operator.kube.builders import (
     SETTINGS_HASH,
     apply_agent_defaults,
