@@ -34,6 +34,7 @@ from hatswarm_operator.core.autoscale import (
 from hatswarm_operator.core.inventory import ModelState, NodeState, observe, selects
 from hatswarm_operator.core.plan import PoolPlan, ReplicaLoad, ResourceEvent, Route
 from hatswarm_operator.core.reconcile import plan_pool
+from hatswarm_operator.core.status import live_model_cost_per1k, live_pool_cost
 from hatswarm_operator.finops import attribution as costing
 from hatswarm_operator.finops import metrics as cost_metrics
 
@@ -190,7 +191,7 @@ class PoolRuntime:
         )
         operator_metrics.cost().publish(pool.metadata.name, live, cost_metrics.showback_of(models))
         if self._cost_status is None or now - self._cost_status[0] >= COST_STATUS_SECONDS:
-            self._cost_status = (now, costing.pool_cost(live), costing.model_cost_per1k(live))
+            self._cost_status = (now, live_pool_cost(live), live_model_cost_per1k(live))
         _, pool_cost, per1k = self._cost_status
         plan.pool_status.cost = pool_cost
         for name, st in plan.model_status.items():

@@ -49,13 +49,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from enum import StrEnum
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Literal
-
-if TYPE_CHECKING:
-    from hatswarm_operator.api.edgemodel import CanaryStatus, EdgeModelSpec
+from typing import Literal
 
 Phase = Literal["Validating", "Progressing", "Succeeded", "RolledBack", "Failed"]
 ACTIVE: frozenset[str] = frozenset({"Validating", "Progressing"})
@@ -179,51 +175,6 @@ class RolloutDecision:
     events: tuple[RolloutEvent, ...] = ()
     unload_first: bool = False
     requeue_after: float | None = None
-
-
-def policy_from_spec(spec: EdgeModelSpec) -> RolloutPolicy:
-    """Adapt the API spec into a :class:`RolloutPolicy`."""
-    r = spec.rollout
-    return RolloutPolicy(
-        strategy=r.strategy,
-        canary_weight=r.canary_weight,
-        steps=tuple(r.steps),
-        analysis_window_seconds=float(r.analysis_window_seconds),
-        max_error_rate=r.rollback.max_error_rate,
-        max_p99_latency_ms=r.rollback.max_p99_latency_ms,
-        gate=spec.validation is not None,
-    )
-
-
-def canary_from_status(c: CanaryStatus | None) -> Canary | None:
-    """Adapt ``status.canary`` (``startedAt`` is RFC 3339) into a :class:`Canary`."""
-    if c is None:
-        return None
-    started = None
-    if c.started_at:
-        started = datetime.fromisoformat(c.started_at.replace("Z", "+00:00")).timestamp()
-    return Canary(c.version, c.phase, c.weight, c.step, started, c.message)
-
-
-def canary_to_status(c: Canary | None) -> CanaryStatus | None:
-    """The :class:`Canary` as ``status.canary`` (times as RFC 3339 UTC)."""
-    from hatswarm_operator.api.edgemodel import CanaryStatus
-
-    if c is None:
-        return None
-    started = None
-    if c.started_at is not None:
-        started = (datetime.fromtimestamp(c.started_at, UTC).isoformat(timespec="seconds")).replace(
-            "+00:00", "Z"
-        )
-    return CanaryStatus(
-        version=c.version,
-        weight=c.weight,
-        step=c.step,
-        phase=c.phase,
-        started_at=started,
-        message=c.message,
-    )
 
 
 def decide_rollout(inp: RolloutInput) -> RolloutDecision:

@@ -1,6 +1,10 @@
 """What the control loop feeds :func:`rollout.decide_rollout` per EdgeModel, and how a
 decision's versions become placement units. Pure: plain data in, plain data out.
 
+The state machine (`rollout`) knows nothing of the API: the spec's rollout settings and the
+canary's state in status are adapted here (:func:`policy_from_spec`, :func:`canary_from_status`,
+:func:`canary_to_status`).
+
 A rollout runs two versions of one model side by side (the stable one and the canary or the
 version under validation). Placement knows one model per name and at most one replica of it
 per node, so each version is placed as its own unit named ``model@version``: both versions may
@@ -17,9 +21,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from hatswarm_operator.api import EdgeModel
-from hatswarm_operator.api.edgemodel import Artifact, EdgeModelStatus
+from hatswarm_operator.api.edgemodel import Artifact, CanaryStatus, EdgeModelSpec, EdgeModelStatus
+from hatswarm_operator.core.conditions import rfc3339
 from hatswarm_operator.core.inventory import ModelState, NodeState, is_verification_failure
 from hatswarm_operator.core.rollout import FAILED as FAILED_PHASES
 from hatswarm_operator.core.rollout import (
@@ -27,10 +33,9 @@ from hatswarm_operator.core.rollout import (
     GateVerdict,
     RolloutDecision,
     RolloutInput,
+    RolloutPolicy,
     WindowMetrics,
-    canary_from_status,
     decide_rollout,
-    policy_from_spec,
 )
 
 Counters = Mapping[tuple[str, str], tuple[int, int]]
@@ -68,6 +73,45 @@ class GateRequest:
     node: str
     address: str
     key: float | None
+
+
+def policy_from_spec(spec: EdgeModelSpec) -> RolloutPolicy:
+    """Adapt the API spec into a :class:`RolloutPolicy`."""
+    r = spec.rollout
+    return RolloutPolicy(
+        strategy=r.strategy,
+        canary_weight=r.canary_weight,
+        steps=tuple(r.steps),
+        analysis_window_seconds=float(r.analysis_window_seconds),
+        max_error_rate=r.rollback.max_error_rate,
+        max_p99_latency_ms=r.rollback.max_p99_latency_ms,
+        gate=spec.validation is not None,
+    )
+
+
+def canary_from_status(c: CanaryStatus | None) -> Canary | None:
+    """Adapt ``status.canary`` (``startedAt`` is RFC 3339) into a :class:`Canary`."""
+    if c is None:
+        return None
+    started = None
+    if c.started_at:
+        started = datetime.fromisoformat(c.started_at.replace("Z", "+00:00")).timestamp()
+    return Canary(c.version, c.phase, c.weight, c.step, started, c.message)
+
+
+def canary_to_status(c: Canary | None) -> CanaryStatus | None:
+    """The :class:`Canary` as ``status.canary`` (times as RFC 3339 UTC)."""
+    if c is None:
+        return None
+    started = rfc3339(c.started_at) if c.started_at is not None else None
+    return CanaryStatus(
+        version=c.version,
+        weight=c.weight,
+        step=c.step,
+        phase=c.phase,
+        started_at=started,
+        message=c.message,
+    )
 
 
 @dataclass(frozen=True)

@@ -30,9 +30,10 @@ from hatswarm_operator.core.inventory import (
 from hatswarm_operator.core.plan import Route
 from hatswarm_operator.core.rollout import ACTIVE as ACTIVE_PHASES
 from hatswarm_operator.core.rollout import FAILED as FAILED_PHASES
-from hatswarm_operator.core.rollout import Canary, canary_to_status
-from hatswarm_operator.core.rolloutplan import ModelRollout
-from hatswarm_operator.finops.attribution import pool_cost_inputs
+from hatswarm_operator.core.rollout import Canary
+from hatswarm_operator.core.rolloutplan import ModelRollout, canary_to_status
+from hatswarm_operator.finops.attribution import LiveCost, pool_cost_inputs
+from hatswarm_operator.finops.money import rounded, significant
 from hatswarm_operator.finops.tco import (
     cloud_per_inference_from_per_1k,
     cost_per_inference,
@@ -341,3 +342,23 @@ def _nameplate_cost(pool: InferencePool, selected: int, members: Sequence[NodeSt
         ),
         energy_source="nameplate",
     )
+
+
+def live_pool_cost(live: LiveCost) -> PoolCost:
+    """The InferencePool ``status.cost`` block; rounded so status does not churn each tick."""
+    per = live.measured_per_inference_usd
+    return PoolCost(
+        per_device_year_usd=rounded(live.per_device_year_usd),
+        fleet_per_year_usd=rounded(live.fleet_per_year_usd),
+        measured_per_inference_usd=significant(per, 4),
+        per1k_usd=None if per is None else significant(per * 1000, 4),
+        cloud_per1k_usd=(None if live.cloud_per_1k_usd is None else float(live.cloud_per_1k_usd)),
+        cloud_break_even_per_device_day=rounded(live.break_even_per_device_day, 1),
+        cloud_fallback_spend_usd=rounded(live.cloud_fallback_spend_usd, 4),
+        energy_source=live.energy_source,
+    )
+
+
+def live_model_cost_per1k(live: LiveCost) -> dict[str, float | None]:
+    """EdgeModel ``status.costPer1kUsd`` per model name (None until it served something)."""
+    return {name: significant(m.per_1k_usd, 4) for name, m in live.models.items()}

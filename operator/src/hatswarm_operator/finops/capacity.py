@@ -16,13 +16,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, Decimal
 
+from hatswarm_operator.finops.money import Number, to_decimal
 from hatswarm_operator.finops.tco import (
     SECONDS_PER_YEAR,
     DeviceCostInputs,
     FleetCost,
-    Number,
     fleet_annual_cost,
-    to_decimal,
 )
 
 DEFAULT_MAX_UTILISATION = Decimal("0.7")

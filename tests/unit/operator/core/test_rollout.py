@@ -15,9 +15,11 @@ from hatswarm_operator.core.rollout import (
     RolloutPolicy,
     VersionReplicas,
     WindowMetrics,
+    decide_rollout,
+)
+from hatswarm_operator.core.rolloutplan import (
     canary_from_status,
     canary_to_status,
-    decide_rollout,
     policy_from_spec,
 )
 
