@@ -10,50 +10,22 @@ from hatswarm_operator.control.converters import node_report
 from hatswarm_operator.core.inventory import ModelObs, ModelState, NodeState, observe
 from hatswarm_operator.core.reconcile import plan_pool
 
-FAILED, READY = ModelState.FAILED, ModelState.READY
+from tests.unit.operator.factories import POOL_LABELS, make_model, make_node, make_pool
 
-SHA = "a" * 64
+FAILED, READY = ModelState.FAILED, ModelState.READY
 
 
 def pool(**spec: Any) -> InferencePool:
-    return InferencePool.model_validate(
-        {
-            "apiVersion": "hatswarm.io/v1alpha1",
-            "kind": "InferencePool",
-            "metadata": {"name": "p", "generation": 1},
-            "spec": {"nodeSelector": {"pool": "p"}, **spec},
-        }
-    )
+    return make_pool(generation=1, nodeSelector=POOL_LABELS, **spec)
 
 
 def model(name: str = "m", version: str = "1", replicas: int = 2, **spec: Any) -> EdgeModel:
-    return EdgeModel.model_validate(
-        {
-            "apiVersion": "hatswarm.io/v1alpha1",
-            "kind": "EdgeModel",
-            "metadata": {"name": name, "generation": 3},
-            "spec": {
-                "pool": "p",
-                "version": version,
-                "artifacts": [
-                    {"accelerator": "cpu", "format": "onnx", "uri": "file:///m.onnx", "sha256": SHA}
-                ],
-                "replicas": {"min": 1, "max": 5, "desired": replicas},
-                **spec,
-            },
-        }
-    )
+    return make_model(name, version=version, replicas=replicas, generation=3, **spec)
 
 
-def node(name: str, *loaded: tuple[str, str, int], up: bool = True, **kw: Any) -> NodeState:
-    return NodeState(
-        name=name,
-        address=f"127.0.0.1:{9000 + int(name[-1])}",
-        labels={"pool": "p"},
-        accelerator="hailo8l",
-        up=up,
-        models=tuple(ModelObs(m, v, s, capacity_fps=100.0) for m, v, s in loaded),
-        **kw,
+def node(name: str, *loaded: tuple[str, str, ModelState], up: bool = True, **kw: Any) -> NodeState:
+    return make_node(
+        name, *(ModelObs(m, v, s, capacity_fps=100.0) for m, v, s in loaded), up=up, **kw
     )
 
 

@@ -1,4 +1,4 @@
-"""The control loop's adapter and escalation decisions (controller.py, loop.routing_table)."""
+"""The control loop's adapter and escalation decisions (core.reconcile, the routing table)."""
 
 from __future__ import annotations
 
@@ -10,37 +10,15 @@ from hatswarm_operator.core.inventory import ModelObs, ModelState, NodeState
 from hatswarm_operator.core.plan import AdapterRef
 from hatswarm_operator.core.reconcile import plan_pool
 
-SHA = "a" * 64
+from tests.unit.operator.factories import POOL_LABELS, make_model, make_node, make_pool
 
 
 def pool() -> InferencePool:
-    return InferencePool.model_validate(
-        {
-            "apiVersion": "hatswarm.io/v1alpha1",
-            "kind": "InferencePool",
-            "metadata": {"name": "p", "generation": 1},
-            "spec": {"nodeSelector": {"pool": "p"}},
-        }
-    )
+    return make_pool(generation=1, nodeSelector=POOL_LABELS)
 
 
 def model(name: str = "m", replicas: int = 3, **spec: Any) -> EdgeModel:
-    return EdgeModel.model_validate(
-        {
-            "apiVersion": "hatswarm.io/v1alpha1",
-            "kind": "EdgeModel",
-            "metadata": {"name": name, "generation": 1},
-            "spec": {
-                "pool": "p",
-                "version": "1",
-                "artifacts": [
-                    {"accelerator": "cpu", "format": "onnx", "uri": "file:///m.onnx", "sha256": SHA}
-                ],
-                "replicas": {"min": 1, "max": 5, "desired": replicas},
-                **spec,
-            },
-        }
-    )
+    return make_model(name, replicas=replicas, **spec)
 
 
 def adapters(n: int) -> list[dict[str, str]]:
@@ -51,14 +29,7 @@ def adapters(n: int) -> list[dict[str, str]]:
 
 
 def node(name: str, *models: ModelObs) -> NodeState:
-    return NodeState(
-        name=name,
-        address=f"127.0.0.1:{9000 + int(name[-1])}",
-        labels={"pool": "p"},
-        accelerator="hailo8l",
-        up=True,
-        models=models,
-    )
+    return make_node(name, *models)
 
 
 def ready(**kw: Any) -> ModelObs:

@@ -21,18 +21,15 @@ from hatswarm_operator.kube.builders import (
     quantity_bytes,
 )
 
+from tests.unit.operator.factories import make_pool
+
 ROOT = Path(__file__).resolve().parents[4]
 VALIDATE = Path(sys.executable).parent / "kubernetes-validate"
 
 
 def pool(**spec: Any) -> InferencePool:
-    return InferencePool.model_validate(
-        {
-            "apiVersion": "hatswarm.io/v1alpha1",
-            "kind": "InferencePool",
-            "metadata": {"name": "floor-1", "namespace": "edge"},
-            "spec": {"nodeSelector": {"hatswarm.io/pool": "floor-1"}, **spec},
-        }
+    return make_pool(
+        "floor-1", namespace="edge", **{"nodeSelector": {"hatswarm.io/pool": "floor-1"}, **spec}
     )
 
 

@@ -8,16 +8,11 @@ from typing import Any
 from hatswarm_operator.api import EdgeModel, InferencePool
 from hatswarm_operator.local.pool import LocalPool
 
+from tests.unit.operator.factories import make_pool
+
 
 def pool() -> InferencePool:
-    return InferencePool.model_validate(
-        {
-            "apiVersion": "hatswarm.io/v1alpha1",
-            "kind": "InferencePool",
-            "metadata": {"name": "p"},
-            "spec": {"failureDetection": {"probeIntervalSeconds": 0.1}},
-        }
-    )
+    return make_pool(failureDetection={"probeIntervalSeconds": 0.1})
 
 
 async def test_a_tick_that_raises_does_not_end_local_modes_loop(tmp_path: Path) -> None:
