@@ -35,7 +35,7 @@ from hatswarm_operator.core.inventory import ModelState, NodeState, observe, sel
 from hatswarm_operator.core.plan import PoolPlan, ReplicaLoad, ResourceEvent, Route
 from hatswarm_operator.core.reconcile import plan_pool
 from hatswarm_operator.core.status import live_model_cost_per1k, live_pool_cost
-from hatswarm_operator.finops import attribution as costing
+from hatswarm_operator.finops import attribution
 from hatswarm_operator.finops import metrics as cost_metrics
 
 log = logging.getLogger("hatswarm.loop")
@@ -92,7 +92,7 @@ class PoolRuntime:
         self._pushed: dict[str, int] = {}
         self._published: dict[str, str] = {}
         self._scale_state: dict[str, ScaleState] = {}
-        self.cost_ledger = costing.CostLedger()
+        self.cost_ledger = attribution.CostLedger()
         self._cost_status: tuple[float, PoolCost, dict[str, float | None]] | None = None
         self.failovers = 0
         self.rollouts = RolloutTracker(clock, lambda: self.client.credentials)
@@ -186,8 +186,11 @@ class PoolRuntime:
         """
         selected = [n for n in self.nodes.values() if selects(pool.spec.node_selector, n.labels)]
         now = self.clock()
-        live = costing.account(
-            self.cost_ledger, costing.pool_cost_inputs(pool), costing.node_samples(selected), now
+        live = attribution.account(
+            self.cost_ledger,
+            attribution.pool_cost_inputs(pool),
+            attribution.node_samples(selected),
+            now,
         )
         operator_metrics.cost().publish(pool.metadata.name, live, cost_metrics.showback_of(models))
         if self._cost_status is None or now - self._cost_status[0] >= COST_STATUS_SECONDS:

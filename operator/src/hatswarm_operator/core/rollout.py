@@ -1,11 +1,11 @@
 """Rolling out a new ``spec.version``: a pure state machine from spec, status and metrics.
 
-The controller calls :func:`decide_rollout` on every reconcile of an EdgeModel with what it
-knows (the spec's version, ``status.stableVersion`` and ``status.canary``, the gate's verdict
-once it ran, canary and stable metrics since the current step began, the time) and applies the
-answer: it writes ``stable_version`` and ``canary`` back to status, pushes ``weights`` into the
-agents' routing tables, converges ``loads`` (through placement) and posts ``events``. Nothing
-here does I/O or reads a clock.
+The planner (`reconcile`, through `rolloutplan`) calls :func:`decide_rollout` on every
+reconcile of an EdgeModel with what it knows (the spec's version, ``status.stableVersion`` and
+``status.canary``, the gate's verdict once it ran, canary and stable metrics since the current
+step began, the time) and applies the answer: it writes ``stable_version`` and ``canary``
+back to status, pushes ``weights`` into the agents' routing tables, converges ``loads``
+(through placement) and posts ``events``. Nothing here does I/O or reads a clock.
 
 Phases of ``status.canary`` for a new version V against the stable version S::
 

@@ -1,6 +1,6 @@
 """Live cost attribution, pure: each tick's agent counters -> pool and per-model cost figures.
 
-The controller calls :func:`account` once per tick with the pool's cost inputs and what every
+The control runtime calls :func:`account` once per tick with the pool's cost inputs and what every
 node's agent reported (cumulative counters since each model was loaded, and node watts). A
 :class:`CostLedger` remembers the last counters so that only the deltas are charged, and keeps
 the running totals (money in ``Decimal``) that the status and the gauges show.
