@@ -5,7 +5,7 @@ each adapter file holds 0.5 MB of parameters, loaded by onnxruntime's LoraAdapte
 adapter slots each, and 8 adapters. Closed-loop clients spread their requests over the three
 agents (as the pool's Service would) and over the 8 adapters uniformly. A small control loop
 reads every agent's NodeStatus twice a second and pushes the routing table the operator would
-(`controller.endpoint_for`, `loop.routing_table`). Each configuration starts fresh agents:
+(`core.plan.endpoint_for`, `control.converters.routing_table`). Each configuration starts fresh agents:
 
 - least_loaded: every node carries all 8 adapters, adapter policy Ignore (local-first, then
   the least-loaded peer): LRU swaps adapters in and out of the 4 slots.
@@ -43,10 +43,10 @@ from hatswarm_agent.protocol.v1 import control_pb2, control_pb2_grpc  # noqa: E4
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb  # noqa: E402
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2_grpc as pb_grpc  # noqa: E402
 from hatswarm_operator.api import InferencePool  # noqa: E402
-from hatswarm_operator.control.runtime import routing_table  # noqa: E402
+from hatswarm_operator.control.converters import model_observations, routing_table  # noqa: E402
 from hatswarm_operator.core.adapterplan import AdapterNode, plan_adapters  # noqa: E402
-from hatswarm_operator.core.inventory import NodeState, from_status  # noqa: E402
-from hatswarm_operator.core.reconcile import Route, endpoint_for  # noqa: E402
+from hatswarm_operator.core.inventory import NodeState  # noqa: E402
+from hatswarm_operator.core.plan import Route, endpoint_for  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper, save_model  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
@@ -145,7 +145,7 @@ class TableLoop:
         endpoints = []
         for name, agent in self.agents.items():
             reply = control(agent).NodeStatus(control_pb2.NodeStatusRequest())
-            obs = next(o for o in from_status(reply) if o.name == "lm")
+            obs = next(o for o in model_observations(reply) if o.name == "lm")
             endpoints.append(endpoint_for(NodeState(name, agent.address, up=True), obs, 1.0))
         table = routing_table(POOL, [Route("lm", "1", tuple(endpoints))], self.generation)
         table.policy = "LeastLoaded"

@@ -33,7 +33,7 @@ from hatswarm_operator.api.inferencepool import InferencePoolStatus
 from hatswarm_operator.control.agentclient import AgentClient
 from hatswarm_operator.control.runtime import PoolRuntime
 from hatswarm_operator.core.inventory import NodeState
-from hatswarm_operator.core.reconcile import Event
+from hatswarm_operator.core.plan import ResourceEvent
 
 pytestmark = pytest.mark.integration
 
@@ -109,7 +109,7 @@ POOL = InferencePool.model_validate(
 @dataclass
 class MemorySink:
     models: dict[str, EdgeModelStatus] = field(default_factory=dict)
-    events: list[Event] = field(default_factory=list)
+    events: list[ResourceEvent] = field(default_factory=list)
 
     async def model_status(self, namespace: str, name: str, status: EdgeModelStatus) -> None:
         self.models[name] = status
@@ -117,7 +117,7 @@ class MemorySink:
     async def pool_status(self, namespace: str, name: str, status: InferencePoolStatus) -> None:
         pass
 
-    async def event(self, namespace: str, event: Event) -> None:
+    async def event(self, namespace: str, event: ResourceEvent) -> None:
         self.events.append(event)
 
 

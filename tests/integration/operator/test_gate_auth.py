@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from hatswarm_operator.api.edgemodel import ValidationGate
-from hatswarm_operator.control.agentclient import AgentCredentials
+from hatswarm_operator.control.credentials import AgentCredentials
 from hatswarm_operator.control.gate_runner import run_gate
 from hatswarm_operator.core import gate as vg
 

@@ -68,21 +68,27 @@ def iter_files(paths: Iterable[str | Path]) -> Iterator[Path]:
         elif p.exists():
             yield p
         else:
-            raise ManifestError(f"{p}: no such file or directory")
+            raise ManifestError(f"cannot read {p}: no such file or directory")
 
 
-def load(paths: Iterable[str | Path]) -> ManifestSet:
-    """Parse every document of every file (folders: their *.yaml, not recursive)."""
+def load(paths: Iterable[str | Path], kinds: Iterable[str] = KINDS) -> ManifestSet:
+    """Parse every document of every file (folders: their *.yaml, not recursive).
+
+    Only documents of `kinds` are parsed (and must be valid); the rest land in `others`.
+    """
+    wanted = set(kinds)
     out = ManifestSet()
     for path in iter_files(paths):
         try:
             docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+        except OSError as err:
+            raise ManifestError(f"cannot read {path}: {err.strerror or err}") from err
         except yaml.YAMLError as err:
             raise ManifestError(f"{path}: not YAML: {err}") from err
         for i, doc in enumerate(docs):
             if not isinstance(doc, dict):
                 raise ManifestError(f"{path}: document {i} is not a mapping")
-            if doc.get("kind") not in KINDS:
+            if doc.get("kind") not in wanted:
                 out.others.append(doc)
                 continue
             obj = parse_object(doc, f"{path}#{i}")

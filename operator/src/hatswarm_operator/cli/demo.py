@@ -15,7 +15,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,8 +25,10 @@ from hatswarm_agent.protocol.wire import NODE_PARAM, ROUTE_PARAM
 from hatswarm_operator.api import EdgeModel, InferencePool
 from hatswarm_operator.api.manifests import parse_object
 from hatswarm_operator.cli import cost as cost_cli
-from hatswarm_operator.local.pool import LocalPool, LocalSink, render
+from hatswarm_operator.cli.common import run
+from hatswarm_operator.local.pool import LocalPool
 from hatswarm_operator.local.processes import bundled_manifests, default_nodes
+from hatswarm_operator.local.status import LocalSink, render
 
 INPUT = "gpu_0/data_0"
 SHAPE = (1, 3, 224, 224)
@@ -146,7 +148,7 @@ def ready_nodes(sink: LocalSink, model: str) -> set[str]:
     return {p.node for p in st.placements if p.state == "Ready"} if st else set()
 
 
-async def run(args: argparse.Namespace) -> int:
+async def run_demo(args: argparse.Namespace) -> int:
     state_dir = Path(tempfile.mkdtemp(prefix="hatswarm-demo-"))
     docs = bundled_manifests(state_dir)
     pool = parse_object(docs[0])
@@ -237,13 +239,20 @@ async def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hatswarm demo", description=__doc__.split("\n")[0])
     p.add_argument("--nodes", type=int, default=3)
     p.add_argument("--requests", type=int, default=400)
-    args = p.parse_args(argv)
+    return p
+
+
+def _command(args: argparse.Namespace) -> int:
     try:
-        return asyncio.run(run(args))
+        return asyncio.run(run_demo(args))
     except DemoStepError as err:
         print(f"\nDEMO FAILED: {err}", file=sys.stderr)
         return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(build_parser(), argv, _command)

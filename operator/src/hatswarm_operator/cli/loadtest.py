@@ -16,6 +16,7 @@ import json
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from typing import Any
 import numpy as np
 from hatswarm_agent.protocol.datatypes import OIP_TO_NUMPY
 from hatswarm_agent.protocol.wire import ROUTE_PARAM
+
+from hatswarm_operator.cli.common import UsageError, failures, run, usage_errors
 
 DTYPES = {k: v.type for k, v in OIP_TO_NUMPY.items() if k not in ("BF16", "BYTES")}
 
@@ -170,7 +173,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hatswarm loadtest", description=__doc__.split("\n")[0])
     p.add_argument("--url", required=True, help="host:port of an OIP gRPC endpoint")
     p.add_argument("--model", action="append", required=True, help="model name (repeatable)")
@@ -191,21 +194,22 @@ def main(argv: list[str] | None = None) -> int:
         "--accelerator", default="cpu", help="accelerator the figures are for (--write-measured)"
     )
     p.add_argument("--quiet", action="store_true")
-    args = p.parse_args(argv)
+    return p
+
+
+def _command(args: argparse.Namespace) -> int:
     if args.concurrency < 1 or args.duration <= 0 or args.rate < 0 or args.batch < 1:
-        p.error("--concurrency and --batch must be >= 1, --duration > 0, --rate >= 0")
-    token = args.token_file.read_text().strip() if args.token_file else ""
+        raise UsageError("--concurrency and --batch must be >= 1, --duration > 0, --rate >= 0")
+    with usage_errors(OSError):
+        token = args.token_file.read_text().strip() if args.token_file else ""
     rows = []
     for model in args.model:
-        try:
-            run = run_model(
+        with failures(Exception, what=f"{model}: "):
+            result = run_model(
                 args.url, model, concurrency=args.concurrency, duration=args.duration,
                 rate=args.rate, batch=args.batch, token=token, live=not args.quiet,
             )  # fmt: skip
-        except Exception as err:
-            print(f"hatswarm loadtest: {model}: {err}", file=sys.stderr)
-            return 1
-        rows.append(run.summary())
+        rows.append(result.summary())
     print(
         f"{'MODEL':<20} {'OK':>7} {'FAILED':>7} {'REQ/S':>9} {'P50-MS':>8} {'P95-MS':>8} {'P99-MS':>8}"
     )
@@ -226,3 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             measured.setdefault(r["model"], {})[args.accelerator] = r["throughput_rps"] * args.batch
         args.write_measured.write_text(json.dumps(measured, indent=1, sort_keys=True))
     return 1 if any(r["failed"] for r in rows) else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(build_parser(), argv, _command)

@@ -13,13 +13,15 @@ import contextlib
 import json
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
 
 from hatswarm_operator.api.manifests import ManifestError, ManifestSet, load, parse_object
+from hatswarm_operator.cli.common import CommandError, UsageError, failures, run, usage_errors
 from hatswarm_operator.control import metrics as operator_metrics
-from hatswarm_operator.local.pool import LocalPool, default_state_dir, render
+from hatswarm_operator.local.pool import LocalPool, default_state_dir
 from hatswarm_operator.local.processes import (
     bundled_manifests,
     default_nodes,
@@ -27,6 +29,7 @@ from hatswarm_operator.local.processes import (
     load_nodes_file,
     start_prometheus,
 )
+from hatswarm_operator.local.status import render
 
 
 def resolve(files: list[str] | None, state_dir: Path) -> ManifestSet:
@@ -41,13 +44,10 @@ def resolve(files: list[str] | None, state_dir: Path) -> ManifestSet:
 
 async def run_up(args: argparse.Namespace) -> int:
     state_dir: Path = args.state_dir
-    found = resolve(args.filename, state_dir)
+    with usage_errors(ManifestError):
+        found = resolve(args.filename, state_dir)
     if len(found.pools) != 1:
-        print(
-            f"hatswarm up: need exactly one InferencePool, found {len(found.pools)}",
-            file=sys.stderr,
-        )
-        return 2
+        raise UsageError(f"need exactly one InferencePool, found {len(found.pools)}")
     pool = found.pools[0]
     nodes = (
         load_nodes_file(args.nodes_file, pool.spec.node_selector)
@@ -100,7 +100,7 @@ async def run_up(args: argparse.Namespace) -> int:
     return 0
 
 
-def up_main(argv: list[str] | None = None) -> int:
+def up_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hatswarm up", description=__doc__.split("\n")[0])
     p.add_argument("-f", "--filename", action="append", help="manifest file or folder")
     p.add_argument("--nodes", type=int, default=3, help="simulated Pi + HAT+ nodes (default 3)")
@@ -112,28 +112,31 @@ def up_main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--prometheus", action="store_true", help="also run a real Prometheus scraping the pool"
     )
-    args = p.parse_args(argv)
+    return p
+
+
+def _up(args: argparse.Namespace) -> int:
     if args.nodes < 1:
-        p.error("--nodes must be >= 1")
-    try:
+        raise UsageError("--nodes must be >= 1")
+    with failures(ValueError, RuntimeError, LookupError, OSError):
         return asyncio.run(run_up(args))
-    except (ManifestError, ValueError, RuntimeError, FileNotFoundError) as err:
-        print(f"hatswarm up: {err}", file=sys.stderr)
-        return 1
 
 
-def status_main(argv: list[str] | None = None) -> int:
+def up_main(argv: Sequence[str] | None = None) -> int:
+    return run(up_parser(), argv, _up)
+
+
+def status_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hatswarm status", description="status of `hatswarm up`")
     p.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
     p.add_argument("--state-dir", type=Path, default=default_state_dir())
-    args = p.parse_args(argv)
+    return p
+
+
+def _status(args: argparse.Namespace) -> int:
     path = args.state_dir / "status.json"
     if not path.exists():
-        print(
-            f"hatswarm status: no local pool status at {path} (is `hatswarm up` running?)",
-            file=sys.stderr,
-        )
-        return 1
+        raise CommandError(f"no local pool status at {path} (is `hatswarm up` running?)")
     snap = json.loads(path.read_text())
     if args.output == "json":
         print(json.dumps(snap, indent=2))
@@ -142,6 +145,10 @@ def status_main(argv: list[str] | None = None) -> int:
     else:
         print(render(snap))
     return 0
+
+
+def status_main(argv: Sequence[str] | None = None) -> int:
+    return run(status_parser(), argv, _status)
 
 
 main = up_main

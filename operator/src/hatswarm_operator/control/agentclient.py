@@ -14,79 +14,24 @@ so a rotation never looks like a node failure.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import grpc
 from hatswarm_agent.protocol.v1 import control_pb2, control_pb2_grpc
 
+from hatswarm_operator.control.credentials import AgentCredentials, Metadata, bearer_metadata
+
 T = TypeVar("T")
-Metadata = tuple[tuple[str, str], ...]
 CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.enable_retries", 0),
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
 
 
-@dataclass(frozen=True)
-class AgentCredentials:
-    """How the operator proves itself to a pool's agents, and how it checks them.
-
-    `tls` on with no `ca_pem` trusts the system roots. `server_name` overrides the name the
-    agent's certificate is checked against (default: the host dialled, the pod IP, which is
-    what the agents check each other against on peer hops too).
-    """
-
-    token: str = ""
-    tls: bool = False
-    ca_pem: bytes | None = None
-    cert_pem: bytes | None = None
-    key_pem: bytes | None = None
-    server_name: str | None = None
-
-    def channel_key(self) -> tuple[object, ...]:
-        """What a channel is built from: a change here needs new channels, a token does not."""
-        return (self.tls, self.ca_pem, self.cert_pem, self.key_pem, self.server_name)
-
-    def channel_credentials(self) -> grpc.ChannelCredentials:
-        return grpc.ssl_channel_credentials(
-            root_certificates=self.ca_pem,
-            private_key=self.key_pem,
-            certificate_chain=self.cert_pem,
-        )
-
-    def open_channel(
-        self, address: str, options: Sequence[tuple[str, Any]] = ()
-    ) -> grpc.aio.Channel:
-        """A channel to one agent: TLS (with the pool's CA and client cert) or plaintext."""
-        opts = list(options)
-        if not self.tls:
-            return grpc.aio.insecure_channel(address, options=opts)
-        if self.server_name:
-            opts.append(("grpc.ssl_target_name_override", self.server_name))
-        return grpc.aio.secure_channel(address, self.channel_credentials(), options=opts)
-
-    def metadata(self) -> Metadata:
-        return bearer_metadata(self.token)
-
-    def __repr__(self) -> str:  # never print the token or the key
-        return (
-            f"AgentCredentials(token={'set' if self.token else 'none'}, tls={self.tls}, "
-            f"ca={self.ca_pem is not None}, client_cert={self.cert_pem is not None})"
-        )
-
-
-def bearer_metadata(token: str) -> Metadata:
-    return (("authorization", f"Bearer {token}"),) if token else ()
-
-
-# File names of a pool's TLS material: the keys of a kubernetes.io/tls Secret, and the files
-# `hatswarm up` writes.
-TLS_CERT, TLS_KEY, TLS_CA = "tls.crt", "tls.key", "ca.crt"  # kubernetes.io/tls Secret keys
-
-
 class AgentClient:
+    """The AgentControl calls, over one cached channel per agent, with the pool's credentials."""
+
     def __init__(
         self,
         timeout_s: float = 1.0,

@@ -1,6 +1,6 @@
 """Autoscaling an EdgeModel's replica count: a pure decision from measured load to a count.
 
-The controller samples each model's load (queue depth per ready replica, request rate, the
+The control runtime samples each model's load (queue depth per ready replica, request rate, the
 measured capacity of the replicas it has), calls :func:`decide_replicas` with the time, writes
 the count to ``status.desiredReplicas`` (placement then converges on it) and posts the reason as
 an Event when it changed. Nothing here does I/O or reads a clock.
@@ -27,7 +27,7 @@ Damping, so a pool of Pis that take seconds to load a model does not flap:
   a model at zero replicas with demand gets one (otherwise it would wait out a cooldown with no
   replica at all).
 
-The low stretch lives in :class:`ScaleState`, which the controller keeps between calls (in
+The low stretch lives in :class:`ScaleState`, which the control runtime keeps between calls (in
 memory is enough: losing it only restarts the stretch, which delays a scale-down, never causes
 one; ``last_scale_time`` maps to ``status.lastScaleTime``).
 

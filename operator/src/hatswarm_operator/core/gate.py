@@ -3,7 +3,7 @@
 A new ``spec.version`` is loaded on one node and sent the gate's samples before it takes any
 traffic (see :mod:`hatswarm_operator.core.rollout`). This module is the pure half of that: it turns
 a sample's inputs into the arrays a client sends (:func:`input_tensors`) and compares what came
-back with what was expected (:func:`evaluate`). The controller does the gRPC calls and times
+back with what was expected (:func:`evaluate`). The control runtime (`control.gate_runner`) does the gRPC calls and times
 them; nothing here does I/O or reads a clock.
 
 Values compare with numpy ``allclose`` semantics, element-wise

@@ -1,27 +1,28 @@
 """What the control plane knows about each node: Kubernetes' view plus the agent's own probe.
 
-Pure: `observe` folds one probe result into a node's state. Kubernetes takes 40 s to mark a
-node NotReady and 300 s to evict; probing the agent every second and dropping it after
-`failure_threshold` misses takes a node out of the pool in seconds.
+Pure: `observe` folds one probe result (a :class:`NodeReport`, converted from the agent's
+NodeStatus reply by :mod:`hatswarm_operator.control.converters`) into a node's state.
+Kubernetes takes 40 s to mark a node NotReady and 300 s to evict; probing the agent every
+second and dropping it after `failure_threshold` misses takes a node out of the pool in seconds.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 
-from hatswarm_agent.protocol.v1 import control_pb2
+from hatswarm_operator.api import InferencePool
 
-READY = control_pb2.MODEL_STATE_READY
-LOADING = control_pb2.MODEL_STATE_LOADING
-FAILED = control_pb2.MODEL_STATE_FAILED
-STATE_NAMES: dict[int, str] = {
-    control_pb2.MODEL_STATE_UNSPECIFIED: "Unknown",
-    LOADING: "Loading",
-    READY: "Ready",
-    FAILED: "Failed",
-    control_pb2.MODEL_STATE_UNLOADING: "Unloading",
-}
+
+class ModelState(StrEnum):
+    """Where a model version stands on one agent; the values are what status shows."""
+
+    UNKNOWN = "Unknown"
+    LOADING = "Loading"
+    READY = "Ready"
+    FAILED = "Failed"
+    UNLOADING = "Unloading"
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class ModelObs:
 
     name: str
     version: str
-    state: int
+    state: ModelState
     reason: str = ""
     sha256: str = ""
     queue_depth: int = 0
@@ -49,7 +50,7 @@ class ModelObs:
 
     @property
     def ready(self) -> bool:
-        return self.state == READY
+        return self.state is ModelState.READY
 
 
 @dataclass(frozen=True)
@@ -91,45 +92,26 @@ class NodeState:
         return next((m for m in self.models if m.name == name and m.version == version), None)
 
 
-def _num(x: float) -> float | None:
-    return None if math.isnan(x) else x
+@dataclass(frozen=True)
+class NodeReport:
+    """One successful probe: what the agent said about its device and its models."""
 
-
-def from_status(status: control_pb2.NodeStatusResponse) -> tuple[ModelObs, ...]:
-    return tuple(
-        ModelObs(
-            name=m.name,
-            version=m.version,
-            state=m.state,
-            reason=m.reason,
-            sha256=m.sha256,
-            queue_depth=m.queue_depth,
-            request_rate=m.request_rate,
-            p99_ms=m.latency.p99_ms,
-            capacity_fps=m.capacity_fps,
-            compute_seconds=m.compute_seconds,
-            energy_joules=m.energy_joules,
-            inference_count=m.inference_count,
-            request_success=m.request_success,
-            request_failure=m.request_failure,
-            adapters=tuple(m.adapters),
-            resident_adapters=tuple(m.resident_adapters),
-            adapter_slots=m.adapter_slots,
-            adapter_requests=tuple(sorted(m.adapter_requests.items())),
-        )
-        for m in status.models
-    )
+    accelerator: str = ""
+    device_id: str = ""
+    models: tuple[ModelObs, ...] = ()
+    temperature_c: float | None = None
+    watts: float | None = None
 
 
 def observe(
     node: NodeState,
-    status: control_pb2.NodeStatusResponse | None,
+    report: NodeReport | None,
     now: float,
     failure_threshold: int,
     error: str = "",
 ) -> NodeState:
     """Fold one probe into the node: a success brings it up, `failure_threshold` misses drop it."""
-    if status is None:
+    if report is None:
         failures = node.failures + 1
         return replace(
             node,
@@ -143,9 +125,30 @@ def observe(
         failures=0,
         last_seen=now,
         last_error="",
-        accelerator=status.accelerator or node.accelerator,
-        device_id=status.device_id,
-        models=from_status(status),
-        temperature_c=_num(status.temperature_c),
-        watts=_num(status.watts),
+        accelerator=report.accelerator or node.accelerator,
+        device_id=report.device_id,
+        models=report.models,
+        temperature_c=report.temperature_c,
+        watts=report.watts,
     )
+
+
+def is_verification_failure(reason: str) -> bool:
+    """Did a load fail because the artifact is not the one the spec names (or unsigned)?"""
+    return "sha256" in reason or "signature" in reason or "digest" in reason
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    """Do `labels` match every key of a node selector?"""
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def pool_members(pool: InferencePool, nodes: Sequence[NodeState]) -> list[NodeState]:
+    """Nodes whose labels match the pool, whose agent answers and that Kubernetes schedules."""
+    return [
+        n
+        for n in nodes
+        if n.in_pool
+        and selects(pool.spec.node_selector, n.labels)
+        and n.accelerator in pool.spec.accelerators
+    ]

@@ -1,11 +1,11 @@
 """Rolling out a new ``spec.version``: a pure state machine from spec, status and metrics.
 
-The controller calls :func:`decide_rollout` on every reconcile of an EdgeModel with what it
-knows (the spec's version, ``status.stableVersion`` and ``status.canary``, the gate's verdict
-once it ran, canary and stable metrics since the current step began, the time) and applies the
-answer: it writes ``stable_version`` and ``canary`` back to status, pushes ``weights`` into the
-agents' routing tables, converges ``loads`` (through placement) and posts ``events``. Nothing
-here does I/O or reads a clock.
+The planner (`reconcile`, through `rolloutplan`) calls :func:`decide_rollout` on every
+reconcile of an EdgeModel with what it knows (the spec's version, ``status.stableVersion`` and
+``status.canary``, the gate's verdict once it ran, canary and stable metrics since the current
+step began, the time) and applies the answer: it writes ``stable_version`` and ``canary``
+back to status, pushes ``weights`` into the agents' routing tables, converges ``loads``
+(through placement) and posts ``events``. Nothing here does I/O or reads a clock.
 
 Phases of ``status.canary`` for a new version V against the stable version S::
 
@@ -49,13 +49,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from enum import StrEnum
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Literal
-
-if TYPE_CHECKING:
-    from hatswarm_operator.api.edgemodel import CanaryStatus, EdgeModelSpec
+from typing import Literal
 
 Phase = Literal["Validating", "Progressing", "Succeeded", "RolledBack", "Failed"]
 ACTIVE: frozenset[str] = frozenset({"Validating", "Progressing"})
@@ -145,7 +141,7 @@ class RolloutInput:
 
 
 @dataclass(frozen=True, slots=True)
-class Load:
+class VersionReplicas:
     """Run ``replicas`` replicas of ``version`` in ``role``."""
 
     version: str
@@ -154,7 +150,7 @@ class Load:
 
 
 @dataclass(frozen=True, slots=True)
-class Event:
+class RolloutEvent:
     """A Kubernetes Event to post on the EdgeModel."""
 
     type: Literal["Normal", "Warning"]
@@ -174,56 +170,11 @@ class RolloutDecision:
     stable_version: str | None
     canary: Canary | None
     weights: Mapping[str, int]
-    loads: tuple[Load, ...]
+    loads: tuple[VersionReplicas, ...]
     unloads: tuple[str, ...] = ()
-    events: tuple[Event, ...] = ()
+    events: tuple[RolloutEvent, ...] = ()
     unload_first: bool = False
     requeue_after: float | None = None
-
-
-def policy_from_spec(spec: EdgeModelSpec) -> RolloutPolicy:
-    """Adapt the API spec into a :class:`RolloutPolicy`."""
-    r = spec.rollout
-    return RolloutPolicy(
-        strategy=r.strategy,
-        canary_weight=r.canary_weight,
-        steps=tuple(r.steps),
-        analysis_window_seconds=float(r.analysis_window_seconds),
-        max_error_rate=r.rollback.max_error_rate,
-        max_p99_latency_ms=r.rollback.max_p99_latency_ms,
-        gate=spec.validation is not None,
-    )
-
-
-def canary_from_status(c: CanaryStatus | None) -> Canary | None:
-    """Adapt ``status.canary`` (``startedAt`` is RFC 3339) into a :class:`Canary`."""
-    if c is None:
-        return None
-    started = None
-    if c.started_at:
-        started = datetime.fromisoformat(c.started_at.replace("Z", "+00:00")).timestamp()
-    return Canary(c.version, c.phase, c.weight, c.step, started, c.message)
-
-
-def canary_to_status(c: Canary | None) -> CanaryStatus | None:
-    """The :class:`Canary` as ``status.canary`` (times as RFC 3339 UTC)."""
-    from hatswarm_operator.api.edgemodel import CanaryStatus
-
-    if c is None:
-        return None
-    started = None
-    if c.started_at is not None:
-        started = (datetime.fromtimestamp(c.started_at, UTC).isoformat(timespec="seconds")).replace(
-            "+00:00", "Z"
-        )
-    return CanaryStatus(
-        version=c.version,
-        weight=c.weight,
-        step=c.step,
-        phase=c.phase,
-        started_at=started,
-        message=c.message,
-    )
 
 
 def decide_rollout(inp: RolloutInput) -> RolloutDecision:
@@ -246,11 +197,11 @@ def decide_rollout(inp: RolloutInput) -> RolloutDecision:
         if c.phase == "Validating":
             return _validating(inp, c)
         return _progressing(inp, c)
-    events: list[Event] = []
+    events: list[RolloutEvent] = []
     unloads: list[str] = []
     if c is not None and c.phase in ACTIVE:
         events.append(
-            Event(
+            RolloutEvent(
                 "Normal",
                 "CanarySuperseded",
                 f"spec.version {v} supersedes canary {c.version}: restarting the rollout",
@@ -262,13 +213,13 @@ def decide_rollout(inp: RolloutInput) -> RolloutDecision:
 
 def _at_stable(inp: RolloutInput, s: str) -> RolloutDecision:
     c = inp.canary
-    events: tuple[Event, ...] = ()
+    events: tuple[RolloutEvent, ...] = ()
     unloads: tuple[str, ...] = ()
     canary = c
     if c is not None and c.version != s and c.phase != "Succeeded":
         if c.phase in ACTIVE:
             events = (
-                Event(
+                RolloutEvent(
                     "Normal",
                     "RolloutAborted",
                     f"spec.version is back on stable {s}: canary {c.version} abandoned",
@@ -291,12 +242,12 @@ def _at_stable(inp: RolloutInput, s: str) -> RolloutDecision:
 
 
 def _start(
-    inp: RolloutInput, events: tuple[Event, ...], unloads: tuple[str, ...]
+    inp: RolloutInput, events: tuple[RolloutEvent, ...], unloads: tuple[str, ...]
 ) -> RolloutDecision:
     v, p = inp.version, inp.policy
     if p.gate:
         canary = Canary(v, "Validating", 0, 0, inp.now, "validating on one node")
-        event = Event("Normal", "ValidationStarted", f"validating {v} on one node")
+        event = RolloutEvent("Normal", "ValidationStarted", f"validating {v} on one node")
         return RolloutDecision(
             stable_version=inp.stable_version,
             canary=canary,
@@ -318,12 +269,12 @@ def _validating(inp: RolloutInput, c: Canary) -> RolloutDecision:
         )
     if not g.passed:
         return _rollback(inp, c, f"validation gate failed: {g.message}")
-    passed = Event("Normal", "ValidationPassed", f"{c.version} passed the gate: {g.message}")
+    passed = RolloutEvent("Normal", "ValidationPassed", f"{c.version} passed the gate: {g.message}")
     return _after_gate(inp, (passed,), ())
 
 
 def _after_gate(
-    inp: RolloutInput, events: tuple[Event, ...], unloads: tuple[str, ...]
+    inp: RolloutInput, events: tuple[RolloutEvent, ...], unloads: tuple[str, ...]
 ) -> RolloutDecision:
     v, s, p = inp.version, inp.stable_version, inp.policy
     if s is None:
@@ -335,7 +286,7 @@ def _after_gate(
         return _promote(inp, events, unloads, "no canary step below 100%")
     w = weights[0]
     canary = Canary(v, "Progressing", w, 0, inp.now, _analysing(w, p.analysis_window_seconds))
-    event = Event("Normal", "CanaryStarted", f"{v} takes {w}% of traffic, {s} {100 - w}%")
+    event = RolloutEvent("Normal", "CanaryStarted", f"{v} takes {w}% of traffic, {s} {100 - w}%")
     return RolloutDecision(
         stable_version=s,
         canary=canary,
@@ -375,7 +326,7 @@ def _progressing(inp: RolloutInput, c: Canary) -> RolloutDecision:
     if i + 1 < len(weights):
         nw = weights[i + 1]
         canary = Canary(v, "Progressing", nw, i + 1, now, _analysing(nw, window))
-        event = Event(
+        event = RolloutEvent(
             "Normal",
             "CanaryStepped",
             f"{v} {w}% -> {nw}% after {elapsed:.0f} s: {_health(m)}",
@@ -413,7 +364,7 @@ def _rollback(inp: RolloutInput, c: Canary, reason: str) -> RolloutDecision:
     s = inp.stable_version
     serving = f"{s} keeps serving" if s is not None else "no version serves yet"
     canary = Canary(c.version, "RolledBack", 0, c.step, inp.now, reason)
-    event = Event("Warning", "RolledBack", f"{c.version} rolled back, {serving}: {reason}")
+    event = RolloutEvent("Warning", "RolledBack", f"{c.version} rolled back, {serving}: {reason}")
     return RolloutDecision(
         stable_version=s,
         canary=canary,
@@ -426,7 +377,7 @@ def _rollback(inp: RolloutInput, c: Canary, reason: str) -> RolloutDecision:
 
 def _promote(
     inp: RolloutInput,
-    events: tuple[Event, ...],
+    events: tuple[RolloutEvent, ...],
     unloads: tuple[str, ...],
     why: str,
     *,
@@ -437,12 +388,12 @@ def _promote(
     canary = Canary(v, "Succeeded", 100, step, inp.now, why)
     retired = (*unloads, s) if s is not None and s != v else unloads
     before = f" (was {s})" if s is not None else ""
-    event = Event("Normal", "RolloutSucceeded", f"{v} is the stable version{before}: {why}")
+    event = RolloutEvent("Normal", "RolloutSucceeded", f"{v} is the stable version{before}: {why}")
     return RolloutDecision(
         stable_version=v,
         canary=canary,
         weights=_weights(v),
-        loads=(Load(v, Role.STABLE, inp.replicas),),
+        loads=(VersionReplicas(v, Role.STABLE, inp.replicas),),
         unloads=retired,
         events=(*events, event),
         unload_first=unload_first,
@@ -453,7 +404,7 @@ def _hold(
     inp: RolloutInput,
     c: Canary,
     *,
-    loads: tuple[Load, ...] | None = None,
+    loads: tuple[VersionReplicas, ...] | None = None,
     unloads: tuple[str, ...] = (),
     requeue_after: float | None = None,
 ) -> RolloutDecision:
@@ -480,12 +431,12 @@ def _weights(stable: str | None, canary: str | None = None, w: int = 0) -> Mappi
 
 def _loads(
     inp: RolloutInput, version: str | None = None, role: Role = Role.CANARY, replicas: int = 0
-) -> tuple[Load, ...]:
-    out: list[Load] = []
+) -> tuple[VersionReplicas, ...]:
+    out: list[VersionReplicas] = []
     if inp.stable_version is not None:
-        out.append(Load(inp.stable_version, Role.STABLE, inp.replicas))
+        out.append(VersionReplicas(inp.stable_version, Role.STABLE, inp.replicas))
     if version is not None and version != inp.stable_version:
-        out.append(Load(version, role, replicas))
+        out.append(VersionReplicas(version, role, replicas))
     return tuple(out)
 
 

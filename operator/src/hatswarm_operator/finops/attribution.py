@@ -1,6 +1,6 @@
 """Live cost attribution, pure: each tick's agent counters -> pool and per-model cost figures.
 
-The controller calls :func:`account` once per tick with the pool's cost inputs and what every
+The control runtime calls :func:`account` once per tick with the pool's cost inputs and what every
 node's agent reported (cumulative counters since each model was loaded, and node watts). A
 :class:`CostLedger` remembers the last counters so that only the deltas are charged, and keeps
 the running totals (money in ``Decimal``) that the status and the gauges show.
@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
+from hatswarm_operator.finops.money import to_decimal
 from hatswarm_operator.finops.tco import (
     SECONDS_PER_YEAR,
     DeviceCostInputs,
@@ -41,12 +42,10 @@ from hatswarm_operator.finops.tco import (
     cloud_per_inference_from_per_1k,
     fleet_annual_cost,
     node_window_cost,
-    to_decimal,
 )
 
 if TYPE_CHECKING:
     from hatswarm_operator.api import InferencePool
-    from hatswarm_operator.api.inferencepool import PoolCost
     from hatswarm_operator.core.inventory import NodeState
 
 _ZERO = Decimal(0)
@@ -461,39 +460,3 @@ def _annual(
         per_device += extra
         total += extra * devices
     return per_device, total
-
-
-# ---------------------------------------------------------------------------- status adapters
-
-
-def _round_sig(value: Decimal, digits: int = 6) -> float:
-    return float(f"{value:.{digits}g}")
-
-
-def pool_cost(live: LiveCost) -> PoolCost:
-    """The InferencePool ``status.cost`` block; rounded so status does not churn each tick."""
-    from hatswarm_operator.api.inferencepool import PoolCost
-
-    per = live.measured_per_inference_usd
-    return PoolCost(
-        per_device_year_usd=float(round(live.per_device_year_usd, 2)),
-        fleet_per_year_usd=float(round(live.fleet_per_year_usd, 2)),
-        measured_per_inference_usd=None if per is None else _round_sig(per, 4),
-        per1k_usd=None if per is None else _round_sig(per * _THOUSAND, 4),
-        cloud_per1k_usd=(None if live.cloud_per_1k_usd is None else float(live.cloud_per_1k_usd)),
-        cloud_break_even_per_device_day=(
-            None
-            if live.break_even_per_device_day is None
-            else float(round(live.break_even_per_device_day, 1))
-        ),
-        cloud_fallback_spend_usd=float(round(live.cloud_fallback_spend_usd, 4)),
-        energy_source=live.energy_source,
-    )
-
-
-def model_cost_per1k(live: LiveCost) -> dict[str, float | None]:
-    """EdgeModel ``status.costPer1kUsd`` per model name (None until it served something)."""
-    return {
-        name: None if m.per_1k_usd is None else _round_sig(m.per_1k_usd, 4)
-        for name, m in live.models.items()
-    }

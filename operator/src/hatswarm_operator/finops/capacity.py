@@ -5,7 +5,7 @@ Here a load (requests per second per model) is turned into NPU-busy time using t
 per-model throughput of each accelerator kind (never TOPS: a Hailo-8 is 4.5x a Hailo-8L on
 yolov8s but not on every model). Nodes are kept at or below a utilisation ceiling so queues
 stay short enough for the p99 SLO, and K extra nodes are added so that the ceiling still
-holds after K failures (N+K). Each candidate fleet is then costed with :mod:`cost` and set
+holds after K failures (N+K). Each candidate fleet is then costed with :mod:`tco` and set
 against the cloud price. Placement of replicas onto named nodes is another module's job;
 this one only answers "how many, of which kind, for how much".
 """
@@ -16,13 +16,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, Decimal
 
+from hatswarm_operator.finops.money import Number, to_decimal
 from hatswarm_operator.finops.tco import (
     SECONDS_PER_YEAR,
     DeviceCostInputs,
     FleetCost,
-    Number,
     fleet_annual_cost,
-    to_decimal,
 )
 
 DEFAULT_MAX_UTILISATION = Decimal("0.7")

@@ -1,4 +1,4 @@
-"""Prometheus series for live Edge FinOps, from :mod:`costing` (the operator exports them).
+"""Prometheus series for live Edge FinOps, from :mod:`attribution` (the operator exports them).
 
 - `hatswarm_cost_per_inference_usd{pool,model,team,customer,product_line}`: a model's attributed
   cost per inference since the operator started (by NPU seconds, not requests)
@@ -57,7 +57,7 @@ def showback_of(models: Iterable[EdgeModel]) -> dict[str, Showback]:
 
 
 class CostMetrics:
-    """The cost series in one registry; :meth:`publish` after each :func:`costing.account`."""
+    """The cost series in one registry; :meth:`publish` after each :func:`attribution.account`."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.per_inference = Gauge(

@@ -78,6 +78,11 @@ def parse_duration(text: str) -> float:
     return value
 
 
+def default_step(window: float) -> float:
+    """One point a minute, but at least ~60 points for windows under an hour (1 s floor)."""
+    return 60.0 if window >= 3600 else max(1.0, round(window / 60, 3))
+
+
 def duration(seconds: float) -> str:
     """A PromQL range literal in whole milliseconds (``[93500ms]``)."""
     return f"{max(1, round(seconds * 1000))}ms"

@@ -21,7 +21,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Literal, TypeAlias
+from typing import Literal
+
+from hatswarm_operator.finops.money import Number, to_decimal
 
 HOURS_PER_YEAR = Decimal(8760)
 """The seed's year: 365 days of 24 hours (no leap days)."""
@@ -32,22 +34,6 @@ _THOUSAND = Decimal(1000)
 _ZERO = Decimal(0)
 
 EnergySource = Literal["measured", "nameplate"]
-
-Number: TypeAlias = Decimal | int | float | str
-
-
-def to_decimal(value: Number) -> Decimal:
-    """Convert without binary noise: floats go through ``repr`` (``0.12`` stays ``0.12``)."""
-    if isinstance(value, Decimal):
-        return value
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"not a finite number: {value!r}")
-        return Decimal(repr(value))
-    result = Decimal(value)
-    if not result.is_finite():
-        raise ValueError(f"not a finite number: {value!r}")
-    return result
 
 
 def _non_negative(name: str, value: Decimal) -> None:

@@ -33,7 +33,7 @@ import yaml
 
 from hatswarm_operator.api import InferencePool
 from hatswarm_operator.api.inferencepool import AgentSettings
-from hatswarm_operator.control.agentclient import TLS_CA, TLS_CERT, TLS_KEY
+from hatswarm_operator.control.credentials import CLOUD_TOKEN_DIR, TLS_CA, TLS_CERT, TLS_KEY
 
 AGENT: Final = "hatswarm-agent"
 NAME_LABEL: Final = "app.kubernetes.io/name"
@@ -42,7 +42,6 @@ POOL_LABEL: Final = "hatswarm.io/pool"
 SETTINGS_HASH: Final = "hatswarm.io/agent-settings-hash"
 SPEC_HASH: Final = "hatswarm.io/spec-hash"
 STATE_DIR: Final = "/var/lib/hatswarm"
-CLOUD_TOKEN_DIR: Final = "/var/run/hatswarm/cloud-token"
 TOKEN_DIR: Final = "/var/run/hatswarm/token"
 TLS_DIR: Final = "/var/run/hatswarm/tls"
 SECRET_MODE: Final = 0o440  # owner and group (fsGroup) may read; nobody else

@@ -18,8 +18,11 @@ from kubernetes.client.exceptions import ApiException
 
 from hatswarm_operator.api.common import GROUP, VERSION
 from hatswarm_operator.api.inferencepool import Auth
-from hatswarm_operator.control import agentclient
-from hatswarm_operator.control.agentclient import AgentCredentials
+from hatswarm_operator.control.credentials import (
+    AgentCredentials,
+    agent_credentials,
+    auth_secret_names,
+)
 from hatswarm_operator.core.inventory import NodeState
 from hatswarm_operator.kube import builders
 
@@ -128,33 +131,12 @@ class Cluster:
         return data[key].decode().strip()
 
     async def agent_credentials(self, namespace: str, auth: Auth) -> AgentCredentials:
-        """What the operator presents to a pool's agents, from the Secrets of `spec.auth`.
-
-        The token Secret gives the bearer token. The TLS Secret (kubernetes.io/tls) gives the
-        CA the agents' certificates are checked against (`ca.crt`; the system roots when it
-        has none) and, with `mutualTls`, the client certificate: the operator presents the
-        pool's own `tls.crt`/`tls.key`, as the agents do to each other.
-        """
-        token = ""
-        if auth.token_secret_ref is not None:
-            ref = auth.token_secret_ref
-            token = await self.secret_value(namespace, ref.name, ref.key)
-            if not token:
-                raise LookupError(f"secret {namespace}/{ref.name}: key {ref.key!r} is empty")
-        if auth.tls_secret_ref is None:
-            return AgentCredentials(token=token)
-        name = auth.tls_secret_ref.name
-        data = await self.secret_data(namespace, name)
-        cert, key = data.get(agentclient.TLS_CERT), data.get(agentclient.TLS_KEY)
-        if auth.mutual_tls and not (cert and key):
-            raise LookupError(f"secret {namespace}/{name} lacks tls.crt/tls.key for mutualTls")
-        return AgentCredentials(
-            token=token,
-            tls=True,
-            ca_pem=data.get(agentclient.TLS_CA) or None,
-            cert_pem=cert if auth.mutual_tls else None,
-            key_pem=key if auth.mutual_tls else None,
-        )
+        """What the operator presents to a pool's agents, from the Secrets of `spec.auth`
+        (:func:`credentials.agent_credentials`); LookupError when one cannot be read."""
+        secrets = {
+            name: await self.secret_data(namespace, name) for name in auth_secret_names(auth)
+        }
+        return agent_credentials(auth, secrets, lambda name: f"secret {namespace}/{name}")
 
     async def inference_pool(self, namespace: str, name: str) -> Obj | None:
         def call() -> Obj | None:

@@ -28,7 +28,6 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import grpc
@@ -37,12 +36,15 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 from hatswarm_operator.api import EdgeModel, InferencePool
-from hatswarm_operator.api.common import GROUP, VERSION
+from hatswarm_operator.api.common import GROUP, VERSION, SecretKeyRef
 from hatswarm_operator.api.inferencepool import Auth
 from hatswarm_operator.api.manifests import ManifestError, parse_object
 from hatswarm_operator.control import metrics
-from hatswarm_operator.control.agentclient import AgentClient, AgentCredentials
+from hatswarm_operator.control.agentclient import AgentClient
+from hatswarm_operator.control.credentials import AgentCredentials
+from hatswarm_operator.control.driver import SkipTick, drive
 from hatswarm_operator.control.runtime import PoolRuntime
+from hatswarm_operator.core.conditions import rfc3339
 from hatswarm_operator.kube import builders
 from hatswarm_operator.kube.cluster import Cluster, node_states
 from hatswarm_operator.kube.sink import KubeSink
@@ -145,7 +147,7 @@ def _invalid(body: kopf.Body, patch: kopf.Patch, err: ManifestError, kind: str) 
             "status": "False",
             "reason": "InvalidSpec",
             "message": message,
-            "lastTransitionTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "lastTransitionTime": rfc3339(time.time()),
             "observedGeneration": body.metadata.get("generation"),
         }
     ]
@@ -357,9 +359,8 @@ async def run_pool(
     namespace = namespace or "default"
     cluster: Cluster = memo.cluster
 
-    async def public_key(ns: str, ref: str) -> str:
-        secret, _, key = ref.partition("/")
-        return await cluster.secret_value(ns, secret, key or "token")
+    async def public_key(ns: str, ref: SecretKeyRef) -> str:
+        return await cluster.secret_value(ns, ref.name, ref.key)
 
     sink = KubeSink(cluster, name)
     agents = AgentClient(timeout_s=CONFIG.agent_timeout_s)
@@ -367,48 +368,55 @@ async def run_pool(
     runtime = PoolRuntime(agents, sink, resolve_public_key=public_key)
     handle = PoolHandle(runtime)
     memo.pools[(namespace, name)] = handle
+    interval = 5.0
     failovers = 0
+
+    async def tick() -> None:
+        nonlocal interval
+        try:
+            # `body` is live in daemons: spec edits show up here without a restart.
+            pool = parse_pool(body, memo.agent_defaults)
+        except ManifestError:
+            raise SkipTick(5.0) from None
+        interval = pool.spec.failure_detection.probe_interval_seconds
+        sink.service = builders.service_address(pool)
+        problem = await refresh(cluster, namespace, pool)
+        if problem:
+            logger.warning(problem)
+            kopf.warn(body, reason="CredentialsUnavailable", message=problem[:1024])
+        with metrics.PLACEMENT_SECONDS.time():
+            nodes, pods, models = await asyncio.gather(
+                cluster.nodes(),
+                cluster.agent_pods(namespace, name),
+                _models(cluster, namespace, name),
+            )
+            sink.uids = {("InferencePool", name): body.metadata.uid or ""}
+            sink.uids.update({("EdgeModel", m.metadata.name): m.metadata.uid for m in models})
+            runtime.set_nodes(node_states(nodes, pods))
+            await runtime.tick(pool, models)
+
+    def record(ok: bool) -> None:
+        nonlocal failovers
+        result = "ok" if ok else "error"
+        metrics.RECONCILES.labels(kind="InferencePool", trigger="loop", result=result).inc()
+        handle.last_tick = time.monotonic()
+        up = sum(1 for n in runtime.nodes.values() if n.in_pool)
+        metrics.set_pool_nodes(namespace, name, up, len(runtime.nodes) - up)
+        if runtime.failovers > failovers:
+            metrics.FAILOVERS.inc(runtime.failovers - failovers)
+            failovers = runtime.failovers
+
+    async def pause(seconds: float) -> bool:
+        if stopped:
+            return False
+        await _wait(handle, stopped, seconds)
+        return not stopped
+
     try:
-        while not stopped:
-            try:
-                # `body` is live in daemons: spec edits show up here without a restart.
-                pool = parse_pool(body, memo.agent_defaults)
-            except ManifestError:
-                await _wait(handle, stopped, 5.0)
-                continue
-            interval = pool.spec.failure_detection.probe_interval_seconds
-            sink.service = builders.service_address(pool)
-            try:
-                problem = await refresh(cluster, namespace, pool)
-                if problem:
-                    logger.warning(problem)
-                    kopf.warn(body, reason="CredentialsUnavailable", message=problem[:1024])
-                with metrics.PLACEMENT_SECONDS.time():
-                    nodes, pods, models = await asyncio.gather(
-                        cluster.nodes(),
-                        cluster.agent_pods(namespace, name),
-                        _models(cluster, namespace, name),
-                    )
-                    sink.uids = {("InferencePool", name): body.metadata.uid or ""}
-                    sink.uids.update(
-                        {("EdgeModel", m.metadata.name): m.metadata.uid for m in models}
-                    )
-                    runtime.set_nodes(node_states(nodes, pods))
-                    await runtime.tick(pool, models)
-            except Exception as err:  # one bad tick must not end the pool's loop
-                metrics.RECONCILES.labels(
-                    kind="InferencePool", trigger="loop", result="error"
-                ).inc()
-                logger.warning(f"pool tick failed: {type(err).__name__}: {err}")
-            else:
-                metrics.RECONCILES.labels(kind="InferencePool", trigger="loop", result="ok").inc()
-            handle.last_tick = time.monotonic()
-            up = sum(1 for n in runtime.nodes.values() if n.in_pool)
-            metrics.set_pool_nodes(namespace, name, up, len(runtime.nodes) - up)
-            if runtime.failovers > failovers:
-                metrics.FAILOVERS.inc(runtime.failovers - failovers)
-                failovers = runtime.failovers
-            await _wait(handle, stopped, interval)
+        if not stopped:
+            await drive(
+                tick, interval=lambda: interval, pause=pause, logger=logger, on_result=record
+            )
     finally:
         if memo.pools.get((namespace, name)) is handle:
             del memo.pools[(namespace, name)]

@@ -1,4 +1,4 @@
-"""`loop.Sink` for Kubernetes: status through `/status` merge-patches, Events through kopf.
+"""`runtime.Sink` for Kubernetes: status through `/status` merge-patches, Events through kopf.
 
 The control loop decides what to publish (and already skips unchanged statuses); this only
 turns it into API calls. Events go through kopf's event queue (`kopf.event`), which posts in
@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from hatswarm_operator.api.common import API_VERSION
 from hatswarm_operator.api.edgemodel import EdgeModelStatus
 from hatswarm_operator.api.inferencepool import InferencePoolStatus
-from hatswarm_operator.core.reconcile import Event
+from hatswarm_operator.core.plan import ResourceEvent
 from hatswarm_operator.kube.cluster import Cluster
 
 log = logging.getLogger("hatswarm.sink")
@@ -63,7 +63,7 @@ class KubeSink:
             status = status.model_copy(update={"service": self.service})
         await self.cluster.patch_status("inferencepools", namespace, name, status_patch(status))
 
-    async def event(self, namespace: str, event: Event) -> None:
+    async def event(self, namespace: str, event: ResourceEvent) -> None:
         uid = self.uids.get((event.kind, event.name), "")
         body = object_ref(event.kind, namespace, event.name, uid)
         kopf.event(

@@ -46,6 +46,7 @@ spec:
     connectivityUsdPerDeviceYear: 24
     sharedOpsUsdPerYear: 1000
   cloudFallback:
+    endpoint: cloud.example:443
     pricePer1kUsd: 0.5
 ---
 apiVersion: hatswarm.io/v1alpha1
@@ -168,7 +169,10 @@ def test_bad_input_exits_2(
 
 def test_bad_manifest_value_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     manifest = tmp_path / "pool.yaml"
-    manifest.write_text("kind: InferencePool\nspec:\n  cost:\n    lifespanYears: 0\n")
+    manifest.write_text(
+        "apiVersion: hatswarm.io/v1alpha1\nkind: InferencePool\nmetadata: {name: p}\n"
+        "spec:\n  cost:\n    lifespanYears: 0\n"
+    )
     assert cost_cli.main(["-f", str(manifest), "--per-day", "1"]) == 2
     assert "spec.cost.lifespanYears" in capsys.readouterr().err
 

@@ -11,7 +11,8 @@ import pytest
 import yaml
 from hatswarm_operator.api import EdgeModel, InferencePool
 from hatswarm_operator.cli.main import main as hatswarm
-from hatswarm_operator.cli.plan import check_failures, fps_for, main, plan
+from hatswarm_operator.cli.plan import main
+from hatswarm_operator.core.fleetplan import check_failures, fps_for, plan_fleet
 
 D = Decimal
 SHA = "a" * 64
@@ -215,7 +216,7 @@ def test_check_failures_finds_lost_model() -> None:
 def test_pure_plan_matches_cli(tmp_path: Path) -> None:
     pool = InferencePool.model_validate(pool_doc(accelerators=["hailo8l"]))
     model = EdgeModel.model_validate(model_doc("yolo", {"hailo8l": 110}))
-    [p] = plan(pool, [model], {"yolo": D(231)}, failures=1)
+    [p] = plan_fleet(pool, [model], {"yolo": D(231)}, failures=1)
     assert p.devices == 4
     assert p.feasible
     assert p.break_even_per_device_day is not None

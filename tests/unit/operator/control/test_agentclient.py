@@ -14,11 +14,14 @@ import pytest
 from hatswarm_agent.protocol.v1 import control_pb2
 from hatswarm_operator.api import InferencePool
 from hatswarm_operator.api.inferencepool import Auth
-from hatswarm_operator.control.agentclient import AgentClient, AgentCredentials
+from hatswarm_operator.control.agentclient import AgentClient
+from hatswarm_operator.control.credentials import AgentCredentials
 from hatswarm_operator.kube import handlers
 from hatswarm_operator.kube.cluster import Cluster
 from hatswarm_operator.kube.main import build_parser
-from hatswarm_operator.local.pool import local_auth_args, local_credentials
+from hatswarm_operator.local.secrets import local_auth_args, local_credentials
+
+from tests.unit.operator.factories import make_pool
 
 
 class Unauthenticated(grpc.aio.AioRpcError):  # type: ignore[misc]
@@ -254,14 +257,7 @@ def test_cluster_reads_token_and_tls_secrets_into_credentials() -> None:
 
 
 def pool_with(**auth: Any) -> InferencePool:
-    return InferencePool.model_validate(
-        {
-            "apiVersion": "hatswarm.io/v1alpha1",
-            "kind": "InferencePool",
-            "metadata": {"name": "floor", "namespace": "edge"},
-            "spec": {"auth": auth},
-        }
-    )
+    return make_pool("floor", namespace="edge", auth=auth)
 
 
 def test_pool_daemon_refreshes_credentials_and_reports_a_missing_secret_once() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
-from hatswarm_operator.control.gate_runner import _encode, decode_outputs
+from hatswarm_operator.control.converters import decode_outputs, encode_tensor
 from hatswarm_operator.core import gate as vg
 
 
@@ -42,8 +42,8 @@ def test_typed_outputs_decode_and_a_wrong_count_is_left_for_evaluate() -> None:
 
 
 def test_inputs_go_raw_little_endian_and_bf16_as_its_upper_bits() -> None:
-    spec, raw = _encode(vg.WireTensor("x", "INT16", (2,), np.array([1, -2], dtype=np.int16)))
+    spec, raw = encode_tensor(vg.WireTensor("x", "INT16", (2,), np.array([1, -2], dtype=np.int16)))
     assert spec == {"name": "x", "datatype": "INT16", "shape": [2]}
     assert np.frombuffer(raw, dtype="<i2").tolist() == [1, -2]
-    _, raw = _encode(vg.WireTensor("x", "BF16", (1,), np.array([1.5], dtype=np.float32)))
+    _, raw = encode_tensor(vg.WireTensor("x", "BF16", (1,), np.array([1.5], dtype=np.float32)))
     assert raw == (np.array([1.5], dtype="<f4").view("<u4") >> 16).astype("<u2").tobytes()

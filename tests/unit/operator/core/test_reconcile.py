@@ -6,51 +6,26 @@ from typing import Any
 
 from hatswarm_agent.protocol.v1 import control_pb2
 from hatswarm_operator.api import EdgeModel, InferencePool
-from hatswarm_operator.core.inventory import FAILED, READY, ModelObs, NodeState, observe
+from hatswarm_operator.control.converters import node_report
+from hatswarm_operator.core.inventory import ModelObs, ModelState, NodeState, observe
 from hatswarm_operator.core.reconcile import plan_pool
 
-SHA = "a" * 64
+from tests.unit.operator.factories import POOL_LABELS, make_model, make_node, make_pool
+
+FAILED, READY = ModelState.FAILED, ModelState.READY
 
 
 def pool(**spec: Any) -> InferencePool:
-    return InferencePool.model_validate(
-        {
-            "apiVersion": "hatswarm.io/v1alpha1",
-            "kind": "InferencePool",
-            "metadata": {"name": "p", "generation": 1},
-            "spec": {"nodeSelector": {"pool": "p"}, **spec},
-        }
-    )
+    return make_pool(generation=1, nodeSelector=POOL_LABELS, **spec)
 
 
 def model(name: str = "m", version: str = "1", replicas: int = 2, **spec: Any) -> EdgeModel:
-    return EdgeModel.model_validate(
-        {
-            "apiVersion": "hatswarm.io/v1alpha1",
-            "kind": "EdgeModel",
-            "metadata": {"name": name, "generation": 3},
-            "spec": {
-                "pool": "p",
-                "version": version,
-                "artifacts": [
-                    {"accelerator": "cpu", "format": "onnx", "uri": "file:///m.onnx", "sha256": SHA}
-                ],
-                "replicas": {"min": 1, "max": 5, "desired": replicas},
-                **spec,
-            },
-        }
-    )
+    return make_model(name, version=version, replicas=replicas, generation=3, **spec)
 
 
-def node(name: str, *loaded: tuple[str, str, int], up: bool = True, **kw: Any) -> NodeState:
-    return NodeState(
-        name=name,
-        address=f"127.0.0.1:{9000 + int(name[-1])}",
-        labels={"pool": "p"},
-        accelerator="hailo8l",
-        up=up,
-        models=tuple(ModelObs(m, v, s, capacity_fps=100.0) for m, v, s in loaded),
-        **kw,
+def node(name: str, *loaded: tuple[str, str, ModelState], up: bool = True, **kw: Any) -> NodeState:
+    return make_node(
+        name, *(ModelObs(m, v, s, capacity_fps=100.0) for m, v, s in loaded), up=up, **kw
     )
 
 
@@ -168,7 +143,7 @@ def test_cost_status_from_the_pool_cost_block() -> None:
 def test_observe_drops_a_node_after_the_failure_threshold() -> None:
     n = NodeState(name="n1", address="a:1")
     status = control_pb2.NodeStatusResponse(accelerator="hailo8", temperature_c=float("nan"))
-    n = observe(n, status, now=1.0, failure_threshold=3)
+    n = observe(n, node_report(status), now=1.0, failure_threshold=3)
     assert n.up
     assert n.accelerator == "hailo8"
     assert n.temperature_c is None
@@ -178,4 +153,4 @@ def test_observe_drops_a_node_after_the_failure_threshold() -> None:
     n = observe(n, None, now=5.0, failure_threshold=3, error="UNAVAILABLE")
     assert not n.up
     assert n.out_reason.startswith("AgentUnreachable")
-    assert observe(n, status, now=6.0, failure_threshold=3).up
+    assert observe(n, node_report(status), now=6.0, failure_threshold=3).up

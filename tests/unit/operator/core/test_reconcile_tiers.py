@@ -1,45 +1,24 @@
-"""The control loop's adapter and escalation decisions (controller.py, loop.routing_table)."""
+"""The control loop's adapter and escalation decisions (core.reconcile, the routing table)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from hatswarm_operator.api import EdgeModel, InferencePool
-from hatswarm_operator.control.runtime import routing_table
-from hatswarm_operator.core.inventory import READY, ModelObs, NodeState
-from hatswarm_operator.core.reconcile import AdapterRef, plan_pool
+from hatswarm_operator.control.converters import routing_table
+from hatswarm_operator.core.inventory import ModelObs, ModelState, NodeState
+from hatswarm_operator.core.plan import AdapterRef
+from hatswarm_operator.core.reconcile import plan_pool
 
-SHA = "a" * 64
+from tests.unit.operator.factories import POOL_LABELS, make_model, make_node, make_pool
 
 
 def pool() -> InferencePool:
-    return InferencePool.model_validate(
-        {
-            "apiVersion": "hatswarm.io/v1alpha1",
-            "kind": "InferencePool",
-            "metadata": {"name": "p", "generation": 1},
-            "spec": {"nodeSelector": {"pool": "p"}},
-        }
-    )
+    return make_pool(generation=1, nodeSelector=POOL_LABELS)
 
 
 def model(name: str = "m", replicas: int = 3, **spec: Any) -> EdgeModel:
-    return EdgeModel.model_validate(
-        {
-            "apiVersion": "hatswarm.io/v1alpha1",
-            "kind": "EdgeModel",
-            "metadata": {"name": name, "generation": 1},
-            "spec": {
-                "pool": "p",
-                "version": "1",
-                "artifacts": [
-                    {"accelerator": "cpu", "format": "onnx", "uri": "file:///m.onnx", "sha256": SHA}
-                ],
-                "replicas": {"min": 1, "max": 5, "desired": replicas},
-                **spec,
-            },
-        }
-    )
+    return make_model(name, replicas=replicas, **spec)
 
 
 def adapters(n: int) -> list[dict[str, str]]:
@@ -50,18 +29,11 @@ def adapters(n: int) -> list[dict[str, str]]:
 
 
 def node(name: str, *models: ModelObs) -> NodeState:
-    return NodeState(
-        name=name,
-        address=f"127.0.0.1:{9000 + int(name[-1])}",
-        labels={"pool": "p"},
-        accelerator="hailo8l",
-        up=True,
-        models=models,
-    )
+    return make_node(name, *models)
 
 
 def ready(**kw: Any) -> ModelObs:
-    return ModelObs("m", "1", READY, capacity_fps=100.0, **kw)
+    return ModelObs("m", "1", ModelState.READY, capacity_fps=100.0, **kw)
 
 
 def test_loads_carry_every_adapter_when_each_node_has_the_slots() -> None:

@@ -9,15 +9,17 @@ from hatswarm_operator.api.edgemodel import CanaryStatus, EdgeModelSpec
 from hatswarm_operator.core.rollout import (
     Canary,
     GateVerdict,
-    Load,
     Role,
     RolloutDecision,
     RolloutInput,
     RolloutPolicy,
+    VersionReplicas,
     WindowMetrics,
+    decide_rollout,
+)
+from hatswarm_operator.core.rolloutplan import (
     canary_from_status,
     canary_to_status,
-    decide_rollout,
     policy_from_spec,
 )
 
@@ -81,12 +83,15 @@ def test_happy_path_through_every_step() -> None:
     assert m.canary is not None
     assert (m.canary.phase, m.canary.weight) == ("Validating", 0)
     assert d.weights == {"v1": 100}
-    assert d.loads == (Load("v1", Role.STABLE, 4), Load("v2", Role.VALIDATION, 1))
+    assert d.loads == (
+        VersionReplicas("v1", Role.STABLE, 4),
+        VersionReplicas("v2", Role.VALIDATION, 1),
+    )
 
     d = m.tick(5, gate=passed())
     assert (m.canary.phase, m.canary.step, m.canary.weight) == ("Progressing", 0, 10)
     assert d.weights == {"v1": 90, "v2": 10}
-    assert d.loads == (Load("v1", Role.STABLE, 4), Load("v2", Role.CANARY, 1))
+    assert d.loads == (VersionReplicas("v1", Role.STABLE, 4), VersionReplicas("v2", Role.CANARY, 1))
     assert d.requeue_after == 60
 
     d = m.tick(30, metrics=HEALTHY)
@@ -96,7 +101,7 @@ def test_happy_path_through_every_step() -> None:
     d = m.tick(30, metrics=HEALTHY)
     assert (m.canary.step, m.canary.weight, m.canary.started_at) == (1, 50, m.now)
     assert d.weights == {"v1": 50, "v2": 50}
-    assert d.loads[1] == Load("v2", Role.CANARY, 2)
+    assert d.loads[1] == VersionReplicas("v2", Role.CANARY, 2)
     assert d.events[0].message.startswith("v2 10% -> 50% after 60 s: 200 requests")
 
     d = m.tick(60, metrics=HEALTHY)
@@ -104,7 +109,7 @@ def test_happy_path_through_every_step() -> None:
     assert m.canary is not None
     assert m.canary.phase == "Succeeded"
     assert d.weights == {"v2": 100}
-    assert d.loads == (Load("v2", Role.STABLE, 4),)
+    assert d.loads == (VersionReplicas("v2", Role.STABLE, 4),)
     assert d.unloads == ("v1",)
     assert not d.unload_first
     assert m.events() == [
@@ -125,7 +130,7 @@ def test_gate_failure_never_takes_traffic_and_is_not_retried() -> None:
     assert m.canary.phase == "RolledBack"
     assert m.canary.message == "validation gate failed: missing output 'probabilities'"
     assert d.weights == {"v1": 100}
-    assert d.loads == (Load("v1", Role.STABLE, 4),)
+    assert d.loads == (VersionReplicas("v1", Role.STABLE, 4),)
     assert d.unloads == ("v2",)
     assert [(e.type, e.reason) for e in d.events] == [("Warning", "RolledBack")]
     assert "v1 keeps serving" in d.events[0].message
@@ -194,10 +199,10 @@ def test_recreate_runs_the_gate_then_replaces_stable_in_one_go() -> None:
 def test_first_deployment_goes_straight_to_stable_after_the_gate() -> None:
     m = Model(stable=None)
     d = m.tick()
-    assert (d.weights, d.loads) == ({}, (Load("v2", Role.VALIDATION, 1),))
+    assert (d.weights, d.loads) == ({}, (VersionReplicas("v2", Role.VALIDATION, 1),))
     d = m.tick(1, gate=passed())
     assert (m.stable, d.weights, d.unloads) == ("v2", {"v2": 100}, ())
-    assert d.loads == (Load("v2", Role.STABLE, 4),)
+    assert d.loads == (VersionReplicas("v2", Role.STABLE, 4),)
 
     failed = Model(stable=None)
     failed.tick()
@@ -270,7 +275,7 @@ def test_promotion_waits_for_the_canary_to_be_ready_everywhere() -> None:
     d = m.tick(60, metrics=HEALTHY, ready=1)
     assert m.stable == "v1"
     assert d.weights == {"v1": 90, "v2": 10}
-    assert d.loads == (Load("v1", Role.STABLE, 4), Load("v2", Role.CANARY, 4))
+    assert d.loads == (VersionReplicas("v1", Role.STABLE, 4), VersionReplicas("v2", Role.CANARY, 4))
     assert m.canary is not None
     assert m.canary.message == "promoting: v2 ready on 1/4 replicas"
     d = m.tick(5, metrics=HEALTHY, ready=4)

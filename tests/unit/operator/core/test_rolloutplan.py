@@ -8,9 +8,10 @@ from typing import Any
 
 from hatswarm_operator.api import EdgeModel, InferencePool
 from hatswarm_operator.api.edgemodel import Artifact, EdgeModelStatus
-from hatswarm_operator.control.runtime import routing_table
-from hatswarm_operator.core.inventory import FAILED, LOADING, READY, ModelObs, NodeState
-from hatswarm_operator.core.reconcile import PoolPlan, plan_pool
+from hatswarm_operator.control.converters import routing_table
+from hatswarm_operator.core.inventory import ModelObs, ModelState, NodeState
+from hatswarm_operator.core.plan import PoolPlan
+from hatswarm_operator.core.reconcile import plan_pool
 from hatswarm_operator.core.rollout import Canary, GateVerdict, WindowMetrics
 from hatswarm_operator.core.rolloutplan import (
     RolloutContext,
@@ -19,6 +20,16 @@ from hatswarm_operator.core.rolloutplan import (
     memory_from_status,
     window_metrics,
 )
+
+from tests.unit.operator.factories import (
+    POOL_LABELS,
+    cpu_artifact,
+    make_model,
+    make_node,
+    make_pool,
+)
+
+FAILED, LOADING, READY = ModelState.FAILED, ModelState.LOADING, ModelState.READY
 
 OLD_SHA, NEW_SHA = "1" * 64, "2" * 64
 OLD_ART = Artifact(accelerator="cpu", format="onnx", uri="file:///v1.onnx", sha256=OLD_SHA)
@@ -33,51 +44,24 @@ GATE = {
 
 
 def pool() -> InferencePool:
-    return InferencePool.model_validate(
-        {
-            "apiVersion": "hatswarm.io/v1alpha1",
-            "kind": "InferencePool",
-            "metadata": {"name": "p", "generation": 1},
-            "spec": {"nodeSelector": {"pool": "p"}, "accelerators": ["cpu"]},
-        }
-    )
+    return make_pool(generation=1, nodeSelector=POOL_LABELS, accelerators=["cpu"])
 
 
 def model(version: str = "2", replicas: int = 2, **spec: Any) -> EdgeModel:
     rollout = {"steps": [50, 100], "canaryWeight": 50, "analysisWindowSeconds": 10}
-    return EdgeModel.model_validate(
-        {
-            "apiVersion": "hatswarm.io/v1alpha1",
-            "kind": "EdgeModel",
-            "metadata": {"name": "m", "generation": 2},
-            "spec": {
-                "pool": "p",
-                "version": version,
-                "artifacts": [
-                    {
-                        "accelerator": "cpu",
-                        "format": "onnx",
-                        "uri": f"file:///v{version}.onnx",
-                        "sha256": NEW_SHA if version == "2" else OLD_SHA,
-                    }
-                ],
-                "replicas": {"min": 1, "max": 5, "desired": replicas},
-                "rollout": rollout,
-                **spec,
-            },
-        }
+    sha = NEW_SHA if version == "2" else OLD_SHA
+    return make_model(
+        version=version,
+        replicas=replicas,
+        generation=2,
+        artifacts=[cpu_artifact(f"file:///v{version}.onnx", sha)],
+        **{"rollout": rollout, **spec},
     )
 
 
-def node(name: str, *loaded: tuple[str, int], up: bool = True, **obs: Any) -> NodeState:
-    return NodeState(
-        name=name,
-        address=f"127.0.0.1:{9000 + int(name[-1])}",
-        labels={"pool": "p"},
-        accelerator="cpu",
-        up=up,
-        models=tuple(ModelObs("m", v, s, capacity_fps=100.0, **obs) for v, s in loaded),
-    )
+def node(name: str, *loaded: tuple[str, ModelState], up: bool = True, **obs: Any) -> NodeState:
+    models = (ModelObs("m", v, s, capacity_fps=100.0, **obs) for v, s in loaded)
+    return make_node(name, *models, accelerator="cpu", up=up)
 
 
 def ctx(

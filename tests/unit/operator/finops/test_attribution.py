@@ -6,16 +6,15 @@ from decimal import Decimal
 
 import pytest
 from hatswarm_operator.api import EdgeModel, InferencePool
-from hatswarm_operator.core.inventory import ModelObs, NodeState
+from hatswarm_operator.core.inventory import ModelObs, ModelState, NodeState
+from hatswarm_operator.core.status import live_model_cost_per1k, live_pool_cost
 from hatswarm_operator.finops.attribution import (
     CostLedger,
     ModelSample,
     NodeSample,
     PoolCostInputs,
     account,
-    model_cost_per1k,
     node_samples,
-    pool_cost,
     pool_cost_inputs,
 )
 from hatswarm_operator.finops.metrics import METRIC_NAMES, CostMetrics, showback_of
@@ -72,7 +71,7 @@ def test_three_times_the_npu_seconds_pays_three_times_regardless_of_requests() -
     assert det.per_inference_usd == 30 * cls.per_inference_usd  # type: ignore[operator]
     assert live.inferences == 1100
     assert live.measured_per_inference_usd == live.window_usd / 1100
-    per1k = model_cost_per1k(live)
+    per1k = live_model_cost_per1k(live)
     assert per1k["detector"] == pytest.approx(30 * per1k["classifier"], rel=1e-3)  # type: ignore[operator]
 
 
@@ -136,7 +135,7 @@ def test_nameplate_when_nothing_is_measured() -> None:
     assert live.energy_source == "nameplate"
     assert live.window_usd == nameplate_window_usd(3600)
     assert live.per_device_year_usd == DEVICE.total_usd_per_year
-    assert pool_cost(live).energy_source == "nameplate"
+    assert live_pool_cost(live).energy_source == "nameplate"
 
 
 def test_measured_watts_replace_nameplate() -> None:
@@ -149,7 +148,7 @@ def test_measured_watts_replace_nameplate() -> None:
     assert live.window_usd == fixed + energy
     # annualised: 5 W instead of the 10 W nameplate
     assert live.per_device_year_usd == DEVICE.fixed_usd_per_year + D(5) * 8760 / 1000 * D("0.12")
-    assert pool_cost(live).energy_source == "measured"
+    assert live_pool_cost(live).energy_source == "measured"
 
 
 def test_measured_energy_joules_replace_nameplate() -> None:
@@ -181,7 +180,7 @@ def test_cloud_fallback_spend_and_resets() -> None:
     live = account(ledger, INPUTS, [node("n1", cloud_fallback_requests={"a": 60, "b": 40})], 2)
     assert live.cloud_fallback_requests == 300  # reset: the 60 since restart count
     assert live.window_cloud_fallback_usd == D(60) * D("0.0005")
-    assert pool_cost(live).cloud_fallback_spend_usd == 0.15
+    assert live_pool_cost(live).cloud_fallback_spend_usd == 0.15
     assert live.cloud_per_1k_usd == D("0.5")
     # break-even: a device-year over (cloud price x 365)
     assert live.break_even_per_device_day == live.per_device_year_usd / (D("0.0005") * 365)
@@ -221,7 +220,9 @@ def test_adapters_from_api_and_inventory() -> None:
     assert inputs.device.watts == 7
     assert inputs.shared_ops_usd_per_year == 100
     assert inputs.cloud_usd_per_1k == D("0.4")
-    obs = ModelObs("m", "1", 2, compute_seconds=1.5, inference_count=3, energy_joules=0.5)
+    obs = ModelObs(
+        "m", "1", ModelState.READY, compute_seconds=1.5, inference_count=3, energy_joules=0.5
+    )
     samples = node_samples(
         [NodeState("n1", "a:1", up=True, models=(obs,), watts=2.0)], {"n1": {"m": 4}}
     )

@@ -7,11 +7,11 @@ from typing import Any
 
 import httpx
 import pytest
-from hatswarm_operator.cli.incident import default_step
 from hatswarm_operator.finops.promql import (
     Prometheus,
     PrometheusError,
     counter_increase,
+    default_step,
     duration,
     parse_duration,
     parse_time,

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 from hatswarm_operator.api import InferencePool
-from hatswarm_operator.control.runtime import routing_table
+from hatswarm_operator.control.converters import routing_table
 from hatswarm_operator.kube.builders import (
     SETTINGS_HASH,
     apply_agent_defaults,
@@ -21,18 +21,15 @@ from hatswarm_operator.kube.builders import (
     quantity_bytes,
 )
 
+from tests.unit.operator.factories import make_pool
+
 ROOT = Path(__file__).resolve().parents[4]
 VALIDATE = Path(sys.executable).parent / "kubernetes-validate"
 
 
 def pool(**spec: Any) -> InferencePool:
-    return InferencePool.model_validate(
-        {
-            "apiVersion": "hatswarm.io/v1alpha1",
-            "kind": "InferencePool",
-            "metadata": {"name": "floor-1", "namespace": "edge"},
-            "spec": {"nodeSelector": {"hatswarm.io/pool": "floor-1"}, **spec},
-        }
+    return make_pool(
+        "floor-1", namespace="edge", **{"nodeSelector": {"hatswarm.io/pool": "floor-1"}, **spec}
     )
 
 

@@ -1,0 +1,364 @@
+"""What a reconcile reports: each EdgeModel's and the InferencePool's status, from the plan.
+
+Pure rendering of decisions already taken (`reconcile.plan_pool`): replicas and their states
+per node, traffic shares, conditions (Ready, Progressing, Degraded, ArtifactVerified), the
+rollout's state, and the pool's nodes, capacity and nameplate cost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+from hatswarm_operator.api import EdgeModel, InferencePool
+from hatswarm_operator.api.common import Condition
+from hatswarm_operator.api.edgemodel import EdgeModelStatus, ModelPlacement
+from hatswarm_operator.api.inferencepool import (
+    InferencePoolStatus,
+    PoolCapacity,
+    PoolCost,
+    PoolNode,
+)
+from hatswarm_operator.core import placement as pl
+from hatswarm_operator.core.conditions import condition, merge_conditions, rfc3339
+from hatswarm_operator.core.inventory import (
+    ModelState,
+    NodeState,
+    is_verification_failure,
+    selects,
+)
+from hatswarm_operator.core.plan import Route
+from hatswarm_operator.core.rollout import ACTIVE as ACTIVE_PHASES
+from hatswarm_operator.core.rollout import FAILED as FAILED_PHASES
+from hatswarm_operator.core.rollout import Canary
+from hatswarm_operator.core.rolloutplan import ModelRollout, canary_to_status
+from hatswarm_operator.finops.attribution import LiveCost, pool_cost_inputs
+from hatswarm_operator.finops.money import rounded, significant
+from hatswarm_operator.finops.tco import (
+    cloud_per_inference_from_per_1k,
+    cost_per_inference,
+    fleet_annual_cost,
+    inferences_per_year_from_rate,
+)
+
+PlacementState = Literal["Loading", "Ready", "Failed", "Unloading", "Validating"]
+PLACEMENT_STATES: dict[ModelState, PlacementState] = {
+    ModelState.LOADING: "Loading",
+    ModelState.READY: "Ready",
+    ModelState.FAILED: "Failed",
+    ModelState.UNLOADING: "Unloading",
+}
+"""What `status.placements[].state` says per agent state (an unknown one shows as Loading)."""
+
+
+def traffic_shares(routes: Sequence[Route]) -> dict[tuple[str, str], float]:
+    """(node, version) -> percent of the model's traffic that replica gets."""
+    total = sum(r.weight for r in routes if r.endpoints)
+    out: dict[tuple[str, str], float] = {}
+    if total <= 0:
+        return out
+    for r in routes:
+        ep_total = sum(e.weight for e in r.endpoints)
+        for e in r.endpoints:
+            out[(e.node, r.version)] = round(100.0 * r.weight / total * e.weight / ep_total, 2)
+    return out
+
+
+def model_status(
+    m: EdgeModel,
+    desired: int,
+    placement: pl.Placement,
+    members: Sequence[NodeState],
+    unplaced: pl.Unplaced | None,
+    roll: ModelRollout,
+    routes: Sequence[Route],
+    now: float,
+) -> EdgeModelStatus:
+    """An EdgeModel's status: its replicas where they are, conditions, phase, rollout."""
+    name, gen = m.metadata.name, m.metadata.generation
+    decision = roll.decision
+    serving = decision.stable_version
+    canary = decision.canary
+    rolled_back = (
+        canary is not None and canary.phase in FAILED_PHASES and canary.version == m.spec.version
+    )
+    placements = _placements(name, placement, members, canary, traffic_shares(routes))
+    ready = 0
+    failures: list[str] = []
+    rate = 0.0
+    p99 = 0.0
+    for n in members:
+        for o in n.models:
+            if o.name != name:
+                continue
+            if o.ready:
+                rate += o.request_rate
+                if o.version == serving:
+                    ready += 1
+                    p99 = max(p99, o.p99_ms)
+            elif o.state is ModelState.FAILED:
+                failures.append(f"{n.name} ({o.version}): {o.reason}")
+    counted = serving if serving is not None else m.spec.version
+    verify_failed = [f for f in failures if is_verification_failure(f)]
+    active = canary is not None and canary.phase in ACTIVE_PHASES
+    conds = _model_conditions(
+        canary if active else None,
+        canary if rolled_back else None,
+        serving,
+        desired,
+        ready,
+        len(placements),
+        unplaced,
+        failures,
+        verify_failed,
+        now,
+        gen,
+    )
+    old = m.status.conditions if m.status else []
+    if rolled_back:
+        phase = "Degraded" if ready > 0 else "Failed"
+    elif ready >= desired and ready > 0:
+        phase = "Progressing" if active else "Ready"
+    elif unplaced is not None or verify_failed:
+        phase = "Failed" if ready == 0 and (verify_failed or unplaced) else "Degraded"
+    else:
+        phase = "Progressing" if desired > 0 else "Ready"
+    stable_artifacts = list(roll.artifacts.get(serving, ())) if serving is not None else []
+    return EdgeModelStatus(
+        phase=phase,
+        observed_generation=gen,
+        replicas=sum(1 for p in placements if p.version == counted),
+        desired_replicas=desired,
+        ready_replicas=ready,
+        ready=f"{ready}/{desired}",
+        version=serving if ready else (m.status.version if m.status else None),
+        stable_version=serving,
+        stable_artifacts=stable_artifacts or None,
+        canary=canary_to_status(canary),
+        placements=placements,
+        conditions=merge_conditions(old, conds),
+        request_rate=round(rate, 3),
+        p99_latency_ms=round(p99, 3) if ready else None,
+        selector=f"hatswarm.io/model={name}",
+    )
+
+
+def _placements(
+    name: str,
+    placement: pl.Placement,
+    members: Sequence[NodeState],
+    canary: Canary | None,
+    shares: dict[tuple[str, str], float],
+) -> list[ModelPlacement]:
+    """Every replica of the model the members report, plus the placed ones not there yet."""
+    placements: list[ModelPlacement] = []
+    for n in members:
+        for o in n.models:
+            if o.name != name:
+                continue
+            state = PLACEMENT_STATES.get(o.state, "Loading")
+            if o.ready and canary is not None and canary.phase == "Validating":
+                state = "Validating" if o.version == canary.version else state
+            placements.append(
+                ModelPlacement(
+                    node=n.name,
+                    version=o.version,
+                    state=state,
+                    weight=shares.get((n.name, o.version)),
+                    message=o.reason or None,
+                )
+            )
+    for r in placement.replicas:
+        if r.model == name and not any(
+            p.node == r.node and p.version == r.version for p in placements
+        ):
+            placements.append(ModelPlacement(node=r.node, version=r.version, state="Loading"))
+    placements.sort(key=lambda p: (p.node, p.version))
+    return placements
+
+
+def _model_conditions(
+    progressing_canary: Canary | None,
+    rolled_back: Canary | None,
+    serving: str | None,
+    desired: int,
+    ready: int,
+    placed: int,
+    unplaced: pl.Unplaced | None,
+    failures: Sequence[str],
+    verify_failed: Sequence[str],
+    now: float,
+    gen: int,
+) -> list[Condition]:
+    """Ready, Progressing, Degraded and ArtifactVerified. ``progressing_canary`` is the
+    canary while its rollout is active, ``rolled_back`` the one of this spec that failed."""
+    if progressing_canary is not None:
+        c = progressing_canary
+        progressing = condition(
+            "Progressing",
+            True,
+            "Validating" if c.phase == "Validating" else "CanaryProgressing",
+            f"{c.version}: {c.message or c.phase}",
+            now,
+            gen,
+        )
+    elif rolled_back is not None:
+        progressing = condition(
+            "Progressing",
+            False,
+            "RolledBack",
+            f"{rolled_back.version}: {rolled_back.message}",
+            now,
+            gen,
+        )
+    else:
+        progressing = condition(
+            "Progressing",
+            ready < desired and unplaced is None and not failures,
+            "Loading" if ready < desired else "Converged",
+            f"{placed - ready} replicas loading" if ready < desired else "up to date",
+            now,
+            gen,
+        )
+    if rolled_back is not None:
+        keeps = f"{serving} keeps serving" if serving is not None else "no version serves"
+        degraded = condition(
+            "Degraded",
+            True,
+            "RolledBack",
+            f"{rolled_back.version} rolled back, {keeps}: {rolled_back.message}",
+            now,
+            gen,
+        )
+    else:
+        degraded = condition(
+            "Degraded",
+            unplaced is not None or bool(failures),
+            unplaced.reason
+            if unplaced is not None
+            else ("LoadFailed" if failures else "AsExpected"),
+            unplaced.message if unplaced is not None else ("; ".join(failures) or ""),
+            now,
+            gen,
+        )
+    return [
+        condition(
+            "Ready",
+            ready >= desired and ready > 0,
+            "ReplicasReady" if ready >= desired and ready > 0 else "ReplicasNotReady",
+            f"{ready}/{desired} replicas ready",
+            now,
+            gen,
+        ),
+        progressing,
+        degraded,
+        condition(
+            "ArtifactVerified",
+            False if verify_failed else (True if ready else None),
+            "VerificationFailed" if verify_failed else ("Verified" if ready else "Pending"),
+            "; ".join(verify_failed),
+            now,
+            gen,
+        ),
+    ]
+
+
+def pool_status(
+    pool: InferencePool,
+    models: Sequence[EdgeModel],
+    nodes: Sequence[NodeState],
+    members: Sequence[NodeState],
+    now: float,
+) -> InferencePoolStatus:
+    """The pool's status: its nodes, capacity, nameplate cost and Ready condition."""
+    member_names = {n.name for n in members}
+    selected = [n for n in nodes if selects(pool.spec.node_selector, n.labels)]
+    pool_nodes = [
+        PoolNode(
+            name=n.name,
+            accelerator=n.accelerator,
+            ready=n.name in member_names,
+            address=n.address,
+            models=sorted(f"{o.name}@{o.version}" for o in n.models if o.ready),
+            queue_depth=sum(o.queue_depth for o in n.models),
+            temperature_c=n.temperature_c,
+            watts=n.watts,
+            last_seen=rfc3339(n.last_seen) if n.last_seen else None,
+            reason=n.out_reason or None,
+        )
+        for n in selected
+    ]
+    by_acc: dict[str, int] = {}
+    for n in members:
+        by_acc[n.accelerator] = by_acc.get(n.accelerator, 0) + 1
+    ips = sum(o.capacity_fps for n in members for o in n.models if o.ready)
+    gen = pool.metadata.generation
+    conds = [
+        condition(
+            "Ready",
+            bool(members),
+            "NodesReady" if members else "NoNodes",
+            f"{len(members)}/{len(selected)} nodes ready",
+            now,
+            gen,
+        )
+    ]
+    old = pool.status.conditions if pool.status else []
+    return InferencePoolStatus(
+        observed_generation=gen,
+        nodes_ready=len(members),
+        nodes_total=len(selected),
+        models=len(models),
+        nodes=pool_nodes,
+        capacity=PoolCapacity(
+            nodes_by_accelerator=by_acc,
+            model_slots_free=sum(n.npu_contexts for n in members)
+            - sum(len([o for o in n.models if o.ready]) for n in members),
+            inferences_per_second=round(ips, 2),
+        ),
+        conditions=merge_conditions(old, conds),
+        cost=_nameplate_cost(pool, len(selected), members),
+    )
+
+
+def _nameplate_cost(pool: InferencePool, selected: int, members: Sequence[NodeState]) -> PoolCost:
+    """The pool's cost from its spec alone (the runtime replaces it with the live figures)."""
+    inputs = pool_cost_inputs(pool)
+    fleet = fleet_annual_cost(inputs.device, max(selected, 1), inputs.shared_ops_usd_per_year)
+    rate = sum(o.request_rate for n in members for o in n.models)
+    measured = (
+        cost_per_inference(fleet.total_usd_per_year, inferences_per_year_from_rate(rate))
+        if rate > 0
+        else None
+    )
+    cloud = pool.spec.cloud_fallback
+    return PoolCost(
+        per_device_year_usd=round(float(fleet.per_device_usd_per_year), 2),
+        fleet_per_year_usd=round(float(fleet.total_usd_per_year), 2),
+        measured_per_inference_usd=float(measured) if measured is not None else None,
+        per1k_usd=round(float(measured * 1000), 6) if measured is not None else None,
+        cloud_per1k_usd=(
+            float(cloud_per_inference_from_per_1k(cloud.price_per1k_usd) * 1000) if cloud else None
+        ),
+        energy_source="nameplate",
+    )
+
+
+def live_pool_cost(live: LiveCost) -> PoolCost:
+    """The InferencePool ``status.cost`` block; rounded so status does not churn each tick."""
+    per = live.measured_per_inference_usd
+    return PoolCost(
+        per_device_year_usd=rounded(live.per_device_year_usd),
+        fleet_per_year_usd=rounded(live.fleet_per_year_usd),
+        measured_per_inference_usd=significant(per, 4),
+        per1k_usd=None if per is None else significant(per * 1000, 4),
+        cloud_per1k_usd=(None if live.cloud_per_1k_usd is None else float(live.cloud_per_1k_usd)),
+        cloud_break_even_per_device_day=rounded(live.break_even_per_device_day, 1),
+        cloud_fallback_spend_usd=rounded(live.cloud_fallback_spend_usd, 4),
+        energy_source=live.energy_source,
+    )
+
+
+def live_model_cost_per1k(live: LiveCost) -> dict[str, float | None]:
+    """EdgeModel ``status.costPer1kUsd`` per model name (None until it served something)."""
+    return {name: significant(m.per_1k_usd, 4) for name, m in live.models.items()}
