@@ -18,9 +18,9 @@ from hatswarm_agent.protocol.v1 import control_pb2, control_pb2_grpc
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2_grpc as pb_grpc
 from hatswarm_operator.api import InferencePool
-from hatswarm_operator.control.runtime import routing_table
-from hatswarm_operator.core.inventory import NodeState, from_status
-from hatswarm_operator.core.reconcile import Route, endpoint_for
+from hatswarm_operator.control.converters import model_observations, routing_table
+from hatswarm_operator.core.inventory import NodeState
+from hatswarm_operator.core.plan import Route, endpoint_for
 
 from tests.loramodels import IN, OUT, build_lora_base, direct_run, lora_adapter
 
@@ -92,7 +92,7 @@ def push_table(
     for name, agent in agents.items():
         node = NodeState(name, agent.address, up=True)
         reply = control(agent).NodeStatus(control_pb2.NodeStatusRequest())
-        (obs,) = [o for o in from_status(reply) if o.name == "lm"]
+        (obs,) = [o for o in model_observations(reply) if o.name == "lm"]
         endpoints.append(endpoint_for(node, obs, 1.0))
     table = routing_table(POOL, [Route("lm", "1", tuple(endpoints))], generation)
     table.adapter_policy = adapter_policy

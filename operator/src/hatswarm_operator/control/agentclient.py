@@ -18,9 +18,10 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import grpc
+from hatswarm_agent.protocol.auth import bearer_metadata
 from hatswarm_agent.protocol.v1 import control_pb2, control_pb2_grpc
 
-from hatswarm_operator.control.credentials import AgentCredentials, Metadata, bearer_metadata
+from hatswarm_operator.control.credentials import AgentCredentials, Metadata
 
 T = TypeVar("T")
 CHANNEL_OPTIONS: list[tuple[str, int | str]] = [

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from hatswarm_agent.protocol.auth import bearer_metadata, open_channel
 
 from hatswarm_operator.api.inferencepool import Auth
 
@@ -57,12 +58,8 @@ class AgentCredentials:
         self, address: str, options: Sequence[tuple[str, Any]] = ()
     ) -> grpc.aio.Channel:
         """A channel to one agent: TLS (with the pool's CA and client cert) or plaintext."""
-        opts = list(options)
-        if not self.tls:
-            return grpc.aio.insecure_channel(address, options=opts)
-        if self.server_name:
-            opts.append(("grpc.ssl_target_name_override", self.server_name))
-        return grpc.aio.secure_channel(address, self.channel_credentials(), options=opts)
+        tls = self.channel_credentials() if self.tls else None
+        return open_channel(address, tls, options, server_name=self.server_name)
 
     def metadata(self) -> Metadata:
         return bearer_metadata(self.token)
@@ -72,11 +69,6 @@ class AgentCredentials:
             f"AgentCredentials(token={'set' if self.token else 'none'}, tls={self.tls}, "
             f"ca={self.ca_pem is not None}, client_cert={self.cert_pem is not None})"
         )
-
-
-def bearer_metadata(token: str) -> Metadata:
-    """The `authorization: Bearer` call metadata (none without a token)."""
-    return (("authorization", f"Bearer {token}"),) if token else ()
 
 
 def auth_secret_names(auth: Auth) -> list[str]:

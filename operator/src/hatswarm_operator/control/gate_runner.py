@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from hatswarm_agent.protocol.wire import HOP_METADATA
 
 from hatswarm_operator.control.converters import decode_outputs, infer_request
 from hatswarm_operator.control.credentials import AgentCredentials
@@ -27,7 +28,6 @@ from hatswarm_operator.core import gate as vg
 if TYPE_CHECKING:
     from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
 
-HOP_METADATA = (("x-hatswarm-hop", "1"),)
 
 TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
 """Codes that say nothing about the version (the node went away): no verdict, try again."""

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import yaml
+from hatswarm_agent.protocol.defaults import ROUTE_RETRIES, ROUTE_TIMEOUT_MS
 
 READY_PREFIX = "hatswarm-agent ready on "
 BUNDLED_MODEL = "light_shufflenet.onnx"
@@ -271,7 +272,7 @@ def bundled_manifests(state_dir: Path) -> list[dict[str, Any]]:
                 "nodeSelector": {"hatswarm.io/pool": "local"},
                 "agent": {"backend": "simulated"},
                 "failureDetection": {"probeIntervalSeconds": 0.5, "failureThreshold": 3},
-                "routing": {"retries": 2, "timeoutMs": 5000},
+                "routing": {"retries": ROUTE_RETRIES, "timeoutMs": ROUTE_TIMEOUT_MS},
             },
         },
         {
