@@ -4,6 +4,10 @@
 `hatswarm up`). Loads run as background tasks, at most `maxConcurrentLoadsPerNode` per node,
 with exponential backoff per (node, model, version) after a failure, so one bad artifact never
 stalls the loop or hammers a node.
+
+Probes and routing-table pushes fan out to every node with at most `fan_out` calls in flight
+(each with the agent client's deadline), so a thousand agents probed every second neither
+floods the event loop with a thousand coroutines at once nor waits on them one by one.
 """
 
 from __future__ import annotations
@@ -11,9 +15,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections import deque
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import grpc
 
@@ -31,7 +36,7 @@ from hatswarm_operator.core.autoscale import (
     decide_replicas,
     policy_from_spec,
 )
-from hatswarm_operator.core.inventory import ModelState, NodeState, observe, selects
+from hatswarm_operator.core.inventory import ModelObs, ModelState, NodeState, observe, selects
 from hatswarm_operator.core.plan import PoolPlan, ReplicaLoad, ResourceEvent, Route
 from hatswarm_operator.core.reconcile import plan_pool
 from hatswarm_operator.core.status import live_model_cost_per1k, live_pool_cost
@@ -67,6 +72,29 @@ async def _no_keys(namespace: str, ref: SecretKeyRef) -> str:
     raise LookupError(f"no public key resolver for {ref.name}/{ref.key}")
 
 
+T = TypeVar("T")
+R = TypeVar("R")
+FAN_OUT = 64
+"""Agent calls in flight at once per pool (probes, routing tables)."""
+
+
+async def fan_out(items: Sequence[T], call: Callable[[T], Awaitable[R]], limit: int) -> list[R]:
+    """`call` on every item, at most `limit` at a time, results in order.
+
+    A few workers take the items in turn (rather than one task per item): the cost per item
+    stays flat however many there are.
+    """
+    results: dict[int, R] = {}
+    cursor = iter(range(len(items)))
+
+    async def worker() -> None:
+        for i in cursor:
+            results[i] = await call(items[i])
+
+    await asyncio.gather(*(worker() for _ in range(min(limit, len(items)))))
+    return [results[i] for i in range(len(items))]
+
+
 class PoolRuntime:
     """Live state of one pool: its nodes, loads in flight, backoffs, last pushed routes."""
 
@@ -77,8 +105,10 @@ class PoolRuntime:
         *,
         clock: Callable[[], float] = time.time,
         resolve_public_key: PublicKeyResolver = _no_keys,
+        fan_out: int = FAN_OUT,
     ) -> None:
         self.client = client
+        self.fan_out = fan_out
         self.sink = sink
         self.clock = clock
         self.resolve_public_key = resolve_public_key
@@ -90,6 +120,9 @@ class PoolRuntime:
         self._routes: tuple[Route, ...] | None = None
         self._generation = int(time.time() * 1000)
         self._pushed: dict[str, int] = {}
+        self._changes: list[tuple[NodeState, NodeState]] = []
+        self.probe_rounds: deque[float] = deque(maxlen=600)
+        """Durations of `probe_forever`'s rounds (each should take about the interval)."""
         self._published: dict[str, str] = {}
         self._scale_state: dict[str, ScaleState] = {}
         self.cost_ledger = attribution.CostLedger()
@@ -116,29 +149,78 @@ class PoolRuntime:
             fresh[n.name] = n
         self.nodes = fresh
 
-    async def probe(self, threshold: int) -> list[tuple[NodeState, NodeState]]:
-        """Probe every node at once; return (before, after) for nodes that changed up/down."""
+    async def probe(
+        self, threshold: int, names: Collection[str] | None = None
+    ) -> list[tuple[NodeState, NodeState]]:
+        """Probe every node (or those in `names`), `fan_out` at a time, each answer folded into
+        the node as it is when the answer comes back; return (before, after) for nodes that
+        went in or out of the pool. The changes are also kept for the next tick's Events."""
 
-        async def one(n: NodeState) -> NodeState:
+        async def one(n: NodeState) -> tuple[NodeState, NodeState] | None:
             try:
-                status = await self.client.status(n.address)
+                report, error = converters.node_report(await self.client.status(n.address)), ""
             except grpc.aio.AioRpcError as err:
-                return observe(n, None, self.clock(), threshold, err.code().name)
-            return observe(n, converters.node_report(status), self.clock(), threshold)
+                report, error = None, err.code().name
+            current = self.nodes.get(n.name)
+            if current is None or current.address != n.address:
+                return None  # gone or moved while the probe was out: not this node any more
+            after = self.nodes[n.name] = observe(current, report, self.clock(), threshold, error)
+            return (current, after) if current.in_pool != after.in_pool else None
 
-        after = await asyncio.gather(*(one(n) for n in self.nodes.values()))
-        changed = [
-            (self.nodes[a.name], a) for a in after if self.nodes[a.name].in_pool != a.in_pool
-        ]
-        self.nodes = {a.name: a for a in after}
+        targets = [n for n in self.nodes.values() if names is None or n.name in names]
+        changed = [c for c in await fan_out(targets, one, self.fan_out) if c is not None]
+        self._changes += changed
         return changed
+
+    def unprobed(self) -> list[str]:
+        """Nodes never probed yet (new to the loop): a tick probes these itself."""
+        return [n.name for n in self.nodes.values() if n.last_seen is None and n.failures == 0]
+
+    async def probe_forever(
+        self,
+        threshold: Callable[[], int],
+        interval: Callable[[], float],
+        on_change: Callable[[], None],
+        slices: int = 10,
+    ) -> None:
+        """Probe every node once per `interval()`, spread over it in `slices` groups.
+
+        For a large pool this replaces the per-tick probe round: a thousand probes a second
+        arrive a hundred at a time instead of all at once (no burst on the event loop, no
+        tick that waits on the slowest agent), and a node that crosses the failure threshold
+        calls `on_change()` at once (the adapter kicks a tick) instead of at the next tick.
+        Runs until cancelled.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            names = list(self.nodes)
+            if not names:
+                await asyncio.sleep(0.1)  # no nodes yet: look again soon
+                continue
+            groups = max(1, min(slices, len(names)))
+            for i in range(groups):
+                part = set(names[i * len(names) // groups : (i + 1) * len(names) // groups])
+                if part and await self.probe(threshold(), part):
+                    on_change()
+                await asyncio.sleep(max(0.0, started + (i + 1) * interval() / groups - loop.time()))
+            self.probe_rounds.append(loop.time() - started)
 
     # --- one reconcile ---------------------------------------------------------------------
 
-    async def tick(self, pool: InferencePool, models: Sequence[EdgeModel]) -> PoolPlan:
+    async def tick(
+        self, pool: InferencePool, models: Sequence[EdgeModel], *, probe: bool = True
+    ) -> PoolPlan:
+        """One reconcile. `probe=False` when `probe_forever` keeps the nodes fresh: then only
+        nodes never probed yet are probed here, so nothing is planned on no data."""
         ns = pool.metadata.namespace
         threshold = pool.spec.failure_detection.failure_threshold
-        for before, after in await self.probe(threshold):
+        if probe:
+            await self.probe(threshold)
+        elif fresh := self.unprobed():
+            await self.probe(threshold, set(fresh))
+        changes, self._changes = self._changes, []
+        for before, after in changes:
             if after.in_pool:
                 await self.sink.event(
                     ns,
@@ -204,18 +286,18 @@ class PoolRuntime:
         """Each model's replica count from its queue depth and rate (or `kubectl scale`)."""
         events = []
         now = self.clock()
+        ready_by: dict[tuple[str, str], list[ModelObs]] = {}  # one pass over the nodes
+        for n in self.nodes.values():
+            if n.in_pool:
+                for o in n.models:
+                    if o.ready:
+                        ready_by.setdefault((o.name, o.version), []).append(o)
         for m in models:
             if m.spec.pool != pool.metadata.name:
                 continue
             name = m.metadata.name
             serving = self.rollouts.memory(m).stable_version or m.spec.version
-            ready = [
-                o
-                for n in self.nodes.values()
-                if n.in_pool
-                for o in n.models
-                if o.name == name and o.version == serving and o.ready
-            ]
+            ready = ready_by.get((name, serving), [])
             metrics = (
                 ScaleMetrics(
                     queue_depth=sum(o.queue_depth for o in ready) / len(ready),
@@ -312,15 +394,21 @@ class PoolRuntime:
         if routes != self._routes:
             self._routes = routes
             self._generation += 1
+        stale = [
+            n for n in self.nodes.values() if n.up and self._pushed.get(n.name) != self._generation
+        ]
+        if not stale:
+            return
         table = converters.routing_table(pool, routes, self._generation)
-        for n in self.nodes.values():
-            if not n.up or self._pushed.get(n.name) == self._generation:
-                continue
+
+        async def push(n: NodeState) -> None:
             try:
                 await self.client.set_routing(n.address, table)
-                self._pushed[n.name] = self._generation
+                self._pushed[n.name] = table.generation
             except grpc.aio.AioRpcError as err:
                 log.info("routing table to %s: %s", n.name, err.code().name)
+
+        await fan_out(stale, push, self.fan_out)
 
     async def _publish(
         self, pool: InferencePool, models: Sequence[EdgeModel], plan: PoolPlan
