@@ -19,6 +19,7 @@ import re
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -203,11 +204,19 @@ class ApiServer:
         with self._counts_lock:
             self._counts.watch_events[resource] += 1
 
-    def expire_watches(self) -> None:
+    def expire_watches(self, while_down: Callable[[Store], object] | None = None) -> None:
         """What a real server does after an etcd compaction: every open watch ends, and
-        resuming from any resourceVersion seen so far is 410 Gone (clients must relist)."""
-        self.store.compact()
-        self.close_watches()
+        resuming from any resourceVersion seen so far is 410 Gone (clients must relist).
+
+        `while_down(store)` makes changes no watcher sees as an event: it runs after every
+        open watch was told to end and before any client can watch again (the store is
+        locked meanwhile), so only a relist can tell the clients about them.
+        """
+        with self.store.locked():
+            self.close_watches()
+            if while_down is not None:
+                while_down(self.store)
+            self.store.compact()
 
     def close_watches(self) -> None:
         """End every open watch stream (clients see a normal end of stream and reconnect)."""
@@ -236,11 +245,12 @@ class ApiServer:
             )
         )
         body = getattr(response, "body", None)
-        self._count(
-            request.get(_VERB, "discovery"),
-            request.get(_RESOURCE, ""),
-            len(body) if isinstance(body, bytes) else 0,
-        )
+        if not request.path.startswith("/kubeemu/"):  # the emulator's own, not the API's
+            self._count(
+                request.get(_VERB, "discovery"),
+                request.get(_RESOURCE, ""),
+                len(body) if isinstance(body, bytes) else 0,
+            )
         return response
 
     @staticmethod

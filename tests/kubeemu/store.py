@@ -1153,6 +1153,12 @@ class Store:
         with self._lock:
             sub.deliver("BOOKMARK", self._bookmark(sub.rt))
 
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the store: no other thread reads, writes or starts a watch meanwhile."""
+        with self._transaction():
+            yield
+
     def compact(self) -> None:
         """Forget all watch history: any older ``resourceVersion`` now gets 410 Gone."""
         with self._lock:

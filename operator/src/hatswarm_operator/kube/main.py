@@ -103,6 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     kopf.configure(verbose=args.verbose, quiet=args.quiet, log_format=LOG_FORMATS[args.log_format])
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # the caches' requests: one line each
     handlers.CONFIG = handlers.OperatorConfig(
         standalone=args.standalone,
         peering_name=None if args.standalone else args.peering_name,
