@@ -32,6 +32,7 @@ BENCHES = {
     "routing": "routing_bench.py",
     "adapters": "adapter_bench.py",
     "failover": "failover_bench.py",
+    "fleet": "fleet_bench.py",
 }
 
 
@@ -157,7 +158,34 @@ def readme_table(results: dict[str, Any]) -> str:
                 f"{mlp.get('p50_ms', 0):.3f} | {mlp.get('throughput_rps', 0):.0f} | "
                 f"{f'{rss:.0f}' if isinstance(rss, int | float) else '-'} |"
             )
+    lines += fleet_table(results.get("fleet", {}))
     return "\n".join(lines)
+
+
+def fleet_table(fleet: dict[str, Any]) -> list[str]:
+    """The fleet simulation's absolute figures, one row per size and way of reading."""
+    runs = fleet.get("runs") or []
+    if not runs:
+        return []
+    lines = [
+        "",
+        f"Operator at fleet scale (simulated agents, {fleet.get('steady_s')} s of steady state, "
+        "1 s probes; `reads`: watch-fed caches, or the list-per-tick design before them):",
+        "",
+        "| nodes | models | reads | API reads/s | read KB/s | tick p50 / p99 ms | operator CPU % "
+        "| peak RSS MB | node death -> Ready s | duplicate loads |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        st = r["steady"]
+        p50, p99 = r.get("tick_p50_s") or 0.0, r.get("tick_p99_s") or 0.0
+        lines.append(
+            f"| {r['nodes']} | {r['models']} | {r['reads']} | {st['reads_per_s']:.2f} | "
+            f"{st['read_kb_per_s']:.0f} | {1000 * p50:.0f} / {1000 * p99:.0f} | "
+            f"{r['operator_cpu_pct']:.0f} | {r['operator_peak_rss_mb']:.0f} | "
+            f"{r['failover']['recovery_s']:.2f} | {r['duplicate_loads']} |"
+        )
+    return lines
 
 
 def update_readme(table: str) -> None:

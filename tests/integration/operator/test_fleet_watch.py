@@ -91,6 +91,26 @@ def test_a_quiet_pool_reads_nothing_and_events_count_up(world: World, fleet: Sim
     assert len(joined) == 10 and len(combined) == 1, [e["message"] for e in joined]
     assert combined[0]["count"] == 3
     assert sum(e["count"] for e in joined) == 12
+
+    # Watches the server ends (its timeout, a dropped connection) resume where they were:
+    # no list, and what changes next still arrives.
+    before = informers(world)
+    mark = len(world.kube.server.requests)
+    world.kube.server.close_watches()
+    world.kube.apply(model("extra"))
+    wait_for(
+        lambda: len(fleet.ready_nodes(["extra"]).get("extra", [])) == 2,
+        timeout=60,
+        what="a model created after the watches were resumed, placed",
+    )
+
+    def resumed() -> dict[str, Any] | None:
+        now = informers(world)
+        return now if all(now[k]["watches"] > before[k]["watches"] for k in now) else None
+
+    after = wait_for(resumed, timeout=30, what="every cache watching again")
+    assert all(after[k]["lists"] == before[k]["lists"] for k in after)
+    assert lists_since(world, mark) == {"nodes": 0, "pods": 0, "edgemodels": 0}
     assert fleet.totals()["duplicate_loads"] == 0
 
 

@@ -219,8 +219,8 @@ def test_rbac_is_least_privilege(render: Render, variant: str) -> None:
     for (group, res), verbs in granted.items():
         assert "delete" not in verbs and "deletecollection" not in verbs, (group, res)
         assert "escalate" not in verbs and "bind" not in verbs and "impersonate" not in verbs
-    assert granted[("", "secrets")] == {"get"}
-    assert granted[("", "nodes")] == {"get", "list"}
+    assert granted[("", "secrets")] == {"get", "list", "watch"}  # read only, watched by name
+    assert granted[("", "nodes")] == {"get", "list", "watch"}
     assert granted[("apps", "daemonsets")] == {"get", "create", "patch"}
     assert granted[("hatswarm.io", "inferencepools/status")] == {"get", "patch"}
     assert ("events.k8s.io", "events") in granted and ("", "events") in granted

@@ -10,8 +10,11 @@ Read top to bottom, this is the operator:
   garbage collector through ownerReferences);
 - an EdgeModel is parsed the same way (and also gets `phase: Failed`); the pool's daemon
   places it. Its finalizer unloads it from every agent of the pool before it goes away;
-- one async daemon per InferencePool runs `PoolRuntime.tick` every `probeIntervalSeconds`:
-  Nodes + agent Pods -> NodeStates, EdgeModels of the namespace -> probe, plan, act, publish
+- one async daemon per InferencePool runs `PoolRuntime.tick` every `probeIntervalSeconds`
+  (counted from each tick's start), while a task of its own probes every agent once per
+  interval, spread over it, `--fan-out` calls at a time, and kicks a tick when a node
+  crosses the failure threshold. A tick: Nodes + agent Pods -> NodeStates, EdgeModels of the
+  namespace -> plan, act, publish
   (status through `/status` when it changed, Events through the recorder: counted and
   aggregated like Kubernetes' own). The cluster is read from watch-fed caches shared by all
   pools (sources.py; `--reads list` brings back the old list-per-tick reads for comparison).
@@ -53,7 +56,7 @@ from hatswarm_operator.core.conditions import rfc3339
 from hatswarm_operator.kube import builders
 from hatswarm_operator.kube.cluster import Cluster
 from hatswarm_operator.kube.events import EventRecorder
-from hatswarm_operator.kube.loopstats import LoopStats, quantile
+from hatswarm_operator.kube.loopstats import LoopStats, freeze_heap, quantile
 from hatswarm_operator.kube.session import ApiSession
 from hatswarm_operator.kube.sink import KubeSink
 from hatswarm_operator.kube.sources import ListedSources, Sources, WatchedSources
@@ -76,7 +79,7 @@ class OperatorConfig:
     agent_timeout_s: float = 1.0
     watch_server_timeout_s: int = 300
     reads: str = "watch"
-    """"watch": watch-fed caches; "list": list everything every tick (the old design)."""
+    """"watch": watch-fed caches; "list": the loop before them (lists and probes every tick)."""
     fan_out: int = 64
     """Agent calls in flight at once per pool (probes, routing tables)."""
 
@@ -150,6 +153,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         asyncio.create_task(memo.recorder.run(), name="event recorder"),
         asyncio.create_task(memo.loopstats.sample_lag(), name="loop lag"),
     ]
+    memo.frozen = False  # the heap is frozen after the first pool's first tick
+    freeze_heap()
 
 
 @kopf.on.cleanup()
@@ -441,7 +446,12 @@ async def run_pool(
     sink = KubeSink(memo.cluster, name, memo.recorder, stored_status=stored_status)
     agents = AgentClient(timeout_s=CONFIG.agent_timeout_s)
     refresh = CredentialsRefresh(agents, every_s=sources.credentials_refresh_s)
-    runtime = PoolRuntime(agents, sink, resolve_public_key=public_key, fan_out=CONFIG.fan_out)
+    # `--reads list` runs the loop as it was before the caches, for the fleet benchmark's
+    # comparison: lists every tick, every agent probed at once inside the tick, the interval
+    # counted from the tick's end.
+    legacy = CONFIG.reads == "list"
+    fan = 1_000_000 if legacy else CONFIG.fan_out
+    runtime = PoolRuntime(agents, sink, resolve_public_key=public_key, fan_out=fan)
     handle = PoolHandle(runtime)
     memo.pools[(namespace, name)] = handle
     interval = 5.0
@@ -482,11 +492,14 @@ async def run_pool(
                 sink.uids = {("InferencePool", name): body.metadata.uid or ""}
                 sink.uids.update({("EdgeModel", m): uid for m, uid in inputs.uids.items()})
                 runtime.set_nodes(inputs.nodes)
-            await runtime.tick(pool, inputs.models, probe=False)
+            await runtime.tick(pool, inputs.models, probe=legacy)
         stats.tick(time.monotonic() - started)
 
     def record(ok: bool) -> None:
         nonlocal failovers
+        if ok and not memo.frozen:
+            memo.frozen = True
+            freeze_heap()
         result = "ok" if ok else "error"
         metrics.RECONCILES.labels(kind="InferencePool", trigger="loop", result=result).inc()
         handle.last_tick = time.monotonic()
@@ -501,13 +514,16 @@ async def run_pool(
         (a thousand probes) does not stretch the probe period, and failure detection."""
         if stopped:
             return False
-        await _wait(handle, stopped, max(0.0, seconds - (time.monotonic() - tick_started)))
+        elapsed = 0.0 if legacy else time.monotonic() - tick_started
+        await _wait(handle, stopped, max(0.0, seconds - elapsed))
         return not stopped
 
     # The agents are probed apart from the ticks, spread over each interval; a node that
     # crosses the failure threshold kicks a tick at once.
     prober = asyncio.create_task(
-        runtime.probe_forever(lambda: threshold, lambda: interval, handle.kick.set),
+        runtime.probe_forever(lambda: threshold, lambda: interval, handle.kick.set)
+        if not legacy
+        else asyncio.sleep(0),
         name=f"probes of {namespace}/{name}",
     )
     try:

@@ -90,8 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument(
         "--reads", choices=("watch", "list"), default="watch",
-        help="watch: follow watch-fed caches (default); list: list Nodes, Pods and "
-        "EdgeModels every tick, the design before the caches (for comparison only)",
+        help="watch: follow watch-fed caches (default); list: the loop before them, for "
+        "comparison only (Nodes, Pods and EdgeModels listed every tick, every agent probed "
+        "at once inside the tick)",
     )  # fmt: skip
     p.add_argument("--log-format", choices=sorted(LOG_FORMATS), default="json")
     p.add_argument("-v", "--verbose", action="store_true")
