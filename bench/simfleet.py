@@ -74,6 +74,7 @@ class SimAgent(control_pb2_grpc.AgentControlServicer):
         self.started = time.monotonic()
         self.counts: Counter[str] = Counter()
         self.loads: Counter[str] = Counter()  # "model@version" -> loads actually started
+        self.load_started: dict[str, float] = {}  # "model@version" -> when (time.time())
 
     def _status(self, name: str, m: _Model) -> control_pb2.ModelStatus:
         return control_pb2.ModelStatus(
@@ -114,6 +115,7 @@ class SimAgent(control_pb2_grpc.AgentControlServicer):
             return self._status(request.name, m)
         m = self.models[key] = _Model(request.version, request.sha256, LOADING)
         self.loads[f"{request.name}@{request.version}"] += 1
+        self.load_started[f"{request.name}@{request.version}"] = time.time()
         self.counts["loads"] += 1
         await asyncio.sleep(self.load_s)
         m.state, m.loaded_at_ms = READY, int(time.time() * 1000)
@@ -142,6 +144,7 @@ class SimAgent(control_pb2_grpc.AgentControlServicer):
         return {
             "counts": dict(self.counts),
             "loads": dict(self.loads),
+            "load_started": dict(self.load_started),
             "ready": sorted(f"{n}@{v}" for (n, v), m in self.models.items() if m.state == READY),
         }
 
@@ -302,7 +305,8 @@ class SimFleet:
             worker.ask({"op": "revive", "nodes": group})
 
     def report(self, names: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
-        """Per node: call counts, loads started per model@version, READY versions."""
+        """Per node: call counts, loads started per model@version (and when the last one
+        started), READY versions."""
         out: dict[str, dict[str, Any]] = {}
         groups = self._groups(names) if names is not None else [(w, []) for w in self._workers]
         for worker, group in groups:

@@ -121,6 +121,7 @@ class PoolRuntime:
         self._generation = int(time.time() * 1000)
         self._pushed: dict[str, int] = {}
         self._changes: list[tuple[NodeState, NodeState]] = []
+        self._acted: dict[str, dict[tuple[str, str], tuple[ModelState | None, float]]] = {}
         self.probe_rounds: deque[float] = deque(maxlen=600)
         """Durations of `probe_forever`'s rounds (each should take about the interval)."""
         self._published: dict[str, str] = {}
@@ -157,6 +158,7 @@ class PoolRuntime:
         went in or out of the pool. The changes are also kept for the next tick's Events."""
 
         async def one(n: NodeState) -> tuple[NodeState, NodeState] | None:
+            asked = self.clock()  # the answer says how the node was at this moment
             try:
                 report, error = converters.node_report(await self.client.status(n.address)), ""
             except grpc.aio.AioRpcError as err:
@@ -164,13 +166,45 @@ class PoolRuntime:
             current = self.nodes.get(n.name)
             if current is None or current.address != n.address:
                 return None  # gone or moved while the probe was out: not this node any more
-            after = self.nodes[n.name] = observe(current, report, self.clock(), threshold, error)
+            after = self.nodes[n.name] = observe(current, report, asked, threshold, error)
             return (current, after) if current.in_pool != after.in_pool else None
 
         targets = [n for n in self.nodes.values() if names is None or n.name in names]
         changed = [c for c in await fan_out(targets, one, self.fan_out) if c is not None]
         self._changes += changed
         return changed
+
+    def _note(self, node: str, model: str, version: str, state: ModelState | None) -> None:
+        """Remember what this loop just did on a node (None: unloaded it)."""
+        self._acted.setdefault(node, {})[(model, version)] = (state, self.clock())
+
+    def planning_view(self) -> list[NodeState]:
+        """The nodes as last probed, plus what this loop did on them since.
+
+        Probes run apart from the ticks, so a node's last answer may predate a load this
+        loop sent it a moment ago (or its completion, or an unload): planning on that answer
+        alone would load the same replica again, or somewhere else. Until a probe asked after
+        the action, the node is seen with it; after that, the agent's word is all there is.
+        """
+        out = []
+        for n in self.nodes.values():
+            acted = self._acted.get(n.name)
+            if acted:
+                seen = n.last_seen if n.last_seen is not None else float("-inf")
+                for key in [k for k, (_, at) in acted.items() if at < seen]:
+                    del acted[key]
+                if not acted:
+                    del self._acted[n.name]
+                else:
+                    models = {(o.name, o.version): o for o in n.models}
+                    for (model, version), (state, _) in acted.items():
+                        if state is None:
+                            models.pop((model, version), None)
+                        elif (model, version) not in models:
+                            models[(model, version)] = ModelObs(model, version, state)
+                    n = replace(n, models=tuple(models.values()))
+            out.append(n)
+        return out
 
     def unprobed(self) -> list[str]:
         """Nodes never probed yet (new to the loop): a tick probes these itself."""
@@ -238,17 +272,18 @@ class PoolRuntime:
         for ev in self._autoscale(pool, models):
             await self.sink.event(ns, ev)
         mine = [m for m in models if m.spec.pool == pool.metadata.name]
+        nodes = self.planning_view()
         plan = plan_pool(
             pool,
             models,
-            list(self.nodes.values()),
+            nodes,
             self.clock(),
             self.replicas,
-            self.rollouts.contexts(mine, list(self.nodes.values())),
+            self.rollouts.contexts(mine, nodes),
         )
         self._cost(pool, mine, plan)
         self.last_plan = plan
-        self.rollouts.remember(mine, plan, list(self.nodes.values()))
+        self.rollouts.remember(mine, plan, nodes)
         # Routes first: they no longer list what is about to be unloaded.
         await self._push_routes(pool, plan)
         await self._act(pool, plan)
@@ -329,6 +364,7 @@ class PoolRuntime:
             except grpc.aio.AioRpcError as err:
                 log.warning("unload %s@%s on %s: %s", u.model, u.version, u.node, err.details())
                 continue
+            self._note(u.node, u.model, u.version, None)
             await self.sink.event(
                 ns,
                 ResourceEvent("EdgeModel", u.model, "Normal", "Unloaded",
@@ -359,8 +395,13 @@ class PoolRuntime:
                       f"loading {ld.model}@{ld.version} {what or f'({ld.artifact.accelerator})'}"
                       f" on {ld.node}"),
             )  # fmt: skip
+            self._note(ld.node, ld.model, ld.version, ModelState.LOADING)
             status = await self.client.load(ld.address, req)
             state = converters.model_state(status.state)
+            if state in (ModelState.READY, ModelState.LOADING):
+                self._note(ld.node, ld.model, ld.version, state)
+            else:
+                self._acted.get(ld.node, {}).pop((ld.model, ld.version), None)
             missing = sorted({a.name for a in ld.adapters} - set(status.adapters))
             if state is ModelState.READY and missing:
                 # The base serves; a refused adapter is retried after the backoff.
@@ -377,6 +418,7 @@ class PoolRuntime:
                 reason = status.reason or "load failed"
         except (grpc.aio.AioRpcError, LookupError) as err:
             reason = err.details() if isinstance(err, grpc.aio.AioRpcError) else str(err)
+            self._acted.get(ld.node, {}).pop((ld.model, ld.version), None)
         finally:
             self._inflight.pop(key, None)
         b = self._backoff.setdefault(key, _Backoff())
