@@ -18,9 +18,10 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
+from pydantic import BaseModel
 
 from hatswarm_operator.api import EdgeModel, InferencePool
 from hatswarm_operator.api.common import SecretKeyRef
@@ -46,7 +47,17 @@ from hatswarm_operator.finops import metrics as cost_metrics
 log = logging.getLogger("hatswarm.loop")
 
 COST_STATUS_SECONDS = 30.0
-"""How often the live cost figures in status change (the gauges move every tick)."""
+"""How often the live cost figures and other live measurements in status change (the gauges
+move every tick)."""
+MODEL_METRICS: dict[str, Any] = {
+    "request_rate": True,
+    "p99_latency_ms": True,
+    "cost_per1k_usd": True,
+}
+POOL_METRICS: dict[str, Any] = {
+    "nodes": {"__all__": {"last_seen", "queue_depth", "temperature_c", "watts"}},
+    "capacity": {"inferences_per_second"},
+}
 
 PublicKeyResolver = Callable[[str, SecretKeyRef], Awaitable[str]]
 """(namespace, the Secret key holding it) -> an artifact signature's public key."""
@@ -124,7 +135,8 @@ class PoolRuntime:
         self._acted: dict[str, dict[tuple[str, str], tuple[ModelState | None, float]]] = {}
         self.probe_rounds: deque[float] = deque(maxlen=600)
         """Durations of `probe_forever`'s rounds (each should take about the interval)."""
-        self._published: dict[str, str] = {}
+        self._published: dict[str, tuple[str, str, float]] = {}  # key -> (full, steady, when)
+        self._events: dict[str, str] = {}
         self._scale_state: dict[str, ScaleState] = {}
         self.cost_ledger = attribution.CostLedger()
         self._cost_status: tuple[float, PoolCost, dict[str, float | None]] | None = None
@@ -452,30 +464,36 @@ class PoolRuntime:
 
         await fan_out(stale, push, self.fan_out)
 
+    def _changed(self, key: str, status: BaseModel, volatile: dict[str, Any]) -> bool:
+        """Should this status be written? When anything but timestamps changed, yes; when
+        only live measurements moved (request rates, latencies, queue depths, temperatures),
+        at most every `COST_STATUS_SECONDS`: with traffic they move every tick, and a
+        thousand-node pool's status is not rewritten each second for that."""
+        stamps: dict[str, Any] = {"conditions": {"__all__": {"last_transition_time"}}}
+        full = status.model_dump_json(exclude=stamps)
+        steady = status.model_dump_json(exclude={**stamps, **volatile})
+        now = self.clock()
+        last = self._published.get(key)
+        if last is not None and last[0] == full:
+            return False
+        if last is not None and last[1] == steady and now - last[2] < COST_STATUS_SECONDS:
+            return False
+        self._published[key] = (full, steady, now)
+        return True
+
     async def _publish(
         self, pool: InferencePool, models: Sequence[EdgeModel], plan: PoolPlan
     ) -> None:
         ns = pool.metadata.namespace
         for ev in plan.events:
             key = f"event/{ev.kind}/{ev.name}/{ev.reason}"
-            if self._published.get(key) != ev.message:
-                self._published[key] = ev.message
+            if self._events.get(key) != ev.message:
+                self._events[key] = ev.message
                 await self.sink.event(ns, ev)
         for name, status in plan.model_status.items():
-            body = status.model_dump_json(
-                exclude={"conditions": {"__all__": {"last_transition_time"}}}
-            )
-            if self._published.get(f"em/{name}") != body:
-                self._published[f"em/{name}"] = body
+            if self._changed(f"em/{name}", status, MODEL_METRICS):
                 await self.sink.model_status(ns, name, status)
-        body = plan.pool_status.model_dump_json(
-            exclude={
-                "conditions": {"__all__": {"last_transition_time"}},
-                "nodes": {"__all__": {"last_seen"}},
-            }
-        )
-        if self._published.get("pool") != body:
-            self._published["pool"] = body
+        if self._changed("pool", plan.pool_status, POOL_METRICS):
             await self.sink.pool_status(ns, pool.metadata.name, plan.pool_status)
 
     async def close(self) -> None:
