@@ -187,6 +187,18 @@ def fleet_table(fleet: dict[str, Any]) -> list[str]:
             f"{r['operator_cpu_pct']:.0f} | {r['operator_peak_rss_mb']:.0f} | "
             f"{fo.get('detect_s') or 0:.2f} / {fo['recovery_s']:.2f} | {r['duplicate_loads']} |"
         )
+    ha = fleet.get("ha")
+    if ha:
+        lines += [
+            "",
+            f"Two operator replicas peering (`--priority auto`, peering lifetime "
+            f"{ha['peering_lifetime_s']} s), {ha['nodes']} nodes: the agents were probed "
+            f"{ha['probes_per_s_while_two_run']:.0f} times a second while both ran (one "
+            f"replica's rate: {ha['nodes']}); SIGKILL of the active one -> the standby acting "
+            f"after {ha['handover_s']:.1f} s; a node death after that -> Ready elsewhere in "
+            f"{ha['failover_after_handover_s']:.1f} s; {ha['duplicate_loads']} duplicate loads, "
+            f"{ha['unloads']} unloads.",
+        ]
     return lines
 
 
