@@ -633,6 +633,7 @@ def run(
     steady_s: float | None = None,
     probe_interval_s: float = PROBE_INTERVAL_S,
     ha: bool = True,
+    chart_path: Path = CHART,
 ) -> dict[str, Any]:
     sizes = sizes or (QUICK_SIZES if quick else SIZES)
     steady_s = steady_s or (10.0 if quick else 20.0)
@@ -660,10 +661,10 @@ def run(
         "ratios": summarize(runs),
         "duplicate_loads": sum(r["duplicate_loads"] for r in runs)
         + (handover["duplicate_loads"] if handover else 0),
-        "chart": str(CHART.relative_to(ROOT)),
+        "chart": chart_path.name,
     }
     try:
-        chart(result, CHART)
+        chart(result, chart_path)
     except ImportError:
         print("matplotlib missing (the operator's `plot` extra): no chart", file=sys.stderr)
     return result

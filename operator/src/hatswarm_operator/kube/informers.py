@@ -135,13 +135,14 @@ class Informer(Generic[V]):
     async def _run(self) -> None:
         backoff = 0.5
         listed = False
+        failures = 0
         while True:
             try:
                 if not listed:
                     await self._list()
                     listed = True
                 await self._watch()
-                backoff = 0.5
+                backoff, failures = 0.5, 0
             except asyncio.CancelledError:
                 raise
             except Expired:
@@ -149,8 +150,12 @@ class Informer(Generic[V]):
                 log.info("%s: resourceVersion expired (410), relisting", self.name)
                 listed = False
             except (ApiStatusError, httpx.HTTPError, ValueError, KeyError) as err:
-                # A failed watch resumes from the last resourceVersion; a failed list relists.
+                # A failed watch resumes from the last resourceVersion, a failed list lists
+                # again; a watch failing again and again (a 403: no `watch` in the RBAC) lists
+                # each time, so the cache is never older than the backoff.
                 self.stats.errors += 1
+                failures += 1
+                listed = listed and failures < 3
                 log.warning("%s: %s: %s", self.name, type(err).__name__, err)
                 await asyncio.sleep(backoff * (1 + random.random()))
                 backoff = min(backoff * 2, 30.0)
