@@ -426,6 +426,9 @@ def run_one(
         "tick_p99_s": quantile(ticks, 0.99),
         "tick_max_s": ticks[-1] if ticks else None,
         "ticks_per_s": round(len(ticks) / steady_s, 2),
+        "probe_round_p50_p99_s": [
+            v for r in (loop.get("probe_rounds") or {}).values() for v in (r["p50_s"], r["p99_s"])
+        ],
         "lag_p99_last_10s_s": loop.get("last_10s", {}).get("lag_p99_s"),
         "lag_max_last_10s_s": loop.get("last_10s", {}).get("lag_max_s"),
         "probes_per_s": round(probes_per_s, 1),
@@ -677,7 +680,9 @@ def chart(result: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = result["runs"]
+    runs = [
+        r for r in result["runs"] if r.get("probe_interval_s", PROBE_INTERVAL_S) == PROBE_INTERVAL_S
+    ]
     panels = (
         (
             "API reads/s, steady (0 drawn at 0.01)",

@@ -169,19 +169,24 @@ def fleet_table(fleet: dict[str, Any]) -> list[str]:
         return []
     lines = [
         "",
-        f"Operator at fleet scale (simulated agents, {fleet.get('steady_s')} s of steady state, "
-        "1 s probes; `reads`: watch-fed caches, or the list-per-tick design before them):",
+        f"Operator at fleet scale (simulated agents; {fleet.get('steady_s')} s of steady state "
+        "per row, so p99 is about the slowest tick; `reads`: watch-fed caches, or the "
+        "list-per-tick loop before them; `probe s`: the pool's probe interval; the last "
+        "column: node death to its replicas loading elsewhere / Ready, with a "
+        f"{fleet.get('load_s')} s model load):",
         "",
-        "| nodes | models | reads | API reads/s | read KB/s | probes/s | tick p50 / p99 ms "
-        "| operator CPU % | peak RSS MB | node death -> reloading / Ready s | duplicate loads |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| nodes | models | reads | probe s | API reads/s | read KB/s | probes/s "
+        "| tick p50 / p99 ms | operator CPU % | peak RSS MB "
+        "| node death -> reloading / Ready s | duplicate loads |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         st = r["steady"]
         p50, p99 = r.get("tick_p50_s") or 0.0, r.get("tick_p99_s") or 0.0
         fo = r["failover"]
         lines.append(
-            f"| {r['nodes']} | {r['models']} | {r['reads']} | {st['reads_per_s']:.2f} | "
+            f"| {r['nodes']} | {r['models']} | {r['reads']} | {r.get('probe_interval_s', 1.0):g} | "
+            f"{st['reads_per_s']:.2f} | "
             f"{st['read_kb_per_s']:.0f} | {r['probes_per_s']:.0f} | "
             f"{1000 * p50:.0f} / {1000 * p99:.0f} | "
             f"{r['operator_cpu_pct']:.0f} | {r['operator_peak_rss_mb']:.0f} | "
