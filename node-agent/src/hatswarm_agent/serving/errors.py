@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import grpc
 
 from hatswarm_agent.backends.base import BackendError
+from hatswarm_agent.backends.generation import BackendBusyError, GenerationRequestError
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,10 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, str]:
     """(status code, message, metric reason) for any exception a servicer let escape."""
     if isinstance(exc, AgentError):
         return exc.code, str(exc), exc.reason
+    if isinstance(exc, BackendBusyError):  # a generative model's sequence slots are full
+        return QueueFullError.code, str(exc), QueueFullError.reason
+    if isinstance(exc, GenerationRequestError):
+        return InvalidInputError.code, str(exc), InvalidInputError.reason
     if isinstance(exc, BackendError):
         return grpc.StatusCode.INTERNAL, f"backend error: {exc}", "backend"
     return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}", "internal"
