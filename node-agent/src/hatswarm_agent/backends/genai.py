@@ -314,7 +314,7 @@ class GenaiModel:
         params = GenerationParams()
         if SAMPLING_PARAMETERS in inputs:
             raw = np.asarray(inputs[SAMPLING_PARAMETERS], dtype=object).reshape(-1)
-            params = _parse_sampling(raw[0] if raw.size else b"{}")
+            params = GenerationParams.from_json(raw[0] if raw.size else b"{}")
         outputs = np.empty(prompts.shape, dtype=object)
         for index, value in np.ndenumerate(prompts):
             text = value.decode("utf-8") if isinstance(value, bytes) else str(value)
@@ -359,16 +359,6 @@ class GenaiModel:
         with contextlib.suppress(AttributeError):
             del self._tokenizer, self._model
         self._folder.cleanup()
-
-
-def _parse_sampling(raw: Any) -> GenerationParams:
-    try:
-        doc = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else str(raw))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise GenerationRequestError(f"sampling_parameters is not JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise GenerationRequestError("sampling_parameters must be a JSON object")
-    return GenerationParams.from_mapping(doc)
 
 
 class GenaiBackend:

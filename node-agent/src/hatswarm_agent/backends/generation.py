@@ -128,6 +128,17 @@ class GenerationParams:
             raise GenerationRequestError(f"invalid sampling parameters: {exc}") from None
         return params.validate()
 
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> GenerationParams:
+        """`from_mapping` of a JSON object (Triton's `sampling_parameters` tensor)."""
+        try:
+            doc = json.loads(raw)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise GenerationRequestError(f"sampling parameters are not JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise GenerationRequestError("sampling parameters must be a JSON object")
+        return cls.from_mapping(doc)
+
 
 def _first(raw: Mapping[str, Any], *keys: str) -> Any:
     for key in keys:
