@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -468,3 +469,31 @@ def build_embedding_model(folder: Path, *, seed: int = 0, vocab_size: int = 320)
     model.ir_version = 8
     onnx.save_model(model, str(folder / "model.onnx"))
     return folder
+
+
+def reference(
+    folder: Path, prompt: str, max_tokens: int, *, chat: bool = False, **search: Any
+) -> tuple[list[int], list[int], str]:
+    """onnxruntime-genai's own Generator loop run directly on a folder: (prompt ids,
+    generated ids, streamed text) — what a backend's output is compared with."""
+    import onnxruntime_genai as og
+
+    model = og.Model(str(folder))
+    tokenizer = og.Tokenizer(model)
+    if chat:
+        prompt = tokenizer.apply_chat_template(
+            json.dumps([{"role": "user", "content": prompt}]), add_generation_prompt=True
+        )
+    ids = [int(t) for t in tokenizer.encode(prompt)]
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(ids) + max_tokens, **search)
+    generator = og.Generator(model, params)
+    generator.append_tokens(np.asarray(ids, dtype=np.int32))
+    stream = tokenizer.create_stream()
+    tokens, text = [], ""
+    while not generator.is_done():
+        generator.generate_next_token()
+        token = int(generator.get_next_tokens()[0])
+        tokens.append(token)
+        text += stream.decode(token)
+    return ids, tokens, text

@@ -60,6 +60,7 @@ from hatswarm_agent.backends.generation import (
     open_model_folder,
     read_json,
 )
+from hatswarm_agent.backends.isolation import ProcessModel
 
 log = logging.getLogger(__name__)
 
@@ -368,10 +369,21 @@ class GenaiBackend:
 
     def __init__(self) -> None:
         self._og = _import_og()
-        self._models: list[GenaiModel] = []
+        self._models: list[GenaiModel | ProcessModel] = []
 
-    def load(self, path: Path, options: Mapping[str, str]) -> GenaiModel:
-        """Options: max_sequences, max_queued, intra_op_num_threads, chat_template, warm_up."""
+    def load(self, path: Path, options: Mapping[str, str]) -> GenaiModel | ProcessModel:
+        """Options: max_sequences, max_queued, intra_op_num_threads, chat_template, warm_up,
+        isolation (process, the default: the model runs in a child process, see
+        isolation.py; thread: in this process, for tests and tools)."""
+        isolation = options.get("isolation", "process")
+        if isolation == "process":
+            model: GenaiModel | ProcessModel = ProcessModel(
+                __name__, type(self).__name__, path, options
+            )
+            self._models.append(model)
+            return model
+        if isolation != "thread":
+            raise BackendError(f"option isolation must be process or thread, got {isolation!r}")
         folder = open_model_folder(path, CONFIG_FILE)
         try:
             model = GenaiModel(self._og, folder, options)

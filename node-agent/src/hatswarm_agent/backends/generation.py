@@ -71,6 +71,9 @@ class ContextLengthError(GenerationRequestError):
         self.prompt_tokens = prompt_tokens
         self.context_length = context_length
 
+    def __reduce__(self) -> tuple[Any, ...]:  # crosses the pipe from a generation worker
+        return (type(self), (self.prompt_tokens, self.context_length))
+
 
 # -- parameters -----------------------------------------------------------------------------
 
@@ -245,23 +248,35 @@ Producer = Callable[[Emitter, threading.Event], Outcome]
 
 
 class TokenStream:
-    """An async iterator of `Piece`s from a blocking producer running on a worker thread.
+    """An async iterator of `Piece`s, fed from a worker thread or a worker process.
 
-    Create it with `TokenStream.start`; iterate it with `async for`; `aclose()` (or leaving an
-    `async with` block) tells the producer to stop at its next token. After the last piece,
-    `finish_reason` and `usage` are set. An error in the producer is raised by the iteration.
+    `TokenStream.start` runs a blocking producer on a thread; a process host feeds a stream
+    with `push` (on the loop) and ends it with an `Outcome` or an exception. Iterate with
+    `async for`; `aclose()` (or leaving an `async with` block) asks the producer to stop at its
+    next token and waits until it has. After the last piece, `finish_reason` and `usage` are
+    set. An error in the producer is raised by the iteration.
     """
 
-    def __init__(self, prompt_tokens: int) -> None:
+    def __init__(
+        self,
+        prompt_tokens: int,
+        *,
+        cancel: Callable[[], None] = lambda: None,
+        finished: asyncio.Future[None] | None = None,
+    ) -> None:
         self._queue: asyncio.Queue[Piece | Outcome | BaseException] = asyncio.Queue()
-        self._cancelled = threading.Event()
+        self._cancel = cancel
         self._done = False
-        self._future: asyncio.Future[None] | None = None
+        self._finished = finished  # done once the producer has ended and freed its slot
         self.prompt_tokens = prompt_tokens
         self.completion_tokens = 0
         self.finish_reason: FinishReason | None = None
         self.first_token_s: float | None = None  # seconds from start to the first piece
         self._started = time.perf_counter()
+
+    def push(self, item: Piece | Outcome | BaseException) -> None:
+        """Hand the consumer a piece, or the end (an Outcome or an error). On the loop."""
+        self._queue.put_nowait(item)
 
     @classmethod
     def start(
@@ -273,26 +288,26 @@ class TokenStream:
     ) -> TokenStream:
         """Run `producer(emit, cancelled)` on `executor`; `on_done` runs on the loop when it
         has ended, before the stream ends or `aclose` returns."""
-        stream = cls(prompt_tokens)
         loop = asyncio.get_running_loop()
-        put = stream._queue.put_nowait
+        cancelled = threading.Event()
+        stream = cls(prompt_tokens, cancel=cancelled.set)
 
         def emit(piece: Piece) -> None:
-            if not stream._cancelled.is_set():
-                loop.call_soon_threadsafe(put, piece)
+            if not cancelled.is_set():
+                loop.call_soon_threadsafe(stream.push, piece)
 
         def finish(outcome: Outcome | BaseException) -> None:
             on_done()  # before the consumer can see the end: its slot is free by then
-            put(outcome)
+            stream.push(outcome)
 
         def run() -> None:
             try:
-                outcome: Outcome | BaseException = producer(emit, stream._cancelled)
+                outcome: Outcome | BaseException = producer(emit, cancelled)
             except BaseException as exc:
                 outcome = exc
             loop.call_soon_threadsafe(finish, outcome)
 
-        stream._future = asyncio.wrap_future(executor.submit(run), loop=loop)
+        stream._finished = asyncio.wrap_future(executor.submit(run), loop=loop)
         return stream
 
     def __aiter__(self) -> TokenStream:
@@ -325,12 +340,13 @@ class TokenStream:
         return "".join([piece.text async for piece in self])
 
     async def aclose(self) -> None:
-        """Stop the producer at its next token and wait until its worker thread is free."""
-        self._cancelled.set()
+        """Stop the producer at its next token and wait until it has ended."""
+        if self._finished is not None and not self._finished.done():
+            self._cancel()
         self._done = True
-        if self._future is not None:
+        if self._finished is not None:
             with contextlib.suppress(Exception):  # the producer's error has no reader now
-                await asyncio.shield(self._future)
+                await asyncio.shield(self._finished)
 
     async def __aenter__(self) -> TokenStream:
         return self

@@ -6,9 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
 
 import grpc
 import numpy as np
@@ -30,7 +29,7 @@ from hatswarm_agent.backends.generation import (
 )
 from hatswarm_agent.serving.errors import status_for
 
-from tests.genaimodels import CHAT_TEMPLATE, TinyDecoder, build_genai_model
+from tests.genaimodels import CHAT_TEMPLATE, TinyDecoder, build_genai_model, reference
 
 PROMPT = "hello world, the pool serves"
 GREEDY = GenerationParams(max_tokens=40, temperature=0.0)
@@ -41,41 +40,26 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_genai_model(tmp_path_factory.mktemp("genai") / "tiny", seed=7)
 
 
+class ThreadBackend(GenaiBackend):
+    """The backend with models in this process (`isolation=thread`), so tests can look inside;
+    test_genai_process.py covers the default, a model in a child process."""
+
+    def load(self, path: Path, options: Mapping[str, str]) -> GenaiModel:  # type: ignore[override]
+        model = super().load(path, {"isolation": "thread", **options})
+        assert isinstance(model, GenaiModel)
+        return model
+
+
 @pytest.fixture
-def backend() -> Iterator[GenaiBackend]:
-    b = GenaiBackend()
+def backend() -> Iterator[ThreadBackend]:
+    b = ThreadBackend()
     yield b
     b.close()
 
 
 @pytest.fixture
-def model(backend: GenaiBackend, folder: Path) -> GenaiModel:
+def model(backend: ThreadBackend, folder: Path) -> GenaiModel:
     return backend.load(folder, {})
-
-
-def reference(
-    folder: Path, prompt: str, max_tokens: int, *, chat: bool = False, **search: Any
-) -> tuple[list[int], list[int], str]:
-    """onnxruntime-genai run directly: (prompt ids, generated ids, streamed text)."""
-    model = og.Model(str(folder))
-    tokenizer = og.Tokenizer(model)
-    if chat:
-        prompt = tokenizer.apply_chat_template(
-            json.dumps([{"role": "user", "content": prompt}]), add_generation_prompt=True
-        )
-    ids = [int(t) for t in tokenizer.encode(prompt)]
-    params = og.GeneratorParams(model)
-    params.set_search_options(max_length=len(ids) + max_tokens, **search)
-    generator = og.Generator(model, params)
-    generator.append_tokens(np.asarray(ids, dtype=np.int32))
-    stream = tokenizer.create_stream()
-    tokens, text = [], ""
-    while not generator.is_done():
-        generator.generate_next_token()
-        token = int(generator.get_next_tokens()[0])
-        tokens.append(token)
-        text += stream.decode(token)
-    return ids, tokens, text
 
 
 async def until_queued(model: GenaiModel) -> None:
@@ -183,7 +167,7 @@ async def test_chat_messages_go_through_the_tokenizer_config_chat_template(
 
 
 async def test_a_model_without_a_chat_template_refuses_messages(
-    backend: GenaiBackend, tmp_path: Path
+    backend: ThreadBackend, tmp_path: Path
 ) -> None:
     plain = backend.load(build_genai_model(tmp_path / "plain", chat_template=None), {})
     with pytest.raises(GenerationRequestError, match="no chat template"):
@@ -205,7 +189,7 @@ async def test_max_tokens_is_honoured(model: GenaiModel, folder: Path) -> None:
     assert stream.finish_reason == "length"
 
 
-async def test_eos_ends_the_generation_with_stop(backend: GenaiBackend, tmp_path: Path) -> None:
+async def test_eos_ends_the_generation_with_stop(backend: ThreadBackend, tmp_path: Path) -> None:
     folder = build_genai_model(tmp_path / "eos", seed=7)
     _, expected, _ = reference(folder, PROMPT, 40, do_sample=False)
     # Make the 6th greedy token an end-of-sequence token of this copy of the model.
@@ -301,7 +285,7 @@ async def test_invalid_parameters_are_request_errors(
 
 
 async def test_the_concurrency_bound_refuses_with_resource_exhausted(
-    backend: GenaiBackend, folder: Path
+    backend: ThreadBackend, folder: Path
 ) -> None:
     model = backend.load(folder, {"max_sequences": "1", "max_queued": "0"})
     first = await model.generate(PROMPT, GREEDY)
@@ -319,9 +303,10 @@ async def test_the_concurrency_bound_refuses_with_resource_exhausted(
     assert await (await model.generate(PROMPT, GREEDY)).text() == text
 
 
-async def test_requests_wait_in_a_bounded_queue(backend: GenaiBackend, folder: Path) -> None:
+async def test_requests_wait_in_a_bounded_queue(backend: ThreadBackend, folder: Path) -> None:
     model = backend.load(folder, {"max_sequences": "1", "max_queued": "1"})
-    first = await model.generate(PROMPT, GREEDY)
+    expected = await (await model.generate(PROMPT, GREEDY)).text()
+    await model._slots.acquire()  # a sequence in flight, for as long as the test wants
     second = asyncio.create_task(model.generate(PROMPT, GREEDY))
     await until_queued(model)
     load = model.load()
@@ -330,14 +315,15 @@ async def test_requests_wait_in_a_bounded_queue(backend: GenaiBackend, folder: P
     assert load.context_tokens_capacity == model.context_length
     with pytest.raises(BackendBusyError):
         await model.generate(PROMPT, GREEDY)
-    expected = await first.text()
-    assert await (await second).text() == expected
-    await asyncio.sleep(0.01)
+    model._slots.release()  # the sequence in flight ends: the waiting request gets its slot
+    stream = await second
+    assert await stream.text() == expected
+    await stream.aclose()
     assert model.load().active_sequences == 0
 
 
 async def test_concurrent_sequences_give_the_same_greedy_output(
-    backend: GenaiBackend, folder: Path
+    backend: ThreadBackend, folder: Path
 ) -> None:
     model = backend.load(folder, {"max_sequences": "2", "max_queued": "2"})
     prompts = [PROMPT, "once upon a time", PROMPT, "the quick brown fox"]
@@ -350,7 +336,7 @@ async def test_concurrent_sequences_give_the_same_greedy_output(
     assert list(together) == alone
 
 
-async def test_closing_a_stream_frees_its_slot(backend: GenaiBackend, folder: Path) -> None:
+async def test_closing_a_stream_frees_its_slot(backend: ThreadBackend, folder: Path) -> None:
     model = backend.load(folder, {"max_sequences": "1", "max_queued": "0"})
     async with await model.generate(PROMPT, GenerationParams(max_tokens=200, temperature=0)) as s:
         async for _ in s:
@@ -359,18 +345,18 @@ async def test_closing_a_stream_frees_its_slot(backend: GenaiBackend, folder: Pa
     await (await model.generate(PROMPT, GREEDY)).text()
 
 
-async def test_a_cancelled_waiter_leaves_the_queue(backend: GenaiBackend, folder: Path) -> None:
+async def test_a_cancelled_waiter_leaves_the_queue(backend: ThreadBackend, folder: Path) -> None:
     model = backend.load(folder, {"max_sequences": "1", "max_queued": "1"})
-    first = await model.generate(PROMPT, GREEDY)
+    await model._slots.acquire()  # a sequence in flight
     waiter = asyncio.create_task(model.generate(PROMPT, GREEDY))
     await until_queued(model)
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiter
     assert model.load().queued_sequences == 0
-    await first.text()
-    await first.aclose()
+    model._slots.release()
     assert model.load().active_sequences == 0
+    await (await model.generate(PROMPT, GREEDY)).text()
 
 
 # -- the OIP path, folders, registration -------------------------------------------------------
@@ -397,7 +383,7 @@ async def test_oip_run_uses_vllm_tensor_names(model: GenaiModel) -> None:
 
 
 def test_a_tarball_of_the_folder_loads_and_is_cleaned_up(
-    backend: GenaiBackend, folder: Path, tmp_path: Path
+    backend: ThreadBackend, folder: Path, tmp_path: Path
 ) -> None:
     archive = tmp_path / "tiny.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
@@ -410,7 +396,7 @@ def test_a_tarball_of_the_folder_loads_and_is_cleaned_up(
 
 
 def test_an_incomplete_folder_is_refused(
-    backend: GenaiBackend, folder: Path, tmp_path: Path
+    backend: ThreadBackend, folder: Path, tmp_path: Path
 ) -> None:
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -419,6 +405,8 @@ def test_an_incomplete_folder_is_refused(
         backend.load(broken, {})
     with pytest.raises(BackendError, match=r"no genai_config\.json"):
         backend.load(tmp_path, {})
+    with pytest.raises(BackendError, match="isolation"):
+        GenaiBackend().load(folder, {"isolation": "container"})
 
 
 def test_registered_by_name() -> None:
