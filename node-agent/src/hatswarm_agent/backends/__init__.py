@@ -11,8 +11,20 @@ from typing import Any
 
 from hatswarm_agent.backends.base import Backend, BackendError, BackendUnavailableError
 
-BACKEND_NAMES = ("onnxruntime", "simulated", "hailo")
-_ALIASES = {"onnx": "onnxruntime", "ort": "onnxruntime"}
+BACKEND_NAMES = (
+    "onnxruntime",
+    "simulated",
+    "hailo",
+    "onnxruntime-genai",
+    "hailo-genai",
+    "embedding",
+)
+_ALIASES = {
+    "onnx": "onnxruntime",
+    "ort": "onnxruntime",
+    "genai": "onnxruntime-genai",
+    "embed": "embedding",
+}
 
 
 def canonical_name(name: str) -> str:
@@ -34,7 +46,18 @@ def create_backend(name: str, accelerator: str = "cpu") -> Backend:
         from hatswarm_agent.backends.simulated import SimulatedBackend
 
         return SimulatedBackend(accelerator if accelerator != "cpu" else "hailo8l")
+    if canonical in _GENERATIVE:  # generative backends (issue "Generative edge")
+        module_name, class_name = _GENERATIVE[canonical]
+        backend: Backend = getattr(importlib.import_module(module_name), class_name)()
+        return backend
     return _create_hailo(accelerator)
+
+
+_GENERATIVE = {
+    "onnxruntime-genai": ("hatswarm_agent.backends.genai", "GenaiBackend"),
+    "hailo-genai": ("hatswarm_agent.backends.hailo_genai", "HailoGenaiBackend"),
+    "embedding": ("hatswarm_agent.backends.embed", "EmbeddingBackend"),
+}
 
 
 def _create_hailo(accelerator: str) -> Backend:
