@@ -41,7 +41,7 @@ WHEELHOUSE=0
 CONTEXT_ONLY=0
 BUILD_ARGS=()
 UV="${UV:-python3 -m uv}"
-PYTHON="${PYTHON:-python3}"  # runs pip for the target arches: any CPython 3.9+ with pip
+PYTHON="${PYTHON:-}"  # runs pip for the target arches: any CPython 3.9+ with pip (uv venvs have none)
 CTX=build/images
 BUILDAH=(buildah --storage-driver vfs)
 export BUILDAH_FORMAT=docker  # working containers in Docker format: HEALTHCHECK survives config
@@ -129,6 +129,12 @@ if grep -qiE '^onnxruntime==' "$CTX/operator-requirements.txt"; then
   echo "build.sh: the operator's requirements carry onnxruntime" >&2; exit 1
 fi
 cp images/install.py "$CTX/"
+for py in "$PYTHON" python3 /usr/bin/python3; do
+  if [[ -n "$py" ]] && "$py" -m pip --version >/dev/null 2>&1; then PYTHON="$py"; break; fi
+done
+if ! "${PYTHON:-false}" -m pip --version >/dev/null 2>&1; then
+  echo "build.sh: no python3 with pip found (set PYTHON=/path/to/python3)" >&2; exit 1
+fi
 if [[ $WHEELHOUSE == 1 ]]; then
   echo "==> wheelhouse: every pinned wheel for ${ARCHES[*]} into $CTX/wheels"
   for arch in "${ARCHES[@]}"; do

@@ -9,6 +9,7 @@ reason, except under CI=true, where it fails.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -86,6 +87,21 @@ def mounted(ref: str) -> Iterator[Path]:
     finally:
         run(*BUILDAH, "umount", ctr, check=False)
         run(*BUILDAH, "rm", ctr, check=False)
+
+
+@functools.cache
+def pip_python() -> str:
+    """A python3 with pip for images/install.py (uv's venvs, this one included, have no pip)."""
+    dirs = os.environ.get("PATH", "").split(os.pathsep)
+    candidates = [os.environ.get("PYTHON", ""), *(str(Path(d) / "python3") for d in dirs)]
+    for py in [*candidates, "/usr/bin/python3"]:
+        if (
+            py
+            and subprocess.run([py, "-m", "pip", "--version"], capture_output=True).returncode == 0
+        ):
+            return py
+    missing("no python3 with pip on PATH (set PYTHON=...)")
+    raise AssertionError("unreachable")
 
 
 def free_port() -> int:
