@@ -24,8 +24,8 @@
 #   buildx  images/*.Dockerfile with `docker buildx build --platform ...`: their install stage
 #           runs on the build platform (pip --platform) and their final stage has no RUN, so a
 #           multi-arch build needs no QEMU either (agent-hailo excepted: apt runs on arm64).
-#   bud     the same Dockerfiles with `buildah bud --platform ... --manifest` (needs the registry
-#           for python:3.11-slim-bookworm).
+#   bud     the same Dockerfiles with `buildah bud --platform linux/ARCH` (needs the registry for
+#           python:3.11-slim-bookworm, or --build-arg PYTHON_IMAGE=<a local image>).
 # Images are committed in Docker format, which keeps HEALTHCHECK (OCI image configs have no
 # such field; Kubernetes ignores it either way and uses the chart's gRPC/HTTP probes).
 set -euo pipefail
@@ -235,7 +235,7 @@ publish() {  # ROLE: $REGISTRY/ROLE:$VERSION is the host arch's image here; push
 
 # --- Dockerfile engines -------------------------------------------------------------------
 dockerfile_image() {  # IMAGE (agent | operator | agent-hailo)
-  local image="$1" tag="$REGISTRY/$1:$VERSION" out
+  local image="$1" tag="$REGISTRY/$1:$VERSION"
   local args=(--build-arg "VERSION=$VERSION" --build-arg "REVISION=$REVISION"
               --build-arg "CREATED=$CREATED" --build-arg "PIP_NO_INDEX=$WHEELHOUSE" "${BUILD_ARGS[@]}")
   echo "==> $tag ($ENGINE, $PLATFORMS)"
@@ -254,11 +254,12 @@ dockerfile_image() {  # IMAGE (agent | operator | agent-hailo)
         done
       fi
       ;;
-    bud)
-      "${BUILDAH[@]}" manifest rm "$tag" >/dev/null 2>&1 || true
-      "${BUILDAH[@]}" bud --isolation chroot --layers=false --format docker --platform "$PLATFORMS" \
-        --manifest "$tag" "${args[@]}" -f "images/$image.Dockerfile" "$CTX"
-      if [[ $PUSH == 1 ]]; then "${BUILDAH[@]}" manifest push --all "$tag" "docker://$tag"; fi
+    bud)  # like the rootfs engine: TAG-ARCH per arch, TAG = host arch, a manifest list on push
+      for arch in "${ARCHES[@]}"; do
+        "${BUILDAH[@]}" bud --isolation chroot --layers=false --format docker \
+          --platform "linux/$arch" "${args[@]}" -f "images/$image.Dockerfile" -t "$tag-$arch" "$CTX"
+      done
+      publish "$image"
       ;;
   esac
 }
