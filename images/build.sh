@@ -40,6 +40,7 @@ PUSH=0
 WHEELHOUSE=0
 CONTEXT_ONLY=0
 BUILD_ARGS=()
+OLD_IDS=()
 UV="${UV:-python3 -m uv}"
 PYTHON="${PYTHON:-}"  # runs pip for the target arches: any CPython 3.9+ with pip (uv venvs have none)
 CTX=build/images
@@ -211,16 +212,21 @@ rootfs_image() {  # ROLE ARCH
         --label "org.opencontainers.image.base.name=$base"
         --label "org.opencontainers.image.base.digest=$digest")
   "${BUILDAH[@]}" config "${cfg[@]}" "$ctr"
+  OLD_IDS+=("$("${BUILDAH[@]}" images --quiet --no-trunc "$tag" 2>/dev/null | head -1 || true)")
   "${BUILDAH[@]}" commit --quiet --format docker --rm "$ctr" "$tag" >/dev/null
   echo "==> $tag ($("${BUILDAH[@]}" images --format '{{.Size}}' "$tag" | head -1))"
 }
 
 publish() {  # ROLE: $REGISTRY/ROLE:$VERSION is the host arch's image here; pushed, a manifest list
-  local tag="$REGISTRY/$1:$VERSION" list="localhost/hatswarm-push/$1:$VERSION" arch host
+  local tag="$REGISTRY/$1:$VERSION" list="localhost/hatswarm-push/$1:$VERSION" arch host id
   host="$(uname -m)"; host="${host/x86_64/amd64}"; host="${host/aarch64/arm64}"
   for arch in "${ARCHES[@]}"; do
     if [[ "$arch" == "$host" ]]; then "${BUILDAH[@]}" tag "$tag-$arch" "$tag"; fi
   done
+  for id in "${OLD_IDS[@]}"; do  # what a rebuild replaced (vfs keeps full copies: free them)
+    if [[ -n "$id" ]]; then "${BUILDAH[@]}" rmi "$id" >/dev/null 2>&1 || true; fi
+  done
+  OLD_IDS=()
   if [[ $PUSH == 1 ]]; then
     "${BUILDAH[@]}" manifest rm "$list" >/dev/null 2>&1 || true
     "${BUILDAH[@]}" manifest create "$list" >/dev/null
@@ -256,6 +262,7 @@ dockerfile_image() {  # IMAGE (agent | operator | agent-hailo)
       ;;
     bud)  # like the rootfs engine: TAG-ARCH per arch, TAG = host arch, a manifest list on push
       for arch in "${ARCHES[@]}"; do
+        OLD_IDS+=("$("${BUILDAH[@]}" images --quiet --no-trunc "$tag-$arch" 2>/dev/null | head -1 || true)")
         "${BUILDAH[@]}" bud --isolation chroot --layers=false --format docker \
           --platform "linux/$arch" "${args[@]}" -f "images/$image.Dockerfile" -t "$tag-$arch" "$CTX"
       done

@@ -283,12 +283,11 @@ def test_amd64_agent_answers_an_inference_under_podman(tmp_path: Path) -> None:
     port = free_port()
     name = f"hatswarm-images-check-{port}"
     start = time.monotonic()
-    run(*PODMAN, "run", "-d", "--name", name, "--network", "host",
-        *ULIMITS, "-v", f"{models}:/models:ro",
-        "-e", f"HATSWARM_HEALTH_ADDR=127.0.0.1:{port}", ref,
-        "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0",
-        "--state-dir", "/var/lib/hatswarm", "--model", "tiny=/models/tiny.onnx")  # fmt: skip
     try:
+        run(*PODMAN, "run", "-d", "--name", name, "--network", "host", *ULIMITS,
+            "-v", f"{models}:/models:ro", "-e", f"HATSWARM_HEALTH_ADDR=127.0.0.1:{port}", ref,
+            "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0",
+            "--state-dir", "/var/lib/hatswarm", "--model", "tiny=/models/tiny.onnx")  # fmt: skip
         try:
             ready = wait_ready(port, "tiny", within=120)
         except AssertionError as err:
