@@ -98,10 +98,10 @@ def _marker_env(arch: str) -> dict[str, str]:
 
 def _marker_true(marker: str, arch: str) -> bool:
     try:
-        from packaging.markers import Marker
+        from packaging import markers
     except ImportError:  # pip always carries it
-        from pip._vendor.packaging.markers import Marker
-    return bool(Marker(marker).evaluate(_marker_env(arch)))
+        from pip._vendor.packaging import markers  # type: ignore[no-redef]
+    return bool(markers.Marker(marker).evaluate(_marker_env(arch)))
 
 
 def _name(spec: str) -> str:

@@ -62,7 +62,7 @@ def run(*cmd: str, timeout: float = 300, check: bool = True, **kw: Any) -> str:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc.stdout
+    return str(proc.stdout)
 
 
 def inspect(ref: str) -> dict[str, Any]:
