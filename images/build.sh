@@ -41,6 +41,9 @@ WHEELHOUSE=0
 CONTEXT_ONLY=0
 BUILD_ARGS=()
 OLD_IDS=()
+REBUILT=""  # the arches whose base this run rebuilt (REBUILD_BASE=1 rebuilds each once)
+CTRS=()  # buildah working containers: removed on exit, also when a step fails
+trap 'for c in "${CTRS[@]}"; do buildah --storage-driver vfs rm "$c" >/dev/null 2>&1 || true; done' EXIT
 UV="${UV:-python3 -m uv}"
 PYTHON="${PYTHON:-}"  # runs pip for the target arches: any CPython 3.9+ with pip (uv venvs have none)
 CTX=build/images
@@ -163,13 +166,15 @@ REVISION="$(git rev-parse HEAD 2>/dev/null || echo unknown)"
 CREATED="$(date -u ${SOURCE_DATE_EPOCH:+-d "@$SOURCE_DATE_EPOCH"} +%Y-%m-%dT%H:%M:%SZ)"
 
 # --- rootfs engine ------------------------------------------------------------------------
-base_image() {  # ARCH -> a committed Debian bookworm + python3.11 base, built once per arch
+base_image() {  # ARCH -> BASE_REF: a Debian bookworm + python3.11 base, built once per arch
   local arch="$1" ref="$BASE_REPO:$BASE_TAG-$1" dir="$CTX/rootfs-$1" ctr
-  if [[ "${REBUILD_BASE:-0}" == 1 ]] || ! "${BUILDAH[@]}" inspect --type image "$ref" >/dev/null 2>&1; then
-    echo "==> $ref (images/rootfs.sh)" >&2
-    images/rootfs.sh "$arch" "$dir" >&2
+  if [[ "${REBUILD_BASE:-0}" == 1 && " $REBUILT " != *" $arch "* ]] \
+      || ! "${BUILDAH[@]}" inspect --type image "$ref" >/dev/null 2>&1; then
+    REBUILT+=" $arch"
+    echo "==> $ref (images/rootfs.sh)"
+    images/rootfs.sh "$arch" "$dir"
     tar -C "$dir" --numeric-owner -cf "$dir.tar" .
-    ctr="$("${BUILDAH[@]}" from scratch)"
+    ctr="$("${BUILDAH[@]}" from scratch)"; CTRS+=("$ctr")
     "${BUILDAH[@]}" add "$ctr" "$dir.tar" / >/dev/null  # a local tar is unpacked into /
     rm -rf "$dir" "$dir.tar"
     "${BUILDAH[@]}" config --arch "$arch" --os linux \
@@ -179,15 +184,17 @@ base_image() {  # ARCH -> a committed Debian bookworm + python3.11 base, built o
       --label "org.opencontainers.image.created=$CREATED" \
       --label "org.opencontainers.image.source=$SOURCE_URL" \
       --label "org.opencontainers.image.base.name=scratch" "$ctr"
+    OLD_IDS+=("$("${BUILDAH[@]}" images --quiet --no-trunc "$ref" 2>/dev/null | head -1 || true)")
     "${BUILDAH[@]}" commit --quiet --format docker --rm "$ctr" "$ref" >/dev/null
   fi
-  echo "$ref"
+  BASE_REF="$ref"
 }
 
 rootfs_image() {  # ROLE ARCH
   local role="$1" arch="$2" base digest stage ctr kind value tag="$REGISTRY/$1:$VERSION-$2"
   local cfg=(--arch "$arch" --os linux --created-by "images/build.sh (rootfs engine)")
-  base="$(base_image "$arch")"
+  base_image "$arch"
+  base="$BASE_REF"
   digest="$("${BUILDAH[@]}" images --no-trunc --digests --format '{{.Digest}}' "$base" | head -1)"
   stage="$CTX/stage-$role-$arch"
   rm -rf "$stage"
@@ -197,7 +204,7 @@ rootfs_image() {  # ROLE ARCH
     install -d -o 10001 -g 10001 -m 0750 "$stage/var/lib/hatswarm"
   fi
   tar -C "$stage" --numeric-owner -cf "$stage.tar" .
-  ctr="$("${BUILDAH[@]}" from --pull=never "$base")"
+  ctr="$("${BUILDAH[@]}" from --pull=never "$base")"; CTRS+=("$ctr")
   "${BUILDAH[@]}" add "$ctr" "$stage.tar" / >/dev/null
   rm -rf "$stage" "$stage.tar"
   while IFS=$'\t' read -r kind value; do
@@ -218,13 +225,13 @@ rootfs_image() {  # ROLE ARCH
 }
 
 publish() {  # ROLE: $REGISTRY/ROLE:$VERSION is the host arch's image here; pushed, a manifest list
-  local tag="$REGISTRY/$1:$VERSION" list="localhost/hatswarm-push/$1:$VERSION" arch host id
+  local tag="$REGISTRY/$1:$VERSION" list="localhost/hatswarm-push/$1:$VERSION" arch host i
   host="$(uname -m)"; host="${host/x86_64/amd64}"; host="${host/aarch64/arm64}"
   for arch in "${ARCHES[@]}"; do
     if [[ "$arch" == "$host" ]]; then "${BUILDAH[@]}" tag "$tag-$arch" "$tag"; fi
   done
-  for id in "${OLD_IDS[@]}"; do  # what a rebuild replaced (vfs keeps full copies: free them)
-    if [[ -n "$id" ]]; then "${BUILDAH[@]}" rmi "$id" >/dev/null 2>&1 || true; fi
+  for ((i = ${#OLD_IDS[@]} - 1; i >= 0; i--)); do  # what a rebuild replaced, newest first
+    if [[ -n "${OLD_IDS[i]}" ]]; then "${BUILDAH[@]}" rmi "${OLD_IDS[i]}" >/dev/null 2>&1 || true; fi
   done
   OLD_IDS=()
   if [[ $PUSH == 1 ]]; then
