@@ -7,7 +7,7 @@ PROTO_DIR := node-agent/proto
 PROTO_OUT := node-agent/src
 PROTOS := $(wildcard $(PROTO_DIR)/hatswarm_agent/protocol/v1/*.proto)
 
-.PHONY: help install tools gen crds chart lint test test-fast demo bench images e2e-kind clean
+.PHONY: help install tools gen crds chart lint test test-fast demo bench images images-tools images-check e2e-kind clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -52,7 +52,7 @@ lint: install gen crds ## ruff, mypy strict, yamllint; fails when generated file
 	  (echo "generated files drifted: run 'make gen crds' and commit" >&2; exit 1)
 
 test: tools lint ## lint, then every unit and integration test
-	$(RUN) pytest -m "not e2e" -q
+	$(RUN) pytest -m "not e2e and not images" -q
 
 test-fast: install ## unit tests only
 	$(RUN) pytest tests/unit -q
@@ -63,8 +63,19 @@ demo: install ## a local pool on simulated Pi + HAT+ nodes (no cluster)
 bench: install ## every benchmark; ratios against baselines measured in the same run
 	$(RUN) python bench/run.py
 
-images: install ## build the operator and agent images (docker buildx, else buildah; see images/)
+images: install ## operator + agent images, linux/amd64 + linux/arm64 (buildx, else buildah rootfs; images/README.md)
 	images/build.sh
+
+images-tools: ## buildah, mmdebstrap, podman + runc, qemu-user-static from Debian (images-check needs them)
+	@command -v buildah >/dev/null && command -v mmdebstrap >/dev/null && command -v podman >/dev/null \
+	  && command -v runc >/dev/null && command -v qemu-aarch64-static >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	    --no-install-recommends buildah mmdebstrap podman runc qemu-user-static; }
+
+images-check: install images-tools ## build both arches (rootfs engine), run arm64 under qemu-user, amd64 under podman
+	@if [ "$(SKIP_BUILD)" != 1 ]; then images/build.sh --engine rootfs; fi
+	$(RUN) pytest tests/images -m images -q
 
 e2e-kind: install ## kind e2e with simulated Pi nodes (skips without kind/docker)
 	$(RUN) pytest tests/e2e -m e2e -q
