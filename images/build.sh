@@ -122,7 +122,7 @@ done
 rm -rf "$CTX" && mkdir -p "$CTX/wheels"
 echo "==> wheels and requirements (uv.lock) into $CTX"
 $UV build --all-packages --wheel --out-dir "$CTX/wheels" >/dev/null 2>&1
-$UV export --frozen --no-dev --no-emit-workspace --package hatswarm-agent \
+$UV export --frozen --no-dev --no-emit-workspace --package hatswarm-agent --extra genai --extra embed \
   --output-file "$CTX/agent-requirements.txt" >/dev/null
 $UV export --frozen --no-dev --no-emit-workspace --package hatswarm-operator --prune onnxruntime \
   --output-file "$CTX/operator-requirements.txt" >/dev/null
