@@ -1,6 +1,6 @@
 """Real `hatswarm-agent` processes on loopback with models built by onnx.helper.
 
-The helpers live in tests/agentproc.py (importable by other suites as `tests.agentproc`).
+Processes come from tests/agentproc.py, models from tests/onnxmodels.py.
 """
 
 from __future__ import annotations
@@ -11,14 +11,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.agentproc import (
-    AgentProcess,
-    build_cnn,
-    build_fp16,
-    build_mlp,
-    build_two_inputs,
-    start_agent,
-)
+from tests.agentproc import AgentProcess, start_agent
+from tests.onnxmodels import build_cnn, build_fp16, build_mlp, build_two_inputs
 
 
 @pytest.fixture(scope="session")

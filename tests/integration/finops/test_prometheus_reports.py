@@ -27,7 +27,8 @@ from hatswarm_operator.cli.cost import main as cost_main
 from hatswarm_operator.finops.promql import Prometheus
 
 from tests import tritonjobs
-from tests.agentproc import AgentProcess, build_mlp, free_port, start_agent
+from tests.agentproc import AgentProcess, free_port, start_agent
+from tests.onnxmodels import build_mlp
 from tests.polling import poll
 
 pytestmark = pytest.mark.integration

@@ -21,10 +21,9 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from agentproc import AgentProcess, _save, start_agent
+from agentproc import AgentProcess, start_agent
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2_grpc as pb_grpc
 from hatswarm_operator.api import EdgeModel, InferencePool
@@ -34,6 +33,8 @@ from hatswarm_operator.control.agentclient import AgentClient
 from hatswarm_operator.control.runtime import PoolRuntime
 from hatswarm_operator.core.inventory import NodeState
 from hatswarm_operator.core.reconcile import Event
+
+from tests.onnxmodels import build_scale
 
 pytestmark = pytest.mark.integration
 
@@ -47,21 +48,6 @@ GATE = {
     ],
     "maxLatencyMs": 5000,
 }
-
-
-def build_scale(path: Path, k: float, bias: float = 0.0) -> Path:
-    """y = k * x + bias, FP32 [N, 2] (a different bias of 0 makes a different build)."""
-    graph = helper.make_graph(
-        [helper.make_node("Mul", ["x", "k"], ["m"]), helper.make_node("Add", ["m", "b"], ["y"])],
-        "scale",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
-        [
-            numpy_helper.from_array(np.array(k, dtype=np.float32), "k"),
-            numpy_helper.from_array(np.array(bias, dtype=np.float32), "b"),
-        ],
-    )
-    return _save(graph, path)
 
 
 def artifact(path: Path) -> dict[str, str]:

@@ -4,16 +4,12 @@ routing table built the way the control loop builds it (NodeStatus -> endpoints)
 from __future__ import annotations
 
 import hashlib
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from agentproc import AgentProcess, start_agent
 from hatswarm_agent.protocol.v1 import control_pb2, control_pb2_grpc
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2_grpc as pb_grpc
@@ -22,7 +18,8 @@ from hatswarm_operator.control.runtime import routing_table
 from hatswarm_operator.core.inventory import NodeState, from_status
 from hatswarm_operator.core.reconcile import Route, endpoint_for
 
-from tests.loramodels import IN, OUT, build_lora_base, direct_run, lora_adapter
+from tests.agentproc import AgentProcess, start_agent
+from tests.onnxmodels import IN, OUT, build_lora_base, direct_run, lora_adapter
 
 pytestmark = pytest.mark.integration
 

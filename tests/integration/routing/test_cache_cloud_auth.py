@@ -12,6 +12,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hatswarm_agent.protocol.v1 import control_pb2, control_pb2_grpc
 
+from tests.agentproc import free_port
+
 from .conftest import Agents, make_request, metric, params, route, scrape, stub, table
 
 pytestmark = pytest.mark.integration
@@ -29,8 +31,6 @@ class Setup:
 
 @pytest.fixture(scope="module")
 def setup(identity_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
-    from agentproc import free_port
-
     token_file = tmp_path_factory.mktemp("secrets") / "token"
     token_file.write_text("s3cret\n")
     agents = Agents()

@@ -4,7 +4,6 @@ with `hatswarm.tier` saying so; sure ones from the edge; the cloud's share cap h
 
 from __future__ import annotations
 
-import sys
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
@@ -15,31 +14,17 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from onnx import TensorProto, helper, numpy_helper
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from agentproc import AgentProcess, _save, free_port, start_agent
 from hatswarm_agent.protocol.v1 import control_pb2, control_pb2_grpc
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2_grpc as pb_grpc
+
+from tests.agentproc import AgentProcess, free_port, start_agent
+from tests.onnxmodels import build_classifier
 
 pytestmark = pytest.mark.integration
 
 SURE = [1.0, 0.0]  # logits [4, 0]: top probability 0.98
 UNSURE = [0.5, 0.5]  # logits [2, 2]: top probability 0.5
-
-
-def build_classifier(path: Path, scale: float) -> Path:
-    """probs[N,2] = Softmax(x[N,2] @ (scale * I)): sure for one-hot x, unsure for flat x."""
-    w = (np.eye(2) * scale).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["z"]), helper.make_node("Softmax", ["z"], ["probs"], axis=-1)],
-        "classifier",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
-        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 2])],
-        [numpy_helper.from_array(w, "W")],
-    )  # fmt: skip
-    return _save(graph, path)
 
 
 @dataclass

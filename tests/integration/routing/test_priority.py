@@ -9,6 +9,8 @@ from pathlib import Path
 import grpc
 import pytest
 
+from tests.agentproc import free_port
+
 from .conftest import (
     AgentProcess,
     Agents,
@@ -36,8 +38,6 @@ def slow_pool(identity_model: Path) -> Iterator[tuple[AgentProcess, AgentProcess
              "--accelerator", "hailo8l", "--option", "fps_batch1=40", "--option", "fps_batch8=40",
              "--max-batch-size", "1"]
         )  # fmt: skip
-        from agentproc import free_port
-
         a = agents.start(["--gateway", "--node-name", "a", "--metrics-port", str(free_port())])
         control(a.address).SetRoutingTable(table([route("ident", b.address)], queue_limit=2))
         yield a, b
