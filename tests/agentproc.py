@@ -3,8 +3,9 @@
 Shared by the integration tests (`from tests.agentproc import start_agent`) and by the
 benchmarks, which put `tests/` on sys.path and import it as `agentproc`.
 
-`start_agent([...])` returns once the agent printed its ready line; `AgentProcess.stop()`
-sends SIGTERM and waits (then kills), and is safe to call twice.
+`start_agent([...])` returns once the agent printed its ready line (`start_agents` starts
+several side by side); `AgentProcess.stop()` sends SIGTERM and waits (then kills), and is safe
+to call twice.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class AgentProcess:
     port: int
     stderr_path: Path
     stdout_lines: list[str] = field(default_factory=list)
+    ready: threading.Event = field(default_factory=threading.Event, repr=False)
 
     @property
     def address(self) -> str:
@@ -86,6 +88,33 @@ def start_agent(
     `port=0` lets the agent pick a free port (read back from the ready line). Raises
     RuntimeError with the agent's stderr when it exits or stays silent for `timeout` s.
     """
+    agent = _spawn(args, port, host, env)
+    _await_ready([agent], timeout)
+    return agent
+
+
+def start_agents(
+    arg_lists: Sequence[Sequence[str]],
+    *,
+    timeout: float = 60.0,
+    env: dict[str, str] | None = None,
+) -> list[AgentProcess]:
+    """Several agents on free ports, started side by side: their start-up (mostly imports)
+    overlaps, so three cost little more than one. All are ready on return, or none is left
+    running and RuntimeError says which one failed."""
+    agents: list[AgentProcess] = []
+    try:
+        for args in arg_lists:
+            agents.append(_spawn(args, 0, "127.0.0.1", env))
+    except BaseException:
+        for agent in agents:
+            agent.kill()
+        raise
+    _await_ready(agents, timeout)
+    return agents
+
+
+def _spawn(args: Sequence[str], port: int, host: str, env: dict[str, str] | None) -> AgentProcess:
     fd, name = tempfile.mkstemp(prefix="hatswarm-agent-", suffix=".stderr")
     os.close(fd)
     stderr_path = Path(name)
@@ -97,21 +126,26 @@ def start_agent(
         )
     agent = AgentProcess(proc, host, port, stderr_path)
     assert proc.stdout is not None
-    ready = threading.Event()
-    threading.Thread(target=_pump, args=(proc.stdout, agent, ready), daemon=True).start()
-    deadline = time.monotonic() + timeout
-    while not ready.wait(0.05):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            agent.kill()
-            raise RuntimeError(
-                f"agent did not become ready (exit {proc.returncode}):\n{agent.stderr()}"
-            )
+    threading.Thread(target=_pump, args=(proc.stdout, agent), daemon=True).start()
     return agent
 
 
-def _pump(stream: IO[str], agent: AgentProcess, ready: threading.Event) -> None:
+def _await_ready(agents: Sequence[AgentProcess], timeout: float) -> None:
+    """Wait for every agent's ready line; on an exit or `timeout` s, kill them all and raise."""
+    deadline = time.monotonic() + timeout
+    for agent in agents:
+        while not agent.ready.wait(0.05):
+            if agent.proc.poll() is not None or time.monotonic() > deadline:
+                for other in agents:
+                    other.kill()
+                raise RuntimeError(
+                    f"agent did not become ready (exit {agent.proc.returncode}):\n{agent.stderr()}"
+                )
+
+
+def _pump(stream: IO[str], agent: AgentProcess) -> None:
     for line in stream:
         agent.stdout_lines.append(line)
         if line.startswith(READY_PREFIX):
             agent.port = int(line.rsplit(":", 1)[1])
-            ready.set()
+            agent.ready.set()

@@ -17,7 +17,7 @@ from hatswarm_agent.protocol.v1 import control_pb2, control_pb2_grpc
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2_grpc as pb_grpc
 
-from tests.agentproc import AgentProcess, start_agent
+from tests.agentproc import AgentProcess, start_agent, start_agents
 from tests.onnxmodels import build_identity
 
 
@@ -36,6 +36,12 @@ class Agents:
         agent = start_agent(list(args), **kw)
         self.started.append(agent)
         return agent
+
+    def start_many(self, *arg_lists: Sequence[str]) -> list[AgentProcess]:
+        """Agents that do not need each other's address, started side by side."""
+        started = start_agents(arg_lists)
+        self.started.extend(started)
+        return started
 
     def stop_all(self) -> None:
         for agent in self.started:

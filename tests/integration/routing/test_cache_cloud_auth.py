@@ -35,14 +35,12 @@ def setup(identity_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
     token_file.write_text("s3cret\n")
     agents = Agents()
     try:
-        cloud = agents.start(
-            ["--model", f"ident={identity_model}", "--node-name", "cloud-agent",
-             "--auth-token-file", str(token_file)]
-        )  # fmt: skip
         port = free_port()
-        gw = agents.start(
+        cloud, gw = agents.start_many(
+            ["--model", f"ident={identity_model}", "--node-name", "cloud-agent",
+             "--auth-token-file", str(token_file)],
             ["--gateway", "--node-name", "a", "--metrics-port", str(port),
-             "--auth-token-file", str(token_file)]
+             "--auth-token-file", str(token_file)],
         )  # fmt: skip
         yield Setup(gw.address, cloud.address, port, token_file)
     finally:

@@ -18,7 +18,7 @@ from hatswarm_agent.protocol.v1 import control_pb2, control_pb2_grpc
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2_grpc as pb_grpc
 
-from tests.agentproc import AgentProcess, free_port, start_agent
+from tests.agentproc import AgentProcess, free_port, start_agents
 from tests.onnxmodels import build_classifier
 
 pytestmark = pytest.mark.integration
@@ -45,32 +45,52 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-def start_pool(models: dict[str, Path]) -> Pool:
-    started: list[AgentProcess] = []
-    try:
-        big = start_agent(["--model", f"big={models['big']}", "--node-name", "hailo8-big"])
-        started.append(big)
-        cloud = start_agent(["--model", f"small={models['cloud']}", "--node-name", "cloud"])
-        started.append(cloud)
-        port = free_port()
-        edge = start_agent(
-            ["--model", f"small={models['small']}", "--node-name", "edge",
-             "--metrics-port", str(port)]
-        )  # fmt: skip
-        started.append(edge)
-    except BaseException:
-        for a in started:
-            a.stop(timeout=5)
-        raise
-    return Pool(edge, big, cloud, port)
+class Tiers:
+    """The bigger model and the cloud stand-in, shared by the module: they only answer what the
+    edge forwards, and the edge (fresh per test) holds all of the cascade's state. One that a
+    test stopped is started again for the next test."""
+
+    SERVES = {"big": ("big", "hailo8-big"), "cloud": ("small", "cloud")}  # model, node name
+
+    def __init__(self, models: dict[str, Path]) -> None:
+        self.models = models
+        self.running: dict[str, AgentProcess] = {}
+
+    def missing(self) -> list[str]:
+        return [
+            t
+            for t in self.SERVES
+            if t not in self.running or self.running[t].proc.poll() is not None
+        ]
+
+    def args(self, tier: str) -> list[str]:
+        model, node = self.SERVES[tier]
+        return ["--model", f"{model}={self.models[tier]}", "--node-name", node]
+
+    def stop(self) -> None:
+        for agent in self.running.values():
+            agent.stop(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def tiers(models: dict[str, Path]) -> Iterator[Tiers]:
+    t = Tiers(models)
+    yield t
+    t.stop()
 
 
 @pytest.fixture
-def pool(models: dict[str, Path]) -> Iterator[Pool]:
-    p = start_pool(models)
-    yield p
-    for a in (p.edge, p.big, p.cloud):
-        a.stop(timeout=5)
+def pool(models: dict[str, Path], tiers: Tiers) -> Iterator[Pool]:
+    """A fresh edge; the tiers behind it started (again) alongside when not running."""
+    port = free_port()
+    missing = tiers.missing()
+    *revived, edge = start_agents(
+        [*(tiers.args(t) for t in missing),
+         ["--model", f"small={models['small']}", "--node-name", "edge", "--metrics-port", str(port)]]
+    )  # fmt: skip
+    tiers.running.update(zip(missing, revived, strict=True))
+    yield Pool(edge, tiers.running["big"], tiers.running["cloud"], port)
+    edge.stop(timeout=5)
 
 
 def push(p: Pool, **escalation: Any) -> None:
