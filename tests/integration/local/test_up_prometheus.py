@@ -15,15 +15,16 @@ import httpx
 import psutil
 import pytest
 
+from tests.externaltools import missing
+
 pytestmark = pytest.mark.integration
 
 HATSWARM = Path(sys.executable).parent / "hatswarm"
 
 
-@pytest.mark.skipif(
-    shutil.which("prometheus") is None, reason="prometheus is not installed (make tools)"
-)
 def test_up_with_prometheus_scrapes_agents_and_loop(tmp_path: Path) -> None:
+    if shutil.which("prometheus") is None:
+        missing("prometheus", "make tools; Debian: apt-get install -y prometheus")
     proc = subprocess.Popen(
         [str(HATSWARM), "up", "--nodes", "2", "--quiet", "--prometheus",
          "--state-dir", str(tmp_path / "state")],
