@@ -13,7 +13,6 @@ import hashlib
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from agentproc import AgentProcess, start_agent
+from agentproc import AgentProcess, start_agents
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2_grpc as pb_grpc
 from hatswarm_operator.api import EdgeModel, InferencePool
@@ -166,20 +165,11 @@ class Driver:
 @pytest.fixture(scope="module")
 def agents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, AgentProcess]]:
     root = tmp_path_factory.mktemp("agents")
-
-    def one(n: str) -> AgentProcess:
-        return start_agent(["--node-name", n, "--accelerator", "cpu", "--state-dir", str(root / n)])
-
-    with ThreadPoolExecutor(len(NODES)) as pool:
-        futures = {n: pool.submit(one, n) for n in NODES}
-    started = {n: f.result() for n, f in futures.items() if f.exception() is None}
-    try:
-        if len(started) < len(NODES):
-            raise next(e for f in futures.values() if (e := f.exception()) is not None)
-        yield started
-    finally:
-        for a in started.values():
-            a.stop(timeout=5)
+    args = [["--node-name", n, "--accelerator", "cpu", "--state-dir", str(root / n)] for n in NODES]
+    started = dict(zip(NODES, start_agents(args), strict=True))
+    yield started
+    for a in started.values():
+        a.stop(timeout=5)
 
 
 @pytest.fixture(scope="module")
