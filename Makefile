@@ -52,7 +52,7 @@ lint: install gen crds ## ruff, mypy strict, yamllint; fails when generated file
 	  (echo "generated files drifted: run 'make gen crds' and commit" >&2; exit 1)
 
 test: tools lint ## lint, then every unit and integration test
-	$(RUN) pytest -m "not e2e and not images" -q
+	HATSWARM_REQUIRE_TOOLS=1 $(RUN) pytest -m "not e2e and not images" -q
 
 test-fast: install ## unit tests only
 	$(RUN) pytest tests/unit -q

@@ -139,21 +139,9 @@ def _connects(port: int) -> bool:
 
 def adder_model(path: Path) -> str:
     """A tiny real ONNX model (y = x + 1, FP32 [1, 4]); returns its sha256."""
-    import onnx
-    from onnx import TensorProto, helper
+    from tests.onnxmodels import build_adder
 
-    one = helper.make_tensor("one", TensorProto.FLOAT, [1, 4], [1.0] * 4)
-    graph = helper.make_graph(
-        [helper.make_node("Add", ["x", "one"], ["y"])],
-        "adder",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
-        initializer=[one],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.save(model, path)
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return hashlib.sha256(build_adder(path).read_bytes()).hexdigest()
 
 
 def infer(port: int) -> list[float]:

@@ -1,6 +1,6 @@
 """LoRA adapters in a real agent process: LoadModel with adapters, OIP parameter `adapter`.
 
-The base model and the adapter files come from tests/unit/adapters/loramodels.py (adapters are
+The base model and the adapter files come from tests/onnxmodels.py (adapters are
 written with onnxruntime's own AdapterFormat); every answer is compared with a direct
 onnxruntime run of the same adapter.
 """
@@ -19,7 +19,7 @@ from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2_grpc as pb_grpc
 
 from tests.agentproc import AgentProcess, start_agent
-from tests.loramodels import IN, OUT, build_lora_base, direct_run, lora_adapter
+from tests.onnxmodels import IN, OUT, build_lora_base, direct_run, lora_adapter
 
 pytestmark = pytest.mark.integration
 

@@ -18,7 +18,7 @@ import pytest
 from hatswarm_agent.protocol.v1 import control_pb2, control_pb2_grpc
 
 from tests.agentproc import start_agent
-from tests.loramodels import IN, build_lora_base, direct_run, lora_adapter
+from tests.onnxmodels import IN, build_lora_base, direct_run, lora_adapter
 
 pytestmark = pytest.mark.integration
 

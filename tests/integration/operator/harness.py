@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import grpc
 from hatswarm_agent.protocol.v1 import control_pb2, control_pb2_grpc
 
-from tests.agentproc import AgentProcess, free_port, start_agent
+from tests.agentproc import AgentProcess, free_port, start_agent, start_agents
 from tests.kubeemu import KubeApi
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -142,6 +142,27 @@ class World:
 
     def add_node(self, name: str, pool: str = "floor", **labels: str) -> AgentProcess:
         """A Node with labels, a real agent, and its Ready agent Pod bound to the node."""
+        self._put_node(name, pool, labels)
+        agent = start_agent(self._agent_args(name))
+        self._put_pod(name, pool, agent)
+        return agent
+
+    def add_nodes(self, *names: str, pool: str = "floor") -> list[AgentProcess]:
+        """Nodes as `add_node` makes them, their agents started side by side."""
+        for name in names:
+            self._put_node(name, pool, {})
+        agents = start_agents([self._agent_args(name) for name in names])
+        for name, agent in zip(names, agents, strict=True):
+            self._put_pod(name, pool, agent)
+        return agents
+
+    def _agent_args(self, name: str) -> list[str]:
+        state = self.tmp / f"state-{name}"
+        state.mkdir(exist_ok=True)
+        return ["--node-name", name, "--backend", "onnxruntime", "--accelerator", "cpu",
+                "--state-dir", str(state)]  # fmt: skip
+
+    def _put_node(self, name: str, pool: str, labels: dict[str, str]) -> None:
         self.store.put(
             {
                 "apiVersion": "v1",
@@ -151,12 +172,8 @@ class World:
                 "status": {"conditions": [{"type": "Ready", "status": "True"}]},
             }
         )
-        state = self.tmp / f"state-{name}"
-        state.mkdir(exist_ok=True)
-        agent = start_agent(
-            ["--node-name", name, "--backend", "onnxruntime", "--accelerator", "cpu",
-             "--state-dir", str(state)]
-        )  # fmt: skip
+
+    def _put_pod(self, name: str, pool: str, agent: AgentProcess) -> None:
         self.agents[name] = agent
         self.store.put(
             {
@@ -187,7 +204,6 @@ class World:
                 },
             }
         )
-        return agent
 
     def node_status(self, node: str) -> control_pb2.NodeStatusResponse:
         with grpc.insecure_channel(self.agents[node].address) as ch:

@@ -11,8 +11,9 @@ from hatswarm_operator.control.gate_runner import run_gate
 from hatswarm_operator.core import gate as vg
 
 from tests.agentproc import start_agent
+from tests.onnxmodels import build_scale
 
-from .test_canary import GATE, build_scale
+from .test_canary import GATE
 
 pytestmark = pytest.mark.integration
 

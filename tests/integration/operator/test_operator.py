@@ -20,8 +20,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_pool_places_models_fails_over_and_unloads_on_delete(world: World, mlp: Path) -> None:
-    for node in ("pi-1", "pi-2", "pi-3"):
-        world.add_node(node)
+    world.add_nodes("pi-1", "pi-2", "pi-3")
     world.kube.apply(pool_manifest("floor"), model_manifest("mlp", mlp, replicas=2))
     op = world.start_operator()
 

@@ -22,8 +22,7 @@ def _counter(text: str, name: str, **labels: str) -> float:
 
 
 def test_scale_cordon_settings_change_and_restart(world: World, mlp: Path) -> None:
-    for node in ("pi-1", "pi-2", "pi-3"):
-        world.add_node(node)
+    world.add_nodes("pi-1", "pi-2", "pi-3")
     world.kube.apply(pool_manifest("floor"), model_manifest("mlp", mlp, replicas=1))
     op = world.start_operator()
     wait_for(lambda: world.status("EdgeModel", "mlp").get("ready") == "1/1", timeout=120)

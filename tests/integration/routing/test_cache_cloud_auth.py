@@ -12,6 +12,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hatswarm_agent.protocol.v1 import control_pb2, control_pb2_grpc
 
+from tests.agentproc import free_port
+
 from .conftest import Agents, make_request, metric, params, route, scrape, stub, table
 
 pytestmark = pytest.mark.integration
@@ -29,20 +31,16 @@ class Setup:
 
 @pytest.fixture(scope="module")
 def setup(identity_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
-    from agentproc import free_port
-
     token_file = tmp_path_factory.mktemp("secrets") / "token"
     token_file.write_text("s3cret\n")
     agents = Agents()
     try:
-        cloud = agents.start(
-            ["--model", f"ident={identity_model}", "--node-name", "cloud-agent",
-             "--auth-token-file", str(token_file)]
-        )  # fmt: skip
         port = free_port()
-        gw = agents.start(
+        cloud, gw = agents.start_many(
+            ["--model", f"ident={identity_model}", "--node-name", "cloud-agent",
+             "--auth-token-file", str(token_file)],
             ["--gateway", "--node-name", "a", "--metrics-port", str(port),
-             "--auth-token-file", str(token_file)]
+             "--auth-token-file", str(token_file)],
         )  # fmt: skip
         yield Setup(gw.address, cloud.address, port, token_file)
     finally:

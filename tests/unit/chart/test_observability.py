@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.externaltools import missing
+
 from .conftest import CHART, ROOT, Render
 
 OBS = ROOT / "deploy" / "observability"
@@ -164,7 +166,7 @@ def test_dashboard_covers_the_pool() -> None:
 def promtool() -> str:
     path = shutil.which("promtool")
     if path is None:
-        pytest.skip("promtool is missing (Debian: apt-get install -y prometheus)")
+        missing("promtool", "make tools; Debian: apt-get install -y prometheus")
     return path
 
 

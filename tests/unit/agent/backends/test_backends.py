@@ -24,7 +24,7 @@ from hatswarm_agent.backends.simulated import (
     resolve_profile,
 )
 
-from tests.agentproc import build_cnn, build_fp16, build_two_inputs
+from tests.onnxmodels import build_cnn, build_fp16, build_two_inputs
 
 
 def test_onnx_describes_inputs_outputs_and_dynamic_batch(tmp_path: Path) -> None:

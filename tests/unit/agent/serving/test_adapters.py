@@ -30,7 +30,7 @@ from hatswarm_agent.serving.metrics import AgentMetrics
 from hatswarm_agent.serving.registry import ModelRegistry
 from hatswarm_agent.serving.tensors import DecodedRequest
 
-from tests.loramodels import (
+from tests.onnxmodels import (
     IN,
     OUT,
     RANK,

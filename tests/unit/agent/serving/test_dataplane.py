@@ -18,7 +18,7 @@ from hatswarm_agent.serving.errors import ModelNotFoundError, UnknownAdapterErro
 from hatswarm_agent.serving.metrics import AgentMetrics
 from hatswarm_agent.serving.registry import ModelRegistry
 
-from tests.agentproc import build_mlp
+from tests.onnxmodels import build_mlp
 
 
 async def loaded(tmp_path: Path) -> tuple[DataPlane, ModelLifecycle]:
