@@ -391,6 +391,27 @@ def build_genai_model(
     return folder
 
 
+# A decoder big enough that a few hundred tokens take a while (tests that act mid-generation).
+MEDIUM = TinyDecoder(hidden_size=256, num_heads=4, num_kv_heads=2, num_layers=4, context_length=512)
+
+
+def build_endless_model(
+    folder: Path, prompt: str, tokens: int = 480, *, seed: int = 1, shape: TinyDecoder = MEDIUM
+) -> Path:
+    """A model (MEDIUM by default, no chat template) whose end-of-sequence token never comes in
+    the first `tokens` greedy tokens after `prompt`: a generation that surely runs that long."""
+    build_genai_model(folder, seed=seed, shape=shape, chat_template=None)
+    seen: set[int] = set()
+    while True:  # an earlier end-of-sequence token may hide a later one: until none comes
+        _, generated, _ = reference(folder, prompt, tokens, do_sample=False)
+        seen.update(generated)
+        if len(generated) >= tokens:
+            return folder
+        config = json.loads((folder / "genai_config.json").read_text())
+        config["model"]["eos_token_id"] = [min(set(range(shape.vocab_size)) - seen)]
+        (folder / "genai_config.json").write_text(json.dumps(config))
+
+
 # -- embeddings -----------------------------------------------------------------------------
 
 EMBED_HIDDEN = 32
