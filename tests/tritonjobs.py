@@ -100,6 +100,7 @@ def stream_generate(
     model: str,
     requests: list[dict[str, Any]],
     timeout_s: float = 60.0,
+    headers: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Send generation requests (Triton vLLM-backend tensors) on one ModelStreamInfer stream
     with `start_stream`/`async_stream_infer`; return every response in arrival order as
@@ -134,7 +135,7 @@ def stream_generate(
         )
 
     out: list[dict[str, Any]] = []
-    client.start_stream(callback=callback)
+    client.start_stream(callback=callback, headers=headers)
     try:
         for r in requests:
             text = grpcclient.InferInput("text_input", [1], "BYTES")
