@@ -380,7 +380,9 @@ def test_unknown_model_is_404_in_every_door(pool: Pool) -> None:
         )
     assert "nope" in str(info.value)
     ollama = httpx.post(f"{pool.entry_http}/api/chat", json={"model": "nope", "messages": []})
-    assert ollama.status_code == 400  # empty messages: checked before the model
+    assert ollama.status_code == 404 and "nope" in ollama.json()["error"]
+    loaded = httpx.post(f"{pool.entry_http}/api/generate", json={"model": "tiny"})
+    assert loaded.json()["done_reason"] == "load"  # Ollama's "is it there?"
     ollama = httpx.post(
         f"{pool.entry_http}/api/generate", json={"model": "nope", "prompt": "hi", "stream": False}
     )

@@ -6,6 +6,7 @@ line, the last with `"done": true`, the done reason and the token counts (`promp
 `eval_count`) and durations in nanoseconds. Sampling parameters come in `options` (`num_predict`,
 `temperature`, `top_p`, `top_k`, `seed`, `stop`). `/api/generate` applies the model's chat
 template to the prompt (with `system` as a system message) unless `"raw": true`, as Ollama does.
+An empty prompt (or message list) only asks whether the model is there: `done_reason` "load".
 A model name may carry a tag (`tiny:latest`): `latest` is the newest version, any other tag
 names a version. Errors are `{"error": "..."}` with the HTTP status of the error; a stream that
 breaks after its first token ends with an `{"error": ...}` line.
@@ -82,6 +83,8 @@ class OllamaDoor:
         check_unsupported(body)
         prompt_text = field(body, "prompt", str, "")
         system = field(body, "system", str, "")
+        if not prompt_text and not system:
+            return self._loaded(name, {"response": ""})
         prompt: Prompt
         if field(body, "raw", bool, False):
             prompt = prompt_text
@@ -98,6 +101,8 @@ class OllamaDoor:
         body = await json_body(request)
         name = model_name(body)
         check_unsupported(body)
+        if field(body, "messages", list, []) == []:
+            return self._loaded(name, {"message": {"role": "assistant", "content": ""}})
         prompt = chat_messages(body)
 
         def line(piece: str) -> dict[str, Any]:
@@ -109,6 +114,15 @@ class OllamaDoor:
             }
 
         return await self._answer(request, body, name, prompt, line)
+
+    def _loaded(self, name: str, empty: dict[str, Any]) -> web.Response:
+        """Ollama's answer to an empty request: the model is known (here or in the pool)."""
+        model, version = split_tag(name)
+        if model not in self.services.pool_models():
+            self.services.dataplane.registry.get(model, version)  # NOT_FOUND when unknown
+        return web.json_response(
+            {"model": name, "created_at": _now(), **empty, "done": True, "done_reason": "load"}
+        )
 
     async def _answer(
         self,
