@@ -133,6 +133,9 @@ async def _serve(
                 await stream.aclose()
             async for piece in stream:
                 send(("piece", rid, piece))
+            # A cancel ends the iteration at once, while the producer may still be running:
+            # wait until it has freed its slot, so the load sent with "done" is true.
+            await stream.aclose()
             outcome = Outcome(
                 stream.finish_reason or "stop", stream.completion_tokens, stream.prompt_tokens
             )
