@@ -101,11 +101,13 @@ def stream_generate(
     requests: list[dict[str, Any]],
     timeout_s: float = 60.0,
     headers: dict[str, str] | None = None,
+    kill_pid: int | None = None,
 ) -> list[dict[str, Any]]:
     """Send generation requests (Triton vLLM-backend tensors) on one ModelStreamInfer stream
     with `start_stream`/`async_stream_infer`; return every response in arrival order as
     {id, text, final, error, params}. Each request dict: id, prompt, stream (bool), sampling
-    (a dict, sent as the JSON `sampling_parameters`), empty_final (bool)."""
+    (a dict, sent as the JSON `sampling_parameters`), empty_final (bool). With `kill_pid`, that
+    process is SIGKILLed as soon as the first response arrives."""
     import json
     import queue
     import time
@@ -160,6 +162,8 @@ def stream_generate(
             except queue.Empty:
                 break
             out.append(item)
+            if kill_pid is not None and len(out) == 1:
+                os.kill(kill_pid, signal.SIGKILL)
             if item["final"] or item["error"]:
                 finals += 1
     finally:

@@ -16,6 +16,7 @@ import httpx
 import openai
 import pytest
 
+from tests import tritonjobs
 from tests.agentproc import free_port
 from tests.genaimodels import TinyDecoder, build_endless_model, build_genai_model, reference
 
@@ -87,7 +88,7 @@ def test_a_holder_lost_before_the_first_token_is_retried_elsewhere(
     assert retries >= 1  # the dead holder was tried, and the client never knew
 
 
-@pytest.mark.parametrize("door", ["openai", "ollama"])
+@pytest.mark.parametrize("door", ["openai", "ollama", "triton"])
 def test_a_holder_lost_after_the_first_token_ends_the_stream_with_an_error(
     agents: Agents, models: Models, door: str
 ) -> None:
@@ -99,6 +100,27 @@ def test_a_holder_lost_after_the_first_token_ends_the_stream_with_an_error(
         ["--node-name", "entry", "--http-port", str(http), "--peer", f"endless={holder.address}"]
     )
     base = f"http://127.0.0.1:{http}"
+    if door == "triton":
+        entry = agents.started[-1]
+        request = {
+            "id": "r",
+            "prompt": PROMPT,
+            "sampling": {"max_tokens": ENDLESS_TOKENS, "temperature": 0},
+        }
+        responses = tritonjobs.run(
+            tritonjobs.stream_generate,
+            entry.address,
+            "endless",
+            [request],
+            60.0,
+            None,
+            holder.proc.pid,
+        )
+        assert responses[0]["text"] and not responses[0]["final"]  # it had started
+        assert "broke off" in (responses[-1]["error"] or "")
+        assert not any(r["final"] for r in responses)  # never a clean end
+        assert len(responses) < ENDLESS_TOKENS
+        return
     if door == "openai":
         client = openai.OpenAI(base_url=f"{base}/v1", api_key="x", max_retries=0)
         stream = client.completions.create(

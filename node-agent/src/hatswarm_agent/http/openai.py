@@ -104,6 +104,9 @@ def check_unsupported(body: dict[str, Any]) -> None:
         raise HttpError(400, "'best_of' is not supported")
     if body.get("echo"):
         raise HttpError(400, "'echo' is not supported")
+    response_format = body.get("response_format")
+    if isinstance(response_format, dict) and response_format.get("type") not in (None, "text"):
+        raise HttpError(400, f"'response_format' {response_format.get('type')!r} is not supported")
 
 
 def sampling(body: dict[str, Any]) -> GenerationParams:
