@@ -4,9 +4,11 @@
     hatswarm-agent --model-dir /models --backend simulated --accelerator hailo8l
     hatswarm-agent --gateway --peer cnn=10.0.0.5:8001 --peer cnn=10.0.0.6:8001,2
     hatswarm-agent --routing-table pool.json --auth-token-file /run/secrets/pool-token
+    hatswarm-agent --http-port 8000 --model chat@genai=/models/qwen --model vec@embed=/models/mini
 
-Prints `hatswarm-agent ready on HOST:PORT` (flushed) once serving; SIGTERM/SIGINT stop it
-gracefully.
+Prints `hatswarm-agent http on HOST:PORT` when the HTTP doors are on (OpenAI /v1, Ollama /api,
+KServe v2 REST /v2), then `hatswarm-agent ready on HOST:PORT` (flushed) once serving;
+SIGTERM/SIGINT stop it gracefully.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from hatswarm_agent.backends import BACKEND_NAMES
+from hatswarm_agent.backends import BACKEND_NAMES, canonical_name
 from hatswarm_agent.backends.base import BackendError
 from hatswarm_agent.control.lifecycle import QueueDefaults
 from hatswarm_agent.protocol.auth import TlsFiles
@@ -34,10 +36,18 @@ log = logging.getLogger("hatswarm_agent")
 
 
 def parse_model(spec: str, backend: str, options: dict[str, str]) -> control_pb2.LoadModelRequest:
-    """NAME=URI[#sha256=HEX] (an optional :VERSION after NAME) to a LoadModelRequest."""
+    """NAME[:VERSION][@BACKEND]=URI[#sha256=HEX] to a LoadModelRequest (BACKEND: this model's
+    backend instead of --backend's, e.g. chat@genai for a generative model folder)."""
     name, sep, uri = spec.partition("=")
     if not sep or not name or not uri:
         raise argparse.ArgumentTypeError(f"--model wants NAME=URI, got {spec!r}")
+    name, at, own_backend = name.partition("@")
+    if at:
+        try:
+            canonical_name(own_backend)
+        except BackendError as exc:
+            raise argparse.ArgumentTypeError(f"--model {spec!r}: {exc}") from None
+        backend = own_backend
     name, _, version = name.partition(":")
     sha256 = ""
     if "#" in uri:
@@ -67,7 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node-name", default="local")
     p.add_argument("--accelerator", choices=["cpu", "hailo8l", "hailo8"], default="cpu")
     p.add_argument("--backend", choices=list(BACKEND_NAMES), default="onnxruntime")
-    p.add_argument("--model", action="append", default=[], metavar="NAME=URI[#sha256=HEX]")
+    p.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="NAME[:VERSION][@BACKEND]=URI[#sha256=HEX]",
+        help="a model to serve: a file, a model folder (generative models) or a tarball of one",
+    )
     p.add_argument("--model-dir", type=Path, help="serve every *.onnx in DIR (name = stem)")
     p.add_argument(
         "--option",
@@ -82,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--cache-max-bytes", type=int, default=4 << 30)
     p.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port; 0 = off")
+    p.add_argument(
+        "--http-port",
+        type=int,
+        default=0,
+        help="HTTP doors (OpenAI /v1, Ollama /api, KServe v2 REST /v2); 0 = off",
+    )
     p.add_argument("--queue-limit", type=int, default=256, help="requests per model before refusal")
     p.add_argument("--max-batch-size", type=int, default=8)
     p.add_argument("--max-queue-delay-us", type=int, default=0)
@@ -164,6 +186,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         state_dir=args.state_dir,
         cache_max_bytes=args.cache_max_bytes,
         metrics_port=args.metrics_port,
+        http_port=args.http_port,
         queue=QueueDefaults(args.queue_limit, args.max_batch_size, args.max_queue_delay_us),
         gateway=args.gateway,
         max_message_bytes=args.max_message_bytes,
@@ -187,6 +210,8 @@ async def serve(config: AgentConfig) -> None:
     for entry in agent.registry.all():
         if not entry.ready:
             log.warning("model %s/%s FAILED: %s", entry.name, entry.version, entry.reason)
+    if agent.http_port:
+        print(f"hatswarm-agent http on {config.host}:{agent.http_port}", flush=True)
     print(f"hatswarm-agent ready on {config.host}:{agent.port}", flush=True)
     await stop.wait()
     await agent.stop()

@@ -1,8 +1,10 @@
 """Assembles one agent: grpc.aio server, OIP + control + health + reflection, graceful stop.
 
-The request path is wired here and points one way: the OIP servicer calls one `infer` (the
-dispatcher's, which calls the data plane for what runs here; or, with `dispatch=False`, the
-data plane's own); the data plane knows neither.
+The request path is wired here and points one way: the OIP servicer and the HTTP doors call one
+`infer` (the dispatcher's, which calls the data plane for what runs here; or, with
+`dispatch=False`, the data plane's own) and one `generate` (the generation router's, or this
+node's generations'); the data plane knows neither. The HTTP doors (--http-port) run on the same
+event loop as grpc.aio.
 
 Start order matters: the last assignment is reloaded from disk and the command-line models are
 loaded before the port accepts calls, so the first control call sees the restored state; only
@@ -12,6 +14,7 @@ then is health SERVING and the ready line printed. Stop order: health NOT_SERVIN
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import tempfile
 from dataclasses import dataclass, field, replace
@@ -26,14 +29,18 @@ from hatswarm_agent.control.artifacts import ArtifactStore
 from hatswarm_agent.control.assignment import AssignmentStore
 from hatswarm_agent.control.lifecycle import Backends, ModelLifecycle, QueueDefaults
 from hatswarm_agent.control.servicer import ControlServicer, NodeIdentity
+from hatswarm_agent.http.common import Services
+from hatswarm_agent.http.server import HttpServer
 from hatswarm_agent.protocol.auth import BearerAuthInterceptor, TlsFiles, TokenFile
 from hatswarm_agent.protocol.v1 import control_pb2, control_pb2_grpc
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2_grpc as pb_grpc
 from hatswarm_agent.routing.config import DispatchConfig
 from hatswarm_agent.routing.dispatcher import Dispatcher
+from hatswarm_agent.routing.generation import GenerationRouter
 from hatswarm_agent.routing.table import RoutingTableStore
 from hatswarm_agent.serving.dataplane import DataPlane, ServingState
+from hatswarm_agent.serving.generation import Generations
 from hatswarm_agent.serving.metrics import AgentMetrics, RouteMetrics
 from hatswarm_agent.serving.registry import ModelRegistry
 from hatswarm_agent.serving.servicer import InferenceServicer
@@ -60,6 +67,7 @@ class AgentConfig:
     state_dir: Path | None = None
     cache_max_bytes: int = 4 << 30
     metrics_port: int = 0
+    http_port: int = 0  # OpenAI, Ollama and KServe v2 REST doors; 0 = off
     queue: QueueDefaults = field(default_factory=QueueDefaults)
     gateway: bool = False
     max_message_bytes: int = 64 << 20
@@ -128,7 +136,26 @@ class Agent:
                 tls=config.tls,
             )
         infer = self.dispatcher.infer if self.dispatcher is not None else self.dataplane.infer
-        self.inference = InferenceServicer(self.dataplane, infer)
+        self.generations = Generations(self.registry, self.metrics, config.node_name)
+        generate = self.generations.generate
+        if self.dispatcher is not None:
+            generate = GenerationRouter(self.dispatcher, self.generations, self.tokens).generate
+        self.inference = InferenceServicer(self.dataplane, infer, generate)
+        self.http: HttpServer | None = None
+        self.http_port = 0
+        if config.http_port:
+            dispatcher = self.dispatcher
+            self.http = HttpServer(
+                Services(
+                    self.dataplane,
+                    infer,
+                    generate,
+                    self.generations,
+                    (lambda: dispatcher.compiled().models) if dispatcher is not None else tuple,
+                    self.tokens,
+                ),
+                config.tls,
+            )
         interceptors = [BearerAuthInterceptor(self.tokens)] if self.tokens else []
         self.server = grpc.aio.server(options=server_options(config), interceptors=interceptors)
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.inference, self.server)
@@ -160,6 +187,10 @@ class Agent:
             await self.lifecycle.load(request, persistent=False)
         if self.config.metrics_port:
             self.metrics.serve(self.config.host, self.config.metrics_port)
+        if self.http is not None:
+            self.http_port = await self.http.start(
+                self.config.host, self.config.http_port, self.config.grace_seconds
+            )
         await self.server.start()
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         self.state.ready = True
@@ -168,7 +199,10 @@ class Agent:
         """Health NOT_SERVING first, then let in-flight calls finish within the grace period."""
         self.state.ready = False
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(self.config.grace_seconds)
+        stopping = [self.server.stop(self.config.grace_seconds)]
+        if self.http is not None:
+            stopping.append(self.http.stop())
+        await asyncio.gather(*stopping)
         if self.dispatcher is not None:
             await self.dispatcher.stop()
         await self.lifecycle.close()

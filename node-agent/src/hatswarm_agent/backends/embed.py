@@ -8,7 +8,9 @@ the attention mask (option `pooling=cls` takes the first token instead), or alre
 vectors `[batch, dim]`. Vectors are L2-normalised unless `normalize=false` — what
 sentence-transformers models such as all-MiniLM-L6-v2 do, and what OpenAI's embeddings are.
 
-It is an OIP model too: `text` (BYTES [-1]) in, `embedding` (FP32 [-1, dim]) out.
+It is an OIP model too: `text` (BYTES [-1]) in, `embedding` (FP32 [-1, dim]) and
+`prompt_tokens` (INT64 [1], the tokens the texts took: what an OpenAI answer's usage reports)
+out.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ TOKENIZER_FILE = "tokenizer.json"
 DEFAULT_MAX_TOKENS = 512
 DEFAULT_BATCH = 32
 TEXT = TensorSpec("text", "BYTES", (-1,))
+PROMPT_TOKENS = TensorSpec("prompt_tokens", "INT64", (1,))
 
 
 def mean_pool(
@@ -125,7 +128,7 @@ class EncoderModel(LoadedModel):
             dim = int(self._encode_ids([[1]]).shape[1])
         self.dimensions = dim
         self.inputs = [TEXT]
-        self.outputs = [TensorSpec("embedding", "FP32", (-1, dim))]
+        self.outputs = [TensorSpec("embedding", "FP32", (-1, dim)), PROMPT_TOKENS]
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
         self._closed = False
 
@@ -182,7 +185,9 @@ class EncoderModel(LoadedModel):
             v.decode("utf-8") if isinstance(v, bytes) else str(v)
             for v in np.asarray(inputs[TEXT.name], dtype=object).reshape(-1)
         ]
-        return {"embedding": self.embed_blocking(texts).vectors}
+        result = self.embed_blocking(texts)
+        tokens = np.array([result.prompt_tokens], dtype=np.int64)
+        return {"embedding": result.vectors, PROMPT_TOKENS.name: tokens}
 
     def capacity_fps(self) -> float:
         return 0.0

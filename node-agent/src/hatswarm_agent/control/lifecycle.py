@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from grpc_health.v1.health import aio as health_aio
 
 from hatswarm_agent.backends import canonical_name, create_backend
 from hatswarm_agent.backends.base import Backend, BackendError, DeviceInfo, LoadedModel
+from hatswarm_agent.backends.generation import GenerativeModel
 from hatswarm_agent.backends.onnx import int_option
 from hatswarm_agent.control.artifacts import ArtifactError, ArtifactStore
 from hatswarm_agent.control.assignment import AssignmentStore
@@ -83,6 +85,18 @@ def inline_items(model: LoadedModel, options: Mapping[str, str]) -> int:
     if latency <= 0 or latency > budget:
         return 0
     return max(1, min(int(budget / latency), model.max_batch_size or 1))
+
+
+def local_folder(uri: str) -> Path | None:
+    """The folder a plain path or file:// URI names, None when it names anything else."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme == "file":
+        path = Path(urllib.parse.unquote(parts.path))
+    elif "://" in uri:
+        return None
+    else:
+        path = Path(uri).expanduser()
+    return path.resolve() if path.is_dir() else None
 
 
 def same_request(a: control_pb2.LoadModelRequest, b: control_pb2.LoadModelRequest) -> bool:
@@ -201,10 +215,19 @@ class ModelLifecycle:
         pinned = normalize_sha256(request.sha256) if request.sha256 else ""
         if pinned:
             self.artifacts.pin(pinned)
+        # A model folder named on the command line (generative models are folders) loads in
+        # place: a folder has no one digest to verify. Over LoadModel a folder comes as a
+        # tarball with its sha256, through the artifact cache like any file.
+        folder = None
+        if not entry.persistent and not request.sha256 and not request.signature:
+            folder = local_folder(request.uri)
         try:
-            path = await self.artifacts.fetch(
-                request.uri, request.sha256, request.signature, request.public_key
-            )
+            if folder is not None:
+                path = folder
+            else:
+                path = await self.artifacts.fetch(
+                    request.uri, request.sha256, request.signature, request.public_key
+                )
             options = self._options(entry.name, request.options, request.uri)
             slots = int_option(options, "adapter_slots", ADAPTER_SLOTS, minimum=1)
             loop = asyncio.get_running_loop()
@@ -229,14 +252,16 @@ class ModelLifecycle:
             if pinned:
                 self.artifacts.unpin(pinned)
             raise
-        entry.sha256 = path.name
-        if not pinned:
+        entry.sha256 = path.name if folder is None else ""
+        if not pinned and folder is None:
             self.artifacts.pin(entry.sha256)
         entry.model, entry.queue, entry.adapters = model, queue, adapters
         entry.active_watts = model.active_watts
         entry.metrics = self.metrics.model(entry.name, entry.version)
         entry.metrics.loaded.set(1)
         entry.metrics.queue_depth.set_function(lambda: queue.depth)
+        if isinstance(model, GenerativeModel):
+            entry.metrics.sequences.set_function(lambda: model.load().active_sequences)
         entry.loaded_at_unix_ms = int(time.time() * 1000)
         if request.adapters:
             await self._admit_adapters(entry, request.adapters)

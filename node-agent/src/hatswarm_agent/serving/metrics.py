@@ -42,6 +42,10 @@ METRIC_NAMES: list[str] = [
     "hatswarm_cloud_fallback_requests_total",
     "hatswarm_cloud_fallback_cost_usd_total",
     "hatswarm_escalations_total",
+    "hatswarm_generation_prompt_tokens_total",
+    "hatswarm_generation_completion_tokens_total",
+    "hatswarm_generation_time_to_first_token_seconds",
+    "hatswarm_generation_active_sequences",
 ]
 
 _LABELS = ("model", "version")
@@ -65,6 +69,10 @@ class ModelMetrics:
     loaded: Gauge
     queue_depth: Gauge
     failures: Counter  # the parent family; children are made per reason on first failure
+    prompt_tokens: Counter  # generative and embedding models
+    generated_tokens: Counter
+    first_token: Histogram
+    sequences: Gauge
     name: str
     version: str
 
@@ -151,6 +159,28 @@ class AgentMetrics:
         self._energy = Counter(
             "hatswarm_model_energy_joules", "Energy attributed to the model", _LABELS, registry=r
         )
+        self._prompt_tokens = Counter(
+            "hatswarm_generation_prompt_tokens",
+            "Prompt (input) tokens of generations and embeddings",
+            _LABELS,
+            registry=r,
+        )
+        self._generated_tokens = Counter(
+            "hatswarm_generation_completion_tokens", "Tokens generated", _LABELS, registry=r
+        )
+        self._first_token = Histogram(
+            "hatswarm_generation_time_to_first_token_seconds",
+            "Time from a generation's arrival to its first token",
+            _LABELS,
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self._sequences = Gauge(
+            "hatswarm_generation_active_sequences",
+            "Sequences a generative model is generating now",
+            _LABELS,
+            registry=r,
+        )
         if device_info is not None:
             r.register(_DeviceCollector(device_info))
 
@@ -169,6 +199,10 @@ class AgentMetrics:
             loaded=self._loaded.labels(*labels),
             queue_depth=self._depth.labels(*labels),
             failures=self._failure,
+            prompt_tokens=self._prompt_tokens.labels(*labels),
+            generated_tokens=self._generated_tokens.labels(*labels),
+            first_token=self._first_token.labels(*labels),
+            sequences=self._sequences.labels(*labels),
             name=name,
             version=version,
         )
@@ -179,7 +213,7 @@ class AgentMetrics:
 
     def forget(self, name: str, version: str) -> None:
         """Drop a model version's gauges after unload (counters keep their history)."""
-        for gauge in (self._depth, self._loaded):
+        for gauge in (self._depth, self._loaded, self._sequences):
             with contextlib.suppress(KeyError):
                 gauge.remove(name, version)
 

@@ -67,6 +67,8 @@ async def run_up(args: argparse.Namespace) -> int:
             f"hatswarm up: pool entry points: {', '.join(a.address for a in local.agents.values())}",
             flush=True,
         )
+        doors = ", ".join(f"http://127.0.0.1:{a.http_port}" for a in local.agents.values())
+        print(f"hatswarm up: HTTP (OpenAI /v1, Ollama /api, KServe /v2): {doors}", flush=True)
         print(
             f"hatswarm up: status in {local.sink.path} (`hatswarm status`); Ctrl-C stops",
             flush=True,
