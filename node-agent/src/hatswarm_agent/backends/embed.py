@@ -30,20 +30,19 @@ from hatswarm_agent.backends.base import (
     Array,
     BackendError,
     BackendUnavailableError,
-    DeviceInfo,
     LoadedModel,
     TensorSpec,
 )
 from hatswarm_agent.backends.generation import (
     EMBED,
+    CpuModelBackend,
     Embeddings,
     GenerationRequestError,
     ModelFolder,
-    bool_option,
-    int_option,
-    open_model_folder,
+    load_from_folder,
     read_json,
 )
+from hatswarm_agent.backends.options import bool_option, int_option
 
 log = logging.getLogger(__name__)
 
@@ -200,30 +199,14 @@ class EncoderModel(LoadedModel):
         self._folder.cleanup()
 
 
-class EmbeddingBackend:
+class EmbeddingBackend(CpuModelBackend[EncoderModel]):
     """Loads ONNX encoders with their tokenizers on the CPU."""
 
     name = "embedding"
 
-    def __init__(self) -> None:
-        self._models: list[EncoderModel] = []
-
     def load(self, path: Path, options: Mapping[str, str]) -> EncoderModel:
         """Options: filename, max_tokens, batch_size, pooling (mean, cls), normalize,
         intra_op_threads."""
-        folder = open_model_folder(path, TOKENIZER_FILE)
-        try:
-            model = EncoderModel(folder, options)
-        except BaseException:
-            folder.cleanup()
-            raise
-        self._models.append(model)
-        return model
-
-    def device_info(self) -> DeviceInfo:
-        return DeviceInfo(accelerator="cpu")
-
-    def close(self) -> None:
-        for model in self._models:
-            model.close()
-        self._models.clear()
+        return self._track(
+            load_from_folder(path, TOKENIZER_FILE, lambda f: EncoderModel(f, options))
+        )

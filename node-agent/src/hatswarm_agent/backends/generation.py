@@ -32,12 +32,14 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 
-from hatswarm_agent.backends.base import BackendError
+from hatswarm_agent.backends.base import BackendError, DeviceInfo, LoadedModel
+
+_M = TypeVar("_M", bound=LoadedModel)
 
 log = logging.getLogger(__name__)
 
@@ -517,28 +519,34 @@ def read_json(path: Path) -> dict[str, Any]:
     return doc
 
 
-def int_option(options: Mapping[str, str], key: str, default: int, minimum: int = 0) -> int:
-    raw = options.get(key, "")
-    if raw == "":
-        return default
+def load_from_folder(path: Path, marker: str, build: Callable[[ModelFolder], _M]) -> _M:
+    """`build` a model from the folder holding `marker`; an unpacked tarball is removed again
+    when building fails."""
+    folder = open_model_folder(path, marker)
     try:
-        value = int(raw)
-    except ValueError:
-        raise BackendError(f"option {key}={raw!r} is not an integer") from None
-    if value < minimum:
-        raise BackendError(f"option {key}={value} must be >= {minimum}")
-    return value
+        return build(folder)
+    except BaseException:
+        folder.cleanup()
+        raise
 
 
-def bool_option(options: Mapping[str, str], key: str, default: bool) -> bool:
-    raw = options.get(key, "").strip().lower()
-    if raw == "":
-        return default
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    if raw in ("0", "false", "no", "off"):
-        return False
-    raise BackendError(f"option {key}={raw!r} is not a boolean")
+class CpuModelBackend(Generic[_M]):
+    """What the CPU model-folder backends share: the models they loaded, closed together."""
+
+    def __init__(self) -> None:
+        self._models: list[_M] = []
+
+    def _track(self, model: _M) -> _M:
+        self._models.append(model)
+        return model
+
+    def device_info(self) -> DeviceInfo:
+        return DeviceInfo(accelerator="cpu")
+
+    def close(self) -> None:
+        for model in self._models:
+            model.close()
+        self._models.clear()
 
 
 # -- capabilities ------------------------------------------------------------------------------

@@ -24,7 +24,8 @@ from hatswarm_agent.backends.base import (
     ModelProfile,
     TensorSpec,
 )
-from hatswarm_agent.backends.onnx import OnnxModel, float_option, open_session
+from hatswarm_agent.backends.onnx import OnnxModel, open_session
+from hatswarm_agent.backends.options import float_option
 
 # Throughput (FPS) at batch 1 and batch 8, hailo_model_zoo v2.18 (DESIGN.md). Where the zoo
 # gives one figure it serves for both; mobilenet_v2 on Hailo-8 is not listed, so it reuses the

@@ -22,7 +22,7 @@ from grpc_health.v1.health import aio as health_aio
 from hatswarm_agent.backends import canonical_name, create_backend
 from hatswarm_agent.backends.base import Backend, BackendError, DeviceInfo, LoadedModel
 from hatswarm_agent.backends.generation import GenerativeModel
-from hatswarm_agent.backends.onnx import int_option
+from hatswarm_agent.backends.options import int_option
 from hatswarm_agent.control.artifacts import ArtifactError, ArtifactStore
 from hatswarm_agent.control.assignment import AssignmentStore
 from hatswarm_agent.control.signing import normalize_sha256
