@@ -140,8 +140,16 @@ class World:
 
     # --- nodes and agents ----------------------------------------------------------------
 
-    def add_node(self, name: str, pool: str = "floor", **labels: str) -> AgentProcess:
-        """A Node with labels, a real agent, and its Ready agent Pod bound to the node."""
+    def add_node(
+        self,
+        name: str,
+        pool: str = "floor",
+        *,
+        agent_args: tuple[str, ...] = ("--backend", "onnxruntime", "--accelerator", "cpu"),
+        env: dict[str, str] | None = None,
+        **labels: str,
+    ) -> AgentProcess:
+        """A Node with labels, a real agent (`agent_args`, `env`), and its Ready agent Pod."""
         self.store.put(
             {
                 "apiVersion": "v1",
@@ -154,8 +162,7 @@ class World:
         state = self.tmp / f"state-{name}"
         state.mkdir(exist_ok=True)
         agent = start_agent(
-            ["--node-name", name, "--backend", "onnxruntime", "--accelerator", "cpu",
-             "--state-dir", str(state)]
+            ["--node-name", name, *agent_args, "--state-dir", str(state)], env=env
         )  # fmt: skip
         self.agents[name] = agent
         self.store.put(
