@@ -101,20 +101,20 @@ def load_agent_defaults(path: str | Path | None) -> dict[str, Any]:
 
 
 def apply_agent_defaults(pool: InferencePool, defaults: Mapping[str, Any]) -> InferencePool:
-    """Fill the agent settings a pool leaves at their built-in value from the cluster defaults.
+    """Fill the agent settings a pool leaves out from the cluster defaults (the chart's).
 
-    The API server writes the CRD's defaults into every stored pool, so "left out" and "set to
-    the built-in default" look the same; both take the cluster's value.
+    The CRD stores no defaults under `spec.agent`, so what the user wrote is exactly the
+    fields pydantic saw (`model_fields_set`); everything else comes from `defaults`, then the
+    built-in values. A nested object the pool sets (`npu`, `resources`) is taken whole.
     """
     if not defaults:
         return pool
     chosen = AgentSettings.model_validate(defaults)
-    builtin = AgentSettings()
     agent = pool.spec.agent
     updates = {
         name: getattr(chosen, name)
         for name in chosen.model_fields_set
-        if getattr(agent, name) == getattr(builtin, name)
+        if name not in agent.model_fields_set
     }
     if not updates:
         return pool

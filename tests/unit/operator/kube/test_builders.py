@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import yaml
 from hatswarm_operator.api import InferencePool
-from hatswarm_operator.control.converters import routing_table
 from hatswarm_operator.api.common import agent_pod_selector
+from hatswarm_operator.control.converters import routing_table
 from hatswarm_operator.kube.builders import (
     DEFAULT_AGENT_IMAGE,
     SETTINGS_HASH,
