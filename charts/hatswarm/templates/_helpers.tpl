@@ -80,7 +80,7 @@ settings are left out, and deviceFile only goes with hostDevice. */}}
   "cacheSize" $d.cacheSize
   "port" $d.port
   "metricsPort" $d.metricsPort -}}
-{{- range $key := list "imagePullSecrets" "tolerations" "affinity" "priorityClassName" "serviceAccountName" "podLabels" "podAnnotations" }}
+{{- range $key := list "images" "imagePullSecrets" "tolerations" "affinity" "priorityClassName" "serviceAccountName" "podLabels" "podAnnotations" }}
 {{- with get $d $key }}{{ $_ := set $out $key (deepCopy .) }}{{ end }}
 {{- end }}
 {{- if not $out.npu.resourceNames }}{{ $_ := unset $out.npu "resourceNames" }}{{ end -}}

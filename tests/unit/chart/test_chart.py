@@ -396,6 +396,17 @@ def test_agent_pods_get_pull_secrets_and_tolerations_from_values(render: Render)
         assert pod["serviceAccountName"] == "hatswarm-agent"
         assert "preferredDuringSchedulingIgnoredDuringExecution" in pod["affinity"]["nodeAffinity"]
         assert ds["spec"]["template"]["metadata"]["labels"]["team"] == "vision"
+    images = {
+        d["metadata"]["labels"]["hatswarm.io/agent-class"]: d["spec"]["template"]["spec"][
+            "containers"
+        ][0]["image"]
+        for d in daemonsets
+    }
+    assert images == {
+        "hailo8l": "ghcr.io/hatswarm/agent:0.1.0",
+        "hailo8": "ghcr.io/hatswarm/agent:0.1.0",
+        "hailo10h": "registry.factory.example/hatswarm/agent-hailo:0.1.0-hailort5.1.1",
+    }  # HailoRT 5 (Hailo-10H) and 4 (Hailo-8/8L) in one pool: one image per chip
     # Also from agentDefaults alone, for a pool applied with kubectl (no pool.agent at all).
     plain = render(
         sets=[

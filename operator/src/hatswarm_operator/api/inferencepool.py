@@ -41,6 +41,21 @@ class ChipResources(ApiModel):
     )
 
 
+class ChipImages(ApiModel):
+    """Agent images per Hailo chip: HailoRT 4.x (Hailo-8L, Hailo-8) and 5.x (Hailo-10H) are
+    different packages that cannot share one image (images/README.md, agent-hailo)."""
+
+    hailo8l: Annotated[str, Field(min_length=1, max_length=512)] | None = Field(
+        default=None, alias="hailo8l"
+    )
+    hailo8: Annotated[str, Field(min_length=1, max_length=512)] | None = Field(
+        default=None, alias="hailo8"
+    )
+    hailo10h: Annotated[str, Field(min_length=1, max_length=512)] | None = Field(
+        default=None, alias="hailo10h"
+    )
+
+
 class NpuAccess(ApiModel):
     """How the Hailo NPU reaches the agents of chip-labelled nodes (CPU nodes request nothing)."""
 
@@ -93,6 +108,11 @@ class AgentSettings(ApiModel):
         default=None,
         description="Default: the operator's agent image (chart value agentDefaults.image, "
         "else ghcr.io/hatswarm/agent:<operator version>)",
+    )
+    images: ChipImages = Field(
+        default_factory=ChipImages,
+        description="Per-chip images (e.g. {hailo10h: .../agent-hailo:0.1.0-hailort5}) for "
+        "the agents of that chip's nodes; the others run `image`",
     )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     image_pull_secrets: Annotated[list[LocalObjectReference], Field(max_length=16)] = Field(

@@ -203,9 +203,12 @@ def digest(obj: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def agent_image(pool: InferencePool) -> str:
-    """The pool's agent image: its own, else (cluster defaults applied) the operator's."""
-    return pool.spec.agent.image or DEFAULT_AGENT_IMAGE
+def agent_image(pool: InferencePool, accelerator: str = "cpu") -> str:
+    """The agent image of a chip class: the pool's image for that chip, else its image, else
+    (cluster defaults applied) the operator's own version."""
+    agent = pool.spec.agent
+    chip: str | None = getattr(agent.images, accelerator, None)
+    return chip or agent.image or DEFAULT_AGENT_IMAGE
 
 
 def settings_hash(pool: InferencePool) -> str:
@@ -372,7 +375,7 @@ def build_daemonset(pool: InferencePool, cls: AgentClass | None = None) -> dict[
         grpc_probe = {"grpc": {"port": agent.port}}
     container: dict[str, Any] = {
         "name": "agent",
-        "image": agent_image(pool),
+        "image": agent_image(pool, cls.accelerator),
         "imagePullPolicy": agent.image_pull_policy,
         "args": agent_args(pool, cls),
         "env": [

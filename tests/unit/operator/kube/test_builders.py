@@ -305,6 +305,18 @@ def test_agent_image_is_filled_at_reconcile_time_not_stored_by_the_crd() -> None
         pool(agent={"image": "mine/agent:1"}), {"image": "registry.local/agent:0.2.0"}
     )
     assert container(build_daemonset(mine))["image"] == "mine/agent:1"
+    # A Hailo-10H needs HailoRT 5, the Hailo-8 family HailoRT 4: one image per chip class.
+    mixed = pool(agent={"images": {"hailo10h": "agent-hailo:h10"}, "image": "agent-hailo:h8"})
+    got = {
+        d["metadata"]["labels"]["hatswarm.io/agent-class"]: container(d)["image"]
+        for d in build_daemonsets(mixed)
+    }
+    assert got == {
+        "hailo8l": "agent-hailo:h8",
+        "hailo8": "agent-hailo:h8",
+        "hailo10h": "agent-hailo:h10",
+        "cpu": "agent-hailo:h8",
+    }
 
 
 def test_cloud_token_secret_is_mounted_where_the_routing_table_points() -> None:
