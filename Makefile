@@ -77,7 +77,7 @@ images-check: install images-tools ## build both arches (rootfs engine), run arm
 	@if [ "$(SKIP_BUILD)" != 1 ]; then images/build.sh --engine rootfs; fi
 	$(RUN) pytest tests/images -m images -q
 
-e2e-kind: install ## kind e2e with simulated Pi nodes (skips without kind/docker)
+e2e-kind: install ## kind e2e: the chart quickstart on simulated Pi nodes (skips without kind/docker; fails in CI)
 	$(RUN) pytest tests/e2e -m e2e -q
 
 clean:

@@ -2,6 +2,7 @@
 
     hatswarm-agent --port 8001 --model cnn=/models/cnn.onnx --model mlp=file:///m/mlp.onnx
     hatswarm-agent --model-dir /models --backend simulated --accelerator hailo8l
+    hatswarm-agent --backend auto --model det=/models/yolov8s_h8l.hef   # NPU if HailoRT opens one
     hatswarm-agent --gateway --peer cnn=10.0.0.5:8001 --peer cnn=10.0.0.6:8001,2
     hatswarm-agent --routing-table pool.json --auth-token-file /run/secrets/pool-token
     hatswarm-agent --http-port 8000 --model chat@genai=/models/qwen --model vec@embed=/models/mini
@@ -75,8 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 in pods)")
     p.add_argument("--port", type=int, default=8001, help="OIP + control gRPC port (0 = any)")
     p.add_argument("--node-name", default="local")
-    p.add_argument("--accelerator", choices=["cpu", "hailo8l", "hailo8"], default="cpu")
-    p.add_argument("--backend", choices=list(BACKEND_NAMES), default="onnxruntime")
+    p.add_argument(
+        "--accelerator", choices=["cpu", "hailo8l", "hailo8", "hailo10h"], default="cpu",
+        help="the chip this node is expected to have (the simulated backend's device); the "
+        "hailo backend reports the chip HailoRT identifies instead",
+    )  # fmt: skip
+    p.add_argument(
+        "--backend", choices=list(BACKEND_NAMES), default="auto",
+        help="auto: HailoRT when a Hailo device opens, else onnxruntime on the CPU (which one is "
+        "logged, in NodeStatus and in hatswarm_agent_backend_info)",
+    )  # fmt: skip
     p.add_argument(
         "--model",
         action="append",
@@ -152,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> AgentConfig:
     options = dict(args.option)
-    backend = "" if args.backend == "onnxruntime" else args.backend
+    backend = "" if args.backend in ("onnxruntime", "auto") else args.backend
     models = [parse_model(spec, backend, options) for spec in args.model]
     if args.model_dir is not None:
         for path in sorted(Path(args.model_dir).glob("*.onnx")):

@@ -25,6 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from hatswarm_agent.backends import Selection
 from hatswarm_agent.control.artifacts import ArtifactStore
 from hatswarm_agent.control.assignment import AssignmentStore
 from hatswarm_agent.control.lifecycle import Backends, ModelLifecycle, QueueDefaults
@@ -79,6 +80,17 @@ class AgentConfig:
     tls: TlsFiles | None = None
 
 
+def log_selection(selection: Selection, accelerator: str) -> None:
+    """Say which backend serves and why; a pinned one that cannot open is an error, not a crash:
+    the agent keeps running (routing, health) and NodeStatus carries the reason."""
+    if not selection.ready:
+        log.error("%s: models for it will fail to load until it is available", selection.reason)
+    elif accelerator != "cpu" and selection.name == "onnxruntime":
+        log.warning("%s; this node was started as a %s node", selection.reason, accelerator)
+    else:
+        log.info("%s", selection.reason)
+
+
 def server_options(config: AgentConfig) -> list[tuple[str, int]]:
     """grpc.aio options: message size limits (over them: RESOURCE_EXHAUSTED), one port owner."""
     return [
@@ -101,8 +113,10 @@ class Agent:
         self.registry = ModelRegistry()
         self.backends = Backends(config.backend, config.accelerator)
         if not config.gateway:
-            self.backends.get()  # fail fast when the default backend cannot exist here
+            log_selection(self.backends.select(), config.accelerator)
         self.metrics = AgentMetrics(None if config.gateway else self.backends.device_info)
+        if not config.gateway:
+            self.metrics.backend_info(self.backends.select, self.backends.device_info)
         self.health = health_aio.HealthServicer()
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         state_dir = config.state_dir

@@ -140,10 +140,20 @@ class World:
 
     # --- nodes and agents ----------------------------------------------------------------
 
-    def add_node(self, name: str, pool: str = "floor", **labels: str) -> AgentProcess:
-        """A Node with labels, a real agent, and its Ready agent Pod bound to the node."""
+    CPU_AGENT = ("--backend", "onnxruntime", "--accelerator", "cpu")
+
+    def add_node(
+        self,
+        name: str,
+        pool: str = "floor",
+        *,
+        agent_args: tuple[str, ...] = CPU_AGENT,
+        env: dict[str, str] | None = None,
+        **labels: str,
+    ) -> AgentProcess:
+        """A Node with labels, a real agent (`agent_args`, `env`), and its Ready agent Pod."""
         self._put_node(name, pool, labels)
-        agent = start_agent(self._agent_args(name))
+        agent = start_agent(self._agent_args(name, agent_args), env=env)
         self._put_pod(name, pool, agent)
         return agent
 
@@ -151,16 +161,15 @@ class World:
         """Nodes as `add_node` makes them, their agents started side by side."""
         for name in names:
             self._put_node(name, pool, {})
-        agents = start_agents([self._agent_args(name) for name in names])
+        agents = start_agents([self._agent_args(name, self.CPU_AGENT) for name in names])
         for name, agent in zip(names, agents, strict=True):
             self._put_pod(name, pool, agent)
         return agents
 
-    def _agent_args(self, name: str) -> list[str]:
+    def _agent_args(self, name: str, agent_args: tuple[str, ...]) -> list[str]:
         state = self.tmp / f"state-{name}"
         state.mkdir(exist_ok=True)
-        return ["--node-name", name, "--backend", "onnxruntime", "--accelerator", "cpu",
-                "--state-dir", str(state)]  # fmt: skip
+        return ["--node-name", name, *agent_args, "--state-dir", str(state)]
 
     def _put_node(self, name: str, pool: str, labels: dict[str, str]) -> None:
         self.store.put(

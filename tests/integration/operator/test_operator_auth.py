@@ -93,7 +93,7 @@ def test_operator_presents_the_pool_token_and_strangers_are_refused(
     world.start_operator()
 
     # The agents the operator would run are told where the mounted token is.
-    ds = wait_for(lambda: world.get("DaemonSet", "hatswarm-agent-floor"), what="DaemonSet")
+    ds = wait_for(lambda: world.get("DaemonSet", "hatswarm-agent-floor-cpu"), what="DaemonSet")
     assert ds is not None
     spec = ds["spec"]["template"]["spec"]
     args = spec["containers"][0]["args"]

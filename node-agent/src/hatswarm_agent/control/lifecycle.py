@@ -19,8 +19,21 @@ from pathlib import Path
 from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
 
-from hatswarm_agent.backends import canonical_name, create_backend
-from hatswarm_agent.backends.base import Backend, BackendError, DeviceInfo, LoadedModel
+from hatswarm_agent.backends import (
+    AUTO,
+    Selection,
+    artifact_format,
+    canonical_name,
+    create_backend,
+    select_backend,
+)
+from hatswarm_agent.backends.base import (
+    Backend,
+    BackendError,
+    BackendUnavailableError,
+    DeviceInfo,
+    LoadedModel,
+)
 from hatswarm_agent.backends.generation import GenerativeModel
 from hatswarm_agent.backends.options import int_option
 from hatswarm_agent.control.artifacts import ArtifactError, ArtifactStore
@@ -50,15 +63,51 @@ class QueueDefaults:
 
 
 class Backends:
-    """The node's backends, one instance per kind (an NPU is one device shared by its models)."""
+    """The node's backends, one instance per kind (an NPU is one device shared by its models).
+
+    The default (`--backend`) is selected once, on first use (:func:`select_backend`): `auto`
+    becomes hailo or onnxruntime; a pinned backend that cannot open leaves `problem` set, and
+    every load that needs it fails with that reason while the agent keeps running.
+    """
 
     def __init__(self, default: str, accelerator: str) -> None:
-        self.default = canonical_name(default)
+        self.requested = canonical_name(default)
+        self.default = self.requested
         self.accelerator = accelerator
+        self.selection: Selection | None = None
         self._backends: dict[str, Backend] = {}
+
+    def select(self) -> Selection:
+        """Open the default backend (once); the Selection says which and why."""
+        if self.selection is None:
+            self.selection = select_backend(self.requested, self.accelerator)
+            if self.selection.backend is not None:
+                self.default = self.selection.name
+                self._backends[self.selection.name] = self.selection.backend
+        return self.selection
+
+    @property
+    def problem(self) -> str:
+        """Why the default backend cannot serve here ('' when it can, or is not opened yet)."""
+        return "" if self.selection is None or self.selection.ready else self.selection.reason
+
+    def for_load(self, request: control_pb2.LoadModelRequest) -> str:
+        """The backend a load runs on: the one it names, else the default; an ONNX artifact
+        on a Hailo node runs on onnxruntime (the NPU takes HEFs only)."""
+        if request.backend:
+            return canonical_name(request.backend)
+        default = self.select().name or self.requested
+        if default == "hailo" and artifact_format(request.format, request.uri) == "onnx":
+            return "onnxruntime"
+        return default
 
     def get(self, name: str = "") -> Backend:
         canonical = canonical_name(name or self.default)
+        if canonical in (AUTO, self.requested):
+            selection = self.select()
+            if selection.backend is None:
+                raise BackendUnavailableError(selection.reason)
+            canonical = selection.name if canonical == AUTO else canonical
         backend = self._backends.get(canonical)
         if backend is None:
             backend = create_backend(canonical, self.accelerator)
@@ -183,7 +232,7 @@ class ModelLifecycle:
                     self._save()
                 return existing
             entry = ModelVersion(
-                name, version, request, backend=request.backend or self.backends.default,
+                name, version, request, backend=self.backends.for_load(request),
                 persistent=persistent,
             )  # fmt: skip
             serving_old = existing is not None and existing.ready
@@ -208,7 +257,7 @@ class ModelLifecycle:
 
     async def _bring_up(self, entry: ModelVersion) -> None:
         request = entry.request
-        backend = self.backends.get(request.backend)
+        backend = self.backends.get(entry.backend)
         entry.backend = backend.name
         # Pin a known digest before fetching, so a concurrent eviction cannot take the file
         # between download and load; a failure releases it again.

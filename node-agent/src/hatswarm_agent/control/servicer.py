@@ -63,8 +63,11 @@ class ControlServicer(control_pb2_grpc.AgentControlServicer):
     ) -> control_pb2.NodeStatusResponse:
         lc = self._lifecycle
         info = None
+        backend = backend_error = ""
         if not self._identity.gateway:  # may block on the NPU: off the event loop
             info = await asyncio.get_running_loop().run_in_executor(None, lc.backends.device_info)
+            selection = lc.backends.select()
+            backend, backend_error = selection.name, lc.backends.problem
         temperature = info.temperature_c if info and info.temperature_c is not None else math.nan
         watts = info.watts if info and info.watts is not None else math.nan
         return control_pb2.NodeStatusResponse(
@@ -80,6 +83,8 @@ class ControlServicer(control_pb2_grpc.AgentControlServicer):
             routing_generation=self._routing.generation,
             gateway=self._identity.gateway,
             now_unix_ms=int(time.time() * 1000),
+            backend=backend,
+            backend_error=backend_error,
         )
 
     @grpc_errors

@@ -85,6 +85,8 @@ def node_report(status: control_pb2.NodeStatusResponse) -> NodeReport:
         models=model_observations(status),
         temperature_c=_finite(status.temperature_c),
         watts=_finite(status.watts),
+        backend=status.backend,
+        backend_error=status.backend_error,
     )
 
 

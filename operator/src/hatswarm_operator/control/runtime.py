@@ -96,6 +96,7 @@ class PoolRuntime:
         self._cost_status: tuple[float, PoolCost, dict[str, float | None]] | None = None
         self.failovers = 0
         self.rollouts = RolloutTracker(clock, lambda: self.client.credentials)
+        self._node_notes: dict[str, tuple[str, str]] = {}
 
     # --- inventory -----------------------------------------------------------------------
 
@@ -153,6 +154,8 @@ class PoolRuntime:
                           f"node {after.name} left the pool: {after.out_reason}; "
                           f"re-placing {len([o for o in before.models if o.ready])} replicas"),
                 )  # fmt: skip
+        for ev in self._node_warnings(pool):
+            await self.sink.event(ns, ev)
         for ev in self._autoscale(pool, models):
             await self.sink.event(ns, ev)
         mine = [m for m in models if m.spec.pool == pool.metadata.name]
@@ -175,6 +178,29 @@ class PoolRuntime:
         self.rollouts.run_gates(mine, plan)
         await self._publish(pool, models, plan)
         return plan
+
+    def _node_warnings(self, pool: InferencePool) -> list[ResourceEvent]:
+        """A Warning on the pool when an agent cannot open its backend (BackendUnavailable) or
+        its chip contradicts the node's label (AcceleratorMismatch): once per new message."""
+        out = []
+        for n in self.nodes.values():
+            notes = (n.backend_error, n.accelerator_mismatch) if n.up else ("", "")
+            if notes == self._node_notes.get(n.name, ("", "")):
+                continue
+            self._node_notes[n.name] = notes
+            backend_error, mismatch = notes
+            if backend_error:
+                out.append(
+                    ResourceEvent("InferencePool", pool.metadata.name, "Warning",
+                                  "BackendUnavailable",
+                                  f"node {n.name}: {backend_error}; nothing is placed there")
+                )  # fmt: skip
+            if mismatch:
+                out.append(
+                    ResourceEvent("InferencePool", pool.metadata.name, "Warning",
+                                  "AcceleratorMismatch", mismatch)
+                )  # fmt: skip
+        return out
 
     # --- cost ------------------------------------------------------------------------------
 

@@ -158,7 +158,7 @@ class Cluster:
     async def ensure(self, obj: Obj) -> str:
         """Create `obj` if absent, patch it if its spec hash differs: "created", "patched", "".
 
-        Handles the two kinds a pool owns (DaemonSet, Service); a retry is always safe.
+        Handles the two kinds a pool owns (DaemonSets, Service); a retry is always safe.
         """
         kind, meta = obj["kind"], obj["metadata"]
         read: Any
@@ -198,6 +198,34 @@ class Cluster:
             body = {"metadata": obj["metadata"], "spec": obj["spec"]}
             patch(name, ns, body, _content_type=MERGE_PATCH)
             return "patched"
+
+        return await asyncio.to_thread(call)
+
+    async def delete_owned_daemonset(self, namespace: str, name: str, owner_uid: str) -> bool:
+        """Delete DaemonSet `name` if `owner_uid` owns it (a pool's dropped chip class);
+        False when it is absent or someone else's."""
+
+        def call() -> bool:
+            try:
+                resp: Any = self.apps.read_namespaced_daemon_set(
+                    name, namespace, _preload_content=False
+                )
+            except ApiException as err:
+                if err.status == 404:
+                    return False
+                raise
+            refs = (json.loads(resp.data).get("metadata") or {}).get("ownerReferences") or []
+            if not any(r.get("uid") == owner_uid for r in refs):
+                return False
+            try:
+                self.apps.delete_namespaced_daemon_set(
+                    name, namespace, propagation_policy="Background"
+                )
+            except ApiException as err:
+                if err.status != 404:
+                    raise
+                return False
+            return True
 
         return await asyncio.to_thread(call)
 

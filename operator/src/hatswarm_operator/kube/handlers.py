@@ -184,13 +184,19 @@ async def reconcile_pool(
         pool = parse_pool(body, memo.agent_defaults)
     except ManifestError as err:
         _invalid(body, patch, err, "InferencePool")
-    for obj in (builders.build_daemonset(pool), builders.build_service(pool)):
+    for obj in (*builders.build_daemonsets(pool), builders.build_service(pool)):
         kopf.adopt(obj, owner=body)
         action = await memo.cluster.ensure(obj)
         if action:
             what = f"{obj['kind']} {obj['metadata']['name']}"
             logger.info(f"{action} {what}")
-            kopf.info(body, reason=action.capitalize(), message=f"{action} {what}")
+            # kopf.event: kopf.info would be dropped by posting.level (WARNING) set at startup
+            kopf.event(body, type="Normal", reason=action.capitalize(), message=f"{action} {what}")
+    uid = body.metadata.uid or ""
+    for stale in builders.stale_daemonsets(pool):  # chip classes the pool no longer lists
+        if await memo.cluster.delete_owned_daemonset(pool.metadata.namespace, stale, uid):
+            logger.info(f"deleted DaemonSet {stale}")
+            kopf.event(body, type="Normal", reason="Deleted", message=f"deleted DaemonSet {stale}")
     metrics.RECONCILES.labels(kind="InferencePool", trigger="handler", result="ok").inc()
     handle = memo.pools.get((pool.metadata.namespace, pool.metadata.name))
     if handle is not None:

@@ -375,9 +375,11 @@ class NodeStatusResponse(_message.Message):
     ROUTING_GENERATION_FIELD_NUMBER: _builtins.int
     GATEWAY_FIELD_NUMBER: _builtins.int
     NOW_UNIX_MS_FIELD_NUMBER: _builtins.int
+    BACKEND_FIELD_NUMBER: _builtins.int
+    BACKEND_ERROR_FIELD_NUMBER: _builtins.int
     node_name: _builtins.str
     accelerator: _builtins.str
-    """"hailo8l", "hailo8" or "cpu"."""
+    """"hailo8l", "hailo8", "hailo10h" (as HailoRT identifies the chip) or "cpu"."""
     device_id: _builtins.str
     """Device serial / board identity, empty when unknown."""
     agent_version: _builtins.str
@@ -390,6 +392,15 @@ class NodeStatusResponse(_message.Message):
     gateway: _builtins.bool
     """True when the agent has no local backend (`--gateway`)."""
     now_unix_ms: _builtins.int
+    backend: _builtins.str
+    """The backend serving this agent's models ("hailo", "onnxruntime", "simulated"): what
+    `--backend auto` resolved to. Empty for a gateway, or when the pinned one cannot open.
+    """
+    backend_error: _builtins.str
+    """Why the backend `--backend` asked for cannot serve on this node (e.g. a pinned "hailo"
+    without a Hailo device); empty when it serves. The operator keeps such a node out of
+    placement and says why in the pool's conditions and Events.
+    """
     @_builtins.property
     def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelStatus]: ...
     def __init__(
@@ -407,10 +418,12 @@ class NodeStatusResponse(_message.Message):
         routing_generation: _builtins.int = ...,
         gateway: _builtins.bool = ...,
         now_unix_ms: _builtins.int = ...,
+        backend: _builtins.str = ...,
+        backend_error: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accelerator", b"accelerator", "agent_version", b"agent_version", "artifact_cache_bytes", b"artifact_cache_bytes", "device_id", b"device_id", "gateway", b"gateway", "models", b"models", "node_name", b"node_name", "now_unix_ms", b"now_unix_ms", "routing_generation", b"routing_generation", "temperature_c", b"temperature_c", "uptime_seconds", b"uptime_seconds", "watts", b"watts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accelerator", b"accelerator", "agent_version", b"agent_version", "artifact_cache_bytes", b"artifact_cache_bytes", "backend", b"backend", "backend_error", b"backend_error", "device_id", b"device_id", "gateway", b"gateway", "models", b"models", "node_name", b"node_name", "now_unix_ms", b"now_unix_ms", "routing_generation", b"routing_generation", "temperature_c", b"temperature_c", "uptime_seconds", b"uptime_seconds", "watts", b"watts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
