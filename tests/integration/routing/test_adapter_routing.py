@@ -49,7 +49,8 @@ def agents(files: dict[str, Path]) -> Iterator[dict[str, AgentProcess]]:
     started: dict[str, AgentProcess] = {}
     try:
         for name in CARRY:
-            started[name] = start_agent(["--node-name", name])
+            roots = ["--allow-file-root", str(files["base"].parent)]
+            started[name] = start_agent(["--node-name", name, *roots])
         for name, carried in CARRY.items():
             req = control_pb2.LoadModelRequest(
                 name="lm", version="1", uri=str(files["base"]), sha256=digest(files["base"]),

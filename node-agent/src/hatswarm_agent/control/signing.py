@@ -181,14 +181,16 @@ class TrustedKeys:
         keys = self.keys()
         if not keys:
             raise InvalidSignatureError(
-                "this agent trusts no signing keys (start it with --trusted-keys)"
+                "signature cannot be verified: this agent trusts no signing keys "
+                "(start it with --trusted-keys)"
             )
         candidates = list(keys.values())
         if hint.strip():
             raw = raw_key(hint)
             if raw not in keys:
                 raise InvalidSignatureError(
-                    "the request's public key is not one this agent trusts (--trusted-keys)"
+                    "signature refused: the request's public key is not one this agent "
+                    "trusts (--trusted-keys)"
                 )
             candidates = [keys[raw]]
         encoded = [

@@ -73,6 +73,7 @@ class NodeState:
     models: tuple[ModelObs, ...] = ()
     temperature_c: float | None = None
     watts: float | None = None
+    routing_generation: int = 0  # the routing table the agent last said it holds
 
     @property
     def in_pool(self) -> bool:
@@ -101,6 +102,7 @@ class NodeReport:
     models: tuple[ModelObs, ...] = ()
     temperature_c: float | None = None
     watts: float | None = None
+    routing_generation: int = 0
 
 
 def observe(
@@ -130,6 +132,7 @@ def observe(
         models=report.models,
         temperature_c=report.temperature_c,
         watts=report.watts,
+        routing_generation=report.routing_generation,
     )
 
 

@@ -110,7 +110,7 @@ def test_cpu_backends_ask_for_no_npu() -> None:
     assert arg(c, "--accelerator") == "cpu"
 
 
-def test_cloud_token_secret_is_mounted_where_the_routing_table_points() -> None:
+def test_cloud_token_secret_is_mounted_and_named_to_the_agent() -> None:
     p = pool(cloudFallback={"endpoint": "oip.example:443", "tokenSecretRef": {"name": "cloud"}})
     ds = build_daemonset(p)
     volumes = {v["name"]: v for v in ds["spec"]["template"]["spec"]["volumes"]}
@@ -119,8 +119,10 @@ def test_cloud_token_secret_is_mounted_where_the_routing_table_points() -> None:
     mounts = {m["name"]: m for m in container(ds)["volumeMounts"]}
     assert mounts["cloud-token"]["mountPath"] == "/var/run/hatswarm/cloud-token"
     assert mounts["cloud-token"]["readOnly"] is True
+    # The table names the token; only the agent's own flag says where its file is.
+    assert arg(container(ds), "--cloud-token") == "cloud=/var/run/hatswarm/cloud-token/token"
     table = routing_table(p, [], 1)
-    assert table.cloud.token_file == "/var/run/hatswarm/cloud-token/token"
+    assert table.cloud.token_name == "cloud" and table.cloud.token_file == ""
 
 
 def test_pool_token_is_mounted_read_only_and_passed_to_the_agent() -> None:
