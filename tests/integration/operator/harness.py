@@ -1,7 +1,8 @@
 """A small world for the operator: emulated Kubernetes, real agents behind emulated Pods.
 
 The test plays the kubelet and the DaemonSet controller: for each node it starts a real
-`hatswarm-agent` on loopback and puts a Node and a Ready agent Pod (podIP 127.0.0.1, container
+`hatswarm-agent` on loopback (allowed to read the test's model files, as a pool's
+`agent.fileRoots` would allow) and puts a Node and a Ready agent Pod (podIP 127.0.0.1, container
 port `grpc` = the agent's port) into the emulator. The operator is the real
 `hatswarm-operator` console script in a subprocess, aimed at the emulator by KUBECONFIG.
 """
@@ -155,7 +156,7 @@ class World:
         state.mkdir(exist_ok=True)
         agent = start_agent(
             ["--node-name", name, "--backend", "onnxruntime", "--accelerator", "cpu",
-             "--state-dir", str(state)]
+             "--state-dir", str(state), "--allow-file-root", str(self.tmp)]
         )  # fmt: skip
         self.agents[name] = agent
         self.store.put(

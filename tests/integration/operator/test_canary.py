@@ -178,11 +178,16 @@ class Driver:
 
 
 @pytest.fixture(scope="module")
-def agents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, AgentProcess]]:
+def agents(
+    builds: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, AgentProcess]]:
     root = tmp_path_factory.mktemp("agents")
+    models = ["--allow-file-root", str(builds["v1"].parent)]  # a pool's agent.fileRoots
 
     def one(n: str) -> AgentProcess:
-        return start_agent(["--node-name", n, "--accelerator", "cpu", "--state-dir", str(root / n)])
+        return start_agent(
+            ["--node-name", n, "--accelerator", "cpu", "--state-dir", str(root / n), *models]
+        )
 
     with ThreadPoolExecutor(len(NODES)) as pool:
         futures = {n: pool.submit(one, n) for n in NODES}
