@@ -207,4 +207,5 @@ def short_reason(reason: str) -> str:
     """A FAILED entry's reason, cut to `MAX_REASON_CHARS` (NodeStatus carries every one)."""
     if len(reason) <= MAX_REASON_CHARS:
         return reason
-    return reason[: MAX_REASON_CHARS - 15] + " ... (truncated)"
+    suffix = " ... (truncated)"
+    return reason[: MAX_REASON_CHARS - len(suffix)] + suffix

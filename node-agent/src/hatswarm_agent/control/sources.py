@@ -58,7 +58,15 @@ class ArtifactSources:
         http(s) URIs unchanged. SourceRefusedError when the path is outside every root."""
         path = local_path(uri)
         if path is None:
+            scheme = urllib.parse.urlsplit(uri).scheme.lower()
+            if scheme not in ("http", "https"):
+                raise SourceRefusedError(
+                    f"unsupported scheme {scheme[:16]!r}: artifacts come by file://, http:// "
+                    "or https://"
+                )
             return uri
+        if "://" in uri and urllib.parse.urlsplit(uri).netloc not in ("", "localhost"):
+            raise SourceRefusedError("a file:// URI may not name a remote host")
         real = Path(os.path.realpath(path))
         if not any(real.is_relative_to(root) for root in self.file_roots):
             roots = ", ".join(str(r) for r in self.file_roots) or "none configured"
