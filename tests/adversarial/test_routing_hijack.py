@@ -14,7 +14,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from hatswarm_agent.protocol.auth import PEER_KEY
 from hatswarm_agent.protocol.v1 import control_pb2
 from hatswarm_operator.api import EdgeModel, InferencePool
 from hatswarm_operator.api.manifests import parse_object
@@ -75,6 +74,9 @@ def test_an_endpoint_nobody_announced_receives_nothing(recorder: Recorder, tmp_p
 def test_the_clients_token_never_leaves_the_pool(tmp_path: Path) -> None:
     """A member peer gets the pool-internal credential, the cloud its own token: neither ever
     sees the client's token or the control token."""
+    from hatswarm_agent.protocol.auth import PEER_KEY  # (imported here: the other attacks in
+    # this module replay against agents that predate it)
+
     peer, cloud = start_recorder(), start_recorder()
     clients = private_file(tmp_path / "clients", "kiosk-token\n")
     operator = private_file(tmp_path / "control", "operator-token\n")
