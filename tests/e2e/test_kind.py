@@ -18,6 +18,7 @@ running cluster of the same name; HATSWARM_E2E_SKIP_BUILD=1 trusts the images to
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
@@ -156,15 +157,22 @@ def adder_model(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def client_token() -> str:
+    """The clients' inference token the operator generated for the pool (secure by default)."""
+    secret = kjson("-n", NAMESPACE, "get", "secret", "hatswarm-clients-floor-1")
+    return base64.b64decode(secret["data"]["token"]).decode().strip()
+
+
 def infer(port: int) -> list[float]:
     import numpy as np
     import tritonclient.grpc as grpcclient
 
     client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+    headers = {"authorization": f"Bearer {client_token()}"}
     try:
         x = grpcclient.InferInput("x", [1, 4], "FP32")
         x.set_data_from_numpy(np.array([[0.0, 1.0, 2.0, 3.0]], dtype=np.float32))
-        result = client.infer("adder", [x], client_timeout=10)
+        result = client.infer("adder", [x], headers=headers, client_timeout=10)
         return [float(v) for v in result.as_numpy("y").ravel()]
     finally:
         client.close()

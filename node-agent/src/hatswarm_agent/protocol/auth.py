@@ -149,9 +149,9 @@ class TokenFile:
 
 
 def bearer(metadata: Any) -> str:
-    """The bearer token in a call's metadata, '' when there is none."""
+    """The bearer token in a call's metadata (or HTTP headers), '' when there is none."""
     for key, value in metadata or ():
-        if key == "authorization":
+        if key.lower() == "authorization":
             text = value.decode() if isinstance(value, bytes) else str(value)
             scheme, _, token = text.partition(" ")
             if scheme.lower() == "bearer":
@@ -160,10 +160,11 @@ def bearer(metadata: Any) -> str:
 
 
 def metadata_values(metadata: Any, key: str) -> list[str]:
-    """Every value of `key` in a call's metadata (gRPC allows a key more than once)."""
+    """Every value of `key` in a call's metadata (gRPC allows a key more than once); names
+    compare case-insensitively, as HTTP header names do."""
     out = []
     for k, value in metadata or ():
-        if k == key:
+        if k.lower() == key:
             out.append(value.decode(errors="replace") if isinstance(value, bytes) else str(value))
     return out
 
@@ -254,7 +255,8 @@ class AgentAuth:
         """None when inference is open or the call carries an inference token, the control
         token (the operator's validation gate) or a valid peer credential (a hop).
 
-        HTTP front doors pass their headers as (lowercase name, value) pairs.
+        Any front door calls this: gRPC passes its invocation metadata, HTTP its headers as
+        (name, value) pairs (e.g. `request.headers.items()`), answering 401 on a denial.
         """
         if self.inference_open:
             return None

@@ -94,3 +94,10 @@ def test_hops_carry_the_peer_credential_and_survive_a_rotation(tmp_path: Path) -
     now[0] += PEER_ROTATION_GRACE_S + 1
     assert not receiver.peer_admits([peer_credential("first")])
     assert [v for _, v in sender.peer_metadata()] == [peer_credential("second-longer")]
+
+
+def test_http_front_doors_ask_the_same_question_with_their_headers(tmp_path: Path) -> None:
+    auth = files(tmp_path, "ctl", "kiosk\n")
+    headers = {"Authorization": "Bearer kiosk", "Content-Type": "application/json"}
+    assert auth.inference_denial(headers.items()) is None
+    assert auth.inference_denial({"Authorization": "Bearer nope"}.items()) is not None
