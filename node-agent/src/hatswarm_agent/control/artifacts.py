@@ -198,8 +198,11 @@ class ArtifactStore:
     ) -> Path:
         """Return the verified local file for `uri`, downloading it only when not cached.
 
-        `sha256` is required for http(s) and optional for local files (then it is computed).
-        A signature, when given, is checked on every call, cache hit or not.
+        `sha256` is required for http(s) and optional for local files (then it is computed:
+        only the agent's own configuration does that; control-plane loads always name a
+        digest, and whose keys count is decided before, by sources.py, which never passes a
+        key from a request). A signature, when given, is checked on every call, cache hit or
+        not.
         """
         try:
             digest = normalize_sha256(sha256) if sha256 else ""

@@ -111,7 +111,3 @@ class ArtifactSources:
             self.trusted.verify(digest, request.signature, request.public_key)
         except InvalidSignatureError as exc:
             raise SignatureError(str(exc)) from exc
-
-    def describe(self) -> str:
-        roots = ", ".join(str(r) for r in self.file_roots) or "none"
-        return f"file roots: {roots}; signatures {'required' if self.require_signatures else 'optional'}"
