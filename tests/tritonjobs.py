@@ -38,10 +38,14 @@ def infer_many(
     kill_pid: int | None = None,
     kill_at: int = -1,
     timeout_s: float = 15.0,
+    token: str = "",
 ) -> dict[str, Any]:
-    """`count` requests with distinct FP32 inputs; optionally SIGKILL a pid before request
-    `kill_at`. Returns ok/failed counts, errors, nodes that answered and output shapes."""
+    """`count` requests with distinct FP32 inputs (with `token` as the bearer token);
+    optionally SIGKILL a pid before request `kill_at`. Returns ok/failed counts, errors,
+    nodes that answered and output shapes."""
     import tritonclient.grpc as grpcclient
+
+    headers = {"authorization": f"Bearer {token}"} if token else None
 
     client = grpcclient.InferenceServerClient(url)
     data = np.random.default_rng(0).random(shape, dtype=np.float32)
@@ -53,7 +57,7 @@ def infer_many(
             inp = grpcclient.InferInput(input_name, shape, "FP32")
             inp.set_data_from_numpy(data + i)  # distinct inputs: no cache hits
             try:
-                res = client.infer(model, [inp], client_timeout=timeout_s)
+                res = client.infer(model, [inp], headers=headers, client_timeout=timeout_s)
             except Exception as err:  # reported to the test, which asserts there are none
                 out["failed"] += 1
                 out["errors"].append(str(err))

@@ -4,7 +4,8 @@
     hatswarm-agent --model-dir /models --backend simulated --accelerator hailo8l
     hatswarm-agent --backend auto --model det=/models/yolov8s_h8l.hef   # NPU if HailoRT opens one
     hatswarm-agent --gateway --peer cnn=10.0.0.5:8001 --peer cnn=10.0.0.6:8001,2
-    hatswarm-agent --routing-table pool.json --auth-token-file /run/secrets/pool-token
+    hatswarm-agent --routing-table pool.json --auth-token-file /run/secrets/pool-token \
+        --control-token-file /run/secrets/control/token --allow-file-root /models
     hatswarm-agent --http-port 8000 --model chat@genai=/models/qwen --model vec@embed=/models/mini
 
 Prints `hatswarm-agent http on HOST:PORT` when the HTTP doors are on (OpenAI /v1, Ollama /api,
@@ -69,6 +70,13 @@ def parse_option(text: str) -> tuple[str, str]:
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"--option wants KEY=VALUE, got {text!r}")
     return key, value
+
+
+def parse_cloud_token(text: str) -> tuple[str, Path]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"--cloud-token wants NAME=FILE, got {text!r}")
+    return name, Path(path)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,8 +158,50 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--response-cache-entries", type=int, default=4096)
     r.add_argument("--response-cache-bytes", type=int, default=64 << 20)
-    s = p.add_argument_group("security")
-    s.add_argument("--auth-token-file", type=Path, help="require 'authorization: Bearer <token>'")
+    s = p.add_argument_group("security (README: Security model)")
+    s.add_argument(
+        "--auth-token-file",
+        type=Path,
+        action="append",
+        default=[],
+        help="inference tokens, one a line (repeatable); without any, inference is open",
+    )
+    s.add_argument(
+        "--control-token-file",
+        type=Path,
+        help="the control plane's token: the only credential that opens AgentControl "
+        "(without it, AgentControl answers callers on this host only)",
+    )
+    s.add_argument(
+        "--allow-file-root",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a folder LoadModel may read file:// artifacts from (repeatable; default: none)",
+    )
+    s.add_argument(
+        "--trusted-keys",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="ed25519 public keys artifact signatures may be made with: a file, or a folder "
+        "with one key a file (repeatable)",
+    )
+    s.add_argument(
+        "--require-signatures",
+        action="store_true",
+        help="refuse LoadModel calls whose artifact is not signed by a trusted key",
+    )
+    s.add_argument(
+        "--cloud-token",
+        action="append",
+        default=[],
+        type=parse_cloud_token,
+        metavar="NAME=FILE",
+        help="a cloud fallback token a routing table may name (repeatable)",
+    )
     s.add_argument("--tls-cert", type=Path, help="PEM certificate (server and toward peers)")
     s.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
     s.add_argument("--tls-ca", type=Path, help="PEM CA: require client certificates (mTLS)")
@@ -203,8 +253,13 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         models=models,
         routing=routing,
         routing_table=table,
-        auth_token_file=args.auth_token_file,
+        auth_token_files=tuple(args.auth_token_file),
+        control_token_file=args.control_token_file,
         tls=tls,
+        file_roots=tuple(args.allow_file_root),
+        trusted_keys=tuple(args.trusted_keys),
+        require_signatures=args.require_signatures,
+        cloud_tokens=dict(args.cloud_token),
     )
 
 

@@ -30,9 +30,11 @@ from hatswarm_agent.control.artifacts import ArtifactStore
 from hatswarm_agent.control.assignment import AssignmentStore
 from hatswarm_agent.control.lifecycle import Backends, ModelLifecycle, QueueDefaults
 from hatswarm_agent.control.servicer import ControlServicer, NodeIdentity
+from hatswarm_agent.control.signing import TrustedKeys
+from hatswarm_agent.control.sources import ArtifactSources
 from hatswarm_agent.http.common import Services
 from hatswarm_agent.http.server import HttpServer
-from hatswarm_agent.protocol.auth import BearerAuthInterceptor, TlsFiles, TokenFile
+from hatswarm_agent.protocol.auth import AgentAuth, AuthInterceptor, TlsFiles, TokenFile
 from hatswarm_agent.protocol.v1 import control_pb2, control_pb2_grpc
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2_grpc as pb_grpc
@@ -48,12 +50,21 @@ from hatswarm_agent.serving.servicer import InferenceServicer
 
 log = logging.getLogger(__name__)
 
+CONTROL_NAME = control_pb2.DESCRIPTOR.services_by_name["AgentControl"].full_name
 SERVICE_NAMES = (
     pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
-    control_pb2.DESCRIPTOR.services_by_name["AgentControl"].full_name,
+    CONTROL_NAME,
     health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
     reflection.SERVICE_NAME,
 )
+
+
+def reflected_services(config: AgentConfig) -> tuple[str, ...]:
+    """What reflection lists: the control service only on an agent without a control token
+    (whose control answers this host alone); a pool's agents do not advertise it to strangers."""
+    if config.control_token_file is None:
+        return SERVICE_NAMES
+    return tuple(n for n in SERVICE_NAMES if n != CONTROL_NAME)
 
 
 @dataclass
@@ -76,8 +87,13 @@ class AgentConfig:
     models: list[control_pb2.LoadModelRequest] = field(default_factory=list)
     routing: DispatchConfig = field(default_factory=DispatchConfig)
     routing_table: control_pb2.RoutingTable | None = None  # static: --routing-table, --peer
-    auth_token_file: Path | None = None
+    auth_token_files: tuple[Path, ...] = ()  # inference tokens; none: inference is open
+    control_token_file: Path | None = None  # none: AgentControl from loopback only
     tls: TlsFiles | None = None
+    file_roots: tuple[Path, ...] = ()  # where control-plane loads may read file:// artifacts
+    trusted_keys: tuple[Path, ...] = ()  # ed25519 public keys (files or folders of files)
+    require_signatures: bool = False
+    cloud_tokens: dict[str, Path] = field(default_factory=dict)  # name -> token file
 
 
 def log_selection(selection: Selection, accelerator: str) -> None:
@@ -123,7 +139,10 @@ class Agent:
         if state_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="hatswarm-agent-")
             state_dir = Path(self._tmp.name)
-        state_dir.mkdir(parents=True, exist_ok=True)
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.sources = ArtifactSources(
+            config.file_roots, TrustedKeys(config.trusted_keys), config.require_signatures
+        )
         self.lifecycle = ModelLifecycle(
             self.registry,
             self.metrics,
@@ -135,9 +154,13 @@ class Agent:
             else None,
             defaults=config.queue,
             gateway=config.gateway,
+            sources=self.sources,
         )
-        self.routing = RoutingTableStore(config.routing_table)
-        self.tokens = TokenFile(config.auth_token_file) if config.auth_token_file else None
+        self.routing = RoutingTableStore(config.routing_table, cloud_tokens=config.cloud_tokens)
+        self.auth = AgentAuth(
+            control=TokenFile(config.control_token_file) if config.control_token_file else None,
+            inference=tuple(TokenFile(p) for p in config.auth_token_files),
+        )
         self.dataplane = DataPlane(self.registry, self.metrics, self.state)
         self.dispatcher: Dispatcher | None = None
         if dispatch:
@@ -146,14 +169,15 @@ class Agent:
                 self.dataplane,
                 self.routing,
                 RouteMetrics(self.metrics.registry),
-                tokens=self.tokens,
+                tokens=self.auth,
                 tls=config.tls,
+                cloud_tokens=config.cloud_tokens,
             )
         infer = self.dispatcher.infer if self.dispatcher is not None else self.dataplane.infer
         self.generations = Generations(self.registry, self.metrics, config.node_name)
         generate = self.generations.generate
         if self.dispatcher is not None:
-            generate = GenerationRouter(self.dispatcher, self.generations, self.tokens).generate
+            generate = GenerationRouter(self.dispatcher, self.generations, self.auth).generate
         self.inference = InferenceServicer(self.dataplane, infer, generate)
         self.http: HttpServer | None = None
         self.http_port = 0
@@ -166,12 +190,13 @@ class Agent:
                     generate,
                     self.generations,
                     (lambda: dispatcher.compiled().models) if dispatcher is not None else tuple,
-                    self.tokens,
+                    self.auth,
                 ),
                 config.tls,
             )
-        interceptors = [BearerAuthInterceptor(self.tokens)] if self.tokens else []
-        self.server = grpc.aio.server(options=server_options(config), interceptors=interceptors)
+        self.server = grpc.aio.server(
+            options=server_options(config), interceptors=[AuthInterceptor(self.auth)]
+        )
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.inference, self.server)
         control_pb2_grpc.add_AgentControlServicer_to_server(
             ControlServicer(
@@ -182,7 +207,7 @@ class Agent:
             self.server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(SERVICE_NAMES, self.server)
+        reflection.enable_server_reflection(reflected_services(config), self.server)
 
     async def start(self) -> None:
         """Restore, load command-line models, listen, then report SERVING."""
@@ -197,8 +222,8 @@ class Agent:
         if self.dispatcher is not None:
             await self.dispatcher.start(self.config.host, self.port)
         await self.lifecycle.restore()
-        for request in self.config.models:
-            await self.lifecycle.load(request, persistent=False)
+        for request in self.config.models:  # the agent's own configuration: trusted
+            await self.lifecycle.load(request, persistent=False, trusted=True)
         if self.config.metrics_port:
             self.metrics.serve(self.config.host, self.config.metrics_port)
         if self.http is not None:

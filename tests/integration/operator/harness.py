@@ -1,7 +1,8 @@
 """A small world for the operator: emulated Kubernetes, real agents behind emulated Pods.
 
 The test plays the kubelet and the DaemonSet controller: for each node it starts a real
-`hatswarm-agent` on loopback and puts a Node and a Ready agent Pod (podIP 127.0.0.1, container
+`hatswarm-agent` on loopback (allowed to read the test's model files, as a pool's
+`agent.fileRoots` would allow) and puts a Node and a Ready agent Pod (podIP 127.0.0.1, container
 port `grpc` = the agent's port) into the emulator. The operator is the real
 `hatswarm-operator` console script in a subprocess, aimed at the emulator by KUBECONFIG.
 """
@@ -169,7 +170,15 @@ class World:
     def _agent_args(self, name: str, agent_args: tuple[str, ...]) -> list[str]:
         state = self.tmp / f"state-{name}"
         state.mkdir(exist_ok=True)
-        return ["--node-name", name, *agent_args, "--state-dir", str(state)]
+        return [
+            "--node-name",
+            name,
+            *agent_args,
+            "--state-dir",
+            str(state),
+            "--allow-file-root",
+            str(self.tmp),
+        ]
 
     def _put_node(self, name: str, pool: str, labels: dict[str, str]) -> None:
         self.store.put(

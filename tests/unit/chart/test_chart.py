@@ -292,7 +292,8 @@ def test_rbac_is_least_privilege(render: Render, variant: str) -> None:
             assert "delete" not in verbs, (group, res)
         assert "deletecollection" not in verbs, (group, res)
         assert "escalate" not in verbs and "bind" not in verbs and "impersonate" not in verbs
-    assert granted[("", "secrets")] == {"get"}
+    # Each pool's generated tokens are created when absent; never updated or deleted.
+    assert granted[("", "secrets")] == {"get", "create"}
     assert granted[("", "nodes")] == {"get", "list"}
     assert granted[("apps", "daemonsets")] == {"get", "create", "patch", "delete"}
     assert granted[("hatswarm.io", "inferencepools/status")] == {"get", "patch"}
@@ -313,6 +314,34 @@ def test_network_policies(render: Render) -> None:
     grpc_from = agents["ingress"][0]["from"]
     assert {"ipBlock": {"cidr": "192.168.10.0/24"}} in grpc_from
     assert not _by_kind(render(sets=["networkPolicy.enabled=false"]), "NetworkPolicy")
+
+
+def test_the_pool_is_authenticated_by_default(render: Render) -> None:
+    """Secure by default: the chart's pool gets a generated client token; serving inference
+    without one is the pool's explicit choice. (Control needs the operator's own token,
+    generated per pool by the operator: never a chart value.)"""
+    objs = render(sets=["pool.enabled=true"])
+    pool = _one(objs, "InferencePool")
+    assert pool["spec"]["auth"]["tokenSecretRef"] == {
+        "name": "t-hatswarm-pool-token",
+        "key": "token",
+    }
+    token = _one(objs, "Secret")
+    assert token["metadata"]["name"] == "t-hatswarm-pool-token"
+    assert len(token["data"]["token"]) >= 40
+    assert validate_cr(pool) == []
+    opened = render(sets=["pool.enabled=true", "pool.unauthenticatedInference=true"])
+    assert _one(opened, "InferencePool")["spec"]["auth"] == {"unauthenticatedInference": True}
+    assert not _by_kind(opened, "Secret")
+    signed = _one(
+        render(
+            sets=["pool.enabled=true", "pool.trustedKeysSecret=keys", "pool.requireSignatures=true"]
+        ),
+        "InferencePool",
+    )
+    assert signed["spec"]["auth"]["trustedKeysSecret"] == "keys"
+    assert signed["spec"]["auth"]["requireSignatures"] is True
+    assert validate_cr(signed) == []
 
 
 def test_secrets_created_or_referenced(render: Render) -> None:

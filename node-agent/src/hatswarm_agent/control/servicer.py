@@ -1,4 +1,9 @@
-"""hatswarm.v1.AgentControl: what the operator (or `hatswarm up`) asks of this agent."""
+"""hatswarm.v1.AgentControl: what the operator (or `hatswarm up`) asks of this agent.
+
+Only the control plane's identity reaches these methods (protocol.auth.AuthInterceptor); what
+it asks is still checked (lifecycle, limits, sources, routing.table) because it relays specs
+that other people write.
+"""
 
 from __future__ import annotations
 
@@ -20,8 +25,9 @@ class RoutingTables(Protocol):
     @property
     def generation(self) -> int: ...
 
-    def set(self, table: control_pb2.RoutingTable) -> int:
-        """Adopt `table` unless it is older; returns the current generation."""
+    def push(self, table: control_pb2.RoutingTable) -> int:
+        """Validate `table` (INVALID_ARGUMENT when it is refused), adopt it unless it is older;
+        returns the current generation."""
         ...
 
 
@@ -91,4 +97,4 @@ class ControlServicer(control_pb2_grpc.AgentControlServicer):
     async def SetRoutingTable(  # noqa: N802
         self, request: control_pb2.RoutingTable, context: Any
     ) -> control_pb2.SetRoutingTableResponse:
-        return control_pb2.SetRoutingTableResponse(generation=self._routing.set(request))
+        return control_pb2.SetRoutingTableResponse(generation=self._routing.push(request))

@@ -14,6 +14,7 @@ from hatswarm_operator.api.common import (
     Accelerator,
     ApiModel,
     Condition,
+    DnsLabel,
     LabelMap,
     ObjectMeta,
     SecretKeyRef,
@@ -100,6 +101,13 @@ class LocalObjectReference(ApiModel):
 class AgentSettings(ApiModel):
     """The node-agent DaemonSets the operator runs on the pool's nodes (one per chip class)."""
 
+    model_config = with_rules(
+        cel(
+            "!has(self.fileRoots) || self.fileRoots.all(r, !r.contains('..'))",
+            "agent.fileRoots must not contain '..'",
+        )
+    )
+
     # Nothing here is version-bearing in the CRD: `image` has no schema default, so the API
     # server stores none and the operator fills it at reconcile time (the chart's agentDefaults,
     # else the agent image of the operator's own version): an operator upgrade upgrades agents.
@@ -157,6 +165,22 @@ class AgentSettings(ApiModel):
         description="Extra labels on the agent pods (the operator's own labels win)",
     )
     pod_annotations: LabelMap = Field(default_factory=dict, description="Extra pod annotations")
+    file_roots: Annotated[
+        list[Annotated[str, Field(pattern=r"^/([-A-Za-z0-9_.]+/?)*$", max_length=256)]],
+        Field(max_length=16),
+    ] = Field(
+        default_factory=list,
+        description="Host folders whose files EdgeModels may load by file:// (mounted "
+        "read-only by hostPath: needs a namespace that allows hostPath). Empty: artifacts "
+        "come only over http(s)",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+
+    @model_validator(mode="after")
+    def _roots(self) -> Self:
+        if any(".." in r for r in self.file_roots):
+            raise ValueError("agent.fileRoots must not contain '..'")
+        return self
 
 
 class Routing(ApiModel):
@@ -190,11 +214,60 @@ class CacheLimits(ApiModel):
 
 
 class Auth(ApiModel):
-    token_secret_ref: SecretKeyRef | None = None
+    """Who may call the pool's agents, and whose artifacts they load.
+
+    Control (load, unload, routing, node status) takes only the operator's own token: a
+    Secret `hatswarm-control-<pool>` the operator generates and mounts into the agents alone
+    (delete it to rotate). Inference takes the tokens of `tokenSecretRef` (one a line); without
+    one the operator generates `hatswarm-clients-<pool>` (key `token`) for clients, unless
+    `unauthenticatedInference` says the pool serves anyone.
+    """
+
+    model_config = with_rules(
+        cel(
+            "!has(self.unauthenticatedInference) || !self.unauthenticatedInference"
+            " || !has(self.tokenSecretRef)",
+            "auth.unauthenticatedInference and auth.tokenSecretRef exclude each other",
+        ),
+        cel(
+            "!has(self.requireSignatures) || !self.requireSignatures"
+            " || has(self.trustedKeysSecret)",
+            "auth.requireSignatures needs auth.trustedKeysSecret",
+        ),
+    )
+
+    token_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="Inference tokens clients present (one a line in the key). Default: a "
+        "generated Secret hatswarm-clients-<pool>",
+    )
+    unauthenticated_inference: bool = Field(
+        default=False,
+        description="Serve inference to callers without a token (control still needs the "
+        "operator's identity)",
+    )
     tls_secret_ref: SecretKeyRef | None = Field(
         default=None, description="kubernetes.io/tls Secret (tls.crt, tls.key, ca.crt for mTLS)"
     )
     mutual_tls: bool = False
+    trusted_keys_secret: DnsLabel | None = Field(
+        default=None,
+        description="Secret whose every key is an ed25519 public key artifact signatures may "
+        "be made with (the agents trust no key a request brings)",
+    )
+    require_signatures: bool = Field(
+        default=False, description="Refuse artifacts not signed by a trusted key"
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.unauthenticated_inference and self.token_secret_ref is not None:
+            raise ValueError(
+                "auth.unauthenticatedInference and auth.tokenSecretRef exclude each other"
+            )
+        if self.require_signatures and self.trusted_keys_secret is None:
+            raise ValueError("auth.requireSignatures needs auth.trustedKeysSecret")
+        return self
 
 
 class DeviceCost(ApiModel):

@@ -29,6 +29,7 @@ from hatswarm_operator.local.processes import (
     load_nodes_file,
     start_prometheus,
 )
+from hatswarm_operator.local.secrets import client_token_file
 from hatswarm_operator.local.status import render
 
 
@@ -69,6 +70,14 @@ async def run_up(args: argparse.Namespace) -> int:
         )
         doors = ", ".join(f"http://127.0.0.1:{a.http_port}" for a in local.agents.values())
         print(f"hatswarm up: HTTP (OpenAI /v1, Ollama /api, KServe /v2): {doors}", flush=True)
+        tokens = client_token_file(pool, state_dir)
+        print(
+            "hatswarm up: clients present 'authorization: Bearer <token>' with the token in "
+            f"{tokens}"
+            if tokens
+            else "hatswarm up: inference is open (unauthenticatedInference)",
+            flush=True,
+        )
         print(
             f"hatswarm up: status in {local.sink.path} (`hatswarm status`); Ctrl-C stops",
             flush=True,

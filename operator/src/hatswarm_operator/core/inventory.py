@@ -76,6 +76,7 @@ class NodeState:
     watts: float | None = None
     backend: str = ""
     backend_error: str = ""
+    routing_generation: int = 0  # the routing table the agent last said it holds
 
     @property
     def in_pool(self) -> bool:
@@ -120,6 +121,7 @@ class NodeReport:
     watts: float | None = None
     backend: str = ""
     backend_error: str = ""
+    routing_generation: int = 0
 
 
 def placement_accelerator(labels: dict[str, str], report: NodeReport) -> str:
@@ -169,6 +171,7 @@ def observe(
         watts=report.watts,
         backend=report.backend,
         backend_error=report.backend_error,
+        routing_generation=report.routing_generation,
     )
 
 

@@ -18,16 +18,25 @@ mode the artifact cache lives on the host (`/var/lib/hatswarm/<pool>`) so verifi
 survive a pod restart. Restricted pods cannot use hostPath, so they cache in an `emptyDir`
 capped at `cacheSize`.
 
-Auth: `spec.auth.tokenSecretRef` is mounted read-only (mode 0440, only the referenced key) at
-`/var/run/hatswarm/token/<key>` and passed as `--auth-token-file`; the agent re-reads it when
-the kubelet refreshes the volume, so a rotated Secret needs no restart. `spec.auth.tlsSecretRef`
-(a kubernetes.io/tls Secret) is mounted at `/var/run/hatswarm/tls/` for `--tls-cert/--tls-key`,
-plus `--tls-ca` (its `ca.crt`) when `mutualTls`. The cloud fallback token is mounted where
-the routing table points (`/var/run/hatswarm/cloud-token/<key>`).
+Auth (README "Security model"): every Secret is mounted read-only, mode 0440, only the keys
+needed, into the agent container alone, and the agent re-reads it when the kubelet refreshes
+the volume, so a rotated Secret needs no restart. The pool's control token (`hatswarm-control-
+<pool>`, which the operator generates; the only credential that opens the agents' control
+service) at `/var/run/hatswarm/control/token` (`--control-token-file`); the inference tokens
+(`spec.auth.tokenSecretRef`, else the generated `hatswarm-clients-<pool>`; none only with
+`unauthenticatedInference`) at `/var/run/hatswarm/token/<key>` (`--auth-token-file`).
+`spec.auth.tlsSecretRef` (a kubernetes.io/tls Secret) is mounted at `/var/run/hatswarm/tls/` for
+`--tls-cert/--tls-key`, plus `--tls-ca` (its `ca.crt`) when `mutualTls`; the trusted signing
+keys (`spec.auth.trustedKeysSecret`, every key) at `/var/run/hatswarm/trusted-keys/`
+(`--trusted-keys`). The cloud fallback token is mounted at `/var/run/hatswarm/cloud-token/<key>`
+and named to the agent (`--cloud-token cloud=FILE`): a routing table names it, never a path.
+`spec.agent.fileRoots` are mounted read-only by hostPath and allow-listed
+(`--allow-file-root`); without them file:// artifacts are refused.
 """
 
 from __future__ import annotations
 
+import base64
 import copy
 import hashlib
 import json
@@ -48,7 +57,16 @@ from hatswarm_operator.api.common import (
     POOL_LABEL,
 )
 from hatswarm_operator.api.inferencepool import AgentSettings
-from hatswarm_operator.control.credentials import CLOUD_TOKEN_DIR, TLS_CA, TLS_CERT, TLS_KEY
+from hatswarm_operator.control.credentials import (
+    CLOUD_TOKEN_DIR,
+    CLOUD_TOKEN_NAME,
+    TLS_CA,
+    TLS_CERT,
+    TLS_KEY,
+    TOKEN_KEY,
+    control_secret_name,
+    inference_token_ref,
+)
 
 AGENT: Final = AGENT_NAME
 NAME_LABEL: Final = "app.kubernetes.io/name"
@@ -61,6 +79,8 @@ SETTINGS_HASH: Final = "hatswarm.io/agent-settings-hash"
 SPEC_HASH: Final = "hatswarm.io/spec-hash"
 STATE_DIR: Final = "/var/lib/hatswarm"
 TOKEN_DIR: Final = "/var/run/hatswarm/token"
+CONTROL_DIR: Final = "/var/run/hatswarm/control"
+TRUSTED_KEYS_DIR: Final = "/var/run/hatswarm/trusted-keys"
 TLS_DIR: Final = "/var/run/hatswarm/tls"
 SECRET_MODE: Final = 0o440  # owner and group (fsGroup) may read; nobody else
 AGENT_UID: Final = 10001
@@ -236,13 +256,26 @@ def agent_args(pool: InferencePool, cls: AgentClass | None = None) -> list[str]:
     cls = cls or agent_classes(pool)[0]
     agent = pool.spec.agent
     auth = pool.spec.auth
-    extra: list[str] = []
-    if auth.token_secret_ref is not None:
-        extra += ["--auth-token-file", f"{TOKEN_DIR}/{auth.token_secret_ref.key}"]
+    extra: list[str] = ["--control-token-file", f"{CONTROL_DIR}/{TOKEN_KEY}"]
+    tokens = inference_token_ref(pool)
+    if tokens is not None:
+        extra += ["--auth-token-file", f"{TOKEN_DIR}/{tokens.key}"]
     if auth.tls_secret_ref is not None:
         extra += ["--tls-cert", f"{TLS_DIR}/{TLS_CERT}", "--tls-key", f"{TLS_DIR}/{TLS_KEY}"]
         if auth.mutual_tls:
             extra += ["--tls-ca", f"{TLS_DIR}/{TLS_CA}"]
+    if auth.trusted_keys_secret is not None:
+        extra += ["--trusted-keys", TRUSTED_KEYS_DIR]
+    if auth.require_signatures:
+        extra.append("--require-signatures")
+    cloud = pool.spec.cloud_fallback
+    if cloud is not None and cloud.token_secret_ref is not None:
+        extra += [
+            "--cloud-token",
+            f"{CLOUD_TOKEN_NAME}={CLOUD_TOKEN_DIR}/{cloud.token_secret_ref.key}",
+        ]
+    for root in agent.file_roots:
+        extra += ["--allow-file-root", root]
     return [
         "--host", "0.0.0.0",
         "--port", str(agent.port),
@@ -341,6 +374,9 @@ def build_daemonset(pool: InferencePool, cls: AgentClass | None = None) -> dict[
     for volume, mount in _secret_volumes(pool):
         volumes.append(volume)
         mounts.append(mount)
+    for i, root in enumerate(agent.file_roots):  # model folders on the host, read-only
+        volumes.append({"name": f"models-{i}", "hostPath": {"path": root, "type": "Directory"}})
+        mounts.append({"name": f"models-{i}", "mountPath": root, "readOnly": True})
 
     if privileged:
         container_security: dict[str, Any] = {"privileged": True, "runAsUser": 0}
@@ -433,26 +469,48 @@ def build_daemonset(pool: InferencePool, cls: AgentClass | None = None) -> dict[
 def _secret_volumes(pool: InferencePool) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """(volume, mount) for each Secret the agent reads: pool token, TLS files, cloud token."""
 
-    def secret(name: str, secret_name: str, keys: list[str], path: str) -> tuple[Any, Any]:
-        items = [{"key": k, "path": k} for k in keys]
-        volume = {
+    def secret(name: str, secret_name: str, keys: list[str] | None, path: str) -> tuple[Any, Any]:
+        source: dict[str, Any] = {"secretName": secret_name, "defaultMode": SECRET_MODE}
+        if keys is not None:  # None: every key (a folder of trusted keys)
+            source["items"] = [{"key": k, "path": k} for k in keys]
+        return {"name": name, "secret": source}, {
             "name": name,
-            "secret": {"secretName": secret_name, "items": items, "defaultMode": SECRET_MODE},
+            "mountPath": path,
+            "readOnly": True,
         }
-        return volume, {"name": name, "mountPath": path, "readOnly": True}
 
     auth, cloud = pool.spec.auth, pool.spec.cloud_fallback
-    out = []
-    if auth.token_secret_ref is not None:
-        ref = auth.token_secret_ref
-        out.append(secret("auth-token", ref.name, [ref.key], TOKEN_DIR))
+    out = [
+        secret("control-token", control_secret_name(pool.metadata.name), [TOKEN_KEY], CONTROL_DIR)
+    ]
+    tokens = inference_token_ref(pool)
+    if tokens is not None:
+        out.append(secret("auth-token", tokens.name, [tokens.key], TOKEN_DIR))
     if auth.tls_secret_ref is not None:
         keys = [TLS_CERT, TLS_KEY, *([TLS_CA] if auth.mutual_tls else [])]
         out.append(secret("tls", auth.tls_secret_ref.name, keys, TLS_DIR))
+    if auth.trusted_keys_secret is not None:
+        out.append(secret("trusted-keys", auth.trusted_keys_secret, None, TRUSTED_KEYS_DIR))
     if cloud is not None and cloud.token_secret_ref is not None:
         ref = cloud.token_secret_ref
         out.append(secret("cloud-token", ref.name, [ref.key], CLOUD_TOKEN_DIR))
     return out
+
+
+def build_token_secret(pool: InferencePool, name: str, token: str) -> dict[str, Any]:
+    """A generated token Secret of the pool (`credentials.generated_secrets`), as a dict: the
+    handler adopts it (the pool owns it) and creates it only when absent."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": name,
+            "namespace": pool.metadata.namespace,
+            "labels": common_labels(pool.metadata.name),
+        },
+        "data": {TOKEN_KEY: base64.b64encode(f"{token}\n".encode()).decode()},
+    }
 
 
 def build_service(pool: InferencePool) -> dict[str, Any]:

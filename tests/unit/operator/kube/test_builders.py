@@ -319,7 +319,7 @@ def test_agent_image_is_filled_at_reconcile_time_not_stored_by_the_crd() -> None
     }
 
 
-def test_cloud_token_secret_is_mounted_where_the_routing_table_points() -> None:
+def test_cloud_token_secret_is_mounted_and_named_to_the_agent() -> None:
     p = pool(cloudFallback={"endpoint": "oip.example:443", "tokenSecretRef": {"name": "cloud"}})
     ds = build_daemonset(p)
     volumes = {v["name"]: v for v in ds["spec"]["template"]["spec"]["volumes"]}
@@ -328,8 +328,10 @@ def test_cloud_token_secret_is_mounted_where_the_routing_table_points() -> None:
     mounts = {m["name"]: m for m in container(ds)["volumeMounts"]}
     assert mounts["cloud-token"]["mountPath"] == "/var/run/hatswarm/cloud-token"
     assert mounts["cloud-token"]["readOnly"] is True
+    # The table names the token; only the agent's own flag says where its file is.
+    assert arg(container(ds), "--cloud-token") == "cloud=/var/run/hatswarm/cloud-token/token"
     table = routing_table(p, [], 1)
-    assert table.cloud.token_file == "/var/run/hatswarm/cloud-token/token"
+    assert table.cloud.token_name == "cloud" and table.cloud.token_file == ""
 
 
 def test_pool_token_is_mounted_read_only_and_passed_to_the_agent() -> None:
@@ -484,3 +486,40 @@ def test_cluster_agent_defaults_fill_what_the_pool_leaves_at_builtin(tmp_path: P
     path.write_text("port: 0\n")
     with pytest.raises(ValueError, match="port"):
         load_agent_defaults(path)
+
+
+def test_by_default_the_agents_get_the_control_token_and_a_generated_client_token() -> None:
+    c = container(build_daemonset(pool()))
+    volumes = {v["name"]: v for v in build_daemonset(pool())["spec"]["template"]["spec"]["volumes"]}
+    assert arg(c, "--control-token-file") == "/var/run/hatswarm/control/token"
+    assert volumes["control-token"]["secret"] == {
+        "secretName": "hatswarm-control-floor-1",
+        "items": [{"key": "token", "path": "token"}],
+        "defaultMode": 0o440,
+    }
+    assert arg(c, "--auth-token-file") == "/var/run/hatswarm/token/token"
+    assert volumes["auth-token"]["secret"]["secretName"] == "hatswarm-clients-floor-1"
+    # Serving anyone is explicit; the control token stays.
+    opened = container(build_daemonset(pool(auth={"unauthenticatedInference": True})))
+    assert "--auth-token-file" not in opened["args"] and "--control-token-file" in opened["args"]
+
+
+def test_trusted_keys_and_file_roots_come_from_the_pool() -> None:
+    p = pool(
+        auth={"trustedKeysSecret": "publishers", "requireSignatures": True},
+        agent={"fileRoots": ["/srv/models"]},
+    )
+    ds = build_daemonset(p)
+    c = container(ds)
+    assert arg(c, "--trusted-keys") == "/var/run/hatswarm/trusted-keys"
+    assert "--require-signatures" in c["args"]
+    assert arg(c, "--allow-file-root") == "/srv/models"
+    volumes = {v["name"]: v for v in ds["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["trusted-keys"]["secret"] == {"secretName": "publishers", "defaultMode": 0o440}
+    assert volumes["models-0"]["hostPath"] == {"path": "/srv/models", "type": "Directory"}
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    assert mounts["models-0"] == {"name": "models-0", "mountPath": "/srv/models", "readOnly": True}
+    with pytest.raises(ValueError, match="must not contain"):
+        pool(agent={"fileRoots": ["/srv/../etc"]})
+    with pytest.raises(ValueError, match=r"needs auth\.trustedKeysSecret"):
+        pool(auth={"requireSignatures": True})
