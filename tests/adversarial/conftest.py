@@ -24,7 +24,7 @@ from hatswarm_agent.protocol.v1 import control_pb2_grpc
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2_grpc as pb_grpc
 
-from tests.agentproc import build_mlp
+from tests.onnxmodels import build_mlp
 
 Metadata = tuple[tuple[str, str], ...]
 

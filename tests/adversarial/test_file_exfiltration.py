@@ -26,7 +26,8 @@ from tests.adversarial.conftest import (
     private_file,
     sha256_of,
 )
-from tests.agentproc import _save, start_agent
+from tests.agentproc import start_agent
+from tests.onnxmodels import save_graph as _save
 
 pytestmark = pytest.mark.integration
 

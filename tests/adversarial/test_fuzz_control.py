@@ -32,7 +32,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.adversarial.conftest import bearer, control, oip, private_file, sha256_of
-from tests.agentproc import AgentProcess, build_mlp, start_agent
+from tests.agentproc import AgentProcess, start_agent
+from tests.onnxmodels import build_mlp
 
 pytestmark = pytest.mark.integration
 
