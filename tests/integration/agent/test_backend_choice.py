@@ -7,6 +7,7 @@ HATSWARM_FAKE_HAILO_CHIP).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import urllib.request
 from collections.abc import Iterator
@@ -41,6 +42,9 @@ def status(agent: AgentProcess) -> control_pb2.NodeStatusResponse:
 
 
 def load(agent: AgentProcess, **fields: str) -> control_pb2.ModelStatus:
+    """LoadModel as the control plane sends it: the artifact's sha256 always named."""
+    path = Path(fields["uri"].removeprefix("file://"))
+    fields.setdefault("sha256", hashlib.sha256(path.read_bytes()).hexdigest())
     with grpc.insecure_channel(agent.address) as ch:
         reply: control_pb2.ModelStatus = control_pb2_grpc.AgentControlStub(ch).LoadModel(
             control_pb2.LoadModelRequest(**fields), timeout=30
@@ -68,7 +72,7 @@ def test_auto_without_hailort_serves_on_the_cpu_and_says_so(
     port = free_port()
     agent = start_agent(
         ["--backend", "auto", "--accelerator", "hailo8l", "--metrics-port", str(port),
-         "--log-level", "INFO"]
+         "--log-level", "INFO", "--allow-file-root", str(model_dir)]
     )  # fmt: skip
     agents.append(agent)
     st = status(agent)
@@ -97,7 +101,8 @@ def test_auto_with_a_chip_reports_it_and_serves_hefs_and_onnx(
     finally:
         sys.path.remove(str(FAKES))
         sys.modules.pop("hailo_platform", None)
-    agent = start_agent(["--accelerator", "cpu"], env=fake_hailort(chip))  # default: auto
+    roots = ["--allow-file-root", str(model_dir), "--allow-file-root", str(tmp_path)]
+    agent = start_agent(["--accelerator", "cpu", *roots], env=fake_hailort(chip))  # default: auto
     agents.append(agent)
     st = status(agent)
     assert (st.backend, st.backend_error, st.accelerator) == ("hailo", "", chip)
@@ -126,7 +131,18 @@ def test_pinned_hailo_without_the_chip_stays_up_and_reports_why(
     """No crash loop: the agent runs, refuses NPU loads with the reason, and says so."""
     port = free_port()
     agent = start_agent(
-        ["--backend", "hailo", "--accelerator", "hailo8", "--metrics-port", str(port)],
+        [
+            "--backend",
+            "hailo",
+            "--accelerator",
+            "hailo8",
+            "--metrics-port",
+            str(port),
+            "--allow-file-root",
+            str(model_dir),
+            "--allow-file-root",
+            str(tmp_path),
+        ],
         env=fake_hailort("none"),  # HailoRT installed, no device on the bus
     )
     agents.append(agent)

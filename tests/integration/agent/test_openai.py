@@ -87,6 +87,7 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
     holder = start_agent(
         [
             "--node-name", "holder",
+            "--allow-file-root", str(d),
             "--http-port", str(holder_http),
             "--metrics-port", str(metrics),
             "--model", f"tiny@genai={tiny_tar}#sha256={tiny_sha}",

@@ -175,7 +175,7 @@ def test_operator_generates_the_pools_tokens_when_absent(world: World, mlp: Path
     assert len(tokens) == 2 and all(len(t) >= 40 for t in tokens)
     for s in (control, clients):
         assert s["metadata"]["ownerReferences"][0]["kind"] == "InferencePool"
-    ds = wait_for(lambda: world.get("DaemonSet", "hatswarm-agent-floor"), what="DaemonSet")
+    ds = wait_for(lambda: world.get("DaemonSet", "hatswarm-agent-floor-cpu"), what="DaemonSet")
     volumes = {v["name"]: v for v in ds["spec"]["template"]["spec"]["volumes"]}
     assert volumes["control-token"]["secret"]["secretName"] == "hatswarm-control-floor"
     assert volumes["auth-token"]["secret"]["secretName"] == "hatswarm-clients-floor"
