@@ -22,6 +22,7 @@ from pathlib import Path
 from hatswarm_agent.backends import BACKEND_NAMES
 from hatswarm_agent.backends.base import BackendError
 from hatswarm_agent.control.lifecycle import QueueDefaults
+from hatswarm_agent.control.repository import RepositoryError, repository_models
 from hatswarm_agent.protocol.auth import TlsFiles
 from hatswarm_agent.protocol.defaults import ROUTE_RETRIES, ROUTE_TIMEOUT_MS
 from hatswarm_agent.protocol.v1 import control_pb2
@@ -60,6 +61,16 @@ def parse_option(text: str) -> tuple[str, str]:
     return key, value
 
 
+def parse_bool(text: str) -> bool:
+    """tritonserver's spelling of boolean flags: `--strict-readiness=false`."""
+    value = text.strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"want true or false, got {text!r}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hatswarm-agent", description=__doc__.split("\n")[0])
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 in pods)")
@@ -68,7 +79,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--accelerator", choices=["cpu", "hailo8l", "hailo8"], default="cpu")
     p.add_argument("--backend", choices=list(BACKEND_NAMES), default="onnxruntime")
     p.add_argument("--model", action="append", default=[], metavar="NAME=URI[#sha256=HEX]")
-    p.add_argument("--model-dir", type=Path, help="serve every *.onnx in DIR (name = stem)")
+    p.add_argument(
+        "--model-dir",
+        type=Path,
+        metavar="DIR",
+        help="serve DIR/NAME.onnx files or a Triton repository (NAME/VERSION/model.onnx, "
+        "optional NAME/config.pbtxt)",
+    )
+    p.add_argument(
+        "--strict-readiness",
+        type=parse_bool,
+        default=True,
+        metavar="BOOL",
+        help="OIP ServerReady is false while a --model/--model-dir model is not READY "
+        "(as tritonserver; false: ready once serving)",
+    )
     p.add_argument(
         "--option",
         action="append",
@@ -133,12 +158,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
     backend = "" if args.backend == "onnxruntime" else args.backend
     models = [parse_model(spec, backend, options) for spec in args.model]
     if args.model_dir is not None:
-        for path in sorted(Path(args.model_dir).glob("*.onnx")):
-            models.append(
-                control_pb2.LoadModelRequest(
-                    name=path.stem, uri=str(path.resolve()), backend=backend, options=options
-                )
-            )
+        models.extend(repository_models(args.model_dir, backend, options))
     if bool(args.tls_cert) != bool(args.tls_key):
         raise TableFileError("--tls-cert and --tls-key go together")
     if args.tls_ca and not args.tls_cert:
@@ -173,6 +193,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         routing_table=table,
         auth_token_file=args.auth_token_file,
         tls=tls,
+        strict_readiness=args.strict_readiness,
     )
 
 
@@ -200,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = config_from_args(args)
         asyncio.run(serve(config))
-    except TableFileError as exc:
+    except (TableFileError, RepositoryError) as exc:
         print(f"hatswarm-agent: {exc}", file=sys.stderr)
         return 2
     except BackendError as exc:

@@ -35,7 +35,7 @@ from hatswarm_agent.routing.dispatcher import Dispatcher
 from hatswarm_agent.routing.table import RoutingTableStore
 from hatswarm_agent.serving.dataplane import DataPlane, ServingState
 from hatswarm_agent.serving.metrics import AgentMetrics, RouteMetrics
-from hatswarm_agent.serving.registry import ModelRegistry
+from hatswarm_agent.serving.registry import DEFAULT_VERSION, ModelRegistry
 from hatswarm_agent.serving.servicer import InferenceServicer
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,7 @@ class AgentConfig:
     routing_table: control_pb2.RoutingTable | None = None  # static: --routing-table, --peer
     auth_token_file: Path | None = None
     tls: TlsFiles | None = None
+    strict_readiness: bool = True  # ServerReady false while a `models` entry is not READY
 
 
 def server_options(config: AgentConfig) -> list[tuple[str, int]]:
@@ -89,7 +90,10 @@ class Agent:
         """`dispatch=False`: no routing at all, every request runs (or fails) here."""
         self.config = config
         self.port = config.port
-        self.state = ServingState()
+        self.state = ServingState(
+            required=tuple((m.name, m.version or DEFAULT_VERSION) for m in config.models),
+            strict=config.strict_readiness,
+        )
         self.registry = ModelRegistry()
         self.backends = Backends(config.backend, config.accelerator)
         if not config.gateway:

@@ -15,6 +15,7 @@ from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2_grpc as pb_grpc
 from hatswarm_agent.serving.dataplane import DataPlane
 from hatswarm_agent.serving.errors import AgentError, grpc_errors
+from hatswarm_agent.serving.modelconfig import model_config, repository_index
 
 PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "hailo": "hailo_hef", "simulated": "simulated_npu"}
 
@@ -38,7 +39,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ServerReady(  # noqa: N802
         self, request: pb.ServerReadyRequest, context: Any
     ) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=self._state.ready)
+        return pb.ServerReadyResponse(ready=self._state.is_ready(self._registry))
 
     async def ServerMetadata(  # noqa: N802
         self, request: pb.ServerMetadataRequest, context: Any
@@ -78,3 +79,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelInferRequest, context: Any
     ) -> pb.ModelInferResponse:
         return await self._infer(request, context)
+
+    @grpc_errors
+    async def ModelConfig(  # noqa: N802
+        self, request: pb.ModelConfigRequest, context: Any
+    ) -> pb.ModelConfigResponse:
+        entry = self._registry.get(request.name, request.version)
+        platform = PLATFORMS.get(entry.backend, entry.backend)
+        return pb.ModelConfigResponse(config=model_config(entry, platform))
+
+    async def RepositoryIndex(  # noqa: N802
+        self, request: pb.RepositoryIndexRequest, context: Any
+    ) -> pb.RepositoryIndexResponse:
+        return repository_index(self._registry, request.ready)
