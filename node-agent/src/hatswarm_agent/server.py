@@ -151,10 +151,14 @@ class Agent:
         """Restore, load command-line models, listen, then report SERVING."""
         await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         address = f"{self.config.host}:{self.config.port}"
-        if self.config.tls is not None:
-            self.port = self.server.add_secure_port(address, self.config.tls.server_credentials())
-        else:
-            self.port = self.server.add_insecure_port(address)
+        try:
+            if self.config.tls is not None:
+                credentials = self.config.tls.server_credentials()
+                self.port = self.server.add_secure_port(address, credentials)
+            else:
+                self.port = self.server.add_insecure_port(address)
+        except RuntimeError as exc:  # grpc's "Failed to bind ..."
+            raise OSError(f"cannot listen on {address}: port in use or not allowed") from exc
         if self.port == 0:
             raise OSError(f"cannot listen on {address}")
         if self.dispatcher is not None:

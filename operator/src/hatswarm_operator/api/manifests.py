@@ -6,6 +6,7 @@ manifest that one accepts, all accept.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,9 +62,14 @@ def parse_object(obj: dict[str, Any], source: str = "<manifest>") -> EdgeModel |
         raise ManifestError(f"{source}: {kind}/{name}: {describe_errors(err)}") from err
 
 
+STDIN = Path("-")  # `-f -` reads the manifests from standard input, as kubectl does
+
+
 def iter_files(paths: Iterable[str | Path]) -> Iterator[Path]:
     for p in map(Path, paths):
-        if p.is_dir():
+        if p == STDIN:
+            yield p
+        elif p.is_dir():
             yield from sorted(q for q in p.iterdir() if q.suffix in (".yaml", ".yml"))
         elif p.exists():
             yield p
@@ -80,7 +86,8 @@ def load(paths: Iterable[str | Path], kinds: Iterable[str] = KINDS) -> ManifestS
     out = ManifestSet()
     for path in iter_files(paths):
         try:
-            docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+            text = sys.stdin.read() if path == STDIN else path.read_text()
+            docs = [d for d in yaml.safe_load_all(text) if d]
         except OSError as err:
             raise ManifestError(f"cannot read {path}: {err.strerror or err}") from err
         except yaml.YAMLError as err:

@@ -25,7 +25,7 @@ from hatswarm_agent.protocol.wire import NODE_PARAM, ROUTE_PARAM
 from hatswarm_operator.api import EdgeModel, InferencePool
 from hatswarm_operator.api.manifests import parse_object
 from hatswarm_operator.cli import cost as cost_cli
-from hatswarm_operator.cli.common import run
+from hatswarm_operator.cli.common import Parser, run
 from hatswarm_operator.local.pool import LocalPool
 from hatswarm_operator.local.processes import bundled_manifests, default_nodes
 from hatswarm_operator.local.status import LocalSink, render
@@ -240,7 +240,7 @@ async def run_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hatswarm demo", description=__doc__.split("\n")[0])
+    p = Parser(prog="hatswarm demo", description=__doc__.split("\n")[0])
     p.add_argument("--nodes", type=int, default=3)
     p.add_argument("--requests", type=int, default=400)
     return p
