@@ -37,7 +37,7 @@ pytestmark = pytest.mark.integration
 PROMETHEUS = shutil.which("prometheus")
 T = TypeVar("T")
 
-YOLO, MOBILENET, CLOUDY = "yolov8s", "mobilenet_v2", "cloudy"
+YOLO, MOBILENET, CLOUDY = "yolov8s", "mobilenet-v2", "cloudy"  # Kubernetes names: no "_"
 SENT = {YOLO: 40, MOBILENET: 120}
 BAD = 5  # wrong-shape requests to yolov8s: failures
 CLOUD = 10

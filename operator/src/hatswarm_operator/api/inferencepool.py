@@ -10,16 +10,28 @@ from pydantic import Field, model_validator
 from hatswarm_operator.api.common import (
     ACCELERATORS,
     API_VERSION,
+    CONDITIONS_LIST,
+    DNS_1035_LABEL,
     STATUS_CONFIG,
     Accelerator,
     ApiModel,
     Condition,
     LabelMap,
     ObjectMeta,
-    SecretKeyRef,
+    SecretRef,
+    Time,
+    TokenSecretRef,
     cel,
     with_rules,
 )
+
+
+class PoolMeta(ObjectMeta):
+    """Object metadata; an InferencePool's name is a DNS-1035 label: its Service has it."""
+
+    name: Annotated[str, Field(max_length=63, pattern=DNS_1035_LABEL)] = ""
+    """The pool's name (a lowercase letter first, then letters, digits and '-'; at most 63)."""
+
 
 QUANTITY = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$"
 
@@ -38,6 +50,7 @@ class NpuAccess(ApiModel):
         default="hailo.ai/h8l", description="Extended resource a Hailo device plugin exposes"
     )
     device_file: Annotated[str, Field(pattern=r"^/dev/[-a-z0-9_/]+$")] | None = None
+    """Device node of the NPU, e.g. /dev/hailo0 (with hostDevice)."""
     host_device: bool = Field(
         default=False,
         description="Mount deviceFile by hostPath in a privileged container (off by default)",
@@ -48,7 +61,9 @@ class AgentSettings(ApiModel):
     """The node-agent DaemonSet the operator runs on the pool's nodes."""
 
     image: Annotated[str, Field(min_length=1, max_length=512)] = "ghcr.io/hatswarm/agent:0.1.0"
+    """Container image of the node agent."""
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    """Always, IfNotPresent or Never."""
     resources: dict[str, Any] = Field(
         default_factory=lambda: {
             "requests": {"cpu": "250m", "memory": "256Mi"},
@@ -59,22 +74,37 @@ class AgentSettings(ApiModel):
     )
     npu: NpuAccess = Field(default_factory=NpuAccess)
     cache_size: Annotated[str, Field(pattern=QUANTITY)] = "2Gi"
+    """Disk the agent may use for verified artifacts (a Kubernetes quantity, e.g. 2Gi)."""
     port: Annotated[int, Field(ge=1, le=65535)] = 8001
+    """gRPC port of the agent: Open Inference Protocol, control and health."""
     metrics_port: Annotated[int, Field(ge=1, le=65535)] = 9090
+    """Port of the agent's Prometheus /metrics."""
     backend: Literal["hailo", "simulated", "onnxruntime"] = "hailo"
+    """What runs models: hailo (the NPU), simulated (a paced NPU model for CI and demos) or onnxruntime (CPU)."""
 
 
 class Routing(ApiModel):
+    """How every agent routes a request: to itself, a peer replica, or the cloud."""
+
     policy: Literal["LeastLoaded", "PowerOfTwoChoices", "RoundRobin"] = "PowerOfTwoChoices"
+    """How an agent picks a replica: PowerOfTwoChoices, LeastLoaded or RoundRobin."""
     queue_limit: Annotated[int, Field(ge=1, le=100000)] = ROUTE_QUEUE_LIMIT
+    """Requests an agent queues per model before it refuses more."""
     retries: Annotated[int, Field(ge=0, le=10)] = ROUTE_RETRIES
+    """Other replicas tried when one fails."""
     timeout_ms: Annotated[int, Field(ge=1, le=600000)] = ROUTE_TIMEOUT_MS
+    """Budget of one request across its attempts, in ms."""
     hedge_after_percentile: Annotated[float, Field(ge=50, le=100)] | None = None
+    """Send a second copy to another replica when the first is slower than this latency percentile (50..100); unset: no hedging."""
 
 
 class FailureDetection(ApiModel):
+    """Probing of the agents: a node that misses failureThreshold probes leaves the pool."""
+
     probe_interval_seconds: Annotated[float, Field(ge=0.1, le=300)] = 1.0
+    """Seconds between the operator's probes of each agent."""
     failure_threshold: Annotated[int, Field(ge=1, le=100)] = 3
+    """Missed probes after which a node is out of the pool."""
 
 
 class CloudFallback(ApiModel):
@@ -83,36 +113,56 @@ class CloudFallback(ApiModel):
     endpoint: Annotated[str, Field(pattern=r"^[-A-Za-z0-9.]+:[0-9]{1,5}$")] = Field(
         description="host:port of an OIP gRPC endpoint"
     )
-    token_secret_ref: SecretKeyRef | None = None
+    token_secret_ref: TokenSecretRef | None = None
+    """Secret key with the bearer token for the cloud endpoint."""
     tls: bool = True
+    """Use TLS toward the cloud endpoint."""
     max_share: Annotated[float, Field(ge=0, le=1)] = 0.1
+    """Largest share of traffic (0..1) that may go to the cloud."""
     price_per1k_usd: Annotated[float, Field(ge=0, alias="pricePer1kUsd")] = 0.0
+    """What the cloud charges per 1,000 inferences in USD (for cost reports)."""
 
 
 class CacheLimits(ApiModel):
+    """Limits of each agent's response cache."""
+
     max_entries: Annotated[int, Field(ge=0, le=10_000_000)] = 10000
+    """Responses each agent's cache keeps at most."""
     max_bytes: Annotated[str, Field(pattern=QUANTITY)] = "64Mi"
+    """Memory each agent's cache uses at most (a Kubernetes quantity, e.g. 64Mi)."""
 
 
 class Auth(ApiModel):
-    token_secret_ref: SecretKeyRef | None = None
-    tls_secret_ref: SecretKeyRef | None = Field(
+    """Who may send requests to the pool, and TLS between clients, agents and the operator."""
+
+    token_secret_ref: TokenSecretRef | None = None
+    """Secret key with the bearer token every request to the pool must carry."""
+    tls_secret_ref: SecretRef | None = Field(
         default=None, description="kubernetes.io/tls Secret (tls.crt, tls.key, ca.crt for mTLS)"
     )
     mutual_tls: bool = False
+    """Agents also require client certificates signed by the Secret's ca.crt."""
 
 
 class DeviceCost(ApiModel):
     """The seed article's TCO inputs, per device unless said otherwise."""
 
     device_price_usd: Annotated[float, Field(ge=0)] = 75.0
+    """Price of one Raspberry Pi 5 in USD."""
     hat_price_usd: Annotated[float, Field(ge=0)] = 130.0
+    """Price of one AI HAT+ in USD."""
     lifespan_years: Annotated[float, Field(ge=0.1, le=50)] = 3.0
+    """Years over which the hardware is written off."""
     watts: Annotated[float, Field(ge=0, le=1000)] = 10.0
+    """Average power draw of one device in W."""
     electricity_usd_per_kwh: Annotated[float, Field(ge=0)] = 0.12
+    """Electricity price in USD per kWh."""
     mgmt_usd_per_device_year: Annotated[float, Field(ge=0)] = 60.0
+    """Management cost per device and year in USD."""
     connectivity_usd_per_device_year: Annotated[float, Field(ge=0)] = 0.0
+    """Network cost per device and year in USD."""
     shared_ops_usd_per_year: Annotated[float, Field(ge=0)] = 0.0
+    """Operations cost shared by the whole pool per year in USD."""
 
 
 class InferencePoolSpec(ApiModel):
@@ -131,6 +181,7 @@ class InferencePoolSpec(ApiModel):
         default_factory=lambda: list(ACCELERATORS),
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
+    """Accelerator kinds the pool uses: hailo8l, hailo8, cpu."""
     agent: AgentSettings = Field(default_factory=AgentSettings)
     routing: Routing = Field(default_factory=Routing)
     failure_detection: FailureDetection = Field(default_factory=FailureDetection)
@@ -139,63 +190,99 @@ class InferencePoolSpec(ApiModel):
     auth: Auth = Field(default_factory=Auth)
     cost: DeviceCost = Field(default_factory=DeviceCost)
     max_concurrent_loads_per_node: Annotated[int, Field(ge=1, le=16)] = 1
+    """Model loads one node performs at once."""
 
     @model_validator(mode="after")
     def _mtls(self) -> Self:
         if self.auth.mutual_tls and self.auth.tls_secret_ref is None:
-            raise ValueError("auth.mutualTls needs auth.tlsSecretRef")
+            raise ValueError("auth.mutualTls is true but auth.tlsSecretRef is not set")
         return self
 
 
 class PoolNode(ApiModel):
     name: str
+    """Node name."""
     accelerator: str = "cpu"
+    """Accelerator the node has."""
     ready: bool = False
+    """Whether the node's agent answers probes."""
     address: str | None = None
+    """host:port of the node's agent."""
     models: list[str] = Field(default_factory=list)
+    """Model versions loaded on the node."""
     queue_depth: int = 0
+    """Requests waiting on the node."""
     temperature_c: float | None = None
+    """NPU temperature in degrees Celsius, when the device reports it."""
     watts: float | None = None
-    last_seen: str | None = None
+    """Power draw in W, when the device reports it."""
+    last_seen: Time | None = None
+    """When the node last answered a probe (RFC 3339)."""
     reason: str | None = None
+    """Why the node is not ready."""
 
 
 class PoolCapacity(ApiModel):
     nodes_by_accelerator: dict[str, int] = Field(default_factory=dict)
+    """Ready nodes per accelerator kind."""
     model_slots_free: int = 0
+    """Replicas the pool could still place."""
     inferences_per_second: float = 0.0
+    """Throughput the placed replicas sustain together."""
 
 
 class PoolCost(ApiModel):
     per_device_year_usd: float | None = None
+    """Cost of one device per year in USD."""
     fleet_per_year_usd: float | None = None
+    """Cost of the whole pool per year in USD."""
     measured_per_inference_usd: float | None = None
+    """Cost per inference at the measured volume in USD."""
     per1k_usd: float | None = Field(default=None, alias="per1kUsd")
+    """Cost per 1,000 inferences at the measured volume in USD."""
     cloud_per1k_usd: float | None = Field(default=None, alias="cloudPer1kUsd")
+    """The cloud fallback's price per 1,000 inferences in USD."""
     cloud_break_even_per_device_day: float | None = None
+    """Inferences per device and day at which the pool costs what the cloud would."""
     cloud_fallback_spend_usd: float | None = None
+    """Spent on the cloud fallback so far in USD."""
     energy_source: Literal["measured", "nameplate"] | None = None
+    """Whether energy is measured from the devices or taken from spec.cost.watts (nameplate)."""
 
 
 class InferencePoolStatus(ApiModel):
     model_config = STATUS_CONFIG
 
     observed_generation: int | None = None
+    """The metadata.generation this status describes."""
     nodes_ready: int = 0
+    """Nodes whose agent answers probes."""
     nodes_total: int = 0
+    """Nodes matching spec.nodeSelector."""
     models: int = 0
+    """EdgeModels in the pool."""
     nodes: list[PoolNode] = Field(default_factory=list)
+    """Each node: readiness, models, load and device readings."""
     capacity: PoolCapacity = Field(default_factory=PoolCapacity)
-    conditions: list[Condition] = Field(default_factory=list)
+    """What the pool can still take."""
+    conditions: list[Condition] = Field(default_factory=list, json_schema_extra=CONDITIONS_LIST)
+    """Ready, Degraded, ... (kubectl wait --for=condition=Ready)."""
     cost: PoolCost = Field(default_factory=PoolCost)
+    """Cost per device, per year and per inference."""
     service: str | None = None
+    """Service clients connect to (the pool's entry point)."""
 
 
 class InferencePool(ApiModel):
     """A pool of Pi + AI HAT+ nodes serving EdgeModels as one endpoint."""
 
     api_version: Literal["hatswarm.io/v1alpha1"] = API_VERSION
+    """hatswarm.io/v1alpha1"""
     kind: Literal["InferencePool"] = "InferencePool"
-    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    """InferencePool"""
+    metadata: PoolMeta = Field(default_factory=PoolMeta)
+    """Standard object metadata; the name is a DNS-1035 label (at most 63 characters): the pool's Service has it."""
     spec: InferencePoolSpec = Field(default_factory=InferencePoolSpec)
+    """Nodes, agents, routing, security and cost inputs."""
     status: InferencePoolStatus | None = None
+    """What the operator observed (written by the operator)."""

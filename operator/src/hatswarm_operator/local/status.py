@@ -75,13 +75,15 @@ def _figure(value: object, fmt: str = "") -> str:
 
 
 def render(snapshot: dict[str, Any], events: int = 6) -> str:
-    """A `kubectl get ipool,em` style table, plus the latest Events."""
-    lines = ["NAME                     READY  NODES  MODELS  COST/1K     CLOUD/1K"]
+    """A `kubectl get inferencepools.hatswarm.io,edgemodels.hatswarm.io` style table (kinds
+    qualified by group, as `kubectl get all` prints them), plus the latest Events."""
+    lines = ["NAME                                 READY  NODES  MODELS  COST/1K     CLOUD/1K"]
     for name, p in sorted(snapshot["pools"].items()):
         cost = p.get("cost", {})
         per1k, cloud = cost.get("per1kUsd"), cost.get("cloudPer1kUsd")
         lines.append(
-            f"inferencepool/{name:<10} {p.get('nodesReady', 0):<6} {p.get('nodesTotal', 0):<6} "
+            f"inferencepool.hatswarm.io/{name:<10} {p.get('nodesReady', 0):<6} "
+            f"{p.get('nodesTotal', 0):<6} "
             f"{p.get('models', 0):<7} {_figure(per1k):<11} {_figure(cloud)}"
         )
         for n in p.get("nodes", []):
@@ -93,10 +95,12 @@ def render(snapshot: dict[str, Any], events: int = 6) -> str:
                 f"{f'{temp:.0f}C' if temp is not None else ''}"
             )
     lines.append("")
-    lines.append("NAME                     READY  VERSION  PHASE        RATE     P99-MS")
+    lines.append(
+        "NAME                                 READY  VERSION  PHASE        RATE     P99-MS"
+    )
     for name, m in sorted(snapshot["models"].items()):
         lines.append(
-            f"edgemodel/{name:<14} {m.get('ready', '0/0'):<6} {m.get('version') or '-':<8} "
+            f"edgemodel.hatswarm.io/{name:<14} {m.get('ready', '0/0'):<6} {m.get('version') or '-':<8} "
             f"{m.get('phase', ''):<12} {_figure(m.get('requestRate'), '.1f'):<8} "
             f"{_figure(m.get('p99LatencyMs'), '.1f')}"
         )

@@ -43,9 +43,13 @@ def test_snapshot_times_are_iso_and_unmeasured_figures_absent(tmp_path: Path) ->
 
 def test_table_blanks_not_zeros(tmp_path: Path) -> None:
     table = render(sink(tmp_path).snapshot())
-    idle = next(line for line in table.splitlines() if line.startswith("edgemodel/idle"))
-    busy = next(line for line in table.splitlines() if line.startswith("edgemodel/busy"))
-    assert idle.split() == ["edgemodel/idle", "1/1", "-", "Ready"]
+    idle = next(
+        line for line in table.splitlines() if line.startswith("edgemodel.hatswarm.io/idle")
+    )
+    busy = next(
+        line for line in table.splitlines() if line.startswith("edgemodel.hatswarm.io/busy")
+    )
+    assert idle.split() == ["edgemodel.hatswarm.io/idle", "1/1", "-", "Ready"]
     assert busy.split()[-2:] == ["12.5", "8.2"]
     event = table.splitlines()[-1].split()
     assert ISO.match(event[0]) and event[2] == "Placed"
