@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -156,7 +157,7 @@ def test_ready_filter_and_readiness_after_unload(agents: dict[str, AgentProcess]
 
 def perf_analyzer() -> str:
     proc = subprocess.run(
-        ["python3", str(ROOT / "tools" / "fetch_tools.py"), "perf_analyzer"],
+        [sys.executable, str(ROOT / "tools" / "fetch_tools.py"), "perf_analyzer"],
         capture_output=True,
         text=True,
         timeout=900,
