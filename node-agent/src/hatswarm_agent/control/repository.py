@@ -7,11 +7,14 @@ counts (worker threads), `version_policy`, `default_model_filename`, and `parame
 to the backend as options, e.g. `intra_op_threads`). Fields it has no use for (GPU settings,
 warm-up, ...) are ignored; a model for a backend it cannot run is refused by name.
 
-Every mistake raises RepositoryError with one line naming the path and what was expected.
+Every mistake raises RepositoryError with one line naming the path and what was expected; a
+subfolder holding no config, version folder or model file (a volume's lost+found) is skipped
+with a warning.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,6 +23,8 @@ from google.protobuf import text_format
 
 from hatswarm_agent.protocol.v1 import control_pb2
 from hatswarm_agent.protocol.v1 import model_config_pb2 as mc
+
+log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.pbtxt"
 MODEL_FILES = ("model.onnx", "model.hef")
@@ -131,12 +136,24 @@ def repository_models(
                 )
             )
         elif path.is_dir():
+            if not _looks_like_a_model(path):  # lost+found on a mounted volume, notes, ...
+                log.warning("--model-dir: skipping %s (no config.pbtxt, version or model)", path)
+                continue
             models.extend(_triton_model(path, backend, options))
     if not models:
         raise RepositoryError(
             f"--model-dir {model_dir} holds no model (expected NAME.onnx or NAME/1/model.onnx)"
         )
     return models
+
+
+def _looks_like_a_model(folder: Path) -> bool:
+    """A config, a version directory or a model file: meant as a model (mistakes in it are
+    errors); anything else is not ours."""
+    return any(
+        p.name == CONFIG_FILE or (p.is_dir() and p.name.isdigit()) or p.suffix in (".onnx", ".hef")
+        for p in folder.iterdir()
+    )
 
 
 def _triton_model(

@@ -27,6 +27,8 @@ def test_flat_and_triton_layouts_side_by_side(tmp_path: Path) -> None:
     touch(tmp_path / "flat.onnx")
     touch(tmp_path / "notes.txt")
     touch(tmp_path / ".cache" / "junk")
+    (tmp_path / "lost+found").mkdir()  # a mounted volume's: not a model
+    touch(tmp_path / "docs" / "README.md")
     for version in ("1", "2", "10"):
         touch(tmp_path / "cnn" / version / "model.onnx")
     touch(tmp_path / "yolo" / "1" / "model.hef")
@@ -83,6 +85,7 @@ def test_onnxruntime_config_keeps_the_command_line_backend(tmp_path: Path) -> No
     [
         ({}, None, "holds no model (expected NAME.onnx or NAME/1/model.onnx)"),
         ({"m/model.onnx": ""}, None, "no version directory (expected"),
+        ({"m/config.pbtxt": ""}, None, "no version directory (expected"),
         ({"m/1/other.onnx": ""}, None, "no model file (expected model.onnx or model.hef)"),
         ({"m/1/model.onnx": ""}, 'name: "other"', "name 'other' does not match its directory 'm'"),
         ({"m/1/model.onnx": ""}, 'backend: "pytorch"', "backend 'pytorch' is not served here"),
