@@ -45,7 +45,7 @@ from hatswarm_agent.routing.table import RoutingTableStore
 from hatswarm_agent.serving.dataplane import DataPlane, ServingState
 from hatswarm_agent.serving.generation import Generations
 from hatswarm_agent.serving.metrics import AgentMetrics, RouteMetrics
-from hatswarm_agent.serving.registry import ModelRegistry
+from hatswarm_agent.serving.registry import DEFAULT_VERSION, ModelRegistry
 from hatswarm_agent.serving.servicer import InferenceServicer
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,7 @@ class AgentConfig:
     trusted_keys: tuple[Path, ...] = ()  # ed25519 public keys (files or folders of files)
     require_signatures: bool = False
     cloud_tokens: dict[str, Path] = field(default_factory=dict)  # name -> token file
+    strict_readiness: bool = True  # ServerReady false while a `models` entry is not READY
 
 
 def log_selection(selection: Selection, accelerator: str) -> None:
@@ -125,7 +126,10 @@ class Agent:
         """`dispatch=False`: no routing at all, every request runs (or fails) here."""
         self.config = config
         self.port = config.port
-        self.state = ServingState()
+        self.state = ServingState(
+            required=tuple((m.name, m.version or DEFAULT_VERSION) for m in config.models),
+            strict=config.strict_readiness,
+        )
         self.registry = ModelRegistry()
         self.backends = Backends(config.backend, config.accelerator)
         if not config.gateway:
@@ -213,10 +217,14 @@ class Agent:
         """Restore, load command-line models, listen, then report SERVING."""
         await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         address = f"{self.config.host}:{self.config.port}"
-        if self.config.tls is not None:
-            self.port = self.server.add_secure_port(address, self.config.tls.server_credentials())
-        else:
-            self.port = self.server.add_insecure_port(address)
+        try:
+            if self.config.tls is not None:
+                credentials = self.config.tls.server_credentials()
+                self.port = self.server.add_secure_port(address, credentials)
+            else:
+                self.port = self.server.add_insecure_port(address)
+        except RuntimeError as exc:  # grpc's "Failed to bind ..."
+            raise OSError(f"cannot listen on {address}: port in use or not allowed") from exc
         if self.port == 0:
             raise OSError(f"cannot listen on {address}")
         if self.dispatcher is not None:
