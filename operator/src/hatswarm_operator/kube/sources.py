@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from hatswarm_operator.api import EdgeModel
-from hatswarm_operator.api.common import GROUP, VERSION
-from hatswarm_operator.api.inferencepool import Auth
+from hatswarm_operator.api.common import GROUP, POOL_LABEL, VERSION
+from hatswarm_operator.api.inferencepool import InferencePool
 from hatswarm_operator.api.manifests import ManifestError, parse_object
 from hatswarm_operator.control.credentials import (
     AgentCredentials,
@@ -105,7 +105,7 @@ def pod_view(obj: Obj) -> PodView:
         address = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
     return PodView(
         name=str(meta.get("name")),
-        pool=str((meta.get("labels") or {}).get(builders.POOL_LABEL, "")),
+        pool=str((meta.get("labels") or {}).get(POOL_LABEL, "")),
         node_name=str(spec.get("nodeName") or ""),
         address=address,
         ready=_condition(obj, "Ready") == "True",
@@ -209,7 +209,7 @@ class Sources(Protocol):
 
     async def secret_data(self, namespace: str, name: str) -> dict[str, bytes]: ...
 
-    async def agent_credentials(self, namespace: str, auth: Auth) -> AgentCredentials: ...
+    async def agent_credentials(self, pool: InferencePool) -> AgentCredentials: ...
 
     async def secret_value(self, namespace: str, name: str, key: str) -> str: ...
 
@@ -218,10 +218,12 @@ class Sources(Protocol):
     async def close(self) -> None: ...
 
 
-async def _credentials(sources: Sources, namespace: str, auth: Auth) -> AgentCredentials:
-    names = auth_secret_names(auth)
+async def _credentials(sources: Sources, pool: InferencePool) -> AgentCredentials:
+    """What the operator presents to a pool's agents: its control token and TLS Secrets."""
+    namespace = pool.metadata.namespace
+    names = auth_secret_names(pool)
     secrets = {name: await sources.secret_data(namespace, name) for name in names}
-    return agent_credentials(auth, secrets, lambda name: f"secret {namespace}/{name}")
+    return agent_credentials(pool, secrets, lambda name: f"secret {namespace}/{name}")
 
 
 class ListedSources:
@@ -254,8 +256,8 @@ class ListedSources:
     async def secret_value(self, namespace: str, name: str, key: str) -> str:
         return await self.cluster.secret_value(namespace, name, key)
 
-    async def agent_credentials(self, namespace: str, auth: Auth) -> AgentCredentials:
-        return await _credentials(self, namespace, auth)
+    async def agent_credentials(self, pool: InferencePool) -> AgentCredentials:
+        return await _credentials(self, pool)
 
     def model_status(self, namespace: str, name: str) -> Obj | None:
         return None  # unknown: the sink patches whatever the loop says changed
@@ -375,8 +377,8 @@ class WatchedSources:
             raise LookupError(f"secret {namespace}/{name} has no key {key!r}")
         return data[key].decode().strip()
 
-    async def agent_credentials(self, namespace: str, auth: Auth) -> AgentCredentials:
-        return await _credentials(self, namespace, auth)
+    async def agent_credentials(self, pool: InferencePool) -> AgentCredentials:
+        return await _credentials(self, pool)
 
     def model_status(self, namespace: str, name: str) -> Obj | None:
         informer = self.models.get(namespace)

@@ -1,0 +1,385 @@
+"""onnxruntime-genai on the CPU: small decoder LLMs from an ONNX model folder ("generate").
+
+A model is a folder (or a tarball of one) as onnxruntime-genai's model builder writes it:
+`genai_config.json`, the decoder ONNX file it names, and the tokenizer (`tokenizer.json`,
+`tokenizer_config.json`). The chat template comes from `tokenizer_config.json` (option
+`chat_template` overrides it); a model without one serves completion prompts only.
+
+Each sequence is one `og.Generator` on a worker thread of the model (`max_sequences` of them,
+option, default 2: a Pi 5 has four cores and one sequence's decode step already uses several);
+`max_queued` more requests may wait for a slot, the rest are refused with BackendBusyError.
+Generators share the model's weights; onnxruntime releases the GIL while a step runs.
+Greedy when temperature is 0; otherwise top-k / top-p sampling seeded by `seed`.
+
+The model is also an OIP model with the tensor names of Triton's vLLM backend (`text_input`
+in, `text_output` out, optional `sampling_parameters` JSON), so a plain ModelInfer generates a
+whole completion; streaming goes through `generate`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hatswarm_agent.backends.base import (
+    Array,
+    BackendError,
+    BackendUnavailableError,
+    LoadedModel,
+    TensorSpec,
+)
+from hatswarm_agent.backends.generation import (
+    GENERATE,
+    ContextLengthError,
+    CpuModelBackend,
+    Emitter,
+    GenerationLoad,
+    GenerationParams,
+    GenerationRequestError,
+    ModelFolder,
+    Outcome,
+    Piece,
+    Producer,
+    Prompt,
+    SequenceSlots,
+    StopMatcher,
+    TokenStream,
+    check_messages,
+    drain_blocking,
+    load_from_folder,
+    read_json,
+)
+from hatswarm_agent.backends.isolation import ProcessModel
+from hatswarm_agent.backends.options import bool_option, int_option
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = (
+    "onnxruntime-genai is not installed: install the agent with its `genai` extra "
+    "(pip install 'hatswarm-agent[genai]')"
+)
+CONFIG_FILE = "genai_config.json"
+DEFAULT_MAX_SEQUENCES = 2
+DEFAULT_MAX_QUEUED = 4
+# Tokenize prompts up to this many characters on the event loop (microseconds); longer ones
+# on a thread.
+INLINE_TOKENIZE_CHARS = 4096
+
+# Triton's vLLM backend tensor names, so tritonclient code written for it works unchanged.
+TEXT_INPUT = TensorSpec("text_input", "BYTES", (1,))
+TEXT_OUTPUT = TensorSpec("text_output", "BYTES", (-1,))
+SAMPLING_PARAMETERS = "sampling_parameters"
+
+
+def _import_og() -> Any:
+    try:
+        import onnxruntime_genai
+    except ImportError as exc:
+        raise BackendUnavailableError(INSTALL_HINT) from exc
+    return onnxruntime_genai
+
+
+def verify_folder(folder: Path) -> dict[str, Any]:
+    """genai_config.json, the decoder file it names and the tokenizer must all be there."""
+    config = read_json(folder / CONFIG_FILE)
+    try:
+        decoder = config["model"]["decoder"]
+        filename = str(decoder["filename"])
+        context_length = int(config["model"]["context_length"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BackendError(f"{CONFIG_FILE}: missing or invalid field {exc}") from None
+    if not (folder / filename).is_file():
+        raise BackendError(f"{CONFIG_FILE} names decoder {filename!r}, which is not in the folder")
+    if context_length < 2:
+        raise BackendError(f"{CONFIG_FILE}: context_length {context_length} is too small")
+    if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer.model").is_file():
+        raise BackendError("the model folder has no tokenizer (tokenizer.json)")
+    return config
+
+
+class GenaiModel(LoadedModel):
+    """One onnxruntime-genai model folder, loaded and ready to generate."""
+
+    capabilities = frozenset({GENERATE})
+    max_batch_size = 0
+
+    def __init__(self, og: Any, folder: ModelFolder, options: Mapping[str, str]) -> None:
+        self._og = og
+        self._folder = folder
+        self.config = verify_folder(folder.path)
+        self.context_length = int(self.config["model"]["context_length"])
+        self.inputs = [TEXT_INPUT]
+        self.outputs = [TEXT_OUTPUT]
+        max_sequences = int_option(options, "max_sequences", DEFAULT_MAX_SEQUENCES, minimum=1)
+        self._slots = SequenceSlots(
+            max_sequences, int_option(options, "max_queued", DEFAULT_MAX_QUEUED, minimum=0)
+        )
+        self._executor = ThreadPoolExecutor(
+            max_workers=max_sequences, thread_name_prefix=f"genai-{folder.path.name}"
+        )
+        self._chat_template = options.get("chat_template") or None
+        tokenizer_config = folder.path / "tokenizer_config.json"
+        self.has_chat_template = self._chat_template is not None or (
+            tokenizer_config.is_file() and bool(read_json(tokenizer_config).get("chat_template"))
+        )
+        self._in_use = 0  # context tokens the running sequences hold
+        self._in_use_lock = threading.Lock()
+        self._tokens_per_s = 0.0
+        self._sequences_per_s = 0.0
+        self._closed = False
+        try:
+            config = og.Config(str(folder.path))
+            threads = int_option(options, "intra_op_num_threads", 0)
+            if threads:
+                session = {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
+                config.overlay(json.dumps({"model": {"decoder": {"session_options": session}}}))
+            self._model = og.Model(config)
+            self._tokenizer = og.Tokenizer(self._model)
+        except RuntimeError as exc:
+            self._executor.shutdown(wait=False)
+            raise BackendError(f"onnxruntime-genai cannot load the model: {exc}") from exc
+        self.eos_token_ids = frozenset(int(t) for t in self._tokenizer.eos_token_ids)
+        if bool_option(options, "warm_up", True):
+            self._warm_up()
+
+    # -- prompts -----------------------------------------------------------------------------
+
+    def render(self, prompt: Prompt) -> str:
+        """The prompt text: a string as is, chat messages through the chat template."""
+        if isinstance(prompt, str):
+            return prompt
+        messages = check_messages(prompt)
+        if not self.has_chat_template:
+            raise GenerationRequestError(
+                "this model has no chat template: send a completion prompt instead"
+            )
+        try:
+            text: str = self._tokenizer.apply_chat_template(
+                json.dumps(messages), template_str=self._chat_template, add_generation_prompt=True
+            )
+        except RuntimeError as exc:
+            raise GenerationRequestError(f"cannot apply the chat template: {exc}") from exc
+        return text
+
+    def encode(self, text: str) -> list[int]:
+        return [int(t) for t in self._tokenizer.encode(text)]
+
+    def count_tokens(self, prompt: Prompt) -> int:
+        return len(self.encode(self.render(prompt)))
+
+    async def _prompt_ids(self, prompt: Prompt) -> list[int]:
+        text = self.render(prompt)
+        if len(text) <= INLINE_TOKENIZE_CHARS:
+            ids = self.encode(text)
+        else:
+            ids = await asyncio.to_thread(self.encode, text)
+        if not ids:
+            raise GenerationRequestError("the prompt is empty")
+        if len(ids) >= self.context_length:
+            raise ContextLengthError(len(ids), self.context_length)
+        return ids
+
+    def _max_length(self, prompt_tokens: int, params: GenerationParams) -> int:
+        if params.max_tokens is None:
+            return self.context_length
+        return min(self.context_length, prompt_tokens + params.max_tokens)
+
+    # -- generation ----------------------------------------------------------------------------
+
+    async def generate(self, prompt: Prompt, params: GenerationParams) -> TokenStream:
+        """Stream a completion; see GenerativeModel.generate."""
+        if self._closed:
+            raise BackendError("model is unloaded")
+        params.validate()
+        ids = await self._prompt_ids(prompt)
+        await self._slots.acquire(len(ids))
+        try:
+            return TokenStream.start(
+                self._producer(ids, params), self._executor, len(ids), self._slots.release
+            )
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def _search_options(self, prompt_tokens: int, params: GenerationParams) -> dict[str, Any]:
+        options: dict[str, Any] = {
+            "max_length": self._max_length(prompt_tokens, params),
+            "batch_size": 1,
+            "num_beams": 1,
+            "do_sample": not params.greedy,
+        }
+        if not params.greedy:
+            vocab = int(self.config["model"].get("vocab_size", 0)) or 1 << 20
+            options.update(
+                temperature=params.temperature,
+                top_p=params.top_p,
+                top_k=params.top_k or vocab,
+            )
+        if params.seed is not None:
+            options["random_seed"] = params.seed
+        return options
+
+    def _producer(self, ids: list[int], params: GenerationParams) -> Producer:
+        og = self._og
+
+        def produce(emit: Emitter, cancelled: threading.Event) -> Outcome:
+            started = time.perf_counter()
+            try:
+                search = og.GeneratorParams(self._model)
+                search.set_search_options(**self._search_options(len(ids), params))
+                generator = og.Generator(self._model, search)
+                generator.append_tokens(np.asarray(ids, dtype=np.int32))
+            except RuntimeError as exc:
+                raise BackendError(f"onnxruntime-genai: {exc}") from exc
+            stream = self._tokenizer.create_stream()
+            matcher = StopMatcher(params.stop)
+            pending: list[int] = []
+            count, last = 0, -1
+            self._add_in_use(len(ids))
+            try:
+                while not generator.is_done() and not cancelled.is_set():
+                    generator.generate_next_token()
+                    last = int(generator.get_next_tokens()[0])
+                    count += 1
+                    self._add_in_use(1)
+                    pending.append(last)
+                    text = matcher.feed(stream.decode(last))
+                    if text:
+                        emit(Piece(text, len(pending), tuple(pending)))
+                        pending = []
+                    if matcher.stopped:
+                        break
+            except RuntimeError as exc:
+                raise BackendError(f"onnxruntime-genai: {exc}") from exc
+            finally:
+                self._add_in_use(-len(ids) - count)
+                del generator
+            tail = "" if matcher.stopped else matcher.flush()
+            if tail or pending:
+                emit(Piece(tail, len(pending), tuple(pending)))
+            self._measure(count, time.perf_counter() - started)
+            stopped = matcher.stopped or last in self.eos_token_ids or cancelled.is_set()
+            return Outcome("stop" if stopped else "length", count)
+
+        return produce
+
+    def _add_in_use(self, tokens: int) -> None:
+        with self._in_use_lock:
+            self._in_use += tokens
+
+    def _measure(self, tokens: int, seconds: float) -> None:
+        if tokens < 2 or seconds <= 0:
+            return
+        alpha = 0.2
+        rate = tokens / seconds
+        self._tokens_per_s = (
+            rate if not self._tokens_per_s else ((1 - alpha) * self._tokens_per_s + alpha * rate)
+        )
+        per_s = self._slots.limit / seconds
+        self._sequences_per_s = (
+            per_s
+            if not self._sequences_per_s
+            else ((1 - alpha) * self._sequences_per_s + alpha * per_s)
+        )
+
+    def _warm_up(self) -> None:
+        """One short greedy generation, so the first request does not pay for lazy setup."""
+        ids = self.encode("hello") or [int(self.config["model"].get("bos_token_id", 0))]
+        params = GenerationParams(max_tokens=2, temperature=0.0)
+        try:
+            drain_blocking(self._producer(ids[: self.context_length - 2], params))
+        except BackendError as exc:
+            raise BackendError(f"the model does not run: {exc}") from exc
+        self._tokens_per_s = self._sequences_per_s = 0.0
+
+    # -- the OIP (non-streaming) path -----------------------------------------------------------
+
+    def run(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
+        """ModelInfer with vLLM-style tensors: one whole completion per `text_input` element.
+        Blocking; called from a worker thread."""
+        if self._closed:
+            raise BackendError("model is unloaded")
+        if TEXT_INPUT.name not in inputs:
+            raise GenerationRequestError(f"input {TEXT_INPUT.name} (BYTES) is required")
+        prompts = np.asarray(inputs[TEXT_INPUT.name], dtype=object)
+        params = GenerationParams()
+        if SAMPLING_PARAMETERS in inputs:
+            raw = np.asarray(inputs[SAMPLING_PARAMETERS], dtype=object).reshape(-1)
+            params = GenerationParams.from_json(raw[0] if raw.size else b"{}")
+        outputs = np.empty(prompts.shape, dtype=object)
+        for index, value in np.ndenumerate(prompts):
+            text = value.decode("utf-8") if isinstance(value, bytes) else str(value)
+            ids = self.encode(text)
+            if not ids:
+                raise GenerationRequestError("the prompt is empty")
+            if len(ids) >= self.context_length:
+                raise ContextLengthError(len(ids), self.context_length)
+            self._slots.try_acquire()
+            try:
+                completion, _ = drain_blocking(self._producer(ids, params.validate()))
+            finally:
+                self._slots.release()
+            outputs[index] = completion.encode("utf-8")
+        return {TEXT_OUTPUT.name: outputs}
+
+    # -- load and lifecycle -------------------------------------------------------------------
+
+    def load(self) -> GenerationLoad:
+        return GenerationLoad(
+            active_sequences=self._slots.active,
+            queued_sequences=self._slots.waiting,
+            max_sequences=self._slots.limit,
+            queued_prompt_tokens=self._slots.waiting_tokens,
+            context_tokens_in_use=max(0, self._in_use),
+            context_tokens_capacity=self._slots.limit * self.context_length,
+        )
+
+    def tokens_per_s(self) -> float:
+        """Measured decode rate of one sequence (EWMA), 0 before the first generation."""
+        return self._tokens_per_s
+
+    def capacity_fps(self) -> float:
+        """Whole sequences per second this model has completed at its concurrency (EWMA)."""
+        return self._sequences_per_s
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        with contextlib.suppress(AttributeError):
+            del self._tokenizer, self._model
+        self._folder.cleanup()
+
+
+class GenaiBackend(CpuModelBackend[GenaiModel | ProcessModel]):
+    """Loads onnxruntime-genai model folders on the CPU."""
+
+    name = "onnxruntime-genai"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._og = _import_og()
+
+    def load(self, path: Path, options: Mapping[str, str]) -> GenaiModel | ProcessModel:
+        """Options: max_sequences, max_queued, intra_op_num_threads, chat_template, warm_up,
+        isolation (process, the default: the model runs in a child process, see
+        isolation.py; thread: in this process, for tests and tools)."""
+        isolation = options.get("isolation", "process")
+        if isolation == "process":
+            return self._track(ProcessModel(__name__, type(self).__name__, path, options))
+        if isolation != "thread":
+            raise BackendError(f"option isolation must be process or thread, got {isolation!r}")
+        return self._track(
+            load_from_folder(path, CONFIG_FILE, lambda f: GenaiModel(self._og, f, options))
+        )

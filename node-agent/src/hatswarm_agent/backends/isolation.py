@@ -1,0 +1,386 @@
+"""A generative model served from a child process, so its runtime never holds the agent's GIL.
+
+onnxruntime-genai's Python binding keeps the GIL for a whole `generate_next_token` (measured
+with 0.18: a thread that wanted to run every 0.5 ms ran once per 37 ms decode step; the binding
+has no `gil_scoped_release`), and HailoRT's `LLMGeneratorCompletion.read` is bound the same
+way. On a worker thread such a model would stall the agent's event loop — every gRPC and HTTP
+request, for every model — for one decode step at a time. So by default a generative model
+lives in its own process (`multiprocessing` spawn) that loads it with the same backend in
+thread mode, and the agent talks to it over a pipe: a message per piece of text, the
+generation's outcome, and the model's load (sequences and tokens) with every start and end.
+
+The child enforces the model's sequence slots, so BackendBusyError, ContextLengthError and
+the other request errors come back as themselves. If the child dies, pending and later
+requests fail with a BackendError that says so; the lifecycle can unload and load again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import itertools
+import logging
+import multiprocessing
+import pickle
+import sys
+import threading
+from collections.abc import Mapping
+from concurrent.futures import Future
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from hatswarm_agent.backends.base import Array, BackendError, LoadedModel, TensorSpec
+from hatswarm_agent.backends.generation import (
+    GenerationLoad,
+    GenerationParams,
+    Outcome,
+    Piece,
+    Prompt,
+    TokenStream,
+)
+
+log = logging.getLogger(__name__)
+
+SWITCH_INTERVAL_S = 1e-4
+START_TIMEOUT_S = 300.0  # a 0.5B model loads in seconds; a cold SD card can be slow
+CLOSE_TIMEOUT_S = 10.0
+
+
+def _portable(exc: BaseException) -> BaseException:
+    """The exception itself when it survives pickling, else a BackendError describing it."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return BackendError(f"{type(exc).__name__}: {exc}")
+    return exc
+
+
+def _plain(prompt: Prompt) -> str | list[dict[str, str]]:
+    return prompt if isinstance(prompt, str) else [dict(m) for m in prompt]
+
+
+# -- the child ---------------------------------------------------------------------------------
+
+
+def serve(conn: Connection, module: str, factory: str, path: str, options: dict[str, str]) -> None:
+    """The child process: load the model in thread mode and serve the parent until closed.
+
+    The runtime holds the GIL for a whole decode step, so the child's own loop (which sends the
+    pieces down the pipe) would get it back only after Python's 5 ms switch interval: pieces
+    would leave in bursts, the first one late. A 0.1 ms interval hands it over after each step.
+    """
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
+    asyncio.run(_serve(conn, module, factory, path, options))
+
+
+async def _serve(
+    conn: Connection, module: str, factory: str, path: str, options: dict[str, str]
+) -> None:
+    loop = asyncio.get_running_loop()
+    lock = threading.Lock()
+
+    def send(message: tuple[Any, ...]) -> None:
+        with lock:
+            conn.send(message)
+
+    try:
+        backend = getattr(importlib.import_module(module), factory)()
+        model = backend.load(Path(path), {**options, "isolation": "thread"})
+    except BaseException as exc:
+        send(("failed", _portable(exc)))
+        return
+    send(
+        (
+            "loaded",
+            {
+                "capabilities": frozenset(model.capabilities),
+                "context_length": model.context_length,
+                "inputs": list(model.inputs),
+                "outputs": list(model.outputs),
+                "load": model.load(),
+            },
+        )
+    )
+    inbox: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+
+    def read() -> None:
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                message = ("close",)
+            loop.call_soon_threadsafe(inbox.put_nowait, message)
+            if message[0] == "close":
+                return
+
+    threading.Thread(target=read, name="genai-child-reader", daemon=True).start()
+    streams: dict[int, TokenStream] = {}
+    cancelled: set[int] = set()
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def generate(rid: int, prompt: Prompt, params: GenerationParams) -> None:
+        try:
+            stream = await model.generate(prompt, params)
+        except Exception as exc:
+            send(("error", rid, _portable(exc), model.load()))
+            return
+        streams[rid] = stream
+        send(("started", rid, stream.prompt_tokens, model.load()))
+        try:
+            if rid in cancelled:
+                await stream.aclose()
+            async for piece in stream:
+                send(("piece", rid, piece))
+            # A cancel ends the iteration at once, while the producer may still be running:
+            # wait until it has freed its slot, so the load sent with "done" is true.
+            await stream.aclose()
+            outcome = Outcome(
+                stream.finish_reason or "stop", stream.completion_tokens, stream.prompt_tokens
+            )
+            send(("done", rid, outcome, model.load()))
+        except Exception as exc:
+            send(("error", rid, _portable(exc), model.load()))
+        finally:
+            streams.pop(rid, None)
+            cancelled.discard(rid)
+
+    async def call(rid: int, fn: Any, *args: Any) -> None:
+        try:
+            result = await asyncio.to_thread(fn, *args)
+        except Exception as exc:
+            send(("error", rid, _portable(exc), None))
+        else:
+            send(("result", rid, result))
+
+    def spawn(coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    while True:
+        message = await inbox.get()
+        kind = message[0]
+        if kind == "generate":
+            spawn(generate(*message[1:]))
+        elif kind == "cancel":
+            rid = message[1]
+            if rid in streams:
+                spawn(streams[rid].aclose())
+            else:
+                cancelled.add(rid)  # not started yet: close it as soon as it starts
+        elif kind == "count":
+            spawn(call(message[1], model.count_tokens, message[2]))
+        elif kind == "run":
+            spawn(call(message[1], model.run, message[2]))
+        elif kind == "close":
+            for stream in list(streams.values()):
+                await stream.aclose()
+            await asyncio.to_thread(backend.close)
+            return
+
+
+# -- the parent --------------------------------------------------------------------------------
+
+
+class _Generation:
+    """A generate request in flight, as the parent's reader thread sees it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.started: asyncio.Future[int] = loop.create_future()
+        self.finished: asyncio.Future[None] = loop.create_future()
+        self.stream: TokenStream | None = None
+
+
+class ProcessModel(LoadedModel):
+    """A generative model in a child process, with the same interface as the model itself."""
+
+    max_batch_size = 0
+
+    def __init__(self, module: str, factory: str, path: Path, options: Mapping[str, str]) -> None:
+        context = multiprocessing.get_context("spawn")  # no fork of a threaded agent
+        self._conn, child = context.Pipe()
+        self._process = context.Process(
+            target=serve,
+            args=(child, module, factory, str(path), dict(options)),
+            name=f"hatswarm-genai-{path.name}",
+            daemon=True,
+        )
+        self._process.start()
+        child.close()
+        if not self._conn.poll(START_TIMEOUT_S):
+            self._kill()
+            raise BackendError(f"the generation worker did not load {path.name} in time")
+        try:
+            kind, info = self._conn.recv()
+        except (EOFError, OSError):
+            self._kill()
+            raise BackendError("the generation worker died while loading the model") from None
+        if kind == "failed":
+            self._kill()
+            raise info
+        self.capabilities: frozenset[str] = info["capabilities"]
+        self.context_length: int = info["context_length"]
+        self.inputs: list[TensorSpec] = info["inputs"]
+        self.outputs: list[TensorSpec] = info["outputs"]
+        self._load: GenerationLoad = info["load"]
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _Generation | Future[Any]] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+        self._dead = False
+        self._reader = threading.Thread(target=self._read, name="genai-reader", daemon=True)
+        self._reader.start()
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
+
+    # -- messages ---------------------------------------------------------------------------------
+
+    def _send(self, message: tuple[Any, ...]) -> None:
+        if self._dead:
+            raise BackendError("the generation worker process died: reload the model")
+        try:
+            with self._lock:
+                self._conn.send(message)
+        except (OSError, ValueError) as exc:
+            raise BackendError(f"the generation worker is gone: {exc}") from exc
+
+    def _read(self) -> None:
+        while True:
+            try:
+                message = self._conn.recv()
+            except (EOFError, OSError):
+                break
+            self._dispatch(message)
+        self._dead = True
+        died = BackendError("the generation worker process died: reload the model")
+        for rid in list(self._pending):
+            self._fail(rid, died)
+
+    def _dispatch(self, message: tuple[Any, ...]) -> None:
+        kind, rid = message[0], message[1]
+        pending = self._pending.get(rid)
+        if kind in ("started", "done") or (kind == "error" and message[3] is not None):
+            self._load = message[3]
+        if pending is None:
+            return
+        if isinstance(pending, Future):
+            self._pending.pop(rid, None)
+            if kind == "result":
+                pending.set_result(message[2])
+            else:
+                pending.set_exception(message[2])
+            return
+        if kind == "started":
+            pending.loop.call_soon_threadsafe(self._started, rid, pending, message[2])
+        elif kind == "piece":
+            pending.loop.call_soon_threadsafe(self._push, pending, message[2])
+        elif kind in ("done", "error"):
+            self._pending.pop(rid, None)
+            pending.loop.call_soon_threadsafe(self._end, pending, message[2])
+
+    def _fail(self, rid: int, exc: BaseException) -> None:
+        pending = self._pending.pop(rid, None)
+        if isinstance(pending, Future):
+            pending.set_exception(exc)
+        elif pending is not None:
+            with contextlib.suppress(RuntimeError):  # the loop may be closed
+                pending.loop.call_soon_threadsafe(self._end, pending, exc)
+
+    def _started(self, rid: int, generation: _Generation, prompt_tokens: int) -> None:
+        generation.stream = TokenStream(
+            prompt_tokens,
+            cancel=lambda: self._cancel(rid),
+            finished=generation.finished,
+        )
+        if not generation.started.done():
+            generation.started.set_result(prompt_tokens)
+
+    @staticmethod
+    def _push(generation: _Generation, piece: Piece) -> None:
+        if generation.stream is not None:
+            generation.stream.push(piece)
+
+    @staticmethod
+    def _end(generation: _Generation, item: Outcome | BaseException) -> None:
+        if generation.stream is None:  # failed before its first token
+            if not generation.started.done():
+                exc = item if isinstance(item, BaseException) else BackendError("no stream")
+                generation.started.set_exception(exc)
+        else:
+            generation.stream.push(item)
+        if not generation.finished.done():
+            generation.finished.set_result(None)
+
+    def _cancel(self, rid: int) -> None:
+        with contextlib.suppress(BackendError):
+            self._send(("cancel", rid))
+
+    def _call(self, kind: str, argument: Any) -> Any:
+        """A blocking request/response to the child (count_tokens, run)."""
+        rid = next(self._ids)
+        future: Future[Any] = Future()
+        self._pending[rid] = future
+        try:
+            self._send((kind, rid, argument))
+        except BackendError:
+            self._pending.pop(rid, None)
+            raise
+        return future.result()
+
+    # -- the model interface --------------------------------------------------------------------
+
+    async def generate(self, prompt: Prompt, params: GenerationParams) -> TokenStream:
+        if self._closed:
+            raise BackendError("model is unloaded")
+        params.validate()
+        rid = next(self._ids)
+        generation = _Generation(asyncio.get_running_loop())
+        self._pending[rid] = generation
+        try:
+            self._send(("generate", rid, _plain(prompt), params))
+        except BackendError:
+            self._pending.pop(rid, None)
+            raise
+        try:
+            await generation.started
+        except asyncio.CancelledError:
+            self._cancel(rid)
+            raise
+        assert generation.stream is not None
+        return generation.stream
+
+    def count_tokens(self, prompt: Prompt) -> int:
+        return int(self._call("count", _plain(prompt)))
+
+    def run(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
+        result: dict[str, Array] = self._call("run", dict(inputs))
+        return result
+
+    def load(self) -> GenerationLoad:
+        """The model's load as of the child's last start or end of a generation."""
+        return self._load
+
+    def capacity_fps(self) -> float:
+        return 0.0
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(BackendError):
+            self._send(("close",))
+        self._process.join(CLOSE_TIMEOUT_S)
+        self._kill()
+        self._reader.join(CLOSE_TIMEOUT_S)
+
+    def _kill(self) -> None:
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join(CLOSE_TIMEOUT_S)
+        with contextlib.suppress(OSError):
+            self._conn.close()

@@ -1,0 +1,289 @@
+"""The Hailo-10H GenAI backend against a test double of HailoRT's `hailo_platform.genai`."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import grpc
+import numpy as np
+import pytest
+from hatswarm_agent.backends import create_backend
+from hatswarm_agent.backends.base import BackendError, BackendUnavailableError, LoadedModel
+from hatswarm_agent.backends.generation import (
+    GENERATE,
+    BackendBusyError,
+    ContextLengthError,
+    GenerationParams,
+    GenerativeModel,
+    TokenStream,
+)
+from hatswarm_agent.backends.hailo_genai import INSTALL_HINT, HailoGenaiBackend, HailoLLMModel
+from hatswarm_agent.serving.errors import status_for
+
+FAKES = Path(__file__).resolve().parents[3] / "fakes"
+PROMPT = "hello world, the pool serves"
+GREEDY = GenerationParams(max_tokens=12, temperature=0.0)
+
+
+@pytest.fixture
+def genai(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+    """The fake hailo_platform.genai, importable only for the duration of one test."""
+    for name in ("hailo_platform", "hailo_platform.genai"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.syspath_prepend(str(FAKES))
+    module = importlib.import_module("hailo_platform.genai")
+    assert module.__file__ is not None
+    assert Path(module.__file__).is_relative_to(FAKES)  # never a real HailoRT by accident
+    sys.modules["hailo_platform"].FAKE.reset()
+    module.GENAI.reset()
+    yield module
+    for name in ("hailo_platform.genai", "hailo_platform"):
+        sys.modules.pop(name, None)
+
+
+@pytest.fixture
+def hef(genai: ModuleType, tmp_path: Path) -> Path:
+    return genai.write_fake_llm_hef(tmp_path / "qwen2-1.5b-instruct.hef", context_capacity=256)
+
+
+@pytest.fixture
+def backend(genai: ModuleType) -> Iterator[HailoGenaiBackend]:
+    b = HailoGenaiBackend()
+    yield b
+    b.close()
+
+
+def direct(genai: ModuleType, hef: Path, prompt: object, **kwargs: object) -> tuple[list[str], str]:
+    """The fake's own LLM used directly, as HailoRT's docs show: (pieces, final status)."""
+    with (
+        genai.VDevice() as vdevice,
+        genai.LLM(vdevice, str(hef)) as llm,
+        llm.generate(prompt=prompt, **kwargs) as completion,
+    ):
+        pieces = list(completion)
+        return pieces, completion.generation_status.name
+
+
+async def collect(stream: TokenStream) -> str:
+    return "".join([piece.text async for piece in stream])
+
+
+def test_missing_genai_module_is_a_clear_unavailable_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "hailo_platform", None)
+    with pytest.raises(BackendUnavailableError) as info:
+        HailoGenaiBackend()
+    assert str(info.value) == INSTALL_HINT
+    assert "--system-site-packages" in str(info.value)
+
+
+def test_load_describes_the_model(backend: HailoGenaiBackend, hef: Path, genai: ModuleType) -> None:
+    model = backend.load(hef, {})
+    assert isinstance(model, LoadedModel)
+    assert isinstance(model, GenerativeModel)
+    assert GENERATE in model.capabilities
+    assert model.context_length == 256
+    assert "im_start" in model.prompt_template
+    assert [s.name for s in model.inputs] == ["text_input"]
+    assert model.load().max_sequences == 1
+    info = backend.device_info()
+    assert info.accelerator == "hailo10h"
+    assert info.device_id == "0001:01:00.0"
+    assert info.temperature_c == 53.5
+    # A folder holding the HEF loads too.
+    assert backend.load(hef.parent, {}).context_length == 256
+
+
+async def test_greedy_output_equals_the_llm_used_directly(
+    backend: HailoGenaiBackend, hef: Path, genai: ModuleType
+) -> None:
+    pieces, status = direct(genai, hef, PROMPT, do_sample=False, max_generated_tokens=12)
+    model = backend.load(hef, {})
+    stream = await model.generate(PROMPT, GREEDY)
+    assert await collect(stream) == "".join(pieces)
+    assert stream.completion_tokens == len(pieces)
+    assert stream.prompt_tokens == len(genai.tokenize_text(PROMPT))
+    assert stream.finish_reason == ("length" if status == "MAX_TOKENS_REACHED" else "stop")
+    call = genai.GENAI.generations[-1]
+    assert call["do_sample"] is False
+    assert call["max_generated_tokens"] == 12
+
+
+async def test_every_request_starts_from_a_fresh_context(
+    backend: HailoGenaiBackend, hef: Path, genai: ModuleType
+) -> None:
+    model = backend.load(hef, {})
+    first = await collect(await model.generate(PROMPT, GREEDY))
+    second = await collect(await model.generate(PROMPT, GREEDY))
+    assert first == second  # without clear_context the LLM would continue the conversation
+    # System messages are only allowed on a fresh context: this works on every request.
+    chat = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    for _ in range(2):
+        await collect(await model.generate(chat, GREEDY))
+
+
+async def test_chat_prompt_tokens_are_read_off_the_device_context(
+    backend: HailoGenaiBackend, hef: Path, genai: ModuleType
+) -> None:
+    messages = [{"role": "user", "content": "tell me about the edge"}]
+    expected_prompt = len(genai.tokenize_text(genai.render_chatml(messages)))
+    model = backend.load(hef, {})
+    for max_tokens in (3, 100):  # hits the token limit (recovery sequence appended), or not
+        stream = await model.generate(
+            messages, GenerationParams(max_tokens=max_tokens, temperature=0)
+        )
+        await collect(stream)
+        assert stream.prompt_tokens == expected_prompt
+        pieces, _ = direct(genai, hef, messages, do_sample=False, max_generated_tokens=max_tokens)
+        assert stream.completion_tokens == len(pieces)
+    assert genai.GENAI.generations[-1]["prompt"] == messages
+    assert model.count_tokens(messages) > len(genai.tokenize_text("tell me about the edge"))
+
+
+async def test_max_tokens_ends_with_length(
+    backend: HailoGenaiBackend, hef: Path, genai: ModuleType
+) -> None:
+    model = backend.load(hef, {})
+    stream = await model.generate(PROMPT, GenerationParams(max_tokens=3, temperature=0))
+    await collect(stream)
+    assert stream.completion_tokens == 3
+    assert stream.finish_reason == "length"
+
+
+async def test_stop_sequences_reach_the_device_and_cut_the_text(
+    backend: HailoGenaiBackend, hef: Path, genai: ModuleType
+) -> None:
+    pieces, _ = direct(genai, hef, PROMPT, do_sample=False, max_generated_tokens=12)
+    full = "".join(pieces)
+    stop = pieces[4].strip()
+    model = backend.load(hef, {})
+    stream = await model.generate(
+        PROMPT, GenerationParams(max_tokens=12, temperature=0, stop=(stop,))
+    )
+    text = await collect(stream)
+    assert text == full[: full.index(stop)]
+    assert stream.finish_reason == "stop"
+    llm = genai.GENAI.llms[-1]
+    assert llm.get_stop_tokens() == ["<|im_end|>", stop]  # the model's own plus the request's
+    await collect(await model.generate(PROMPT, GREEDY))
+    assert llm.get_stop_tokens() == ["<|im_end|>"]  # and back for the next request
+
+
+async def test_sampling_parameters_are_passed_to_the_device(
+    backend: HailoGenaiBackend, hef: Path, genai: ModuleType
+) -> None:
+    model = backend.load(hef, {})
+    params = GenerationParams(max_tokens=8, temperature=0.7, top_p=0.9, top_k=40, seed=42)
+    first = await collect(await model.generate(PROMPT, params))
+    call = genai.GENAI.generations[-1]
+    assert (call["do_sample"], call["temperature"], call["top_p"], call["top_k"], call["seed"]) == (
+        True,
+        0.7,
+        0.9,
+        40,
+        42,
+    )
+    assert await collect(await model.generate(PROMPT, params)) == first  # seeded
+
+
+async def test_a_prompt_longer_than_the_context_is_refused_before_streaming(
+    backend: HailoGenaiBackend, hef: Path
+) -> None:
+    model = backend.load(hef, {})
+    with pytest.raises(ContextLengthError) as info:
+        await model.generate("word " * 300, GREEDY)
+    assert info.value.prompt_tokens == 300
+    assert status_for(info.value)[0] is grpc.StatusCode.INVALID_ARGUMENT
+    assert model.load().active_sequences == 0  # the slot and the LLM object came back
+    await collect(await model.generate(PROMPT, GREEDY))
+
+
+async def test_one_generation_per_llm_object_and_busy_beyond(
+    backend: HailoGenaiBackend, hef: Path, genai: ModuleType
+) -> None:
+    gate = threading.Event()
+    genai.GENAI.gate = gate  # every read waits: the generation stays in flight
+    model = backend.load(hef, {"max_sequences": "1", "max_queued": "0"})
+    first = await model.generate(PROMPT, GREEDY)
+    with pytest.raises(BackendBusyError) as info:
+        await model.generate(PROMPT, GREEDY)
+    code, _, reason = status_for(info.value)
+    assert (code, reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "queue_full")
+    gate.set()
+    assert await collect(first)
+    assert model.load().active_sequences == 0
+
+
+async def test_sequences_run_on_separate_llm_objects(
+    backend: HailoGenaiBackend, hef: Path, genai: ModuleType
+) -> None:
+    model = backend.load(hef, {"max_sequences": "2", "max_queued": "4"})
+    assert len(genai.GENAI.llms) == 2
+    alone = await collect(await model.generate(PROMPT, GREEDY))
+
+    async def one() -> str:
+        return await collect(await model.generate(PROMPT, GREEDY))
+
+    # Four requests, two LLM objects: the fake raises if two generations share one object.
+    assert await asyncio.gather(*(one() for _ in range(4))) == [alone] * 4
+
+
+async def test_closing_a_stream_mid_generation_frees_the_llm(
+    backend: HailoGenaiBackend, hef: Path, genai: ModuleType
+) -> None:
+    model = backend.load(hef, {"max_sequences": "1", "max_queued": "0"})
+    stream = await model.generate(PROMPT, GenerationParams(max_tokens=100, temperature=0))
+    async for _ in stream:
+        break
+    await stream.aclose()
+    assert model.load().active_sequences == 0
+    assert await collect(await model.generate(PROMPT, GREEDY))
+
+
+def test_oip_run(backend: HailoGenaiBackend, hef: Path, genai: ModuleType) -> None:
+    pieces, _ = direct(genai, hef, PROMPT, do_sample=False, max_generated_tokens=5)
+    model: HailoLLMModel = backend.load(hef, {})
+    out = model.run(
+        {
+            "text_input": np.array([PROMPT.encode()], dtype=object),
+            "sampling_parameters": np.array(
+                [json.dumps({"max_tokens": 5, "temperature": 0}).encode()], dtype=object
+            ),
+        }
+    )
+    assert out["text_output"].tolist() == ["".join(pieces).encode()]
+
+
+def test_a_hef_for_another_chip_is_refused(
+    backend: HailoGenaiBackend, genai: ModuleType, tmp_path: Path
+) -> None:
+    with pytest.raises(BackendError, match="hailo8l"):
+        backend.load(genai.write_fake_llm_hef(tmp_path / "m.hef"), {"hw_arch": "hailo8l"})
+    other = genai.write_fake_llm_hef(tmp_path / "h8.hef", hw_arch="hailo8")
+    with pytest.raises(BackendError, match="HAILO_INVALID_HEF"):
+        backend.load(other, {})
+    with pytest.raises(BackendError, match=r"expected one \.hef"):
+        backend.load(tmp_path, {})
+
+
+def test_close_releases_the_llms_and_the_vdevice(hef: Path, genai: ModuleType) -> None:
+    backend = HailoGenaiBackend()
+    backend.load(hef, {"max_sequences": "2"})
+    backend.close()
+    assert all(llm.released for llm in genai.GENAI.llms)
+    assert sys.modules["hailo_platform"].FAKE.vdevices[-1].released
+
+
+def test_registered_by_name(genai: ModuleType) -> None:
+    backend = create_backend("hailo-genai")
+    assert backend.name == "hailo-genai"
+    assert backend.device_info().accelerator == "hailo10h"
+    backend.close()
