@@ -303,7 +303,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
     for spec, model in zip(args.model, models, strict=True):
         uri = model.uri
         local = uri.removeprefix("file://") if "://" not in uri or uri.startswith("file://") else ""
-        if local and not Path(local).is_file():
+        if local and not Path(local).exists():  # a file, or a model folder
             raise argparse.ArgumentTypeError(f"--model {spec}: no such file {local}")
     if args.model_dir is not None:
         models.extend(repository_models(args.model_dir, backend, options))
