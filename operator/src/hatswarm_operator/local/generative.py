@@ -1,8 +1,8 @@
 """A generative pool on this machine: a tiny chat model written at run time (tinyllm.py, no
 download), agents holding it, and an entry agent that holds nothing and routes to them.
 
-The demo's step runs these agents with static peers (`--peer`), apart from any pool, so it can
-kill a holder without a control loop re-placing it mid-step; `hatswarm up -f` with a
+The demo's step runs these agents with static peers (`--peer`), apart from any pool (it was
+written before the operator placed generative models); `hatswarm up -f` with a
 `task: generate` EdgeModel places one through the control loop instead. Every agent has its
 HTTP doors on (OpenAI /v1, Ollama /api, KServe v2 REST /v2).
 """
