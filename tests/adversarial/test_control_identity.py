@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -29,7 +30,7 @@ from hatswarm_operator.local.pool import LocalPool
 from hatswarm_operator.local.processes import bundled_manifests, default_nodes
 
 from tests.adversarial.conftest import bearer, code_of, control, mlp_request, oip
-from tests.agentproc import AgentProcess, start_agent
+from tests.agentproc import AgentProcess, free_port, start_agent
 
 pytestmark = pytest.mark.integration
 
@@ -136,7 +137,7 @@ def run_like_the_kubelet(
     args: list[str] = []
     values = {
         "--host": "127.0.0.1", "--port": "0", "--node-name": "pi-1",
-        "--metrics-port": "0", "--backend": "simulated",
+        "--metrics-port": "0", "--backend": "simulated", "--http-port": str(free_port()),
     }  # fmt: skip
     raw = container["args"]
     for i, arg in enumerate(raw):
@@ -177,6 +178,11 @@ def check_default_install(
             code_of(lambda: stub.ModelInfer(mlp_request(), metadata=bearer(client), timeout=10))
             == grpc.StatusCode.NOT_FOUND
         )
+        # The HTTP doors the DaemonSet opens need the same token as gRPC inference.
+        cmd = [str(a) for a in agent.proc.args]
+        models = f"http://127.0.0.1:{cmd[cmd.index('--http-port') + 1]}/v1/models"
+        assert httpx.get(models, timeout=10).status_code == 401
+        assert httpx.get(models, headers=dict(bearer(client)), timeout=10).status_code == 200
     finally:
         agent.stop()
 

@@ -79,7 +79,8 @@ settings are left out, and deviceFile only goes with hostDevice. */}}
   "npu" (deepCopy $d.npu)
   "cacheSize" $d.cacheSize
   "port" $d.port
-  "metricsPort" $d.metricsPort -}}
+  "metricsPort" $d.metricsPort
+  "httpPort" $d.httpPort -}}
 {{- range $key := list "images" "imagePullSecrets" "tolerations" "affinity" "priorityClassName" "serviceAccountName" "podLabels" "podAnnotations" }}
 {{- with get $d $key }}{{ $_ := set $out $key (deepCopy .) }}{{ end }}
 {{- end }}

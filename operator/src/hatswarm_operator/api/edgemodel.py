@@ -51,13 +51,26 @@ class ArtifactSignature(ApiModel):
     )
 
 
+Task = Literal["tensor", "generate", "embed"]
+"""What a model does, which decides the runtime that loads each artifact."""
+NON_GENERATIVE_NPUS: tuple[Accelerator, ...] = ("hailo8l", "hailo8")
+"""NPUs without a generative runtime: HailoRT's GenAI API (LLM) runs on the Hailo-10H only."""
+
+
 class Artifact(ApiModel):
-    """The model compiled for one accelerator: a HEF for a Hailo chip, ONNX for the CPU."""
+    """The model built for one accelerator: a HEF for a Hailo chip, ONNX for the CPU.
+
+    For `task: generate` the cpu artifact is a tarball (.tar or .tar.gz) of an onnxruntime-genai
+    model folder (genai_config.json, model.onnx(+.data), tokenizer files) and the hailo10h one an
+    LLM HEF for HailoRT's GenAI API; for `task: embed` a tarball of an ONNX encoder folder
+    (model.onnx, tokenizer.json). The sha256 is the tarball's, checked before it is unpacked.
+    """
 
     accelerator: Accelerator
-    """Accelerator this artifact runs on: hailo8l, hailo8 or cpu (one artifact each)."""
+    """Accelerator this artifact runs on: hailo8l, hailo8, hailo10h or cpu (one artifact each)."""
     format: Literal["hef", "onnx"]
-    """hef (compiled by the Hailo Dataflow Compiler) for hailo8l/hailo8, onnx for cpu."""
+    """hef (compiled by the Hailo Dataflow Compiler) for hailo8l/hailo8/hailo10h, onnx for cpu
+    (a .onnx file, or for generate/embed a tarball of the model folder)."""
     uri: ArtifactUri
     sha256: Sha256
     signature: ArtifactSignature | None = None
@@ -65,6 +78,10 @@ class Artifact(ApiModel):
         default=None,
         description="Measured inferences/s at batch 1 on this accelerator (placement weighs by it)",
     )
+    memory_mi_b: Annotated[int, Field(ge=1, le=65536)] | None = None
+    """Memory one replica of this build takes on its node, in MiB (weights, KV cache, runtime);
+    placement counts it instead of resources.memoryMiB. Set it for generative models: a 0.5B
+    int4 decoder on the CPU takes about 1000, the same model on a Hailo-10H little host memory."""
 
 
 class Replicas(ApiModel):
@@ -283,6 +300,25 @@ class EdgeModelSpec(ApiModel):
             ".artifacts",
         ),
         cel(
+            "!has(self.task) || self.task == 'tensor'"
+            " || self.artifacts.all(a, a.accelerator != 'hailo8' && a.accelerator != 'hailo8l')",
+            "task generate/embed has no runtime on hailo8 or hailo8l (Hailo's GenAI API runs on "
+            "the Hailo-10H only): give a hailo10h HEF or a cpu artifact",
+            ".artifacts",
+        ),
+        cel(
+            "!has(self.task) || self.task != 'embed'"
+            " || self.artifacts.all(a, a.accelerator == 'cpu')",
+            "task embed runs on cpu only (a tarball of an ONNX encoder folder)",
+            ".artifacts",
+        ),
+        cel(
+            "!has(self.task) || self.task == 'tensor'"
+            " || (!has(self.validation) && !has(self.escalation))",
+            "validation samples and escalation read tensors: task tensor only",
+            ".task",
+        ),
+        cel(
             "!has(self.autoscale) || !self.autoscale.enabled"
             " || (has(self.replicas) && has(self.replicas.max))",
             "autoscale.enabled needs replicas.max (the most replicas autoscaling may place)",
@@ -291,6 +327,12 @@ class EdgeModelSpec(ApiModel):
     )
 
     pool: PoolName = Field(description="The InferencePool (same namespace) this model runs in")
+    task: Task = "tensor"
+    """What the model does: tensor (fixed-shape tensors in and out over the Open Inference
+    Protocol: classifiers, detectors), generate (a decoder LLM streaming tokens: onnxruntime-genai
+    on cpu, HailoRT GenAI on hailo10h; served on the agents' OpenAI, Ollama and Triton
+    ModelStreamInfer doors) or embed (text to vectors on cpu: /v1/embeddings). Generative and
+    embedding models never run on hailo8/hailo8l."""
     version: Annotated[
         str, Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][-A-Za-z0-9_.+]*$")
     ]
@@ -337,6 +379,32 @@ class EdgeModelSpec(ApiModel):
                     "take format hef, cpu takes format onnx"
                 )
         return artifacts
+
+    @model_validator(mode="after")
+    def _task_runs_there(self) -> Self:
+        if self.task == "tensor":
+            return self
+        kinds = [a.accelerator for a in self.artifacts]
+        npus = [k for k in kinds if k in NON_GENERATIVE_NPUS]
+        if npus:
+            raise ValueError(
+                f"artifacts: accelerator {', '.join(npus)} with task {self.task!r}: task "
+                "generate/embed has no runtime on hailo8 or hailo8l (Hailo's GenAI API runs on "
+                "the Hailo-10H only): give a hailo10h HEF or a cpu artifact"
+            )
+        if self.task == "embed" and kinds != ["cpu"]:
+            others = ", ".join(k for k in kinds if k != "cpu")
+            raise ValueError(
+                f"artifacts: accelerator {others} with task 'embed': task embed runs on cpu "
+                "only (a tarball of an ONNX encoder folder)"
+            )
+        tensor_only = [f for f in ("validation", "escalation") if getattr(self, f) is not None]
+        if tensor_only:
+            raise ValueError(
+                f"task {self.task!r} with {' and '.join(tensor_only)}: validation samples and "
+                "escalation read tensors: task tensor only"
+            )
+        return self
 
     @model_validator(mode="after")
     def _autoscale_bound(self) -> Self:

@@ -156,6 +156,10 @@ class AgentSettings(ApiModel):
     """gRPC port of the agent: Open Inference Protocol, control and health."""
     metrics_port: Annotated[int, Field(ge=1, le=65535)] = 9090
     """Port of the agent's Prometheus /metrics."""
+    http_port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    """HTTP port of the agent (the pool Service's `http` port): OpenAI-compatible /v1 (chat,
+    completions, embeddings), Ollama /api and KServe v2 REST /v2, with the same bearer tokens as
+    gRPC. 8000/8001 are Triton's HTTP/gRPC ports."""
     backend: AgentBackend = Field(
         default="auto",
         description="auto: HailoRT when it imports and a device opens, else onnxruntime on the "

@@ -104,6 +104,7 @@ def load_request(load: ReplicaLoad, public_key: str) -> control_pb2.LoadModelReq
         signature=load.signature,
         public_key=public_key,
         format=load.artifact.format,
+        backend=load.backend,
         cache_ttl_seconds=load.cache_ttl_seconds,
         adapters=[
             control_pb2.AdapterArtifact(name=a.name, uri=a.uri, sha256=a.sha256)

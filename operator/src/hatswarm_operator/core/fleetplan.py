@@ -247,12 +247,15 @@ def verify_kind(
             pl.Model(
                 name=m.metadata.name,
                 artifacts=tuple(
-                    pl.Artifact(a.accelerator, a.format, a.uri, a.sha256, a.throughput_fps)
+                    pl.Artifact(
+                        a.accelerator, a.format, a.uri, a.sha256, a.throughput_fps, a.memory_mi_b
+                    )
                     for a in m.spec.artifacts
                 ),
                 replicas=min(desired[m.metadata.name], n),
                 memory_mib=m.spec.resources.memory_mi_b,
                 npu_contexts=m.spec.resources.npu_contexts,
+                task=m.spec.task,
             )
             for m in placeable
         ]

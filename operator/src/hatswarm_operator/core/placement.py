@@ -11,7 +11,12 @@ Rules, in the order they bind:
   node's CPU). Where a node could run both, the NPU artifact wins, always: a full NPU does not
   turn the node into a CPU host for that model, so a replica never flips runtime with load.
 - At most one replica of a model per node; never beyond a node's memory or NPU contexts,
-  counting everything already placed. A CPU replica takes no NPU context.
+  counting everything already placed. A CPU replica takes no NPU context. A replica takes the
+  memory its artifact declares (a generative model's build: weights and KV cache), else the
+  model's per-replica figure.
+- A generative or embedding model (``task`` other than ``tensor``) never runs on a Hailo-8 or
+  Hailo-8L NPU (no generative runtime there): its artifacts for those chips are ignored, so such
+  a node runs its CPU build, if it has one; a Hailo-10H node runs its HEF.
 - Stability first: a current replica that is still valid stays where it is (even on a cordoned
   node: ``schedulable=False`` means "take nothing new", not "drain"). A node that can no longer
   serve must be left out of ``nodes``; only its replicas then move. Kept replicas are never
@@ -39,6 +44,10 @@ from types import MappingProxyType
 
 CPU = "cpu"
 """The accelerator kind of a CPU artifact, and of a node without an NPU."""
+TENSOR = "tensor"
+"""The task of a fixed-shape tensor model (classifier, detector): runs on every accelerator."""
+NO_GENERATIVE_RUNTIME = frozenset({"hailo8", "hailo8l"})
+"""NPUs a generative or embedding model never runs on (HailoRT's GenAI API is Hailo-10H only)."""
 
 DEFAULT_FPS: Mapping[str, float] = MappingProxyType(
     {"hailo8": 400.0, "hailo10h": 250.0, "hailo8l": 150.0, CPU: 15.0}
@@ -84,6 +93,8 @@ class Artifact:
     sha256: str = ""
     fps: float | None = None
     """Measured inferences/s at batch 1 on this accelerator, if known."""
+    memory_mib: int | None = None
+    """Memory a replica of this build takes, if declared; else the model's ``memory_mib``."""
 
     def identity(self) -> tuple[str, str, str, str]:
         """What a node must reload when it changes (a new fps figure is not a reload)."""
@@ -105,6 +116,8 @@ class Model:
     spread_key: str | None = None
     fps_by_node: Mapping[str, float] = field(default_factory=dict)
     """Throughput measured for this model on given nodes; beats the artifact's figure."""
+    task: str = TENSOR
+    """``tensor``, ``generate`` or ``embed``: the last two never use a Hailo-8/8L artifact."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +265,8 @@ def _validate(nodes: list[Node], models: list[Model]) -> None:
     for m in models:
         if m.replicas < 0 or m.memory_mib < 0 or m.npu_contexts < 0:
             raise ValueError(f"model {m.name}: negative replicas or resources")
+        if any(a.memory_mib is not None and a.memory_mib < 0 for a in m.artifacts):
+            raise ValueError(f"model {m.name}: an artifact with negative memory")
 
 
 def _normalise(current: Current | None) -> dict[str, frozenset[str]]:
@@ -331,8 +346,8 @@ class _Pool:
         self.load[i] = max(mem_share, ctx_share)
 
 
-# A heap entry: (-fps, load when pushed, node index, NPU contexts needed there).
-_Entry = tuple[float, float, int, int]
+# A heap entry: (-fps, load when pushed, node index, NPU contexts, memory needed there).
+_Entry = tuple[float, float, int, int, int]
 
 
 class _Plan:
@@ -345,6 +360,8 @@ class _Plan:
         # Per accelerator kind, the artifact to use (first by identity if several).
         arts: dict[str, Artifact] = {}
         for a in sorted(model.artifacts, key=_artifact_order):
+            if model.task != TENSOR and a.accelerator in NO_GENERATIVE_RUNTIME:
+                continue  # the API refuses these; a hand-made Model gets the same rule
             arts.setdefault(a.accelerator, a)
         self.arts = arts
         self.cpu_art = arts.get(CPU)
@@ -379,6 +396,9 @@ class _Plan:
 
     def ctx_need(self, art: Artifact) -> int:
         return 0 if art.accelerator == CPU else self.model.npu_contexts
+
+    def mem_need(self, art: Artifact) -> int:
+        return self.model.memory_mib if art.memory_mib is None else art.memory_mib
 
     def _artifact_fps(self, art: Artifact) -> float:
         if art.fps is not None:
@@ -423,9 +443,9 @@ class _Plan:
         self.on = dict(sorted(valid.items()))
 
     def claim_kept(self) -> None:
-        pool, mem = self.pool, self.model.memory_mib
+        pool = self.pool
         for i, art in list(self.on.items()):
-            ctx = self.ctx_need(art)
+            ctx, mem = self.ctx_need(art), self.mem_need(art)
             if pool.fits(i, mem, ctx):
                 pool.take(i, mem, ctx)
                 self.domain_count[self.domain(i)] += 1
@@ -440,11 +460,15 @@ class _Plan:
             return
         pool = self.pool
         # Everything that depends only on the accelerator kind, computed once per model.
-        per_accel: dict[str, tuple[float, int]] = {}
+        per_accel: dict[str, tuple[float, int, int]] = {}
         for accel in pool.by_accel:
             art = self.arts.get(accel) or self.cpu_art
             if art is not None:
-                per_accel[accel] = (-self._artifact_fps(art), self.ctx_need(art))
+                per_accel[accel] = (
+                    -self._artifact_fps(art),
+                    self.ctx_need(art),
+                    self.mem_need(art),
+                )
         measured = {
             pool.index[name]: -fps
             for name, fps in self.model.fps_by_node.items()
@@ -457,10 +481,10 @@ class _Plan:
         for i in self.compatible():
             if not schedulable[i] or i in on:
                 continue
-            neg_fps, ctx = per_accel[accels[i]]
+            neg_fps, ctx, mem = per_accel[accels[i]]
             if measured:
                 neg_fps = measured.get(i, neg_fps)
-            entry = (neg_fps, load[i], i, ctx)
+            entry = (neg_fps, load[i], i, ctx, mem)
             heap = heaps.get(domains[i])
             if heap is None:
                 heaps[domains[i]] = [entry]
@@ -474,14 +498,14 @@ class _Plan:
 
     def _top(self, heap: list[_Entry]) -> _Entry | None:
         """The best node of a domain that still fits, refreshing stale loads on the way."""
-        pool, mem = self.pool, self.model.memory_mib
+        pool = self.pool
         free_mem, free_ctx, load = pool.free_mem, pool.free_ctx, pool.load
         while heap:
-            neg_fps, pushed_load, i, ctx = heap[0]
+            neg_fps, pushed_load, i, ctx, mem = heap[0]
             if free_mem[i] < mem or free_ctx[i] < ctx:
                 heapq.heappop(heap)  # room only shrinks within a call: never fits again
             elif load[i] != pushed_load:
-                heapq.heapreplace(heap, (neg_fps, load[i], i, ctx))
+                heapq.heapreplace(heap, (neg_fps, load[i], i, ctx, mem))
             else:
                 return heap[0]
         return None
@@ -502,11 +526,11 @@ class _Plan:
                 best = (counts[dom], top, dom)
         if best is None:
             return False
-        _, (_, _, i, ctx), dom = best
+        _, (_, _, i, ctx, mem), dom = best
         heapq.heappop(self.heaps[dom])
         art = self.artifact_on(i)
         assert art is not None
-        self.pool.take(i, self.model.memory_mib, ctx)
+        self.pool.take(i, mem, ctx)
         self.on[i] = art
         self.domain_count[dom] += 1
         return True
@@ -542,13 +566,15 @@ class _Plan:
             scope = range(len(pool.nodes)) if self.selected is None else sorted(self.selected)
             has = ", ".join(
                 f"{a.format}/{a.accelerator}" if a.format else a.accelerator
-                for a in sorted(m.artifacts, key=Artifact.identity)
+                for a in sorted(self.arts.values(), key=Artifact.identity)
             )
             where = "pool has" if self.selected is None else "nodes matching the selector have"
+            ignored = sorted({a.accelerator for a in m.artifacts} - set(self.arts))
+            why = f"; task {m.task} ignores {', '.join(ignored)}" if ignored else ""
             return short(
                 Reason.NO_ACCELERATOR_ARTIFACT,
                 "no node with an accelerator the model has an artifact for "
-                f"(has: {has or 'none'}; {where}: {_kinds(pool, scope)})",
+                f"(has: {has or 'none'}{why}; {where}: {_kinds(pool, scope)})",
             )
         eligible = [i for i in compatible if pool.schedulable[i] or i in self.on]
         if not eligible:
@@ -559,15 +585,20 @@ class _Plan:
             )
         if placed < len(eligible):
             rest = [i for i in eligible if i not in self.on]
-            short_mem = sum(1 for i in rest if pool.free_mem[i] < m.memory_mib)
-            short_ctx = 0
+            short_mem = short_ctx = 0
+            needs: dict[str, int] = {}
             for i in rest:
                 art = self.artifact_on(i)
-                short_ctx += art is not None and pool.free_ctx[i] < self.ctx_need(art)
+                if art is None:
+                    continue
+                needs[art.accelerator] = self.mem_need(art)
+                short_mem += pool.free_mem[i] < self.mem_need(art)
+                short_ctx += pool.free_ctx[i] < self.ctx_need(art)
+            memory = ", ".join(f"{mib} MiB on {accel}" for accel, mib in sorted(needs.items()))
             return short(
                 Reason.INSUFFICIENT_CAPACITY,
                 f"placed {placed} of {m.replicas}: none of the {len(rest)} other nodes that can "
-                f"run it has room for a replica ({m.memory_mib} MiB, {m.npu_contexts} NPU "
+                f"run it has room for a replica ({memory}, {m.npu_contexts} NPU "
                 f"context(s) on an NPU): {short_mem} short of memory, {short_ctx} short of "
                 "NPU contexts",
             )

@@ -27,6 +27,21 @@ class AdapterRef:
     sha256: str
 
 
+# The agent backend that loads a generative or embedding build (hatswarm_agent.backends
+# names); a tensor model loads on the agent's default backend (auto: HailoRT or onnxruntime).
+TASK_BACKENDS: dict[tuple[str, str], str] = {
+    ("generate", "hailo10h"): "hailo-genai",
+    ("generate", "cpu"): "onnxruntime-genai",
+    ("embed", "cpu"): "embedding",
+}
+
+
+def backend_for(task: str, accelerator: str) -> str:
+    """The backend a LoadModel names for a `task` build on `accelerator` ('' = the agent's
+    default, for tensor models)."""
+    return TASK_BACKENDS.get((task, accelerator), "")
+
+
 @dataclass(frozen=True)
 class ReplicaLoad:
     """Load one replica of ``model@version`` on a node (a LoadModel call)."""
@@ -43,6 +58,8 @@ class ReplicaLoad:
     adapters: tuple[AdapterRef, ...] = ()
     adapters_only: bool = False
     """The base is loaded already: only its adapter set changes."""
+    backend: str = ""
+    """The agent backend to load it on (generative and embedding builds); '' = the default."""
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from hatswarm_operator.core.plan import (
     ReplicaUnload,
     ResourceEvent,
     Route,
+    backend_for,
     endpoint_for,
 )
 from hatswarm_operator.core.rolloutplan import (
@@ -199,7 +200,7 @@ def _placement_unit(
         name=unit_name(m.metadata.name, version),
         version=version,
         artifacts=tuple(
-            pl.Artifact(a.accelerator, a.format, a.uri, a.sha256, a.throughput_fps)
+            pl.Artifact(a.accelerator, a.format, a.uri, a.sha256, a.throughput_fps, a.memory_mi_b)
             for a in artifacts
         ),
         replicas=replicas,
@@ -208,6 +209,7 @@ def _placement_unit(
         node_selector=dict(spec.placement.node_selector),
         spread_key=spec.placement.spread_key,
         fps_by_node=fps_by_node,
+        task=spec.task,
     )
 
 
@@ -258,6 +260,7 @@ def plan_loads(
                 public_key_ref=signature.public_key_ref if signature else None,
                 adapters=refs,
                 adapters_only=update,
+                backend=backend_for(m.spec.task, r.artifact.accelerator),
             )
         )
     for name, versions in held.items():

@@ -285,6 +285,7 @@ def agent_args(pool: InferencePool, cls: AgentClass | None = None) -> list[str]:
         "--state-dir", STATE_DIR,
         "--cache-max-bytes", str(quantity_bytes(agent.cache_size)),
         "--metrics-port", str(agent.metrics_port),
+        "--http-port", str(agent.http_port),
         "--log-level", "INFO",
         *extra,
     ]  # fmt: skip
@@ -417,10 +418,14 @@ def build_daemonset(pool: InferencePool, cls: AgentClass | None = None) -> dict[
         "env": [
             {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
             {"name": "PYTHONUNBUFFERED", "value": "1"},
+            # Generative models come as tarballs unpacked before loading: on the state volume
+            # (sized by cacheSize), not the 64Mi /tmp of the read-only root filesystem.
+            {"name": "TMPDIR", "value": STATE_DIR},
         ],
         "ports": [
             {"name": "grpc", "containerPort": agent.port, "protocol": "TCP"},
             {"name": "metrics", "containerPort": agent.metrics_port, "protocol": "TCP"},
+            {"name": "http", "containerPort": agent.http_port, "protocol": "TCP"},
         ],
         "resources": _resources(pool, cls),
         "startupProbe": {**grpc_probe, "periodSeconds": 2, "failureThreshold": 60},
@@ -514,7 +519,8 @@ def build_token_secret(pool: InferencePool, name: str, token: str) -> dict[str, 
 
 
 def build_service(pool: InferencePool) -> dict[str, Any]:
-    """The ClusterIP Service `<pool>`: the pool's one entry point on the agents' gRPC port."""
+    """The ClusterIP Service `<pool>`: the pool's one entry point, on the agents' gRPC port
+    (`grpc`: OIP, Triton) and HTTP port (`http`: OpenAI /v1, Ollama /api, KServe v2 REST)."""
     name, ns = pool.metadata.name, pool.metadata.namespace
     port = pool.spec.agent.port
     obj: dict[str, Any] = {
@@ -531,7 +537,14 @@ def build_service(pool: InferencePool) -> dict[str, Any]:
                     "targetPort": "grpc",
                     "protocol": "TCP",
                     "appProtocol": "grpc",
-                }
+                },
+                {
+                    "name": "http",
+                    "port": pool.spec.agent.http_port,
+                    "targetPort": "http",
+                    "protocol": "TCP",
+                    "appProtocol": "http",
+                },
             ],
         },
     }

@@ -1,9 +1,10 @@
 """A generative pool on this machine: a tiny chat model written at run time (tinyllm.py, no
 download), agents holding it, and an entry agent that holds nothing and routes to them.
 
-EdgeModel placement does not cover generative models yet, so these agents run beside a
-`hatswarm up` pool with static peers (`--peer`) instead of a pushed routing table. Every agent
-has its HTTP doors on (OpenAI /v1, Ollama /api, KServe v2 REST /v2).
+The demo's step runs these agents with static peers (`--peer`), apart from any pool (it was
+written before the operator placed generative models); `hatswarm up -f` with a
+`task: generate` EdgeModel places one through the control loop instead. Every agent has its
+HTTP doors on (OpenAI /v1, Ollama /api, KServe v2 REST /v2).
 """
 
 from __future__ import annotations

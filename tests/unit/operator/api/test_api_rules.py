@@ -169,6 +169,58 @@ def test_messages_name_field_value_and_rule(spec: dict[str, Any], message: str) 
     assert message in str(err.value)
 
 
+def _art(accelerator: str) -> dict[str, Any]:
+    fmt = "onnx" if accelerator == "cpu" else "hef"
+    return {"accelerator": accelerator, "format": fmt, "uri": "file:///m", "sha256": "a" * 64}
+
+
+SAMPLE = {"name": "x", "shape": [1], "data": [1.0]}
+
+
+@pytest.mark.parametrize(
+    ("task", "chips", "extra", "refused"),
+    [
+        (None, ["hailo8l", "hailo8", "cpu"], {}, ""),  # the default: tensor, anywhere
+        ("tensor", ["hailo8", "hailo10h"], {}, ""),
+        ("generate", ["hailo10h", "cpu"], {}, ""),
+        ("generate", ["cpu"], {}, ""),
+        ("embed", ["cpu"], {}, ""),
+        ("generate", ["hailo10h", "hailo8"], {}, "no runtime on hailo8 or hailo8l"),
+        ("generate", ["hailo8l", "cpu"], {}, "no runtime on hailo8 or hailo8l"),
+        ("embed", ["hailo8"], {}, "no runtime on hailo8 or hailo8l"),
+        ("embed", ["cpu", "hailo10h"], {}, "task embed runs on cpu only"),
+        (
+            "generate",
+            ["cpu"],
+            {"validation": {"samples": [{"inputs": [SAMPLE], "expected": [SAMPLE]}]}},
+            "task tensor only",
+        ),
+        (
+            "embed",
+            ["cpu"],
+            {"escalation": {"output": "p", "threshold": 0.5, "target": {"cloud": True}}},
+            "task tensor only",
+        ),
+    ],
+)
+def test_what_a_task_may_run_on(
+    task: str | None, chips: list[str], extra: dict[str, Any], refused: str
+) -> None:
+    """The API server (CEL) and the operator's own parse agree on every case."""
+    doc = model_doc(artifacts=[_art(c) for c in chips], **extra)
+    if task is not None:
+        doc["spec"]["task"] = task
+    errors = validate(doc)
+    if not refused:
+        assert errors == []
+        model = parse_object(doc)
+        assert isinstance(model, EdgeModel) and model.spec.task == (task or "tensor")
+        return
+    assert any(refused in e for e in errors), errors
+    with pytest.raises(ManifestError, match=refused):
+        parse_object(doc)
+
+
 def test_suggestions_inside_lists() -> None:
     doc = model_doc()
     doc["spec"]["artifacts"][0]["accelerater"] = "cpu"
@@ -201,7 +253,9 @@ def test_every_invalid_example_is_one_document() -> None:
 # these rules as needing the API server (CEL, list-map keys) or strict unknown-field checks.
 NEEDS_CEL = {
     "autoscale-without-max.yaml",
+    "embed-on-hailo10h.yaml",
     "escalation-two-targets.yaml",
+    "generate-on-hailo8.yaml",
     "hef-on-cpu.yaml",
     "pool-mtls-without-secret.yaml",
     "replicas-min-above-max.yaml",

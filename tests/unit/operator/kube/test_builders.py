@@ -74,7 +74,12 @@ def test_daemonset_runs_the_agent_on_the_pool_nodes() -> None:
     assert arg(c, "--cache-max-bytes") == str(2 * 2**30)
     env = {e["name"]: e for e in c["env"]}
     assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
-    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"grpc": 7001, "metrics": 9191}
+    assert arg(c, "--http-port") == "8000"
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {
+        "grpc": 7001,
+        "metrics": 9191,
+        "http": 8000,
+    }
     for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
         assert c[probe]["grpc"] == {"port": 7001}
 
@@ -396,7 +401,7 @@ def test_agent_settings_change_rolls_the_pods_and_marks_the_object_for_update() 
 
 
 def test_service_is_the_pools_entry_point() -> None:
-    svc = build_service(pool(agent={"port": 7001}))
+    svc = build_service(pool(agent={"port": 7001, "httpPort": 7000}))
     assert svc["metadata"]["name"] == "floor-1"
     assert svc["spec"]["type"] == "ClusterIP"
     assert svc["spec"]["selector"] == {
@@ -410,7 +415,14 @@ def test_service_is_the_pools_entry_point() -> None:
             "targetPort": "grpc",
             "protocol": "TCP",
             "appProtocol": "grpc",
-        }
+        },
+        {
+            "name": "http",
+            "port": 7000,
+            "targetPort": "http",
+            "protocol": "TCP",
+            "appProtocol": "http",
+        },
     ]
 
 
