@@ -4,14 +4,17 @@ The request path is wired here and points one way: the OIP servicer calls one `i
 dispatcher's, which calls the data plane for what runs here; or, with `dispatch=False`, the
 data plane's own); the data plane knows neither.
 
-Start order matters: the last assignment is reloaded from disk and the command-line models are
-loaded before the port accepts calls, so the first control call sees the restored state; only
-then is health SERVING and the ready line printed. Stop order: health NOT_SERVING everywhere
+Start order matters: the last assignment (and routing table) is reloaded from disk and the
+command-line models are loaded before the port accepts calls, so the first control call sees
+the restored state; only then is health SERVING and the ready line printed. A pool agent
+(`--await-routing-table`) without a table stays NOT_SERVING until its first table arrives:
+before that it could not route, and a load balancer must not send it clients. Stop order: health NOT_SERVING everywhere
 (probes and load balancers drain us), then the grace period for in-flight calls.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import tempfile
 from dataclasses import dataclass, field, replace
@@ -23,7 +26,11 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from hatswarm_agent.control.artifacts import ArtifactStore
-from hatswarm_agent.control.assignment import AssignmentStore
+from hatswarm_agent.control.assignment import (
+    AssignmentStore,
+    KeptRoutingTables,
+    RoutingTableFile,
+)
 from hatswarm_agent.control.lifecycle import Backends, ModelLifecycle, QueueDefaults
 from hatswarm_agent.control.servicer import ControlServicer, NodeIdentity
 from hatswarm_agent.protocol.auth import BearerAuthInterceptor, TlsFiles, TokenFile
@@ -96,6 +103,8 @@ class Agent:
             self.backends.get()  # fail fast when the default backend cannot exist here
         self.metrics = AgentMetrics(None if config.gateway else self.backends.device_info)
         self.health = health_aio.HealthServicer()
+        self._started = self._stopping = False
+        self._tasks: set[asyncio.Task[None]] = set()
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         state_dir = config.state_dir
         if state_dir is None:
@@ -115,6 +124,15 @@ class Agent:
             gateway=config.gateway,
         )
         self.routing = RoutingTableStore(config.routing_table)
+        self.tables_file = (
+            RoutingTableFile(config.state_dir / "routing-table.json")
+            if config.state_dir is not None
+            else None
+        )
+        saved = self.tables_file.load() if self.tables_file is not None else None
+        if saved is not None and saved.generation > 0:
+            self.routing.set(saved)  # route by the last pushed table until a newer one comes
+        self.tables = KeptRoutingTables(self.routing, self.tables_file, self._table_adopted)
         self.tokens = TokenFile(config.auth_token_file) if config.auth_token_file else None
         self.dataplane = DataPlane(self.registry, self.metrics, self.state)
         self.dispatcher: Dispatcher | None = None
@@ -128,14 +146,16 @@ class Agent:
                 tls=config.tls,
             )
         infer = self.dispatcher.infer if self.dispatcher is not None else self.dataplane.infer
-        self.inference = InferenceServicer(self.dataplane, infer)
+        self.inference = InferenceServicer(
+            self.dataplane, infer, self.dispatcher, node_name=config.node_name
+        )
         interceptors = [BearerAuthInterceptor(self.tokens)] if self.tokens else []
         self.server = grpc.aio.server(options=server_options(config), interceptors=interceptors)
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.inference, self.server)
         control_pb2_grpc.add_AgentControlServicer_to_server(
             ControlServicer(
                 self.lifecycle,
-                self.routing,
+                self.tables,
                 NodeIdentity(config.node_name, config.accelerator, config.gateway),
             ),
             self.server,
@@ -161,16 +181,30 @@ class Agent:
         if self.config.metrics_port:
             self.metrics.serve(self.config.host, self.config.metrics_port)
         await self.server.start()
+        self._started = True
+        if self.dispatcher is None or not self.dispatcher.awaiting_table():
+            await self._serving()
+
+    async def _serving(self) -> None:
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         self.state.ready = True
 
+    def _table_adopted(self) -> None:
+        """A pool agent that waited for its routing table can route now: SERVING."""
+        if self._started and not self._stopping and not self.state.ready:
+            task = asyncio.get_running_loop().create_task(self._serving())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
     async def stop(self) -> None:
         """Health NOT_SERVING first, then let in-flight calls finish within the grace period."""
+        self._stopping = True
         self.state.ready = False
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.config.grace_seconds)
         if self.dispatcher is not None:
             await self.dispatcher.stop()
         await self.lifecycle.close()
+        self.tables.close()
         if self._tmp is not None:
             self._tmp.cleanup()

@@ -336,8 +336,12 @@ class ModelLifecycle:
         models = [e.request for e in self.registry.all() if e.persistent and e.ready]
         try:
             self.assignment.save(models)
-        except OSError:
-            log.exception("could not save the assignment")
+        except OSError as exc:
+            log.error(
+                "could not save the assignment to %s (%s): the old file is removed so a restart "
+                "does not bring back what it no longer lists; the control plane resends it",
+                self.assignment.path, exc,
+            )  # fmt: skip
 
     async def restore(self) -> list[ModelVersion]:
         """Reload the last saved assignment (offline autonomy after a restart)."""

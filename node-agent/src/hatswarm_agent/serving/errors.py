@@ -93,6 +93,13 @@ class NoReplicaError(AgentError):
     reason = "no_replica"
 
 
+class NoTableError(AgentError):
+    """A pool agent asked for a model it does not have before its routing table arrived."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "no_table"
+
+
 class DeadlineError(AgentError):
     """The request's budget ran out while it was being routed."""
 

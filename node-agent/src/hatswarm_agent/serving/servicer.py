@@ -8,11 +8,12 @@ state. Errors become status codes in errors.py.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from hatswarm_agent import __version__
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2_grpc as pb_grpc
+from hatswarm_agent.protocol.wire import HOP_KEY, NODE_METADATA_KEY
 from hatswarm_agent.serving.dataplane import DataPlane
 from hatswarm_agent.serving.errors import AgentError, grpc_errors
 
@@ -22,13 +23,43 @@ PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "hailo": "hailo_hef", "simulated
 Infer = Callable[[pb.ModelInferRequest, Any], Awaitable[pb.ModelInferResponse]]
 
 
-class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    """inference.GRPCInferenceService over the data plane."""
+class PoolModels(Protocol):
+    """Readiness and metadata of models this node does not serve, from a replica of the pool
+    (routing.dispatcher.Dispatcher): each answer comes with the node that gave it."""
 
-    def __init__(self, dataplane: DataPlane, infer: Infer) -> None:
+    async def model_ready(self, request: pb.ModelReadyRequest) -> tuple[bool, str]: ...
+
+    async def model_metadata(
+        self, request: pb.ModelMetadataRequest
+    ) -> tuple[pb.ModelMetadataResponse, str] | None: ...
+
+
+def _is_hop(context: Any) -> bool:
+    """A peer asking on a client's behalf: answer for this node only."""
+    return any(key == HOP_KEY for key, _ in context.invocation_metadata() or ())
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """inference.GRPCInferenceService over the data plane.
+
+    With `pool`, the pool answers as one server: ModelReady and ModelMetadata of a model this
+    node does not serve are a replica's answers, so a client behind the pool's Service gets the
+    same answer whichever agent it reaches. The response metadata `x-hatswarm-node` names the
+    node that answered (this one for its own models).
+    """
+
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        infer: Infer,
+        pool: PoolModels | None = None,
+        node_name: str = "",
+    ) -> None:
         self._registry = dataplane.registry
         self._state = dataplane.state
         self._infer = infer
+        self._pool = pool
+        self._node = node_name
 
     async def ServerLive(  # noqa: N802
         self, request: pb.ServerLiveRequest, context: Any
@@ -51,14 +82,30 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             self._registry.get(request.name, request.version)
         except AgentError:
-            return pb.ModelReadyResponse(ready=False)
-        return pb.ModelReadyResponse(ready=True)
+            ready, node = False, ""
+            if self._pool is not None and not _is_hop(context):
+                ready, node = await self._pool.model_ready(request)
+        else:
+            ready, node = True, self._node
+        await _say_node(context, node)
+        return pb.ModelReadyResponse(ready=ready)
 
     @grpc_errors
     async def ModelMetadata(  # noqa: N802
         self, request: pb.ModelMetadataRequest, context: Any
     ) -> pb.ModelMetadataResponse:
-        entry = self._registry.get(request.name, request.version)
+        try:
+            entry = self._registry.get(request.name, request.version)
+        except AgentError:
+            if self._pool is None or _is_hop(context):
+                raise
+            answer = await self._pool.model_metadata(request)
+            if answer is None:
+                raise
+            response, node = answer
+            await _say_node(context, node)
+            return response
+        await _say_node(context, self._node)
         batch = entry.queue is not None and entry.queue.max_batch_size > 0
         response = pb.ModelMetadataResponse(
             name=entry.name,
@@ -78,3 +125,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelInferRequest, context: Any
     ) -> pb.ModelInferResponse:
         return await self._infer(request, context)
+
+
+async def _say_node(context: Any, node: str) -> None:
+    if node:
+        await context.send_initial_metadata(((NODE_METADATA_KEY, node),))

@@ -170,6 +170,7 @@ def agent_args(pool: InferencePool) -> list[str]:
         "--cache-max-bytes", str(quantity_bytes(agent.cache_size)),
         "--metrics-port", str(agent.metrics_port),
         "--log-level", "INFO",
+        "--await-routing-table",  # NOT_SERVING (not Ready) until it can route
         *extra,
     ]  # fmt: skip
 

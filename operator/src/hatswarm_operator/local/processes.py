@@ -146,6 +146,7 @@ def start_agent(
         "--state-dir", str(node_dir / "state"),
         "--log-level", "WARNING",
         "--metrics-port", str(metrics_port),
+        "--await-routing-table",
     ]  # fmt: skip
     if spec.slowdown != 1.0:
         cmd += ["--option", f"slowdown={spec.slowdown}"]
