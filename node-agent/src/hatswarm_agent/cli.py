@@ -29,6 +29,7 @@ from hatswarm_agent.routing.config import DispatchConfig
 from hatswarm_agent.routing.policy import ATTEMPT_FACTOR, ATTEMPT_MIN_S, POLICIES
 from hatswarm_agent.routing.table import TableFileError, parse_peer, static_table
 from hatswarm_agent.server import Agent, AgentConfig
+from hatswarm_agent.serving.tensors import DEFAULT_LIMITS, TensorLimits
 
 log = logging.getLogger("hatswarm_agent")
 
@@ -81,11 +82,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--state-dir", type=Path, help="assignment + artifact cache (default: temporary)"
     )
     p.add_argument("--cache-max-bytes", type=int, default=4 << 30)
+    p.add_argument(
+        "--download-idle-seconds",
+        type=float,
+        default=30.0,
+        help="an artifact download receiving under --download-idle-min-bytes in this long fails",
+    )
+    p.add_argument("--download-idle-min-bytes", type=int, default=64 << 10)
     p.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port; 0 = off")
     p.add_argument("--queue-limit", type=int, default=256, help="requests per model before refusal")
     p.add_argument("--max-batch-size", type=int, default=8)
     p.add_argument("--max-queue-delay-us", type=int, default=0)
     p.add_argument("--max-message-bytes", type=int, default=64 << 20)
+    p.add_argument(
+        "--max-bytes-elements",
+        type=int,
+        default=DEFAULT_LIMITS.max_bytes_elements,
+        help="BYTES (string) elements one request may carry; more is INVALID_ARGUMENT",
+    )
+    p.add_argument(
+        "--max-decoded-bytes",
+        type=int,
+        default=DEFAULT_LIMITS.max_decoded_bytes,
+        help="memory one request's inputs may decode to (estimated before decoding)",
+    )
     p.add_argument("--grace-seconds", type=float, default=5.0)
     p.add_argument("--gateway", action="store_true", help="no local backend (routing only)")
     r = p.add_argument_group(
@@ -186,6 +206,10 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         attempt_timeout_min_ms=args.attempt_timeout_min_ms,
         await_table=args.await_routing_table,
     )
+    if not args.download_idle_seconds > 0 or args.download_idle_min_bytes < 1:
+        raise TableFileError("--download-idle-seconds and --download-idle-min-bytes must be > 0")
+    if args.max_bytes_elements <= 0 or args.max_decoded_bytes <= 0:
+        raise TableFileError("--max-bytes-elements and --max-decoded-bytes must be > 0")
     if args.timeout_ms <= 0 or args.attempt_timeout_min_ms <= 0:
         raise TableFileError("--timeout-ms and --attempt-timeout-min-ms must be > 0")
     if not args.attempt_timeout_factor > 0:
@@ -213,6 +237,9 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         routing_table=table,
         auth_token_file=args.auth_token_file,
         tls=tls,
+        tensor_limits=TensorLimits(args.max_bytes_elements, args.max_decoded_bytes),
+        download_idle_s=args.download_idle_seconds,
+        download_idle_min_bytes=args.download_idle_min_bytes,
     )
 
 

@@ -44,6 +44,7 @@ from hatswarm_agent.serving.dataplane import DataPlane, ServingState
 from hatswarm_agent.serving.metrics import AgentMetrics, RouteMetrics
 from hatswarm_agent.serving.registry import ModelRegistry
 from hatswarm_agent.serving.servicer import InferenceServicer
+from hatswarm_agent.serving.tensors import TensorLimits
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,10 @@ class AgentConfig:
     routing_table: control_pb2.RoutingTable | None = None  # static: --routing-table, --peer
     auth_token_file: Path | None = None
     tls: TlsFiles | None = None
+    tensor_limits: TensorLimits = field(default_factory=TensorLimits)
+    # A download receiving fewer than `download_idle_min_bytes` in `download_idle_s` stalls out.
+    download_idle_s: float = 30.0
+    download_idle_min_bytes: int = 64 << 10
 
 
 def server_options(config: AgentConfig) -> list[tuple[str, int]]:
@@ -114,7 +119,12 @@ class Agent:
         self.lifecycle = ModelLifecycle(
             self.registry,
             self.metrics,
-            ArtifactStore(state_dir / "artifacts", config.cache_max_bytes),
+            ArtifactStore(
+                state_dir / "artifacts",
+                config.cache_max_bytes,
+                idle_timeout_s=config.download_idle_s,
+                idle_min_bytes=config.download_idle_min_bytes,
+            ),
             self.backends,
             self.health,
             assignment=AssignmentStore(state_dir / "assignment.json")
@@ -134,7 +144,7 @@ class Agent:
             self.routing.set(saved)  # route by the last pushed table until a newer one comes
         self.tables = KeptRoutingTables(self.routing, self.tables_file, self._table_adopted)
         self.tokens = TokenFile(config.auth_token_file) if config.auth_token_file else None
-        self.dataplane = DataPlane(self.registry, self.metrics, self.state)
+        self.dataplane = DataPlane(self.registry, self.metrics, self.state, config.tensor_limits)
         self.dispatcher: Dispatcher | None = None
         if dispatch:
             self.dispatcher = Dispatcher(
@@ -206,5 +216,6 @@ class Agent:
             await self.dispatcher.stop()
         await self.lifecycle.close()
         self.tables.close()
+        self.dataplane.close()
         if self._tmp is not None:
             self._tmp.cleanup()

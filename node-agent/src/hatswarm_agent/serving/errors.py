@@ -122,6 +122,18 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, str]:
     return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}", "internal"
 
 
+# A status message travels in a header: past the peer's header limit (8 KiB by default) the
+# caller would get RESOURCE_EXHAUSTED instead of the status (e.g. a 1 MB model name echoed).
+MAX_MESSAGE_CHARS = 1024
+
+
+def bounded(message: str) -> str:
+    """`message`, cut to MAX_MESSAGE_CHARS with a note saying how long it was."""
+    if len(message) <= MAX_MESSAGE_CHARS:
+        return message
+    return f"{message[:MAX_MESSAGE_CHARS]}... (message of {len(message)} characters truncated)"
+
+
 _Self = TypeVar("_Self")
 _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
@@ -142,7 +154,7 @@ def grpc_errors(fn: Handler[_Self, _Req, _Resp]) -> Handler[_Self, _Req, _Resp]:
             code, message, _ = status_for(exc)
             if code is grpc.StatusCode.INTERNAL:
                 log.exception("%s failed", fn.__name__)
-            await context.abort(code, message)
+            await context.abort(code, bounded(message))
             raise  # unreachable: abort raises
 
     return wrapper

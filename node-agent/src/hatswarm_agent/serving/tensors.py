@@ -37,6 +37,53 @@ _FIELD_DTYPE: dict[str, np.dtype[Any]] = {
 }
 
 
+# What one decoded BYTES element costs beyond its payload: the bytes object's header and its
+# slot in the list and in the object array (CPython, 64-bit).
+BYTES_ITEM_OVERHEAD = 33 + 8 + 8
+# Requests at least this big are decoded (and their answers encoded) off the event loop.
+LARGE_REQUEST_BYTES = 1 << 20
+LARGE_REQUEST_ITEMS = 1 << 16
+
+
+@dataclass(frozen=True, slots=True)
+class TensorLimits:
+    """What one request may make this node allocate, checked before anything is decoded.
+
+    A request past a limit is INVALID_ARGUMENT naming the limit (and the flag that sets it),
+    never a node that stalls or runs out of memory: one 32 MB request of 8M empty strings
+    would otherwise decode to ~0.5 GB of Python objects.
+    """
+
+    max_bytes_elements: int = 1 << 20  # BYTES elements per request, all inputs together
+    max_decoded_bytes: int = 256 << 20  # estimated memory of the decoded inputs
+
+    def check_bytes(self, name: str, count: int, payload: int, seen: int) -> None:
+        """`count` BYTES elements of `payload` bytes for input `name`, `seen` before it."""
+        if seen + count > self.max_bytes_elements:
+            raise InvalidInputError(
+                f"input '{name}': {seen + count} BYTES elements in the request exceed this "
+                f"node's limit of {self.max_bytes_elements} (--max-bytes-elements)"
+            )
+        self.check_decoded(name, count * BYTES_ITEM_OVERHEAD + payload)
+
+    def check_decoded(self, name: str, size: int) -> None:
+        if size > self.max_decoded_bytes:
+            raise InvalidInputError(
+                f"input '{name}' would decode to about {size} bytes, over this node's limit of "
+                f"{self.max_decoded_bytes} (--max-decoded-bytes)"
+            )
+
+
+DEFAULT_LIMITS = TensorLimits()
+
+
+def is_large(request: pb.ModelInferRequest) -> bool:
+    """Whether decoding `request` takes long enough to leave the event loop (cheap to ask)."""
+    if request.raw_input_contents:
+        return sum(len(c) for c in request.raw_input_contents) >= LARGE_REQUEST_BYTES
+    return any(math.prod(t.shape) >= LARGE_REQUEST_ITEMS for t in request.inputs if t.shape)
+
+
 @dataclass(slots=True)
 class DecodedRequest:
     """Validated inputs ready for a backend, plus what the batcher needs to merge requests."""
@@ -48,13 +95,16 @@ class DecodedRequest:
 
 
 def decode_request(
-    request: pb.ModelInferRequest, specs: Sequence[TensorSpec], batchable: bool
+    request: pb.ModelInferRequest,
+    specs: Sequence[TensorSpec],
+    batchable: bool,
+    limits: TensorLimits = DEFAULT_LIMITS,
 ) -> DecodedRequest:
-    """Check `request` against the model's inputs and turn it into numpy arrays.
+    """Check `request` against the model's inputs and `limits`, and turn it into numpy arrays.
 
-    This runs once per request on the event loop, so the common case does no more than it must:
-    specs are found by a scan (models have a handful of inputs), messages are only formatted
-    when a check fails.
+    This runs once per request (on the event loop unless the request `is_large`), so the common
+    case does no more than it must: specs are found by a scan (models have a handful of
+    inputs), messages are only formatted when a check fails.
     """
     tensors = request.inputs
     contents = request.raw_input_contents
@@ -64,6 +114,7 @@ def decode_request(
         raise InvalidInputError(f"raw_input_contents has {n_raw} entries for {len(tensors)} inputs")
     arrays: dict[str, Array] = {}
     shapes: dict[str, tuple[int, ...]] = {}
+    strings = decoded = 0  # BYTES elements and estimated decoded bytes so far
     for i, tensor in enumerate(tensors):
         name = tensor.name
         spec = _spec_named(specs, name)
@@ -75,11 +126,20 @@ def decode_request(
             )
         shape = tuple(tensor.shape)
         check_shape(spec, shape)
+        if raw and tensor.HasField("contents"):
+            raise InvalidInputError(
+                f"input '{name}': both raw_input_contents and typed contents given"
+            )
+        count = math.prod(shape)
+        if spec.datatype == "BYTES":
+            payload = _bytes_payload(spec, count, contents[i] if raw else None, tensor.contents)
+            limits.check_bytes(name, count, payload, strings)
+            strings += count
+            decoded += count * BYTES_ITEM_OVERHEAD + payload
+        elif not raw:  # typed numbers decode to a fresh array (raw ones are zero-copy views)
+            decoded += count * 8
+        limits.check_decoded(name, decoded)
         if raw:
-            if tensor.HasField("contents"):
-                raise InvalidInputError(
-                    f"input '{name}': both raw_input_contents and typed contents given"
-                )
             arrays[name] = decode_raw(spec, shape, contents[i])
         else:
             arrays[name] = decode_typed(spec, shape, tensor.contents)
@@ -106,6 +166,20 @@ def decode_request(
     return DecodedRequest(arrays, batch, key, raw)
 
 
+def _bytes_payload(
+    spec: TensorSpec, count: int, raw: bytes | None, contents: pb.InferTensorContents
+) -> int:
+    """The payload bytes of a BYTES input, found without decoding it (the limits' input)."""
+    if raw is None:
+        return sum(len(b) for b in contents.bytes_contents) if count else 0
+    if 4 * count > len(raw):  # each element has a 4-byte length: cannot be there
+        raise InvalidInputError(
+            f"input '{spec.name}': BYTES raw data truncated ({len(raw)} bytes cannot hold "
+            f"{count} elements)"
+        )
+    return len(raw) - 4 * count
+
+
 def _spec_named(specs: Sequence[TensorSpec], name: str) -> TensorSpec:
     for spec in specs:
         if spec.name == name:
@@ -124,6 +198,13 @@ def check_shape(spec: TensorSpec, shape: tuple[int, ...]) -> None:
         else:
             return
     expected = "[" + ", ".join(str(d) for d in dims) + "]"
+    negative = [i for i, d in enumerate(shape) if d < 0]
+    if negative:  # -1 means "any size" in metadata only: a request's sizes are real
+        raise InvalidInputError(
+            f"input '{spec.name}': shape {list(shape)} has a negative dimension (index "
+            f"{negative[0]}); a request gives actual sizes >= 0 (the model accepts {expected}, "
+            "where -1 means any size)"
+        )
     raise InvalidInputError(f"input '{spec.name}': shape {list(shape)}, expected {expected}")
 
 
