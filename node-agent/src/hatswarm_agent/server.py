@@ -167,6 +167,7 @@ class Agent:
                 self.lifecycle,
                 self.tables,
                 NodeIdentity(config.node_name, config.accelerator, config.gateway),
+                self.dispatcher.cloud.counters if self.dispatcher is not None else None,
             ),
             self.server,
         )

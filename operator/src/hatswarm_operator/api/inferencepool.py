@@ -158,6 +158,7 @@ class PoolNode(ApiModel):
     watts: float | None = None
     last_seen: str | None = None
     reason: str | None = None
+    cloud_requests: int = 0  # answered by the cloud fallback for this node since its agent started
 
 
 class PoolCapacity(ApiModel):

@@ -85,6 +85,7 @@ def node_report(status: control_pb2.NodeStatusResponse) -> NodeReport:
         models=model_observations(status),
         temperature_c=_finite(status.temperature_c),
         watts=_finite(status.watts),
+        cloud_requests=tuple(sorted(status.cloud_requests.items())),
     )
 
 

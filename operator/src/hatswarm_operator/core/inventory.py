@@ -73,6 +73,8 @@ class NodeState:
     models: tuple[ModelObs, ...] = ()
     temperature_c: float | None = None
     watts: float | None = None
+    # Cloud fallback answers per model since the agent started (cumulative, from NodeStatus).
+    cloud_requests: tuple[tuple[str, int], ...] = ()
 
     @property
     def in_pool(self) -> bool:
@@ -101,6 +103,7 @@ class NodeReport:
     models: tuple[ModelObs, ...] = ()
     temperature_c: float | None = None
     watts: float | None = None
+    cloud_requests: tuple[tuple[str, int], ...] = ()
 
 
 def observe(
@@ -130,6 +133,7 @@ def observe(
         models=report.models,
         temperature_c=report.temperature_c,
         watts=report.watts,
+        cloud_requests=report.cloud_requests,
     )
 
 

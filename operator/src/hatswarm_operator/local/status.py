@@ -65,14 +65,15 @@ class LocalSink:
 
 def render(snapshot: dict[str, Any], events: int = 6) -> str:
     """A `kubectl get ipool,em` style table, plus the latest Events."""
-    lines = ["NAME                     READY  NODES  MODELS  COST/1K     CLOUD/1K"]
+    lines = ["NAME                     READY  NODES  MODELS  COST/1K     CLOUD/1K    CLOUD-SPEND"]
     for name, p in sorted(snapshot["pools"].items()):
         cost = p.get("cost", {})
         per1k, cloud = cost.get("per1kUsd"), cost.get("cloudPer1kUsd")
+        spend = cost.get("cloudFallbackSpendUsd")
         lines.append(
             f"inferencepool/{name:<10} {p.get('nodesReady', 0):<6} {p.get('nodesTotal', 0):<6} "
             f"{p.get('models', 0):<7} {per1k if per1k is not None else '-':<11} "
-            f"{cloud if cloud is not None else '-'}"
+            f"{cloud if cloud is not None else '-':<11} {f'${spend}' if spend else '-'}"
         )
         for n in p.get("nodes", []):
             mark = "Ready" if n.get("ready") else f"NotReady ({n.get('reason', '')})"
