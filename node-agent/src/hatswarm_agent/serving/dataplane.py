@@ -47,15 +47,22 @@ def _trim_memory() -> None:
 
 
 def _libc() -> ctypes.CDLL | None:
+    """glibc, with big allocations always mapped on their own (so freeing one returns it):
+    by default glibc raises that threshold to the largest block freed so far (up to 32 MiB),
+    after which a big request's buffers land in the heap and stay resident."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.malloc_trim  # noqa: B018 - glibc only
+        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
     except (OSError, AttributeError):
         return None
     return libc
 
 
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD = 1 << 20
 _LIBC = _libc()
+TRIM_AFTER_S = 0.5
 
 
 class DataPlane:
@@ -151,7 +158,8 @@ class DataPlane:
                 bool(request.raw_input_contents),
             )  # fmt: skip
         finally:
-            loop.run_in_executor(self._heavy, _trim_memory)
+            # Once the request and its tensors are gone too (the caller still holds them).
+            loop.call_later(TRIM_AFTER_S, lambda: loop.run_in_executor(self._heavy, _trim_memory))
         self._succeeded(entry, start, result)
         return response
 

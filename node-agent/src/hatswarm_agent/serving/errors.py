@@ -147,14 +147,17 @@ def grpc_errors(fn: Handler[_Self, _Req, _Resp]) -> Handler[_Self, _Req, _Resp]:
     async def wrapper(self: _Self, request: _Req, context: Any) -> _Resp:
         try:
             return await fn(self, request, context)
+        except grpc.aio.AbortError:  # context.abort's own exception: through untouched
+            raise
         except Exception as exc:
-            # context.abort raises its own exception; let it (and cancellation) through untouched.
-            if isinstance(exc, grpc.aio.AbortError):
-                raise
             code, message, _ = status_for(exc)
             if code is grpc.StatusCode.INTERNAL:
                 log.exception("%s failed", fn.__name__)
-            await context.abort(code, bounded(message))
-            raise  # unreachable: abort raises
+        # Abort outside the handler and without the request: grpc keeps the abort (and the
+        # frames of its traceback) with the call's state for as long as it likes, and through
+        # them whatever they reference (a 32 MB request stayed resident after its refusal).
+        del request
+        await context.abort(code, bounded(message))
+        raise AssertionError("unreachable: context.abort raises")
 
     return wrapper

@@ -57,14 +57,13 @@ class TensorLimits:
     max_bytes_elements: int = 1 << 20  # BYTES elements per request, all inputs together
     max_decoded_bytes: int = 256 << 20  # estimated memory of the decoded inputs
 
-    def check_bytes(self, name: str, count: int, payload: int, seen: int) -> None:
-        """`count` BYTES elements of `payload` bytes for input `name`, `seen` before it."""
+    def check_count(self, name: str, count: int, seen: int) -> None:
+        """`count` BYTES elements for input `name`, `seen` before it (from the shape alone)."""
         if seen + count > self.max_bytes_elements:
             raise InvalidInputError(
                 f"input '{name}': {seen + count} BYTES elements in the request exceed this "
                 f"node's limit of {self.max_bytes_elements} (--max-bytes-elements)"
             )
-        self.check_decoded(name, count * BYTES_ITEM_OVERHEAD + payload)
 
     def check_decoded(self, name: str, size: int) -> None:
         if size > self.max_decoded_bytes:
@@ -78,10 +77,19 @@ DEFAULT_LIMITS = TensorLimits()
 
 
 def is_large(request: pb.ModelInferRequest) -> bool:
-    """Whether decoding `request` takes long enough to leave the event loop (cheap to ask)."""
-    if request.raw_input_contents:
-        return sum(len(c) for c in request.raw_input_contents) >= LARGE_REQUEST_BYTES
-    return any(math.prod(t.shape) >= LARGE_REQUEST_ITEMS for t in request.inputs if t.shape)
+    """Whether decoding `request` takes long enough to leave the event loop.
+
+    Asked of the declared shapes alone: touching raw_input_contents copies each tensor.
+    A request whose data disagrees with its shape fails the decode's own checks.
+    """
+    size = 0
+    for t in request.inputs:
+        count = math.prod(t.shape) if t.shape else 1
+        if t.datatype == "BYTES" and count >= LARGE_REQUEST_ITEMS:
+            return True
+        dtype = OIP_TO_NUMPY.get(t.datatype)
+        size += count * (dtype.itemsize if dtype is not None else 4)
+    return size >= LARGE_REQUEST_BYTES
 
 
 @dataclass(slots=True)
@@ -131,16 +139,18 @@ def decode_request(
                 f"input '{name}': both raw_input_contents and typed contents given"
             )
         count = math.prod(shape)
+        if spec.datatype == "BYTES":  # refused by its shape before its data is touched
+            limits.check_count(name, count, strings)
+        data = contents[i] if raw else b""  # each access copies the tensor: once
         if spec.datatype == "BYTES":
-            payload = _bytes_payload(spec, count, contents[i] if raw else None, tensor.contents)
-            limits.check_bytes(name, count, payload, strings)
+            payload = _bytes_payload(spec, count, data if raw else None, tensor.contents)
             strings += count
             decoded += count * BYTES_ITEM_OVERHEAD + payload
         elif not raw:  # typed numbers decode to a fresh array (raw ones are zero-copy views)
             decoded += count * 8
         limits.check_decoded(name, decoded)
         if raw:
-            arrays[name] = decode_raw(spec, shape, contents[i])
+            arrays[name] = decode_raw(spec, shape, data)
         else:
             arrays[name] = decode_typed(spec, shape, tensor.contents)
         shapes[name] = shape
@@ -284,13 +294,15 @@ def decode_typed(
 
 
 def encode_bytes(arr: Array) -> bytes:
-    """BYTES array to the OIP raw layout (length-prefixed elements)."""
-    parts: list[bytes] = []
+    """BYTES array to the OIP raw layout (length-prefixed elements), built in one buffer
+    (a list of parts would hold two objects per element at once)."""
+    out = bytearray()
+    pack = struct.Struct("<I").pack
     for item in arr.reshape(-1):
         b = item.encode() if isinstance(item, str) else bytes(item)  # type: ignore[call-overload]
-        parts.append(struct.pack("<I", len(b)))
-        parts.append(b)
-    return b"".join(parts)
+        out += pack(len(b))
+        out += b
+    return bytes(out)
 
 
 def select_outputs(
