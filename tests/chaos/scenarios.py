@@ -8,10 +8,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import http.server
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -394,3 +396,74 @@ def huge_bytes(model: Path, count: int = 8 << 20, item: bytes = b"") -> HugeRoun
         return HugeRound(
             code, detail, seconds, health.worst_ms, len(health.latencies), before, peak, after
         )
+
+
+# -- a slow artifact server --------------------------------------------------------------------
+
+
+class TrickleServer:
+    """An HTTP server that announces `size` bytes and sends one byte every `every_s` seconds
+    (a server, or a network, that is slow without ever going silent for long)."""
+
+    def __init__(self, size: int = 1 << 20, every_s: float = 0.5) -> None:
+        trickle = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                trickle.requests += 1
+                self.send_response(200)
+                self.send_header("Content-Length", str(size))
+                self.end_headers()
+                try:
+                    for _ in range(size):
+                        if trickle.stopped.wait(every_s):
+                            return
+                        self.wfile.write(b"\0")
+                        self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    trickle.disconnects += 1
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.requests = 0
+        self.disconnects = 0
+        self.stopped = threading.Event()
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/model.onnx"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> TrickleServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopped.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def control(address: str) -> Any:
+    return control_pb2_grpc.AgentControlStub(grpc.insecure_channel(address))
+
+
+def load_in_background(
+    address: str, request: control_pb2.LoadModelRequest
+) -> tuple[threading.Thread, dict[str, Any]]:
+    """LoadModel from a thread; the dict gets `state`/`reason`, or `code`/`detail`, and
+    `seconds`."""
+    result: dict[str, Any] = {}
+
+    def call() -> None:
+        start = time.monotonic()
+        try:
+            status = control(address).LoadModel(request, timeout=120)
+            result.update(state=control_pb2.ModelState.Name(status.state), reason=status.reason)
+        except grpc.RpcError as err:
+            result.update(code=err.code().name, detail=err.details() or "")
+        result["seconds"] = time.monotonic() - start
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    return thread, result

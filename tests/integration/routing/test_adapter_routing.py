@@ -173,3 +173,23 @@ def test_an_adapter_no_node_has_is_not_found(agents: dict[str, AgentProcess]) ->
         ask(agents["A"], "zzz", X)
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
     assert "adapter 'zzz' is not known" in (info.value.details() or "")
+
+
+@pytest.mark.parametrize("adapter_policy", ["", "Ignore"])
+def test_an_unknown_adapter_through_an_entry_without_the_model_is_not_found(
+    agents: dict[str, AgentProcess], adapter_policy: str
+) -> None:
+    """The entry holds no replica: by the table (Affinity) no replica knows the adapter, or
+    (Ignore) every replica asked said NOT_FOUND; either way the answer names the adapter,
+    NOT_FOUND, never "no replica available" (UNAVAILABLE, which a client would retry)."""
+    entry = start_agent(["--node-name", "E"])
+    try:
+        table = push_table(agents, 1, adapter_policy)
+        control(entry).SetRoutingTable(table)
+        with pytest.raises(grpc.RpcError) as info:
+            ask(entry, "zzz", X)
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND, info.value.details()
+        assert "adapter 'zzz' is not known" in (info.value.details() or "")
+        assert node_of(ask(entry, "d", X)) == "C"  # a known one still routes
+    finally:
+        entry.stop(timeout=5)
