@@ -467,3 +467,49 @@ def load_in_background(
     thread = threading.Thread(target=call, daemon=True)
     thread.start()
     return thread, result
+
+
+def cloud_recovery(model: Path, outage_s: float = 10.0) -> dict[str, Any]:
+    """A gateway whose only way to serve is the cloud fallback (another agent standing in for
+    the cloud); the cloud dies for `outage_s`, comes back on the same port: how long until the
+    gateway's requests succeed again, and what NodeStatus counted."""
+    with Agents() as agents:
+        cloud = agents.start(["--model", f"ident={model}", "--node-name", "cloud"])
+        port = cloud.port
+        gateway = agents.start(["--gateway", "--node-name", "g"])
+        cloud_route = control_pb2.Route(model="ident", cloud_fallback=True)
+        fallback = control_pb2.CloudFallback(
+            endpoint=cloud.address, max_share=1.0, price_per_1k_usd=0.4
+        )
+        push_table(gateway.address, [cloud_route], 1, cloud=fallback)
+        with grpc.insecure_channel(gateway.address) as channel:
+            s = pb_grpc.GRPCInferenceServiceStub(channel)
+            for i in range(5):
+                s.ModelInfer(ident_request(i), timeout=10)
+            cloud.kill()
+            down_until = time.monotonic() + outage_s
+            failed_during = 0
+            while time.monotonic() < down_until:  # clients keep trying through the outage
+                try:
+                    s.ModelInfer(ident_request(), timeout=10)
+                except grpc.RpcError:
+                    failed_during += 1
+                time.sleep(0.1)
+            agents.start(["--model", f"ident={model}", "--node-name", "cloud"], port=port)
+            back = time.monotonic()
+            recovered_s = None
+            while time.monotonic() - back < 60:
+                try:
+                    s.ModelInfer(ident_request(), timeout=10)
+                    recovered_s = time.monotonic() - back
+                    break
+                except grpc.RpcError:
+                    time.sleep(0.05)
+        status = control(gateway.address).NodeStatus(control_pb2.NodeStatusRequest(), timeout=10)
+        return {
+            "outage_s": outage_s,
+            "failed_during_outage": failed_during,
+            "recovered_s": recovered_s,
+            "cloud_requests": dict(status.cloud_requests),
+            "cloud_failures": status.cloud_failures,
+        }

@@ -95,3 +95,27 @@ def test_a_pool_agent_is_not_serving_until_its_table_arrives_and_keeps_it(
     again = agents.start(args)  # restarted: routes by the table it kept, at once
     assert _health(again.address) == health_pb2.HealthCheckResponse.SERVING
     assert params(stub(again.address).ModelInfer(make_request()))["hatswarm.route"] == "peer"
+
+
+def test_a_megabyte_model_name_gets_its_status_not_resource_exhausted(
+    pool: dict[str, AgentProcess],
+) -> None:
+    """The status message echoes the name: cut short, it still fits the caller's header limit."""
+    name = "m" * (1 << 20)
+    for agent in (pool["a"], pool["b"]):
+        with pytest.raises(grpc.RpcError) as err:
+            stub(agent.address).ModelInfer(make_request(model=name))
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        assert "truncated" in (err.value.details() or "")
+        with pytest.raises(grpc.RpcError) as err:
+            stub(agent.address).ModelMetadata(pb.ModelMetadataRequest(name=name))
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_malformed_priority_is_invalid_argument(pool: dict[str, AgentProcess]) -> None:
+    request = make_request()
+    request.parameters["priority"].string_param = "high"
+    with pytest.raises(grpc.RpcError) as err:
+        stub(pool["a"].address).ModelInfer(request)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "'priority' must be an integer, got 'high'" in (err.value.details() or "")

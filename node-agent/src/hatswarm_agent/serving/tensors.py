@@ -54,7 +54,7 @@ class TensorLimits:
     would otherwise decode to ~0.5 GB of Python objects.
     """
 
-    max_bytes_elements: int = 1 << 20  # BYTES elements per request, all inputs together
+    max_bytes_elements: int = 1 << 18  # BYTES elements per request, all inputs together
     max_decoded_bytes: int = 256 << 20  # estimated memory of the decoded inputs
 
     def check_count(self, name: str, count: int, seen: int) -> None:
