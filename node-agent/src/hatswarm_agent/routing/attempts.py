@@ -190,7 +190,6 @@ class Attempts:
         adapter = routing_adapter(request)
         tries = _Tries(request, adapter)
         flights: dict[asyncio.Task[pb.ModelInferResponse], _Flight] = {}
-        saturated = local_full = False
         try:
             while True:
                 now = time.monotonic()
@@ -257,8 +256,11 @@ class Attempts:
                 await self.capacity.wait(priority, deadline)
                 tries.refused.clear()
         finally:
-            for task in flights:
-                task.cancel()
+            for task in flights:  # the losers of a hedge, or what the deadline cut short
+                if not task.done():
+                    task.cancel()
+                elif not task.cancelled():
+                    task.exception()  # retrieved: ended too, no longer anyone's answer
         # Nothing can serve it in the pool.
         if route is not None and route.cloud_fallback and self.cloud.enabled:
             if self.cloud.allow():
