@@ -36,7 +36,6 @@ from hatswarm_agent.control.servicer import ControlServicer, NodeIdentity
 from hatswarm_agent.protocol.auth import BearerAuthInterceptor, TlsFiles, TokenFile
 from hatswarm_agent.protocol.v1 import control_pb2, control_pb2_grpc
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
-from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2_grpc as pb_grpc
 from hatswarm_agent.routing.config import DispatchConfig
 from hatswarm_agent.routing.dispatcher import Dispatcher
 from hatswarm_agent.routing.table import RoutingTableStore
@@ -44,6 +43,7 @@ from hatswarm_agent.serving.dataplane import DataPlane, ServingState
 from hatswarm_agent.serving.metrics import AgentMetrics, RouteMetrics
 from hatswarm_agent.serving.registry import ModelRegistry
 from hatswarm_agent.serving.servicer import InferenceServicer
+from hatswarm_agent.serving.servicer import add_to_server as add_inference_to_server
 from hatswarm_agent.serving.tensors import TensorLimits
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,7 @@ class Agent:
         )
         interceptors = [BearerAuthInterceptor(self.tokens)] if self.tokens else []
         self.server = grpc.aio.server(options=server_options(config), interceptors=interceptors)
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.inference, self.server)
+        add_inference_to_server(self.inference, self.server)
         control_pb2_grpc.add_AgentControlServicer_to_server(
             ControlServicer(
                 self.lifecycle,

@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from hatswarm_agent.protocol import params
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
@@ -63,6 +64,7 @@ _M_MMAP_THRESHOLD = -3
 _MMAP_THRESHOLD = 1 << 20
 _LIBC = _libc()
 TRIM_AFTER_S = 0.5
+_T = TypeVar("_T")
 
 
 class DataPlane:
@@ -158,10 +160,18 @@ class DataPlane:
                 bool(request.raw_input_contents),
             )  # fmt: skip
         finally:
-            # Once the request and its tensors are gone too (the caller still holds them).
-            loop.call_later(TRIM_AFTER_S, lambda: loop.run_in_executor(self._heavy, _trim_memory))
+            self.trim_later()
         self._succeeded(entry, start, result)
         return response
+
+    async def off_loop(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """`fn(*args)` on the large-tensor worker (one at a time)."""
+        return await asyncio.get_running_loop().run_in_executor(self._heavy, fn, *args)
+
+    def trim_later(self) -> None:
+        """Return freed memory to the OS once a large request (and its buffers) are gone."""
+        loop = asyncio.get_running_loop()
+        loop.call_later(TRIM_AFTER_S, lambda: loop.run_in_executor(self._heavy, _trim_memory))
 
     def close(self) -> None:
         self._heavy.shutdown(wait=False, cancel_futures=True)

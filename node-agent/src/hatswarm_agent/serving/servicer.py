@@ -10,12 +10,16 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+import grpc
+from google.protobuf.message import DecodeError
+
 from hatswarm_agent import __version__
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2_grpc as pb_grpc
 from hatswarm_agent.protocol.wire import HOP_KEY, NODE_METADATA_KEY
 from hatswarm_agent.serving.dataplane import DataPlane
-from hatswarm_agent.serving.errors import AgentError, grpc_errors
+from hatswarm_agent.serving.errors import AgentError, InvalidInputError, grpc_errors
+from hatswarm_agent.serving.tensors import LARGE_REQUEST_BYTES, check_wire_limits
 
 PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "hailo": "hailo_hef", "simulated": "simulated_npu"}
 
@@ -55,6 +59,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         pool: PoolModels | None = None,
         node_name: str = "",
     ) -> None:
+        self._dataplane = dataplane
         self._registry = dataplane.registry
         self._state = dataplane.state
         self._infer = infer
@@ -126,7 +131,58 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelInferResponse:
         return await self._infer(request, context)
 
+    @grpc_errors
+    async def ModelInferBytes(  # noqa: N802
+        self, data: bytes, context: Any
+    ) -> pb.ModelInferResponse:
+        """ModelInfer from its serialized request (add_to_server registers it so): a large one
+        is checked against the tensor limits unparsed, then parsed off the event loop."""
+        try:
+            if len(data) >= LARGE_REQUEST_BYTES:
+                self._dataplane.trim_later()
+                check_wire_limits(data, self._dataplane.limits)
+                request = await self._dataplane.off_loop(pb.ModelInferRequest.FromString, data)
+            else:
+                request = pb.ModelInferRequest.FromString(data)
+        except DecodeError as exc:
+            raise InvalidInputError(
+                f"the request is not a valid ModelInferRequest: {exc}"
+            ) from None
+        del data
+        return await self._infer(request, context)
+
 
 async def _say_node(context: Any, node: str) -> None:
     if node:
         await context.send_initial_metadata(((NODE_METADATA_KEY, node),))
+
+
+_HANDLER_KINDS = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
+def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
+    """Register the OIP service: every method as the generated code would, except ModelInfer,
+    which receives its request serialized (InferenceServicer.ModelInferBytes)."""
+    service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    handlers = {}
+    for method in service.methods:
+        response = getattr(pb, method.output_type.name)
+        behaviour = getattr(servicer, method.name)
+        deserializer = getattr(pb, method.input_type.name).FromString
+        if method.name == "ModelInfer":
+            behaviour, deserializer = servicer.ModelInferBytes, None
+        make = _HANDLER_KINDS[(method.client_streaming, method.server_streaming)]
+        handlers[method.name] = make(
+            behaviour,
+            request_deserializer=deserializer,
+            response_serializer=response.SerializeToString,
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )
+    server.add_registered_method_handlers(service.full_name, handlers)

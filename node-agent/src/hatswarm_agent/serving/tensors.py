@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,6 +90,83 @@ def is_large(request: pb.ModelInferRequest) -> bool:
         dtype = OIP_TO_NUMPY.get(t.datatype)
         size += count * (dtype.itemsize if dtype is not None else 4)
     return size >= LARGE_REQUEST_BYTES
+
+
+def check_wire_limits(data: bytes, limits: TensorLimits) -> None:
+    """`limits` on a serialized ModelInferRequest, before it is parsed.
+
+    Only the inputs' names, datatypes and shapes are read (a scan of the protobuf wire
+    format); every tensor's data is skipped unread. An 8M-element BYTES request is refused
+    here without a single copy of its 32 MB, so the event loop stays free.
+    """
+    strings = 0
+    for number, _, value in _wire_fields(memoryview(data)):
+        if number != 5 or not isinstance(value, memoryview):  # ModelInferRequest.inputs
+            continue
+        name, datatype, shape = "", "", []
+        for n, _, v in _wire_fields(value):  # InferInputTensor: name 1, datatype 2, shape 3
+            if n == 1 and isinstance(v, memoryview):
+                name = bytes(v[:200]).decode(errors="replace")
+            elif n == 2 and isinstance(v, memoryview):
+                datatype = bytes(v).decode(errors="replace")
+            elif n == 3:
+                shape.extend(_int64s(v))
+        if datatype == "BYTES" and shape and min(shape) >= 0:
+            count = math.prod(shape)
+            limits.check_count(name, count, strings)
+            strings += count
+
+
+def _wire_fields(buf: memoryview) -> Iterator[tuple[int, int, int | memoryview]]:
+    """(field number, wire type, value) of one protobuf message: ints for varints and fixed
+    fields, views (no copy) for length-delimited ones."""
+    pos, end = 0, len(buf)
+    while pos < end:
+        key, pos = _varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(buf, pos)
+            yield number, wire, value
+        elif wire == 2:
+            size, pos = _varint(buf, pos)
+            if pos + size > end:
+                raise InvalidInputError("the request is not a valid ModelInferRequest (truncated)")
+            yield number, wire, buf[pos : pos + size]
+            pos += size
+        elif wire in (1, 5):
+            width = 8 if wire == 1 else 4
+            if pos + width > end:
+                raise InvalidInputError("the request is not a valid ModelInferRequest (truncated)")
+            yield number, wire, int.from_bytes(buf[pos : pos + width], "little")
+            pos += width
+        else:
+            raise InvalidInputError(f"the request is not a valid ModelInferRequest (wire {wire})")
+
+
+def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(buf) or shift > 63:
+            raise InvalidInputError("the request is not a valid ModelInferRequest (varint)")
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+
+
+def _int64s(value: int | memoryview) -> list[int]:
+    """A repeated int64's values: one varint, or a packed run of them."""
+    raw: list[int] = []
+    if isinstance(value, int):
+        raw.append(value)
+    else:
+        pos = 0
+        while pos < len(value):
+            v, pos = _varint(value, pos)
+            raw.append(v)
+    return [v - (1 << 64) if v >= 1 << 63 else v for v in raw]
 
 
 @dataclass(slots=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 from hatswarm_agent.backends.base import TensorSpec
@@ -10,6 +12,7 @@ from hatswarm_agent.serving.errors import InvalidInputError
 from hatswarm_agent.serving.tensors import (
     NUMPY_TO_OIP,
     TensorLimits,
+    check_wire_limits,
     decode_request,
     encode_bytes,
     encode_response,
@@ -229,3 +232,28 @@ def test_a_negative_dimension_says_so() -> None:
         InvalidInputError, match=r"shape \[-1, 4\] has a negative dimension \(index 0\)"
     ):
         decode_request(req, [X], batchable=True)
+
+
+def test_wire_limits_read_shapes_without_touching_the_data() -> None:
+    limits = TensorLimits(max_bytes_elements=1000)
+    ok = _strings(1000).SerializeToString()
+    check_wire_limits(ok, limits)
+    big = _strings(10)
+    big.inputs[0].shape[0] = 8 << 20  # what the shape says is all that is read
+    with pytest.raises(InvalidInputError, match=r"'s': 8388608 BYTES elements .* limit of 1000"):
+        check_wire_limits(big.SerializeToString(), limits)
+    two = _strings(600)
+    two.inputs.add(name="t", datatype="BYTES", shape=[1, 500])
+    with pytest.raises(InvalidInputError, match="'t': 1100 BYTES elements"):
+        check_wire_limits(two.SerializeToString(), limits)
+    numbers = raw_request(x=np.zeros((4096, 4), np.float32))
+    check_wire_limits(numbers.SerializeToString(), limits)  # only BYTES counts
+    with pytest.raises(InvalidInputError, match="not a valid ModelInferRequest"):
+        check_wire_limits(ok[:-3] + b"\xff\xff", limits)
+
+
+@given(st.binary(max_size=200))
+@settings(max_examples=200, deadline=None)
+def test_wire_limits_never_crash_on_garbage(data: bytes) -> None:
+    with contextlib.suppress(InvalidInputError):
+        check_wire_limits(data, TensorLimits())
