@@ -52,7 +52,7 @@ lint: install gen crds ## ruff, mypy strict, yamllint; fails when generated file
 	  (echo "generated files drifted: run 'make gen crds' and commit" >&2; exit 1)
 
 test: tools lint ## lint, then every unit and integration test
-	$(RUN) pytest -m "not e2e and not images" -q
+	HATSWARM_REQUIRE_TOOLS=1 $(RUN) pytest -m "not e2e and not images" -q
 
 test-fast: install ## unit tests only
 	$(RUN) pytest tests/unit -q
@@ -80,7 +80,7 @@ images-check: install images-tools ## build both arches (rootfs engine), run arm
 	@if [ "$(SKIP_BUILD)" != 1 ]; then images/build.sh --engine rootfs; fi
 	$(RUN) pytest tests/images -m images -q
 
-e2e-kind: install ## kind e2e with simulated Pi nodes (skips without kind/docker)
+e2e-kind: install ## kind e2e: the chart quickstart on simulated Pi nodes (skips without kind/docker; fails in CI)
 	$(RUN) pytest tests/e2e -m e2e -q
 
 clean:

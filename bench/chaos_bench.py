@@ -34,7 +34,6 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.chaos.models import build_identity, build_strings  # noqa: E402
 from tests.chaos.scenarios import (  # noqa: E402
     cloud_recovery,
     frozen_peer,
@@ -43,6 +42,7 @@ from tests.chaos.scenarios import (  # noqa: E402
     table_swap,
     two_holders_killed,
 )
+from tests.onnxmodels import build_identity, build_strings  # noqa: E402
 
 BUDGET_S = 5.0
 HEALTH_TARGET_MS = 100.0

@@ -32,11 +32,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "tests" / "integration" / "routing"))
 
-from agentproc import AgentProcess, _save, start_agent  # noqa: E402
+from agentproc import AgentProcess, start_agent  # noqa: E402
 from hatswarm_agent.protocol.v1 import control_pb2, control_pb2_grpc  # noqa: E402
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb  # noqa: E402
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2_grpc as pb_grpc  # noqa: E402
 from onnx import TensorProto, helper  # noqa: E402
+from onnxmodels import save_graph as _save  # noqa: E402
 
 LOADGEN = ROOT / "tests" / "integration" / "routing" / "loadgen.py"
 OUT = ROOT / "bench" / "out"

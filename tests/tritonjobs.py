@@ -38,10 +38,14 @@ def infer_many(
     kill_pid: int | None = None,
     kill_at: int = -1,
     timeout_s: float = 15.0,
+    token: str = "",
 ) -> dict[str, Any]:
-    """`count` requests with distinct FP32 inputs; optionally SIGKILL a pid before request
-    `kill_at`. Returns ok/failed counts, errors, nodes that answered and output shapes."""
+    """`count` requests with distinct FP32 inputs (with `token` as the bearer token);
+    optionally SIGKILL a pid before request `kill_at`. Returns ok/failed counts, errors,
+    nodes that answered and output shapes."""
     import tritonclient.grpc as grpcclient
+
+    headers = {"authorization": f"Bearer {token}"} if token else None
 
     client = grpcclient.InferenceServerClient(url)
     data = np.random.default_rng(0).random(shape, dtype=np.float32)
@@ -53,7 +57,7 @@ def infer_many(
             inp = grpcclient.InferInput(input_name, shape, "FP32")
             inp.set_data_from_numpy(data + i)  # distinct inputs: no cache hits
             try:
-                res = client.infer(model, [inp], client_timeout=timeout_s)
+                res = client.infer(model, [inp], headers=headers, client_timeout=timeout_s)
             except Exception as err:  # reported to the test, which asserts there are none
                 out["failed"] += 1
                 out["errors"].append(str(err))
@@ -93,3 +97,80 @@ def infer_series(address: str, plan: list[tuple[str, list[int], int, bool]]) -> 
     finally:
         client.close()
     return problems
+
+
+def stream_generate(
+    url: str,
+    model: str,
+    requests: list[dict[str, Any]],
+    timeout_s: float = 60.0,
+    headers: dict[str, str] | None = None,
+    kill_pid: int | None = None,
+) -> list[dict[str, Any]]:
+    """Send generation requests (Triton vLLM-backend tensors) on one ModelStreamInfer stream
+    with `start_stream`/`async_stream_infer`; return every response in arrival order as
+    {id, text, final, error, params}. Each request dict: id, prompt, stream (bool), sampling
+    (a dict, sent as the JSON `sampling_parameters`), empty_final (bool). With `kill_pid`, that
+    process is SIGKILLed as soon as the first response arrives."""
+    import json
+    import queue
+    import time
+
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(url)
+    responses: queue.Queue[dict[str, Any]] = queue.Queue()
+
+    def callback(result: Any, error: Any) -> None:
+        if error is not None:
+            responses.put({"id": None, "text": None, "final": None, "error": str(error)})
+            return
+        response = result.get_response()
+        params = {
+            k: getattr(v, v.WhichOneof("parameter_choice")) for k, v in response.parameters.items()
+        }
+        text = result.as_numpy("text_output")
+        responses.put(
+            {
+                "id": response.id,
+                "text": None if text is None else b"".join(text.reshape(-1)).decode(),
+                "final": params.get("triton_final_response"),
+                "error": None,
+                "params": params,
+            }
+        )
+
+    out: list[dict[str, Any]] = []
+    client.start_stream(callback=callback, headers=headers)
+    try:
+        for r in requests:
+            text = grpcclient.InferInput("text_input", [1], "BYTES")
+            text.set_data_from_numpy(np.array([r["prompt"].encode()], dtype=np.object_))
+            stream = grpcclient.InferInput("stream", [1], "BOOL")
+            stream.set_data_from_numpy(np.array([r.get("stream", True)], dtype=bool))
+            sampling = grpcclient.InferInput("sampling_parameters", [1], "BYTES")
+            sampling.set_data_from_numpy(
+                np.array([json.dumps(r.get("sampling", {})).encode()], dtype=np.object_)
+            )
+            client.async_stream_infer(
+                model,
+                [text, stream, sampling],
+                request_id=r["id"],
+                enable_empty_final_response=r.get("empty_final", False),
+            )
+        finals = 0
+        deadline = time.monotonic() + timeout_s
+        while finals < len(requests) and time.monotonic() < deadline:
+            try:
+                item = responses.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            out.append(item)
+            if kill_pid is not None and len(out) == 1:
+                os.kill(kill_pid, signal.SIGKILL)
+            if item["final"] or item["error"]:
+                finals += 1
+    finally:
+        client.stop_stream()
+        client.close()
+    return out

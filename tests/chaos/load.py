@@ -72,7 +72,10 @@ class ClosedLoop:
         minimum: int = 0,
         think_s: float = 0.0,
         deadline_s: float = 30.0,
+        token: str = "",
     ) -> None:
+        """`token`: the pool's inference token, when it has one (sent as a bearer token)."""
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.address = address
         self.make_request = make_request
         self.clients = clients
@@ -124,7 +127,9 @@ class ClosedLoop:
                 request = self.make_request(i)
                 start = time.monotonic()
                 try:
-                    response = stub.ModelInfer(request, timeout=self.deadline_s)
+                    response = stub.ModelInfer(
+                        request, timeout=self.deadline_s, metadata=self.metadata
+                    )
                 except grpc.RpcError as err:
                     outcome = Outcome(
                         start, time.monotonic() - start, err.code().name, err.details() or ""

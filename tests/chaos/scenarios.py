@@ -29,8 +29,9 @@ from hatswarm_operator.local.pool import LocalPool
 from hatswarm_operator.local.processes import NodeSpec, default_nodes
 
 from tests.agentproc import AgentProcess, start_agent
+from tests.chaos.inputs import ident_request, strings_request
 from tests.chaos.load import ClosedLoop, Summary
-from tests.chaos.models import build_identity, ident_request, strings_request
+from tests.onnxmodels import build_identity
 
 POOL_LABELS = {"hatswarm.io/pool": "chaos"}
 
@@ -117,8 +118,9 @@ async def two_holders_killed(
             raise RuntimeError("the pool never became Ready")
         entry = lp.agents["entry"].address
         load = ClosedLoop(
-            entry, ident_request, clients=clients, minimum=minimum, think_s=think_s
-        ).start()
+            entry, ident_request, clients=clients, minimum=minimum, think_s=think_s,
+            token=lp.client_token,
+        ).start()  # fmt: skip
         out = KillRound(Summary())
         try:
             await asyncio.to_thread(load.wait_sent, 50)
@@ -182,10 +184,15 @@ class Agents:
 
 
 def push_table(address: str, routes: list[control_pb2.Route], generation: int, **kw: Any) -> None:
-    """What the operator does: SetRoutingTable with the pool's budget and retries."""
+    """What the operator does: SetRoutingTable with the pool's budget and retries, every
+    endpoint announced as a pool member."""
     kw.setdefault("timeout_ms", 5000)
     kw.setdefault("retries", 2)
     kw.setdefault("queue_limit", 64)
+    members = {ep.address: ep.node for r in routes for ep in r.endpoints if ep.address}
+    kw.setdefault(
+        "members", [control_pb2.PoolMember(node=n, address=a) for a, n in members.items()]
+    )
     table = control_pb2.RoutingTable(generation=generation, routes=routes, **kw)
     with grpc.insecure_channel(address) as channel:
         control_pb2_grpc.AgentControlStub(channel).SetRoutingTable(table, timeout=10)

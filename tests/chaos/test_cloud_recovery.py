@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos.models import build_identity
 from tests.chaos.scenarios import cloud_recovery
+from tests.onnxmodels import build_identity
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 

@@ -10,6 +10,7 @@ started (writes past it fail with EFBIG, "File too large", through the same code
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import resource
 import shutil
@@ -20,9 +21,9 @@ from pathlib import Path
 import pytest
 from hatswarm_agent.protocol.v1 import control_pb2
 
-from tests.agentproc import AgentProcess, build_mlp
-from tests.chaos.models import build_identity
+from tests.agentproc import AgentProcess
 from tests.chaos.scenarios import Agents, control
+from tests.onnxmodels import build_identity, build_mlp
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
@@ -49,6 +50,10 @@ def small_disk(path: Path) -> Iterator[str]:
     yield "rlimit"
 
 
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def fill(kind: str, disk: Path, agent: AgentProcess, leave: int = 0) -> None:
     """No more room: a filler file up to ENOSPC (tmpfs), or a file size limit (rlimit)."""
     if kind == "rlimit":
@@ -66,11 +71,15 @@ def test_a_full_disk_during_a_local_copy_blames_the_cache(tmp_path: Path) -> Non
     model = build_mlp(tmp_path / "big.onnx", hidden=4096)  # about 1 MiB: more than the disk
     assert model.stat().st_size > DISK_KIB * 1024
     with small_disk(tmp_path / "state") as kind, Agents() as agents:
-        agent = agents.start(["--node-name", "n", "--state-dir", str(tmp_path / "state")])
+        agent = agents.start(
+            ["--node-name", "n", "--state-dir", str(tmp_path / "state"),
+             "--allow-file-root", str(tmp_path)]
+        )  # fmt: skip
         if kind == "rlimit":
             fill(kind, tmp_path / "state", agent, leave=DISK_KIB * 1024)
         status = control(agent.address).LoadModel(
-            control_pb2.LoadModelRequest(name="big", uri=str(model)), timeout=60
+            control_pb2.LoadModelRequest(name="big", uri=str(model), sha256=digest(model)),
+            timeout=60,
         )
         assert status.state == control_pb2.MODEL_STATE_FAILED
         assert "into the artifact cache" in status.reason, status.reason
@@ -81,11 +90,13 @@ def test_a_full_disk_during_a_local_copy_blames_the_cache(tmp_path: Path) -> Non
 def test_an_unload_that_cannot_be_saved_is_not_undone_by_a_restart(tmp_path: Path) -> None:
     model = build_identity(tmp_path / "ident.onnx")
     state = tmp_path / "state"
-    args = ["--node-name", "n", "--state-dir", str(state)]
+    args = ["--node-name", "n", "--state-dir", str(state), "--allow-file-root", str(tmp_path)]
     with small_disk(state) as kind, Agents() as agents:
         agent = agents.start(args)
         stub = control(agent.address)
-        loaded = stub.LoadModel(control_pb2.LoadModelRequest(name="m", uri=str(model)), timeout=60)
+        loaded = stub.LoadModel(
+            control_pb2.LoadModelRequest(name="m", uri=str(model), sha256=digest(model)), timeout=60
+        )
         assert loaded.state == control_pb2.MODEL_STATE_READY, loaded.reason
         assert (state / "assignment.json").exists()
         fill(kind, state, agent)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos.models import build_identity
 from tests.chaos.scenarios import frozen_peer
+from tests.onnxmodels import build_identity
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 

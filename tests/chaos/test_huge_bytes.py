@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos.models import build_strings
 from tests.chaos.scenarios import huge_bytes
+from tests.onnxmodels import build_strings
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from hatswarm_agent.protocol.v1 import control_pb2
 
-from tests.chaos.models import build_identity
 from tests.chaos.scenarios import Agents, TrickleServer, control, load_in_background
+from tests.onnxmodels import build_identity
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
@@ -31,7 +31,8 @@ def test_a_trickling_download_stalls_out_on_the_idle_rule(tmp_path: Path) -> Non
     with TrickleServer() as server, Agents() as agents:
         agent = agents.start(
             ["--node-name", "n", "--state-dir", str(tmp_path / "state"),
-             "--download-idle-seconds", "2", "--download-idle-min-bytes", "1024"]
+             "--download-idle-seconds", "2", "--download-idle-min-bytes", "1024",
+             "--allow-file-root", str(tmp_path)]
         )  # fmt: skip
         thread, result = load_in_background(agent.address, _slow(server.url))
         thread.join(60)
@@ -46,7 +47,10 @@ def test_a_corrected_load_and_an_unload_do_not_wait_for_a_slow_download(
     good = build_identity(tmp_path / "ident.onnx")
     digest = hashlib.sha256(good.read_bytes()).hexdigest()
     with TrickleServer() as server, Agents() as agents:
-        agent = agents.start(["--node-name", "n", "--state-dir", str(tmp_path / "state")])
+        agent = agents.start(
+            ["--node-name", "n", "--state-dir", str(tmp_path / "state"),
+             "--allow-file-root", str(tmp_path)]
+        )  # fmt: skip
         stub = control(agent.address)
         slow, first = load_in_background(agent.address, _slow(server.url))
         time.sleep(1.0)  # the download is under way

@@ -21,8 +21,9 @@ from hatswarm_agent.routing.peers import Peers
 from hatswarm_agent.routing.policy import Balancer, PeerState
 from hatswarm_agent.serving.metrics import AgentMetrics, RouteMetrics
 
-from tests.chaos.models import build_identity, ident_request
+from tests.chaos.inputs import ident_request
 from tests.chaos.scenarios import Agents, table_swap
+from tests.onnxmodels import build_identity
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 

@@ -2,11 +2,15 @@
 
     hatswarm-agent --port 8001 --model cnn=/models/cnn.onnx --model mlp=file:///m/mlp.onnx
     hatswarm-agent --model-dir /models --backend simulated --accelerator hailo8l
+    hatswarm-agent --backend auto --model det=/models/yolov8s_h8l.hef   # NPU if HailoRT opens one
     hatswarm-agent --gateway --peer cnn=10.0.0.5:8001 --peer cnn=10.0.0.6:8001,2
-    hatswarm-agent --routing-table pool.json --auth-token-file /run/secrets/pool-token
+    hatswarm-agent --routing-table pool.json --auth-token-file /run/secrets/pool-token \
+        --control-token-file /run/secrets/control/token --allow-file-root /models
+    hatswarm-agent --http-port 8000 --model chat@genai=/models/qwen --model vec@embed=/models/mini
 
-Prints `hatswarm-agent ready on HOST:PORT` (flushed) once serving; SIGTERM/SIGINT stop it
-gracefully.
+Prints `hatswarm-agent http on HOST:PORT` when the HTTP doors are on (OpenAI /v1, Ollama /api,
+KServe v2 REST /v2), then `hatswarm-agent ready on HOST:PORT` (flushed) once serving;
+SIGTERM/SIGINT stop it gracefully.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from hatswarm_agent.backends import BACKEND_NAMES
+from hatswarm_agent.backends import BACKEND_NAMES, canonical_name
 from hatswarm_agent.backends.base import BackendError
 from hatswarm_agent.control.lifecycle import QueueDefaults
 from hatswarm_agent.protocol.auth import TlsFiles
@@ -35,10 +39,18 @@ log = logging.getLogger("hatswarm_agent")
 
 
 def parse_model(spec: str, backend: str, options: dict[str, str]) -> control_pb2.LoadModelRequest:
-    """NAME=URI[#sha256=HEX] (an optional :VERSION after NAME) to a LoadModelRequest."""
+    """NAME[:VERSION][@BACKEND]=URI[#sha256=HEX] to a LoadModelRequest (BACKEND: this model's
+    backend instead of --backend's, e.g. chat@genai for a generative model folder)."""
     name, sep, uri = spec.partition("=")
     if not sep or not name or not uri:
         raise argparse.ArgumentTypeError(f"--model wants NAME=URI, got {spec!r}")
+    name, at, own_backend = name.partition("@")
+    if at:
+        try:
+            canonical_name(own_backend)
+        except BackendError as exc:
+            raise argparse.ArgumentTypeError(f"--model {spec!r}: {exc}") from None
+        backend = own_backend
     name, _, version = name.partition(":")
     sha256 = ""
     if "#" in uri:
@@ -61,14 +73,35 @@ def parse_option(text: str) -> tuple[str, str]:
     return key, value
 
 
+def parse_cloud_token(text: str) -> tuple[str, Path]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"--cloud-token wants NAME=FILE, got {text!r}")
+    return name, Path(path)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hatswarm-agent", description=__doc__.split("\n")[0])
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 in pods)")
     p.add_argument("--port", type=int, default=8001, help="OIP + control gRPC port (0 = any)")
     p.add_argument("--node-name", default="local")
-    p.add_argument("--accelerator", choices=["cpu", "hailo8l", "hailo8"], default="cpu")
-    p.add_argument("--backend", choices=list(BACKEND_NAMES), default="onnxruntime")
-    p.add_argument("--model", action="append", default=[], metavar="NAME=URI[#sha256=HEX]")
+    p.add_argument(
+        "--accelerator", choices=["cpu", "hailo8l", "hailo8", "hailo10h"], default="cpu",
+        help="the chip this node is expected to have (the simulated backend's device); the "
+        "hailo backend reports the chip HailoRT identifies instead",
+    )  # fmt: skip
+    p.add_argument(
+        "--backend", choices=list(BACKEND_NAMES), default="auto",
+        help="auto: HailoRT when a Hailo device opens, else onnxruntime on the CPU (which one is "
+        "logged, in NodeStatus and in hatswarm_agent_backend_info)",
+    )  # fmt: skip
+    p.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="NAME[:VERSION][@BACKEND]=URI[#sha256=HEX]",
+        help="a model to serve: a file, a model folder (generative models) or a tarball of one",
+    )
     p.add_argument("--model-dir", type=Path, help="serve every *.onnx in DIR (name = stem)")
     p.add_argument(
         "--option",
@@ -90,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--download-idle-min-bytes", type=int, default=64 << 10)
     p.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port; 0 = off")
+    p.add_argument(
+        "--http-port",
+        type=int,
+        default=0,
+        help="HTTP doors (OpenAI /v1, Ollama /api, KServe v2 REST /v2); 0 = off",
+    )
     p.add_argument("--queue-limit", type=int, default=256, help="requests per model before refusal")
     p.add_argument("--max-batch-size", type=int, default=8)
     p.add_argument("--max-queue-delay-us", type=int, default=0)
@@ -168,8 +207,50 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--response-cache-entries", type=int, default=4096)
     r.add_argument("--response-cache-bytes", type=int, default=64 << 20)
-    s = p.add_argument_group("security")
-    s.add_argument("--auth-token-file", type=Path, help="require 'authorization: Bearer <token>'")
+    s = p.add_argument_group("security (README: Security model)")
+    s.add_argument(
+        "--auth-token-file",
+        type=Path,
+        action="append",
+        default=[],
+        help="inference tokens, one a line (repeatable); without any, inference is open",
+    )
+    s.add_argument(
+        "--control-token-file",
+        type=Path,
+        help="the control plane's token: the only credential that opens AgentControl "
+        "(without it, AgentControl answers callers on this host only)",
+    )
+    s.add_argument(
+        "--allow-file-root",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a folder LoadModel may read file:// artifacts from (repeatable; default: none)",
+    )
+    s.add_argument(
+        "--trusted-keys",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="ed25519 public keys artifact signatures may be made with: a file, or a folder "
+        "with one key a file (repeatable)",
+    )
+    s.add_argument(
+        "--require-signatures",
+        action="store_true",
+        help="refuse LoadModel calls whose artifact is not signed by a trusted key",
+    )
+    s.add_argument(
+        "--cloud-token",
+        action="append",
+        default=[],
+        type=parse_cloud_token,
+        metavar="NAME=FILE",
+        help="a cloud fallback token a routing table may name (repeatable)",
+    )
     s.add_argument("--tls-cert", type=Path, help="PEM certificate (server and toward peers)")
     s.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
     s.add_argument("--tls-ca", type=Path, help="PEM CA: require client certificates (mTLS)")
@@ -179,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> AgentConfig:
     options = dict(args.option)
-    backend = "" if args.backend == "onnxruntime" else args.backend
+    backend = "" if args.backend in ("onnxruntime", "auto") else args.backend
     models = [parse_model(spec, backend, options) for spec in args.model]
     if args.model_dir is not None:
         for path in sorted(Path(args.model_dir).glob("*.onnx")):
@@ -228,6 +309,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         state_dir=args.state_dir,
         cache_max_bytes=args.cache_max_bytes,
         metrics_port=args.metrics_port,
+        http_port=args.http_port,
         queue=QueueDefaults(args.queue_limit, args.max_batch_size, args.max_queue_delay_us),
         gateway=args.gateway,
         max_message_bytes=args.max_message_bytes,
@@ -235,11 +317,16 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         models=models,
         routing=routing,
         routing_table=table,
-        auth_token_file=args.auth_token_file,
+        auth_token_files=tuple(args.auth_token_file),
+        control_token_file=args.control_token_file,
         tls=tls,
         tensor_limits=TensorLimits(args.max_bytes_elements, args.max_decoded_bytes),
         download_idle_s=args.download_idle_seconds,
         download_idle_min_bytes=args.download_idle_min_bytes,
+        file_roots=tuple(args.allow_file_root),
+        trusted_keys=tuple(args.trusted_keys),
+        require_signatures=args.require_signatures,
+        cloud_tokens=dict(args.cloud_token),
     )
 
 
@@ -254,6 +341,8 @@ async def serve(config: AgentConfig) -> None:
     for entry in agent.registry.all():
         if not entry.ready:
             log.warning("model %s/%s FAILED: %s", entry.name, entry.version, entry.reason)
+    if agent.http_port:
+        print(f"hatswarm-agent http on {config.host}:{agent.http_port}", flush=True)
     print(f"hatswarm-agent ready on {config.host}:{agent.port}", flush=True)
     await stop.wait()
     await agent.stop()

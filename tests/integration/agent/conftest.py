@@ -1,6 +1,6 @@
 """Real `hatswarm-agent` processes on loopback with models built by onnx.helper.
 
-The helpers live in tests/agentproc.py (importable by other suites as `tests.agentproc`).
+Processes come from tests/agentproc.py, models from tests/onnxmodels.py.
 """
 
 from __future__ import annotations
@@ -11,14 +11,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.agentproc import (
-    AgentProcess,
-    build_cnn,
-    build_fp16,
-    build_mlp,
-    build_two_inputs,
-    start_agent,
-)
+from tests.agentproc import AgentProcess, start_agent
+from tests.onnxmodels import build_cnn, build_fp16, build_mlp, build_two_inputs
 
 
 @pytest.fixture(scope="session")
@@ -32,9 +26,12 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def agent(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
-    """One onnxruntime agent serving every test model, a broken one, and metrics."""
+    """One onnxruntime agent serving every test model and a broken one, shared by the modules
+    here (test_lora.py has its own): they send requests and read status, and what they assert
+    holds for an agent that has served other modules first (`>=` counts; test_control's empty
+    routing table leaves local serving as it was; test_fuzz checks the answers after fuzzing)."""
     broken = tmp_path_factory.mktemp("broken") / "broken.onnx"
     broken.write_bytes(b"definitely not onnx")
     proc = start_agent(

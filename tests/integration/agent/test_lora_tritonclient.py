@@ -18,7 +18,7 @@ import pytest
 from hatswarm_agent.protocol.v1 import control_pb2, control_pb2_grpc
 
 from tests.agentproc import start_agent
-from tests.loramodels import IN, build_lora_base, direct_run, lora_adapter
+from tests.onnxmodels import IN, build_lora_base, direct_run, lora_adapter
 
 pytestmark = pytest.mark.integration
 
@@ -55,7 +55,8 @@ def test_tritonclient_selects_adapters(tmp_path: Path) -> None:
     def digest(p: Path) -> str:
         return hashlib.sha256(p.read_bytes()).hexdigest()
 
-    with start_agent(["--state-dir", str(tmp_path / "state")]) as agent:
+    roots = ["--allow-file-root", str(tmp_path)]
+    with start_agent(["--state-dir", str(tmp_path / "state"), *roots]) as agent:
         with grpc.insecure_channel(agent.address) as ch:
             loaded = control_pb2_grpc.AgentControlStub(ch).LoadModel(
                 control_pb2.LoadModelRequest(

@@ -14,7 +14,7 @@ from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2_grpc as pb_grpc
 from hatswarm_agent.protocol.wire import HOP_METADATA, NODE_PARAM, ROUTE_PARAM
 from hatswarm_agent.server import Agent, AgentConfig
 
-from tests.agentproc import build_mlp
+from tests.onnxmodels import build_mlp
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,7 @@ requests with tritonclient, waits until Prometheus has scraped them, and checks 
 commands report exactly what was sent, that edge cost follows NPU seconds, and that the
 files are written. A third scrape target that nobody serves is the node that is down.
 
-Skips only when the `prometheus` binary is missing (.ci/run must install it).
+Needs the `prometheus` binary: fails without it under `make test`, skips elsewhere.
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ from hatswarm_operator.cli.cost import main as cost_main
 from hatswarm_operator.finops.promql import Prometheus
 
 from tests import tritonjobs
-from tests.agentproc import AgentProcess, build_mlp, free_port, start_agent
+from tests.agentproc import AgentProcess, free_port, start_agent
+from tests.externaltools import missing
+from tests.onnxmodels import build_mlp
 from tests.polling import poll
 
 pytestmark = pytest.mark.integration
@@ -85,7 +87,7 @@ def agents(tmp_path: Path) -> Iterator[tuple[AgentProcess, int]]:
 @pytest.fixture
 def prometheus(tmp_path: Path, agents: tuple[AgentProcess, int]) -> Iterator[tuple[str, str, str]]:
     if PROMETHEUS is None:
-        pytest.skip("the prometheus binary is missing (apt-get install prometheus; .ci/run must)")
+        missing("prometheus", "make tools; Debian: apt-get install -y prometheus")
     _, metrics_port = agents
     target, dead = f"127.0.0.1:{metrics_port}", f"127.0.0.1:{free_port()}"
     config = tmp_path / "prometheus.yml"

@@ -15,15 +15,17 @@ import httpx
 import psutil
 import pytest
 
+from tests.externaltools import missing
+from tests.polling import poll
+
 pytestmark = pytest.mark.integration
 
 HATSWARM = Path(sys.executable).parent / "hatswarm"
 
 
-@pytest.mark.skipif(
-    shutil.which("prometheus") is None, reason="prometheus is not installed (make tools)"
-)
 def test_up_with_prometheus_scrapes_agents_and_loop(tmp_path: Path) -> None:
+    if shutil.which("prometheus") is None:
+        missing("prometheus", "make tools; Debian: apt-get install -y prometheus")
     proc = subprocess.Popen(
         [str(HATSWARM), "up", "--nodes", "2", "--quiet", "--prometheus",
          "--state-dir", str(tmp_path / "state")],
@@ -59,7 +61,7 @@ def test_up_with_prometheus_scrapes_agents_and_loop(tmp_path: Path) -> None:
                 pass
             if len(up) == 3 and all(v == 1 for v in up.values()) and loaded >= 2:
                 break
-            time.sleep(0.5)
+            time.sleep(0.2)
         assert sorted(k.split("/")[0] for k in up) == [
             "hatswarm-agent",
             "hatswarm-agent",
@@ -71,9 +73,17 @@ def test_up_with_prometheus_scrapes_agents_and_loop(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0, "".join(lines)
-    time.sleep(1)
-    assert not [
-        p
-        for p in children
-        if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
-    ]
+    # Gone within a second (checked as soon as they are, not after sleeping that second).
+    assert poll(lambda: not _alive(children), within=1.0, every=0.05), _alive(children)
+
+
+def _alive(pids: list[int]) -> list[int]:
+    """The processes of `pids` still running (zombies and vanished ones are not)."""
+    out = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                out.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return out

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.agentproc import build_mlp
 from tests.integration.operator.harness import World
 from tests.kubeemu import KubeApi
+from tests.onnxmodels import build_mlp
 
 
 @pytest.fixture

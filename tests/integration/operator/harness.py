@@ -1,7 +1,8 @@
 """A small world for the operator: emulated Kubernetes, real agents behind emulated Pods.
 
 The test plays the kubelet and the DaemonSet controller: for each node it starts a real
-`hatswarm-agent` on loopback and puts a Node and a Ready agent Pod (podIP 127.0.0.1, container
+`hatswarm-agent` on loopback (allowed to read the test's model files, as a pool's
+`agent.fileRoots` would allow) and puts a Node and a Ready agent Pod (podIP 127.0.0.1, container
 port `grpc` = the agent's port) into the emulator. The operator is the real
 `hatswarm-operator` console script in a subprocess, aimed at the emulator by KUBECONFIG.
 """
@@ -22,7 +23,7 @@ from typing import Any, TypeVar
 import grpc
 from hatswarm_agent.protocol.v1 import control_pb2, control_pb2_grpc
 
-from tests.agentproc import AgentProcess, free_port, start_agent
+from tests.agentproc import AgentProcess, free_port, start_agent, start_agents
 from tests.kubeemu import KubeApi
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -140,8 +141,46 @@ class World:
 
     # --- nodes and agents ----------------------------------------------------------------
 
-    def add_node(self, name: str, pool: str = "floor", **labels: str) -> AgentProcess:
-        """A Node with labels, a real agent, and its Ready agent Pod bound to the node."""
+    CPU_AGENT = ("--backend", "onnxruntime", "--accelerator", "cpu")
+
+    def add_node(
+        self,
+        name: str,
+        pool: str = "floor",
+        *,
+        agent_args: tuple[str, ...] = CPU_AGENT,
+        env: dict[str, str] | None = None,
+        **labels: str,
+    ) -> AgentProcess:
+        """A Node with labels, a real agent (`agent_args`, `env`), and its Ready agent Pod."""
+        self._put_node(name, pool, labels)
+        agent = start_agent(self._agent_args(name, agent_args), env=env)
+        self._put_pod(name, pool, agent)
+        return agent
+
+    def add_nodes(self, *names: str, pool: str = "floor") -> list[AgentProcess]:
+        """Nodes as `add_node` makes them, their agents started side by side."""
+        for name in names:
+            self._put_node(name, pool, {})
+        agents = start_agents([self._agent_args(name, self.CPU_AGENT) for name in names])
+        for name, agent in zip(names, agents, strict=True):
+            self._put_pod(name, pool, agent)
+        return agents
+
+    def _agent_args(self, name: str, agent_args: tuple[str, ...]) -> list[str]:
+        state = self.tmp / f"state-{name}"
+        state.mkdir(exist_ok=True)
+        return [
+            "--node-name",
+            name,
+            *agent_args,
+            "--state-dir",
+            str(state),
+            "--allow-file-root",
+            str(self.tmp),
+        ]
+
+    def _put_node(self, name: str, pool: str, labels: dict[str, str]) -> None:
         self.store.put(
             {
                 "apiVersion": "v1",
@@ -151,12 +190,8 @@ class World:
                 "status": {"conditions": [{"type": "Ready", "status": "True"}]},
             }
         )
-        state = self.tmp / f"state-{name}"
-        state.mkdir(exist_ok=True)
-        agent = start_agent(
-            ["--node-name", name, "--backend", "onnxruntime", "--accelerator", "cpu",
-             "--state-dir", str(state)]
-        )  # fmt: skip
+
+    def _put_pod(self, name: str, pool: str, agent: AgentProcess) -> None:
         self.agents[name] = agent
         self.store.put(
             {
@@ -187,7 +222,6 @@ class World:
                 },
             }
         )
-        return agent
 
     def node_status(self, node: str) -> control_pb2.NodeStatusResponse:
         with grpc.insecure_channel(self.agents[node].address) as ch:

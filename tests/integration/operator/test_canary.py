@@ -13,7 +13,6 @@ import hashlib
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,10 +20,9 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from agentproc import AgentProcess, _save, start_agent
+from agentproc import AgentProcess, start_agents
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2_grpc as pb_grpc
 from hatswarm_operator.api import EdgeModel, InferencePool
@@ -34,6 +32,8 @@ from hatswarm_operator.control.agentclient import AgentClient
 from hatswarm_operator.control.runtime import PoolRuntime
 from hatswarm_operator.core.inventory import NodeState
 from hatswarm_operator.core.plan import ResourceEvent
+
+from tests.onnxmodels import build_scale
 
 pytestmark = pytest.mark.integration
 
@@ -47,21 +47,6 @@ GATE = {
     ],
     "maxLatencyMs": 5000,
 }
-
-
-def build_scale(path: Path, k: float, bias: float = 0.0) -> Path:
-    """y = k * x + bias, FP32 [N, 2] (a different bias of 0 makes a different build)."""
-    graph = helper.make_graph(
-        [helper.make_node("Mul", ["x", "k"], ["m"]), helper.make_node("Add", ["m", "b"], ["y"])],
-        "scale",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
-        [
-            numpy_helper.from_array(np.array(k, dtype=np.float32), "k"),
-            numpy_helper.from_array(np.array(bias, dtype=np.float32), "b"),
-        ],
-    )
-    return _save(graph, path)
 
 
 def artifact(path: Path) -> dict[str, str]:
@@ -178,22 +163,17 @@ class Driver:
 
 
 @pytest.fixture(scope="module")
-def agents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, AgentProcess]]:
+def agents(
+    builds: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, AgentProcess]]:
     root = tmp_path_factory.mktemp("agents")
-
-    def one(n: str) -> AgentProcess:
-        return start_agent(["--node-name", n, "--accelerator", "cpu", "--state-dir", str(root / n)])
-
-    with ThreadPoolExecutor(len(NODES)) as pool:
-        futures = {n: pool.submit(one, n) for n in NODES}
-    started = {n: f.result() for n, f in futures.items() if f.exception() is None}
-    try:
-        if len(started) < len(NODES):
-            raise next(e for f in futures.values() if (e := f.exception()) is not None)
-        yield started
-    finally:
-        for a in started.values():
-            a.stop(timeout=5)
+    models = ["--allow-file-root", str(builds["v1"].parent)]  # a pool's agent.fileRoots
+    args = [["--node-name", n, "--accelerator", "cpu", "--state-dir", str(root / n), *models]
+            for n in NODES]  # fmt: skip
+    started = dict(zip(NODES, start_agents(args), strict=True))
+    yield started
+    for a in started.values():
+        a.stop(timeout=5)
 
 
 @pytest.fixture(scope="module")

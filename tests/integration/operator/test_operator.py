@@ -20,13 +20,12 @@ pytestmark = pytest.mark.integration
 
 
 def test_pool_places_models_fails_over_and_unloads_on_delete(world: World, mlp: Path) -> None:
-    for node in ("pi-1", "pi-2", "pi-3"):
-        world.add_node(node)
+    world.add_nodes("pi-1", "pi-2", "pi-3")
     world.kube.apply(pool_manifest("floor"), model_manifest("mlp", mlp, replicas=2))
     op = world.start_operator()
 
     # The pool owns its agents and its entry point.
-    ds = wait_for(lambda: world.get("DaemonSet", "hatswarm-agent-floor"), what="DaemonSet")
+    ds = wait_for(lambda: world.get("DaemonSet", "hatswarm-agent-floor-cpu"), what="DaemonSet")
     svc = wait_for(lambda: world.get("Service", "floor"), what="Service")
     pool_uid = world.get("InferencePool", "floor")["metadata"]["uid"]  # type: ignore[index]
     for obj in (ds, svc):

@@ -1,4 +1,4 @@
-"""Routing tests: real agents on loopback, ONNX models built here, hatswarm's own OIP stubs.
+"""Routing tests: real agents on loopback, an identity model, hatswarm's own OIP stubs.
 
 (tritonclient and hatswarm's OIP stubs cannot share a process: the tritonclient load of the
 failover test runs in a child process, see loadgen.py.)
@@ -6,7 +6,6 @@ failover test runs in a child process, see loadgen.py.)
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,24 +13,12 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from onnx import TensorProto, helper
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from agentproc import AgentProcess, _save, start_agent
 from hatswarm_agent.protocol.v1 import control_pb2, control_pb2_grpc
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2_grpc as pb_grpc
 
-
-def build_identity(path: Path, dim: int = 4) -> Path:
-    """Empty compute: y = x, FP32 [N, dim]."""
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])],
-        "identity",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", dim])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", dim])],
-    )
-    return _save(graph, path)
+from tests.agentproc import AgentProcess, start_agent, start_agents
+from tests.onnxmodels import build_identity
 
 
 @pytest.fixture(scope="session")
@@ -49,6 +36,12 @@ class Agents:
         agent = start_agent(list(args), **kw)
         self.started.append(agent)
         return agent
+
+    def start_many(self, *arg_lists: Sequence[str]) -> list[AgentProcess]:
+        """Agents that do not need each other's address, started side by side."""
+        started = start_agents(arg_lists)
+        self.started.extend(started)
+        return started
 
     def stop_all(self) -> None:
         for agent in self.started:
@@ -101,7 +94,14 @@ def table(
     kw.setdefault("queue_limit", 64)
     kw.setdefault("retries", 2)
     kw.setdefault("timeout_ms", 10000)
+    kw.setdefault("members", members_of(routes))
     return control_pb2.RoutingTable(generation=generation, routes=list(routes), **kw)
+
+
+def members_of(routes: Sequence[control_pb2.Route]) -> list[control_pb2.PoolMember]:
+    """Every endpoint of `routes` announced as a pool member, as the operator does."""
+    seen = {ep.address: ep.node for r in routes for ep in r.endpoints if ep.address}
+    return [control_pb2.PoolMember(node=node, address=a) for a, node in sorted(seen.items())]
 
 
 def route(model: str, *addresses: str, version: str = "", **kw: Any) -> control_pb2.Route:

@@ -4,16 +4,12 @@ routing table built the way the control loop builds it (NodeStatus -> endpoints)
 from __future__ import annotations
 
 import hashlib
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from agentproc import AgentProcess, start_agent
 from hatswarm_agent.protocol.v1 import control_pb2, control_pb2_grpc
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2_grpc as pb_grpc
@@ -22,7 +18,8 @@ from hatswarm_operator.control.converters import model_observations, routing_tab
 from hatswarm_operator.core.inventory import NodeState
 from hatswarm_operator.core.plan import Route, endpoint_for
 
-from tests.loramodels import IN, OUT, build_lora_base, direct_run, lora_adapter
+from tests.agentproc import AgentProcess, start_agent, start_agents
+from tests.onnxmodels import IN, OUT, build_lora_base, direct_run, lora_adapter
 
 pytestmark = pytest.mark.integration
 
@@ -44,28 +41,53 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def load_request(files: dict[str, Path], name: str) -> control_pb2.LoadModelRequest:
+    """The base model with the adapters node `name` carries, and its slots."""
+    return control_pb2.LoadModelRequest(
+        name="lm", version="1", uri=str(files["base"]), sha256=digest(files["base"]),
+        options={"adapter_slots": str(SLOTS[name])},
+        adapters=[
+            control_pb2.AdapterArtifact(name=a, uri=f"file://{files[a]}", sha256=digest(files[a]))
+            for a in CARRY[name]
+        ],
+    )  # fmt: skip
+
+
+class Nodes(dict[str, AgentProcess]):
+    """The three agents by node name, and the routing generation a test counts from (the
+    agents keep the newest table, so each test's generations 1, 2, ... start above the last)."""
+
+    generation_base = 0
+
+
+@pytest.fixture(scope="module")
+def started(files: dict[str, Path]) -> Iterator[Nodes]:
+    """Three agents for the whole module (starting them is most of this suite's time)."""
+    roots = ["--allow-file-root", str(files["base"].parent)]
+    args = [["--node-name", name, *roots] for name in CARRY]
+    nodes = Nodes(zip(CARRY, start_agents(args), strict=True))
+    yield nodes
+    for a in nodes.values():
+        a.stop(timeout=5)
+
+
 @pytest.fixture
-def agents(files: dict[str, Path]) -> Iterator[dict[str, AgentProcess]]:
-    started: dict[str, AgentProcess] = {}
-    try:
-        for name in CARRY:
-            started[name] = start_agent(["--node-name", name])
-        for name, carried in CARRY.items():
-            req = control_pb2.LoadModelRequest(
-                name="lm", version="1", uri=str(files["base"]), sha256=digest(files["base"]),
-                options={"adapter_slots": str(SLOTS[name])},
-                adapters=[
-                    control_pb2.AdapterArtifact(
-                        name=a, uri=f"file://{files[a]}", sha256=digest(files[a])
-                    )
-                    for a in carried
-                ],
-            )  # fmt: skip
-            assert control(started[name]).LoadModel(req).state == control_pb2.MODEL_STATE_READY
-        yield started
-    finally:
-        for a in started.values():
-            a.stop(timeout=5)
+def agents(started: Nodes, files: dict[str, Path]) -> Nodes:
+    """The module's agents as freshly started ones serve: `lm` loaded anew on each (no
+    resident adapter, zero adapter counters) and an empty routing table (local serving only)."""
+    base = max(
+        control(a).NodeStatus(control_pb2.NodeStatusRequest()).routing_generation
+        for a in started.values()
+    )
+    started.generation_base = base + 1
+    empty = routing_table(POOL, [], started.generation_base)
+    for name, agent in started.items():
+        control(agent).UnloadModel(control_pb2.UnloadModelRequest(name="lm"))
+        control(agent).SetRoutingTable(empty)
+        assert control(agent).LoadModel(load_request(files, name)).state == (
+            control_pb2.MODEL_STATE_READY
+        )
+    return started
 
 
 def control(agent: AgentProcess) -> control_pb2_grpc.AgentControlStub:
@@ -85,16 +107,19 @@ POOL = InferencePool.model_validate(
 
 
 def push_table(
-    agents: dict[str, AgentProcess], generation: int, adapter_policy: str = ""
+    agents: Nodes, generation: int, adapter_policy: str = ""
 ) -> control_pb2.RoutingTable:
-    """What the control loop pushes: endpoints from each node's NodeStatus."""
+    """What the control loop pushes: endpoints from each node's NodeStatus. `generation`
+    counts from the test's start (see `Nodes`)."""
     endpoints = []
     for name, agent in agents.items():
         node = NodeState(name, agent.address, up=True)
         reply = control(agent).NodeStatus(control_pb2.NodeStatusRequest())
         (obs,) = [o for o in model_observations(reply) if o.name == "lm"]
         endpoints.append(endpoint_for(node, obs, 1.0))
-    table = routing_table(POOL, [Route("lm", "1", tuple(endpoints))], generation)
+    table = routing_table(
+        POOL, [Route("lm", "1", tuple(endpoints))], agents.generation_base + generation
+    )
     table.adapter_policy = adapter_policy
     for agent in agents.values():
         control(agent).SetRoutingTable(table)
@@ -123,7 +148,7 @@ X = np.random.default_rng(7).standard_normal((1, IN)).astype(np.float32)
 
 
 def test_an_adapter_the_entry_lacks_runs_where_it_is_carried(
-    agents: dict[str, AgentProcess], files: dict[str, Path]
+    agents: Nodes, files: dict[str, Path]
 ) -> None:
     push_table(agents, 1)
     r = ask(agents["A"], "d", X)
@@ -134,7 +159,7 @@ def test_an_adapter_the_entry_lacks_runs_where_it_is_carried(
 
 
 def test_a_loaded_adapter_on_a_peer_beats_an_eviction_here(
-    agents: dict[str, AgentProcess],
+    agents: Nodes,
 ) -> None:
     assert node_of(ask(agents["A"], "a", X)) == "A"  # a free slot here: loads it
     assert node_of(ask(agents["B"], "b", X)) == "B"
@@ -153,7 +178,7 @@ def test_a_loaded_adapter_on_a_peer_beats_an_eviction_here(
 
 
 def test_a_peer_not_found_for_the_adapter_is_retried_elsewhere(
-    agents: dict[str, AgentProcess],
+    agents: Nodes,
 ) -> None:
     table = push_table(agents, 1)
     # A stale table: it claims B has d loaded (B never had d).
@@ -161,13 +186,13 @@ def test_a_peer_not_found_for_the_adapter_is_retried_elsewhere(
         if ep.node == "B":
             ep.adapters.append("d")
             ep.adapters_known.append("d")
-    table.generation = 2
+    table.generation += 1  # the test's generation 2
     control(agents["A"]).SetRoutingTable(table)
     for _ in range(3):
         assert node_of(ask(agents["A"], "d", X)) == "C"
 
 
-def test_an_adapter_no_node_has_is_not_found(agents: dict[str, AgentProcess]) -> None:
+def test_an_adapter_no_node_has_is_not_found(agents: Nodes) -> None:
     push_table(agents, 1)
     with pytest.raises(grpc.RpcError) as info:
         ask(agents["A"], "zzz", X)
@@ -177,7 +202,7 @@ def test_an_adapter_no_node_has_is_not_found(agents: dict[str, AgentProcess]) ->
 
 @pytest.mark.parametrize("adapter_policy", ["", "Ignore"])
 def test_an_unknown_adapter_through_an_entry_without_the_model_is_not_found(
-    agents: dict[str, AgentProcess], adapter_policy: str
+    agents: Nodes, adapter_policy: str
 ) -> None:
     """The entry holds no replica: by the table (Affinity) no replica knows the adapter, or
     (Ignore) every replica asked said NOT_FOUND; either way the answer names the adapter,

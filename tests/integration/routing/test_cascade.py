@@ -4,7 +4,6 @@ with `hatswarm.tier` saying so; sure ones from the edge; the cloud's share cap h
 
 from __future__ import annotations
 
-import sys
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
@@ -15,31 +14,17 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from onnx import TensorProto, helper, numpy_helper
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from agentproc import AgentProcess, _save, free_port, start_agent
 from hatswarm_agent.protocol.v1 import control_pb2, control_pb2_grpc
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2_grpc as pb_grpc
+
+from tests.agentproc import AgentProcess, free_port, start_agents
+from tests.onnxmodels import build_classifier
 
 pytestmark = pytest.mark.integration
 
 SURE = [1.0, 0.0]  # logits [4, 0]: top probability 0.98
 UNSURE = [0.5, 0.5]  # logits [2, 2]: top probability 0.5
-
-
-def build_classifier(path: Path, scale: float) -> Path:
-    """probs[N,2] = Softmax(x[N,2] @ (scale * I)): sure for one-hot x, unsure for flat x."""
-    w = (np.eye(2) * scale).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["z"]), helper.make_node("Softmax", ["z"], ["probs"], axis=-1)],
-        "classifier",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
-        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 2])],
-        [numpy_helper.from_array(w, "W")],
-    )  # fmt: skip
-    return _save(graph, path)
 
 
 @dataclass
@@ -60,32 +45,52 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-def start_pool(models: dict[str, Path]) -> Pool:
-    started: list[AgentProcess] = []
-    try:
-        big = start_agent(["--model", f"big={models['big']}", "--node-name", "hailo8-big"])
-        started.append(big)
-        cloud = start_agent(["--model", f"small={models['cloud']}", "--node-name", "cloud"])
-        started.append(cloud)
-        port = free_port()
-        edge = start_agent(
-            ["--model", f"small={models['small']}", "--node-name", "edge",
-             "--metrics-port", str(port)]
-        )  # fmt: skip
-        started.append(edge)
-    except BaseException:
-        for a in started:
-            a.stop(timeout=5)
-        raise
-    return Pool(edge, big, cloud, port)
+class Tiers:
+    """The bigger model and the cloud stand-in, shared by the module: they only answer what the
+    edge forwards, and the edge (fresh per test) holds all of the cascade's state. One that a
+    test stopped is started again for the next test."""
+
+    SERVES = {"big": ("big", "hailo8-big"), "cloud": ("small", "cloud")}  # model, node name
+
+    def __init__(self, models: dict[str, Path]) -> None:
+        self.models = models
+        self.running: dict[str, AgentProcess] = {}
+
+    def missing(self) -> list[str]:
+        return [
+            t
+            for t in self.SERVES
+            if t not in self.running or self.running[t].proc.poll() is not None
+        ]
+
+    def args(self, tier: str) -> list[str]:
+        model, node = self.SERVES[tier]
+        return ["--model", f"{model}={self.models[tier]}", "--node-name", node]
+
+    def stop(self) -> None:
+        for agent in self.running.values():
+            agent.stop(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def tiers(models: dict[str, Path]) -> Iterator[Tiers]:
+    t = Tiers(models)
+    yield t
+    t.stop()
 
 
 @pytest.fixture
-def pool(models: dict[str, Path]) -> Iterator[Pool]:
-    p = start_pool(models)
-    yield p
-    for a in (p.edge, p.big, p.cloud):
-        a.stop(timeout=5)
+def pool(models: dict[str, Path], tiers: Tiers) -> Iterator[Pool]:
+    """A fresh edge; the tiers behind it started (again) alongside when not running."""
+    port = free_port()
+    missing = tiers.missing()
+    *revived, edge = start_agents(
+        [*(tiers.args(t) for t in missing),
+         ["--model", f"small={models['small']}", "--node-name", "edge", "--metrics-port", str(port)]]
+    )  # fmt: skip
+    tiers.running.update(zip(missing, revived, strict=True))
+    yield Pool(edge, tiers.running["big"], tiers.running["cloud"], port)
+    edge.stop(timeout=5)
 
 
 def push(p: Pool, **escalation: Any) -> None:
@@ -108,6 +113,10 @@ def push(p: Pool, **escalation: Any) -> None:
             ),
         ],
         cloud=control_pb2.CloudFallback(endpoint=p.cloud.address, max_share=0.25),
+        members=[
+            control_pb2.PoolMember(node="edge", address=p.edge.address),
+            control_pb2.PoolMember(node="hailo8-big", address=p.big.address),
+        ],
     )  # fmt: skip
     with grpc.insecure_channel(p.edge.address) as ch:
         control_pb2_grpc.AgentControlStub(ch).SetRoutingTable(table)

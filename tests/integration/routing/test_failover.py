@@ -19,8 +19,10 @@ LOADGEN = Path(__file__).with_name("loadgen.py")
 def test_sigkill_of_a_replica_mid_load_loses_no_request(
     agents: Agents, identity_model: Path
 ) -> None:
-    b = agents.start(["--model", f"ident={identity_model}", "--node-name", "b"])
-    c = agents.start(["--model", f"ident={identity_model}", "--node-name", "c"])
+    b, c = agents.start_many(
+        ["--model", f"ident={identity_model}", "--node-name", "b"],
+        ["--model", f"ident={identity_model}", "--node-name", "c"],
+    )
     a = agents.start(
         ["--gateway", "--node-name", "a", "--peer", f"ident={b.address}",
          "--peer", f"ident={c.address}"]

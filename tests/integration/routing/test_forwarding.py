@@ -23,8 +23,10 @@ def pool(
 ) -> Iterator[dict[str, AgentProcess]]:
     agents = Agents()
     try:
-        b = agents.start(["--model", f"ident:1={identity_model}", "--node-name", "b"])
-        c = agents.start(["--model", f"ident:2={identity_model}", "--node-name", "c"])
+        b, c = agents.start_many(
+            ["--model", f"ident:1={identity_model}", "--node-name", "b"],
+            ["--model", f"ident:2={identity_model}", "--node-name", "c"],
+        )
         spec = {
             "generation": 1,
             "routes": [

@@ -29,11 +29,11 @@ def pool(identity_model: Path) -> Iterator[dict[str, AgentProcess]]:
         b = agents.start(["--model", f"ident={identity_model}", "--node-name", "b"])
         c = agents.start(["--model", f"ident={identity_model}", "--node-name", "c"])
         a = agents.start(["--node-name", "a"])
+        r = route("ident", b.address, c.address)
+        for ep, name in zip(r.endpoints, "bc", strict=True):
+            ep.node = name
         for agent in (a, b, c):
-            t = table([route("ident", b.address, c.address)])
-            for ep, name in zip(t.routes[0].endpoints, "bc", strict=True):
-                ep.node = name
-            control(agent.address).SetRoutingTable(t)
+            control(agent.address).SetRoutingTable(table([r]))
         yield {"a": a, "b": b, "c": c}
     finally:
         agents.stop_all()

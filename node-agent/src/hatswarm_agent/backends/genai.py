@@ -35,13 +35,13 @@ from hatswarm_agent.backends.base import (
     Array,
     BackendError,
     BackendUnavailableError,
-    DeviceInfo,
     LoadedModel,
     TensorSpec,
 )
 from hatswarm_agent.backends.generation import (
     GENERATE,
     ContextLengthError,
+    CpuModelBackend,
     Emitter,
     GenerationLoad,
     GenerationParams,
@@ -54,14 +54,13 @@ from hatswarm_agent.backends.generation import (
     SequenceSlots,
     StopMatcher,
     TokenStream,
-    bool_option,
     check_messages,
     drain_blocking,
-    int_option,
-    open_model_folder,
+    load_from_folder,
     read_json,
 )
 from hatswarm_agent.backends.isolation import ProcessModel
+from hatswarm_agent.backends.options import bool_option, int_option
 
 log = logging.getLogger(__name__)
 
@@ -363,14 +362,14 @@ class GenaiModel(LoadedModel):
         self._folder.cleanup()
 
 
-class GenaiBackend:
+class GenaiBackend(CpuModelBackend[GenaiModel | ProcessModel]):
     """Loads onnxruntime-genai model folders on the CPU."""
 
     name = "onnxruntime-genai"
 
     def __init__(self) -> None:
+        super().__init__()
         self._og = _import_og()
-        self._models: list[GenaiModel | ProcessModel] = []
 
     def load(self, path: Path, options: Mapping[str, str]) -> GenaiModel | ProcessModel:
         """Options: max_sequences, max_queued, intra_op_num_threads, chat_template, warm_up,
@@ -378,26 +377,9 @@ class GenaiBackend:
         isolation.py; thread: in this process, for tests and tools)."""
         isolation = options.get("isolation", "process")
         if isolation == "process":
-            model: GenaiModel | ProcessModel = ProcessModel(
-                __name__, type(self).__name__, path, options
-            )
-            self._models.append(model)
-            return model
+            return self._track(ProcessModel(__name__, type(self).__name__, path, options))
         if isolation != "thread":
             raise BackendError(f"option isolation must be process or thread, got {isolation!r}")
-        folder = open_model_folder(path, CONFIG_FILE)
-        try:
-            model = GenaiModel(self._og, folder, options)
-        except BaseException:
-            folder.cleanup()
-            raise
-        self._models.append(model)
-        return model
-
-    def device_info(self) -> DeviceInfo:
-        return DeviceInfo(accelerator="cpu")
-
-    def close(self) -> None:
-        for model in self._models:
-            model.close()
-        self._models.clear()
+        return self._track(
+            load_from_folder(path, CONFIG_FILE, lambda f: GenaiModel(self._og, f, options))
+        )

@@ -32,12 +32,14 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 
-from hatswarm_agent.backends.base import BackendError
+from hatswarm_agent.backends.base import BackendError, DeviceInfo, LoadedModel
+
+_M = TypeVar("_M", bound=LoadedModel)
 
 log = logging.getLogger(__name__)
 
@@ -188,24 +190,38 @@ class StopMatcher:
         if not self._stops:
             return text
         buffer = self._held + text
-        hits = [i for i in (buffer.find(s) for s in self._stops) if i >= 0]
-        if hits:
+        first = self._first_hit(buffer)
+        # Where a stop may still begin: the buffer's tail is a proper prefix of it. A hit after
+        # that point is not yet decided (the earlier stop may complete with the next text).
+        pending = min(
+            (
+                j
+                for stop in self._stops
+                for j in range(max(0, len(buffer) - len(stop) + 1), len(buffer))
+                if stop.startswith(buffer[j:])
+            ),
+            default=len(buffer),
+        )
+        if first is not None and first <= pending:
             self.stopped = True
             self._held = ""
-            return buffer[: min(hits)]
-        keep = 0
-        for stop in self._stops:
-            for n in range(min(len(stop) - 1, len(buffer)), keep, -1):
-                if buffer.endswith(stop[:n]):
-                    keep = n
-                    break
-        self._held = buffer[len(buffer) - keep :]
-        return buffer[: len(buffer) - keep]
+            return buffer[:first]
+        self._held = buffer[pending:]
+        return buffer[:pending]
 
     def flush(self) -> str:
-        """The held-back tail, at the end of a generation that did not stop on a sequence."""
+        """The held-back tail at the end of a generation: cut at a stop sequence it holds
+        (then `stopped` is true), else all of it."""
         held, self._held = self._held, ""
+        first = self._first_hit(held)
+        if first is not None:
+            self.stopped = True
+            return held[:first]
         return held
+
+    def _first_hit(self, buffer: str) -> int | None:
+        hits = [i for i in (buffer.find(s) for s in self._stops) if i >= 0]
+        return min(hits) if hits else None
 
 
 # -- streams -----------------------------------------------------------------------------------
@@ -517,28 +533,34 @@ def read_json(path: Path) -> dict[str, Any]:
     return doc
 
 
-def int_option(options: Mapping[str, str], key: str, default: int, minimum: int = 0) -> int:
-    raw = options.get(key, "")
-    if raw == "":
-        return default
+def load_from_folder(path: Path, marker: str, build: Callable[[ModelFolder], _M]) -> _M:
+    """`build` a model from the folder holding `marker`; an unpacked tarball is removed again
+    when building fails."""
+    folder = open_model_folder(path, marker)
     try:
-        value = int(raw)
-    except ValueError:
-        raise BackendError(f"option {key}={raw!r} is not an integer") from None
-    if value < minimum:
-        raise BackendError(f"option {key}={value} must be >= {minimum}")
-    return value
+        return build(folder)
+    except BaseException:
+        folder.cleanup()
+        raise
 
 
-def bool_option(options: Mapping[str, str], key: str, default: bool) -> bool:
-    raw = options.get(key, "").strip().lower()
-    if raw == "":
-        return default
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    if raw in ("0", "false", "no", "off"):
-        return False
-    raise BackendError(f"option {key}={raw!r} is not a boolean")
+class CpuModelBackend(Generic[_M]):
+    """What the CPU model-folder backends share: the models they loaded, closed together."""
+
+    def __init__(self) -> None:
+        self._models: list[_M] = []
+
+    def _track(self, model: _M) -> _M:
+        self._models.append(model)
+        return model
+
+    def device_info(self) -> DeviceInfo:
+        return DeviceInfo(accelerator="cpu")
+
+    def close(self) -> None:
+        for model in self._models:
+            model.close()
+        self._models.clear()
 
 
 # -- capabilities ------------------------------------------------------------------------------

@@ -57,12 +57,11 @@ from hatswarm_agent.backends.generation import (
     SequenceSlots,
     StopMatcher,
     TokenStream,
-    bool_option,
     check_messages,
     drain_blocking,
-    int_option,
     run_blocking,
 )
+from hatswarm_agent.backends.options import bool_option, int_option
 
 log = logging.getLogger(__name__)
 

@@ -23,6 +23,7 @@ import itertools
 import logging
 import multiprocessing
 import pickle
+import sys
 import threading
 from collections.abc import Mapping
 from concurrent.futures import Future
@@ -42,6 +43,7 @@ from hatswarm_agent.backends.generation import (
 
 log = logging.getLogger(__name__)
 
+SWITCH_INTERVAL_S = 1e-4
 START_TIMEOUT_S = 300.0  # a 0.5B model loads in seconds; a cold SD card can be slow
 CLOSE_TIMEOUT_S = 10.0
 
@@ -63,7 +65,13 @@ def _plain(prompt: Prompt) -> str | list[dict[str, str]]:
 
 
 def serve(conn: Connection, module: str, factory: str, path: str, options: dict[str, str]) -> None:
-    """The child process: load the model in thread mode and serve the parent until closed."""
+    """The child process: load the model in thread mode and serve the parent until closed.
+
+    The runtime holds the GIL for a whole decode step, so the child's own loop (which sends the
+    pieces down the pipe) would get it back only after Python's 5 ms switch interval: pieces
+    would leave in bursts, the first one late. A 0.1 ms interval hands it over after each step.
+    """
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     asyncio.run(_serve(conn, module, factory, path, options))
 
 
@@ -125,6 +133,9 @@ async def _serve(
                 await stream.aclose()
             async for piece in stream:
                 send(("piece", rid, piece))
+            # A cancel ends the iteration at once, while the producer may still be running:
+            # wait until it has freed its slot, so the load sent with "done" is true.
+            await stream.aclose()
             outcome = Outcome(
                 stream.finish_reason or "stop", stream.completion_tokens, stream.prompt_tokens
             )

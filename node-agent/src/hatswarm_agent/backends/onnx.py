@@ -26,6 +26,7 @@ import numpy as np
 import onnxruntime as ort
 
 from hatswarm_agent.backends.base import Array, BackendError, DeviceInfo, LoadedModel, TensorSpec
+from hatswarm_agent.backends.options import int_option
 from hatswarm_agent.protocol.datatypes import OIP_TO_NUMPY
 
 log = logging.getLogger(__name__)
@@ -56,33 +57,6 @@ _OPT_LEVELS: dict[str, Any] = {
 DEFAULT_MAX_BATCH_SIZE = 8
 # Models faster than this per run gain nothing from more threads (synchronising them costs more).
 WIDE_MIN_S = 0.001
-
-
-def int_option(options: Mapping[str, str], key: str, default: int, minimum: int = 0) -> int:
-    """Read an integer option, with a BackendError naming it when it is not one."""
-    raw = options.get(key, "")
-    if raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BackendError(f"option {key}={raw!r} is not an integer") from None
-    if value < minimum:
-        raise BackendError(f"option {key}={value} must be >= {minimum}")
-    return value
-
-
-def float_option(options: Mapping[str, str], key: str, default: float) -> float:
-    raw = options.get(key, "")
-    if raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise BackendError(f"option {key}={raw!r} is not a number") from None
-    if not value > 0:
-        raise BackendError(f"option {key}={value} must be > 0")
-    return value
 
 
 def session_options(options: Mapping[str, str]) -> ort.SessionOptions:

@@ -170,12 +170,13 @@ class TableStore(Protocol):
     @property
     def generation(self) -> int: ...
 
-    def set(self, table: control_pb2.RoutingTable) -> int: ...
+    def push(self, table: control_pb2.RoutingTable) -> int: ...
 
 
 class KeptRoutingTables:
-    """SetRoutingTable's target: the store adopts a table, then it is saved (in order, off the
-    event loop) and `on_adopt` hears of it (the agent turns SERVING once it can route)."""
+    """SetRoutingTable's target: the store validates and adopts a table, then it is saved (in
+    order, off the event loop) and `on_adopt` hears of it (the agent turns SERVING once it can
+    route)."""
 
     def __init__(
         self,
@@ -192,8 +193,8 @@ class KeptRoutingTables:
     def generation(self) -> int:
         return self._store.generation
 
-    def set(self, table: control_pb2.RoutingTable) -> int:
-        generation = self._store.set(table)
+    def push(self, table: control_pb2.RoutingTable) -> int:
+        generation = self._store.push(table)
         if self._store.table is table:
             if self._file is not None:
                 self._writer.submit(self._save, self._file, table)

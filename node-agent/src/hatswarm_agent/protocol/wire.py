@@ -15,6 +15,8 @@ NODE_METADATA_KEY = "x-hatswarm-node"
 
 # The OIP method agents forward to each other and to the cloud fallback.
 INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
+# Triton's streaming method: generations travel on it between agents, as clients use it.
+STREAM_INFER_METHOD = "/inference.GRPCInferenceService/ModelStreamInfer"
 
 # Request parameters hatswarm reads (protocol/params.py reads them).
 ADAPTER_PARAM = "adapter"  # string: the LoRA adapter to run with
@@ -40,3 +42,22 @@ NODE_CACHE = "cache"
 TIER_EDGE = "edge"
 TIER_CLOUD = "cloud"
 TIER_MODEL_PREFIX = "escalated-model:"
+
+# -- generation over ModelStreamInfer: Triton's vLLM backend's names, so its clients work -------
+
+TEXT_INPUT = "text_input"  # BYTES [1]: the prompt
+STREAM_INPUT = "stream"  # BOOL [1]: one response per piece (true) or one for the whole text
+SAMPLING_INPUT = "sampling_parameters"  # BYTES [1]: a JSON object (max_tokens, temperature, ...)
+EXCLUDE_INPUT = "exclude_input_in_output"  # BOOL [1]: default true when streaming, else false
+TEXT_OUTPUT = "text_output"  # BYTES [1]: a piece of text (or, not streaming, the whole text)
+# Response parameter Triton sets on every streamed response: true on a request's last one.
+FINAL_PARAM = "triton_final_response"
+# Request parameter tritonclient sets: the last response may carry no outputs at all.
+EMPTY_FINAL_PARAM = "triton_enable_empty_final_response"
+# hatswarm's additions, which an agent forwarding a generation to a peer relies on:
+MESSAGES_PARAM = "hatswarm.messages"  # request, string: chat messages as JSON (no text_input)
+TOKENS_PARAM = "hatswarm.tokens"  # response, int: tokens this piece completes
+FINISH_PARAM = "hatswarm.finish_reason"  # final response, string: "stop" or "length"
+PROMPT_TOKENS_PARAM = "hatswarm.prompt_tokens"  # final response, int
+COMPLETION_TOKENS_PARAM = "hatswarm.completion_tokens"  # final response, int
+CODE_PARAM = "hatswarm.code"  # error response, string: the gRPC status code's name

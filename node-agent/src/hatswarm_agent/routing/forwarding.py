@@ -1,11 +1,12 @@
 """Requests leaving this node: one call to a peer, or to the cloud.
 
 A forwarded request goes as it came (tensors are never decoded on the way) with the hop marker,
-the pool token and the remaining deadline. What the peer's answer says updates what this agent
-knows of it (latency, queue depth, failures, timeouts and ejection: policy.PeerState); every
-answer says where it ran (`hatswarm.node`, `hatswarm.route`). How long an attempt may take
-before another replica is asked (and the hedging threshold) is decided here from what the
-forwards measured; attempts.py runs the attempts.
+the pool-internal peer credential (never the client's token) and the remaining deadline. What
+the peer's answer says updates what this agent knows of it (latency, queue depth, failures,
+timeouts and ejection: policy.PeerState); every answer says where it ran (`hatswarm.node`,
+`hatswarm.route`). How long an attempt may take before another replica is asked (and the
+hedging threshold) is decided here from what the forwards measured; attempts.py runs the
+attempts.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Callable
 import grpc
 
 from hatswarm_agent.protocol import params
-from hatswarm_agent.protocol.auth import Metadata, TokenFile
+from hatswarm_agent.protocol.auth import Metadata, MetadataSource
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
 from hatswarm_agent.protocol.wire import HOP_METADATA, NODE_CLOUD, ROUTE_CLOUD, ROUTE_PEER
 from hatswarm_agent.routing.cloud import CloudTarget
@@ -68,7 +69,7 @@ class Forwarder:
         balancer: Balancer,
         metrics: RouteMetrics,
         on_done: Callable[[], None],
-        tokens: TokenFile | None = None,
+        tokens: MetadataSource | None = None,
         *,
         attempt_factor: float = ATTEMPT_FACTOR,
         attempt_floor_s: float = ATTEMPT_MIN_S,

@@ -100,6 +100,18 @@ class NoTableError(AgentError):
     reason = "no_table"
 
 
+class NotGenerativeError(InvalidInputError):
+    """The model exists but cannot do what was asked (generate text, or embed it)."""
+
+
+class StreamBrokenError(AgentError):
+    """A generation that had started streaming could not finish (its node was lost): the
+    stream ends with this error, never silently short."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "stream_broken"
+
+
 class DeadlineError(AgentError):
     """The request's budget ran out while it was being routed."""
 

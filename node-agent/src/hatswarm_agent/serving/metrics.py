@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from hatswarm_agent.backends import Selection
 from hatswarm_agent.backends.base import DeviceInfo
 
 METRIC_NAMES: list[str] = [
@@ -42,6 +43,11 @@ METRIC_NAMES: list[str] = [
     "hatswarm_cloud_fallback_requests_total",
     "hatswarm_cloud_fallback_cost_usd_total",
     "hatswarm_escalations_total",
+    "hatswarm_generation_prompt_tokens_total",
+    "hatswarm_generation_completion_tokens_total",
+    "hatswarm_generation_time_to_first_token_seconds",
+    "hatswarm_generation_active_sequences",
+    "hatswarm_agent_backend_info",
 ]
 
 _LABELS = ("model", "version")
@@ -65,6 +71,10 @@ class ModelMetrics:
     loaded: Gauge
     queue_depth: Gauge
     failures: Counter  # the parent family; children are made per reason on first failure
+    prompt_tokens: Counter  # generative and embedding models
+    generated_tokens: Counter
+    first_token: Histogram
+    sequences: Gauge
     name: str
     version: str
 
@@ -92,6 +102,30 @@ class _DeviceCollector(Collector):
             power.add_metric(values, info.watts)
         yield temp
         yield power
+
+
+class _BackendCollector(Collector):
+    """Which backend serves (`auto` resolves to hailo or onnxruntime) and on which chip: 1 per
+    agent, `ready="false"` when the backend asked for cannot open here."""
+
+    def __init__(
+        self, select: Callable[[], Selection], device_info: Callable[[], DeviceInfo]
+    ) -> None:
+        self._select = select
+        self._device_info = device_info
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        selection = self._select()
+        info = self._device_info()
+        family = GaugeMetricFamily(
+            "hatswarm_agent_backend_info",
+            "The backend serving on this agent (requested: what --backend asked for)",
+            labels=["requested", "backend", "accelerator", "device", "ready"],
+        )
+        ready = "true" if selection.ready else "false"
+        values = [selection.requested, selection.name, info.accelerator, info.device_id, ready]
+        family.add_metric(values, 1.0)
+        yield family
 
 
 class AgentMetrics:
@@ -151,8 +185,36 @@ class AgentMetrics:
         self._energy = Counter(
             "hatswarm_model_energy_joules", "Energy attributed to the model", _LABELS, registry=r
         )
+        self._prompt_tokens = Counter(
+            "hatswarm_generation_prompt_tokens",
+            "Prompt (input) tokens of generations and embeddings",
+            _LABELS,
+            registry=r,
+        )
+        self._generated_tokens = Counter(
+            "hatswarm_generation_completion_tokens", "Tokens generated", _LABELS, registry=r
+        )
+        self._first_token = Histogram(
+            "hatswarm_generation_time_to_first_token_seconds",
+            "Time from a generation's arrival to its first token",
+            _LABELS,
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self._sequences = Gauge(
+            "hatswarm_generation_active_sequences",
+            "Sequences a generative model is generating now",
+            _LABELS,
+            registry=r,
+        )
         if device_info is not None:
             r.register(_DeviceCollector(device_info))
+
+    def backend_info(
+        self, select: Callable[[], Selection], device_info: Callable[[], DeviceInfo]
+    ) -> None:
+        """Export `hatswarm_agent_backend_info` (read at scrape time)."""
+        self.registry.register(_BackendCollector(select, device_info))
 
     def model(self, name: str, version: str) -> ModelMetrics:
         """Labelled children for one model version (created on first use)."""
@@ -169,6 +231,10 @@ class AgentMetrics:
             loaded=self._loaded.labels(*labels),
             queue_depth=self._depth.labels(*labels),
             failures=self._failure,
+            prompt_tokens=self._prompt_tokens.labels(*labels),
+            generated_tokens=self._generated_tokens.labels(*labels),
+            first_token=self._first_token.labels(*labels),
+            sequences=self._sequences.labels(*labels),
             name=name,
             version=version,
         )
@@ -179,7 +245,7 @@ class AgentMetrics:
 
     def forget(self, name: str, version: str) -> None:
         """Drop a model version's gauges after unload (counters keep their history)."""
-        for gauge in (self._depth, self._loaded):
+        for gauge in (self._depth, self._loaded, self._sequences):
             with contextlib.suppress(KeyError):
                 gauge.remove(name, version)
 

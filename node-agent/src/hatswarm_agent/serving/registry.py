@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hatswarm_agent.backends.base import LoadedModel, TensorSpec
+from hatswarm_agent.backends.generation import GenerativeModel
 from hatswarm_agent.protocol.v1 import control_pb2
 from hatswarm_agent.serving.adapters import AdapterSet
 from hatswarm_agent.serving.batching import ModelQueue
@@ -135,6 +136,12 @@ class ModelVersion:
             )
         p50, p95, p99 = s.quantiles_ms()
         a = self.adapters
+        depth = self.queue.depth if self.queue else 0
+        limit = self.queue.limit if self.queue else 0
+        if isinstance(self.model, GenerativeModel):  # load in sequences, not queued requests
+            load = self.model.load()
+            depth = load.active_sequences + load.queued_sequences
+            limit = load.max_sequences
         return control_pb2.ModelStatus(
             name=self.name,
             version=self.version,
@@ -142,8 +149,8 @@ class ModelVersion:
             reason=reason,
             backend=self.backend,
             sha256=self.sha256,
-            queue_depth=self.queue.depth if self.queue else 0,
-            queue_limit=self.queue.limit if self.queue else 0,
+            queue_depth=depth,
+            queue_limit=limit,
             request_rate=s.request_rate(),
             latency=control_pb2.LatencyQuantiles(p50_ms=p50, p95_ms=p95, p99_ms=p99),
             request_success=s.success,

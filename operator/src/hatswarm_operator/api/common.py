@@ -11,8 +11,23 @@ GROUP = "hatswarm.io"
 VERSION = "v1alpha1"
 API_VERSION: Final = "hatswarm.io/v1alpha1"
 
-Accelerator = Literal["hailo8l", "hailo8", "cpu"]
-ACCELERATORS: tuple[Accelerator, ...] = ("hailo8l", "hailo8", "cpu")
+Accelerator = Literal["hailo8l", "hailo8", "hailo10h", "cpu"]
+"""A node's compute for a model: a Hailo chip (Hailo-8L and Hailo-8 on the AI HAT+, Hailo-10H on
+the AI HAT+ 2) or the Pi's CPU."""
+ACCELERATORS: tuple[Accelerator, ...] = ("hailo8l", "hailo8", "hailo10h", "cpu")
+NPU_ACCELERATORS: tuple[Accelerator, ...] = ("hailo8l", "hailo8", "hailo10h")
+ACCELERATOR_LABEL: Final = "hatswarm.io/accelerator"
+"""The node label naming a node's Hailo chip: it decides which agent (and which NPU request) the
+node runs; the operator then places by the chip the agent reports."""
+
+AGENT_NAME: Final = "hatswarm-agent"
+POOL_LABEL: Final = "hatswarm.io/pool"
+
+
+def agent_pod_selector(pool: str) -> str:
+    """The label selector of a pool's agent pods (kube/builders.label_selector says the same)."""
+    return f"app.kubernetes.io/name={AGENT_NAME},{POOL_LABEL}={pool}"
+
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DnsLabel = Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_LABEL)]

@@ -172,20 +172,33 @@ def edgemodel_crd() -> dict[str, Any]:
     )
 
 
+def _agent_defaults_at_reconcile(crd: dict[str, Any]) -> dict[str, Any]:
+    """InferencePool `spec.agent` gets no schema defaults: the API server stores only what the
+    user wrote, so the operator can tell "left out" from "set" (pydantic's `model_fields_set`)
+    and fill the rest at every reconcile from the cluster's agent defaults and its own version.
+    A stored default would pin that value (e.g. an image tag) in the object forever."""
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    spec = schema["properties"]["spec"]["properties"]
+    spec["agent"] = _strip_defaults(spec["agent"])
+    return crd
+
+
 def inferencepool_crd() -> dict[str, Any]:
-    return _crd(
-        InferencePool,
-        "InferencePool",
-        "inferencepools",
-        "ipool",
-        [
-            _column("Ready", ".status.nodesReady", "integer", "Nodes ready"),
-            _column("Nodes", ".status.nodesTotal", "integer", "Nodes matching the pool"),
-            _column("Models", ".status.models", "integer", "EdgeModels in the pool"),
-            _column("Cost/1k", ".status.cost.per1kUsd", "number", "Measured USD per 1k"),
-            _column("Cloud/1k", ".status.cost.cloudPer1kUsd", "number", "Cloud USD per 1k", 1),
-            _AGE,
-        ],
+    return _agent_defaults_at_reconcile(
+        _crd(
+            InferencePool,
+            "InferencePool",
+            "inferencepools",
+            "ipool",
+            [
+                _column("Ready", ".status.nodesReady", "integer", "Nodes ready"),
+                _column("Nodes", ".status.nodesTotal", "integer", "Nodes matching the pool"),
+                _column("Models", ".status.models", "integer", "EdgeModels in the pool"),
+                _column("Cost/1k", ".status.cost.per1kUsd", "number", "Measured USD per 1k"),
+                _column("Cloud/1k", ".status.cost.cloudPer1kUsd", "number", "Cloud USD per 1k", 1),
+                _AGE,
+            ],
+        )
     )
 
 

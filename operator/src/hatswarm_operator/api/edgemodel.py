@@ -222,12 +222,12 @@ class EdgeModelSpec(ApiModel):
     version: Annotated[
         str, Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][-A-Za-z0-9_.+]*$")
     ]
-    artifacts: Annotated[list[Artifact], Field(min_length=1, max_length=3)] = Field(
+    artifacts: Annotated[list[Artifact], Field(min_length=1, max_length=4)] = Field(
         json_schema_extra={
             "x-kubernetes-list-type": "map",
             "x-kubernetes-list-map-keys": ["accelerator"],
         },
-        description="One artifact per accelerator (hailo8l, hailo8, cpu)",
+        description="One artifact per accelerator (hailo8l, hailo8, hailo10h, cpu)",
     )
     replicas: Replicas = Field(default_factory=Replicas)
     autoscale: Autoscale = Field(default_factory=Autoscale)
@@ -285,7 +285,7 @@ class EdgeModelStatus(ApiModel):
     ready: str = Field(default="0/0", description="ready/desired, for kubectl get")
     version: str | None = None
     stable_version: str | None = None
-    stable_artifacts: Annotated[list[Artifact], Field(max_length=3)] | None = Field(
+    stable_artifacts: Annotated[list[Artifact], Field(max_length=4)] | None = Field(
         default=None,
         description="The stable version's artifacts, kept while spec.artifacts holds a new "
         "version's (so the stable version can still be re-placed during a rollout)",
@@ -297,7 +297,10 @@ class EdgeModelStatus(ApiModel):
     p99_latency_ms: float | None = None
     cost_per1k_usd: float | None = Field(default=None, alias="costPer1kUsd")
     last_scale_time: str | None = None
-    selector: str | None = Field(default=None, description="Label selector (scale subresource)")
+    selector: str | None = Field(
+        default=None,
+        description="The pool's agent pods, which all answer for the model (scale subresource)",
+    )
 
 
 class EdgeModel(ApiModel):

@@ -14,6 +14,7 @@ from hatswarm_operator.api.common import (
     Accelerator,
     ApiModel,
     Condition,
+    DnsLabel,
     LabelMap,
     ObjectMeta,
     SecretKeyRef,
@@ -22,10 +23,45 @@ from hatswarm_operator.api.common import (
 )
 
 QUANTITY = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+RESOURCE_NAME = r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+AgentBackend = Literal["auto", "hailo", "simulated", "onnxruntime"]
+
+
+class ChipResources(ApiModel):
+    """Extended resource names per Hailo chip, where a device plugin exposes one per chip."""
+
+    hailo8l: Annotated[str, Field(max_length=253, pattern=RESOURCE_NAME)] | None = Field(
+        default=None, alias="hailo8l"
+    )
+    hailo8: Annotated[str, Field(max_length=253, pattern=RESOURCE_NAME)] | None = Field(
+        default=None, alias="hailo8"
+    )
+    hailo10h: Annotated[str, Field(max_length=253, pattern=RESOURCE_NAME)] | None = Field(
+        default=None, alias="hailo10h"
+    )
+
+
+class ChipImages(ApiModel):
+    """Agent images per Hailo chip: HailoRT 4.x (Hailo-8L, Hailo-8) and 5.x (Hailo-10H) are
+    different packages that cannot share one image (images/README.md, agent-hailo)."""
+
+    hailo8l: Annotated[str, Field(min_length=1, max_length=512)] | None = Field(
+        default=None, alias="hailo8l"
+    )
+    hailo8: Annotated[str, Field(min_length=1, max_length=512)] | None = Field(
+        default=None, alias="hailo8"
+    )
+    hailo10h: Annotated[str, Field(min_length=1, max_length=512)] | None = Field(
+        default=None, alias="hailo10h"
+    )
 
 
 class NpuAccess(ApiModel):
-    """How the Hailo NPU reaches the agent: a device-plugin resource, or (opt-in) the file."""
+    """How the Hailo NPU reaches the agents of chip-labelled nodes (CPU nodes request nothing)."""
+
+    # Only the agents on nodes labelled with a Hailo chip (`hatswarm.io/accelerator`) request
+    # the resource; the agents of the other nodes run on the CPU and request nothing.
 
     model_config = with_rules(
         cel(
@@ -34,8 +70,15 @@ class NpuAccess(ApiModel):
         )
     )
 
-    resource_name: Annotated[str, Field(max_length=253)] | None = Field(
-        default="hailo.ai/h8l", description="Extended resource a Hailo device plugin exposes"
+    resource_name: Annotated[str, Field(max_length=253, pattern=RESOURCE_NAME)] | None = Field(
+        default="squat.ai/hailo",
+        description="Extended resource a device plugin exposes for the Hailo chip "
+        "(the chart's optional generic-device-plugin: squat.ai/hailo)",
+    )
+    resource_names: ChipResources = Field(
+        default_factory=ChipResources,
+        description="Per-chip resource names (e.g. {hailo8: vendor.example/hailo8}); each "
+        "overrides resourceName for that chip",
     )
     device_file: Annotated[str, Field(pattern=r"^/dev/[-a-z0-9_/]+$")] | None = None
     host_device: bool = Field(
@@ -43,12 +86,46 @@ class NpuAccess(ApiModel):
         description="Mount deviceFile by hostPath in a privileged container (off by default)",
     )
 
+    def resource_for(self, accelerator: str) -> str | None:
+        """The extended resource an agent on a node of this chip requests (None: none)."""
+        chip: str | None = getattr(self.resource_names, accelerator, None)
+        return chip or self.resource_name
+
+
+class LocalObjectReference(ApiModel):
+    """corev1.LocalObjectReference: an object of the same namespace, by name."""
+
+    name: Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)]
+
 
 class AgentSettings(ApiModel):
-    """The node-agent DaemonSet the operator runs on the pool's nodes."""
+    """The node-agent DaemonSets the operator runs on the pool's nodes (one per chip class)."""
 
-    image: Annotated[str, Field(min_length=1, max_length=512)] = "ghcr.io/hatswarm/agent:0.1.0"
+    model_config = with_rules(
+        cel(
+            "!has(self.fileRoots) || self.fileRoots.all(r, !r.contains('..'))",
+            "agent.fileRoots must not contain '..'",
+        )
+    )
+
+    # Nothing here is version-bearing in the CRD: `image` has no schema default, so the API
+    # server stores none and the operator fills it at reconcile time (the chart's agentDefaults,
+    # else the agent image of the operator's own version): an operator upgrade upgrades agents.
+
+    image: Annotated[str, Field(min_length=1, max_length=512)] | None = Field(
+        default=None,
+        description="Default: the operator's agent image (chart value agentDefaults.image, "
+        "else ghcr.io/hatswarm/agent:<operator version>)",
+    )
+    images: ChipImages = Field(
+        default_factory=ChipImages,
+        description="Per-chip images (e.g. {hailo10h: .../agent-hailo:0.1.0-hailort5}) for "
+        "the agents of that chip's nodes; the others run `image`",
+    )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    image_pull_secrets: Annotated[list[LocalObjectReference], Field(max_length=16)] = Field(
+        default_factory=list, description="Secrets to pull the agent image from a private registry"
+    )
     resources: dict[str, Any] = Field(
         default_factory=lambda: {
             "requests": {"cpu": "250m", "memory": "256Mi"},
@@ -61,7 +138,49 @@ class AgentSettings(ApiModel):
     cache_size: Annotated[str, Field(pattern=QUANTITY)] = "2Gi"
     port: Annotated[int, Field(ge=1, le=65535)] = 8001
     metrics_port: Annotated[int, Field(ge=1, le=65535)] = 9090
-    backend: Literal["hailo", "simulated", "onnxruntime"] = "hailo"
+    backend: AgentBackend = Field(
+        default="auto",
+        description="auto: HailoRT when it imports and a device opens, else onnxruntime on the "
+        "CPU; hailo: the NPU or nothing (a node without it reports BackendUnavailable); "
+        "simulated: a paced NPU stand-in (kind, laptops); onnxruntime: CPU only",
+    )
+    tolerations: Annotated[list[dict[str, Any]], Field(max_length=32)] = Field(
+        default_factory=list,
+        json_schema_extra={
+            "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+        },
+        description="corev1.Toleration list for the agent pods (tainted Pi nodes)",
+    )
+    affinity: dict[str, Any] = Field(
+        default_factory=dict,
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+        description="corev1.Affinity; the operator adds the chip-class node requirement to it",
+    )
+    priority_class_name: Annotated[str, Field(max_length=253, pattern=DNS_SUBDOMAIN)] | None = None
+    service_account_name: Annotated[str, Field(max_length=253, pattern=DNS_SUBDOMAIN)] | None = (
+        Field(default=None, description="Default: the namespace's default ServiceAccount")
+    )
+    pod_labels: LabelMap = Field(
+        default_factory=dict,
+        description="Extra labels on the agent pods (the operator's own labels win)",
+    )
+    pod_annotations: LabelMap = Field(default_factory=dict, description="Extra pod annotations")
+    file_roots: Annotated[
+        list[Annotated[str, Field(pattern=r"^/([-A-Za-z0-9_.]+/?)*$", max_length=256)]],
+        Field(max_length=16),
+    ] = Field(
+        default_factory=list,
+        description="Host folders whose files EdgeModels may load by file:// (mounted "
+        "read-only by hostPath: needs a namespace that allows hostPath). Empty: artifacts "
+        "come only over http(s)",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+
+    @model_validator(mode="after")
+    def _roots(self) -> Self:
+        if any(".." in r for r in self.file_roots):
+            raise ValueError("agent.fileRoots must not contain '..'")
+        return self
 
 
 class Routing(ApiModel):
@@ -95,11 +214,60 @@ class CacheLimits(ApiModel):
 
 
 class Auth(ApiModel):
-    token_secret_ref: SecretKeyRef | None = None
+    """Who may call the pool's agents, and whose artifacts they load.
+
+    Control (load, unload, routing, node status) takes only the operator's own token: a
+    Secret `hatswarm-control-<pool>` the operator generates and mounts into the agents alone
+    (delete it to rotate). Inference takes the tokens of `tokenSecretRef` (one a line); without
+    one the operator generates `hatswarm-clients-<pool>` (key `token`) for clients, unless
+    `unauthenticatedInference` says the pool serves anyone.
+    """
+
+    model_config = with_rules(
+        cel(
+            "!has(self.unauthenticatedInference) || !self.unauthenticatedInference"
+            " || !has(self.tokenSecretRef)",
+            "auth.unauthenticatedInference and auth.tokenSecretRef exclude each other",
+        ),
+        cel(
+            "!has(self.requireSignatures) || !self.requireSignatures"
+            " || has(self.trustedKeysSecret)",
+            "auth.requireSignatures needs auth.trustedKeysSecret",
+        ),
+    )
+
+    token_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="Inference tokens clients present (one a line in the key). Default: a "
+        "generated Secret hatswarm-clients-<pool>",
+    )
+    unauthenticated_inference: bool = Field(
+        default=False,
+        description="Serve inference to callers without a token (control still needs the "
+        "operator's identity)",
+    )
     tls_secret_ref: SecretKeyRef | None = Field(
         default=None, description="kubernetes.io/tls Secret (tls.crt, tls.key, ca.crt for mTLS)"
     )
     mutual_tls: bool = False
+    trusted_keys_secret: DnsLabel | None = Field(
+        default=None,
+        description="Secret whose every key is an ed25519 public key artifact signatures may "
+        "be made with (the agents trust no key a request brings)",
+    )
+    require_signatures: bool = Field(
+        default=False, description="Refuse artifacts not signed by a trusted key"
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.unauthenticated_inference and self.token_secret_ref is not None:
+            raise ValueError(
+                "auth.unauthenticatedInference and auth.tokenSecretRef exclude each other"
+            )
+        if self.require_signatures and self.trusted_keys_secret is None:
+            raise ValueError("auth.requireSignatures needs auth.trustedKeysSecret")
+        return self
 
 
 class DeviceCost(ApiModel):
@@ -127,7 +295,7 @@ class InferencePoolSpec(ApiModel):
     node_selector: LabelMap = Field(
         default_factory=dict, description="Nodes whose labels match run this pool's agents"
     )
-    accelerators: Annotated[list[Accelerator], Field(min_length=1, max_length=3)] = Field(
+    accelerators: Annotated[list[Accelerator], Field(min_length=1, max_length=4)] = Field(
         default_factory=lambda: list(ACCELERATORS),
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )

@@ -1,9 +1,13 @@
 """`hatswarm demo` (`make demo`): a pool on simulated Pi 5 + AI HAT+ nodes, end to end.
 
-Brings up the bundled pool, drives load through one agent with tritonclient, shows routing
-shares, kills a node under load (no request may fail) and watches its replica move, shows the
-response cache, prints the cost report for the measured throughput, and stops everything.
-Exits non-zero when any step fails.
+Brings up the bundled pool (secure by default: generated control and client tokens, shown to
+refuse a stranger), drives load through one agent with tritonclient, shows routing shares,
+kills a node under load (no request may fail) and watches its replica move, shows the
+response cache, prints the cost report for the measured throughput; then a generative pool
+(a tiny chat model written at run time) streams chat answers through an agent that does not
+hold the model with the `openai` client, and a holder is killed under that load (no chat may
+fail before its first token; one cut off after it must end with an error, never short).
+Stops everything; exits non-zero when any step fails.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from hatswarm_agent.protocol.wire import NODE_PARAM, ROUTE_PARAM
@@ -74,9 +79,13 @@ def drive(
     label: str,
     same_input: bool = False,
     during: Callable[[int], None] | None = None,
+    token: str = "",
 ) -> LoadResult:
-    """`total` requests from `clients` threads through one agent; tritonclient, unmodified."""
+    """`total` requests from `clients` threads through one agent; tritonclient, unmodified
+    (`token`: the pool's inference token, sent as `authorization: Bearer`)."""
     import tritonclient.grpc as grpcclient
+
+    headers = {"authorization": f"Bearer {token}"} if token else None
 
     result = LoadResult()
     lock = threading.Lock()
@@ -98,7 +107,7 @@ def drive(
                 inp.set_data_from_numpy(data)
                 t0 = time.perf_counter()
                 try:
-                    res = client.infer(model, [inp], client_timeout=10.0)
+                    res = client.infer(model, [inp], headers=headers, client_timeout=10.0)
                 except Exception as err:  # every failure is counted and shown, none hidden
                     with lock:
                         result.failed += 1
@@ -166,13 +175,17 @@ async def run_demo(args: argparse.Namespace) -> int:
         if not await local.wait(ready(name, model.spec.replicas.target()), within=90):
             raise DemoStepError(f"{name} did not become Ready:\n{render(local.sink.snapshot())}")
         say(render(local.sink.snapshot(), events=4))
+        token = local.client_token
+        await show_trust_boundaries(local, name, token)
 
         holders = ready_nodes(local.sink, name)
         entry = next((a for a in local.agents.values() if a.spec.name not in holders), None)
         entry = entry or next(iter(local.agents.values()))
         say(f"\n== 2. load through one entry agent ({entry.spec.name}, holds the model: "
             f"{entry.spec.name in holders}); the router spreads it over the pool")  # fmt: skip
-        load = await asyncio.to_thread(drive, entry.address, name, args.requests, 4, "load")
+        load = await asyncio.to_thread(
+            drive, entry.address, name, args.requests, 4, "load", token=token
+        )
         say(
             f"  {load.ok} ok, {load.failed} failed in {load.seconds:.1f} s; served by: {shares(load.nodes)}; routes: {shares(load.routes)}"
         )
@@ -189,7 +202,7 @@ async def run_demo(args: argparse.Namespace) -> int:
                 local.kill(victim)
 
         fo = await asyncio.to_thread(
-            drive, entry.address, name, args.requests, 4, "failover", False, kill_once
+            drive, entry.address, name, args.requests, 4, "failover", False, kill_once, token
         )
         say(f"  {fo.ok} ok, {fo.failed} failed; served by: {shares(fo.nodes)}")
         if fo.failed:
@@ -208,7 +221,7 @@ async def run_demo(args: argparse.Namespace) -> int:
         say(render(local.sink.snapshot(), events=6))
 
         say("\n== 4. response cache: the same input twice is served from the cache")
-        c = await asyncio.to_thread(drive, entry.address, name, 20, 1, "cache", True)
+        c = await asyncio.to_thread(drive, entry.address, name, 20, 1, "cache", True, token=token)
         say(f"  routes: {shares(c.routes)}")
         if c.failed or c.routes.get("cache", 0) < 1:
             raise DemoStepError(
@@ -232,6 +245,8 @@ async def run_demo(args: argparse.Namespace) -> int:
         )
         if code != 0:
             raise DemoStepError("hatswarm cost failed")
+    if not args.skip_generative:
+        await generative_step(state_dir, args.chats)
     alive = [a.spec.name for a in local.agents.values() if a.alive()]
     if alive:
         raise DemoStepError(f"agents still running after stop: {alive}")
@@ -239,10 +254,173 @@ async def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+@dataclass
+class ChatResult:
+    complete: int = 0
+    failed_before_first_token: int = 0
+    broken_after_first_token: int = 0  # ended with an error event: reported, never silent
+    short: int = 0  # ended cleanly with a different text: a silent truncation
+    errors: Counter[str] = field(default_factory=Counter)
+    nodes: Counter[str] = field(default_factory=Counter)
+
+
+def stream_chat(client: Any, question: str) -> tuple[str, int, float, str]:
+    """One streamed chat answer: (text, completion tokens, ms to the first piece, node)."""
+    started = time.perf_counter()
+    raw = client.chat.completions.with_raw_response.create(
+        model="chat",
+        messages=[{"role": "user", "content": question}],
+        max_tokens=48,
+        temperature=0,
+        stream=True,
+    )
+    node = raw.headers.get("x-hatswarm-node", "?")
+    parts: list[str] = []
+    first_ms = 0.0
+    tokens = 0
+    for chunk in raw.parse():
+        if chunk.choices and chunk.choices[0].delta.content:
+            if not parts:
+                first_ms = (time.perf_counter() - started) * 1000
+            parts.append(chunk.choices[0].delta.content)
+        if chunk.usage is not None:
+            tokens = chunk.usage.completion_tokens
+    return "".join(parts), tokens, first_ms, node
+
+
+def drive_chats(
+    url: str, total: int, clients: int, expected: str, during: Callable[[int], None]
+) -> ChatResult:
+    """`total` streamed chats from `clients` threads, each one classified by how it ended."""
+    import openai
+
+    result = ChatResult()
+    lock = threading.Lock()
+    counter = iter(range(total))
+
+    def worker() -> None:
+        client = openai.OpenAI(base_url=url, api_key="demo", max_retries=0)
+        while True:
+            with lock:
+                i = next(counter, None)
+            if i is None:
+                return
+            during(i)
+            got: list[str] = []
+            try:
+                raw = client.chat.completions.with_raw_response.create(
+                    model="chat", messages=[{"role": "user", "content": "hello world"}],
+                    max_tokens=48, temperature=0, stream=True,
+                )  # fmt: skip
+                node = raw.headers.get("x-hatswarm-node", "?")
+                for chunk in raw.parse():
+                    if chunk.choices and chunk.choices[0].delta.content:
+                        got.append(chunk.choices[0].delta.content)
+            except openai.APIError as err:
+                with lock:
+                    if got:
+                        result.broken_after_first_token += 1
+                    else:
+                        result.failed_before_first_token += 1
+                    result.errors[str(err)[:120]] += 1
+                continue
+            with lock:
+                if "".join(got) == expected:
+                    result.complete += 1
+                    result.nodes[node] += 1
+                else:
+                    result.short += 1
+
+    threads = [threading.Thread(target=worker) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return result
+
+
+async def generative_step(state_dir: Path, chats: int) -> None:
+    try:
+        import openai
+    except ImportError:
+        raise DemoStepError(
+            "the generative step needs the openai client: pip install openai"
+        ) from None
+    from hatswarm_operator.local.generative import start_generative_pool
+
+    say("\n== 6. generative edge: a tiny chat model (written now, no download) on two CPU nodes;"
+        " an entry agent that holds nothing streams the answers")  # fmt: skip
+    try:
+        gen = await start_generative_pool(state_dir)
+    except (ImportError, RuntimeError) as err:
+        raise DemoStepError(f"the generative pool did not start: {err}") from None
+    try:
+        for a in (*gen.holders, gen.entry):
+            say(
+                f"  node {a.spec.name:9} agent on {a.address}, HTTP on http://127.0.0.1:{a.http_port}"
+            )
+        client = openai.OpenAI(base_url=gen.entry_url, api_key="demo", max_retries=0)
+        text, tokens, first_ms, node = await asyncio.to_thread(stream_chat, client, "hello world")
+        say(f"  openai client, {gen.entry_url}: {tokens} tokens streamed from {node}, "
+            f"first after {first_ms:.1f} ms: {text!r}")  # fmt: skip
+        victim = gen.holders[0]
+        say(f"  {chats} streamed chats from 4 clients; SIGKILL {victim.spec.name} a quarter in")
+
+        def kill_once(i: int) -> None:
+            if i == chats // 4:
+                victim.kill()
+
+        r = await asyncio.to_thread(drive_chats, gen.entry_url, chats, 4, text, kill_once)
+        say(f"  {r.complete} complete (served by: {shares(r.nodes)}); "
+            f"{r.failed_before_first_token} failed before their first token; "
+            f"{r.broken_after_first_token} cut off after it, each ending with an error event")  # fmt: skip
+        if r.failed_before_first_token or r.short:
+            raise DemoStepError(
+                f"{r.failed_before_first_token} chats failed before their first token, "
+                f"{r.short} ended short without an error: {dict(r.errors)}"
+            )
+    finally:
+        gen.stop()
+
+
+async def show_trust_boundaries(local: LocalPool, model: str, token: str) -> None:
+    """Secure by default: the control service refuses a caller without the control token
+    (here: one holding the clients' inference token), inference refuses a caller without one."""
+    import grpc
+
+    from hatswarm_operator.control.agentclient import AgentClient
+    from hatswarm_operator.control.credentials import AgentCredentials
+
+    agent = next(iter(local.agents.values()))
+    say(f"\n  security: tokens generated under {local.state_dir / 'secrets'} (files 0600)")
+    for label, creds in (("no token", AgentCredentials()), ("the clients' token",
+                         AgentCredentials(token=token))):  # fmt: skip
+        stranger = AgentClient(credentials=creds)
+        try:
+            await stranger.status(agent.address)
+        except grpc.aio.AioRpcError as err:
+            say(f"  control with {label}: refused ({err.code().name})")
+        else:
+            raise DemoStepError(f"the control service answered a caller with {label}")
+        finally:
+            await stranger.close()
+    unauthorised = await asyncio.to_thread(drive, agent.address, model, 1, 1, "no token")
+    if unauthorised.ok or not any("UNAUTHENTICATED" in e or "Unauthenticated" in e
+                                  for e in unauthorised.errors):  # fmt: skip
+        raise DemoStepError(f"inference without a token was not refused: {unauthorised.errors}")
+    say("  inference with no token: refused (UNAUTHENTICATED); with the clients' token: below")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hatswarm demo", description=__doc__.split("\n")[0])
     p.add_argument("--nodes", type=int, default=3)
     p.add_argument("--requests", type=int, default=400)
+    p.add_argument("--chats", type=int, default=80, help="streamed chats in the generative step")
+    p.add_argument(
+        "--skip-generative",
+        action="store_true",
+        help="leave out the generative step (it needs onnxruntime-genai, onnx, tokenizers, openai)",
+    )
     return p
 
 

@@ -29,6 +29,7 @@ from hatswarm_operator.local.processes import (
     load_nodes_file,
     start_prometheus,
 )
+from hatswarm_operator.local.secrets import client_token_file
 from hatswarm_operator.local.status import render
 
 
@@ -65,6 +66,16 @@ async def run_up(args: argparse.Namespace) -> int:
     async with LocalPool(pool, found.models, nodes, state_dir) as local:
         print(
             f"hatswarm up: pool entry points: {', '.join(a.address for a in local.agents.values())}",
+            flush=True,
+        )
+        doors = ", ".join(f"http://127.0.0.1:{a.http_port}" for a in local.agents.values())
+        print(f"hatswarm up: HTTP (OpenAI /v1, Ollama /api, KServe /v2): {doors}", flush=True)
+        tokens = client_token_file(pool, state_dir)
+        print(
+            "hatswarm up: clients present 'authorization: Bearer <token>' with the token in "
+            f"{tokens}"
+            if tokens
+            else "hatswarm up: inference is open (unauthenticatedInference)",
             flush=True,
         )
         print(

@@ -89,13 +89,15 @@ class PoolRuntime:
         self._backoff: dict[tuple[str, str, str], _Backoff] = {}
         self._routes: tuple[Route, ...] | None = None
         self._generation = int(time.time() * 1000)
-        self._pushed: dict[str, int] = {}
+        self._pushed: dict[str, tuple[int, float]] = {}  # node -> (generation, when)
+        self._flagged: dict[str, int] = {}  # node -> a foreign generation already reported
         self._published: dict[str, str] = {}
         self._scale_state: dict[str, ScaleState] = {}
         self.cost_ledger = attribution.CostLedger()
         self._cost_status: tuple[float, PoolCost, dict[str, float | None]] | None = None
         self.failovers = 0
         self.rollouts = RolloutTracker(clock, lambda: self.client.credentials)
+        self._node_notes: dict[str, tuple[str, str]] = {}
 
     # --- inventory -----------------------------------------------------------------------
 
@@ -153,6 +155,8 @@ class PoolRuntime:
                           f"node {after.name} left the pool: {after.out_reason}; "
                           f"re-placing {len([o for o in before.models if o.ready])} replicas"),
                 )  # fmt: skip
+        for ev in self._node_warnings(pool):
+            await self.sink.event(ns, ev)
         for ev in self._autoscale(pool, models):
             await self.sink.event(ns, ev)
         mine = [m for m in models if m.spec.pool == pool.metadata.name]
@@ -175,6 +179,29 @@ class PoolRuntime:
         self.rollouts.run_gates(mine, plan)
         await self._publish(pool, models, plan)
         return plan
+
+    def _node_warnings(self, pool: InferencePool) -> list[ResourceEvent]:
+        """A Warning on the pool when an agent cannot open its backend (BackendUnavailable) or
+        its chip contradicts the node's label (AcceleratorMismatch): once per new message."""
+        out = []
+        for n in self.nodes.values():
+            notes = (n.backend_error, n.accelerator_mismatch) if n.up else ("", "")
+            if notes == self._node_notes.get(n.name, ("", "")):
+                continue
+            self._node_notes[n.name] = notes
+            backend_error, mismatch = notes
+            if backend_error:
+                out.append(
+                    ResourceEvent("InferencePool", pool.metadata.name, "Warning",
+                                  "BackendUnavailable",
+                                  f"node {n.name}: {backend_error}; nothing is placed there")
+                )  # fmt: skip
+            if mismatch:
+                out.append(
+                    ResourceEvent("InferencePool", pool.metadata.name, "Warning",
+                                  "AcceleratorMismatch", mismatch)
+                )  # fmt: skip
+        return out
 
     # --- cost ------------------------------------------------------------------------------
 
@@ -307,20 +334,52 @@ class PoolRuntime:
                   f"(retry in {2**b.attempts:.0f}s)"),
         )  # fmt: skip
 
+    def _needs_table(self, n: NodeState) -> bool:
+        """Whether `n` must be sent the current table: never sent, or its own report (taken
+        after the last push) names another generation (it restarted, or something else set
+        its table)."""
+        pushed = self._pushed.get(n.name)
+        if pushed is None or pushed[0] != self._generation:
+            return True
+        generation, when = pushed
+        reported_after_push = n.last_seen is not None and n.last_seen > when
+        return reported_after_push and n.routing_generation != generation
+
     async def _push_routes(self, pool: InferencePool, plan: PoolPlan) -> None:
+        """Push the plan's table to every agent that does not hold it (comparing what each
+        reports with what was pushed); an agent holding a newer generation than this control
+        plane ever made is flagged (Warning `RoutingTableMismatch`) and overtaken."""
         routes = tuple(plan.routes)
         if routes != self._routes:
             self._routes = routes
             self._generation += 1
-        table = converters.routing_table(pool, routes, self._generation)
         for n in self.nodes.values():
-            if not n.up or self._pushed.get(n.name) == self._generation:
+            if n.up and n.routing_generation > self._generation:
+                if self._flagged.get(n.name) != n.routing_generation:
+                    self._flagged[n.name] = n.routing_generation
+                    await self.sink.event(
+                        pool.metadata.namespace,
+                        ResourceEvent("InferencePool", pool.metadata.name, "Warning",
+                              "RoutingTableMismatch",
+                              f"node {n.name} holds routing generation {n.routing_generation}, "
+                              f"newer than this control plane's {self._generation}: "
+                              "replacing it"),
+                    )  # fmt: skip
+                self._generation = n.routing_generation + 1
+        members = {n.name: n.address for n in self.nodes.values() if n.up}
+        table = converters.routing_table(pool, routes, self._generation, members)
+        for n in self.nodes.values():
+            if not n.up or not self._needs_table(n):
                 continue
             try:
                 await self.client.set_routing(n.address, table)
-                self._pushed[n.name] = self._generation
-            except grpc.aio.AioRpcError as err:
-                log.info("routing table to %s: %s", n.name, err.code().name)
+                self._pushed[n.name] = (self._generation, self.clock())
+            except grpc.aio.AioRpcError as err:  # a refused table is worth a warning
+                refused = err.code() == grpc.StatusCode.INVALID_ARGUMENT
+                log.log(
+                    logging.WARNING if refused else logging.INFO,
+                    "routing table to %s: %s %s", n.name, err.code().name, err.details(),
+                )  # fmt: skip
 
     async def _publish(
         self, pool: InferencePool, models: Sequence[EdgeModel], plan: PoolPlan

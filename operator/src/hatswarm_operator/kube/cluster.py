@@ -16,8 +16,8 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from hatswarm_operator.api import InferencePool
 from hatswarm_operator.api.common import GROUP, VERSION
-from hatswarm_operator.api.inferencepool import Auth
 from hatswarm_operator.control.credentials import (
     AgentCredentials,
     agent_credentials,
@@ -130,13 +130,38 @@ class Cluster:
             raise LookupError(f"secret {namespace}/{name} has no key {key!r}")
         return data[key].decode().strip()
 
-    async def agent_credentials(self, namespace: str, auth: Auth) -> AgentCredentials:
-        """What the operator presents to a pool's agents, from the Secrets of `spec.auth`
-        (:func:`credentials.agent_credentials`); LookupError when one cannot be read."""
+    async def agent_credentials(self, pool: InferencePool) -> AgentCredentials:
+        """What the operator presents to a pool's agents, from its control token and TLS
+        Secrets (:func:`credentials.agent_credentials`); LookupError when one cannot be read."""
+        namespace = pool.metadata.namespace
         secrets = {
-            name: await self.secret_data(namespace, name) for name in auth_secret_names(auth)
+            name: await self.secret_data(namespace, name) for name in auth_secret_names(pool)
         }
-        return agent_credentials(auth, secrets, lambda name: f"secret {namespace}/{name}")
+        return agent_credentials(pool, secrets, lambda name: f"secret {namespace}/{name}")
+
+    async def create_secret_if_absent(self, obj: Obj) -> bool:
+        """Create the Secret `obj` unless one of its name exists (never overwritten: an admin's
+        own value wins, and a rotation is a deletion); whether it was created."""
+        meta = obj["metadata"]
+
+        def call() -> bool:
+            try:
+                self.core.read_namespaced_secret(
+                    meta["name"], meta["namespace"], _preload_content=False
+                )
+                return False
+            except ApiException as err:
+                if err.status != 404:
+                    raise
+            try:
+                self.core.create_namespaced_secret(meta["namespace"], obj)  # type: ignore[arg-type]
+            except ApiException as err:
+                if err.status != 409:
+                    raise
+                return False
+            return True
+
+        return await asyncio.to_thread(call)
 
     async def inference_pool(self, namespace: str, name: str) -> Obj | None:
         def call() -> Obj | None:
@@ -158,7 +183,7 @@ class Cluster:
     async def ensure(self, obj: Obj) -> str:
         """Create `obj` if absent, patch it if its spec hash differs: "created", "patched", "".
 
-        Handles the two kinds a pool owns (DaemonSet, Service); a retry is always safe.
+        Handles the two kinds a pool owns (DaemonSets, Service); a retry is always safe.
         """
         kind, meta = obj["kind"], obj["metadata"]
         read: Any
@@ -198,6 +223,34 @@ class Cluster:
             body = {"metadata": obj["metadata"], "spec": obj["spec"]}
             patch(name, ns, body, _content_type=MERGE_PATCH)
             return "patched"
+
+        return await asyncio.to_thread(call)
+
+    async def delete_owned_daemonset(self, namespace: str, name: str, owner_uid: str) -> bool:
+        """Delete DaemonSet `name` if `owner_uid` owns it (a pool's dropped chip class);
+        False when it is absent or someone else's."""
+
+        def call() -> bool:
+            try:
+                resp: Any = self.apps.read_namespaced_daemon_set(
+                    name, namespace, _preload_content=False
+                )
+            except ApiException as err:
+                if err.status == 404:
+                    return False
+                raise
+            refs = (json.loads(resp.data).get("metadata") or {}).get("ownerReferences") or []
+            if not any(r.get("uid") == owner_uid for r in refs):
+                return False
+            try:
+                self.apps.delete_namespaced_daemon_set(
+                    name, namespace, propagation_policy="Background"
+                )
+            except ApiException as err:
+                if err.status != 404:
+                    raise
+                return False
+            return True
 
         return await asyncio.to_thread(call)
 

@@ -5,16 +5,18 @@ Read top to bottom, this is the operator:
 - startup: the cluster's agent defaults ($HATSWARM_AGENT_DEFAULTS), our own finalizer and progress-storage names under `hatswarm.io`, Events, peering,
   watch timeouts, one Kubernetes client for everything below;
 - an InferencePool is parsed (an invalid one is a PermanentError, a Warning Event and a
-  `Ready=False, reason=InvalidSpec` condition), and owns its agent DaemonSet and its Service
-  (created if absent, patched when their settings hash differs; deleted by Kubernetes'
-  garbage collector through ownerReferences);
+  `Ready=False, reason=InvalidSpec` condition), and owns its generated token Secrets (the
+  control token only its agents mount, and its clients' inference token unless it names its
+  own: created when absent, never overwritten, so deleting one rotates it), its agent
+  DaemonSet and its Service (created if absent, patched when their settings hash differs;
+  deleted by Kubernetes' garbage collector through ownerReferences);
 - an EdgeModel is parsed the same way (and also gets `phase: Failed`); the pool's daemon
   places it. Its finalizer unloads it from every agent of the pool before it goes away;
 - one async daemon per InferencePool runs `PoolRuntime.tick` every `probeIntervalSeconds`:
   Nodes + agent Pods -> NodeStates, EdgeModels of the namespace -> probe, plan, act, publish
   (status through `/status`, Events through kopf). Each pool has its own agent client
-  carrying the pool's credentials (`spec.auth`: bearer token, TLS), re-read from their
-  Secrets every few seconds so a rotated token is picked up;
+  carrying the pool's credentials (its control token, TLS), re-read from their Secrets every
+  few seconds so a rotated token is picked up (a deleted generated Secret is made anew);
 - a liveness probe reports the pools being run.
 """
 
@@ -34,6 +36,7 @@ import grpc
 import kopf
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
 
 from hatswarm_operator.api import EdgeModel, InferencePool
 from hatswarm_operator.api.common import GROUP, VERSION, SecretKeyRef
@@ -41,7 +44,7 @@ from hatswarm_operator.api.inferencepool import Auth
 from hatswarm_operator.api.manifests import ManifestError, parse_object
 from hatswarm_operator.control import metrics
 from hatswarm_operator.control.agentclient import AgentClient
-from hatswarm_operator.control.credentials import AgentCredentials
+from hatswarm_operator.control.credentials import AgentCredentials, generated_secrets, new_token
 from hatswarm_operator.control.driver import SkipTick, drive
 from hatswarm_operator.control.runtime import PoolRuntime
 from hatswarm_operator.core.conditions import rfc3339
@@ -184,13 +187,31 @@ async def reconcile_pool(
         pool = parse_pool(body, memo.agent_defaults)
     except ManifestError as err:
         _invalid(body, patch, err, "InferencePool")
-    for obj in (builders.build_daemonset(pool), builders.build_service(pool)):
+    try:
+        made = await ensure_generated_secrets(memo.cluster, pool, body)
+    except LookupError as err:
+        raise kopf.TemporaryError(str(err), delay=10) from err
+    for name in made:
+        logger.info(f"created Secret {name}")
+        kopf.event(
+            body,
+            type="Normal",
+            reason="Created",
+            message=f"created Secret {name} (a generated token)",
+        )
+    for obj in (*builders.build_daemonsets(pool), builders.build_service(pool)):
         kopf.adopt(obj, owner=body)
         action = await memo.cluster.ensure(obj)
         if action:
             what = f"{obj['kind']} {obj['metadata']['name']}"
             logger.info(f"{action} {what}")
-            kopf.info(body, reason=action.capitalize(), message=f"{action} {what}")
+            # kopf.event: kopf.info would be dropped by posting.level (WARNING) set at startup
+            kopf.event(body, type="Normal", reason=action.capitalize(), message=f"{action} {what}")
+    uid = body.metadata.uid or ""
+    for stale in builders.stale_daemonsets(pool):  # chip classes the pool no longer lists
+        if await memo.cluster.delete_owned_daemonset(pool.metadata.namespace, stale, uid):
+            logger.info(f"deleted DaemonSet {stale}")
+            kopf.event(body, type="Normal", reason="Deleted", message=f"deleted DaemonSet {stale}")
     metrics.RECONCILES.labels(kind="InferencePool", trigger="handler", result="ok").inc()
     handle = memo.pools.get((pool.metadata.namespace, pool.metadata.name))
     if handle is not None:
@@ -263,6 +284,26 @@ async def unload_model(
 # --- the pool's control loop ----------------------------------------------------------------
 
 
+async def ensure_generated_secrets(
+    cluster: Cluster, pool: InferencePool, owner: Mapping[str, Any]
+) -> list[str]:
+    """Create the pool's generated token Secrets that are absent (owned by the pool, so they
+    go with it); the names created. LookupError when the API refuses."""
+    made = []
+    for name in generated_secrets(pool):
+        obj = builders.build_token_secret(pool, name, new_token())
+        kopf.adopt(obj, owner=owner)  # type: ignore[arg-type]
+        try:
+            if await cluster.create_secret_if_absent(obj):
+                made.append(name)
+        except ApiException as err:
+            ns = pool.metadata.namespace
+            raise LookupError(
+                f"cannot create secret {ns}/{name}: {err.status} {err.reason}"
+            ) from err
+    return made
+
+
 async def _pool_credentials(cluster: Cluster, namespace: str, pool: str) -> AgentCredentials:
     """Credentials for a pool's agents when only its name is known (none if it is gone)."""
     body = await cluster.inference_pool(namespace, pool)
@@ -273,7 +314,7 @@ async def _pool_credentials(cluster: Cluster, namespace: str, pool: str) -> Agen
     except ManifestError:
         return AgentCredentials()
     try:
-        return await cluster.agent_credentials(namespace, parsed.spec.auth)
+        return await cluster.agent_credentials(parsed)
     except LookupError as err:
         log.warning("credentials of pool %s/%s: %s", namespace, pool, err)
         return AgentCredentials()
@@ -281,7 +322,8 @@ async def _pool_credentials(cluster: Cluster, namespace: str, pool: str) -> Agen
 
 @dataclass
 class CredentialsRefresh:
-    """Re-reads a pool's auth Secrets into its agent client every `CREDENTIALS_REFRESH_S`.
+    """Re-reads a pool's credential Secrets into its agent client every
+    `CREDENTIALS_REFRESH_S`, first re-creating a generated one that was deleted (a rotation).
 
     A Secret that cannot be read keeps the last good credentials (the agents keep their
     mounted files too) and is reported once per distinct problem.
@@ -293,17 +335,25 @@ class CredentialsRefresh:
     problem: str = ""
     clock: Callable[[], float] = time.monotonic
 
-    async def __call__(self, cluster: Cluster, namespace: str, pool: InferencePool) -> str:
-        """'' when the client is up to date, else the problem to report (once)."""
+    async def __call__(
+        self,
+        cluster: Cluster,
+        namespace: str,
+        pool: InferencePool,
+        owner: Mapping[str, Any] | None = None,
+    ) -> str:
+        """'' when the client is up to date, else the problem to report (once).
+
+        `owner`: the pool's body; given, missing generated Secrets are created first.
+        """
         auth = pool.spec.auth
         now = self.clock()
         if auth == self.auth and now - self.read_at < CREDENTIALS_REFRESH_S:
             return ""
-        if auth == Auth() and self.auth in (None, Auth()):
-            self.auth, self.read_at = auth, now
-            return ""
         try:
-            creds = await cluster.agent_credentials(namespace, auth)
+            if owner is not None:
+                await ensure_generated_secrets(cluster, pool, owner)
+            creds = await cluster.agent_credentials(pool)
         except LookupError as err:
             self.read_at = now
             if self.auth != auth:  # new settings we cannot honour yet: read again next tick
@@ -380,7 +430,7 @@ async def run_pool(
             raise SkipTick(5.0) from None
         interval = pool.spec.failure_detection.probe_interval_seconds
         sink.service = builders.service_address(pool)
-        problem = await refresh(cluster, namespace, pool)
+        problem = await refresh(cluster, namespace, pool, body)
         if problem:
             logger.warning(problem)
             kopf.warn(body, reason="CredentialsUnavailable", message=problem[:1024])

@@ -26,6 +26,8 @@ from typing import IO, Any
 import yaml
 from hatswarm_agent.protocol.defaults import ROUTE_RETRIES, ROUTE_TIMEOUT_MS
 
+from hatswarm_operator.api.common import ACCELERATORS
+
 READY_PREFIX = "hatswarm-agent ready on "
 BUNDLED_MODEL = "light_shufflenet.onnx"
 
@@ -62,7 +64,7 @@ def load_nodes_file(path: Path, pool_labels: dict[str, str]) -> list[NodeSpec]:
         if not isinstance(item, dict) or "name" not in item:
             raise ValueError(f"{path}: node {i} needs at least a name")
         acc = item.get("accelerator", "hailo8l")
-        if acc not in ("hailo8l", "hailo8", "cpu"):
+        if acc not in ACCELERATORS:
             raise ValueError(f"{path}: node {item['name']}: accelerator {acc!r} is not known")
         out.append(
             NodeSpec(
@@ -98,6 +100,7 @@ class LocalAgent:
     address: str
     log_path: Path
     metrics_port: int = 0
+    http_port: int = 0  # the HTTP doors: OpenAI /v1, Ollama /api, KServe v2 REST /v2
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -128,11 +131,12 @@ def free_port() -> int:
 def start_agent(
     spec: NodeSpec, state_dir: Path, timeout: float = 60.0, extra_args: Sequence[str] = ()
 ) -> LocalAgent:
-    """Start one simulated node's agent (with /metrics) and wait for its ready line.
+    """Start one simulated node's agent (with /metrics and the HTTP doors) and wait for its
+    ready line.
 
     `extra_args` go to every agent alike (the pool's `--auth-token-file`, `--tls-*`).
     """
-    metrics_port = free_port()
+    metrics_port, http_port = free_port(), free_port()
     node_dir = state_dir / "nodes" / spec.name
     node_dir.mkdir(parents=True, exist_ok=True)
     log_path = node_dir / "agent.log"
@@ -146,6 +150,7 @@ def start_agent(
         "--state-dir", str(node_dir / "state"),
         "--log-level", "WARNING",
         "--metrics-port", str(metrics_port),
+        "--http-port", str(http_port),
         "--await-routing-table",
     ]  # fmt: skip
     if spec.slowdown != 1.0:
@@ -178,7 +183,7 @@ def start_agent(
                 f"agent {spec.name} did not start: {log_path.read_text(errors='replace')[-2000:]}"
             )
         time.sleep(0.02)
-    return LocalAgent(spec, proc, found[0], log_path, metrics_port)
+    return LocalAgent(spec, proc, found[0], log_path, metrics_port, http_port)
 
 
 @dataclass

@@ -24,7 +24,7 @@ from hatswarm_agent.backends.simulated import (
     resolve_profile,
 )
 
-from tests.agentproc import build_cnn, build_fp16, build_two_inputs
+from tests.onnxmodels import build_cnn, build_fp16, build_two_inputs
 
 
 def test_onnx_describes_inputs_outputs_and_dynamic_batch(tmp_path: Path) -> None:
@@ -113,8 +113,9 @@ def test_registry_names_and_clear_errors() -> None:
     assert canonical_name("onnx") == "onnxruntime"
     with pytest.raises(BackendError, match="unknown backend 'tpu'"):
         create_backend("tpu")
-    with pytest.raises(BackendError, match="accelerator hailo8l or hailo8"):
+    with pytest.raises(BackendError, match="accelerator hailo8l, hailo8 or hailo10h"):
         SimulatedBackend("cpu")
+    assert create_backend("simulated", "hailo10h").device_info().accelerator == "hailo10h"
     assert create_backend("simulated", "hailo8").device_info().accelerator == "hailo8"
     try:
         import hailo_platform  # noqa: F401

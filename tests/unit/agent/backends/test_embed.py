@@ -79,7 +79,8 @@ def test_oip_run(backend: EmbeddingBackend, folder: Path) -> None:
     model: EncoderModel = backend.load(folder, {"batch_size": "2"})
     out = model.run({"text": np.array([t.encode() for t in TEXTS], dtype=object)})
     np.testing.assert_allclose(out["embedding"], direct(folder, TEXTS), rtol=1e-5, atol=1e-6)
-    assert [s.name for s in model.outputs] == ["embedding"]
+    assert [s.name for s in model.outputs] == ["embedding", "prompt_tokens"]
+    assert out["prompt_tokens"].tolist() == [sum(len(ids) for ids in model.tokenize(TEXTS))]
     assert model.outputs[0].shape == (-1, EMBED_HIDDEN)
 
 

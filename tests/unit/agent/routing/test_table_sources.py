@@ -75,9 +75,10 @@ def test_pushed_tables_are_saved_and_restored_and_a_failed_save_leaves_no_stale_
     table = control_pb2.RoutingTable(
         generation=4,
         routes=[control_pb2.Route(model="m", endpoints=[control_pb2.Endpoint(address="x:1")])],
+        members=[control_pb2.PoolMember(address="x:1")],
     )
-    assert kept.set(table) == 4 and heard == [4]
-    assert kept.set(control_pb2.RoutingTable(generation=3)) == 4 and heard == [4]  # older: ignored
+    assert kept.push(table) == 4 and heard == [4]
+    assert kept.push(control_pb2.RoutingTable(generation=3)) == 4 and heard == [4]  # older
     kept.close()
     restored = file.load()
     assert restored == table

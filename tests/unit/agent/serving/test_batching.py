@@ -13,7 +13,7 @@ from hatswarm_agent.serving.batching import ModelQueue, merge, split
 from hatswarm_agent.serving.errors import ModelNotReadyError, QueueFullError
 from hatswarm_agent.serving.tensors import DecodedRequest
 
-from tests.agentproc import build_mlp, build_two_inputs
+from tests.onnxmodels import build_mlp, build_two_inputs
 
 
 @pytest.fixture(scope="module")

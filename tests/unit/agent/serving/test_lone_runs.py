@@ -16,7 +16,7 @@ from hatswarm_agent.backends.onnx import OnnxBackend, open_session
 from hatswarm_agent.serving.batching import AloneChoice, ModelQueue
 from hatswarm_agent.serving.tensors import DecodedRequest
 
-from tests.agentproc import build_mlp
+from tests.onnxmodels import build_mlp
 
 
 class TwoWays(LoadedModel):

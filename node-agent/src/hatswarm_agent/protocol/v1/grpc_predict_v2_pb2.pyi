@@ -6,6 +6,8 @@ Open Inference Protocol (KServe v2) gRPC API, as published by KServe
 Apache-2.0), with the two extra InferParameter kinds Triton adds (double_param, uint64_param)
 so Triton clients' parameters decode. Clients depend on the wire names (package `inference`);
 only this file's location is ours, so that `protoc -Iproto` generates into hatswarm_agent/v1/.
+ModelStreamInfer and ModelStreamInferResponse are Triton's streaming extension (its
+grpc_service.proto, BSD-3-Clause): decoupled models answer one request with many responses.
 """
 
 from collections import abc as _abc
@@ -613,3 +615,31 @@ class InferTensorContents(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___InferTensorContents: _TypeAlias = InferTensorContents  # noqa: Y015
+
+@_typing.final
+class ModelStreamInferResponse(_message.Message):
+    """One response on a ModelStreamInfer stream: an answer, or the error of one request (the stream
+    stays open). Triton marks a request's last response with the `triton_final_response`
+    parameter of infer_response.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
+    INFER_RESPONSE_FIELD_NUMBER: _builtins.int
+    error_message: _builtins.str
+    @_builtins.property
+    def infer_response(self) -> Global___ModelInferResponse: ...
+    def __init__(
+        self,
+        *,
+        error_message: _builtins.str = ...,
+        infer_response: Global___ModelInferResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["infer_response", b"infer_response"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_message", b"error_message", "infer_response", b"infer_response"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelStreamInferResponse: _TypeAlias = ModelStreamInferResponse  # noqa: Y015

@@ -1,0 +1,285 @@
+"""Generations and embeddings on this node, protocol-neutral: what every front door calls.
+
+A generation is a stream of text pieces (backends/generation.py), not one answer, so it does not
+fit the data plane's ModelInfer path: the front doors (the gRPC servicer's ModelStreamInfer, the
+OpenAI and Ollama HTTP doors) call one `generate(call, context)` instead and iterate what it
+returns, a `PieceStream`. Here that stream comes from a model on this node; the router
+(routing/generation.py) returns the same kind of stream for a generation running on a peer.
+Either way the stream says which node answered, and ends with its finish reason and token usage.
+
+Every generation on this node is counted where ModelInfer requests are (the model's success and
+failure counters, its request duration) plus tokens and time to first token.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from hatswarm_agent.backends.generation import (
+    EMBED,
+    GENERATE,
+    EmbeddingModel,
+    Embeddings,
+    FinishReason,
+    GenerationParams,
+    GenerativeModel,
+    Piece,
+    Prompt,
+    TokenStream,
+    Usage,
+)
+from hatswarm_agent.protocol.auth import Metadata
+from hatswarm_agent.protocol.wire import ROUTE_LOCAL
+from hatswarm_agent.serving.errors import AgentError, NotGenerativeError, status_for
+from hatswarm_agent.serving.metrics import AgentMetrics
+from hatswarm_agent.serving.registry import ModelRegistry, ModelVersion
+
+
+@dataclass(frozen=True)
+class GenerationCall:
+    """One generation request, whichever door it came through."""
+
+    model: str
+    version: str
+    prompt: Prompt  # a completion prompt, or chat messages
+    params: GenerationParams
+
+
+class PieceStream(Protocol):
+    """A generation in progress: pieces, then `finish_reason` and `usage`; `aclose` always."""
+
+    @property
+    def node(self) -> str:
+        """The node generating it."""
+        ...
+
+    @property
+    def route(self) -> str:
+        """wire.ROUTE_LOCAL or wire.ROUTE_PEER."""
+        ...
+
+    @property
+    def finish_reason(self) -> FinishReason | None: ...
+
+    @property
+    def usage(self) -> Usage: ...
+
+    def __aiter__(self) -> AsyncIterator[Piece]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class CallContext:
+    """What the request path reads of a gRPC call context, for callers that are not gRPC calls
+    (the HTTP doors): the call's metadata and the time it has left."""
+
+    def __init__(self, metadata: Metadata = (), timeout_s: float | None = None) -> None:
+        self._metadata = metadata
+        self._deadline = time.monotonic() + timeout_s if timeout_s is not None else math.inf
+
+    def invocation_metadata(self) -> Metadata:
+        return self._metadata
+
+    def time_remaining(self) -> float | None:
+        if self._deadline == math.inf:
+            return None
+        return max(0.0, self._deadline - time.monotonic())
+
+
+# The front doors' entry points: the router's, or this node's own when nothing routes.
+Generate = Callable[[GenerationCall, Any], Awaitable[PieceStream]]
+
+
+def is_generative(entry: ModelVersion) -> bool:
+    return GENERATE in getattr(entry.model, "capabilities", ())
+
+
+def is_embedding(entry: ModelVersion) -> bool:
+    return EMBED in getattr(entry.model, "capabilities", ())
+
+
+class LocalStream:
+    """A generation on this node: the backend's TokenStream, counted as it ends."""
+
+    route = ROUTE_LOCAL
+
+    def __init__(self, stream: TokenStream, entry: ModelVersion, node: str, started: float) -> None:
+        self._stream = stream
+        self._entry = entry
+        self._started = started
+        self._ended = False
+        self.node = node
+
+    @property
+    def finish_reason(self) -> FinishReason | None:
+        return self._stream.finish_reason
+
+    @property
+    def usage(self) -> Usage:
+        return self._stream.usage
+
+    @property
+    def first_token_s(self) -> float | None:
+        return self._stream.first_token_s
+
+    @property
+    def depth(self) -> int:
+        """Sequences the model runs or queues now (what a forwarding agent balances on)."""
+        model = self._entry.model
+        if not isinstance(model, GenerativeModel):
+            return 0
+        load = model.load()
+        return load.active_sequences + load.queued_sequences
+
+    def __aiter__(self) -> LocalStream:
+        return self
+
+    async def __anext__(self) -> Piece:
+        first = self._stream.first_token_s is None
+        try:
+            piece = await self._stream.__anext__()
+        except StopAsyncIteration:
+            self._end(None)
+            raise
+        except Exception as exc:
+            self._end(exc)
+            raise
+        if first and self._stream.first_token_s is not None:
+            m = self._entry.metrics
+            if m is not None:
+                m.first_token.observe(time.perf_counter() - self._started)
+        return piece
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+        if not self._ended:  # the caller went away before the end
+            self._end(_CancelledError())
+
+    def _end(self, error: BaseException | None) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        entry, m = self._entry, self._entry.metrics
+        usage = self._stream.usage
+        if m is not None:
+            m.prompt_tokens.inc(usage.prompt_tokens)
+            m.generated_tokens.inc(usage.completion_tokens)
+        if error is None:
+            elapsed = time.perf_counter() - self._started
+            entry.stats.record_success(elapsed)
+            entry.stats.inferences += 1
+            if m is not None:
+                m.success.inc()
+                m.request_duration.observe(elapsed)
+                m.inferences.inc()
+            return
+        entry.stats.failure += 1
+        if m is not None:
+            m.failure("cancelled" if isinstance(error, _CancelledError) else status_for(error)[2])
+
+
+class _CancelledError(Exception):
+    """The consumer closed the stream before its end."""
+
+
+class Generations:
+    """Generations and embeddings on this node's models."""
+
+    def __init__(self, registry: ModelRegistry, metrics: AgentMetrics, node: str) -> None:
+        self.registry = registry
+        self.metrics = metrics
+        self.node = node
+
+    def generative(self, model: str, version: str = "") -> tuple[ModelVersion, GenerativeModel]:
+        """The READY version and its model; NOT_FOUND / UNAVAILABLE / INVALID_ARGUMENT."""
+        entry = self.registry.get(model, version)
+        if not is_generative(entry):
+            raise NotGenerativeError(
+                f"model '{model}' does not generate text (backend {entry.backend}): "
+                "send it tensors with ModelInfer"
+            )
+        assert isinstance(entry.model, GenerativeModel)
+        return entry, entry.model
+
+    def local_entry(self, model: str, version: str = "") -> ModelVersion | None:
+        """This node's READY generative version of `model`, None when it has none."""
+        try:
+            entry = self.registry.get(model, version)
+        except AgentError:
+            return None
+        return entry if is_generative(entry) else None
+
+    def local_embedding(self, model: str, version: str = "") -> ModelVersion | None:
+        """This node's READY embedding version of `model`, None when it has none."""
+        try:
+            entry = self.registry.get(model, version)
+        except AgentError:
+            return None
+        return entry if is_embedding(entry) else None
+
+    @staticmethod
+    def has_free_slot(entry: ModelVersion) -> bool:
+        """Whether a generation would start at once here (no wait for a sequence slot)."""
+        model = entry.model
+        if not isinstance(model, GenerativeModel):
+            return False
+        load = model.load()
+        return load.active_sequences + load.queued_sequences < load.max_sequences
+
+    async def start(self, call: GenerationCall, entry: ModelVersion | None = None) -> LocalStream:
+        """Start `call` on this node; errors before the first token raise here."""
+        started = time.perf_counter()
+        if entry is None:
+            try:
+                entry, model = self.generative(call.model, call.version)
+            except AgentError as exc:
+                self.metrics.failure_without_model(exc.reason)
+                raise
+        else:
+            model = entry.model  # type: ignore[assignment]
+            assert isinstance(model, GenerativeModel)
+        try:
+            stream = await model.generate(call.prompt, call.params)
+        except Exception as exc:
+            entry.stats.failure += 1
+            if entry.metrics is not None:
+                entry.metrics.failure(status_for(exc)[2])
+            raise
+        return LocalStream(stream, entry, self.node, started)
+
+    async def generate(self, call: GenerationCall, context: Any) -> PieceStream:
+        """The front doors' `generate` when nothing routes: every generation runs here."""
+        return await self.start(call)
+
+    async def embed(
+        self, model: str, version: str, inputs: Sequence[str] | Sequence[Sequence[int]]
+    ) -> tuple[ModelVersion, Embeddings]:
+        """Vectors from this node's embedding model (texts or token ids)."""
+        entry = self.registry.get(model, version)
+        if not is_embedding(entry):
+            raise NotGenerativeError(
+                f"model '{model}' does not embed text (backend {entry.backend})"
+            )
+        assert isinstance(entry.model, EmbeddingModel)
+        started = time.perf_counter()
+        try:
+            result = await entry.model.embed(inputs)
+        except Exception as exc:
+            entry.stats.failure += 1
+            if entry.metrics is not None:
+                entry.metrics.failure(status_for(exc)[2])
+            raise
+        elapsed = time.perf_counter() - started
+        entry.stats.record_success(elapsed)
+        entry.stats.inferences += len(inputs)
+        m = entry.metrics
+        if m is not None:
+            m.success.inc()
+            m.request_duration.observe(elapsed)
+            m.inferences.inc(len(inputs))
+            m.prompt_tokens.inc(result.prompt_tokens)
+        return entry, result
