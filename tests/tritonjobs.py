@@ -174,3 +174,33 @@ def stream_generate(
         client.stop_stream()
         client.close()
     return out
+
+
+def model_configs(address: str, models: list[str]) -> dict[str, Any]:
+    """tritonclient's `get_model_config` (as JSON) for each model; an error as its message."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    client = grpcclient.InferenceServerClient(address)
+    out: dict[str, Any] = {}
+    try:
+        for model in models:
+            try:
+                out[model] = client.get_model_config(model, as_json=True)["config"]
+            except InferenceServerException as err:
+                out[model] = {"error": err.status(), "message": err.message()}
+    finally:
+        client.close()
+    return out
+
+
+def repository_index(address: str) -> dict[str, Any]:
+    """tritonclient's `get_model_repository_index` as JSON, plus `is_server_ready`."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(address)
+    try:
+        index = client.get_model_repository_index(as_json=True)
+        return {"index": index.get("models", []), "server_ready": client.is_server_ready()}
+    finally:
+        client.close()

@@ -2,10 +2,10 @@
 
 Serves discovery (legacy, non-aggregated: clients fall back to it), list/watch (chunked JSON
 lines), CRUD, patches, the status and scale subresources, and meta.k8s.io Tables for
-``kubectl get``. ``/openapi/v3`` is a minimal index whose per-group-version documents only
+``kubectl get``. ``/openapi/v3`` is a minimal index whose per-group-version documents
 declare that PATCH takes ``fieldValidation`` (so kubectl's default ``--validate=strict`` uses
-server-side validation); they carry no schemas (``kubectl explain`` fails) and
-``/openapi/v2`` is 404. Protobuf request bodies (``kubectl create namespace|configmap``
+server-side validation) and carry the schemas of custom resources (``kubectl explain`` works
+for them, not for built-in types); ``/openapi/v2`` is 404. Protobuf request bodies (``kubectl create namespace|configmap``
 generators), server-side apply and ``dryRun`` are refused with a clear error.
 """
 
@@ -296,7 +296,8 @@ class ApiServer:
         return {"paths": paths}
 
     def _openapi_group_version(self, key: str) -> Obj:
-        """Paths with a PATCH that takes ``fieldValidation``; no schemas (no ``explain``)."""
+        """Paths with a PATCH that takes ``fieldValidation``, and each custom resource's schema
+        (its CRD's ``openAPIV3Schema``) for ``kubectl explain``; built-in types have none."""
         parts = key.split("/")
         group, version = ("", parts[1]) if parts[0] == "api" else (parts[1], parts[2])
         types = [rt for rt in self.store.types() if (rt.group, rt.version) == (group, version)]
@@ -304,9 +305,13 @@ class ApiServer:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         prefix = f"/apis/{group}/{version}" if group else f"/api/{version}"
         paths: Obj = {}
+        schemas: Obj = {}
         for rt in types:
             scope = "/namespaces/{namespace}" if rt.namespaced else ""
             gvk = {"group": rt.group, "version": rt.version, "kind": rt.kind}
+            if rt.schema is not None:
+                name = ".".join(reversed(rt.group.split("."))) + f".{rt.version}.{rt.kind}"
+                schemas[name] = {**rt.schema, "x-kubernetes-group-version-kind": [gvk]}
             operation = {
                 "x-kubernetes-group-version-kind": gvk,
                 "parameters": [
@@ -319,7 +324,7 @@ class ApiServer:
             "openapi": "3.0.0",
             "info": {"title": "Kubernetes (kubeemu)", "version": _VERSION["gitVersion"]},
             "paths": paths,
-            "components": {"schemas": {}},
+            "components": {"schemas": schemas},
         }
 
     def _target(self, group: str, version: str, rest: list[str]) -> _Target:

@@ -10,7 +10,8 @@ Start order matters: the last assignment (and routing table) is reloaded from di
 command-line models are loaded before the port accepts calls, so the first control call sees
 the restored state; only then is health SERVING and the ready line printed. A pool agent
 (`--await-routing-table`) without a table stays NOT_SERVING until its first table arrives:
-before that it could not route, and a load balancer must not send it clients. Stop order:
+before that it could not route, and a load balancer must not send it clients (the service
+`hatswarm.liveness` says it runs, for liveness probes). Stop order:
 health NOT_SERVING everywhere (probes and load balancers drain us), then the grace period for
 in-flight calls.
 """
@@ -44,6 +45,7 @@ from hatswarm_agent.http.server import HttpServer
 from hatswarm_agent.protocol.auth import AgentAuth, AuthInterceptor, TlsFiles, TokenFile
 from hatswarm_agent.protocol.v1 import control_pb2, control_pb2_grpc
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
+from hatswarm_agent.protocol.wire import LIVENESS_SERVICE
 from hatswarm_agent.routing.config import DispatchConfig
 from hatswarm_agent.routing.dispatcher import Dispatcher
 from hatswarm_agent.routing.generation import GenerationRouter
@@ -51,7 +53,7 @@ from hatswarm_agent.routing.table import RoutingTableStore
 from hatswarm_agent.serving.dataplane import DataPlane, ServingState
 from hatswarm_agent.serving.generation import Generations
 from hatswarm_agent.serving.metrics import AgentMetrics, RouteMetrics
-from hatswarm_agent.serving.registry import ModelRegistry
+from hatswarm_agent.serving.registry import DEFAULT_VERSION, ModelRegistry
 from hatswarm_agent.serving.servicer import InferenceServicer
 from hatswarm_agent.serving.servicer import add_to_server as add_inference_to_server
 from hatswarm_agent.serving.tensors import TensorLimits
@@ -102,6 +104,7 @@ class AgentConfig:
     trusted_keys: tuple[Path, ...] = ()  # ed25519 public keys (files or folders of files)
     require_signatures: bool = False
     cloud_tokens: dict[str, Path] = field(default_factory=dict)  # name -> token file
+    strict_readiness: bool = True  # ServerReady false while a `models` entry is not READY
 
     tensor_limits: TensorLimits = field(default_factory=TensorLimits)
     # A download receiving fewer than `download_idle_min_bytes` in `download_idle_s` stalls out.
@@ -138,7 +141,10 @@ class Agent:
         """`dispatch=False`: no routing at all, every request runs (or fails) here."""
         self.config = config
         self.port = config.port
-        self.state = ServingState()
+        self.state = ServingState(
+            required=tuple((m.name, m.version or DEFAULT_VERSION) for m in config.models),
+            strict=config.strict_readiness,
+        )
         self.registry = ModelRegistry()
         self.backends = Backends(config.backend, config.accelerator)
         if not config.gateway:
@@ -245,10 +251,14 @@ class Agent:
         """Restore, load command-line models, listen, then report SERVING."""
         await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         address = f"{self.config.host}:{self.config.port}"
-        if self.config.tls is not None:
-            self.port = self.server.add_secure_port(address, self.config.tls.server_credentials())
-        else:
-            self.port = self.server.add_insecure_port(address)
+        try:
+            if self.config.tls is not None:
+                credentials = self.config.tls.server_credentials()
+                self.port = self.server.add_secure_port(address, credentials)
+            else:
+                self.port = self.server.add_insecure_port(address)
+        except RuntimeError as exc:  # grpc's "Failed to bind ..."
+            raise OSError(f"cannot listen on {address}: port in use or not allowed") from exc
         if self.port == 0:
             raise OSError(f"cannot listen on {address}")
         if self.dispatcher is not None:
@@ -263,6 +273,7 @@ class Agent:
                 self.config.host, self.config.http_port, self.config.grace_seconds
             )
         await self.server.start()
+        await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         self._started = True
         if self.dispatcher is None or not self.dispatcher.awaiting_table():
             await self._serving()

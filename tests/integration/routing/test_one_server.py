@@ -67,9 +67,11 @@ def test_a_peer_asked_on_a_clients_behalf_answers_for_itself_only(
     assert not s.ModelReady(pb.ModelReadyRequest(name="ident"), metadata=hop).ready
 
 
-def _health(address: str) -> int:
+def _health(address: str, service: str = "") -> int:
     with grpc.insecure_channel(address) as channel:
-        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=service)
+        )
     return int(reply.status)
 
 
@@ -79,6 +81,8 @@ def test_a_pool_agent_is_not_serving_until_its_table_arrives_and_keeps_it(
     args = ["--node-name", "e", "--await-routing-table", "--state-dir", str(tmp_path / "e")]
     e = agents.start(args)
     assert _health(e.address) == health_pb2.HealthCheckResponse.NOT_SERVING
+    # ...yet alive: a liveness probe must not restart it while the control plane is away
+    assert _health(e.address, "hatswarm.liveness") == health_pb2.HealthCheckResponse.SERVING
     assert not stub(e.address).ServerReady(pb.ServerReadyRequest()).ready
     with pytest.raises(grpc.RpcError) as err:
         stub(e.address).ModelInfer(make_request())

@@ -75,7 +75,11 @@ def resolve_profile(accelerator: str, options: Mapping[str, str], stem: str) -> 
     name = options.get("profile", "")
     if name and name not in table:
         raise BackendError(f"unknown profile {name!r} for {accelerator}: known {sorted(table)}")
-    base = table.get(name) or table.get(stem) or table[DEFAULT_PROFILE]
+    # A Kubernetes name cannot hold '_': EdgeModel mobilenet-v2 finds profile mobilenet_v2.
+    base = (
+        table.get(name) or table.get(stem) or table.get(stem.replace("-", "_"))
+        or table[DEFAULT_PROFILE]
+    )  # fmt: skip
     fps1 = float_option(options, "fps_batch1", base.fps_batch1)
     fps8 = float_option(
         options, "fps_batch8", base.fps_batch8 if "fps_batch1" not in options else fps1

@@ -30,7 +30,7 @@ from hatswarm_agent.protocol.wire import NODE_PARAM, ROUTE_PARAM
 from hatswarm_operator.api import EdgeModel, InferencePool
 from hatswarm_operator.api.manifests import parse_object
 from hatswarm_operator.cli import cost as cost_cli
-from hatswarm_operator.cli.common import run
+from hatswarm_operator.cli.common import Parser, run
 from hatswarm_operator.local.pool import LocalPool
 from hatswarm_operator.local.processes import bundled_manifests, default_nodes
 from hatswarm_operator.local.status import LocalSink, render
@@ -412,7 +412,7 @@ async def show_trust_boundaries(local: LocalPool, model: str, token: str) -> Non
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hatswarm demo", description=__doc__.split("\n")[0])
+    p = Parser(prog="hatswarm demo", description=__doc__.split("\n")[0])
     p.add_argument("--nodes", type=int, default=3)
     p.add_argument("--requests", type=int, default=400)
     p.add_argument("--chats", type=int, default=80, help="streamed chats in the generative step")

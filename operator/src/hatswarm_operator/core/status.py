@@ -138,7 +138,7 @@ def model_status(
         placements=placements,
         conditions=merge_conditions(old, conds),
         request_rate=round(rate, 3),
-        p99_latency_ms=round(p99, 3) if ready else None,
+        p99_latency_ms=round(p99, 3) if ready and p99 > 0 else None,  # 0: nothing measured
         selector=agent_pod_selector(m.spec.pool),
     )
 

@@ -3,6 +3,8 @@ traceback, and a duplicate key is an error as kubectl makes it."""
 
 from __future__ import annotations
 
+import io
+import sys
 from pathlib import Path
 
 import pytest
@@ -65,3 +67,13 @@ def test_a_valid_pool_passes_and_merge_keys_may_override(
 def test_the_c_loader_is_used_when_pyyaml_has_it() -> None:
     if getattr(yaml, "__with_libyaml__", False):
         assert issubclass(StrictLoader, yaml.CSafeLoader)
+
+
+def test_non_utf8_on_standard_input_is_invalid_with_the_offset(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stdin = io.TextIOWrapper(io.BytesIO(POOL.encode() + b"  extra: \xff\n"), encoding="utf-8")
+    monkeypatch.setattr(sys, "stdin", stdin)
+    assert main(["-f", "-"]) == 1
+    err = capsys.readouterr().err
+    assert "not UTF-8 text (byte 0xff at offset" in err and "Traceback" not in err
