@@ -256,17 +256,18 @@ class World:
 
     # --- the operator ----------------------------------------------------------------------
 
-    def start_operator(self) -> Operator:
+    def start_operator(self, *extra: str, standalone: bool = True) -> Operator:
+        """The real `hatswarm-operator`; `standalone=False` peers (pass `--priority` etc.)."""
         n = len(self.operators)
         log_path = self.tmp / f"operator-{n}.log"
         metrics_port, health_port = free_port(), free_port()
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
                 [
-                    str(OPERATOR), "--standalone", "--all-namespaces",
+                    str(OPERATOR), *(["--standalone"] if standalone else []), "--all-namespaces",
                     "--metrics-host", "127.0.0.1", "--metrics-port", str(metrics_port),
                     "--liveness", f"http://127.0.0.1:{health_port}/healthz",
-                    "--log-format", "plain",
+                    "--log-format", "plain", *extra,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -292,9 +292,10 @@ def test_rbac_is_least_privilege(render: Render, variant: str) -> None:
             assert "delete" not in verbs, (group, res)
         assert "deletecollection" not in verbs, (group, res)
         assert "escalate" not in verbs and "bind" not in verbs and "impersonate" not in verbs
-    # Each pool's generated tokens are created when absent; never updated or deleted.
-    assert granted[("", "secrets")] == {"get", "create"}
-    assert granted[("", "nodes")] == {"get", "list"}
+    # Secrets: read and watched by name; each pool's generated tokens created when absent,
+    # never updated or deleted.
+    assert granted[("", "secrets")] == {"get", "list", "watch", "create"}
+    assert granted[("", "nodes")] == {"get", "list", "watch"}
     assert granted[("apps", "daemonsets")] == {"get", "create", "patch", "delete"}
     assert granted[("hatswarm.io", "inferencepools/status")] == {"get", "patch"}
     assert ("events.k8s.io", "events") in granted and ("", "events") in granted

@@ -2,7 +2,9 @@
 
 The `kubernetes` client is synchronous, so every call runs in `asyncio.to_thread`; objects
 travel as plain JSON dicts (`_preload_content=False`), camelCase as the API serves them, so
-they feed straight into the pydantic API types and the pure `node_states`.
+they feed straight into the pydantic API types and the projections of sources.py. The pools'
+steady reads come from watches (informers.py), not from here: these lists serve the finalizer
+of a pool that is not running and `--reads list`.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import Iterable
 from typing import Any
 
 from kubernetes import client
@@ -23,56 +24,10 @@ from hatswarm_operator.control.credentials import (
     agent_credentials,
     auth_secret_names,
 )
-from hatswarm_operator.core.inventory import NodeState
 from hatswarm_operator.kube import builders
 
 MERGE_PATCH = "application/merge-patch+json"
 Obj = dict[str, Any]
-
-
-def _condition(obj: Obj, type_: str) -> str | None:
-    for c in (obj.get("status") or {}).get("conditions") or []:
-        if c.get("type") == type_:
-            return str(c.get("status"))
-    return None
-
-
-def _grpc_port(pod: Obj) -> int | None:
-    for c in (pod.get("spec") or {}).get("containers") or []:
-        for p in c.get("ports") or []:
-            if p.get("name") == "grpc" and p.get("containerPort"):
-                return int(p["containerPort"])
-    return None
-
-
-def node_states(nodes: Iterable[Obj], pods: Iterable[Obj]) -> list[NodeState]:
-    """One NodeState per agent pod: where to probe it, and how Kubernetes sees its node.
-
-    A pod counts when it has an IP and a container port named `grpc` and is not being
-    deleted. `k8s_ready` is the node's Ready condition and the pod's; `schedulable` is the
-    node not being cordoned (`spec.unschedulable`). The agent probe decides the rest.
-    """
-    by_name = {n["metadata"]["name"]: n for n in nodes}
-    out: dict[str, NodeState] = {}
-    for pod in sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or ""):
-        meta, spec, status = pod["metadata"], pod.get("spec") or {}, pod.get("status") or {}
-        node_name, ip, port = spec.get("nodeName"), status.get("podIP"), _grpc_port(pod)
-        if not node_name or not ip or port is None or meta.get("deletionTimestamp"):
-            continue
-        if status.get("phase") in ("Succeeded", "Failed"):
-            continue
-        node = by_name.get(node_name)
-        if node is None:
-            continue
-        host = f"[{ip}]" if ":" in ip else ip
-        out[node_name] = NodeState(
-            name=node_name,
-            address=f"{host}:{port}",
-            labels=dict(node["metadata"].get("labels") or {}),
-            k8s_ready=_condition(node, "Ready") == "True" and _condition(pod, "Ready") == "True",
-            schedulable=not (node.get("spec") or {}).get("unschedulable", False),
-        )
-    return [out[k] for k in sorted(out)]
 
 
 class Cluster:

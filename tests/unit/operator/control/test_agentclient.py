@@ -275,7 +275,7 @@ def test_pool_daemon_generates_refreshes_and_rotates_the_control_token() -> None
         "metadata": {"name": "floor", "namespace": "edge", "uid": "u-1"},
     }
 
-    assert run(refresh(cluster, "edge", p, owner)) == ""
+    assert run(refresh(cluster, "edge", p, cluster, owner)) == ""
     made = {c["metadata"]["name"]: c for c in core.created}
     assert set(made) == {"hatswarm-control-floor", "hatswarm-clients-floor"}
     for secret in made.values():  # owned by the pool: they go with it
@@ -283,19 +283,21 @@ def test_pool_daemon_generates_refreshes_and_rotates_the_control_token() -> None
     first = client.credentials.token
     assert len(first) >= 40 and first != core.secrets["hatswarm-clients-floor"]["token"].strip()
     reads = core.reads
-    assert run(refresh(cluster, "edge", p, owner)) == ""  # within the refresh interval: cached
+    assert (
+        run(refresh(cluster, "edge", p, cluster, owner)) == ""
+    )  # within the refresh interval: cached
     assert core.reads == reads and len(core.created) == 2
 
     # Rotation: the Secret is deleted; the next refresh makes a new token and presents it.
     del core.secrets["hatswarm-control-floor"]
     now[0] += handlers.CREDENTIALS_REFRESH_S
-    assert run(refresh(cluster, "edge", p, owner)) == ""
+    assert run(refresh(cluster, "edge", p, cluster, owner)) == ""
     assert client.credentials.token not in ("", first) and len(core.created) == 3
 
     # An admin's own value is never overwritten.
     core.secrets["hatswarm-control-floor"] = {"token": b"admin-chosen\n"}
     now[0] += handlers.CREDENTIALS_REFRESH_S
-    run(refresh(cluster, "edge", p, owner))
+    run(refresh(cluster, "edge", p, cluster, owner))
     assert client.credentials.token == "admin-chosen" and len(core.created) == 3
 
     # Without the owner (cannot create): a missing Secret is reported once, the last good
@@ -311,7 +313,7 @@ def test_pool_daemon_generates_refreshes_and_rotates_the_control_token() -> None
     # A pool that names its clients' tokens, or serves anyone, gets only the control Secret.
     for auth in ({"tokenSecretRef": {"name": "tok"}}, {"unauthenticatedInference": True}):
         c2, core2 = fake_cluster({})
-        run(handlers.CredentialsRefresh(AgentClient())(c2, "edge", pool_with(**auth), owner))
+        run(handlers.CredentialsRefresh(AgentClient())(c2, "edge", pool_with(**auth), c2, owner))
         assert [c["metadata"]["name"] for c in core2.created] == ["hatswarm-control-floor"]
 
 
