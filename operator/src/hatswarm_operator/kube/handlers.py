@@ -411,8 +411,8 @@ class CredentialSource(Protocol):
 @dataclass
 class CredentialsRefresh:
     """Re-reads a pool's credential Secrets into its agent client every `every_s` seconds
-    (`CREDENTIALS_REFRESH_S` when they come from API reads; every tick from the caches), first
-    re-creating a generated one that was deleted (a rotation).
+    (`CREDENTIALS_REFRESH_S` when they come from API reads; every tick from the caches),
+    re-creating a generated one found deleted (a rotation).
 
     A Secret that cannot be read keeps the last good credentials (the agents keep their
     mounted files too) and is reported once per distinct problem.
@@ -443,9 +443,21 @@ class CredentialsRefresh:
         if auth == self.auth and now - self.read_at < self.every_s:
             return ""
         try:
-            if cluster is not None and owner is not None:
-                await ensure_generated_secrets(cluster, pool, owner)
-            creds = await source.agent_credentials(pool)
+            try:
+                creds = await source.agent_credentials(pool)
+            except LookupError:
+                # A Secret is missing: a generated one deleted (a rotation) is made again.
+                # Only then: with Secrets from the caches a refresh runs every tick, and a
+                # create-if-absent is an API read each time.
+                if cluster is None or owner is None:
+                    raise
+                if not await ensure_generated_secrets(cluster, pool, owner):
+                    raise
+                try:
+                    creds = await source.agent_credentials(pool)
+                except LookupError:  # a cache sees what was just made a moment later
+                    self.read_at = float("-inf")
+                    return ""
         except LookupError as err:
             self.read_at = now
             if self.auth != auth:  # new settings we cannot honour yet: read again next tick
