@@ -405,6 +405,52 @@ def huge_bytes(model: Path, count: int = 8 << 20, item: bytes = b"") -> HugeRoun
         )
 
 
+_BARE_SERVER = """
+import asyncio, sys, grpc
+from grpc_health.v1 import health, health_pb2_grpc
+async def refuse(data, context):
+    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "refused")
+async def main():
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20)])
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+    method = grpc.unary_unary_rpc_method_handler(refuse)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "inference.GRPCInferenceService", {"ModelInfer": method}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(port, flush=True)
+    await server.wait_for_termination()
+asyncio.run(main())
+"""
+
+
+def bare_grpc_floor(count: int = 8 << 20, rounds: int = 3) -> float:
+    """The worst health-check latency of a bare grpc.aio server (a health servicer and a
+    ModelInfer that refuses unread) while it receives the same huge request `rounds` times:
+    what grpc.aio itself costs the event loop to take in the message (the floor under
+    `huge_bytes`'s health figure)."""
+    proc = subprocess.Popen([sys.executable, "-c", _BARE_SERVER], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        address = f"127.0.0.1:{proc.stdout.readline().strip()}"
+        with grpc.insecure_channel(
+            address, options=[("grpc.max_send_message_length", 256 << 20)]
+        ) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            request = strings_request(count)
+            with contextlib.suppress(grpc.RpcError):  # warm: the connection's first big message
+                stub.ModelInfer(request, timeout=60)
+            with HealthWatch(address) as health:
+                for _ in range(rounds):
+                    with contextlib.suppress(grpc.RpcError):
+                        stub.ModelInfer(request, timeout=60)
+                    time.sleep(0.5)
+        return health.worst_ms
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 # -- a slow artifact server --------------------------------------------------------------------
 
 
