@@ -7,7 +7,7 @@ PROTO_DIR := node-agent/proto
 PROTO_OUT := node-agent/src
 PROTOS := $(wildcard $(PROTO_DIR)/hatswarm_agent/protocol/v1/*.proto)
 
-.PHONY: help install tools gen crds chart lint test test-fast demo bench images images-tools images-check e2e-kind clean
+.PHONY: help install tools gen crds chart lint test test-fast chaos demo bench images images-tools images-check e2e-kind clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -58,6 +58,9 @@ test: tools lint ## lint, then every unit and integration test
 
 test-fast: install ## unit tests only
 	$(RUN) pytest tests/unit -q
+
+chaos: install ## failure scenarios: kills, freezes, table swaps, slow servers, full disks, huge inputs
+	$(RUN) pytest tests/chaos -m chaos -q
 
 demo: install ## a local pool on simulated Pi + HAT+ nodes (no cluster)
 	$(RUN) hatswarm demo

@@ -32,6 +32,7 @@ BENCHES = {
     "routing": "routing_bench.py",
     "adapters": "adapter_bench.py",
     "failover": "failover_bench.py",
+    "chaos": "chaos_bench.py",
     "fleet": "fleet_bench.py",
 }
 

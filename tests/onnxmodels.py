@@ -127,6 +127,17 @@ def build_identity(path: Path, dim: int = 4) -> Path:
     return save_graph(graph, path)
 
 
+def build_strings(path: Path) -> Path:
+    """y = s, BYTES [N]: what a string model does with a huge BYTES request (nothing)."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["s"], ["y"])],
+        "strings",
+        [helper.make_tensor_value_info("s", TensorProto.STRING, ["N"])],
+        [helper.make_tensor_value_info("y", TensorProto.STRING, ["N"])],
+    )
+    return save_graph(graph, path)
+
+
 def build_classifier(path: Path, scale: float) -> Path:
     """probs[N,2] = Softmax(x[N,2] @ (scale * I)): sure for one-hot x, unsure for flat x."""
     w = (np.eye(2) * scale).astype(np.float32)

@@ -35,9 +35,10 @@ from hatswarm_agent.protocol.auth import TlsFiles
 from hatswarm_agent.protocol.defaults import ROUTE_RETRIES, ROUTE_TIMEOUT_MS
 from hatswarm_agent.protocol.v1 import control_pb2
 from hatswarm_agent.routing.config import DispatchConfig
-from hatswarm_agent.routing.policy import POLICIES
+from hatswarm_agent.routing.policy import ATTEMPT_FACTOR, ATTEMPT_MIN_S, POLICIES
 from hatswarm_agent.routing.table import TableFileError, parse_peer, static_table
 from hatswarm_agent.server import Agent, AgentConfig
+from hatswarm_agent.serving.tensors import DEFAULT_LIMITS, TensorLimits
 
 log = logging.getLogger("hatswarm_agent")
 
@@ -197,6 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--state-dir", type=Path, help="assignment + artifact cache (default: temporary)"
     )
     p.add_argument("--cache-max-bytes", type=int, default=4 << 30)
+    p.add_argument(
+        "--download-idle-seconds",
+        type=float,
+        default=30.0,
+        help="an artifact download receiving under --download-idle-min-bytes in this long fails",
+    )
+    p.add_argument("--download-idle-min-bytes", type=int, default=64 << 10)
     p.add_argument("--metrics-port", type=port, default=0, help="Prometheus /metrics port; 0 = off")
     p.add_argument(
         "--http-port",
@@ -208,9 +216,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch-size", type=int, default=8)
     p.add_argument("--max-queue-delay-us", type=int, default=0)
     p.add_argument("--max-message-bytes", type=int, default=64 << 20)
+    p.add_argument(
+        "--max-bytes-elements",
+        type=int,
+        default=DEFAULT_LIMITS.max_bytes_elements,
+        help="BYTES (string) elements one request may carry; more is INVALID_ARGUMENT",
+    )
+    p.add_argument(
+        "--max-decoded-bytes",
+        type=int,
+        default=DEFAULT_LIMITS.max_decoded_bytes,
+        help="memory one request's inputs may decode to (estimated before decoding)",
+    )
     p.add_argument("--grace-seconds", type=float, default=5.0)
     p.add_argument("--gateway", action="store_true", help="no local backend (routing only)")
-    r = p.add_argument_group("routing (a pushed table replaces the static one)")
+    r = p.add_argument_group(
+        "routing (a pushed table's routes replace the static ones for the models it routes; "
+        "--peer/--routing-table routes of other models stay)"
+    )
     r.add_argument("--routing-table", type=Path, metavar="FILE", help="RoutingTable JSON/YAML")
     r.add_argument(
         "--peer",
@@ -221,10 +244,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--policy", choices=POLICIES, help="balancing policy (default: the table's)")
     r.add_argument(
-        "--retries", type=int, default=ROUTE_RETRIES, help="other replicas tried (no table)"
+        "--retries",
+        type=int,
+        default=ROUTE_RETRIES,
+        help="other replicas tried (unless the routing table sets it)",
     )
     r.add_argument(
-        "--timeout-ms", type=int, default=ROUTE_TIMEOUT_MS, help="request budget (no table)"
+        "--timeout-ms",
+        type=int,
+        default=ROUTE_TIMEOUT_MS,
+        help="request budget (unless the routing table sets one)",
+    )
+    r.add_argument(
+        "--attempt-timeout-factor",
+        type=float,
+        default=ATTEMPT_FACTOR,
+        metavar="K",
+        help="a forwarded attempt unanswered after K x the peer's observed latency is hedged "
+        "to another replica and counts toward the peer's ejection",
+    )
+    r.add_argument(
+        "--attempt-timeout-min-ms",
+        type=int,
+        default=int(ATTEMPT_MIN_S * 1000),
+        help="the per-attempt timeout is never shorter than this",
+    )
+    r.add_argument(
+        "--await-routing-table",
+        action="store_true",
+        help="a pool agent: health NOT_SERVING, and models it lacks UNAVAILABLE (retryable), "
+        "until the control plane's first routing table arrives (or one saved in --state-dir)",
     )
     r.add_argument(
         "--hedge-after-percentile",
@@ -328,8 +377,23 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         shed_below_priority=args.shed_below_priority,
         cache_max_entries=args.response_cache_entries,
         cache_max_bytes=args.response_cache_bytes,
+        attempt_timeout_factor=args.attempt_timeout_factor,
+        attempt_timeout_min_ms=args.attempt_timeout_min_ms,
+        await_table=args.await_routing_table,
     )
-    table = static_table(args.routing_table, [parse_peer(spec) for spec in args.peer])
+    if not args.download_idle_seconds > 0 or args.download_idle_min_bytes < 1:
+        raise TableFileError("--download-idle-seconds and --download-idle-min-bytes must be > 0")
+    if args.max_bytes_elements <= 0 or args.max_decoded_bytes <= 0:
+        raise TableFileError("--max-bytes-elements and --max-decoded-bytes must be > 0")
+    if args.timeout_ms <= 0 or args.attempt_timeout_min_ms <= 0:
+        raise TableFileError("--timeout-ms and --attempt-timeout-min-ms must be > 0")
+    if not args.attempt_timeout_factor > 0:
+        raise TableFileError("--attempt-timeout-factor must be > 0")
+    table = static_table(
+        args.routing_table,
+        [parse_peer(spec) for spec in args.peer],
+        {"timeout_ms": args.timeout_ms, "retries": args.retries},
+    )
     return AgentConfig(
         host=args.host,
         port=args.port,
@@ -350,6 +414,9 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         auth_token_files=tuple(args.auth_token_file),
         control_token_file=args.control_token_file,
         tls=tls,
+        tensor_limits=TensorLimits(args.max_bytes_elements, args.max_decoded_bytes),
+        download_idle_s=args.download_idle_seconds,
+        download_idle_min_bytes=args.download_idle_min_bytes,
         file_roots=tuple(args.allow_file_root),
         trusted_keys=tuple(args.trusted_keys),
         require_signatures=args.require_signatures,

@@ -6,10 +6,14 @@ The request path is wired here and points one way: the OIP servicer and the HTTP
 node's generations'); the data plane knows neither. The HTTP doors (--http-port) run on the same
 event loop as grpc.aio.
 
-Start order matters: the last assignment is reloaded from disk and the command-line models are
-loaded before the port accepts calls, so the first control call sees the restored state; only
-then is health SERVING and the ready line printed. Stop order: health NOT_SERVING everywhere
-(probes and load balancers drain us), then the grace period for in-flight calls.
+Start order matters: the last assignment (and routing table) is reloaded from disk and the
+command-line models are loaded before the port accepts calls, so the first control call sees
+the restored state; only then is health SERVING and the ready line printed. A pool agent
+(`--await-routing-table`) without a table stays NOT_SERVING until its first table arrives:
+before that it could not route, and a load balancer must not send it clients (the service
+`hatswarm.liveness` says it runs, for liveness probes). Stop order:
+health NOT_SERVING everywhere (probes and load balancers drain us), then the grace period for
+in-flight calls.
 """
 
 from __future__ import annotations
@@ -27,7 +31,11 @@ from grpc_reflection.v1alpha import reflection
 
 from hatswarm_agent.backends import Selection
 from hatswarm_agent.control.artifacts import ArtifactStore
-from hatswarm_agent.control.assignment import AssignmentStore
+from hatswarm_agent.control.assignment import (
+    AssignmentStore,
+    KeptRoutingTables,
+    RoutingTableFile,
+)
 from hatswarm_agent.control.lifecycle import Backends, ModelLifecycle, QueueDefaults
 from hatswarm_agent.control.servicer import ControlServicer, NodeIdentity
 from hatswarm_agent.control.signing import TrustedKeys
@@ -37,7 +45,7 @@ from hatswarm_agent.http.server import HttpServer
 from hatswarm_agent.protocol.auth import AgentAuth, AuthInterceptor, TlsFiles, TokenFile
 from hatswarm_agent.protocol.v1 import control_pb2, control_pb2_grpc
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
-from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2_grpc as pb_grpc
+from hatswarm_agent.protocol.wire import LIVENESS_SERVICE
 from hatswarm_agent.routing.config import DispatchConfig
 from hatswarm_agent.routing.dispatcher import Dispatcher
 from hatswarm_agent.routing.generation import GenerationRouter
@@ -47,6 +55,8 @@ from hatswarm_agent.serving.generation import Generations
 from hatswarm_agent.serving.metrics import AgentMetrics, RouteMetrics
 from hatswarm_agent.serving.registry import DEFAULT_VERSION, ModelRegistry
 from hatswarm_agent.serving.servicer import InferenceServicer
+from hatswarm_agent.serving.servicer import add_to_server as add_inference_to_server
+from hatswarm_agent.serving.tensors import TensorLimits
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +106,11 @@ class AgentConfig:
     cloud_tokens: dict[str, Path] = field(default_factory=dict)  # name -> token file
     strict_readiness: bool = True  # ServerReady false while a `models` entry is not READY
 
+    tensor_limits: TensorLimits = field(default_factory=TensorLimits)
+    # A download receiving fewer than `download_idle_min_bytes` in `download_idle_s` stalls out.
+    download_idle_s: float = 30.0
+    download_idle_min_bytes: int = 64 << 10
+
 
 def log_selection(selection: Selection, accelerator: str) -> None:
     """Say which backend serves and why; a pinned one that cannot open is an error, not a crash:
@@ -138,6 +153,8 @@ class Agent:
         if not config.gateway:
             self.metrics.backend_info(self.backends.select, self.backends.device_info)
         self.health = health_aio.HealthServicer()
+        self._started = self._stopping = False
+        self._tasks: set[asyncio.Task[None]] = set()
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         state_dir = config.state_dir
         if state_dir is None:
@@ -150,7 +167,12 @@ class Agent:
         self.lifecycle = ModelLifecycle(
             self.registry,
             self.metrics,
-            ArtifactStore(state_dir / "artifacts", config.cache_max_bytes),
+            ArtifactStore(
+                state_dir / "artifacts",
+                config.cache_max_bytes,
+                idle_timeout_s=config.download_idle_s,
+                idle_min_bytes=config.download_idle_min_bytes,
+            ),
             self.backends,
             self.health,
             assignment=AssignmentStore(state_dir / "assignment.json")
@@ -165,7 +187,16 @@ class Agent:
             control=TokenFile(config.control_token_file) if config.control_token_file else None,
             inference=tuple(TokenFile(p) for p in config.auth_token_files),
         )
-        self.dataplane = DataPlane(self.registry, self.metrics, self.state)
+        self.tables_file = (
+            RoutingTableFile(config.state_dir / "routing-table.json")
+            if config.state_dir is not None
+            else None
+        )
+        saved = self.tables_file.load() if self.tables_file is not None else None
+        if saved is not None and saved.generation > 0:
+            self.routing.set(saved)  # route by the last pushed table until a newer one comes
+        self.tables = KeptRoutingTables(self.routing, self.tables_file, self._table_adopted)
+        self.dataplane = DataPlane(self.registry, self.metrics, self.state, config.tensor_limits)
         self.dispatcher: Dispatcher | None = None
         if dispatch:
             self.dispatcher = Dispatcher(
@@ -182,7 +213,9 @@ class Agent:
         generate = self.generations.generate
         if self.dispatcher is not None:
             generate = GenerationRouter(self.dispatcher, self.generations, self.auth).generate
-        self.inference = InferenceServicer(self.dataplane, infer, generate)
+        self.inference = InferenceServicer(
+            self.dataplane, infer, generate, self.dispatcher, node_name=config.node_name
+        )
         self.http: HttpServer | None = None
         self.http_port = 0
         if config.http_port:
@@ -201,12 +234,13 @@ class Agent:
         self.server = grpc.aio.server(
             options=server_options(config), interceptors=[AuthInterceptor(self.auth)]
         )
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.inference, self.server)
+        add_inference_to_server(self.inference, self.server)
         control_pb2_grpc.add_AgentControlServicer_to_server(
             ControlServicer(
                 self.lifecycle,
-                self.routing,
+                self.tables,
                 NodeIdentity(config.node_name, config.accelerator, config.gateway),
+                self.dispatcher.cloud.counters if self.dispatcher is not None else None,
             ),
             self.server,
         )
@@ -239,11 +273,25 @@ class Agent:
                 self.config.host, self.config.http_port, self.config.grace_seconds
             )
         await self.server.start()
+        await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        self._started = True
+        if self.dispatcher is None or not self.dispatcher.awaiting_table():
+            await self._serving()
+
+    async def _serving(self) -> None:
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         self.state.ready = True
 
+    def _table_adopted(self) -> None:
+        """A pool agent that waited for its routing table can route now: SERVING."""
+        if self._started and not self._stopping and not self.state.ready:
+            task = asyncio.get_running_loop().create_task(self._serving())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
     async def stop(self) -> None:
         """Health NOT_SERVING first, then let in-flight calls finish within the grace period."""
+        self._stopping = True
         self.state.ready = False
         await self.health.enter_graceful_shutdown()
         stopping = [self.server.stop(self.config.grace_seconds)]
@@ -253,5 +301,7 @@ class Agent:
         if self.dispatcher is not None:
             await self.dispatcher.stop()
         await self.lifecycle.close()
+        self.tables.close()
+        self.dataplane.close()
         if self._tmp is not None:
             self._tmp.cleanup()

@@ -18,7 +18,7 @@ from hatswarm_operator.control.converters import model_observations, routing_tab
 from hatswarm_operator.core.inventory import NodeState
 from hatswarm_operator.core.plan import Route, endpoint_for
 
-from tests.agentproc import AgentProcess, start_agents
+from tests.agentproc import AgentProcess, start_agent, start_agents
 from tests.onnxmodels import IN, OUT, build_lora_base, direct_run, lora_adapter
 
 pytestmark = pytest.mark.integration
@@ -198,3 +198,23 @@ def test_an_adapter_no_node_has_is_not_found(agents: Nodes) -> None:
         ask(agents["A"], "zzz", X)
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
     assert "adapter 'zzz' is not known" in (info.value.details() or "")
+
+
+@pytest.mark.parametrize("adapter_policy", ["", "Ignore"])
+def test_an_unknown_adapter_through_an_entry_without_the_model_is_not_found(
+    agents: Nodes, adapter_policy: str
+) -> None:
+    """The entry holds no replica: by the table (Affinity) no replica knows the adapter, or
+    (Ignore) every replica asked said NOT_FOUND; either way the answer names the adapter,
+    NOT_FOUND, never "no replica available" (UNAVAILABLE, which a client would retry)."""
+    entry = start_agent(["--node-name", "E"])
+    try:
+        table = push_table(agents, 1, adapter_policy)
+        control(entry).SetRoutingTable(table)
+        with pytest.raises(grpc.RpcError) as info:
+            ask(entry, "zzz", X)
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND, info.value.details()
+        assert "adapter 'zzz' is not known" in (info.value.details() or "")
+        assert node_of(ask(entry, "d", X)) == "C"  # a known one still routes
+    finally:
+        entry.stop(timeout=5)

@@ -125,6 +125,11 @@ def test_cloud_fallback_with_token_cost_and_share_cap(setup: Setup) -> None:
         0.008
     )
     assert metric(text, "hatswarm_route_requests_total", model="ident", route="cloud") == 4
+    status = control_pb2_grpc.AgentControlStub(grpc.insecure_channel(setup.gateway)).NodeStatus(
+        control_pb2.NodeStatusRequest(), metadata=CONTROL
+    )
+    assert dict(status.cloud_requests) == {"ident": 4}  # what the operator prices in status
+    assert status.cloud_failures == 0
     push(setup, _cloud_table(setup, 11, 0.5))
     codes, details = [], set()
     for _ in range(30):

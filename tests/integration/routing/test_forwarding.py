@@ -103,3 +103,19 @@ def test_a_pushed_table_replaces_the_static_one(pool: dict[str, AgentProcess]) -
     control(a.address).SetRoutingTable(table([route("ident", c.address)], generation=5))
     nodes = {params(stub(a.address).ModelInfer(make_request()))["hatswarm.node"] for _ in range(10)}
     assert nodes == {"c"}
+
+
+def test_an_empty_push_keeps_the_static_routes_of_other_models(
+    pool: dict[str, AgentProcess], agents: Agents, identity_model: Path
+) -> None:
+    """A gateway's --peer routes survive a push that does not mention their model, and its
+    --timeout-ms is the budget while the pushed table sets none."""
+    c = pool["c"]
+    g = agents.start(
+        ["--gateway", "--node-name", "g", "--peer", f"ident={c.address}", "--timeout-ms", "1234"]
+    )
+    control(g.address).SetRoutingTable(table([], generation=3, timeout_ms=0))
+    resp = stub(g.address).ModelInfer(make_request())
+    assert params(resp)["hatswarm.node"] == "c"
+    control(g.address).SetRoutingTable(table([route("other", c.address)], generation=4))
+    assert params(stub(g.address).ModelInfer(make_request()))["hatswarm.node"] == "c"

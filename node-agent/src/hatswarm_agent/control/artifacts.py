@@ -31,6 +31,8 @@ import tempfile
 import time
 import urllib.parse
 from collections import Counter
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
 from pathlib import Path
 from typing import BinaryIO
 
@@ -69,6 +71,10 @@ class ArtifactTooLargeError(ArtifactError):
     """The artifact exceeds the per-download cap or the whole cache budget."""
 
 
+class _CacheWriteError(Exception):
+    """Writing into the cache failed (a full disk): the source is not to blame."""
+
+
 def file_sha256(path: Path) -> str:
     """Hex sha256 of a file, read in chunks (HEFs and ONNX files can be hundreds of MB)."""
     hasher = hashlib.sha256()
@@ -93,6 +99,28 @@ def redact_uri(uri: str) -> str:
 def _write_hashing(f: BinaryIO, hasher: hashlib._Hash, data: bytes) -> None:
     f.write(data)
     hasher.update(data)
+
+
+_FAILED_DOWNLOADS: ContextVar[Mapping[str, ArtifactError] | None] = ContextVar(
+    "failed_downloads", default=None
+)
+
+
+@contextlib.contextmanager
+def downloads_failed(failures: Mapping[str, ArtifactError]) -> Iterator[None]:
+    """Within it (this task), fetching a URI whose download already failed raises that error
+    again instead of waiting on the network a second time: a load that downloaded ahead,
+    outside its model's lock, then loads from the cache alone (lifecycle.ModelLifecycle)."""
+    token = _FAILED_DOWNLOADS.set(failures)
+    try:
+        yield
+    finally:
+        _FAILED_DOWNLOADS.reset(token)
+
+
+def is_remote(uri: str) -> bool:
+    """Whether fetching `uri` waits on the network (http, https)."""
+    return urllib.parse.urlsplit(uri).scheme.lower() in ("http", "https")
 
 
 def fsync_dir(path: Path) -> None:
@@ -121,13 +149,18 @@ class ArtifactStore:
         connect_timeout_s: float = 10.0,
         io_timeout_s: float = 60.0,
         download_timeout_s: float = 1800.0,
+        idle_timeout_s: float = 30.0,
+        idle_min_bytes: int = 64 << 10,
         http_client: httpx.AsyncClient | None = None,
     ) -> None:
         """Open (and create) the cache under `root`.
 
         `max_download_bytes` caps one artifact (default: `max_bytes`); `io_timeout_s` bounds
-        each network wait, `download_timeout_s` the whole transfer. `http_client` lets the
-        agent supply its own TLS settings; the store never closes a client it was given.
+        each network wait, `download_timeout_s` the whole transfer, and a transfer that
+        receives fewer than `idle_min_bytes` in any `idle_timeout_s` stalls out (a server
+        trickling one byte every few seconds never trips a per-read timeout). `http_client`
+        lets the agent supply its own TLS settings; the store never closes a client it was
+        given.
         """
         if max_bytes <= 0:
             raise ValueError("max_bytes must be positive")
@@ -136,6 +169,8 @@ class ArtifactStore:
         self.max_download_bytes = min(max_download_bytes or max_bytes, max_bytes)
         self._timeout = httpx.Timeout(io_timeout_s, connect=connect_timeout_s)
         self._download_timeout_s = download_timeout_s
+        self._idle_timeout_s = idle_timeout_s
+        self._idle_min_bytes = idle_min_bytes
         self._client = http_client
         self._objects = self.root / "sha256"
         self._tmp = self.root / "tmp"
@@ -204,6 +239,9 @@ class ArtifactStore:
         key from a request). A signature, when given, is checked on every call, cache hit or
         not.
         """
+        known = _FAILED_DOWNLOADS.get()
+        if known is not None and uri in known:
+            raise known[uri]
         try:
             digest = normalize_sha256(sha256) if sha256 else ""
         except ValueError as exc:
@@ -339,13 +377,24 @@ class ArtifactStore:
                     copied += len(chunk)
                     if copied > self.max_download_bytes:
                         raise self._too_large(str(source), copied)
-                    _write_hashing(dst, hasher, chunk)
-                dst.flush()
-                os.fsync(dst.fileno())
+                    try:
+                        _write_hashing(dst, hasher, chunk)
+                    except OSError as exc:
+                        raise _CacheWriteError(exc) from exc
+                try:
+                    dst.flush()
+                    os.fsync(dst.fileno())
+                except OSError as exc:
+                    raise _CacheWriteError(exc) from exc
             return hasher.hexdigest()
 
         try:
             return await asyncio.to_thread(copy)
+        except _CacheWriteError as exc:  # the source was fine: the cache's disk is not
+            raise FetchError(
+                f"fetch failed: cannot copy {source} into the artifact cache at {self.root}: "
+                f"{exc.__cause__}"
+            ) from exc
         except FileNotFoundError as exc:
             raise FetchError(f"fetch failed: no such file {source}") from exc
         except OSError as exc:
@@ -355,6 +404,8 @@ class ArtifactStore:
         """Stream an http(s) artifact into `tmp` while hashing it; the hex digest out."""
         shown = redact_uri(uri)
         client = self._client or httpx.AsyncClient(timeout=self._timeout, follow_redirects=True)
+        received = 0
+        idle = asyncio.timeout(None)
         try:
             async with asyncio.timeout(self._download_timeout_s):
                 async with client.stream("GET", uri) as response:
@@ -367,17 +418,37 @@ class ArtifactStore:
                     if declared and declared.isdigit() and int(declared) > self.max_download_bytes:
                         raise self._too_large(uri, int(declared))
                     hasher = hashlib.sha256()
-                    received = 0
+                    loop = asyncio.get_running_loop()
+                    window = 0  # bytes since the idle clock was last reset
+                    pending = bytearray()
                     with tmp.open("wb") as f:
-                        async for chunk in response.aiter_bytes(_CHUNK):
-                            received += len(chunk)
-                            if received > self.max_download_bytes:
-                                raise self._too_large(uri, received)
-                            await asyncio.to_thread(_write_hashing, f, hasher, chunk)
+                        async with idle:
+                            idle.reschedule(loop.time() + self._idle_timeout_s)
+                            # Chunks as they arrive (a fixed chunk size would wait for it to
+                            # fill), written in batches off the event loop.
+                            async for chunk in response.aiter_bytes():
+                                received += len(chunk)
+                                if received > self.max_download_bytes:
+                                    raise self._too_large(uri, received)
+                                window += len(chunk)
+                                if window >= self._idle_min_bytes:
+                                    window = 0
+                                    idle.reschedule(loop.time() + self._idle_timeout_s)
+                                pending += chunk
+                                if len(pending) >= _CHUNK:
+                                    data, pending = bytes(pending), bytearray()
+                                    await asyncio.to_thread(_write_hashing, f, hasher, data)
+                        if pending:
+                            await asyncio.to_thread(_write_hashing, f, hasher, bytes(pending))
                         f.flush()
                         await asyncio.to_thread(os.fsync, f.fileno())
                     return hasher.hexdigest()
         except TimeoutError as exc:
+            if idle.expired():
+                raise FetchError(
+                    f"fetch failed: {shown} stalled: fewer than {self._idle_min_bytes} bytes "
+                    f"in {self._idle_timeout_s:g}s ({received} bytes received)"
+                ) from exc
             raise FetchError(
                 f"fetch failed: {shown} took longer than {self._download_timeout_s:g}s"
             ) from exc

@@ -3,7 +3,9 @@
 A model that fails to load is kept as FAILED with its reason (NodeStatus shows it) and the
 others keep serving. Loads survive a cancelled LoadModel call (the operator's deadline) and
 replacing a READY version keeps the old one serving until the new one is ready. Every
-successful load or unload rewrites the assignment on disk.
+successful load or unload rewrites the assignment on disk. Downloads happen before the model's
+lock is taken: a newer LoadModel of the same version (a different artifact) or an UnloadModel
+cancels one still downloading, and the same LoadModel again joins it.
 
 Control-plane loads are checked first (limits.py: every field and option in range;
 sources.py: file roots, a digest, trusted signatures), so a refused load reads nothing and
@@ -21,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
 
@@ -41,7 +44,12 @@ from hatswarm_agent.backends.base import (
 )
 from hatswarm_agent.backends.generation import GenerativeModel
 from hatswarm_agent.backends.options import int_option
-from hatswarm_agent.control.artifacts import ArtifactError, ArtifactStore
+from hatswarm_agent.control.artifacts import (
+    ArtifactError,
+    ArtifactStore,
+    downloads_failed,
+    is_remote,
+)
 from hatswarm_agent.control.assignment import AssignmentStore
 from hatswarm_agent.control.limits import (
     FAILED_TTL_S,
@@ -55,7 +63,7 @@ from hatswarm_agent.protocol.defaults import ADAPTER_SLOTS
 from hatswarm_agent.protocol.v1 import control_pb2
 from hatswarm_agent.serving.adapters import AdapterSet
 from hatswarm_agent.serving.batching import ModelQueue
-from hatswarm_agent.serving.errors import InvalidInputError, PreconditionError
+from hatswarm_agent.serving.errors import AgentError, InvalidInputError, PreconditionError
 from hatswarm_agent.serving.metrics import AgentMetrics
 from hatswarm_agent.serving.registry import DEFAULT_VERSION, ModelRegistry, ModelVersion
 
@@ -186,6 +194,24 @@ def check_adapters(request: control_pb2.LoadModelRequest) -> None:
         seen.add(a.name)
 
 
+class LoadSupersededError(AgentError):
+    """A load whose download a newer LoadModel or an UnloadModel of the model cancelled."""
+
+    code = grpc.StatusCode.ABORTED
+    reason = "superseded"
+
+
+@dataclass(frozen=True)
+class _PendingLoad:
+    request: control_pb2.LoadModelRequest
+    fetch: asyncio.Future[dict[str, ArtifactError]]
+    task: asyncio.Task[ModelVersion]
+
+
+def _same_load(a: control_pb2.LoadModelRequest, b: control_pb2.LoadModelRequest) -> bool:
+    return same_request(a, b) and _adapter_keys(a) == _adapter_keys(b)
+
+
 class ModelLifecycle:
     """Brings model versions in and out of service."""
 
@@ -217,6 +243,7 @@ class ModelLifecycle:
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[ModelVersion]] = set()
         self._failed: dict[tuple[str, str], tuple[float, ModelVersion]] = {}
+        self._pending: dict[tuple[str, str], _PendingLoad] = {}  # (name, version): the last load
 
     async def load(
         self,
@@ -236,10 +263,86 @@ class ModelLifecycle:
         check_adapters(request)
         if not trusted:
             self.sources.check(request)
-        task = asyncio.create_task(self._load(request, persistent, trusted))
+        key = (request.name, request.version or DEFAULT_VERSION)
+        pending = self._pending.get(key)
+        if pending is not None:
+            if _same_load(pending.request, request):
+                return await asyncio.shield(pending.task)  # a retry joins the load under way
+            pending.fetch.cancel()  # superseded: its download stops (no-op once downloaded)
+        pins: list[str] = []
+        fetch: asyncio.Future[dict[str, ArtifactError]] = asyncio.ensure_future(
+            self._download(request, pins, trusted)
+        )
+        task = asyncio.create_task(self._fetch_then_load(request, persistent, trusted, fetch, pins))
+        mine = self._pending[key] = _PendingLoad(request, fetch, task)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+
+        def done(t: asyncio.Task[ModelVersion]) -> None:
+            self._tasks.discard(t)
+            if self._pending.get(key) is mine:
+                del self._pending[key]
+
+        task.add_done_callback(done)
         return await asyncio.shield(task)
+
+    async def _fetch_then_load(
+        self,
+        request: control_pb2.LoadModelRequest,
+        persistent: bool,
+        trusted: bool,
+        fetch: asyncio.Future[dict[str, ArtifactError]],
+        pins: list[str],
+    ) -> ModelVersion:
+        """Download first, outside the name's lock (so a corrected LoadModel or an UnloadModel
+        never waits on a slow server, and can cancel the download), then load from the cache.
+        """
+        try:
+            try:
+                failures = await fetch
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+                version = request.version or DEFAULT_VERSION
+                raise LoadSupersededError(
+                    f"LoadModel of '{request.name}' version '{version}' was cancelled while "
+                    "downloading: a newer LoadModel or an UnloadModel of it arrived"
+                ) from None
+            with downloads_failed(failures):  # what failed is not waited for again
+                return await self._load(request, persistent, trusted)
+        finally:
+            for digest in pins:
+                self.artifacts.unpin(digest)
+
+    async def _download(
+        self, request: control_pb2.LoadModelRequest, pins: list[str], trusted: bool
+    ) -> dict[str, ArtifactError]:
+        """Bring the request's http(s) artifacts into the cache (verified by digest, pinned in
+        `pins` until the load took its own pins); what failed, by URI. Local files are not
+        network waits: the load reads them."""
+        failures: dict[str, ArtifactError] = {}
+        wanted = [(request.uri, request.sha256)] + [(a.uri, a.sha256) for a in request.adapters]
+        for uri, sha256 in wanted:
+            if not is_remote(uri) or uri in failures:
+                continue
+            try:
+                digest = normalize_sha256(sha256)
+                fetched = uri if trusted else self.sources.confine(uri)
+            except (ValueError, ArtifactError, InvalidInputError):
+                continue  # the load reports it
+            self.artifacts.pin(digest)
+            pins.append(digest)
+            try:
+                await self.artifacts.fetch(fetched, sha256)
+            except ArtifactError as exc:
+                failures[fetched] = exc
+        return failures
+
+    def _cancel_downloads(self, name: str, version: str) -> None:
+        """An UnloadModel cancels the downloads of the loads it makes moot."""
+        for (n, v), pending in self._pending.items():
+            if n == name and (not version or v == version):
+                pending.fetch.cancel()
 
     async def _load(
         self, request: control_pb2.LoadModelRequest, persistent: bool, trusted: bool
@@ -455,7 +558,9 @@ class ModelLifecycle:
         }
 
     async def unload(self, name: str, version: str = "") -> list[str]:
-        """Unload one version (all when empty); unknown names unload nothing."""
+        """Unload one version (all when empty); unknown names unload nothing. A load of it
+        still downloading is cancelled first."""
+        self._cancel_downloads(name, version)
         async with self._locks.setdefault(name, asyncio.Lock()):
             removed = self.registry.remove(name, version)
             for entry in removed:
@@ -498,8 +603,12 @@ class ModelLifecycle:
         models = [e.request for e in self.registry.all() if e.persistent and e.ready]
         try:
             self.assignment.save(models)
-        except OSError:
-            log.exception("could not save the assignment")
+        except OSError as exc:
+            log.error(
+                "could not save the assignment to %s (%s): the old file is removed so a restart "
+                "does not bring back what it no longer lists; the control plane resends it",
+                self.assignment.path, exc,
+            )  # fmt: skip
 
     async def restore(self) -> list[ModelVersion]:
         """Reload the last saved assignment (offline autonomy after a restart)."""

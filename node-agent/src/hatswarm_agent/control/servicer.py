@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -31,6 +32,16 @@ class RoutingTables(Protocol):
         ...
 
 
+class CloudFigures(Protocol):
+    """The cloud fallback's counters since the agent started (routing.cloud.CloudCounters)."""
+
+    @property
+    def requests(self) -> Mapping[str, int]: ...
+
+    @property
+    def failures(self) -> int: ...
+
+
 @dataclass(frozen=True)
 class NodeIdentity:
     node_name: str
@@ -42,11 +53,16 @@ class ControlServicer(control_pb2_grpc.AgentControlServicer):
     """Load/unload, node status and the routing table."""
 
     def __init__(
-        self, lifecycle: ModelLifecycle, routing: RoutingTables, identity: NodeIdentity
+        self,
+        lifecycle: ModelLifecycle,
+        routing: RoutingTables,
+        identity: NodeIdentity,
+        cloud: CloudFigures | None = None,
     ) -> None:
         self._lifecycle = lifecycle
         self._routing = routing
         self._identity = identity
+        self._cloud = cloud
         self._started = time.monotonic()
 
     @grpc_errors
@@ -91,6 +107,8 @@ class ControlServicer(control_pb2_grpc.AgentControlServicer):
             now_unix_ms=int(time.time() * 1000),
             backend=backend,
             backend_error=backend_error,
+            cloud_requests=dict(self._cloud.requests) if self._cloud is not None else {},
+            cloud_failures=self._cloud.failures if self._cloud is not None else 0,
         )
 
     @grpc_errors

@@ -1,7 +1,7 @@
 """Readers and writers of the OIP parameters hatswarm defines (names in wire.py), one each.
 
-A malformed parameter the agent must refuse raises ParameterError, which the servicer answers
-as INVALID_ARGUMENT (serving/errors.py); one it can do without (priority) reads as its default.
+A malformed parameter raises ParameterError, which the servicer answers as INVALID_ARGUMENT
+(serving/errors.py): a caller who sent `priority: "high"` learns so instead of being shed as 0.
 """
 
 from __future__ import annotations
@@ -36,24 +36,35 @@ def adapter(request: pb.ModelInferRequest) -> str:
 
 
 def priority(request: pb.ModelInferRequest) -> int:
-    """The `priority` parameter (int, higher = more important); 0 when absent or malformed."""
+    """The `priority` parameter (an integer, or a string of one; higher = more important).
+
+    0 when absent; anything else (a non-numeric string, a float) is the caller's mistake
+    and raises ParameterError rather than silently becoming 0.
+    """
     params = request.parameters
     if PRIORITY_PARAM not in params:
         return 0
     p = params[PRIORITY_PARAM]
     kind = p.WhichOneof("parameter_choice")
-    try:
-        if kind == "string_param":
-            return int(p.string_param)
-        if kind == "int64_param":
-            return int(p.int64_param)
-        if kind == "uint64_param":
-            return int(p.uint64_param)
-        if kind == "bool_param":
-            return int(p.bool_param)
-    except ValueError:
-        return 0
-    return 0
+    if kind == "int64_param":
+        return int(p.int64_param)
+    if kind == "uint64_param":
+        return int(p.uint64_param)
+    if kind == "bool_param":
+        return int(p.bool_param)
+    if kind == "double_param" and p.double_param.is_integer():
+        return int(p.double_param)
+    if kind == "string_param":
+        text = p.string_param.strip()
+        try:
+            return int(text)
+        except ValueError:
+            shown = text if len(text) <= 40 else text[:40] + "..."
+            raise ParameterError(
+                f"request parameter '{PRIORITY_PARAM}' must be an integer, got {shown!r}"
+            ) from None
+    shown = repr(p.double_param) if kind == "double_param" else f"a {kind or 'empty'} value"
+    raise ParameterError(f"request parameter '{PRIORITY_PARAM}' must be an integer, got {shown}")
 
 
 def tag(response: pb.ModelInferResponse, node: str, route: str) -> pb.ModelInferResponse:

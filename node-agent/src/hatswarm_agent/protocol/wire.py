@@ -10,6 +10,11 @@ from __future__ import annotations
 # gRPC metadata a forwarding agent (or the gate) sends: "serve this here, never forward it".
 HOP_KEY = "x-hatswarm-hop"
 HOP_METADATA: tuple[tuple[str, str], ...] = ((HOP_KEY, "1"),)
+# Response metadata of ModelReady/ModelMetadata: the node that has (or would serve) the model.
+NODE_METADATA_KEY = "x-hatswarm-node"
+# grpc.health.v1 service an agent reports SERVING for as soon as it runs (Kubernetes' startup
+# and liveness probes ask it); the overall service "" waits until the agent can route.
+LIVENESS_SERVICE = "hatswarm.liveness"
 
 # The OIP method agents forward to each other and to the cloud fallback.
 INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ import grpc
 
 from hatswarm_agent.protocol.auth import Metadata, TokenFile, open_channel
 from hatswarm_agent.protocol.v1 import control_pb2
-from hatswarm_agent.routing.peers import infer_call
+from hatswarm_agent.routing.peers import CHANNEL_OPTIONS, infer_call
 
 WINDOW_S = 30
 
@@ -60,14 +60,37 @@ class ShareWindow:
         self._bucket()[2] += 1
 
 
+class CloudCounters:
+    """What the cloud fallback answered and cost since the agent started, per model.
+
+    NodeStatus reports them, so the control plane's status shows the cloud spend the agents'
+    /metrics show (hatswarm_cloud_fallback_requests_total, ..._cost_usd_total).
+    """
+
+    def __init__(self) -> None:
+        self.requests: Counter[str] = Counter()
+        self.cost_usd: dict[str, float] = {}
+        self.failures = 0
+
+    def answered(self, model: str, cost: float) -> None:
+        self.requests[model] += 1
+        if cost:
+            self.cost_usd[model] = self.cost_usd.get(model, 0.0) + cost
+
+
 class CloudTarget:
-    """The table's cloud endpoint: one channel (rebuilt when the endpoint changes) and a token."""
+    """The table's cloud endpoint: one channel (rebuilt when the endpoint changes) and a token.
+
+    The channel has the peers' reconnect options: after an outage the cloud is used again
+    within the peers' reconnect back-off (at most 2 s), not gRPC's default (up to 120 s).
+    """
 
     def __init__(self, tokens: Mapping[str, Path] | None = None) -> None:
         """`tokens`: the cloud tokens the agent was started with, by name."""
         self.named = {name: TokenFile(path) for name, path in (tokens or {}).items()}
         self.config = control_pb2.CloudFallback()
         self.window = ShareWindow()
+        self.counters = CloudCounters()
         self._channel: grpc.aio.Channel | None = None
         self._call: Any = None  # grpc.aio.UnaryUnaryMultiCallable (grpc has no type stubs)
         self._tokens: TokenFile | None = None
@@ -109,7 +132,7 @@ class CloudTarget:
     def call(self) -> Any:
         if self._call is None:
             tls = grpc.ssl_channel_credentials() if self.config.tls else None  # system roots
-            self._channel = open_channel(self.config.endpoint, tls)
+            self._channel = open_channel(self.config.endpoint, tls, CHANNEL_OPTIONS)
             self._call = infer_call(self._channel)
         return self._call
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hatswarm_agent.protocol.defaults import ROUTE_RETRIES, ROUTE_TIMEOUT_MS
-from hatswarm_agent.routing.policy import CompiledTable
+from hatswarm_agent.routing.policy import ATTEMPT_FACTOR, ATTEMPT_MIN_S, CompiledTable
 
 
 @dataclass
@@ -22,6 +22,12 @@ class DispatchConfig:
     cache_max_entries: int = 4096
     cache_max_bytes: int = 64 << 20
     probe_interval_s: float = 0.2
+    # Per-attempt timeout: factor x the peer's observed latency, never under the floor.
+    attempt_timeout_factor: float = ATTEMPT_FACTOR
+    attempt_timeout_min_ms: int = int(ATTEMPT_MIN_S * 1000)
+    # In a pool the control plane sends the table: until one is here (pushed, restored or
+    # static), a model not served here is UNAVAILABLE (retryable), not NOT_FOUND.
+    await_table: bool = False
 
     def retries_for(self, compiled: CompiledTable) -> int:
         """A pushed table (generation > 0) always says how many; a static one may say 0."""

@@ -16,12 +16,14 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 from hatswarm_agent.protocol import params
-from hatswarm_agent.protocol.auth import MetadataSource, TlsFiles
+from hatswarm_agent.protocol.auth import Metadata, MetadataSource, TlsFiles
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
 from hatswarm_agent.protocol.wire import HOP_KEY, NODE_CACHE, ROUTE_CACHE, ROUTE_LOCAL
 from hatswarm_agent.routing.attempts import Attempts, Capacity
@@ -30,11 +32,11 @@ from hatswarm_agent.routing.cloud import CloudTarget
 from hatswarm_agent.routing.config import DispatchConfig
 from hatswarm_agent.routing.escalation import Escalator
 from hatswarm_agent.routing.forwarding import Forwarder
-from hatswarm_agent.routing.peers import Peers
+from hatswarm_agent.routing.peers import PROBE_TIMEOUT_S, PeerChannel, Peers
 from hatswarm_agent.routing.policy import Balancer, CompiledTable, compile_table, pick_version
-from hatswarm_agent.routing.table import RoutingTableStore
+from hatswarm_agent.routing.table import RoutingTableStore, merge_static
 from hatswarm_agent.serving.dataplane import DataPlane
-from hatswarm_agent.serving.errors import AgentError
+from hatswarm_agent.serving.errors import AgentError, ModelNotFoundError, NoTableError
 from hatswarm_agent.serving.metrics import RouteMetrics
 from hatswarm_agent.serving.registry import ModelVersion
 
@@ -67,11 +69,14 @@ class Dispatcher:
         self.peers = Peers(tls, config.probe_interval_s)
         capacity = Capacity()
         self.forwarder = Forwarder(
-            self.peers, self.cloud, self.balancer, metrics, capacity.wake, tokens
-        )
+            self.peers, self.cloud, self.balancer, metrics, capacity.wake, tokens,
+            attempt_factor=config.attempt_timeout_factor,
+            attempt_floor_s=config.attempt_timeout_min_ms / 1000,
+        )  # fmt: skip
         self.attempts = Attempts(
-            config, dataplane, self.balancer, self.forwarder, self.cloud, metrics, capacity
-        )
+            config, dataplane, self.balancer, self.forwarder, self.cloud, metrics, capacity,
+            self.compiled,
+        )  # fmt: skip
         self.escalator = Escalator(
             self.attempts, self.forwarder, self.cloud, metrics, self.balancer.rng
         )
@@ -98,9 +103,10 @@ class Dispatcher:
         table = self.routing.table
         if table is not self._source or self._compiled is None:
             known = self._compiled.peers if self._compiled else {}
-            compiled = compile_table(table, self.config.node_name, self.self_addresses, known)
-            self.peers.adopt(compiled.peers)
-            old = self.cloud.configure(table.cloud)
+            effective = merge_static(table, self.routing.static)
+            compiled = compile_table(effective, self.config.node_name, self.self_addresses, known)
+            self.peers.adopt(compiled.peers, self.config.timeout_s(compiled))
+            old = self.cloud.configure(effective.cloud)
             if old is not None:
                 self.peers.close_later(old)
             for model, routes in compiled.models.items():
@@ -115,6 +121,7 @@ class Dispatcher:
         for key, _ in metadata:
             if key == HOP_KEY:
                 return await self._serve_hop(request)
+        params.priority(request)  # a malformed priority is refused up front, not read as 0
         compiled = self.compiled()
         self.cloud.window.request()
         budget = self.config.timeout_s(compiled)
@@ -141,6 +148,8 @@ class Dispatcher:
                 self.metrics.requests.labels(model, ROUTE_CACHE).inc()
                 return params.tag(hit, NODE_CACHE, ROUTE_CACHE)
             self.metrics.cache_misses.labels(model).inc()
+        if route is None and self.awaiting_table():
+            self._check_local(request)
         response = await self.attempts.run(request, route, compiled, deadline)
         escalation = route.escalation if route is not None else None
         if escalation is not None:  # tiered: the answer says which tier gave it
@@ -160,6 +169,83 @@ class Dispatcher:
         if entry.queue is not None:
             params.set_queue_depth(response, entry.queue.depth)
         return response
+
+    def awaiting_table(self) -> bool:
+        """In a pool (`--await-routing-table`) and no table yet: pushed, restored or static."""
+        return (
+            self.config.await_table and self.routing.generation == 0 and self.routing.static is None
+        )
+
+    def _check_local(self, request: pb.ModelInferRequest) -> None:
+        """Without a table, a model this node does not have may be anywhere in the pool:
+        UNAVAILABLE (a client retries), never NOT_FOUND (it would not)."""
+        try:
+            self.registry.get(request.model_name, request.model_version)
+        except ModelNotFoundError:
+            raise NoTableError(
+                f"model '{request.model_name}' is not on this node and its routing table has "
+                "not arrived yet: retry shortly"
+            ) from None
+
+    # -- readiness and metadata for the pool ----------------------------------------------
+
+    async def model_ready(self, request: pb.ModelReadyRequest) -> tuple[bool, str]:
+        """Whether a replica of the pool has the model ready, and which node answered."""
+        answer = await self._ask_replicas(
+            request.name, request.version, lambda ch, md, t: ch.oip.ModelReady(
+                request, metadata=md, timeout=t
+            )
+        )  # fmt: skip
+        if answer is None:
+            return False, ""
+        reply, node = answer
+        return bool(reply.ready), node
+
+    async def model_metadata(
+        self, request: pb.ModelMetadataRequest
+    ) -> tuple[pb.ModelMetadataResponse, str] | None:
+        """A replica's metadata for the model (the node it came from); None when none has it."""
+        return await self._ask_replicas(
+            request.name, request.version, lambda ch, md, t: ch.oip.ModelMetadata(
+                request, metadata=md, timeout=t
+            )
+        )  # fmt: skip
+
+    async def _ask_replicas(
+        self, model: str, version: str, call: Callable[[PeerChannel, Metadata, float], Any]
+    ) -> tuple[Any, str] | None:
+        """`call` on the replicas of the model's route, best first, until one answers yes.
+
+        A peer answering ModelReady false or NOT_FOUND (a stale table) is passed over for the
+        next; the whole walk stays within the pool's request budget.
+        """
+        compiled = self.compiled()
+        routes = compiled.routes(model)
+        route = pick_version(routes, self.balancer.rng, version) if routes else None
+        if route is None:
+            return None
+        deadline = time.monotonic() + self.config.timeout_s(compiled)
+        tried: set[str] = set()
+        while time.monotonic() < deadline:
+            peer, _ = self.balancer.choose(
+                route.replicas, time.monotonic(), 0, self.config.policy_for(compiled), tried
+            )
+            if peer is None:
+                return None
+            tried.add(peer.address)
+            timeout = min(
+                deadline - time.monotonic(),
+                max(PROBE_TIMEOUT_S, self.forwarder.attempt_timeout(peer)),
+            )
+            try:
+                reply = await call(
+                    self.peers.channel(peer.address), self.forwarder.hop_metadata(), timeout
+                )
+            except grpc.aio.AioRpcError:
+                continue
+            if getattr(reply, "ready", True):
+                return reply, peer.node
+        return None
 
     def _local(self, request: pb.ModelInferRequest) -> ModelVersion | None:
         try:

@@ -1,9 +1,12 @@
-"""Requests leaving this node: to a peer (hedged past a latency percentile) or to the cloud.
+"""Requests leaving this node: one call to a peer, or to the cloud.
 
 A forwarded request goes as it came (tensors are never decoded on the way) with the hop marker,
-the pool-internal peer credential (never the client's token) and the remaining deadline. What the peer's answer says updates what this agent
-knows of it (latency, queue depth, failures and ejection: policy.PeerState); every answer says
-where it ran (`hatswarm.node`, `hatswarm.route`).
+the pool-internal peer credential (never the client's token) and the remaining deadline. What
+the peer's answer says updates what this agent knows of it (latency, queue depth, failures,
+timeouts and ejection: policy.PeerState); every answer says where it ran (`hatswarm.node`,
+`hatswarm.route`). How long an attempt may take before another replica is asked (and the
+hedging threshold) is decided here from what the forwards measured; attempts.py runs the
+attempts.
 """
 
 from __future__ import annotations
@@ -22,12 +25,14 @@ from hatswarm_agent.protocol.wire import HOP_METADATA, NODE_CLOUD, ROUTE_CLOUD, 
 from hatswarm_agent.routing.cloud import CloudTarget
 from hatswarm_agent.routing.peers import Peers
 from hatswarm_agent.routing.policy import (
+    ATTEMPT_FACTOR,
+    ATTEMPT_MIN_S,
     RETRYABLE_CODES,
+    TAIL_PERCENTILE,
     Balancer,
-    CompiledTable,
     LatencyWindow,
     PeerState,
-    VersionRoute,
+    attempt_timeout,
 )
 from hatswarm_agent.serving.errors import ForwardedError
 from hatswarm_agent.serving.metrics import RouteMetrics
@@ -48,6 +53,12 @@ class AttemptFailedError(Exception):
         return self.code.name in RETRYABLE_CODES
 
 
+def _being_cancelled() -> bool:
+    """Whether the running task itself is being cancelled (not a call cancelled under it)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 class Forwarder:
     """Sends requests to peers and to the cloud fallback; `on_done` hears each peer call end."""
 
@@ -59,6 +70,9 @@ class Forwarder:
         metrics: RouteMetrics,
         on_done: Callable[[], None],
         tokens: MetadataSource | None = None,
+        *,
+        attempt_factor: float = ATTEMPT_FACTOR,
+        attempt_floor_s: float = ATTEMPT_MIN_S,
     ) -> None:
         self.peers = peers
         self.cloud = cloud
@@ -66,58 +80,43 @@ class Forwarder:
         self.metrics = metrics
         self.tokens = tokens
         self.latencies = LatencyWindow()
+        self.attempt_factor = attempt_factor
+        self.attempt_floor_s = attempt_floor_s
         self._on_done = on_done
 
-    def _hop_metadata(self) -> Metadata:
+    def hop_metadata(self) -> Metadata:
+        """The hop marker and the pool token: what every call to a peer carries."""
         return HOP_METADATA + self.tokens.metadata() if self.tokens is not None else HOP_METADATA
 
-    async def forward_hedged(
-        self,
-        peer: PeerState,
-        request: pb.ModelInferRequest,
-        route: VersionRoute | None,
-        compiled: CompiledTable,
-        deadline: float,
-        exclude: set[str],
-        policy: str,
-        percentile: float,
-    ) -> pb.ModelInferResponse:
-        """`forward`, plus a second copy to another replica once the first is slower than
-        `percentile` of recent forwards; the first answer wins, the other is cancelled."""
-        after = self.latencies.percentile(percentile) if percentile > 0 else None
-        if after is None or route is None or len(route.replicas) < 2:
-            return await self.forward(peer, request, deadline)
-        first = asyncio.ensure_future(self.forward(peer, request, deadline))
-        done, _ = await asyncio.wait({first}, timeout=after)
-        if done:
-            return first.result()
-        other, _ = self.balancer.choose(
-            route.replicas, time.monotonic(), compiled.table.queue_limit, policy,
-            exclude | {peer.address},
-        )  # fmt: skip
-        if other is None:
-            return await first
-        self.metrics.hedges.inc()
-        second = asyncio.ensure_future(self.forward(other, request, deadline))
-        pending = {first, second}
-        error: BaseException | None = None
-        try:
-            while pending:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    if task.exception() is None:
-                        return task.result()
-                    error = task.exception()
-            assert error is not None
-            raise error
-        finally:
-            for task in pending:
-                task.cancel()
+    def attempt_timeout(self, peer: PeerState) -> float:
+        """Seconds one attempt on `peer` may take before another replica is asked."""
+        return attempt_timeout(
+            peer,
+            self.latencies.percentile(TAIL_PERCENTILE),
+            self.attempt_factor,
+            self.attempt_floor_s,
+        )
+
+    def hedge_after(self, percentile: float) -> float | None:
+        """The hedging threshold: `percentile` of recent forwards (None: off or too few)."""
+        return self.latencies.percentile(percentile) if percentile > 0 else None
+
+    def timed_out(self, peer: PeerState, seconds: float) -> None:
+        """An attempt on `peer` outlived its timeout: counts toward ejection like an error."""
+        self.metrics.attempt_timeouts.labels(peer.node).inc()
+        if peer.on_failure(time.monotonic()):
+            self.metrics.ejections.labels(peer.node).inc()
+            log.warning("peer %s ejected: no answer within %.0f ms", peer.node, seconds * 1000)
 
     async def forward(
         self, peer: PeerState, request: pb.ModelInferRequest, deadline: float
     ) -> pb.ModelInferResponse:
-        """One call to `peer`; AttemptFailedError with its status when it does not answer."""
+        """One call to `peer`; AttemptFailedError with its status when it does not answer.
+
+        A call the channel cancels under us (the peer left the table and its channel closed)
+        or a closed channel is UNAVAILABLE: another replica may answer. Only the cancellation
+        of this task itself (the caller gave up, or a hedge won) propagates.
+        """
         channel = self.peers.channel(peer.address)
         peer.outstanding += 1
         start = time.perf_counter()
@@ -125,7 +124,7 @@ class Forwarder:
             response = await channel.infer(
                 request,
                 timeout=max(0.001, deadline - time.monotonic()),
-                metadata=self._hop_metadata(),
+                metadata=self.hop_metadata(),
             )
         except grpc.aio.AioRpcError as exc:
             now = time.monotonic()
@@ -140,6 +139,16 @@ class Forwarder:
                 self.metrics.ejections.labels(peer.node).inc()
                 log.warning("peer %s ejected after repeated failures", peer.node)
             raise AttemptFailedError(code, f"{peer.node}: {exc.details()}") from None
+        except asyncio.CancelledError:
+            if _being_cancelled():
+                raise
+            raise AttemptFailedError(
+                grpc.StatusCode.UNAVAILABLE, f"{peer.node}: call cancelled (its channel closed)"
+            ) from None
+        except grpc.aio.UsageError as exc:  # the channel closed before the call started
+            raise AttemptFailedError(
+                grpc.StatusCode.UNAVAILABLE, f"{peer.node}: channel closed ({exc})"
+            ) from None
         finally:
             peer.outstanding -= 1
             self._on_done()
@@ -164,9 +173,11 @@ class Forwarder:
                 metadata=HOP_METADATA + self.cloud.metadata(),
             )
         except grpc.aio.AioRpcError as exc:
+            self.cloud.counters.failures += 1
             raise ForwardedError(exc.code(), f"cloud fallback: {exc.details()}") from None
         self.metrics.cloud_requests.labels(model).inc()
         cost = self.cloud.cost_usd()
+        self.cloud.counters.answered(model, cost)
         if cost:
             self.metrics.cloud_cost.labels(model).inc(cost)
         self.metrics.requests.labels(model, ROUTE_CLOUD).inc()

@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hatswarm_agent.protocol.auth import TlsFiles, open_channel
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
+from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2_grpc as pb_grpc
 from hatswarm_agent.protocol.wire import INFER_METHOD
 from hatswarm_agent.routing.policy import PeerState
 
@@ -45,13 +46,15 @@ def infer_call(channel: grpc.aio.Channel) -> Any:
 
 
 class PeerChannel:
-    """One grpc.aio channel to a peer and the two calls made on it."""
+    """One grpc.aio channel to a peer and the calls made on it: ModelInfer, the health check,
+    and the model readiness and metadata calls the pool answers for its peers' models."""
 
     def __init__(self, address: str, tls: TlsFiles | None) -> None:
         credentials = tls.channel_credentials() if tls is not None else None
         self.channel = open_channel(address, credentials, CHANNEL_OPTIONS)
         self.infer = infer_call(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
+        self.oip = pb_grpc.GRPCInferenceServiceStub(self.channel)
 
 
 class Peers:
@@ -65,10 +68,14 @@ class Peers:
         self._probe_task: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
 
-    def adopt(self, states: dict[str, PeerState]) -> None:
-        """A new table's peers: open channels to new addresses, close those that left."""
+    def adopt(self, states: dict[str, PeerState], grace_s: float = 1.0) -> None:
+        """A new table's peers: open channels to new addresses, close those that left.
+
+        Calls still on a closing channel get `grace_s` (the request budget) to finish; any the
+        close cancels are retried on another replica (forwarding.Forwarder.forward).
+        """
         for address in set(self._channels) - set(states):
-            self.close_later(self._channels.pop(address).channel)
+            self.close_later(self._channels.pop(address).channel, grace_s)
         for address in states:
             if address not in self._channels:
                 self._channels[address] = PeerChannel(address, self.tls)
@@ -80,11 +87,11 @@ class Peers:
             channel = self._channels[address] = PeerChannel(address, self.tls)
         return channel
 
-    def close_later(self, channel: grpc.aio.Channel) -> None:
-        """Close `channel` in the background once calls still on it had a second to finish."""
+    def close_later(self, channel: grpc.aio.Channel, grace_s: float = 1.0) -> None:
+        """Close `channel` in the background once calls still on it had `grace_s` to finish."""
 
         async def close() -> None:
-            await channel.close(grace=1.0)
+            await channel.close(grace=grace_s)
 
         with contextlib.suppress(RuntimeError):  # no running loop: nothing in flight either
             task = asyncio.get_running_loop().create_task(close())
@@ -108,6 +115,8 @@ class Peers:
     # -- ejected peers --------------------------------------------------------------------
 
     async def _probe_loop(self) -> None:
+        """Probe the ejected peers that are due, whatever the table does (it may never change
+        again): a peer that was frozen or restarted comes back as soon as it answers."""
         while True:
             await asyncio.sleep(self.probe_interval_s)
             now = time.monotonic()
@@ -116,16 +125,19 @@ class Peers:
                 await asyncio.gather(*(self._probe(p) for p in due))
 
     async def _probe(self, peer: PeerState) -> None:
-        channel = self._channels.get(peer.address)
+        """One health check; any failure (a status, a closed channel) leaves it ejected."""
         healthy = False
-        if channel is not None:
-            try:
-                reply = await channel.health.Check(
-                    health_pb2.HealthCheckRequest(), timeout=PROBE_TIMEOUT_S
-                )
-                healthy = reply.status == health_pb2.HealthCheckResponse.SERVING
-            except grpc.aio.AioRpcError:
-                healthy = False
+        try:
+            reply = await self.channel(peer.address).health.Check(
+                health_pb2.HealthCheckRequest(), timeout=PROBE_TIMEOUT_S
+            )
+            healthy = reply.status == health_pb2.HealthCheckResponse.SERVING
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+        except Exception as exc:  # the loop must outlive any one probe
+            log.debug("probe of %s: %s", peer.node, exc)
         peer.on_probe(healthy, time.monotonic())
         if healthy:
             log.warning("peer %s readmitted", peer.node)

@@ -41,6 +41,11 @@ EXHAUSTED_HOLD_S = 0.02
 EJECT_AFTER_FAILURES = 3
 EJECT_BASE_S = 0.5
 EJECT_MAX_S = 10.0
+# Per-attempt deadlines (attempt_timeout): what a peer gets before a second replica is asked.
+ATTEMPT_FACTOR = 4.0
+ATTEMPT_MIN_S = 0.25
+ATTEMPT_COLD_S = 1.0  # nothing is known yet of the peer or the pool
+TAIL_PERCENTILE = 99.0  # the pool's tail latency an attempt timeout is never under
 
 
 @dataclass
@@ -84,8 +89,10 @@ class PeerState:
     # -- outcomes -------------------------------------------------------------------------
 
     def on_success(self, seconds: float, depth: int, now: float) -> None:
+        """An answer: the peer is healthy (an ejected one tried in panic is readmitted)."""
         self.consecutive_failures = 0
         self.ejections = 0
+        self.ejected = False
         if self.samples:
             self.ewma_s += EWMA_ALPHA * (seconds - self.ewma_s)
         else:
@@ -338,11 +345,14 @@ class Balancer:
     ) -> tuple[PeerState | None, bool]:
         """(the peer to try, whether any usable replica was merely full).
 
-        Ejected and excluded replicas are never chosen; full ones only count as saturated.
-        With `adapter`, replicas that cannot serve it are left out and the policy picks among
-        the open ones with the best adapter score.
+        Excluded replicas are never chosen, ejected ones only when every replica left is
+        ejected (panic, as Envoy does: the alternative is failing a request some of them
+        may answer); full ones only count as saturated. With `adapter`, replicas that cannot
+        serve it are left out and the policy picks among the open ones with the best adapter
+        score.
         """
-        usable = [r for r in replicas if not r.peer.ejected and r.peer.address not in exclude]
+        candidates = [r for r in replicas if r.peer.address not in exclude]
+        usable = [r for r in candidates if not r.peer.ejected] or candidates
         if adapter:
             usable = [r for r in usable if r.adapter_score(adapter) > ADAPTER_CANNOT]
         open_ = [r for r in usable if not r.peer.full(limit, now)]
@@ -387,6 +397,29 @@ class Balancer:
         """Smooth weighted round robin over a fixed sequence of weighted slots."""
         slots = [r for r in replicas for _ in range(max(1, round(r.weight)))]
         return slots[next(self._cursor) % len(slots)].peer
+
+
+def attempt_timeout(
+    peer: PeerState,
+    pool_tail_s: float | None,
+    factor: float = ATTEMPT_FACTOR,
+    floor_s: float = ATTEMPT_MIN_S,
+    cold_s: float = ATTEMPT_COLD_S,
+) -> float:
+    """How long one attempt on `peer` may take before another replica is asked (hedged).
+
+    `factor` times what the peer should take: its recent latency as this agent saw it (queueing
+    included), or the pool's recent tail latency when that is longer (an average hides the
+    tail), never under `floor_s`; with nothing measured yet, `cold_s`. The caller bounds it by
+    the request's budget. A frozen peer then costs a request one attempt timeout, not its
+    budget.
+    """
+    expected: float | None = peer.ewma_s if peer.samples else None
+    if pool_tail_s is not None:
+        expected = max(expected or 0.0, pool_tail_s)
+    if expected is None:
+        return max(floor_s, cold_s)
+    return max(floor_s, factor * expected)
 
 
 class LatencyWindow:

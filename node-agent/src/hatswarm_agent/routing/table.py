@@ -158,6 +158,7 @@ class RoutingTableStore:
         """`table`: the static one (agent flags); `cloud_tokens`: the names of the cloud
         tokens the agent was started with, the only ones a pushed table may name."""
         self.table = table if table is not None else control_pb2.RoutingTable()
+        self.static = table  # the agent's own (--routing-table, --peer): pushes merge over it
         self.cloud_tokens = frozenset(cloud_tokens)
 
     def push(self, table: control_pb2.RoutingTable) -> int:
@@ -180,7 +181,7 @@ class TableFileError(ValueError):
     """A static routing table or --peer flag that cannot be used."""
 
 
-def load_table_file(path: Path) -> control_pb2.RoutingTable:
+def load_table_file(path: Path, defaults: dict[str, int] | None = None) -> control_pb2.RoutingTable:
     """A RoutingTable from JSON or YAML (snake_case or camelCase fields), defaults filled in."""
     text = path.read_text()
     data: object
@@ -197,17 +198,20 @@ def load_table_file(path: Path) -> control_pb2.RoutingTable:
             raise TableFileError(f"{path}: not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise TableFileError(f"{path}: a routing table is a mapping of RoutingTable fields")
-    return table_from_dict(data, str(path))
+    return table_from_dict(data, str(path), defaults)
 
 
-def table_from_dict(data: dict[str, Any], origin: str = "table") -> control_pb2.RoutingTable:
+def table_from_dict(
+    data: dict[str, Any], origin: str = "table", defaults: dict[str, int] | None = None
+) -> control_pb2.RoutingTable:
+    """`defaults` (the agent's --timeout-ms, --retries) fill what the table leaves out."""
     table = control_pb2.RoutingTable()
     try:
         json_format.ParseDict(data, table)
     except json_format.ParseError as exc:
         raise TableFileError(f"{origin}: {exc}") from exc
     camel = {"queue_limit": "queueLimit", "retries": "retries", "timeout_ms": "timeoutMs"}
-    for key, default in TABLE_DEFAULTS.items():
+    for key, default in {**TABLE_DEFAULTS, **(defaults or {})}.items():
         if key not in data and camel[key] not in data:
             setattr(table, key, default)
     return table
@@ -234,12 +238,20 @@ def parse_peer(spec: str) -> control_pb2.Route:
 
 
 def static_table(
-    path: Path | None, peers: list[control_pb2.Route]
+    path: Path | None, peers: list[control_pb2.Route], defaults: dict[str, int] | None = None
 ) -> control_pb2.RoutingTable | None:
-    """The table from --routing-table plus --peer endpoints (merged into matching routes)."""
+    """The table from --routing-table plus --peer endpoints (merged into matching routes).
+
+    `defaults` are the agent's flags (--timeout-ms, --retries): what the file sets wins,
+    then the flags, then the pool's defaults.
+    """
     if path is None and not peers:
         return None
-    table = load_table_file(path) if path is not None else table_from_dict({})
+    table = (
+        load_table_file(path, defaults)
+        if path is not None
+        else table_from_dict({}, "table", defaults)
+    )
     for peer in peers:
         for route in table.routes:
             if route.model == peer.model and route.version == peer.version:
@@ -248,3 +260,30 @@ def static_table(
         else:
             table.routes.append(peer)
     return table
+
+
+def merge_static(
+    pushed: control_pb2.RoutingTable, static: control_pb2.RoutingTable | None
+) -> control_pb2.RoutingTable:
+    """What an agent with its own static table routes by once a table is pushed.
+
+    The pushed routes for the models it routes, the static routes (--peer, --routing-table)
+    for the models it does not mention: an empty push keeps a gateway's --peer routes. The
+    pushed settings win; a pushed table without a timeout, policy or cloud endpoint keeps the
+    static one's.
+    """
+    if static is None or pushed is static:
+        return pushed
+    out = control_pb2.RoutingTable()
+    out.CopyFrom(pushed)
+    routed = {r.model for r in pushed.routes}
+    out.routes.extend(r for r in static.routes if r.model not in routed)
+    if not out.timeout_ms:
+        out.timeout_ms = static.timeout_ms
+    if not out.policy:
+        out.policy = static.policy
+    if not out.adapter_policy:
+        out.adapter_policy = static.adapter_policy
+    if not out.cloud.endpoint and static.cloud.endpoint:
+        out.cloud.CopyFrom(static.cloud)
+    return out

@@ -8,17 +8,29 @@ raise (errors.py); the servicer turns them into status codes.
 
 from __future__ import annotations
 
+import asyncio
+import ctypes
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from hatswarm_agent.protocol import params
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
 from hatswarm_agent.protocol.wire import ADAPTER_PARAM
+from hatswarm_agent.serving.batching import Result
 from hatswarm_agent.serving.errors import AgentError, status_for
 from hatswarm_agent.serving.metrics import AgentMetrics
 from hatswarm_agent.serving.registry import ModelRegistry, ModelVersion
-from hatswarm_agent.serving.tensors import decode_request, encode_response, select_outputs
+from hatswarm_agent.serving.tensors import (
+    DEFAULT_LIMITS,
+    TensorLimits,
+    decode_request,
+    encode_response,
+    is_large,
+    select_outputs,
+)
 
 
 @dataclass
@@ -45,15 +57,54 @@ class ServingState:
         return True
 
 
+def _trim_memory() -> None:
+    """Hand freed heap back to the OS (glibc keeps it otherwise: RSS would stay at the peak of
+    the biggest request ever decoded)."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _libc() -> ctypes.CDLL | None:
+    """glibc, with big allocations always mapped on their own (so freeing one returns it):
+    by default glibc raises that threshold to the largest block freed so far (up to 32 MiB),
+    after which a big request's buffers land in the heap and stay resident."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim  # noqa: B018 - glibc only
+        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD = 1 << 20
+_LIBC = _libc()
+TRIM_AFTER_S = 0.5
+_T = TypeVar("_T")
+
+
 class DataPlane:
-    """Runs requests on this node's model versions."""
+    """Runs requests on this node's model versions.
+
+    A large request (tensors.is_large) is decoded, and its answer encoded, on one worker
+    thread instead of the event loop, so health checks and small requests keep flowing; one
+    at a time, which also bounds the memory big requests can take together; afterwards the
+    freed memory is returned to the OS.
+    """
 
     def __init__(
-        self, registry: ModelRegistry, metrics: AgentMetrics, state: ServingState | None = None
+        self,
+        registry: ModelRegistry,
+        metrics: AgentMetrics,
+        state: ServingState | None = None,
+        limits: TensorLimits = DEFAULT_LIMITS,
     ) -> None:
         self.registry = registry
         self.metrics = metrics
         self.state = state if state is not None else ServingState()
+        self.limits = limits
+        self._heavy = ThreadPoolExecutor(max_workers=1, thread_name_prefix="large-tensors")
 
     async def infer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         """The servicer's `infer` when nothing routes: every request runs here."""
@@ -80,7 +131,10 @@ class DataPlane:
             adapter = params.adapter(request) if ADAPTER_PARAM in request.parameters else ""
             if adapter:
                 entry.check_adapter(adapter).count(adapter)
-            decoded = decode_request(request, entry.inputs, queue.max_batch_size > 0)
+            batchable = queue.max_batch_size > 0
+            if is_large(request):
+                return await self._serve_large(request, entry, adapter, start)
+            decoded = decode_request(request, entry.inputs, batchable, self.limits)
             outputs = select_outputs(request, entry.outputs)
             result = await queue.submit(decoded, adapter)
             response = encode_response(request, entry.version, result.outputs, outputs, decoded.raw)
@@ -89,6 +143,11 @@ class DataPlane:
             if entry.metrics is not None:
                 entry.metrics.failure(status_for(exc)[2])
             raise
+        self._succeeded(entry, start, result)
+        return response
+
+    @staticmethod
+    def _succeeded(entry: ModelVersion, start: float, result: Result) -> None:
         elapsed = time.perf_counter() - start
         entry.stats.record_success(elapsed)
         m = entry.metrics
@@ -97,4 +156,39 @@ class DataPlane:
             m.request_duration.observe(elapsed)
             m.queue_duration.observe(result.queue_s)
             m.compute_duration.observe(result.compute_s)
+
+    async def _serve_large(
+        self, request: pb.ModelInferRequest, entry: ModelVersion, adapter: str, start: float
+    ) -> pb.ModelInferResponse:
+        """`serve` for a large request: decode and encode on the worker, then trim memory."""
+        queue = entry.queue
+        assert queue is not None
+        loop = asyncio.get_running_loop()
+        try:
+            decoded = await loop.run_in_executor(
+                self._heavy, decode_request, request, entry.inputs, queue.max_batch_size > 0,
+                self.limits,
+            )  # fmt: skip
+            outputs = select_outputs(request, entry.outputs)
+            result = await queue.submit(decoded, adapter)
+            del decoded
+            response = await loop.run_in_executor(
+                self._heavy, encode_response, request, entry.version, result.outputs, outputs,
+                bool(request.raw_input_contents),
+            )  # fmt: skip
+        finally:
+            self.trim_later()
+        self._succeeded(entry, start, result)
         return response
+
+    async def off_loop(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """`fn(*args)` on the large-tensor worker (one at a time)."""
+        return await asyncio.get_running_loop().run_in_executor(self._heavy, fn, *args)
+
+    def trim_later(self) -> None:
+        """Return freed memory to the OS once a large request (and its buffers) are gone."""
+        loop = asyncio.get_running_loop()
+        loop.call_later(TRIM_AFTER_S, lambda: loop.run_in_executor(self._heavy, _trim_memory))
+
+    def close(self) -> None:
+        self._heavy.shutdown(wait=False, cancel_futures=True)

@@ -93,6 +93,13 @@ class NoReplicaError(AgentError):
     reason = "no_replica"
 
 
+class NoTableError(AgentError):
+    """A pool agent asked for a model it does not have before its routing table arrived."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "no_table"
+
+
 class NotGenerativeError(InvalidInputError):
     """The model exists but cannot do what was asked (generate text, or embed it)."""
 
@@ -127,6 +134,18 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, str]:
     return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}", "internal"
 
 
+# A status message travels in a header: past the peer's header limit (8 KiB by default) the
+# caller would get RESOURCE_EXHAUSTED instead of the status (e.g. a 1 MB model name echoed).
+MAX_MESSAGE_CHARS = 1024
+
+
+def bounded(message: str) -> str:
+    """`message`, cut to MAX_MESSAGE_CHARS with a note saying how long it was."""
+    if len(message) <= MAX_MESSAGE_CHARS:
+        return message
+    return f"{message[:MAX_MESSAGE_CHARS]}... (message of {len(message)} characters truncated)"
+
+
 _Self = TypeVar("_Self")
 _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
@@ -140,14 +159,17 @@ def grpc_errors(fn: Handler[_Self, _Req, _Resp]) -> Handler[_Self, _Req, _Resp]:
     async def wrapper(self: _Self, request: _Req, context: Any) -> _Resp:
         try:
             return await fn(self, request, context)
+        except grpc.aio.AbortError:  # context.abort's own exception: through untouched
+            raise
         except Exception as exc:
-            # context.abort raises its own exception; let it (and cancellation) through untouched.
-            if isinstance(exc, grpc.aio.AbortError):
-                raise
             code, message, _ = status_for(exc)
             if code is grpc.StatusCode.INTERNAL:
                 log.exception("%s failed", fn.__name__)
-            await context.abort(code, message)
-            raise  # unreachable: abort raises
+        # Abort outside the handler and without the request: grpc keeps the abort (and the
+        # frames of its traceback) with the call's state for as long as it likes, and through
+        # them whatever they reference (a 32 MB request stayed resident after its refusal).
+        del request
+        await context.abort(code, bounded(message))
+        raise AssertionError("unreachable: context.abort raises")
 
     return wrapper

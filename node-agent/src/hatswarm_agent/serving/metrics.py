@@ -275,6 +275,12 @@ class RouteMetrics:
             "hatswarm_peer_ejections", "Peers ejected after consecutive failures", ("peer",),
             registry=r,
         )  # fmt: skip
+        self.attempt_timeouts = Counter(
+            "hatswarm_peer_attempt_timeouts",
+            "Forwarded attempts that outlived their per-attempt timeout (another replica asked)",
+            ("peer",),
+            registry=r,
+        )
         self.shed = Counter(
             "hatswarm_requests_shed",
             "Requests refused because the pool was saturated",

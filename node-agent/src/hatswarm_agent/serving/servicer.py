@@ -13,21 +13,23 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from hatswarm_agent import __version__
 from hatswarm_agent.protocol import params
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2_grpc as pb_grpc
-from hatswarm_agent.protocol.wire import HOP_KEY, MESSAGES_PARAM
+from hatswarm_agent.protocol.wire import HOP_KEY, MESSAGES_PARAM, NODE_METADATA_KEY
 from hatswarm_agent.serving import streaming
 from hatswarm_agent.serving.dataplane import DataPlane
-from hatswarm_agent.serving.errors import AgentError, grpc_errors, status_for
+from hatswarm_agent.serving.errors import AgentError, InvalidInputError, grpc_errors, status_for
 from hatswarm_agent.serving.generation import Generate, LocalStream, is_generative
 from hatswarm_agent.serving.modelconfig import model_config, repository_index
 from hatswarm_agent.serving.registry import ModelRegistry
+from hatswarm_agent.serving.tensors import LARGE_REQUEST_BYTES, check_wire_limits
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +58,46 @@ def model_metadata(registry: ModelRegistry, name: str, version: str) -> pb.Model
 Infer = Callable[[pb.ModelInferRequest, Any], Awaitable[pb.ModelInferResponse]]
 
 
-class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    """inference.GRPCInferenceService over the data plane."""
+class PoolModels(Protocol):
+    """Readiness and metadata of models this node does not serve, from a replica of the pool
+    (routing.dispatcher.Dispatcher): each answer comes with the node that gave it."""
 
-    def __init__(self, dataplane: DataPlane, infer: Infer, generate: Generate) -> None:
+    async def model_ready(self, request: pb.ModelReadyRequest) -> tuple[bool, str]: ...
+
+    async def model_metadata(
+        self, request: pb.ModelMetadataRequest
+    ) -> tuple[pb.ModelMetadataResponse, str] | None: ...
+
+
+def _is_hop(context: Any) -> bool:
+    """A peer asking on a client's behalf: answer for this node only."""
+    return any(key == HOP_KEY for key, _ in context.invocation_metadata() or ())
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """inference.GRPCInferenceService over the data plane.
+
+    With `pool`, the pool answers as one server: ModelReady and ModelMetadata of a model this
+    node does not serve are a replica's answers, so a client behind the pool's Service gets the
+    same answer whichever agent it reaches. The response metadata `x-hatswarm-node` names the
+    node that answered (this one for its own models).
+    """
+
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        infer: Infer,
+        generate: Generate,
+        pool: PoolModels | None = None,
+        node_name: str = "",
+    ) -> None:
+        self._dataplane = dataplane
         self._registry = dataplane.registry
         self._state = dataplane.state
         self._infer = infer
         self._generate = generate
+        self._pool = pool
+        self._node = node_name
 
     async def ServerLive(  # noqa: N802
         self, request: pb.ServerLiveRequest, context: Any
@@ -86,19 +120,56 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             self._registry.get(request.name, request.version)
         except AgentError:
-            return pb.ModelReadyResponse(ready=False)
-        return pb.ModelReadyResponse(ready=True)
+            ready, node = False, ""
+            if self._pool is not None and not _is_hop(context):
+                ready, node = await self._pool.model_ready(request)
+        else:
+            ready, node = True, self._node
+        await _say_node(context, node)
+        return pb.ModelReadyResponse(ready=ready)
 
     @grpc_errors
     async def ModelMetadata(  # noqa: N802
         self, request: pb.ModelMetadataRequest, context: Any
     ) -> pb.ModelMetadataResponse:
-        return model_metadata(self._registry, request.name, request.version)
+        try:
+            response = model_metadata(self._registry, request.name, request.version)
+        except AgentError:
+            if self._pool is None or _is_hop(context):
+                raise
+            answer = await self._pool.model_metadata(request)
+            if answer is None:
+                raise
+            response, node = answer
+            await _say_node(context, node)
+            return response
+        await _say_node(context, self._node)
+        return response
 
     @grpc_errors
     async def ModelInfer(  # noqa: N802
         self, request: pb.ModelInferRequest, context: Any
     ) -> pb.ModelInferResponse:
+        return await self._infer(request, context)
+
+    @grpc_errors
+    async def ModelInferBytes(  # noqa: N802
+        self, data: bytes, context: Any
+    ) -> pb.ModelInferResponse:
+        """ModelInfer from its serialized request (add_to_server registers it so): a large one
+        is checked against the tensor limits unparsed, then parsed off the event loop."""
+        try:
+            if len(data) >= LARGE_REQUEST_BYTES:
+                self._dataplane.trim_later()
+                check_wire_limits(data, self._dataplane.limits)
+                request = await self._dataplane.off_loop(pb.ModelInferRequest.FromString, data)
+            else:
+                request = pb.ModelInferRequest.FromString(data)
+        except DecodeError as exc:
+            raise InvalidInputError(
+                f"the request is not a valid ModelInferRequest: {exc}"
+            ) from None
+        del data
         return await self._infer(request, context)
 
     async def ModelStreamInfer(  # noqa: N802
@@ -209,3 +280,39 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.RepositoryIndexRequest, context: Any
     ) -> pb.RepositoryIndexResponse:
         return repository_index(self._registry, request.ready)
+
+
+async def _say_node(context: Any, node: str) -> None:
+    if node:
+        await context.send_initial_metadata(((NODE_METADATA_KEY, node),))
+
+
+_HANDLER_KINDS = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
+def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
+    """Register the OIP service: every method as the generated code would, except ModelInfer,
+    which receives its request serialized (InferenceServicer.ModelInferBytes)."""
+    service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    handlers = {}
+    for method in service.methods:
+        response = getattr(pb, method.output_type.name)
+        behaviour = getattr(servicer, method.name)
+        deserializer = getattr(pb, method.input_type.name).FromString
+        if method.name == "ModelInfer":
+            behaviour, deserializer = servicer.ModelInferBytes, None
+        make = _HANDLER_KINDS[(method.client_streaming, method.server_streaming)]
+        handlers[method.name] = make(
+            behaviour,
+            request_deserializer=deserializer,
+            response_serializer=response.SerializeToString,
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )
+    server.add_registered_method_handlers(service.full_name, handlers)

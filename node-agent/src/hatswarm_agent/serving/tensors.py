@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +37,138 @@ _FIELD_DTYPE: dict[str, np.dtype[Any]] = {
 }
 
 
+# What one decoded BYTES element costs beyond its payload: the bytes object's header and its
+# slot in the list and in the object array (CPython, 64-bit).
+BYTES_ITEM_OVERHEAD = 33 + 8 + 8
+# Requests at least this big are decoded (and their answers encoded) off the event loop.
+LARGE_REQUEST_BYTES = 1 << 20
+LARGE_REQUEST_ITEMS = 1 << 16
+
+
+@dataclass(frozen=True, slots=True)
+class TensorLimits:
+    """What one request may make this node allocate, checked before anything is decoded.
+
+    A request past a limit is INVALID_ARGUMENT naming the limit (and the flag that sets it),
+    never a node that stalls or runs out of memory: one 32 MB request of 8M empty strings
+    would otherwise decode to ~0.5 GB of Python objects.
+    """
+
+    max_bytes_elements: int = 1 << 18  # BYTES elements per request, all inputs together
+    max_decoded_bytes: int = 256 << 20  # estimated memory of the decoded inputs
+
+    def check_count(self, name: str, count: int, seen: int) -> None:
+        """`count` BYTES elements for input `name`, `seen` before it (from the shape alone)."""
+        if seen + count > self.max_bytes_elements:
+            raise InvalidInputError(
+                f"input '{name}': {seen + count} BYTES elements in the request exceed this "
+                f"node's limit of {self.max_bytes_elements} (--max-bytes-elements)"
+            )
+
+    def check_decoded(self, name: str, size: int) -> None:
+        if size > self.max_decoded_bytes:
+            raise InvalidInputError(
+                f"input '{name}' would decode to about {size} bytes, over this node's limit of "
+                f"{self.max_decoded_bytes} (--max-decoded-bytes)"
+            )
+
+
+DEFAULT_LIMITS = TensorLimits()
+
+
+def is_large(request: pb.ModelInferRequest) -> bool:
+    """Whether decoding `request` takes long enough to leave the event loop.
+
+    Asked of the declared shapes alone: touching raw_input_contents copies each tensor.
+    A request whose data disagrees with its shape fails the decode's own checks.
+    """
+    size = 0
+    for t in request.inputs:
+        count = math.prod(t.shape) if t.shape else 1
+        if t.datatype == "BYTES" and count >= LARGE_REQUEST_ITEMS:
+            return True
+        dtype = OIP_TO_NUMPY.get(t.datatype)
+        size += count * (dtype.itemsize if dtype is not None else 4)
+    return size >= LARGE_REQUEST_BYTES
+
+
+def check_wire_limits(data: bytes, limits: TensorLimits) -> None:
+    """`limits` on a serialized ModelInferRequest, before it is parsed.
+
+    Only the inputs' names, datatypes and shapes are read (a scan of the protobuf wire
+    format); every tensor's data is skipped unread. An 8M-element BYTES request is refused
+    here without a single copy of its 32 MB, so the event loop stays free.
+    """
+    strings = 0
+    for number, _, value in _wire_fields(memoryview(data)):
+        if number != 5 or not isinstance(value, memoryview):  # ModelInferRequest.inputs
+            continue
+        name, datatype, shape = "", "", []
+        for n, _, v in _wire_fields(value):  # InferInputTensor: name 1, datatype 2, shape 3
+            if n == 1 and isinstance(v, memoryview):
+                name = bytes(v[:200]).decode(errors="replace")
+            elif n == 2 and isinstance(v, memoryview):
+                datatype = bytes(v).decode(errors="replace")
+            elif n == 3:
+                shape.extend(_int64s(v))
+        if datatype == "BYTES" and shape and min(shape) >= 0:
+            count = math.prod(shape)
+            limits.check_count(name, count, strings)
+            strings += count
+
+
+def _wire_fields(buf: memoryview) -> Iterator[tuple[int, int, int | memoryview]]:
+    """(field number, wire type, value) of one protobuf message: ints for varints and fixed
+    fields, views (no copy) for length-delimited ones."""
+    pos, end = 0, len(buf)
+    while pos < end:
+        key, pos = _varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(buf, pos)
+            yield number, wire, value
+        elif wire == 2:
+            size, pos = _varint(buf, pos)
+            if pos + size > end:
+                raise InvalidInputError("the request is not a valid ModelInferRequest (truncated)")
+            yield number, wire, buf[pos : pos + size]
+            pos += size
+        elif wire in (1, 5):
+            width = 8 if wire == 1 else 4
+            if pos + width > end:
+                raise InvalidInputError("the request is not a valid ModelInferRequest (truncated)")
+            yield number, wire, int.from_bytes(buf[pos : pos + width], "little")
+            pos += width
+        else:
+            raise InvalidInputError(f"the request is not a valid ModelInferRequest (wire {wire})")
+
+
+def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(buf) or shift > 63:
+            raise InvalidInputError("the request is not a valid ModelInferRequest (varint)")
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+
+
+def _int64s(value: int | memoryview) -> list[int]:
+    """A repeated int64's values: one varint, or a packed run of them."""
+    raw: list[int] = []
+    if isinstance(value, int):
+        raw.append(value)
+    else:
+        pos = 0
+        while pos < len(value):
+            v, pos = _varint(value, pos)
+            raw.append(v)
+    return [v - (1 << 64) if v >= 1 << 63 else v for v in raw]
+
+
 @dataclass(slots=True)
 class DecodedRequest:
     """Validated inputs ready for a backend, plus what the batcher needs to merge requests."""
@@ -48,13 +180,16 @@ class DecodedRequest:
 
 
 def decode_request(
-    request: pb.ModelInferRequest, specs: Sequence[TensorSpec], batchable: bool
+    request: pb.ModelInferRequest,
+    specs: Sequence[TensorSpec],
+    batchable: bool,
+    limits: TensorLimits = DEFAULT_LIMITS,
 ) -> DecodedRequest:
-    """Check `request` against the model's inputs and turn it into numpy arrays.
+    """Check `request` against the model's inputs and `limits`, and turn it into numpy arrays.
 
-    This runs once per request on the event loop, so the common case does no more than it must:
-    specs are found by a scan (models have a handful of inputs), messages are only formatted
-    when a check fails.
+    This runs once per request (on the event loop unless the request `is_large`), so the common
+    case does no more than it must: specs are found by a scan (models have a handful of
+    inputs), messages are only formatted when a check fails.
     """
     tensors = request.inputs
     contents = request.raw_input_contents
@@ -64,6 +199,7 @@ def decode_request(
         raise InvalidInputError(f"raw_input_contents has {n_raw} entries for {len(tensors)} inputs")
     arrays: dict[str, Array] = {}
     shapes: dict[str, tuple[int, ...]] = {}
+    strings = decoded = 0  # BYTES elements and estimated decoded bytes so far
     for i, tensor in enumerate(tensors):
         name = tensor.name
         spec = _spec_named(specs, name)
@@ -75,12 +211,23 @@ def decode_request(
             )
         shape = tuple(tensor.shape)
         check_shape(spec, shape)
+        if raw and tensor.HasField("contents"):
+            raise InvalidInputError(
+                f"input '{name}': both raw_input_contents and typed contents given"
+            )
+        count = math.prod(shape)
+        if spec.datatype == "BYTES":  # refused by its shape before its data is touched
+            limits.check_count(name, count, strings)
+        data = contents[i] if raw else b""  # each access copies the tensor: once
+        if spec.datatype == "BYTES":
+            payload = _bytes_payload(spec, count, data if raw else None, tensor.contents)
+            strings += count
+            decoded += count * BYTES_ITEM_OVERHEAD + payload
+        elif not raw:  # typed numbers decode to a fresh array (raw ones are zero-copy views)
+            decoded += count * 8
+        limits.check_decoded(name, decoded)
         if raw:
-            if tensor.HasField("contents"):
-                raise InvalidInputError(
-                    f"input '{name}': both raw_input_contents and typed contents given"
-                )
-            arrays[name] = decode_raw(spec, shape, contents[i])
+            arrays[name] = decode_raw(spec, shape, data)
         else:
             arrays[name] = decode_typed(spec, shape, tensor.contents)
         shapes[name] = shape
@@ -106,6 +253,20 @@ def decode_request(
     return DecodedRequest(arrays, batch, key, raw)
 
 
+def _bytes_payload(
+    spec: TensorSpec, count: int, raw: bytes | None, contents: pb.InferTensorContents
+) -> int:
+    """The payload bytes of a BYTES input, found without decoding it (the limits' input)."""
+    if raw is None:
+        return sum(len(b) for b in contents.bytes_contents) if count else 0
+    if 4 * count > len(raw):  # each element has a 4-byte length: cannot be there
+        raise InvalidInputError(
+            f"input '{spec.name}': BYTES raw data truncated ({len(raw)} bytes cannot hold "
+            f"{count} elements)"
+        )
+    return len(raw) - 4 * count
+
+
 def _spec_named(specs: Sequence[TensorSpec], name: str) -> TensorSpec:
     for spec in specs:
         if spec.name == name:
@@ -124,6 +285,13 @@ def check_shape(spec: TensorSpec, shape: tuple[int, ...]) -> None:
         else:
             return
     expected = "[" + ", ".join(str(d) for d in dims) + "]"
+    negative = [i for i, d in enumerate(shape) if d < 0]
+    if negative:  # -1 means "any size" in metadata only: a request's sizes are real
+        raise InvalidInputError(
+            f"input '{spec.name}': shape {list(shape)} has a negative dimension (index "
+            f"{negative[0]}); a request gives actual sizes >= 0 (the model accepts {expected}, "
+            "where -1 means any size)"
+        )
     raise InvalidInputError(f"input '{spec.name}': shape {list(shape)}, expected {expected}")
 
 
@@ -203,13 +371,15 @@ def decode_typed(
 
 
 def encode_bytes(arr: Array) -> bytes:
-    """BYTES array to the OIP raw layout (length-prefixed elements)."""
-    parts: list[bytes] = []
+    """BYTES array to the OIP raw layout (length-prefixed elements), built in one buffer
+    (a list of parts would hold two objects per element at once)."""
+    out = bytearray()
+    pack = struct.Struct("<I").pack
     for item in arr.reshape(-1):
         b = item.encode() if isinstance(item, str) else bytes(item)  # type: ignore[call-overload]
-        parts.append(struct.pack("<I", len(b)))
-        parts.append(b)
-    return b"".join(parts)
+        out += pack(len(b))
+        out += b
+    return bytes(out)
 
 
 def select_outputs(

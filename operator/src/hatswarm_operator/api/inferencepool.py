@@ -389,6 +389,8 @@ class PoolNode(ApiModel):
     """When the node last answered a probe (RFC 3339)."""
     reason: str | None = None
     """Why the node is not ready."""
+    cloud_requests: int = 0
+    """Requests the cloud fallback answered for this node since its agent started."""
 
 
 class PoolCapacity(ApiModel):

@@ -32,6 +32,86 @@ class ManifestError(ValueError):
     """A manifest is not a valid hatswarm object; the message names file, object and field."""
 
 
+# Deeper documents are refused (nothing hatswarm reads nests beyond a dozen levels; the API
+# server caps nesting too), before validation could recurse through them.
+MAX_DEPTH = 64
+
+_SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class StrictLoader(_SafeLoader):  # type: ignore[misc,valid-type]
+    """Safe YAML, with libyaml's parser when PyYAML has it (several times faster than the
+    pure-Python one), refusing a key given twice in one mapping as kubectl does (PyYAML's
+    default silently keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<` merges may override on purpose
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:
+                continue  # unhashable: the base constructor reports it
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (first given on line {first + 1})",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark.line
+        mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
+        return mapping
+
+
+def _too_deep(doc: object) -> bool:
+    """Whether `doc` nests deeper than MAX_DEPTH (checked without recursion)."""
+    stack: list[tuple[object, int]] = [(doc, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return True
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return False
+
+
+def _stdin_bytes() -> bytes:
+    """Standard input undecoded (so one UTF-8 check covers it and files alike)."""
+    buffer = getattr(sys.stdin, "buffer", None)
+    return buffer.read() if buffer is not None else sys.stdin.read().encode()
+
+
+def read_documents(path: Path) -> list[Any]:
+    """The non-empty YAML documents of one file; ManifestError naming the file otherwise."""
+    try:
+        raw = _stdin_bytes() if path == STDIN else path.read_bytes()
+    except UnicodeDecodeError as err:  # a text-only standard input, decoded by Python
+        raise ManifestError(f"{path}: not UTF-8 text ({err.reason})") from None
+    except OSError as err:
+        raise ManifestError(f"cannot read {path}: {err.strerror or err}") from err
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ManifestError(
+            f"{path}: not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start})"
+        ) from None
+    try:
+        docs = [d for d in yaml.load_all(text, Loader=StrictLoader) if d]
+    except yaml.YAMLError as err:
+        raise ManifestError(f"{path}: not YAML: {err}") from err
+    except RecursionError:
+        raise ManifestError(f"{path}: nested deeper than {MAX_DEPTH} levels") from None
+    for i, doc in enumerate(docs):
+        if _too_deep(doc):
+            raise ManifestError(f"{path}: document {i} is nested deeper than {MAX_DEPTH} levels")
+    return docs
+
+
 @dataclass
 class ManifestSet:
     pools: list[InferencePool] = field(default_factory=list)
@@ -187,13 +267,7 @@ def load(paths: Iterable[str | Path], kinds: Iterable[str] = KINDS) -> ManifestS
     wanted = set(kinds)
     out = ManifestSet()
     for path in iter_files(paths):
-        try:
-            text = sys.stdin.read() if path == STDIN else path.read_text()
-            docs = [d for d in yaml.safe_load_all(text) if d]
-        except OSError as err:
-            raise ManifestError(f"cannot read {path}: {err.strerror or err}") from err
-        except yaml.YAMLError as err:
-            raise ManifestError(f"{path}: not YAML: {err}") from err
+        docs = read_documents(path)
         for i, doc in enumerate(docs):
             if not isinstance(doc, dict):
                 raise ManifestError(f"{path}: document {i} is not a mapping")

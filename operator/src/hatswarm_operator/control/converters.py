@@ -88,6 +88,7 @@ def node_report(status: control_pb2.NodeStatusResponse) -> NodeReport:
         backend=status.backend,
         backend_error=status.backend_error,
         routing_generation=status.routing_generation,
+        cloud_requests=tuple(sorted(status.cloud_requests.items())),
     )
 
 

@@ -55,7 +55,7 @@ MODEL_METRICS: dict[str, Any] = {
     "cost_per1k_usd": True,
 }
 POOL_METRICS: dict[str, Any] = {
-    "nodes": {"__all__": {"last_seen", "queue_depth", "temperature_c", "watts"}},
+    "nodes": {"__all__": {"last_seen", "queue_depth", "temperature_c", "watts", "cloud_requests"}},
     "capacity": {"inferences_per_second"},
 }
 

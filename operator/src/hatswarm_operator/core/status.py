@@ -285,6 +285,7 @@ def pool_status(
             watts=n.watts,
             last_seen=rfc3339(n.last_seen) if n.last_seen else None,
             reason=n.out_reason or None,
+            cloud_requests=sum(count for _, count in n.cloud_requests),
         )
         for n in selected
     ]

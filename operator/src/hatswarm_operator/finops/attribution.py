@@ -126,8 +126,8 @@ def node_samples(
 ) -> tuple[NodeSample, ...]:
     """Adapt the inventory's probed nodes (``NodeState``) into samples.
 
-    The agent's status RPC does not carry cloud-fallback counters; pass them per node name
-    (model -> cumulative requests) when they are known from elsewhere.
+    Cloud-fallback counters come from each node's probe (NodeStatus carries them); a mapping
+    per node name (model -> cumulative requests) overrides them when known from elsewhere.
     """
     fallback = cloud_fallback_requests or {}
     return tuple(
@@ -145,7 +145,7 @@ def node_samples(
                 for o in n.models
             ),
             watts=n.watts,
-            cloud_fallback_requests=dict(fallback.get(n.name, {})),
+            cloud_fallback_requests=dict(fallback.get(n.name, n.cloud_requests)),
         )
         for n in nodes
     )

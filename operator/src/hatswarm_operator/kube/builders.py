@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import yaml
+from hatswarm_agent.protocol.wire import LIVENESS_SERVICE
 
 from hatswarm_operator import __version__
 from hatswarm_operator.api import InferencePool
@@ -287,6 +288,7 @@ def agent_args(pool: InferencePool, cls: AgentClass | None = None) -> list[str]:
         "--metrics-port", str(agent.metrics_port),
         "--http-port", str(agent.http_port),
         "--log-level", "INFO",
+        "--await-routing-table",  # NOT_SERVING (not Ready) until it can route
         *extra,
     ]  # fmt: skip
 
@@ -406,10 +408,15 @@ def build_daemonset(pool: InferencePool, cls: AgentClass | None = None) -> dict[
     # weaker (a wedged server that still accepts connections passes), but honest, needs no
     # exec or extra binary in the image, and opens no plaintext port beside the TLS one. A
     # bearer token alone keeps the gRPC probe: the agent leaves grpc.health.v1 open.
+    # Ready (the Service may send clients) once the agent can route: grpc.health.v1's overall
+    # service, NOT_SERVING until its first routing table; started and alive as soon as it
+    # runs (LIVENESS_SERVICE), so a control plane that is slow to push never restarts it.
     if pool.spec.auth.tls_secret_ref is not None:
         grpc_probe: dict[str, Any] = {"tcpSocket": {"port": "grpc"}}
+        live_probe = grpc_probe
     else:
         grpc_probe = {"grpc": {"port": agent.port}}
+        live_probe = {"grpc": {"port": agent.port, "service": LIVENESS_SERVICE}}
     container: dict[str, Any] = {
         "name": "agent",
         "image": agent_image(pool, cls.accelerator),
@@ -428,9 +435,9 @@ def build_daemonset(pool: InferencePool, cls: AgentClass | None = None) -> dict[
             {"name": "http", "containerPort": agent.http_port, "protocol": "TCP"},
         ],
         "resources": _resources(pool, cls),
-        "startupProbe": {**grpc_probe, "periodSeconds": 2, "failureThreshold": 60},
+        "startupProbe": {**live_probe, "periodSeconds": 2, "failureThreshold": 60},
         "readinessProbe": {**grpc_probe, "periodSeconds": 5, "failureThreshold": 2},
-        "livenessProbe": {**grpc_probe, "periodSeconds": 10, "failureThreshold": 3},
+        "livenessProbe": {**live_probe, "periodSeconds": 10, "failureThreshold": 3},
         "volumeMounts": mounts,
         "securityContext": container_security,
     }

@@ -428,8 +428,8 @@ class CredentialSource(SecretSource, Protocol):
 @dataclass
 class CredentialsRefresh:
     """Re-reads a pool's credential Secrets into its agent client every `every_s` seconds
-    (`CREDENTIALS_REFRESH_S` when they come from API reads; every tick from the caches), first
-    re-creating a generated one that was deleted (a rotation).
+    (`CREDENTIALS_REFRESH_S` when they come from API reads; every tick from the caches),
+    re-creating a generated one found deleted (a rotation).
 
     A Secret that cannot be read keeps the last good credentials (the agents keep their
     mounted files too) and is reported once per distinct problem.

@@ -151,6 +151,7 @@ def start_agent(
         "--log-level", "WARNING",
         "--metrics-port", str(metrics_port),
         "--http-port", str(http_port),
+        "--await-routing-table",
     ]  # fmt: skip
     if spec.slowdown != 1.0:
         cmd += ["--option", f"slowdown={spec.slowdown}"]

@@ -77,14 +77,19 @@ def _figure(value: object, fmt: str = "") -> str:
 def render(snapshot: dict[str, Any], events: int = 6) -> str:
     """A `kubectl get inferencepools.hatswarm.io,edgemodels.hatswarm.io` style table (kinds
     qualified by group, as `kubectl get all` prints them), plus the latest Events."""
-    lines = ["NAME                                 READY  NODES  MODELS  COST/1K     CLOUD/1K"]
+    lines = [
+        "NAME                                 READY  NODES  MODELS  COST/1K     CLOUD/1K    "
+        "CLOUD-SPEND"
+    ]
     for name, p in sorted(snapshot["pools"].items()):
         cost = p.get("cost", {})
         per1k, cloud = cost.get("per1kUsd"), cost.get("cloudPer1kUsd")
+        spend = cost.get("cloudFallbackSpendUsd")
         lines.append(
             f"inferencepool.hatswarm.io/{name:<10} {p.get('nodesReady', 0):<6} "
             f"{p.get('nodesTotal', 0):<6} "
-            f"{p.get('models', 0):<7} {_figure(per1k):<11} {_figure(cloud)}"
+            f"{p.get('models', 0):<7} {_figure(per1k):<11} {_figure(cloud):<11} "
+            f"{f'${spend}' if spend else ''}"
         )
         for n in p.get("nodes", []):
             mark = "Ready" if n.get("ready") else f"NotReady ({n.get('reason', '')})"

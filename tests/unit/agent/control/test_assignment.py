@@ -130,7 +130,11 @@ def test_unknown_fields_are_ignored(tmp_path: Path) -> None:
     assert AssignmentStore(path).load() == [Load(name="m", version="1", uri="/m")]
 
 
-def test_failed_save_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_save_removes_the_stale_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The old file lists what is no longer the assignment (an unloaded model would come back
+    after a restart): it goes, and the agent starts empty until the control plane resends."""
     store = AssignmentStore(tmp_path / "a.json")
     old = [Load(name="old", version="1", uri="/old")]
     store.save(old)
@@ -142,5 +146,7 @@ def test_failed_save_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.Monk
     with pytest.raises(OSError, match="disk gone"):
         store.save([Load(name="new", version="1", uri="/new")])
     monkeypatch.undo()
+    assert store.load() == []
+    assert list(tmp_path.iterdir()) == []  # no temp file left behind either
+    store.save(old)
     assert store.load() == old
-    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]  # no temp file left behind

@@ -19,14 +19,27 @@ def test_priority_parameter_forms() -> None:
     assert params.priority(r) == 7
     r.parameters["priority"].string_param = "3"
     assert params.priority(r) == 3
-    r.parameters["priority"].string_param = "high"
-    assert params.priority(r) == 0
+    r.parameters["priority"].string_param = " 4 "
+    assert params.priority(r) == 4
     r.parameters["priority"].int64_param = -2
     assert params.priority(r) == -2
     r.parameters["priority"].bool_param = True
     assert params.priority(r) == 1
     r.parameters["priority"].double_param = 5.0
-    assert params.priority(r) == 0
+    assert params.priority(r) == 5
+
+
+@pytest.mark.parametrize(
+    ("kind", "value", "shown"),
+    [("string_param", "high", "'high'"), ("double_param", 2.5, "2.5")],
+)
+def test_a_malformed_priority_is_refused_not_read_as_zero(
+    kind: str, value: object, shown: str
+) -> None:
+    r = _req()
+    setattr(r.parameters["priority"], kind, value)
+    with pytest.raises(params.ParameterError, match=f"'priority' must be an integer, got {shown}"):
+        params.priority(r)
 
 
 def test_adapter_must_be_a_string() -> None:

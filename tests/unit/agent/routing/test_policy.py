@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+import pytest
 from hatswarm_agent.protocol.v1 import control_pb2
 from hatswarm_agent.routing.policy import (
     EJECT_AFTER_FAILURES,
@@ -13,6 +14,7 @@ from hatswarm_agent.routing.policy import (
     PeerState,
     Replica,
     WaitingLine,
+    attempt_timeout,
     compile_table,
     pick_version,
     should_shed,
@@ -62,7 +64,31 @@ def test_full_and_ejected_peers_are_skipped_and_full_means_saturated() -> None:
     reps[1].peer.ejected = True
     assert Balancer().choose(reps, 5.0, 4) == (None, True)
     reps[0].peer.outstanding = 0
-    assert Balancer().choose(reps, 5.0, 4, exclude={reps[0].peer.address}) == (None, False)
+    assert Balancer().choose(reps, 5.0, 4)[0] is reps[0].peer  # never the ejected one...
+    # ...unless every replica left is ejected (panic): trying it beats failing the request.
+    assert Balancer().choose(reps, 5.0, 4, exclude={reps[0].peer.address})[0] is reps[1].peer
+    assert Balancer().choose(reps, 5.0, 4, exclude={r.peer.address for r in reps}) == (
+        None,
+        False,
+    )
+
+
+def test_an_answer_readmits_an_ejected_peer_tried_in_panic() -> None:
+    peer = PeerState("p:1")
+    for _ in range(EJECT_AFTER_FAILURES):
+        peer.on_failure(0.0)
+    assert peer.ejected
+    peer.on_success(0.01, -1, 1.0)
+    assert not peer.ejected and peer.consecutive_failures == 0
+
+
+def test_attempt_timeout_scales_with_observed_latency_within_floor() -> None:
+    peer = PeerState("p:1")
+    assert attempt_timeout(peer, None, 4.0, 0.25, cold_s=1.0) == 1.0  # nothing known yet
+    assert attempt_timeout(peer, 0.01, 4.0, 0.25) == 0.25  # the pool's tail, under the floor
+    peer.on_success(0.2, -1, 0.0)
+    assert attempt_timeout(peer, 0.01, 4.0, 0.25) == pytest.approx(0.8)  # 4 x its latency
+    assert attempt_timeout(peer, 0.5, 4.0, 0.25) == pytest.approx(2.0)  # 4 x the pool's tail
 
 
 def test_ejection_after_consecutive_failures_and_readmission_by_probe() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 from hatswarm_agent.backends.base import TensorSpec
@@ -9,9 +11,12 @@ from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
 from hatswarm_agent.serving.errors import InvalidInputError
 from hatswarm_agent.serving.tensors import (
     NUMPY_TO_OIP,
+    TensorLimits,
+    check_wire_limits,
     decode_request,
     encode_bytes,
     encode_response,
+    is_large,
     select_outputs,
 )
 from hypothesis import given, settings
@@ -178,3 +183,77 @@ def test_raw_round_trip_preserves_every_array(arr: np.ndarray) -> None:
     out = encode_response(pb.ModelInferRequest(), "1", decoded.inputs, [spec], raw=True)
     back = np.frombuffer(out.raw_output_contents[0], arr.dtype).reshape(out.outputs[0].shape)
     np.testing.assert_array_equal(back, arr)
+
+
+S = TensorSpec("s", "BYTES", (-1,))
+
+
+def _strings(count: int, item: bytes = b"", raw: bool = True) -> pb.ModelInferRequest:
+    req = pb.ModelInferRequest(model_name="m")
+    t = req.inputs.add(name="s", datatype="BYTES", shape=[count])
+    if raw:
+        req.raw_input_contents.append((len(item).to_bytes(4, "little") + item) * count)
+    else:
+        t.contents.bytes_contents.extend([item] * count)
+    return req
+
+
+@pytest.mark.parametrize("raw", [True, False])
+def test_bytes_limits_refuse_before_decoding_naming_the_limit(raw: bool) -> None:
+    limits = TensorLimits(max_bytes_elements=1000, max_decoded_bytes=1 << 20)
+    assert decode_request(_strings(1000, raw=raw), [S], True, limits).inputs["s"].shape == (1000,)
+    with pytest.raises(
+        InvalidInputError, match=r"1001 BYTES elements .* limit of 1000 \(--max-bytes-elements\)"
+    ):
+        decode_request(_strings(1001, raw=raw), [S], True, limits)
+    with pytest.raises(
+        InvalidInputError, match=r"over this node's limit of 1048576 \(--max-decoded-bytes\)"
+    ):
+        decode_request(_strings(100, b"x" * 20000, raw=raw), [S], True, limits)
+
+
+def test_a_bytes_count_the_raw_data_cannot_hold_is_refused_without_a_loop() -> None:
+    req = _strings(10)
+    req.inputs[0].shape[0] = 8 << 20  # 8M elements announced, 40 bytes sent
+    with pytest.raises(InvalidInputError, match="40 bytes cannot hold 8388608 elements"):
+        decode_request(req, [S], True, TensorLimits(max_bytes_elements=1 << 30))
+
+
+def test_large_requests_are_recognised_cheaply() -> None:
+    assert not is_large(_strings(10))
+    assert is_large(_strings(1 << 18))  # 1 MiB of length prefixes
+    assert is_large(_strings(1 << 16, raw=False))
+
+
+def test_a_negative_dimension_says_so() -> None:
+    req = raw_request(x=np.zeros((1, 4), np.float32))
+    req.inputs[0].shape[0] = -1
+    with pytest.raises(
+        InvalidInputError, match=r"shape \[-1, 4\] has a negative dimension \(index 0\)"
+    ):
+        decode_request(req, [X], batchable=True)
+
+
+def test_wire_limits_read_shapes_without_touching_the_data() -> None:
+    limits = TensorLimits(max_bytes_elements=1000)
+    ok = _strings(1000).SerializeToString()
+    check_wire_limits(ok, limits)
+    big = _strings(10)
+    big.inputs[0].shape[0] = 8 << 20  # what the shape says is all that is read
+    with pytest.raises(InvalidInputError, match=r"'s': 8388608 BYTES elements .* limit of 1000"):
+        check_wire_limits(big.SerializeToString(), limits)
+    two = _strings(600)
+    two.inputs.add(name="t", datatype="BYTES", shape=[1, 500])
+    with pytest.raises(InvalidInputError, match="'t': 1100 BYTES elements"):
+        check_wire_limits(two.SerializeToString(), limits)
+    numbers = raw_request(x=np.zeros((4096, 4), np.float32))
+    check_wire_limits(numbers.SerializeToString(), limits)  # only BYTES counts
+    with pytest.raises(InvalidInputError, match="not a valid ModelInferRequest"):
+        check_wire_limits(ok[:-3] + b"\xff\xff", limits)
+
+
+@given(st.binary(max_size=200))
+@settings(max_examples=200, deadline=None)
+def test_wire_limits_never_crash_on_garbage(data: bytes) -> None:
+    with contextlib.suppress(InvalidInputError):
+        check_wire_limits(data, TensorLimits())

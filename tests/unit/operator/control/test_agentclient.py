@@ -14,7 +14,7 @@ import pytest
 from hatswarm_agent.protocol.v1 import control_pb2
 from hatswarm_operator.api import InferencePool
 from hatswarm_operator.control.agentclient import AgentClient
-from hatswarm_operator.control.credentials import AgentCredentials
+from hatswarm_operator.control.credentials import AgentCredentials, auth_secret_names
 from hatswarm_operator.kube import handlers
 from hatswarm_operator.kube.cluster import Cluster
 from hatswarm_operator.kube.main import build_parser
@@ -293,6 +293,12 @@ def test_pool_daemon_generates_refreshes_and_rotates_the_control_token() -> None
     now[0] += handlers.CREDENTIALS_REFRESH_S
     assert run(refresh(cluster, "edge", p, cluster, owner)) == ""
     assert client.credentials.token not in ("", first) and len(core.created) == 3
+
+    # Steady state: the credentials are read, nothing is created or checked for creation.
+    reads = core.reads
+    now[0] += handlers.CREDENTIALS_REFRESH_S
+    assert run(refresh(cluster, "edge", p, cluster, owner)) == ""
+    assert core.reads == reads + len(auth_secret_names(p)) and len(core.created) == 3
 
     # An admin's own value is never overwritten.
     core.secrets["hatswarm-control-floor"] = {"token": b"admin-chosen\n"}

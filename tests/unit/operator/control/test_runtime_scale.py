@@ -8,7 +8,12 @@ import asyncio
 from hatswarm_operator.api.edgemodel import EdgeModelStatus
 from hatswarm_operator.api.inferencepool import InferencePoolStatus, PoolNode
 from hatswarm_operator.control.agentclient import AgentClient
-from hatswarm_operator.control.runtime import COST_STATUS_SECONDS, PoolRuntime, fan_out
+from hatswarm_operator.control.runtime import (
+    COST_STATUS_SECONDS,
+    POOL_METRICS,
+    PoolRuntime,
+    fan_out,
+)
 from hatswarm_operator.core.inventory import ModelObs, ModelState, NodeState
 
 
@@ -70,3 +75,20 @@ def test_live_measurements_alone_rewrite_status_at_most_every_30_s() -> None:
     assert rt._changed("pool", pool(0), volatile)
     assert not rt._changed("pool", pool(5), volatile)
     assert rt._changed("pool", pool(5, ready=False), volatile)
+
+
+def test_cloud_counters_are_live_measurements_in_pool_status() -> None:
+    """Agents' cloud counters climb with every fallback answer: priced into the pool status,
+    but alone they rewrite it at most every 30 s, like queue depths."""
+    now = [0.0]
+    rt = runtime(now)
+
+    def pool(cloud: int, ready: bool = True) -> InferencePoolStatus:
+        return InferencePoolStatus(nodes=[PoolNode(name="pi-1", ready=ready, cloud_requests=cloud)])
+
+    assert rt._changed("pool", pool(0), POOL_METRICS)
+    now[0] += 1
+    assert not rt._changed("pool", pool(40), POOL_METRICS)
+    assert rt._changed("pool", pool(40, ready=False), POOL_METRICS)
+    now[0] += COST_STATUS_SECONDS
+    assert rt._changed("pool", pool(90, ready=False), POOL_METRICS)

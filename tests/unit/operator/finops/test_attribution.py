@@ -231,6 +231,26 @@ def test_adapters_from_api_and_inventory() -> None:
     assert samples[0].cloud_fallback_requests == {"m": 4}
 
 
+def test_cloud_counters_probed_from_nodestatus_reach_the_pool_spend() -> None:
+    """NodeStatus carries the agent's cloud counters: the ledger prices them, so status shows
+    the spend the agents' /metrics show."""
+    from hatswarm_agent.protocol.v1 import control_pb2
+    from hatswarm_operator.control.converters import node_report
+    from hatswarm_operator.core.inventory import observe
+
+    status = control_pb2.NodeStatusResponse(node_name="n1", cloud_requests={"m": 250})
+    node = observe(NodeState("n1", "a:1"), node_report(status), 0.0, 3)
+    assert node.cloud_requests == (("m", 250),)
+    ledger = CostLedger()
+    inputs = PoolCostInputs(cloud_usd_per_1k=D("0.4"))
+    account(ledger, inputs, node_samples([node]), 0)
+    status.cloud_requests["m"] = 1250
+    node = observe(node, node_report(status), 1.0, 3)
+    live = account(ledger, inputs, node_samples([node]), 1)
+    assert live.cloud_fallback_requests == 1000
+    assert live.cloud_fallback_spend_usd == D("0.4")
+
+
 def test_gauges() -> None:
     registry = CollectorRegistry()
     metrics = CostMetrics(registry)

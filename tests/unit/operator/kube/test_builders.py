@@ -80,8 +80,11 @@ def test_daemonset_runs_the_agent_on_the_pool_nodes() -> None:
         "metrics": 9191,
         "http": 8000,
     }
-    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
-        assert c[probe]["grpc"] == {"port": 7001}
+    # Ready once it can route (grpc.health.v1 ""); started and alive as soon as it runs.
+    assert c["readinessProbe"]["grpc"] == {"port": 7001}
+    for probe in ("livenessProbe", "startupProbe"):
+        assert c[probe]["grpc"] == {"port": 7001, "service": "hatswarm.liveness"}
+    assert "--await-routing-table" in c["args"]
 
 
 def test_default_agent_is_restricted_and_gets_the_npu_from_the_device_plugin() -> None:
@@ -359,7 +362,7 @@ def test_pool_token_is_mounted_read_only_and_passed_to_the_agent() -> None:
     assert "--tls-cert" not in c["args"]
     # A token alone keeps the native gRPC probes: the agent leaves grpc.health.v1 open.
     for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
-        assert c[probe]["grpc"] == {"port": p.spec.agent.port}
+        assert c[probe]["grpc"]["port"] == p.spec.agent.port
     # Turning auth on rolls the agents.
     hash_of = lambda ds: ds["spec"]["template"]["metadata"]["annotations"][SETTINGS_HASH]  # noqa: E731
     assert hash_of(ds) != hash_of(build_daemonset(pool()))

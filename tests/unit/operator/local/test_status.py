@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 from hatswarm_operator.api.edgemodel import EdgeModelStatus
+from hatswarm_operator.api.inferencepool import InferencePoolStatus, PoolCost, PoolNode
 from hatswarm_operator.cli.main import main
 from hatswarm_operator.core.plan import ResourceEvent
 from hatswarm_operator.local.status import LocalSink, render
@@ -65,3 +66,18 @@ def test_status_output_formats(
     snap = json.loads(text) if output == "json" else yaml.safe_load(text)
     assert ISO.match(snap["events"][0]["time"])
     assert "p99LatencyMs" not in snap["models"]["idle"]
+
+
+def test_cloud_spend_and_per_node_cloud_answers_reach_status(tmp_path: Path) -> None:
+    """The cloud counters NodeStatus carries are in the pool's status and its table (before,
+    `hatswarm status` said 0 while the agents' /metrics counted the cloud's answers)."""
+    s = LocalSink(tmp_path / "status.json")
+    status = InferencePoolStatus(
+        nodes=[PoolNode(name="pi-1", ready=True, cloud_requests=1250)],
+        cost=PoolCost(cloud_per1k_usd=0.4, cloud_fallback_spend_usd=0.5),
+    )
+    asyncio.run(s.pool_status("default", "floor", status))
+    snap = json.loads((tmp_path / "status.json").read_text())
+    assert snap["pools"]["floor"]["nodes"][0]["cloudRequests"] == 1250
+    pool_line = next(line for line in render(snap).splitlines() if line.startswith("inferencepool"))
+    assert pool_line.split()[-2:] == ["0.4", "$0.5"]

@@ -368,6 +368,26 @@ Global___NodeStatusRequest: _TypeAlias = NodeStatusRequest  # noqa: Y015
 class NodeStatusResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class CloudRequestsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NODE_NAME_FIELD_NUMBER: _builtins.int
     ACCELERATOR_FIELD_NUMBER: _builtins.int
     DEVICE_ID_FIELD_NUMBER: _builtins.int
@@ -382,6 +402,8 @@ class NodeStatusResponse(_message.Message):
     NOW_UNIX_MS_FIELD_NUMBER: _builtins.int
     BACKEND_FIELD_NUMBER: _builtins.int
     BACKEND_ERROR_FIELD_NUMBER: _builtins.int
+    CLOUD_REQUESTS_FIELD_NUMBER: _builtins.int
+    CLOUD_FAILURES_FIELD_NUMBER: _builtins.int
     node_name: _builtins.str
     accelerator: _builtins.str
     """"hailo8l", "hailo8", "hailo10h" (as HailoRT identifies the chip) or "cpu"."""
@@ -406,8 +428,16 @@ class NodeStatusResponse(_message.Message):
     without a Hailo device); empty when it serves. The operator keeps such a node out of
     placement and says why in the pool's conditions and Events.
     """
+    cloud_failures: _builtins.int
+    """Cloud fallback calls that failed since the agent started."""
     @_builtins.property
     def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelStatus]: ...
+    @_builtins.property
+    def cloud_requests(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Requests the cloud fallback answered for this agent since it started, per model (the
+        agent's hatswarm_cloud_fallback_requests_total): the control plane prices them.
+        """
+
     def __init__(
         self,
         *,
@@ -425,10 +455,12 @@ class NodeStatusResponse(_message.Message):
         now_unix_ms: _builtins.int = ...,
         backend: _builtins.str = ...,
         backend_error: _builtins.str = ...,
+        cloud_requests: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        cloud_failures: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accelerator", b"accelerator", "agent_version", b"agent_version", "artifact_cache_bytes", b"artifact_cache_bytes", "backend", b"backend", "backend_error", b"backend_error", "device_id", b"device_id", "gateway", b"gateway", "models", b"models", "node_name", b"node_name", "now_unix_ms", b"now_unix_ms", "routing_generation", b"routing_generation", "temperature_c", b"temperature_c", "uptime_seconds", b"uptime_seconds", "watts", b"watts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accelerator", b"accelerator", "agent_version", b"agent_version", "artifact_cache_bytes", b"artifact_cache_bytes", "backend", b"backend", "backend_error", b"backend_error", "cloud_failures", b"cloud_failures", "cloud_requests", b"cloud_requests", "device_id", b"device_id", "gateway", b"gateway", "models", b"models", "node_name", b"node_name", "now_unix_ms", b"now_unix_ms", "routing_generation", b"routing_generation", "temperature_c", b"temperature_c", "uptime_seconds", b"uptime_seconds", "watts", b"watts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
