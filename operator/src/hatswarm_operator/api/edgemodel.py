@@ -52,12 +52,13 @@ class ArtifactSignature(ApiModel):
 
 
 class Artifact(ApiModel):
-    """The model compiled for one accelerator: a HEF for a Hailo chip, ONNX for the CPU."""
+    """The model compiled for one accelerator: a HEF for a Hailo chip, ONNX or GGUF for the CPU."""
 
     accelerator: Accelerator
     """Accelerator this artifact runs on: hailo8l, hailo8 or cpu (one artifact each)."""
-    format: Literal["hef", "onnx"]
-    """hef (compiled by the Hailo Dataflow Compiler) for hailo8l/hailo8, onnx for cpu."""
+    format: Literal["hef", "onnx", "gguf"]
+    """hef (compiled by the Hailo Dataflow Compiler) for hailo8l/hailo8; onnx (onnxruntime,
+    onnxruntime-genai) or gguf (llama.cpp) for cpu."""
     uri: ArtifactUri
     sha256: Sha256
     signature: ArtifactSignature | None = None
@@ -278,8 +279,8 @@ class ValidationGate(ApiModel):
 class EdgeModelSpec(ApiModel):
     model_config = with_rules(
         cel(
-            "self.artifacts.all(a, (a.accelerator == 'cpu') == (a.format == 'onnx'))",
-            "hailo accelerators take format hef, cpu takes format onnx",
+            "self.artifacts.all(a, (a.accelerator == 'cpu') == (a.format in ['onnx', 'gguf']))",
+            "hailo accelerators take format hef, cpu takes format onnx or gguf",
             ".artifacts",
         ),
         cel(
@@ -331,10 +332,10 @@ class EdgeModelSpec(ApiModel):
                 "accelerator"
             )
         for a in artifacts:
-            if (a.accelerator == "cpu") != (a.format == "onnx"):
+            if (a.accelerator == "cpu") != (a.format in ("onnx", "gguf")):
                 raise ValueError(
                     f"format {a.format!r} on accelerator {a.accelerator!r}: hailo accelerators "
-                    "take format hef, cpu takes format onnx"
+                    "take format hef, cpu takes format onnx or gguf"
                 )
         return artifacts
 
