@@ -85,9 +85,12 @@ def build_gguf_model(
     shape: GgufShape = TINY,
     chat_template: str | None = CHAT_TEMPLATE,
     quantize: str | None = None,
+    never_end: bool = False,
 ) -> Path:
     """Write a llama-architecture GGUF with random weights (F32, or the 2-D weights quantized
-    to `quantize`, e.g. "Q4_0") and return its path."""
+    to `quantize`, e.g. "Q4_0") and return its path. `never_end`: the special tokens' output
+    rows are zero, so their logit is 0 while the largest of the others is surely above it: a
+    greedy generation never ends before max_tokens (benchmarks)."""
     import gguf
 
     tokens, merges = ascii_bpe(shape.vocab_size)
@@ -142,7 +145,10 @@ def build_gguf_model(
         tensor(f"{blk}.ffn_up.weight", linear(shape.intermediate_size, h))
         tensor(f"{blk}.ffn_down.weight", linear(h, shape.intermediate_size))
     tensor("output_norm.weight", np.ones(h))
-    tensor("output.weight", linear(vocab, h, scale=4.0))  # peaky logits: decisive greedy picks
+    output = linear(vocab, h, scale=4.0)  # peaky logits: decisive greedy picks
+    if never_end:
+        output[[ids[t] for t in SPECIAL_TOKENS]] = 0.0
+    tensor("output.weight", output)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -163,16 +163,18 @@ class LlamaCppModel(LoadedModel):
 
     @staticmethod
     def _trained_context(llama_cpp: Any, path: Path) -> int:
-        """The model's training context, capped at DEFAULT_CONTEXT (the KV cache is per token)."""
-        probe = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+        """The model's training context, capped at DEFAULT_CONTEXT (the KV cache is per token);
+        read from a vocabulary-only load (no weights)."""
+        params = llama_cpp.llama_model_default_params()
+        params.vocab_only = True
+        model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
+        if not model:
+            raise ValueError("the file does not load as a model (see the log)")
         try:
-            trained = int(probe.n_ctx_train()) if hasattr(probe, "n_ctx_train") else 0
-            if not trained:
-                arch = probe.metadata.get("general.architecture", "")
-                trained = int(probe.metadata.get(f"{arch}.context_length", DEFAULT_CONTEXT))
+            trained = int(llama_cpp.llama_model_n_ctx_train(model))
         finally:
-            probe.close()
-        return max(16, min(trained, DEFAULT_CONTEXT))
+            llama_cpp.llama_model_free(model)
+        return max(16, min(trained or DEFAULT_CONTEXT, DEFAULT_CONTEXT))
 
     @staticmethod
     def _chat_formatter(llm: Any, template: str | None) -> Any:
