@@ -132,6 +132,7 @@ def test_openai_streams_a_chat_from_llama_cpp_through_an_agent_that_does_not_hol
 
 def test_a_gguf_loaded_by_format_serves_completions(pool: Pool) -> None:
     text, prompt_tokens, completion_tokens = reference_text(pool.model, COMPLETION_PROMPT, 12)
+    assert completion_tokens > 2 and text
     c = client(pool.entry_http)
     raw = c.completions.with_raw_response.create(
         model="blob", prompt=COMPLETION_PROMPT, max_tokens=12, temperature=0

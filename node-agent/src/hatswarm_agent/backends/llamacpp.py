@@ -73,7 +73,9 @@ INSTALL_HINT = (
 GGUF_MAGIC = b"GGUF"
 DEFAULT_MAX_SEQUENCES = 1
 DEFAULT_MAX_QUEUED = 4
-DEFAULT_CONTEXT = 4096  # tokens, when the model was trained for more (KV cache memory)
+# Context tokens when the model was trained for more (the KV cache is allocated per token);
+# option context_length sets it, up to what the model was trained for.
+DEFAULT_CONTEXT = 4096
 
 
 def _import_llama_cpp() -> Any:
@@ -129,17 +131,28 @@ class LlamaCppModel(LoadedModel):
         self._contexts: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._all: list[Any] = []
         self._closed = False
+
+        def context(n_ctx: int) -> Any:
+            return llama_cpp.Llama(
+                model_path=str(path),
+                n_ctx=n_ctx,
+                n_threads=threads,
+                n_threads_batch=threads,
+                n_gpu_layers=0,
+                verbose=False,
+            )
+
         try:
-            for _ in range(max_sequences):
-                llm = llama_cpp.Llama(
-                    model_path=str(path),
-                    n_ctx=requested_context or self._trained_context(llama_cpp, path),
-                    n_threads=threads,
-                    n_threads_batch=threads,
-                    n_gpu_layers=0,
-                    verbose=False,
-                )
-                self._all.append(llm)
+            n_ctx = requested_context or DEFAULT_CONTEXT
+            first = context(n_ctx)
+            trained = int(first._model.n_ctx_train())
+            if not requested_context and 0 < trained < n_ctx:  # no KV cache it cannot use
+                first.close()
+                n_ctx = trained
+                first = context(n_ctx)
+            self._all.append(first)
+            self._all.extend(context(n_ctx) for _ in range(max_sequences - 1))
+            for llm in self._all:
                 self._contexts.put(llm)
         except (ValueError, RuntimeError, OSError) as exc:
             self.close()
@@ -160,21 +173,6 @@ class LlamaCppModel(LoadedModel):
         self._sequences_per_s = 0.0
         if bool_option(options, "warm_up", True):
             self._warm_up()
-
-    @staticmethod
-    def _trained_context(llama_cpp: Any, path: Path) -> int:
-        """The model's training context, capped at DEFAULT_CONTEXT (the KV cache is per token);
-        read from a vocabulary-only load (no weights)."""
-        params = llama_cpp.llama_model_default_params()
-        params.vocab_only = True
-        model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
-        if not model:
-            raise ValueError("the file does not load as a model (see the log)")
-        try:
-            trained = int(llama_cpp.llama_model_n_ctx_train(model))
-        finally:
-            llama_cpp.llama_model_free(model)
-        return max(16, min(trained or DEFAULT_CONTEXT, DEFAULT_CONTEXT))
 
     @staticmethod
     def _chat_formatter(llm: Any, template: str | None) -> Any:

@@ -92,6 +92,10 @@ def test_onnx_artifacts_on_an_npu_node_run_on_onnxruntime(hp: ModuleType) -> Non
     assert backends.for_load(hef) == "hailo"
     assert backends.for_load(onnx) == backends.for_load(by_suffix) == "onnxruntime"
     assert backends.for_load(named) == "simulated"  # a named backend is always taken
+    # GGUF runs on llama.cpp on any node, by the LoadModel's format or the file's suffix.
+    gguf = control_pb2.LoadModelRequest(name="g", uri="https://zoo/blob", format="gguf")
+    gguf_suffix = control_pb2.LoadModelRequest(name="h", uri="file:///m/qwen-q4_0.gguf")
+    assert backends.for_load(gguf) == backends.for_load(gguf_suffix) == "llamacpp"
     assert backends.get().name == "hailo" and backends.default == "hailo"
     backends.close()
 
