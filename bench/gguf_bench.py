@@ -6,7 +6,8 @@ thread count, the same greedy prompt, in one run. Direct: llama-cpp-python's
 `create_completion(stream=True)` in this process. Agent: the `openai` client streaming
 `/v1/completions` from a real agent process serving the file (llama.cpp in the model's child
 process). The models never emit an end token (tests/ggufmodels.py `never_end`), so both sides
-generate exactly `tokens` tokens. Decode rate = (tokens - 1) / (last piece - first piece).
+generate exactly `tokens` tokens. tokens/s = tokens / (last piece - request start), the rate a
+client sees; decode tokens/s = (tokens - 1) / (last piece - first piece).
 
     python bench/gguf_bench.py [--quick]
 """
@@ -39,12 +40,17 @@ HALF_B = GgufShape(
 
 
 def threads() -> int:
-    return max(1, len(os.sched_getaffinity(0)))
+    """llama.cpp threads on both sides: $GGUF_BENCH_THREADS, default 1. llama.cpp's threads
+    meet at a barrier after every operation, so on a host whose cores are busy with other work
+    (a shared CI machine) a descheduled thread stalls the rest: with 2 threads on a loaded
+    2-core host one 32-token greedy run took anywhere from 0.1 to 4 s. One thread measures the
+    per-token overhead of the agent without that noise; on a quiet Pi 5 set it to 4."""
+    return max(1, int(os.environ.get("GGUF_BENCH_THREADS", "1")))
 
 
-def measure(pieces: Any) -> tuple[float, float, int]:
-    """(seconds to the first piece, decode tokens/s, tokens) of an iterator of token counts."""
-    start = time.perf_counter()
+def measure(pieces: Any, start: float) -> tuple[float, float, float, int]:
+    """(seconds to the first piece, decode tokens/s, end-to-end tokens/s, tokens) of an
+    iterator of token counts, timed from `start` (before the request is made)."""
     first = last = 0.0
     count = 0
     for tokens in pieces:
@@ -55,65 +61,97 @@ def measure(pieces: Any) -> tuple[float, float, int]:
             first = now
         last = now
         count += tokens
-    rate = (count - 1) / (last - first) if count > 1 and last > first else 0.0
-    return first - start, rate, count
+    decode = (count - 1) / (last - first) if count > 1 and last > first else 0.0
+    return first - start, decode, count / (last - start) if count else 0.0, count
 
 
-def direct(path: Path, tokens: int, rounds: int) -> list[tuple[float, float, int]]:
-    from llama_cpp import Llama
+def prompt(round_: int) -> str:
+    """A different first word each round: no KV-cache prefix is reused, on either side."""
+    words = ("once", "the", "a", "hello", "stream", "quick", "tiny", "answer", "edge", "pool")
+    return f"{words[round_ % len(words)]} {PROMPT}"
 
-    llm = Llama(
-        model_path=str(path),
-        n_ctx=1024,
-        n_threads=threads(),
-        n_threads_batch=threads(),
-        verbose=False,
-    )
+
+class Direct:
+    """llama.cpp's own token loop (`Llama.generate`, greedy), each token detokenized: the least
+    Python a caller can put around llama.cpp (create_completion re-detokenizes the whole text
+    at every token and would flatter the agent)."""
+
+    def __init__(self, path: Path) -> None:
+        from llama_cpp import Llama
+
+        self.llm = Llama(
+            model_path=str(path), n_ctx=1024, n_threads=threads(), n_threads_batch=threads(),
+            verbose=False,
+        )  # fmt: skip
+
+    def round(self, text: str, tokens: int) -> tuple[float, float, float, int]:
+        llm = self.llm
+
+        def pieces() -> Any:
+            ids = llm.tokenize(text.encode(), add_bos=False, special=True)
+            greedy = llm.generate(ids, top_k=0, top_p=1.0, min_p=0.0, temp=0.0)
+            for count, token in enumerate(greedy, 1):
+                yield len(llm.detokenize([token])) and 1
+                if count >= tokens:
+                    return
+
+        return measure(pieces(), time.perf_counter())
+
+    def close(self) -> None:
+        self.llm.close()
+
+
+class ThroughAgent:
+    """The `openai` client streaming /v1/completions from a real agent process."""
+
+    def __init__(self, path: Path) -> None:
+        import openai
+
+        http = free_port()
+        sha = hashlib.sha256(path.read_bytes()).hexdigest()
+        self.agent: AgentProcess = start_agent(
+            [
+                "--node-name", "bench", "--log-level", "ERROR",
+                "--allow-file-root", str(path.parent),
+                "--http-port", str(http),
+                "--model", f"m={path}#sha256={sha}", "--option", f"threads={threads()}",
+            ],
+            timeout=300,
+        )  # fmt: skip
+        self.client = openai.OpenAI(base_url=f"http://127.0.0.1:{http}/v1", api_key="x")
+
+    def round(self, text: str, tokens: int) -> tuple[float, float, float, int]:
+        start = time.perf_counter()
+        stream = self.client.completions.create(
+            model="m", prompt=text, max_tokens=tokens, temperature=0, stream=True
+        )
+        return measure((1 for c in stream if c.choices and c.choices[0].text), start)
+
+    def close(self) -> None:
+        self.agent.stop()
+
+
+def compare(path: Path, tokens: int, rounds: int) -> tuple[list[Any], list[Any]]:
+    """Rounds alternate between the two sides (the first of each warms up), so both see the
+    same machine: other work on a shared host lands on both."""
+    alone, agent = Direct(path), ThroughAgent(path)
     try:
-        results = []
-        for _ in range(rounds + 1):  # the first round warms up
-            llm.reset()  # no KV-cache prefix reuse: each round evaluates the prompt (as the agent's)
-            stream = llm.create_completion(PROMPT, max_tokens=tokens, temperature=0.0, stream=True)
-            results.append(measure(1 for chunk in stream if chunk["choices"][0]["text"]))
-        return results[1:]
+        a, b = [], []
+        for i in range(rounds + 1):
+            a.append(alone.round(prompt(i), tokens))
+            b.append(agent.round(prompt(i), tokens))
+        return a[1:], b[1:]
     finally:
-        llm.close()
+        agent.close()
+        alone.close()
 
 
-def through_agent(path: Path, tokens: int, rounds: int) -> list[tuple[float, float, int]]:
-    import openai
-
-    http = free_port()
-    sha = hashlib.sha256(path.read_bytes()).hexdigest()
-    agent: AgentProcess = start_agent(
-        [
-            "--node-name", "bench", "--log-level", "ERROR",
-            "--allow-file-root", str(path.parent),
-            "--http-port", str(http),
-            "--model", f"m={path}#sha256={sha}", "--option", f"threads={threads()}",
-        ],
-        timeout=300,
-    )  # fmt: skip
-    try:
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{http}/v1", api_key="x")
-        results = []
-        for _ in range(rounds + 1):
-            stream = client.completions.create(
-                model="m", prompt=PROMPT, max_tokens=tokens, temperature=0, stream=True
-            )
-            results.append(
-                measure(1 for chunk in stream if chunk.choices and chunk.choices[0].text)
-            )
-        return results[1:]
-    finally:
-        agent.stop()
-
-
-def summary(results: list[tuple[float, float, int]]) -> dict[str, float]:
+def summary(results: list[tuple[float, float, float, int]]) -> dict[str, float]:
     return {
         "ttft_ms": round(statistics.median(r[0] for r in results) * 1000, 2),
-        "tokens_per_s": round(statistics.median(r[1] for r in results), 1),
-        "tokens": min(r[2] for r in results),
+        "decode_tokens_per_s": round(statistics.median(r[1] for r in results), 1),
+        "tokens_per_s": round(statistics.median(r[2] for r in results), 1),
+        "tokens": min(r[3] for r in results),
     }
 
 
@@ -123,7 +161,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     shapes = {"tiny": GgufShape(context_length=1024)}
     if not quick:
         shapes["0.5b-shape-q4_0"] = HALF_B
-    rounds, tokens = (2, 32) if quick else (5, 128)
+    rounds, tokens = (4, 32) if quick else (9, 128)
     out: dict[str, Any] = {"threads": threads(), "tokens": tokens, "rounds": rounds}
     for name, shape in shapes.items():
         path = d / f"{name}.gguf"
@@ -134,10 +172,8 @@ def run(quick: bool = False) -> dict[str, Any]:
                 path, seed=5, shape=shape, chat_template=None, quantize=quant, never_end=True
             )
             out[f"{name}_build_s"] = round(time.perf_counter() - started, 1)
-        alone, agent = (
-            summary(direct(path, tokens, rounds)),
-            summary(through_agent(path, tokens, rounds)),
-        )
+        direct_rounds, agent_rounds = compare(path, tokens, rounds)
+        alone, agent = summary(direct_rounds), summary(agent_rounds)
         out[name] = {
             "direct": alone,
             "agent": agent,
