@@ -72,7 +72,7 @@ test-fast: install ## unit tests only
 demo: install ## a local pool on simulated Pi + HAT+ nodes (no cluster)
 	$(RUN) hatswarm demo
 
-bench: install ## every benchmark; ratios against baselines measured in the same run
+bench: install gguf ## every benchmark; ratios against baselines measured in the same run
 	$(RUN) python bench/run.py
 
 images: install ## operator + agent images, linux/amd64 + linux/arm64 (buildx, else buildah rootfs; images/README.md)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hatswarm_agent.backends import artifact_format, canonical_name
 from hatswarm_agent.backends.base import BackendError
 from hatswarm_agent.backends.generation import (
     GENERATE,
@@ -76,12 +75,6 @@ def thread_model(
 async def collect(stream: TokenStream) -> tuple[list[Piece], str]:
     pieces = [piece async for piece in stream]
     return pieces, "".join(p.text for p in pieces)
-
-
-def test_names_and_formats_choose_llama_cpp() -> None:
-    assert canonical_name("llama.cpp") == canonical_name("gguf") == "llamacpp"
-    assert artifact_format("", "file:///models/qwen2-0.5b-q4_0.gguf") == "gguf"
-    assert artifact_format("GGUF", "https://store/blob/123") == "gguf"
 
 
 async def test_greedy_completion_equals_llama_cpp_own(
