@@ -4,7 +4,8 @@ through an agent that does not hold the model, and gets llama-cpp-python's own g
 Two agents: a holder serving a tiny random-weight GGUF (tests/ggufmodels.py) given on the
 command line with its sha256 (the `.gguf` suffix picks the llama.cpp backend), and an entry
 agent holding nothing, with the holder as its peer. A second copy is loaded over LoadModel with
-`format: gguf` and no suffix, as the operator sends an EdgeModel's cpu artifact.
+`format: gguf` and no suffix, as the operator sends an EdgeModel's cpu artifact, and a third in
+llama.cpp's embedding mode (`embedding: true`) serves `/v1/embeddings`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import numpy as np
 import openai
 import pytest
 from hatswarm_agent.backends.base import BackendError
@@ -84,6 +86,14 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
                 timeout=120,
             )
             assert status.state == control_pb2.MODEL_STATE_READY, status.reason
+            vec = control.LoadModel(  # the same file in llama.cpp's embedding mode
+                control_pb2.LoadModelRequest(
+                    name="vec", uri=str(blob), sha256=sha256(blob), format="gguf",
+                    options={"embedding": "true", "pooling": "mean"},
+                ),
+                timeout=120,
+            )  # fmt: skip
+            assert vec.state == control_pb2.MODEL_STATE_READY, vec.reason
             refused = control.LoadModel(
                 control_pb2.LoadModelRequest(
                     name="forged", uri=str(blob), sha256="0" * 64, format="gguf"
@@ -92,7 +102,7 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
             )
             assert refused.state == control_pb2.MODEL_STATE_FAILED
             assert "sha256" in refused.reason
-        peers = [f"--peer={m}={holder.address}" for m in ("tiny", "blob")]
+        peers = [f"--peer={m}={holder.address}" for m in ("tiny", "blob", "vec")]
         entry = start_agent(["--node-name", "entry", "--http-port", str(entry_http), *peers])
     except BaseException:
         holder.stop()
@@ -144,3 +154,26 @@ def test_a_gguf_loaded_by_format_serves_completions(pool: Pool) -> None:
     assert completion.usage.prompt_tokens == prompt_tokens
     assert completion.usage.completion_tokens == completion_tokens
     assert {"tiny", "blob"} <= {m.id for m in c.models.list()}
+
+
+def test_embeddings_equal_llama_cpp_own_vectors_as_floats_and_base64(pool: Pool) -> None:
+    import llama_cpp
+
+    texts = ["hello world", "the quick brown fox jumps over the lazy dog."]
+    llm = llama_cpp.Llama(
+        model_path=str(pool.model), embedding=True, n_ctx=256, n_batch=256, n_ubatch=256,
+        pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN, verbose=False,
+    )  # fmt: skip
+    try:
+        vectors, tokens = llm.embed(texts, normalize=True, return_count=True)
+    finally:
+        llm.close()
+    expected = np.asarray(vectors, dtype=np.float32)
+    c = client(pool.entry_http)
+    for answer in (
+        c.embeddings.create(model="vec", input=texts),  # the client asks for base64
+        c.embeddings.create(model="vec", input=texts, encoding_format="float"),
+    ):
+        got = np.array([d.embedding for d in answer.data], dtype=np.float32)
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+        assert answer.usage.prompt_tokens == tokens

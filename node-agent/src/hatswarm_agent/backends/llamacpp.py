@@ -17,6 +17,12 @@ repeat penalty: OpenAI's parameters mean exactly what they say).
 
 Like the onnxruntime-genai backend, a model runs in a child process by default (isolation.py):
 the sampling loop is Python and would otherwise take the agent's GIL between decode steps.
+
+With option `embedding=true` the file is an embedding model instead ("embed"): llama.cpp's
+embedding mode, pooled as the GGUF says (`<arch>.pooling_type`; option `pooling` = mean, cls or
+last overrides it; a decoder without one is mean-pooled), L2-normalised unless
+`normalize=false`. It runs in the agent's process: one `llama_decode` per batch, during which
+ctypes releases the GIL, and no per-token Python loop.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -41,12 +47,16 @@ from hatswarm_agent.backends.base import (
     BackendError,
     BackendUnavailableError,
     LoadedModel,
+    TensorSpec,
 )
+from hatswarm_agent.backends.embed import PROMPT_TOKENS, TEXT
 from hatswarm_agent.backends.genai import SAMPLING_PARAMETERS, TEXT_INPUT, TEXT_OUTPUT
 from hatswarm_agent.backends.generation import (
+    EMBED,
     GENERATE,
     ContextLengthError,
     CpuModelBackend,
+    Embeddings,
     Emitter,
     GenerationLoad,
     GenerationParams,
@@ -60,6 +70,7 @@ from hatswarm_agent.backends.generation import (
     TokenStream,
     check_messages,
     drain_blocking,
+    run_blocking,
 )
 from hatswarm_agent.backends.isolation import ProcessModel
 from hatswarm_agent.backends.options import bool_option, int_option
@@ -76,6 +87,7 @@ DEFAULT_MAX_QUEUED = 4
 # Context tokens when the model was trained for more (the KV cache is allocated per token);
 # option context_length sets it, up to what the model was trained for.
 DEFAULT_CONTEXT = 4096
+DEFAULT_EMBED_CONTEXT = 512  # tokens of one text to embed (longer ones are cut)
 
 
 def _import_llama_cpp() -> Any:
@@ -388,7 +400,102 @@ class LlamaCppModel(LoadedModel):
         self._all.clear()
 
 
-class LlamaCppBackend(CpuModelBackend[LlamaCppModel | ProcessModel]):
+class LlamaCppEmbedModel(LoadedModel):
+    """One GGUF model in llama.cpp's embedding mode: texts in, one pooled vector each."""
+
+    capabilities = frozenset({EMBED})
+    max_batch_size = 0
+
+    def __init__(self, llama_cpp: Any, path: Path, options: Mapping[str, str]) -> None:
+        check_gguf(path)
+        pooling = {
+            "": llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED,  # the model's own
+            "mean": llama_cpp.LLAMA_POOLING_TYPE_MEAN,
+            "cls": llama_cpp.LLAMA_POOLING_TYPE_CLS,
+            "last": llama_cpp.LLAMA_POOLING_TYPE_LAST,
+        }
+        choice = options.get("pooling", "").lower()
+        if choice not in pooling:
+            raise BackendError(f"option pooling={choice!r}: expected mean, cls or last")
+        threads = int_option(options, "threads", 0) or default_threads(1)
+        requested = int_option(options, "context_length", 0)
+        n_ctx = requested or DEFAULT_EMBED_CONTEXT
+
+        def context(kind: int) -> Any:
+            # A whole text in one micro-batch: encoders attend over the sequence at once.
+            return llama_cpp.Llama(
+                model_path=str(path), embedding=True, pooling_type=kind, n_ctx=n_ctx,
+                n_batch=n_ctx, n_ubatch=n_ctx, n_threads=threads, n_threads_batch=threads,
+                n_gpu_layers=0, verbose=False,
+            )  # fmt: skip
+
+        try:
+            kind = pooling[choice]
+            self._llm = context(kind)
+            trained = int(self._llm._model.n_ctx_train())
+            if self._llm.pooling_type() == llama_cpp.LLAMA_POOLING_TYPE_NONE:
+                kind = llama_cpp.LLAMA_POOLING_TYPE_MEAN  # a decoder LLM: no pooling type
+            if not requested and 0 < trained < n_ctx:
+                n_ctx = trained  # texts longer than the model was trained for are cut
+            if kind != pooling[choice] or n_ctx != self._llm.n_ctx():
+                self._llm.close()
+                self._llm = context(kind)
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise BackendError(f"llama.cpp cannot load {path.name}: {exc}") from exc
+        self.normalize = bool_option(options, "normalize", True)
+        self.dimensions = int(self._llm.n_embd())
+        self.context_length = int(self._llm.n_ctx())
+        self.inputs = [TEXT]
+        self.outputs = [TensorSpec("embedding", "FP32", (-1, self.dimensions)), PROMPT_TOKENS]
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llamacpp-embed")
+        self._closed = False
+
+    def embed_blocking(self, inputs: Sequence[str] | Sequence[Sequence[int]]) -> Embeddings:
+        if self._closed:
+            raise BackendError("model is unloaded")
+        if not inputs:
+            raise GenerationRequestError("input must hold at least one text")
+        texts = [x for x in inputs if isinstance(x, str)]
+        if len(texts) != len(inputs):
+            raise GenerationRequestError("this model embeds texts, not lists of token ids")
+        if any(not t for t in texts):
+            raise GenerationRequestError("an input is empty")
+        try:
+            vectors, tokens = self._llm.embed(
+                texts, normalize=self.normalize, truncate=True, return_count=True
+            )
+        except (ValueError, RuntimeError) as exc:
+            raise BackendError(f"llama.cpp: {exc}") from exc
+        return Embeddings(np.asarray(vectors, dtype=np.float32), int(tokens))
+
+    async def embed(self, inputs: Sequence[str] | Sequence[Sequence[int]]) -> Embeddings:
+        result: Embeddings = await run_blocking(self._executor, lambda: self.embed_blocking(inputs))
+        return result
+
+    def run(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
+        if TEXT.name not in inputs:
+            raise GenerationRequestError(f"input {TEXT.name} (BYTES) is required")
+        texts = [
+            v.decode("utf-8") if isinstance(v, bytes) else str(v)
+            for v in np.asarray(inputs[TEXT.name], dtype=object).reshape(-1)
+        ]
+        result = self.embed_blocking(texts)
+        tokens = np.array([result.prompt_tokens], dtype=np.int64)
+        return {"embedding": result.vectors, PROMPT_TOKENS.name: tokens}
+
+    def capacity_fps(self) -> float:
+        return 0.0
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._executor.shutdown(wait=True)
+        with contextlib.suppress(Exception):
+            self._llm.close()
+
+
+class LlamaCppBackend(CpuModelBackend[LlamaCppModel | LlamaCppEmbedModel | ProcessModel]):
     """Loads GGUF files with llama.cpp on the CPU."""
 
     name = "llamacpp"
@@ -397,10 +504,15 @@ class LlamaCppBackend(CpuModelBackend[LlamaCppModel | ProcessModel]):
         super().__init__()
         self._llama_cpp = _import_llama_cpp()
 
-    def load(self, path: Path, options: Mapping[str, str]) -> LlamaCppModel | ProcessModel:
+    def load(
+        self, path: Path, options: Mapping[str, str]
+    ) -> LlamaCppModel | LlamaCppEmbedModel | ProcessModel:
         """Options: max_sequences, max_queued, threads, context_length, chat_template, warm_up,
         isolation (process, the default: the model runs in a child process, see isolation.py;
-        thread: in this process, for tests and tools)."""
+        thread: in this process, for tests and tools); embedding=true (with pooling,
+        normalize, threads, context_length): an embedding model, in this process."""
+        if bool_option(options, "embedding", False):
+            return self._track(LlamaCppEmbedModel(self._llama_cpp, path, options))
         isolation = options.get("isolation", "process")
         if isolation == "process":
             check_gguf(path)  # a clear error before a process is spawned for nothing

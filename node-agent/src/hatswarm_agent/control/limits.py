@@ -104,6 +104,7 @@ OPTION_LIMITS: dict[str, Limit] = {
     # llama.cpp
     "threads": Limit("int", 0, THREADS),
     "context_length": Limit("int", 16, 131_072),
+    "embedding": _BOOL,
 }
 
 _TRUE_FALSE = ("1", "true", "yes", "on", "0", "false", "no", "off")

@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 from hatswarm_agent.backends.base import BackendError
 from hatswarm_agent.backends.generation import (
+    EMBED,
     GENERATE,
     BackendBusyError,
     ContextLengthError,
+    EmbeddingModel,
     GenerationParams,
     GenerationRequestError,
     GenerativeModel,
@@ -26,7 +28,11 @@ from tests.externaltools import missing
 from tests.ggufmodels import GgufShape, build_gguf_model, reference_chat, reference_text
 
 try:
-    from hatswarm_agent.backends.llamacpp import LlamaCppBackend, LlamaCppModel
+    from hatswarm_agent.backends.llamacpp import (
+        LlamaCppBackend,
+        LlamaCppEmbedModel,
+        LlamaCppModel,
+    )
 
     LlamaCppBackend()
 except BackendError as exc:  # llama-cpp-python not installed (make gguf)
@@ -210,3 +216,40 @@ async def test_the_default_runs_the_model_in_a_child_process(
     _, got = await collect(stream)
     assert (got, stream.usage.completion_tokens) == (text, completion_tokens)
     model.close()
+
+
+def direct_embeddings(path: Path, texts: list[str]) -> tuple[np.ndarray, int]:
+    """llama.cpp's own embedding mode, mean-pooled (the tiny decoder has no pooling type):
+    (vectors, tokens)."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(
+        model_path=str(path), embedding=True, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
+        n_ctx=256, n_batch=256, n_ubatch=256, verbose=False,
+    )  # fmt: skip
+    try:
+        vectors, tokens = llm.embed(texts, normalize=True, return_count=True)
+        return np.asarray(vectors, dtype=np.float32), int(tokens)
+    finally:
+        llm.close()
+
+
+async def test_embedding_mode_equals_llama_cpp_own_vectors(
+    backend: LlamaCppBackend, gguf_file: Path
+) -> None:
+    texts = ["hello world", "the quick brown fox jumps over the lazy dog."]
+    model = backend.load(gguf_file, {"embedding": "true"})
+    assert isinstance(model, LlamaCppEmbedModel)
+    assert isinstance(model, EmbeddingModel) and EMBED in model.capabilities
+    result = await model.embed(texts)
+    assert result.vectors.shape == (2, GgufShape().hidden_size) == (2, model.dimensions)
+    expected, tokens = direct_embeddings(gguf_file, texts)
+    np.testing.assert_allclose(result.vectors, expected, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(result.vectors, axis=1), 1.0, rtol=1e-5)
+    assert result.prompt_tokens == tokens > len(texts)
+    out = model.run({"text": np.array([t.encode() for t in texts], dtype=object)})
+    np.testing.assert_allclose(out["embedding"], result.vectors, atol=1e-6)
+    with pytest.raises(GenerationRequestError, match="texts, not lists of token ids"):
+        await model.embed([[1, 2, 3]])
+    with pytest.raises(BackendError, match="option pooling='max'"):
+        backend.load(gguf_file, {"embedding": "true", "pooling": "max"})
