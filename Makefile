@@ -7,17 +7,27 @@ PROTO_DIR := node-agent/proto
 PROTO_OUT := node-agent/src
 PROTOS := $(wildcard $(PROTO_DIR)/hatswarm_agent/protocol/v1/*.proto)
 
-.PHONY: help install tools gen crds chart lint test test-fast chaos demo bench images images-tools images-check e2e-kind clean
+.PHONY: help install gguf tools gen crds chart lint test test-fast chaos demo bench images images-tools images-check e2e-kind clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
 .venv/.installed: pyproject.toml uv.lock operator/pyproject.toml node-agent/pyproject.toml
 	@python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
-	$(UV) sync --frozen --all-packages --all-groups --all-extras
+	$(UV) sync --frozen --all-packages --all-groups --all-extras --no-install-package llama-cpp-python
 	touch $@
 
 install: .venv/.installed ## create .venv with both distributions and the test/lint tools
+
+# llama-cpp-python (the agent's `gguf` extra) is an sdist that compiles llama.cpp: `install`
+# leaves it out (uv would build it natively, uncached, on every fresh sync) and this builds the
+# locked version once, portably (no -march=native), into .cache/wheels/ and installs that wheel.
+.venv/.gguf: .venv/.installed uv.lock tools/build_gguf_wheel.py
+	$(UV) pip install --python .venv/bin/python --no-deps \
+	  "$$(python3 tools/build_gguf_wheel.py --python .venv/bin/python)"
+	touch $@
+
+gguf: .venv/.gguf ## llama.cpp for GGUF models: build (once, cached) and install llama-cpp-python
 
 .tools/.fetched: tools/fetch_tools.py
 	python3 tools/fetch_tools.py helm >/dev/null
@@ -53,7 +63,7 @@ lint: install gen crds ## ruff, mypy strict, yamllint; fails when generated file
 	git diff --exit-code -- $(PROTO_OUT) crds charts/hatswarm/crds || \
 	  (echo "generated files drifted: run 'make gen crds' and commit" >&2; exit 1)
 
-test: tools lint ## lint, then every unit and integration test
+test: tools lint gguf ## lint, then every unit and integration test
 	HATSWARM_REQUIRE_TOOLS=1 $(RUN) pytest -m "not e2e and not images" -q
 
 test-fast: install ## unit tests only
@@ -65,7 +75,7 @@ chaos: install ## failure scenarios: kills, freezes, table swaps, slow servers, 
 demo: install ## a local pool on simulated Pi + HAT+ nodes (no cluster)
 	$(RUN) hatswarm demo
 
-bench: install ## every benchmark; ratios against baselines measured in the same run
+bench: install gguf ## every benchmark; ratios against baselines measured in the same run
 	$(RUN) python bench/run.py
 
 images: install ## operator + agent images, linux/amd64 + linux/arm64 (buildx, else buildah rootfs; images/README.md)

@@ -34,6 +34,7 @@ BENCHES = {
     "failover": "failover_bench.py",
     "chaos": "chaos_bench.py",
     "fleet": "fleet_bench.py",
+    "gguf": "gguf_bench.py",
 }
 
 

@@ -7,6 +7,7 @@
     hatswarm-agent --routing-table pool.json --auth-token-file /run/secrets/pool-token \
         --control-token-file /run/secrets/control/token --allow-file-root /models
     hatswarm-agent --http-port 8000 --model chat@genai=/models/qwen --model vec@embed=/models/mini
+    hatswarm-agent --http-port 8000 --model chat=/models/qwen2.5-0.5b-q4_k_m.gguf  # llama.cpp
 
 Prints `hatswarm-agent http on HOST:PORT` when the HTTP doors are on (OpenAI /v1, Ollama /api,
 KServe v2 REST /v2), then `hatswarm-agent ready on HOST:PORT` (flushed) once serving;

@@ -28,12 +28,15 @@ BACKEND_NAMES = (
     "onnxruntime-genai",
     "hailo-genai",
     "embedding",
+    "llamacpp",
 )
 _ALIASES = {
     "onnx": "onnxruntime",
     "ort": "onnxruntime",
     "genai": "onnxruntime-genai",
     "embed": "embedding",
+    "llama.cpp": "llamacpp",
+    "gguf": "llamacpp",
 }
 
 
@@ -71,6 +74,7 @@ _GENERATIVE = {
     "onnxruntime-genai": ("hatswarm_agent.backends.genai", "GenaiBackend"),
     "hailo-genai": ("hatswarm_agent.backends.hailo_genai", "HailoGenaiBackend"),
     "embedding": ("hatswarm_agent.backends.embed", "EmbeddingBackend"),
+    "llamacpp": ("hatswarm_agent.backends.llamacpp", "LlamaCppBackend"),
 }
 
 
@@ -132,11 +136,12 @@ def select_backend(name: str, accelerator: str = "cpu") -> Selection:
 
 
 def artifact_format(fmt: str, uri: str) -> str:
-    """The artifact kind ("hef", "onnx"): the LoadModel's format, else the URI suffix, else ""."""
+    """The artifact kind ("hef", "onnx", "gguf"): the LoadModel's format, else the URI suffix,
+    else ""."""
     if fmt:
         return fmt.lower()
     path = urllib.parse.urlsplit(uri).path if "://" in uri else uri
-    for suffix in ("hef", "onnx"):
+    for suffix in ("hef", "onnx", "gguf"):
         if path.lower().endswith(f".{suffix}"):
             return suffix
     return ""

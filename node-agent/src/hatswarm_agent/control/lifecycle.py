@@ -113,9 +113,12 @@ class Backends:
 
     def for_load(self, request: control_pb2.LoadModelRequest) -> str:
         """The backend a load runs on: the one it names, else the default; an ONNX artifact
-        on a Hailo node runs on onnxruntime (the NPU takes HEFs only)."""
+        on a Hailo node runs on onnxruntime (the NPU takes HEFs only), a GGUF file anywhere
+        on llama.cpp."""
         if request.backend:
             return canonical_name(request.backend)
+        if artifact_format(request.format, request.uri) == "gguf":
+            return "llamacpp"
         default = self.select().name or self.requested
         if default == "hailo" and artifact_format(request.format, request.uri) == "onnx":
             return "onnxruntime"

@@ -101,6 +101,10 @@ OPTION_LIMITS: dict[str, Limit] = {
     "lora_name": _SHORT,
     "optimize_memory_on_device": _BOOL,
     "chat_template": Limit("text", high=MAX_OPTION_VALUE_CHARS),
+    # llama.cpp
+    "threads": Limit("int", 0, THREADS),
+    "context_length": Limit("int", 16, 131_072),
+    "embedding": _BOOL,
 }
 
 _TRUE_FALSE = ("1", "true", "yes", "on", "0", "false", "no", "off")

@@ -58,19 +58,21 @@ NON_GENERATIVE_NPUS: tuple[Accelerator, ...] = ("hailo8l", "hailo8")
 
 
 class Artifact(ApiModel):
-    """The model built for one accelerator: a HEF for a Hailo chip, ONNX for the CPU.
+    """The model built for one accelerator: a HEF for a Hailo chip, ONNX or GGUF for the CPU.
 
     For `task: generate` the cpu artifact is a tarball (.tar or .tar.gz) of an onnxruntime-genai
-    model folder (genai_config.json, model.onnx(+.data), tokenizer files) and the hailo10h one an
-    LLM HEF for HailoRT's GenAI API; for `task: embed` a tarball of an ONNX encoder folder
-    (model.onnx, tokenizer.json). The sha256 is the tarball's, checked before it is unpacked.
+    model folder (genai_config.json, model.onnx(+.data), tokenizer files) or a GGUF file
+    (llama.cpp), and the hailo10h one an LLM HEF for HailoRT's GenAI API; for `task: embed` a
+    tarball of an ONNX encoder folder (model.onnx, tokenizer.json) or a GGUF file. The sha256 is
+    the file's (the tarball's, checked before it is unpacked).
     """
 
     accelerator: Accelerator
     """Accelerator this artifact runs on: hailo8l, hailo8, hailo10h or cpu (one artifact each)."""
-    format: Literal["hef", "onnx"]
-    """hef (compiled by the Hailo Dataflow Compiler) for hailo8l/hailo8/hailo10h, onnx for cpu
-    (a .onnx file, or for generate/embed a tarball of the model folder)."""
+    format: Literal["hef", "onnx", "gguf"]
+    """hef (compiled by the Hailo Dataflow Compiler) for hailo8l/hailo8/hailo10h; onnx
+    (onnxruntime, onnxruntime-genai: a .onnx file, or for generate/embed a tarball of the model
+    folder) or gguf (llama.cpp) for cpu."""
     uri: ArtifactUri
     sha256: Sha256
     signature: ArtifactSignature | None = None
@@ -295,8 +297,8 @@ class ValidationGate(ApiModel):
 class EdgeModelSpec(ApiModel):
     model_config = with_rules(
         cel(
-            "self.artifacts.all(a, (a.accelerator == 'cpu') == (a.format == 'onnx'))",
-            "hailo accelerators take format hef, cpu takes format onnx",
+            "self.artifacts.all(a, (a.accelerator == 'cpu') == (a.format in ['onnx', 'gguf']))",
+            "hailo accelerators take format hef, cpu takes format onnx or gguf",
             ".artifacts",
         ),
         cel(
@@ -304,6 +306,12 @@ class EdgeModelSpec(ApiModel):
             " || self.artifacts.all(a, a.accelerator != 'hailo8' && a.accelerator != 'hailo8l')",
             "task generate/embed has no runtime on hailo8 or hailo8l (Hailo's GenAI API runs on "
             "the Hailo-10H only): give a hailo10h HEF or a cpu artifact",
+            ".artifacts",
+        ),
+        cel(
+            "(has(self.task) && self.task != 'tensor')"
+            " || self.artifacts.all(a, a.format != 'gguf')",
+            "a GGUF file is a llama.cpp model: format gguf needs task generate or embed",
             ".artifacts",
         ),
         cel(
@@ -373,16 +381,21 @@ class EdgeModelSpec(ApiModel):
                 "accelerator"
             )
         for a in artifacts:
-            if (a.accelerator == "cpu") != (a.format == "onnx"):
+            if (a.accelerator == "cpu") != (a.format in ("onnx", "gguf")):
                 raise ValueError(
                     f"format {a.format!r} on accelerator {a.accelerator!r}: hailo accelerators "
-                    "take format hef, cpu takes format onnx"
+                    "take format hef, cpu takes format onnx or gguf"
                 )
         return artifacts
 
     @model_validator(mode="after")
     def _task_runs_there(self) -> Self:
         if self.task == "tensor":
+            if any(a.format == "gguf" for a in self.artifacts):
+                raise ValueError(
+                    "artifacts: format 'gguf' with task 'tensor': a GGUF file is a llama.cpp "
+                    "model: give task generate or embed"
+                )
             return self
         kinds = [a.accelerator for a in self.artifacts]
         npus = [k for k in kinds if k in NON_GENERATIVE_NPUS]

@@ -106,6 +106,7 @@ def load_request(load: ReplicaLoad, public_key: str) -> control_pb2.LoadModelReq
         public_key=public_key,
         format=load.artifact.format,
         backend=load.backend,
+        options=dict(load.options),
         cache_ttl_seconds=load.cache_ttl_seconds,
         adapters=[
             control_pb2.AdapterArtifact(name=a.name, uri=a.uri, sha256=a.sha256)

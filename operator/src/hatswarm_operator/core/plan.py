@@ -36,10 +36,22 @@ TASK_BACKENDS: dict[tuple[str, str], str] = {
 }
 
 
-def backend_for(task: str, accelerator: str) -> str:
-    """The backend a LoadModel names for a `task` build on `accelerator` ('' = the agent's
-    default, for tensor models)."""
+GGUF_BACKEND = "llamacpp"
+"""llama.cpp loads a GGUF build whatever the task (the API admits gguf for generate/embed)."""
+
+
+def backend_for(task: str, accelerator: str, fmt: str = "") -> str:
+    """The backend a LoadModel names for a `task` build on `accelerator` in format `fmt`
+    ('' = the agent's default, for tensor models)."""
+    if fmt == "gguf":
+        return GGUF_BACKEND
     return TASK_BACKENDS.get((task, accelerator), "")
+
+
+def load_options(task: str, fmt: str) -> tuple[tuple[str, str], ...]:
+    """Backend options a build needs to load as what its task says (a GGUF embedding model
+    runs llama.cpp in embedding mode)."""
+    return (("embedding", "true"),) if task == "embed" and fmt == "gguf" else ()
 
 
 @dataclass(frozen=True)
@@ -60,6 +72,8 @@ class ReplicaLoad:
     """The base is loaded already: only its adapter set changes."""
     backend: str = ""
     """The agent backend to load it on (generative and embedding builds); '' = the default."""
+    options: tuple[tuple[str, str], ...] = ()
+    """Backend options the build needs (LoadModel `options`)."""
 
 
 @dataclass(frozen=True)

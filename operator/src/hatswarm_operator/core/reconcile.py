@@ -43,6 +43,7 @@ from hatswarm_operator.core.plan import (
     Route,
     backend_for,
     endpoint_for,
+    load_options,
 )
 from hatswarm_operator.core.rolloutplan import (
     GateRequest,
@@ -260,7 +261,8 @@ def plan_loads(
                 public_key_ref=signature.public_key_ref if signature else None,
                 adapters=refs,
                 adapters_only=update,
-                backend=backend_for(m.spec.task, r.artifact.accelerator),
+                backend=backend_for(m.spec.task, r.artifact.accelerator, r.artifact.format),
+                options=load_options(m.spec.task, r.artifact.format),
             )
         )
     for name, versions in held.items():

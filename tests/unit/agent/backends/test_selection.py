@@ -13,7 +13,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from hatswarm_agent.backends import artifact_format, select_backend
+from hatswarm_agent.backends import artifact_format, canonical_name, create_backend, select_backend
 from hatswarm_agent.backends.base import BackendUnavailableError
 from hatswarm_agent.control.lifecycle import Backends
 from hatswarm_agent.protocol.v1 import control_pb2
@@ -92,6 +92,10 @@ def test_onnx_artifacts_on_an_npu_node_run_on_onnxruntime(hp: ModuleType) -> Non
     assert backends.for_load(hef) == "hailo"
     assert backends.for_load(onnx) == backends.for_load(by_suffix) == "onnxruntime"
     assert backends.for_load(named) == "simulated"  # a named backend is always taken
+    # GGUF runs on llama.cpp on any node, by the LoadModel's format or the file's suffix.
+    gguf = control_pb2.LoadModelRequest(name="g", uri="https://zoo/blob", format="gguf")
+    gguf_suffix = control_pb2.LoadModelRequest(name="h", uri="file:///m/qwen-q4_0.gguf")
+    assert backends.for_load(gguf) == backends.for_load(gguf_suffix) == "llamacpp"
     assert backends.get().name == "hailo" and backends.default == "hailo"
     backends.close()
 
@@ -101,3 +105,15 @@ def test_artifact_format() -> None:
     assert artifact_format("", "https://h/a/b.onnx?sig=1") == "onnx"
     assert artifact_format("", "/models/det_h8l.hef") == "hef"
     assert artifact_format("", "https://h/model") == ""
+
+
+def test_names_and_formats_choose_llama_cpp() -> None:
+    assert canonical_name("llama.cpp") == canonical_name("gguf") == "llamacpp"
+    assert artifact_format("", "file:///models/qwen2-0.5b-q4_0.gguf") == "gguf"
+    assert artifact_format("GGUF", "https://store/blob/123") == "gguf"
+
+
+def test_without_llama_cpp_a_gguf_load_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # import llama_cpp raises ImportError
+    with pytest.raises(BackendUnavailableError, match="its `gguf` extra"):
+        create_backend("gguf")

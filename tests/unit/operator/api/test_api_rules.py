@@ -288,3 +288,40 @@ def test_which_invalid_examples_plain_json_schema_misses() -> None:
             strict_misses.add(path.name)
     assert strict_misses == NEEDS_CEL | NEEDS_LIST_MAP
     assert plain_misses == NEEDS_CEL | NEEDS_LIST_MAP | NEEDS_STRICT
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "fmt", "accepted"),
+    [
+        ("cpu", "gguf", True),
+        ("cpu", "onnx", True),
+        ("hailo8", "gguf", False),
+        ("cpu", "hef", False),
+    ],
+)
+def test_cpu_takes_onnx_or_gguf(accelerator: str, fmt: str, accepted: bool) -> None:
+    """The CRD's CEL rule and the pydantic validator agree: llama.cpp's GGUF runs on the CPU."""
+    doc = model_doc()
+    doc["spec"]["artifacts"][0].update(accelerator=accelerator, format=fmt, uri=f"file:///m.{fmt}")
+    if fmt == "gguf":
+        doc["spec"]["task"] = "generate"
+    errors = validate(doc)
+    if accepted:
+        assert errors == []
+        assert isinstance(parse_object(doc), EdgeModel)
+    else:
+        assert any("cpu takes format onnx or gguf" in e for e in errors), errors
+        with pytest.raises(ValueError, match="cpu takes format onnx or gguf"):
+            parse_object(doc)
+
+
+def test_a_gguf_file_needs_a_generative_task() -> None:
+    """A GGUF file is a llama.cpp model: a tensor model of one is refused by both checks."""
+    doc = model_doc()
+    doc["spec"]["artifacts"][0].update(format="gguf", uri="file:///m.gguf")
+    errors = validate(doc)
+    assert any("a GGUF file is a llama.cpp model" in e for e in errors), errors
+    with pytest.raises(ManifestError, match=r"a GGUF file is a llama\.cpp model"):
+        parse_object(doc)
+    doc["spec"]["task"] = "embed"
+    assert validate(doc) == []

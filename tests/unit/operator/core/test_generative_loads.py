@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from hatswarm_agent.backends import canonical_name
 from hatswarm_operator.control.converters import load_request
-from hatswarm_operator.core.plan import TASK_BACKENDS, backend_for
+from hatswarm_operator.core.plan import GGUF_BACKEND, TASK_BACKENDS, backend_for
 from hatswarm_operator.core.reconcile import plan_pool
 
 from tests.unit.operator.factories import POOL_LABELS, SHA, make_model, make_node, make_pool
@@ -48,4 +48,20 @@ def test_a_generative_model_loads_on_the_runtime_of_each_nodes_build() -> None:
         "onnxruntime-genai",
         "file:///c.tar.gz",
         "onnx",
+    )
+
+
+def test_a_gguf_build_loads_on_llama_cpp_and_an_embedding_one_in_embedding_mode() -> None:
+    assert canonical_name(GGUF_BACKEND) == GGUF_BACKEND
+    gguf = {"accelerator": "cpu", "format": "gguf", "uri": "file:///m.gguf", "sha256": SHA}
+    chat = make_model("chat", replicas=1, artifacts=[gguf], task="generate")
+    vec = make_model("vec", replicas=1, artifacts=[dict(gguf, uri="file:///e.gguf")], task="embed")
+    plan = plan_pool(
+        make_pool(nodeSelector=POOL_LABELS), [chat, vec], [make_node("n1", accelerator="cpu")], 0
+    )
+    requests = {ld.model: load_request(ld, public_key="") for ld in plan.loads}
+    assert (requests["chat"].backend, dict(requests["chat"].options)) == ("llamacpp", {})
+    assert (requests["vec"].backend, dict(requests["vec"].options)) == (
+        "llamacpp",
+        {"embedding": "true"},
     )
