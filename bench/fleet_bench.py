@@ -399,7 +399,19 @@ def run_one(
             api0 = cpu_seconds(emu.proc.pid)
             cpu0, t0 = cpu_seconds(op.proc.pid), time.monotonic()
             fleet0 = fleet.totals()
+            spy = os.environ.get("FLEET_PYSPY")  # a py-spy binary: sample the steady window
+            sampler = (
+                subprocess.Popen(
+                    [spy, "record", "-p", str(op.proc.pid), "-d", str(int(steady_s)), "-r", "50",
+                     "-f", "raw", "-o", f"{tempfile.gettempdir()}/pyspy-{reads}-{nodes}-{models}.txt"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                )
+                if spy
+                else None
+            )  # fmt: skip
             time.sleep(steady_s)
+            if sampler is not None:
+                sampler.wait(60)
             cpu1, t1 = cpu_seconds(op.proc.pid), time.monotonic()
             api1 = cpu_seconds(emu.proc.pid)
             load1 = os.getloadavg()[0]

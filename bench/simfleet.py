@@ -76,6 +76,7 @@ class SimAgent(control_pb2_grpc.AgentControlServicer):
         self.name = name
         self.stream = stream
         self.changed = asyncio.Event()
+        self.drops = 0  # streams opened before the last `drop` end with UNAVAILABLE
         self.accelerator = accelerator
         self.load_s = load_s
         self.capacity_fps = capacity_fps
@@ -111,8 +112,11 @@ class SimAgent(control_pb2_grpc.AgentControlServicer):
         self.counts["WatchNodeStatus"] += 1
         feed = StatusFeed(*intervals(request))
         sequence = 0
+        drops = self.drops
         while True:
             changed = self.changed
+            if self.drops != drops:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "stream dropped (a blip)")
             status = self._node_status()
             now = time.monotonic()
             if feed.status_due(status, now):
@@ -237,6 +241,11 @@ class Worker:
                 await self.kill(n)
                 await self.start(n, self.agents[n].accelerator, self.ports[n])
             return True
+        if op == "drop":  # a blip: the streams break, the agents keep answering
+            for n in cmd["nodes"]:
+                self.agents[n].drops += 1
+                self.agents[n]._notify()
+            return True
         if op == "ready":
             wanted = set(cmd["models"])
             out: dict[str, list[str]] = {}
@@ -349,6 +358,11 @@ class SimFleet:
     def kill(self, *names: str) -> None:
         for worker, group in self._groups(names):
             worker.ask({"op": "kill", "nodes": group})
+
+    def drop_streams(self, *names: str) -> None:
+        """Break the nodes' status streams; the nodes keep answering (a network blip)."""
+        for worker, group in self._groups(names):
+            worker.ask({"op": "drop", "nodes": group})
 
     def revive(self, *names: str) -> None:
         for worker, group in self._groups(names):

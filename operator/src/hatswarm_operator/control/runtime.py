@@ -261,7 +261,7 @@ class PoolRuntime:
         for n in self.nodes.values():
             acted = self._acted.get(n.name)
             if acted:
-                seen = self._reported_at.get(n.name, float("-inf"))
+                seen = self._reported_since(n)
                 for key in [
                     k for k, (state, at) in acted.items() if at < seen or agrees(n, *k, state)
                 ]:
@@ -278,6 +278,11 @@ class PoolRuntime:
                     n = replace(n, models=tuple(models.values()))
             out.append(n)
         return out
+
+    def _reported_since(self, n: NodeState) -> float:
+        """From when the node's last report is known to hold (a probe: when it was asked)."""
+        fallback = n.last_seen if n.last_seen is not None else float("-inf")
+        return self._reported_at.get(n.name, fallback)
 
     def unprobed(self) -> list[str]:
         """Nodes never probed yet (new to the loop): a tick probes these itself."""
@@ -638,7 +643,7 @@ class PoolRuntime:
         if pushed is None or pushed[0] != self._generation:
             return True
         generation, when = pushed
-        reported_after_push = self._reported_at.get(n.name, float("-inf")) > when
+        reported_after_push = self._reported_since(n) > when
         return reported_after_push and n.routing_generation != generation
 
     async def _push_routes(self, pool: InferencePool, plan: PoolPlan) -> None:
