@@ -421,6 +421,9 @@ def run_one(
             ticks = sorted(d for ago, d in loop.get("recent_ticks", []) if ago <= window)
             fleet1 = fleet.totals()
             probes_per_s = (fleet1["NodeStatus"] - fleet0["NodeStatus"]) / (t1 - t0)
+            stream_msgs_per_s = sum(
+                fleet1[k] - fleet0[k] for k in ("stream_status", "stream_heartbeat")
+            ) / (t1 - t0)
 
             rounds = [failover(fleet, model_names) for _ in range(FAILOVER_ROUNDS)]
             rss = peak_rss_mb(op.proc.pid)
@@ -441,9 +444,14 @@ def run_one(
         "probe_round_p50_p99_s": [
             v for r in (loop.get("probe_rounds") or {}).values() for v in (r["p50_s"], r["p99_s"])
         ],
+        "plan_p50_p99_s": [  # full plans only (a tick with nothing new reuses the last plan)
+            v for r in (loop.get("plans") or {}).values() for v in (r["p50_s"], r["p99_s"])
+        ],
+        "streamed_nodes": sum(r["streamed"] for r in (loop.get("plans") or {}).values()),
         "lag_p99_last_10s_s": loop.get("last_10s", {}).get("lag_p99_s"),
         "lag_max_last_10s_s": loop.get("last_10s", {}).get("lag_max_s"),
         "probes_per_s": round(probes_per_s, 1),
+        "stream_messages_per_s": round(stream_msgs_per_s, 1),
         "operator_cpu_pct": round(cpu_pct, 1),
         "operator_cpu_s_per_min": round(cpu_pct * 0.6, 2),
         "operator_peak_rss_mb": round(rss, 1),
@@ -465,7 +473,8 @@ def run_one(
     print(
         f"  {reads:>5} N={nodes:<5} M={models:<4} reads/s {steady['reads_per_s']:8.2f} "
         f"({steady['read_kb_per_s']:9.1f} KB/s) writes/s {steady['writes_per_s']:6.2f} "
-        f"tick p50/p99 {out['tick_p50_s']}/{out['tick_p99_s']} s  CPU {cpu_pct:5.1f}%  "
+        f"tick p50/p99 {out['tick_p50_s']}/{out['tick_p99_s']} s (plans {out['plan_p50_p99_s']}) "
+        f"CPU {cpu_pct:5.1f}%  "
         f"RSS {rss:5.0f} MB  failover {out['failover']['recovery_s']:.2f} s "
         f"(acting after {out['failover']['detect_s']} s)  dup loads {out['duplicate_loads']}",
         flush=True,
@@ -522,12 +531,17 @@ def run_ha(nodes: int, models: int, tmp: Path) -> dict[str, Any]:
             t0 = time.monotonic()
             time.sleep(4.0)
             one_rate = (fleet.totals()["NodeStatus"] - probes) / (time.monotonic() - t0)
+            streams_open = fleet.totals()["streams_open"]
             loads = fleet.totals()["loads"]
-            probes = fleet.totals()["NodeStatus"]
+            opened = fleet.totals()["WatchNodeStatus"]
             killed = time.monotonic()
             active.proc.kill()
             active.proc.wait()
-            wait(lambda: fleet.totals()["NodeStatus"] > probes + nodes, 120, "the standby probing")
+            wait(
+                lambda: fleet.totals()["WatchNodeStatus"] >= opened + nodes,
+                120,
+                "the standby following every agent",
+            )
             handover_s = time.monotonic() - killed
             deaths = failover(fleet, model_names)
             totals = fleet.totals()
@@ -537,6 +551,7 @@ def run_ha(nodes: int, models: int, tmp: Path) -> dict[str, Any]:
         "models": models,
         "peering_lifetime_s": PEERING_LIFETIME_S,
         "probes_per_s_while_two_run": round(one_rate, 1),
+        "streams_open_while_two_run": streams_open,
         "handover_s": round(handover_s, 2),
         "failover_after_handover_s": deaths["recovery_s"],
         "loads_after_handover": int(totals["loads"] - loads),
@@ -544,7 +559,8 @@ def run_ha(nodes: int, models: int, tmp: Path) -> dict[str, Any]:
         "unloads": int(totals.get("unloads", 0)),
     }
     print(
-        f"  HA N={nodes}: two replicas probe {one_rate:.0f}/s (one's rate: {nodes}/s); "
+        f"  HA N={nodes}: two replicas hold {streams_open} status streams (one's: {nodes}), "
+        f"probe {one_rate:.0f}/s; "
         f"SIGKILL of the active -> the standby acting after {handover_s:.1f} s "
         f"(lifetime {PEERING_LIFETIME_S} s); dup loads {out['duplicate_loads']}, unloads {out['unloads']}",
         flush=True,

@@ -110,6 +110,16 @@ class SimAgent(control_pb2_grpc.AgentControlServicer):
         if not self.stream:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
         self.counts["WatchNodeStatus"] += 1
+        self.counts["streams_open"] += 1
+        try:
+            async for update in self._updates(request, context):
+                yield update
+        finally:
+            self.counts["streams_open"] -= 1
+
+    async def _updates(
+        self, request: control_pb2.WatchNodeStatusRequest, context: Any
+    ) -> AsyncIterator[control_pb2.NodeStatusUpdate]:
         feed = StatusFeed(*intervals(request))
         sequence = 0
         drops = self.drops

@@ -49,6 +49,7 @@ from hatswarm_operator.core.inventory import (
 )
 from hatswarm_operator.core.plan import PoolPlan, ReplicaLoad, ResourceEvent, Route
 from hatswarm_operator.core.reconcile import plan_pool
+from hatswarm_operator.core.rollout import ACTIVE
 from hatswarm_operator.core.status import live_model_cost_per1k, live_pool_cost
 from hatswarm_operator.finops import attribution
 from hatswarm_operator.finops import metrics as cost_metrics
@@ -99,6 +100,9 @@ LIVE_S = 5.0
 STREAM_SLACK_S = 1.0
 """A streamed status may have been on its way this long: it describes the node as it was at
 least this much before it arrived (what the loop did since stays in its own notes)."""
+RESYNC_S = 10.0
+"""A tick with nothing new to learn reuses the last plan (`_quiet_key`); a full plan is made at
+least this often anyway (time alone moves some decisions: backoffs, autoscale windows)."""
 UNSUPPORTED_RETRY_S = 300.0
 """An agent that answered UNIMPLEMENTED (older than WatchNodeStatus) is probed; its stream is
 tried again after this long (it may have been upgraded)."""
@@ -135,6 +139,22 @@ async def fan_out(items: Sequence[T], call: Callable[[T], Awaitable[R]], limit: 
 
     await asyncio.gather(*(worker() for _ in range(min(limit, len(items)))))
     return [results[i] for i in range(len(items))]
+
+
+def _same(a: tuple[Any, ...], b: tuple[Any, ...] | None) -> bool:
+    """Two quiet keys: the same objects (identity: comparing a thousand nodes' contents would
+    cost what it saves; the key holds them, so no id is reused) and replica counts."""
+    if b is None:
+        return False
+    pool, models, nodes, replicas = a
+    return (
+        pool is b[0]
+        and replicas == b[3]
+        and len(models) == len(b[1])
+        and all(x is y for x, y in zip(models, b[1], strict=True))
+        and len(nodes) == len(b[2])
+        and all(x is y for x, y in zip(nodes, b[2], strict=True))
+    )
 
 
 class PoolRuntime:
@@ -180,6 +200,10 @@ class PoolRuntime:
         self.heartbeat_s = HEARTBEAT_S
         self.live_s = LIVE_S
         self.stream_breaks = 0
+        self._quiet: tuple[Any, ...] | None = None
+        self._planned_at = float("-inf")
+        self.plan_seconds: deque[float] = deque(maxlen=600)
+        """Durations of the full plans (ticks that reused the last plan are not in it)."""
 
     # --- inventory -----------------------------------------------------------------------
 
@@ -452,6 +476,12 @@ class PoolRuntime:
             await self.sink.event(ns, ev)
         for ev in self._autoscale(pool, models):
             await self.sink.event(ns, ev)
+        quiet = self._quiet_key(pool, models)
+        if quiet is not None and _same(quiet, self._quiet) and self.last_plan is not None:
+            await self._push_routes(pool, self.last_plan)  # a push that failed is tried again
+            return self.last_plan
+        started = time.perf_counter()
+        self._planned_at = self.clock()
         mine = [m for m in models if m.spec.pool == pool.metadata.name]
         nodes = self.planning_view()
         plan = plan_pool(
@@ -472,7 +502,44 @@ class PoolRuntime:
             await self.sink.event(ns, ev)
         self.rollouts.run_gates(mine, plan)
         await self._publish(pool, models, plan)
+        self._quiet = self._quiet_key(pool, models)
+        self.plan_seconds.append(time.perf_counter() - started)
         return plan
+
+    def _quiet_key(
+        self, pool: InferencePool, models: Sequence[EdgeModel]
+    ) -> tuple[Any, ...] | None:
+        """What the next plan depends on, when the last plan left nothing in motion (None when
+        it did, or a full plan is due): the same key means the same plan.
+
+        Nodes are immutable and replaced on every report that changed anything (a heartbeat
+        replaces nothing), the pool and models are the caches' objects (new ones when their
+        resources changed), the replica counts come from autoscaling. Loads in flight, notes
+        of what this loop did, backoffs, rollouts, gates and a full plan older than
+        `RESYNC_S` all mean: plan again.
+        """
+        last = self.last_plan
+        if (
+            last is None
+            or last.loads
+            or last.unloads
+            or last.gates
+            or last.rollout_events
+            or self._inflight
+            or self._acted
+            or self._backoff
+            or any(
+                r.canary is not None and r.canary.phase in ACTIVE for r in last.rollouts.values()
+            )
+            or self.clock() - self._planned_at >= RESYNC_S
+        ):
+            return None
+        return (
+            pool,
+            tuple(models),
+            tuple(self.nodes.values()),
+            tuple(sorted(self.replicas.items())),
+        )
 
     def _node_warnings(self, pool: InferencePool) -> list[ResourceEvent]:
         """A Warning on the pool when an agent cannot open its backend (BackendUnavailable) or

@@ -212,6 +212,16 @@ def loop_health(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
         }
         for (ns, name), h in pools.items()
     }
+    out["plans"] = {
+        f"{ns}/{name}": {
+            "plans": len(plans := list(h.runtime.plan_seconds)[-60:]),
+            "p50_s": round(quantile(plans, 0.5), 4),
+            "p99_s": round(quantile(plans, 0.99), 4),
+            "streamed": h.runtime.streamed(),
+            "stream_breaks": h.runtime.stream_breaks,
+        }
+        for (ns, name), h in pools.items()
+    }
     return out
 
 
