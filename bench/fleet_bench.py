@@ -447,6 +447,9 @@ def run_one(
         "plan_p50_p99_s": [  # full plans only (a tick with nothing new reuses the last plan)
             v for r in (loop.get("plans") or {}).values() for v in (r["p50_s"], r["p99_s"])
         ],
+        "plan_cpu_p50_p99_s": [
+            v for r in (loop.get("plans") or {}).values() for v in (r["cpu_p50_s"], r["cpu_p99_s"])
+        ],
         "streamed_nodes": sum(r["streamed"] for r in (loop.get("plans") or {}).values()),
         "lag_p99_last_10s_s": loop.get("last_10s", {}).get("lag_p99_s"),
         "lag_max_last_10s_s": loop.get("last_10s", {}).get("lag_max_s"),
@@ -473,7 +476,8 @@ def run_one(
     print(
         f"  {reads:>5} N={nodes:<5} M={models:<4} reads/s {steady['reads_per_s']:8.2f} "
         f"({steady['read_kb_per_s']:9.1f} KB/s) writes/s {steady['writes_per_s']:6.2f} "
-        f"tick p50/p99 {out['tick_p50_s']}/{out['tick_p99_s']} s (plans {out['plan_p50_p99_s']}) "
+        f"tick p50/p99 {out['tick_p50_s']}/{out['tick_p99_s']} s (plans {out['plan_p50_p99_s']}, "
+        f"CPU {out['plan_cpu_p50_p99_s']}) "
         f"CPU {cpu_pct:5.1f}%  "
         f"RSS {rss:5.0f} MB  failover {out['failover']['recovery_s']:.2f} s "
         f"(acting after {out['failover']['detect_s']} s)  dup loads {out['duplicate_loads']}",

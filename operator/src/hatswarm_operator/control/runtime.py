@@ -204,6 +204,9 @@ class PoolRuntime:
         self._planned_at = float("-inf")
         self.plan_seconds: deque[float] = deque(maxlen=600)
         """Durations of the full plans (ticks that reused the last plan are not in it)."""
+        self.plan_cpu_seconds: deque[float] = deque(maxlen=600)
+        """CPU time of the loop's thread in each full plan (apart from a busy machine's waits;
+        the awaits inside count only their own CPU)."""
 
     # --- inventory -----------------------------------------------------------------------
 
@@ -480,7 +483,7 @@ class PoolRuntime:
         if quiet is not None and _same(quiet, self._quiet) and self.last_plan is not None:
             await self._push_routes(pool, self.last_plan)  # a push that failed is tried again
             return self.last_plan
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.thread_time()
         self._planned_at = self.clock()
         mine = [m for m in models if m.spec.pool == pool.metadata.name]
         nodes = self.planning_view()
@@ -504,6 +507,7 @@ class PoolRuntime:
         await self._publish(pool, models, plan)
         self._quiet = self._quiet_key(pool, models)
         self.plan_seconds.append(time.perf_counter() - started)
+        self.plan_cpu_seconds.append(time.thread_time() - cpu)
         return plan
 
     def _quiet_key(

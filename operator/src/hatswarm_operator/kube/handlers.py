@@ -217,6 +217,8 @@ def loop_health(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
             "plans": len(plans := list(h.runtime.plan_seconds)[-60:]),
             "p50_s": round(quantile(plans, 0.5), 4),
             "p99_s": round(quantile(plans, 0.99), 4),
+            "cpu_p50_s": round(quantile(cpu := list(h.runtime.plan_cpu_seconds)[-60:], 0.5), 4),
+            "cpu_p99_s": round(quantile(cpu, 0.99), 4),
             "streamed": h.runtime.streamed(),
             "stream_breaks": h.runtime.stream_breaks,
         }
