@@ -107,6 +107,7 @@ def test_killed_and_frozen_agents_leave_within_the_bound_and_come_back(
         a.proc.kill()
         killed = await until(lambda: not in_pool("a"), KILLED_BOUND_S + 5)
         assert killed <= KILLED_BOUND_S, f"a killed agent left after {killed:.1f}s"
+        print(f"frozen agent out after {frozen:.2f}s, killed agent out after {killed:.2f}s")
         assert in_pool("b")
 
     follow(runtime, body)
