@@ -16,6 +16,9 @@ EdgeModels of 2 replicas each. For each (N, M) and each way of reading the clust
   target of 3 s + the model's load time (1 s probes, 3 misses: detection alone takes 2-3 s);
 - duplicate loads over the whole run (a LoadModel for a version the node already had): 0.
 
+`FLEET_AGENT_STATUS=probe` runs the operator with `--agent-status probe` (every agent probed every
+interval, the design before the status streams) for comparison.
+
 Ratios against the same run: list vs watch (reads, CPU, tick time), and the largest N against
 the smallest (how each design grows with N). `make bench` runs the sizes in SIZES; pass
 `--sizes 50x20,200x20,1000x20,1000x200` for the whole matrix.
@@ -303,6 +306,7 @@ def operator(
         )  # fmt: skip
         proc = subprocess.Popen(
             [*prefix, *(peering or ["--standalone"]), "--all-namespaces", "--reads", reads,
+             "--agent-status", os.environ.get("FLEET_AGENT_STATUS", "stream"),
              "--metrics-port", "0", "--liveness", f"http://127.0.0.1:{health}/healthz",
              "--log-format", "plain"],
             stdout=out, stderr=subprocess.STDOUT,
@@ -435,6 +439,7 @@ def run_one(
         "models": models,
         "reads": reads,
         "probe_interval_s": probe_interval_s,
+        "agent_status": os.environ.get("FLEET_AGENT_STATUS", "stream"),
         "placement_s": round(placement_s, 2),
         "steady": steady,
         "tick_p50_s": quantile(ticks, 0.5),
