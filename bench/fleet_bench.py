@@ -16,6 +16,9 @@ EdgeModels of 2 replicas each. For each (N, M) and each way of reading the clust
   target of 3 s + the model's load time (1 s probes, 3 misses: detection alone takes 2-3 s);
 - duplicate loads over the whole run (a LoadModel for a version the node already had): 0.
 
+`FLEET_AGENT_STATUS=probe` runs the operator with `--agent-status probe` (every agent probed every
+interval, the design before the status streams) for comparison.
+
 Ratios against the same run: list vs watch (reads, CPU, tick time), and the largest N against
 the smallest (how each design grows with N). `make bench` runs the sizes in SIZES; pass
 `--sizes 50x20,200x20,1000x20,1000x200` for the whole matrix.
@@ -303,6 +306,7 @@ def operator(
         )  # fmt: skip
         proc = subprocess.Popen(
             [*prefix, *(peering or ["--standalone"]), "--all-namespaces", "--reads", reads,
+             "--agent-status", os.environ.get("FLEET_AGENT_STATUS", "stream"),
              "--metrics-port", "0", "--liveness", f"http://127.0.0.1:{health}/healthz",
              "--log-format", "plain"],
             stdout=out, stderr=subprocess.STDOUT,
@@ -399,7 +403,19 @@ def run_one(
             api0 = cpu_seconds(emu.proc.pid)
             cpu0, t0 = cpu_seconds(op.proc.pid), time.monotonic()
             fleet0 = fleet.totals()
+            spy = os.environ.get("FLEET_PYSPY")  # a py-spy binary: sample the steady window
+            sampler = (
+                subprocess.Popen(
+                    [spy, "record", "-p", str(op.proc.pid), "-d", str(int(steady_s)), "-r", "50",
+                     "-f", "raw", "-o", f"{tempfile.gettempdir()}/pyspy-{reads}-{nodes}-{models}.txt"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                )
+                if spy
+                else None
+            )  # fmt: skip
             time.sleep(steady_s)
+            if sampler is not None:
+                sampler.wait(60)
             cpu1, t1 = cpu_seconds(op.proc.pid), time.monotonic()
             api1 = cpu_seconds(emu.proc.pid)
             load1 = os.getloadavg()[0]
@@ -409,6 +425,9 @@ def run_one(
             ticks = sorted(d for ago, d in loop.get("recent_ticks", []) if ago <= window)
             fleet1 = fleet.totals()
             probes_per_s = (fleet1["NodeStatus"] - fleet0["NodeStatus"]) / (t1 - t0)
+            stream_msgs_per_s = sum(
+                fleet1[k] - fleet0[k] for k in ("stream_status", "stream_heartbeat")
+            ) / (t1 - t0)
 
             rounds = [failover(fleet, model_names) for _ in range(FAILOVER_ROUNDS)]
             rss = peak_rss_mb(op.proc.pid)
@@ -420,6 +439,7 @@ def run_one(
         "models": models,
         "reads": reads,
         "probe_interval_s": probe_interval_s,
+        "agent_status": os.environ.get("FLEET_AGENT_STATUS", "stream"),
         "placement_s": round(placement_s, 2),
         "steady": steady,
         "tick_p50_s": quantile(ticks, 0.5),
@@ -429,9 +449,17 @@ def run_one(
         "probe_round_p50_p99_s": [
             v for r in (loop.get("probe_rounds") or {}).values() for v in (r["p50_s"], r["p99_s"])
         ],
+        "plan_p50_p99_s": [  # full plans only (a tick with nothing new reuses the last plan)
+            v for r in (loop.get("plans") or {}).values() for v in (r["p50_s"], r["p99_s"])
+        ],
+        "plan_cpu_p50_p99_s": [
+            v for r in (loop.get("plans") or {}).values() for v in (r["cpu_p50_s"], r["cpu_p99_s"])
+        ],
+        "streamed_nodes": sum(r["streamed"] for r in (loop.get("plans") or {}).values()),
         "lag_p99_last_10s_s": loop.get("last_10s", {}).get("lag_p99_s"),
         "lag_max_last_10s_s": loop.get("last_10s", {}).get("lag_max_s"),
         "probes_per_s": round(probes_per_s, 1),
+        "stream_messages_per_s": round(stream_msgs_per_s, 1),
         "operator_cpu_pct": round(cpu_pct, 1),
         "operator_cpu_s_per_min": round(cpu_pct * 0.6, 2),
         "operator_peak_rss_mb": round(rss, 1),
@@ -453,7 +481,9 @@ def run_one(
     print(
         f"  {reads:>5} N={nodes:<5} M={models:<4} reads/s {steady['reads_per_s']:8.2f} "
         f"({steady['read_kb_per_s']:9.1f} KB/s) writes/s {steady['writes_per_s']:6.2f} "
-        f"tick p50/p99 {out['tick_p50_s']}/{out['tick_p99_s']} s  CPU {cpu_pct:5.1f}%  "
+        f"tick p50/p99 {out['tick_p50_s']}/{out['tick_p99_s']} s (plans {out['plan_p50_p99_s']}, "
+        f"CPU {out['plan_cpu_p50_p99_s']}) "
+        f"CPU {cpu_pct:5.1f}%  "
         f"RSS {rss:5.0f} MB  failover {out['failover']['recovery_s']:.2f} s "
         f"(acting after {out['failover']['detect_s']} s)  dup loads {out['duplicate_loads']}",
         flush=True,
@@ -510,12 +540,17 @@ def run_ha(nodes: int, models: int, tmp: Path) -> dict[str, Any]:
             t0 = time.monotonic()
             time.sleep(4.0)
             one_rate = (fleet.totals()["NodeStatus"] - probes) / (time.monotonic() - t0)
+            streams_open = fleet.totals()["streams_open"]
             loads = fleet.totals()["loads"]
-            probes = fleet.totals()["NodeStatus"]
+            opened = fleet.totals()["WatchNodeStatus"]
             killed = time.monotonic()
             active.proc.kill()
             active.proc.wait()
-            wait(lambda: fleet.totals()["NodeStatus"] > probes + nodes, 120, "the standby probing")
+            wait(
+                lambda: fleet.totals()["WatchNodeStatus"] >= opened + nodes,
+                120,
+                "the standby following every agent",
+            )
             handover_s = time.monotonic() - killed
             deaths = failover(fleet, model_names)
             totals = fleet.totals()
@@ -525,6 +560,7 @@ def run_ha(nodes: int, models: int, tmp: Path) -> dict[str, Any]:
         "models": models,
         "peering_lifetime_s": PEERING_LIFETIME_S,
         "probes_per_s_while_two_run": round(one_rate, 1),
+        "streams_open_while_two_run": streams_open,
         "handover_s": round(handover_s, 2),
         "failover_after_handover_s": deaths["recovery_s"],
         "loads_after_handover": int(totals["loads"] - loads),
@@ -532,7 +568,8 @@ def run_ha(nodes: int, models: int, tmp: Path) -> dict[str, Any]:
         "unloads": int(totals.get("unloads", 0)),
     }
     print(
-        f"  HA N={nodes}: two replicas probe {one_rate:.0f}/s (one's rate: {nodes}/s); "
+        f"  HA N={nodes}: two replicas hold {streams_open} status streams (one's: {nodes}), "
+        f"probe {one_rate:.0f}/s; "
         f"SIGKILL of the active -> the standby acting after {handover_s:.1f} s "
         f"(lifetime {PEERING_LIFETIME_S} s); dup loads {out['duplicate_loads']}, unloads {out['unloads']}",
         flush=True,

@@ -3,10 +3,14 @@
 The operator at fleet scale has to be measured against a thousand agents, and a thousand real
 `hatswarm-agent` processes (onnxruntime each) do not fit on a 2-core machine. Here each
 simulated node is its own grpc.aio server on its own loopback port (so the operator dials a
-thousand distinct addresses, keeps a thousand channels and probes each), answering the four
+thousand distinct addresses, keeps a thousand channels and follows each), answering the
 AgentControl calls the way a real agent does:
 
 - NodeStatus: accelerator, the loaded models with their state, the routing generation;
+- WatchNodeStatus: that status at once, again whenever a load, unload or table changed it, a
+  heartbeat after the asked interval of silence (the same StatusFeed as the real agent), with
+  the real agent's keepalive permissions on the server (`--no-stream`: UNIMPLEMENTED, as an
+  agent older than the stream answers);
 - LoadModel: idempotent as the real agent's (a version already READY with the same sha256
   answers at once; a second call while it loads waits for the same load), LOADING for
   `load_s` seconds, then READY;
@@ -37,12 +41,14 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import grpc
+from hatswarm_agent.control.statusfeed import StatusFeed, intervals
+from hatswarm_agent.protocol.defaults import KEEPALIVE_SERVER_OPTIONS
 from hatswarm_agent.protocol.v1 import control_pb2, control_pb2_grpc
 
 READY = control_pb2.MODEL_STATE_READY
@@ -64,8 +70,13 @@ class _Model:
 class SimAgent(control_pb2_grpc.AgentControlServicer):
     """The control surface of one node agent, with its models kept in memory."""
 
-    def __init__(self, name: str, accelerator: str, load_s: float, capacity_fps: float) -> None:
+    def __init__(
+        self, name: str, accelerator: str, load_s: float, capacity_fps: float, stream: bool = True
+    ) -> None:
         self.name = name
+        self.stream = stream
+        self.changed = asyncio.Event()
+        self.drops = 0  # streams opened before the last `drop` end with UNAVAILABLE
         self.accelerator = accelerator
         self.load_s = load_s
         self.capacity_fps = capacity_fps
@@ -91,6 +102,49 @@ class SimAgent(control_pb2_grpc.AgentControlServicer):
         self, request: control_pb2.NodeStatusRequest, context: Any
     ) -> control_pb2.NodeStatusResponse:
         self.counts["NodeStatus"] += 1
+        return self._node_status()
+
+    async def WatchNodeStatus(  # noqa: N802
+        self, request: control_pb2.WatchNodeStatusRequest, context: Any
+    ) -> AsyncIterator[control_pb2.NodeStatusUpdate]:
+        if not self.stream:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+        self.counts["WatchNodeStatus"] += 1
+        self.counts["streams_open"] += 1
+        try:
+            async for update in self._updates(request, context):
+                yield update
+        finally:
+            self.counts["streams_open"] -= 1
+
+    async def _updates(
+        self, request: control_pb2.WatchNodeStatusRequest, context: Any
+    ) -> AsyncIterator[control_pb2.NodeStatusUpdate]:
+        feed = StatusFeed(*intervals(request))
+        sequence = 0
+        drops = self.drops
+        while True:
+            changed = self.changed
+            if self.drops != drops:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "stream dropped (a blip)")
+            status = self._node_status()
+            now = time.monotonic()
+            if feed.status_due(status, now):
+                self.counts["stream_status"] += 1
+                sequence += 1
+                yield control_pb2.NodeStatusUpdate(status=status, sequence=sequence)
+            elif feed.heartbeat_due(now):
+                self.counts["stream_heartbeat"] += 1
+                sequence += 1
+                yield control_pb2.NodeStatusUpdate(sequence=sequence)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), feed.next_due(time.monotonic()))
+
+    def _notify(self) -> None:
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+    def _node_status(self) -> control_pb2.NodeStatusResponse:
         return control_pb2.NodeStatusResponse(
             node_name=self.name,
             accelerator=self.accelerator,
@@ -117,9 +171,11 @@ class SimAgent(control_pb2_grpc.AgentControlServicer):
         self.loads[f"{request.name}@{request.version}"] += 1
         self.load_started[f"{request.name}@{request.version}"] = time.time()
         self.counts["loads"] += 1
+        self._notify()
         await asyncio.sleep(self.load_s)
         m.state, m.loaded_at_ms = READY, int(time.time() * 1000)
         m.done.set()
+        self._notify()
         return self._status(request.name, m)
 
     async def UnloadModel(  # noqa: N802
@@ -131,13 +187,16 @@ class SimAgent(control_pb2_grpc.AgentControlServicer):
             del self.models[k]
         if gone:
             self.counts["unloads"] += len(gone)
+            self._notify()
         return control_pb2.UnloadModelResponse(unloaded_versions=[v for _, v in gone])
 
     async def SetRoutingTable(  # noqa: N802
         self, request: control_pb2.RoutingTable, context: Any
     ) -> control_pb2.SetRoutingTableResponse:
         self.counts["SetRoutingTable"] += 1
-        self.generation = max(self.generation, request.generation)
+        if request.generation > self.generation:
+            self.generation = request.generation
+            self._notify()
         return control_pb2.SetRoutingTableResponse(generation=self.generation)
 
     def report(self) -> dict[str, Any]:
@@ -155,7 +214,8 @@ class SimAgent(control_pb2_grpc.AgentControlServicer):
 class Worker:
     """Serves its nodes and obeys commands read from stdin, one JSON object a line."""
 
-    def __init__(self, load_s: float, capacity_fps: float) -> None:
+    def __init__(self, load_s: float, capacity_fps: float, stream: bool = True) -> None:
+        self.stream = stream
         self.load_s = load_s
         self.capacity_fps = capacity_fps
         self.agents: dict[str, SimAgent] = {}
@@ -163,8 +223,8 @@ class Worker:
         self.ports: dict[str, int] = {}
 
     async def start(self, name: str, accelerator: str, port: int = 0) -> int:
-        agent = SimAgent(name, accelerator, self.load_s, self.capacity_fps)
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        agent = SimAgent(name, accelerator, self.load_s, self.capacity_fps, self.stream)
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0), *KEEPALIVE_SERVER_OPTIONS])
         control_pb2_grpc.add_AgentControlServicer_to_server(agent, server)
         bound = server.add_insecure_port(f"127.0.0.1:{port}")
         if bound == 0:
@@ -190,6 +250,11 @@ class Worker:
             for n in cmd["nodes"]:
                 await self.kill(n)
                 await self.start(n, self.agents[n].accelerator, self.ports[n])
+            return True
+        if op == "drop":  # a blip: the streams break, the agents keep answering
+            for n in cmd["nodes"]:
+                self.agents[n].drops += 1
+                self.agents[n]._notify()
             return True
         if op == "ready":
             wanted = set(cmd["models"])
@@ -263,8 +328,11 @@ class SimFleet:
         load_s: float = 0.5,
         capacity_fps: float = 200.0,
         accelerators: Sequence[str] | None = None,
+        stream: bool = True,
     ) -> None:
+        """`stream=False`: agents older than WatchNodeStatus (UNIMPLEMENTED)."""
         self.names = list(names)
+        self.stream = stream
         self.accelerators = list(accelerators or [accelerator_of(i) for i in range(len(names))])
         self.processes = max(1, min(processes, len(self.names)))
         self.load_s = load_s
@@ -278,7 +346,8 @@ class SimFleet:
         for _ in range(self.processes):
             proc = subprocess.Popen(
                 [sys.executable, str(Path(__file__).resolve()), "--worker",
-                 "--load-s", str(self.load_s), "--capacity-fps", str(self.capacity_fps)],
+                 "--load-s", str(self.load_s), "--capacity-fps", str(self.capacity_fps),
+                 *([] if self.stream else ["--no-stream"])],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
             )  # fmt: skip
             self._workers.append(_WorkerProc(proc))
@@ -299,6 +368,11 @@ class SimFleet:
     def kill(self, *names: str) -> None:
         for worker, group in self._groups(names):
             worker.ask({"op": "kill", "nodes": group})
+
+    def drop_streams(self, *names: str) -> None:
+        """Break the nodes' status streams; the nodes keep answering (a network blip)."""
+        for worker, group in self._groups(names):
+            worker.ask({"op": "drop", "nodes": group})
 
     def revive(self, *names: str) -> None:
         for worker, group in self._groups(names):
@@ -368,10 +442,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--worker", action="store_true", help="serve nodes; commands on stdin")
     p.add_argument("--load-s", type=float, default=0.5, help="simulated model load time")
     p.add_argument("--capacity-fps", type=float, default=200.0)
+    p.add_argument("--no-stream", action="store_true", help="WatchNodeStatus: UNIMPLEMENTED")
     args = p.parse_args(argv)
     if not args.worker:
         p.error("run with --worker (SimFleet starts the workers itself)")
-    asyncio.run(Worker(args.load_s, args.capacity_fps).serve(sys.stdin, sys.stdout))
+    asyncio.run(
+        Worker(args.load_s, args.capacity_fps, not args.no_stream).serve(sys.stdin, sys.stdout)
+    )
     return 0
 
 

@@ -43,6 +43,7 @@ from hatswarm_agent.control.sources import ArtifactSources
 from hatswarm_agent.http.common import Services
 from hatswarm_agent.http.server import HttpServer
 from hatswarm_agent.protocol.auth import AgentAuth, AuthInterceptor, TlsFiles, TokenFile
+from hatswarm_agent.protocol.defaults import KEEPALIVE_SERVER_OPTIONS
 from hatswarm_agent.protocol.v1 import control_pb2, control_pb2_grpc
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
 from hatswarm_agent.protocol.wire import LIVENESS_SERVICE
@@ -124,13 +125,15 @@ def log_selection(selection: Selection, accelerator: str) -> None:
 
 
 def server_options(config: AgentConfig) -> list[tuple[str, int]]:
-    """grpc.aio options: message size limits (over them: RESOURCE_EXHAUSTED), one port owner."""
+    """grpc.aio options: message size limits (over them: RESOURCE_EXHAUSTED), one port owner,
+    and the control plane's keepalive pings allowed (it pings a watched agent every second to
+    see it die: protocol.defaults.KEEPALIVE_SERVER_OPTIONS)."""
     return [
+        *KEEPALIVE_SERVER_OPTIONS,
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
         ("grpc.so_reuseport", 0),
         ("grpc.max_concurrent_streams", 1024),
-        ("grpc.http2.max_pings_without_data", 0),
     ]
 
 

@@ -28,9 +28,11 @@ __all__ = ["SimFleet", "add_nodes", "model", "pool", "sim_fleet"]
 
 
 @contextmanager
-def sim_fleet(count: int, *, load_s: float = 0.3, processes: int = 2) -> Iterator[SimFleet]:
+def sim_fleet(
+    count: int, *, load_s: float = 0.3, processes: int = 2, stream: bool = True
+) -> Iterator[SimFleet]:
     names = [f"sim-{i:02d}" for i in range(count)]
-    with SimFleet(names, processes=processes, load_s=load_s) as fleet:
+    with SimFleet(names, processes=processes, load_s=load_s, stream=stream) as fleet:
         yield fleet
 
 

@@ -82,7 +82,9 @@ def test_a_quiet_pool_reads_nothing_and_events_count_up(world: World, fleet: Sim
     writes = {k: n for k, n in counts.requests.items() if k[0] in ("create", "patch", "update")}
     assert reads == {}, f"a quiet pool read the API: {reads}"
     assert writes == {}, f"a quiet pool wrote to the API (status unchanged): {writes}"
-    assert fleet.totals()["NodeStatus"] >= 12 * 8  # while it kept probing every agent
+    # ... while it followed every agent: a stream each, heartbeats every 2 s, no probes needed.
+    totals = fleet.totals()
+    assert totals["WatchNodeStatus"] >= 12 and totals["stream_heartbeat"] >= 12 * 2
 
     # Twelve nodes joined: the first nine NodeJoined Events stand alone, the rest count up on
     # one combined Event, as Kubernetes' own recorder aggregates them.
@@ -168,12 +170,13 @@ def test_a_restarted_operator_reloads_nothing(world: World, fleet: SimFleet, how
     world.kube.server.counts(reset=True)
     mark = len(world.kube.server.requests)
     world.start_operator()
-    statuses = fleet.totals()["NodeStatus"]
+    opened = fleet.totals()["WatchNodeStatus"]
     wait_for(
-        lambda: fleet.totals()["NodeStatus"] >= statuses + 12 * 6,
+        lambda: fleet.totals()["WatchNodeStatus"] >= opened + 12,
         timeout=60,
-        what="the new operator probing every agent for a few rounds",
+        what="the new operator following every agent's status stream",
     )
+    time.sleep(3.0)  # a few ticks on what the streams said
     totals = fleet.totals()
     assert totals["duplicate_loads"] == 0
     assert totals["loads"] == loads and totals.get("unloads", 0) == unloads

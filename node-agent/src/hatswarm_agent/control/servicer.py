@@ -8,14 +8,16 @@ that other people write.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from hatswarm_agent import __version__
 from hatswarm_agent.control.lifecycle import ModelLifecycle
+from hatswarm_agent.control.statusfeed import StatusFeed, intervals
 from hatswarm_agent.protocol.v1 import control_pb2, control_pb2_grpc
 from hatswarm_agent.serving.errors import grpc_errors
 
@@ -49,6 +51,28 @@ class NodeIdentity:
     gateway: bool = False
 
 
+CHECK_S = 1.0
+"""A watched status is also compared this often (changes no control call announced: a FAILED
+entry expiring, a backend opening)."""
+
+
+class Changes:
+    """Wakes every status stream when a control call changed something (load, unload, table)."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def notify(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait(self, seconds: float) -> None:
+        """Until the next change, or `seconds`."""
+        event = self._event
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), seconds)
+
+
 class ControlServicer(control_pb2_grpc.AgentControlServicer):
     """Load/unload, node status and the routing table."""
 
@@ -64,25 +88,55 @@ class ControlServicer(control_pb2_grpc.AgentControlServicer):
         self._identity = identity
         self._cloud = cloud
         self._started = time.monotonic()
+        self._changes = Changes()
 
     @grpc_errors
     async def LoadModel(  # noqa: N802
         self, request: control_pb2.LoadModelRequest, context: Any
     ) -> control_pb2.ModelStatus:
-        entry = await self._lifecycle.load(request)
+        self._changes.notify()  # LOADING is visible now
+        try:
+            entry = await self._lifecycle.load(request)
+        finally:
+            self._changes.notify()
         return entry.status()
 
     @grpc_errors
     async def UnloadModel(  # noqa: N802
         self, request: control_pb2.UnloadModelRequest, context: Any
     ) -> control_pb2.UnloadModelResponse:
-        versions = await self._lifecycle.unload(request.name, request.version)
+        try:
+            versions = await self._lifecycle.unload(request.name, request.version)
+        finally:
+            self._changes.notify()
         return control_pb2.UnloadModelResponse(unloaded_versions=versions)
 
     @grpc_errors
     async def NodeStatus(  # noqa: N802
         self, request: control_pb2.NodeStatusRequest, context: Any
     ) -> control_pb2.NodeStatusResponse:
+        return await self._status()
+
+    async def WatchNodeStatus(  # noqa: N802
+        self, request: control_pb2.WatchNodeStatusRequest, context: Any
+    ) -> AsyncIterator[control_pb2.NodeStatusUpdate]:
+        """The status at once, then on change, live measurements at most every live interval,
+        a heartbeat after the heartbeat interval of silence (statusfeed.StatusFeed decides)."""
+        heartbeat_s, live_s = intervals(request)
+        feed = StatusFeed(heartbeat_s, live_s)
+        sequence = 0
+        while True:
+            status = await self._status()
+            now = time.monotonic()
+            if feed.status_due(status, now):
+                sequence += 1
+                yield control_pb2.NodeStatusUpdate(status=status, sequence=sequence)
+            elif feed.heartbeat_due(now):
+                sequence += 1
+                yield control_pb2.NodeStatusUpdate(sequence=sequence)
+            await self._changes.wait(min(CHECK_S, feed.next_due(time.monotonic())))
+
+    async def _status(self) -> control_pb2.NodeStatusResponse:
         lc = self._lifecycle
         info = None
         backend = backend_error = ""
@@ -115,4 +169,8 @@ class ControlServicer(control_pb2_grpc.AgentControlServicer):
     async def SetRoutingTable(  # noqa: N802
         self, request: control_pb2.RoutingTable, context: Any
     ) -> control_pb2.SetRoutingTableResponse:
-        return control_pb2.SetRoutingTableResponse(generation=self._routing.push(request))
+        try:
+            generation = self._routing.push(request)
+        finally:
+            self._changes.notify()
+        return control_pb2.SetRoutingTableResponse(generation=generation)

@@ -317,6 +317,21 @@ def _refusing(handler: grpc.RpcMethodHandler, denial: Denial) -> grpc.RpcMethodH
 def _loopback_only(handler: grpc.RpcMethodHandler, auth: AgentAuth) -> grpc.RpcMethodHandler:
     """Control without a control token: the same handler, for callers on this host only."""
     inner = handler.unary_unary
+    streaming = handler.unary_stream
+    kw = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if streaming is not None:  # WatchNodeStatus
+
+        async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            denial = auth.control_denial(context.invocation_metadata(), context.peer())
+            if denial is not None:
+                await context.abort(denial.code, denial.message)
+            async for item in streaming(request, context):
+                yield item
+
+        return grpc.unary_stream_rpc_method_handler(stream, **kw)
     if inner is None:
         return _refusing(handler, Denial(grpc.StatusCode.UNIMPLEMENTED, "not a unary call"))
 
@@ -326,11 +341,7 @@ def _loopback_only(handler: grpc.RpcMethodHandler, auth: AgentAuth) -> grpc.RpcM
             await context.abort(denial.code, denial.message)
         return await inner(request, context)
 
-    return grpc.unary_unary_rpc_method_handler(
-        behaviour,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
+    return grpc.unary_unary_rpc_method_handler(behaviour, **kw)
 
 
 _NAMED_HEALTH = Denial(

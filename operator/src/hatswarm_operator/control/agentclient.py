@@ -14,11 +14,12 @@ so a rotation never looks like a node failure.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import grpc
 from hatswarm_agent.protocol.auth import bearer_metadata
+from hatswarm_agent.protocol.defaults import KEEPALIVE_TIME_MS, KEEPALIVE_TIMEOUT_MS
 from hatswarm_agent.protocol.v1 import control_pb2, control_pb2_grpc
 
 from hatswarm_operator.control.credentials import AgentCredentials, Metadata
@@ -29,6 +30,15 @@ CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.enable_retries", 0),
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
+WATCH_CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
+    *CHANNEL_OPTIONS,
+    ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+    ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+"""Status streams get channels of their own, pinging every second: an agent too old to allow
+that (gRPC's default server answers frequent pings with GOAWAY) must not lose its probes."""
 
 
 class AgentClient:
@@ -47,6 +57,9 @@ class AgentClient:
         self._accepted: dict[str, str] = {}  # address -> the token it last accepted
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, tuple[grpc.aio.Channel, control_pb2_grpc.AgentControlStub]] = {}
+        self._watch_stubs: dict[
+            str, tuple[grpc.aio.Channel, control_pb2_grpc.AgentControlStub]
+        ] = {}
 
     # --- credentials -----------------------------------------------------------------------
 
@@ -117,6 +130,44 @@ class AgentClient:
 
         return await self._call(address, call)
 
+    async def watch(
+        self, address: str, heartbeat_s: float, live_s: float
+    ) -> AsyncIterator[control_pb2.NodeStatusUpdate]:
+        """The agent's WatchNodeStatus stream, over a keepalive channel of its own; the same
+        tokens as every call (the previous one after UNAUTHENTICATED during a rotation). Ends
+        with the stream; a broken one raises AioRpcError (UNIMPLEMENTED: an older agent)."""
+        stub = self._watch_stub(address)
+        request = control_pb2.WatchNodeStatusRequest(
+            heartbeat_interval_ms=round(heartbeat_s * 1000), live_interval_ms=round(live_s * 1000)
+        )
+        tokens = self._tokens(address)
+        for i, token in enumerate(tokens):
+            call = stub.WatchNodeStatus(request, metadata=bearer_metadata(token) or None)
+            try:
+                try:
+                    first = await call.read()
+                except grpc.aio.AioRpcError as err:
+                    if err.code() != grpc.StatusCode.UNAUTHENTICATED or i == len(tokens) - 1:
+                        raise
+                    continue
+                if token:
+                    self._accepted[address] = token
+                update = first
+                while update is not grpc.aio.EOF:
+                    assert isinstance(update, control_pb2.NodeStatusUpdate)
+                    yield update
+                    update = await call.read()
+                return
+            finally:
+                call.cancel()
+
+    def _watch_stub(self, address: str) -> control_pb2_grpc.AgentControlStub:
+        cached = self._watch_stubs.get(address)
+        if cached is None:
+            ch = self._credentials.open_channel(address, WATCH_CHANNEL_OPTIONS)
+            cached = self._watch_stubs[address] = (ch, control_pb2_grpc.AgentControlStub(ch))
+        return cached[1]
+
     async def load(
         self, address: str, req: control_pb2.LoadModelRequest
     ) -> control_pb2.ModelStatus:
@@ -154,7 +205,10 @@ class AgentClient:
         ch = self._channels.pop(address, None)
         if ch is not None:
             await ch.close()
+        watched = self._watch_stubs.pop(address, None)
+        if watched is not None:
+            await watched[0].close()
 
     async def close(self) -> None:
-        for address in list(self._channels):
+        for address in {*self._channels, *self._watch_stubs}:
             await self.forget(address)

@@ -37,9 +37,19 @@ from hatswarm_operator.core.autoscale import (
     decide_replicas,
     policy_from_spec,
 )
-from hatswarm_operator.core.inventory import ModelObs, ModelState, NodeState, observe, selects
+from hatswarm_operator.core.inventory import (
+    ModelObs,
+    ModelState,
+    NodeReport,
+    NodeState,
+    agrees,
+    observe,
+    selects,
+    suspect,
+)
 from hatswarm_operator.core.plan import PoolPlan, ReplicaLoad, ResourceEvent, Route
 from hatswarm_operator.core.reconcile import plan_pool
+from hatswarm_operator.core.rollout import ACTIVE
 from hatswarm_operator.core.status import live_model_cost_per1k, live_pool_cost
 from hatswarm_operator.finops import attribution
 from hatswarm_operator.finops import metrics as cost_metrics
@@ -83,6 +93,31 @@ async def _no_keys(namespace: str, ref: SecretKeyRef) -> str:
     raise LookupError(f"no public key resolver for {ref.name}/{ref.key}")
 
 
+HEARTBEAT_S = 2.0
+"""Status streams: the agent sends at least this often (a heartbeat when nothing changed)."""
+LIVE_S = 5.0
+"""Status streams: live measurements alone (rates, queues, temperatures) at most this often."""
+STREAM_SLACK_S = 1.0
+"""A streamed status may have been on its way this long: it describes the node as it was at
+least this much before it arrived (what the loop did since stays in its own notes)."""
+RESYNC_S = 10.0
+"""A tick with nothing new to learn reuses the last plan (`_quiet_key`); a full plan is made at
+least this often anyway (time alone moves some decisions: backoffs, autoscale windows)."""
+UNSUPPORTED_RETRY_S = 300.0
+"""An agent that answered UNIMPLEMENTED (older than WatchNodeStatus) is probed; its stream is
+tried again after this long (it may have been upgraded)."""
+
+
+@dataclass
+class _Watch:
+    """One node's status stream."""
+
+    address: str
+    task: asyncio.Task[None] | None = None
+    live: bool = False  # a message arrived and the stream has not broken since
+    retry_at: float = 0.0  # loop time after which a new stream may be opened
+
+
 T = TypeVar("T")
 R = TypeVar("R")
 FAN_OUT = 64
@@ -104,6 +139,22 @@ async def fan_out(items: Sequence[T], call: Callable[[T], Awaitable[R]], limit: 
 
     await asyncio.gather(*(worker() for _ in range(min(limit, len(items)))))
     return [results[i] for i in range(len(items))]
+
+
+def _same(a: tuple[Any, ...], b: tuple[Any, ...] | None) -> bool:
+    """Two quiet keys: the same objects (identity: comparing a thousand nodes' contents would
+    cost what it saves; the key holds them, so no id is reused) and replica counts."""
+    if b is None:
+        return False
+    pool, models, nodes, replicas = a
+    return (
+        pool is b[0]
+        and replicas == b[3]
+        and len(models) == len(b[1])
+        and all(x is y for x, y in zip(models, b[1], strict=True))
+        and len(nodes) == len(b[2])
+        and all(x is y for x, y in zip(nodes, b[2], strict=True))
+    )
 
 
 class PoolRuntime:
@@ -144,6 +195,18 @@ class PoolRuntime:
         self.failovers = 0
         self.rollouts = RolloutTracker(clock, lambda: self.client.credentials)
         self._node_notes: dict[str, tuple[str, str]] = {}
+        self._reported_at: dict[str, float] = {}  # node -> its last report holds from then
+        self._watches: dict[str, _Watch] = {}
+        self.heartbeat_s = HEARTBEAT_S
+        self.live_s = LIVE_S
+        self.stream_breaks = 0
+        self._quiet: tuple[Any, ...] | None = None
+        self._planned_at = float("-inf")
+        self.plan_seconds: deque[float] = deque(maxlen=600)
+        """Durations of the full plans (ticks that reused the last plan are not in it)."""
+        self.plan_cpu_seconds: deque[float] = deque(maxlen=600)
+        """CPU time of the loop's thread in each full plan (apart from a busy machine's waits;
+        the awaits inside count only their own CPU)."""
 
     # --- inventory -----------------------------------------------------------------------
 
@@ -152,7 +215,9 @@ class PoolRuntime:
         fresh: dict[str, NodeState] = {}
         for n in nodes:
             old = self.nodes.get(n.name)
-            if old is not None and old.address == n.address:
+            if old is None or old.address != n.address:
+                self._reported_at.pop(n.name, None)
+            else:
                 n = replace(
                     old,
                     labels=n.labels,
@@ -163,6 +228,8 @@ class PoolRuntime:
                 )
             fresh[n.name] = n
         self.nodes = fresh
+        for name in [k for k in self._reported_at if k not in fresh]:
+            del self._reported_at[name]
 
     async def probe(
         self, threshold: int, names: Collection[str] | None = None
@@ -177,16 +244,31 @@ class PoolRuntime:
                 report, error = converters.node_report(await self.client.status(n.address)), ""
             except grpc.aio.AioRpcError as err:
                 report, error = None, err.code().name
-            current = self.nodes.get(n.name)
-            if current is None or current.address != n.address:
-                return None  # gone or moved while the probe was out: not this node any more
-            after = self.nodes[n.name] = observe(current, report, asked, threshold, error)
-            return (current, after) if current.in_pool != after.in_pool else None
+            return self._fold(n.name, n.address, report, asked, threshold, error)
 
         targets = [n for n in self.nodes.values() if names is None or n.name in names]
         changed = [c for c in await fan_out(targets, one, self.fan_out) if c is not None]
         self._changes += changed
         return changed
+
+    def _fold(
+        self,
+        name: str,
+        address: str,
+        report: NodeReport | None,
+        at: float,
+        threshold: int,
+        error: str = "",
+    ) -> tuple[NodeState, NodeState] | None:
+        """One report (None: a failed probe) into the node; (before, after) when it went in or
+        out of the pool."""
+        current = self.nodes.get(name)
+        if current is None or current.address != address:
+            return None  # gone or moved while the call was out: not this node any more
+        after = self.nodes[name] = observe(current, report, at, threshold, error)
+        if report is not None:
+            self._reported_at[name] = at
+        return (current, after) if current.in_pool != after.in_pool else None
 
     def _note(self, node: str, model: str, version: str, state: ModelState | None) -> None:
         """Remember what this loop just did on a node (None: unloaded it)."""
@@ -199,13 +281,17 @@ class PoolRuntime:
         loop sent it a moment ago (or its completion, or an unload): planning on that answer
         alone would load the same replica again, or somewhere else. Until a probe asked after
         the action, the node is seen with it; after that, the agent's word is all there is.
+        A streamed status counts from `STREAM_SLACK_S` before it arrived; one that already
+        agrees with the action (the model there, or gone) ends the note at once.
         """
         out = []
         for n in self.nodes.values():
             acted = self._acted.get(n.name)
             if acted:
-                seen = n.last_seen if n.last_seen is not None else float("-inf")
-                for key in [k for k, (_, at) in acted.items() if at < seen]:
+                seen = self._reported_since(n)
+                for key in [
+                    k for k, (state, at) in acted.items() if at < seen or agrees(n, *k, state)
+                ]:
                     del acted[key]
                 if not acted:
                     del self._acted[n.name]
@@ -220,6 +306,11 @@ class PoolRuntime:
             out.append(n)
         return out
 
+    def _reported_since(self, n: NodeState) -> float:
+        """From when the node's last report is known to hold (a probe: when it was asked)."""
+        fallback = n.last_seen if n.last_seen is not None else float("-inf")
+        return self._reported_at.get(n.name, fallback)
+
     def unprobed(self) -> list[str]:
         """Nodes never probed yet (new to the loop): a tick probes these itself."""
         return [n.name for n in self.nodes.values() if n.last_seen is None and n.failures == 0]
@@ -230,29 +321,130 @@ class PoolRuntime:
         interval: Callable[[], float],
         on_change: Callable[[], None],
         slices: int = 10,
+        *,
+        watch: bool = True,
     ) -> None:
-        """Probe every node once per `interval()`, spread over it in `slices` groups.
+        """Follow every node: over its status stream (`watch`), else by a probe once per
+        `interval()`, spread over it in `slices` groups.
 
-        For a large pool this replaces the per-tick probe round: a thousand probes a second
-        arrive a hundred at a time instead of all at once (no burst on the event loop, no
-        tick that waits on the slowest agent), and a node that crosses the failure threshold
-        calls `on_change()` at once (the adapter kicks a tick) instead of at the next tick.
-        Runs until cancelled.
+        A streamed node costs nothing while idle: the agent sends its status when it changes
+        and a heartbeat every `heartbeat_s`, the channel's HTTP/2 keepalive sees a dead or
+        frozen agent within ~2 s and a refused or reset connection at once; a broken stream
+        is confirmed by one probe before the node leaves (`inventory.suspect`). Nodes without
+        a live stream (an older agent answering UNIMPLEMENTED, a node down or not yet
+        reached) are probed: a thousand probes a second arrive a hundred at a time, never in
+        one burst. Any node that goes in or out of the pool calls `on_change()` (the adapter
+        kicks a tick). Runs until cancelled; the streams end with it.
         """
         loop = asyncio.get_running_loop()
-        while True:
-            started = loop.time()
-            names = list(self.nodes)
-            if not names:
-                await asyncio.sleep(0.1)  # no nodes yet: look again soon
-                continue
-            groups = max(1, min(slices, len(names)))
-            for i in range(groups):
-                part = set(names[i * len(names) // groups : (i + 1) * len(names) // groups])
-                if part and await self.probe(threshold(), part):
-                    on_change()
-                await asyncio.sleep(max(0.0, started + (i + 1) * interval() / groups - loop.time()))
-            self.probe_rounds.append(loop.time() - started)
+        try:
+            while True:
+                started = loop.time()
+                if watch:
+                    self._watch_all(threshold, interval, on_change)
+                names = list(self.nodes)
+                if not names:
+                    await asyncio.sleep(0.1)  # no nodes yet: look again soon
+                    continue
+                groups = max(1, min(slices, len(names)))
+                for i in range(groups):
+                    part = {
+                        n
+                        for n in names[i * len(names) // groups : (i + 1) * len(names) // groups]
+                        if not self._streamed(n)
+                    }
+                    if part and await self.probe(threshold(), part):
+                        on_change()
+                    pause = started + (i + 1) * interval() / groups - loop.time()
+                    await asyncio.sleep(max(0.0, pause))
+                self.probe_rounds.append(loop.time() - started)
+        finally:
+            await self._stop_watches()
+
+    def streamed(self) -> int:
+        """Nodes followed over a live status stream now."""
+        return sum(1 for n in self.nodes if self._streamed(n))
+
+    def _streamed(self, name: str) -> bool:
+        w = self._watches.get(name)
+        return w is not None and w.live and w.address == self.nodes[name].address
+
+    def _watch_all(
+        self,
+        threshold: Callable[[], int],
+        interval: Callable[[], float],
+        on_change: Callable[[], None],
+    ) -> None:
+        """A stream for every node that has none (and may retry); none for nodes gone."""
+        now = asyncio.get_running_loop().time()
+        for name in [n for n, w in self._watches.items() if n not in self.nodes]:
+            w = self._watches.pop(name)
+            if w.task is not None:
+                w.task.cancel()
+        for node in self.nodes.values():
+            old = self._watches.get(node.name)
+            if old is not None and old.address != node.address and old.task is not None:
+                old.task.cancel()
+            w = old if old is not None and old.address == node.address else _Watch(node.address)
+            self._watches[node.name] = w
+            if (w.task is None or w.task.done()) and now >= w.retry_at:
+                w.task = asyncio.create_task(
+                    self._follow(node.name, w, threshold, interval, on_change),
+                    name=f"status stream of {node.name}",
+                )
+
+    async def _follow(
+        self,
+        name: str,
+        w: _Watch,
+        threshold: Callable[[], int],
+        interval: Callable[[], float],
+        on_change: Callable[[], None],
+    ) -> None:
+        """Read one node's stream until it breaks; a break of a live stream makes the node a
+        suspect, confirmed (or cleared) by one probe at once."""
+        loop = asyncio.get_running_loop()
+        silence = self.heartbeat_s + max(interval(), 1.0)
+        code = ""
+        try:
+            async with asyncio.timeout_at(loop.time() + silence) as quiet:
+                async for update in self.client.watch(w.address, self.heartbeat_s, self.live_s):
+                    quiet.reschedule(loop.time() + silence)
+                    w.live = True
+                    if update.HasField("status"):
+                        now = self.clock()
+                        report = converters.node_report(update.status)
+                        change = self._fold(name, w.address, report, now, threshold())
+                        self._reported_at[name] = now - STREAM_SLACK_S
+                        if change is not None:
+                            self._changes.append(change)
+                            on_change()
+            code = "stream ended"
+        except grpc.aio.AioRpcError as err:
+            code = err.code().name
+        except TimeoutError:
+            code = "status stream silent"
+        live, w.live = w.live, False
+        w.retry_at = loop.time() + (
+            UNSUPPORTED_RETRY_S if code == "UNIMPLEMENTED" else max(interval(), 0.5)
+        )
+        if not live:
+            return  # never up: the probes follow this node
+        self.stream_breaks += 1
+        log.info("status stream of %s broke (%s): confirming with a probe", name, code)
+        node = self.nodes.get(name)
+        if node is None or node.address != w.address:
+            return
+        self.nodes[name] = suspect(node, threshold())
+        if await self.probe(threshold(), {name}):
+            on_change()
+
+    async def _stop_watches(self) -> None:
+        tasks = [w.task for w in self._watches.values() if w.task is not None]
+        self._watches.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     # --- one reconcile ---------------------------------------------------------------------
 
@@ -287,6 +479,12 @@ class PoolRuntime:
             await self.sink.event(ns, ev)
         for ev in self._autoscale(pool, models):
             await self.sink.event(ns, ev)
+        quiet = self._quiet_key(pool, models)
+        if quiet is not None and _same(quiet, self._quiet) and self.last_plan is not None:
+            await self._push_routes(pool, self.last_plan)  # a push that failed is tried again
+            return self.last_plan
+        started, cpu = time.perf_counter(), time.thread_time()
+        self._planned_at = self.clock()
         mine = [m for m in models if m.spec.pool == pool.metadata.name]
         nodes = self.planning_view()
         plan = plan_pool(
@@ -307,7 +505,45 @@ class PoolRuntime:
             await self.sink.event(ns, ev)
         self.rollouts.run_gates(mine, plan)
         await self._publish(pool, models, plan)
+        self._quiet = self._quiet_key(pool, models)
+        self.plan_seconds.append(time.perf_counter() - started)
+        self.plan_cpu_seconds.append(time.thread_time() - cpu)
         return plan
+
+    def _quiet_key(
+        self, pool: InferencePool, models: Sequence[EdgeModel]
+    ) -> tuple[Any, ...] | None:
+        """What the next plan depends on, when the last plan left nothing in motion (None when
+        it did, or a full plan is due): the same key means the same plan.
+
+        Nodes are immutable and replaced on every report that changed anything (a heartbeat
+        replaces nothing), the pool and models are the caches' objects (new ones when their
+        resources changed), the replica counts come from autoscaling. Loads in flight, notes
+        of what this loop did, backoffs, rollouts, gates and a full plan older than
+        `RESYNC_S` all mean: plan again.
+        """
+        last = self.last_plan
+        if (
+            last is None
+            or last.loads
+            or last.unloads
+            or last.gates
+            or last.rollout_events
+            or self._inflight
+            or self._acted
+            or self._backoff
+            or any(
+                r.canary is not None and r.canary.phase in ACTIVE for r in last.rollouts.values()
+            )
+            or self.clock() - self._planned_at >= RESYNC_S
+        ):
+            return None
+        return (
+            pool,
+            tuple(models),
+            tuple(self.nodes.values()),
+            tuple(sorted(self.replicas.items())),
+        )
 
     def _node_warnings(self, pool: InferencePool) -> list[ResourceEvent]:
         """A Warning on the pool when an agent cannot open its backend (BackendUnavailable) or
@@ -478,7 +714,7 @@ class PoolRuntime:
         if pushed is None or pushed[0] != self._generation:
             return True
         generation, when = pushed
-        reported_after_push = n.last_seen is not None and n.last_seen > when
+        reported_after_push = self._reported_since(n) > when
         return reported_after_push and n.routing_generation != generation
 
     async def _push_routes(self, pool: InferencePool, plan: PoolPlan) -> None:

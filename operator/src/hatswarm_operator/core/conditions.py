@@ -3,6 +3,7 @@ condition keeps its lastTransitionTime until its status really changes."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -11,7 +12,14 @@ from hatswarm_operator.api.common import Condition
 
 def rfc3339(now: float) -> str:
     """A Kubernetes timestamp (whole seconds, UTC)."""
-    return datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _rfc3339(int(now))
+
+
+@functools.lru_cache(maxsize=4096)
+def _rfc3339(seconds: int) -> str:
+    """Cached: a thousand-node pool's status stamps every node each tick, mostly with the same
+    few seconds (strftime costs ~10 us)."""
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def condition(

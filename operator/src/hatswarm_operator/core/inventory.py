@@ -4,6 +4,8 @@ Pure: `observe` folds one probe result (a :class:`NodeReport`, converted from th
 NodeStatus reply by :mod:`hatswarm_operator.control.converters`) into a node's state.
 Kubernetes takes 40 s to mark a node NotReady and 300 s to evict; probing the agent every
 second and dropping it after `failure_threshold` misses takes a node out of the pool in seconds.
+An agent followed over its status stream is not probed while the stream lives; a stream that
+breaks makes the node a suspect (`suspect`), and one failed probe then takes it out.
 """
 
 from __future__ import annotations
@@ -177,6 +179,23 @@ def observe(
         routing_generation=report.routing_generation,
         cloud_requests=report.cloud_requests,
     )
+
+
+def suspect(node: NodeState, failure_threshold: int) -> NodeState:
+    """The node's status stream broke (keepalive unanswered, connection refused or reset, or
+    silent past its heartbeats): it counts as `failure_threshold - 1` misses, so the one probe
+    that confirms decides. An answer brings it back at once; a miss takes it out (not before:
+    a blip that the probe outlives costs nothing)."""
+    if not node.up:
+        return node
+    return replace(node, failures=max(node.failures, failure_threshold - 1))
+
+
+def agrees(node: NodeState, model: str, version: str, state: ModelState | None) -> bool:
+    """Does the node's report already show what the control loop did (loaded: the version is
+    there, in whatever state; unloaded: it is gone)?"""
+    there = node.model(model, version) is not None
+    return there if state is not None else not there
 
 
 def is_verification_failure(reason: str) -> bool:

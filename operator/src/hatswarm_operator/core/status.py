@@ -7,6 +7,7 @@ rollout's state, and the pool's nodes, capacity and nameplate cost.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Literal
 
@@ -263,6 +264,38 @@ def _model_conditions(
     ]
 
 
+@functools.lru_cache(maxsize=16384)
+def _pool_node(
+    name: str,
+    accelerator: str,
+    ready: bool,
+    address: str,
+    models: tuple[str, ...],
+    queue_depth: int,
+    temperature_c: float | None,
+    watts: float | None,
+    last_seen: str | None,
+    reason: str | None,
+    cloud_requests: int,
+) -> PoolNode:
+    """One node's entry, the same object while nothing in it changed: a thousand-node pool
+    builds its status every tick and a pydantic model costs tens of microseconds. (Shared:
+    nothing may modify it.)"""
+    return PoolNode(
+        name=name,
+        accelerator=accelerator,
+        ready=ready,
+        address=address,
+        models=list(models),
+        queue_depth=queue_depth,
+        temperature_c=temperature_c,
+        watts=watts,
+        last_seen=last_seen,
+        reason=reason,
+        cloud_requests=cloud_requests,
+    )
+
+
 def pool_status(
     pool: InferencePool,
     models: Sequence[EdgeModel],
@@ -274,18 +307,18 @@ def pool_status(
     member_names = {n.name for n in members}
     selected = [n for n in nodes if selects(pool.spec.node_selector, n.labels)]
     pool_nodes = [
-        PoolNode(
-            name=n.name,
-            accelerator=n.accelerator,
-            ready=n.name in member_names,
-            address=n.address,
-            models=sorted(f"{o.name}@{o.version}" for o in n.models if o.ready),
-            queue_depth=sum(o.queue_depth for o in n.models),
-            temperature_c=n.temperature_c,
-            watts=n.watts,
-            last_seen=rfc3339(n.last_seen) if n.last_seen else None,
-            reason=n.out_reason or None,
-            cloud_requests=sum(count for _, count in n.cloud_requests),
+        _pool_node(
+            n.name,
+            n.accelerator,
+            n.name in member_names,
+            n.address,
+            tuple(sorted(f"{o.name}@{o.version}" for o in n.models if o.ready)),
+            sum(o.queue_depth for o in n.models),
+            n.temperature_c,
+            n.watts,
+            rfc3339(n.last_seen) if n.last_seen else None,
+            n.out_reason or None,
+            sum(count for _, count in n.cloud_requests),
         )
         for n in selected
     ]

@@ -13,9 +13,10 @@ Read top to bottom, this is the operator:
 - an EdgeModel is parsed the same way (and also gets `phase: Failed`); the pool's daemon
   places it. Its finalizer unloads it from every agent of the pool before it goes away;
 - one async daemon per InferencePool runs `PoolRuntime.tick` every `probeIntervalSeconds`
-  (counted from each tick's start), while a task of its own probes every agent once per
-  interval, spread over it, `--fan-out` calls at a time, and kicks a tick when a node
-  crosses the failure threshold. A tick: Nodes + agent Pods -> NodeStates, EdgeModels of the
+  (counted from each tick's start), while a task of its own follows every agent's status
+  stream (WatchNodeStatus, HTTP/2 keepalive; a break is confirmed by one probe) and probes
+  the agents without one once per interval, spread over it, `--fan-out` calls at a time; it
+  kicks a tick when a node goes in or out of the pool. A tick: Nodes + agent Pods -> NodeStates, EdgeModels of the
   namespace -> plan, act, publish
   (status through `/status` when it changed, Events through the recorder: counted and
   aggregated like Kubernetes' own). The cluster is read from watch-fed caches shared by all
@@ -86,6 +87,8 @@ class OperatorConfig:
     """"watch": watch-fed caches; "list": the loop before them (lists and probes every tick)."""
     fan_out: int = 64
     """Agent calls in flight at once per pool (probes, routing tables)."""
+    agent_status: str = "stream"
+    """"stream": follow agents over WatchNodeStatus (probe those without); "probe": probe all."""
 
 
 CONFIG = OperatorConfig()
@@ -206,6 +209,18 @@ def loop_health(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
             "rounds": len(rounds := list(h.runtime.probe_rounds)[-60:]),
             "p50_s": round(quantile(rounds, 0.5), 4),
             "p99_s": round(quantile(rounds, 0.99), 4),
+        }
+        for (ns, name), h in pools.items()
+    }
+    out["plans"] = {
+        f"{ns}/{name}": {
+            "plans": len(plans := list(h.runtime.plan_seconds)[-60:]),
+            "p50_s": round(quantile(plans, 0.5), 4),
+            "p99_s": round(quantile(plans, 0.99), 4),
+            "cpu_p50_s": round(quantile(cpu := list(h.runtime.plan_cpu_seconds)[-60:], 0.5), 4),
+            "cpu_p99_s": round(quantile(cpu, 0.99), 4),
+            "streamed": h.runtime.streamed(),
+            "stream_breaks": h.runtime.stream_breaks,
         }
         for (ns, name), h in pools.items()
     }
@@ -591,7 +606,12 @@ async def run_pool(
     # The agents are probed apart from the ticks, spread over each interval; a node that
     # crosses the failure threshold kicks a tick at once.
     prober = asyncio.create_task(
-        runtime.probe_forever(lambda: threshold, lambda: interval, handle.kick.set)
+        runtime.probe_forever(
+            lambda: threshold,
+            lambda: interval,
+            handle.kick.set,
+            watch=CONFIG.agent_status == "stream",
+        )
         if not legacy
         else asyncio.sleep(0),
         name=f"probes of {namespace}/{name}",

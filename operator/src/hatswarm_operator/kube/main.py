@@ -5,6 +5,7 @@ hatswarm-operator --standalone -n floor-1  # one replica, one namespace
 hatswarm-operator --all-namespaces --metrics-port 9100 --log-format json
 hatswarm-operator --priority auto          # HA: a random peering priority per replica
 hatswarm-operator --reads list             # the old list-per-tick reads (benchmarks only)
+hatswarm-operator --agent-status probe     # probe every agent every interval (no streams)
 """
 
 from __future__ import annotations
@@ -94,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
         "comparison only (Nodes, Pods and EdgeModels listed every tick, every agent probed "
         "at once inside the tick)",
     )  # fmt: skip
+    p.add_argument(
+        "--agent-status", choices=("stream", "probe"), default="stream",
+        help="stream: follow each agent's WatchNodeStatus stream, probing only agents without "
+        "one (default); probe: a NodeStatus probe per agent every probe interval",
+    )  # fmt: skip
     p.add_argument("--log-format", choices=sorted(LOG_FORMATS), default="json")
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("-q", "--quiet", action="store_true")
@@ -112,6 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         agent_timeout_s=args.agent_timeout,
         reads=args.reads,
         fan_out=args.fan_out,
+        agent_status=args.agent_status,
     )
 
     if args.metrics_port:

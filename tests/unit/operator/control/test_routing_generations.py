@@ -88,3 +88,31 @@ async def test_a_restarted_or_hijacked_agent_gets_the_table_again() -> None:
     assert agents.held == {"a:1": generation + 501, "b:1": generation + 501}
     await runtime.tick(pool, [])
     assert len([e for e in sink.events if e.reason == "RoutingTableMismatch"]) == 1
+
+
+async def test_a_tick_with_nothing_new_reuses_the_last_plan() -> None:
+    """Streams keep the nodes (a heartbeat replaces nothing): the same nodes, pool, models and
+    replica counts make the same plan, so it is not made again until something changes or
+    RESYNC_S passed; a failed table push is still retried."""
+    from hatswarm_operator.control.runtime import RESYNC_S
+
+    now = [1000.0]
+    agents, sink = Agents(), Sink()
+    runtime = PoolRuntime(agents, sink, clock=lambda: now[0])
+    pool = make_pool(nodeSelector=POOL_LABELS, accelerators=["cpu"])
+    runtime.set_nodes([NodeState(n, n, labels=dict(POOL_LABELS)) for n in ("a:1", "b:1")])
+    await runtime.tick(pool, [])  # probes, plans, pushes
+    await runtime.tick(pool, [], probe=False)  # the agents' answers since: plan again
+    plans = len(runtime.plan_seconds)
+    for _ in range(3):
+        now[0] += 1
+        await runtime.tick(pool, [], probe=False)
+    assert len(runtime.plan_seconds) == plans  # nothing new: no plan
+    agents.held["a:1"] = 0  # a restart the agent reports: a new node state
+    await runtime.probe(3, {"a:1"})
+    await runtime.tick(pool, [], probe=False)
+    assert len(runtime.plan_seconds) == plans + 1
+    assert agents.held["a:1"] > 0  # the table went out again
+    now[0] += RESYNC_S
+    await runtime.tick(pool, [], probe=False)
+    assert len(runtime.plan_seconds) == plans + 2  # a full plan at least every RESYNC_S

@@ -92,3 +92,27 @@ def test_cloud_counters_are_live_measurements_in_pool_status() -> None:
     assert rt._changed("pool", pool(40, ready=False), POOL_METRICS)
     now[0] += COST_STATUS_SECONDS
     assert rt._changed("pool", pool(90, ready=False), POOL_METRICS)
+
+
+def test_a_streamed_status_counts_from_before_it_arrived_and_agreement_ends_a_note() -> None:
+    """A status that was on its way while the loop acted must not erase the loop's note (it
+    would place the same replica again); one that shows the action ends the note at once."""
+    from hatswarm_operator.control.runtime import STREAM_SLACK_S
+    from hatswarm_operator.core.inventory import NodeReport
+
+    now = [100.0]
+    rt = runtime(now)
+    rt.nodes = {"pi-1": NodeState("pi-1", "a:1", up=True, last_seen=99.0)}
+    rt._note("pi-1", "vision", "1", ModelState.LOADING)  # a load sent at 100
+    now[0] = 100.2  # a status sent before the load arrives just after it
+    rt._fold("pi-1", "a:1", NodeReport(), now[0], 3)
+    rt._reported_at["pi-1"] = now[0] - STREAM_SLACK_S  # as the stream reader stamps it
+    [view] = rt.planning_view()
+    assert [(o.name, o.state) for o in view.models] == [("vision", ModelState.LOADING)]
+    now[0] = 100.3  # the next one shows the load: the note is done
+    rt._fold("pi-1", "a:1", NodeReport(models=(ModelObs("vision", "1", ModelState.READY),)),
+             now[0], 3)  # fmt: skip
+    rt._reported_at["pi-1"] = now[0] - STREAM_SLACK_S
+    [view] = rt.planning_view()
+    assert [(o.name, o.state) for o in view.models] == [("vision", ModelState.READY)]
+    assert rt._acted == {}

@@ -62,3 +62,28 @@ def test_an_agent_without_its_backend_is_out_of_the_pool_and_says_why() -> None:
     ok = backends_condition([fine], 3.0, 1)
     assert (ok.status, ok.reason, ok.message) == ("True", "BackendsOpen", "onnxruntime on cpu")
     assert backends_condition([], 3.0, 1).status == "Unknown"
+
+
+def test_a_broken_stream_makes_a_suspect_that_one_missed_probe_takes_out() -> None:
+    from hatswarm_operator.core.inventory import suspect
+
+    up = NodeState("pi-1", "a:1", up=True, last_seen=1.0)
+    s = suspect(up, 3)
+    assert s.in_pool and s.failures == 2
+    assert observe(s, NodeReport(), 2.0, 3).in_pool  # the probe answers: a blip, nothing lost
+    assert observe(s, NodeReport(), 2.0, 3).failures == 0
+    assert not observe(s, None, 2.0, 3, "UNAVAILABLE").in_pool  # the probe fails: out
+    assert not observe(suspect(up, 1), None, 2.0, 1).in_pool  # threshold 1: the probe decides
+    assert suspect(up, 1).in_pool
+    down = NodeState("pi-1", "a:1", up=False, failures=5)
+    assert suspect(down, 3) == down
+
+
+def test_agrees_with_what_the_loop_did() -> None:
+    from hatswarm_operator.core.inventory import ModelObs, ModelState, agrees
+
+    n = NodeState("pi-1", "a:1", models=(ModelObs("m", "1", ModelState.LOADING),))
+    assert agrees(n, "m", "1", ModelState.READY)  # loaded: there, in whatever state
+    assert not agrees(n, "m", "1", None)  # unloaded: still listed
+    assert agrees(n, "x", "1", None)
+    assert not agrees(n, "x", "1", ModelState.LOADING)

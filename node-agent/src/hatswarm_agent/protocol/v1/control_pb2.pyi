@@ -467,6 +467,56 @@ class NodeStatusResponse(_message.Message):
 Global___NodeStatusResponse: _TypeAlias = NodeStatusResponse  # noqa: Y015
 
 @_typing.final
+class WatchNodeStatusRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _builtins.int
+    LIVE_INTERVAL_MS_FIELD_NUMBER: _builtins.int
+    heartbeat_interval_ms: _builtins.int
+    """At most this long without a message (0: the agent's default, 2000; at least 100)."""
+    live_interval_ms: _builtins.int
+    """Live measurements alone are sent at most this often (0: the agent's default, 5000)."""
+    def __init__(
+        self,
+        *,
+        heartbeat_interval_ms: _builtins.int = ...,
+        live_interval_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval_ms", b"heartbeat_interval_ms", "live_interval_ms", b"live_interval_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchNodeStatusRequest: _TypeAlias = WatchNodeStatusRequest  # noqa: Y015
+
+@_typing.final
+class NodeStatusUpdate(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """Counts this stream's messages from 1 (heartbeats included)."""
+    @_builtins.property
+    def status(self) -> Global___NodeStatusResponse:
+        """Absent in a heartbeat: the last status sent still holds."""
+
+    def __init__(
+        self,
+        *,
+        status: Global___NodeStatusResponse | None = ...,
+        sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sequence", b"sequence", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeStatusUpdate: _TypeAlias = NodeStatusUpdate  # noqa: Y015
+
+@_typing.final
 class Endpoint(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

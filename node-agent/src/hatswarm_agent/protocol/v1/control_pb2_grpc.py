@@ -49,6 +49,11 @@ class AgentControlStub:
                 request_serializer=hatswarm__agent_dot_protocol_dot_v1_dot_control__pb2.NodeStatusRequest.SerializeToString,
                 response_deserializer=hatswarm__agent_dot_protocol_dot_v1_dot_control__pb2.NodeStatusResponse.FromString,
                 _registered_method=True)
+        self.WatchNodeStatus = channel.unary_stream(
+                '/hatswarm.v1.AgentControl/WatchNodeStatus',
+                request_serializer=hatswarm__agent_dot_protocol_dot_v1_dot_control__pb2.WatchNodeStatusRequest.SerializeToString,
+                response_deserializer=hatswarm__agent_dot_protocol_dot_v1_dot_control__pb2.NodeStatusUpdate.FromString,
+                _registered_method=True)
         self.SetRoutingTable = channel.unary_unary(
                 '/hatswarm.v1.AgentControl/SetRoutingTable',
                 request_serializer=hatswarm__agent_dot_protocol_dot_v1_dot_control__pb2.RoutingTable.SerializeToString,
@@ -76,6 +81,18 @@ class AgentControlServicer:
 
     def NodeStatus(self, request, context):
         """The node's live state: accelerator, loaded models, queues, rates, latency, NPU health.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchNodeStatus(self, request, context):
+        """The node's status as a stream, for a control plane that follows many agents: the full
+        status at once, then again as soon as anything the control plane plans on changes (model
+        states, backend, routing generation, ...), at most every live_interval_ms when only live
+        measurements (rates, latencies, queues, temperature) moved, and a heartbeat (no status)
+        after heartbeat_interval_ms without a message. Agents without it answer UNIMPLEMENTED
+        and are probed with NodeStatus instead.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -109,6 +126,11 @@ def add_AgentControlServicer_to_server(servicer, server):
                     servicer.NodeStatus,
                     request_deserializer=hatswarm__agent_dot_protocol_dot_v1_dot_control__pb2.NodeStatusRequest.FromString,
                     response_serializer=hatswarm__agent_dot_protocol_dot_v1_dot_control__pb2.NodeStatusResponse.SerializeToString,
+            ),
+            'WatchNodeStatus': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchNodeStatus,
+                    request_deserializer=hatswarm__agent_dot_protocol_dot_v1_dot_control__pb2.WatchNodeStatusRequest.FromString,
+                    response_serializer=hatswarm__agent_dot_protocol_dot_v1_dot_control__pb2.NodeStatusUpdate.SerializeToString,
             ),
             'SetRoutingTable': grpc.unary_unary_rpc_method_handler(
                     servicer.SetRoutingTable,
@@ -197,6 +219,33 @@ class AgentControl:
             '/hatswarm.v1.AgentControl/NodeStatus',
             hatswarm__agent_dot_protocol_dot_v1_dot_control__pb2.NodeStatusRequest.SerializeToString,
             hatswarm__agent_dot_protocol_dot_v1_dot_control__pb2.NodeStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchNodeStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/hatswarm.v1.AgentControl/WatchNodeStatus',
+            hatswarm__agent_dot_protocol_dot_v1_dot_control__pb2.WatchNodeStatusRequest.SerializeToString,
+            hatswarm__agent_dot_protocol_dot_v1_dot_control__pb2.NodeStatusUpdate.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,6 +41,14 @@ class AgentControlStub:
     """Unload one model version (all versions when version is empty)."""
     NodeStatus: _grpc.UnaryUnaryMultiCallable[_control_pb2.NodeStatusRequest, _control_pb2.NodeStatusResponse]
     """The node's live state: accelerator, loaded models, queues, rates, latency, NPU health."""
+    WatchNodeStatus: _grpc.UnaryStreamMultiCallable[_control_pb2.WatchNodeStatusRequest, _control_pb2.NodeStatusUpdate]
+    """The node's status as a stream, for a control plane that follows many agents: the full
+    status at once, then again as soon as anything the control plane plans on changes (model
+    states, backend, routing generation, ...), at most every live_interval_ms when only live
+    measurements (rates, latencies, queues, temperature) moved, and a heartbeat (no status)
+    after heartbeat_interval_ms without a message. Agents without it answer UNIMPLEMENTED
+    and are probed with NodeStatus instead.
+    """
     SetRoutingTable: _grpc.UnaryUnaryMultiCallable[_control_pb2.RoutingTable, _control_pb2.SetRoutingTableResponse]
     """Replace the agent's routing table (peers per model version with weights, cloud fallback).
     Tables with a generation older than the current one are ignored; a table that fails
@@ -60,6 +68,14 @@ class AgentControlAsyncStub(AgentControlStub):
     """Unload one model version (all versions when version is empty)."""
     NodeStatus: _aio.UnaryUnaryMultiCallable[_control_pb2.NodeStatusRequest, _control_pb2.NodeStatusResponse]  # type: ignore[assignment]
     """The node's live state: accelerator, loaded models, queues, rates, latency, NPU health."""
+    WatchNodeStatus: _aio.UnaryStreamMultiCallable[_control_pb2.WatchNodeStatusRequest, _control_pb2.NodeStatusUpdate]  # type: ignore[assignment]
+    """The node's status as a stream, for a control plane that follows many agents: the full
+    status at once, then again as soon as anything the control plane plans on changes (model
+    states, backend, routing generation, ...), at most every live_interval_ms when only live
+    measurements (rates, latencies, queues, temperature) moved, and a heartbeat (no status)
+    after heartbeat_interval_ms without a message. Agents without it answer UNIMPLEMENTED
+    and are probed with NodeStatus instead.
+    """
     SetRoutingTable: _aio.UnaryUnaryMultiCallable[_control_pb2.RoutingTable, _control_pb2.SetRoutingTableResponse]  # type: ignore[assignment]
     """Replace the agent's routing table (peers per model version with weights, cloud fallback).
     Tables with a generation older than the current one are ignored; a table that fails
@@ -94,6 +110,20 @@ class AgentControlServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.NodeStatusResponse, _abc.Awaitable[_control_pb2.NodeStatusResponse]]:
         """The node's live state: accelerator, loaded models, queues, rates, latency, NPU health."""
+
+    @_abc_1.abstractmethod
+    def WatchNodeStatus(
+        self,
+        request: _control_pb2.WatchNodeStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_control_pb2.NodeStatusUpdate], _abc.AsyncIterator[_control_pb2.NodeStatusUpdate]]:
+        """The node's status as a stream, for a control plane that follows many agents: the full
+        status at once, then again as soon as anything the control plane plans on changes (model
+        states, backend, routing generation, ...), at most every live_interval_ms when only live
+        measurements (rates, latencies, queues, temperature) moved, and a heartbeat (no status)
+        after heartbeat_interval_ms without a message. Agents without it answer UNIMPLEMENTED
+        and are probed with NodeStatus instead.
+        """
 
     @_abc_1.abstractmethod
     def SetRoutingTable(
