@@ -14,7 +14,11 @@ import pytest
 from hatswarm_agent.protocol.v1 import control_pb2
 from hatswarm_operator.api import InferencePool
 from hatswarm_operator.control.agentclient import AgentClient
-from hatswarm_operator.control.credentials import AgentCredentials, auth_secret_names
+from hatswarm_operator.control.credentials import (
+    AgentCredentials,
+    auth_secret_names,
+    generated_secrets,
+)
 from hatswarm_operator.kube import handlers
 from hatswarm_operator.kube.cluster import Cluster
 from hatswarm_operator.kube.main import build_parser
@@ -294,11 +298,13 @@ def test_pool_daemon_generates_refreshes_and_rotates_the_control_token() -> None
     assert run(refresh(cluster, "edge", p, cluster, owner)) == ""
     assert client.credentials.token not in ("", first) and len(core.created) == 3
 
-    # Steady state: the credentials are read, nothing is created or checked for creation.
+    # Steady state: each Secret is read once through the source (the caches, in watch mode:
+    # no API read at all), nothing is created and no create-if-absent read goes to the API.
     reads = core.reads
     now[0] += handlers.CREDENTIALS_REFRESH_S
     assert run(refresh(cluster, "edge", p, cluster, owner)) == ""
-    assert core.reads == reads + len(auth_secret_names(p)) and len(core.created) == 3
+    expected = len(auth_secret_names(p)) + len(generated_secrets(p))
+    assert core.reads == reads + expected and len(core.created) == 3
 
     # An admin's own value is never overwritten.
     core.secrets["hatswarm-control-floor"] = {"token": b"admin-chosen\n"}
