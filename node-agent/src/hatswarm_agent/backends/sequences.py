@@ -25,6 +25,8 @@ class GenerationLoad:
     queued_prompt_tokens: int
     context_tokens_in_use: int  # prompt + generated tokens the active sequences hold (KV cache)
     context_tokens_capacity: int  # max_sequences x context length
+    cached_prefix_tokens: int = 0  # KV cache kept by idle sequences for a later prompt's prefix
+    prefix_hit_tokens: int = 0  # prompt tokens not prefilled again (prefix cache hits) since load
 
 
 class SequenceSlots:
