@@ -112,6 +112,7 @@ class LocalStream:
         self._entry = entry
         self._started = started
         self._ended = False
+        self._tokens_seen = 0  # tokens of this stream counted in entry.generation so far
         self.node = node
 
     @property
@@ -148,10 +149,14 @@ class LocalStream:
         except Exception as exc:
             self._end(exc)
             raise
+        self._entry.generation.tokens(piece.tokens)
+        self._tokens_seen += piece.tokens
         if first and self._stream.first_token_s is not None:
+            ttft = time.perf_counter() - self._started
+            self._entry.generation.first_token(ttft)
             m = self._entry.metrics
             if m is not None:
-                m.first_token.observe(time.perf_counter() - self._started)
+                m.first_token.observe(ttft)
         return piece
 
     async def aclose(self) -> None:
@@ -165,6 +170,8 @@ class LocalStream:
         self._ended = True
         entry, m = self._entry, self._entry.metrics
         usage = self._stream.usage
+        entry.generation.prompt_tokens += usage.prompt_tokens
+        entry.generation.tokens(max(0, usage.completion_tokens - self._tokens_seen))
         if m is not None:
             m.prompt_tokens.inc(usage.prompt_tokens)
             m.generated_tokens.inc(usage.completion_tokens)

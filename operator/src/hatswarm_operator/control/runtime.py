@@ -53,6 +53,7 @@ MODEL_METRICS: dict[str, Any] = {
     "request_rate": True,
     "p99_latency_ms": True,
     "cost_per1k_usd": True,
+    "generation": True,
 }
 POOL_METRICS: dict[str, Any] = {
     "nodes": {"__all__": {"last_seen", "queue_depth", "temperature_c", "watts"}},
