@@ -25,6 +25,7 @@ from hatswarm_agent.backends.generation import (
     EmbeddingModel,
     Embeddings,
     FinishReason,
+    GenerationLoad,
     GenerationParams,
     GenerativeModel,
     Piece,
@@ -47,6 +48,7 @@ class GenerationCall:
     version: str
     prompt: Prompt  # a completion prompt, or chat messages
     params: GenerationParams
+    session: str = ""  # a conversation's id, when the client names one (routing affinity)
 
 
 class PieceStream(Protocol):
@@ -130,11 +132,14 @@ class LocalStream:
     @property
     def depth(self) -> int:
         """Sequences the model runs or queues now (what a forwarding agent balances on)."""
+        load = self.load
+        return load.active_sequences + load.queued_sequences if load else 0
+
+    @property
+    def load(self) -> GenerationLoad | None:
+        """The model's load in sequences and tokens now (what a forwarding agent scores)."""
         model = self._entry.model
-        if not isinstance(model, GenerativeModel):
-            return 0
-        load = model.load()
-        return load.active_sequences + load.queued_sequences
+        return model.load() if isinstance(model, GenerativeModel) else None
 
     def __aiter__(self) -> LocalStream:
         return self

@@ -44,6 +44,7 @@ METRIC_NAMES: list[str] = [
     "hatswarm_cloud_fallback_requests_total",
     "hatswarm_cloud_fallback_cost_usd_total",
     "hatswarm_escalations_total",
+    "hatswarm_route_affinity_total",
     "hatswarm_generation_prompt_tokens_total",
     "hatswarm_generation_completion_tokens_total",
     "hatswarm_generation_time_to_first_token_seconds",
@@ -386,6 +387,13 @@ class RouteMetrics:
             ("model", "target"),
             registry=r,
         )
+        self.affinities = Counter(
+            "hatswarm_route_affinity",
+            "Generations with a session or prefix affinity, by whether they ran on its node "
+            "(hit) or elsewhere because it was full or failed (miss)",
+            ("model", "outcome"),
+            registry=r,
+        )
         self._routed: dict[tuple[str, str], Counter] = {}
 
     def routed(self, model: str, route: str) -> Counter:
@@ -394,3 +402,7 @@ class RouteMetrics:
         if child is None:
             child = self._routed[(model, route)] = self.requests.labels(model, route)
         return child
+
+    def affinity(self, model: str, hit: bool) -> Counter:
+        """The `affinities` child for a generation that had an affine node."""
+        return self.affinities.labels(model, "hit" if hit else "miss")

@@ -180,7 +180,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                         request, piece, asked.raw, node, stream.route
                     )
                     if hop and node and isinstance(stream, LocalStream):
-                        params.set_queue_depth(response.infer_response, stream.depth)
+                        report_load(response.infer_response, stream)
                     out.put_nowait(response)
                     node = ""  # the first response names the node; the final one again
                 text = None if asked.empty_final else ""
@@ -193,6 +193,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 request, stream.finish_reason or "stop", stream.usage, text=text,
                 raw=asked.raw, node=stream.node, route=stream.route,
             )  # fmt: skip
+            if hop and isinstance(stream, LocalStream):  # the load as this sequence ends
+                report_load(final.infer_response, stream)
             out.put_nowait(final)
         finally:
             await stream.aclose()
@@ -209,3 +211,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.RepositoryIndexRequest, context: Any
     ) -> pb.RepositoryIndexResponse:
         return repository_index(self._registry, request.ready)
+
+
+def report_load(response: pb.ModelInferResponse, stream: LocalStream) -> None:
+    """A hop's generation answer reports this node's load in sequences and KV cache use (the
+    forwarding agent scores peers on it, routing/policy.py)."""
+    load = stream.load
+    if load is None:
+        return
+    params.set_queue_depth(response, load.active_sequences + load.queued_sequences)
+    budget = load.context_tokens_capacity
+    params.set_generation_load(
+        response, load.max_sequences, load.context_tokens_in_use / budget if budget else 0.0
+    )
