@@ -185,7 +185,7 @@ def test_generative_load_in_tokens_reaches_the_model_status() -> None:
                     version="1",
                     state=control_pb2.MODEL_STATE_READY,
                     generation=generation,
-                )  # fmt: skip
+                )
             ],
         )
 
