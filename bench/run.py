@@ -33,6 +33,7 @@ BENCHES = {
     "adapters": "adapter_bench.py",
     "failover": "failover_bench.py",
     "fleet": "fleet_bench.py",
+    "generation": "gen_bench.py",
 }
 
 
