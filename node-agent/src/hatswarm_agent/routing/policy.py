@@ -9,6 +9,9 @@ split across the model's versions by version weight (canary). A request naming a
 is first scored per replica the way the Gateway API Inference Extension does (adapter loaded
 1.0 > free slot 0.8 > must evict 0.6 > cannot 0), and the policy picks among the best-scored
 ones; what each endpoint has loaded comes from the table and from this agent's own forwards.
+A generation is scored differently, by load in tokens (sequences over slots, KV cache use, as
+the peer last reported them) plus session / prefix affinity (`affinity_key`, `rendezvous`,
+`generation_score`); the table's policy does not apply to it.
 The I/O around these decisions lives beside it: attempts.py (retries, waiting),
 forwarding.py (calls, hedging), peers.py (channels, probes).
 """
