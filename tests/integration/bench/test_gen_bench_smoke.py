@@ -45,6 +45,7 @@ def test_tiny_round_measures_runtime_and_agent_paired(
     assert set(result["ratios"]) == {
         "tiny_decode_tps_agent_vs_runtime",
         "tiny_ttft_agent_vs_runtime",
+        "tiny_ttft_prefix_cached_vs_cold",
         "tiny_agent_4seq_aggregate_vs_runtime_1seq",
         "tiny_runtime_4seq_aggregate_vs_runtime_1seq",
     }
