@@ -206,7 +206,12 @@ class GenerationRouter:
             entry = None if tried_here else self.local.local_entry(call.model, call.version)
             affine = ""
             if key:
-                nodes = [r.peer.node for r in replicas if r.peer.address not in failed]
+                # Without the failed and ejected: their keys move on, each to one node.
+                nodes = [
+                    r.peer.node
+                    for r in replicas
+                    if r.peer.address not in failed and not r.peer.ejected
+                ]
                 affine = rendezvous(key, [*nodes, self.local.node] if entry else nodes)
             peer, saturated = d.balancer.choose_generation(replicas, now, limit, failed, affine)
             to_affine_peer = peer is not None and bool(affine) and peer.node == affine
