@@ -56,7 +56,16 @@ MODEL_METRICS: dict[str, Any] = {
     "generation": True,
 }
 POOL_METRICS: dict[str, Any] = {
-    "nodes": {"__all__": {"last_seen", "queue_depth", "temperature_c", "watts"}},
+    "nodes": {
+        "__all__": {
+            "last_seen",
+            "queue_depth",
+            "temperature_c",
+            "watts",
+            "active_sequences",
+            "tokens_per_second",
+        }
+    },
     "capacity": {"inferences_per_second"},
 }
 

@@ -290,6 +290,15 @@ def _model_conditions(
     ]
 
 
+def _node_generation(node: NodeState, field: str) -> float | None:
+    """A node's generative models' `field` summed, None when it has none."""
+    gens = [o.generation for o in node.models if o.generation is not None]
+    if not gens:
+        return None
+    total = sum(getattr(g, field) for g in gens)
+    return round(total, 3) if isinstance(total, float) else total
+
+
 def pool_status(
     pool: InferencePool,
     models: Sequence[EdgeModel],
@@ -308,6 +317,8 @@ def pool_status(
             address=n.address,
             models=sorted(f"{o.name}@{o.version}" for o in n.models if o.ready),
             queue_depth=sum(o.queue_depth for o in n.models),
+            active_sequences=_node_generation(n, "active_sequences"),
+            tokens_per_second=_node_generation(n, "tokens_per_second"),
             temperature_c=n.temperature_c,
             watts=n.watts,
             last_seen=rfc3339(n.last_seen) if n.last_seen else None,

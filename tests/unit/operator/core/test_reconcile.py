@@ -193,7 +193,10 @@ def test_generative_load_in_tokens_reaches_the_model_status() -> None:
         observe(node(n), node_report(probe(*args)), now=1.0, failure_threshold=3)
         for n, args in (("n1", (20.0, 30.0, 80.0, 100)), ("n2", (10.0, 40.0, 60.0, 156)))
     ]
-    st = plan_pool(pool(), [model()], nodes, now=2).model_status["m"]
+    plan = plan_pool(pool(), [model()], nodes, now=2)
+    pool_nodes = {n.name: n for n in plan.pool_status.nodes}
+    assert (pool_nodes["n1"].tokens_per_second, pool_nodes["n1"].active_sequences) == (20.0, 1)
+    st = plan.model_status["m"]
     g = st.generation
     assert g is not None
     assert g.tokens_per_second == 30.0
@@ -206,3 +209,4 @@ def test_generative_load_in_tokens_reaches_the_model_status() -> None:
     # A classifier has no generation block.
     plain = plan_pool(pool(), [model()], [node("n1", ("m", "1", READY))], now=2)
     assert plain.model_status["m"].generation is None
+    assert plain.pool_status.nodes[0].tokens_per_second is None
