@@ -20,7 +20,9 @@ generation got its first token at step 41). So sequences run side by side, bound
 Prefix cache (option `prefix_cache`, default 4 generators, 0 off): a finished sequence's
 generator is kept with its KV cache; a later prompt that starts with the same tokens (the next
 turn of a conversation, a shared system prompt) rewinds it to the common prefix and prefills
-only the rest. The router sends a conversation back to the node that served it (session and
+only the rest. A generator's KV cache is allocated for its whole length up front, so each is
+made `prefix_headroom` (default 512) tokens longer than its request needs, room for a next turn,
+never the whole context (a 32k-context model would allocate ~0.8 GB per sequence). The router sends a conversation back to the node that served it (session and
 prefix affinity, routing/generation.py), so the cache is where the conversation is.
 
 The model is also an OIP model with the tensor names of Triton's vLLM backend (`text_input`
@@ -84,6 +86,7 @@ CONFIG_FILE = "genai_config.json"
 DEFAULT_MAX_SEQUENCES = 2
 DEFAULT_MAX_QUEUED = 4
 DEFAULT_PREFIX_CACHE = 4
+DEFAULT_PREFIX_HEADROOM = 512
 # Tokenize prompts up to this many characters on the event loop (microseconds); longer ones
 # on a thread.
 INLINE_TOKENIZE_CHARS = 4096
@@ -124,40 +127,43 @@ class PrefixCache:
     """Idle generators with their token sequences (KV caches), least recently used first.
 
     `take` hands out the one sharing the longest prefix with a prompt (under the same search
-    options), leaving at least one prompt token to append; `put` keeps a finished one, evicting
-    the oldest beyond `size`. Thread-safe: sequences end on worker threads.
+    options, long enough for the request), leaving at least one prompt token to append; `put`
+    keeps a finished one, evicting the oldest beyond `size`. Thread-safe: sequences end on
+    worker threads.
     """
 
     def __init__(self, size: int) -> None:
         self.size = max(0, size)
         self._lock = threading.Lock()
-        self._idle: list[tuple[tuple[Any, ...], list[int], Any]] = []
+        self._idle: list[tuple[tuple[Any, ...], list[int], Any, int]] = []
 
     @property
     def tokens(self) -> int:
         """Context tokens the idle generators hold."""
         with self._lock:
-            return sum(len(sequence) for _, sequence, _ in self._idle)
+            return sum(len(sequence) for _, sequence, _, _ in self._idle)
 
-    def take(self, key: tuple[Any, ...], ids: list[int]) -> tuple[Any, int] | None:
+    def take(self, key: tuple[Any, ...], ids: list[int], needed: int) -> tuple[Any, int] | None:
+        """The generator for `ids` and the common prefix length, or None; `needed`: the tokens
+        the request may reach (prompt + max tokens), which its KV cache must hold."""
         with self._lock:
             best, best_len = -1, 0
-            for i, (k, sequence, _) in enumerate(self._idle):
-                if k != key:
+            for i, (k, sequence, _, capacity) in enumerate(self._idle):
+                if k != key or capacity < needed:
                     continue
                 common = _common_prefix(sequence, ids, len(ids) - 1)
                 if common > best_len:
                     best, best_len = i, common
             if best < 0:
                 return None
-            _, _, generator = self._idle.pop(best)
+            generator = self._idle.pop(best)[2]
             return generator, best_len
 
-    def put(self, key: tuple[Any, ...], sequence: list[int], generator: Any) -> bool:
+    def put(self, key: tuple[Any, ...], sequence: list[int], generator: Any, capacity: int) -> bool:
         if not self.size:
             return False
         with self._lock:
-            self._idle.append((key, sequence, generator))
+            self._idle.append((key, sequence, generator, capacity))
             del self._idle[: max(0, len(self._idle) - self.size)]
         return True
 
@@ -203,6 +209,7 @@ class GenaiModel(LoadedModel):
         self._in_use = 0  # context tokens the running sequences hold
         self._in_use_lock = threading.Lock()
         self._prefixes = PrefixCache(int_option(options, "prefix_cache", DEFAULT_PREFIX_CACHE))
+        self._headroom = int_option(options, "prefix_headroom", DEFAULT_PREFIX_HEADROOM)
         self._tokens_per_s = 0.0
         self._sequences_per_s = 0.0
         self._cached_tokens = 0  # prompt tokens served from the prefix cache since load
@@ -303,15 +310,22 @@ class GenaiModel(LoadedModel):
         og = self._og
 
         search_options = self._search_options(len(ids), params)
-        limit = self._max_length(len(ids), params) - len(ids)  # tokens this request may generate
-        if self._prefixes.size:
-            search_options["max_length"] = self.context_length  # reusable by a longer turn
-        key = tuple(sorted((k, v) for k, v in search_options.items() if k != "random_seed"))
+        needed = self._max_length(len(ids), params)
+        limit = needed - len(ids)  # tokens this request may generate
+        if self._prefixes.size:  # room for a next turn on this generator's KV cache
+            search_options["max_length"] = min(self.context_length, needed + self._headroom)
+        capacity = int(search_options["max_length"])
+        key = tuple(
+            sorted(
+                (k, v) for k, v in search_options.items() if k not in ("random_seed", "max_length")
+            )
+        )
 
         def produce(emit: Emitter, cancelled: threading.Event) -> Outcome:
             started = time.perf_counter()
             # A seeded request samples from a fresh generator (its random stream starts there).
-            reused = None if "random_seed" in search_options else self._prefixes.take(key, ids)
+            seeded = "random_seed" in search_options
+            reused = None if seeded else self._prefixes.take(key, ids, needed)
             try:
                 if reused is not None:
                     generator, common = reused
@@ -346,7 +360,7 @@ class GenaiModel(LoadedModel):
                         break
                 if self._prefixes.size and not generator.is_done():
                     sequence = [int(t) for t in generator.get_sequence(0)]
-                    kept = self._prefixes.put(key, sequence, generator)
+                    kept = self._prefixes.put(key, sequence, generator, capacity)
             except RuntimeError as exc:
                 raise BackendError(f"onnxruntime-genai: {exc}") from exc
             finally:
@@ -465,7 +479,8 @@ class GenaiBackend(CpuModelBackend[GenaiModel | ProcessModel]):
         self._og = _import_og()
 
     def load(self, path: Path, options: Mapping[str, str]) -> GenaiModel | ProcessModel:
-        """Options: max_sequences, max_queued, intra_op_num_threads, chat_template, warm_up,
+        """Options: max_sequences, max_queued, prefix_cache, prefix_headroom,
+        intra_op_num_threads, chat_template, warm_up,
         isolation (process, the default: the model runs in a child process, see
         isolation.py; thread: in this process, for tests and tools)."""
         isolation = options.get("isolation", "process")

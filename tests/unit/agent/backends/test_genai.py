@@ -172,6 +172,22 @@ async def test_a_follow_up_turn_reuses_the_kv_cache_of_the_first(
     assert [t for p in [piece async for piece in got] for t in p.token_ids] == other
 
 
+async def test_a_kept_generator_too_short_for_the_next_request_is_not_reused(
+    backend: ThreadBackend, folder: Path
+) -> None:
+    """Generators are only `prefix_headroom` tokens longer than their request (a KV cache is
+    allocated whole): a follow-up that needs more gets a fresh one, with the same answer."""
+    model = backend.load(folder, {"prefix_headroom": "4"})
+    answer = await (
+        await model.generate(PROMPT, GenerationParams(max_tokens=8, temperature=0))
+    ).text()
+    follow_up = PROMPT + answer + " and then"
+    _, expected, _ = reference(folder, follow_up, 12, do_sample=False)
+    stream = await model.generate(follow_up, GenerationParams(max_tokens=12, temperature=0.0))
+    assert [t for p in [piece async for piece in stream] for t in p.token_ids] == expected
+    assert model.load().prefix_hit_tokens == 0
+
+
 async def test_the_prefix_cache_can_be_turned_off(backend: ThreadBackend, folder: Path) -> None:
     model = backend.load(folder, {"prefix_cache": "0"})
     await (await model.generate(PROMPT, GREEDY)).text()
