@@ -35,6 +35,7 @@ BENCHES = {
     "chaos": "chaos_bench.py",
     "fleet": "fleet_bench.py",
     "gguf": "gguf_bench.py",
+    "generation": "gen_bench.py",
 }
 
 

@@ -458,3 +458,34 @@ def cancelled(pool: Pool) -> float:
         if line.startswith(series):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+def test_langchain_streams_a_chat_through_an_agent_that_does_not_hold_the_model(
+    pool: Pool,
+) -> None:
+    """A framework client (langchain-openai's ChatOpenAI, over the official client) streams the
+    runtime's own greedy answer, with usage, from the entry agent."""
+    from langchain_core.messages import AIMessageChunk, HumanMessage
+    from langchain_openai import ChatOpenAI
+
+    prompt_ids, tokens, text = greedy_chat(pool.tiny)
+    chat = ChatOpenAI(
+        base_url=f"{pool.entry_http}/v1",
+        api_key="not-needed",  # type: ignore[arg-type]
+        model="tiny",
+        temperature=0,
+        max_completion_tokens=MAX_TOKENS,
+        max_retries=0,
+        stream_usage=True,
+    )
+    chunks = list(chat.stream([HumanMessage(PROMPT)]))
+    assert len([c for c in chunks if c.content]) > 1  # streamed, not one lump
+    whole = chunks[0]
+    for chunk in chunks[1:]:
+        whole += chunk  # type: ignore[assignment]
+    assert isinstance(whole, AIMessageChunk)
+    assert whole.content == text
+    assert whole.usage_metadata is not None
+    assert whole.usage_metadata["input_tokens"] == len(prompt_ids)
+    assert whole.usage_metadata["output_tokens"] == len(tokens)
+    assert whole.response_metadata.get("finish_reason") in ("stop", "length")

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from hatswarm_agent.routing.policy import rendezvous
 
 from tests import tritonjobs
 from tests.agentproc import free_port
@@ -60,20 +61,26 @@ def test_a_holder_lost_before_the_first_token_is_retried_elsewhere(
     http, metrics = free_port(), free_port()
     agents.start(
         [
-            "--node-name", "entry", "--http-port", str(http), "--policy", "RoundRobin",
+            "--node-name", "entry", "--http-port", str(http),
             "--metrics-port", str(metrics),
             "--peer", f"tiny={lost.address}", "--peer", f"tiny={alive.address}",
         ]
     )  # fmt: skip
     lost.kill()
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{http}/v1", api_key="x", max_retries=0)
-    for _ in range(6):  # round robin: half of them go to the dead holder first
+    # Conversations whose affine node is the dead holder: each is tried there first (until the
+    # entry ejects it), then on the live one.
+    replicas = [lost.address, alive.address]
+    names = (f"s{i}" for i in range(64))
+    sessions = [s for s in names if rendezvous(f"session:{s}", replicas) == lost.address]
+    for session in sessions[:6]:
         raw = client.chat.completions.with_raw_response.create(
             model="tiny",
             messages=[{"role": "user", "content": "hello world"}],
             max_tokens=16,
             temperature=0,
             stream=True,
+            user=session,
         )
         assert raw.headers["x-hatswarm-node"] == "alive"
         chunks = list(raw.parse())

@@ -8,8 +8,22 @@ A model is a folder (or a tarball of one) as onnxruntime-genai's model builder w
 Each sequence is one `og.Generator` on a worker thread of the model (`max_sequences` of them,
 option, default 2: a Pi 5 has four cores and one sequence's decode step already uses several);
 `max_queued` more requests may wait for a slot, the rest are refused with BackendBusyError.
-Generators share the model's weights; onnxruntime releases the GIL while a step runs.
-Greedy when temperature is 0; otherwise top-k / top-p sampling seeded by `seed`.
+Generators share the model's weights. Greedy when temperature is 0; otherwise top-k / top-p
+sampling seeded by `seed`.
+
+Not continuous batching: onnxruntime-genai 0.18's `Engine` batches only with
+`engine.dynamic_batching`, which needs a paged-KV decoder (this CPU graph has GroupQueryAttention
+with a contiguous cache); its static scheduler lets a request that arrives while a batch runs
+start only when that batch has finished (measured: a request added at step 10 of a 40-token
+generation got its first token at step 41). So sequences run side by side, bounded.
+
+Prefix cache (option `prefix_cache`, default 4 generators, 0 off): a finished sequence's
+generator is kept with its KV cache; a later prompt that starts with the same tokens (the next
+turn of a conversation, a shared system prompt) rewinds it to the common prefix and prefills
+only the rest. A generator's KV cache is allocated for its whole length up front, so each is
+made `prefix_headroom` (default 512) tokens longer than its request needs, room for a next turn,
+never the whole context (a 32k-context model would allocate ~0.8 GB per sequence). The router sends a conversation back to the node that served it (session and
+prefix affinity, routing/generation.py), so the cache is where the conversation is.
 
 The model is also an OIP model with the tensor names of Triton's vLLM backend (`text_input`
 in, `text_output` out, optional `sampling_parameters` JSON), so a plain ModelInfer generates a
@@ -71,6 +85,8 @@ INSTALL_HINT = (
 CONFIG_FILE = "genai_config.json"
 DEFAULT_MAX_SEQUENCES = 2
 DEFAULT_MAX_QUEUED = 4
+DEFAULT_PREFIX_CACHE = 4
+DEFAULT_PREFIX_HEADROOM = 512
 # Tokenize prompts up to this many characters on the event loop (microseconds); longer ones
 # on a thread.
 INLINE_TOKENIZE_CHARS = 4096
@@ -107,6 +123,64 @@ def verify_folder(folder: Path) -> dict[str, Any]:
     return config
 
 
+class PrefixCache:
+    """Idle generators with their token sequences (KV caches), least recently used first.
+
+    `take` hands out the one sharing the longest prefix with a prompt (under the same search
+    options, long enough for the request), leaving at least one prompt token to append; `put`
+    keeps a finished one, evicting the oldest beyond `size`. Thread-safe: sequences end on
+    worker threads.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = max(0, size)
+        self._lock = threading.Lock()
+        self._idle: list[tuple[tuple[Any, ...], list[int], Any, int]] = []
+
+    @property
+    def tokens(self) -> int:
+        """Context tokens the idle generators hold."""
+        with self._lock:
+            return sum(len(sequence) for _, sequence, _, _ in self._idle)
+
+    def take(self, key: tuple[Any, ...], ids: list[int], needed: int) -> tuple[Any, int] | None:
+        """The generator for `ids` and the common prefix length, or None; `needed`: the tokens
+        the request may reach (prompt + max tokens), which its KV cache must hold."""
+        with self._lock:
+            best, best_len = -1, 0
+            for i, (k, sequence, _, capacity) in enumerate(self._idle):
+                if k != key or capacity < needed:
+                    continue
+                common = _common_prefix(sequence, ids, len(ids) - 1)
+                if common > best_len:
+                    best, best_len = i, common
+            if best < 0:
+                return None
+            generator = self._idle.pop(best)[2]
+            return generator, best_len
+
+    def put(self, key: tuple[Any, ...], sequence: list[int], generator: Any, capacity: int) -> bool:
+        if not self.size:
+            return False
+        with self._lock:
+            self._idle.append((key, sequence, generator, capacity))
+            del self._idle[: max(0, len(self._idle) - self.size)]
+        return True
+
+    def clear(self) -> None:
+        with self._lock:
+            self._idle.clear()
+
+
+def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y or n >= limit:
+            break
+        n += 1
+    return n
+
+
 class GenaiModel(LoadedModel):
     """One onnxruntime-genai model folder, loaded and ready to generate."""
 
@@ -134,8 +208,11 @@ class GenaiModel(LoadedModel):
         )
         self._in_use = 0  # context tokens the running sequences hold
         self._in_use_lock = threading.Lock()
+        self._prefixes = PrefixCache(int_option(options, "prefix_cache", DEFAULT_PREFIX_CACHE))
+        self._headroom = int_option(options, "prefix_headroom", DEFAULT_PREFIX_HEADROOM)
         self._tokens_per_s = 0.0
         self._sequences_per_s = 0.0
+        self._cached_tokens = 0  # prompt tokens served from the prefix cache since load
         self._closed = False
         try:
             config = og.Config(str(folder.path))
@@ -232,13 +309,34 @@ class GenaiModel(LoadedModel):
     def _producer(self, ids: list[int], params: GenerationParams) -> Producer:
         og = self._og
 
+        search_options = self._search_options(len(ids), params)
+        needed = self._max_length(len(ids), params)
+        limit = needed - len(ids)  # tokens this request may generate
+        if self._prefixes.size:  # room for a next turn on this generator's KV cache
+            search_options["max_length"] = min(self.context_length, needed + self._headroom)
+        capacity = int(search_options["max_length"])
+        key = tuple(
+            sorted(
+                (k, v) for k, v in search_options.items() if k not in ("random_seed", "max_length")
+            )
+        )
+
         def produce(emit: Emitter, cancelled: threading.Event) -> Outcome:
             started = time.perf_counter()
+            # A seeded request samples from a fresh generator (its random stream starts there).
+            seeded = "random_seed" in search_options
+            reused = None if seeded else self._prefixes.take(key, ids, needed)
             try:
-                search = og.GeneratorParams(self._model)
-                search.set_search_options(**self._search_options(len(ids), params))
-                generator = og.Generator(self._model, search)
-                generator.append_tokens(np.asarray(ids, dtype=np.int32))
+                if reused is not None:
+                    generator, common = reused
+                    generator.rewind_to(common)
+                    generator.append_tokens(np.asarray(ids[common:], dtype=np.int32))
+                    self._cached_tokens += common
+                else:
+                    search = og.GeneratorParams(self._model)
+                    search.set_search_options(**search_options)
+                    generator = og.Generator(self._model, search)
+                    generator.append_tokens(np.asarray(ids, dtype=np.int32))
             except RuntimeError as exc:
                 raise BackendError(f"onnxruntime-genai: {exc}") from exc
             stream = self._tokenizer.create_stream()
@@ -246,8 +344,9 @@ class GenaiModel(LoadedModel):
             pending: list[int] = []
             count, last = 0, -1
             self._add_in_use(len(ids))
+            kept = False
             try:
-                while not generator.is_done() and not cancelled.is_set():
+                while count < limit and not generator.is_done() and not cancelled.is_set():
                     generator.generate_next_token()
                     last = int(generator.get_next_tokens()[0])
                     count += 1
@@ -259,11 +358,15 @@ class GenaiModel(LoadedModel):
                         pending = []
                     if matcher.stopped:
                         break
+                if self._prefixes.size and not generator.is_done():
+                    sequence = [int(t) for t in generator.get_sequence(0)]
+                    kept = self._prefixes.put(key, sequence, generator, capacity)
             except RuntimeError as exc:
                 raise BackendError(f"onnxruntime-genai: {exc}") from exc
             finally:
                 self._add_in_use(-len(ids) - count)
-                del generator
+                if not kept:
+                    del generator
             tail = "" if matcher.stopped else matcher.flush()
             if tail or pending:
                 emit(Piece(tail, len(pending), tuple(pending)))
@@ -301,6 +404,7 @@ class GenaiModel(LoadedModel):
         except BackendError as exc:
             raise BackendError(f"the model does not run: {exc}") from exc
         self._tokens_per_s = self._sequences_per_s = 0.0
+        self._prefixes.clear()
 
     # -- the OIP (non-streaming) path -----------------------------------------------------------
 
@@ -342,6 +446,8 @@ class GenaiModel(LoadedModel):
             queued_prompt_tokens=self._slots.waiting_tokens,
             context_tokens_in_use=max(0, self._in_use),
             context_tokens_capacity=self._slots.limit * self.context_length,
+            cached_prefix_tokens=self._prefixes.tokens,
+            prefix_hit_tokens=self._cached_tokens,
         )
 
     def tokens_per_s(self) -> float:
@@ -357,6 +463,7 @@ class GenaiModel(LoadedModel):
             return
         self._closed = True
         self._executor.shutdown(wait=True, cancel_futures=True)
+        self._prefixes.clear()
         with contextlib.suppress(AttributeError):
             del self._tokenizer, self._model
         self._folder.cleanup()
@@ -372,7 +479,8 @@ class GenaiBackend(CpuModelBackend[GenaiModel | ProcessModel]):
         self._og = _import_og()
 
     def load(self, path: Path, options: Mapping[str, str]) -> GenaiModel | ProcessModel:
-        """Options: max_sequences, max_queued, intra_op_num_threads, chat_template, warm_up,
+        """Options: max_sequences, max_queued, prefix_cache, prefix_headroom,
+        intra_op_num_threads, chat_template, warm_up,
         isolation (process, the default: the model runs in a child process, see
         isolation.py; thread: in this process, for tests and tools)."""
         isolation = options.get("isolation", "process")

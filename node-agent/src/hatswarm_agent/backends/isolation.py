@@ -7,7 +7,8 @@ way. On a worker thread such a model would stall the agent's event loop — ever
 request, for every model — for one decode step at a time. So by default a generative model
 lives in its own process (`multiprocessing` spawn) that loads it with the same backend in
 thread mode, and the agent talks to it over a pipe: a message per piece of text, the
-generation's outcome, and the model's load (sequences and tokens) with every start and end.
+generation's outcome, and the model's load (sequences and tokens) with every start and end,
+and on a piece every 0.1 s while generations run.
 
 The child enforces the model's sequence slots, so BackendBusyError, ContextLengthError and
 the other request errors come back as themselves. If the child dies, pending and later
@@ -25,6 +26,7 @@ import multiprocessing
 import pickle
 import sys
 import threading
+import time
 from collections.abc import Mapping
 from concurrent.futures import Future
 from multiprocessing.connection import Connection
@@ -46,6 +48,7 @@ log = logging.getLogger(__name__)
 SWITCH_INTERVAL_S = 1e-4
 START_TIMEOUT_S = 300.0  # a 0.5B model loads in seconds; a cold SD card can be slow
 CLOSE_TIMEOUT_S = 10.0
+LOAD_EVERY_S = 0.1  # during a generation, the model's load rides on a piece this often
 
 
 def _portable(exc: BaseException) -> BaseException:
@@ -131,8 +134,14 @@ async def _serve(
         try:
             if rid in cancelled:
                 await stream.aclose()
+            reported = time.monotonic()
             async for piece in stream:
-                send(("piece", rid, piece))
+                now = time.monotonic()
+                if now - reported >= LOAD_EVERY_S:  # KV use grows with every token
+                    reported = now
+                    send(("piece", rid, piece, model.load()))
+                else:
+                    send(("piece", rid, piece))
             # A cancel ends the iteration at once, while the producer may still be running:
             # wait until it has freed its slot, so the load sent with "done" is true.
             await stream.aclose()
@@ -264,7 +273,8 @@ class ProcessModel(LoadedModel):
     def _dispatch(self, message: tuple[Any, ...]) -> None:
         kind, rid = message[0], message[1]
         pending = self._pending.get(rid)
-        if kind in ("started", "done") or (kind == "error" and message[3] is not None):
+        carries_load = kind in ("started", "done") or (kind in ("error", "piece"))
+        if carries_load and len(message) > 3 and message[3] is not None:
             self._load = message[3]
         if pending is None:
             return

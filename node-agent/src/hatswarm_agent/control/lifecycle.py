@@ -499,6 +499,9 @@ class ModelLifecycle:
         entry.metrics.queue_depth.set_function(lambda: queue.depth)
         if isinstance(model, GenerativeModel):
             entry.metrics.sequences.set_function(lambda: model.load().active_sequences)
+            self.metrics.generation_status(
+                entry.name, entry.version, lambda: entry.generation.status(model.load())
+            )
         entry.loaded_at_unix_ms = int(time.time() * 1000)
         if request.adapters:
             await self._admit_adapters(entry, request.adapters, trusted)

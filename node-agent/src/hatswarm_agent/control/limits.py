@@ -91,6 +91,8 @@ OPTION_LIMITS: dict[str, Limit] = {
     "max_sequences": Limit("int", 1, 64),
     "max_queued": Limit("int", 0, 100_000),
     "intra_op_num_threads": Limit("int", 0, THREADS),
+    "prefix_cache": Limit("int", 0, 64),
+    "prefix_headroom": Limit("int", 0, 131_072),
     "max_tokens": Limit("int", 1, 131_072),
     "batch_size": Limit("int", 1, 1024),
     "filename": Limit("file"),

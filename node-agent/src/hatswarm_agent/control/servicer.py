@@ -20,6 +20,7 @@ from hatswarm_agent.control.lifecycle import ModelLifecycle
 from hatswarm_agent.control.statusfeed import StatusFeed, intervals
 from hatswarm_agent.protocol.v1 import control_pb2, control_pb2_grpc
 from hatswarm_agent.serving.errors import grpc_errors
+from hatswarm_agent.serving.registry import node_generation
 
 
 class RoutingTables(Protocol):
@@ -146,12 +147,14 @@ class ControlServicer(control_pb2_grpc.AgentControlServicer):
             backend, backend_error = selection.name, lc.backends.problem
         temperature = info.temperature_c if info and info.temperature_c is not None else math.nan
         watts = info.watts if info and info.watts is not None else math.nan
+        models = [e.status() for e in lc.registry.all()]
+        generative = [m for m in models if m.HasField("generation")]
         return control_pb2.NodeStatusResponse(
             node_name=self._identity.node_name,
             accelerator=info.accelerator if info else self._identity.accelerator,
             device_id=info.device_id if info else "",
             agent_version=__version__,
-            models=[e.status() for e in lc.registry.all()],
+            models=models,
             temperature_c=temperature,
             watts=watts,
             uptime_seconds=int(time.monotonic() - self._started),
@@ -163,6 +166,7 @@ class ControlServicer(control_pb2_grpc.AgentControlServicer):
             backend_error=backend_error,
             cloud_requests=dict(self._cloud.requests) if self._cloud is not None else {},
             cloud_failures=self._cloud.failures if self._cloud is not None else 0,
+            generation=node_generation(generative) if generative else None,
         )
 
     @grpc_errors

@@ -19,13 +19,14 @@ DEFAULT_LIVE_S = 5.0
 MIN_INTERVAL_S = 0.1
 
 LIVE_NODE_FIELDS = ("temperature_c", "watts", "uptime_seconds", "artifact_cache_bytes",
-                    "now_unix_ms")  # fmt: skip
+                    "now_unix_ms", "cloud_requests", "cloud_failures",
+                    "generation")  # fmt: skip
 CLOCK_FIELDS = ("uptime_seconds", "now_unix_ms")
 """Move every second by themselves: never a reason to send."""
 LIVE_MODEL_FIELDS = (
     "queue_depth", "request_rate", "latency", "request_success", "request_failure",
     "inference_count", "execution_count", "compute_seconds", "energy_joules", "capacity_fps",
-    "adapter_requests", "adapter_loads", "adapter_evictions",
+    "adapter_requests", "adapter_loads", "adapter_evictions", "generation",
 )  # fmt: skip
 
 

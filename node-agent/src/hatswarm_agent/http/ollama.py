@@ -33,7 +33,7 @@ from hatswarm_agent.http.common import (
     model_name,
     node_headers,
 )
-from hatswarm_agent.http.openai import chat_messages
+from hatswarm_agent.http.openai import chat_messages, session
 from hatswarm_agent.serving.generation import CallContext, GenerationCall, PieceStream
 
 
@@ -134,7 +134,7 @@ class OllamaDoor:
     ) -> web.StreamResponse:
         model, version = split_tag(name)
         started = time.perf_counter_ns()
-        call = GenerationCall(model, version, prompt, options(body))
+        call = GenerationCall(model, version, prompt, options(body), session(request, {}))
         stream = await self.services.generate(call, CallContext())
         try:
             if field(body, "stream", bool, True):

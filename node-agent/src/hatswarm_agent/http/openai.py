@@ -32,6 +32,7 @@ from hatswarm_agent.http.common import (
     node_headers,
 )
 from hatswarm_agent.http.kserve import infer_texts
+from hatswarm_agent.protocol.wire import SESSION_HEADER
 from hatswarm_agent.serving.generation import CallContext, GenerationCall, PieceStream
 
 ERROR_TYPES = {
@@ -109,6 +110,16 @@ def check_unsupported(body: dict[str, Any]) -> None:
         raise HttpError(400, f"'response_format' {response_format.get('type')!r} is not supported")
 
 
+def session(request: web.Request, body: dict[str, Any]) -> str:
+    """The conversation's id for routing affinity: the X-Session-Id header, else OpenAI's
+    `user` field ("" when neither is there: the prompt's prefix decides)."""
+    header = request.headers.get(SESSION_HEADER, "")
+    if header:
+        return header[:256]
+    user = body.get("user")
+    return user[:256] if isinstance(user, str) else ""
+
+
 def sampling(body: dict[str, Any]) -> GenerationParams:
     params = dict(body)
     params.pop("num_predict", None)  # an Ollama name: not OpenAI's
@@ -163,7 +174,9 @@ class OpenAIDoor:
         body = await json_body(request)
         model = model_name(body)
         check_unsupported(body)
-        call = GenerationCall(model, "", chat_messages(body), sampling(body))
+        call = GenerationCall(
+            model, "", chat_messages(body), sampling(body), session(request, body)
+        )
         streaming = bool(field(body, "stream", bool, False))
         ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         stream = await self._start(call)
@@ -230,7 +243,7 @@ class OpenAIDoor:
             prompt = prompt[0]
         if not isinstance(prompt, str):
             raise HttpError(400, "'prompt' must be a string (one prompt per request)")
-        call = GenerationCall(model, "", prompt, sampling(body))
+        call = GenerationCall(model, "", prompt, sampling(body), session(request, body))
         streaming = bool(field(body, "stream", bool, False))
         ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         stream = await self._start(call)

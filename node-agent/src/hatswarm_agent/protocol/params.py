@@ -11,9 +11,11 @@ from typing import TYPE_CHECKING
 from hatswarm_agent.protocol.wire import (
     ADAPTER_PARAM,
     DEPTH_PARAM,
+    KV_USE_PARAM,
     NODE_PARAM,
     PRIORITY_PARAM,
     ROUTE_PARAM,
+    SLOTS_PARAM,
 )
 
 if TYPE_CHECKING:  # no stubs at run time: see wire.py
@@ -100,3 +102,20 @@ def pop_queue_depth(response: pb.ModelInferResponse) -> int:
     depth = int(params[DEPTH_PARAM].int64_param)
     del params[DEPTH_PARAM]
     return depth
+
+
+def set_generation_load(response: pb.ModelInferResponse, slots: int, kv_use: float) -> None:
+    """A hop's generation answer reports the serving model's sequence slots and KV cache use."""
+    response.parameters[SLOTS_PARAM].int64_param = slots
+    response.parameters[KV_USE_PARAM].double_param = kv_use
+
+
+def pop_generation_load(response: pb.ModelInferResponse) -> tuple[int, float]:
+    """Take (sequence slots, KV cache use) off an answer ((0, -1.0) when it has none)."""
+    params = response.parameters
+    slots = int(params[SLOTS_PARAM].int64_param) if SLOTS_PARAM in params else 0
+    kv_use = float(params[KV_USE_PARAM].double_param) if KV_USE_PARAM in params else -1.0
+    for key in (SLOTS_PARAM, KV_USE_PARAM):
+        if key in params:
+            del params[key]
+    return slots, kv_use

@@ -31,6 +31,9 @@ ROUTE_PARAM = "hatswarm.route"
 TIER_PARAM = "hatswarm.tier"
 # A hop's answer carries the serving node's queue depth (the forwarder removes it).
 DEPTH_PARAM = "hatswarm.queue_depth"
+# ...and for a generation, its sequence slots and the share of its KV cache budget in use.
+SLOTS_PARAM = "hatswarm.sequence_slots"
+KV_USE_PARAM = "hatswarm.kv_cache_use"
 
 # Values of ROUTE_PARAM (also the `route` label of hatswarm_route_requests).
 ROUTE_LOCAL = "local"
@@ -64,3 +67,6 @@ FINISH_PARAM = "hatswarm.finish_reason"  # final response, string: "stop" or "le
 PROMPT_TOKENS_PARAM = "hatswarm.prompt_tokens"  # final response, int
 COMPLETION_TOKENS_PARAM = "hatswarm.completion_tokens"  # final response, int
 CODE_PARAM = "hatswarm.code"  # error response, string: the gRPC status code's name
+SESSION_PARAM = "hatswarm.session"  # request, string: a conversation's id (routing affinity)
+# HTTP: the header naming a conversation (OpenAI's body field `user` is read when it is absent).
+SESSION_HEADER = "X-Session-Id"

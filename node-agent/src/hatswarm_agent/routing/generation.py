@@ -1,11 +1,20 @@
 """Generations across the pool: this node when it holds the model and has a free sequence slot,
 else a peer, over Triton's ModelStreamInfer (serving/streaming.py has the messages).
 
-Load is counted in sequences: a peer's load is the generations this agent has running there
-(`outstanding`) and the active + queued sequences the peer reported on its last first
-response (`hatswarm.queue_depth`), so the balancing policies (policy.py) compare sequences. A
-local model without a free slot still takes the request when no peer is open (its own wait
-queue is the backlog); one that refuses (BackendBusyError) sends it on to a peer.
+Load is counted in tokens and sequences: a peer's load is the generations this agent has
+running there (`outstanding`) and what the peer reported on its last first and final responses
+(active + queued sequences, its sequence slots, the share of its KV cache budget in use), and
+peers are scored on it as the Gateway API Inference Extension scores model servers
+(policy.generation_score: affinity, then free slots, then free KV cache).
+
+Affinity: a conversation goes back to the node that holds its KV cache (its prefix cache, see
+backends/genai.py). Its key is the client's session id, else the prompt's head
+(policy.affinity_key); the node is the key's rendezvous hash over the replicas this agent sees,
+this node included when it holds the model, so every agent of the pool picks the same node
+without sharing state. The affine node is taken while it has room (a full one is skipped, like
+any full replica); this node takes a request it has a free slot for unless the affinity names
+an open peer. A local model without a free slot still takes the request when no peer is open
+(its own wait queue is the backlog); one that refuses (BackendBusyError) sends it on to a peer.
 
 Failover: until a peer has sent its first piece, nothing has reached the caller, so a peer that
 refuses, dies or stays silent past the routing budget is retried on another replica
@@ -39,7 +48,12 @@ from hatswarm_agent.protocol.wire import (
 )
 from hatswarm_agent.routing.dispatcher import Dispatcher
 from hatswarm_agent.routing.forwarding import AttemptFailedError
-from hatswarm_agent.routing.policy import PeerState, pick_version
+from hatswarm_agent.routing.policy import (
+    PeerState,
+    affinity_key,
+    pick_version,
+    rendezvous,
+)
 from hatswarm_agent.serving import streaming
 from hatswarm_agent.serving.errors import (
     DeadlineError,
@@ -99,6 +113,7 @@ class RemoteStream:
                 response = await self._read()
             if streaming.is_final(response):
                 self._done = True
+                take_load_report(self._peer, response)
                 reason, self._usage = streaming.read_end(response)
                 self.finish_reason = "length" if reason == "length" else "stop"
                 self._finish()
@@ -175,7 +190,7 @@ class GenerationRouter:
         if route is not None and route.version and not call.version:
             call = replace(call, version=route.version)  # peers serve the version drawn here
         replicas = route.replicas if route is not None else []
-        policy = d.config.policy_for(compiled)
+        key = affinity_key(call.prompt, call.session)
         limit = compiled.table.queue_limit
         retries = d.config.retries_for(compiled)
         failed: set[str] = set()
@@ -189,8 +204,20 @@ class GenerationRouter:
                 detail = f": {last}" if last is not None else ""
                 raise DeadlineError(f"deadline exceeded routing model '{call.model}'{detail}")
             entry = None if tried_here else self.local.local_entry(call.model, call.version)
-            peer, saturated = d.balancer.choose(replicas, now, limit, policy, failed)
-            if entry is not None and (peer is None or self.local.has_free_slot(entry)):
+            affine = ""
+            if key:
+                # Without the failed and ejected: their keys move on, each to one node.
+                nodes = [
+                    r.peer.node
+                    for r in replicas
+                    if r.peer.address not in failed and not r.peer.ejected
+                ]
+                affine = rendezvous(key, [*nodes, self.local.node] if entry else nodes)
+            peer, saturated = d.balancer.choose_generation(replicas, now, limit, failed, affine)
+            to_affine_peer = peer is not None and bool(affine) and peer.node == affine
+            if entry is not None and (
+                peer is None or (self.local.has_free_slot(entry) and not to_affine_peer)
+            ):
                 tried_here = True
                 try:
                     local = await self.local.start(call, entry)
@@ -198,6 +225,8 @@ class GenerationRouter:
                     busy, last = True, exc
                     continue
                 d.metrics.routed(call.model, ROUTE_LOCAL).inc()
+                if affine:
+                    d.metrics.affinity(call.model, affine == self.local.node).inc()
                 return local
             if peer is None:
                 busy = busy or saturated
@@ -218,6 +247,8 @@ class GenerationRouter:
                 d.metrics.retries.inc()
                 continue
             d.metrics.requests.labels(call.model, ROUTE_PEER).inc()
+            if affine:
+                d.metrics.affinity(call.model, to_affine_peer).inc()
             return stream
         if busy:
             detail = f": {last}" if last is not None else ""
@@ -295,10 +326,15 @@ class GenerationRouter:
             on_end(False)
             raise AttemptFailedError(code, f"{peer.node}: {message.error_message}")
         first: pb.ModelInferResponse = message.infer_response
-        depth = params.pop_queue_depth(first) if DEPTH_PARAM in first.parameters else -1
-        now = time.monotonic()
         peer.consecutive_failures = 0
         peer.ejections = 0
-        if depth >= 0:
-            peer.reported_depth, peer.reported_at = depth, now
+        take_load_report(peer, first)
         return RemoteStream(rpc, first, peer, on_end)
+
+
+def take_load_report(peer: PeerState, response: pb.ModelInferResponse) -> None:
+    """Fold the load a peer's generation answer reports into what we know of it (and take the
+    report off the answer: it is for this hop only)."""
+    depth = params.pop_queue_depth(response) if DEPTH_PARAM in response.parameters else -1
+    slots, kv_use = params.pop_generation_load(response)
+    peer.on_generation_load(depth, slots, kv_use, time.monotonic())

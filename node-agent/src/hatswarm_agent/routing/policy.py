@@ -9,6 +9,9 @@ split across the model's versions by version weight (canary). A request naming a
 is first scored per replica the way the Gateway API Inference Extension does (adapter loaded
 1.0 > free slot 0.8 > must evict 0.6 > cannot 0), and the policy picks among the best-scored
 ones; what each endpoint has loaded comes from the table and from this agent's own forwards.
+A generation is scored differently, by load in tokens (sequences over slots, KV cache use, as
+the peer last reported them) plus session / prefix affinity (`affinity_key`, `rendezvous`,
+`generation_score`); the table's policy does not apply to it.
 The I/O around these decisions lives beside it: attempts.py (retries, waiting),
 forwarding.py (calls, hedging), peers.py (channels, probes).
 """
@@ -16,12 +19,13 @@ forwarding.py (calls, hedging), peers.py (channels, probes).
 from __future__ import annotations
 
 import bisect
+import hashlib
 import heapq
 import itertools
 import math
 import random
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from hatswarm_agent.protocol.v1 import control_pb2
@@ -38,6 +42,16 @@ EWMA_ALPHA = 0.2
 DEPTH_FRESH_S = 0.5
 # A peer that answered RESOURCE_EXHAUSTED counts as full this long (it is busy, not broken).
 EXHAUSTED_HOLD_S = 0.02
+# Generation scoring, as the Gateway API Inference Extension's scorers (higher is better):
+# prefix / session affinity, then free sequence slots (queue), then free KV cache.
+AFFINITY_WEIGHT = 2.0
+QUEUE_WEIGHT = 1.0
+KV_CACHE_WEIGHT = 1.0
+# A generation's load report is trusted this long (answers are rarer than for ModelInfer).
+GENERATION_FRESH_S = 2.0
+# Completion prompts shorter than this have no prefix affinity (little to reuse); longer ones
+# are keyed by this many leading characters.
+PREFIX_AFFINITY_CHARS = 64
 EJECT_AFTER_FAILURES = 3
 EJECT_BASE_S = 0.5
 EJECT_MAX_S = 10.0
@@ -64,6 +78,10 @@ class PeerState:
     reported_depth: int = -1
     reported_at: float = 0.0
     exhausted_until: float = 0.0
+    # A generation's answers also report the peer's sequence slots and KV cache use (0..1).
+    reported_slots: int = 0
+    reported_kv_use: float = -1.0
+    generation_reported_at: float = 0.0
 
     def expected_wait(self, now: float) -> float:
         """The P2C cost: queued work ahead of us times the time per request."""
@@ -100,6 +118,29 @@ class PeerState:
         self.samples += 1
         if depth >= 0:
             self.reported_depth, self.reported_at = depth, now
+
+    def on_generation_load(self, depth: int, slots: int, kv_use: float, now: float) -> None:
+        """What a peer's generation answer said of its load (sequences, slots, KV use)."""
+        if depth >= 0:
+            self.reported_depth, self.reported_at = depth, now
+        if slots > 0:
+            self.reported_slots, self.reported_kv_use = slots, kv_use
+            self.generation_reported_at = now
+
+    def token_load(self, now: float) -> tuple[float, float]:
+        """(sequences over slots, KV cache use), each 0..1, from the last fresh report and the
+        sequences this agent has running there; unknown slots count every sequence as
+        half the room left."""
+        sequences = float(self.outstanding)
+        fresh = now - self.generation_reported_at < GENERATION_FRESH_S
+        if fresh and self.reported_depth >= 0:
+            sequences = max(sequences, self.reported_depth)
+        if fresh and self.reported_slots > 0:
+            queue = min(1.0, sequences / self.reported_slots)
+            kv = min(1.0, max(0.0, self.reported_kv_use))
+            return queue, kv
+        queue = sequences / (sequences + 1.0)
+        return queue, queue
 
     def on_exhausted(self, now: float) -> None:
         self.exhausted_until = now + EXHAUSTED_HOLD_S
@@ -393,6 +434,28 @@ class Balancer:
             default=ADAPTER_CANNOT,
         )
 
+    def choose_generation(
+        self,
+        replicas: Sequence[Replica],
+        now: float,
+        limit: int,
+        exclude: frozenset[str] | set[str] = frozenset(),
+        affine: str = "",
+    ) -> tuple[PeerState | None, bool]:
+        """(the peer to try for a generation, whether any usable replica was merely full).
+
+        Open replicas are scored by `generation_score` (the node named `affine` gets the
+        affinity weight); the best wins, ties drawn at random.
+        """
+        usable = [r for r in replicas if not r.peer.ejected and r.peer.address not in exclude]
+        open_ = [r for r in usable if not r.peer.full(limit, now)]
+        if not open_:
+            return None, bool(usable)
+        scored = [(generation_score(r.peer, now, r.peer.node == affine), r) for r in open_]
+        best = max(score for score, _ in scored)
+        top = [r for score, r in scored if score >= best - 1e-9]
+        return (top[0] if len(top) == 1 else self.rng.choice(top)).peer, False
+
     def _round_robin(self, replicas: Sequence[Replica]) -> PeerState:
         """Smooth weighted round robin over a fixed sequence of weighted slots."""
         slots = [r for r in replicas for _ in range(max(1, round(r.weight)))]
@@ -420,6 +483,48 @@ def attempt_timeout(
     if expected is None:
         return max(floor_s, cold_s)
     return max(floor_s, factor * expected)
+
+
+def generation_score(peer: PeerState, now: float, affine: bool) -> float:
+    """A peer's fitness for a new generation: affinity, free sequence slots, free KV cache."""
+    queue, kv = peer.token_load(now)
+    return AFFINITY_WEIGHT * affine + QUEUE_WEIGHT * (1.0 - queue) + KV_CACHE_WEIGHT * (1.0 - kv)
+
+
+def affinity_key(prompt: str | Sequence[Mapping[str, str]], session: str = "") -> str:
+    """What ties a generation to the node that holds its KV cache ("" for nothing):
+
+    - an explicit session id (the `X-Session-Id` header, OpenAI's `user`, the
+      `hatswarm.session` parameter of ModelStreamInfer);
+    - for chat messages, the system messages and the first user message: every turn of a
+      conversation starts with them;
+    - for a completion prompt of PREFIX_AFFINITY_CHARS or more, its first that many characters
+      (a follow-up prompt that extends it starts the same).
+    """
+    if session:
+        return f"session:{session}"
+    if isinstance(prompt, str):
+        if len(prompt) < PREFIX_AFFINITY_CHARS:
+            return ""
+        return "prefix:" + prompt[:PREFIX_AFFINITY_CHARS]
+    head: list[str] = []
+    for message in prompt:
+        head.append(f"{message.get('role', '')}\0{message.get('content', '')}")
+        if message.get("role") == "user":
+            return "chat:" + "\1".join(head)
+    return ""
+
+
+def rendezvous(key: str, nodes: Iterable[str]) -> str:
+    """The node `key` belongs to, by highest-random-weight hashing: every agent computes the
+    same node from the same replicas without sharing state, and when a node leaves only its
+    own keys move. "" when there are no nodes."""
+    best, best_weight = "", b""
+    for node in nodes:
+        weight = hashlib.blake2b(f"{key}\0{node}".encode(), digest_size=8).digest()
+        if weight > best_weight:
+            best, best_weight = node, weight
+    return best
 
 
 class LatencyWindow:

@@ -25,6 +25,7 @@ from hatswarm_agent.backends.generation import (
     EmbeddingModel,
     Embeddings,
     FinishReason,
+    GenerationLoad,
     GenerationParams,
     GenerativeModel,
     Piece,
@@ -47,6 +48,7 @@ class GenerationCall:
     version: str
     prompt: Prompt  # a completion prompt, or chat messages
     params: GenerationParams
+    session: str = ""  # a conversation's id, when the client names one (routing affinity)
 
 
 class PieceStream(Protocol):
@@ -112,6 +114,7 @@ class LocalStream:
         self._entry = entry
         self._started = started
         self._ended = False
+        self._tokens_seen = 0  # tokens of this stream counted in entry.generation so far
         self.node = node
 
     @property
@@ -129,11 +132,14 @@ class LocalStream:
     @property
     def depth(self) -> int:
         """Sequences the model runs or queues now (what a forwarding agent balances on)."""
+        load = self.load
+        return load.active_sequences + load.queued_sequences if load else 0
+
+    @property
+    def load(self) -> GenerationLoad | None:
+        """The model's load in sequences and tokens now (what a forwarding agent scores)."""
         model = self._entry.model
-        if not isinstance(model, GenerativeModel):
-            return 0
-        load = model.load()
-        return load.active_sequences + load.queued_sequences
+        return model.load() if isinstance(model, GenerativeModel) else None
 
     def __aiter__(self) -> LocalStream:
         return self
@@ -148,10 +154,14 @@ class LocalStream:
         except Exception as exc:
             self._end(exc)
             raise
+        self._entry.generation.tokens(piece.tokens)
+        self._tokens_seen += piece.tokens
         if first and self._stream.first_token_s is not None:
+            ttft = time.perf_counter() - self._started
+            self._entry.generation.first_token(ttft)
             m = self._entry.metrics
             if m is not None:
-                m.first_token.observe(time.perf_counter() - self._started)
+                m.first_token.observe(ttft)
         return piece
 
     async def aclose(self) -> None:
@@ -165,6 +175,8 @@ class LocalStream:
         self._ended = True
         entry, m = self._entry, self._entry.metrics
         usage = self._stream.usage
+        entry.generation.prompt_tokens += usage.prompt_tokens
+        entry.generation.tokens(max(0, usage.completion_tokens - self._tokens_seen))
         if m is not None:
             m.prompt_tokens.inc(usage.prompt_tokens)
             m.generated_tokens.inc(usage.completion_tokens)

@@ -11,9 +11,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from hatswarm_agent.backends import Selection
@@ -43,10 +44,21 @@ METRIC_NAMES: list[str] = [
     "hatswarm_cloud_fallback_requests_total",
     "hatswarm_cloud_fallback_cost_usd_total",
     "hatswarm_escalations_total",
+    "hatswarm_route_affinity_total",
     "hatswarm_generation_prompt_tokens_total",
     "hatswarm_generation_completion_tokens_total",
     "hatswarm_generation_time_to_first_token_seconds",
     "hatswarm_generation_active_sequences",
+    "hatswarm_generation_queued_sequences",
+    "hatswarm_generation_sequence_slots",
+    "hatswarm_generation_queued_prompt_tokens",
+    "hatswarm_generation_kv_cache_tokens",
+    "hatswarm_generation_kv_cache_budget_tokens",
+    "hatswarm_generation_kv_cache_cached_tokens",
+    "hatswarm_generation_prefix_hit_tokens_total",
+    "hatswarm_generation_tokens_per_second",
+    "hatswarm_generation_ttft_p50_seconds",
+    "hatswarm_generation_ttft_p99_seconds",
     "hatswarm_agent_backend_info",
 ]
 
@@ -102,6 +114,67 @@ class _DeviceCollector(Collector):
             power.add_metric(values, info.watts)
         yield temp
         yield power
+
+
+class GenerationStatusLike(Protocol):
+    """control_pb2.GenerationStatus's fields this module reads (no protobuf import here)."""
+
+    queued_sequences: int
+    max_sequences: int
+    queued_prompt_tokens: int
+    kv_cache_tokens_used: int
+    kv_cache_tokens_budget: int
+    kv_cache_tokens_cached: int
+    prefix_hit_tokens: int
+    tokens_per_second: float
+    ttft_p50_ms: float
+    ttft_p99_ms: float
+
+
+# (name, help, field, scale): gauges of a generative model's GenerationStatus.
+_GENERATION_GAUGES = (
+    ("hatswarm_generation_queued_sequences", "Sequences waiting for a slot", "queued_sequences", 1.0),
+    ("hatswarm_generation_sequence_slots", "Sequences that may run at once", "max_sequences", 1.0),
+    ("hatswarm_generation_queued_prompt_tokens", "Prompt tokens of the waiting sequences",
+     "queued_prompt_tokens", 1.0),
+    ("hatswarm_generation_kv_cache_tokens", "KV cache tokens the running sequences hold",
+     "kv_cache_tokens_used", 1.0),
+    ("hatswarm_generation_kv_cache_budget_tokens", "KV cache budget (slots x context length)",
+     "kv_cache_tokens_budget", 1.0),
+    ("hatswarm_generation_kv_cache_cached_tokens",
+     "KV cache tokens idle sequences keep for a later prompt's prefix", "kv_cache_tokens_cached",
+     1.0),
+    ("hatswarm_generation_tokens_per_second", "Generated tokens per second over the last 10 s",
+     "tokens_per_second", 1.0),
+    ("hatswarm_generation_ttft_p50_seconds", "Median time to first token over the last 60 s",
+     "ttft_p50_ms", 1e-3),
+    ("hatswarm_generation_ttft_p99_seconds", "p99 time to first token over the last 60 s",
+     "ttft_p99_ms", 1e-3),
+)  # fmt: skip
+
+
+class _GenerationCollector(Collector):
+    """Generative models' load in tokens, read from their status when Prometheus scrapes."""
+
+    def __init__(self) -> None:
+        self.models: dict[tuple[str, str], Callable[[], GenerationStatusLike]] = {}
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        families = [
+            GaugeMetricFamily(n, h, labels=list(_LABELS)) for n, h, _, _ in _GENERATION_GAUGES
+        ]
+        hits = CounterMetricFamily(
+            "hatswarm_generation_prefix_hit_tokens",
+            "Prompt tokens served from the prefix (KV) cache instead of prefilled",
+            labels=list(_LABELS),
+        )
+        for (name, version), read in list(self.models.items()):
+            status = read()
+            for family, (_, _, attr, scale) in zip(families, _GENERATION_GAUGES, strict=True):
+                family.add_metric([name, version], float(getattr(status, attr)) * scale)
+            hits.add_metric([name, version], float(status.prefix_hit_tokens))
+        yield from families
+        yield hits
 
 
 class _BackendCollector(Collector):
@@ -207,6 +280,8 @@ class AgentMetrics:
             _LABELS,
             registry=r,
         )
+        self._generation = _GenerationCollector()
+        r.register(self._generation)
         if device_info is not None:
             r.register(_DeviceCollector(device_info))
 
@@ -239,6 +314,12 @@ class AgentMetrics:
             version=version,
         )
 
+    def generation_status(
+        self, name: str, version: str, read: Callable[[], GenerationStatusLike]
+    ) -> None:
+        """Export a generative model's load in tokens, read at scrape time (until `forget`)."""
+        self._generation.models[(name, version)] = read
+
     def failure_without_model(self, reason: str) -> None:
         """A request for a model this agent does not have (no per-name series: bounded)."""
         self._failure.labels(model="", version="", reason=reason).inc()
@@ -248,6 +329,7 @@ class AgentMetrics:
         for gauge in (self._depth, self._loaded, self._sequences):
             with contextlib.suppress(KeyError):
                 gauge.remove(name, version)
+        self._generation.models.pop((name, version), None)
 
     def serve(self, host: str, port: int) -> None:
         """Expose /metrics on its own port, in a daemon thread."""
@@ -311,6 +393,13 @@ class RouteMetrics:
             ("model", "target"),
             registry=r,
         )
+        self.affinities = Counter(
+            "hatswarm_route_affinity",
+            "Generations with a session or prefix affinity, by whether they ran on its node "
+            "(hit) or elsewhere because it was full or failed (miss)",
+            ("model", "outcome"),
+            registry=r,
+        )
         self._routed: dict[tuple[str, str], Counter] = {}
 
     def routed(self, model: str, route: str) -> Counter:
@@ -319,3 +408,7 @@ class RouteMetrics:
         if child is None:
             child = self._routed[(model, route)] = self.requests.labels(model, route)
         return child
+
+    def affinity(self, model: str, hit: bool) -> Counter:
+        """The `affinities` child for a generation that had an affine node."""
+        return self.affinities.labels(model, "hit" if hit else "miss")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hatswarm_agent.backends.base import LoadedModel, TensorSpec
-from hatswarm_agent.backends.generation import GenerativeModel
+from hatswarm_agent.backends.generation import GenerationLoad, GenerativeModel
 from hatswarm_agent.protocol.v1 import control_pb2
 from hatswarm_agent.serving.adapters import AdapterSet
 from hatswarm_agent.serving.batching import ModelQueue
@@ -27,6 +27,7 @@ from hatswarm_agent.serving.metrics import ModelMetrics
 
 DEFAULT_VERSION = "1"
 _RATE_WINDOW_S = 10.0
+_TTFT_WINDOW_S = 60.0
 
 
 def version_key(version: str) -> tuple[int, int, str]:
@@ -70,6 +71,85 @@ class ModelStats:
 
 
 @dataclass
+class GenerationStats:
+    """Tokens and time to first token of a generative model, for NodeStatus (Prometheus has
+    the counters and the TTFT histogram): rates over the last 10 s, TTFT over the last 60 s."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    first_tokens: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=2048))
+    generated: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=65536))
+
+    def first_token(self, seconds: float) -> None:
+        self.first_tokens.append((time.monotonic(), seconds))
+
+    def tokens(self, count: int) -> None:
+        """`count` tokens generated now."""
+        if count:
+            self.completion_tokens += count
+            self.generated.append((time.monotonic(), count))
+
+    def tokens_per_second(self) -> float:
+        horizon = time.monotonic() - _RATE_WINDOW_S
+        recent = 0
+        for t, n in reversed(self.generated):
+            if t < horizon:
+                break
+            recent += n
+        return recent / _RATE_WINDOW_S
+
+    def ttft_ms(self) -> tuple[float, float]:
+        """(p50, p99) of the recent times to first token, (0, 0) when there are none."""
+        horizon = time.monotonic() - _TTFT_WINDOW_S
+        recent = [s for t, s in self.first_tokens if t >= horizon]
+        if not recent:
+            return (0.0, 0.0)
+        p = np.percentile(np.asarray(recent), [50, 99]) * 1000
+        return (float(p[0]), float(p[1]))
+
+    def status(self, load: GenerationLoad) -> control_pb2.GenerationStatus:
+        p50, p99 = self.ttft_ms()
+        return control_pb2.GenerationStatus(
+            active_sequences=load.active_sequences,
+            queued_sequences=load.queued_sequences,
+            max_sequences=load.max_sequences,
+            queued_prompt_tokens=load.queued_prompt_tokens,
+            kv_cache_tokens_used=load.context_tokens_in_use,
+            kv_cache_tokens_budget=load.context_tokens_capacity,
+            kv_cache_tokens_cached=load.cached_prefix_tokens,
+            tokens_per_second=self.tokens_per_second(),
+            ttft_p50_ms=p50,
+            ttft_p99_ms=p99,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            prefix_hit_tokens=load.prefix_hit_tokens,
+        )
+
+
+def node_generation(models: Sequence[control_pb2.ModelStatus]) -> control_pb2.GenerationStatus:
+    """A node's generative models together: sums, and the worst model's TTFT."""
+    out = control_pb2.GenerationStatus()
+    for m in models:
+        if not m.HasField("generation"):
+            continue
+        s = m.generation
+        out.active_sequences += s.active_sequences
+        out.queued_sequences += s.queued_sequences
+        out.max_sequences += s.max_sequences
+        out.queued_prompt_tokens += s.queued_prompt_tokens
+        out.kv_cache_tokens_used += s.kv_cache_tokens_used
+        out.kv_cache_tokens_budget += s.kv_cache_tokens_budget
+        out.kv_cache_tokens_cached += s.kv_cache_tokens_cached
+        out.tokens_per_second += s.tokens_per_second
+        out.ttft_p50_ms = max(out.ttft_p50_ms, s.ttft_p50_ms)
+        out.ttft_p99_ms = max(out.ttft_p99_ms, s.ttft_p99_ms)
+        out.prompt_tokens += s.prompt_tokens
+        out.completion_tokens += s.completion_tokens
+        out.prefix_hit_tokens += s.prefix_hit_tokens
+    return out
+
+
+@dataclass
 class ModelVersion:
     """One model version and everything serving it needs."""
 
@@ -84,6 +164,7 @@ class ModelVersion:
     queue: ModelQueue | None = None
     metrics: ModelMetrics | None = None
     stats: ModelStats = field(default_factory=ModelStats)
+    generation: GenerationStats = field(default_factory=GenerationStats)
     loaded_at_unix_ms: int = 0
     persistent: bool = True  # part of the saved assignment (CLI models are not)
     active_watts: float | None = None
@@ -138,10 +219,12 @@ class ModelVersion:
         a = self.adapters
         depth = self.queue.depth if self.queue else 0
         limit = self.queue.limit if self.queue else 0
+        generation = None
         if isinstance(self.model, GenerativeModel):  # load in sequences, not queued requests
             load = self.model.load()
             depth = load.active_sequences + load.queued_sequences
             limit = load.max_sequences
+            generation = self.generation.status(load)
         return control_pb2.ModelStatus(
             name=self.name,
             version=self.version,
@@ -167,6 +250,7 @@ class ModelVersion:
             adapter_requests=dict(a.requests) if a else {},
             adapter_loads=a.loads if a else 0,
             adapter_evictions=a.evictions if a else 0,
+            generation=generation,
         )
 
 

@@ -251,7 +251,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                         request, piece, asked.raw, node, stream.route
                     )
                     if hop and node and isinstance(stream, LocalStream):
-                        params.set_queue_depth(response.infer_response, stream.depth)
+                        report_load(response.infer_response, stream)
                     out.put_nowait(response)
                     node = ""  # the first response names the node; the final one again
                 text = None if asked.empty_final else ""
@@ -264,6 +264,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 request, stream.finish_reason or "stop", stream.usage, text=text,
                 raw=asked.raw, node=stream.node, route=stream.route,
             )  # fmt: skip
+            if hop and isinstance(stream, LocalStream):  # the load as this sequence ends
+                report_load(final.infer_response, stream)
             out.put_nowait(final)
         finally:
             await stream.aclose()
@@ -316,3 +318,16 @@ def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
         (grpc.method_handlers_generic_handler(service.full_name, handlers),)
     )
     server.add_registered_method_handlers(service.full_name, handlers)
+
+
+def report_load(response: pb.ModelInferResponse, stream: LocalStream) -> None:
+    """A hop's generation answer reports this node's load in sequences and KV cache use (the
+    forwarding agent scores peers on it, routing/policy.py)."""
+    load = stream.load
+    if load is None:
+        return
+    params.set_queue_depth(response, load.active_sequences + load.queued_sequences)
+    budget = load.context_tokens_capacity
+    params.set_generation_load(
+        response, load.max_sequences, load.context_tokens_in_use / budget if budget else 0.0
+    )

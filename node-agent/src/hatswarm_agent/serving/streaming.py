@@ -43,6 +43,7 @@ from hatswarm_agent.protocol.wire import (
     PROMPT_TOKENS_PARAM,
     ROUTE_PARAM,
     SAMPLING_INPUT,
+    SESSION_PARAM,
     STREAM_INPUT,
     TEXT_INPUT,
     TEXT_OUTPUT,
@@ -162,7 +163,8 @@ def decode_generation(request: pb.ModelInferRequest) -> StreamRequest:
         generation = GenerationParams.from_mapping(sampling)
     except GenerationRequestError as exc:
         raise InvalidInputError(str(exc)) from None
-    call = GenerationCall(request.model_name, request.model_version, prompt, generation)
+    session = params[SESSION_PARAM].string_param if SESSION_PARAM in params else ""
+    call = GenerationCall(request.model_name, request.model_version, prompt, generation, session)
     return StreamRequest(call, stream, exclude, empty_final, bool(request.raw_input_contents))
 
 
@@ -283,6 +285,8 @@ def encode_generation(call: GenerationCall, request_id: str = "") -> pb.ModelInf
     add(STREAM_INPUT, "BOOL", True)
     add(EXCLUDE_INPUT, "BOOL", True)
     add(SAMPLING_INPUT, "BYTES", params_json(call.params))
+    if call.session:
+        request.parameters[SESSION_PARAM].string_param = call.session
     return request
 
 

@@ -176,6 +176,16 @@ def edgemodel_crd() -> dict[str, Any]:
             _column("Rate", ".status.requestRate", "number", "Requests/s (recent)", 1),
             _column("P99-ms", ".status.p99LatencyMs", "number", "p99 latency (ms)", 1),
             _column("Cost/1k", ".status.costPer1kUsd", "number", "USD per 1k inferences", 1),
+            _column(
+                "Tok/s", ".status.generation.tokensPerSecond", "number", "Tokens/s (recent)", 1
+            ),
+            _column(
+                "TTFT-p99-ms",
+                ".status.generation.ttftP99Ms",
+                "number",
+                "p99 time to first token",
+                1,
+            ),
             _AGE,
         ],
         scale={

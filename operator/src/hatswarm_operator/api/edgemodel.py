@@ -459,6 +459,28 @@ class CanaryStatus(ApiModel):
     """What the rollout is waiting for, or why it stopped."""
 
 
+class GenerationStatus(ApiModel):
+    """A generative model's load in tokens across its Ready replicas, and what clients see."""
+
+    tokens_per_second: float = 0.0
+    """Tokens generated per second, all replicas together (last 10 s)."""
+    ttft_p50_ms: float | None = None
+    """Median time to first token in ms (the slowest replica's, last 60 s); absent until
+    measured."""
+    ttft_p99_ms: float | None = None
+    """p99 time to first token in ms (the slowest replica's, last 60 s); absent until measured."""
+    active_sequences: int = 0
+    """Sequences generating now."""
+    sequence_slots: int = 0
+    """Sequences the replicas may run at once (more are queued, then refused with 429)."""
+    queued_prompt_tokens: int = 0
+    """Prompt tokens waiting for a sequence slot."""
+    kv_cache_utilization: float | None = None
+    """KV cache tokens held over the budget (slots x context length), 0..1."""
+    prefix_hit_tokens: int = 0
+    """Prompt tokens served from the replicas' prefix caches instead of prefilled, since load."""
+
+
 class EdgeModelStatus(ApiModel):
     model_config = STATUS_CONFIG
 
@@ -492,6 +514,8 @@ class EdgeModelStatus(ApiModel):
     """Measured p99 latency across replicas (ms); absent until measured."""
     cost_per1k_usd: float | None = Field(default=None, alias="costPer1kUsd")
     """Measured cost per 1,000 inferences in USD; absent until measured."""
+    generation: GenerationStatus | None = None
+    """Load in tokens, tokens/s and time to first token (generative models only)."""
     last_scale_time: Time | None = None
     """When autoscaling last changed the replica count (RFC 3339)."""
     selector: str | None = Field(

@@ -381,6 +381,10 @@ class PoolNode(ApiModel):
     """Model versions loaded on the node."""
     queue_depth: int = 0
     """Requests waiting on the node."""
+    active_sequences: int | None = None
+    """Sequences its generative models are generating now (absent without one)."""
+    tokens_per_second: float | None = None
+    """Tokens its generative models generate per second, recent window (absent without one)."""
     temperature_c: float | None = None
     """NPU temperature in degrees Celsius, when the device reports it."""
     watts: float | None = None

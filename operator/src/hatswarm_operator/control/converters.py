@@ -24,7 +24,7 @@ from hatswarm_agent.protocol.v1 import control_pb2
 from hatswarm_operator.api import InferencePool
 from hatswarm_operator.control.credentials import CLOUD_TOKEN_NAME
 from hatswarm_operator.core import gate as vg
-from hatswarm_operator.core.inventory import ModelObs, ModelState, NodeReport
+from hatswarm_operator.core.inventory import GenerationObs, ModelObs, ModelState, NodeReport
 from hatswarm_operator.core.plan import ReplicaLoad, Route
 
 if TYPE_CHECKING:
@@ -72,8 +72,26 @@ def model_observations(status: control_pb2.NodeStatusResponse) -> tuple[ModelObs
             resident_adapters=tuple(m.resident_adapters),
             adapter_slots=m.adapter_slots,
             adapter_requests=tuple(sorted(m.adapter_requests.items())),
+            generation=generation_observation(m.generation) if m.HasField("generation") else None,
         )
         for m in status.models
+    )
+
+
+def generation_observation(g: control_pb2.GenerationStatus) -> GenerationObs:
+    """A generative model's load in tokens, as the inventory keeps it."""
+    return GenerationObs(
+        active_sequences=g.active_sequences,
+        queued_sequences=g.queued_sequences,
+        max_sequences=g.max_sequences,
+        queued_prompt_tokens=g.queued_prompt_tokens,
+        kv_cache_tokens_used=g.kv_cache_tokens_used,
+        kv_cache_tokens_budget=g.kv_cache_tokens_budget,
+        tokens_per_second=g.tokens_per_second,
+        ttft_p50_ms=g.ttft_p50_ms,
+        ttft_p99_ms=g.ttft_p99_ms,
+        prefix_hit_tokens=g.prefix_hit_tokens,
+        prompt_tokens=g.prompt_tokens,
     )
 
 

@@ -63,9 +63,20 @@ MODEL_METRICS: dict[str, Any] = {
     "request_rate": True,
     "p99_latency_ms": True,
     "cost_per1k_usd": True,
+    "generation": True,
 }
 POOL_METRICS: dict[str, Any] = {
-    "nodes": {"__all__": {"last_seen", "queue_depth", "temperature_c", "watts", "cloud_requests"}},
+    "nodes": {
+        "__all__": {
+            "last_seen",
+            "queue_depth",
+            "temperature_c",
+            "watts",
+            "active_sequences",
+            "tokens_per_second",
+            "cloud_requests",
+        }
+    },
     "capacity": {"inferences_per_second"},
 }
 

@@ -29,6 +29,23 @@ class ModelState(StrEnum):
 
 
 @dataclass(frozen=True)
+class GenerationObs:
+    """A generative model's load in tokens as its agent last reported it."""
+
+    active_sequences: int = 0
+    queued_sequences: int = 0
+    max_sequences: int = 0
+    queued_prompt_tokens: int = 0
+    kv_cache_tokens_used: int = 0
+    kv_cache_tokens_budget: int = 0
+    tokens_per_second: float = 0.0
+    ttft_p50_ms: float = 0.0
+    ttft_p99_ms: float = 0.0
+    prefix_hit_tokens: int = 0
+    prompt_tokens: int = 0
+
+
+@dataclass(frozen=True)
 class ModelObs:
     """One model version as an agent last reported it."""
 
@@ -50,6 +67,7 @@ class ModelObs:
     resident_adapters: tuple[str, ...] = ()  # loaded now, least recently used first
     adapter_slots: int = 0
     adapter_requests: tuple[tuple[str, int], ...] = ()  # per adapter since load
+    generation: GenerationObs | None = None  # generative models only
 
     @property
     def ready(self) -> bool:

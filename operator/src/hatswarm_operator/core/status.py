@@ -13,7 +13,7 @@ from typing import Literal
 
 from hatswarm_operator.api import EdgeModel, InferencePool
 from hatswarm_operator.api.common import Condition, agent_pod_selector
-from hatswarm_operator.api.edgemodel import EdgeModelStatus, ModelPlacement
+from hatswarm_operator.api.edgemodel import EdgeModelStatus, GenerationStatus, ModelPlacement
 from hatswarm_operator.api.inferencepool import (
     InferencePoolStatus,
     PoolCapacity,
@@ -23,6 +23,7 @@ from hatswarm_operator.api.inferencepool import (
 from hatswarm_operator.core import placement as pl
 from hatswarm_operator.core.conditions import condition, merge_conditions, rfc3339
 from hatswarm_operator.core.inventory import (
+    GenerationObs,
     ModelState,
     NodeState,
     is_verification_failure,
@@ -140,7 +141,33 @@ def model_status(
         conditions=merge_conditions(old, conds),
         request_rate=round(rate, 3),
         p99_latency_ms=round(p99, 3) if ready and p99 > 0 else None,  # 0: nothing measured
+        generation=generation_status(
+            [o.generation for n in members for o in n.models if o.name == name and o.ready]
+        ),
         selector=agent_pod_selector(m.spec.pool),
+    )
+
+
+def generation_status(observed: Sequence[GenerationObs | None]) -> GenerationStatus | None:
+    """A generative model's replicas together: sums, the slowest replica's TTFT, KV use as
+    held over budget. None for a model that does not generate."""
+    gens = [g for g in observed if g is not None]
+    if not gens:
+        return None
+    budget = sum(g.kv_cache_tokens_budget for g in gens)
+    p50 = max(g.ttft_p50_ms for g in gens)
+    p99 = max(g.ttft_p99_ms for g in gens)
+    return GenerationStatus(
+        tokens_per_second=round(sum(g.tokens_per_second for g in gens), 3),
+        ttft_p50_ms=round(p50, 3) if p50 > 0 else None,
+        ttft_p99_ms=round(p99, 3) if p99 > 0 else None,
+        active_sequences=sum(g.active_sequences for g in gens),
+        sequence_slots=sum(g.max_sequences for g in gens),
+        queued_prompt_tokens=sum(g.queued_prompt_tokens for g in gens),
+        kv_cache_utilization=(
+            round(sum(g.kv_cache_tokens_used for g in gens) / budget, 4) if budget else None
+        ),
+        prefix_hit_tokens=sum(g.prefix_hit_tokens for g in gens),
     )
 
 
@@ -264,6 +291,19 @@ def _model_conditions(
     ]
 
 
+def _as_int(value: float | None) -> int | None:
+    return None if value is None else int(value)
+
+
+def _node_generation(node: NodeState, field: str) -> float | None:
+    """A node's generative models' `field` summed, None when it has none."""
+    gens = [o.generation for o in node.models if o.generation is not None]
+    if not gens:
+        return None
+    total = sum(getattr(g, field) for g in gens)
+    return round(total, 3) if isinstance(total, float) else total
+
+
 @functools.lru_cache(maxsize=16384)
 def _pool_node(
     name: str,
@@ -277,6 +317,8 @@ def _pool_node(
     last_seen: str | None,
     reason: str | None,
     cloud_requests: int,
+    active_sequences: int | None,
+    tokens_per_second: float | None,
 ) -> PoolNode:
     """One node's entry, the same object while nothing in it changed: a thousand-node pool
     builds its status every tick and a pydantic model costs tens of microseconds. (Shared:
@@ -293,6 +335,8 @@ def _pool_node(
         last_seen=last_seen,
         reason=reason,
         cloud_requests=cloud_requests,
+        active_sequences=active_sequences,
+        tokens_per_second=tokens_per_second,
     )
 
 
@@ -319,6 +363,8 @@ def pool_status(
             rfc3339(n.last_seen) if n.last_seen else None,
             n.out_reason or None,
             sum(count for _, count in n.cloud_requests),
+            _as_int(_node_generation(n, "active_sequences")),
+            _node_generation(n, "tokens_per_second"),
         )
         for n in selected
     ]

@@ -73,6 +73,9 @@ class TinyDecoder:
     context_length: int = 256
     rms_eps: float = 1e-6
     rope_theta: float = 10000.0
+    # > 0: the linear layers (and lm_head) as int4 MatMulNBits with this block size, as the
+    # model builder's int4 CPU export writes them (random packed weights: big shapes build fast).
+    int4_block_size: int = 0
 
     @property
     def head_size(self) -> int:
@@ -132,8 +135,49 @@ def _rope_caches(shape: TinyDecoder) -> tuple[Floats, Floats]:
     return np.cos(freqs).astype(np.float32), np.sin(freqs).astype(np.float32)
 
 
-def build_decoder_graph(shape: TinyDecoder, seed: int) -> onnx.ModelProto:
-    """The decoder-only ONNX graph onnxruntime-genai runs (see the module docstring)."""
+def _matmul_int4(
+    node: Any,
+    init: Any,
+    rng: np.random.Generator,
+    name: str,
+    x: str,
+    weight_name: str,
+    fan_in: int,
+    fan_out: int,
+    shape: TinyDecoder,
+) -> str:
+    """x @ W with W as 4-bit blocks (com.microsoft MatMulNBits, symmetric, zero point 8):
+    random nibbles, scales that keep the output's variance near the input's."""
+    block = shape.int4_block_size
+    if fan_in % block:
+        raise ValueError(f"{weight_name}: {fan_in} inputs are not a multiple of block {block}")
+    blocks = fan_in // block
+    packed = rng.integers(0, 256, (fan_out, blocks, block // 2), dtype=np.uint8)
+    # uniform nibbles -8..7 have a standard deviation of about 4.6
+    scales = np.full((fan_out * blocks,), 1.0 / (4.6 * np.sqrt(fan_in)), np.float32)
+    return str(
+        node(
+            "MatMulNBits",
+            [x, init(f"{weight_name}.int4", packed), init(f"{weight_name}.scales", scales)],
+            name.replace("MatMul", "MatMulNBits"),
+            domain="com.microsoft",
+            K=fan_in,
+            N=fan_out,
+            bits=4,
+            block_size=block,
+            accuracy_level=4,
+        )
+    )
+
+
+def build_decoder_graph(
+    shape: TinyDecoder, seed: int, usable_vocab: int | None = None
+) -> onnx.ModelProto:
+    """The decoder-only ONNX graph onnxruntime-genai runs (see the module docstring).
+
+    `usable_vocab` below `shape.vocab_size` (a real model's vocabulary with the small test
+    tokenizer) masks the logits of the ids the tokenizer does not have, so random weights
+    generate text that decodes."""
     rng = np.random.default_rng(seed)
     h, kvh, hs = shape.hidden_size, shape.num_kv_heads, shape.head_size
     nodes: list[onnx.NodeProto] = []
@@ -200,6 +244,8 @@ def build_decoder_graph(shape: TinyDecoder, seed: int) -> onnx.ModelProto:
         return out0, out3
 
     def matmul(name: str, x: str, weight_name: str, fan_in: int, fan_out: int) -> str:
+        if shape.int4_block_size:
+            return _matmul_int4(node, init, rng, name, x, weight_name, fan_in, fan_out, shape)
         return node("MatMul", [x, init(weight_name, _linear(rng, fan_in, fan_out))], name)
 
     ones = np.ones(h, np.float32)
@@ -294,8 +340,16 @@ def build_decoder_graph(shape: TinyDecoder, seed: int) -> onnx.ModelProto:
         residual,
         init("model.norm.weight", ones.copy()),
     )
-    lm_head = init("lm_head.MatMul.weight", _linear(rng, h, shape.vocab_size) * 4.0)
-    nodes.append(helper.make_node("MatMul", [final, lm_head], ["logits"], name="/lm_head/MatMul"))
+    if shape.int4_block_size:
+        logits = matmul("/lm_head/MatMul", final, "lm_head.MatMul.weight", h, shape.vocab_size)
+    else:
+        lm_head = init("lm_head.MatMul.weight", _linear(rng, h, shape.vocab_size) * 4.0)
+        logits = node("MatMul", [final, lm_head], "/lm_head/MatMul")
+    if usable_vocab is not None and usable_vocab < shape.vocab_size:
+        mask = np.zeros(shape.vocab_size, np.float32)
+        mask[usable_vocab:] = -1e4
+        logits = node("Add", [logits, init("lm_head.vocab_mask", mask)], "/lm_head/VocabMask")
+    nodes.append(helper.make_node("Identity", [logits], ["logits"], name="/lm_head/Identity"))
 
     kv_in: list[str | int | None] = ["batch_size", kvh, "past_sequence_length", hs]
     kv_out: list[str | int | None] = ["batch_size", kvh, "total_sequence_length", hs]
@@ -394,7 +448,9 @@ def build_genai_model(
     shape = shape or TinyDecoder()
     folder.mkdir(parents=True, exist_ok=True)
     special = write_tokenizer(folder, shape.vocab_size, chat_template=chat_template)
-    onnx.save_model(build_decoder_graph(shape, seed), str(folder / "model.onnx"))
+    vocab = json.loads((folder / "tokenizer.json").read_text())["model"]["vocab"]
+    graph = build_decoder_graph(shape, seed, usable_vocab=len(vocab))
+    onnx.save_model(graph, str(folder / "model.onnx"))
     config = genai_config(shape, special, chat=chat_template is not None)
     (folder / "genai_config.json").write_text(json.dumps(config, indent=4))
     return folder

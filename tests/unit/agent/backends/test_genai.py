@@ -149,6 +149,52 @@ async def test_greedy_output_is_the_same_every_time(model: GenaiModel) -> None:
     assert first == second
 
 
+async def test_a_follow_up_turn_reuses_the_kv_cache_of_the_first(
+    model: GenaiModel, folder: Path
+) -> None:
+    """The next turn of a conversation (its prompt starts with the first turn's prompt and
+    answer) rewinds the kept generator instead of prefilling again, with the same output."""
+    first = await model.generate(PROMPT, GenerationParams(max_tokens=8, temperature=0.0))
+    answer = await first.text()
+    assert model.load().cached_prefix_tokens == first.prompt_tokens + 8
+    follow_up = PROMPT + answer + " and then"
+    prompt_ids, expected, expected_text = reference(folder, follow_up, 12, do_sample=False)
+    hits = model.load().prefix_hit_tokens
+    stream = await model.generate(follow_up, GenerationParams(max_tokens=12, temperature=0.0))
+    pieces, text = await collect(stream)
+    assert [t for p in pieces for t in p.token_ids] == expected
+    assert text == expected_text
+    reused = model.load().prefix_hit_tokens - hits
+    assert first.prompt_tokens <= reused < len(prompt_ids)
+    # A different prompt under the same options diverges at once: a fresh prefill, same answer.
+    _, other, _ = reference(folder, "world hello", 6, do_sample=False)
+    got = await model.generate("world hello", GenerationParams(max_tokens=6, temperature=0.0))
+    assert [t for p in [piece async for piece in got] for t in p.token_ids] == other
+
+
+async def test_a_kept_generator_too_short_for_the_next_request_is_not_reused(
+    backend: ThreadBackend, folder: Path
+) -> None:
+    """Generators are only `prefix_headroom` tokens longer than their request (a KV cache is
+    allocated whole): a follow-up that needs more gets a fresh one, with the same answer."""
+    model = backend.load(folder, {"prefix_headroom": "4"})
+    answer = await (
+        await model.generate(PROMPT, GenerationParams(max_tokens=8, temperature=0))
+    ).text()
+    follow_up = PROMPT + answer + " and then"
+    _, expected, _ = reference(folder, follow_up, 12, do_sample=False)
+    stream = await model.generate(follow_up, GenerationParams(max_tokens=12, temperature=0.0))
+    assert [t for p in [piece async for piece in stream] for t in p.token_ids] == expected
+    assert model.load().prefix_hit_tokens == 0
+
+
+async def test_the_prefix_cache_can_be_turned_off(backend: ThreadBackend, folder: Path) -> None:
+    model = backend.load(folder, {"prefix_cache": "0"})
+    await (await model.generate(PROMPT, GREEDY)).text()
+    await (await model.generate(PROMPT + " more", GREEDY)).text()
+    assert (model.load().cached_prefix_tokens, model.load().prefix_hit_tokens) == (0, 0)
+
+
 async def test_chat_messages_go_through_the_tokenizer_config_chat_template(
     model: GenaiModel, folder: Path
 ) -> None:

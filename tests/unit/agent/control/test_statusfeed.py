@@ -60,3 +60,13 @@ def test_intervals_default_and_floor() -> None:
     assert intervals(control_pb2.WatchNodeStatusRequest()) == (2.0, 5.0)
     asked = control_pb2.WatchNodeStatusRequest(heartbeat_interval_ms=10, live_interval_ms=3000)
     assert intervals(asked) == (0.1, 3.0)
+
+
+def test_cloud_counters_and_token_load_are_live_measurements() -> None:
+    """They climb with every request: alone they never push a status at once."""
+    busy = status()
+    busy.cloud_requests["m"] = 40
+    busy.cloud_failures = 2
+    busy.generation.active_sequences = 3
+    busy.models[0].generation.tokens_per_second = 12.5
+    assert planning_key(busy) == planning_key(status())

@@ -165,3 +165,48 @@ def test_observe_drops_a_node_after_the_failure_threshold() -> None:
     assert not n.up
     assert n.out_reason.startswith("AgentUnreachable")
     assert observe(n, node_report(status), now=6.0, failure_threshold=3).up
+
+
+def test_generative_load_in_tokens_reaches_the_model_status() -> None:
+    """What two agents report of a generative model (NodeStatus, converted) becomes its status:
+    tokens/s summed, the slowest replica's TTFT, KV use over the budget."""
+
+    def probe(tps: float, p50: float, p99: float, used: int) -> control_pb2.NodeStatusResponse:
+        generation = control_pb2.GenerationStatus(
+            active_sequences=1, max_sequences=2, queued_prompt_tokens=5,
+            kv_cache_tokens_used=used, kv_cache_tokens_budget=512, tokens_per_second=tps,
+            ttft_p50_ms=p50, ttft_p99_ms=p99, prefix_hit_tokens=7,
+        )  # fmt: skip
+        return control_pb2.NodeStatusResponse(
+            accelerator="cpu",
+            models=[
+                control_pb2.ModelStatus(
+                    name="m",
+                    version="1",
+                    state=control_pb2.MODEL_STATE_READY,
+                    generation=generation,
+                )
+            ],
+        )
+
+    nodes = [
+        observe(node(n), node_report(probe(*args)), now=1.0, failure_threshold=3)
+        for n, args in (("n1", (20.0, 30.0, 80.0, 100)), ("n2", (10.0, 40.0, 60.0, 156)))
+    ]
+    plan = plan_pool(pool(), [model()], nodes, now=2)
+    pool_nodes = {n.name: n for n in plan.pool_status.nodes}
+    assert (pool_nodes["n1"].tokens_per_second, pool_nodes["n1"].active_sequences) == (20.0, 1)
+    st = plan.model_status["m"]
+    g = st.generation
+    assert g is not None
+    assert g.tokens_per_second == 30.0
+    assert (g.ttft_p50_ms, g.ttft_p99_ms) == (40.0, 80.0)
+    assert (g.active_sequences, g.sequence_slots, g.queued_prompt_tokens) == (2, 4, 10)
+    assert g.kv_cache_utilization == 0.25
+    assert g.prefix_hit_tokens == 14
+    doc = st.model_dump(by_alias=True, exclude_none=True)
+    assert doc["generation"]["ttftP99Ms"] == 80.0 and doc["generation"]["tokensPerSecond"] == 30.0
+    # A classifier has no generation block.
+    plain = plan_pool(pool(), [model()], [node("n1", ("m", "1", READY))], now=2)
+    assert plain.model_status["m"].generation is None
+    assert plain.pool_status.nodes[0].tokens_per_second is None

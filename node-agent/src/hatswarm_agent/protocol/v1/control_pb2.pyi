@@ -269,6 +269,7 @@ class ModelStatus(_message.Message):
     ADAPTER_REQUESTS_FIELD_NUMBER: _builtins.int
     ADAPTER_LOADS_FIELD_NUMBER: _builtins.int
     ADAPTER_EVICTIONS_FIELD_NUMBER: _builtins.int
+    GENERATION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.str
     state: Global___ModelState.ValueType
@@ -313,6 +314,10 @@ class ModelStatus(_message.Message):
     def adapter_requests(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """Requests per adapter since load (measured share, for adapter placement)."""
 
+    @_builtins.property
+    def generation(self) -> Global___GenerationStatus:
+        """Load in sequences and tokens, for a generative model (absent for the others)."""
+
     def __init__(
         self,
         *,
@@ -340,14 +345,82 @@ class ModelStatus(_message.Message):
         adapter_requests: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         adapter_loads: _builtins.int = ...,
         adapter_evictions: _builtins.int = ...,
+        generation: Global___GenerationStatus | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["latency", b"latency"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["generation", b"generation", "latency", b"latency"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter_evictions", b"adapter_evictions", "adapter_loads", b"adapter_loads", "adapter_requests", b"adapter_requests", "adapter_slots", b"adapter_slots", "adapters", b"adapters", "backend", b"backend", "capacity_fps", b"capacity_fps", "compute_seconds", b"compute_seconds", "energy_joules", b"energy_joules", "execution_count", b"execution_count", "inference_count", b"inference_count", "latency", b"latency", "loaded_at_unix_ms", b"loaded_at_unix_ms", "name", b"name", "queue_depth", b"queue_depth", "queue_limit", b"queue_limit", "reason", b"reason", "request_failure", b"request_failure", "request_rate", b"request_rate", "request_success", b"request_success", "resident_adapters", b"resident_adapters", "sha256", b"sha256", "state", b"state", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter_evictions", b"adapter_evictions", "adapter_loads", b"adapter_loads", "adapter_requests", b"adapter_requests", "adapter_slots", b"adapter_slots", "adapters", b"adapters", "backend", b"backend", "capacity_fps", b"capacity_fps", "compute_seconds", b"compute_seconds", "energy_joules", b"energy_joules", "execution_count", b"execution_count", "generation", b"generation", "inference_count", b"inference_count", "latency", b"latency", "loaded_at_unix_ms", b"loaded_at_unix_ms", "name", b"name", "queue_depth", b"queue_depth", "queue_limit", b"queue_limit", "reason", b"reason", "request_failure", b"request_failure", "request_rate", b"request_rate", "request_success", b"request_success", "resident_adapters", b"resident_adapters", "sha256", b"sha256", "state", b"state", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ModelStatus: _TypeAlias = ModelStatus  # noqa: Y015
+
+@_typing.final
+class GenerationStatus(_message.Message):
+    """A generative model's load in tokens (or a node's, summed over its generative models), and
+    what its clients see: time to first token and tokens per second over a recent window.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTIVE_SEQUENCES_FIELD_NUMBER: _builtins.int
+    QUEUED_SEQUENCES_FIELD_NUMBER: _builtins.int
+    MAX_SEQUENCES_FIELD_NUMBER: _builtins.int
+    QUEUED_PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
+    KV_CACHE_TOKENS_USED_FIELD_NUMBER: _builtins.int
+    KV_CACHE_TOKENS_BUDGET_FIELD_NUMBER: _builtins.int
+    KV_CACHE_TOKENS_CACHED_FIELD_NUMBER: _builtins.int
+    TOKENS_PER_SECOND_FIELD_NUMBER: _builtins.int
+    TTFT_P50_MS_FIELD_NUMBER: _builtins.int
+    TTFT_P99_MS_FIELD_NUMBER: _builtins.int
+    PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
+    COMPLETION_TOKENS_FIELD_NUMBER: _builtins.int
+    PREFIX_HIT_TOKENS_FIELD_NUMBER: _builtins.int
+    active_sequences: _builtins.int
+    """Sequences generating now, waiting for a slot, and the slots (the bound on concurrency)."""
+    queued_sequences: _builtins.int
+    max_sequences: _builtins.int
+    queued_prompt_tokens: _builtins.int
+    """Prompt tokens of the sequences waiting for a slot."""
+    kv_cache_tokens_used: _builtins.int
+    """KV cache in tokens: held by the running sequences, the budget (slots x context length),
+    and kept by idle sequences for a later prompt with the same prefix.
+    """
+    kv_cache_tokens_budget: _builtins.int
+    kv_cache_tokens_cached: _builtins.int
+    tokens_per_second: _builtins.float
+    """Generated tokens per second over the window (all sequences together)."""
+    ttft_p50_ms: _builtins.float
+    """Time to first token over the window (ms; 0 when nothing was measured)."""
+    ttft_p99_ms: _builtins.float
+    prompt_tokens: _builtins.int
+    """Since load: prompt and generated tokens, and prompt tokens served from the prefix cache."""
+    completion_tokens: _builtins.int
+    prefix_hit_tokens: _builtins.int
+    def __init__(
+        self,
+        *,
+        active_sequences: _builtins.int = ...,
+        queued_sequences: _builtins.int = ...,
+        max_sequences: _builtins.int = ...,
+        queued_prompt_tokens: _builtins.int = ...,
+        kv_cache_tokens_used: _builtins.int = ...,
+        kv_cache_tokens_budget: _builtins.int = ...,
+        kv_cache_tokens_cached: _builtins.int = ...,
+        tokens_per_second: _builtins.float = ...,
+        ttft_p50_ms: _builtins.float = ...,
+        ttft_p99_ms: _builtins.float = ...,
+        prompt_tokens: _builtins.int = ...,
+        completion_tokens: _builtins.int = ...,
+        prefix_hit_tokens: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_sequences", b"active_sequences", "completion_tokens", b"completion_tokens", "kv_cache_tokens_budget", b"kv_cache_tokens_budget", "kv_cache_tokens_cached", b"kv_cache_tokens_cached", "kv_cache_tokens_used", b"kv_cache_tokens_used", "max_sequences", b"max_sequences", "prefix_hit_tokens", b"prefix_hit_tokens", "prompt_tokens", b"prompt_tokens", "queued_prompt_tokens", b"queued_prompt_tokens", "queued_sequences", b"queued_sequences", "tokens_per_second", b"tokens_per_second", "ttft_p50_ms", b"ttft_p50_ms", "ttft_p99_ms", b"ttft_p99_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GenerationStatus: _TypeAlias = GenerationStatus  # noqa: Y015
 
 @_typing.final
 class NodeStatusRequest(_message.Message):
@@ -404,6 +477,7 @@ class NodeStatusResponse(_message.Message):
     BACKEND_ERROR_FIELD_NUMBER: _builtins.int
     CLOUD_REQUESTS_FIELD_NUMBER: _builtins.int
     CLOUD_FAILURES_FIELD_NUMBER: _builtins.int
+    GENERATION_FIELD_NUMBER: _builtins.int
     node_name: _builtins.str
     accelerator: _builtins.str
     """"hailo8l", "hailo8", "hailo10h" (as HailoRT identifies the chip) or "cpu"."""
@@ -438,6 +512,12 @@ class NodeStatusResponse(_message.Message):
         agent's hatswarm_cloud_fallback_requests_total): the control plane prices them.
         """
 
+    @_builtins.property
+    def generation(self) -> Global___GenerationStatus:
+        """The node's generative models together (sums; TTFT: the worst model's), absent when it
+        has none.
+        """
+
     def __init__(
         self,
         *,
@@ -457,10 +537,11 @@ class NodeStatusResponse(_message.Message):
         backend_error: _builtins.str = ...,
         cloud_requests: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         cloud_failures: _builtins.int = ...,
+        generation: Global___GenerationStatus | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["generation", b"generation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accelerator", b"accelerator", "agent_version", b"agent_version", "artifact_cache_bytes", b"artifact_cache_bytes", "backend", b"backend", "backend_error", b"backend_error", "cloud_failures", b"cloud_failures", "cloud_requests", b"cloud_requests", "device_id", b"device_id", "gateway", b"gateway", "models", b"models", "node_name", b"node_name", "now_unix_ms", b"now_unix_ms", "routing_generation", b"routing_generation", "temperature_c", b"temperature_c", "uptime_seconds", b"uptime_seconds", "watts", b"watts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accelerator", b"accelerator", "agent_version", b"agent_version", "artifact_cache_bytes", b"artifact_cache_bytes", "backend", b"backend", "backend_error", b"backend_error", "cloud_failures", b"cloud_failures", "cloud_requests", b"cloud_requests", "device_id", b"device_id", "gateway", b"gateway", "generation", b"generation", "models", b"models", "node_name", b"node_name", "now_unix_ms", b"now_unix_ms", "routing_generation", b"routing_generation", "temperature_c", b"temperature_c", "uptime_seconds", b"uptime_seconds", "watts", b"watts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

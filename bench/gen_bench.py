@@ -1,0 +1,494 @@
+"""Generation benchmark (issue 17): time to first token and tokens/s through the agent against
+onnxruntime-genai called directly, same model, same thread settings, paired in one run.
+
+Two models, both random weights built here (no download) and cached under
+``$TMPDIR/hatswarm-bench-cache/`` (the 0.5B one takes about a minute to write once):
+
+- ``tiny``: the bundled tiny decoder (``hatswarm up``'s generative model);
+- ``qwen05b_int4``: Qwen2.5-0.5B's shape (vocab 151936, hidden 896, 24 layers, 14 heads / 2 KV
+  heads, MLP 4864), its linear layers int4 (MatMulNBits, block 32) as the model builder's CPU
+  int4 export writes them.
+
+The end-of-sequence token is one the greedy run never produces, so every generation runs its
+full ``max_tokens``. Per round and model, in alternating order:
+
+- runtime, 1 sequence: tokenize, ``Generator`` loop in this process; TTFT = start to the first
+  token whose text is not empty (what a streaming client sees), decode rate = the tokens after
+  the first over the time after it;
+- agent, 1 sequence: the same prompt through the agent's OpenAI door (``/v1/completions``,
+  ``stream: true``, temperature 0), read with aiohttp; TTFT = request sent to the first SSE
+  chunk with text, tokens from the final chunk's usage;
+- 4 sequences at once: the runtime with 4 threads (one ``Generator`` each) and the agent with 4
+  concurrent streams; aggregate tokens/s = all generated tokens over the wall time.
+
+The agent runs the model as it does in production, in its child process, with
+``intra_op_num_threads`` equal to the runtime's (1: on these two shared cores a second spinning
+intra-op thread only adds noise) and ``max_sequences`` 4, but its prefix cache off for the paired
+rounds (every request prefills its whole prompt, as the runtime's does); then a second agent with
+the cache on measures what a repeated prompt costs (the next turn of a conversation on the node
+its affinity picks): ``ttft_prefix_cached_ms``. Ratios: agent decode rate over
+the runtime's (target >= 0.95), agent TTFT over the runtime's with the difference in ms (target
+<= 5 ms), agent 4-sequence aggregate over the runtime's 1-sequence rate (target >= 1). The chart
+goes to bench/generation.png. The load average before and after each model's rounds is kept:
+these cores are shared, and a busy neighbour shows there.
+
+    uv run --frozen python bench/gen_bench.py [--quick] [--json PATH] [--chart PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+BENCH_DIR = Path(__file__).resolve().parent
+CACHE = Path(
+    os.environ.get("HATSWARM_BENCH_CACHE", Path(tempfile.gettempdir()) / "hatswarm-bench-cache")
+)
+PROMPT = "hello world, the pool serves a small model on every node"
+HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    max_tokens: int
+    rounds: int
+
+
+def shapes() -> dict[str, Any]:
+    from hatswarm_operator.local.tinyllm import TinyDecoder
+
+    return {
+        "tiny": TinyDecoder(),
+        "qwen05b_int4": TinyDecoder(
+            vocab_size=151936,
+            hidden_size=896,
+            num_heads=14,
+            num_kv_heads=2,
+            num_layers=24,
+            intermediate_size=4864,
+            context_length=1024,
+            int4_block_size=32,
+        ),
+    }
+
+
+def build(name: str, tokens: int) -> Path:
+    """The model folder (cached by shape), with an end-of-sequence token greedy never reaches
+    within `tokens` tokens of PROMPT."""
+    from hatswarm_operator.local.tinyllm import build_genai_model
+
+    shape = shapes()[name]
+    key = hashlib.sha256(repr(shape).encode()).hexdigest()[:12]
+    folder = CACHE / f"gen-{name}-{key}"
+    done = folder / ".complete"
+    if not done.exists():
+        shutil.rmtree(folder, ignore_errors=True)
+        started = time.monotonic()
+        build_genai_model(folder, seed=3, shape=shape, chat_template=None)
+        print(f"  built {name} in {time.monotonic() - started:.0f} s: {folder}", flush=True)
+        done.touch()
+    _, generated = runtime_tokens(folder, tokens)
+    config_path = folder / "genai_config.json"
+    config = json.loads(config_path.read_text())
+    eos = config["model"]["eos_token_id"]
+    if set(eos if isinstance(eos, list) else [eos]) & set(generated):
+        unused = min(set(range(shape.vocab_size)) - set(generated))
+        config["model"]["eos_token_id"] = [unused]
+        config_path.write_text(json.dumps(config, indent=4))
+    return folder
+
+
+def load_model(folder: Path, threads: int) -> tuple[Any, Any]:
+    import onnxruntime_genai as og
+
+    config = og.Config(str(folder))
+    session = {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
+    config.overlay(json.dumps({"model": {"decoder": {"session_options": session}}}))
+    model = og.Model(config)
+    return model, og.Tokenizer(model)
+
+
+def runtime_tokens(folder: Path, tokens: int) -> tuple[list[int], list[int]]:
+    model, tokenizer = load_model(folder, 1)
+    ids = [int(t) for t in tokenizer.encode(PROMPT)]
+    return ids, _generate(model, tokenizer, tokens)[3]
+
+
+def _generate(model: Any, tokenizer: Any, tokens: int) -> tuple[float, float, int, list[int]]:
+    """(TTFT s, total s, tokens, ids): one greedy Generator loop, as the agent's backend runs it."""
+    import onnxruntime_genai as og
+
+    started = time.perf_counter()
+    ids = tokenizer.encode(PROMPT)
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(ids) + tokens, do_sample=False, batch_size=1)
+    generator = og.Generator(model, params)
+    generator.append_tokens(np.asarray(ids, dtype=np.int32))
+    stream = tokenizer.create_stream()
+    first: float | None = None
+    out: list[int] = []
+    while not generator.is_done():
+        generator.generate_next_token()
+        token = int(generator.get_next_tokens()[0])
+        out.append(token)
+        if first is None and stream.decode(token):
+            first = time.perf_counter() - started
+        elif first is not None:
+            stream.decode(token)
+    total = time.perf_counter() - started
+    del generator
+    return first if first is not None else total, total, len(out), out
+
+
+@dataclass
+class Sample:
+    ttft_s: float
+    total_s: float
+    tokens: int
+
+    @property
+    def decode_tps(self) -> float:
+        return (self.tokens - 1) / max(1e-9, self.total_s - self.ttft_s)
+
+
+def runtime_run(
+    model: Any, tokenizer: Any, tokens: int, sequences: int
+) -> tuple[list[Sample], float]:
+    """`sequences` generations at once on threads; (samples, wall seconds)."""
+    results: list[Sample] = []
+    lock = threading.Lock()
+
+    def one() -> None:
+        ttft, total, n, _ = _generate(model, tokenizer, tokens)
+        with lock:
+            results.append(Sample(ttft, total, n))
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=one) for _ in range(sequences)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results, time.perf_counter() - started
+
+
+# -- the agent -----------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+class Agent:
+    """hatswarm-agent serving one generative model, with its OpenAI door on `http`."""
+
+    def __init__(self, folder: Path, threads: int, sequences: int, prefix_cache: int) -> None:
+        self.port, http = free_port(), free_port()
+        self.http = f"http://{HOST}:{http}"
+        fd, name = tempfile.mkstemp(prefix="gen-bench-agent-", suffix=".log")
+        self.log = Path(name)
+        argv = [
+            sys.executable, "-m", "hatswarm_agent.cli", "--host", HOST, "--port", str(self.port),
+            "--http-port", str(http), "--metrics-port", "0", "--node-name", "bench",
+            "--model", f"chat@genai={folder}",
+            "--option", f"intra_op_num_threads={threads}",
+            "--option", f"max_sequences={sequences}", "--option", "max_queued=0",
+            "--option", f"prefix_cache={prefix_cache}",
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=fd)
+        os.close(fd)
+
+    def wait_ready(self, timeout: float = 300.0) -> None:
+        import urllib.error
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the agent exited: {self.log.read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.http}/v2/models/chat/ready", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("the agent did not get ready in time")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.unlink(missing_ok=True)
+
+
+async def agent_stream(session: Any, url: str, tokens: int) -> Sample:
+    body = {
+        "model": "chat", "prompt": PROMPT, "max_tokens": tokens, "temperature": 0, "stream": True,
+    }  # fmt: skip
+    started = time.perf_counter()
+    first: float | None = None
+    usage: dict[str, int] = {}
+    async with session.post(f"{url}/v1/completions", json=body) as response:
+        if response.status != 200:
+            raise RuntimeError(f"agent answered {response.status}: {await response.text()}")
+        async for line in response.content:
+            if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
+                continue
+            doc = json.loads(line[6:])
+            if "error" in doc:
+                raise RuntimeError(f"agent stream error: {doc['error']}")
+            if first is None and doc["choices"] and doc["choices"][0].get("text"):
+                first = time.perf_counter() - started
+            usage = doc.get("usage") or usage
+    total = time.perf_counter() - started
+    return Sample(
+        first if first is not None else total, total, int(usage.get("completion_tokens", 0))
+    )
+
+
+async def agent_run(url: str, tokens: int, sequences: int) -> tuple[list[Sample], float]:
+    import aiohttp
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
+        started = time.perf_counter()
+        samples = await asyncio.gather(
+            *(agent_stream(session, url, tokens) for _ in range(sequences))
+        )
+        return list(samples), time.perf_counter() - started
+
+
+def prefix_cached_ttft_ms(folder: Path, threads: int, tokens: int) -> float:
+    """Median TTFT of a prompt the agent has just served (its prefix cache on, the default):
+    what a conversation's next turn costs on the node its affinity sends it to."""
+    agent = Agent(folder, threads, 4, prefix_cache=4)
+    try:
+        agent.wait_ready()
+        asyncio.run(agent_run(agent.http, tokens, 1))  # the first turn, cold
+        samples = [asyncio.run(agent_run(agent.http, tokens, 1))[0][0] for _ in range(3)]
+    finally:
+        agent.stop()
+    return 1000 * statistics.median(s.ttft_s for s in samples)
+
+
+# -- the run ---------------------------------------------------------------------------------------
+
+
+def load_average() -> float:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
+
+
+def aggregate(samples: list[Sample], wall: float) -> float:
+    return sum(s.tokens for s in samples) / wall
+
+
+def measure(case: Case, threads: int) -> dict[str, Any]:
+    folder = build(case.name, case.max_tokens)
+    model, tokenizer = load_model(folder, threads)
+    runtime_run(model, tokenizer, min(8, case.max_tokens), 1)  # warm-up
+    # Paired rounds without the prefix cache: every request prefills its whole prompt, as the
+    # runtime's does (with it, a repeated prompt would prefill one token).
+    agent = Agent(folder, threads, 4, prefix_cache=0)
+    rows: list[dict[str, Any]] = []
+    load_before = load_average()
+    try:
+        agent.wait_ready()
+        asyncio.run(agent_run(agent.http, min(8, case.max_tokens), 1))  # warm-up
+        for r in range(case.rounds):
+            row: dict[str, Any] = {}
+            order = ("runtime", "agent") if r % 2 == 0 else ("agent", "runtime")
+            for who in order:
+                for n in (1, 4):
+                    if who == "runtime":
+                        samples, wall = runtime_run(model, tokenizer, case.max_tokens, n)
+                    else:
+                        samples, wall = asyncio.run(agent_run(agent.http, case.max_tokens, n))
+                    bad = [s.tokens for s in samples if s.tokens != case.max_tokens]
+                    if bad:
+                        raise RuntimeError(f"{who} generated {bad} tokens, not {case.max_tokens}")
+                    row[f"{who}_{n}"] = {
+                        "ttft_ms": 1000 * statistics.median(s.ttft_s for s in samples),
+                        "decode_tps": statistics.median(s.decode_tps for s in samples),
+                        "aggregate_tps": aggregate(samples, wall),
+                    }
+            rows.append(row)
+    finally:
+        agent.stop()
+    cached_ttft_ms = prefix_cached_ttft_ms(folder, threads, case.max_tokens)
+    load_after = load_average()
+
+    def med(key: str, field: str) -> float:
+        return statistics.median(row[key][field] for row in rows)
+
+    def paired(a: str, b: str, field: str, *, diff: bool = False) -> float:
+        values = [
+            row[a][field] - row[b][field] if diff else row[a][field] / row[b][field] for row in rows
+        ]
+        return statistics.median(values)
+
+    overhead = paired("agent_1", "runtime_1", "ttft_ms", diff=True)
+    figures = {
+        key: {f: round(med(key, f), 3) for f in ("ttft_ms", "decode_tps", "aggregate_tps")}
+        for key in ("runtime_1", "agent_1", "runtime_4", "agent_4")
+    }
+    return {
+        "model": case.name,
+        "max_tokens": case.max_tokens,
+        "rounds": case.rounds,
+        "intra_op_num_threads": threads,
+        "load_average_before": round(load_before, 2),
+        "load_average_after": round(load_after, 2),
+        "figures": figures,
+        "ttft_overhead_ms": round(overhead, 3),
+        "ttft_prefix_cached_ms": round(cached_ttft_ms, 3),
+        "ratios": {
+            f"{case.name}_decode_tps_agent_vs_runtime": {
+                "value": round(paired("agent_1", "runtime_1", "decode_tps"), 3),
+                "target": ">= 0.95",
+            },
+            f"{case.name}_ttft_agent_vs_runtime": {
+                "value": round(paired("agent_1", "runtime_1", "ttft_ms"), 3),
+                "target": f"overhead <= 5 ms (measured {overhead:.2f} ms)",
+            },
+            f"{case.name}_ttft_prefix_cached_vs_cold": {
+                "value": round(cached_ttft_ms / figures["agent_1"]["ttft_ms"], 3),
+                "target": "< 1 (a follow-up prompt on the node holding its prefix)",
+            },
+            f"{case.name}_agent_4seq_aggregate_vs_runtime_1seq": {
+                "value": round(
+                    statistics.median(
+                        row["agent_4"]["aggregate_tps"] / row["runtime_1"]["decode_tps"]
+                        for row in rows
+                    ),
+                    3,
+                ),
+                "target": ">= 1",
+            },
+            f"{case.name}_runtime_4seq_aggregate_vs_runtime_1seq": {
+                "value": round(
+                    statistics.median(
+                        row["runtime_4"]["aggregate_tps"] / row["runtime_1"]["decode_tps"]
+                        for row in rows
+                    ),
+                    3,
+                ),
+                "target": "(the runtime's own concurrency, for reference)",
+            },
+        },
+        "rows": rows,
+    }
+
+
+def run(quick: bool = False, models: tuple[str, ...] = ("tiny", "qwen05b_int4")) -> dict[str, Any]:
+    """Every model's figures; `quick`: the tiny model only, 2 short rounds."""
+    threads = 1  # these 2 shared cores: a second spinning intra-op thread only adds noise
+    cases = [
+        Case("tiny", 32 if quick else 128, 2 if quick else 5),
+        Case("qwen05b_int4", 32, 3),
+    ]
+    out: dict[str, Any] = {"models": {}, "ratios": {}}
+    for case in cases:
+        if case.name not in models or (quick and case.name != "tiny"):
+            continue
+        print(f"  {case.name}: {case.rounds} rounds of {case.max_tokens} tokens", flush=True)
+        result = measure(case, threads)
+        out["models"][case.name] = result
+        out["ratios"].update(result["ratios"])
+    if not quick and out["models"]:
+        chart(out, BENCH_DIR / "generation.png")
+    return out
+
+
+def chart(result: dict[str, Any], path: Path) -> None:
+    """Tokens/s and TTFT per model: runtime vs agent, 1 and 4 sequences (needs matplotlib, the
+    operator's `plot` extra)."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("matplotlib missing (the operator's plot extra): no chart", file=sys.stderr)
+        return
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(result["models"])
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    keys = ("runtime_1", "agent_1", "runtime_4", "agent_4")
+    width = 0.2
+    for i, key in enumerate(keys):
+        tps = [
+            result["models"][m]["figures"][key][
+                "decode_tps" if key.endswith("_1") else "aggregate_tps"
+            ]
+            for m in models
+        ]
+        ttft = [result["models"][m]["figures"][key]["ttft_ms"] for m in models]
+        xs = [j + (i - 1.5) * width for j in range(len(models))]
+        axes[0].bar(xs, tps, width, label=key.replace("_", ", ") + " seq")
+        axes[1].bar(xs, ttft, width, label=key.replace("_", ", ") + " seq")
+    for ax, title in zip(
+        axes, ("tokens/s (1 seq: decode rate; 4: aggregate)", "TTFT ms (median)"), strict=True
+    ):
+        ax.set_xticks(range(len(models)), models)
+        ax.set_title(title)
+        ax.set_yscale("log")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--models", default="tiny,qwen05b_int4")
+    p.add_argument("--json", type=Path)
+    p.add_argument("--chart", type=Path, default=BENCH_DIR / "generation.png")
+    args = p.parse_args(argv)
+    result = run(args.quick, tuple(args.models.split(",")))
+    for name, ratio in result["ratios"].items():
+        print(f"{name:<55} {ratio['value']:9.3f}  {ratio['target']}")
+    for name, model in result["models"].items():
+        print(
+            name,
+            json.dumps(model["figures"]),
+            "load",
+            model["load_average_before"],
+            model["load_average_after"],
+        )
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+    if args.quick:
+        chart(result, args.chart)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

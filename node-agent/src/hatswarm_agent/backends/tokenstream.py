@@ -1,0 +1,175 @@
+"""Streams of token pieces: what a blocking generation loop emits, and the async iterator the event
+loop reads them from.
+
+The runtimes are blocking C++ calls, so every generation runs on a worker thread of its model
+(or in a child process, isolation.py) and hands pieces to the event loop through `TokenStream`;
+the loop never blocks on a token. Token counts are the runtime's tokens, never chunks of text: a
+streamer holds back bytes that are not yet valid UTF-8, so several tokens can arrive as one
+piece, or as none."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+from hatswarm_agent.backends.genparams import FinishReason
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Text that became printable, and how many tokens it completes (0 for a flushed tail)."""
+
+    text: str
+    tokens: int
+    token_ids: tuple[int, ...] = ()  # when the runtime shows them (onnxruntime-genai does)
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+Emitter = Callable[[Piece], None]
+"""What a blocking generation loop calls for each piece (from its worker thread)."""
+
+
+@dataclass
+class Outcome:
+    """How a blocking generation loop ended."""
+
+    finish_reason: FinishReason
+    completion_tokens: int
+    prompt_tokens: int | None = None  # when only known at the end (HailoRT chat prompts)
+
+
+Producer = Callable[[Emitter, threading.Event], Outcome]
+"""A blocking generation loop: emits pieces until done or until the event is set."""
+
+
+class TokenStream:
+    """An async iterator of `Piece`s, fed from a worker thread or a worker process.
+
+    `TokenStream.start` runs a blocking producer on a thread; a process host feeds a stream
+    with `push` (on the loop) and ends it with an `Outcome` or an exception. Iterate with
+    `async for`; `aclose()` (or leaving an `async with` block) asks the producer to stop at its
+    next token and waits until it has. After the last piece, `finish_reason` and `usage` are
+    set. An error in the producer is raised by the iteration.
+    """
+
+    def __init__(
+        self,
+        prompt_tokens: int,
+        *,
+        cancel: Callable[[], None] = lambda: None,
+        finished: asyncio.Future[None] | None = None,
+    ) -> None:
+        self._queue: asyncio.Queue[Piece | Outcome | BaseException] = asyncio.Queue()
+        self._cancel = cancel
+        self._done = False
+        self._finished = finished  # done once the producer has ended and freed its slot
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = 0
+        self.finish_reason: FinishReason | None = None
+        self.first_token_s: float | None = None  # seconds from start to the first piece
+        self._started = time.perf_counter()
+
+    def push(self, item: Piece | Outcome | BaseException) -> None:
+        """Hand the consumer a piece, or the end (an Outcome or an error). On the loop."""
+        self._queue.put_nowait(item)
+
+    @classmethod
+    def start(
+        cls,
+        producer: Producer,
+        executor: Executor,
+        prompt_tokens: int,
+        on_done: Callable[[], None],
+    ) -> TokenStream:
+        """Run `producer(emit, cancelled)` on `executor`; `on_done` runs on the loop when it
+        has ended, before the stream ends or `aclose` returns."""
+        loop = asyncio.get_running_loop()
+        cancelled = threading.Event()
+        stream = cls(prompt_tokens, cancel=cancelled.set)
+
+        def emit(piece: Piece) -> None:
+            if not cancelled.is_set():
+                loop.call_soon_threadsafe(stream.push, piece)
+
+        def finish(outcome: Outcome | BaseException) -> None:
+            on_done()  # before the consumer can see the end: its slot is free by then
+            stream.push(outcome)
+
+        def run() -> None:
+            try:
+                outcome: Outcome | BaseException = producer(emit, cancelled)
+            except BaseException as exc:
+                outcome = exc
+            loop.call_soon_threadsafe(finish, outcome)
+
+        stream._finished = asyncio.wrap_future(executor.submit(run), loop=loop)
+        return stream
+
+    def __aiter__(self) -> TokenStream:
+        return self
+
+    async def __anext__(self) -> Piece:
+        if self._done:
+            raise StopAsyncIteration
+        item = await self._queue.get()
+        if isinstance(item, Piece):
+            if self.first_token_s is None and item.tokens:
+                self.first_token_s = time.perf_counter() - self._started
+            self.completion_tokens += item.tokens
+            return item
+        self._done = True
+        if isinstance(item, BaseException):
+            raise item
+        self.finish_reason = item.finish_reason
+        self.completion_tokens = item.completion_tokens
+        if item.prompt_tokens is not None:
+            self.prompt_tokens = item.prompt_tokens
+        raise StopAsyncIteration
+
+    @property
+    def usage(self) -> Usage:
+        return Usage(self.prompt_tokens, self.completion_tokens)
+
+    async def text(self) -> str:
+        """Drain the stream: the whole completion (for non-streaming requests)."""
+        return "".join([piece.text async for piece in self])
+
+    async def aclose(self) -> None:
+        """Stop the producer at its next token and wait until it has ended."""
+        if self._finished is not None and not self._finished.done():
+            self._cancel()
+        self._done = True
+        if self._finished is not None:
+            with contextlib.suppress(Exception):  # the producer's error has no reader now
+                await asyncio.shield(self._finished)
+
+    async def __aenter__(self) -> TokenStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+def drain_blocking(producer: Producer) -> tuple[str, Outcome]:
+    """Run a producer on the calling thread and collect its text (the OIP `run` path)."""
+    parts: list[str] = []
+
+    def emit(piece: Piece) -> None:
+        parts.append(piece.text)
+
+    outcome = producer(emit, threading.Event())
+    return "".join(parts), outcome

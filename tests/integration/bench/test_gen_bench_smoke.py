@@ -1,0 +1,58 @@
+"""Smoke test of the generation benchmark: the tiny model, one short round, real agent.
+
+No timing assertions (speed targets live in the benchmark's report): the runtime and the agent
+both generate the asked number of tokens (the benchmark checks it and raises otherwise), every
+figure is there and positive, and the ratios are finite.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+BENCH_DIR = Path(__file__).resolve().parents[3] / "bench"
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "hatswarm_gen_bench_under_test", BENCH_DIR / "gen_bench.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tiny_round_measures_runtime_and_agent_paired(
+    bench: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bench, "CACHE", tmp_path / "cache")
+    result = bench.measure(bench.Case("tiny", max_tokens=8, rounds=1), threads=1)
+    assert (tmp_path / "cache").is_dir()  # built there, nothing downloaded
+    figures = result["figures"]
+    assert set(figures) == {"runtime_1", "agent_1", "runtime_4", "agent_4"}
+    for key, row in figures.items():
+        assert all(value > 0 for value in row.values()), key
+    assert set(result["ratios"]) == {
+        "tiny_decode_tps_agent_vs_runtime",
+        "tiny_ttft_agent_vs_runtime",
+        "tiny_ttft_prefix_cached_vs_cold",
+        "tiny_agent_4seq_aggregate_vs_runtime_1seq",
+        "tiny_runtime_4seq_aggregate_vs_runtime_1seq",
+    }
+    assert all(math.isfinite(r["value"]) and r["value"] > 0 for r in result["ratios"].values())
+    assert math.isfinite(result["ttft_overhead_ms"])
+    assert math.isfinite(result["load_average_before"])
+    chart = tmp_path / "generation.png"
+    bench.chart({"models": {"tiny": result}}, chart)
+    if importlib.util.find_spec("matplotlib") is not None:  # the operator's plot extra
+        assert chart.stat().st_size > 1000
