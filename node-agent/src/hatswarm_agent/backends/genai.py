@@ -81,6 +81,13 @@ TEXT_OUTPUT = TensorSpec("text_output", "BYTES", (-1,))
 SAMPLING_PARAMETERS = "sampling_parameters"
 
 
+def token_logprob(logits: Any, token: int) -> float:
+    """log softmax(logits)[token], computed stably (float64) from one step's logits."""
+    row = np.asarray(logits, dtype=np.float64).reshape(-1)
+    top = float(row.max())
+    return float(row[token] - top - np.log(np.exp(row - top).sum()))
+
+
 def _import_og() -> Any:
     try:
         import onnxruntime_genai
@@ -244,19 +251,26 @@ class GenaiModel(LoadedModel):
             stream = self._tokenizer.create_stream()
             matcher = StopMatcher(params.stop)
             pending: list[int] = []
+            logprob: float | None = 0.0 if params.logprobs else None
             count, last = 0, -1
             self._add_in_use(len(ids))
             try:
                 while not generator.is_done() and not cancelled.is_set():
+                    # The logits the next token is drawn from: read before the step (after it
+                    # they are already the following token's).
+                    logits = generator.get_logits() if logprob is not None else None
                     generator.generate_next_token()
                     last = int(generator.get_next_tokens()[0])
+                    if logits is not None and logprob is not None:
+                        logprob += token_logprob(logits, last)
                     count += 1
                     self._add_in_use(1)
                     pending.append(last)
                     text = matcher.feed(stream.decode(last))
                     if text:
-                        emit(Piece(text, len(pending), tuple(pending)))
+                        emit(Piece(text, len(pending), tuple(pending), logprob))
                         pending = []
+                        logprob = 0.0 if params.logprobs else None
                     if matcher.stopped:
                         break
             except RuntimeError as exc:
@@ -266,7 +280,7 @@ class GenaiModel(LoadedModel):
                 del generator
             tail = "" if matcher.stopped else matcher.flush()
             if tail or pending:
-                emit(Piece(tail, len(pending), tuple(pending)))
+                emit(Piece(tail, len(pending), tuple(pending), logprob if pending else None))
             self._measure(count, time.perf_counter() - started)
             stopped = matcher.stopped or last in self.eos_token_ids or cancelled.is_set()
             return Outcome("stop" if stopped else "length", count)

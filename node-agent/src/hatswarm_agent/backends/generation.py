@@ -90,6 +90,9 @@ class GenerationParams:
     top_k: int = 0  # 0: no top-k cut
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    # Report each piece's log-probability (Piece.logprob) where the runtime exposes logits;
+    # set by the router for a route that escalates uncertain generations, never by a client.
+    logprobs: bool = False
 
     @property
     def greedy(self) -> bool:
@@ -234,6 +237,9 @@ class Piece:
     text: str
     tokens: int
     token_ids: tuple[int, ...] = ()  # when the runtime shows them (onnxruntime-genai does)
+    # Sum of the natural-log probabilities of its tokens under the model's distribution, when
+    # asked for (GenerationParams.logprobs) and the runtime exposes logits; else None.
+    logprob: float | None = None
 
 
 @dataclass(frozen=True)

@@ -91,6 +91,10 @@ class ControlServicer(control_pb2_grpc.AgentControlServicer):
             now_unix_ms=int(time.time() * 1000),
             backend=backend,
             backend_error=backend_error,
+            tokens=[
+                control_pb2.TokenCount(model=model, kind=kind, where=where, tokens=n)
+                for (model, kind, where), n in sorted(lc.metrics.tokens.totals.items())
+            ],
         )
 
     @grpc_errors
