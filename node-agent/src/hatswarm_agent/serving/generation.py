@@ -178,8 +178,13 @@ class LocalStream:
             m.generated_tokens.inc(usage.completion_tokens)
         if self._tokens is not None:
             self._tokens.add(entry.name, EDGE, usage.prompt_tokens, usage.completion_tokens)
+        # The time the sequence held the model is its compute time: the operator splits a
+        # node's cost over its models by compute seconds (FinOps per token).
+        elapsed = time.perf_counter() - self._started
+        entry.stats.compute_seconds += elapsed
+        if m is not None:
+            m.compute_seconds.inc(elapsed)
         if error is None:
-            elapsed = time.perf_counter() - self._started
             entry.stats.record_success(elapsed)
             entry.stats.inferences += 1
             if m is not None:

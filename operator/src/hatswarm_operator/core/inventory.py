@@ -77,6 +77,8 @@ class NodeState:
     backend: str = ""
     backend_error: str = ""
     routing_generation: int = 0  # the routing table the agent last said it holds
+    # Cumulative tokens since the agent started: ((model, kind, where), tokens), sorted.
+    tokens: tuple[tuple[tuple[str, str, str], int], ...] = ()
 
     @property
     def in_pool(self) -> bool:
@@ -122,6 +124,7 @@ class NodeReport:
     backend: str = ""
     backend_error: str = ""
     routing_generation: int = 0
+    tokens: tuple[tuple[tuple[str, str, str], int], ...] = ()
 
 
 def placement_accelerator(labels: dict[str, str], report: NodeReport) -> str:
@@ -172,6 +175,7 @@ def observe(
         backend=report.backend,
         backend_error=report.backend_error,
         routing_generation=report.routing_generation,
+        tokens=report.tokens,
     )
 
 
