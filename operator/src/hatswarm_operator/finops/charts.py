@@ -134,7 +134,8 @@ def _grouped(
 
 
 def showback_charts(report: ShowbackReport, out: Path) -> list[str]:
-    """cost_by_team.png, cost_by_model.png and (with a timeline) requests.png in `out`."""
+    """cost_by_team.png, cost_by_model.png, (with generative models) tokens_by_model.png and
+    (with a timeline) requests.png in `out`."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -200,6 +201,42 @@ def showback_charts(report: ShowbackReport, out: Path) -> list[str]:
     fig.tight_layout()
     fig.savefig(out / "cost_by_model.png")
     written.append("cost_by_model.png")
+
+    generative = [m for m in models if m.edge_tokens or m.cloud_tokens]
+    if generative:
+        fig = Figure(figsize=(13, 1.8 + 0.7 * len(generative)), dpi=110)
+        FigureCanvasAgg(fig)
+        left, right = fig.subplots(1, 2)
+        labels = [f"{m.model} ({m.team})" for m in generative]
+        _grouped(
+            left,
+            labels,
+            [
+                ("edge", edge_color, [float(m.edge_tokens) for m in generative]),
+                ("cloud", cloud_color, [float(m.cloud_tokens) for m in generative]),
+            ],
+            [f"{m.edge_tokens:,} + {m.cloud_tokens:,} cloud" for m in generative],
+            "tokens (prompt + completion) over the window",
+            "Tokens by model",
+        )
+        _grouped(
+            right,
+            labels,
+            [
+                ("edge", edge_color, [float(m.edge_per_1m_tokens or 0) for m in generative]),
+                ("cloud", cloud_color, [float(m.cloud_per_1m_tokens or 0) for m in generative]),
+            ],
+            [
+                f"edge {usd_auto(m.edge_per_1m_tokens)}, cloud {usd_auto(m.cloud_per_1m_tokens)}"
+                for m in generative
+            ],
+            "USD per 1M tokens",
+            "Cost per 1M tokens: edge vs cloud",
+        )
+        fig.suptitle(f"Tokens by model, {span}")
+        fig.tight_layout()
+        fig.savefig(out / "tokens_by_model.png")
+        written.append("tokens_by_model.png")
 
     if report.timeline:
         fig = Figure(figsize=(9, 4), dpi=110)
