@@ -426,3 +426,39 @@ def test_params_from_openai_ollama_and_vllm_names() -> None:
     assert GenerationParams.from_mapping({"temperature": 0, "seed": 1}).greedy
     with pytest.raises(GenerationRequestError):
         GenerationParams.from_mapping({"temperature": "hot"})
+
+
+async def test_log_probabilities_are_the_runtimes_own(model: GenaiModel, folder: Path) -> None:
+    """Asked for (the router does, to judge an answer), each piece carries the summed natural
+    log-probability of its tokens under the logits the runtime drew them from."""
+    import dataclasses
+
+    import onnxruntime_genai as og
+    from hatswarm_agent.backends.genai import token_logprob
+
+    stream = await model.generate(PROMPT, dataclasses.replace(GREEDY, max_tokens=12, logprobs=True))
+    pieces, _ = await collect(stream)
+    assert all(p.logprob is not None for p in pieces if p.tokens)
+    ours = sum(p.logprob or 0.0 for p in pieces)
+    # The reference: the runtime's loop, logits read before each step, softmax in numpy.
+    og_model = og.Model(str(folder))
+    ids = og.Tokenizer(og_model).encode(PROMPT)
+    params = og.GeneratorParams(og_model)
+    params.set_search_options(max_length=len(ids) + 12, do_sample=False)
+    generator = og.Generator(og_model, params)
+    generator.append_tokens(np.asarray(ids, dtype=np.int32))
+    expected = 0.0
+    while not generator.is_done():
+        logits = np.asarray(generator.get_logits(), dtype=np.float64).reshape(-1)
+        generator.generate_next_token()
+        token = int(generator.get_next_tokens()[0])
+        assert token == int(np.argmax(logits))  # greedy: the logits the token came from
+        expected += float(
+            logits[token] - np.log(np.exp(logits - logits.max()).sum()) - logits.max()
+        )
+    assert ours == pytest.approx(expected, rel=1e-6)
+    assert ours < 0
+    assert token_logprob(np.array([0.0, 0.0]), 1) == pytest.approx(np.log(0.5))
+    # Not asked for: none computed (the hot path reads no logits).
+    plain, _ = await collect(await model.generate(PROMPT, GREEDY))
+    assert all(p.logprob is None for p in plain)
