@@ -232,7 +232,8 @@ class GenerationRouter:
         model's context, or (judged on the first tokens) an answer the model is unsure of."""
         rules = route.cloud_generation if route is not None else None
         judged = rules is not None and rules.logprob_tokens > 0 and self.cloud.enabled
-        here = replace(call, params=replace(call.params, logprobs=True)) if judged else call
+        window = rules.logprob_tokens if rules is not None and judged else 0
+        here = replace(call, params=replace(call.params, logprobs=window)) if judged else call
         try:
             stream = await self.local.start(here, entry)
         except ContextLengthError as exc:
@@ -265,10 +266,10 @@ class GenerationRouter:
         try:
             async for piece in stream:
                 held.append(piece)
-                tokens += piece.tokens
-                if piece.logprob is not None:
-                    judged_tokens += piece.tokens
+                if piece.logprob is not None:  # only the window's tokens carry log-probs
+                    judged_tokens += min(piece.tokens, rules.logprob_tokens - tokens)
                     logprob += piece.logprob
+                tokens += piece.tokens
                 if tokens >= rules.logprob_tokens:
                     break
         except BaseException:

@@ -344,3 +344,20 @@ def test_token_prices_come_from_the_pools_openai_cloud() -> None:
     assert inputs.cloud_tokens.blended_per_1m_usd(D("0.5")) == D("0.375")
     with pytest.raises(ValueError, match="needs an endpoint"):
         InferencePool.model_validate({"spec": {"cloudFallback": {"maxShare": 0.2}}})
+
+
+def test_node_status_tokens_reach_the_ledger() -> None:
+    """The probe path: NodeStatus.tokens -> NodeReport -> NodeState -> NodeSample."""
+    from hatswarm_agent.protocol.v1 import control_pb2
+    from hatswarm_operator.control.converters import node_report
+    from hatswarm_operator.core.inventory import observe
+
+    status = control_pb2.NodeStatusResponse(
+        tokens=[
+            control_pb2.TokenCount(model="chat", kind="prompt", where="cloud", tokens=600),
+            control_pb2.TokenCount(model="chat", kind="completion", where="edge", tokens=40),
+        ]
+    )
+    state = observe(NodeState("n1", "10.0.0.1:8001"), node_report(status), 1.0, 3)
+    (sample,) = node_samples([state])
+    assert sample.tokens == {("chat", "completion", "edge"): 40, ("chat", "prompt", "cloud"): 600}
