@@ -214,8 +214,10 @@ class Agent:
         infer = self.dispatcher.infer if self.dispatcher is not None else self.dataplane.infer
         self.generations = Generations(self.registry, self.metrics, config.node_name)
         generate = self.generations.generate
+        self.generation_router: GenerationRouter | None = None
         if self.dispatcher is not None:
-            generate = GenerationRouter(self.dispatcher, self.generations, self.auth).generate
+            self.generation_router = GenerationRouter(self.dispatcher, self.generations, self.auth)
+            generate = self.generation_router.generate
         self.inference = InferenceServicer(
             self.dataplane, infer, generate, self.dispatcher, node_name=config.node_name
         )
@@ -301,6 +303,8 @@ class Agent:
         if self.http is not None:
             stopping.append(self.http.stop())
         await asyncio.gather(*stopping)
+        if self.generation_router is not None:
+            await self.generation_router.close()
         if self.dispatcher is not None:
             await self.dispatcher.stop()
         await self.lifecycle.close()

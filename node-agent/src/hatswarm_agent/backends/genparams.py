@@ -59,6 +59,10 @@ class GenerationParams:
     top_k: int = 0  # 0: no top-k cut
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    # Report the log-probability (Piece.logprob) of the first `logprobs` tokens where the
+    # runtime exposes logits; set by the router for a route that escalates uncertain
+    # generations (its judging window), never by a client.
+    logprobs: int = 0
 
     @property
     def greedy(self) -> bool:
@@ -74,6 +78,8 @@ class GenerationParams:
             raise GenerationRequestError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise GenerationRequestError(f"top_k must be >= 0, got {self.top_k}")
+        if self.logprobs < 0:
+            raise GenerationRequestError(f"logprobs must be >= 0, got {self.logprobs}")
         if self.seed is not None and not 0 <= self.seed < 2**32:
             raise GenerationRequestError(f"seed must be in [0, 2^32), got {self.seed}")
         if len(self.stop) > MAX_STOP_SEQUENCES or any(not s for s in self.stop):

@@ -27,6 +27,9 @@ class Piece:
     text: str
     tokens: int
     token_ids: tuple[int, ...] = ()  # when the runtime shows them (onnxruntime-genai does)
+    # Sum of the natural-log probabilities of its tokens under the model's distribution, when
+    # asked for (GenerationParams.logprobs) and the runtime exposes logits; else None.
+    logprob: float | None = None
 
 
 @dataclass(frozen=True)

@@ -167,6 +167,10 @@ class ControlServicer(control_pb2_grpc.AgentControlServicer):
             cloud_requests=dict(self._cloud.requests) if self._cloud is not None else {},
             cloud_failures=self._cloud.failures if self._cloud is not None else 0,
             generation=node_generation(generative) if generative else None,
+            tokens=[
+                control_pb2.TokenCount(model=model, kind=kind, where=where, tokens=n)
+                for (model, kind, where), n in sorted(lc.metrics.tokens.totals.items())
+            ],
         )
 
     @grpc_errors

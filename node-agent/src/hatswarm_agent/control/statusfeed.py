@@ -19,7 +19,7 @@ DEFAULT_LIVE_S = 5.0
 MIN_INTERVAL_S = 0.1
 
 LIVE_NODE_FIELDS = ("temperature_c", "watts", "uptime_seconds", "artifact_cache_bytes",
-                    "now_unix_ms", "cloud_requests", "cloud_failures",
+                    "now_unix_ms", "cloud_requests", "cloud_failures", "tokens",
                     "generation")  # fmt: skip
 CLOCK_FIELDS = ("uptime_seconds", "now_unix_ms")
 """Move every second by themselves: never a reason to send."""

@@ -34,7 +34,13 @@ from typing import Any
 
 import grpc
 
-from hatswarm_agent.backends.generation import BackendBusyError, FinishReason, Piece, Usage
+from hatswarm_agent.backends.generation import (
+    BackendBusyError,
+    ContextLengthError,
+    FinishReason,
+    Piece,
+    Usage,
+)
 from hatswarm_agent.protocol import params
 from hatswarm_agent.protocol.auth import Metadata, MetadataSource
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
@@ -46,10 +52,13 @@ from hatswarm_agent.protocol.wire import (
     ROUTE_PEER,
     STREAM_INFER_METHOD,
 )
+from hatswarm_agent.routing.cloudgen import CloudGenerations
 from hatswarm_agent.routing.dispatcher import Dispatcher
 from hatswarm_agent.routing.forwarding import AttemptFailedError
 from hatswarm_agent.routing.policy import (
+    CloudGenerationRules,
     PeerState,
+    VersionRoute,
     affinity_key,
     pick_version,
     rendezvous,
@@ -62,7 +71,13 @@ from hatswarm_agent.serving.errors import (
     SaturatedError,
     StreamBrokenError,
 )
-from hatswarm_agent.serving.generation import GenerationCall, Generations, PieceStream
+from hatswarm_agent.serving.generation import (
+    GenerationCall,
+    Generations,
+    LocalStream,
+    PieceStream,
+)
+from hatswarm_agent.serving.registry import ModelVersion
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +176,36 @@ class RemoteStream:
         self._finish()
 
 
+class HeldStream:
+    """A local generation whose first pieces were held back (to judge them), replayed first."""
+
+    route = ROUTE_LOCAL
+
+    def __init__(self, held: list[Piece], stream: LocalStream) -> None:
+        self._held = held
+        self._stream = stream
+        self.node = stream.node
+
+    @property
+    def finish_reason(self) -> FinishReason | None:
+        return self._stream.finish_reason
+
+    @property
+    def usage(self) -> Usage:
+        return self._stream.usage
+
+    def __aiter__(self) -> HeldStream:
+        return self
+
+    async def __anext__(self) -> Piece:
+        if self._held:
+            return self._held.pop(0)
+        return await self._stream.__anext__()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
 class GenerationRouter:
     """Answers generations for one agent (the front doors' `generate`)."""
 
@@ -172,13 +217,91 @@ class GenerationRouter:
         self.tokens = tokens
         self._ids = itertools.count(1)
         self._calls: dict[int, tuple[grpc.aio.Channel, Any]] = {}
+        self.cloud = CloudGenerations(dispatcher.cloud, dispatcher.metrics, local.metrics.tokens)
+
+    async def close(self) -> None:
+        await self.cloud.close()
+
+    async def _to_cloud(
+        self,
+        call: GenerationCall,
+        route: VersionRoute | None,
+        deadline: float,
+        prompt_tokens: int = 0,
+    ) -> PieceStream:
+        rules = route.cloud_generation if route is not None else None
+        cloud_model = rules.cloud_model if rules is not None else ""
+        return await self.cloud.start(call, cloud_model, deadline - time.monotonic(), prompt_tokens)
+
+    async def _start_here(
+        self,
+        call: GenerationCall,
+        entry: ModelVersion | None,
+        route: VersionRoute | None,
+        deadline: float,
+    ) -> PieceStream:
+        """`call` on this node, unless its route escalates it to the cloud: a prompt over the
+        model's context, or (judged on the first tokens) an answer the model is unsure of."""
+        rules = route.cloud_generation if route is not None else None
+        judged = rules is not None and rules.logprob_tokens > 0 and self.cloud.enabled
+        window = rules.logprob_tokens if rules is not None and judged else 0
+        here = replace(call, params=replace(call.params, logprobs=window)) if judged else call
+        try:
+            stream = await self.local.start(here, entry)
+        except ContextLengthError as exc:
+            if rules is None or not rules.long_prompts or not self.cloud.enabled:
+                raise
+            if not self.cloud.allow():
+                raise SaturatedError(
+                    f"{exc}; the cloud fallback, which takes such prompts, is at its share "
+                    f"limit ({self.dispatcher.cloud.config.max_share:.0%} of recent requests)"
+                ) from None
+            self.dispatcher.metrics.escalations.labels(call.model, "cloud").inc()
+            return await self._to_cloud(call, route, deadline, exc.prompt_tokens)
+        if not judged:
+            return stream
+        assert rules is not None
+        return await self._judge(stream, call, route, rules, deadline)
+
+    async def _judge(
+        self,
+        stream: LocalStream,
+        call: GenerationCall,
+        route: VersionRoute | None,
+        rules: CloudGenerationRules,
+        deadline: float,
+    ) -> PieceStream:
+        """Hold the first `rules.logprob_tokens` tokens back; under the threshold (and within
+        the cloud's share) the edge answer is dropped and the cloud's is streamed instead."""
+        held: list[Piece] = []
+        tokens, judged_tokens, logprob = 0, 0, 0.0
+        try:
+            async for piece in stream:
+                held.append(piece)
+                if piece.logprob is not None:  # only the window's tokens carry log-probs
+                    judged_tokens += min(piece.tokens, rules.logprob_tokens - tokens)
+                    logprob += piece.logprob
+                tokens += piece.tokens
+                if tokens >= rules.logprob_tokens:
+                    break
+        except BaseException:
+            await stream.aclose()
+            raise
+        mean = logprob / judged_tokens if judged_tokens else None
+        if mean is None:  # the runtime gives no log-probabilities: nothing to judge by
+            self.dispatcher.metrics.escalations.labels(call.model, "unjudged").inc()
+        elif mean < rules.min_mean_logprob and self.cloud.allow():
+            prompt_tokens = stream.usage.prompt_tokens
+            await stream.aclose()
+            self.dispatcher.metrics.escalations.labels(call.model, "cloud").inc()
+            return await self._to_cloud(call, route, deadline, prompt_tokens)
+        return HeldStream(held, stream)
 
     async def generate(self, call: GenerationCall, context: Any) -> PieceStream:
-        """The stream of `call`, from this node or a peer; errors before the first piece raise."""
-        for key, _ in context.invocation_metadata() or ():
-            if key == HOP_KEY:
-                return await self.local.start(call)  # forwarded to us: here or nowhere
+        """The stream of `call`, from this node, a peer or the cloud; errors before the first
+        piece raise."""
         d = self.dispatcher
+        d.cloud.window.request()
         compiled = d.compiled()
         budget = d.config.timeout_s(compiled)
         remaining = context.time_remaining()
@@ -187,6 +310,9 @@ class GenerationRouter:
         deadline = time.monotonic() + budget
         routes = compiled.routes(call.model)
         route = pick_version(routes, d.balancer.rng, call.version) if routes else None
+        for key, _ in context.invocation_metadata() or ():
+            if key == HOP_KEY:  # forwarded to us: here (or escalated to the cloud) or nowhere
+                return await self._start_here(call, None, route, deadline)
         if route is not None and route.version and not call.version:
             call = replace(call, version=route.version)  # peers serve the version drawn here
         replicas = route.replicas if route is not None else []
@@ -220,13 +346,14 @@ class GenerationRouter:
             ):
                 tried_here = True
                 try:
-                    local = await self.local.start(call, entry)
+                    local = await self._start_here(call, entry, route, deadline)
                 except BackendBusyError as exc:  # slots and wait queue full: a peer may take it
                     busy, last = True, exc
                     continue
-                d.metrics.routed(call.model, ROUTE_LOCAL).inc()
-                if affine:
-                    d.metrics.affinity(call.model, affine == self.local.node).inc()
+                if local.route == ROUTE_LOCAL:
+                    d.metrics.routed(call.model, ROUTE_LOCAL).inc()
+                    if affine:
+                        d.metrics.affinity(call.model, affine == self.local.node).inc()
                 return local
             if peer is None:
                 busy = busy or saturated
@@ -250,6 +377,13 @@ class GenerationRouter:
             if affine:
                 d.metrics.affinity(call.model, to_affine_peer).inc()
             return stream
+        if route is not None and route.cloud_fallback and self.cloud.enabled:
+            if self.cloud.allow():
+                return await self._to_cloud(call, route, deadline)
+            raise SaturatedError(
+                f"no replica can generate with model '{call.model}' and the cloud fallback is "
+                f"at its share limit ({d.cloud.config.max_share:.0%} of recent requests)"
+            )
         if busy:
             detail = f": {last}" if last is not None else ""
             raise SaturatedError(

@@ -234,9 +234,32 @@ class VersionRoute:
     cloud_fallback: bool = False
     local: bool = False  # this agent is one of the endpoints
     escalation: Escalation | None = None
+    cloud_generation: CloudGenerationRules | None = None
 
     def replica(self, address: str) -> Replica | None:
         return next((r for r in self.replicas if r.peer.address == address), None)
+
+
+@dataclass(frozen=True)
+class CloudGenerationRules:
+    """A generative route's way to the cloud: the cloud's model name, and which generations
+    escalate (a prompt over the edge model's context; a mean log-probability of the first
+    `logprob_tokens` tokens under `min_mean_logprob`; 0 tokens: no such rule)."""
+
+    cloud_model: str = ""
+    long_prompts: bool = False
+    min_mean_logprob: float = 0.0
+    logprob_tokens: int = 0
+
+    @classmethod
+    def from_route(cls, route: control_pb2.Route) -> CloudGenerationRules | None:
+        rules = cls(
+            route.cloud_model,
+            route.escalate_long_prompts,
+            route.escalation_min_mean_logprob,
+            max(0, route.escalation_logprob_tokens),
+        )
+        return rules if rules != cls() else None
 
 
 @dataclass(frozen=True)
@@ -325,6 +348,7 @@ def compile_table(
             route.cloud_fallback,
             local,
             Escalation.from_route(route),
+            cloud_generation=CloudGenerationRules.from_route(route),
         )
     return out
 

@@ -59,6 +59,9 @@ def _text(what: str, value: str, limit: int = MAX_TEXT) -> None:
         raise TableRefusedError(f"{what} is {len(value)} characters, over the limit of {limit}")
 
 
+_BASE_URL = re.compile(r"https?://[^\s/?#]+(/[^\s?#]*)?")
+
+
 def _address(what: str, value: str) -> None:
     _text(what, value)
     if not _ADDRESS.fullmatch(value):
@@ -97,6 +100,9 @@ def validate_pushed(
         _number(f"{where}: escalation_threshold", route.escalation_threshold, 0, 1)
         _text(f"{where}: escalation_output", route.escalation_output)
         _text(f"{where}: escalation_model", route.escalation_model)
+        _text(f"{where}: cloud_model", route.cloud_model)
+        _number(f"{where}: escalation_min_mean_logprob", route.escalation_min_mean_logprob, -1e3, 0)
+        _number(f"{where}: escalation_logprob_tokens", route.escalation_logprob_tokens, 0, 4096)
         if len(route.endpoints) > MAX_ENDPOINTS:
             raise TableRefusedError(
                 f"{where}: {len(route.endpoints)} endpoints, over the limit of {MAX_ENDPOINTS}"
@@ -133,6 +139,13 @@ def validate_pushed(
         _address("cloud.endpoint", cloud.endpoint)
     _number("cloud.max_share", cloud.max_share, 0, 1)
     _number("cloud.price_per_1k_usd", cloud.price_per_1k_usd, 0, 1e6)
+    if cloud.openai_base_url and not _BASE_URL.fullmatch(cloud.openai_base_url):
+        raise TableRefusedError(
+            f"cloud.openai_base_url {cloud.openai_base_url[:64]!r} is not an http(s) URL"
+        )
+    _text("cloud.openai_model", cloud.openai_model)
+    _number("cloud.price_per_1m_input_usd", cloud.price_per_1m_input_usd, 0, 1e6)
+    _number("cloud.price_per_1m_output_usd", cloud.price_per_1m_output_usd, 0, 1e6)
     _number("queue_limit", table.queue_limit, 0, 1_000_000)
     _number("retries", table.retries, 0, 10)
     _number("timeout_ms", table.timeout_ms, 0, 600_000)

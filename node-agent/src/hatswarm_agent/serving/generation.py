@@ -36,7 +36,7 @@ from hatswarm_agent.backends.generation import (
 from hatswarm_agent.protocol.auth import Metadata
 from hatswarm_agent.protocol.wire import ROUTE_LOCAL
 from hatswarm_agent.serving.errors import AgentError, NotGenerativeError, status_for
-from hatswarm_agent.serving.metrics import AgentMetrics
+from hatswarm_agent.serving.metrics import EDGE, AgentMetrics, TokenCounts
 from hatswarm_agent.serving.registry import ModelRegistry, ModelVersion
 
 
@@ -109,8 +109,16 @@ class LocalStream:
 
     route = ROUTE_LOCAL
 
-    def __init__(self, stream: TokenStream, entry: ModelVersion, node: str, started: float) -> None:
+    def __init__(
+        self,
+        stream: TokenStream,
+        entry: ModelVersion,
+        node: str,
+        started: float,
+        tokens: TokenCounts | None = None,
+    ) -> None:
         self._stream = stream
+        self._tokens = tokens
         self._entry = entry
         self._started = started
         self._ended = False
@@ -180,8 +188,15 @@ class LocalStream:
         if m is not None:
             m.prompt_tokens.inc(usage.prompt_tokens)
             m.generated_tokens.inc(usage.completion_tokens)
+        if self._tokens is not None:
+            self._tokens.add(entry.name, EDGE, usage.prompt_tokens, usage.completion_tokens)
+        # The time the sequence held the model is its compute time: the operator splits a
+        # node's cost over its models by compute seconds (FinOps per token).
+        elapsed = time.perf_counter() - self._started
+        entry.stats.compute_seconds += elapsed
+        if m is not None:
+            m.compute_seconds.inc(elapsed)
         if error is None:
-            elapsed = time.perf_counter() - self._started
             entry.stats.record_success(elapsed)
             entry.stats.inferences += 1
             if m is not None:
@@ -261,7 +276,7 @@ class Generations:
             if entry.metrics is not None:
                 entry.metrics.failure(status_for(exc)[2])
             raise
-        return LocalStream(stream, entry, self.node, started)
+        return LocalStream(stream, entry, self.node, started, self.metrics.tokens)
 
     async def generate(self, call: GenerationCall, context: Any) -> PieceStream:
         """The front doors' `generate` when nothing routes: every generation runs here."""
@@ -294,4 +309,5 @@ class Generations:
             m.request_duration.observe(elapsed)
             m.inferences.inc(len(inputs))
             m.prompt_tokens.inc(result.prompt_tokens)
+        self.metrics.tokens.add(entry.name, EDGE, result.prompt_tokens, 0)
         return entry, result

@@ -59,6 +59,7 @@ METRIC_NAMES: list[str] = [
     "hatswarm_generation_tokens_per_second",
     "hatswarm_generation_ttft_p50_seconds",
     "hatswarm_generation_ttft_p99_seconds",
+    "hatswarm_tokens_total",
     "hatswarm_agent_backend_info",
 ]
 
@@ -282,6 +283,7 @@ class AgentMetrics:
         )
         self._generation = _GenerationCollector()
         r.register(self._generation)
+        self.tokens = TokenCounts(r)
         if device_info is not None:
             r.register(_DeviceCollector(device_info))
 
@@ -334,6 +336,33 @@ class AgentMetrics:
     def serve(self, host: str, port: int) -> None:
         """Expose /metrics on its own port, in a daemon thread."""
         start_http_server(port, addr=host, registry=self.registry)
+
+
+EDGE = "edge"
+CLOUD = "cloud"
+
+
+class TokenCounts:
+    """Tokens by model, kind (prompt / completion) and where they were processed (edge: on
+    this node; cloud: sent to the cloud fallback by this node): `hatswarm_tokens_total` and
+    the same totals for NodeStatus, which the operator prices (FinOps per token). A generation
+    forwarded to a peer is counted by the peer that ran it, so a pool's sum counts it once."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._counter = Counter(
+            "hatswarm_tokens",
+            "Tokens processed, by model, kind (prompt, completion) and where (edge, cloud)",
+            ("model", "kind", "where"),
+            registry=registry,
+        )
+        self.totals: dict[tuple[str, str, str], int] = {}
+
+    def add(self, model: str, where: str, prompt: int, completion: int) -> None:
+        for kind, n in (("prompt", prompt), ("completion", completion)):
+            if n > 0:
+                key = (model, kind, where)
+                self.totals[key] = self.totals.get(key, 0) + n
+                self._counter.labels(*key).inc(n)
 
 
 class RouteMetrics:

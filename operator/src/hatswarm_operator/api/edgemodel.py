@@ -200,8 +200,25 @@ class ResponseCache(ApiModel):
 
 
 class CloudFallbackPolicy(ApiModel):
+    """When this model's requests may go to the pool's cloud fallback.
+
+    `allowed`: when the pool cannot serve them. For generative models also on escalation
+    (independent of `allowed`, within the pool's `cloudFallback.maxShare`): a prompt longer than
+    the edge model's context window (`longPrompts`), or an answer whose first `judgeTokens`
+    tokens have a mean log-probability under `minMeanLogprob` (held back until judged; needs a
+    runtime that exposes logits: onnxruntime-genai does, HailoRT GenAI does not).
+    """
+
     allowed: bool = False
     """May requests go to the pool's cloud fallback when the pool cannot serve them."""
+    cloud_model: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+    """The cloud's name for this model (generations; default: the pool's cloudFallback.openai.model)."""
+    long_prompts: bool = False
+    """Send prompts longer than the edge model's context window to the cloud (generations)."""
+    min_mean_logprob: Annotated[float, Field(ge=-1000, le=0)] | None = None
+    """Send a generation to the cloud when the mean natural-log probability of its first judgeTokens tokens is below this (e.g. -2.5); unset: never."""
+    judge_tokens: Annotated[int, Field(ge=1, le=4096)] = 16
+    """Tokens held back and judged by minMeanLogprob before the edge answer streams."""
 
 
 class Slo(ApiModel):

@@ -230,12 +230,37 @@ class FailureDetection(ApiModel):
     """Missed probes after which a node is out of the pool."""
 
 
-class CloudFallback(ApiModel):
-    """An OIP endpoint in the cloud used when the pool cannot serve (hybrid pattern)."""
+class OpenAiCloud(ApiModel):
+    """An OpenAI-compatible HTTP API for generations (chat and completion prompts)."""
 
-    endpoint: Annotated[str, Field(pattern=r"^[-A-Za-z0-9.]+:[0-9]{1,5}$")] = Field(
-        description="host:port of an OIP gRPC endpoint"
+    base_url: Annotated[
+        str, Field(min_length=8, max_length=512, pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
+    ]
+    """Base URL of the API, up to and including /v1 (e.g. https://api.openai.com/v1)."""
+    model: Annotated[str, Field(min_length=1, max_length=256)]
+    """The cloud's model name generations use (an EdgeModel's cloudFallback.cloudModel overrides it)."""
+    price_per1m_input_usd: Annotated[float, Field(ge=0, le=1e6, alias="pricePer1MInputUsd")] = 0.0
+    """What the cloud charges per 1M input (prompt) tokens in USD."""
+    price_per1m_output_usd: Annotated[float, Field(ge=0, le=1e6, alias="pricePer1MOutputUsd")] = 0.0
+    """What the cloud charges per 1M output (completion) tokens in USD."""
+
+
+class CloudFallback(ApiModel):
+    """The cloud the pool falls back on (hybrid pattern): an OIP gRPC endpoint for tensor
+    models, an OpenAI-compatible API for generations, or both."""
+
+    model_config = with_rules(
+        cel(
+            "has(self.endpoint) || has(self.openai)",
+            "cloudFallback needs an endpoint (OIP gRPC), openai (generations) or both",
+        )
     )
+
+    endpoint: Annotated[str, Field(pattern=r"^[-A-Za-z0-9.]+:[0-9]{1,5}$")] | None = Field(
+        default=None, description="host:port of an OIP gRPC endpoint"
+    )
+    openai: OpenAiCloud | None = None
+    """An OpenAI-compatible API that generations go to (same token and share cap)."""
     token_secret_ref: TokenSecretRef | None = None
     """Secret key with the bearer token for the cloud endpoint."""
     tls: bool = True
@@ -244,6 +269,14 @@ class CloudFallback(ApiModel):
     """Largest share of traffic (0..1) that may go to the cloud."""
     price_per1k_usd: Annotated[float, Field(ge=0, alias="pricePer1kUsd")] = 0.0
     """What the cloud charges per 1,000 inferences in USD (for cost reports)."""
+
+    @model_validator(mode="after")
+    def _some_cloud(self) -> Self:
+        if self.endpoint is None and self.openai is None:
+            raise ValueError(
+                "cloudFallback needs an endpoint (OIP gRPC), openai (generations) or both"
+            )
+        return self
 
 
 class CacheLimits(ApiModel):
@@ -420,7 +453,19 @@ class PoolCost(ApiModel):
     cloud_break_even_per_device_day: float | None = None
     """Inferences per device and day at which the pool costs what the cloud would."""
     cloud_fallback_spend_usd: float | None = None
-    """Spent on the cloud fallback so far in USD."""
+    """Spent on the cloud fallback so far in USD (requests and tokens)."""
+    cloud_per1m_input_usd: float | None = Field(default=None, alias="cloudPer1MInputUsd")
+    """The cloud's price per 1M input (prompt) tokens in USD."""
+    cloud_per1m_output_usd: float | None = Field(default=None, alias="cloudPer1MOutputUsd")
+    """The cloud's price per 1M output (completion) tokens in USD."""
+    edge_tokens: int | None = None
+    """Tokens (prompt + completion) the pool's nodes processed since the operator started."""
+    cloud_tokens: int | None = None
+    """Tokens (prompt + completion) sent to the cloud since the operator started."""
+    edge_per1m_tokens_usd: float | None = Field(default=None, alias="edgePer1MTokensUsd")
+    """Edge spend of the generative models per 1M of their tokens, at the measured volume."""
+    cloud_token_spend_usd: float | None = None
+    """Spent on cloud tokens so far in USD (part of cloudFallbackSpendUsd)."""
     energy_source: Literal["measured", "nameplate"] | None = None
     """Whether energy is measured from the devices or taken from spec.cost.watts (nameplate)."""
 

@@ -33,6 +33,7 @@ from hatswarm_operator.finops.attribution import PoolCostInputs, pool_cost_input
 from hatswarm_operator.finops.money import parse_amount, rounded, significant, usd, usd_small
 from hatswarm_operator.finops.tco import (
     DAYS_PER_YEAR,
+    SECONDS_PER_YEAR,
     BlendedCost,
     DeviceCostInputs,
     FleetCost,
@@ -44,6 +45,15 @@ from hatswarm_operator.finops.tco import (
     fleet_annual_cost,
     inferences_per_year_from_daily,
     inferences_per_year_from_rate,
+)
+from hatswarm_operator.finops.tokens import (
+    DEFAULT_PROMPT_SHARE,
+    DEFAULT_TOKENS_PER_INFERENCE,
+    MILLION,
+    TokenCost,
+    TokenPrices,
+    inferences_per_second,
+    token_cost,
 )
 
 # flag dest -> the DeviceCostInputs field it overrides
@@ -110,9 +120,40 @@ def build_parser(prog: str = "hatswarm cost") -> argparse.ArgumentParser:
     volume.add_argument(
         "--per-day", type=_arg(positive=True), metavar="N", help="inferences/day per device"
     )
+    volume.add_argument(
+        "--tokens-per-s",
+        type=_arg(positive=True),
+        metavar="N",
+        help="tokens/s per device (a generative model's measured rate; prompt + completion)",
+    )
+    parser.add_argument(
+        "--tokens-per-inference",
+        type=_arg(positive=True),
+        metavar="T",
+        default=DEFAULT_TOKENS_PER_INFERENCE,
+        help="tokens one inference processes, to state token rates as inferences and back "
+        f"(default {DEFAULT_TOKENS_PER_INFERENCE}: --tokens-per-s 100 is the seed's 1/s)",
+    )
+    parser.add_argument(
+        "--prompt-share",
+        type=_arg(at_most_one=True),
+        metavar="F",
+        default=DEFAULT_PROMPT_SHARE,
+        help="share of tokens that are prompt (input) tokens, to blend the cloud's two "
+        f"prices (default {DEFAULT_PROMPT_SHARE})",
+    )
     cloud = parser.add_mutually_exclusive_group()
     cloud.add_argument("--cloud-per-1k", type=money, metavar="USD", help="cloud price per 1k")
     cloud.add_argument("--cloud-per-hour", type=money, metavar="USD", help="cloud GPU per hour")
+    cloud.add_argument(
+        "--cloud-per-1m-input",
+        type=money,
+        metavar="USD",
+        help="cloud LLM price per 1M input tokens (with --cloud-per-1m-output)",
+    )
+    parser.add_argument(
+        "--cloud-per-1m-output", type=money, metavar="USD", help="cloud LLM per 1M output tokens"
+    )
     parser.add_argument(
         "--cloud-inferences-per-hour",
         type=_arg(positive=True),
@@ -141,6 +182,8 @@ class CostReport:
     cloud_per_inference_usd: Decimal | None
     break_even_per_device_day: Decimal | None
     blended: BlendedCost | None
+    tokens: TokenCost | None = None
+    """Per-token figures: with --tokens-per-s or cloud token prices."""
 
     @property
     def per_device_day(self) -> Decimal:
@@ -180,7 +223,20 @@ def _report(args: argparse.Namespace) -> CostReport:
         shared_ops = base.shared_ops_usd_per_year
     fleet = fleet_annual_cost(inputs, args.devices, shared_ops)
 
-    if args.per_second is not None:
+    if (args.cloud_per_1m_input is None) != (args.cloud_per_1m_output is None):
+        raise UsageError("--cloud-per-1m-input and --cloud-per-1m-output go together")
+    token_prices = (
+        TokenPrices(args.cloud_per_1m_input, args.cloud_per_1m_output)
+        if args.cloud_per_1m_input is not None
+        else base.cloud_tokens
+        if args.cloud_per_1k is None and args.cloud_per_hour is None
+        else None
+    )
+    if args.tokens_per_s is not None:
+        volume = inferences_per_year_from_rate(
+            inferences_per_second(args.tokens_per_s, args.tokens_per_inference)
+        )
+    elif args.per_second is not None:
         volume = inferences_per_year_from_rate(args.per_second)
     else:
         volume = inferences_per_year_from_daily(args.per_day)
@@ -195,8 +251,20 @@ def _report(args: argparse.Namespace) -> CostReport:
         cloud = cloud_per_inference_from_hourly(args.cloud_per_hour, args.cloud_inferences_per_hour)
     elif args.cloud_per_1k is not None:
         cloud = cloud_per_inference_from_per_1k(args.cloud_per_1k)
+    elif token_prices is not None:
+        blended_1m = token_prices.blended_per_1m_usd(args.prompt_share)
+        cloud = blended_1m * args.tokens_per_inference / MILLION
     elif base.cloud_usd_per_1k is not None:
         cloud = cloud_per_inference_from_per_1k(base.cloud_usd_per_1k)
+    tokens: TokenCost | None = None
+    if args.tokens_per_s is not None or token_prices is not None:
+        tokens = token_cost(
+            fleet.per_device_usd_per_year,
+            volume / SECONDS_PER_YEAR * args.tokens_per_inference,
+            tokens_per_inference=args.tokens_per_inference,
+            cloud=token_prices,
+            prompt_share=args.prompt_share,
+        )
 
     blended: BlendedCost | None = None
     if args.cloud_share is not None:
@@ -217,6 +285,7 @@ def _report(args: argparse.Namespace) -> CostReport:
             else break_even_per_device_day(fleet.per_device_usd_per_year, cloud)
         ),
         blended=blended,
+        tokens=tokens,
     )
 
 
@@ -257,11 +326,56 @@ def to_json(report: CostReport) -> dict[str, Any]:
             if report.break_even_per_device_day is None
             else rounded(report.break_even_per_device_day, 3)
         )
+    if report.tokens is not None:
+        out["tokens"] = tokens_json(report.tokens)
     if report.blended is not None:
         out["cloud_share"] = float(report.blended.cloud_share)
         out["blended_per_inference_usd"] = significant(report.blended.per_inference_usd)
         out["blended_fleet_year_usd"] = rounded(report.blended.total_usd_per_year)
     return out
+
+
+def tokens_json(t: TokenCost) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "tokens_per_s": float(t.tokens_per_s),
+        "tokens_per_inference": float(t.tokens_per_inference),
+        "tokens_per_device_day": rounded(t.tokens_per_device_day, 3),
+        "tokens_per_device_year": rounded(t.tokens_per_device_year, 3),
+        "edge_per_1m_tokens_usd": significant(t.edge_per_1m_usd),
+    }
+    if t.cloud is not None:
+        out["cloud_per_1m_input_usd"] = float(t.cloud.input_per_1m_usd)
+        out["cloud_per_1m_output_usd"] = float(t.cloud.output_per_1m_usd)
+        out["prompt_share"] = float(t.prompt_share)
+        per = t.cloud_per_1m_usd
+        out["cloud_per_1m_tokens_usd"] = None if per is None else significant(per)
+        be = t.break_even_tokens_per_device_day
+        out["break_even_tokens_per_device_day"] = None if be is None else rounded(be, 3)
+    return out
+
+
+def _tokens_lines(t: TokenCost) -> list[str]:
+    lines = [
+        "",
+        f"{'tokens per device:':<26}{_num(t.tokens_per_s)}/s, {_num(t.tokens_per_device_day)} a "
+        f"day ({_num(t.tokens_per_inference)} per inference: {_num(t.inferences_per_s)} "
+        "inferences/s)",
+        f"{'edge cost per 1M tokens:':<26}{usd_small(t.edge_per_1m_usd)}",
+    ]
+    per, be = t.cloud_per_1m_usd, t.break_even_tokens_per_device_day
+    if t.cloud is not None and per is not None:
+        lines.append(
+            f"{'cloud cost per 1M tokens:':<26}{usd_small(per)} "
+            f"(${_num(t.cloud.input_per_1m_usd)} in, ${_num(t.cloud.output_per_1m_usd)} out, "
+            f"{t.prompt_share:.0%} prompt)"
+        )
+        if be is not None:
+            cheaper = "edge" if t.edge_per_1m_usd < per else "cloud"
+            lines.append(
+                f"{'break-even volume:':<26}{_num(be)} tokens per device per day "
+                f"({cheaper} is cheaper at this volume)"
+            )
+    return lines
 
 
 def _num(value: Decimal) -> str:
@@ -325,6 +439,8 @@ def to_table(report: CostReport) -> str:
             f"{'same volume in the cloud:':<26}{usd(cloud_year)} a year "
             f"(edge saves {usd(cloud_year - fleet.total_usd_per_year)})"
         )
+    if report.tokens is not None:
+        lines += _tokens_lines(report.tokens)
     if report.blended is not None:
         lines.append(
             f"blended, {report.blended.cloud_share:.0%} to cloud: "
@@ -338,15 +454,23 @@ def _command(args: argparse.Namespace) -> int:
     report = _report(args)
     emit(args.output, to_json(report), lambda: to_table(report))
     if args.plot is not None:
+        t = report.tokens if args.tokens_per_s is not None else None
         try:
             charts.cost_vs_volume(
                 args.plot,
                 devices=report.fleet.devices,
                 per_device_year_usd=report.fleet.per_device_usd_per_year,
-                per_device_day=report.per_device_day,
-                cloud_per_inference_usd=report.cloud_per_inference_usd,
-                break_even_per_device_day=report.break_even_per_device_day,
+                per_device_day=report.per_device_day if t is None else t.tokens_per_device_day,
+                cloud_per_inference_usd=(
+                    report.cloud_per_inference_usd if t is None else t.cloud_per_1m_usd
+                ),
+                break_even_per_device_day=(
+                    report.break_even_per_device_day
+                    if t is None
+                    else t.break_even_tokens_per_device_day
+                ),
                 cloud_share=report.blended.cloud_share if report.blended else None,
+                tokens=t is not None,
             )
         except ImportError as exc:
             msg = "--plot needs matplotlib: pip install 'hatswarm-operator[plot]'"

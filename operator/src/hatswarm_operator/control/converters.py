@@ -107,6 +107,7 @@ def node_report(status: control_pb2.NodeStatusResponse) -> NodeReport:
         backend_error=status.backend_error,
         routing_generation=status.routing_generation,
         cloud_requests=tuple(sorted(status.cloud_requests.items())),
+        tokens=tuple(sorted(((t.model, t.kind, t.where), t.tokens) for t in status.tokens)),
     )
 
 
@@ -176,17 +177,25 @@ def routing_table(
                 escalation_threshold=r.escalation_threshold,
                 escalation_model=r.escalation_model,
                 escalation_cloud=r.escalation_cloud,
+                cloud_model=r.cloud_model,
+                escalate_long_prompts=r.escalate_long_prompts,
+                escalation_min_mean_logprob=r.escalation_min_mean_logprob,
+                escalation_logprob_tokens=r.escalation_logprob_tokens,
             )
         )
     if spec.cloud_fallback is not None:
         cf = spec.cloud_fallback
         table.cloud.CopyFrom(
             control_pb2.CloudFallback(
-                endpoint=cf.endpoint,
+                endpoint=cf.endpoint or "",
                 token_name=CLOUD_TOKEN_NAME if cf.token_secret_ref else "",
                 max_share=cf.max_share,
                 price_per_1k_usd=cf.price_per1k_usd,
                 tls=cf.tls,
+                openai_base_url=cf.openai.base_url if cf.openai else "",
+                openai_model=cf.openai.model if cf.openai else "",
+                price_per_1m_input_usd=cf.openai.price_per1m_input_usd if cf.openai else 0.0,
+                price_per_1m_output_usd=cf.openai.price_per1m_output_usd if cf.openai else 0.0,
             )
         )
     announced = dict(members or {})

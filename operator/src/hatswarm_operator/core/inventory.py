@@ -99,6 +99,8 @@ class NodeState:
     routing_generation: int = 0  # the routing table the agent last said it holds
     # Cloud fallback answers per model since the agent started (cumulative, from NodeStatus).
     cloud_requests: tuple[tuple[str, int], ...] = ()
+    # Cumulative tokens since the agent started: ((model, kind, where), tokens), sorted.
+    tokens: tuple[tuple[tuple[str, str, str], int], ...] = ()
 
     @property
     def in_pool(self) -> bool:
@@ -145,6 +147,7 @@ class NodeReport:
     backend_error: str = ""
     routing_generation: int = 0
     cloud_requests: tuple[tuple[str, int], ...] = ()
+    tokens: tuple[tuple[tuple[str, str, str], int], ...] = ()
 
 
 def placement_accelerator(labels: dict[str, str], report: NodeReport) -> str:
@@ -196,6 +199,7 @@ def observe(
         backend_error=report.backend_error,
         routing_generation=report.routing_generation,
         cloud_requests=report.cloud_requests,
+        tokens=report.tokens,
     )
 
 

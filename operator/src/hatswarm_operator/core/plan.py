@@ -129,6 +129,11 @@ class Route:
     escalation_threshold: float = 0.0
     escalation_model: str = ""
     escalation_cloud: bool = False
+    # Generations (EdgeModel cloudFallback): the cloud's model name and what escalates.
+    cloud_model: str = ""
+    escalate_long_prompts: bool = False
+    escalation_min_mean_logprob: float = 0.0
+    escalation_logprob_tokens: int = 0
 
 
 @dataclass(frozen=True)

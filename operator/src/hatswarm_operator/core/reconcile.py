@@ -342,6 +342,7 @@ def plan_routes(
             if not endpoints and version != decision.stable_version:
                 continue
             esc = m.spec.escalation
+            cloud = m.spec.cloud_fallback
             routes.append(
                 Route(
                     name,
@@ -354,6 +355,14 @@ def plan_routes(
                     escalation_threshold=esc.threshold if esc else 0.0,
                     escalation_model=(esc.target.model or "") if esc else "",
                     escalation_cloud=bool(esc.target.cloud) if esc else False,
+                    cloud_model=cloud.cloud_model or "",
+                    escalate_long_prompts=cloud.long_prompts,
+                    escalation_min_mean_logprob=(
+                        cloud.min_mean_logprob if cloud.min_mean_logprob is not None else 0.0
+                    ),
+                    escalation_logprob_tokens=(
+                        cloud.judge_tokens if cloud.min_mean_logprob is not None else 0
+                    ),
                 )
             )
     return routes

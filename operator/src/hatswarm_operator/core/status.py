@@ -453,7 +453,23 @@ def live_pool_cost(live: LiveCost) -> PoolCost:
         cloud_break_even_per_device_day=rounded(live.break_even_per_device_day, 1),
         cloud_fallback_spend_usd=rounded(live.cloud_fallback_spend_usd, 4),
         energy_source=live.energy_source,
+        **_token_cost(live),
     )
+
+
+def _token_cost(live: LiveCost) -> dict[str, float | int | None]:
+    """The per-token fields of ``status.cost`` (none for a pool without generations)."""
+    prices = live.cloud_tokens
+    if prices is None and not live.tokens:
+        return {}
+    return {
+        "cloud_per1m_input_usd": None if prices is None else float(prices.input_per_1m_usd),
+        "cloud_per1m_output_usd": None if prices is None else float(prices.output_per_1m_usd),
+        "edge_tokens": live.edge_tokens,
+        "cloud_tokens": live.cloud_token_count,
+        "edge_per1m_tokens_usd": significant(live.edge_per_1m_tokens_usd, 4),
+        "cloud_token_spend_usd": rounded(live.cloud_token_spend_usd, 6),
+    }
 
 
 def live_model_cost_per1k(live: LiveCost) -> dict[str, float | None]:

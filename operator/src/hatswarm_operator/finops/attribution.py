@@ -43,6 +43,14 @@ from hatswarm_operator.finops.tco import (
     fleet_annual_cost,
     node_window_cost,
 )
+from hatswarm_operator.finops.tokens import (
+    CLOUD,
+    EDGE,
+    MILLION,
+    TokenKey,
+    TokenPrices,
+    sum_tokens,
+)
 
 if TYPE_CHECKING:
     from hatswarm_operator.api import InferencePool
@@ -82,6 +90,8 @@ class NodeSample:
     watts: float | None = None
     cloud_fallback_requests: Mapping[str, int] = field(default_factory=dict)
     agent_started_at: float | None = None
+    tokens: Mapping[TokenKey, int] = field(default_factory=dict)
+    """Cumulative tokens since the agent started by (model, kind, where) (NodeStatus.tokens)."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +101,8 @@ class PoolCostInputs:
     device: DeviceCostInputs = field(default_factory=DeviceCostInputs)
     shared_ops_usd_per_year: Decimal = _ZERO
     cloud_usd_per_1k: Decimal | None = None
+    cloud_tokens: TokenPrices | None = None
+    """The cloud's prices per 1M input and output tokens (generations)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(
@@ -117,6 +129,14 @@ def pool_cost_inputs(pool: InferencePool) -> PoolCostInputs:
         device=device,
         shared_ops_usd_per_year=to_decimal(c.shared_ops_usd_per_year),
         cloud_usd_per_1k=None if cloud is None else to_decimal(cloud.price_per1k_usd),
+        cloud_tokens=(
+            TokenPrices(
+                to_decimal(cloud.openai.price_per1m_input_usd),
+                to_decimal(cloud.openai.price_per1m_output_usd),
+            )
+            if cloud is not None and cloud.openai is not None
+            else None
+        ),
     )
 
 
@@ -146,6 +166,7 @@ def node_samples(
             ),
             watts=n.watts,
             cloud_fallback_requests=dict(fallback.get(n.name, n.cloud_requests)),
+            tokens=dict(n.tokens),
         )
         for n in nodes
     )
@@ -172,6 +193,7 @@ class _NodeMemory:
     seen_at: float
     counters: dict[tuple[str, str], ModelSample] = field(default_factory=dict)
     fallback: dict[str, int] = field(default_factory=dict)
+    tokens: dict[TokenKey, int] = field(default_factory=dict)
     watts: tuple[float, float] | None = None  # (time, watts) of the last finite reading
     agent_started_at: float | None = None
     reports_energy: bool = False  # its backend has reported per-model energy at least once
@@ -193,6 +215,10 @@ class CostLedger:
     cloud_fallback_requests: int = 0
     cloud_fallback_usd: Decimal = _ZERO
     cloud_fallback_by_model: dict[str, int] = field(default_factory=dict)
+    tokens: dict[TokenKey, int] = field(default_factory=dict)
+    """Tokens counted since the ledger started, by (model, kind, where)."""
+    cloud_token_usd: Decimal = _ZERO
+    """The cloud's tokens at its per-1M prices (included in cloud_fallback_usd)."""
 
 
 # ------------------------------------------------------------------------------------ output
@@ -240,6 +266,27 @@ class LiveCost:
     idle_usd: Decimal
     inferences: int
     models: Mapping[str, ModelLiveCost]
+    tokens: Mapping[TokenKey, int] = field(default_factory=dict)
+    cloud_tokens: TokenPrices | None = None
+    cloud_token_spend_usd: Decimal = _ZERO
+
+    @property
+    def edge_tokens(self) -> int:
+        return sum_tokens(self.tokens, where=EDGE)
+
+    @property
+    def cloud_token_count(self) -> int:
+        return sum_tokens(self.tokens, where=CLOUD)
+
+    @property
+    def edge_per_1m_tokens_usd(self) -> Decimal | None:
+        """The edge spend of the models that processed tokens, per 1M of their edge tokens."""
+        names = {m for (m, _, w), n in self.tokens.items() if w == EDGE and n > 0}
+        tokens = sum_tokens({k: n for k, n in self.tokens.items() if k[0] in names}, where=EDGE)
+        if not tokens:
+            return None
+        usd = sum((self.models[m].total_usd for m in names if m in self.models), _ZERO)
+        return usd / tokens * MILLION
 
     @property
     def per_1k_usd(self) -> Decimal | None:
@@ -323,6 +370,19 @@ def account(
             if restarted:
                 mem.counters.clear()
                 mem.fallback.clear()
+                mem.tokens.clear()
+            for key, count in sample.tokens.items():
+                n = int(_delta(count, mem.tokens.get(key)))
+                if n:
+                    ledger.tokens[key] = ledger.tokens.get(key, 0) + n
+                    if key[2] == CLOUD and inputs.cloud_tokens is not None:
+                        prices = inputs.cloud_tokens
+                        spend = (
+                            prices.cost_usd(n, 0) if key[1] == "prompt" else prices.cost_usd(0, n)
+                        )
+                        ledger.cloud_token_usd += spend
+                        ledger.cloud_fallback_usd += spend
+                        window_fallback_usd += spend
             for m in sample.models:
                 before = mem.counters.get((m.model, m.version))
                 reset = before is not None and (
@@ -429,6 +489,9 @@ def account(
         idle_usd=ledger.idle_usd,
         inferences=ledger.inferences,
         models=models,
+        tokens=dict(ledger.tokens),
+        cloud_tokens=inputs.cloud_tokens,
+        cloud_token_spend_usd=ledger.cloud_token_usd,
     )
 
 
@@ -437,6 +500,7 @@ def _remember(mem: _NodeMemory, sample: NodeSample, now: float) -> None:
         mem.counters[(m.model, m.version)] = m
     for model, requests in sample.cloud_fallback_requests.items():
         mem.fallback[model] = requests
+    mem.tokens.update(sample.tokens)
     if _finite(sample.watts):
         assert sample.watts is not None
         mem.watts = (now, sample.watts)

@@ -27,9 +27,12 @@ def cost_vs_volume(
     cloud_per_inference_usd: Decimal | None = None,
     break_even_per_device_day: Decimal | None = None,
     cloud_share: Decimal | None = None,
+    tokens: bool = False,
 ) -> None:
     """Cost per inference against daily volume per device, edge vs cloud, log-log
-    (`hatswarm cost --plot`)."""
+    (`hatswarm cost --plot`). With `tokens`, volumes are tokens and costs per 1M tokens
+    (`per_device_day`, `cloud_per_inference_usd` and `break_even_per_device_day` in those
+    units)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -41,7 +44,9 @@ def cost_vs_volume(
     low, high = min(anchors) / 30, max(anchors) * 30
     steps = 200
     xs = [low * (high / low) ** (i / steps) for i in range(steps + 1)]
-    days = float(DAYS_PER_YEAR)
+    days = float(DAYS_PER_YEAR) / (1e6 if tokens else 1.0)  # per 1M tokens
+    unit = "token" if tokens else "inference"
+    per = "1M tokens" if tokens else "inference"
 
     fig = Figure(figsize=(8, 5), dpi=110)
     FigureCanvasAgg(fig)
@@ -62,22 +67,22 @@ def cost_vs_volume(
         ax.plot([break_even], [cloud], "ko", zorder=5)
         ax.axvline(break_even, color="k", ls=":", lw=1)
         ax.annotate(
-            f"break-even\n{break_even:,.0f}/device/day",
+            f"break-even\n{break_even:,.0f} {unit}s/device/day",
             (break_even, cloud),
             textcoords="offset points",
             xytext=(10, 12),
         )
     ax.plot(
         [current], [per_device_year / (days * current)], "s", color="tab:green", zorder=5,
-        label=f"this volume: {current:,.0f}/day",
+        label=f"this volume: {current:,.0f} {unit}s/day",
     )  # fmt: skip
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("inferences per device per day")
-    ax.set_ylabel("USD per inference")
+    ax.set_xlabel(f"{unit}s per device per day")
+    ax.set_ylabel(f"USD per {per}")
     n = devices
     ax.set_title(
-        f"Cost per inference, {n} device{'s' if n != 1 else ''}, "
+        f"Cost per {per}, {n} device{'s' if n != 1 else ''}, "
         f"${per_device_year:,.2f} per device-year"
     )
     ax.grid(True, which="both", alpha=0.3)
@@ -129,7 +134,8 @@ def _grouped(
 
 
 def showback_charts(report: ShowbackReport, out: Path) -> list[str]:
-    """cost_by_team.png, cost_by_model.png and (with a timeline) requests.png in `out`."""
+    """cost_by_team.png, cost_by_model.png, (with generative models) tokens_by_model.png and
+    (with a timeline) requests.png in `out`."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -195,6 +201,42 @@ def showback_charts(report: ShowbackReport, out: Path) -> list[str]:
     fig.tight_layout()
     fig.savefig(out / "cost_by_model.png")
     written.append("cost_by_model.png")
+
+    generative = [m for m in models if m.edge_tokens or m.cloud_tokens]
+    if generative:
+        fig = Figure(figsize=(13, 1.8 + 0.7 * len(generative)), dpi=110)
+        FigureCanvasAgg(fig)
+        left, right = fig.subplots(1, 2)
+        labels = [f"{m.model} ({m.team})" for m in generative]
+        _grouped(
+            left,
+            labels,
+            [
+                ("edge", edge_color, [float(m.edge_tokens) for m in generative]),
+                ("cloud", cloud_color, [float(m.cloud_tokens) for m in generative]),
+            ],
+            [f"{m.edge_tokens:,} + {m.cloud_tokens:,} cloud" for m in generative],
+            "tokens (prompt + completion) over the window",
+            "Tokens by model",
+        )
+        _grouped(
+            right,
+            labels,
+            [
+                ("edge", edge_color, [float(m.edge_per_1m_tokens or 0) for m in generative]),
+                ("cloud", cloud_color, [float(m.cloud_per_1m_tokens or 0) for m in generative]),
+            ],
+            [
+                f"edge {usd_auto(m.edge_per_1m_tokens)}, cloud {usd_auto(m.cloud_per_1m_tokens)}"
+                for m in generative
+            ],
+            "USD per 1M tokens",
+            "Cost per 1M tokens: edge vs cloud",
+        )
+        fig.suptitle(f"Tokens by model, {span}")
+        fig.tight_layout()
+        fig.savefig(out / "tokens_by_model.png")
+        written.append("tokens_by_model.png")
 
     if report.timeline:
         fig = Figure(figsize=(9, 4), dpi=110)

@@ -43,6 +43,12 @@ def showback_json(report: ShowbackReport) -> dict[str, Any]:
                 "edge_per_1k_usd": significant(m.edge_per_1k),
                 "cloud_per_1k_usd": significant(m.cloud_per_1k),
                 "per_1k_usd": significant(m.per_1k),
+                "edge_prompt_tokens": m.edge_prompt_tokens,
+                "edge_completion_tokens": m.edge_completion_tokens,
+                "cloud_prompt_tokens": m.cloud_prompt_tokens,
+                "cloud_completion_tokens": m.cloud_completion_tokens,
+                "edge_per_1m_tokens_usd": significant(m.edge_per_1m_tokens),
+                "cloud_per_1m_tokens_usd": significant(m.cloud_per_1m_tokens),
             }
             for m in report.models
         ],
@@ -52,6 +58,7 @@ def showback_json(report: ShowbackReport) -> dict[str, Any]:
                 "edge_usd": significant(t["edge_usd"]),
                 "cloud_usd": significant(t["cloud_usd"]),
                 "per_1k_usd": significant(t["per_1k_usd"]),
+                "per_1m_tokens_usd": significant(t["per_1m_tokens_usd"]),
             }
             for t in report.teams()
         ],
@@ -76,6 +83,41 @@ def _span(seconds: float) -> str:
     if seconds >= 120:
         return f"{seconds / 60:.1f} min"
     return f"{seconds:.1f} s"
+
+
+def _token_tables(report: ShowbackReport) -> list[str]:
+    """Showback in tokens: generative models' volume and cost per 1M tokens, edge and cloud."""
+    lines = [
+        "",
+        "## Tokens by team",
+        "",
+        "| team | edge tokens | cloud tokens | cost | per 1M tokens |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for t in report.teams():
+        if t["edge_tokens"] or t["cloud_tokens"]:
+            lines.append(
+                f"| {t['team']} | {t['edge_tokens']:,} | {t['cloud_tokens']:,} | "
+                f"{usd_auto(t['edge_usd'] + t['cloud_usd'])} | "
+                f"{usd_auto(t['per_1m_tokens_usd'])} |"
+            )
+    lines += [
+        "",
+        "## Tokens by model",
+        "",
+        "| model | team | edge prompt | edge completion | edge per 1M | cloud prompt "
+        "| cloud completion | cloud per 1M |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for m in report.models:
+        if m.edge_tokens or m.cloud_tokens:
+            lines.append(
+                f"| {m.model} | {m.team} | {m.edge_prompt_tokens:,} | "
+                f"{m.edge_completion_tokens:,} | {usd_auto(m.edge_per_1m_tokens)} | "
+                f"{m.cloud_prompt_tokens:,} | {m.cloud_completion_tokens:,} | "
+                f"{usd_auto(m.cloud_per_1m_tokens)} |"
+            )
+    return lines
 
 
 def showback_markdown(report: ShowbackReport, charts: Sequence[str]) -> str:
@@ -115,6 +157,8 @@ def showback_markdown(report: ShowbackReport, charts: Sequence[str]) -> str:
             f"{usd_auto(m.edge_usd)} | {usd_auto(m.edge_per_1k)} | {m.cloud_requests} | "
             f"{usd_auto(m.cloud_usd)} | {usd_auto(m.cloud_per_1k)} | {usd_auto(m.per_1k)} |"
         )
+    if report.has_tokens:
+        lines += _token_tables(report)
     lines += [
         "",
         "## Devices",

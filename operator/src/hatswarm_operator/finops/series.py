@@ -22,6 +22,8 @@ ROUTE_REQUESTS = "hatswarm_route_requests_total"
 REQUESTS_SHED = "hatswarm_requests_shed_total"
 CLOUD_REQUESTS = "hatswarm_cloud_fallback_requests_total"
 CLOUD_COST = "hatswarm_cloud_fallback_cost_usd_total"
+TOKENS = "hatswarm_tokens_total"
+"""Tokens by model, kind (prompt, completion) and where (edge, cloud)."""
 
 AGENT_SERIES = (
     REQUEST_SUCCESS,
@@ -36,6 +38,7 @@ AGENT_SERIES = (
     REQUESTS_SHED,
     CLOUD_REQUESTS,
     CLOUD_COST,
+    TOKENS,
 )
 
 # --- exported by the operator ------------------------------------------------------------------

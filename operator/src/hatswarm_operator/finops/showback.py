@@ -30,6 +30,7 @@ from hatswarm_operator.finops.tco import (
     attribute_node_cost,
     node_window_cost,
 )
+from hatswarm_operator.finops.tokens import MILLION
 
 UNASSIGNED = "unassigned"
 IDLE = "(idle devices)"
@@ -53,10 +54,30 @@ class ModelRow:
     edge_usd: Decimal = _ZERO
     cloud_requests: int = 0
     cloud_usd: Decimal = _ZERO
+    edge_prompt_tokens: int = 0
+    edge_completion_tokens: int = 0
+    cloud_prompt_tokens: int = 0
+    cloud_completion_tokens: int = 0
 
     @property
     def total_usd(self) -> Decimal:
         return self.edge_usd + self.cloud_usd
+
+    @property
+    def edge_tokens(self) -> int:
+        return self.edge_prompt_tokens + self.edge_completion_tokens
+
+    @property
+    def cloud_tokens(self) -> int:
+        return self.cloud_prompt_tokens + self.cloud_completion_tokens
+
+    @property
+    def edge_per_1m_tokens(self) -> Decimal | None:
+        return self.edge_usd * MILLION / self.edge_tokens if self.edge_tokens else None
+
+    @property
+    def cloud_per_1m_tokens(self) -> Decimal | None:
+        return self.cloud_usd * MILLION / self.cloud_tokens if self.cloud_tokens else None
 
     @property
     def edge_per_1k(self) -> Decimal | None:
@@ -102,29 +123,38 @@ class ShowbackReport:
     def cloud_usd(self) -> Decimal:
         return sum((m.cloud_usd for m in self.models), _ZERO)
 
+    @property
+    def has_tokens(self) -> bool:
+        return any(m.edge_tokens or m.cloud_tokens for m in self.models)
+
     def teams(self) -> list[dict[str, Any]]:
         rows: dict[str, dict[str, Any]] = {}
         for m in self.models:
             t = rows.setdefault(
                 m.team,
                 {"team": m.team, "models": [], "requests": 0, "cloud_requests": 0,
-                 "edge_usd": _ZERO, "cloud_usd": _ZERO},
+                 "edge_usd": _ZERO, "cloud_usd": _ZERO, "edge_tokens": 0, "cloud_tokens": 0},
             )  # fmt: skip
             t["models"].append(m.model)
             t["requests"] += m.requests
             t["cloud_requests"] += m.cloud_requests
             t["edge_usd"] += m.edge_usd
             t["cloud_usd"] += m.cloud_usd
+            t["edge_tokens"] += m.edge_tokens
+            t["cloud_tokens"] += m.cloud_tokens
         out = sorted(rows.values(), key=lambda r: (-(r["edge_usd"] + r["cloud_usd"]), r["team"]))
         if self.idle_usd > 0:
             out.append(
                 {"team": IDLE, "models": [], "requests": 0, "cloud_requests": 0,
-                 "edge_usd": self.idle_usd, "cloud_usd": _ZERO}
+                 "edge_usd": self.idle_usd, "cloud_usd": _ZERO, "edge_tokens": 0,
+                 "cloud_tokens": 0}
             )  # fmt: skip
         for r in out:
             n = r["requests"] + r["cloud_requests"]
             total = r["edge_usd"] + r["cloud_usd"]
             r["per_1k_usd"] = total * 1000 / n if n else None
+            tokens = r["edge_tokens"] + r["cloud_tokens"]
+            r["per_1m_tokens_usd"] = total * MILLION / tokens if tokens else None
         return out
 
 
@@ -184,10 +214,21 @@ def collect(
     for (name,), usd in recorded_cloud.items():
         if usd:
             row(name).cloud_usd += to_decimal(usd)
-    if inputs.cloud_usd_per_1k is not None:
-        for r in rows.values():  # agents that did not price their fallback: the list price
-            if r.cloud_requests and not r.cloud_usd:
-                r.cloud_usd = inputs.cloud_usd_per_1k * r.cloud_requests / 1000
+    tokens = prom.increase(series.TOKENS, start, end, ("model", "kind", "where"))
+    for (name, kind, where), n in tokens.items():
+        field_name = f"{where}_{kind}_tokens"
+        if name and round(n) and hasattr(ModelRow, field_name):
+            r = row(name)
+            setattr(r, field_name, getattr(r, field_name) + round(n))
+    for r in rows.values():  # agents that did not price their fallback: the list price
+        if r.cloud_usd:
+            continue
+        if r.cloud_tokens and inputs.cloud_tokens is not None:
+            r.cloud_usd = inputs.cloud_tokens.cost_usd(
+                r.cloud_prompt_tokens, r.cloud_completion_tokens
+            )
+        elif r.cloud_requests and inputs.cloud_usd_per_1k is not None:
+            r.cloud_usd = inputs.cloud_usd_per_1k * r.cloud_requests / 1000
 
     # Devices: every instance exposing agent series in the window.
     instances = sorted(

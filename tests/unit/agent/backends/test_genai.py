@@ -472,3 +472,45 @@ def test_params_from_openai_ollama_and_vllm_names() -> None:
     assert GenerationParams.from_mapping({"temperature": 0, "seed": 1}).greedy
     with pytest.raises(GenerationRequestError):
         GenerationParams.from_mapping({"temperature": "hot"})
+
+
+async def test_log_probabilities_are_the_runtimes_own(model: GenaiModel, folder: Path) -> None:
+    """Asked for (the router does, to judge an answer), each piece carries the summed natural
+    log-probability of its tokens under the logits the runtime drew them from."""
+    import dataclasses
+
+    import onnxruntime_genai as og
+    from hatswarm_agent.backends.genai import token_logprob
+
+    stream = await model.generate(PROMPT, dataclasses.replace(GREEDY, max_tokens=12, logprobs=12))
+    pieces, _ = await collect(stream)
+    assert all(p.logprob is not None for p in pieces if p.tokens)
+    ours = sum(p.logprob or 0.0 for p in pieces)
+    # The reference: the runtime's loop, logits read before each step, softmax in numpy.
+    og_model = og.Model(str(folder))
+    ids = og.Tokenizer(og_model).encode(PROMPT)
+    params = og.GeneratorParams(og_model)
+    params.set_search_options(max_length=len(ids) + 12, do_sample=False)
+    generator = og.Generator(og_model, params)
+    generator.append_tokens(np.asarray(ids, dtype=np.int32))
+    per_token: list[float] = []
+    while not generator.is_done():
+        logits = np.asarray(generator.get_logits(), dtype=np.float64).reshape(-1)
+        generator.generate_next_token()
+        token = int(generator.get_next_tokens()[0])
+        assert token == int(np.argmax(logits))  # greedy: the logits the token came from
+        top = logits.max()
+        per_token.append(float(logits[token] - top - np.log(np.exp(logits - top).sum())))
+    assert ours == pytest.approx(sum(per_token), rel=1e-6)
+    assert ours < 0
+    assert token_logprob(np.array([0.0, 0.0]), 1) == pytest.approx(np.log(0.5))
+    # Only the judging window reads logits: after 3 tokens, pieces carry none.
+    window, _ = await collect(
+        await model.generate(PROMPT, dataclasses.replace(GREEDY, max_tokens=12, logprobs=3))
+    )
+    seen = [p for p in window if p.tokens]
+    assert sum(p.logprob or 0.0 for p in seen) == pytest.approx(sum(per_token[:3]), rel=1e-6)
+    assert seen[-1].logprob is None
+    # Not asked for: none computed (the hot path reads no logits).
+    plain, _ = await collect(await model.generate(PROMPT, GREEDY))
+    assert all(p.logprob is None for p in plain)

@@ -45,6 +45,22 @@ def member(address: str, node: str = "") -> control_pb2.PoolMember:
         (table(cloud=control_pb2.CloudFallback(token_name="other")), "not a token this agent"),
         (table(cloud=control_pb2.CloudFallback(max_share=float("nan"))), "max_share=nan"),
         (table(retries=50), "retries=50 is out of range"),
+        (
+            table(cloud=control_pb2.CloudFallback(openai_base_url="file:///etc/passwd")),
+            "is not an http",
+        ),
+        (
+            table(cloud=control_pb2.CloudFallback(price_per_1m_output_usd=-1)),
+            "price_per_1m_output_usd=-1.0 is out of range",
+        ),
+        (
+            table(routes=[control_pb2.Route(model="m", escalation_min_mean_logprob=0.5)]),
+            "escalation_min_mean_logprob=0.5",
+        ),
+        (
+            table(routes=[control_pb2.Route(model="m", escalation_logprob_tokens=100_000)]),
+            "escalation_logprob_tokens=100000",
+        ),
         (table(policy="Chaos"), "policy 'Chaos'"),
     ],
 )

@@ -150,7 +150,10 @@ def test_manifest_is_read_and_flags_override(
         (["--per-day", "10", "--device-price", "-5"], "must be >= 0"),
         (["--per-day", "10", "--lifespan-years", "0"], "must be > 0"),
         (["--per-day", "10", "--per-second", "1"], "not allowed with"),
-        (["--devices", "3"], "one of the arguments --per-second --per-day is required"),
+        (
+            ["--devices", "3"],
+            "one of the arguments --per-second --per-day --tokens-per-s is required",
+        ),
         (["--per-day", "10", "--devices", "0"], "must be >= 1"),
         (["--per-day", "10", "--watts", "ten"], "not a number"),
         (["--per-day", "10", "--cloud-share", "0.5"], "needs a cloud price"),
@@ -245,3 +248,44 @@ def test_plot_without_matplotlib_is_a_clear_error(
     assert cost_cli.main(["--per-day", "10", "--plot", str(target)]) == 1
     assert "--plot needs matplotlib" in capsys.readouterr().err
     assert not target.exists()
+
+
+def test_tokens_per_s_reproduces_the_seeds_3b_example(capsys: pytest.CaptureFixture[str]) -> None:
+    """100 tokens/s at the default 100 tokens per inference is the seed's 1 inference/s."""
+    seed = run_json(["--per-second", "1"], capsys)
+    out = run_json(["--tokens-per-s", "100"], capsys)
+    assert out["per_inference_usd"] == seed["per_inference_usd"]
+    assert round(out["per_inference_usd"], 7) == 0.0000044
+    assert abs(out["device_year_usd"] - 138.84) <= 0.02
+    t = out["tokens"]
+    assert t["tokens_per_inference"] == 100 and t["tokens_per_device_day"] == 8_640_000
+    assert round(t["edge_per_1m_tokens_usd"], 5) == 0.04403
+    slow = run_json(["--tokens-per-s", "100", "--tokens-per-inference", "500"], capsys)
+    assert round(slow["per_inference_usd"], 6) == 0.000022  # the seed's 1 per 5 s
+    assert slow["tokens"]["edge_per_1m_tokens_usd"] == t["edge_per_1m_tokens_usd"]
+
+
+def test_cloud_token_prices_give_break_even_in_tokens(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--tokens-per-s", "100", "--cloud-per-1m-input", "0.1", "--cloud-per-1m-output", "0.4"]
+    out = run_json(args, capsys)
+    t = out["tokens"]
+    assert t["cloud_per_1m_tokens_usd"] == 0.25  # half prompt, half completion
+    assert t["break_even_tokens_per_device_day"] == pytest.approx(
+        out["per_device_year_usd"] / 365 / 0.25 * 1e6,
+        rel=1e-4,  # the JSON's year is rounded
+    )
+    # the same break-even in inferences (100 tokens each)
+    assert out["break_even_per_device_day"] == pytest.approx(
+        t["break_even_tokens_per_device_day"] / 100, rel=1e-6
+    )
+    assert cost_cli.main(args) == 0
+    table = capsys.readouterr().out
+    assert "edge cost per 1M tokens:  $0.04403" in table
+    assert "tokens per device per day (edge is cheaper" in table
+
+
+def test_token_flags_refuse_half_a_price(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cost_cli.main(["--tokens-per-s", "5", "--cloud-per-1m-input", "0.1"]) == 2
+    assert "go together" in capsys.readouterr().err
+    assert cost_cli.main(["--tokens-per-s", "0"]) == 2
+    assert "--tokens-per-s" in capsys.readouterr().err

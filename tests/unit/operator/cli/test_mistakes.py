@@ -46,7 +46,7 @@ CASES: list[tuple[str, int, str]] = [
     ("validate -f {tmp}/empty.yaml", 1, "{tmp}/empty.yaml: no objects"),
     ("validate -f {tmp}/broken.yaml", 1, "{tmp}/broken.yaml: not YAML"),
     # cost
-    ("cost", 2, "one of the arguments --per-second --per-day is required"),
+    ("cost", 2, "one of the arguments --per-second --per-day --tokens-per-s is required"),
     ("cost --per-day ten", 2, "argument --per-day: not a number: 'ten'"),
     ("cost --per-day 1 -f {tmp}/missing.yaml", 2, "cannot read {tmp}/missing.yaml"),
     ("cost --per-day 1 -f {tmp}/deployment.yaml", 2, "has no document of kind InferencePool"),

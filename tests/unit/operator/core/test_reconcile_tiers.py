@@ -100,3 +100,41 @@ def test_escalation_rule_reaches_the_route_and_the_table() -> None:
     cloud = {"output": "probs", "threshold": 0.5, "target": {"cloud": True}}
     (r,) = plan_pool(pool(), [model(escalation=cloud)], nodes, 0).routes
     assert r.escalation_cloud and r.escalation_model == ""
+
+
+def test_generation_escalation_and_token_prices_reach_the_table() -> None:
+    cloud = {"allowed": True, "cloudModel": "big-llm", "longPrompts": True, "minMeanLogprob": -2.5}
+    nodes = [node(f"n{i}", ready()) for i in range(3)]
+    (r,) = plan_pool(pool(), [model(cloudFallback=cloud)], nodes, 0).routes
+    assert (r.cloud_model, r.escalate_long_prompts) == ("big-llm", True)
+    assert (r.escalation_min_mean_logprob, r.escalation_logprob_tokens) == (-2.5, 16)
+    priced = make_pool(
+        generation=1,
+        nodeSelector=POOL_LABELS,
+        cloudFallback={
+            "openai": {
+                "baseUrl": "https://llm.example/v1",
+                "model": "small",
+                "pricePer1MInputUsd": 0.15,
+                "pricePer1MOutputUsd": 0.6,
+            },
+            "maxShare": 0.2,
+        },
+    )
+    table = routing_table(priced, [r], 1)
+    t, c = table.routes[0], table.cloud
+    assert (t.cloud_model, t.escalate_long_prompts, t.escalation_logprob_tokens) == (
+        "big-llm",
+        True,
+        16,
+    )
+    assert t.escalation_min_mean_logprob == -2.5
+    assert (c.endpoint, c.openai_base_url, c.openai_model) == (
+        "",
+        "https://llm.example/v1",
+        "small",
+    )
+    assert (c.price_per_1m_input_usd, c.price_per_1m_output_usd, c.max_share) == (0.15, 0.6, 0.2)
+    # No threshold: no log-probability rule (judging tokens would only delay the answer).
+    (r,) = plan_pool(pool(), [model(cloudFallback={"longPrompts": True})], nodes, 0).routes
+    assert r.escalation_logprob_tokens == 0 and not r.cloud_fallback

@@ -296,3 +296,88 @@ def test_gauges() -> None:
     assert "cloud_fallback" not in text
     metrics.forget_model("p", "detector")
     assert "detector" not in generate_latest(registry).decode()
+
+
+def test_tokens_are_counted_by_delta_and_cloud_tokens_priced() -> None:
+    from hatswarm_operator.finops.tokens import TokenPrices
+
+    inputs = PoolCostInputs(cloud_tokens=TokenPrices(D(3), D(15)))
+    chat = ModelSample("chat", "1", compute_seconds=0.0)
+    ledger = CostLedger()
+    first = {("chat", "prompt", "edge"): 500, ("chat", "prompt", "cloud"): 1000}
+    account(ledger, inputs, [node("n1", chat, tokens=first)], 0.0)  # baseline, not charged
+    later = {
+        ("chat", "prompt", "edge"): 1500,
+        ("chat", "completion", "edge"): 400,
+        ("chat", "prompt", "cloud"): 3000,
+        ("chat", "completion", "cloud"): 100,
+    }
+    busy = ModelSample("chat", "1", compute_seconds=30.0, inference_count=10)
+    live = account(ledger, inputs, [node("n1", busy, tokens=later)], 60.0)
+    assert live.tokens == {
+        ("chat", "prompt", "edge"): 1000,
+        ("chat", "completion", "edge"): 400,
+        ("chat", "prompt", "cloud"): 2000,
+        ("chat", "completion", "cloud"): 100,
+    }
+    spend = (D(2000) * 3 + D(100) * 15) / 1_000_000
+    assert live.cloud_token_spend_usd == spend
+    assert live.cloud_fallback_spend_usd == spend  # no per-request price: tokens only
+    # The node's whole minute went to chat (the only model with compute seconds).
+    assert live.edge_per_1m_tokens_usd == live.models["chat"].total_usd / 1400 * 1_000_000
+    status = live_pool_cost(live)
+    assert status.edge_tokens == 1400 and status.cloud_tokens == 2100
+    assert status.cloud_per1m_input_usd == 3.0 and status.cloud_per1m_output_usd == 15.0
+    assert status.cloud_token_spend_usd == 0.0075
+    wire = status.model_dump(by_alias=True, exclude_none=True)
+    assert wire["cloudPer1MInputUsd"] == 3.0 and "edgePer1MTokensUsd" in wire
+    # An agent restart: counters start over, the new values are the whole delta.
+    restarted = {("chat", "prompt", "cloud"): 10}
+    live = account(ledger, inputs, [node("n1", busy, tokens=restarted, agent_started_at=5.0)], 61)
+    assert live.tokens[("chat", "prompt", "cloud")] == 2010
+
+
+def test_pool_without_generations_has_no_token_status() -> None:
+    live = account(CostLedger(), INPUTS, [node("n1")], 0.0)
+    status = live_pool_cost(live)
+    assert status.edge_tokens is None and status.cloud_per1m_input_usd is None
+
+
+def test_token_prices_come_from_the_pools_openai_cloud() -> None:
+    pool = InferencePool.model_validate(
+        {
+            "metadata": {"name": "p"},
+            "spec": {
+                "cloudFallback": {
+                    "openai": {
+                        "baseUrl": "https://api.example.com/v1",
+                        "model": "small",
+                        "pricePer1MInputUsd": 0.15,
+                        "pricePer1MOutputUsd": 0.6,
+                    }
+                }
+            },
+        }
+    )
+    inputs = pool_cost_inputs(pool)
+    assert inputs.cloud_tokens is not None
+    assert inputs.cloud_tokens.blended_per_1m_usd(D("0.5")) == D("0.375")
+    with pytest.raises(ValueError, match="needs an endpoint"):
+        InferencePool.model_validate({"spec": {"cloudFallback": {"maxShare": 0.2}}})
+
+
+def test_node_status_tokens_reach_the_ledger() -> None:
+    """The probe path: NodeStatus.tokens -> NodeReport -> NodeState -> NodeSample."""
+    from hatswarm_agent.protocol.v1 import control_pb2
+    from hatswarm_operator.control.converters import node_report
+    from hatswarm_operator.core.inventory import observe
+
+    status = control_pb2.NodeStatusResponse(
+        tokens=[
+            control_pb2.TokenCount(model="chat", kind="prompt", where="cloud", tokens=600),
+            control_pb2.TokenCount(model="chat", kind="completion", where="edge", tokens=40),
+        ]
+    )
+    state = observe(NodeState("n1", "10.0.0.1:8001"), node_report(status), 1.0, 3)
+    (sample,) = node_samples([state])
+    assert sample.tokens == {("chat", "completion", "edge"): 40, ("chat", "prompt", "cloud"): 600}

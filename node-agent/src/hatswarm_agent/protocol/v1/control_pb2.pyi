@@ -478,6 +478,7 @@ class NodeStatusResponse(_message.Message):
     CLOUD_REQUESTS_FIELD_NUMBER: _builtins.int
     CLOUD_FAILURES_FIELD_NUMBER: _builtins.int
     GENERATION_FIELD_NUMBER: _builtins.int
+    TOKENS_FIELD_NUMBER: _builtins.int
     node_name: _builtins.str
     accelerator: _builtins.str
     """"hailo8l", "hailo8", "hailo10h" (as HailoRT identifies the chip) or "cpu"."""
@@ -518,6 +519,12 @@ class NodeStatusResponse(_message.Message):
         has none.
         """
 
+    @_builtins.property
+    def tokens(self) -> _containers.RepeatedCompositeFieldContainer[Global___TokenCount]:
+        """Tokens counted since the agent started, by model, kind and where they were processed:
+        generations this node ran (edge) and the ones it sent to the cloud fallback (cloud).
+        """
+
     def __init__(
         self,
         *,
@@ -538,10 +545,11 @@ class NodeStatusResponse(_message.Message):
         cloud_requests: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         cloud_failures: _builtins.int = ...,
         generation: Global___GenerationStatus | None = ...,
+        tokens: _abc.Iterable[Global___TokenCount] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["generation", b"generation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accelerator", b"accelerator", "agent_version", b"agent_version", "artifact_cache_bytes", b"artifact_cache_bytes", "backend", b"backend", "backend_error", b"backend_error", "cloud_failures", b"cloud_failures", "cloud_requests", b"cloud_requests", "device_id", b"device_id", "gateway", b"gateway", "generation", b"generation", "models", b"models", "node_name", b"node_name", "now_unix_ms", b"now_unix_ms", "routing_generation", b"routing_generation", "temperature_c", b"temperature_c", "uptime_seconds", b"uptime_seconds", "watts", b"watts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accelerator", b"accelerator", "agent_version", b"agent_version", "artifact_cache_bytes", b"artifact_cache_bytes", "backend", b"backend", "backend_error", b"backend_error", "cloud_failures", b"cloud_failures", "cloud_requests", b"cloud_requests", "device_id", b"device_id", "gateway", b"gateway", "generation", b"generation", "models", b"models", "node_name", b"node_name", "now_unix_ms", b"now_unix_ms", "routing_generation", b"routing_generation", "temperature_c", b"temperature_c", "tokens", b"tokens", "uptime_seconds", b"uptime_seconds", "watts", b"watts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -596,6 +604,38 @@ class NodeStatusUpdate(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___NodeStatusUpdate: _TypeAlias = NodeStatusUpdate  # noqa: Y015
+
+@_typing.final
+class TokenCount(_message.Message):
+    """A cumulative token counter (hatswarm_tokens_total{model,kind,where})."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    WHERE_FIELD_NUMBER: _builtins.int
+    TOKENS_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    kind: _builtins.str
+    """"prompt" (input) or "completion" (output)."""
+    where: _builtins.str
+    """"edge" (generated on this node) or "cloud" (sent to the cloud fallback by this node)."""
+    tokens: _builtins.int
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        where: _builtins.str = ...,
+        tokens: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "model", b"model", "tokens", b"tokens", "where", b"where"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TokenCount: _TypeAlias = TokenCount  # noqa: Y015
 
 @_typing.final
 class Endpoint(_message.Message):
@@ -654,6 +694,10 @@ class Route(_message.Message):
     ESCALATION_THRESHOLD_FIELD_NUMBER: _builtins.int
     ESCALATION_MODEL_FIELD_NUMBER: _builtins.int
     ESCALATION_CLOUD_FIELD_NUMBER: _builtins.int
+    CLOUD_MODEL_FIELD_NUMBER: _builtins.int
+    ESCALATE_LONG_PROMPTS_FIELD_NUMBER: _builtins.int
+    ESCALATION_MIN_MEAN_LOGPROB_FIELD_NUMBER: _builtins.int
+    ESCALATION_LOGPROB_TOKENS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     version: _builtins.str
     cache_ttl_seconds: _builtins.int
@@ -672,6 +716,16 @@ class Route(_message.Message):
     escalation_threshold: _builtins.float
     escalation_model: _builtins.str
     escalation_cloud: _builtins.bool
+    cloud_model: _builtins.str
+    """Generations: the cloud's name for this model (empty: the cloud section's openai_model)."""
+    escalate_long_prompts: _builtins.bool
+    """Send a prompt longer than the edge model's context window to the cloud fallback."""
+    escalation_min_mean_logprob: _builtins.float
+    """Send a generation to the cloud when the mean log-probability of its first
+    `escalation_logprob_tokens` tokens is under `escalation_min_mean_logprob` (the edge
+    answer is held back until judged); 0 tokens: no such escalation.
+    """
+    escalation_logprob_tokens: _builtins.int
     @_builtins.property
     def endpoints(self) -> _containers.RepeatedCompositeFieldContainer[Global___Endpoint]: ...
     def __init__(
@@ -687,10 +741,14 @@ class Route(_message.Message):
         escalation_threshold: _builtins.float = ...,
         escalation_model: _builtins.str = ...,
         escalation_cloud: _builtins.bool = ...,
+        cloud_model: _builtins.str = ...,
+        escalate_long_prompts: _builtins.bool = ...,
+        escalation_min_mean_logprob: _builtins.float = ...,
+        escalation_logprob_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_ttl_seconds", b"cache_ttl_seconds", "cloud_fallback", b"cloud_fallback", "endpoints", b"endpoints", "escalation_cloud", b"escalation_cloud", "escalation_model", b"escalation_model", "escalation_output", b"escalation_output", "escalation_threshold", b"escalation_threshold", "model", b"model", "version", b"version", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_ttl_seconds", b"cache_ttl_seconds", "cloud_fallback", b"cloud_fallback", "cloud_model", b"cloud_model", "endpoints", b"endpoints", "escalate_long_prompts", b"escalate_long_prompts", "escalation_cloud", b"escalation_cloud", "escalation_logprob_tokens", b"escalation_logprob_tokens", "escalation_min_mean_logprob", b"escalation_min_mean_logprob", "escalation_model", b"escalation_model", "escalation_output", b"escalation_output", "escalation_threshold", b"escalation_threshold", "model", b"model", "version", b"version", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -706,6 +764,10 @@ class CloudFallback(_message.Message):
     PRICE_PER_1K_USD_FIELD_NUMBER: _builtins.int
     TLS_FIELD_NUMBER: _builtins.int
     TOKEN_NAME_FIELD_NUMBER: _builtins.int
+    OPENAI_BASE_URL_FIELD_NUMBER: _builtins.int
+    OPENAI_MODEL_FIELD_NUMBER: _builtins.int
+    PRICE_PER_1M_INPUT_USD_FIELD_NUMBER: _builtins.int
+    PRICE_PER_1M_OUTPUT_USD_FIELD_NUMBER: _builtins.int
     endpoint: _builtins.str
     """host:port of an OIP gRPC endpoint; empty disables fallback."""
     token_file: _builtins.str
@@ -718,6 +780,13 @@ class CloudFallback(_message.Message):
     tls: _builtins.bool
     token_name: _builtins.str
     """The bearer token, by name: one the agent was started with (--cloud-token NAME=FILE)."""
+    openai_base_url: _builtins.str
+    """Generations go to an OpenAI-compatible HTTP API: its base URL (".../v1"); empty: none."""
+    openai_model: _builtins.str
+    """The cloud's model name for generations (a route's cloud_model overrides it)."""
+    price_per_1m_input_usd: _builtins.float
+    """What the cloud charges per 1M input (prompt) and output (completion) tokens in USD."""
+    price_per_1m_output_usd: _builtins.float
     def __init__(
         self,
         *,
@@ -727,10 +796,14 @@ class CloudFallback(_message.Message):
         price_per_1k_usd: _builtins.float = ...,
         tls: _builtins.bool = ...,
         token_name: _builtins.str = ...,
+        openai_base_url: _builtins.str = ...,
+        openai_model: _builtins.str = ...,
+        price_per_1m_input_usd: _builtins.float = ...,
+        price_per_1m_output_usd: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "max_share", b"max_share", "price_per_1k_usd", b"price_per_1k_usd", "tls", b"tls", "token_file", b"token_file", "token_name", b"token_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "max_share", b"max_share", "openai_base_url", b"openai_base_url", "openai_model", b"openai_model", "price_per_1k_usd", b"price_per_1k_usd", "price_per_1m_input_usd", b"price_per_1m_input_usd", "price_per_1m_output_usd", b"price_per_1m_output_usd", "tls", b"tls", "token_file", b"token_file", "token_name", b"token_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
