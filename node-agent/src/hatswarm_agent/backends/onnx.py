@@ -7,16 +7,24 @@ worker threads run sessions in parallel.
 
 Threads: under load, `workers` runs of `intra_op_threads` (1) each use the cores best (one
 request per core, no thread synchronisation); a request that arrives alone would leave cores
-idle that way. So a model whose batch-1 run takes over WIDE_MIN_S also gets a second session
+idle that way. So a model whose batch-1 run takes over WIDE_MIN_S may get a second session
 with `idle_intra_op_threads` (default: every core) that the queue uses when nothing else is
 waiting or running (`run_alone`): measured here, the CNN's batch-1 run is 15 ms on one thread
-and 8.5 ms on two. It holds a second copy of the weights; `idle_intra_op_threads=0` turns it off.
+and 8.5 ms on two. It holds a second copy of the weights, so it is kept only when timing both
+at load shows it at least WIDE_GAIN faster (`sessions=one` never makes it, `sessions=two`
+always keeps it); `idle_intra_op_threads=0` turns it off too.
+
+Memory (memory.py): every session allocates from one shared arena (`arena=shared`, the
+default; `session` gives each its own, `off` none), freed heap goes back to the system after
+each load, and after a burst the idle queue asks `maintain` to shrink the arena back to what
+a lone request needs. What each session costs is measured at load (`memory_bytes`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import statistics
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,6 +33,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from hatswarm_agent.backends import memory
 from hatswarm_agent.backends.base import Array, BackendError, DeviceInfo, LoadedModel, TensorSpec
 from hatswarm_agent.backends.options import int_option
 from hatswarm_agent.protocol.datatypes import OIP_TO_NUMPY
@@ -57,6 +66,11 @@ _OPT_LEVELS: dict[str, Any] = {
 DEFAULT_MAX_BATCH_SIZE = 8
 # Models faster than this per run gain nothing from more threads (synchronising them costs more).
 WIDE_MIN_S = 0.001
+# A second (wide) session must make a lone request at least this much faster to be kept.
+WIDE_GAIN = 0.15
+TIMING_RUNS = 5  # per session, interleaved, when timing the two at load or when idle
+ARENAS = ("shared", "session", "off")
+SESSIONS = ("auto", "one", "two")
 
 
 def session_options(options: Mapping[str, str]) -> ort.SessionOptions:
@@ -72,6 +86,13 @@ def session_options(options: Mapping[str, str]) -> ort.SessionOptions:
     so.graph_optimization_level = _OPT_LEVELS[level]
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.log_severity_level = 3
+    arena = options.get("arena", "shared")
+    if arena not in ARENAS:
+        raise BackendError(f"option arena={arena!r}: expected one of {list(ARENAS)}")
+    if arena == "off":
+        so.enable_cpu_mem_arena = False
+    elif arena == "shared" and memory.shared_arena():
+        so.add_session_config_entry("session.use_env_allocators", "1")
     return so
 
 
@@ -104,8 +125,6 @@ def has_dynamic_batch(args: Sequence[Any]) -> bool:
 class OnnxModel(LoadedModel):
     """One onnxruntime session; `concurrency` worker threads may call `run` at once."""
 
-    runs_alone = True  # a lone request may use the wide session (or the same one)
-
     def __init__(self, session: ort.InferenceSession, options: Mapping[str, str]) -> None:
         self._session = session
         inputs, _ = describe(session.get_inputs(), "input")
@@ -132,6 +151,12 @@ class OnnxModel(LoadedModel):
         self._run_options = ort.RunOptions()
         self._run_wide = self._run  # a session with more threads for lone requests, if any
         self._wide: ort.InferenceSession | None = None
+        self.runs_alone = False  # until a wide session is added
+        self.alone_times = (0.0, 0.0)  # (narrow, wide) seconds for a batch-1 run
+        self.memory_bytes: dict[str, int] = {}  # resident bytes each session added at load
+        # Shrinks the arena at the end of the run that carries it (after a burst, when idle).
+        self._shrink = ort.RunOptions()
+        self._shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 
     def run(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
         feeds = inputs if type(inputs) is dict else dict(inputs)
@@ -160,6 +185,48 @@ class OnnxModel(LoadedModel):
         except Exception as exc:
             raise BackendError(f"onnxruntime: {exc}") from exc
         self._wide, self._run_wide = session, run
+        self.runs_alone = True
+
+    def drop_wide_session(self) -> None:
+        self._wide, self._run_wide = None, self._run
+        self.runs_alone = False
+        self.alone_times = (self.alone_times[0], 0.0)
+
+    def time_ways(self, runs: int = TIMING_RUNS) -> tuple[float, float]:
+        """Median batch-1 seconds of the narrow and the wide session on zeros, interleaved so
+        that a change in the node's load hits both alike; (narrow, 0.0) without a wide one."""
+        feeds = self._zero_feeds()
+        narrow: list[float] = []
+        wide: list[float] = []
+        try:
+            for _ in range(runs):
+                for run, times in ((self._run, narrow), (self._run_wide, wide)):
+                    if times is wide and self._wide is None:
+                        continue
+                    start = time.perf_counter()
+                    run(self._output_names, feeds, self._run_options)
+                    times.append(time.perf_counter() - start)
+        except Exception as exc:
+            raise BackendError(f"onnxruntime: {exc}") from exc
+        return statistics.median(narrow), statistics.median(wide) if wide else 0.0
+
+    maintains = True
+
+    def maintain(self, reclaim: bool, retime: bool) -> tuple[float, float] | None:
+        """Idle-time upkeep: give back what a burst took, re-time the two ways."""
+        if reclaim:
+            feeds = self._zero_feeds()
+            try:
+                for run in {id(r): r for r in (self._run, self._run_wide)}.values():
+                    run(self._output_names, feeds, self._shrink)  # frees the arena's free chunks
+                    run(self._output_names, feeds, self._run_options)  # batch 1 warm again
+            except Exception as exc:
+                log.info("arena shrink failed: %s", exc)
+            memory.trim()
+        if retime and self._wide is not None:
+            self.alone_times = self.time_ways()
+            return self.alone_times
+        return None
 
     def load_adapter(self, path: Path) -> ort.LoraAdapter:
         """A LoRA adapter file (onnxruntime's adapter format) checked against this model.
@@ -239,6 +306,7 @@ class OnnxModel(LoadedModel):
         del self._session
         self._wide = None
         self._run = self._run_wide = _closed  # the bound methods held the sessions
+        memory.trim()
 
 
 def _closed(*_: object) -> list[Array]:
@@ -263,18 +331,44 @@ class OnnxBackend:
     name = "onnxruntime"
 
     def load(self, path: Path, options: Mapping[str, str]) -> OnnxModel:
+        sessions = options.get("sessions", "auto")
+        if sessions not in SESSIONS:
+            raise BackendError(f"option sessions={sessions!r}: expected one of {list(SESSIONS)}")
+        before = memory.rss_bytes()
         model = OnnxModel(open_session(path, options), options)
         model.warm_up()
+        memory.trim()  # the parse and graph optimisation leave freed buffers in the heap
+        after = memory.rss_bytes()
+        model.memory_bytes["narrow"] = max(0, after - before)
         narrow = int_option(options, "intra_op_threads", 1)
         wide = int_option(options, "idle_intra_op_threads", os.cpu_count() or 1)
-        if 1 <= narrow < wide and model.latency_s > WIDE_MIN_S:
+        if sessions != "one" and 1 <= narrow < wide and model.latency_s > WIDE_MIN_S:
             try:
                 model.add_wide_session(
                     open_session(path, {**options, "intra_op_threads": str(wide)})
                 )
             except BackendError as exc:
                 log.info("no %d-thread session for lone requests: %s", wide, exc)
+            else:
+                self._keep_or_drop_wide(model, sessions, path)
+            memory.trim()
+            model.memory_bytes["wide"] = max(0, memory.rss_bytes() - after)
+            if model._wide is None:
+                model.memory_bytes.pop("wide")
         return model
+
+    @staticmethod
+    def _keep_or_drop_wide(model: OnnxModel, sessions: str, path: Path) -> None:
+        """Keep the wide session only where timing both shows that it pays for its memory."""
+        narrow_s, wide_s = model.time_ways()
+        model.alone_times = (narrow_s, wide_s)
+        if sessions == "two" or wide_s <= narrow_s * (1 - WIDE_GAIN):
+            return
+        log.info(
+            "%s: no second session (a lone run takes %.2f ms with it, %.2f ms without)",
+            path.name, wide_s * 1e3, narrow_s * 1e3,
+        )  # fmt: skip
+        model.drop_wide_session()
 
     def device_info(self) -> DeviceInfo:
         return DeviceInfo(accelerator="cpu")

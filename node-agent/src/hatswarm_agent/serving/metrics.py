@@ -181,6 +181,12 @@ class AgentMetrics:
             _LABELS,
             registry=r,
         )
+        self._memory = Gauge(
+            "hatswarm_model_memory_bytes",
+            "Resident memory each session of a model version added when it loaded",
+            (*_LABELS, "session"),
+            registry=r,
+        )
         if device_info is not None:
             r.register(_DeviceCollector(device_info))
 
@@ -211,11 +217,20 @@ class AgentMetrics:
         """A request for a model this agent does not have (no per-name series: bounded)."""
         self._failure.labels(model="", version="", reason=reason).inc()
 
+    def memory(self, name: str, version: str, sessions: dict[str, int]) -> None:
+        """What each of a model version's sessions costs in resident memory."""
+        for session, size in sessions.items():
+            self._memory.labels(name, version, session).set(size)
+
     def forget(self, name: str, version: str) -> None:
         """Drop a model version's gauges after unload (counters keep their history)."""
         for gauge in (self._depth, self._loaded, self._sequences):
             with contextlib.suppress(KeyError):
                 gauge.remove(name, version)
+        for labels in list(self._memory._metrics):  # every session of this version
+            if labels[:2] == (name, version):
+                with contextlib.suppress(KeyError):
+                    self._memory.remove(*labels)
 
     def serve(self, host: str, port: int) -> None:
         """Expose /metrics on its own port, in a daemon thread."""
