@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hatswarm-agent", description=__doc__.split("\n")[0])
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 in pods)")
     p.add_argument("--port", type=int, default=8001, help="OIP + control gRPC port (0 = any)")
+    p.add_argument(
+        "--uds", type=Path, metavar="PATH", help="also serve on this unix socket (local clients)"
+    )
     p.add_argument("--node-name", default="local")
     p.add_argument("--accelerator", choices=["cpu", "hailo8l", "hailo8"], default="cpu")
     p.add_argument("--backend", choices=list(BACKEND_NAMES), default="onnxruntime")
@@ -196,6 +199,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         routing_table=table,
         auth_token_file=args.auth_token_file,
         tls=tls,
+        uds=args.uds,
     )
 
 
@@ -212,6 +216,8 @@ async def serve(config: AgentConfig) -> None:
             log.warning("model %s/%s FAILED: %s", entry.name, entry.version, entry.reason)
     if agent.http_port:
         print(f"hatswarm-agent http on {config.host}:{agent.http_port}", flush=True)
+    if config.uds is not None:
+        print(f"hatswarm-agent unix socket on unix:{config.uds}", flush=True)
     print(f"hatswarm-agent ready on {config.host}:{agent.port}", flush=True)
     await stop.wait()
     await agent.stop()

@@ -44,6 +44,7 @@ from hatswarm_agent.serving.generation import Generations
 from hatswarm_agent.serving.metrics import AgentMetrics, RouteMetrics
 from hatswarm_agent.serving.registry import ModelRegistry
 from hatswarm_agent.serving.servicer import InferenceServicer
+from hatswarm_agent.serving.shm import SharedMemoryInfer, SharedMemoryRegions
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ class AgentConfig:
     routing_table: control_pb2.RoutingTable | None = None  # static: --routing-table, --peer
     auth_token_file: Path | None = None
     tls: TlsFiles | None = None
+    uds: Path | None = None  # also listen on this unix socket (clients on this host)
 
 
 def server_options(config: AgentConfig) -> list[tuple[str, int]]:
@@ -140,7 +142,10 @@ class Agent:
         generate = self.generations.generate
         if self.dispatcher is not None:
             generate = GenerationRouter(self.dispatcher, self.generations, self.tokens).generate
-        self.inference = InferenceServicer(self.dataplane, infer, generate)
+        # Clients on this host may pass tensors in shared memory (Triton's extension).
+        self.shm = SharedMemoryRegions()
+        oip_infer = SharedMemoryInfer(self.shm, self.dataplane, infer)
+        self.inference = InferenceServicer(self.dataplane, oip_infer, generate, self.shm)
         self.http: HttpServer | None = None
         self.http_port = 0
         if config.http_port:
@@ -180,6 +185,8 @@ class Agent:
             self.port = self.server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"cannot listen on {address}")
+        if self.config.uds is not None:
+            self._listen_unix(self.config.uds)
         if self.dispatcher is not None:
             await self.dispatcher.start(self.config.host, self.port)
         await self.lifecycle.restore()
@@ -195,6 +202,17 @@ class Agent:
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         self.state.ready = True
 
+    def _listen_unix(self, path: Path) -> None:
+        """The unix socket: the same services (auth included) without TCP, for local clients."""
+        if path.is_socket():
+            path.unlink()  # left by an agent that did not stop cleanly
+        try:
+            bound = self.server.add_insecure_port(f"unix:{path}")
+        except RuntimeError as exc:
+            raise OSError(f"cannot listen on unix:{path}: {exc}") from exc
+        if not bound:
+            raise OSError(f"cannot listen on unix:{path}")
+
     async def stop(self) -> None:
         """Health NOT_SERVING first, then let in-flight calls finish within the grace period."""
         self.state.ready = False
@@ -205,6 +223,9 @@ class Agent:
         await asyncio.gather(*stopping)
         if self.dispatcher is not None:
             await self.dispatcher.stop()
+        self.shm.close()
+        if self.config.uds is not None and self.config.uds.is_socket():
+            self.config.uds.unlink()
         await self.lifecycle.close()
         if self._tmp is not None:
             self._tmp.cleanup()

@@ -9,6 +9,7 @@ raise (errors.py); the servicer turns them into status codes.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,12 @@ from hatswarm_agent.protocol.wire import ADAPTER_PARAM
 from hatswarm_agent.serving.errors import AgentError, status_for
 from hatswarm_agent.serving.metrics import AgentMetrics
 from hatswarm_agent.serving.registry import ModelRegistry, ModelVersion
-from hatswarm_agent.serving.tensors import decode_request, encode_response, select_outputs
+from hatswarm_agent.serving.tensors import (
+    Buffer,
+    decode_request,
+    encode_response,
+    select_outputs,
+)
 
 
 @dataclass
@@ -43,9 +49,15 @@ class DataPlane:
         return await self.serve(request)
 
     async def serve(
-        self, request: pb.ModelInferRequest, entry: ModelVersion | None = None
+        self,
+        request: pb.ModelInferRequest,
+        entry: ModelVersion | None = None,
+        *,
+        buffers: Mapping[int, Buffer] | None = None,
+        into: Mapping[str, memoryview] | None = None,
     ) -> pb.ModelInferResponse:
-        """Run `request` here (on `entry` when the caller already looked it up).
+        """Run `request` here (on `entry` when the caller already looked it up); `buffers`
+        and `into` are the inputs and outputs a client keeps in shared memory (shm.py).
 
         One coroutine frame, no per-request allocations beyond the decoded arrays, the queue's
         result and the response: this runs for every request on the event loop.
@@ -63,10 +75,12 @@ class DataPlane:
             adapter = params.adapter(request) if ADAPTER_PARAM in request.parameters else ""
             if adapter:
                 entry.check_adapter(adapter).count(adapter)
-            decoded = decode_request(request, entry.inputs, queue.max_batch_size > 0)
+            decoded = decode_request(request, entry.inputs, queue.max_batch_size > 0, buffers)
             outputs = select_outputs(request, entry.outputs)
             result = await queue.submit(decoded, adapter)
-            response = encode_response(request, entry.version, result.outputs, outputs, decoded.raw)
+            response = encode_response(
+                request, entry.version, result.outputs, outputs, decoded.raw, into
+            )
         except Exception as exc:
             entry.stats.failure += 1
             if entry.metrics is not None:

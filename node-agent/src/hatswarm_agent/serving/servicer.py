@@ -27,6 +27,7 @@ from hatswarm_agent.serving.dataplane import DataPlane
 from hatswarm_agent.serving.errors import AgentError, grpc_errors, status_for
 from hatswarm_agent.serving.generation import Generate, LocalStream, is_generative
 from hatswarm_agent.serving.registry import ModelRegistry
+from hatswarm_agent.serving.shm import SharedMemoryRegions, SharedMemoryRpcs
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +56,17 @@ def model_metadata(registry: ModelRegistry, name: str, version: str) -> pb.Model
 Infer = Callable[[pb.ModelInferRequest, Any], Awaitable[pb.ModelInferResponse]]
 
 
-class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    """inference.GRPCInferenceService over the data plane."""
+class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
+    """inference.GRPCInferenceService over the data plane (shared memory RPCs: shm.py)."""
 
-    def __init__(self, dataplane: DataPlane, infer: Infer, generate: Generate) -> None:
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        infer: Infer,
+        generate: Generate,
+        shm: SharedMemoryRegions | None = None,
+    ) -> None:
+        self.shm_regions = shm
         self._registry = dataplane.registry
         self._state = dataplane.state
         self._infer = infer
