@@ -271,6 +271,8 @@ class ModelQueue:
         self._running += 1
         self._starts += 1
         starts = self._starts
+        if request.batch > 1:
+            self._burst = True  # memory to give back once idle (see _after_request)
         try:
             outputs, seconds = await self._executor.run(self._run_one, request.inputs, wide)
         finally:
@@ -281,8 +283,6 @@ class ModelQueue:
             self._after_request()
         if self._run_alone is not None and self._starts == starts:  # stayed alone: a fair sample
             self._alone.learn(wide, seconds / max(1, request.batch))
-        if request.batch > 1:
-            self._burst = True
         if self._on_execution is not None:
             self._on_execution(request.batch, seconds)
         return Result(outputs, 0.0, seconds)

@@ -109,10 +109,14 @@ async def test_idle_queue_reclaims_after_a_burst_and_retimes(
     await asyncio.gather(*(queue.submit(request()) for _ in range(4)))  # a burst (batched)
     await poll_until(lambda: model.maintained, within=2.0)
     assert model.maintained == [(True, False)]
+    x = np.zeros((3, 2), np.float32)  # one request of three items on an idle queue: a burst
+    await queue.submit(DecodedRequest({"x": x}, 3, ((2,),), raw=True))
+    await poll_until(lambda: len(model.maintained) == 2, within=2.0)
+    assert model.maintained[1] == (True, False)
     monkeypatch.setattr(batching, "RETIME_EVERY_S", 0.0)
     await queue.submit(request())
-    await poll_until(lambda: len(model.maintained) == 2, within=2.0)
-    assert model.maintained[1] == (False, True)
+    await poll_until(lambda: len(model.maintained) == 3, within=2.0)
+    assert model.maintained[2] == (False, True)
     model.ways.clear()
     await queue.submit(request())  # the re-timing said wide is faster now (0.001 vs 0.002)
     assert model.ways == ["wide"]
