@@ -370,7 +370,7 @@ class OnnxBackend:
         the fastest of interleaved runs, what each can do when the node lets it (a load that
         happens beside other work must not throw away the faster way for good)."""
         model.alone_times = model.time_ways()
-        narrow_s, wide_s = model.time_ways(best=True)
+        narrow_s, wide_s = model.time_ways(runs=2 * TIMING_RUNS, best=True)
         if sessions == "two" or wide_s <= narrow_s * (1 - WIDE_GAIN):
             return
         log.info(
