@@ -100,6 +100,7 @@ INPUT_SHAPES: dict[str, tuple[int, ...]] = {
 ONNX_TO_OIP = {"tensor(float)": "FP32", "tensor(uint8)": "UINT8", "tensor(int64)": "INT64"}
 UNSTABLE_PAIR = 0.10  # raw before/after a block differing by more: the pair is unstable
 REPRODUCED = 0.10  # a figure whose rounds spread wider than this did not reproduce
+IDLE_BEFORE_RSS_S = 2.0  # a server's memory "after the run" is read this long after its last call
 
 
 def _load_sibling(name: str, filename: str) -> ModuleType:
@@ -983,6 +984,7 @@ def bench_round(
                 )
                 for view, _ in views:
                     measured[view.row][m]["raw"] = pair
+            time.sleep(IDLE_BEFORE_RSS_S)  # every server gets the same idle time to settle
             contender.memory.setdefault("after_rounds", []).append(memory_mb(proc.pid))
             per_model = _scrape_model_memory(spec.extra.get("metrics"))
             if per_model:
