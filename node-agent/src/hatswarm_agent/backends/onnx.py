@@ -10,9 +10,10 @@ request per core, no thread synchronisation); a request that arrives alone would
 idle that way. So a model whose batch-1 run takes over WIDE_MIN_S may get a second session
 with `idle_intra_op_threads` (default: every core) that the queue uses when nothing else is
 waiting or running (`run_alone`): measured here, the CNN's batch-1 run is 15 ms on one thread
-and 8.5 ms on two. It holds a second copy of the weights, so it is kept only when timing both
-at load shows it at least WIDE_GAIN faster (`sessions=one` never makes it, `sessions=two`
-always keeps it); `idle_intra_op_threads=0` turns it off too.
+and 8.5 ms on two. It holds a second copy of the weights (~17 MB for MobileNet v1 with the shared
+arena), so with `sessions=auto` it goes once timing both while the queue is idle has shown it
+less than WIDE_GAIN faster DROP_AFTER times in a row (`sessions=one` never makes it,
+`sessions=two` always keeps it); `idle_intra_op_threads=0` turns it off too.
 
 Memory (memory.py): every session allocates from one shared arena (`arena=shared`, the
 default; `session` gives each its own, `off` none), freed heap goes back to the system after
@@ -69,6 +70,7 @@ WIDE_MIN_S = 0.001
 # A second (wide) session must make a lone request at least this much faster to be kept.
 WIDE_GAIN = 0.15
 TIMING_RUNS = 5  # per session, interleaved, when timing the two at load or when idle
+DROP_AFTER = 3  # idle-time timings in a row without a gain before the wide session goes
 ARENAS = ("shared", "session", "off")
 SESSIONS = ("auto", "one", "two")
 
@@ -159,6 +161,8 @@ class OnnxModel(LoadedModel):
         self.runs_alone = False  # until a wide session is added
         self.alone_times = (0.0, 0.0)  # (narrow, wide) seconds for a batch-1 run
         self.memory_bytes: dict[str, int] = {}  # resident bytes each session added at load
+        self.sessions = options.get("sessions", "auto")
+        self.unpaid = 0  # idle-time timings in a row in which the wide session did not pay
         # Shrinks the arena at the end of the run that carries it (after a burst, when idle).
         self._shrink = ort.RunOptions()
         self._shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
@@ -217,10 +221,18 @@ class OnnxModel(LoadedModel):
         pick = min if best else statistics.median
         return pick(narrow), pick(wide) if wide else 0.0
 
+    def wide_pays(self) -> bool:
+        """Whether the wide session made a lone run at least WIDE_GAIN faster just now, by the
+        fastest of interleaved runs: what each can do when the node lets it."""
+        narrow_s, wide_s = self.time_ways(runs=2 * TIMING_RUNS, best=True)
+        return 0 < wide_s <= narrow_s * (1 - WIDE_GAIN)
+
     maintains = True
 
     def maintain(self, reclaim: bool, retime: bool) -> tuple[float, float] | None:
-        """Idle-time upkeep: give back what a burst took, re-time the two ways."""
+        """Idle-time upkeep: give back what a burst took; re-time the two ways, and with
+        `sessions=auto` let the wide session go once it has not paid DROP_AFTER times running
+        (a node whose cores are always busy has no use for it, one busy only at load has)."""
         if reclaim:
             feeds = self._zero_feeds()
             try:
@@ -230,10 +242,19 @@ class OnnxModel(LoadedModel):
             except Exception as exc:
                 log.info("arena shrink failed: %s", exc)
             memory.trim()
-        if retime and self._wide is not None:
-            self.alone_times = self.time_ways()
-            return self.alone_times
-        return None
+        if not retime or self._wide is None:
+            return None
+        self.alone_times = self.time_ways()
+        if self.sessions == "auto":
+            self.unpaid = 0 if self.wide_pays() else self.unpaid + 1
+            if self.unpaid >= DROP_AFTER:
+                log.info(
+                    "dropping the wide session: no faster than one thread %d times", self.unpaid
+                )
+                self.drop_wide_session()
+                self.memory_bytes.pop("wide", None)
+                memory.trim()
+        return self.alone_times
 
     def load_adapter(self, path: Path) -> ort.LoraAdapter:
         """A LoRA adapter file (onnxruntime's adapter format) checked against this model.
@@ -366,18 +387,13 @@ class OnnxBackend:
 
     @staticmethod
     def _keep_or_drop_wide(model: OnnxModel, sessions: str, path: Path) -> None:
-        """Keep the wide session only where timing both shows that it pays for its memory: by
-        the fastest of interleaved runs, what each can do when the node lets it (a load that
-        happens beside other work must not throw away the faster way for good)."""
+        """Time both ways for the lone-request chooser. A wide session that does not pay at
+        load is kept for now (the load may have happened beside other work) but counts one
+        against it; the idle-time re-timing (`maintain`) decides from there."""
         model.alone_times = model.time_ways()
-        narrow_s, wide_s = model.time_ways(runs=2 * TIMING_RUNS, best=True)
-        if sessions == "two" or wide_s <= narrow_s * (1 - WIDE_GAIN):
-            return
-        log.info(
-            "%s: no second session (a lone run takes %.2f ms with it, %.2f ms without)",
-            path.name, wide_s * 1e3, narrow_s * 1e3,
-        )  # fmt: skip
-        model.drop_wide_session()
+        if sessions == "auto" and not model.wide_pays():
+            model.unpaid = 1
+            log.info("%s: the wide session did not pay at load; re-timed when idle", path.name)
 
     def device_info(self) -> DeviceInfo:
         return DeviceInfo(accelerator="cpu")

@@ -326,6 +326,8 @@ class ModelQueue:
             self._retimed = time.monotonic()
             if times is not None:
                 self._alone.retime(*times)
+            if not self.model.runs_alone:  # the backend let its wide way go
+                self._run_alone = None
 
     def _run_inline(self, request: DecodedRequest) -> Result:
         """The fast path for tiny models on an idle queue (see `inline_max_items`)."""

@@ -9,6 +9,7 @@ temperature and power are node-level and read from the backend at scrape time.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -218,9 +219,12 @@ class AgentMetrics:
         self._failure.labels(model="", version="", reason=reason).inc()
 
     def memory(self, name: str, version: str, sessions: dict[str, int]) -> None:
-        """What each of a model version's sessions costs in resident memory."""
-        for session, size in sessions.items():
-            self._memory.labels(name, version, session).set(size)
+        """What each of a model version's sessions costs in resident memory, read from
+        `sessions` at every scrape (a session the backend lets go reads 0)."""
+        for session in list(sessions):
+            self._memory.labels(name, version, session).set_function(
+                functools.partial(_size_of, sessions, session)
+            )
 
     def forget(self, name: str, version: str) -> None:
         """Drop a model version's gauges after unload (counters keep their history)."""
@@ -235,6 +239,10 @@ class AgentMetrics:
     def serve(self, host: str, port: int) -> None:
         """Expose /metrics on its own port, in a daemon thread."""
         start_http_server(port, addr=host, registry=self.registry)
+
+
+def _size_of(sessions: dict[str, int], session: str) -> float:
+    return float(sessions.get(session, 0))
 
 
 class RouteMetrics:

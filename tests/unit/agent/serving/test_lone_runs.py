@@ -123,6 +123,28 @@ async def test_idle_queue_reclaims_after_a_burst_and_retimes(
     await queue.close()
 
 
+async def test_a_wide_way_the_backend_let_go_is_not_chosen_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(batching, "IDLE_S", 0.01)
+    monkeypatch.setattr(batching, "RETIME_EVERY_S", 0.0)
+    model = TwoWays(alone_times=(0.010, 0.005))
+    queue = ModelQueue(model, limit=100, max_batch_size=8, max_queue_delay_s=0, concurrency=1)
+    await queue.submit(request())
+    assert model.ways == ["wide"]
+
+    def let_go(reclaim: bool, retime: bool) -> tuple[float, float]:
+        model.runs_alone = False
+        return (0.010, 0.0)
+
+    monkeypatch.setattr(model, "maintain", let_go)
+    await poll_until(lambda: not model.runs_alone, within=2.0)
+    await asyncio.sleep(0.01)
+    await queue.submit(request())
+    assert model.ways == ["wide", "narrow"]
+    await queue.close()
+
+
 async def test_a_request_arriving_before_the_idle_timer_cancels_upkeep(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -174,8 +196,29 @@ def test_onnx_sessions_option_forces_or_forbids_the_second_session(tmp_path: Pat
         assert all(t > 0 for t in two.alone_times)
     one = OnnxBackend().load(path, {**options, "sessions": "one"})
     assert one._wide is None
+    assert set(one.memory_bytes) == {"narrow"}
     with pytest.raises(BackendError, match="option sessions='three'"):
         OnnxBackend().load(path, {"sessions": "three"})
+
+
+def test_onnx_auto_drops_the_wide_session_only_after_idle_timings_show_no_gain(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = build_mlp(tmp_path / "mlp.onnx")
+    model = OnnxBackend().load(path, {"sessions": "auto"})
+    model.add_wide_session(open_session(path, {"intra_op_threads": "2"}))
+    model.memory_bytes["wide"] = 1 << 20
+    gains = iter([False, True, False, False, False])  # what each idle timing finds
+    monkeypatch.setattr(model, "wide_pays", lambda: next(gains))
+    for _ in range(4):  # no, yes (the count restarts), no, no: kept
+        assert model.maintain(reclaim=False, retime=True) is not None
+        assert model.runs_alone
+    assert model.unpaid == 2
+    model.maintain(reclaim=False, retime=True)  # a third time in a row: let go
+    assert not model.runs_alone
+    assert model._wide is None
+    assert "wide" not in model.memory_bytes
+    assert model.maintain(reclaim=False, retime=True) is None  # nothing left to time
 
 
 @pytest.mark.parametrize("arena", ["shared", "session", "off"])
@@ -184,8 +227,12 @@ def test_onnx_arena_options_give_the_same_answers_and_reclaim(tmp_path: Path, ar
     model = OnnxBackend().load(path, {"arena": arena})
     x = {"x": np.random.default_rng(0).standard_normal((8, 64)).astype(np.float32)}
     want = direct_run(path, x["x"])
-    np.testing.assert_allclose(model.run(x)["y"], want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(model.run(x)["y"], np.float32), want, rtol=1e-5, atol=1e-6
+    )
     assert model.maintain(reclaim=True, retime=True) is None  # no wide session: nothing to time
-    np.testing.assert_allclose(model.run(x)["y"], want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(model.run(x)["y"], np.float32), want, rtol=1e-5, atol=1e-6
+    )
     with pytest.raises(BackendError, match="option arena='big'"):
         OnnxBackend().load(path, {"arena": "big"})
