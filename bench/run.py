@@ -32,6 +32,7 @@ BENCHES = {
     "routing": "routing_bench.py",
     "adapters": "adapter_bench.py",
     "failover": "failover_bench.py",
+    "fleet": "fleet_bench.py",
 }
 
 
@@ -208,6 +209,7 @@ def readme_table(results: dict[str, Any]) -> str:
                 f"Against the previous run: {previous['within']} of {previous['compared']} "
                 f"figures within 10%."
             )
+    lines += fleet_table(results.get("fleet", {}))
     return "\n".join(lines)
 
 
@@ -229,6 +231,51 @@ def compare_runs(new: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
                     moved.append((f"{row}/{model}/{metric}", round(change, 3)))
     moved.sort(key=lambda kv: -abs(kv[1]))
     return {"compared": compared, "within": within, "moved": moved[:20]}
+
+
+def fleet_table(fleet: dict[str, Any]) -> list[str]:
+    """The fleet simulation's absolute figures, one row per size and way of reading."""
+    runs = fleet.get("runs") or []
+    if not runs:
+        return []
+    lines = [
+        "",
+        f"Operator at fleet scale (simulated agents; {fleet.get('steady_s')} s of steady state "
+        "per row, so p99 is about the slowest tick; `reads`: watch-fed caches, or the "
+        "list-per-tick loop before them; `probe s`: the pool's probe interval; the last "
+        "column: node death to its replicas loading elsewhere / Ready, with a "
+        f"{fleet.get('load_s')} s model load):",
+        "",
+        "| nodes | models | reads | probe s | API reads/s | read KB/s | probes/s "
+        "| tick p50 / p99 ms | operator CPU % | peak RSS MB "
+        "| node death -> reloading / Ready s | duplicate loads |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        st = r["steady"]
+        p50, p99 = r.get("tick_p50_s") or 0.0, r.get("tick_p99_s") or 0.0
+        fo = r["failover"]
+        lines.append(
+            f"| {r['nodes']} | {r['models']} | {r['reads']} | {r.get('probe_interval_s', 1.0):g} | "
+            f"{st['reads_per_s']:.2f} | "
+            f"{st['read_kb_per_s']:.0f} | {r['probes_per_s']:.0f} | "
+            f"{1000 * p50:.0f} / {1000 * p99:.0f} | "
+            f"{r['operator_cpu_pct']:.0f} | {r['operator_peak_rss_mb']:.0f} | "
+            f"{fo.get('detect_s') or 0:.2f} / {fo['recovery_s']:.2f} | {r['duplicate_loads']} |"
+        )
+    ha = fleet.get("ha")
+    if ha:
+        lines += [
+            "",
+            f"Two operator replicas peering (`--priority auto`, peering lifetime "
+            f"{ha['peering_lifetime_s']} s), {ha['nodes']} nodes: the agents were probed "
+            f"{ha['probes_per_s_while_two_run']:.0f} times a second while both ran (one "
+            f"replica's rate: {ha['nodes']}); SIGKILL of the active one -> the standby acting "
+            f"after {ha['handover_s']:.1f} s; a node death after that -> Ready elsewhere in "
+            f"{ha['failover_after_handover_s']:.1f} s; {ha['duplicate_loads']} duplicate loads, "
+            f"{ha['unloads']} unloads.",
+        ]
+    return lines
 
 
 def update_readme(table: str) -> None:

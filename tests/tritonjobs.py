@@ -38,10 +38,14 @@ def infer_many(
     kill_pid: int | None = None,
     kill_at: int = -1,
     timeout_s: float = 15.0,
+    token: str = "",
 ) -> dict[str, Any]:
-    """`count` requests with distinct FP32 inputs; optionally SIGKILL a pid before request
-    `kill_at`. Returns ok/failed counts, errors, nodes that answered and output shapes."""
+    """`count` requests with distinct FP32 inputs (with `token` as the bearer token);
+    optionally SIGKILL a pid before request `kill_at`. Returns ok/failed counts, errors,
+    nodes that answered and output shapes."""
     import tritonclient.grpc as grpcclient
+
+    headers = {"authorization": f"Bearer {token}"} if token else None
 
     client = grpcclient.InferenceServerClient(url)
     data = np.random.default_rng(0).random(shape, dtype=np.float32)
@@ -53,7 +57,7 @@ def infer_many(
             inp = grpcclient.InferInput(input_name, shape, "FP32")
             inp.set_data_from_numpy(data + i)  # distinct inputs: no cache hits
             try:
-                res = client.infer(model, [inp], client_timeout=timeout_s)
+                res = client.infer(model, [inp], headers=headers, client_timeout=timeout_s)
             except Exception as err:  # reported to the test, which asserts there are none
                 out["failed"] += 1
                 out["errors"].append(str(err))
@@ -170,3 +174,33 @@ def stream_generate(
         client.stop_stream()
         client.close()
     return out
+
+
+def model_configs(address: str, models: list[str]) -> dict[str, Any]:
+    """tritonclient's `get_model_config` (as JSON) for each model; an error as its message."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    client = grpcclient.InferenceServerClient(address)
+    out: dict[str, Any] = {}
+    try:
+        for model in models:
+            try:
+                out[model] = client.get_model_config(model, as_json=True)["config"]
+            except InferenceServerException as err:
+                out[model] = {"error": err.status(), "message": err.message()}
+    finally:
+        client.close()
+    return out
+
+
+def repository_index(address: str) -> dict[str, Any]:
+    """tritonclient's `get_model_repository_index` as JSON, plus `is_server_ready`."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(address)
+    try:
+        index = client.get_model_repository_index(as_json=True)
+        return {"index": index.get("models", []), "server_ready": client.is_server_ready()}
+    finally:
+        client.close()

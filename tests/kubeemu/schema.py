@@ -311,9 +311,24 @@ def validate(
         for e in sorted(validator.iter_errors(body), key=lambda e: list(map(str, e.absolute_path)))
     ]
     causes += _list_causes(body, root, [])
+    causes += _name_causes(obj, schema)
     if not causes:
         causes += _cel_causes(_cel_root(obj), _cel_root(old) if old else None, root, [])
     return causes
+
+
+def _name_causes(obj: dict[str, Any], schema: dict[str, Any]) -> list[Cause]:
+    """A CRD may constrain ``metadata.name`` (pattern, maxLength), as the API server checks."""
+    meta = (schema.get("properties") or {}).get("metadata") or {}
+    rule = (meta.get("properties") or {}).get("name")
+    name = (obj.get("metadata") or {}).get("name")
+    if not rule or not isinstance(name, str):
+        return []
+    validator = jsonschema.Draft4Validator(to_json_schema(rule))
+    return [
+        Cause("metadata.name", "FieldValueInvalid", f"Invalid value: {name!r}: {e.message}")
+        for e in validator.iter_errors(name)
+    ]
 
 
 def _cel_root(obj: dict[str, Any]) -> dict[str, Any]:

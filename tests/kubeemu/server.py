@@ -2,10 +2,10 @@
 
 Serves discovery (legacy, non-aggregated: clients fall back to it), list/watch (chunked JSON
 lines), CRUD, patches, the status and scale subresources, and meta.k8s.io Tables for
-``kubectl get``. ``/openapi/v3`` is a minimal index whose per-group-version documents only
+``kubectl get``. ``/openapi/v3`` is a minimal index whose per-group-version documents
 declare that PATCH takes ``fieldValidation`` (so kubectl's default ``--validate=strict`` uses
-server-side validation); they carry no schemas (``kubectl explain`` fails) and
-``/openapi/v2`` is 404. Protobuf request bodies (``kubectl create namespace|configmap``
+server-side validation) and carry the schemas of custom resources (``kubectl explain`` works
+for them, not for built-in types); ``/openapi/v2`` is 404. Protobuf request bodies (``kubectl create namespace|configmap``
 generators), server-side apply and ``dryRun`` are refused with a clear error.
 """
 
@@ -17,8 +17,10 @@ import hashlib
 import json
 import re
 import threading
-from collections import deque
-from dataclasses import dataclass
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
@@ -29,6 +31,8 @@ from .store import ApiError, Obj, Store, Subscription
 from .tables import build_table
 
 _CLOSE = "__close__"
+_VERB = web.RequestKey("kubeemu.verb", str)
+_RESOURCE = web.RequestKey("kubeemu.resource", str)
 _VERSION = {
     "major": "1",
     "minor": "36",
@@ -68,6 +72,29 @@ class RequestRecord:
 
 
 @dataclass
+class RequestCounts:
+    """Requests by (verb, resource) and the bytes of their response bodies, since a reset.
+
+    Verbs as Kubernetes' audit log names them: ``list``, ``watch``, ``get``, ``create``,
+    ``update``, ``patch``, ``delete``, ``deletecollection``; ``discovery`` for /api, /apis,
+    /version and /openapi. The resource is the plural, with ``/status`` or ``/scale`` for a
+    subresource. ``watch_events`` counts events streamed to watchers, by resource.
+    """
+
+    requests: Counter[tuple[str, str]] = field(default_factory=Counter)
+    response_bytes: Counter[tuple[str, str]] = field(default_factory=Counter)
+    watch_events: Counter[str] = field(default_factory=Counter)
+    since: float = field(default_factory=time.monotonic)
+
+    def total(self, verbs: tuple[str, ...] = (), resource: str = "") -> int:
+        return sum(
+            n
+            for (verb, res), n in self.requests.items()
+            if (not verbs or verb in verbs) and (not resource or res == resource)
+        )
+
+
+@dataclass
 class _Target:
     rt: ResourceType
     namespace: str | None
@@ -86,6 +113,8 @@ class ApiServer:
         self.token = token
         self.bookmark_interval = bookmark_interval
         self.requests: deque[RequestRecord] = deque(maxlen=2000)
+        self._counts = RequestCounts()
+        self._counts_lock = threading.Lock()
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -155,6 +184,40 @@ class ApiServer:
         self._thread.join(timeout=10)
         self._loop = None
 
+    def counts(self, *, reset: bool = False) -> RequestCounts:
+        """A copy of the request counts since the last reset (and reset them if asked)."""
+        with self._counts_lock:
+            c = self._counts
+            copy_ = RequestCounts(
+                Counter(c.requests), Counter(c.response_bytes), Counter(c.watch_events), c.since
+            )
+            if reset:
+                self._counts = RequestCounts()
+        return copy_
+
+    def _count(self, verb: str, resource: str, nbytes: int) -> None:
+        with self._counts_lock:
+            self._counts.requests[(verb, resource)] += 1
+            self._counts.response_bytes[(verb, resource)] += nbytes
+
+    def _count_watch_event(self, resource: str) -> None:
+        with self._counts_lock:
+            self._counts.watch_events[resource] += 1
+
+    def expire_watches(self, while_down: Callable[[Store], object] | None = None) -> None:
+        """What a real server does after an etcd compaction: every open watch ends, and
+        resuming from any resourceVersion seen so far is 410 Gone (clients must relist).
+
+        `while_down(store)` makes changes no watcher sees as an event: it runs after every
+        open watch was told to end and before any client can watch again (the store is
+        locked meanwhile), so only a relist can tell the clients about them.
+        """
+        with self.store.locked():
+            self.close_watches()
+            if while_down is not None:
+                while_down(self.store)
+            self.store.compact()
+
     def close_watches(self) -> None:
         """End every open watch stream (clients see a normal end of stream and reconnect)."""
         loop = self._loop
@@ -181,6 +244,13 @@ class ApiServer:
                 response.status,
             )
         )
+        body = getattr(response, "body", None)
+        if not request.path.startswith("/kubeemu/"):  # the emulator's own, not the API's
+            self._count(
+                request.get(_VERB, "discovery"),
+                request.get(_RESOURCE, ""),
+                len(body) if isinstance(body, bytes) else 0,
+            )
         return response
 
     @staticmethod
@@ -205,6 +275,8 @@ class ApiServer:
             return web.Response(text="ok")
         if not self._authorized(request):
             raise ApiError(401, "Unauthorized", "Unauthorized")
+        if path.startswith("/kubeemu/"):
+            return await self._emulator_endpoint(request, path)
         if path == "/version":
             return self._json(_VERSION)
         if path == "/api":
@@ -238,6 +310,36 @@ class ApiServer:
             return self._json(self._resource_list(group, version))
         target = self._target(group, version, rest)
         return await self._serve_resource(request, target)
+
+    # -- the emulator's own endpoints (no real API server has /kubeemu) -------------------------
+
+    async def _emulator_endpoint(self, request: web.Request, path: str) -> web.Response:
+        """For a test or benchmark in another process: ``GET /kubeemu/counts[?reset=true]``
+        (the request counts), ``POST /kubeemu/objects`` (a list of manifests put straight into
+        the store, status kept), ``POST /kubeemu/expire`` (:meth:`expire_watches`)."""
+        if path == "/kubeemu/counts" and request.method == "GET":
+            c = self.counts(reset=request.query.get("reset") == "true")
+            return self._json(
+                {
+                    "seconds": time.monotonic() - c.since,
+                    "requests": [[v, r, n] for (v, r), n in sorted(c.requests.items())],
+                    "response_bytes": [[v, r, n] for (v, r), n in sorted(c.response_bytes.items())],
+                    "watch_events": dict(c.watch_events),
+                }
+            )
+        if path == "/kubeemu/objects" and request.method == "POST":
+            body = await self._body(request)
+            if not isinstance(body, list):
+                raise ApiError(400, "BadRequest", "POST /kubeemu/objects takes a list of objects")
+            for manifest in body:
+                self.store.put(manifest)
+            return self._json({"put": len(body)})
+        if path == "/kubeemu/expire" and request.method == "POST":
+            self.store.compact()
+            for queue in list(self._queues):
+                queue.put_nowait((_CLOSE, {}))
+            return self._json({"expired": True})
+        raise ApiError(404, "NotFound", f"kubeemu has no {request.method} {path}")
 
     # -- discovery -----------------------------------------------------------------------------
 
@@ -296,7 +398,8 @@ class ApiServer:
         return {"paths": paths}
 
     def _openapi_group_version(self, key: str) -> Obj:
-        """Paths with a PATCH that takes ``fieldValidation``; no schemas (no ``explain``)."""
+        """Paths with a PATCH that takes ``fieldValidation``, and each custom resource's schema
+        (its CRD's ``openAPIV3Schema``) for ``kubectl explain``; built-in types have none."""
         parts = key.split("/")
         group, version = ("", parts[1]) if parts[0] == "api" else (parts[1], parts[2])
         types = [rt for rt in self.store.types() if (rt.group, rt.version) == (group, version)]
@@ -304,9 +407,13 @@ class ApiServer:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         prefix = f"/apis/{group}/{version}" if group else f"/api/{version}"
         paths: Obj = {}
+        schemas: Obj = {}
         for rt in types:
             scope = "/namespaces/{namespace}" if rt.namespaced else ""
             gvk = {"group": rt.group, "version": rt.version, "kind": rt.kind}
+            if rt.schema is not None:
+                name = ".".join(reversed(rt.group.split("."))) + f".{rt.version}.{rt.kind}"
+                schemas[name] = {**rt.schema, "x-kubernetes-group-version-kind": [gvk]}
             operation = {
                 "x-kubernetes-group-version-kind": gvk,
                 "parameters": [
@@ -319,7 +426,7 @@ class ApiServer:
             "openapi": "3.0.0",
             "info": {"title": "Kubernetes (kubeemu)", "version": _VERSION["gitVersion"]},
             "paths": paths,
-            "components": {"schemas": {}},
+            "components": {"schemas": schemas},
         }
 
     def _target(self, group: str, version: str, rest: list[str]) -> _Target:
@@ -393,8 +500,19 @@ class ApiServer:
             response.headers.add("Warning", "299 - " + json.dumps(warning))
         return response
 
+    @staticmethod
+    def _verb(method: str, t: _Target, watching: bool) -> str:
+        if method == "GET":
+            return "watch" if watching else ("list" if t.name is None else "get")
+        if method == "DELETE":
+            return "deletecollection" if t.name is None else "delete"
+        return {"POST": "create", "PUT": "update", "PATCH": "patch"}.get(method, method.lower())
+
     async def _serve_resource(self, request: web.Request, t: _Target) -> web.StreamResponse:
         q = request.query
+        watching = t.watch or q.get("watch") in ("true", "1")
+        request[_VERB] = self._verb(request.method, t, watching)
+        request[_RESOURCE] = t.rt.plural + (f"/{t.subresource}" if t.subresource else "")
         if q.get("dryRun"):
             raise ApiError(400, "BadRequest", "kubeemu does not support dryRun")
         method = request.method
@@ -403,19 +521,29 @@ class ApiServer:
             if method == "GET" and (t.watch or q.get("watch") in ("true", "1")):
                 return await self._watch(request, t)
             if method == "GET":
-                items, rv = store.list(
+                try:
+                    limit = int(q.get("limit") or 0)
+                except ValueError:
+                    raise ApiError(400, "BadRequest", "limit must be an integer") from None
+                items, rv, token, remaining = store.list_page(
                     rt,
                     t.namespace,
                     label_selector=q.get("labelSelector", ""),
                     field_selector=q.get("fieldSelector", ""),
+                    limit=limit,
+                    continue_token=q.get("continue", ""),
                 )
                 if self._table_wanted(request):
                     return self._json(self._table(request, rt, items, rv))
+                meta: Obj = {"resourceVersion": rv}
+                if token:
+                    meta["continue"] = token
+                    meta["remainingItemCount"] = remaining
                 return self._json(
                     {
                         "kind": f"{rt.kind}List",
                         "apiVersion": rt.api_version,
-                        "metadata": {"resourceVersion": rv},
+                        "metadata": meta,
                         "items": items,
                     }
                 )
@@ -555,6 +683,7 @@ class ApiServer:
                 elif as_table:
                     obj = self._table(request, t.rt, [obj], obj["metadata"]["resourceVersion"])
                 line = json.dumps({"type": event_type, "object": obj}).encode() + b"\n"
+                self._count_watch_event(t.rt.plural)
                 await response.write(line)
             await response.write_eof()
         except ConnectionError:

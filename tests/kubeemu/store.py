@@ -10,6 +10,8 @@ Semantics, as the real API server (differences are called out):
   bump it nor emit events;
 - watch history is bounded (``history_size`` events); ``watch(since=...)`` older than the
   retained window raises 410 Gone; :meth:`Store.compact` drops it all on demand;
+- lists page with ``limit``/``continue`` (:meth:`Store.list_page`): every page shows the
+  first page's snapshot, and a continue token older than the history is 410 Gone;
 - writes to an object with a status subresource ignore ``status``; ``/status`` writes change
   only ``status``; ``metadata.generation`` increments when anything but metadata (and status,
   if it is a subresource) changes, and when ``deletionTimestamp`` is set;
@@ -28,8 +30,10 @@ Semantics, as the real API server (differences are called out):
 from __future__ import annotations
 
 import asyncio
+import base64
 import builtins
 import copy
+import json
 import random
 import re
 import threading
@@ -179,6 +183,19 @@ def _fields_match(obj: Obj, reqs: list[Requirement]) -> bool:
         if equal != (op == "="):
             return False
     return True
+
+
+def _encode_continue(rv: int, after: tuple[str, str]) -> str:
+    raw = json.dumps({"rv": rv, "ns": after[0], "name": after[1]}).encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def _decode_continue(token: str) -> tuple[int, tuple[str, str]]:
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token.encode()))
+        return int(data["rv"]), (str(data["ns"]), str(data["name"]))
+    except (ValueError, KeyError, TypeError) as e:
+        raise ApiError(400, "BadRequest", f"invalid continue token {token!r}") from e
 
 
 # --- watch plumbing ------------------------------------------------------------------------
@@ -418,6 +435,71 @@ class Store:
                 if sub.matches(o)
             ]
             return items, str(self._rv)
+
+    def list_page(
+        self,
+        rt: ResourceType,
+        namespace: str | None = None,
+        *,
+        label_selector: str = "",
+        field_selector: str = "",
+        limit: int = 0,
+        continue_token: str = "",
+    ) -> tuple[builtins.list[Obj], str, str, int | None]:
+        """One page of a list: (items, resourceVersion, continue token, remainingItemCount).
+
+        As the real server: every page of one list shows the objects as they were at the
+        first page's resourceVersion (a consistent snapshot, rebuilt here from the watch
+        history), pages are in key order, and a continue token older than the retained
+        history is 410 Gone. ``limit`` 0 means everything; the token is opaque to clients.
+        """
+        sub = Subscription(
+            rt,
+            namespace if rt.namespaced else None,
+            parse_label_selector(label_selector),
+            parse_field_selector(field_selector),
+            lambda _t, _o: None,
+        )
+        with self._lock:
+            if continue_token:
+                snapshot, after = _decode_continue(continue_token)
+                if snapshot < self._floor:
+                    raise ApiError(
+                        410,
+                        "Expired",
+                        "The provided continue parameter is too old to display a consistent"
+                        " list result. You can start a new list without the continue"
+                        " parameter.",
+                    )
+                objects = self._snapshot(rt, snapshot)
+            else:
+                snapshot, after = self._rv, None
+                objects = dict(self._bucket(rt))
+            keys = sorted(k for k in objects if after is None or k > after)
+            matching = [k for k in keys if sub.matches(objects[k])]
+            page = matching[:limit] if limit > 0 else matching
+            rest = len(matching) - len(page)
+            token = _encode_continue(snapshot, page[-1]) if rest > 0 else ""
+            items = [self._view(rt, objects[k]) for k in page]
+            return items, str(snapshot), token, (rest if rest > 0 else None)
+
+    def _snapshot(self, rt: ResourceType, rv: int) -> dict[tuple[str, str], Obj]:
+        """The objects of ``rt`` as they were at resourceVersion ``rv`` (within history)."""
+        objects = dict(self._bucket(rt))
+        seen: set[tuple[str, str]] = set()
+        for event in self._history:
+            if event.rv <= rv or event.key != rt.key:
+                continue
+            meta = event.obj["metadata"]
+            slot = (meta.get("namespace", ""), meta["name"])
+            if slot in seen:
+                continue
+            seen.add(slot)  # the first change after the snapshot holds the object as it was
+            if event.old is None:
+                objects.pop(slot, None)
+            else:
+                objects[slot] = event.old
+        return objects
 
     def find(
         self,
@@ -1070,6 +1152,12 @@ class Store:
         """Push a BOOKMARK at the current resourceVersion, ordered after pending events."""
         with self._lock:
             sub.deliver("BOOKMARK", self._bookmark(sub.rt))
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the store: no other thread reads, writes or starts a watch meanwhile."""
+        with self._transaction():
+            yield
 
     def compact(self) -> None:
         """Forget all watch history: any older ``resourceVersion`` now gets 410 Gone."""

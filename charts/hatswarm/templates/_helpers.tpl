@@ -67,22 +67,43 @@ app.kubernetes.io/name: hatswarm-agent
 {{- end -}}
 {{- end -}}
 
-{{/* The agent settings of the pool the chart creates: agentDefaults overlaid by pool.agent. */}}
-{{- define "hatswarm.agentSettings" -}}
+{{/* agentDefaults as spec.agent keys (what the operator's ConfigMap holds): empty pod
+settings are left out, and deviceFile only goes with hostDevice. */}}
+{{- define "hatswarm.agentDefaults" -}}
 {{- $d := .Values.agentDefaults -}}
-{{- $base := dict
+{{- $out := dict
   "image" (include "hatswarm.image" (list $d.image .))
   "imagePullPolicy" $d.imagePullPolicy
   "backend" $d.backend
-  "resources" $d.resources
-  "npu" $d.npu
+  "resources" (deepCopy $d.resources)
+  "npu" (deepCopy $d.npu)
   "cacheSize" $d.cacheSize
   "port" $d.port
   "metricsPort" $d.metricsPort -}}
-{{- $merged := mergeOverwrite (deepCopy $base) (deepCopy .Values.pool.agent) -}}
-{{- with .Values.pool.agent.resources }}{{ $_ := set $merged "resources" (deepCopy .) }}{{ end -}}
-{{- if not $merged.npu.hostDevice }}{{ $_ := unset $merged.npu "deviceFile" }}{{ end -}}
-{{- toYaml $merged -}}
+{{- range $key := list "images" "imagePullSecrets" "tolerations" "affinity" "priorityClassName" "serviceAccountName" "podLabels" "podAnnotations" }}
+{{- with get $d $key }}{{ $_ := set $out $key (deepCopy .) }}{{ end }}
+{{- end }}
+{{- if not $out.npu.resourceNames }}{{ $_ := unset $out.npu "resourceNames" }}{{ end -}}
+{{- if not $out.npu.hostDevice }}{{ $_ := unset $out.npu "deviceFile" }}{{ end -}}
+{{- toYaml $out -}}
+{{- end -}}
+
+{{/* spec.agent of the pool the chart creates: only pool.agent's overrides. The operator fills
+every field left out from agentDefaults at each reconcile (nested objects such as npu or
+resources are taken whole), so no default, and no image version, is stored in the pool. */}}
+{{- define "hatswarm.agentSettings" -}}
+{{- $agent := deepCopy .Values.pool.agent -}}
+{{- if and $agent.npu (not $agent.npu.hostDevice) }}{{ $_ := unset $agent.npu "deviceFile" }}{{ end -}}
+{{- toYaml $agent -}}
+{{- end -}}
+
+{{- define "hatswarm.agentImage" -}}
+{{- include "hatswarm.image" (list .Values.agentDefaults.image .) -}}
+{{- end -}}
+
+{{/* The extended resource the chart's device plugin exposes. */}}
+{{- define "hatswarm.devicePluginResource" -}}
+{{- printf "%s/%s" .Values.devicePlugin.domain .Values.devicePlugin.name -}}
 {{- end -}}
 
 {{- define "hatswarm.poolTokenSecret" -}}

@@ -2,8 +2,10 @@
 
     hatswarm-agent --port 8001 --model cnn=/models/cnn.onnx --model mlp=file:///m/mlp.onnx
     hatswarm-agent --model-dir /models --backend simulated --accelerator hailo8l
+    hatswarm-agent --backend auto --model det=/models/yolov8s_h8l.hef   # NPU if HailoRT opens one
     hatswarm-agent --gateway --peer cnn=10.0.0.5:8001 --peer cnn=10.0.0.6:8001,2
-    hatswarm-agent --routing-table pool.json --auth-token-file /run/secrets/pool-token
+    hatswarm-agent --routing-table pool.json --auth-token-file /run/secrets/pool-token \
+        --control-token-file /run/secrets/control/token --allow-file-root /models
     hatswarm-agent --http-port 8000 --model chat@genai=/models/qwen --model vec@embed=/models/mini
 
 Prints `hatswarm-agent http on HOST:PORT` when the HTTP doors are on (OpenAI /v1, Ollama /api,
@@ -15,16 +17,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import gc
 import logging
 import signal
+import socket
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from hatswarm_agent.backends import BACKEND_NAMES, canonical_name
 from hatswarm_agent.backends.base import BackendError
 from hatswarm_agent.control.lifecycle import QueueDefaults
+from hatswarm_agent.control.repository import RepositoryError, repository_models
 from hatswarm_agent.protocol.auth import TlsFiles
 from hatswarm_agent.protocol.defaults import ROUTE_RETRIES, ROUTE_TIMEOUT_MS
 from hatswarm_agent.protocol.v1 import control_pb2
@@ -41,7 +48,8 @@ def parse_model(spec: str, backend: str, options: dict[str, str]) -> control_pb2
     backend instead of --backend's, e.g. chat@genai for a generative model folder)."""
     name, sep, uri = spec.partition("=")
     if not sep or not name or not uri:
-        raise argparse.ArgumentTypeError(f"--model wants NAME=URI, got {spec!r}")
+        hint = f" (e.g. {Path(spec).stem}={spec})" if not sep and spec else ""
+        raise argparse.ArgumentTypeError(f"--model wants NAME=URI, got {spec!r}{hint}")
     name, at, own_backend = name.partition("@")
     if at:
         try:
@@ -71,24 +79,116 @@ def parse_option(text: str) -> tuple[str, str]:
     return key, value
 
 
+def parse_cloud_token(text: str) -> tuple[str, Path]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"--cloud-token wants NAME=FILE, got {text!r}")
+    return name, Path(path)
+
+
+def parse_bool(text: str) -> bool:
+    """tritonserver's spelling of boolean flags: `--strict-readiness=false`."""
+    value = text.strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"want true or false, got {text!r}")
+
+
+def _shows_default(action: argparse.Action) -> bool:
+    """An option whose default says something (not None, a flag's False, an empty list)."""
+    default = action.default
+    return (
+        bool(action.option_strings)
+        and action.nargs != 0
+        and default is not None
+        and default is not argparse.SUPPRESS
+        and not isinstance(default, bool)
+        and default not in ([], "")
+    )
+
+
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """--help shows each option's default, unless its help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" not in text and _shows_default(action):
+            text = f"{text} (default: %(default)s)".lstrip()
+        return text
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (exit 2), as every hatswarm command reports them."""
+
+    def format_help(self) -> str:
+        # argparse skips the help formatter for options without help text: give those one
+        # that shows their default.
+        for action in self._actions:
+            if action.help is None and _shows_default(action):
+                action.help = "(default: %(default)s)"
+        return super().format_help()
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port {value} is outside 0..65535")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hatswarm-agent", description=__doc__.split("\n")[0])
+    p = _Parser(
+        prog="hatswarm-agent",
+        description=__doc__.split("\n")[0],
+        formatter_class=_DefaultsFormatter,
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 in pods)")
-    p.add_argument("--port", type=int, default=8001, help="OIP + control gRPC port (0 = any)")
+    p.add_argument("--port", type=port, default=8001, help="OIP + control gRPC port (0 = any)")
     p.add_argument(
         "--uds", type=Path, metavar="PATH", help="also serve on this unix socket (local clients)"
     )
     p.add_argument("--node-name", default="local")
-    p.add_argument("--accelerator", choices=["cpu", "hailo8l", "hailo8"], default="cpu")
-    p.add_argument("--backend", choices=list(BACKEND_NAMES), default="onnxruntime")
+    p.add_argument(
+        "--accelerator", choices=["cpu", "hailo8l", "hailo8", "hailo10h"], default="cpu",
+        help="the chip this node is expected to have (the simulated backend's device); the "
+        "hailo backend reports the chip HailoRT identifies instead",
+    )  # fmt: skip
+    p.add_argument(
+        "--backend", choices=list(BACKEND_NAMES), default="auto",
+        help="auto: HailoRT when a Hailo device opens, else onnxruntime on the CPU (which one is "
+        "logged, in NodeStatus and in hatswarm_agent_backend_info)",
+    )  # fmt: skip
     p.add_argument(
         "--model",
         action="append",
         default=[],
         metavar="NAME[:VERSION][@BACKEND]=URI[#sha256=HEX]",
-        help="a model to serve: a file, a model folder (generative models) or a tarball of one",
+        help="a model to serve: a file, a model folder (generative models) or a tarball of one; "
+        "URI is a path, file:// or http(s):// (repeatable)",
     )
-    p.add_argument("--model-dir", type=Path, help="serve every *.onnx in DIR (name = stem)")
+    p.add_argument(
+        "--model-dir",
+        type=Path,
+        metavar="DIR",
+        help="serve DIR/NAME.onnx files or a Triton repository (NAME/VERSION/model.onnx, "
+        "optional NAME/config.pbtxt)",
+    )
+    p.add_argument(
+        "--strict-readiness",
+        type=parse_bool,
+        default=True,
+        metavar="BOOL",
+        help="OIP ServerReady is false while a --model/--model-dir model is not READY "
+        "(default: true, as tritonserver; false: ready once serving)",
+    )
     p.add_argument(
         "--option",
         action="append",
@@ -101,10 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--state-dir", type=Path, help="assignment + artifact cache (default: temporary)"
     )
     p.add_argument("--cache-max-bytes", type=int, default=4 << 30)
-    p.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port; 0 = off")
+    p.add_argument("--metrics-port", type=port, default=0, help="Prometheus /metrics port; 0 = off")
     p.add_argument(
         "--http-port",
-        type=int,
+        type=port,
         default=0,
         help="HTTP doors (OpenAI /v1, Ollama /api, KServe v2 REST /v2); 0 = off",
     )
@@ -145,26 +245,79 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--response-cache-entries", type=int, default=4096)
     r.add_argument("--response-cache-bytes", type=int, default=64 << 20)
-    s = p.add_argument_group("security")
-    s.add_argument("--auth-token-file", type=Path, help="require 'authorization: Bearer <token>'")
+    s = p.add_argument_group("security (README: Security model)")
+    s.add_argument(
+        "--auth-token-file",
+        type=Path,
+        action="append",
+        default=[],
+        help="inference tokens, one a line (repeatable); without any, inference is open",
+    )
+    s.add_argument(
+        "--control-token-file",
+        type=Path,
+        help="the control plane's token: the only credential that opens AgentControl "
+        "(without it, AgentControl answers callers on this host only)",
+    )
+    s.add_argument(
+        "--allow-file-root",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a folder LoadModel may read file:// artifacts from (repeatable; default: none)",
+    )
+    s.add_argument(
+        "--trusted-keys",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="ed25519 public keys artifact signatures may be made with: a file, or a folder "
+        "with one key a file (repeatable)",
+    )
+    s.add_argument(
+        "--require-signatures",
+        action="store_true",
+        help="refuse LoadModel calls whose artifact is not signed by a trusted key",
+    )
+    s.add_argument(
+        "--cloud-token",
+        action="append",
+        default=[],
+        type=parse_cloud_token,
+        metavar="NAME=FILE",
+        help="a cloud fallback token a routing table may name (repeatable)",
+    )
     s.add_argument("--tls-cert", type=Path, help="PEM certificate (server and toward peers)")
     s.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
     s.add_argument("--tls-ca", type=Path, help="PEM CA: require client certificates (mTLS)")
-    p.add_argument("--log-level", default="WARNING")
+    p.add_argument(
+        "--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        type=str.upper,
+    )  # fmt: skip
+    p.add_argument("--debug", action="store_true", help="print the traceback of a failure")
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> AgentConfig:
     options = dict(args.option)
-    backend = "" if args.backend == "onnxruntime" else args.backend
+    backend = "" if args.backend in ("onnxruntime", "auto") else args.backend
     models = [parse_model(spec, backend, options) for spec in args.model]
+    for spec, model in zip(args.model, models, strict=True):
+        uri = model.uri
+        local = uri.removeprefix("file://") if "://" not in uri or uri.startswith("file://") else ""
+        if local and not Path(local).exists():  # a file, or a model folder
+            raise argparse.ArgumentTypeError(f"--model {spec}: no such file {local}")
     if args.model_dir is not None:
-        for path in sorted(Path(args.model_dir).glob("*.onnx")):
-            models.append(
-                control_pb2.LoadModelRequest(
-                    name=path.stem, uri=str(path.resolve()), backend=backend, options=options
-                )
-            )
+        models.extend(repository_models(args.model_dir, backend, options))
+    for flag in (
+        "tls_cert", "tls_key", "tls_ca", "auth_token_file", "control_token_file", "routing_table",
+    ):  # fmt: skip
+        given = getattr(args, flag)
+        for path in given if isinstance(given, list) else [given]:
+            if path is not None and not path.is_file():
+                raise TableFileError(f"--{flag.replace('_', '-')} {path}: no such file")
     if bool(args.tls_cert) != bool(args.tls_key):
         raise TableFileError("--tls-cert and --tls-key go together")
     if args.tls_ca and not args.tls_cert:
@@ -198,9 +351,15 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         models=models,
         routing=routing,
         routing_table=table,
-        auth_token_file=args.auth_token_file,
+        auth_token_files=tuple(args.auth_token_file),
+        control_token_file=args.control_token_file,
         tls=tls,
         uds=args.uds,
+        file_roots=tuple(args.allow_file_root),
+        trusted_keys=tuple(args.trusted_keys),
+        require_signatures=args.require_signatures,
+        cloud_tokens=dict(args.cloud_token),
+        strict_readiness=args.strict_readiness,
     )
 
 
@@ -228,23 +387,56 @@ async def serve(config: AgentConfig) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Usage mistakes exit 2 and runtime failures 1, each as one line naming the flag, file or
+    port; the traceback only with --debug."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
         config = config_from_args(args)
+    except (argparse.ArgumentTypeError, TableFileError, RepositoryError) as exc:
+        return _fail(args, f"error: {exc} (see `hatswarm-agent --help`)", 2)
+    try:
+        check_port(args.host, args.port, "--port")
+        if args.metrics_port:
+            check_port(args.host, args.metrics_port, "--metrics-port")
         asyncio.run(serve(config))
-    except TableFileError as exc:
-        print(f"hatswarm-agent: {exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        return 130
     except BackendError as exc:
-        print(f"hatswarm-agent: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"hatswarm-agent: {exc}", file=sys.stderr)
-        return 1
+        return _fail(args, f"error: {exc}", 2)
+    except Exception as exc:  # a port in use, a file that cannot be read, or a bug
+        return _fail(args, f"error: {exc}", 1)
     return 0
+
+
+def check_port(host: str, number: int, flag: str) -> None:
+    """Fail before loading any model when the port cannot be had, naming it (gRPC would log a
+    C-core error line and raise a bare RuntimeError after every model had loaded)."""
+    if number == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, number, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise OSError(f"--host {host}: {exc.strerror}") from exc
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise OSError(f"{flag} {number}: already in use on {host}") from exc
+            raise OSError(f"{flag} {number} on {host}: {exc.strerror}") from exc
+
+
+def _fail(args: argparse.Namespace, message: str, code: int) -> int:
+    if args.debug:
+        traceback.print_exc()
+    print(f"hatswarm-agent: {' '.join(message.split())}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -9,7 +9,10 @@ the target chip and the compiler's bottleneck FPS. "Inference" is deterministic 
 frame, the device sees the quantized inputs, sums them, and output element k of output j is
 `(sum + k + 7*j) % 256` as a raw uint8, dequantized with the output's scale and zero point when
 the user asked for FLOAT32. The device itself is `FAKE` (architecture, ids, sensors), which
-tests adjust.
+tests adjust; a test that starts agent processes picks the chip with the environment variable
+`HATSWARM_FAKE_HAILO_CHIP` (hailo8l, hailo8, hailo10h; `none` for HailoRT without a device).
+Like libhailort, the device refuses a HEF compiled for another chip, except a Hailo-8L HEF on
+a Hailo-8 (which HailoRT runs, slowly).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import enum
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -79,13 +83,39 @@ class PowerMeasurementTypes(enum.Enum):
 
 
 class DeviceArchitectureTypes(enum.IntEnum):
+    """The real enum (pyhailort.py), values and all."""
+
     HAILO8_A0 = 0
     HAILO8 = 1
     HAILO8L = 2
     HAILO15H = 3
+    HAILO15L = 4
+    HAILO15M = 5
+    HAILO10H = 6
 
     def __str__(self) -> str:
         return self.name
+
+
+CHIPS = {
+    "hailo8l": DeviceArchitectureTypes.HAILO8L,
+    "hailo8": DeviceArchitectureTypes.HAILO8,
+    "hailo10h": DeviceArchitectureTypes.HAILO10H,
+}
+# What `hailortcli fw-control identify` prints as the product of each board.
+PRODUCT_NAMES = {
+    DeviceArchitectureTypes.HAILO8L: "HAILO-8L AI ACC M.2 B+M KEY MODULE EXT TMP",
+    DeviceArchitectureTypes.HAILO8: "HAILO-8 AI ACC M.2 M KEY MODULE EXT TEMP",
+    DeviceArchitectureTypes.HAILO8_A0: "HAILO-8 AI ACC M.2 M KEY MODULE EXT TEMP",
+    DeviceArchitectureTypes.HAILO10H: "HAILO-10H AI ACC M.2 M KEY MODULE",
+}
+# Which HEF targets each chip loads (libhailort's compatibility check, as far as hatswarm cares).
+RUNS_HEFS = {
+    DeviceArchitectureTypes.HAILO8L: {"hailo8l"},
+    DeviceArchitectureTypes.HAILO8: {"hailo8", "hailo8l"},
+    DeviceArchitectureTypes.HAILO8_A0: {"hailo8", "hailo8l"},
+    DeviceArchitectureTypes.HAILO10H: {"hailo10h"},
+}
 
 
 _DTYPES = {FormatType.UINT8: np.uint8, FormatType.UINT16: np.uint16, FormatType.FLOAT32: np.float32}
@@ -108,8 +138,20 @@ class FakeHardware:
         for name in self.__dataclass_fields__:
             setattr(self, name, getattr(fresh, name))
 
+    def use_chip(self, chip: str) -> None:
+        """Pretend `chip` is on the bus ("none": HailoRT is installed but finds no device)."""
+        if chip == "none":
+            self.device_ids = []
+            return
+        if chip not in CHIPS:
+            raise ValueError(f"fake HailoRT: unknown chip {chip!r}: use {sorted(CHIPS)} or none")
+        self.arch = CHIPS[chip]
+        self.serial_number = f"FAKE{chip.upper()}0001\x00\x00"
+
 
 FAKE = FakeHardware()
+if os.environ.get("HATSWARM_FAKE_HAILO_CHIP"):
+    FAKE.use_chip(os.environ["HATSWARM_FAKE_HAILO_CHIP"])
 
 
 def write_fake_hef(
@@ -395,8 +437,8 @@ class VDevice:
         if self._released:
             raise HailoRTException("VDevice was released")
         hef = HEF(hef_source)
-        if hef._doc["hw_arch"] == "hailo8" and FAKE.arch == DeviceArchitectureTypes.HAILO8L:
-            # What libhailort answers for a Hailo-8 HEF on a Hailo-8L.
+        if hef._doc["hw_arch"] not in RUNS_HEFS.get(FAKE.arch, set()):
+            # What libhailort answers for a HEF compiled for another chip.
             raise HailoRTInvalidHEFException("Invalid HEF. See hailort.log for more information")
         model = InferModel(hef, self)
         self.infer_models.append(model)
@@ -425,7 +467,12 @@ class Control:
 
     def identify(self) -> BoardInformation:
         self._device._check()
-        return BoardInformation("Hailo-8", FAKE.arch, FAKE.serial_number)
+        return BoardInformation(
+            "Hailo-8" if FAKE.arch != DeviceArchitectureTypes.HAILO10H else "Hailo-10H",
+            FAKE.arch,
+            FAKE.serial_number,
+            product_name=PRODUCT_NAMES.get(FAKE.arch, ""),
+        )
 
     def get_chip_temperature(self) -> TemperatureInfo:
         self._device._check()
@@ -485,6 +532,7 @@ class Device:
 
 
 __all__ = [
+    "CHIPS",
     "FAKE",
     "HEF",
     "Device",

@@ -40,6 +40,7 @@ def agent(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             "--model", f"broken={broken}",
             "--max-message-bytes", str(1 << 20),
             "--option", "workers=2",
+            "--strict-readiness=false",  # the broken model must not make ServerReady false
         ]
     )  # fmt: skip
     yield proc

@@ -102,10 +102,11 @@ async def test_cache_hit_survives_restart_and_server_loss(
 async def test_http_digest_mismatch_is_refused(
     server: ArtifactServer, tmp_path: Path, store: ArtifactStore
 ) -> None:
-    uri, _ = server.add("/m.onnx", b"what the server has")
+    uri, served = server.add("/m.onnx", b"what the server has")
     expected = hashlib.sha256(b"what was published").hexdigest()
-    with pytest.raises(DigestMismatchError, match=f"expected {expected} got "):
+    with pytest.raises(DigestMismatchError, match=f"its sha256 is not {expected}") as err:
         await store.fetch(uri, sha256=expected)
+    assert served not in str(err.value)  # never the digest of content that failed to verify
     assert store.total_bytes() == 0
     assert list((tmp_path / "cache" / "sha256").iterdir()) == []
     assert list((tmp_path / "cache" / "tmp").iterdir()) == []

@@ -89,7 +89,8 @@ def test_load_unload_restart_from_disk(model_dir: Path, tmp_path: Path) -> None:
     mlp = model_dir / "mlp.onnx"
     digest = hashlib.sha256(mlp.read_bytes()).hexdigest()
     port = free_port()
-    with start_agent(["--state-dir", str(state)], port=port) as agent:
+    roots = ["--allow-file-root", str(model_dir)]  # LoadModel reads files only from there
+    with start_agent(["--state-dir", str(state), *roots], port=port) as agent:
         ch = grpc.insecure_channel(agent.address)
         control = control_pb2_grpc.AgentControlStub(ch)
         ok = control.LoadModel(
@@ -104,7 +105,13 @@ def test_load_unload_restart_from_disk(model_dir: Path, tmp_path: Path) -> None:
             control_pb2.LoadModelRequest(name="bad", uri=str(mlp), sha256="0" * 64)
         )
         assert bad.state == control_pb2.MODEL_STATE_FAILED and "digest mismatch" in bad.reason
-        other = control.LoadModel(control_pb2.LoadModelRequest(name="gone", uri=str(mlp)))
+        with pytest.raises(grpc.RpcError) as info:  # the cache admits only verified artifacts
+            control.LoadModel(control_pb2.LoadModelRequest(name="gone", uri=str(mlp)))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "needs a sha256" in (info.value.details() or "")
+        other = control.LoadModel(
+            control_pb2.LoadModelRequest(name="gone", uri=str(mlp), sha256=digest)
+        )
         assert other.state == control_pb2.MODEL_STATE_READY
         assert list(
             control.UnloadModel(control_pb2.UnloadModelRequest(name="gone")).unloaded_versions
@@ -114,7 +121,7 @@ def test_load_unload_restart_from_disk(model_dir: Path, tmp_path: Path) -> None:
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert infer_mlp(ch, "m").model_version == "2"
         ch.close()
-    with start_agent(["--state-dir", str(state)], port=port) as agent:  # no --model: from disk
+    with start_agent(["--state-dir", str(state), *roots], port=port) as agent:  # from disk
         ch = grpc.insecure_channel(agent.address)
         assert infer_mlp(ch, "m").model_version == "2"
         names = {

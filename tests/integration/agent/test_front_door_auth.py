@@ -37,7 +37,10 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
     tiny = build_genai_model(d / "tiny", seed=7)
     token = d / "token"
     token.write_text(TOKEN + "\n")
-    auth = ["--auth-token-file", str(token)]
+    control = d / "control"
+    control.write_text("control-" + TOKEN + "\n")
+    # The pool's control token too: hops carry the peer credential derived from it.
+    auth = ["--auth-token-file", str(token), "--control-token-file", str(control)]
     holder = start_agent(
         ["--node-name", "holder", "--model", f"tiny@genai={tiny}", *auth], timeout=120
     )

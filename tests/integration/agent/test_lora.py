@@ -46,6 +46,12 @@ def artifact(files: dict[str, Path], name: str, digest: str = "") -> control_pb2
     )
 
 
+def roots(files: dict[str, Path]) -> list[str]:
+    """The agent's --allow-file-root for the test's model folder(s)."""
+    folders = sorted({str(p.parent) for p in files.values()})
+    return [arg for folder in folders for arg in ("--allow-file-root", folder)]
+
+
 def load_request(
     files: dict[str, Path], adapters: list[control_pb2.AdapterArtifact], **options: str
 ) -> control_pb2.LoadModelRequest:
@@ -61,9 +67,11 @@ def load_request(
 
 
 @pytest.fixture(scope="module")
-def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
+def agent(
+    files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[AgentProcess]:
     state = tmp_path_factory.mktemp("lora-state")
-    proc = start_agent(["--state-dir", str(state), "--max-queue-delay-us", "20000"])
+    proc = start_agent(["--state-dir", str(state), "--max-queue-delay-us", "20000", *roots(files)])
     yield proc
     proc.stop()
 
@@ -204,13 +212,13 @@ def test_adapters_survive_a_restart_from_disk(files: dict[str, Path], tmp_path: 
     state = tmp_path / "state"
     x = np.ones((1, IN), np.float32)
     with (
-        start_agent(["--state-dir", str(state)]) as agent,
+        start_agent(["--state-dir", str(state), *roots(files)]) as agent,
         grpc.insecure_channel(agent.address) as ch,
     ):
         control = control_pb2_grpc.AgentControlStub(ch)
         control.LoadModel(load_request(files, [artifact(files, "d")]))
     with (
-        start_agent(["--state-dir", str(state)]) as agent,
+        start_agent(["--state-dir", str(state), *roots(files)]) as agent,
         grpc.insecure_channel(agent.address) as ch,
     ):
         assert list(status(ch).adapters) == ["d"]

@@ -55,7 +55,8 @@ def test_tritonclient_selects_adapters(tmp_path: Path) -> None:
     def digest(p: Path) -> str:
         return hashlib.sha256(p.read_bytes()).hexdigest()
 
-    with start_agent(["--state-dir", str(tmp_path / "state")]) as agent:
+    roots = ["--allow-file-root", str(tmp_path)]
+    with start_agent(["--state-dir", str(tmp_path / "state"), *roots]) as agent:
         with grpc.insecure_channel(agent.address) as ch:
             loaded = control_pb2_grpc.AgentControlStub(ch).LoadModel(
                 control_pb2.LoadModelRequest(

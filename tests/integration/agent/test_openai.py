@@ -29,7 +29,7 @@ import pytest
 from hatswarm_agent.protocol.v1 import control_pb2, control_pb2_grpc
 
 from tests import tritonjobs
-from tests.agentproc import AgentProcess, build_mlp, free_port, start_agent
+from tests.agentproc import AgentProcess, free_port, start_agent
 from tests.genaimodels import (
     TinyDecoder,
     build_embedding_model,
@@ -37,6 +37,7 @@ from tests.genaimodels import (
     build_genai_model,
     reference,
 )
+from tests.onnxmodels import build_mlp
 from tests.polling import poll
 
 pytestmark = pytest.mark.integration
@@ -86,6 +87,7 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
     holder = start_agent(
         [
             "--node-name", "holder",
+            "--allow-file-root", str(d),
             "--http-port", str(holder_http),
             "--metrics-port", str(metrics),
             "--model", f"tiny@genai={tiny_tar}#sha256={tiny_sha}",

@@ -103,3 +103,18 @@ def test_a_gateway_routes_a_shared_memory_request_to_the_holder(
         got = tritonjobs.run(tritonshm.infer_mlp, f"unix:{sock}", x, "", 1)
     np.testing.assert_allclose(got["outputs"][0], direct_run(model_dir / "mlp.onnx", x), rtol=1e-5)
     assert got["raw_lengths"] == [[0]]
+
+
+def test_the_unix_socket_keeps_the_auth_boundary(model_dir: Path, tmp_path: Path) -> None:
+    """A unix socket is no way around the inference token: without it nothing registers, with
+    it shared memory works as over TCP."""
+    token = tmp_path / "token"
+    token.write_text("the-token")
+    sock = tmp_path / "auth.sock"
+    args = ["--model", f"mlp={model_dir / 'mlp.onnx'}", "--auth-token-file", str(token)]
+    with start_agent([*args, "--uds", str(sock)]):
+        refused = tritonjobs.run(tritonshm.try_register, f"unix:{sock}", "/hatswarm-test-anon", 64)
+        x = np.ones((1, 64), np.float32)
+        got = tritonjobs.run(tritonshm.infer_mlp, f"unix:{sock}", x, "the-token", 1)
+    assert refused.startswith("StatusCode.UNAUTHENTICATED"), refused
+    np.testing.assert_allclose(got["outputs"][0], direct_run(model_dir / "mlp.onnx", x), rtol=1e-5)

@@ -37,7 +37,7 @@ pytestmark = pytest.mark.integration
 PROMETHEUS = shutil.which("prometheus")
 T = TypeVar("T")
 
-YOLO, MOBILENET, CLOUDY = "yolov8s", "mobilenet_v2", "cloudy"
+YOLO, MOBILENET, CLOUDY = "yolov8s", "mobilenet-v2", "cloudy"  # Kubernetes names: no "_"
 SENT = {YOLO: 40, MOBILENET: 120}
 BAD = 5  # wrong-shape requests to yolov8s: failures
 CLOUD = 10
@@ -262,7 +262,9 @@ def test_report_and_incident_match_what_was_sent(
     assert "![cost_by_model](cost_by_model.png)" in markdown
 
     # --- the incident ------------------------------------------------------------------
-    incident = _run(capsys, ["incident", *window, "-f", str(manifests), "--json", "--slo-ms", "1"])
+    incident = _run(
+        capsys, ["incident", *window, "-f", str(manifests), "-o", "json", "--slo-ms", "1"]
+    )
     by_model = {m["model"]: m for m in incident["models"]}
     assert incident["served"] == total
     assert incident["failed"] == BAD
@@ -276,7 +278,7 @@ def test_report_and_incident_match_what_was_sent(
     assert by_model[YOLO]["peak_p99_ms"] > 1
     assert by_model[YOLO]["minutes_over_slo"] > 0  # 9 ms per request against a 1 ms SLO
     assert [n["instance"] for n in incident["nodes_down"]] == [dead]
-    relaxed = _run(capsys, ["incident", *window, "--json", "--slo-ms", "60000"])
+    relaxed = _run(capsys, ["incident", *window, "-o", "json", "--slo-ms", "60000"])
     assert relaxed["minutes_over_slo"] == 0
     assert relaxed["cloud_fallback_spend_at_list_price_usd"] is None
     # The table form prints and exits 0.

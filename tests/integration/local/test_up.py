@@ -54,6 +54,10 @@ def test_up_survives_a_node_kill_and_stops_cleanly(tmp_path: Path) -> None:
             next(x for x in lines if "entry points" in x).split(": ", 1)[1].strip().split(", ")
         )
         holders = _ready_nodes(state)
+        # Secure by default: `hatswarm up` generated the clients' token (and said where).
+        token_file = Path(next(x for x in lines if "token in" in x).rsplit(" ", 1)[1].strip())
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        token = token_file.read_text().strip()
         # The entry agent does not hold the model: every request is routed to a peer.
         names = sorted(pids)
         entry = addresses[names.index(next(n for n in names if n not in holders))]
@@ -69,6 +73,8 @@ def test_up_survives_a_node_kill_and_stops_cleanly(tmp_path: Path) -> None:
             "gpu_0/softmax_1",
             pids[victim],
             30,
+            15.0,
+            token,
         )
         assert res["errors"] == []
         assert res["ok"] == 120

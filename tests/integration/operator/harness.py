@@ -1,7 +1,8 @@
 """A small world for the operator: emulated Kubernetes, real agents behind emulated Pods.
 
 The test plays the kubelet and the DaemonSet controller: for each node it starts a real
-`hatswarm-agent` on loopback and puts a Node and a Ready agent Pod (podIP 127.0.0.1, container
+`hatswarm-agent` on loopback (allowed to read the test's model files, as a pool's
+`agent.fileRoots` would allow) and puts a Node and a Ready agent Pod (podIP 127.0.0.1, container
 port `grpc` = the agent's port) into the emulator. The operator is the real
 `hatswarm-operator` console script in a subprocess, aimed at the emulator by KUBECONFIG.
 """
@@ -140,10 +141,20 @@ class World:
 
     # --- nodes and agents ----------------------------------------------------------------
 
-    def add_node(self, name: str, pool: str = "floor", **labels: str) -> AgentProcess:
-        """A Node with labels, a real agent, and its Ready agent Pod bound to the node."""
+    CPU_AGENT = ("--backend", "onnxruntime", "--accelerator", "cpu")
+
+    def add_node(
+        self,
+        name: str,
+        pool: str = "floor",
+        *,
+        agent_args: tuple[str, ...] = CPU_AGENT,
+        env: dict[str, str] | None = None,
+        **labels: str,
+    ) -> AgentProcess:
+        """A Node with labels, a real agent (`agent_args`, `env`), and its Ready agent Pod."""
         self._put_node(name, pool, labels)
-        agent = start_agent(self._agent_args(name))
+        agent = start_agent(self._agent_args(name, agent_args), env=env)
         self._put_pod(name, pool, agent)
         return agent
 
@@ -151,16 +162,23 @@ class World:
         """Nodes as `add_node` makes them, their agents started side by side."""
         for name in names:
             self._put_node(name, pool, {})
-        agents = start_agents([self._agent_args(name) for name in names])
+        agents = start_agents([self._agent_args(name, self.CPU_AGENT) for name in names])
         for name, agent in zip(names, agents, strict=True):
             self._put_pod(name, pool, agent)
         return agents
 
-    def _agent_args(self, name: str) -> list[str]:
+    def _agent_args(self, name: str, agent_args: tuple[str, ...]) -> list[str]:
         state = self.tmp / f"state-{name}"
         state.mkdir(exist_ok=True)
-        return ["--node-name", name, "--backend", "onnxruntime", "--accelerator", "cpu",
-                "--state-dir", str(state)]  # fmt: skip
+        return [
+            "--node-name",
+            name,
+            *agent_args,
+            "--state-dir",
+            str(state),
+            "--allow-file-root",
+            str(self.tmp),
+        ]
 
     def _put_node(self, name: str, pool: str, labels: dict[str, str]) -> None:
         self.store.put(
@@ -238,17 +256,18 @@ class World:
 
     # --- the operator ----------------------------------------------------------------------
 
-    def start_operator(self) -> Operator:
+    def start_operator(self, *extra: str, standalone: bool = True) -> Operator:
+        """The real `hatswarm-operator`; `standalone=False` peers (pass `--priority` etc.)."""
         n = len(self.operators)
         log_path = self.tmp / f"operator-{n}.log"
         metrics_port, health_port = free_port(), free_port()
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
                 [
-                    str(OPERATOR), "--standalone", "--all-namespaces",
+                    str(OPERATOR), *(["--standalone"] if standalone else []), "--all-namespaces",
                     "--metrics-host", "127.0.0.1", "--metrics-port", str(metrics_port),
                     "--liveness", f"http://127.0.0.1:{health_port}/healthz",
-                    "--log-format", "plain",
+                    "--log-format", "plain", *extra,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,

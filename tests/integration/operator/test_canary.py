@@ -163,9 +163,13 @@ class Driver:
 
 
 @pytest.fixture(scope="module")
-def agents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, AgentProcess]]:
+def agents(
+    builds: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, AgentProcess]]:
     root = tmp_path_factory.mktemp("agents")
-    args = [["--node-name", n, "--accelerator", "cpu", "--state-dir", str(root / n)] for n in NODES]
+    models = ["--allow-file-root", str(builds["v1"].parent)]  # a pool's agent.fileRoots
+    args = [["--node-name", n, "--accelerator", "cpu", "--state-dir", str(root / n), *models]
+            for n in NODES]  # fmt: skip
     started = dict(zip(NODES, start_agents(args), strict=True))
     yield started
     for a in started.values():

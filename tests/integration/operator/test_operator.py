@@ -25,7 +25,7 @@ def test_pool_places_models_fails_over_and_unloads_on_delete(world: World, mlp: 
     op = world.start_operator()
 
     # The pool owns its agents and its entry point.
-    ds = wait_for(lambda: world.get("DaemonSet", "hatswarm-agent-floor"), what="DaemonSet")
+    ds = wait_for(lambda: world.get("DaemonSet", "hatswarm-agent-floor-cpu"), what="DaemonSet")
     svc = wait_for(lambda: world.get("Service", "floor"), what="Service")
     pool_uid = world.get("InferencePool", "floor")["metadata"]["uid"]  # type: ignore[index]
     for obj in (ds, svc):

@@ -1,11 +1,13 @@
-"""A pool with `spec.auth.tokenSecretRef`: the operator presents the token, strangers are refused.
+"""A pool's identities: the operator presents the control token, clients the inference token.
 
-The test plays the kubelet: the agents behind the emulated Pods run with `--auth-token-file`
-on a file holding the Secret's token (what the DaemonSet's secret volume gives them). The real
-operator must read the Secret and present the token on every control call to place the
-model; a caller without it gets UNAUTHENTICATED. Then the token rotates the way it does in a
-cluster (the Secret first, the mounted file later) and the pool keeps working, with no node
-ever counted lost.
+The test plays the kubelet: the agents behind the emulated Pods run with the files the
+DaemonSet's secret volumes give them: `--control-token-file` (the pool's control Secret, here
+created by the admin before the operator, which then never overwrites it) and
+`--auth-token-file` (the clients' token). The real operator must read the control Secret and
+present it on every control call to place the model; a caller without it, or with the
+clients' token, gets refused. Then the control token rotates the way it does in a cluster (the
+Secret first, the mounted file later) and the pool keeps working, with no node ever counted
+lost.
 """
 
 from __future__ import annotations
@@ -73,44 +75,60 @@ def ready_on(world: World, model: str, token: str) -> list[str]:
     return out
 
 
-def test_operator_presents_the_pool_token_and_strangers_are_refused(
+def test_operator_presents_the_control_token_and_strangers_are_refused(
     world: World, mlp: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     token_file = world.tmp / "pool-token"
-    token_file.write_text("first-token\n")
+    token_file.write_text("client-token\n")
+    control_file = world.tmp / "control-token"
+    control_file.write_text("first-control\n")
 
-    def start_with_token(args: Sequence[str], **kw: Any) -> AgentProcess:
-        return start_agent(["--auth-token-file", str(token_file), *args], **kw)
+    def start_with_tokens(args: Sequence[str], **kw: Any) -> AgentProcess:
+        return start_agent(
+            ["--auth-token-file", str(token_file), "--control-token-file", str(control_file),
+             *args], **kw,
+        )  # fmt: skip
 
-    monkeypatch.setattr(harness, "start_agent", start_with_token)
+    monkeypatch.setattr(harness, "start_agent", start_with_tokens)
     for node in ("pi-1", "pi-2"):
         world.add_node(node)
-    world.kube.apply(secret("floor-token", "first-token"))
+    world.kube.apply(secret("floor-token", "client-token"))
+    world.kube.apply(secret("hatswarm-control-floor", "first-control"))
     world.kube.apply(
         pool_manifest("floor", auth={"tokenSecretRef": {"name": "floor-token"}}),
         model_manifest("mlp", mlp, replicas=2),
     )
     world.start_operator()
 
-    # The agents the operator would run are told where the mounted token is.
-    ds = wait_for(lambda: world.get("DaemonSet", "hatswarm-agent-floor"), what="DaemonSet")
+    # The agents the operator would run are told where the mounted tokens are.
+    ds = wait_for(lambda: world.get("DaemonSet", "hatswarm-agent-floor-cpu"), what="DaemonSet")
     assert ds is not None
     spec = ds["spec"]["template"]["spec"]
     args = spec["containers"][0]["args"]
     assert args[args.index("--auth-token-file") + 1] == "/var/run/hatswarm/token/token"
+    assert args[args.index("--control-token-file") + 1] == "/var/run/hatswarm/control/token"
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert volumes["auth-token"]["secret"]["secretName"] == "floor-token"
+    assert volumes["control-token"]["secret"]["secretName"] == "hatswarm-control-floor"
+    # The admin's control Secret is the operator's to read, never to overwrite.
+    kept = world.get("Secret", "hatswarm-control-floor")
+    assert kept is not None
+    assert base64.b64decode(kept["data"]["token"]).decode() == "first-control"
 
-    # Placing the model took the token on every control call (probe, load, routing table).
-    wait_for(lambda: len(ready_on(world, "mlp", "first-token")) == 2, timeout=60, what="2 replicas")
+    # Placing the model took the control token on every control call (probe, load, routing).
+    wait_for(
+        lambda: len(ready_on(world, "mlp", "first-control")) == 2, timeout=60, what="2 replicas"
+    )
     wait_for(lambda: world.status("EdgeModel", "mlp").get("phase") == "Ready", what="phase")
     assert world.status("InferencePool", "floor")["nodesReady"] == 2
 
-    # Without the token (or with a wrong one), an agent refuses control and inference alike.
+    # Without the control token an agent refuses control (the clients' token too) and, without
+    # the clients' token, inference.
     agent = world.agents["pi-1"]
     infer = grpc_predict_v2_pb2.ModelInferRequest(model_name="mlp")
     infer.inputs.add(name="x", datatype="FP32", shape=[1, 8])
     infer.raw_input_contents.append(np.ones((1, 8), np.float32).tobytes())
+    client = (("authorization", "Bearer client-token"),)
     with grpc.insecure_channel(agent.address) as ch:
         control = control_pb2_grpc.AgentControlStub(ch)
         oip = grpc_predict_v2_pb2_grpc.GRPCInferenceServiceStub(ch)
@@ -121,24 +139,47 @@ def test_operator_presents_the_pool_token_and_strangers_are_refused(
             with pytest.raises(grpc.RpcError) as err:
                 oip.ModelInfer(infer, timeout=5, metadata=md)
             assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        ok = oip.ModelInfer(infer, timeout=10, metadata=(("authorization", "Bearer first-token"),))
+        with pytest.raises(grpc.RpcError) as err:
+            control.NodeStatus(control_pb2.NodeStatusRequest(), timeout=5, metadata=client)
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        ok = oip.ModelInfer(infer, timeout=10, metadata=client)
         assert ok.model_name == "mlp"
 
     # Rotation: the Secret changes first; the kubelet refreshes the mounted file later (here
     # after the operator's refresh interval, as a kubelet's sync period is longer still).
-    world.kube.apply(secret("floor-token", "second-token"))
+    world.kube.apply(secret("hatswarm-control-floor", "second-control"))
     time.sleep(CREDENTIALS_REFRESH_S + 1.0)
-    write_atomically(token_file, "second-token\n")
+    write_atomically(control_file, "second-control\n")
     with pytest.raises(grpc.RpcError):
-        models_ready(agent, "first-token")  # the agents now take only the new token
+        models_ready(agent, "first-control")  # the agents now take only the new token
     world.kube.apply(model_manifest("mlp2", mlp, replicas=1))
     wait_for(
-        lambda: len(ready_on(world, "mlp2", "second-token")) == 1,
+        lambda: len(ready_on(world, "mlp2", "second-control")) == 1,
         timeout=60,
         what="a model placed after the rotation",
     )
-    assert ready_on(world, "mlp", "second-token") == ["pi-1", "pi-2"]
+    assert ready_on(world, "mlp", "second-control") == ["pi-1", "pi-2"]
     assert not world.events("floor", "NodeLost"), "a rotation must not look like a node failure"
+
+
+def test_operator_generates_the_pools_tokens_when_absent(world: World, mlp: Path) -> None:
+    """The default pool: the operator makes the control and clients' Secrets (owned by the
+    pool) and mounts them; the agents here run without them, on loopback, so the model is
+    placed by the operator all the same."""
+    world.add_node("pi-1")
+    world.kube.apply(pool_manifest("floor"), model_manifest("mlp", mlp, replicas=1))
+    world.start_operator()
+    control = wait_for(lambda: world.get("Secret", "hatswarm-control-floor"), what="control")
+    clients = wait_for(lambda: world.get("Secret", "hatswarm-clients-floor"), what="clients")
+    tokens = {base64.b64decode(s["data"]["token"]).decode().strip() for s in (control, clients)}
+    assert len(tokens) == 2 and all(len(t) >= 40 for t in tokens)
+    for s in (control, clients):
+        assert s["metadata"]["ownerReferences"][0]["kind"] == "InferencePool"
+    ds = wait_for(lambda: world.get("DaemonSet", "hatswarm-agent-floor-cpu"), what="DaemonSet")
+    volumes = {v["name"]: v for v in ds["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["control-token"]["secret"]["secretName"] == "hatswarm-control-floor"
+    assert volumes["auth-token"]["secret"]["secretName"] == "hatswarm-clients-floor"
+    wait_for(lambda: world.status("EdgeModel", "mlp").get("phase") == "Ready", what="phase")
 
 
 @pytest.mark.parametrize("mtls", [False, True], ids=["token", "token+mtls"])

@@ -51,7 +51,7 @@ def test_scale_cordon_settings_change_and_restart(world: World, mlp: Path) -> No
     wait_for(lambda: world.status("InferencePool", "floor").get("nodesReady") == 3)
 
     # A change to the agent settings rolls the DaemonSet (new settings hash on the template).
-    ds = world.get("DaemonSet", "hatswarm-agent-floor")
+    ds = world.get("DaemonSet", "hatswarm-agent-floor-cpu")
     assert ds is not None
     before = ds["spec"]["template"]["metadata"]["annotations"]["hatswarm.io/agent-settings-hash"]
     changed = pool_manifest("floor")
@@ -59,7 +59,7 @@ def test_scale_cordon_settings_change_and_restart(world: World, mlp: Path) -> No
     world.kube.apply(changed)
 
     def rolled() -> bool:
-        d = world.get("DaemonSet", "hatswarm-agent-floor") or {}
+        d = world.get("DaemonSet", "hatswarm-agent-floor-cpu") or {}
         tpl = d["spec"]["template"]
         return bool(
             tpl["spec"]["containers"][0]["image"] == "hatswarm/agent:test-2"

@@ -94,7 +94,14 @@ def table(
     kw.setdefault("queue_limit", 64)
     kw.setdefault("retries", 2)
     kw.setdefault("timeout_ms", 10000)
+    kw.setdefault("members", members_of(routes))
     return control_pb2.RoutingTable(generation=generation, routes=list(routes), **kw)
+
+
+def members_of(routes: Sequence[control_pb2.Route]) -> list[control_pb2.PoolMember]:
+    """Every endpoint of `routes` announced as a pool member, as the operator does."""
+    seen = {ep.address: ep.node for r in routes for ep in r.endpoints if ep.address}
+    return [control_pb2.PoolMember(node=node, address=a) for a, node in sorted(seen.items())]
 
 
 def route(model: str, *addresses: str, version: str = "", **kw: Any) -> control_pb2.Route:

@@ -61,9 +61,11 @@ class Nodes(dict[str, AgentProcess]):
 
 
 @pytest.fixture(scope="module")
-def started() -> Iterator[Nodes]:
+def started(files: dict[str, Path]) -> Iterator[Nodes]:
     """Three agents for the whole module (starting them is most of this suite's time)."""
-    nodes = Nodes(zip(CARRY, start_agents([["--node-name", name] for name in CARRY]), strict=True))
+    roots = ["--allow-file-root", str(files["base"].parent)]
+    args = [["--node-name", name, *roots] for name in CARRY]
+    nodes = Nodes(zip(CARRY, start_agents(args), strict=True))
     yield nodes
     for a in nodes.values():
         a.stop(timeout=5)

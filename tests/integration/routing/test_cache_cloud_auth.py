@@ -1,5 +1,10 @@
 """Response cache, cloud fallback and bearer tokens, against a second agent standing in for
-the cloud (it checks the bearer token like a real endpoint would)."""
+the cloud (it checks the bearer token like a real endpoint would).
+
+Both agents hold the pool's control token (what the operator mounts): it opens their control
+service and derives the pool-internal credential their hops carry. The inference token opens
+inference only; the gateway's cloud token is named by the table (`--cloud-token cloud=FILE`).
+"""
 
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from .conftest import Agents, make_request, metric, params, route, scrape, stub,
 pytestmark = pytest.mark.integration
 
 TOKEN = (("authorization", "Bearer s3cret"),)
+CONTROL = (("authorization", "Bearer control-s3cret"),)
 
 
 @dataclass
@@ -31,16 +37,19 @@ class Setup:
 
 @pytest.fixture(scope="module")
 def setup(identity_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
-    token_file = tmp_path_factory.mktemp("secrets") / "token"
+    secrets = tmp_path_factory.mktemp("secrets")
+    token_file = secrets / "token"
     token_file.write_text("s3cret\n")
+    control_file = secrets / "control"
+    control_file.write_text("control-s3cret\n")
+    pool = ["--auth-token-file", str(token_file), "--control-token-file", str(control_file)]
     agents = Agents()
     try:
         port = free_port()
         cloud, gw = agents.start_many(
-            ["--model", f"ident={identity_model}", "--node-name", "cloud-agent",
-             "--auth-token-file", str(token_file)],
-            ["--gateway", "--node-name", "a", "--metrics-port", str(port),
-             "--auth-token-file", str(token_file)],
+            ["--model", f"ident={identity_model}", "--node-name", "cloud-agent", *pool],
+            ["--gateway", "--node-name", "a", "--metrics-port", str(port), *pool,
+             "--cloud-token", f"cloud={token_file}"],
         )  # fmt: skip
         yield Setup(gw.address, cloud.address, port, token_file)
     finally:
@@ -49,7 +58,7 @@ def setup(identity_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 def push(s: Setup, t: control_pb2.RoutingTable) -> None:
     channel = grpc.insecure_channel(s.gateway)
-    control_pb2_grpc.AgentControlStub(channel).SetRoutingTable(t, metadata=TOKEN)
+    control_pb2_grpc.AgentControlStub(channel).SetRoutingTable(t, metadata=CONTROL)
 
 
 def test_tokens_guard_every_call_but_health(setup: Setup) -> None:
@@ -63,13 +72,21 @@ def test_tokens_guard_every_call_but_health(setup: Setup) -> None:
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
     health = health_pb2_grpc.HealthStub(grpc.insecure_channel(setup.gateway))
     assert health.Check(health_pb2.HealthCheckRequest()).status == 1  # SERVING, no token
+    control = control_pb2_grpc.AgentControlStub(grpc.insecure_channel(setup.gateway))
+    for md, code in (
+        ((), grpc.StatusCode.UNAUTHENTICATED),
+        (TOKEN, grpc.StatusCode.PERMISSION_DENIED),  # an inference token never opens control
+    ):
+        with pytest.raises(grpc.RpcError) as err:
+            control.NodeStatus(control_pb2.NodeStatusRequest(), metadata=md)
+        assert err.value.code() == code
 
 
 def test_cache_hit_answers_with_the_callers_id(setup: Setup) -> None:
     push(setup, table([route("ident", setup.cloud, version="1", cache_ttl_seconds=60)]))
     s = stub(setup.gateway)
     first = s.ModelInfer(make_request(value=7, request_id="one"), metadata=TOKEN)
-    assert params(first)["hatswarm.route"] == "peer"  # forwarded with the pool token
+    assert params(first)["hatswarm.route"] == "peer"  # forwarded with the peer credential
     hit = s.ModelInfer(make_request(value=7, request_id="two"), metadata=TOKEN)
     assert params(hit) == {"hatswarm.node": "cache", "hatswarm.route": "cache"}
     assert hit.id == "two"
@@ -89,7 +106,7 @@ def _cloud_table(s: Setup, generation: int, max_share: float) -> control_pb2.Rou
     t = table([route("ident", cloud_fallback=True)], generation=generation)
     t.cloud.CopyFrom(
         control_pb2.CloudFallback(
-            endpoint=s.cloud, token_file=str(s.token_file), max_share=max_share,
+            endpoint=s.cloud, token_name="cloud", max_share=max_share,
             price_per_1k_usd=2.0,
         )
     )  # fmt: skip
@@ -132,7 +149,10 @@ def test_a_rotated_token_file_takes_effect(setup: Setup) -> None:
     new = (("authorization", "Bearer rotated-token-longer"),)
     t = table([route("ident", setup.cloud)], generation=20)
     control_pb2_grpc.AgentControlStub(grpc.insecure_channel(setup.gateway)).SetRoutingTable(
-        t, metadata=new
+        t, metadata=CONTROL
     )
-    resp = s.ModelInfer(make_request(), metadata=new)  # the hop carries the new token too
+    resp = s.ModelInfer(make_request(), metadata=new)  # the hop carries the peer credential
     assert params(resp) == {"hatswarm.node": "cloud-agent", "hatswarm.route": "peer"}
+    push(setup, _cloud_table(setup, 21, 1.0))  # the named cloud token is re-read too
+    resp = s.ModelInfer(make_request(), metadata=new)
+    assert params(resp) == {"hatswarm.node": "cloud", "hatswarm.route": "cloud"}

@@ -113,6 +113,10 @@ def push(p: Pool, **escalation: Any) -> None:
             ),
         ],
         cloud=control_pb2.CloudFallback(endpoint=p.cloud.address, max_share=0.25),
+        members=[
+            control_pb2.PoolMember(node="edge", address=p.edge.address),
+            control_pb2.PoolMember(node="hailo8-big", address=p.big.address),
+        ],
     )  # fmt: skip
     with grpc.insecure_channel(p.edge.address) as ch:
         control_pb2_grpc.AgentControlStub(ch).SetRoutingTable(table)

@@ -79,6 +79,13 @@ def helm4() -> str:
 
 Render = Callable[..., list[dict[str, Any]]]
 
+MONITORING_APIS = (
+    "monitoring.coreos.com/v1/ServiceMonitor",
+    "monitoring.coreos.com/v1/PodMonitor",
+    "monitoring.coreos.com/v1/PrometheusRule",
+)
+"""What a cluster with the Prometheus Operator serves (`helm template --api-versions`)."""
+
 
 def run_template(
     helm: str, *args: str, namespace: str = "hatswarm"
@@ -94,10 +101,14 @@ def render(helm4: str) -> Render:
     cache: dict[tuple[str, ...], str] = {}
 
     def _render(
-        *value_files: Path, sets: Sequence[str] = (), namespace: str = "hatswarm"
+        *value_files: Path,
+        sets: Sequence[str] = (),
+        namespace: str = "hatswarm",
+        api_versions: Sequence[str] = (),
     ) -> list[dict[str, Any]]:
         args = [a for f in value_files for a in ("-f", str(f))]
         args += [a for s in sets for a in ("--set", s)]
+        args += [a for v in api_versions for a in ("--api-versions", v)]
         key = (namespace, *args)
         if key not in cache:
             proc = run_template(helm4, *args, namespace=namespace)

@@ -20,7 +20,7 @@ import yaml
 
 from tests.externaltools import missing
 
-from .conftest import CHART, ROOT, Render
+from .conftest import CHART, MONITORING_APIS, ROOT, Render
 
 OBS = ROOT / "deploy" / "observability"
 RULES = OBS / "hatswarm-rules.yaml"
@@ -198,11 +198,59 @@ def test_chart_files_are_copies(name: str) -> None:
 
 
 def test_prometheus_rule_is_the_plain_file_at_defaults(render: Render) -> None:
-    objs = render(sets=["monitoring.enabled=true"])
+    objs = render(sets=["monitoring.enabled=true"], api_versions=MONITORING_APIS)
     rule = next(o for o in objs if o["kind"] == "PrometheusRule")
     assert rule["spec"]["groups"] == rules_doc()["groups"]
     kinds = {o["kind"] for o in objs}
     assert {"ServiceMonitor", "PodMonitor"} <= kinds
+
+
+def test_monitoring_kinds_only_where_the_cluster_serves_them(render: Render) -> None:
+    """.Capabilities: without the Prometheus Operator's CRDs nothing is rendered (an install
+    would fail on an unknown kind); with only some, only those."""
+    kinds = {o["kind"] for o in render(sets=["monitoring.enabled=true"])}
+    assert not {"ServiceMonitor", "PodMonitor", "PrometheusRule"} & kinds
+    some = render(sets=["monitoring.enabled=true"], api_versions=MONITORING_APIS[:1])
+    assert {"ServiceMonitor"} == {"ServiceMonitor", "PodMonitor", "PrometheusRule"} & {
+        o["kind"] for o in some
+    }
+
+
+def test_every_alert_has_a_runbook_section() -> None:
+    """runbook_url on every alert, pointing at a section of RUNBOOK.md that exists; the chart
+    moves the base with monitoring.runbookBaseUrl."""
+    runbook = (OBS / "RUNBOOK.md").read_text()
+    sections = {line[3:].strip().lower() for line in runbook.splitlines() if line.startswith("## ")}
+    alerts = [r for g in rules_doc()["groups"] for r in g["rules"] if "alert" in r]
+    assert len(alerts) >= 10
+    for rule in alerts:
+        url = rule["annotations"]["runbook_url"]
+        base, _, anchor = url.partition("#")
+        assert base.endswith("deploy/observability/RUNBOOK.md"), url
+        assert anchor == rule["alert"].lower() and anchor in sections, rule["alert"]
+
+
+def test_chart_points_runbooks_at_its_base(render: Render, tmp_path: Path) -> None:
+    values = tmp_path / "runbooks.yaml"
+    values.write_text("monitoring:\n  enabled: true\n  runbookBaseUrl: https://wiki.example/hs\n")
+    rule = next(
+        o for o in render(values, api_versions=MONITORING_APIS) if o["kind"] == "PrometheusRule"
+    )
+    urls = [
+        r["annotations"]["runbook_url"]
+        for g in rule["spec"]["groups"]
+        for r in g["rules"]
+        if "alert" in r
+    ]
+    assert "https://wiki.example/hs#hatswarmoperatordown" in urls
+    assert all(u.startswith("https://wiki.example/hs#") for u in urls)
+
+
+def test_vanishing_agents_and_operator_are_alerted_per_namespace_and_pool() -> None:
+    rules = {r["alert"]: r for g in rules_doc()["groups"] for r in g["rules"] if "alert" in r}
+    assert "by (namespace, pool)" in rules["HatswarmAgentDown"]["expr"]
+    assert "by (namespace, pool)" in rules["HatswarmAgentsVanished"]["expr"]
+    assert rules["HatswarmOperatorDown"]["expr"].startswith("absent(")
 
 
 def test_prometheus_rule_takes_thresholds_from_values(render: Render, tmp_path: Path) -> None:
@@ -211,7 +259,7 @@ def test_prometheus_rule_takes_thresholds_from_values(render: Render, tmp_path: 
         "monitoring:\n  enabled: true\n  slo: {p99LatencySeconds: 0.06}\n"
         "  cost: {nodeUsdPerHour: 0.02}\n"
     )
-    objs = render(values)
+    objs = render(values, api_versions=MONITORING_APIS)
     rule = next(o for o in objs if o["kind"] == "PrometheusRule")
     consts = {r["record"]: r["expr"] for r in rule["spec"]["groups"][0]["rules"]}
     assert consts["hatswarm:slo_p99_latency_seconds:target"] == "vector(0.06)"
@@ -220,7 +268,11 @@ def test_prometheus_rule_takes_thresholds_from_values(render: Render, tmp_path: 
 
 
 def test_pod_monitor_labels_node_and_pool(render: Render) -> None:
-    pm = next(o for o in render(sets=["monitoring.enabled=true"]) if o["kind"] == "PodMonitor")
+    pm = next(
+        o
+        for o in render(sets=["monitoring.enabled=true"], api_versions=MONITORING_APIS)
+        if o["kind"] == "PodMonitor"
+    )
     endpoint = pm["spec"]["podMetricsEndpoints"][0]
     targets = {r["targetLabel"] for r in endpoint["relabelings"]}
     assert targets == {"node", "pool"}  # what the rules group by

@@ -2,16 +2,26 @@
 
 The Hailo backend is imported only when asked for, so nodes without HailoRT never touch
 `hailo_platform` and a missing module becomes a clear BackendUnavailableError.
+
+`auto` (the default of a pool's agents) is decided once per agent by :func:`select_backend`:
+HailoRT when `hailo_platform` imports and a device opens (the chip is then whatever HailoRT
+identifies), else onnxruntime on the CPU. A pinned backend that cannot exist here is not an
+exception at start: the selection carries the reason, the agent keeps running and reports it
+(NodeStatus `backend_error`), so the operator can say so instead of watching a crash loop.
 """
 
 from __future__ import annotations
 
 import importlib
+import urllib.parse
+from dataclasses import dataclass
 from typing import Any
 
 from hatswarm_agent.backends.base import Backend, BackendError, BackendUnavailableError
 
+AUTO = "auto"
 BACKEND_NAMES = (
+    AUTO,
     "onnxruntime",
     "simulated",
     "hailo",
@@ -38,6 +48,10 @@ def canonical_name(name: str) -> str:
 def create_backend(name: str, accelerator: str = "cpu") -> Backend:
     """A new backend instance; `accelerator` picks the simulated device kind."""
     canonical = canonical_name(name)
+    if canonical == AUTO:
+        selection = select_backend(AUTO, accelerator)
+        assert selection.backend is not None  # auto always ends on the CPU at worst
+        return selection.backend
     if canonical == "onnxruntime":
         from hatswarm_agent.backends.onnx import OnnxBackend
 
@@ -80,10 +94,62 @@ def _create_hailo(accelerator: str) -> Backend:
     return backend
 
 
+@dataclass(frozen=True)
+class Selection:
+    """The backend an agent serves with, and why: what `--backend` asked for and what it got."""
+
+    requested: str  # canonical name asked for: "auto", "hailo", ...
+    name: str  # the backend serving: "hailo", "onnxruntime", ... ("" when none could open)
+    backend: Backend | None
+    reason: str  # one sentence for logs, NodeStatus and metrics
+
+    @property
+    def ready(self) -> bool:
+        return self.backend is not None
+
+
+def select_backend(name: str, accelerator: str = "cpu") -> Selection:
+    """Open the backend `name` asks for; for `auto`, HailoRT when a device opens, else the CPU.
+
+    Never raises for a backend that cannot exist on this node (BackendError only for an
+    unknown name): the Selection then has no backend and says why.
+    """
+    canonical = canonical_name(name)
+    if canonical != AUTO:
+        try:
+            backend = create_backend(canonical, accelerator)
+        except BackendUnavailableError as exc:
+            return Selection(canonical, "", None, f"backend {canonical} unavailable: {exc}")
+        return Selection(canonical, backend.name, backend, f"backend {canonical} (pinned)")
+    try:
+        hailo = _create_hailo(accelerator)
+    except BackendUnavailableError as exc:
+        from hatswarm_agent.backends.onnx import OnnxBackend
+
+        return Selection(AUTO, "onnxruntime", OnnxBackend(), f"auto: serving on the CPU ({exc})")
+    chip = hailo.device_info().accelerator
+    return Selection(AUTO, hailo.name, hailo, f"auto: HailoRT opened a {chip}")
+
+
+def artifact_format(fmt: str, uri: str) -> str:
+    """The artifact kind ("hef", "onnx"): the LoadModel's format, else the URI suffix, else ""."""
+    if fmt:
+        return fmt.lower()
+    path = urllib.parse.urlsplit(uri).path if "://" in uri else uri
+    for suffix in ("hef", "onnx"):
+        if path.lower().endswith(f".{suffix}"):
+            return suffix
+    return ""
+
+
 __all__ = [
+    "AUTO",
     "BACKEND_NAMES",
     "BackendError",
     "BackendUnavailableError",
+    "Selection",
+    "artifact_format",
     "canonical_name",
     "create_backend",
+    "select_backend",
 ]

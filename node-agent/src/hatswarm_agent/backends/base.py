@@ -40,7 +40,7 @@ class TensorSpec:
 class DeviceInfo:
     """What the node's accelerator says about itself; None where it cannot be read."""
 
-    accelerator: str  # "hailo8l", "hailo8" or "cpu"
+    accelerator: str  # "hailo8l", "hailo8", "hailo10h" or "cpu"
     device_id: str = ""
     temperature_c: float | None = None
     watts: float | None = None
@@ -124,7 +124,7 @@ class AdapterModel(Protocol):
 class Backend(Protocol):
     """Loads model files for one kind of accelerator and reports the device's health."""
 
-    name: str  # "onnxruntime", "hailo" or "simulated"
+    name: str  # "onnxruntime", "hailo", "simulated", ... (never "auto": that is a choice)
 
     def load(self, path: Path, options: Mapping[str, str]) -> LoadedModel: ...
 

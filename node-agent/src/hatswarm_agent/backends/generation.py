@@ -190,24 +190,38 @@ class StopMatcher:
         if not self._stops:
             return text
         buffer = self._held + text
-        hits = [i for i in (buffer.find(s) for s in self._stops) if i >= 0]
-        if hits:
+        first = self._first_hit(buffer)
+        # Where a stop may still begin: the buffer's tail is a proper prefix of it. A hit after
+        # that point is not yet decided (the earlier stop may complete with the next text).
+        pending = min(
+            (
+                j
+                for stop in self._stops
+                for j in range(max(0, len(buffer) - len(stop) + 1), len(buffer))
+                if stop.startswith(buffer[j:])
+            ),
+            default=len(buffer),
+        )
+        if first is not None and first <= pending:
             self.stopped = True
             self._held = ""
-            return buffer[: min(hits)]
-        keep = 0
-        for stop in self._stops:
-            for n in range(min(len(stop) - 1, len(buffer)), keep, -1):
-                if buffer.endswith(stop[:n]):
-                    keep = n
-                    break
-        self._held = buffer[len(buffer) - keep :]
-        return buffer[: len(buffer) - keep]
+            return buffer[:first]
+        self._held = buffer[pending:]
+        return buffer[:pending]
 
     def flush(self) -> str:
-        """The held-back tail, at the end of a generation that did not stop on a sequence."""
+        """The held-back tail at the end of a generation: cut at a stop sequence it holds
+        (then `stopped` is true), else all of it."""
         held, self._held = self._held, ""
+        first = self._first_hit(held)
+        if first is not None:
+            self.stopped = True
+            return held[:first]
         return held
+
+    def _first_hit(self, buffer: str) -> int | None:
+        hits = [i for i in (buffer.find(s) for s in self._stops) if i >= 0]
+        return min(hits) if hits else None
 
 
 # -- streams -----------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Hailo-8 / Hailo-8L NPU backend: HEF models through HailoRT's InferModel API.
+"""Hailo-8 / Hailo-8L / Hailo-10H NPU backend: HEF models through HailoRT's InferModel API.
 
 HailoRT's Python binding (`hailo_platform`, 4.18+) is not on PyPI: it comes from Hailo's apt
 packages on Raspberry Pi OS, so it is imported lazily and its absence is a clear
@@ -13,8 +13,13 @@ carry the batch as a leading -1 dimension here).
 
 A HEF is compiled for one chip. HailoRT itself refuses a Hailo-8 HEF on a Hailo-8L, and runs a
 Hailo-8L HEF on a Hailo-8 only at a fraction of its speed, which would make the node's measured
-capacity a lie; so when the HEF's target is known (option `hw_arch`, or the `_h8l`/`_h8` naming
-of Hailo's model zoo) and differs from the device, the load is refused with a clear message.
+capacity a lie; so when the HEF's target is known (option `hw_arch`, or the `_h8l`/`_h8`/`_h10h`
+naming of Hailo's model zoo) and differs from the device, the load is refused with a clear
+message.
+
+The chip is what HailoRT says it is (`Control.identify().device_architecture`: HAILO8L on the
+13 TOPS AI HAT+, HAILO8 or HAILO8_A0 on the 26 TOPS one, HAILO10H on the AI HAT+ 2), never a
+label: the agent reports it in NodeStatus and the operator places HEFs by it.
 """
 
 from __future__ import annotations
@@ -55,8 +60,19 @@ _FORMATS: dict[str, tuple[str, type[np.generic]]] = {
     "FLOAT32": ("FP32", np.float32),
 }
 _FORMAT_OPTION = {"uint8": "UINT8", "uint16": "UINT16", "float32": "FLOAT32", "fp32": "FLOAT32"}
-_ARCHES = ("hailo8", "hailo8l")
-_ARCH_IN_NAME = re.compile(r"(?:^|[^a-z0-9])(hailo8l|h8l|hailo8|h8)(?=$|[^a-z0-9])")
+_ARCHES = ("hailo8", "hailo8l", "hailo10h")
+_ARCH_IN_NAME = re.compile(
+    r"(?:^|[^a-z0-9])(hailo10h|h10h|h10|hailo8l|h8l|hailo8|h8)(?=$|[^a-z0-9])"
+)
+_NAME_TO_ARCH = {
+    "hailo10h": "hailo10h",
+    "h10h": "hailo10h",
+    "h10": "hailo10h",
+    "hailo8l": "hailo8l",
+    "h8l": "hailo8l",
+    "hailo8": "hailo8",
+    "h8": "hailo8",
+}
 
 NO_ADAPTERS = (
     "hailo: a HEF is compiled with its weights and has no run-time LoRA; merge the adapter "
@@ -68,7 +84,7 @@ DEFAULT_TIMEOUT_MS = 10_000
 
 
 def hef_arch_from_name(name: str) -> str | None:
-    """The target chip a HEF's path announces (`yolov8s_h8l.hef`, `.../hailo8l/x.hef`), if any.
+    """The target chip a HEF's path announces (`yolov8s_h8l.hef`, `.../hailo10h/x.hef`), if any.
 
     Hailo's model zoo and the `hailo-models` package name files and folders this way; the agent
     stores artifacts by digest, so callers pass the original URI or set the `hw_arch` option.
@@ -78,12 +94,13 @@ def hef_arch_from_name(name: str) -> str | None:
     for part in reversed(path.lower().split("/")):
         match = _ARCH_IN_NAME.search(part)
         if match is not None:
-            return "hailo8l" if match.group(1) in ("hailo8l", "h8l") else "hailo8"
+            return _NAME_TO_ARCH[match.group(1)]
     return None
 
 
 def _arch_of(value: Any) -> str:
-    """DeviceArchitectureTypes.HAILO8L -> "hailo8l" (HAILO8_A0 is a Hailo-8)."""
+    """DeviceArchitectureTypes.HAILO8L -> "hailo8l", HAILO10H -> "hailo10h" (HAILO8_A0 is a
+    Hailo-8)."""
     name = str(getattr(value, "name", value)).lower()
     return "hailo8" if name.startswith("hailo8_") else name
 
@@ -272,7 +289,15 @@ class HailoBackend:
         self.accelerator = _arch_of(board.device_architecture)
         serial = str(getattr(board, "serial_number", "") or "").rstrip("\x00").strip()
         self.serial_number = serial
-        log.info("Hailo NPU %s (%s, serial %s)", self.accelerator, self.device_id, serial or "-")
+        self.product_name = str(getattr(board, "product_name", "") or "").rstrip("\x00").strip()
+        if self.accelerator not in _ARCHES:
+            log.warning(
+                "HailoRT reports a %s: hatswarm places only %s HEFs", self.accelerator, _ARCHES
+            )
+        log.info(
+            "Hailo NPU %s (%s, %s, serial %s)",
+            self.accelerator, self.device_id, self.product_name or "-", serial or "-",
+        )  # fmt: skip
 
     # -- device --------------------------------------------------------------------------
 

@@ -29,7 +29,9 @@ from hatswarm_agent.backends.options import float_option
 
 # Throughput (FPS) at batch 1 and batch 8, hailo_model_zoo v2.18 (DESIGN.md). Where the zoo
 # gives one figure it serves for both; mobilenet_v2 on Hailo-8 is not listed, so it reuses the
-# Hailo-8L figure (a floor: the Hailo-8 is never slower).
+# Hailo-8L figure (a floor: the Hailo-8 is never slower). Hailo-10H (AI HAT+ 2): the zoo's
+# HAILO10H tables (yolov8s from the v2.16 object-detection table, resnet_v1_50 and
+# mobilenet_v2_1.0 from the v5.0 classification table); not measured here.
 PROFILES: dict[str, dict[str, ModelProfile]] = {
     "hailo8l": {
         "yolov8s": ModelProfile(110.0, 208.0),
@@ -41,12 +43,17 @@ PROFILES: dict[str, dict[str, ModelProfile]] = {
         "resnet_v1_50": ModelProfile(1372.0, 1372.0),
         "mobilenet_v2": ModelProfile(1738.0, 1738.0),
     },
+    "hailo10h": {
+        "yolov8s": ModelProfile(161.0, 306.0),
+        "resnet_v1_50": ModelProfile(310.0, 1007.0),
+        "mobilenet_v2": ModelProfile(2265.0, 2277.0),
+    },
 }
 DEFAULT_PROFILE = "resnet_v1_50"
 
 # Power envelope (W) and thermal model: idle and fully busy draw, ambient inside a Pi case and
 # degrees per watt of the HAT's heatsink.
-_WATTS = {"hailo8l": (0.3, 1.5), "hailo8": (0.4, 2.5)}
+_WATTS = {"hailo8l": (0.3, 1.5), "hailo8": (0.4, 2.5), "hailo10h": (0.5, 2.5)}
 _AMBIENT_C = 45.0
 _C_PER_WATT = 12.0
 _WINDOW_S = 10.0
@@ -68,7 +75,11 @@ def resolve_profile(accelerator: str, options: Mapping[str, str], stem: str) -> 
     name = options.get("profile", "")
     if name and name not in table:
         raise BackendError(f"unknown profile {name!r} for {accelerator}: known {sorted(table)}")
-    base = table.get(name) or table.get(stem) or table[DEFAULT_PROFILE]
+    # A Kubernetes name cannot hold '_': EdgeModel mobilenet-v2 finds profile mobilenet_v2.
+    base = (
+        table.get(name) or table.get(stem) or table.get(stem.replace("-", "_"))
+        or table[DEFAULT_PROFILE]
+    )  # fmt: skip
     fps1 = float_option(options, "fps_batch1", base.fps_batch1)
     fps8 = float_option(
         options, "fps_batch8", base.fps_batch8 if "fps_batch1" not in options else fps1
@@ -165,7 +176,8 @@ class SimulatedBackend:
     def __init__(self, accelerator: str = "hailo8l") -> None:
         if accelerator not in PROFILES:
             raise BackendError(
-                f"simulated backend needs accelerator hailo8l or hailo8, not {accelerator!r}"
+                "simulated backend needs accelerator hailo8l, hailo8 or hailo10h, "
+                f"not {accelerator!r}"
             )
         self.device = SimulatedDevice(accelerator)
 

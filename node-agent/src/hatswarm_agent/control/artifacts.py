@@ -6,6 +6,11 @@ A file enters the cache only after its digest (and, when given, an ed25519 signa
 digest) has been verified; downloads stream into `root/tmp/` while hashing and are moved in
 with `os.replace`, so a crash never leaves a half-written artifact under a valid name.
 
+The cache is private to the agent: folders 0700, artifacts 0400 (owner read-only), and an
+error about content that failed verification never names that content's digest. Backends load
+an artifact through `view`: a folder holding only that artifact, so a model file can never
+reach another cached file (ONNX external data resolves relative to the model's folder).
+
 The cache is bounded by `max_bytes`: least-recently-used artifacts are evicted first, where
 "use" is the file's mtime, touched on every fetch, so the order survives restarts. Pinned
 artifacts (the ones loaded models run from) are never evicted. Callers that are about to load
@@ -20,6 +25,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import shutil
 import stat
 import tempfile
 import time
@@ -35,6 +41,8 @@ from hatswarm_agent.control.signing import InvalidSignatureError, normalize_sha2
 log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20  # 1 MiB: large enough to hash fast, small enough to keep the loop responsive
+DIR_MODE = 0o700
+FILE_MODE = 0o400
 
 
 class ArtifactError(Exception):
@@ -131,8 +139,8 @@ class ArtifactStore:
         self._client = http_client
         self._objects = self.root / "sha256"
         self._tmp = self.root / "tmp"
-        self._objects.mkdir(parents=True, exist_ok=True)
-        self._tmp.mkdir(parents=True, exist_ok=True)
+        self._views = self.root / "views"
+        self._private_folders()
         # Partial downloads of a previous run. A live transfer writes at least once per I/O
         # timeout, so only files idle for longer are stale (and safe to remove).
         idle_ns = int((io_timeout_s + 60) * 1e9)
@@ -190,8 +198,11 @@ class ArtifactStore:
     ) -> Path:
         """Return the verified local file for `uri`, downloading it only when not cached.
 
-        `sha256` is required for http(s) and optional for local files (then it is computed).
-        A signature, when given, is checked on every call, cache hit or not.
+        `sha256` is required for http(s) and optional for local files (then it is computed:
+        only the agent's own configuration does that; control-plane loads always name a
+        digest, and whose keys count is decided before, by sources.py, which never passes a
+        key from a request). A signature, when given, is checked on every call, cache hit or
+        not.
         """
         try:
             digest = normalize_sha256(sha256) if sha256 else ""
@@ -216,9 +227,9 @@ class ArtifactStore:
                         actual = await self._download(uri, tmp)
                     else:
                         actual = await self._copy_local(local, tmp)
-                    if actual != digest:
+                    if actual != digest:  # never say what the content's digest is
                         raise DigestMismatchError(
-                            f"digest mismatch for {redact_uri(uri)}: expected {digest} got {actual}"
+                            f"digest mismatch for {redact_uri(uri)}: its sha256 is not {digest}"
                         )
                     return self._admit(tmp, digest)
                 finally:
@@ -278,10 +289,9 @@ class ArtifactStore:
         if digest not in self._verified:
             actual = await asyncio.to_thread(file_sha256, path)
             if actual != digest:
-                log.warning(
-                    "cached artifact %s is corrupt (sha256 %s); fetching again", digest, actual
-                )
+                log.warning("cached artifact %s is corrupt; fetching again", digest)
                 path.unlink(missing_ok=True)
+                self._drop_view(digest)
                 self._sizes.pop(digest, None)
                 return None
             self._verified.add(digest)
@@ -388,7 +398,7 @@ class ArtifactStore:
                 f"({self.max_bytes} bytes)"
             )
         dest = self._objects / digest
-        tmp.chmod(0o444)  # a verified artifact is immutable
+        tmp.chmod(FILE_MODE)  # a verified artifact is immutable, and the agent's alone
         os.replace(tmp, dest)
         fsync_dir(self._objects)
         self._touch(dest)
@@ -413,6 +423,7 @@ class ArtifactStore:
             if self.total_bytes() <= self.max_bytes:
                 break
             (self._objects / digest).unlink(missing_ok=True)
+            self._drop_view(digest)
             self._sizes.pop(digest, None)
             self._verified.discard(digest)
             log.info("evicted artifact %s from the cache", digest)
@@ -422,3 +433,42 @@ class ArtifactStore:
                 self.total_bytes(),
                 self.max_bytes,
             )
+
+    # -- privacy and isolation ---------------------------------------------------------------
+
+    def _private_folders(self) -> None:
+        """Create the cache's folders 0700 (tightening those an older agent left 0755), and
+        start with no views (they are made again on demand)."""
+        for folder in (self.root, self._objects, self._tmp, self._views):
+            folder.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+            folder.chmod(DIR_MODE)
+        for view in self._views.iterdir():
+            shutil.rmtree(view, ignore_errors=True)
+        for entry in self._objects.iterdir():
+            with contextlib.suppress(OSError):
+                if entry.is_file() and stat.S_IMODE(entry.stat().st_mode) != FILE_MODE:
+                    entry.chmod(FILE_MODE)
+
+    def view(self, path: Path) -> Path:
+        """The cached artifact `path`, seen from a folder of its own (`views/<digest>/<digest>`,
+        a hard link): what a backend loads, so nothing the artifact names relative to its
+        folder (ONNX external data) can reach another cached file."""
+        digest = normalize_sha256(path.name)
+        if path.parent != self._objects:
+            raise ValueError(f"{path} is not a cached artifact")
+        folder = self._views / digest
+        linked = folder / digest
+        if linked.exists():
+            return linked
+        folder.mkdir(mode=DIR_MODE, exist_ok=True)
+        try:
+            os.link(path, linked)
+        except FileExistsError:
+            pass
+        except OSError:  # a filesystem without hard links: a private copy
+            shutil.copyfile(path, linked)
+            linked.chmod(FILE_MODE)
+        return linked
+
+    def _drop_view(self, digest: str) -> None:
+        shutil.rmtree(self._views / digest, ignore_errors=True)

@@ -4,6 +4,11 @@ A model that fails to load is kept as FAILED with its reason (NodeStatus shows i
 others keep serving. Loads survive a cancelled LoadModel call (the operator's deadline) and
 replacing a READY version keeps the old one serving until the new one is ready. Every
 successful load or unload rewrites the assignment on disk.
+
+Control-plane loads are checked first (limits.py: every field and option in range;
+sources.py: file roots, a digest, trusted signatures), so a refused load reads nothing and
+leaves no state. FAILED entries are bounded (the oldest go first, and each expires after
+`FAILED_TTL_S`) and their reasons cut short, so no caller can grow NodeStatus without bound.
 """
 
 from __future__ import annotations
@@ -12,20 +17,40 @@ import asyncio
 import logging
 import time
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
 
-from hatswarm_agent.backends import canonical_name, create_backend
-from hatswarm_agent.backends.base import Backend, BackendError, DeviceInfo, LoadedModel
+from hatswarm_agent.backends import (
+    AUTO,
+    Selection,
+    artifact_format,
+    canonical_name,
+    create_backend,
+    select_backend,
+)
+from hatswarm_agent.backends.base import (
+    Backend,
+    BackendError,
+    BackendUnavailableError,
+    DeviceInfo,
+    LoadedModel,
+)
 from hatswarm_agent.backends.generation import GenerativeModel
 from hatswarm_agent.backends.options import int_option
 from hatswarm_agent.control.artifacts import ArtifactError, ArtifactStore
 from hatswarm_agent.control.assignment import AssignmentStore
+from hatswarm_agent.control.limits import (
+    FAILED_TTL_S,
+    MAX_FAILED_ENTRIES,
+    check_load_request,
+    short_reason,
+)
 from hatswarm_agent.control.signing import normalize_sha256
+from hatswarm_agent.control.sources import ArtifactSources
 from hatswarm_agent.protocol.defaults import ADAPTER_SLOTS
 from hatswarm_agent.protocol.v1 import control_pb2
 from hatswarm_agent.serving.adapters import AdapterSet
@@ -50,15 +75,51 @@ class QueueDefaults:
 
 
 class Backends:
-    """The node's backends, one instance per kind (an NPU is one device shared by its models)."""
+    """The node's backends, one instance per kind (an NPU is one device shared by its models).
+
+    The default (`--backend`) is selected once, on first use (:func:`select_backend`): `auto`
+    becomes hailo or onnxruntime; a pinned backend that cannot open leaves `problem` set, and
+    every load that needs it fails with that reason while the agent keeps running.
+    """
 
     def __init__(self, default: str, accelerator: str) -> None:
-        self.default = canonical_name(default)
+        self.requested = canonical_name(default)
+        self.default = self.requested
         self.accelerator = accelerator
+        self.selection: Selection | None = None
         self._backends: dict[str, Backend] = {}
+
+    def select(self) -> Selection:
+        """Open the default backend (once); the Selection says which and why."""
+        if self.selection is None:
+            self.selection = select_backend(self.requested, self.accelerator)
+            if self.selection.backend is not None:
+                self.default = self.selection.name
+                self._backends[self.selection.name] = self.selection.backend
+        return self.selection
+
+    @property
+    def problem(self) -> str:
+        """Why the default backend cannot serve here ('' when it can, or is not opened yet)."""
+        return "" if self.selection is None or self.selection.ready else self.selection.reason
+
+    def for_load(self, request: control_pb2.LoadModelRequest) -> str:
+        """The backend a load runs on: the one it names, else the default; an ONNX artifact
+        on a Hailo node runs on onnxruntime (the NPU takes HEFs only)."""
+        if request.backend:
+            return canonical_name(request.backend)
+        default = self.select().name or self.requested
+        if default == "hailo" and artifact_format(request.format, request.uri) == "onnx":
+            return "onnxruntime"
+        return default
 
     def get(self, name: str = "") -> Backend:
         canonical = canonical_name(name or self.default)
+        if canonical in (AUTO, self.requested):
+            selection = self.select()
+            if selection.backend is None:
+                raise BackendUnavailableError(selection.reason)
+            canonical = selection.name if canonical == AUTO else canonical
         backend = self._backends.get(canonical)
         if backend is None:
             backend = create_backend(canonical, self.accelerator)
@@ -139,7 +200,10 @@ class ModelLifecycle:
         assignment: AssignmentStore | None = None,
         defaults: QueueDefaults = QueueDefaults(),
         gateway: bool = False,
+        sources: ArtifactSources,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`sources`: where control-plane loads may read artifacts from, whose signatures count."""
         self.registry = registry
         self.metrics = metrics
         self.artifacts = artifacts
@@ -148,67 +212,131 @@ class ModelLifecycle:
         self.assignment = assignment
         self.defaults = defaults
         self.gateway = gateway
+        self.sources = sources
+        self._clock = clock
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[ModelVersion]] = set()
+        self._failed: dict[tuple[str, str], tuple[float, ModelVersion]] = {}
 
     async def load(
-        self, request: control_pb2.LoadModelRequest, persistent: bool = True
+        self,
+        request: control_pb2.LoadModelRequest,
+        persistent: bool = True,
+        *,
+        trusted: bool = False,
     ) -> ModelVersion:
-        """Load one model version; the result is READY or FAILED with its reason."""
-        if not request.name:
-            raise InvalidInputError("LoadModel needs a model name")
-        if not request.uri:
-            raise InvalidInputError(f"LoadModel '{request.name}' needs a uri")
+        """Load one model version; the result is READY or FAILED with its reason.
+
+        `trusted`: the request is the agent's own configuration (`--model`), not the control
+        plane's, so its file may lie outside the file roots and it may come without a digest.
+        """
+        check_load_request(request)
         if self.gateway:
             raise PreconditionError("this agent is a gateway: it has no local backend")
         check_adapters(request)
-        task = asyncio.create_task(self._load(request, persistent))
+        if not trusted:
+            self.sources.check(request)
+        task = asyncio.create_task(self._load(request, persistent, trusted))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return await asyncio.shield(task)
 
-    async def _load(self, request: control_pb2.LoadModelRequest, persistent: bool) -> ModelVersion:
-        name, version = request.name, request.version or DEFAULT_VERSION
-        async with self._locks.setdefault(name, asyncio.Lock()):
-            existing = self.registry.find(name, version)
-            if existing is not None and existing.ready and same_request(existing.request, request):
-                # Same base: at most the adapter set changes (refused ones are retried).
-                if _adapter_keys(existing.request) == _adapter_keys(request) and not (
-                    existing.adapter_refusals
-                ):
-                    return existing
-                await self._admit_adapters(existing, request.adapters)
-                existing.request = request
-                if persistent and existing.persistent:
-                    self._save()
-                return existing
-            entry = ModelVersion(
-                name, version, request, backend=request.backend or self.backends.default,
-                persistent=persistent,
-            )  # fmt: skip
-            serving_old = existing is not None and existing.ready
-            if not serving_old:
-                self.registry.put(entry)  # visible as LOADING
-            try:
-                await self._bring_up(entry)
-            except (ArtifactError, BackendError, OSError, ValueError) as exc:
-                entry.state, entry.reason = FAILED, str(exc) or type(exc).__name__
-                log.warning("model %s/%s failed to load: %s", name, version, entry.reason)
-                if not serving_old:
-                    self.registry.put(entry)
-                await self._update_health(name)
-                return entry
-            self.registry.put(entry)
-            if serving_old and existing is not None:
-                await self._retire(existing)
-            await self._update_health(name)
-            if persistent:
-                self._save()
-            return entry
+    async def _load(
+        self, request: control_pb2.LoadModelRequest, persistent: bool, trusted: bool
+    ) -> ModelVersion:
+        name = request.name
+        try:
+            async with self._locks.setdefault(name, asyncio.Lock()):
+                return await self._load_locked(request, persistent, trusted)
+        finally:
+            self._forget_lock(name)
 
-    async def _bring_up(self, entry: ModelVersion) -> None:
+    def _forget_lock(self, name: str) -> None:
+        """Drop the per-name lock of a name nobody holds or waits for and nothing is loaded
+        under, so bogus names leave nothing behind."""
+        lock = self._locks.get(name)
+        if lock is not None and not lock.locked() and name not in self.registry.names():
+            del self._locks[name]
+
+    def _record_failure(self, entry: ModelVersion) -> None:
+        """Keep a FAILED entry visible, within bounds: at most MAX_FAILED_ENTRIES, each for at
+        most FAILED_TTL_S (the oldest go first)."""
+        now = self._clock()
+        key = (entry.name, entry.version)
+        self._failed.pop(key, None)
+        self._failed[key] = (now, entry)
+        self._prune_failed(now)
+
+    def _prune_failed(self, now: float | None = None) -> None:
+        now = self._clock() if now is None else now
+        while self._failed:
+            key, (since, entry) = next(iter(self._failed.items()))
+            if len(self._failed) <= MAX_FAILED_ENTRIES and now - since <= FAILED_TTL_S:
+                break
+            del self._failed[key]
+            if self.registry.find(*key) is entry and not entry.ready:
+                self.registry.remove(*key)
+                self._forget_lock(key[0])
+                if key[0] not in self.registry.names():
+                    self._forget_health(key[0])
+
+    def _forget_health(self, name: str) -> None:
+        """Drop a forgotten name's health status (the servicer keeps every name it was told;
+        it has no public way to forget one)."""
+        statuses = getattr(self.health, "_server_status", None)
+        if isinstance(statuses, dict):
+            statuses.pop(name, None)
+
+    def failed_count(self) -> int:
+        self._prune_failed()
+        return len(self._failed)
+
+    async def _load_locked(
+        self, request: control_pb2.LoadModelRequest, persistent: bool, trusted: bool
+    ) -> ModelVersion:
+        name, version = request.name, request.version or DEFAULT_VERSION
+        existing = self.registry.find(name, version)
+        if existing is not None and existing.ready and same_request(existing.request, request):
+            # Same base: at most the adapter set changes (refused ones are retried).
+            if _adapter_keys(existing.request) == _adapter_keys(request) and not (
+                existing.adapter_refusals
+            ):
+                return existing
+            await self._admit_adapters(existing, request.adapters, trusted)
+            existing.request = request
+            if persistent and existing.persistent:
+                self._save()
+            return existing
+        entry = ModelVersion(
+            name, version, request, backend=self.backends.for_load(request),
+            persistent=persistent,
+        )  # fmt: skip
+        serving_old = existing is not None and existing.ready
+        if not serving_old:
+            self.registry.put(entry)  # visible as LOADING
+        try:
+            await self._bring_up(entry, trusted)
+        except (ArtifactError, BackendError, InvalidInputError, OSError, ValueError) as exc:
+            reason = short_reason(str(exc) or type(exc).__name__)
+            entry.state, entry.reason = FAILED, reason
+            log.warning("model %s/%s failed to load: %s", name, version, entry.reason)
+            if not serving_old:
+                self.registry.put(entry)
+                self._record_failure(entry)
+            await self._update_health(name)
+            return entry
+        self._failed.pop((name, version), None)
+        self.registry.put(entry)
+        if serving_old and existing is not None:
+            await self._retire(existing)
+        await self._update_health(name)
+        if persistent:
+            self._save()
+        return entry
+
+    async def _bring_up(self, entry: ModelVersion, trusted: bool) -> None:
         request = entry.request
-        backend = self.backends.get(request.backend)
+        backend = self.backends.get(entry.backend)
         entry.backend = backend.name
         # Pin a known digest before fetching, so a concurrent eviction cannot take the file
         # between download and load; a failure releases it again.
@@ -219,19 +347,22 @@ class ModelLifecycle:
         # place: a folder has no one digest to verify. Over LoadModel a folder comes as a
         # tarball with its sha256, through the artifact cache like any file.
         folder = None
-        if not entry.persistent and not request.sha256 and not request.signature:
+        if trusted and not request.sha256 and not request.signature:
             folder = local_folder(request.uri)
         try:
             if folder is not None:
-                path = folder
+                path = load_path = folder
             else:
-                path = await self.artifacts.fetch(
-                    request.uri, request.sha256, request.signature, request.public_key
-                )
+                if not trusted:  # the agent's trusted keys, never one the request brings
+                    self.sources.verify_signature(request, pinned)
+                uri = request.uri if trusted else self.sources.confine(request.uri)
+                path = await self.artifacts.fetch(uri, request.sha256)
+                # From a folder holding only this artifact: it cannot reach other cached files.
+                load_path = self.artifacts.view(path)
             options = self._options(entry.name, request.options, request.uri)
             slots = int_option(options, "adapter_slots", ADAPTER_SLOTS, minimum=1)
             loop = asyncio.get_running_loop()
-            model = await loop.run_in_executor(None, backend.load, path, options)
+            model = await loop.run_in_executor(None, backend.load, load_path, options)
             try:
                 adapters = AdapterSet(model, slots, entry.name, entry.version)
                 queue = ModelQueue(
@@ -265,11 +396,14 @@ class ModelLifecycle:
             entry.metrics.sequences.set_function(lambda: model.load().active_sequences)
         entry.loaded_at_unix_ms = int(time.time() * 1000)
         if request.adapters:
-            await self._admit_adapters(entry, request.adapters)
+            await self._admit_adapters(entry, request.adapters, trusted)
         entry.state, entry.reason = READY, ""
 
     async def _admit_adapters(
-        self, entry: ModelVersion, wanted: Sequence[control_pb2.AdapterArtifact]
+        self,
+        entry: ModelVersion,
+        wanted: Sequence[control_pb2.AdapterArtifact],
+        trusted: bool = False,
     ) -> None:
         """Fetch, verify and fit-check `wanted`, then make it the entry's adapter set.
 
@@ -289,13 +423,14 @@ class ModelLifecycle:
                 digest = normalize_sha256(spec.sha256) if spec.sha256 else ""
                 if digest:
                     self.artifacts.pin(digest)
-                path = await self.artifacts.fetch(spec.uri, spec.sha256)
+                uri = spec.uri if trusted else self.sources.confine(spec.uri)
+                path = await self.artifacts.fetch(uri, spec.sha256)
                 if path != old.get(spec.name):
                     await loop.run_in_executor(None, adapters.validate, path)
-            except (ArtifactError, BackendError, OSError, ValueError) as exc:
+            except (ArtifactError, BackendError, InvalidInputError, OSError, ValueError) as exc:
                 if digest:
                     self.artifacts.unpin(digest)
-                refusals[spec.name] = str(exc) or type(exc).__name__
+                refusals[spec.name] = short_reason(str(exc) or type(exc).__name__)
                 log.warning(
                     "model %s/%s: adapter %s refused: %s",
                     entry.name, entry.version, spec.name, refusals[spec.name],
@@ -324,6 +459,8 @@ class ModelLifecycle:
         """Unload one version (all when empty); unknown names unload nothing."""
         async with self._locks.setdefault(name, asyncio.Lock()):
             removed = self.registry.remove(name, version)
+            for entry in removed:
+                self._failed.pop((entry.name, entry.version), None)
             for entry in removed:
                 await self._retire(entry)
                 self.metrics.forget(entry.name, entry.version)

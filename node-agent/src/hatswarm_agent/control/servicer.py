@@ -1,4 +1,9 @@
-"""hatswarm.v1.AgentControl: what the operator (or `hatswarm up`) asks of this agent."""
+"""hatswarm.v1.AgentControl: what the operator (or `hatswarm up`) asks of this agent.
+
+Only the control plane's identity reaches these methods (protocol.auth.AuthInterceptor); what
+it asks is still checked (lifecycle, limits, sources, routing.table) because it relays specs
+that other people write.
+"""
 
 from __future__ import annotations
 
@@ -20,8 +25,9 @@ class RoutingTables(Protocol):
     @property
     def generation(self) -> int: ...
 
-    def set(self, table: control_pb2.RoutingTable) -> int:
-        """Adopt `table` unless it is older; returns the current generation."""
+    def push(self, table: control_pb2.RoutingTable) -> int:
+        """Validate `table` (INVALID_ARGUMENT when it is refused), adopt it unless it is older;
+        returns the current generation."""
         ...
 
 
@@ -63,8 +69,11 @@ class ControlServicer(control_pb2_grpc.AgentControlServicer):
     ) -> control_pb2.NodeStatusResponse:
         lc = self._lifecycle
         info = None
+        backend = backend_error = ""
         if not self._identity.gateway:  # may block on the NPU: off the event loop
             info = await asyncio.get_running_loop().run_in_executor(None, lc.backends.device_info)
+            selection = lc.backends.select()
+            backend, backend_error = selection.name, lc.backends.problem
         temperature = info.temperature_c if info and info.temperature_c is not None else math.nan
         watts = info.watts if info and info.watts is not None else math.nan
         return control_pb2.NodeStatusResponse(
@@ -80,10 +89,12 @@ class ControlServicer(control_pb2_grpc.AgentControlServicer):
             routing_generation=self._routing.generation,
             gateway=self._identity.gateway,
             now_unix_ms=int(time.time() * 1000),
+            backend=backend,
+            backend_error=backend_error,
         )
 
     @grpc_errors
     async def SetRoutingTable(  # noqa: N802
         self, request: control_pb2.RoutingTable, context: Any
     ) -> control_pb2.SetRoutingTableResponse:
-        return control_pb2.SetRoutingTableResponse(generation=self._routing.set(request))
+        return control_pb2.SetRoutingTableResponse(generation=self._routing.push(request))

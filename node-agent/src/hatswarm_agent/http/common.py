@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 from aiohttp import web
 
-from hatswarm_agent.protocol.auth import TokenFile, bearer, check
+from hatswarm_agent.protocol.auth import AgentAuth
 from hatswarm_agent.serving.dataplane import DataPlane
 from hatswarm_agent.serving.errors import status_for
 from hatswarm_agent.serving.generation import Generate, Generations, PieceStream
@@ -50,7 +50,7 @@ class Services:
     generate: Generate  # one generation: here or on a peer
     generations: Generations  # this node's generative and embedding models
     pool_models: Callable[[], Iterable[str]]  # model names the routing table knows
-    tokens: TokenFile | None = None  # --auth-token-file
+    auth: AgentAuth | None = None  # who may infer (None: open)
 
 
 class HttpError(Exception):
@@ -74,12 +74,13 @@ def http_error(exc: BaseException) -> HttpError:
     return HttpError(status, message, reason)
 
 
-def may_infer(tokens: TokenFile | None, authorization: str) -> bool:
-    """Whether a request presenting this Authorization header may infer. The one place the HTTP
-    doors decide it (the gRPC interceptor's rule: the pool token, when the agent has one)."""
-    if tokens is None:
-        return True
-    return check(tokens.token(), bearer((("authorization", authorization),)))
+def inference_denial(auth: AgentAuth | None, headers: Iterable[tuple[str, str]]) -> str:
+    """Why a request with these headers may not infer ("" when it may): the one place the HTTP
+    doors ask, the same rule as the gRPC interceptor (AgentAuth.inference_denial)."""
+    if auth is None:
+        return ""
+    denial = auth.inference_denial(list(headers))
+    return "" if denial is None else denial.message
 
 
 async def json_body(request: web.Request) -> dict[str, Any]:

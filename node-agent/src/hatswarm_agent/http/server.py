@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from hatswarm_agent.http import kserve, ollama, openai
-from hatswarm_agent.http.common import HttpError, Services, http_error, may_infer
+from hatswarm_agent.http.common import HttpError, Services, http_error, inference_denial
 from hatswarm_agent.protocol.auth import TlsFiles
 
 log = logging.getLogger(__name__)
@@ -42,12 +42,11 @@ def build_app(services: Services) -> web.Application:
     @web.middleware
     async def doors(request: web.Request, handler: Handler) -> web.StreamResponse:
         path = request.path
-        if path not in OPEN_PATHS and not may_infer(
-            services.tokens, request.headers.get("Authorization", "")
-        ):
-            return error_response(
-                path, HttpError(401, "missing or invalid bearer token", "unauthenticated")
-            )
+        denial = (
+            "" if path in OPEN_PATHS else inference_denial(services.auth, request.headers.items())
+        )
+        if denial:
+            return error_response(path, HttpError(401, denial, "unauthenticated"))
         try:
             return await handler(request)
         except web.HTTPException as exc:  # aiohttp's own: unknown route, wrong method

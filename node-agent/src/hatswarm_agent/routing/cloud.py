@@ -1,8 +1,9 @@
 """Cloud fallback: the pool's last resort, an OIP endpoint outside it, capped by traffic share.
 
 Used only when the pool cannot serve a model (nothing loaded, every replica saturated or down)
-and its route allows it. The bearer token comes from the table's token file (a mounted Secret,
-re-read when it changes); the share of recent requests sent to the cloud never exceeds
+and its route allows it. The bearer token is one the agent was started with, by the name the
+table gives (`--cloud-token NAME=FILE`: a mounted Secret, re-read when it changes); only the
+agent's own static table may name a token file directly. The share of recent requests sent to the cloud never exceeds
 `max_share` (a sliding window of one-second buckets), and each request is priced.
 """
 
@@ -11,7 +12,8 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -61,13 +63,15 @@ class ShareWindow:
 class CloudTarget:
     """The table's cloud endpoint: one channel (rebuilt when the endpoint changes) and a token."""
 
-    def __init__(self) -> None:
+    def __init__(self, tokens: Mapping[str, Path] | None = None) -> None:
+        """`tokens`: the cloud tokens the agent was started with, by name."""
+        self.named = {name: TokenFile(path) for name, path in (tokens or {}).items()}
         self.config = control_pb2.CloudFallback()
         self.window = ShareWindow()
         self._channel: grpc.aio.Channel | None = None
         self._call: Any = None  # grpc.aio.UnaryUnaryMultiCallable (grpc has no type stubs)
         self._tokens: TokenFile | None = None
-        self._key: tuple[str, bool, str] = ("", False, "")
+        self._key: tuple[str, bool, str, str] = ("", False, "", "")
 
     @property
     def enabled(self) -> bool:
@@ -76,14 +80,21 @@ class CloudTarget:
     def configure(self, config: control_pb2.CloudFallback) -> grpc.aio.Channel | None:
         """Adopt a table's cloud section; returns a channel that should now be closed."""
         self.config = config
-        key = (config.endpoint, config.tls, config.token_file)
+        key = (config.endpoint, config.tls, config.token_name, config.token_file)
         if key == self._key:
             return None
         old = self._channel
         self._key = key
         self._channel, self._call = None, None
-        self._tokens = TokenFile(config.token_file) if config.token_file else None
+        self._tokens = self._token_source(config)
         return old
+
+    def _token_source(self, config: control_pb2.CloudFallback) -> TokenFile | None:
+        """The named token; a token file only from a static table (pushed ones are refused
+        before they get here, table.validate_pushed)."""
+        if config.token_name:
+            return self.named.get(config.token_name)
+        return TokenFile(config.token_file) if config.token_file else None
 
     def cost_usd(self) -> float:
         price = self.config.price_per_1k_usd

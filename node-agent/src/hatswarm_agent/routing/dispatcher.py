@@ -16,10 +16,12 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from hatswarm_agent.protocol import params
-from hatswarm_agent.protocol.auth import TlsFiles, TokenFile
+from hatswarm_agent.protocol.auth import MetadataSource, TlsFiles
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
 from hatswarm_agent.protocol.wire import HOP_KEY, NODE_CACHE, ROUTE_CACHE, ROUTE_LOCAL
 from hatswarm_agent.routing.attempts import Attempts, Capacity
@@ -47,10 +49,13 @@ class Dispatcher:
         routing: RoutingTableStore,
         metrics: RouteMetrics,
         *,
-        tokens: TokenFile | None = None,
+        tokens: MetadataSource | None = None,
         tls: TlsFiles | None = None,
         rng: random.Random | None = None,
+        cloud_tokens: Mapping[str, Path] | None = None,
     ) -> None:
+        """`tokens`: what forwarded hops carry (the pool-internal peer credential,
+        protocol.auth.AgentAuth); `cloud_tokens`: the agent's named cloud tokens."""
         self.config = config
         self.dataplane = dataplane
         self.registry = dataplane.registry
@@ -58,7 +63,7 @@ class Dispatcher:
         self.metrics = metrics
         self.balancer = Balancer(rng)
         self.cache = ResponseCache(config.cache_max_entries, config.cache_max_bytes)
-        self.cloud = CloudTarget()
+        self.cloud = CloudTarget(cloud_tokens)
         self.peers = Peers(tls, config.probe_interval_s)
         capacity = Capacity()
         self.forwarder = Forwarder(

@@ -1,7 +1,7 @@
 """Requests leaving this node: to a peer (hedged past a latency percentile) or to the cloud.
 
 A forwarded request goes as it came (tensors are never decoded on the way) with the hop marker,
-the pool token and the remaining deadline. What the peer's answer says updates what this agent
+the pool-internal peer credential (never the client's token) and the remaining deadline. What the peer's answer says updates what this agent
 knows of it (latency, queue depth, failures and ejection: policy.PeerState); every answer says
 where it ran (`hatswarm.node`, `hatswarm.route`).
 """
@@ -16,7 +16,7 @@ from collections.abc import Callable
 import grpc
 
 from hatswarm_agent.protocol import params
-from hatswarm_agent.protocol.auth import Metadata, TokenFile
+from hatswarm_agent.protocol.auth import Metadata, MetadataSource
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
 from hatswarm_agent.protocol.wire import HOP_METADATA, NODE_CLOUD, ROUTE_CLOUD, ROUTE_PEER
 from hatswarm_agent.routing.cloud import CloudTarget
@@ -58,7 +58,7 @@ class Forwarder:
         balancer: Balancer,
         metrics: RouteMetrics,
         on_done: Callable[[], None],
-        tokens: TokenFile | None = None,
+        tokens: MetadataSource | None = None,
     ) -> None:
         self.peers = peers
         self.cloud = cloud

@@ -27,7 +27,7 @@ import grpc
 
 from hatswarm_agent.backends.generation import BackendBusyError, FinishReason, Piece, Usage
 from hatswarm_agent.protocol import params
-from hatswarm_agent.protocol.auth import Metadata, TokenFile
+from hatswarm_agent.protocol.auth import Metadata, MetadataSource
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
 from hatswarm_agent.protocol.wire import (
     DEPTH_PARAM,
@@ -150,7 +150,7 @@ class GenerationRouter:
     """Answers generations for one agent (the front doors' `generate`)."""
 
     def __init__(
-        self, dispatcher: Dispatcher, local: Generations, tokens: TokenFile | None = None
+        self, dispatcher: Dispatcher, local: Generations, tokens: MetadataSource | None = None
     ) -> None:
         self.dispatcher = dispatcher
         self.local = local

@@ -29,9 +29,26 @@ from hatswarm_agent.serving.tensors import (
 
 @dataclass
 class ServingState:
-    """Whether the agent accepts work: false until started and once shutdown begins."""
+    """Whether the agent accepts work: false until started and once shutdown begins.
+
+    OIP ServerReady also follows the models asked for at start-up: with `strict` (the default,
+    as tritonserver's `--strict-readiness`) the server is not ready while one of them is
+    loading or failed. grpc.health.v1 is left alone: Kubernetes' liveness probe reads it.
+    """
 
     ready: bool = False
+    required: tuple[tuple[str, str], ...] = ()  # (name, version) asked for at start-up
+    strict: bool = True
+
+    def is_ready(self, registry: ModelRegistry) -> bool:
+        if not self.ready:
+            return False
+        if self.strict:
+            for name, version in self.required:
+                entry = registry.find(name, version)
+                if entry is not None and not entry.ready:  # unloaded on purpose: not required
+                    return False
+        return True
 
 
 class DataPlane:

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from hatswarm_agent.backends import Selection
 from hatswarm_agent.backends.base import DeviceInfo
 
 METRIC_NAMES: list[str] = [
@@ -47,6 +48,7 @@ METRIC_NAMES: list[str] = [
     "hatswarm_generation_completion_tokens_total",
     "hatswarm_generation_time_to_first_token_seconds",
     "hatswarm_generation_active_sequences",
+    "hatswarm_agent_backend_info",
 ]
 
 _LABELS = ("model", "version")
@@ -101,6 +103,30 @@ class _DeviceCollector(Collector):
             power.add_metric(values, info.watts)
         yield temp
         yield power
+
+
+class _BackendCollector(Collector):
+    """Which backend serves (`auto` resolves to hailo or onnxruntime) and on which chip: 1 per
+    agent, `ready="false"` when the backend asked for cannot open here."""
+
+    def __init__(
+        self, select: Callable[[], Selection], device_info: Callable[[], DeviceInfo]
+    ) -> None:
+        self._select = select
+        self._device_info = device_info
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        selection = self._select()
+        info = self._device_info()
+        family = GaugeMetricFamily(
+            "hatswarm_agent_backend_info",
+            "The backend serving on this agent (requested: what --backend asked for)",
+            labels=["requested", "backend", "accelerator", "device", "ready"],
+        )
+        ready = "true" if selection.ready else "false"
+        values = [selection.requested, selection.name, info.accelerator, info.device_id, ready]
+        family.add_metric(values, 1.0)
+        yield family
 
 
 class AgentMetrics:
@@ -190,6 +216,12 @@ class AgentMetrics:
         )
         if device_info is not None:
             r.register(_DeviceCollector(device_info))
+
+    def backend_info(
+        self, select: Callable[[], Selection], device_info: Callable[[], DeviceInfo]
+    ) -> None:
+        """Export `hatswarm_agent_backend_info` (read at scrape time)."""
+        self.registry.register(_BackendCollector(select, device_info))
 
     def model(self, name: str, version: str) -> ModelMetrics:
         """Labelled children for one model version (created on first use)."""

@@ -26,6 +26,7 @@ from hatswarm_agent.serving import streaming
 from hatswarm_agent.serving.dataplane import DataPlane
 from hatswarm_agent.serving.errors import AgentError, grpc_errors, status_for
 from hatswarm_agent.serving.generation import Generate, LocalStream, is_generative
+from hatswarm_agent.serving.modelconfig import model_config, repository_index
 from hatswarm_agent.serving.registry import ModelRegistry
 from hatswarm_agent.serving.shm import SharedMemoryRegions, SharedMemoryRpcs
 
@@ -80,7 +81,7 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
     async def ServerReady(  # noqa: N802
         self, request: pb.ServerReadyRequest, context: Any
     ) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=self._state.ready)
+        return pb.ServerReadyResponse(ready=self._state.is_ready(self._registry))
 
     async def ServerMetadata(  # noqa: N802
         self, request: pb.ServerMetadataRequest, context: Any
@@ -203,3 +204,16 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
             out.put_nowait(final)
         finally:
             await stream.aclose()
+
+    @grpc_errors
+    async def ModelConfig(  # noqa: N802
+        self, request: pb.ModelConfigRequest, context: Any
+    ) -> pb.ModelConfigResponse:
+        entry = self._registry.get(request.name, request.version)
+        platform = PLATFORMS.get(entry.backend, entry.backend)
+        return pb.ModelConfigResponse(config=model_config(entry, platform))
+
+    async def RepositoryIndex(  # noqa: N802
+        self, request: pb.RepositoryIndexRequest, context: Any
+    ) -> pb.RepositoryIndexResponse:
+        return repository_index(self._registry, request.ready)

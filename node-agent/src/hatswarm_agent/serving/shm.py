@@ -9,8 +9,8 @@ output is written into it (one copy, from the backend's result), its `raw_output
 entry left empty as Triton does. `tritonclient.utils.shared_memory` works unchanged.
 
 Boundaries:
-- Regions belong to a client: the bearer token it registered with (its SHA-256; "" when the
-  agent runs without auth). A region registered under one token is invisible to another: its
+- Regions belong to a client: the bearer token it registered with (its SHA-256), or for a
+  pool-internal hop its peer credential, or "" for an anonymous caller (inference open). A region registered under one token is invisible to another: its
   name is simply unknown there. Each client may hold MAX_REGIONS regions of MAX_BYTES in all,
   and at most MAX_CLIENTS clients hold regions at once (a rotated token is a new client).
 - Only callers on this host may register (the unix socket, or loopback TCP): a key names an
@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from hatswarm_agent.protocol.auth import bearer
+from hatswarm_agent.protocol.auth import PEER_KEY, bearer, is_loopback_peer, metadata_values
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
 from hatswarm_agent.serving.errors import AgentError, InvalidInputError, grpc_errors
 
@@ -58,7 +58,6 @@ MAX_REGIONS = 64  # per client
 MAX_BYTES = 1 << 30  # mapped per client
 MAX_CLIENTS = 16
 _KEY = re.compile(r"/?[A-Za-z0-9._-]{1,240}")
-_LOCAL_PEERS = ("unix:", "ipv4:127.", "ipv6:[::1]", "ipv6:%5B::1%5D")
 
 
 class RegionNotFoundError(AgentError):
@@ -82,14 +81,21 @@ class NotLocalError(AgentError):
 
 
 def owner_of(context: Any) -> str:
-    """Whose regions a call may use: a digest of its bearer token ('' without one)."""
-    token = bearer(context.invocation_metadata())
-    return hashlib.sha256(token.encode()).hexdigest() if token else ""
+    """Whose regions a call may use: a digest of the identity the auth boundary admitted it by
+    (its bearer token, else a hop's peer credential), '' for an anonymous caller."""
+    metadata = context.invocation_metadata()
+    token = bearer(metadata)
+    if token:
+        return hashlib.sha256(token.encode()).hexdigest()
+    peers = metadata_values(metadata, PEER_KEY)
+    if peers:
+        return "peer:" + hashlib.sha256(min(peers).encode()).hexdigest()
+    return ""
 
 
 def is_local(peer: str) -> bool:
     """Whether a gRPC peer address is on this host (unix socket or loopback)."""
-    return peer.startswith(_LOCAL_PEERS)
+    return is_loopback_peer(peer)
 
 
 @dataclass(eq=False)

@@ -60,6 +60,8 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
     for key, value in node.items():
         if key in _DROP:
             continue
+        if key == "description" and isinstance(value, str):
+            value = _paragraphs(value)
         if key == "additionalProperties" and (value is False or value is True):
             continue  # pruning drops unknown fields; preserve-unknown-fields keeps them
         if key == "properties":
@@ -69,6 +71,11 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
         else:
             out[key] = value
     return out
+
+
+def _paragraphs(text: str) -> str:
+    """A docstring's lines joined into paragraphs (kubectl explain wraps them itself)."""
+    return "\n\n".join(" ".join(p.split()) for p in text.strip().split("\n\n"))
 
 
 def _strip_defaults(node: Any) -> Any:
@@ -84,15 +91,22 @@ def openapi_schema(model: type[BaseModel]) -> dict[str, Any]:
     raw = model.model_json_schema(by_alias=True, schema_generator=_WithFactoryDefaults)
     schema = _structural(raw, raw.get("$defs", {}))
     props = schema["properties"]
-    props["apiVersion"] = {"type": "string"}
-    props["kind"] = {"type": "string"}
-    props["metadata"] = {"type": "object"}
+    props["apiVersion"] = {"type": "string", "description": f"{GROUP}/{VERSION}"}
+    props["kind"] = {"type": "string", "description": props["kind"]["enum"][0]}
+    # The API server owns metadata; a CRD may only constrain its name (the kind's name rule).
+    meta = props["metadata"]
+    name = {k: v for k, v in meta["properties"]["name"].items() if k != "default"}
+    props["metadata"] = {
+        "type": "object",
+        "description": meta.get("description", ""),
+        "properties": {"name": name},
+    }
     props["spec"].pop("default", None)
     if "status" in props:
         props["status"] = _strip_defaults(props["status"])
     schema["required"] = ["spec"]
     schema.pop("description", None)
-    return {"description": (model.__doc__ or "").strip(), **schema}
+    return {"description": _paragraphs(model.__doc__ or ""), **schema}
 
 
 def _column(name: str, path: str, typ: str, description: str, priority: int = 0) -> dict[str, Any]:
@@ -172,20 +186,33 @@ def edgemodel_crd() -> dict[str, Any]:
     )
 
 
+def _agent_defaults_at_reconcile(crd: dict[str, Any]) -> dict[str, Any]:
+    """InferencePool `spec.agent` gets no schema defaults: the API server stores only what the
+    user wrote, so the operator can tell "left out" from "set" (pydantic's `model_fields_set`)
+    and fill the rest at every reconcile from the cluster's agent defaults and its own version.
+    A stored default would pin that value (e.g. an image tag) in the object forever."""
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    spec = schema["properties"]["spec"]["properties"]
+    spec["agent"] = _strip_defaults(spec["agent"])
+    return crd
+
+
 def inferencepool_crd() -> dict[str, Any]:
-    return _crd(
-        InferencePool,
-        "InferencePool",
-        "inferencepools",
-        "ipool",
-        [
-            _column("Ready", ".status.nodesReady", "integer", "Nodes ready"),
-            _column("Nodes", ".status.nodesTotal", "integer", "Nodes matching the pool"),
-            _column("Models", ".status.models", "integer", "EdgeModels in the pool"),
-            _column("Cost/1k", ".status.cost.per1kUsd", "number", "Measured USD per 1k"),
-            _column("Cloud/1k", ".status.cost.cloudPer1kUsd", "number", "Cloud USD per 1k", 1),
-            _AGE,
-        ],
+    return _agent_defaults_at_reconcile(
+        _crd(
+            InferencePool,
+            "InferencePool",
+            "inferencepools",
+            "ipool",
+            [
+                _column("Ready", ".status.nodesReady", "integer", "Nodes ready"),
+                _column("Nodes", ".status.nodesTotal", "integer", "Nodes matching the pool"),
+                _column("Models", ".status.models", "integer", "EdgeModels in the pool"),
+                _column("Cost/1k", ".status.cost.per1kUsd", "number", "Measured USD per 1k"),
+                _column("Cloud/1k", ".status.cost.cloudPer1kUsd", "number", "Cloud USD per 1k", 1),
+                _AGE,
+            ],
+        )
     )
 
 

@@ -1,6 +1,6 @@
 """``hatswarm cost``: the seed's TCO model on the command line, from flags or a pool manifest.
 
-Prints a table (or ``--json`` for scripts) with a device's and the fleet's annual cost, the
+Prints a table (or ``-o json|yaml`` for scripts) with a device's and the fleet's annual cost, the
 cost per inference at the given volume, and, with a cloud price, the cloud's cost per
 inference and the break-even volume; ``--plot`` draws both against volume. Flags override
 the manifest's ``spec.cost`` block (read through the API types, as the operator reads it),
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
@@ -20,7 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from hatswarm_operator.api.manifests import ManifestError, load
-from hatswarm_operator.cli.common import CommandError, UsageError, run, usage_errors
+from hatswarm_operator.cli.common import (
+    CommandError,
+    Parser,
+    UsageError,
+    add_output,
+    emit,
+    run,
+    usage_errors,
+)
 from hatswarm_operator.finops import charts
 from hatswarm_operator.finops.attribution import PoolCostInputs, pool_cost_inputs
 from hatswarm_operator.finops.money import parse_amount, rounded, significant, usd, usd_small
@@ -74,9 +81,11 @@ def _positive_int(text: str) -> int:
 def build_parser(prog: str = "hatswarm cost") -> argparse.ArgumentParser:
     """The parser, separate so the top-level CLI can show its help."""
     defaults = DeviceCostInputs()
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=prog,
-        description="Edge vs cloud cost per inference for a Pi 5 + AI HAT+ pool.",
+        description="Edge vs cloud cost per inference for a Pi 5 + AI HAT+ pool. "
+        "Subcommands: `hatswarm cost incident` (a postmortem's cost from Prometheus) and "
+        "`hatswarm cost report` (showback by team and model); each has its own --help.",
         epilog="Device flags default to the manifest's spec.cost, else the seed's example "
         f"device (${defaults.device_price_usd} Pi 5, ${defaults.hat_price_usd} HAT+, "
         f"{defaults.lifespan_years} years, {defaults.watts} W, "
@@ -116,7 +125,7 @@ def build_parser(prog: str = "hatswarm cost") -> argparse.ArgumentParser:
         metavar="F",
         help="fraction of traffic that falls back to the cloud (0..1), for a blended figure",
     )
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_output(parser)
     parser.add_argument("--plot", type=Path, metavar="FILE.png", help="plot cost vs volume")
     return parser
 
@@ -215,7 +224,7 @@ def _report(args: argparse.Namespace) -> CostReport:
 
 
 def to_json(report: CostReport) -> dict[str, Any]:
-    """The ``--json`` object: floats rounded for reading, computed from exact values."""
+    """The ``-o json`` object: floats rounded for reading, computed from exact values."""
     fleet = report.fleet
     out: dict[str, Any] = {
         "devices": fleet.devices,
@@ -327,10 +336,7 @@ def to_table(report: CostReport) -> str:
 
 def _command(args: argparse.Namespace) -> int:
     report = _report(args)
-    if args.json:
-        print(json.dumps(to_json(report), indent=2))
-    else:
-        print(to_table(report))
+    emit(args.output, to_json(report), lambda: to_table(report))
     if args.plot is not None:
         try:
             charts.cost_vs_volume(
@@ -347,8 +353,7 @@ def _command(args: argparse.Namespace) -> int:
             raise CommandError(msg) from exc
         except OSError as exc:
             raise CommandError(f"cannot write {args.plot}: {exc}") from exc
-        if not args.json:
-            print(f"plot written to {args.plot}")
+        print(f"plot written to {args.plot}", file=sys.stderr)
     return 0
 
 

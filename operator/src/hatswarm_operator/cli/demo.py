@@ -1,12 +1,13 @@
 """`hatswarm demo` (`make demo`): a pool on simulated Pi 5 + AI HAT+ nodes, end to end.
 
-Brings up the bundled pool, drives load through one agent with tritonclient, shows routing
-shares, kills a node under load (no request may fail) and watches its replica move, shows the
-response cache, prints the cost report for the measured throughput; then a generative pool (a
-tiny chat model written at run time) streams chat answers through an agent that does not hold
-the model with the `openai` client, and a holder is killed under that load (no chat may fail
-before its first token; one cut off after it must end with an error, never short). Stops
-everything; exits non-zero when any step fails.
+Brings up the bundled pool (secure by default: generated control and client tokens, shown to
+refuse a stranger), drives load through one agent with tritonclient, shows routing shares,
+kills a node under load (no request may fail) and watches its replica move, shows the
+response cache, prints the cost report for the measured throughput; then a generative pool
+(a tiny chat model written at run time) streams chat answers through an agent that does not
+hold the model with the `openai` client, and a holder is killed under that load (no chat may
+fail before its first token; one cut off after it must end with an error, never short).
+Stops everything; exits non-zero when any step fails.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from hatswarm_agent.protocol.wire import NODE_PARAM, ROUTE_PARAM
 from hatswarm_operator.api import EdgeModel, InferencePool
 from hatswarm_operator.api.manifests import parse_object
 from hatswarm_operator.cli import cost as cost_cli
-from hatswarm_operator.cli.common import run
+from hatswarm_operator.cli.common import Parser, run
 from hatswarm_operator.local.pool import LocalPool
 from hatswarm_operator.local.processes import bundled_manifests, default_nodes
 from hatswarm_operator.local.status import LocalSink, render
@@ -78,9 +79,13 @@ def drive(
     label: str,
     same_input: bool = False,
     during: Callable[[int], None] | None = None,
+    token: str = "",
 ) -> LoadResult:
-    """`total` requests from `clients` threads through one agent; tritonclient, unmodified."""
+    """`total` requests from `clients` threads through one agent; tritonclient, unmodified
+    (`token`: the pool's inference token, sent as `authorization: Bearer`)."""
     import tritonclient.grpc as grpcclient
+
+    headers = {"authorization": f"Bearer {token}"} if token else None
 
     result = LoadResult()
     lock = threading.Lock()
@@ -102,7 +107,7 @@ def drive(
                 inp.set_data_from_numpy(data)
                 t0 = time.perf_counter()
                 try:
-                    res = client.infer(model, [inp], client_timeout=10.0)
+                    res = client.infer(model, [inp], headers=headers, client_timeout=10.0)
                 except Exception as err:  # every failure is counted and shown, none hidden
                     with lock:
                         result.failed += 1
@@ -170,13 +175,17 @@ async def run_demo(args: argparse.Namespace) -> int:
         if not await local.wait(ready(name, model.spec.replicas.target()), within=90):
             raise DemoStepError(f"{name} did not become Ready:\n{render(local.sink.snapshot())}")
         say(render(local.sink.snapshot(), events=4))
+        token = local.client_token
+        await show_trust_boundaries(local, name, token)
 
         holders = ready_nodes(local.sink, name)
         entry = next((a for a in local.agents.values() if a.spec.name not in holders), None)
         entry = entry or next(iter(local.agents.values()))
         say(f"\n== 2. load through one entry agent ({entry.spec.name}, holds the model: "
             f"{entry.spec.name in holders}); the router spreads it over the pool")  # fmt: skip
-        load = await asyncio.to_thread(drive, entry.address, name, args.requests, 4, "load")
+        load = await asyncio.to_thread(
+            drive, entry.address, name, args.requests, 4, "load", token=token
+        )
         say(
             f"  {load.ok} ok, {load.failed} failed in {load.seconds:.1f} s; served by: {shares(load.nodes)}; routes: {shares(load.routes)}"
         )
@@ -193,7 +202,7 @@ async def run_demo(args: argparse.Namespace) -> int:
                 local.kill(victim)
 
         fo = await asyncio.to_thread(
-            drive, entry.address, name, args.requests, 4, "failover", False, kill_once
+            drive, entry.address, name, args.requests, 4, "failover", False, kill_once, token
         )
         say(f"  {fo.ok} ok, {fo.failed} failed; served by: {shares(fo.nodes)}")
         if fo.failed:
@@ -212,7 +221,7 @@ async def run_demo(args: argparse.Namespace) -> int:
         say(render(local.sink.snapshot(), events=6))
 
         say("\n== 4. response cache: the same input twice is served from the cache")
-        c = await asyncio.to_thread(drive, entry.address, name, 20, 1, "cache", True)
+        c = await asyncio.to_thread(drive, entry.address, name, 20, 1, "cache", True, token=token)
         say(f"  routes: {shares(c.routes)}")
         if c.failed or c.routes.get("cache", 0) < 1:
             raise DemoStepError(
@@ -374,8 +383,36 @@ async def generative_step(state_dir: Path, chats: int) -> None:
         gen.stop()
 
 
+async def show_trust_boundaries(local: LocalPool, model: str, token: str) -> None:
+    """Secure by default: the control service refuses a caller without the control token
+    (here: one holding the clients' inference token), inference refuses a caller without one."""
+    import grpc
+
+    from hatswarm_operator.control.agentclient import AgentClient
+    from hatswarm_operator.control.credentials import AgentCredentials
+
+    agent = next(iter(local.agents.values()))
+    say(f"\n  security: tokens generated under {local.state_dir / 'secrets'} (files 0600)")
+    for label, creds in (("no token", AgentCredentials()), ("the clients' token",
+                         AgentCredentials(token=token))):  # fmt: skip
+        stranger = AgentClient(credentials=creds)
+        try:
+            await stranger.status(agent.address)
+        except grpc.aio.AioRpcError as err:
+            say(f"  control with {label}: refused ({err.code().name})")
+        else:
+            raise DemoStepError(f"the control service answered a caller with {label}")
+        finally:
+            await stranger.close()
+    unauthorised = await asyncio.to_thread(drive, agent.address, model, 1, 1, "no token")
+    if unauthorised.ok or not any("UNAUTHENTICATED" in e or "Unauthenticated" in e
+                                  for e in unauthorised.errors):  # fmt: skip
+        raise DemoStepError(f"inference without a token was not refused: {unauthorised.errors}")
+    say("  inference with no token: refused (UNAUTHENTICATED); with the clients' token: below")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hatswarm demo", description=__doc__.split("\n")[0])
+    p = Parser(prog="hatswarm demo", description=__doc__.split("\n")[0])
     p.add_argument("--nodes", type=int, default=3)
     p.add_argument("--requests", type=int, default=400)
     p.add_argument("--chats", type=int, default=80, help="streamed chats in the generative step")

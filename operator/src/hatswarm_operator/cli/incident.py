@@ -10,11 +10,18 @@ pool's cloud price come from the manifests (``-f``).
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Sequence
 
 from hatswarm_operator.api.manifests import ManifestError, load
-from hatswarm_operator.cli.common import UsageError, failures, run, usage_errors
+from hatswarm_operator.cli.common import (
+    Parser,
+    UsageError,
+    add_output,
+    emit,
+    failures,
+    run,
+    usage_errors,
+)
 from hatswarm_operator.finops.incident import DEFAULT_SLO_MS, collect
 from hatswarm_operator.finops.promql import (
     DEFAULT_URL,
@@ -28,7 +35,7 @@ from hatswarm_operator.finops.render import incident_table
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="hatswarm cost incident",
         description="Postmortem with FinOps reconciliation: cloud-fallback spend, failed and "
         "shed requests, minutes over SLO and nodes down, from Prometheus.",
@@ -48,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate-window", default="1m", metavar="DURATION",
                    help="rate() window for the latency quantile (default 1m)")  # fmt: skip
     p.add_argument("--job", help="only this scrape job's `up` series")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_output(p)
     return p
 
 
@@ -81,10 +88,7 @@ def _command(args: argparse.Namespace) -> int:
             slo_ms=slos, default_slo_ms=args.slo_ms or DEFAULT_SLO_MS, job=args.job,
             cloud_price_per_1k=price,
         )  # fmt: skip
-    if args.json:
-        print(json.dumps(incident.to_json(), indent=2))
-    else:
-        print(incident_table(incident))
+    emit(args.output, incident.to_json(), lambda: incident_table(incident))
     return 0
 
 

@@ -7,9 +7,15 @@ kopf) is not installed.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
+
+from hatswarm_operator.cli.common import DEBUG_ENV
+
+VERSION = "hatswarm 0.1.0"
 
 # subcommand -> (module, one-line help). Each module has `main(argv: list[str]) -> int`.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -40,8 +46,11 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="hatswarm",
         description="hatswarm: a swarm of Raspberry Pi 5 + AI HAT+ nodes as one inference pool",
+        epilog="Run `hatswarm COMMAND --help` for a command's flags; `--debug` before or after "
+        "the command prints tracebacks of failures.",
     )
-    p.add_argument("--version", action="version", version="hatswarm 0.1.0")
+    p.add_argument("--version", action="version", version=VERSION)
+    p.add_argument("--debug", action="store_true", help="print the traceback of a failure")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_) in COMMANDS.items():
         sub.add_parser(name, help=help_, add_help=False)
@@ -51,9 +60,23 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
-    if not args or args[0] not in COMMANDS:
-        parser.parse_args(args)  # prints help / errors for unknown commands
+    if args and args[0] == "--debug":
+        os.environ[DEBUG_ENV] = "1"
+        args = args[1:]
+    if not args or args[0] in ("-h", "--help"):
         parser.print_help()
+        return 0
+    if args[0] == "--version":
+        print(VERSION)
+        return 0
+    if args[0] not in COMMANDS:
+        known = ", ".join(COMMANDS)
+        hint = difflib.get_close_matches(args[0], COMMANDS, n=1)
+        suggestion = f": did you mean `{hint[0]}`?" if hint else ""
+        print(
+            f"hatswarm: error: unknown command {args[0]!r}{suggestion} (commands: {known})",
+            file=sys.stderr,
+        )
         return 2
     target, _ = COMMANDS[args[0]]
     module_name, _, func = target.partition(":")

@@ -22,7 +22,15 @@ from typing import Any
 
 from hatswarm_operator.api import EdgeModel, InferencePool
 from hatswarm_operator.api.manifests import ManifestError, load
-from hatswarm_operator.cli.common import UsageError, run, usage_errors
+from hatswarm_operator.cli.common import (
+    CommandError,
+    Parser,
+    UsageError,
+    add_output,
+    emit,
+    run,
+    usage_errors,
+)
 from hatswarm_operator.core.fleetplan import VerifiedPlan, cheapest, plan_fleet
 from hatswarm_operator.finops.capacity import DEFAULT_MAX_UTILISATION
 from hatswarm_operator.finops.money import parse_amount, rounded, significant, usd
@@ -81,7 +89,7 @@ def read_measured(path: Path) -> dict[str, dict[str, Decimal]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="hatswarm plan",
         description="Devices of which accelerator meet a load and its SLOs with K nodes down, "
         "and what that fleet costs against the cloud.",
@@ -105,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="memory per node the pool may use (default 3072)")  # fmt: skip
     p.add_argument("--node-npu-contexts", type=int, default=4,
                    help="NPU contexts per node (default 4)")  # fmt: skip
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_output(p)
     return p
 
 
@@ -275,11 +283,10 @@ def to_table(
 def _command(args: argparse.Namespace) -> int:
     pool, plans, rates = plan_from_args(args)
     k = args.tolerate_failures
-    if args.json:
-        print(json.dumps(to_json(pool, plans, rates, k), indent=2))
-    else:
-        print(to_table(pool, plans, rates, k))
-    return 0 if cheapest(plans) is not None else 1
+    emit(args.output, to_json(pool, plans, rates, k), lambda: to_table(pool, plans, rates, k))
+    if cheapest(plans) is None:
+        raise CommandError(f"no accelerator carries this load with {k} node(s) down")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hatswarm_operator.api.manifests import ManifestError, load
-from hatswarm_operator.cli.common import failures, run, usage_errors
+from hatswarm_operator.cli.common import Parser, failures, run, usage_errors
 from hatswarm_operator.finops import charts
 from hatswarm_operator.finops.attribution import PoolCostInputs, pool_cost_inputs
 from hatswarm_operator.finops.metrics import Showback, showback_of
@@ -36,7 +36,7 @@ from hatswarm_operator.finops.showback import collect
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="hatswarm cost report",
         description="Showback by team and model for a window: Markdown, JSON and PNG charts.",
     )

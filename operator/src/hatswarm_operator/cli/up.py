@@ -19,7 +19,16 @@ from pathlib import Path
 import yaml
 
 from hatswarm_operator.api.manifests import ManifestError, ManifestSet, load, parse_object
-from hatswarm_operator.cli.common import CommandError, UsageError, failures, run, usage_errors
+from hatswarm_operator.cli.common import (
+    CommandError,
+    Parser,
+    UsageError,
+    add_output,
+    emit,
+    failures,
+    run,
+    usage_errors,
+)
 from hatswarm_operator.control import metrics as operator_metrics
 from hatswarm_operator.local.pool import LocalPool, default_state_dir
 from hatswarm_operator.local.processes import (
@@ -29,6 +38,7 @@ from hatswarm_operator.local.processes import (
     load_nodes_file,
     start_prometheus,
 )
+from hatswarm_operator.local.secrets import client_token_file
 from hatswarm_operator.local.status import render
 
 
@@ -49,11 +59,15 @@ async def run_up(args: argparse.Namespace) -> int:
     if len(found.pools) != 1:
         raise UsageError(f"need exactly one InferencePool, found {len(found.pools)}")
     pool = found.pools[0]
-    nodes = (
-        load_nodes_file(args.nodes_file, pool.spec.node_selector)
-        if args.nodes_file
-        else default_nodes(args.nodes, pool.spec.node_selector)
-    )
+    with usage_errors(OSError, ValueError, yaml.YAMLError):
+        try:
+            nodes = (
+                load_nodes_file(args.nodes_file, pool.spec.node_selector)
+                if args.nodes_file
+                else default_nodes(args.nodes, pool.spec.node_selector)
+            )
+        except OSError as exc:
+            raise OSError(f"--nodes-file {args.nodes_file}: {exc.strerror or exc}") from exc
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -69,6 +83,14 @@ async def run_up(args: argparse.Namespace) -> int:
         )
         doors = ", ".join(f"http://127.0.0.1:{a.http_port}" for a in local.agents.values())
         print(f"hatswarm up: HTTP (OpenAI /v1, Ollama /api, KServe /v2): {doors}", flush=True)
+        tokens = client_token_file(pool, state_dir)
+        print(
+            "hatswarm up: clients present 'authorization: Bearer <token>' with the token in "
+            f"{tokens}"
+            if tokens
+            else "hatswarm up: inference is open (unauthenticatedInference)",
+            flush=True,
+        )
         print(
             f"hatswarm up: status in {local.sink.path} (`hatswarm status`); Ctrl-C stops",
             flush=True,
@@ -103,7 +125,7 @@ async def run_up(args: argparse.Namespace) -> int:
 
 
 def up_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hatswarm up", description=__doc__.split("\n")[0])
+    p = Parser(prog="hatswarm up", description=__doc__.split("\n")[0])
     p.add_argument("-f", "--filename", action="append", help="manifest file or folder")
     p.add_argument("--nodes", type=int, default=3, help="simulated Pi + HAT+ nodes (default 3)")
     p.add_argument("--nodes-file", type=Path, help="YAML list of {name, accelerator, labels}")
@@ -129,8 +151,8 @@ def up_main(argv: Sequence[str] | None = None) -> int:
 
 
 def status_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hatswarm status", description="status of `hatswarm up`")
-    p.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
+    p = Parser(prog="hatswarm status", description="status of `hatswarm up`")
+    add_output(p, json_flag=False)
     p.add_argument("--state-dir", type=Path, default=default_state_dir())
     return p
 
@@ -139,13 +161,9 @@ def _status(args: argparse.Namespace) -> int:
     path = args.state_dir / "status.json"
     if not path.exists():
         raise CommandError(f"no local pool status at {path} (is `hatswarm up` running?)")
-    snap = json.loads(path.read_text())
-    if args.output == "json":
-        print(json.dumps(snap, indent=2))
-    elif args.output == "yaml":
-        print(yaml.safe_dump(snap, sort_keys=False))
-    else:
-        print(render(snap))
+    with failures(OSError, ValueError, what=f"cannot read {path}: "):
+        snap = json.loads(path.read_text())
+    emit(args.output, snap, lambda: render(snap))
     return 0
 
 

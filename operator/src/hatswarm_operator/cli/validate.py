@@ -6,13 +6,20 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from hatswarm_operator.api.common import API_VERSION
 from hatswarm_operator.api.manifests import ManifestError, iter_files, load
-from hatswarm_operator.cli.common import run, usage_errors
+from hatswarm_operator.cli.common import Parser, one_line, run, usage_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hatswarm validate", description=__doc__)
-    p.add_argument("-f", "--filename", action="append", required=True, help="file or folder")
+    p = Parser(prog="hatswarm validate", description=__doc__)
+    p.add_argument(
+        "-f",
+        "--filename",
+        action="append",
+        required=True,
+        help="file, folder (its *.yaml) or - for stdin; repeatable",
+    )
     return p
 
 
@@ -24,9 +31,21 @@ def _command(args: argparse.Namespace) -> int:
         try:
             found = load([path])
         except ManifestError as err:
-            print(f"INVALID {err}", file=sys.stderr)
+            print(f"INVALID {one_line(err)}", file=sys.stderr)
             failed += 1
             continue
+        for doc in found.others:  # kubectl would apply it, but it is not ours to check
+            kind, api = doc.get("kind"), doc.get("apiVersion")
+            print(
+                f"INVALID {path}: {kind}/{(doc.get('metadata') or {}).get('name', '?')} "
+                f"({api}) is not a hatswarm kind: expected EdgeModel or InferencePool "
+                f"({API_VERSION})",
+                file=sys.stderr,
+            )
+            failed += 1
+        if not (found.pools or found.models or found.others):
+            print(f"INVALID {path}: no objects in the file", file=sys.stderr)
+            failed += 1
         for pool in found.pools:
             print(f"ok      {path}: InferencePool/{pool.metadata.name}")
         for model in found.models:

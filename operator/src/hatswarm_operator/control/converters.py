@@ -13,7 +13,7 @@ and both define the protobuf package ``inference``.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,7 +22,7 @@ from hatswarm_agent.protocol.datatypes import CONTENTS_FIELD
 from hatswarm_agent.protocol.v1 import control_pb2
 
 from hatswarm_operator.api import InferencePool
-from hatswarm_operator.control.credentials import CLOUD_TOKEN_DIR
+from hatswarm_operator.control.credentials import CLOUD_TOKEN_NAME
 from hatswarm_operator.core import gate as vg
 from hatswarm_operator.core.inventory import ModelObs, ModelState, NodeReport
 from hatswarm_operator.core.plan import ReplicaLoad, Route
@@ -85,6 +85,9 @@ def node_report(status: control_pb2.NodeStatusResponse) -> NodeReport:
         models=model_observations(status),
         temperature_c=_finite(status.temperature_c),
         watts=_finite(status.watts),
+        backend=status.backend,
+        backend_error=status.backend_error,
+        routing_generation=status.routing_generation,
     )
 
 
@@ -110,9 +113,16 @@ def load_request(load: ReplicaLoad, public_key: str) -> control_pb2.LoadModelReq
 
 
 def routing_table(
-    pool: InferencePool, routes: Sequence[Route], generation: int
+    pool: InferencePool,
+    routes: Sequence[Route],
+    generation: int,
+    members: Mapping[str, str] | None = None,
 ) -> control_pb2.RoutingTable:
-    """The table every agent of the pool gets: peers per model version, weights, fallback."""
+    """The table every agent of the pool gets: peers per model version, weights, fallback.
+
+    `members` (node -> address) announces the pool's agents; every endpoint is one of them
+    (the agents refuse a table whose endpoint is not), so the routes' nodes are added.
+    """
     spec = pool.spec
     table = control_pb2.RoutingTable(
         generation=generation,
@@ -152,14 +162,21 @@ def routing_table(
         table.cloud.CopyFrom(
             control_pb2.CloudFallback(
                 endpoint=cf.endpoint,
-                token_file=(
-                    f"{CLOUD_TOKEN_DIR}/{cf.token_secret_ref.key}" if cf.token_secret_ref else ""
-                ),
+                token_name=CLOUD_TOKEN_NAME if cf.token_secret_ref else "",
                 max_share=cf.max_share,
                 price_per_1k_usd=cf.price_per1k_usd,
                 tls=cf.tls,
             )
         )
+    announced = dict(members or {})
+    for r in routes:
+        for e in r.endpoints:
+            announced.setdefault(e.node, e.address)
+    table.members.extend(
+        control_pb2.PoolMember(node=node, address=address)
+        for node, address in sorted(announced.items())
+        if address
+    )
     return table
 
 

@@ -5,6 +5,8 @@
 - `hatswarm_operator_placement_duration_seconds`: one pool tick (probe, plan, act, publish)
 - `hatswarm_operator_nodes{state="up"|"down"}`: agent nodes over every pool this replica runs
 - `hatswarm_operator_failovers_total`: nodes that left a pool while holding its traffic
+- `hatswarm_operator_loop_lag_seconds`: how late the event loop runs a timer (a busy loop
+  delays every pool's probes, hence failure detection)
 """
 
 from __future__ import annotations
@@ -25,6 +27,12 @@ PLACEMENT_SECONDS = Histogram(
     "hatswarm_operator_placement_duration_seconds",
     "One pool tick: probe agents, plan placement, load/unload, publish status",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+    registry=REGISTRY,
+)
+LOOP_LAG_SECONDS = Histogram(
+    "hatswarm_operator_loop_lag_seconds",
+    "How much later than asked the operator's event loop woke a sleeping timer",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
     registry=REGISTRY,
 )
 NODES = Gauge(

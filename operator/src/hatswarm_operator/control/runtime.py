@@ -4,6 +4,10 @@
 `hatswarm up`). Loads run as background tasks, at most `maxConcurrentLoadsPerNode` per node,
 with exponential backoff per (node, model, version) after a failure, so one bad artifact never
 stalls the loop or hammers a node.
+
+Probes and routing-table pushes fan out to every node with at most `fan_out` calls in flight
+(each with the agent client's deadline), so a thousand agents probed every second neither
+floods the event loop with a thousand coroutines at once nor waits on them one by one.
 """
 
 from __future__ import annotations
@@ -11,11 +15,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections import deque
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import grpc
+from pydantic import BaseModel
 
 from hatswarm_operator.api import EdgeModel, InferencePool
 from hatswarm_operator.api.common import SecretKeyRef
@@ -31,7 +37,7 @@ from hatswarm_operator.core.autoscale import (
     decide_replicas,
     policy_from_spec,
 )
-from hatswarm_operator.core.inventory import ModelState, NodeState, observe, selects
+from hatswarm_operator.core.inventory import ModelObs, ModelState, NodeState, observe, selects
 from hatswarm_operator.core.plan import PoolPlan, ReplicaLoad, ResourceEvent, Route
 from hatswarm_operator.core.reconcile import plan_pool
 from hatswarm_operator.core.status import live_model_cost_per1k, live_pool_cost
@@ -41,7 +47,17 @@ from hatswarm_operator.finops import metrics as cost_metrics
 log = logging.getLogger("hatswarm.loop")
 
 COST_STATUS_SECONDS = 30.0
-"""How often the live cost figures in status change (the gauges move every tick)."""
+"""How often the live cost figures and other live measurements in status change (the gauges
+move every tick)."""
+MODEL_METRICS: dict[str, Any] = {
+    "request_rate": True,
+    "p99_latency_ms": True,
+    "cost_per1k_usd": True,
+}
+POOL_METRICS: dict[str, Any] = {
+    "nodes": {"__all__": {"last_seen", "queue_depth", "temperature_c", "watts"}},
+    "capacity": {"inferences_per_second"},
+}
 
 PublicKeyResolver = Callable[[str, SecretKeyRef], Awaitable[str]]
 """(namespace, the Secret key holding it) -> an artifact signature's public key."""
@@ -67,6 +83,29 @@ async def _no_keys(namespace: str, ref: SecretKeyRef) -> str:
     raise LookupError(f"no public key resolver for {ref.name}/{ref.key}")
 
 
+T = TypeVar("T")
+R = TypeVar("R")
+FAN_OUT = 64
+"""Agent calls in flight at once per pool (probes, routing tables)."""
+
+
+async def fan_out(items: Sequence[T], call: Callable[[T], Awaitable[R]], limit: int) -> list[R]:
+    """`call` on every item, at most `limit` at a time, results in order.
+
+    A few workers take the items in turn (rather than one task per item): the cost per item
+    stays flat however many there are.
+    """
+    results: dict[int, R] = {}
+    cursor = iter(range(len(items)))
+
+    async def worker() -> None:
+        for i in cursor:
+            results[i] = await call(items[i])
+
+    await asyncio.gather(*(worker() for _ in range(min(limit, len(items)))))
+    return [results[i] for i in range(len(items))]
+
+
 class PoolRuntime:
     """Live state of one pool: its nodes, loads in flight, backoffs, last pushed routes."""
 
@@ -77,8 +116,10 @@ class PoolRuntime:
         *,
         clock: Callable[[], float] = time.time,
         resolve_public_key: PublicKeyResolver = _no_keys,
+        fan_out: int = FAN_OUT,
     ) -> None:
         self.client = client
+        self.fan_out = fan_out
         self.sink = sink
         self.clock = clock
         self.resolve_public_key = resolve_public_key
@@ -89,13 +130,20 @@ class PoolRuntime:
         self._backoff: dict[tuple[str, str, str], _Backoff] = {}
         self._routes: tuple[Route, ...] | None = None
         self._generation = int(time.time() * 1000)
-        self._pushed: dict[str, int] = {}
-        self._published: dict[str, str] = {}
+        self._pushed: dict[str, tuple[int, float]] = {}  # node -> (generation, when)
+        self._flagged: dict[str, int] = {}  # node -> a foreign generation already reported
+        self._changes: list[tuple[NodeState, NodeState]] = []
+        self._acted: dict[str, dict[tuple[str, str], tuple[ModelState | None, float]]] = {}
+        self.probe_rounds: deque[float] = deque(maxlen=600)
+        """Durations of `probe_forever`'s rounds (each should take about the interval)."""
+        self._published: dict[str, tuple[str, str, float]] = {}  # key -> (full, steady, when)
+        self._events: dict[str, str] = {}
         self._scale_state: dict[str, ScaleState] = {}
         self.cost_ledger = attribution.CostLedger()
         self._cost_status: tuple[float, PoolCost, dict[str, float | None]] | None = None
         self.failovers = 0
         self.rollouts = RolloutTracker(clock, lambda: self.client.credentials)
+        self._node_notes: dict[str, tuple[str, str]] = {}
 
     # --- inventory -----------------------------------------------------------------------
 
@@ -116,29 +164,111 @@ class PoolRuntime:
             fresh[n.name] = n
         self.nodes = fresh
 
-    async def probe(self, threshold: int) -> list[tuple[NodeState, NodeState]]:
-        """Probe every node at once; return (before, after) for nodes that changed up/down."""
+    async def probe(
+        self, threshold: int, names: Collection[str] | None = None
+    ) -> list[tuple[NodeState, NodeState]]:
+        """Probe every node (or those in `names`), `fan_out` at a time, each answer folded into
+        the node as it is when the answer comes back; return (before, after) for nodes that
+        went in or out of the pool. The changes are also kept for the next tick's Events."""
 
-        async def one(n: NodeState) -> NodeState:
+        async def one(n: NodeState) -> tuple[NodeState, NodeState] | None:
+            asked = self.clock()  # the answer says how the node was at this moment
             try:
-                status = await self.client.status(n.address)
+                report, error = converters.node_report(await self.client.status(n.address)), ""
             except grpc.aio.AioRpcError as err:
-                return observe(n, None, self.clock(), threshold, err.code().name)
-            return observe(n, converters.node_report(status), self.clock(), threshold)
+                report, error = None, err.code().name
+            current = self.nodes.get(n.name)
+            if current is None or current.address != n.address:
+                return None  # gone or moved while the probe was out: not this node any more
+            after = self.nodes[n.name] = observe(current, report, asked, threshold, error)
+            return (current, after) if current.in_pool != after.in_pool else None
 
-        after = await asyncio.gather(*(one(n) for n in self.nodes.values()))
-        changed = [
-            (self.nodes[a.name], a) for a in after if self.nodes[a.name].in_pool != a.in_pool
-        ]
-        self.nodes = {a.name: a for a in after}
+        targets = [n for n in self.nodes.values() if names is None or n.name in names]
+        changed = [c for c in await fan_out(targets, one, self.fan_out) if c is not None]
+        self._changes += changed
         return changed
+
+    def _note(self, node: str, model: str, version: str, state: ModelState | None) -> None:
+        """Remember what this loop just did on a node (None: unloaded it)."""
+        self._acted.setdefault(node, {})[(model, version)] = (state, self.clock())
+
+    def planning_view(self) -> list[NodeState]:
+        """The nodes as last probed, plus what this loop did on them since.
+
+        Probes run apart from the ticks, so a node's last answer may predate a load this
+        loop sent it a moment ago (or its completion, or an unload): planning on that answer
+        alone would load the same replica again, or somewhere else. Until a probe asked after
+        the action, the node is seen with it; after that, the agent's word is all there is.
+        """
+        out = []
+        for n in self.nodes.values():
+            acted = self._acted.get(n.name)
+            if acted:
+                seen = n.last_seen if n.last_seen is not None else float("-inf")
+                for key in [k for k, (_, at) in acted.items() if at < seen]:
+                    del acted[key]
+                if not acted:
+                    del self._acted[n.name]
+                else:
+                    models = {(o.name, o.version): o for o in n.models}
+                    for (model, version), (state, _) in acted.items():
+                        if state is None:
+                            models.pop((model, version), None)
+                        elif (model, version) not in models:
+                            models[(model, version)] = ModelObs(model, version, state)
+                    n = replace(n, models=tuple(models.values()))
+            out.append(n)
+        return out
+
+    def unprobed(self) -> list[str]:
+        """Nodes never probed yet (new to the loop): a tick probes these itself."""
+        return [n.name for n in self.nodes.values() if n.last_seen is None and n.failures == 0]
+
+    async def probe_forever(
+        self,
+        threshold: Callable[[], int],
+        interval: Callable[[], float],
+        on_change: Callable[[], None],
+        slices: int = 10,
+    ) -> None:
+        """Probe every node once per `interval()`, spread over it in `slices` groups.
+
+        For a large pool this replaces the per-tick probe round: a thousand probes a second
+        arrive a hundred at a time instead of all at once (no burst on the event loop, no
+        tick that waits on the slowest agent), and a node that crosses the failure threshold
+        calls `on_change()` at once (the adapter kicks a tick) instead of at the next tick.
+        Runs until cancelled.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            names = list(self.nodes)
+            if not names:
+                await asyncio.sleep(0.1)  # no nodes yet: look again soon
+                continue
+            groups = max(1, min(slices, len(names)))
+            for i in range(groups):
+                part = set(names[i * len(names) // groups : (i + 1) * len(names) // groups])
+                if part and await self.probe(threshold(), part):
+                    on_change()
+                await asyncio.sleep(max(0.0, started + (i + 1) * interval() / groups - loop.time()))
+            self.probe_rounds.append(loop.time() - started)
 
     # --- one reconcile ---------------------------------------------------------------------
 
-    async def tick(self, pool: InferencePool, models: Sequence[EdgeModel]) -> PoolPlan:
+    async def tick(
+        self, pool: InferencePool, models: Sequence[EdgeModel], *, probe: bool = True
+    ) -> PoolPlan:
+        """One reconcile. `probe=False` when `probe_forever` keeps the nodes fresh: then only
+        nodes never probed yet are probed here, so nothing is planned on no data."""
         ns = pool.metadata.namespace
         threshold = pool.spec.failure_detection.failure_threshold
-        for before, after in await self.probe(threshold):
+        if probe:
+            await self.probe(threshold)
+        elif fresh := self.unprobed():
+            await self.probe(threshold, set(fresh))
+        changes, self._changes = self._changes, []
+        for before, after in changes:
             if after.in_pool:
                 await self.sink.event(
                     ns,
@@ -153,20 +283,23 @@ class PoolRuntime:
                           f"node {after.name} left the pool: {after.out_reason}; "
                           f"re-placing {len([o for o in before.models if o.ready])} replicas"),
                 )  # fmt: skip
+        for ev in self._node_warnings(pool):
+            await self.sink.event(ns, ev)
         for ev in self._autoscale(pool, models):
             await self.sink.event(ns, ev)
         mine = [m for m in models if m.spec.pool == pool.metadata.name]
+        nodes = self.planning_view()
         plan = plan_pool(
             pool,
             models,
-            list(self.nodes.values()),
+            nodes,
             self.clock(),
             self.replicas,
-            self.rollouts.contexts(mine, list(self.nodes.values())),
+            self.rollouts.contexts(mine, nodes),
         )
         self._cost(pool, mine, plan)
         self.last_plan = plan
-        self.rollouts.remember(mine, plan, list(self.nodes.values()))
+        self.rollouts.remember(mine, plan, nodes)
         # Routes first: they no longer list what is about to be unloaded.
         await self._push_routes(pool, plan)
         await self._act(pool, plan)
@@ -175,6 +308,29 @@ class PoolRuntime:
         self.rollouts.run_gates(mine, plan)
         await self._publish(pool, models, plan)
         return plan
+
+    def _node_warnings(self, pool: InferencePool) -> list[ResourceEvent]:
+        """A Warning on the pool when an agent cannot open its backend (BackendUnavailable) or
+        its chip contradicts the node's label (AcceleratorMismatch): once per new message."""
+        out = []
+        for n in self.nodes.values():
+            notes = (n.backend_error, n.accelerator_mismatch) if n.up else ("", "")
+            if notes == self._node_notes.get(n.name, ("", "")):
+                continue
+            self._node_notes[n.name] = notes
+            backend_error, mismatch = notes
+            if backend_error:
+                out.append(
+                    ResourceEvent("InferencePool", pool.metadata.name, "Warning",
+                                  "BackendUnavailable",
+                                  f"node {n.name}: {backend_error}; nothing is placed there")
+                )  # fmt: skip
+            if mismatch:
+                out.append(
+                    ResourceEvent("InferencePool", pool.metadata.name, "Warning",
+                                  "AcceleratorMismatch", mismatch)
+                )  # fmt: skip
+        return out
 
     # --- cost ------------------------------------------------------------------------------
 
@@ -204,18 +360,18 @@ class PoolRuntime:
         """Each model's replica count from its queue depth and rate (or `kubectl scale`)."""
         events = []
         now = self.clock()
+        ready_by: dict[tuple[str, str], list[ModelObs]] = {}  # one pass over the nodes
+        for n in self.nodes.values():
+            if n.in_pool:
+                for o in n.models:
+                    if o.ready:
+                        ready_by.setdefault((o.name, o.version), []).append(o)
         for m in models:
             if m.spec.pool != pool.metadata.name:
                 continue
             name = m.metadata.name
             serving = self.rollouts.memory(m).stable_version or m.spec.version
-            ready = [
-                o
-                for n in self.nodes.values()
-                if n.in_pool
-                for o in n.models
-                if o.name == name and o.version == serving and o.ready
-            ]
+            ready = ready_by.get((name, serving), [])
             metrics = (
                 ScaleMetrics(
                     queue_depth=sum(o.queue_depth for o in ready) / len(ready),
@@ -247,6 +403,7 @@ class PoolRuntime:
             except grpc.aio.AioRpcError as err:
                 log.warning("unload %s@%s on %s: %s", u.model, u.version, u.node, err.details())
                 continue
+            self._note(u.node, u.model, u.version, None)
             await self.sink.event(
                 ns,
                 ResourceEvent("EdgeModel", u.model, "Normal", "Unloaded",
@@ -277,8 +434,13 @@ class PoolRuntime:
                       f"loading {ld.model}@{ld.version} {what or f'({ld.artifact.accelerator})'}"
                       f" on {ld.node}"),
             )  # fmt: skip
+            self._note(ld.node, ld.model, ld.version, ModelState.LOADING)
             status = await self.client.load(ld.address, req)
             state = converters.model_state(status.state)
+            if state in (ModelState.READY, ModelState.LOADING):
+                self._note(ld.node, ld.model, ld.version, state)
+            else:
+                self._acted.get(ld.node, {}).pop((ld.model, ld.version), None)
             missing = sorted({a.name for a in ld.adapters} - set(status.adapters))
             if state is ModelState.READY and missing:
                 # The base serves; a refused adapter is retried after the backoff.
@@ -295,6 +457,7 @@ class PoolRuntime:
                 reason = status.reason or "load failed"
         except (grpc.aio.AioRpcError, LookupError) as err:
             reason = err.details() if isinstance(err, grpc.aio.AioRpcError) else str(err)
+            self._acted.get(ld.node, {}).pop((ld.model, ld.version), None)
         finally:
             self._inflight.pop(key, None)
         b = self._backoff.setdefault(key, _Backoff())
@@ -307,20 +470,73 @@ class PoolRuntime:
                   f"(retry in {2**b.attempts:.0f}s)"),
         )  # fmt: skip
 
+    def _needs_table(self, n: NodeState) -> bool:
+        """Whether `n` must be sent the current table: never sent, or its own report (taken
+        after the last push) names another generation (it restarted, or something else set
+        its table)."""
+        pushed = self._pushed.get(n.name)
+        if pushed is None or pushed[0] != self._generation:
+            return True
+        generation, when = pushed
+        reported_after_push = n.last_seen is not None and n.last_seen > when
+        return reported_after_push and n.routing_generation != generation
+
     async def _push_routes(self, pool: InferencePool, plan: PoolPlan) -> None:
+        """Push the plan's table to every agent that does not hold it (comparing what each
+        reports with what was pushed); an agent holding a newer generation than this control
+        plane ever made is flagged (Warning `RoutingTableMismatch`) and overtaken."""
         routes = tuple(plan.routes)
         if routes != self._routes:
             self._routes = routes
             self._generation += 1
-        table = converters.routing_table(pool, routes, self._generation)
         for n in self.nodes.values():
-            if not n.up or self._pushed.get(n.name) == self._generation:
-                continue
+            if n.up and n.routing_generation > self._generation:
+                if self._flagged.get(n.name) != n.routing_generation:
+                    self._flagged[n.name] = n.routing_generation
+                    await self.sink.event(
+                        pool.metadata.namespace,
+                        ResourceEvent("InferencePool", pool.metadata.name, "Warning",
+                              "RoutingTableMismatch",
+                              f"node {n.name} holds routing generation {n.routing_generation}, "
+                              f"newer than this control plane's {self._generation}: "
+                              "replacing it"),
+                    )  # fmt: skip
+                self._generation = n.routing_generation + 1
+        members = {n.name: n.address for n in self.nodes.values() if n.up}
+        stale = [n for n in self.nodes.values() if n.up and self._needs_table(n)]
+        if not stale:
+            return
+        table = converters.routing_table(pool, routes, self._generation, members)
+
+        async def push(n: NodeState) -> None:
             try:
                 await self.client.set_routing(n.address, table)
-                self._pushed[n.name] = self._generation
-            except grpc.aio.AioRpcError as err:
-                log.info("routing table to %s: %s", n.name, err.code().name)
+                self._pushed[n.name] = (table.generation, self.clock())
+            except grpc.aio.AioRpcError as err:  # a refused table is worth a warning
+                refused = err.code() == grpc.StatusCode.INVALID_ARGUMENT
+                log.log(
+                    logging.WARNING if refused else logging.INFO,
+                    "routing table to %s: %s %s", n.name, err.code().name, err.details(),
+                )  # fmt: skip
+
+        await fan_out(stale, push, self.fan_out)
+
+    def _changed(self, key: str, status: BaseModel, volatile: dict[str, Any]) -> bool:
+        """Should this status be written? When anything but timestamps changed, yes; when
+        only live measurements moved (request rates, latencies, queue depths, temperatures),
+        at most every `COST_STATUS_SECONDS`: with traffic they move every tick, and a
+        thousand-node pool's status is not rewritten each second for that."""
+        stamps: dict[str, Any] = {"conditions": {"__all__": {"last_transition_time"}}}
+        full = status.model_dump_json(exclude=stamps)
+        steady = status.model_dump_json(exclude={**stamps, **volatile})
+        now = self.clock()
+        last = self._published.get(key)
+        if last is not None and last[0] == full:
+            return False
+        if last is not None and last[1] == steady and now - last[2] < COST_STATUS_SECONDS:
+            return False
+        self._published[key] = (full, steady, now)
+        return True
 
     async def _publish(
         self, pool: InferencePool, models: Sequence[EdgeModel], plan: PoolPlan
@@ -328,24 +544,13 @@ class PoolRuntime:
         ns = pool.metadata.namespace
         for ev in plan.events:
             key = f"event/{ev.kind}/{ev.name}/{ev.reason}"
-            if self._published.get(key) != ev.message:
-                self._published[key] = ev.message
+            if self._events.get(key) != ev.message:
+                self._events[key] = ev.message
                 await self.sink.event(ns, ev)
         for name, status in plan.model_status.items():
-            body = status.model_dump_json(
-                exclude={"conditions": {"__all__": {"last_transition_time"}}}
-            )
-            if self._published.get(f"em/{name}") != body:
-                self._published[f"em/{name}"] = body
+            if self._changed(f"em/{name}", status, MODEL_METRICS):
                 await self.sink.model_status(ns, name, status)
-        body = plan.pool_status.model_dump_json(
-            exclude={
-                "conditions": {"__all__": {"last_transition_time"}},
-                "nodes": {"__all__": {"last_seen"}},
-            }
-        )
-        if self._published.get("pool") != body:
-            self._published["pool"] = body
+        if self._changed("pool", plan.pool_status, POOL_METRICS):
             await self.sink.pool_status(ns, pool.metadata.name, plan.pool_status)
 
     async def close(self) -> None:

@@ -114,7 +114,7 @@ def policy_from_spec(spec: EdgeModelSpec) -> ScalePolicy:
     """Adapt the API spec into a :class:`ScalePolicy`."""
     return ScalePolicy(
         min_replicas=spec.replicas.min,
-        max_replicas=spec.replicas.max,
+        max_replicas=spec.replicas.upper(),
         desired=spec.replicas.desired,
         enabled=spec.autoscale.enabled,
         target_queue_depth=spec.autoscale.target_queue_depth,

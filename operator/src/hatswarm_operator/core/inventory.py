@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from hatswarm_operator.api import InferencePool
+from hatswarm_operator.api.common import ACCELERATOR_LABEL, ACCELERATORS
 
 
 class ModelState(StrEnum):
@@ -73,10 +74,13 @@ class NodeState:
     models: tuple[ModelObs, ...] = ()
     temperature_c: float | None = None
     watts: float | None = None
+    backend: str = ""
+    backend_error: str = ""
+    routing_generation: int = 0  # the routing table the agent last said it holds
 
     @property
     def in_pool(self) -> bool:
-        return self.up and self.k8s_ready and self.schedulable
+        return self.up and self.k8s_ready and self.schedulable and not self.backend_error
 
     @property
     def out_reason(self) -> str:
@@ -86,7 +90,21 @@ class NodeState:
             return "NodeUnschedulable"
         if not self.up:
             return f"AgentUnreachable: {self.last_error}" if self.last_error else "AgentNotSeen"
+        if self.backend_error:
+            return f"BackendUnavailable: {self.backend_error}"
         return ""
+
+    @property
+    def accelerator_mismatch(self) -> str:
+        """'' unless HailoRT identified another chip than the node's accelerator label says
+        (the label then requested the wrong NPU resource; placement trusts the chip)."""
+        label = self.labels.get(ACCELERATOR_LABEL, "")
+        if self.backend != "hailo" or not label or label == self.accelerator:
+            return ""
+        return (
+            f"node {self.name} is labelled {ACCELERATOR_LABEL}={label} but its agent's HailoRT "
+            f"identified a {self.accelerator}: placing by the chip; fix the label"
+        )
 
     def model(self, name: str, version: str) -> ModelObs | None:
         return next((m for m in self.models if m.name == name and m.version == version), None)
@@ -101,6 +119,27 @@ class NodeReport:
     models: tuple[ModelObs, ...] = ()
     temperature_c: float | None = None
     watts: float | None = None
+    backend: str = ""
+    backend_error: str = ""
+    routing_generation: int = 0
+
+
+def placement_accelerator(labels: dict[str, str], report: NodeReport) -> str:
+    """The accelerator placement uses for a node: the chip its agent reports, with the node's
+    `hatswarm.io/accelerator` label as the override where the agent cannot identify hardware.
+
+    - HailoRT identified the chip (backend hailo): that chip, whatever the label says (a label
+      cannot make a Hailo-8L run Hailo-8 HEFs);
+    - a CPU-only agent (onnxruntime): cpu (it runs no HEF, whatever the node carries);
+    - anything else (the simulated NPU, an agent that says nothing): the label when it names a
+      known accelerator, else what the agent reported.
+    """
+    if report.backend in ("hailo", "onnxruntime"):
+        return report.accelerator or "cpu"
+    label = labels.get(ACCELERATOR_LABEL, "")
+    if label in ACCELERATORS:
+        return label
+    return report.accelerator
 
 
 def observe(
@@ -125,11 +164,14 @@ def observe(
         failures=0,
         last_seen=now,
         last_error="",
-        accelerator=report.accelerator or node.accelerator,
+        accelerator=placement_accelerator(node.labels, report) or node.accelerator,
         device_id=report.device_id,
         models=report.models,
         temperature_c=report.temperature_c,
         watts=report.watts,
+        backend=report.backend,
+        backend_error=report.backend_error,
+        routing_generation=report.routing_generation,
     )
 
 

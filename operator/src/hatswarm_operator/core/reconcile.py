@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 from hatswarm_operator.api import EdgeModel, InferencePool
 from hatswarm_operator.api.edgemodel import Artifact
@@ -76,6 +77,20 @@ class PoolView:
     def spec_of(self, name: str) -> EdgeModel:
         return next(m for m in self.models if m.metadata.name == name)
 
+    @cached_property
+    def holding(self) -> Mapping[str, Sequence[NodeState]]:
+        """Members by the models they report (any version or state), in member order."""
+        out: dict[str, list[NodeState]] = {}
+        for n in self.members:
+            for name in dict.fromkeys(o.name for o in n.models):
+                out.setdefault(name, []).append(n)
+        return out
+
+    def members_with(self, name: str) -> Sequence[NodeState]:
+        """The members that report `name`: what a per-model step needs to look at (a few
+        nodes, where scanning every member for every model costs models x nodes a tick)."""
+        return self.holding.get(name, ())
+
 
 def plan_pool(
     pool: InferencePool,
@@ -111,7 +126,7 @@ def plan_pool(
             m,
             (rollouts or {}).get(m.metadata.name) or RolloutContext(memory_from_status(m.status)),
             view.wanted[m.metadata.name],
-            view.members,
+            view.members_with(m.metadata.name),
             now,
         )
         for m in mine
@@ -143,11 +158,12 @@ def place_versions(
             if not arts:
                 held.setdefault(name, set()).add(ld.version)
                 continue
-            unit = _placement_unit(m, ld.version, arts, ld.replicas, view.members)
+            holders = view.members_with(name)
+            unit = _placement_unit(m, ld.version, arts, ld.replicas, holders)
             units.append(unit)
             current[unit.name] = [
                 n.name
-                for n in view.members
+                for n in holders
                 if (o := n.model(name, ld.version)) is not None and o.state in PRESENT
             ]
     raw = pl.place(
@@ -313,7 +329,7 @@ def plan_routes(
                 continue
             endpoints = tuple(
                 endpoint_for(n, o, max(weight.get((name, version, n.name), 0.0), 1.0))
-                for n in view.members
+                for n in view.members_with(name)
                 if (o := n.model(name, version)) is not None
                 and o.ready
                 and (name, version, n.name) not in leaving
@@ -346,7 +362,11 @@ def plan_gates(view: PoolView, rolls: Mapping[str, ModelRollout]) -> list[GateRe
         if c is None or c.phase != "Validating":
             continue
         host = next(
-            (n for n in view.members if (o := n.model(m.metadata.name, c.version)) and o.ready),
+            (
+                n
+                for n in view.members_with(m.metadata.name)
+                if (o := n.model(m.metadata.name, c.version)) and o.ready
+            ),
             None,
         )
         if host is not None:
@@ -371,7 +391,7 @@ def report_status(
             m,
             view.wanted[name],
             plan.placement,
-            view.members,
+            view.members_with(name),
             next(iter(unplaced.get(name, [])), None),
             roll,
             [r for r in plan.routes if r.model == name],

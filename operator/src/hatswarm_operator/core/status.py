@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 from hatswarm_operator.api import EdgeModel, InferencePool
-from hatswarm_operator.api.common import Condition
+from hatswarm_operator.api.common import Condition, agent_pod_selector
 from hatswarm_operator.api.edgemodel import EdgeModelStatus, ModelPlacement
 from hatswarm_operator.api.inferencepool import (
     InferencePoolStatus,
@@ -138,8 +138,8 @@ def model_status(
         placements=placements,
         conditions=merge_conditions(old, conds),
         request_rate=round(rate, 3),
-        p99_latency_ms=round(p99, 3) if ready else None,
-        selector=f"hatswarm.io/model={name}",
+        p99_latency_ms=round(p99, 3) if ready and p99 > 0 else None,  # 0: nothing measured
+        selector=agent_pod_selector(m.spec.pool),
     )
 
 
@@ -301,7 +301,8 @@ def pool_status(
             f"{len(members)}/{len(selected)} nodes ready",
             now,
             gen,
-        )
+        ),
+        backends_condition(selected, now, gen),
     ]
     old = pool.status.conditions if pool.status else []
     return InferencePoolStatus(
@@ -318,6 +319,22 @@ def pool_status(
         ),
         conditions=merge_conditions(old, conds),
         cost=_nameplate_cost(pool, len(selected), members),
+    )
+
+
+def backends_condition(nodes: Sequence[NodeState], now: float, generation: int) -> Condition:
+    """`BackendsAvailable`: False while an agent cannot open the backend it was given (a pinned
+    hailo on a node without the chip), naming each node and why; Unknown before any answered."""
+    seen = [n for n in nodes if n.up]
+    broken = [n for n in seen if n.backend_error]
+    if broken:
+        message = "; ".join(f"{n.name}: {n.backend_error}" for n in broken)
+        return condition("BackendsAvailable", False, "BackendUnavailable", message, now, generation)
+    if not seen:
+        return condition("BackendsAvailable", None, "NoAgents", "", now, generation)
+    backends = sorted({f"{n.backend or 'gateway'} on {n.accelerator}" for n in seen})
+    return condition(
+        "BackendsAvailable", True, "BackendsOpen", ", ".join(backends), now, generation
     )
 
 

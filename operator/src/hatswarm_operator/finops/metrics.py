@@ -7,7 +7,10 @@
   `sum by (team) (increase(hatswarm_cost_usd_total[30d]))`
 - `hatswarm_device_cost_usd_per_year{pool}`: one device-year with its share of shared ops
   (energy measured when the pool's status says so)
-- `hatswarm_cloud_fallback_spend_usd_total{pool}`: what the cloud fallback cost (counter)
+
+The cloud fallback's spend is counted once, at its source: the agents'
+`hatswarm_cloud_fallback_cost_usd_total` (per node and model, priced by the routing table); the
+pool's running total is in InferencePool `status.cost.cloudFallbackSpendUsd`.
 
 Showback labels come from each EdgeModel's `spec.costAttribution` (empty when unset). The
 `_total` series are counters rather than gauges so that `increase()` stays right across
@@ -32,7 +35,6 @@ METRIC_NAMES: list[str] = [
     "hatswarm_cost_per_inference_usd",
     "hatswarm_cost_usd_total",
     "hatswarm_device_cost_usd_per_year",
-    "hatswarm_cloud_fallback_spend_usd_total",
 ]
 
 MODEL_LABELS = ("pool", "model", "team", "customer", "product_line")
@@ -78,18 +80,11 @@ class CostMetrics:
             ("pool",),
             registry=registry,
         )
-        self.fallback = Counter(
-            "hatswarm_cloud_fallback_spend_usd",
-            "Spend on requests the pool sent to its cloud fallback",
-            ("pool",),
-            registry=registry,
-        )
         self._labels: dict[tuple[str, str], tuple[str, ...]] = {}
 
     def publish(self, pool: str, live: LiveCost, showback: Mapping[str, Showback]) -> None:
         """Set the gauges and add this tick's spend to the counters."""
         self.device_year.labels(pool).set(float(live.per_device_year_usd))
-        self.fallback.labels(pool).inc(float(live.window_cloud_fallback_usd))
         for name, m in live.models.items():
             tags = showback.get(name, Showback())
             labels = (pool, name, tags.team, tags.customer, tags.product_line)
@@ -111,9 +106,8 @@ class CostMetrics:
     def forget_pool(self, pool: str) -> None:
         for p, model in [k for k in self._labels if k[0] == pool]:
             self.forget_model(p, model)
-        for family in (self.device_year, self.fallback):
-            with contextlib.suppress(KeyError):
-                family.remove(pool)
+        with contextlib.suppress(KeyError):
+            self.device_year.remove(pool)
 
     def _remove(self, labels: tuple[str, ...]) -> None:
         for family in (self.per_inference, self.spend):

@@ -1,7 +1,14 @@
-"""What an InferencePool owns in Kubernetes, as plain dicts: the agent DaemonSet and the Service.
+"""What an InferencePool owns in Kubernetes, as plain dicts: the agent DaemonSets and the Service.
 
 Pure: no API calls, no kopf. The handlers adopt the results (ownerReferences) and create them
 if absent or patch them when `hatswarm.io/spec-hash` differs, so a retry is always safe.
+
+Per-node accelerators: one DaemonSet per chip class of `spec.accelerators`. The class of a node
+is its `hatswarm.io/accelerator` label (a required nodeAffinity term): the agents of hailo8l,
+hailo8 and hailo10h nodes each request their chip's NPU resource and start with `--accelerator`
+of that chip; every other node of the pool (labelled cpu, or not labelled) runs the `cpu`
+class on onnxruntime with no NPU request, so no node waits Pending for a device it does not
+have. The chip an agent reports (HailoRT's identity) is what placement uses.
 
 Security: by default the agent runs under the `restricted` Pod Security profile (non-root,
 read-only root filesystem, no privilege escalation, all capabilities dropped, RuntimeDefault
@@ -11,38 +18,69 @@ mode the artifact cache lives on the host (`/var/lib/hatswarm/<pool>`) so verifi
 survive a pod restart. Restricted pods cannot use hostPath, so they cache in an `emptyDir`
 capped at `cacheSize`.
 
-Auth: `spec.auth.tokenSecretRef` is mounted read-only (mode 0440, only the referenced key) at
-`/var/run/hatswarm/token/<key>` and passed as `--auth-token-file`; the agent re-reads it when
-the kubelet refreshes the volume, so a rotated Secret needs no restart. `spec.auth.tlsSecretRef`
-(a kubernetes.io/tls Secret) is mounted at `/var/run/hatswarm/tls/` for `--tls-cert/--tls-key`,
-plus `--tls-ca` (its `ca.crt`) when `mutualTls`. The cloud fallback token is mounted where
-the routing table points (`/var/run/hatswarm/cloud-token/<key>`).
+Auth (README "Security model"): every Secret is mounted read-only, mode 0440, only the keys
+needed, into the agent container alone, and the agent re-reads it when the kubelet refreshes
+the volume, so a rotated Secret needs no restart. The pool's control token (`hatswarm-control-
+<pool>`, which the operator generates; the only credential that opens the agents' control
+service) at `/var/run/hatswarm/control/token` (`--control-token-file`); the inference tokens
+(`spec.auth.tokenSecretRef`, else the generated `hatswarm-clients-<pool>`; none only with
+`unauthenticatedInference`) at `/var/run/hatswarm/token/<key>` (`--auth-token-file`).
+`spec.auth.tlsSecretRef` (a kubernetes.io/tls Secret) is mounted at `/var/run/hatswarm/tls/` for
+`--tls-cert/--tls-key`, plus `--tls-ca` (its `ca.crt`) when `mutualTls`; the trusted signing
+keys (`spec.auth.trustedKeysSecret`, every key) at `/var/run/hatswarm/trusted-keys/`
+(`--trusted-keys`). The cloud fallback token is mounted at `/var/run/hatswarm/cloud-token/<key>`
+and named to the agent (`--cloud-token cloud=FILE`): a routing table names it, never a path.
+`spec.agent.fileRoots` are mounted read-only by hostPath and allow-listed
+(`--allow-file-root`); without them file:// artifacts are refused.
 """
 
 from __future__ import annotations
 
+import base64
 import copy
 import hashlib
 import json
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 import yaml
 
+from hatswarm_operator import __version__
 from hatswarm_operator.api import InferencePool
+from hatswarm_operator.api.common import (
+    ACCELERATOR_LABEL,
+    AGENT_NAME,
+    NPU_ACCELERATORS,
+    POOL_LABEL,
+)
 from hatswarm_operator.api.inferencepool import AgentSettings
-from hatswarm_operator.control.credentials import CLOUD_TOKEN_DIR, TLS_CA, TLS_CERT, TLS_KEY
+from hatswarm_operator.control.credentials import (
+    CLOUD_TOKEN_DIR,
+    CLOUD_TOKEN_NAME,
+    TLS_CA,
+    TLS_CERT,
+    TLS_KEY,
+    TOKEN_KEY,
+    control_secret_name,
+    inference_token_ref,
+)
 
-AGENT: Final = "hatswarm-agent"
+AGENT: Final = AGENT_NAME
 NAME_LABEL: Final = "app.kubernetes.io/name"
 MANAGED_BY_LABEL: Final = "app.kubernetes.io/managed-by"
-POOL_LABEL: Final = "hatswarm.io/pool"
+CLASS_LABEL: Final = "hatswarm.io/agent-class"
+DEFAULT_AGENT_IMAGE: Final = f"ghcr.io/hatswarm/agent:{__version__}"
+"""The agent image when neither the pool nor the cluster's agent defaults name one: the
+operator's own version, so upgrading the operator upgrades the agents."""
 SETTINGS_HASH: Final = "hatswarm.io/agent-settings-hash"
 SPEC_HASH: Final = "hatswarm.io/spec-hash"
 STATE_DIR: Final = "/var/lib/hatswarm"
 TOKEN_DIR: Final = "/var/run/hatswarm/token"
+CONTROL_DIR: Final = "/var/run/hatswarm/control"
+TRUSTED_KEYS_DIR: Final = "/var/run/hatswarm/trusted-keys"
 TLS_DIR: Final = "/var/run/hatswarm/tls"
 SECRET_MODE: Final = 0o440  # owner and group (fsGroup) may read; nobody else
 AGENT_UID: Final = 10001
@@ -83,20 +121,20 @@ def load_agent_defaults(path: str | Path | None) -> dict[str, Any]:
 
 
 def apply_agent_defaults(pool: InferencePool, defaults: Mapping[str, Any]) -> InferencePool:
-    """Fill the agent settings a pool leaves at their built-in value from the cluster defaults.
+    """Fill the agent settings a pool leaves out from the cluster defaults (the chart's).
 
-    The API server writes the CRD's defaults into every stored pool, so "left out" and "set to
-    the built-in default" look the same; both take the cluster's value.
+    The CRD stores no defaults under `spec.agent`, so what the user wrote is exactly the
+    fields pydantic saw (`model_fields_set`); everything else comes from `defaults`, then the
+    built-in values. A nested object the pool sets (`npu`, `resources`) is taken whole.
     """
     if not defaults:
         return pool
     chosen = AgentSettings.model_validate(defaults)
-    builtin = AgentSettings()
     agent = pool.spec.agent
     updates = {
         name: getattr(chosen, name)
         for name in chosen.model_fields_set
-        if getattr(agent, name) == getattr(builtin, name)
+        if name not in agent.model_fields_set
     }
     if not updates:
         return pool
@@ -104,12 +142,70 @@ def apply_agent_defaults(pool: InferencePool, defaults: Mapping[str, Any]) -> In
     return pool.model_copy(update={"spec": spec})
 
 
-def daemonset_name(pool_name: str) -> str:
-    return f"{AGENT}-{pool_name}"
+@dataclass(frozen=True)
+class AgentClass:
+    """One DaemonSet of a pool: the agents of the nodes of one chip class.
+
+    `cpu` is the catch-all: every node of the pool not labelled with one of the pool's chips.
+    """
+
+    accelerator: str  # "hailo8l", "hailo8", "hailo10h" or "cpu"
+    backend: str  # the agent's --backend
+    resource: str | None  # the NPU extended resource requested, if any
+    host_device: bool  # mount the device file by hostPath (privileged)
+    node_requirement: dict[str, Any] | None  # a nodeSelectorRequirement (None: every node)
+
+
+def agent_classes(pool: InferencePool) -> list[AgentClass]:
+    """The chip classes a pool runs agents for, NPU chips first (in `spec.accelerators` order).
+
+    Only `auto` and `hailo` agents touch the NPU: they request its resource (or mount the file
+    with `hostDevice`). A pool whose backend is onnxruntime, or that lists no chip, has one
+    class for all its nodes.
+    """
+    agent = pool.spec.agent
+    chips = [a for a in pool.spec.accelerators if a in NPU_ACCELERATORS]
+    if agent.backend == "onnxruntime" or not chips:
+        return [AgentClass("cpu", "onnxruntime", None, False, None)]
+    npu = agent.npu
+    uses_npu = agent.backend in ("auto", "hailo")
+    host_device = uses_npu and npu.host_device and bool(npu.device_file)
+    out = [
+        AgentClass(
+            accelerator=chip,
+            backend=agent.backend,
+            resource=npu.resource_for(chip) if uses_npu and not host_device else None,
+            host_device=host_device,
+            node_requirement={"key": ACCELERATOR_LABEL, "operator": "In", "values": [chip]},
+        )
+        for chip in chips
+    ]
+    if "cpu" in pool.spec.accelerators:
+        out.append(
+            AgentClass(
+                "cpu", "onnxruntime", None, False,
+                {"key": ACCELERATOR_LABEL, "operator": "NotIn", "values": chips},
+            )
+        )  # fmt: skip
+    return out
+
+
+def daemonset_name(pool_name: str, accelerator: str = "cpu") -> str:
+    return f"{AGENT}-{pool_name}-{accelerator}"
+
+
+def stale_daemonsets(pool: InferencePool) -> list[str]:
+    """Names of agent DaemonSets this pool may own but no longer wants: chip classes it dropped,
+    and the single DaemonSet `hatswarm-agent-<pool>` of versions before per-chip classes."""
+    name = pool.metadata.name
+    wanted = {daemonset_name(name, c.accelerator) for c in agent_classes(pool)}
+    every = [f"{AGENT}-{name}", *(daemonset_name(name, a) for a in (*NPU_ACCELERATORS, "cpu"))]
+    return [n for n in every if n not in wanted]
 
 
 def selector_labels(pool_name: str) -> dict[str, str]:
-    """The labels that select a pool's agent pods (DaemonSet selector, Service, the operator)."""
+    """The labels that select a pool's agent pods (Service, the operator, the EdgeModel's
+    scale selector); each DaemonSet adds its class label to them."""
     return {NAME_LABEL: AGENT, POOL_LABEL: pool_name}
 
 
@@ -127,6 +223,14 @@ def digest(obj: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def agent_image(pool: InferencePool, accelerator: str = "cpu") -> str:
+    """The agent image of a chip class: the pool's image for that chip, else its image, else
+    (cluster defaults applied) the operator's own version."""
+    agent = pool.spec.agent
+    chip: str | None = getattr(agent.images, accelerator, None)
+    return chip or agent.image or DEFAULT_AGENT_IMAGE
+
+
 def settings_hash(pool: InferencePool) -> str:
     """Hash of everything about the pool that the agent pods are started with."""
     spec = pool.spec
@@ -134,6 +238,7 @@ def settings_hash(pool: InferencePool) -> str:
     return digest(
         {
             "agent": spec.agent.wire(),
+            "image": agent_image(pool),
             "cloudToken": cloud.token_secret_ref.wire()
             if cloud and cloud.token_secret_ref
             else None,
@@ -143,29 +248,40 @@ def settings_hash(pool: InferencePool) -> str:
 
 
 def agent_accelerator(pool: InferencePool) -> str:
-    """The `--accelerator` the agent starts with (the hailo backend reports the real chip)."""
-    agent = pool.spec.agent
-    if agent.backend == "onnxruntime":
-        return "cpu"
-    return next((a for a in pool.spec.accelerators if a != "cpu"), "cpu")
+    """The `--accelerator` of a pool's first class (its first chip, else cpu)."""
+    return agent_classes(pool)[0].accelerator
 
 
-def agent_args(pool: InferencePool) -> list[str]:
+def agent_args(pool: InferencePool, cls: AgentClass | None = None) -> list[str]:
+    cls = cls or agent_classes(pool)[0]
     agent = pool.spec.agent
     auth = pool.spec.auth
-    extra: list[str] = []
-    if auth.token_secret_ref is not None:
-        extra += ["--auth-token-file", f"{TOKEN_DIR}/{auth.token_secret_ref.key}"]
+    extra: list[str] = ["--control-token-file", f"{CONTROL_DIR}/{TOKEN_KEY}"]
+    tokens = inference_token_ref(pool)
+    if tokens is not None:
+        extra += ["--auth-token-file", f"{TOKEN_DIR}/{tokens.key}"]
     if auth.tls_secret_ref is not None:
         extra += ["--tls-cert", f"{TLS_DIR}/{TLS_CERT}", "--tls-key", f"{TLS_DIR}/{TLS_KEY}"]
         if auth.mutual_tls:
             extra += ["--tls-ca", f"{TLS_DIR}/{TLS_CA}"]
+    if auth.trusted_keys_secret is not None:
+        extra += ["--trusted-keys", TRUSTED_KEYS_DIR]
+    if auth.require_signatures:
+        extra.append("--require-signatures")
+    cloud = pool.spec.cloud_fallback
+    if cloud is not None and cloud.token_secret_ref is not None:
+        extra += [
+            "--cloud-token",
+            f"{CLOUD_TOKEN_NAME}={CLOUD_TOKEN_DIR}/{cloud.token_secret_ref.key}",
+        ]
+    for root in agent.file_roots:
+        extra += ["--allow-file-root", root]
     return [
         "--host", "0.0.0.0",
         "--port", str(agent.port),
         "--node-name", "$(NODE_NAME)",
-        "--accelerator", agent_accelerator(pool),
-        "--backend", agent.backend,
+        "--accelerator", cls.accelerator,
+        "--backend", cls.backend,
         "--state-dir", STATE_DIR,
         "--cache-max-bytes", str(quantity_bytes(agent.cache_size)),
         "--metrics-port", str(agent.metrics_port),
@@ -174,30 +290,67 @@ def agent_args(pool: InferencePool) -> list[str]:
     ]  # fmt: skip
 
 
-def _resources(pool: InferencePool) -> dict[str, Any]:
+def _resources(pool: InferencePool, cls: AgentClass) -> dict[str, Any]:
     agent = pool.spec.agent
     resources: dict[str, Any] = copy.deepcopy(agent.resources)
-    npu = agent.npu
-    if agent.backend == "hailo" and not npu.host_device and npu.resource_name:
+    if cls.resource:  # quantities are strings: the kubernetes client refuses an int here
         limits = resources.setdefault("limits", {})
-        limits[npu.resource_name] = 1
+        limits[cls.resource] = "1"
         requests = resources.get("requests")
-        if isinstance(requests, dict) and npu.resource_name in requests:
-            requests[npu.resource_name] = 1
+        if isinstance(requests, dict) and cls.resource in requests:
+            requests[cls.resource] = "1"
     return resources
 
 
-def _privileged(pool: InferencePool) -> bool:
-    npu = pool.spec.agent.npu
-    return pool.spec.agent.backend == "hailo" and npu.host_device and bool(npu.device_file)
+def _affinity(user: Mapping[str, Any], requirement: dict[str, Any] | None) -> dict[str, Any]:
+    """The pool's affinity with the class's node requirement ANDed into every required term."""
+    affinity: dict[str, Any] = copy.deepcopy(dict(user))
+    if requirement is None:
+        return affinity
+    node = affinity.setdefault("nodeAffinity", {})
+    required = node.setdefault("requiredDuringSchedulingIgnoredDuringExecution", {})
+    terms = required.setdefault("nodeSelectorTerms", [])
+    if not terms:
+        terms.append({})
+    for term in terms:
+        term.setdefault("matchExpressions", []).append(dict(requirement))
+    return affinity
 
 
-def build_daemonset(pool: InferencePool) -> dict[str, Any]:
-    """The agent DaemonSet `hatswarm-agent-<pool>` on the nodes of `spec.nodeSelector`."""
+def _pod_settings(pool: InferencePool, cls: AgentClass, template: dict[str, Any]) -> None:
+    """spec.agent's pod settings: pull secrets, tolerations, affinity (with the class's node
+    requirement), priority class, service account, extra labels and annotations (the
+    operator's own labels and annotations win over extra ones of the same key)."""
+    agent = pool.spec.agent
+    meta, pod = template["metadata"], template["spec"]
+    meta["labels"] = {**agent.pod_labels, **meta["labels"]}
+    meta["annotations"] = {**agent.pod_annotations, **meta["annotations"]}
+    if agent.image_pull_secrets:
+        pod["imagePullSecrets"] = [ref.wire() for ref in agent.image_pull_secrets]
+    if agent.tolerations:
+        pod["tolerations"] = copy.deepcopy(agent.tolerations)
+    affinity = _affinity(agent.affinity, cls.node_requirement)
+    if affinity:
+        pod["affinity"] = affinity
+    if agent.priority_class_name:
+        pod["priorityClassName"] = agent.priority_class_name
+    if agent.service_account_name:
+        pod["serviceAccountName"] = agent.service_account_name
+
+
+def build_daemonsets(pool: InferencePool) -> list[dict[str, Any]]:
+    """The pool's agent DaemonSets, one per chip class (:func:`agent_classes`)."""
+    return [build_daemonset(pool, cls) for cls in agent_classes(pool)]
+
+
+def build_daemonset(pool: InferencePool, cls: AgentClass | None = None) -> dict[str, Any]:
+    """The agent DaemonSet `hatswarm-agent-<pool>-<class>` on the nodes of `spec.nodeSelector`
+    of that chip class (default: the pool's first class)."""
+    cls = cls or agent_classes(pool)[0]
     name, ns = pool.metadata.name, pool.metadata.namespace
     agent = pool.spec.agent
-    privileged = _privileged(pool)
-    labels = common_labels(name)
+    privileged = cls.host_device
+    labels = {**common_labels(name), CLASS_LABEL: cls.accelerator}
 
     mounts: list[dict[str, Any]] = [
         {"name": "state", "mountPath": STATE_DIR},
@@ -221,6 +374,9 @@ def build_daemonset(pool: InferencePool) -> dict[str, Any]:
     for volume, mount in _secret_volumes(pool):
         volumes.append(volume)
         mounts.append(mount)
+    for i, root in enumerate(agent.file_roots):  # model folders on the host, read-only
+        volumes.append({"name": f"models-{i}", "hostPath": {"path": root, "type": "Directory"}})
+        mounts.append({"name": f"models-{i}", "mountPath": root, "readOnly": True})
 
     if privileged:
         container_security: dict[str, Any] = {"privileged": True, "runAsUser": 0}
@@ -255,9 +411,9 @@ def build_daemonset(pool: InferencePool) -> dict[str, Any]:
         grpc_probe = {"grpc": {"port": agent.port}}
     container: dict[str, Any] = {
         "name": "agent",
-        "image": agent.image,
+        "image": agent_image(pool, cls.accelerator),
         "imagePullPolicy": agent.image_pull_policy,
-        "args": agent_args(pool),
+        "args": agent_args(pool, cls),
         "env": [
             {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
             {"name": "PYTHONUNBUFFERED", "value": "1"},
@@ -266,7 +422,7 @@ def build_daemonset(pool: InferencePool) -> dict[str, Any]:
             {"name": "grpc", "containerPort": agent.port, "protocol": "TCP"},
             {"name": "metrics", "containerPort": agent.metrics_port, "protocol": "TCP"},
         ],
-        "resources": _resources(pool),
+        "resources": _resources(pool, cls),
         "startupProbe": {**grpc_probe, "periodSeconds": 2, "failureThreshold": 60},
         "readinessProbe": {**grpc_probe, "periodSeconds": 5, "failureThreshold": 2},
         "livenessProbe": {**grpc_probe, "periodSeconds": 10, "failureThreshold": 3},
@@ -288,17 +444,23 @@ def build_daemonset(pool: InferencePool) -> dict[str, Any]:
     }
     if pod_security:
         pod_spec["securityContext"] = pod_security
+    template: dict[str, Any] = {
+        "metadata": {"labels": labels, "annotations": template_annotations},
+        "spec": pod_spec,
+    }
+    _pod_settings(pool, cls, template)
     obj: dict[str, Any] = {
         "apiVersion": "apps/v1",
         "kind": "DaemonSet",
-        "metadata": {"name": daemonset_name(name), "namespace": ns, "labels": labels},
+        "metadata": {
+            "name": daemonset_name(name, cls.accelerator),
+            "namespace": ns,
+            "labels": labels,
+        },
         "spec": {
-            "selector": {"matchLabels": selector_labels(name)},
+            "selector": {"matchLabels": {**selector_labels(name), CLASS_LABEL: cls.accelerator}},
             "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}},
-            "template": {
-                "metadata": {"labels": labels, "annotations": template_annotations},
-                "spec": pod_spec,
-            },
+            "template": template,
         },
     }
     return _stamped(obj)
@@ -307,26 +469,48 @@ def build_daemonset(pool: InferencePool) -> dict[str, Any]:
 def _secret_volumes(pool: InferencePool) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """(volume, mount) for each Secret the agent reads: pool token, TLS files, cloud token."""
 
-    def secret(name: str, secret_name: str, keys: list[str], path: str) -> tuple[Any, Any]:
-        items = [{"key": k, "path": k} for k in keys]
-        volume = {
+    def secret(name: str, secret_name: str, keys: list[str] | None, path: str) -> tuple[Any, Any]:
+        source: dict[str, Any] = {"secretName": secret_name, "defaultMode": SECRET_MODE}
+        if keys is not None:  # None: every key (a folder of trusted keys)
+            source["items"] = [{"key": k, "path": k} for k in keys]
+        return {"name": name, "secret": source}, {
             "name": name,
-            "secret": {"secretName": secret_name, "items": items, "defaultMode": SECRET_MODE},
+            "mountPath": path,
+            "readOnly": True,
         }
-        return volume, {"name": name, "mountPath": path, "readOnly": True}
 
     auth, cloud = pool.spec.auth, pool.spec.cloud_fallback
-    out = []
-    if auth.token_secret_ref is not None:
-        ref = auth.token_secret_ref
-        out.append(secret("auth-token", ref.name, [ref.key], TOKEN_DIR))
+    out = [
+        secret("control-token", control_secret_name(pool.metadata.name), [TOKEN_KEY], CONTROL_DIR)
+    ]
+    tokens = inference_token_ref(pool)
+    if tokens is not None:
+        out.append(secret("auth-token", tokens.name, [tokens.key], TOKEN_DIR))
     if auth.tls_secret_ref is not None:
         keys = [TLS_CERT, TLS_KEY, *([TLS_CA] if auth.mutual_tls else [])]
         out.append(secret("tls", auth.tls_secret_ref.name, keys, TLS_DIR))
+    if auth.trusted_keys_secret is not None:
+        out.append(secret("trusted-keys", auth.trusted_keys_secret, None, TRUSTED_KEYS_DIR))
     if cloud is not None and cloud.token_secret_ref is not None:
         ref = cloud.token_secret_ref
         out.append(secret("cloud-token", ref.name, [ref.key], CLOUD_TOKEN_DIR))
     return out
+
+
+def build_token_secret(pool: InferencePool, name: str, token: str) -> dict[str, Any]:
+    """A generated token Secret of the pool (`credentials.generated_secrets`), as a dict: the
+    handler adopts it (the pool owns it) and creates it only when absent."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": name,
+            "namespace": pool.metadata.namespace,
+            "labels": common_labels(pool.metadata.name),
+        },
+        "data": {TOKEN_KEY: base64.b64encode(f"{token}\n".encode()).decode()},
+    }
 
 
 def build_service(pool: InferencePool) -> dict[str, Any]:

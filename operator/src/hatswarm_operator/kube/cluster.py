@@ -2,7 +2,9 @@
 
 The `kubernetes` client is synchronous, so every call runs in `asyncio.to_thread`; objects
 travel as plain JSON dicts (`_preload_content=False`), camelCase as the API serves them, so
-they feed straight into the pydantic API types and the pure `node_states`.
+they feed straight into the pydantic API types and the projections of sources.py. The pools'
+steady reads come from watches (informers.py), not from here: these lists serve the finalizer
+of a pool that is not running and `--reads list`.
 """
 
 from __future__ import annotations
@@ -10,69 +12,22 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import Iterable
 from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from hatswarm_operator.api import InferencePool
 from hatswarm_operator.api.common import GROUP, VERSION
-from hatswarm_operator.api.inferencepool import Auth
 from hatswarm_operator.control.credentials import (
     AgentCredentials,
     agent_credentials,
     auth_secret_names,
 )
-from hatswarm_operator.core.inventory import NodeState
 from hatswarm_operator.kube import builders
 
 MERGE_PATCH = "application/merge-patch+json"
 Obj = dict[str, Any]
-
-
-def _condition(obj: Obj, type_: str) -> str | None:
-    for c in (obj.get("status") or {}).get("conditions") or []:
-        if c.get("type") == type_:
-            return str(c.get("status"))
-    return None
-
-
-def _grpc_port(pod: Obj) -> int | None:
-    for c in (pod.get("spec") or {}).get("containers") or []:
-        for p in c.get("ports") or []:
-            if p.get("name") == "grpc" and p.get("containerPort"):
-                return int(p["containerPort"])
-    return None
-
-
-def node_states(nodes: Iterable[Obj], pods: Iterable[Obj]) -> list[NodeState]:
-    """One NodeState per agent pod: where to probe it, and how Kubernetes sees its node.
-
-    A pod counts when it has an IP and a container port named `grpc` and is not being
-    deleted. `k8s_ready` is the node's Ready condition and the pod's; `schedulable` is the
-    node not being cordoned (`spec.unschedulable`). The agent probe decides the rest.
-    """
-    by_name = {n["metadata"]["name"]: n for n in nodes}
-    out: dict[str, NodeState] = {}
-    for pod in sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or ""):
-        meta, spec, status = pod["metadata"], pod.get("spec") or {}, pod.get("status") or {}
-        node_name, ip, port = spec.get("nodeName"), status.get("podIP"), _grpc_port(pod)
-        if not node_name or not ip or port is None or meta.get("deletionTimestamp"):
-            continue
-        if status.get("phase") in ("Succeeded", "Failed"):
-            continue
-        node = by_name.get(node_name)
-        if node is None:
-            continue
-        host = f"[{ip}]" if ":" in ip else ip
-        out[node_name] = NodeState(
-            name=node_name,
-            address=f"{host}:{port}",
-            labels=dict(node["metadata"].get("labels") or {}),
-            k8s_ready=_condition(node, "Ready") == "True" and _condition(pod, "Ready") == "True",
-            schedulable=not (node.get("spec") or {}).get("unschedulable", False),
-        )
-    return [out[k] for k in sorted(out)]
 
 
 class Cluster:
@@ -130,13 +85,38 @@ class Cluster:
             raise LookupError(f"secret {namespace}/{name} has no key {key!r}")
         return data[key].decode().strip()
 
-    async def agent_credentials(self, namespace: str, auth: Auth) -> AgentCredentials:
-        """What the operator presents to a pool's agents, from the Secrets of `spec.auth`
-        (:func:`credentials.agent_credentials`); LookupError when one cannot be read."""
+    async def agent_credentials(self, pool: InferencePool) -> AgentCredentials:
+        """What the operator presents to a pool's agents, from its control token and TLS
+        Secrets (:func:`credentials.agent_credentials`); LookupError when one cannot be read."""
+        namespace = pool.metadata.namespace
         secrets = {
-            name: await self.secret_data(namespace, name) for name in auth_secret_names(auth)
+            name: await self.secret_data(namespace, name) for name in auth_secret_names(pool)
         }
-        return agent_credentials(auth, secrets, lambda name: f"secret {namespace}/{name}")
+        return agent_credentials(pool, secrets, lambda name: f"secret {namespace}/{name}")
+
+    async def create_secret_if_absent(self, obj: Obj) -> bool:
+        """Create the Secret `obj` unless one of its name exists (never overwritten: an admin's
+        own value wins, and a rotation is a deletion); whether it was created."""
+        meta = obj["metadata"]
+
+        def call() -> bool:
+            try:
+                self.core.read_namespaced_secret(
+                    meta["name"], meta["namespace"], _preload_content=False
+                )
+                return False
+            except ApiException as err:
+                if err.status != 404:
+                    raise
+            try:
+                self.core.create_namespaced_secret(meta["namespace"], obj)  # type: ignore[arg-type]
+            except ApiException as err:
+                if err.status != 409:
+                    raise
+                return False
+            return True
+
+        return await asyncio.to_thread(call)
 
     async def inference_pool(self, namespace: str, name: str) -> Obj | None:
         def call() -> Obj | None:
@@ -158,7 +138,7 @@ class Cluster:
     async def ensure(self, obj: Obj) -> str:
         """Create `obj` if absent, patch it if its spec hash differs: "created", "patched", "".
 
-        Handles the two kinds a pool owns (DaemonSet, Service); a retry is always safe.
+        Handles the two kinds a pool owns (DaemonSets, Service); a retry is always safe.
         """
         kind, meta = obj["kind"], obj["metadata"]
         read: Any
@@ -198,6 +178,34 @@ class Cluster:
             body = {"metadata": obj["metadata"], "spec": obj["spec"]}
             patch(name, ns, body, _content_type=MERGE_PATCH)
             return "patched"
+
+        return await asyncio.to_thread(call)
+
+    async def delete_owned_daemonset(self, namespace: str, name: str, owner_uid: str) -> bool:
+        """Delete DaemonSet `name` if `owner_uid` owns it (a pool's dropped chip class);
+        False when it is absent or someone else's."""
+
+        def call() -> bool:
+            try:
+                resp: Any = self.apps.read_namespaced_daemon_set(
+                    name, namespace, _preload_content=False
+                )
+            except ApiException as err:
+                if err.status == 404:
+                    return False
+                raise
+            refs = (json.loads(resp.data).get("metadata") or {}).get("ownerReferences") or []
+            if not any(r.get("uid") == owner_uid for r in refs):
+                return False
+            try:
+                self.apps.delete_namespaced_daemon_set(
+                    name, namespace, propagation_policy="Background"
+                )
+            except ApiException as err:
+                if err.status != 404:
+                    raise
+                return False
+            return True
 
         return await asyncio.to_thread(call)
 

@@ -4,6 +4,7 @@ hatswarm-operator                          # peering (HA) under the name `hatswa
 hatswarm-operator --standalone -n floor-1  # one replica, one namespace
 hatswarm-operator --all-namespaces --metrics-port 9100 --log-format json
 hatswarm-operator --priority auto          # HA: a random peering priority per replica
+hatswarm-operator --reads list             # the old list-per-tick reads (benchmarks only)
 """
 
 from __future__ import annotations
@@ -44,6 +45,16 @@ def priority(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer or 'auto': {text!r}") from None
 
 
+def positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hatswarm-operator", description=__doc__.split("\n")[0])
     scope = p.add_mutually_exclusive_group()
@@ -58,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--peering-name", default="hatswarm", help="KopfPeering object for HA")
     p.add_argument(
+        "--peering-lifetime", type=int, default=None, metavar="SECONDS",
+        help="how long a replica's peering record lasts without renewal: a killed active "
+        "replica is replaced within this (default: kopf's 60)",
+    )  # fmt: skip
+    p.add_argument(
         "--priority", type=priority, default=0,
         help="peering priority of this replica: an integer, or 'auto' (random per replica)",
     )  # fmt: skip
@@ -68,6 +84,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, default=9100, help="Prometheus /metrics; 0 = off")
     p.add_argument("--metrics-host", default="0.0.0.0")
     p.add_argument("--agent-timeout", type=float, default=1.0, help="agent probe deadline (s)")
+    p.add_argument(
+        "--fan-out", type=positive, default=64, metavar="N",
+        help="agent calls in flight at once per pool (probes, routing tables)",
+    )  # fmt: skip
+    p.add_argument(
+        "--reads", choices=("watch", "list"), default="watch",
+        help="watch: follow watch-fed caches (default); list: the loop before them, for "
+        "comparison only (Nodes, Pods and EdgeModels listed every tick, every agent probed "
+        "at once inside the tick)",
+    )  # fmt: skip
     p.add_argument("--log-format", choices=sorted(LOG_FORMATS), default="json")
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("-q", "--quiet", action="store_true")
@@ -78,11 +104,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     kopf.configure(verbose=args.verbose, quiet=args.quiet, log_format=LOG_FORMATS[args.log_format])
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # the caches' requests: one line each
     handlers.CONFIG = handlers.OperatorConfig(
         standalone=args.standalone,
         peering_name=None if args.standalone else args.peering_name,
+        peering_lifetime_s=args.peering_lifetime,
         agent_timeout_s=args.agent_timeout,
+        reads=args.reads,
+        fan_out=args.fan_out,
     )
+
     if args.metrics_port:
         metrics.serve(args.metrics_port, args.metrics_host)
     namespaces = args.namespace

@@ -25,7 +25,12 @@ from hatswarm_operator.control.driver import drive
 from hatswarm_operator.control.runtime import PoolRuntime
 from hatswarm_operator.core.inventory import NodeState
 from hatswarm_operator.local.processes import LocalAgent, NodeSpec, start_agent
-from hatswarm_operator.local.secrets import local_auth_args, local_credentials, read_secret_key
+from hatswarm_operator.local.secrets import (
+    client_token,
+    local_auth_args,
+    local_credentials,
+    read_secret_key,
+)
 from hatswarm_operator.local.status import LocalSink
 
 log = logging.getLogger("hatswarm.local")
@@ -70,9 +75,14 @@ class LocalPool:
             return  # keep the last good ones; the agents keep theirs too
         await self.client.set_credentials(creds)
 
+    @property
+    def client_token(self) -> str:
+        """The inference token clients of this pool present ('' when it serves anyone)."""
+        return client_token(self.pool, self.state_dir)
+
     async def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        auth_args = local_auth_args(self.pool, self.state_dir)
+        auth_args = local_auth_args(self.pool, self.state_dir, self.models)
         await self.client.set_credentials(local_credentials(self.pool, self.state_dir))
         launch = functools.partial(start_agent, extra_args=auth_args)
         started = await asyncio.gather(

@@ -26,6 +26,8 @@ from typing import IO, Any
 import yaml
 from hatswarm_agent.protocol.defaults import ROUTE_RETRIES, ROUTE_TIMEOUT_MS
 
+from hatswarm_operator.api.common import ACCELERATORS
+
 READY_PREFIX = "hatswarm-agent ready on "
 BUNDLED_MODEL = "light_shufflenet.onnx"
 
@@ -62,7 +64,7 @@ def load_nodes_file(path: Path, pool_labels: dict[str, str]) -> list[NodeSpec]:
         if not isinstance(item, dict) or "name" not in item:
             raise ValueError(f"{path}: node {i} needs at least a name")
         acc = item.get("accelerator", "hailo8l")
-        if acc not in ("hailo8l", "hailo8", "cpu"):
+        if acc not in ACCELERATORS:
             raise ValueError(f"{path}: node {item['name']}: accelerator {acc!r} is not known")
         out.append(
             NodeSpec(

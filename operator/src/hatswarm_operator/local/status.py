@@ -7,6 +7,7 @@ import json
 import os
 import time
 from collections import deque
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ class LocalSink:
             "models": {k: v.wire() for k, v in self.models.items()},
             "events": [
                 {
-                    "time": t,
+                    "time": iso_time(t),
                     "object": f"{e.kind}/{e.name}",
                     "type": e.type,
                     "reason": e.reason,
@@ -63,16 +64,27 @@ class LocalSink:
         os.replace(tmp, self.path)
 
 
+def iso_time(unix: float) -> str:
+    """RFC 3339 in UTC to the second, as Kubernetes writes times."""
+    return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _figure(value: object, fmt: str = "") -> str:
+    """A measured figure, blank when it was not measured (None), never a made-up zero."""
+    return "" if value is None else format(value, fmt)
+
+
 def render(snapshot: dict[str, Any], events: int = 6) -> str:
-    """A `kubectl get ipool,em` style table, plus the latest Events."""
-    lines = ["NAME                     READY  NODES  MODELS  COST/1K     CLOUD/1K"]
+    """A `kubectl get inferencepools.hatswarm.io,edgemodels.hatswarm.io` style table (kinds
+    qualified by group, as `kubectl get all` prints them), plus the latest Events."""
+    lines = ["NAME                                 READY  NODES  MODELS  COST/1K     CLOUD/1K"]
     for name, p in sorted(snapshot["pools"].items()):
         cost = p.get("cost", {})
         per1k, cloud = cost.get("per1kUsd"), cost.get("cloudPer1kUsd")
         lines.append(
-            f"inferencepool/{name:<10} {p.get('nodesReady', 0):<6} {p.get('nodesTotal', 0):<6} "
-            f"{p.get('models', 0):<7} {per1k if per1k is not None else '-':<11} "
-            f"{cloud if cloud is not None else '-'}"
+            f"inferencepool.hatswarm.io/{name:<10} {p.get('nodesReady', 0):<6} "
+            f"{p.get('nodesTotal', 0):<6} "
+            f"{p.get('models', 0):<7} {_figure(per1k):<11} {_figure(cloud)}"
         )
         for n in p.get("nodes", []):
             mark = "Ready" if n.get("ready") else f"NotReady ({n.get('reason', '')})"
@@ -83,17 +95,20 @@ def render(snapshot: dict[str, Any], events: int = 6) -> str:
                 f"{f'{temp:.0f}C' if temp is not None else ''}"
             )
     lines.append("")
-    lines.append("NAME                     READY  VERSION  PHASE        RATE     P99-MS")
+    lines.append(
+        "NAME                                 READY  VERSION  PHASE        RATE     P99-MS"
+    )
     for name, m in sorted(snapshot["models"].items()):
         lines.append(
-            f"edgemodel/{name:<14} {m.get('ready', '0/0'):<6} {m.get('version') or '-':<8} "
-            f"{m.get('phase', ''):<12} {m.get('requestRate') or 0:<8.1f} {m.get('p99LatencyMs') or '-'}"
+            f"edgemodel.hatswarm.io/{name:<14} {m.get('ready', '0/0'):<6} {m.get('version') or '-':<8} "
+            f"{m.get('phase', ''):<12} {_figure(m.get('requestRate'), '.1f'):<8} "
+            f"{_figure(m.get('p99LatencyMs'), '.1f')}"
         )
     if events and snapshot["events"]:
         lines.append("")
         lines.append("EVENTS")
         for e in snapshot["events"][-events:]:
-            stamp = time.strftime("%H:%M:%S", time.localtime(e["time"]))
+            stamp = e["time"]
             lines.append(
                 f"  {stamp} {e['type']:<7} {e['reason']:<14} {e['object']}: {e['message']}"
             )

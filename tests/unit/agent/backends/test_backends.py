@@ -113,11 +113,22 @@ def test_registry_names_and_clear_errors() -> None:
     assert canonical_name("onnx") == "onnxruntime"
     with pytest.raises(BackendError, match="unknown backend 'tpu'"):
         create_backend("tpu")
-    with pytest.raises(BackendError, match="accelerator hailo8l or hailo8"):
+    with pytest.raises(BackendError, match="accelerator hailo8l, hailo8 or hailo10h"):
         SimulatedBackend("cpu")
+    assert create_backend("simulated", "hailo10h").device_info().accelerator == "hailo10h"
     assert create_backend("simulated", "hailo8").device_info().accelerator == "hailo8"
     try:
         import hailo_platform  # noqa: F401
     except ImportError:
         with pytest.raises(BackendUnavailableError, match="hailo"):
             create_backend("hailo")
+
+
+def test_profile_found_by_a_kubernetes_style_name() -> None:
+    """EdgeModel names cannot hold '_': `mobilenet-v2` finds the `mobilenet_v2` profile."""
+    from hatswarm_agent.backends.simulated import DEFAULT_PROFILE, PROFILES, resolve_profile
+
+    assert "mobilenet_v2" in PROFILES["hailo8l"] and DEFAULT_PROFILE != "mobilenet_v2"
+    dashed = resolve_profile("hailo8l", {}, "mobilenet-v2")
+    assert dashed == resolve_profile("hailo8l", {}, "mobilenet_v2")
+    assert dashed != resolve_profile("hailo8l", {}, "no-such-model")

@@ -32,7 +32,8 @@ def feed_all(stops: list[str], chunks: list[str]) -> tuple[str, bool]:
         out += matcher.feed(chunk)
         if matcher.stopped:
             return out, True
-    return out + matcher.flush(), False
+    out += matcher.flush()
+    return out, matcher.stopped
 
 
 @given(

@@ -193,6 +193,51 @@ def test_device_info(backend: HailoBackend, hp: ModuleType) -> None:
     assert info.watts == 1.75
 
 
+@pytest.mark.parametrize(
+    ("chip", "arch", "product"),
+    [
+        ("hailo8l", "HAILO8L", "HAILO-8L"),
+        ("hailo8", "HAILO8", "HAILO-8 "),
+        ("hailo10h", "HAILO10H", "HAILO-10H"),
+    ],
+)
+def test_the_chip_is_what_hailort_identifies(
+    hp: ModuleType, tmp_path: Path, chip: str, arch: str, product: str
+) -> None:
+    """Each AI HAT+ chip is reported as HailoRT's Control.identify() names it, and takes only
+    the HEFs compiled for it."""
+    hp.FAKE.use_chip(chip)
+    assert hp.FAKE.arch == hp.DeviceArchitectureTypes[arch]
+    b = HailoBackend()
+    try:
+        assert b.accelerator == chip
+        assert b.device_info().accelerator == chip
+        assert b.device_info().device_id == f"FAKE{chip.upper()}0001"
+        assert b.product_name.startswith(product)
+        model = b.load(hp.write_fake_hef(tmp_path / f"m_{chip}.hef", hw_arch=chip), {})
+        out = model.run({"net/input_layer1": np.zeros((1, 4, 4, 3), dtype=np.uint8)})
+        assert out["net/fc1"].shape == (1, 5)
+        for other in {"hailo8l", "hailo8", "hailo10h"} - {chip}:
+            named = hp.write_fake_hef(tmp_path / f"x_{other}.hef", hw_arch=other)
+            with pytest.raises(BackendError, match=f"compiled for {other}"):
+                b.load(named, {})  # refused by name, before HailoRT
+            if not (chip == "hailo8" and other == "hailo8l"):  # that one HailoRT runs, slowly
+                anonymous = hp.write_fake_hef(tmp_path / "anonymous.hef", hw_arch=other)
+                with pytest.raises(BackendError, match="Invalid HEF"):
+                    b.load(anonymous, {})  # refused by HailoRT itself
+    finally:
+        b.close()
+
+
+def test_arch_of_maps_every_hailort_chip_name(hp: ModuleType) -> None:
+    from hatswarm_agent.backends.hailo import _arch_of
+
+    names = {t.name: _arch_of(t) for t in hp.DeviceArchitectureTypes}
+    assert names["HAILO8_A0"] == names["HAILO8"] == "hailo8"
+    assert names["HAILO8L"] == "hailo8l"
+    assert names["HAILO10H"] == "hailo10h"
+
+
 def test_device_info_without_power_monitoring(hp: ModuleType) -> None:
     hp.FAKE.power_w = None
     hp.FAKE.arch = hp.DeviceArchitectureTypes.HAILO8
@@ -213,6 +258,8 @@ def test_device_info_without_power_monitoring(hp: ModuleType) -> None:
         ("https://zoo/v2.14.0/hailo8l/yolov11m.hef", "hailo8l"),
         ("resnet_v1_50_h8.hef", "hailo8"),
         ("/usr/share/hailo-models/yolov8s-hailo8.hef", "hailo8"),
+        ("https://zoo/v5.0.0/hailo10h/yolov8s.hef", "hailo10h"),
+        ("resnet_v1_50_h10h.hef", "hailo10h"),
         ("mobilenet_v2.hef", None),
         ("h8lx_model.hef", None),
     ],
@@ -232,7 +279,12 @@ def test_wrong_chip_is_refused(backend: HailoBackend, tmp_path: Path, hp: Module
         backend.load(hef, {"uri": "https://registry/models/resnet_v1_50_h8.hef"})
     assert hp.FAKE.vdevices[-1].infer_models == []  # refused before touching the NPU
     with pytest.raises(BackendError, match="hw_arch must be one of"):
-        backend.load(hef, {"hw_arch": "hailo10h"})
+        backend.load(hef, {"hw_arch": "hailo15h"})
+    h10 = hp.write_fake_hef(tmp_path / "yolov8s_h10h.hef", hw_arch="hailo10h")
+    with pytest.raises(
+        BackendError, match="compiled for hailo10h but this node's NPU is a hailo8l"
+    ):
+        backend.load(h10, {})
 
 
 def test_wrong_chip_refused_by_hailort_is_a_backend_error(

@@ -48,10 +48,11 @@ async def test_local_sha256_mismatch_is_refused_and_nothing_cached(
     tmp_path: Path, store: ArtifactStore
 ) -> None:
     src = tmp_path / "model.onnx"
-    write(src, b"weights")
+    actual = write(src, b"weights")
     wrong = hashlib.sha256(b"other").hexdigest()
-    with pytest.raises(DigestMismatchError, match=f"expected {wrong} got "):
+    with pytest.raises(DigestMismatchError, match=f"its sha256 is not {wrong}") as err:
         await store.fetch(src.as_uri(), sha256=wrong)
+    assert actual not in str(err.value)  # never the digest of content that failed to verify
     assert list((tmp_path / "cache" / "sha256").iterdir()) == []
     assert list((tmp_path / "cache" / "tmp").iterdir()) == []
     assert store.total_bytes() == 0
@@ -240,3 +241,21 @@ async def test_concurrent_fetches_of_one_digest_copy_once(
     paths = await asyncio.gather(*(store.fetch(str(src), sha256=digest) for _ in range(5)))
     assert set(paths) == {tmp_path / "cache" / "sha256" / digest}
     assert copies == 1
+
+
+async def test_the_cache_is_private_and_each_artifact_is_seen_alone(
+    tmp_path: Path, store: ArtifactStore
+) -> None:
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    write(a, b"first")
+    write(b, b"second")
+    path_a, path_b = await store.fetch(str(a)), await store.fetch(str(b))
+    for folder in (tmp_path / "cache", path_a.parent):
+        assert folder.stat().st_mode & 0o777 == 0o700
+    assert path_a.stat().st_mode & 0o777 == 0o400
+    view = store.view(path_a)
+    assert view.read_bytes() == b"first" and view.name == path_a.name
+    assert sorted(p.name for p in view.parent.iterdir()) == [path_a.name]  # nothing else there
+    assert path_b.name not in {p.name for p in view.parent.iterdir()}
+    with pytest.raises(ValueError, match="64 hex"):  # a file outside the cache has no view
+        store.view(a)

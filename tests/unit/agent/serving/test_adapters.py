@@ -18,6 +18,7 @@ from hatswarm_agent.backends.onnx import OnnxBackend, OnnxModel
 from hatswarm_agent.backends.simulated import SimulatedBackend
 from hatswarm_agent.control.artifacts import ArtifactStore
 from hatswarm_agent.control.lifecycle import Backends, ModelLifecycle
+from hatswarm_agent.control.sources import ArtifactSources
 from hatswarm_agent.protocol.v1 import control_pb2
 from hatswarm_agent.serving.adapters import AdapterSet
 from hatswarm_agent.serving.batching import ModelQueue
@@ -276,13 +277,14 @@ async def test_batches_never_mix_adapters(base: OnnxModel, files: dict[str, Path
 # -- lifecycle: adapter artifacts are verified, pinned while known, and released -----------------
 
 
-def lifecycle(tmp_path: Path) -> ModelLifecycle:
+def lifecycle(tmp_path: Path, models: Path) -> ModelLifecycle:
     return ModelLifecycle(
         ModelRegistry(),
         AgentMetrics(),
         ArtifactStore(tmp_path / "cache", 1 << 30),
         Backends("onnxruntime", "cpu"),
         health_aio.HealthServicer(),
+        sources=ArtifactSources(file_roots=[models]),
     )
 
 
@@ -307,7 +309,7 @@ def load_request(
 async def test_lifecycle_pins_adapters_while_known_and_updates_without_reload(
     files: dict[str, Path], tmp_path: Path
 ) -> None:
-    lc = lifecycle(tmp_path)
+    lc = lifecycle(tmp_path, files["base"].parent)
     store = lc.artifacts
 
     def pinned() -> set[str]:
@@ -331,9 +333,9 @@ async def test_lifecycle_pins_adapters_while_known_and_updates_without_reload(
 async def test_lifecycle_refuses_a_bad_slot_option_and_a_duplicate_name(
     files: dict[str, Path], tmp_path: Path
 ) -> None:
-    lc = lifecycle(tmp_path)
-    failed = await lc.load(load_request(files, "a", adapter_slots="0"))
-    assert not failed.ready and "adapter_slots=0 must be >= 1" in failed.reason
+    lc = lifecycle(tmp_path, files["base"].parent)
+    with pytest.raises(InvalidInputError, match="adapter_slots=0 is out of range: 1 to 64"):
+        await lc.load(load_request(files, "a", adapter_slots="0"))
     with pytest.raises(InvalidInputError, match="adapter 'a' given twice"):
         await lc.load(load_request(files, "aa"))
     await lc.close()

@@ -10,6 +10,7 @@ import pytest
 from grpc_health.v1.health import aio as health_aio
 from hatswarm_agent.control.artifacts import ArtifactStore
 from hatswarm_agent.control.lifecycle import Backends, ModelLifecycle
+from hatswarm_agent.control.sources import ArtifactSources
 from hatswarm_agent.protocol.params import ParameterError
 from hatswarm_agent.protocol.v1 import control_pb2
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
@@ -29,10 +30,12 @@ async def loaded(tmp_path: Path) -> tuple[DataPlane, ModelLifecycle]:
         ArtifactStore(tmp_path / "cache", 1 << 30),
         Backends("onnxruntime", "cpu"),
         health_aio.HealthServicer(),
+        sources=ArtifactSources(),
     )
     path = build_mlp(tmp_path / "m.onnx", in_dim=4, hidden=8, out=3)
-    entry = await lc.load(
-        control_pb2.LoadModelRequest(name="m", uri=str(path), options={"workers": "1"})
+    entry = await lc.load(  # as a command-line model: the agent's own configuration
+        control_pb2.LoadModelRequest(name="m", uri=str(path), options={"workers": "1"}),
+        trusted=True,
     )
     assert entry.ready, entry.reason
     return DataPlane(registry, metrics), lc

@@ -14,6 +14,7 @@ import grpc
 import numpy as np
 import pytest
 from hatswarm_agent.backends.base import TensorSpec
+from hatswarm_agent.protocol.auth import PEER_KEY
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
 from hatswarm_agent.serving import shm
 from hatswarm_agent.serving.errors import AgentError, InvalidInputError
@@ -142,11 +143,12 @@ def test_only_callers_on_this_host_are_local() -> None:
 
 
 class Context:
-    def __init__(self, token: str = "") -> None:
-        self.token = token
+    def __init__(self, token: str = "", hop: str = "") -> None:
+        self.token, self.hop = token, hop
 
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
-        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
+        bearer = (("authorization", f"Bearer {self.token}"),) if self.token else ()
+        return (*bearer, (PEER_KEY, self.hop)) if self.hop else bearer
 
 
 def test_owner_is_a_digest_of_the_bearer_token() -> None:
@@ -154,6 +156,14 @@ def test_owner_is_a_digest_of_the_bearer_token() -> None:
     one, two = shm.owner_of(Context("t1")), shm.owner_of(Context("t2"))
     assert one != two
     assert "t1" not in one  # the token itself is not kept
+
+
+def test_a_hop_admitted_by_its_peer_credential_is_its_own_client() -> None:
+    """A pool-internal hop carries no bearer token: it must not share the anonymous client's
+    regions (nor a client's whose token happens to equal the credential)."""
+    hop = shm.owner_of(Context(hop="c1"))
+    assert hop not in ("", shm.owner_of(Context("c1")))
+    assert shm.owner_of(Context("t1", hop="c1")) == shm.owner_of(Context("t1"))
 
 
 def shm_input(

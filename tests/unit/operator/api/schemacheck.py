@@ -49,7 +49,9 @@ def _walk(schema: dict[str, Any], obj: Any, path: list[str | int], errors: list[
             errors.append(f"{where}: Invalid value: {rule['message']}")
     if isinstance(obj, dict):
         props = schema.get("properties")
-        if props is not None and not schema.get("x-kubernetes-preserve-unknown-fields"):
+        # metadata is ObjectMeta: the API server checks it, a CRD only constrains its name.
+        strict = path != ["metadata"] and not schema.get("x-kubernetes-preserve-unknown-fields")
+        if props is not None and strict:
             for key in obj:
                 if key not in props:
                     errors.append(f"{_fmt([*path, key])}: unknown field")

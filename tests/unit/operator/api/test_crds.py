@@ -154,6 +154,6 @@ def test_invalid_examples_fail_the_operators_own_parse(path: Path) -> None:
 
 def test_defaults_fill_nested_objects() -> None:
     spec = crd_schemas()["EdgeModel"]["properties"]["spec"]["properties"]
-    assert spec["replicas"]["default"] == {"min": 1, "max": 1, "desired": 1}
+    assert spec["replicas"]["default"] == {"min": 1, "desired": 1}  # max follows them
     assert spec["rollout"]["properties"]["steps"]["default"] == [10, 50, 100]
     assert "default" not in crd_schemas()["EdgeModel"]["properties"]["status"]

@@ -58,7 +58,7 @@ spec:
 
 
 def run_json(args: list[str], capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
-    assert cost_cli.main([*args, "--json"]) == 0
+    assert cost_cli.main([*args, "-o", "json"]) == 0
     out: dict[str, Any] = json.loads(capsys.readouterr().out)
     return out
 
@@ -163,7 +163,7 @@ def test_bad_input_exits_2(
 ) -> None:
     assert cost_cli.main(args) == 2
     err = capsys.readouterr().err
-    assert "usage: hatswarm cost" in err
+    assert "hatswarm cost: error:" in err
     assert message in err
 
 
@@ -202,7 +202,7 @@ def test_plot_writes_a_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert width >= 600
     assert height >= 400
     assert len(data) > 20_000
-    assert str(target) in capsys.readouterr().out
+    assert str(target) in capsys.readouterr().err  # stdout carries only the report
 
 
 def test_module_runs_as_a_script() -> None:
@@ -212,6 +212,7 @@ def test_module_runs_as_a_script() -> None:
         "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]),
     }
     done = subprocess.run(
+        # --json is deprecated for -o json: it still works, with a warning
         [sys.executable, "-m", "hatswarm_operator.cli.cost", "--per-second", "1", "--json"],
         capture_output=True,
         text=True,
@@ -221,6 +222,7 @@ def test_module_runs_as_a_script() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert abs(json.loads(done.stdout)["device_year_usd"] - 138.84) <= 0.02
+    assert "--json is deprecated, use -o json" in done.stderr
 
     bad = subprocess.run(
         [sys.executable, "-m", "hatswarm_operator.cli.cost", "--per-day", "1", "--per-second", "1"],

@@ -85,7 +85,7 @@ def by_accel(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def test_n_plus_k_one_replica_per_node(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # 231 req/s of yolov8s at 110 fps is 2.1 busy NPUs: 3 at <= 70%, +1 for a failure.
     f = write(tmp_path, pool_doc(accelerators=["hailo8l"]), model_doc("yolo", {"hailo8l": 110}))
-    code, out = run_json(capsys, "-f", str(f), "--load", "yolo=231", "--json")
+    code, out = run_json(capsys, "-f", str(f), "--load", "yolo=231", "-o", "json")
     assert code == 0
     p = by_accel(out)["hailo8l"]
     assert p["feasible"]
@@ -104,7 +104,7 @@ def test_n_plus_k_one_replica_per_node(tmp_path: Path, capsys: pytest.CaptureFix
 def test_two_failures_need_two_spares(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     f = write(tmp_path, pool_doc(accelerators=["hailo8l"]), model_doc("yolo", {"hailo8l": 110}))
     _, out = run_json(
-        capsys, "-f", str(f), "--load", "yolo=231", "--tolerate-failures", "2", "--json"
+        capsys, "-f", str(f), "--load", "yolo=231", "--tolerate-failures", "2", "-o", "json"
     )
     p = by_accel(out)["hailo8l"]
     assert p["devices"] == 5
@@ -122,7 +122,9 @@ def test_memory_forces_more_nodes_than_npu_time(
         model_doc("big-a", {"hailo8": 500}, memory=2000),
         model_doc("big-b", {"hailo8": 500}, memory=2000),
     )
-    _, out = run_json(capsys, "-f", str(f), "--load", "big-a=10", "--load", "big-b=10", "--json")
+    _, out = run_json(
+        capsys, "-f", str(f), "--load", "big-a=10", "--load", "big-b=10", "-o", "json"
+    )
     p = by_accel(out)["hailo8"]
     assert p["capacity_devices"] == 2
     assert p["devices"] == 4
@@ -140,7 +142,7 @@ def test_hot_node_grows_the_fleet(tmp_path: Path, capsys: pytest.CaptureFixture[
         model_doc("det", {"hailo8l": 100}),
         model_doc("cls", {"hailo8l": 100}),
     )
-    _, out = run_json(capsys, "-f", str(f), "--load", "det=130", "--load", "cls=30", "--json")
+    _, out = run_json(capsys, "-f", str(f), "--load", "det=130", "--load", "cls=30", "-o", "json")
     p = by_accel(out)["hailo8l"]
     # busy 1.6 -> ceil(1.6/0.7) = 3 + 1 = 4 by capacity
     assert p["capacity_devices"] == 4
@@ -153,7 +155,7 @@ def test_hot_node_grows_the_fleet(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 def test_faster_accelerator_is_cheaper(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     f = write(tmp_path, pool_doc(), model_doc("yolo", {"hailo8l": 110, "hailo8": 491}))
-    code, out = run_json(capsys, "-f", str(f), "--load", "yolo=900", "--json")
+    code, out = run_json(capsys, "-f", str(f), "--load", "yolo=900", "-o", "json")
     plans = by_accel(out)
     assert plans["hailo8l"]["devices"] == 13  # ceil(900/110/0.7) = 12, + 1
     assert plans["hailo8"]["devices"] == 4  # ceil(900/491/0.7) = 3, + 1
@@ -166,13 +168,13 @@ def test_fps_sources_precedence(tmp_path: Path, capsys: pytest.CaptureFixture[st
     measured = tmp_path / "measured.json"
     measured.write_text(json.dumps({"yolo": {"hailo8l": 231.0}}))
     _, out = run_json(
-        capsys, "-f", str(f), "--load", "yolo=231", "--measured", str(measured), "--json"
+        capsys, "-f", str(f), "--load", "yolo=231", "--measured", str(measured), "-o", "json"
     )
     assert by_accel(out)["hailo8l"]["fps"] == {"yolo": 231.0}
     assert by_accel(out)["hailo8l"]["devices"] == 3  # 1 busy -> 2 at 70%, +1
     _, out = run_json(
         capsys, "-f", str(f), "--load", "yolo=231", "--measured", str(measured),
-        "--fps", "yolo:hailo8l=462", "--json",
+        "--fps", "yolo:hailo8l=462", "-o", "json",
     )  # fmt: skip
     assert by_accel(out)["hailo8l"]["fps"] == {"yolo": 462.0}
     assert by_accel(out)["hailo8l"]["devices"] == 2
@@ -195,7 +197,9 @@ def test_unservable_kind_is_reported(tmp_path: Path, capsys: pytest.CaptureFixtu
         model_doc("yolo", {"hailo8": 491}),
         model_doc("slow", {"hailo8l": 10, "hailo8": None}, slo_ms=5),
     )
-    code, out = run_json(capsys, "-f", str(f), "--load", "yolo=100", "--load", "slow=1", "--json")
+    code, out = run_json(
+        capsys, "-f", str(f), "--load", "yolo=100", "--load", "slow=1", "-o", "json"
+    )
     plans = by_accel(out)
     assert not plans["hailo8l"]["feasible"]
     assert any("yolo: no artifact runs on hailo8l" in w for w in plans["hailo8l"]["warnings"])

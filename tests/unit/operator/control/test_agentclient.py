@@ -13,7 +13,6 @@ import grpc
 import pytest
 from hatswarm_agent.protocol.v1 import control_pb2
 from hatswarm_operator.api import InferencePool
-from hatswarm_operator.api.inferencepool import Auth
 from hatswarm_operator.control.agentclient import AgentClient
 from hatswarm_operator.control.credentials import AgentCredentials
 from hatswarm_operator.kube import handlers
@@ -205,9 +204,12 @@ def test_token_change_keeps_channels_tls_change_drops_them() -> None:
 
 
 class FakeCore:
+    """Stands in for CoreV1Api's Secret calls (the kubernetes client; no API server)."""
+
     def __init__(self, secrets: dict[str, dict[str, bytes]]) -> None:
         self.secrets = secrets
         self.reads = 0
+        self.created: list[dict[str, Any]] = []
 
     def read_namespaced_secret(self, name: str, namespace: str, **_: Any) -> Any:
         from kubernetes.client.exceptions import ApiException
@@ -224,6 +226,11 @@ class FakeCore:
         resp.data = json.dumps({"data": data}).encode()  # type: ignore[attr-defined]
         return resp
 
+    def create_namespaced_secret(self, namespace: str, body: dict[str, Any]) -> None:
+        self.created.append(body)
+        data = {k: base64.b64decode(v) for k, v in body["data"].items()}
+        self.secrets[body["metadata"]["name"]] = data
+
 
 def fake_cluster(secrets: dict[str, dict[str, bytes]]) -> tuple[Cluster, FakeCore]:
     cluster = Cluster.__new__(Cluster)
@@ -232,79 +239,115 @@ def fake_cluster(secrets: dict[str, dict[str, bytes]]) -> tuple[Cluster, FakeCor
     return cluster, core
 
 
-def test_cluster_reads_token_and_tls_secrets_into_credentials() -> None:
-    cluster, _ = fake_cluster(
-        {
-            "tok": {"token": b"s3cret\n"},
-            "tls": {"tls.crt": b"CERT", "tls.key": b"KEY", "ca.crt": b"CA"},
-        }
-    )
-    auth = Auth.model_validate(
-        {"tokenSecretRef": {"name": "tok"}, "tlsSecretRef": {"name": "tls"}, "mutualTls": True}
-    )
-    creds = run(cluster.agent_credentials("edge", auth))
-    assert creds == AgentCredentials("s3cret", True, b"CA", b"CERT", b"KEY")
-    server_only = Auth.model_validate({"tlsSecretRef": {"name": "tls"}})
-    assert run(cluster.agent_credentials("edge", server_only)) == AgentCredentials(
-        tls=True, ca_pem=b"CA"
-    )
-    with pytest.raises(LookupError, match="404"):
-        run(
-            cluster.agent_credentials(
-                "edge", Auth.model_validate({"tokenSecretRef": {"name": "x"}})
-            )
-        )
-
-
 def pool_with(**auth: Any) -> InferencePool:
     return make_pool("floor", namespace="edge", auth=auth)
 
 
-def test_pool_daemon_refreshes_credentials_and_reports_a_missing_secret_once() -> None:
+def test_cluster_reads_the_control_token_and_tls_secrets_into_credentials() -> None:
+    cluster, _ = fake_cluster(
+        {
+            "hatswarm-control-floor": {"token": b"ctl\n"},
+            "tok": {"token": b"s3cret\n"},  # clients' tokens: never what the operator presents
+            "tls": {"tls.crt": b"CERT", "tls.key": b"KEY", "ca.crt": b"CA"},
+        }
+    )
+    p = pool_with(tokenSecretRef={"name": "tok"}, tlsSecretRef={"name": "tls"}, mutualTls=True)
+    creds = run(cluster.agent_credentials(p))
+    assert creds == AgentCredentials("ctl", True, b"CA", b"CERT", b"KEY")
+    server_only = pool_with(tlsSecretRef={"name": "tls"})
+    assert run(cluster.agent_credentials(server_only)) == AgentCredentials(
+        "ctl", tls=True, ca_pem=b"CA"
+    )
+    bare, _ = fake_cluster({})
+    with pytest.raises(LookupError, match="hatswarm-control-floor: 404"):
+        run(bare.agent_credentials(pool_with()))
+
+
+def test_pool_daemon_generates_refreshes_and_rotates_the_control_token() -> None:
     now = [100.0]
-    cluster, core = fake_cluster({"tok": {"token": b"one"}})
+    cluster, core = fake_cluster({})
     client = AgentClient()
     refresh = handlers.CredentialsRefresh(client, clock=lambda: now[0])
-    p = pool_with(tokenSecretRef={"name": "tok"})
+    p = pool_with()
+    owner = {
+        "apiVersion": "hatswarm.io/v1alpha1",
+        "kind": "InferencePool",
+        "metadata": {"name": "floor", "namespace": "edge", "uid": "u-1"},
+    }
 
-    assert run(refresh(cluster, "edge", p)) == ""
-    assert client.credentials.token == "one"
-    core.secrets["tok"] = {"token": b"two"}
-    assert run(refresh(cluster, "edge", p)) == ""  # within the refresh interval: cached
-    assert client.credentials.token == "one" and core.reads == 1
+    assert run(refresh(cluster, "edge", p, cluster, owner)) == ""
+    made = {c["metadata"]["name"]: c for c in core.created}
+    assert set(made) == {"hatswarm-control-floor", "hatswarm-clients-floor"}
+    for secret in made.values():  # owned by the pool: they go with it
+        assert secret["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+    first = client.credentials.token
+    assert len(first) >= 40 and first != core.secrets["hatswarm-clients-floor"]["token"].strip()
+    reads = core.reads
+    assert (
+        run(refresh(cluster, "edge", p, cluster, owner)) == ""
+    )  # within the refresh interval: cached
+    assert core.reads == reads and len(core.created) == 2
+
+    # Rotation: the Secret is deleted; the next refresh makes a new token and presents it.
+    del core.secrets["hatswarm-control-floor"]
     now[0] += handlers.CREDENTIALS_REFRESH_S
-    run(refresh(cluster, "edge", p))
-    assert client.credentials.token == "two"  # rotated
+    assert run(refresh(cluster, "edge", p, cluster, owner)) == ""
+    assert client.credentials.token not in ("", first) and len(core.created) == 3
 
-    del core.secrets["tok"]
+    # An admin's own value is never overwritten.
+    core.secrets["hatswarm-control-floor"] = {"token": b"admin-chosen\n"}
+    now[0] += handlers.CREDENTIALS_REFRESH_S
+    run(refresh(cluster, "edge", p, cluster, owner))
+    assert client.credentials.token == "admin-chosen" and len(core.created) == 3
+
+    # Without the owner (cannot create): a missing Secret is reported once, the last good
+    # token stays.
+    del core.secrets["hatswarm-control-floor"]
     now[0] += handlers.CREDENTIALS_REFRESH_S
     problem = run(refresh(cluster, "edge", p))
-    assert "tok" in problem and "404" in problem
-    assert client.credentials.token == "two"  # the last good token stays
+    assert "hatswarm-control-floor" in problem and "404" in problem
+    assert client.credentials.token == "admin-chosen"
     now[0] += handlers.CREDENTIALS_REFRESH_S
     assert run(refresh(cluster, "edge", p)) == ""  # reported once
 
-    # No auth at all: no Secret reads.
-    cluster2, core2 = fake_cluster({})
-    refresh2 = handlers.CredentialsRefresh(AgentClient())
-    assert run(refresh2(cluster2, "edge", pool_with())) == ""
-    assert core2.reads == 0
+    # A pool that names its clients' tokens, or serves anyone, gets only the control Secret.
+    for auth in ({"tokenSecretRef": {"name": "tok"}}, {"unauthenticatedInference": True}):
+        c2, core2 = fake_cluster({})
+        run(handlers.CredentialsRefresh(AgentClient())(c2, "edge", pool_with(**auth), c2, owner))
+        assert [c["metadata"]["name"] for c in core2.created] == ["hatswarm-control-floor"]
 
 
 # --- local mode and the CLI --------------------------------------------------------------------
 
 
-def test_local_mode_reads_the_token_from_the_state_dir(tmp_path: Path) -> None:
+def test_local_mode_generates_private_tokens_and_reads_a_named_one(tmp_path: Path) -> None:
     p = pool_with(tokenSecretRef={"name": "floor-token", "key": "pool"})
     with pytest.raises(FileNotFoundError, match="secrets/floor-token/pool"):
         local_auth_args(p, tmp_path)
     token = tmp_path / "secrets" / "floor-token" / "pool"
     token.parent.mkdir(parents=True)
     token.write_text("s3cret\n")
-    assert local_auth_args(p, tmp_path) == ["--auth-token-file", str(token.resolve())]
-    assert local_credentials(p, tmp_path) == AgentCredentials(token="s3cret")
-    assert local_auth_args(pool_with(), tmp_path) == []
-    assert local_credentials(pool_with(), tmp_path) == AgentCredentials()
+    control = tmp_path / "secrets" / "hatswarm-control-floor" / "token"
+    args = local_auth_args(p, tmp_path)
+    assert args[:4] == [
+        "--control-token-file", str(control.resolve()),
+        "--auth-token-file", str(token.resolve()),
+    ]  # fmt: skip
+    assert oct(control.stat().st_mode & 0o777) == "0o600"
+    assert oct(control.parent.stat().st_mode & 0o777) == "0o700"
+    ctl = control.read_text().strip()
+    assert local_credentials(p, tmp_path) == AgentCredentials(token=ctl)
+    assert local_auth_args(p, tmp_path)[1] == str(control.resolve())  # never regenerated
+    assert control.read_text().strip() == ctl
+
+    # The default pool: a generated clients' token, distinct from the control token.
+    args = local_auth_args(pool_with(), tmp_path)
+    clients = tmp_path / "secrets" / "hatswarm-clients-floor" / "token"
+    assert args[args.index("--auth-token-file") + 1] == str(clients.resolve())
+    assert clients.read_text().strip() not in ("", ctl)
+    # Serving anyone is the pool's explicit choice; control keeps its token.
+    open_args = local_auth_args(pool_with(unauthenticatedInference=True), tmp_path)
+    assert "--auth-token-file" not in open_args and "--control-token-file" in open_args
 
 
 def test_local_mode_tls_files(tmp_path: Path) -> None:
@@ -315,7 +358,8 @@ def test_local_mode_tls_files(tmp_path: Path) -> None:
     p = pool_with(tlsSecretRef={"name": "floor-tls"}, mutualTls=True)
     args = local_auth_args(p, tmp_path)
     assert args[args.index("--tls-ca") + 1] == str((folder / "ca.crt").resolve())
-    assert local_credentials(p, tmp_path) == AgentCredentials("", True, b"CA", b"CERT", b"KEY")
+    token = (tmp_path / "secrets" / "hatswarm-control-floor" / "token").read_text().strip()
+    assert local_credentials(p, tmp_path) == AgentCredentials(token, True, b"CA", b"CERT", b"KEY")
 
 
 def test_priority_auto_draws_a_random_priority_and_integers_still_work() -> None:

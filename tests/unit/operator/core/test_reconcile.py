@@ -52,6 +52,17 @@ def test_converged_pool_routes_to_ready_replicas_and_is_ready() -> None:
     assert {c.type: c.status for c in st.conditions}["Ready"] == "True"
 
 
+def test_p99_is_absent_until_something_was_measured() -> None:
+    """A replica that served nothing reports p99 0.0: that is no measurement, not 0 ms."""
+    idle = [node("n1", ("m", "1", READY)), node("n2", ("m", "1", READY))]
+    assert plan_pool(pool(), [model()], idle, now=0).model_status["m"].p99_latency_ms is None
+    busy = [
+        make_node("n1", ModelObs("m", "1", READY, capacity_fps=100.0, p99_ms=7.5)),
+        node("n2", ("m", "1", READY)),
+    ]
+    assert plan_pool(pool(), [model()], busy, now=0).model_status["m"].p99_latency_ms == 7.5
+
+
 def test_lost_node_moves_only_its_replica() -> None:
     nodes = [
         node("n1", ("m", "1", READY), up=False),

@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 from hatswarm_operator.api.edgemodel import EdgeModelStatus
 from hatswarm_operator.api.manifests import ManifestError
-from hatswarm_operator.kube.cluster import node_states
 from hatswarm_operator.kube.handlers import parse_model, parse_pool
 from hatswarm_operator.kube.main import build_parser
 from hatswarm_operator.kube.sink import object_ref, status_patch
+from hatswarm_operator.kube.sources import node_states, node_view, pod_view
 
 
 def node(
@@ -58,7 +58,8 @@ def test_node_states_from_nodes_and_agent_pods() -> None:
         pod("pi-6", ready="False"),
         pod("pi-9"),  # its node is unknown
     ]
-    states = {s.name: s for s in node_states(nodes, pods)}
+    views = {v.name: v for v in map(node_view, nodes)}
+    states = {s.name: s for s in node_states(views, map(pod_view, pods))}
     assert sorted(states) == ["pi-1", "pi-2", "pi-3", "pi-6"]
     assert states["pi-1"].address == "10.0.0.5:8001"
     assert states["pi-1"].labels == {"line": "a"}

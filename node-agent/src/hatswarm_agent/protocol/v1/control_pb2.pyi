@@ -109,9 +109,14 @@ class LoadModelRequest(_message.Message):
     sha256: _builtins.str
     """Lowercase hex, 64 characters. Required for http(s); optional for local files."""
     signature: _builtins.str
-    """Optional ed25519 signature over the raw 32-byte sha256 digest, base64."""
+    """Optional ed25519 signature over the raw 32-byte sha256 digest, base64. It must verify under
+    one of the keys the agent was started with (--trusted-keys); agents started with
+    --require-signatures refuse loads without one.
+    """
     public_key: _builtins.str
-    """The ed25519 public key that must have made `signature`: PEM or base64 of the raw 32 bytes."""
+    """Which of the agent's trusted keys made `signature` (PEM or base64 of the raw 32 bytes): a
+    hint only, a key the agent does not trust is refused, never adopted.
+    """
     backend: _builtins.str
     """"onnxruntime", "hailo" or "simulated"; empty means the agent's default backend."""
     cache_ttl_seconds: _builtins.int
@@ -375,9 +380,11 @@ class NodeStatusResponse(_message.Message):
     ROUTING_GENERATION_FIELD_NUMBER: _builtins.int
     GATEWAY_FIELD_NUMBER: _builtins.int
     NOW_UNIX_MS_FIELD_NUMBER: _builtins.int
+    BACKEND_FIELD_NUMBER: _builtins.int
+    BACKEND_ERROR_FIELD_NUMBER: _builtins.int
     node_name: _builtins.str
     accelerator: _builtins.str
-    """"hailo8l", "hailo8" or "cpu"."""
+    """"hailo8l", "hailo8", "hailo10h" (as HailoRT identifies the chip) or "cpu"."""
     device_id: _builtins.str
     """Device serial / board identity, empty when unknown."""
     agent_version: _builtins.str
@@ -390,6 +397,15 @@ class NodeStatusResponse(_message.Message):
     gateway: _builtins.bool
     """True when the agent has no local backend (`--gateway`)."""
     now_unix_ms: _builtins.int
+    backend: _builtins.str
+    """The backend serving this agent's models ("hailo", "onnxruntime", "simulated"): what
+    `--backend auto` resolved to. Empty for a gateway, or when the pinned one cannot open.
+    """
+    backend_error: _builtins.str
+    """Why the backend `--backend` asked for cannot serve on this node (e.g. a pinned "hailo"
+    without a Hailo device); empty when it serves. The operator keeps such a node out of
+    placement and says why in the pool's conditions and Events.
+    """
     @_builtins.property
     def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelStatus]: ...
     def __init__(
@@ -407,10 +423,12 @@ class NodeStatusResponse(_message.Message):
         routing_generation: _builtins.int = ...,
         gateway: _builtins.bool = ...,
         now_unix_ms: _builtins.int = ...,
+        backend: _builtins.str = ...,
+        backend_error: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accelerator", b"accelerator", "agent_version", b"agent_version", "artifact_cache_bytes", b"artifact_cache_bytes", "device_id", b"device_id", "gateway", b"gateway", "models", b"models", "node_name", b"node_name", "now_unix_ms", b"now_unix_ms", "routing_generation", b"routing_generation", "temperature_c", b"temperature_c", "uptime_seconds", b"uptime_seconds", "watts", b"watts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accelerator", b"accelerator", "agent_version", b"agent_version", "artifact_cache_bytes", b"artifact_cache_bytes", "backend", b"backend", "backend_error", b"backend_error", "device_id", b"device_id", "gateway", b"gateway", "models", b"models", "node_name", b"node_name", "now_unix_ms", b"now_unix_ms", "routing_generation", b"routing_generation", "temperature_c", b"temperature_c", "uptime_seconds", b"uptime_seconds", "watts", b"watts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -524,14 +542,19 @@ class CloudFallback(_message.Message):
     MAX_SHARE_FIELD_NUMBER: _builtins.int
     PRICE_PER_1K_USD_FIELD_NUMBER: _builtins.int
     TLS_FIELD_NUMBER: _builtins.int
+    TOKEN_NAME_FIELD_NUMBER: _builtins.int
     endpoint: _builtins.str
     """host:port of an OIP gRPC endpoint; empty disables fallback."""
     token_file: _builtins.str
-    """File holding the bearer token (mounted Secret), re-read when it changes."""
+    """File holding the bearer token: only in the agent's own static table (--routing-table); a
+    pushed table naming one is refused (use token_name).
+    """
     max_share: _builtins.float
     """Largest share of requests (0..1) that may go to the cloud."""
     price_per_1k_usd: _builtins.float
     tls: _builtins.bool
+    token_name: _builtins.str
+    """The bearer token, by name: one the agent was started with (--cloud-token NAME=FILE)."""
     def __init__(
         self,
         *,
@@ -540,14 +563,40 @@ class CloudFallback(_message.Message):
         max_share: _builtins.float = ...,
         price_per_1k_usd: _builtins.float = ...,
         tls: _builtins.bool = ...,
+        token_name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "max_share", b"max_share", "price_per_1k_usd", b"price_per_1k_usd", "tls", b"tls", "token_file", b"token_file"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "max_share", b"max_share", "price_per_1k_usd", b"price_per_1k_usd", "tls", b"tls", "token_file", b"token_file", "token_name", b"token_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CloudFallback: _TypeAlias = CloudFallback  # noqa: Y015
+
+@_typing.final
+class PoolMember(_message.Message):
+    """An agent the control plane placed in the pool: only members receive forwarded requests."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    node: _builtins.str
+    address: _builtins.str
+    """host:port of the member's OIP gRPC server."""
+    def __init__(
+        self,
+        *,
+        node: _builtins.str = ...,
+        address: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "node", b"node"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PoolMember: _TypeAlias = PoolMember  # noqa: Y015
 
 @_typing.final
 class RoutingTable(_message.Message):
@@ -562,6 +611,7 @@ class RoutingTable(_message.Message):
     POLICY_FIELD_NUMBER: _builtins.int
     HEDGE_AFTER_PERCENTILE_FIELD_NUMBER: _builtins.int
     ADAPTER_POLICY_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
     generation: _builtins.int
     queue_limit: _builtins.int
     """Per-model queue limit before the router sends work elsewhere or sheds it."""
@@ -582,6 +632,12 @@ class RoutingTable(_message.Message):
     def routes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Route]: ...
     @_builtins.property
     def cloud(self) -> Global___CloudFallback: ...
+    @_builtins.property
+    def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___PoolMember]:
+        """The pool's agents as the control plane announces them: every endpoint of a pushed table
+        must be one of them.
+        """
+
     def __init__(
         self,
         *,
@@ -594,10 +650,11 @@ class RoutingTable(_message.Message):
         policy: _builtins.str = ...,
         hedge_after_percentile: _builtins.float = ...,
         adapter_policy: _builtins.str = ...,
+        members: _abc.Iterable[Global___PoolMember] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cloud", b"cloud"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter_policy", b"adapter_policy", "cloud", b"cloud", "generation", b"generation", "hedge_after_percentile", b"hedge_after_percentile", "policy", b"policy", "queue_limit", b"queue_limit", "retries", b"retries", "routes", b"routes", "timeout_ms", b"timeout_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter_policy", b"adapter_policy", "cloud", b"cloud", "generation", b"generation", "hedge_after_percentile", b"hedge_after_percentile", "members", b"members", "policy", b"policy", "queue_limit", b"queue_limit", "retries", b"retries", "routes", b"routes", "timeout_ms", b"timeout_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

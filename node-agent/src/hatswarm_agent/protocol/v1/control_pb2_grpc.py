@@ -83,7 +83,10 @@ class AgentControlServicer:
 
     def SetRoutingTable(self, request, context):
         """Replace the agent's routing table (peers per model version with weights, cloud fallback).
-        Tables with a generation older than the current one are ignored.
+        Tables with a generation older than the current one are ignored; a table that fails
+        validation (generation out of bounds, an endpoint that is not an announced member, a cloud
+        token file path) is refused with INVALID_ARGUMENT.
+        Every RPC here needs the control plane's identity (see protocol/auth.py).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

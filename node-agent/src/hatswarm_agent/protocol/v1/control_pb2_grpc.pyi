@@ -43,7 +43,10 @@ class AgentControlStub:
     """The node's live state: accelerator, loaded models, queues, rates, latency, NPU health."""
     SetRoutingTable: _grpc.UnaryUnaryMultiCallable[_control_pb2.RoutingTable, _control_pb2.SetRoutingTableResponse]
     """Replace the agent's routing table (peers per model version with weights, cloud fallback).
-    Tables with a generation older than the current one are ignored.
+    Tables with a generation older than the current one are ignored; a table that fails
+    validation (generation out of bounds, an endpoint that is not an announced member, a cloud
+    token file path) is refused with INVALID_ARGUMENT.
+    Every RPC here needs the control plane's identity (see protocol/auth.py).
     """
 
 @_typing.type_check_only
@@ -59,7 +62,10 @@ class AgentControlAsyncStub(AgentControlStub):
     """The node's live state: accelerator, loaded models, queues, rates, latency, NPU health."""
     SetRoutingTable: _aio.UnaryUnaryMultiCallable[_control_pb2.RoutingTable, _control_pb2.SetRoutingTableResponse]  # type: ignore[assignment]
     """Replace the agent's routing table (peers per model version with weights, cloud fallback).
-    Tables with a generation older than the current one are ignored.
+    Tables with a generation older than the current one are ignored; a table that fails
+    validation (generation out of bounds, an endpoint that is not an announced member, a cloud
+    token file path) is refused with INVALID_ARGUMENT.
+    Every RPC here needs the control plane's identity (see protocol/auth.py).
     """
 
 class AgentControlServicer(metaclass=_abc_1.ABCMeta):
@@ -96,7 +102,10 @@ class AgentControlServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.SetRoutingTableResponse, _abc.Awaitable[_control_pb2.SetRoutingTableResponse]]:
         """Replace the agent's routing table (peers per model version with weights, cloud fallback).
-        Tables with a generation older than the current one are ignored.
+        Tables with a generation older than the current one are ignored; a table that fails
+        validation (generation out of bounds, an endpoint that is not an announced member, a cloud
+        token file path) is refused with INVALID_ARGUMENT.
+        Every RPC here needs the control plane's identity (see protocol/auth.py).
         """
 
 def add_AgentControlServicer_to_server(servicer: AgentControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

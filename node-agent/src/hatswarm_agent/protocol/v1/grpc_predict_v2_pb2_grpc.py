@@ -69,6 +69,16 @@ class GRPCInferenceServiceStub:
                 request_serializer=hatswarm__agent_dot_protocol_dot_v1_dot_grpc__predict__v2__pb2.ModelInferRequest.SerializeToString,
                 response_deserializer=hatswarm__agent_dot_protocol_dot_v1_dot_grpc__predict__v2__pb2.ModelStreamInferResponse.FromString,
                 _registered_method=True)
+        self.ModelConfig = channel.unary_unary(
+                '/inference.GRPCInferenceService/ModelConfig',
+                request_serializer=hatswarm__agent_dot_protocol_dot_v1_dot_grpc__predict__v2__pb2.ModelConfigRequest.SerializeToString,
+                response_deserializer=hatswarm__agent_dot_protocol_dot_v1_dot_grpc__predict__v2__pb2.ModelConfigResponse.FromString,
+                _registered_method=True)
+        self.RepositoryIndex = channel.unary_unary(
+                '/inference.GRPCInferenceService/RepositoryIndex',
+                request_serializer=hatswarm__agent_dot_protocol_dot_v1_dot_grpc__predict__v2__pb2.RepositoryIndexRequest.SerializeToString,
+                response_deserializer=hatswarm__agent_dot_protocol_dot_v1_dot_grpc__predict__v2__pb2.RepositoryIndexResponse.FromString,
+                _registered_method=True)
         self.SystemSharedMemoryStatus = channel.unary_unary(
                 '/inference.GRPCInferenceService/SystemSharedMemoryStatus',
                 request_serializer=hatswarm__agent_dot_protocol_dot_v1_dot_grpc__predict__v2__pb2.SystemSharedMemoryStatusRequest.SerializeToString,
@@ -131,6 +141,18 @@ class GRPCInferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ModelConfig(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RepositoryIndex(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SystemSharedMemoryStatus(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -186,6 +208,16 @@ def add_GRPCInferenceServiceServicer_to_server(servicer, server):
                     servicer.ModelStreamInfer,
                     request_deserializer=hatswarm__agent_dot_protocol_dot_v1_dot_grpc__predict__v2__pb2.ModelInferRequest.FromString,
                     response_serializer=hatswarm__agent_dot_protocol_dot_v1_dot_grpc__predict__v2__pb2.ModelStreamInferResponse.SerializeToString,
+            ),
+            'ModelConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.ModelConfig,
+                    request_deserializer=hatswarm__agent_dot_protocol_dot_v1_dot_grpc__predict__v2__pb2.ModelConfigRequest.FromString,
+                    response_serializer=hatswarm__agent_dot_protocol_dot_v1_dot_grpc__predict__v2__pb2.ModelConfigResponse.SerializeToString,
+            ),
+            'RepositoryIndex': grpc.unary_unary_rpc_method_handler(
+                    servicer.RepositoryIndex,
+                    request_deserializer=hatswarm__agent_dot_protocol_dot_v1_dot_grpc__predict__v2__pb2.RepositoryIndexRequest.FromString,
+                    response_serializer=hatswarm__agent_dot_protocol_dot_v1_dot_grpc__predict__v2__pb2.RepositoryIndexResponse.SerializeToString,
             ),
             'SystemSharedMemoryStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.SystemSharedMemoryStatus,
@@ -392,6 +424,60 @@ class GRPCInferenceService:
             '/inference.GRPCInferenceService/ModelStreamInfer',
             hatswarm__agent_dot_protocol_dot_v1_dot_grpc__predict__v2__pb2.ModelInferRequest.SerializeToString,
             hatswarm__agent_dot_protocol_dot_v1_dot_grpc__predict__v2__pb2.ModelStreamInferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ModelConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.GRPCInferenceService/ModelConfig',
+            hatswarm__agent_dot_protocol_dot_v1_dot_grpc__predict__v2__pb2.ModelConfigRequest.SerializeToString,
+            hatswarm__agent_dot_protocol_dot_v1_dot_grpc__predict__v2__pb2.ModelConfigResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RepositoryIndex(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.GRPCInferenceService/RepositoryIndex',
+            hatswarm__agent_dot_protocol_dot_v1_dot_grpc__predict__v2__pb2.RepositoryIndexRequest.SerializeToString,
+            hatswarm__agent_dot_protocol_dot_v1_dot_grpc__predict__v2__pb2.RepositoryIndexResponse.FromString,
             options,
             channel_credentials,
             insecure,
