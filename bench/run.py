@@ -177,7 +177,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
         f"hatswarm benchmarks, {machine()['date']}, {os.cpu_count()} cores"
         + (" (CONTENDED: other jobs used the CPU, see the table)" if contended else "")
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.985))  # room for the title above the panels
     fig.savefig(path, dpi=100)
     print(f"wrote {path}")
 
