@@ -367,12 +367,25 @@ async def unload_model(
 
 
 async def ensure_generated_secrets(
-    cluster: Cluster, pool: InferencePool, owner: Mapping[str, Any]
+    cluster: Cluster,
+    pool: InferencePool,
+    owner: Mapping[str, Any],
+    source: SecretSource | None = None,
 ) -> list[str]:
     """Create the pool's generated token Secrets that are absent (owned by the pool, so they
-    go with it); the names created. LookupError when the API refuses."""
+    go with it); the names created. LookupError when the API refuses.
+
+    With `source` (the watch-fed caches), a Secret the cache holds is not asked for again:
+    a quiet pool then makes no API read for its Secrets at all.
+    """
     made = []
     for name in generated_secrets(pool):
+        if source is not None:
+            try:
+                await source.secret_data(pool.metadata.namespace, name)
+                continue  # present: nothing to create, nothing to read
+            except LookupError:
+                pass  # absent (or not readable yet): the API has the last word below
         obj = builders.build_token_secret(pool, name, new_token())
         kopf.adopt(obj, owner=owner)  # type: ignore[arg-type]
         try:
@@ -404,7 +417,11 @@ async def _pool_credentials(
         return AgentCredentials()
 
 
-class CredentialSource(Protocol):
+class SecretSource(Protocol):
+    async def secret_data(self, namespace: str, name: str) -> dict[str, bytes]: ...
+
+
+class CredentialSource(SecretSource, Protocol):
     async def agent_credentials(self, pool: InferencePool) -> AgentCredentials: ...
 
 
@@ -444,7 +461,7 @@ class CredentialsRefresh:
             return ""
         try:
             if cluster is not None and owner is not None:
-                await ensure_generated_secrets(cluster, pool, owner)
+                await ensure_generated_secrets(cluster, pool, owner, source)
             creds = await source.agent_credentials(pool)
         except LookupError as err:
             self.read_at = now
