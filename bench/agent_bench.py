@@ -1,27 +1,43 @@
-"""Node-agent benchmark (issue #3): the hatswarm agent against raw onnxruntime, KServe, MLServer.
+"""Node-agent benchmark (issues #3, #18): the hatswarm agent against raw onnxruntime, a
+do-nothing OIP server, KServe and MLServer, measured so that the figures mean something.
 
 Same machine, same run, one server at a time, ``tritonclient.grpc`` as the client of every
-server. Two models from ``bench/models.py``: a MobileNet-sized CNN (224x224x3 uint8) and a tiny
-MLP (float32 [N, 16]). For each server: warm up, then measure per round
+server. Five models: the bench CNN (uint8 camera frame), MobileNet v1, the MLP, and two real
+models the project's tests do not use (SqueezeNet from ``onnx``, RapidOCR's text-direction
+classifier): see ``bench/models.py``. Per model and server: p50 and p99 at 1 client
+(sequential, at least ``latency_calls`` calls), req/s at 8 concurrent clients; per server, RSS
+with no models and after the run with every model.
 
-- CNN batch-1 p50 (1 client, sequential) and throughput at 8 concurrent clients;
-- MLP batch-1 p50 and throughput at 8 concurrent clients.
+How the figures are kept honest:
 
-The baseline is raw ``session.run`` in this process: p50 with the faster of 1 and 2 intra-op
-threads; throughput the best of sequential runs at 2 threads and 8 threads calling one
-1-thread session concurrently.
+- **Paired baselines.** Raw ``session.run`` (in this process; p50 the faster of 1 and 2
+  intra-op threads, throughput the better of 8 threads on a 1-thread session and sequential
+  2-thread runs) is measured immediately before and after each server's block on each model,
+  so every ratio compares figures taken seconds apart, not minutes; a pair whose two sides
+  differ by more than 10% is flagged unstable.
+- **Contention told apart.** ``bench/contention.py`` splits the machine's CPU time during every
+  block into this benchmark's process tree (client threads, the server) and everything else; a
+  block where others used more than 0.2 of a core is flagged, the heaviest outside processes
+  are named, and the README table marks each figure measured under outside load.
+- **Best peers.** KServe and MLServer run in their default and their tuned forms; the table
+  shows, per model and metric, the better of the two (which one is recorded).
+- **The floor.** ``bench/peers/floor_server.py``: grpc.aio on the same proto, answering zeros
+  of the right shape without computing, measured in the same rounds: no Python gRPC server can
+  beat it, so it says how much of any gap is transport.
+- **Reproduction.** Rounds are the outer loop (servers in a rotating order inside each); each
+  figure is the median over rounds (p99: over the pooled samples) and its spread over rounds
+  is reported; one whose rounds differ by more than 10% is marked as not reproduced.
 
-Rounds are the outer loop: in each round every server is started, warmed up, measured and
-stopped in turn (the order rotates per round), so drift in the load of these shared cores
-spreads over all servers. Raw onnxruntime is measured inside the agent's slot, after its
-warm-up, while it sits idle: agent/raw ratios are paired per round. Figures are medians over
-rounds (quick: 1 short round, full: 5).
+The agent is measured three ways from one process: over TCP (``agent``), over its unix socket
+(``agent_uds``), and with Triton's system shared memory for inputs and outputs over the unix
+socket (``agent_shm``, each client writing its frame into its region every call).
 
 Peers run in their own cached venvs under bench/out/venvs/ (created on first use, progress
-shown live). A peer that cannot be installed or started is recorded as skipped with the
-reason; the benchmark never fails for it. Every process started is stopped on exit.
+shown live). A peer that cannot be installed or started is recorded as skipped with the reason;
+the benchmark never fails for it. Every process started is stopped on exit.
 
-    uv run --frozen python bench/agent_bench.py [--quick] [--json PATH] [--skip-peers]
+    uv run --frozen python bench/agent_bench.py [--quick] [--rounds N] [--json PATH]
+        [--skip-peers] [--models cnn,mlp] [--agent-arg=--option=...]
 """
 
 from __future__ import annotations
@@ -31,17 +47,22 @@ import atexit
 import contextlib
 import functools
 import importlib.util
+import itertools
 import json
+import math
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -61,15 +82,32 @@ PEERS_DIR = BENCH_DIR / "peers"
 HOST = "127.0.0.1"
 CLIENTS = 8
 INFER_TIMEOUT_S = 30.0  # a request slower than this is a hung server: fail it, don't wait
-MODEL_NAMES = ("cnn", "mlp")
+MODEL_ORDER = ("cnn", "mobilenet", "mlp", "squeezenet", "ocr_cls")
+MODEL_LABELS = {
+    "cnn": "CNN",
+    "mobilenet": "MobileNet v1",
+    "mlp": "MLP",
+    "squeezenet": "SqueezeNet",
+    "ocr_cls": "OCR cls",
+}
+INPUT_SHAPES: dict[str, tuple[int, ...]] = {
+    "cnn": (1, 224, 224, 3),
+    "mobilenet": (1, 224, 224, 3),
+    "mlp": (1, 16),
+    "squeezenet": (1, 3, 224, 224),
+    "ocr_cls": (1, 3, 48, 192),
+}
+ONNX_TO_OIP = {"tensor(float)": "FP32", "tensor(uint8)": "UINT8", "tensor(int64)": "INT64"}
+UNSTABLE_PAIR = 0.10  # raw before/after a block differing by more: the pair is unstable
+REPRODUCED = 0.10  # a figure whose rounds spread wider than this did not reproduce
+IDLE_BEFORE_RSS_S = 2.0  # a server's memory "after the run" is read this long after its last call
 
 
-def _load_models_module() -> ModuleType:
-    """bench/ is not a package (bench/run.py imports this file): load models.py beside it."""
-    name = "hatswarm_bench_models"
+def _load_sibling(name: str, filename: str) -> ModuleType:
+    """bench/ is not a package (bench/run.py imports this file): load a module beside it."""
     if name in sys.modules:
         return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, BENCH_DIR / "models.py")
+    spec = importlib.util.spec_from_file_location(name, BENCH_DIR / filename)
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -78,7 +116,8 @@ def _load_models_module() -> ModuleType:
     return module
 
 
-models = _load_models_module()
+models = _load_sibling("hatswarm_bench_models", "models.py")
+contention = _load_sibling("hatswarm_bench_contention", "contention.py")
 
 
 # --------------------------------------------------------------------------------------------
@@ -87,32 +126,60 @@ models = _load_models_module()
 
 @dataclass(frozen=True)
 class Plan:
-    """How long each measurement runs."""
+    """How much each measurement runs."""
 
     rounds: int
-    latency_s: float
+    latency_calls: int  # sequential calls per 1-client block, at least
+    latency_min_s: float  # and at least this long
+    raw_calls: int  # per thread count, per side of a raw pair
     throughput_s: float
     warmup_s: float
 
 
-QUICK = Plan(rounds=1, latency_s=0.5, throughput_s=0.8, warmup_s=0.3)
-FULL = Plan(rounds=5, latency_s=2.5, throughput_s=3.0, warmup_s=1.5)
+QUICK = Plan(
+    rounds=1, latency_calls=20, latency_min_s=0.2, raw_calls=8, throughput_s=0.5, warmup_s=0.2
+)
+FULL = Plan(
+    rounds=3, latency_calls=400, latency_min_s=2.0, raw_calls=80, throughput_s=2.5, warmup_s=1.0
+)
 
 
 @dataclass(frozen=True)
 class Workload:
+    """One model's request: its inputs (name, OIP datatype, batch-1 data) and its output."""
+
     model: str
-    input_name: str
-    datatype: str
-    output_name: str
-    data: np.ndarray
+    inputs: tuple[tuple[str, str, np.ndarray], ...]
+    output: str
+    output_datatype: str
+    output_shape: tuple[int, ...]
+
+    @property
+    def feeds(self) -> dict[str, np.ndarray]:
+        return {name: data for name, _, data in self.inputs}
 
 
-def workloads() -> dict[str, Workload]:
-    return {
-        "cnn": Workload("cnn", models.CNN_INPUT, "UINT8", models.CNN_OUTPUT, models.cnn_input(1)),
-        "mlp": Workload("mlp", models.MLP_INPUT, "FP32", models.MLP_OUTPUT, models.mlp_input(1)),
-    }
+def workloads(paths: dict[str, Path]) -> dict[str, Workload]:
+    """Batch-1 requests for every model, shaped and typed from the model itself."""
+    out: dict[str, Workload] = {}
+    for name, path in paths.items():
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        inputs = []
+        for i, arg in enumerate(session.get_inputs()):
+            datatype = ONNX_TO_OIP[arg.type]
+            shape = INPUT_SHAPES[name]
+            rng = np.random.default_rng(i)
+            if datatype == "UINT8":
+                data: np.ndarray = rng.integers(0, 256, size=shape, dtype=np.uint8)
+            else:
+                data = rng.random(shape, dtype=np.float32)
+            inputs.append((arg.name, datatype, data))
+        first = session.get_outputs()[0]
+        value = session.run([first.name], {n: d for n, _, d in inputs})[0]
+        out[name] = Workload(
+            name, tuple(inputs), first.name, ONNX_TO_OIP[first.type], tuple(value.shape)
+        )
+    return out
 
 
 class Caller(Protocol):
@@ -139,24 +206,22 @@ class _FnCaller:
 # Load generation
 
 
-def measure_latency(call: Caller, seconds: float, min_samples: int = 5) -> dict[str, float]:
-    """Sequential calls for ``seconds``: p50/p90/p99 in milliseconds and sequential req/s."""
+def measure_latency(call: Caller, calls: int, min_s: float, max_s: float = 60.0) -> list[float]:
+    """Sequential calls, at least `calls` of them and `min_s` long: latencies in ms."""
     samples: list[float] = []
     start = time.perf_counter()
-    deadline = start + seconds
-    while time.perf_counter() < deadline or len(samples) < min_samples:
+    while len(samples) < calls or time.perf_counter() - start < min_s:
         t0 = time.perf_counter()
         call()
-        samples.append(time.perf_counter() - t0)
-    elapsed = time.perf_counter() - start
-    q = np.percentile(np.array(samples) * 1e3, [50, 90, 99])
-    return {
-        "p50_ms": float(q[0]),
-        "p90_ms": float(q[1]),
-        "p99_ms": float(q[2]),
-        "samples": len(samples),
-        "rps": len(samples) / elapsed,
-    }
+        samples.append((time.perf_counter() - t0) * 1e3)
+        if time.perf_counter() - start > max_s and len(samples) >= 20:
+            break
+    return samples
+
+
+def percentiles(samples: Sequence[float]) -> dict[str, float]:
+    q = np.percentile(np.asarray(samples), [50, 90, 99])
+    return {"p50_ms": float(q[0]), "p90_ms": float(q[1]), "p99_ms": float(q[2])}
 
 
 def measure_throughput(make_caller: Callable[[], Caller], clients: int, seconds: float) -> float:
@@ -227,18 +292,22 @@ class RawTarget:
                 options = ort.SessionOptions()
                 options.intra_op_num_threads = threads
                 options.inter_op_num_threads = 1
+                options.log_severity_level = 3
                 self.sessions[(name, threads)] = ort.InferenceSession(
                     str(path), options, providers=["CPUExecutionProvider"]
                 )
 
     def caller(self, work: Workload, threads: int) -> Caller:
         session = self.sessions[(work.model, threads)]
-        feeds = {work.input_name: work.data}
+        feeds = work.feeds
 
         def run() -> np.ndarray:
-            return np.asarray(session.run(None, feeds)[0])
+            return np.asarray(session.run([work.output], feeds)[0])
 
         return _FnCaller(run)
+
+
+_SHM_SEQ = itertools.count()
 
 
 class OipTarget:
@@ -251,15 +320,63 @@ class OipTarget:
         import tritonclient.grpc as grpcclient
 
         client = grpcclient.InferenceServerClient(self.url)
-        request = grpcclient.InferInput(work.input_name, list(work.data.shape), work.datatype)
-        request.set_data_from_numpy(work.data)
-        inputs = [request]
+        inputs = []
+        for name, datatype, data in work.inputs:
+            tensor = grpcclient.InferInput(name, list(data.shape), datatype)
+            tensor.set_data_from_numpy(data)
+            inputs.append(tensor)
 
         def infer() -> np.ndarray:
             result = client.infer(work.model, inputs, client_timeout=INFER_TIMEOUT_S)
-            return np.asarray(result.as_numpy(work.output_name))
+            return np.asarray(result.as_numpy(work.output))
 
         return _FnCaller(infer, client.close)
+
+    def shm_caller(self, work: Workload) -> Caller:
+        """Inputs and output in system shared memory regions of this client's own; every call
+        writes the frame into its region first, as an application with a new frame would."""
+        import tritonclient.grpc as grpcclient
+        import tritonclient.utils.shared_memory as shm
+
+        client = grpcclient.InferenceServerClient(self.url)
+        tag = f"hsb{os.getpid()}-{next(_SHM_SEQ)}"
+        handles: list[tuple[str, Any]] = []
+        try:
+            inputs, writes = [], []
+            for i, (name, datatype, data) in enumerate(work.inputs):
+                region = f"{tag}-in{i}"
+                handle = shm.create_shared_memory_region(region, "/" + region, data.nbytes)
+                handles.append((region, handle))
+                client.register_system_shared_memory(region, "/" + region, data.nbytes)
+                tensor = grpcclient.InferInput(name, list(data.shape), datatype)
+                tensor.set_shared_memory(region, data.nbytes)
+                inputs.append(tensor)
+                writes.append((handle, data))
+            out_bytes = (
+                math.prod(work.output_shape) * np.dtype(_NUMPY[work.output_datatype]).itemsize
+            )
+            region = f"{tag}-out"
+            out_handle = shm.create_shared_memory_region(region, "/" + region, out_bytes)
+            handles.append((region, out_handle))
+            client.register_system_shared_memory(region, "/" + region, out_bytes)
+            requested = grpcclient.InferRequestedOutput(work.output)
+            requested.set_shared_memory(region, out_bytes)
+        except BaseException:
+            _release_shm(client, handles)
+            raise
+
+        def infer() -> np.ndarray:
+            for handle, data in writes:
+                shm.set_shared_memory_region(handle, [data])
+            result = client.infer(
+                work.model, inputs, outputs=[requested], client_timeout=INFER_TIMEOUT_S
+            )
+            output = result.get_output(work.output)
+            return np.array(
+                shm.get_contents_as_numpy(out_handle, _NUMPY[output.datatype], output.shape)
+            )
+
+        return _FnCaller(infer, lambda: _release_shm(client, handles))
 
     def ready(self, model_names: Sequence[str]) -> bool:
         import tritonclient.grpc as grpcclient
@@ -274,6 +391,20 @@ class OipTarget:
                 client.close()
         except Exception:
             return False
+
+
+_NUMPY = {"FP32": np.float32, "UINT8": np.uint8, "INT64": np.int64}
+
+
+def _release_shm(client: Any, handles: list[tuple[str, Any]]) -> None:
+    import tritonclient.utils.shared_memory as shm
+
+    for region, handle in handles:
+        with contextlib.suppress(Exception):
+            client.unregister_system_shared_memory(region)
+        with contextlib.suppress(Exception):
+            shm.destroy_shared_memory_region(handle)
+    client.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -319,6 +450,8 @@ class ServerSpec:
     env: dict[str, str] = field(default_factory=dict)
     cwd: Path | None = None
     ready_timeout_s: float = 120.0
+    models: tuple[str, ...] = ()  # ready means these are ready
+    extra: dict[str, str] = field(default_factory=dict)  # e.g. the agent's unix socket
 
 
 class ServerStartError(RuntimeError):
@@ -352,7 +485,7 @@ def serving(spec: ServerSpec) -> Iterator[subprocess.Popen[bytes]]:
     try:
         target = OipTarget(f"{HOST}:{spec.grpc_port}")
         deadline = time.monotonic() + spec.ready_timeout_s
-        while not target.ready(MODEL_NAMES):
+        while not target.ready(spec.models):
             if proc.poll() is not None:
                 raise ServerStartError(
                     f"{spec.label} exited with {proc.returncode}; log {log_path}:\n"
@@ -369,30 +502,34 @@ def serving(spec: ServerSpec) -> Iterator[subprocess.Popen[bytes]]:
         _stop_process(proc)
 
 
-def peak_rss_mb(pid: int) -> float | None:
-    """Peak resident set (VmHWM) of a process and its descendants, in MiB."""
-    pids = [pid]
-    try:
-        import psutil
+def _descendants(pid: int) -> list[int]:
+    pids, pending = [pid], [pid]
+    while pending:
+        current = pending.pop()
+        for task in Path(f"/proc/{current}/task").glob("*"):
+            with contextlib.suppress(OSError, ValueError):
+                kids = [int(k) for k in (task / "children").read_text().split()]
+                pids += kids
+                pending += kids
+    return pids
 
-        with contextlib.suppress(psutil.Error):
-            pids += [child.pid for child in psutil.Process(pid).children(recursive=True)]
-    except ImportError:
-        pending = [pid]
-        while pending:
-            current = pending.pop()
-            for task in Path(f"/proc/{current}/task").glob("*"):
-                with contextlib.suppress(OSError):
-                    kids = [int(k) for k in (task / "children").read_text().split()]
-                    pids += kids
-                    pending += kids
-    total_kb = 0
-    for one in pids:
-        with contextlib.suppress(OSError):
+
+def memory_mb(pid: int) -> dict[str, float]:
+    """Resident memory of a process and its descendants, in MiB: now (VmRSS), peak (VmHWM)
+    and proportional (Pss: shared pages split between the processes that map them)."""
+    totals = {"rss_mb": 0, "peak_rss_mb": 0, "pss_mb": 0}
+    fields = {"VmRSS:": "rss_mb", "VmHWM:": "peak_rss_mb"}
+    for one in _descendants(pid):
+        with contextlib.suppress(OSError, ValueError, IndexError):
             for line in Path(f"/proc/{one}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    total_kb += int(line.split()[1])
-    return total_kb / 1024 if total_kb else None
+                key = fields.get(line.split(":", 1)[0] + ":")
+                if key:
+                    totals[key] += int(line.split()[1])
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            for line in Path(f"/proc/{one}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    totals["pss_mb"] += int(line.split()[1])
+    return {k: round(v / 1024, 1) for k, v in totals.items()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -527,14 +664,41 @@ def agent_spec(paths: dict[str, Path], extra_args: Sequence[str] = ()) -> Server
     if exe is None:
         raise ServerStartError("hatswarm-agent is not installed")
     port = free_port()
-    argv = [exe, "--host", HOST, "--port", str(port), "--metrics-port", "0"]
+    argv = [exe, "--host", HOST, "--port", str(port), "--metrics-port", str(free_port())]
     for name, path in paths.items():
         argv += ["--model", f"{name}={path}"]
-    if "--state-dir" in _agent_help(exe):
+    help_text = _agent_help(exe)
+    if "--state-dir" in help_text:
         state = OUT_DIR / "agent-state"  # fresh each start: no assignment carried over
         shutil.rmtree(state, ignore_errors=True)
         argv += ["--state-dir", str(state)]
-    return ServerSpec("agent", "hatswarm-agent", [*argv, *extra_args], port, ready_timeout_s=60)
+    extra: dict[str, str] = {"metrics": f"{HOST}:{argv[argv.index('--metrics-port') + 1]}"}
+    if "--uds" in help_text:
+        uds = Path(tempfile.gettempdir()) / f"hatswarm-bench-{os.getpid()}.sock"
+        with contextlib.suppress(FileNotFoundError):
+            uds.unlink()
+        argv += ["--uds", str(uds)]
+        extra["uds"] = f"unix:{uds}"
+    return ServerSpec(
+        "agent",
+        "hatswarm-agent",
+        [*argv, *extra_args],
+        port,
+        ready_timeout_s=120,
+        models=tuple(paths),
+        extra=extra,
+    )
+
+
+def floor_spec(work: dict[str, Workload]) -> ServerSpec:
+    port = free_port()
+    argv = [sys.executable, str(PEERS_DIR / "floor_server.py"), "--port", str(port)]
+    for name, w in work.items():
+        shape = "x".join(str(d) for d in w.output_shape)
+        argv += ["--output", f"{name}={w.output}:{w.output_datatype}:{shape}"]
+    return ServerSpec(
+        "floor", "do-nothing OIP server", argv, port, ready_timeout_s=60, models=tuple(work)
+    )
 
 
 @functools.cache
@@ -556,7 +720,7 @@ def kserve_spec(python: Path, paths: dict[str, Path], tuned: bool) -> ServerSpec
         argv.append("--tuned")
     key = "kserve_tuned" if tuned else "kserve_default"
     label = f"KServe ({'tuned' if tuned else 'default'})"
-    return ServerSpec(key, label, argv, port, ready_timeout_s=120)
+    return ServerSpec(key, label, argv, port, ready_timeout_s=120, models=tuple(paths))
 
 
 def mlserver_spec(python: Path, paths: dict[str, Path], tuned: bool) -> ServerSpec:
@@ -565,10 +729,9 @@ def mlserver_spec(python: Path, paths: dict[str, Path], tuned: bool) -> ServerSp
     shutil.rmtree(repo, ignore_errors=True)
     repo.mkdir(parents=True)
     for name, path in paths.items():
-        template = json.loads((PEERS_DIR / "mlserver" / name / "model-settings.json").read_text())
-        template["parameters"]["uri"] = str(path)
         (repo / name).mkdir()
-        (repo / name / "model-settings.json").write_text(json.dumps(template, indent=2))
+        settings_json = mlserver_model_settings(name, path)
+        (repo / name / "model-settings.json").write_text(json.dumps(settings_json, indent=2))
     port = free_port()
     settings: dict[str, Any] = {
         "host": HOST,
@@ -592,306 +755,425 @@ def mlserver_spec(python: Path, paths: dict[str, Path], tuned: bool) -> ServerSp
         env={"PYTHONPATH": pythonpath},
         cwd=repo,
         ready_timeout_s=180,
+        models=tuple(paths),
     )
 
 
+def mlserver_model_settings(name: str, path: Path) -> dict[str, Any]:
+    """MLServer's model-settings.json for one model, inputs and outputs from the model itself
+    (MLServer's metadata is empty otherwise); dim 0 is -1 (any batch)."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def tensors(args: Sequence[Any]) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": a.name,
+                "datatype": ONNX_TO_OIP[a.type],
+                "shape": [d if isinstance(d, int) and d > 0 else -1 for d in a.shape],
+            }
+            for a in args
+        ]
+
+    return {
+        "name": name,
+        "implementation": "onnx_runtime.OnnxRuntimeModel",
+        "inputs": tensors(session.get_inputs()),
+        "outputs": tensors(session.get_outputs()),
+        "parameters": {"uri": str(path)},
+    }
+
+
 # --------------------------------------------------------------------------------------------
-# Measurement rounds
+# Measurement
 
 
 def _median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
 
-def measure_raw_round(raw: RawTarget, work: Workload, plan: Plan) -> dict[str, float]:
-    lat = {t: measure_latency(raw.caller(work, t), plan.latency_s) for t in (1, 2)}
-    best = min((1, 2), key=lambda t: lat[t]["p50_ms"])
-    concurrent = measure_throughput(lambda: raw.caller(work, 1), CLIENTS, plan.throughput_s)
-    sequential = measure_throughput(lambda: raw.caller(work, 2), 1, plan.throughput_s)
-    return {
-        "p50_ms": lat[best]["p50_ms"],
-        "p99_ms": lat[best]["p99_ms"],
-        "p50_threads": best,
-        "p50_ms_1_thread": lat[1]["p50_ms"],
-        "p50_ms_2_threads": lat[2]["p50_ms"],
-        "throughput_rps": max(concurrent, sequential),
-        "throughput_sequential_2_threads_rps": sequential,
-        "throughput_concurrent_1_thread_rps": concurrent,
-        "loadavg_1m": os.getloadavg()[0],
-    }
+def _spread(values: Sequence[float]) -> float | None:
+    """(max - min) / median over rounds; None with a single round (nothing to compare)."""
+    if len(values) < 2:
+        return None
+    mid = _median(values)
+    return (max(values) - min(values)) / mid if mid else None
 
 
-def measure_server_round(target: OipTarget, work: Workload, plan: Plan) -> dict[str, float]:
-    caller = target.caller(work)
+@dataclass(frozen=True)
+class View:
+    """One way of reaching a server: a row of the table."""
+
+    row: str
+    label: str
+    address: Callable[[ServerSpec], str | None]  # None: this server has no such door
+    shm: bool = False
+
+
+def _tcp(spec: ServerSpec) -> str:
+    return f"{HOST}:{spec.grpc_port}"
+
+
+def _uds(spec: ServerSpec) -> str | None:
+    return spec.extra.get("uds")
+
+
+@dataclass
+class Contender:
+    """A server process under test, the views of it that are measured, what they measured."""
+
+    key: str
+    label: str
+    make_spec: Callable[[dict[str, Path]], ServerSpec]
+    views: tuple[View, ...]
+    version: str = ""
+    raw_throughput: bool = False  # pair raw throughput around its blocks too (the agent)
+    check_outputs: bool = True  # the floor answers zeros: nothing to compare
+    failure: str | None = None
+    startup_s: list[float] = field(default_factory=list)
+    memory: dict[str, Any] = field(default_factory=dict)
+    outputs_match_raw: dict[str, dict[str, bool]] = field(default_factory=dict)
+    skipped_views: dict[str, str] = field(default_factory=dict)
+
+
+def raw_side(
+    raw: RawTarget, work: Workload, plan: Plan, throughput: bool, meter: Any
+) -> dict[str, Any]:
+    """Raw onnxruntime on one model right now: p50 the faster thread count, and throughput."""
+    with meter.block() as block:
+        lat = {
+            t: percentiles(measure_latency(raw.caller(work, t), plan.raw_calls, 0.0))
+            for t in (1, 2)
+        }
+        best = min(lat, key=lambda t: lat[t]["p50_ms"])
+        out: dict[str, Any] = {
+            "p50_ms": lat[best]["p50_ms"],
+            "p99_ms": lat[best]["p99_ms"],
+            "threads": best,
+            "p50_ms_1_thread": lat[1]["p50_ms"],
+            "p50_ms_2_threads": lat[2]["p50_ms"],
+        }
+        if throughput:
+            concurrent = measure_throughput(lambda: raw.caller(work, 1), CLIENTS, plan.throughput_s)
+            sequential = measure_throughput(lambda: raw.caller(work, 2), 1, plan.throughput_s)
+            out["throughput_rps"] = max(concurrent, sequential)
+    out["contention"] = block.result
+    return out
+
+
+def raw_pair(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """The baseline for the block between two raw sides: their mean, flagged when they differ."""
+    pair: dict[str, Any] = {"before": before, "after": after}
+    for key in ("p50_ms", "throughput_rps"):
+        if key in before and key in after:
+            a, b = before[key], after[key]
+            pair[key] = (a + b) / 2
+            pair[f"{key}_drift"] = abs(a - b) / ((a + b) / 2)
+    pair["unstable"] = any(v > UNSTABLE_PAIR for k, v in pair.items() if k.endswith("_drift"))
+    return pair
+
+
+def measure_view(
+    target: OipTarget, view: View, work: Workload, plan: Plan, meter: Any
+) -> dict[str, Any]:
+    make = target.shm_caller if view.shm else target.caller
+    caller = make(work)
     try:
-        lat = measure_latency(caller, plan.latency_s)
+        with meter.block() as lat_block:
+            samples = measure_latency(caller, plan.latency_calls, plan.latency_min_s)
     finally:
         caller.close()
-    rps = measure_throughput(lambda: target.caller(work), CLIENTS, plan.throughput_s)
+    with meter.block() as thr_block:
+        rps = measure_throughput(lambda: make(work), CLIENTS, plan.throughput_s)
     return {
-        "p50_ms": lat["p50_ms"],
-        "p99_ms": lat["p99_ms"],
+        **percentiles(samples),
+        "calls": len(samples),
+        "samples": samples,  # pooled for p99 over rounds, dropped from the JSON
         "throughput_rps": rps,
-        "loadavg_1m": os.getloadavg()[0],
+        "contention": {"latency": lat_block.result, "throughput": thr_block.result},
     }
 
 
-def _summarise(rounds: list[dict[str, float]]) -> dict[str, Any]:
-    keys = rounds[0].keys()
-    summary: dict[str, Any] = {k: _median([r[k] for r in rounds]) for k in keys}
-    summary["rounds"] = rounds
-    return summary
-
-
-def _check_outputs(target: OipTarget, raw: RawTarget, work: Workload) -> bool:
-    caller = target.caller(work)
+def _check_outputs(caller: Caller, raw: RawTarget, work: Workload) -> bool:
     try:
         got = caller()
     finally:
         caller.close()
     want = raw.caller(work, 1)()
-    return bool(got.shape == want.shape and np.allclose(got, want, rtol=1e-3, atol=1e-3))
+    return bool(got.shape == want.shape and np.allclose(got, want, rtol=1e-3, atol=1e-4))
 
 
-def _fmt(summary: dict[str, Any]) -> str:
-    return f"p50 {summary['p50_ms']:.2f} ms, {summary['throughput_rps']:.0f} req/s"
+def _scrape_model_memory(address: str | None) -> dict[str, float]:
+    """The agent's per-model, per-session memory gauge (bytes -> MiB), when it exports one."""
+    if not address:
+        return {}
+    try:
+        with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as reply:
+            text = reply.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("hatswarm_model_memory_bytes{"):
+            labels, _, value = line.rpartition(" ")
+            names = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+            key = f"{names.get('model', '?')}/{names.get('session', '?')}"
+            out[key] = round(float(value) / (1 << 20), 1)
+    return out
 
 
-@dataclass
-class Contender:
-    """A server under test and what it measured so far, round by round."""
-
-    key: str
-    label: str
-    make_spec: Callable[[], ServerSpec]
-    version: str = ""
-    failure: str | None = None
-    rounds: dict[str, list[dict[str, float]]] = field(
-        default_factory=lambda: {m: [] for m in MODEL_NAMES}
-    )
-    startup_s: list[float] = field(default_factory=list)
-    peak_rss_mb: list[float] = field(default_factory=list)
-    outputs_match_raw: dict[str, bool] = field(default_factory=dict)
-
-    def result(self) -> dict[str, Any]:
-        if self.failure is not None or not self.rounds["cnn"]:
-            return {
-                "status": "failed",
-                "version": self.version,
-                "reason": self.failure or "no round measured",
-            }
-        return {
-            "status": "ok",
-            "version": self.version,
-            "startup_s": _median(self.startup_s),
-            "peak_rss_mb": max(self.peak_rss_mb) if self.peak_rss_mb else None,
-            "outputs_match_raw": self.outputs_match_raw,
-            **{m: _summarise(self.rounds[m]) for m in MODEL_NAMES},
-        }
-
-
-def _raw_warm_up(raw: RawTarget, work: dict[str, Workload], plan: Plan) -> None:
-    for w in work.values():
-        for threads in (1, 2):
-            warm_up(functools.partial(raw.caller, w, threads), plan.warmup_s / 2)
-
-
-def _measure_raw(
-    raw: RawTarget,
-    work: dict[str, Workload],
-    plan: Plan,
-    raw_rounds: dict[str, list[dict[str, float]]],
-    index: int,
-) -> None:
-    _raw_warm_up(raw, work, plan)
-    for m in MODEL_NAMES:
-        raw_rounds[m].append(measure_raw_round(raw, work[m], plan))
-        log(f"round {index + 1}/{plan.rounds} raw {m}: {_fmt(raw_rounds[m][-1])}")
+def memory_without_models(contender: Contender) -> None:
+    """RSS of the server with nothing loaded: what it costs before the first model."""
+    try:
+        spec = contender.make_spec({})
+        with serving(spec) as proc:
+            time.sleep(2.0)
+            contender.memory["no_models"] = memory_mb(proc.pid)
+    except Exception as exc:
+        contender.memory["no_models"] = {"error": f"{type(exc).__name__}: {exc}"}
+    log(f"{contender.label} with no models: {contender.memory['no_models']}")
 
 
 def bench_round(
     contender: Contender,
     raw: RawTarget,
-    plan: Plan,
+    paths: dict[str, Path],
     work: dict[str, Workload],
+    plan: Plan,
     index: int,
-    raw_rounds: dict[str, list[dict[str, float]]] | None = None,
+    rows: dict[str, dict[str, list[dict[str, Any]]]],
+    meter: Any,
 ) -> None:
-    """One round of one server: start it, warm up, measure both models, stop it.
-
-    With ``raw_rounds`` (the agent's slot), raw onnxruntime is measured in the same round,
-    between the warm-up and the agent's measurement, while the agent sits idle.
-    """
+    """One round of one server: start it, warm up, measure every model (raw pairs around each
+    model's blocks), record its memory, stop it."""
     log(f"round {index + 1}/{plan.rounds}: starting {contender.label}")
     t0 = time.monotonic()
+    measured: dict[str, dict[str, dict[str, Any]]] = {}
     try:
-        spec = contender.make_spec()
+        spec = contender.make_spec(paths)
         with serving(spec) as proc:
             contender.startup_s.append(time.monotonic() - t0)
-            target = OipTarget(f"{HOST}:{spec.grpc_port}")
-            if not contender.outputs_match_raw:
-                contender.outputs_match_raw = {
-                    m: _check_outputs(target, raw, work[m]) for m in MODEL_NAMES
-                }
-            for m in MODEL_NAMES:
-                warm_up(functools.partial(target.caller, work[m]), plan.warmup_s)
-            if raw_rounds is not None:
-                _measure_raw(raw, work, plan, raw_rounds, index)
-            measured = {m: measure_server_round(target, work[m], plan) for m in MODEL_NAMES}
-            rss = peak_rss_mb(proc.pid)
+            views = []
+            for view in contender.views:
+                address = view.address(spec)
+                if address is None:
+                    contender.skipped_views[view.row] = "the server has no such door"
+                    continue
+                views.append((view, OipTarget(address)))
+            for view, target in views:
+                if view.row in contender.outputs_match_raw or not contender.check_outputs:
+                    continue
+                make = target.shm_caller if view.shm else target.caller
+                try:
+                    contender.outputs_match_raw[view.row] = {
+                        m: _check_outputs(make(work[m]), raw, work[m]) for m in work
+                    }
+                except Exception as exc:
+                    contender.skipped_views[view.row] = f"{type(exc).__name__}: {exc}"
+            views = [(v, t) for v, t in views if v.row not in contender.skipped_views]
+            for m in work:
+                for _, target in views:
+                    warm_up(functools.partial(target.caller, work[m]), plan.warmup_s)
+            for m in work:
+                before = raw_side(raw, work[m], plan, contender.raw_throughput, meter)
+                for view, target in views:
+                    measured.setdefault(view.row, {})[m] = measure_view(
+                        target, view, work[m], plan, meter
+                    )
+                pair = raw_pair(
+                    before, raw_side(raw, work[m], plan, contender.raw_throughput, meter)
+                )
+                for view, _ in views:
+                    measured[view.row][m]["raw"] = pair
+            time.sleep(IDLE_BEFORE_RSS_S)  # every server gets the same idle time to settle
+            contender.memory.setdefault("after_rounds", []).append(memory_mb(proc.pid))
+            per_model = _scrape_model_memory(spec.extra.get("metrics"))
+            if per_model:
+                contender.memory["per_model_session"] = per_model
     except Exception as exc:
         contender.failure = f"{type(exc).__name__}: {exc}"
         log(f"{contender.label} failed: {contender.failure}")
         return
-    for m in MODEL_NAMES:
-        contender.rounds[m].append(measured[m])
-        log(f"round {index + 1}/{plan.rounds} {contender.label} {m}: {_fmt(measured[m])}")
-    if rss is not None:
-        contender.peak_rss_mb.append(rss)
-
-
-def paired_ratios(
-    agent_rounds: dict[str, list[dict[str, float]]],
-    raw_rounds: dict[str, list[dict[str, float]]],
-) -> dict[str, dict[str, float]]:
-    """Per model, the median over rounds of agent/raw measured in the same round."""
-    out: dict[str, dict[str, float]] = {}
-    for m in MODEL_NAMES:
-        pairs = list(zip(agent_rounds[m], raw_rounds[m], strict=False))
-        if pairs:
-            out[m] = {
-                "p50_over_raw": _median([a["p50_ms"] / r["p50_ms"] for a, r in pairs]),
-                "throughput_over_raw": _median(
-                    [a["throughput_rps"] / r["throughput_rps"] for a, r in pairs]
-                ),
-            }
-    return out
+    for row, per_model in measured.items():
+        for m, result in per_model.items():
+            rows.setdefault(row, {}).setdefault(m, []).append(result)
+            log(
+                f"round {index + 1}/{plan.rounds} {row} {m}: p50 {result['p50_ms']:.2f} ms "
+                f"(raw {result['raw']['p50_ms']:.2f}), p99 {result['p99_ms']:.2f} ms, "
+                f"{result['throughput_rps']:.0f} req/s, outside load "
+                f"{result['contention']['latency']['outside_cores']:.2f} cores"
+            )
 
 
 # --------------------------------------------------------------------------------------------
-# Ratios against targets
+# Summaries
+
+
+def summarise_row(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One server x model over the rounds: medians, pooled p99, spread, paired ratios."""
+    p50s = [r["p50_ms"] for r in rounds]
+    rps = [r["throughput_rps"] for r in rounds]
+    pooled = [s for r in rounds for s in r["samples"]]
+    p50_ratio = [r["p50_ms"] / r["raw"]["p50_ms"] for r in rounds]
+    out: dict[str, Any] = {
+        "p50_ms": _median(p50s),
+        "p99_ms": float(np.percentile(pooled, 99)),
+        "p99_ms_rounds": [r["p99_ms"] for r in rounds],
+        "throughput_rps": _median(rps),
+        "calls": sum(r["calls"] for r in rounds),
+        "p50_spread": _spread(p50s),
+        "throughput_spread": _spread(rps),
+        "p50_over_raw": _median(p50_ratio),
+        "p50_over_raw_rounds": p50_ratio,
+        "unstable_raw_pairs": sum(1 for r in rounds if r["raw"]["unstable"]),
+        "contention": contention.summarise([b for r in rounds for b in r["contention"].values()]),
+    }
+    thr_ratio = [
+        r["throughput_rps"] / r["raw"]["throughput_rps"]
+        for r in rounds
+        if r["raw"].get("throughput_rps")
+    ]
+    if thr_ratio:
+        out["throughput_over_raw"] = _median(thr_ratio)
+    spreads = [s for s in (out["p50_spread"], out["throughput_spread"]) if s is not None]
+    out["reproduced"] = None if not spreads else max(spreads) <= REPRODUCED
+    out["rounds"] = [{k: v for k, v in r.items() if k != "samples"} for r in rounds]
+    return out
+
+
+def summarise_raw(rows: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:
+    """Raw onnxruntime per model over every side measured in the run (throughput: the agent's
+    pairs, the only ones that measure it)."""
+    out: dict[str, Any] = {}
+    models_seen = {m for per_model in rows.values() for m in per_model}
+    for m in models_seen:
+        sides = [
+            side
+            for per_model in rows.values()
+            for r in per_model.get(m, [])
+            for side in (r["raw"]["before"], r["raw"]["after"])
+        ]
+        unique = {id(s): s for s in sides}.values()
+        thr = [s["throughput_rps"] for s in unique if "throughput_rps" in s]
+        out[m] = {
+            "p50_ms": _median([s["p50_ms"] for s in unique]),
+            "p99_ms": _median([s["p99_ms"] for s in unique]),
+            "throughput_rps": _median(thr) if thr else None,
+            "sides": len(list(unique)),
+            "threads_faster": statistics.mode([s["threads"] for s in unique]),
+        }
+    return out
+
+
+def best_of(summaries: dict[str, dict[str, Any]], keys: Sequence[str]) -> dict[str, Any]:
+    """Per model and metric, the better of a peer's forms (and which form it was)."""
+    out: dict[str, Any] = {}
+    present = [k for k in keys if k in summaries]
+    if not present:
+        return out
+    for m in set().union(*(summaries[k].keys() for k in present)):
+        have = [k for k in present if m in summaries[k]]
+        p50 = min(have, key=lambda k: summaries[k][m]["p50_ms"])
+        p99 = min(have, key=lambda k: summaries[k][m]["p99_ms"])
+        thr = max(have, key=lambda k: summaries[k][m]["throughput_rps"])
+        out[m] = {
+            "p50_ms": summaries[p50][m]["p50_ms"],
+            "p50_from": p50,
+            "p99_ms": summaries[p99][m]["p99_ms"],
+            "p99_from": p99,
+            "throughput_rps": summaries[thr][m]["throughput_rps"],
+            "throughput_from": thr,
+            "contention": {
+                "contended_blocks": sum(
+                    summaries[k][m]["contention"]["contended_blocks"] for k in have
+                )
+            },
+            "reproduced": all(summaries[k][m]["reproduced"] is not False for k in have),
+        }
+    return out
 
 
 @dataclass(frozen=True)
 class Target:
     key: str
     description: str
-    numerator: tuple[str, str, str]  # server, model, metric
-    denominator: tuple[str, str, str]
-    bound: float | None
-    higher_is_better: bool
-    goal: float | None = None
-    paired: str | None = None  # agent.paired_ratios[model][name] when available
+    value: Callable[[dict[str, Any]], float | None]
+    bound: float
+    higher_is_better: bool = False
 
 
-TARGETS = (
-    Target(
-        "cnn_p50_agent_over_raw",
-        "CNN batch-1 p50: agent / raw",
-        ("agent", "cnn", "p50_ms"),
-        ("raw", "cnn", "p50_ms"),
-        1.15,
-        higher_is_better=False,
-        goal=1.10,
-        paired="p50_over_raw",
-    ),
-    Target(
-        "cnn_throughput_agent_over_raw",
-        "CNN 8-client throughput: agent / raw",
-        ("agent", "cnn", "throughput_rps"),
-        ("raw", "cnn", "throughput_rps"),
-        0.95,
-        higher_is_better=True,
-        paired="throughput_over_raw",
-    ),
-    Target(
-        "mlp_throughput_agent_over_kserve_tuned",
-        "MLP 8-client throughput: agent / KServe tuned",
-        ("agent", "mlp", "throughput_rps"),
-        ("kserve_tuned", "mlp", "throughput_rps"),
-        1.5,
-        higher_is_better=True,
-    ),
-    Target(
-        "mlp_p50_agent_over_kserve_tuned",
-        "MLP batch-1 p50: agent / KServe tuned",
-        ("agent", "mlp", "p50_ms"),
-        ("kserve_tuned", "mlp", "p50_ms"),
-        None,
-        higher_is_better=False,
-    ),
-    Target(
-        "mlp_throughput_agent_over_mlserver_tuned",
-        "MLP 8-client throughput: agent / MLServer tuned",
-        ("agent", "mlp", "throughput_rps"),
-        ("mlserver_tuned", "mlp", "throughput_rps"),
-        None,
-        higher_is_better=True,
-    ),
-    Target(
-        "cnn_throughput_agent_over_kserve_tuned",
-        "CNN 8-client throughput: agent / KServe tuned",
-        ("agent", "cnn", "throughput_rps"),
-        ("kserve_tuned", "cnn", "throughput_rps"),
-        None,
-        higher_is_better=True,
-    ),
-)
+def _get(table: dict[str, Any], row: str, model: str, metric: str) -> float | None:
+    value = table.get(row, {}).get(model, {}).get(metric)
+    return float(value) if isinstance(value, int | float) else None
 
 
-def _figure(servers: dict[str, Any], ref: tuple[str, str, str]) -> float | None:
-    server, model, metric = ref
-    entry = servers.get(server, {})
-    if entry.get("status") != "ok":
-        return None
-    return float(entry[model][metric])
+def _ratio(num: float | None, den: float | None) -> float | None:
+    return None if num is None or not den else num / den
 
 
-def compute_ratios(servers: dict[str, Any]) -> dict[str, Any]:
+def targets(model_names: Sequence[str]) -> list[Target]:
+    """The issue's "done when", one ratio each, from figures of the same run."""
+    out: list[Target] = []
+    for m in model_names:
+        label = MODEL_LABELS[m]
+        for metric, word, higher in (
+            ("p50_ms", "p50", False),
+            ("p99_ms", "p99", False),
+            ("throughput_rps", "8-client req/s", True),
+        ):
+            short = {"p50_ms": "p50", "p99_ms": "p99", "throughput_rps": "throughput"}[metric]
+            out.append(
+                Target(
+                    f"{m}_{short}_agent_over_kserve",
+                    f"{label} {word}: agent / KServe best",
+                    lambda t, m=m, metric=metric: _ratio(
+                        _get(t, "agent", m, metric), _get(t, "kserve", m, metric)
+                    ),
+                    1.0,
+                    higher,
+                )
+            )
+    if "mobilenet" in model_names:
+        out.append(
+            Target(
+                "mobilenet_p50_agent_over_raw",
+                "MobileNet v1 p50: agent / raw (paired)",
+                lambda t: _get(t, "agent", "mobilenet", "p50_over_raw"),
+                1.15,
+            )
+        )
+        out.append(
+            Target(
+                "mobilenet_p50_agent_shm_over_raw",
+                "MobileNet v1 p50: agent + shared memory / raw (paired)",
+                lambda t: _get(t, "agent_shm", "mobilenet", "p50_over_raw"),
+                1.05,
+            )
+        )
+    out.append(
+        Target(
+            "rss_agent_over_kserve",
+            "RSS after the run, every model: agent / KServe",
+            lambda t: _ratio(t.get("_rss", {}).get("agent"), t.get("_rss", {}).get("kserve")),
+            1.0,
+        )
+    )
+    return out
+
+
+def compute_ratios(table: dict[str, Any], model_names: Sequence[str]) -> dict[str, Any]:
     ratios: dict[str, Any] = {}
-    for t in TARGETS:
-        num, den = _figure(servers, t.numerator), _figure(servers, t.denominator)
-        if num is None or den is None or den == 0:
-            missing = t.numerator[0] if num is None else t.denominator[0]
-            ratios[t.key] = {"description": t.description, "value": None, "missing": missing}
-            continue
-        value = num / den
-        method = "ratio of medians"
-        paired = servers.get("agent", {}).get("paired_ratios", {})
-        if t.paired and t.numerator[1] in paired:
-            value = float(paired[t.numerator[1]][t.paired])
-            method = "median of per-round paired ratios"
-        entry: dict[str, Any] = {"description": t.description, "value": value, "method": method}
-        if t.bound is not None:
+    for t in targets(model_names):
+        value = t.value(table)
+        entry: dict[str, Any] = {"description": t.description, "value": value}
+        if value is not None:
             entry["target"] = f"{'>=' if t.higher_is_better else '<='} {t.bound}"
             entry["met"] = value >= t.bound if t.higher_is_better else value <= t.bound
-        if t.goal is not None:
-            entry["goal"] = t.goal
-            entry["goal_met"] = value >= t.goal if t.higher_is_better else value <= t.goal
         ratios[t.key] = entry
     return ratios
 
 
 # --------------------------------------------------------------------------------------------
 # Entry points
-
-
-def machine_load(servers: dict[str, Any], load_start: list[float]) -> dict[str, Any]:
-    """CPU count and the 1-minute load average seen during the run: on a machine shared with
-    other jobs a load above the core count means every figure is contended (slower and
-    noisier, ratios included), so the run says so rather than hiding it."""
-    cpus = os.cpu_count() or 1
-    seen = [load_start[0], os.getloadavg()[0]]
-    for entry in servers.values():
-        for m in MODEL_NAMES:
-            seen += [r["loadavg_1m"] for r in entry.get(m, {}).get("rounds", [])]
-    return {
-        "cpus": cpus,
-        "platform": platform.platform(),
-        "loadavg_1m_max": max(seen),
-        "loadavg_1m_median": _median(seen),
-        "contended": _median(seen) > cpus,
-    }
 
 
 def _versions() -> dict[str, str]:
@@ -904,173 +1186,287 @@ def _versions() -> dict[str, str]:
     return out
 
 
+AGENT_VIEWS = (
+    View("agent", "hatswarm-agent (TCP)", _tcp),
+    View("agent_uds", "hatswarm-agent (unix socket)", _uds),
+    View("agent_shm", "hatswarm-agent (shared memory, unix socket)", _uds, shm=True),
+)
+SERVER_LABELS = {
+    "raw": "raw onnxruntime (in-process)",
+    "floor": "do-nothing OIP server",
+    "agent": "hatswarm-agent",
+    "agent_uds": "hatswarm-agent, unix socket",
+    "agent_shm": "hatswarm-agent, shared memory",
+    "kserve": "KServe 0.21 (best of default, tuned)",
+    "mlserver": "MLServer 1.7 (best of default, tuned)",
+    "kserve_default": "KServe default",
+    "kserve_tuned": "KServe tuned",
+    "mlserver_default": "MLServer default",
+    "mlserver_tuned": "MLServer tuned",
+}
+TABLE_ROWS = ("raw", "floor", "agent", "agent_uds", "agent_shm", "kserve", "mlserver")
+RSS_OF_ROW = {"agent": "agent", "kserve": "kserve", "mlserver": "mlserver", "floor": "floor"}
+
+
 def run(
     quick: bool = False,
     *,
     peers: bool = True,
     agent_args: Sequence[str] = (),
     models_dir: Path = MODELS_DIR,
-) -> dict[str, object]:
-    """Run the node-agent benchmark; return JSON-able results (``quick``: 1 short round).
-
-    Rounds are the outer loop and servers the inner one (each started, warmed up, measured
-    and stopped in turn, in an order that rotates every round), so slow drift in the machine's
-    load (other jobs on these shared cores) spreads over every server instead of biasing one.
-    """
+    only_models: Sequence[str] = (),
+    rounds: int | None = None,
+) -> dict[str, Any]:
+    """Run the node-agent benchmark; return JSON-able results (``quick``: 1 short round)."""
     plan = QUICK if quick else FULL
+    if rounds:
+        plan = Plan(rounds, *list(plan.__dict__.values())[1:])
     previous_sigterm = None
     if threading.current_thread() is threading.main_thread():
         # Turn SIGTERM into SystemExit so the finally blocks stop every server we started.
         previous_sigterm = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.time()
-    load_start = list(os.getloadavg())
+    meter = contention.CpuMeter()
+    whole_run = meter.snapshot()
     try:
         log(f"building models in {models_dir}")
         paths: dict[str, Path] = models.build_models(models_dir).as_dict()
-        work = workloads()
+        real, missing = models.real_models(models_dir)
+        paths |= real
+        paths = {m: paths[m] for m in MODEL_ORDER if m in paths}
+        if only_models:
+            paths = {m: p for m, p in paths.items() if m in only_models}
+        for m, reason in missing.items():
+            log(f"model {m} skipped: {reason}")
+        work = workloads(paths)
         raw = RawTarget(paths)
-        servers: dict[str, Any] = {}
+        skipped: dict[str, str] = {}
 
-        contenders: list[Contender] = []
+        contenders: list[Contender] = [
+            Contender(
+                "floor",
+                SERVER_LABELS["floor"],
+                lambda p: floor_spec({m: w for m, w in work.items() if m in p}),
+                (View("floor", SERVER_LABELS["floor"], _tcp),),
+                check_outputs=False,
+            )
+        ]
         agent_reason = agent_unavailable()
-        agent = Contender(
-            "agent",
-            "hatswarm-agent",
-            lambda: agent_spec(paths, agent_args),
-            version=_versions()["hatswarm-agent"],
-        )
         if agent_reason:
             log(f"agent skipped: {agent_reason}")
-            servers["agent"] = {"status": "skipped", "reason": agent_reason}
+            skipped["agent"] = agent_reason
         else:
-            contenders.append(agent)
-
-        peer_specs: list[tuple[PeerEnv, Callable[[Path, bool], ServerSpec]]] = [
-            (KSERVE_ENV, lambda py, tuned: kserve_spec(py, paths, tuned)),
-            (MLSERVER_ENV, lambda py, tuned: mlserver_spec(py, paths, tuned)),
+            contenders.append(
+                Contender(
+                    "agent",
+                    "hatswarm-agent",
+                    lambda p: agent_spec(p, agent_args),
+                    AGENT_VIEWS,
+                    version=_versions()["hatswarm-agent"],
+                    raw_throughput=True,
+                )
+            )
+        peer_specs: list[tuple[PeerEnv, Callable[[Path, dict[str, Path], bool], ServerSpec]]] = [
+            (KSERVE_ENV, kserve_spec),
+            (MLSERVER_ENV, mlserver_spec),
         ]
         for peer, build_spec in peer_specs:
             keys = [f"{peer.name}_default", f"{peer.name}_tuned"]
             if not peers:
-                for key in keys:
-                    servers[key] = {"status": "skipped", "reason": "peers disabled"}
+                skipped |= dict.fromkeys(keys, "peers disabled")
                 continue
             python, version = ensure_peer_env(peer)
             if python is None:
                 log(f"{peer.name} skipped: {version}")
-                for key in keys:
-                    servers[key] = {"status": "skipped", "reason": version}
+                skipped |= dict.fromkeys(keys, version)
                 continue
             for key, tuned in zip(keys, (False, True), strict=True):
                 contenders.append(
                     Contender(
                         key,
                         SERVER_LABELS[key],
-                        functools.partial(build_spec, python, tuned),
+                        functools.partial(build_spec, python, tuned=tuned),
+                        (View(key, SERVER_LABELS[key], _tcp),),
                         version=version,
                     )
                 )
 
-        raw_rounds: dict[str, list[dict[str, float]]] = {m: [] for m in MODEL_NAMES}
+        for contender in contenders:
+            memory_without_models(contender)
+        rows: dict[str, dict[str, list[dict[str, Any]]]] = {}
         for index in range(plan.rounds):
             shift = index % max(1, len(contenders))
             for contender in contenders[shift:] + contenders[:shift]:
-                if contender.failure is not None:
-                    continue
-                is_agent = contender is agent
-                bench_round(contender, raw, plan, work, index, raw_rounds if is_agent else None)
-            if len(raw_rounds["cnn"]) <= index:  # the agent did not run this round
-                _measure_raw(raw, work, plan, raw_rounds, index)
-
-        servers["raw"] = {"status": "ok", **{m: _summarise(raw_rounds[m]) for m in MODEL_NAMES}}
-        for contender in contenders:
-            servers[contender.key] = contender.result()
-        if servers.get("agent", {}).get("status") == "ok":
-            servers["agent"]["argv_extra"] = list(agent_args)
-            servers["agent"]["paired_ratios"] = paired_ratios(agent.rounds, raw_rounds)
-        return {
-            "benchmark": "node-agent",
-            "quick": quick,
-            "plan": {
-                "rounds": plan.rounds,
-                "latency_s": plan.latency_s,
-                "throughput_s": plan.throughput_s,
-                "warmup_s": plan.warmup_s,
-                "clients": CLIENTS,
-            },
-            "machine": machine_load(servers, load_start),
-            "versions": _versions(),
-            "models": {
-                name: {"path": str(path), "bytes": path.stat().st_size}
-                for name, path in paths.items()
-            },
-            "servers": {k: servers[k] for k in SERVER_LABELS if k in servers},
-            "ratios": compute_ratios(servers),
-            "duration_s": time.time() - started,
-        }
+                if contender.failure is None:
+                    bench_round(contender, raw, paths, work, plan, index, rows, meter)
+        return assemble(plan, quick, paths, contenders, rows, skipped, meter, whole_run, started)
     finally:
         _stop_all()
         if previous_sigterm is not None:
             signal.signal(signal.SIGTERM, previous_sigterm)
 
 
-SERVER_LABELS = {
-    "raw": "raw onnxruntime (in-process)",
-    "agent": "hatswarm-agent",
-    "kserve_default": "KServe default",
-    "kserve_tuned": "KServe tuned",
-    "mlserver_default": "MLServer default",
-    "mlserver_tuned": "MLServer tuned",
-}
+def assemble(
+    plan: Plan,
+    quick: bool,
+    paths: dict[str, Path],
+    contenders: list[Contender],
+    rows: dict[str, dict[str, list[dict[str, Any]]]],
+    skipped: dict[str, str],
+    meter: Any,
+    whole_run: Any,
+    started: float,
+) -> dict[str, Any]:
+    summaries = {row: {m: summarise_row(r) for m, r in per.items()} for row, per in rows.items()}
+    table: dict[str, Any] = {"raw": summarise_raw(rows), **summaries}
+    table["kserve"] = best_of(summaries, ["kserve_default", "kserve_tuned"])
+    table["mlserver"] = best_of(summaries, ["mlserver_default", "mlserver_tuned"])
+    servers: dict[str, Any] = {}
+    for c in contenders:
+        entry: dict[str, Any] = {
+            "status": "failed" if c.failure else "ok",
+            "version": c.version,
+            "memory": c.memory,
+            "outputs_match_raw": c.outputs_match_raw,
+            "startup_s": _median(c.startup_s) if c.startup_s else None,
+        }
+        if c.failure:
+            entry["reason"] = c.failure
+        if c.skipped_views:
+            entry["skipped_views"] = c.skipped_views
+        servers[c.key] = entry
+    for key, reason in skipped.items():
+        servers[key] = {"status": "skipped", "reason": reason}
+    rss: dict[str, float] = {}
+    rss_none: dict[str, float] = {}
+    for key, entry in servers.items():
+        after = entry.get("memory", {}).get("after_rounds")
+        none = entry.get("memory", {}).get("no_models", {})
+        group = key.split("_")[0]
+        if after:
+            last = after[-1]["rss_mb"]
+            rss[group] = min(rss.get(group, last), last)  # a peer's lighter form
+        if isinstance(none.get("rss_mb"), int | float):
+            rss_none[group] = min(rss_none.get(group, none["rss_mb"]), none["rss_mb"])
+    table["_rss"] = rss
+    table["_rss_no_models"] = rss_none
+    model_names = list(paths)
+    blocks = [
+        b
+        for per in summaries.values()
+        for s in per.values()
+        for r in s["rounds"]
+        for b in r["contention"].values()
+    ]
+    machine = {
+        "cpus": os.cpu_count() or 1,
+        "platform": platform.platform(),
+        "whole_run": meter.measure(whole_run),
+        "blocks": contention.summarise(blocks),
+    }
+    machine["contended"] = machine["blocks"]["contended_blocks"] > 0
+    return {
+        "benchmark": "node-agent",
+        "quick": quick,
+        "plan": {**plan.__dict__, "clients": CLIENTS},
+        "machine": machine,
+        "versions": _versions(),
+        "models": {
+            name: {"path": str(path), "bytes": path.stat().st_size} for name, path in paths.items()
+        },
+        "servers": servers,
+        "table": {k: v for k, v in table.items() if not k.startswith("_")},
+        "rss_mb": {"after_run": rss, "no_models": rss_none},
+        "ratios": compute_ratios(table, model_names),
+        "duration_s": time.time() - started,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Tables
+
+
+def _cell(entry: dict[str, Any] | None) -> str:
+    if not entry:
+        return "n/a"
+    p50, p99, rps = entry.get("p50_ms"), entry.get("p99_ms"), entry.get("throughput_rps")
+    text = f"{_ms(p50)} / {_ms(p99)}, {f'{rps:.0f}' if rps else '-'}"
+    marks = ""
+    if entry.get("contention", {}).get("contended_blocks"):
+        marks += "*"
+    if entry.get("reproduced") is False:
+        marks += "~"
+    return text + marks
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if value < 10 else f"{value:.1f}"
+
+
+def markdown_table(results: dict[str, Any]) -> list[str]:
+    """The README's one table: every server, every model, and memory."""
+    table = results.get("table", {})
+    names = list(results.get("models", {}))
+    rss = results.get("rss_mb", {})
+    head = (
+        "| server | "
+        + " | ".join(MODEL_LABELS[m] for m in names)
+        + f" | RSS MB, 0 / {len(names)} models |"
+    )
+    lines = [head, "|---" * (len(names) + 2) + "|"]
+    for row in TABLE_ROWS:
+        if row not in table or not table[row]:
+            reason = results.get("servers", {}).get(row, {}).get("reason")
+            if reason:
+                lines.append(f"| {SERVER_LABELS[row]} | skipped: {reason[:60]} |")
+            continue
+        cells = [_cell(table[row].get(m)) for m in names]
+        group = RSS_OF_ROW.get(row)
+        mem = "-"
+        if group and group in rss.get("after_run", {}):
+            mem = f"{rss['no_models'].get(group, float('nan')):.0f} / {rss['after_run'][group]:.0f}"
+        lines.append(f"| {SERVER_LABELS[row]} | " + " | ".join(cells) + f" | {mem} |")
+    machine = results.get("machine", {})
+    blocks = machine.get("blocks", {})
+    lines += [
+        "",
+        "Cells: 1-client p50 / p99 ms, 8-client req/s. `*`: measured while other processes used "
+        f"more than {blocks.get('threshold_cores', contention.THRESHOLD_CORES)} of a core "
+        "(contended); `~`: rounds differ by more than 10% (not reproduced). "
+        f"{blocks.get('contended_blocks', 0)} of {blocks.get('blocks', 0)} blocks contended; "
+        f"outside load median {blocks.get('outside_cores_median', 0):.2f}, max "
+        f"{blocks.get('outside_cores_max', 0):.2f} cores; load average up to "
+        f"{blocks.get('loadavg_1m_max', 0):.1f} on {machine.get('cpus', '?')} cores.",
+    ]
+    return lines
 
 
 def format_table(results: dict[str, Any]) -> str:
-    lines = [
-        f"{'server':<30} {'CNN p50 ms':>10} {'CNN req/s':>10} {'MLP p50 ms':>10} "
-        f"{'MLP req/s':>10} {'peak RSS MiB':>12}",
-    ]
-    for key, label in SERVER_LABELS.items():
-        entry = results["servers"].get(key, {})
-        if entry.get("status") != "ok":
-            reason = str(entry.get("reason", "not run")).splitlines()[0][:70]
-            lines.append(f"{label:<30} {entry.get('status', 'not run')}: {reason}")
-            continue
-        rss = entry.get("peak_rss_mb")
-        lines.append(
-            f"{label:<30} {entry['cnn']['p50_ms']:>10.2f} {entry['cnn']['throughput_rps']:>10.0f} "
-            f"{entry['mlp']['p50_ms']:>10.3f} {entry['mlp']['throughput_rps']:>10.0f} "
-            f"{(f'{rss:.0f}' if rss else '-'):>12}"
-        )
-    machine = results.get("machine", {})
-    if machine.get("contended"):
-        lines.append(
-            f"WARNING: median load average {machine['loadavg_1m_median']:.1f} "
-            f"(max {machine['loadavg_1m_max']:.1f}) on {machine['cpus']} cores: other jobs "
-            "competed for the CPU, figures are contended and noisy; rerun on a quiet machine"
-        )
-    for key, label in SERVER_LABELS.items():
-        match = results["servers"].get(key, {}).get("outputs_match_raw", {})
-        wrong = [m for m, ok in match.items() if not ok]
-        if wrong:
-            lines.append(f"WARNING: {label} outputs differ from raw onnxruntime for {wrong}")
+    lines = markdown_table(results)
+    for key in SERVER_LABELS:
+        match = results.get("servers", {}).get(key, {}).get("outputs_match_raw", {})
+        for row, per_model in match.items():
+            wrong = [m for m, ok in per_model.items() if not ok]
+            if wrong:
+                lines.append(f"WARNING: {row} outputs differ from raw onnxruntime for {wrong}")
     lines.append("")
     for entry in results["ratios"].values():
         if entry["value"] is None:
-            lines.append(f"{entry['description']:<48} n/a ({entry['missing']} not measured)")
+            lines.append(f"{entry['description']:<58} n/a")
             continue
-        verdict = ""
-        if "met" in entry:
-            verdict = f"target {entry['target']}: {'met' if entry['met'] else 'MISSED'}"
-        if "goal" in entry:
-            verdict += f", goal {entry['goal']}: {'met' if entry['goal_met'] else 'missed'}"
-        lines.append(f"{entry['description']:<48} {entry['value']:6.2f}  {verdict}")
+        verdict = f"target {entry['target']}: {'met' if entry['met'] else 'MISSED'}"
+        lines.append(f"{entry['description']:<58} {entry['value']:6.3f}  {verdict}")
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="hatswarm node-agent benchmark")
     parser.add_argument("--quick", action="store_true", help="1 short round (smoke test)")
-    parser.add_argument("--skip-peers", action="store_true", help="agent and raw only")
+    parser.add_argument("--rounds", type=int, help="rounds (default: 1 quick, 3 full)")
+    parser.add_argument("--skip-peers", action="store_true", help="agent, floor and raw only")
+    parser.add_argument("--models", default="", help="comma-separated subset of the models")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     parser.add_argument(
         "--agent-arg",
@@ -1079,7 +1475,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="extra hatswarm-agent argument (repeatable), e.g. --agent-arg=--max-batch-size=8",
     )
     args = parser.parse_args(argv)
-    results = run(args.quick, peers=not args.skip_peers, agent_args=args.agent_arg)
+    results = run(
+        args.quick,
+        peers=not args.skip_peers,
+        agent_args=args.agent_arg,
+        only_models=[m for m in args.models.split(",") if m],
+        rounds=args.rounds,
+    )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2))

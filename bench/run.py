@@ -70,7 +70,16 @@ def ratios(result: Any, prefix: str = "") -> list[tuple[str, float, str]]:
         elif isinstance(value, dict):
             if in_ratios and isinstance(value.get("value"), int | float):
                 out.append((path, float(value["value"]), str(value.get("target", ""))))
-            elif key not in ("servers", "plan", "versions", "machine", "models"):
+            elif key not in (
+                "servers",
+                "plan",
+                "versions",
+                "machine",
+                "models",
+                "table",
+                "rss_mb",
+                "vs_previous_run",
+            ):
                 out += ratios(value, f"{path}.")
     return out
 
@@ -104,7 +113,12 @@ def machine() -> dict[str, Any]:
     }
 
 
+AGENT_ROWS = ("raw", "floor", "agent", "agent_uds", "agent_shm", "kserve", "mlserver")
+
+
 def chart(results: dict[str, Any], path: Path) -> None:
+    """One figure: the node agent against its baselines (p50, p99, req/s, memory) on top, every
+    benchmark's ratio against its same-run baseline below."""
     try:
         import matplotlib
 
@@ -114,17 +128,60 @@ def chart(results: dict[str, Any], path: Path) -> None:
         print("matplotlib missing: no chart", file=sys.stderr)
         return
     rows = [(f"{b}: {k}", v) for b, r in results.items() for k, v, _ in ratios(r)]
-    if not rows:
-        return
-    fig, ax = plt.subplots(figsize=(10, 0.35 * len(rows) + 1.5))
-    ax.barh([r[0] for r in rows], [r[1] for r in rows], color="#4c72b0")
-    ax.axvline(1.0, color="black", linewidth=0.8)
-    ax.set_xscale("log")
-    ax.set_xlabel("ratio against the same-run baseline (see bench/results.json)")
-    ax.set_title(f"hatswarm benchmarks, {machine()['date']}, {os.cpu_count()} cores")
-    ax.invert_yaxis()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    agent = results.get("agent", {})
+    table = agent.get("table", {})
+    models = list(agent.get("models", {}))
+    fig = plt.figure(figsize=(14, 9 + 0.22 * len(rows)))
+    grid = fig.add_gridspec(3, 2, height_ratios=[1, 1, max(1.0, 0.06 * len(rows))])
+    servers = [r for r in AGENT_ROWS if table.get(r)]
+    width = 0.8 / max(1, len(servers))
+    panels = [
+        ("p50_ms", "1-client p50 (ms, log)", grid[0, 0]),
+        ("p99_ms", "1-client p99 (ms, log)", grid[0, 1]),
+        ("throughput_rps", "8-client req/s (log)", grid[1, 0]),
+    ]
+    for metric, title, cell in panels:
+        ax = fig.add_subplot(cell)
+        for i, server in enumerate(servers):
+            values = [table[server].get(m, {}).get(metric) or 0 for m in models]
+            ax.bar([x + i * width for x in range(len(models))], values, width, label=server)
+        ax.set_xticks([x + width * (len(servers) - 1) / 2 for x in range(len(models))], models)
+        ax.set_yscale("log")
+        ax.set_title(title)
+    ax = fig.add_subplot(grid[1, 1])
+    rss = agent.get("rss_mb", {})
+    groups = sorted(rss.get("after_run", {}))
+    ax.bar(
+        [x - 0.2 for x in range(len(groups))],
+        [rss.get("no_models", {}).get(g, 0) for g in groups],
+        0.4,
+        label="no models",
+    )
+    ax.bar(
+        [x + 0.2 for x in range(len(groups))],
+        [rss["after_run"][g] for g in groups],
+        0.4,
+        label="every model, after the run",
+    )
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set_title("RSS (MB)")
+    ax.legend(fontsize=8)
+    fig.axes[0].legend(fontsize=7, ncol=2)
+    if rows:
+        ax = fig.add_subplot(grid[2, :])
+        ax.barh([r[0] for r in rows], [r[1] for r in rows], color="#4c72b0")
+        ax.axvline(1.0, color="black", linewidth=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("ratio against the same-run baseline (see bench/results.json)")
+        ax.invert_yaxis()
+        ax.tick_params(axis="y", labelsize=7)
+    contended = agent.get("machine", {}).get("contended")
+    fig.suptitle(
+        f"hatswarm benchmarks, {machine()['date']}, {os.cpu_count()} cores"
+        + (" (CONTENDED: other jobs used the CPU, see the table)" if contended else "")
+    )
+    fig.tight_layout(rect=(0, 0, 1, 0.985))  # room for the title above the panels
+    fig.savefig(path, dpi=100)
     print(f"wrote {path}")
 
 
@@ -140,29 +197,43 @@ def readme_table(results: dict[str, Any]) -> str:
     for bench, result in results.items():
         for key, value, target in ratios(result):
             lines.append(f"| {bench} | {key} | {value:.3f} | {target} |")
-    servers = results.get("agent", {}).get("servers", {})
-    if servers:
+    agent = results.get("agent", {})
+    if agent.get("table"):
         lines += [
             "",
-            "Node agent and peers (same run, medians; tritonclient over loopback gRPC, 8 clients "
-            "for throughput):",
+            "Node agent and its baselines (same run; tritonclient over loopback gRPC, 8 clients "
+            "for throughput; peers in the better of their default and tuned forms per figure):",
             "",
-            "| server | CNN p50 ms | CNN req/s | MLP p50 ms | MLP req/s | peak RSS MB |",
-            "|---|---|---|---|---|---|",
+            *load("agent").markdown_table(agent),
         ]
-        for name, srv in servers.items():
-            if srv.get("status") != "ok":
-                lines.append(f"| {name} | {srv.get('status')}: {srv.get('reason', '')} | | | | |")
-                continue
-            cnn, mlp = srv.get("cnn", {}), srv.get("mlp", {})
-            rss = srv.get("peak_rss_mb")
+        previous = agent.get("vs_previous_run")
+        if previous and previous.get("compared"):
             lines.append(
-                f"| {name} | {cnn.get('p50_ms', 0):.2f} | {cnn.get('throughput_rps', 0):.0f} | "
-                f"{mlp.get('p50_ms', 0):.3f} | {mlp.get('throughput_rps', 0):.0f} | "
-                f"{f'{rss:.0f}' if isinstance(rss, int | float) else '-'} |"
+                f"Against the previous run: {previous['within']} of {previous['compared']} "
+                f"figures within 10%."
             )
     lines += fleet_table(results.get("fleet", {}))
     return "\n".join(lines)
+
+
+def compare_runs(new: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
+    """How many of the agent table's figures moved by more than 10% since the last run."""
+    compared, within, moved = 0, 0, []
+    for row, per_model in new.get("table", {}).items():
+        for model, entry in per_model.items():
+            for metric in ("p50_ms", "p99_ms", "throughput_rps"):
+                a = entry.get(metric)
+                b = old.get("table", {}).get(row, {}).get(model, {}).get(metric)
+                if not isinstance(a, int | float) or not isinstance(b, int | float) or not b:
+                    continue
+                compared += 1
+                change = a / b - 1
+                if abs(change) <= 0.10:
+                    within += 1
+                else:
+                    moved.append((f"{row}/{model}/{metric}", round(change, 3)))
+    moved.sort(key=lambda kv: -abs(kv[1]))
+    return {"compared": compared, "within": within, "moved": moved[:20]}
 
 
 def fleet_table(fleet: dict[str, Any]) -> list[str]:
@@ -266,7 +337,10 @@ def main(argv: list[str] | None = None) -> int:
             if subprocess.run(cmd + (["--quick"] if args.quick else []), check=False).returncode:
                 failed.append(name)
                 continue
-            results[name] = derive(name, json.loads(Path(tmp.name).read_text()))
+            fresh = derive(name, json.loads(Path(tmp.name).read_text()))
+            if name == "agent" and isinstance(results.get(name), dict):
+                fresh["vs_previous_run"] = compare_runs(fresh, results[name])
+            results[name] = fresh
         for key, value, target in ratios(results[name]):
             print(f"  {key:<50} {value:8.3f}  {target}")
         print(f"  ({time.monotonic() - started:.0f} s)", flush=True)

@@ -42,7 +42,9 @@ def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="KServe onnxruntime peer server")
     parser.add_argument("--grpc-port", type=int, required=True)
     parser.add_argument("--http-port", type=int, required=True)
-    parser.add_argument("--model", action="append", required=True, help="name=path.onnx")
+    parser.add_argument(
+        "--model", action="append", default=[], help="name=path.onnx (none: 0-model RSS)"
+    )
     parser.add_argument("--tuned", action="store_true")
     parser.add_argument("--pool-threads", type=int, default=4)
     return parser.parse_args()
@@ -100,7 +102,8 @@ class OnnxModel(Model):  # type: ignore[misc]
         outputs = []
         for meta, value in zip(self.session.get_outputs(), results, strict=True):
             array = np.asarray(value)
-            out = InferOutput(name=meta.name, shape=list(array.shape), datatype="FP32")
+            datatype = _ONNX_TO_V2[meta.type]
+            out = InferOutput(name=meta.name, shape=list(array.shape), datatype=datatype)
             out.set_data_from_numpy(array, binary_data=True)
             outputs.append(out)
         return InferResponse(
@@ -130,9 +133,17 @@ class TunedOnnxModel(OnnxModel):
         return await loop.run_in_executor(self.pool, self._run, payload)
 
 
+class Placeholder(Model):  # type: ignore[misc]
+    """KServe refuses to start without a ready model: this one holds nothing (0-model RSS)."""
+
+    def __init__(self) -> None:
+        super().__init__("placeholder")
+        self.ready = True
+
+
 def main() -> None:
     specs = [spec.split("=", 1) for spec in ARGS.model]
-    models: list[OnnxModel]
+    models: list[Model]
     if ARGS.tuned:
         pool = ThreadPoolExecutor(max_workers=ARGS.pool_threads, thread_name_prefix="ort")
         models = [TunedOnnxModel(name, path, pool) for name, path in specs]
@@ -144,7 +155,7 @@ def main() -> None:
     else:
         models = [OnnxModel(name, path) for name, path in specs]
         server = ModelServer(http_port=ARGS.http_port, grpc_port=ARGS.grpc_port)
-    server.start(models)
+    server.start(models or [Placeholder()])
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
 """MLServer peer for the node-agent benchmark: an onnxruntime session as an MLServer runtime.
 
-Runs in its own venv (bench/out/venvs/mlserver). The benchmark copies ``cnn/`` and ``mlp/``
-model-settings into a repository under bench/out/, points ``parameters.uri`` at the built model
-and writes a ``settings.json`` with free ports and the form under test (default, or tuned:
-``parallel_workers=0``, ``debug=false``); this module is on PYTHONPATH. Inputs and outputs are
-declared in model-settings.json (MLServer's metadata is empty otherwise).
+Runs in its own venv (bench/out/venvs/mlserver). The benchmark writes a repository under
+bench/out/: one model-settings.json per model (inputs and outputs read from the model, since
+MLServer's metadata is empty otherwise; ``parameters.uri`` the model file) and a
+``settings.json`` with free ports and the form under test (default, or tuned:
+``parallel_workers=0``, ``debug=false``); this module is on PYTHONPATH.
 
 It is written the way MLServer's own runtimes are (mlserver-sklearn, mlserver-xgboost): decode
 with the numpy codec, run the model inside ``predict``, encode the outputs.

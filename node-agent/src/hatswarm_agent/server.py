@@ -57,6 +57,7 @@ from hatswarm_agent.serving.metrics import AgentMetrics, RouteMetrics
 from hatswarm_agent.serving.registry import DEFAULT_VERSION, ModelRegistry
 from hatswarm_agent.serving.servicer import InferenceServicer
 from hatswarm_agent.serving.servicer import add_to_server as add_inference_to_server
+from hatswarm_agent.serving.shm import SharedMemoryInfer, SharedMemoryRegions
 from hatswarm_agent.serving.tensors import TensorLimits
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,7 @@ class AgentConfig:
     auth_token_files: tuple[Path, ...] = ()  # inference tokens; none: inference is open
     control_token_file: Path | None = None  # none: AgentControl from loopback only
     tls: TlsFiles | None = None
+    uds: Path | None = None  # also listen on this unix socket (clients on this host)
     file_roots: tuple[Path, ...] = ()  # where control-plane loads may read file:// artifacts
     trusted_keys: tuple[Path, ...] = ()  # ed25519 public keys (files or folders of files)
     require_signatures: bool = False
@@ -218,8 +220,16 @@ class Agent:
         if self.dispatcher is not None:
             self.generation_router = GenerationRouter(self.dispatcher, self.generations, self.auth)
             generate = self.generation_router.generate
+        # Clients on this host may pass tensors in shared memory (Triton's extension).
+        self.shm = SharedMemoryRegions()
+        oip_infer = SharedMemoryInfer(self.shm, self.dataplane, infer)
         self.inference = InferenceServicer(
-            self.dataplane, infer, generate, self.dispatcher, node_name=config.node_name
+            self.dataplane,
+            oip_infer,
+            generate,
+            self.dispatcher,
+            node_name=config.node_name,
+            shm=self.shm,
         )
         self.http: HttpServer | None = None
         self.http_port = 0
@@ -266,6 +276,8 @@ class Agent:
             raise OSError(f"cannot listen on {address}: port in use or not allowed") from exc
         if self.port == 0:
             raise OSError(f"cannot listen on {address}")
+        if self.config.uds is not None:
+            self._listen_unix(self.config.uds)
         if self.dispatcher is not None:
             await self.dispatcher.start(self.config.host, self.port)
         await self.lifecycle.restore()
@@ -294,6 +306,17 @@ class Agent:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
+    def _listen_unix(self, path: Path) -> None:
+        """The unix socket: the same services (auth included) without TCP, for local clients."""
+        if path.is_socket():
+            path.unlink()  # left by an agent that did not stop cleanly
+        try:
+            bound = self.server.add_insecure_port(f"unix:{path}")
+        except RuntimeError as exc:
+            raise OSError(f"cannot listen on unix:{path}: {exc}") from exc
+        if not bound:
+            raise OSError(f"cannot listen on unix:{path}")
+
     async def stop(self) -> None:
         """Health NOT_SERVING first, then let in-flight calls finish within the grace period."""
         self._stopping = True
@@ -307,6 +330,9 @@ class Agent:
             await self.generation_router.close()
         if self.dispatcher is not None:
             await self.dispatcher.stop()
+        self.shm.close()
+        if self.config.uds is not None and self.config.uds.is_socket():
+            self.config.uds.unlink()
         await self.lifecycle.close()
         self.tables.close()
         self.dataplane.close()

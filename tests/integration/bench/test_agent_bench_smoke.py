@@ -1,19 +1,27 @@
-"""Smoke test of the node-agent benchmark: models build, raw baseline measures sane numbers.
+"""Smoke test of the node-agent benchmark: models build, the baselines and the contention meter
+measure sane numbers, the summaries and the table follow from given figures, and one short run
+against the floor and a real agent (no peers) gives a complete result.
 
-No peers, no agent, no timing assertions: tiny iteration counts so it runs in seconds.
+No timing assertions: tiny iteration counts so it runs in seconds.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
+import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import onnx
 import pytest
+
+from tests import benchjobs, tritonjobs
 
 pytestmark = pytest.mark.integration
 
@@ -41,12 +49,18 @@ def model_paths(bench: ModuleType, tmp_path_factory: pytest.TempPathFactory) -> 
     return paths
 
 
+@pytest.fixture(scope="module")
+def contention(bench: ModuleType) -> ModuleType:
+    return bench.contention
+
+
 def test_models_build_valid_with_dynamic_batch(
     bench: ModuleType, model_paths: dict[str, Path]
 ) -> None:
     expected = {
         "cnn": (bench.models.CNN_INPUT, ["batch", 224, 224, 3], onnx.TensorProto.UINT8),
         "mlp": (bench.models.MLP_INPUT, ["batch", 16], onnx.TensorProto.FLOAT),
+        "mobilenet": (bench.models.MOBILENET_INPUT, ["batch", 224, 224, 3], onnx.TensorProto.UINT8),
     }
     for name, (input_name, dims, elem_type) in expected.items():
         model = onnx.load(str(model_paths[name]))
@@ -56,54 +70,130 @@ def test_models_build_valid_with_dynamic_batch(
         assert graph_input.type.tensor_type.elem_type == elem_type
         shape = [d.dim_param or d.dim_value for d in graph_input.type.tensor_type.shape.dim]
         assert shape == dims
+    ops = {n.op_type for n in onnx.load(str(model_paths["mobilenet"])).graph.node}
+    assert {"BatchNormalization", "Clip", "Softmax"} <= ops  # as MobileNet v1 exports are
 
 
 def test_models_are_deterministic(bench: ModuleType, model_paths: dict[str, Path]) -> None:
     assert bench.models.build_mlp(1).SerializeToString() == model_paths["mlp"].read_bytes()
     assert bench.models.build_cnn(0).SerializeToString() == model_paths["cnn"].read_bytes()
+    assert bench.models.build_mobilenet(2).SerializeToString() == (
+        model_paths["mobilenet"].read_bytes()
+    )
 
 
 def test_raw_baseline_measures_sensible_numbers(
     bench: ModuleType, model_paths: dict[str, Path]
 ) -> None:
     raw = bench.RawTarget(model_paths)
-    work = bench.workloads()
-
+    work = bench.workloads(model_paths)
+    assert work["cnn"].output_shape == (1, 1000)
+    assert work["mobilenet"].output_shape == (1, 1001)
     cnn = raw.caller(work["cnn"], 1)()
     assert cnn.shape == (1, 1000)
     assert np.isfinite(cnn).all()
-    mlp = raw.caller(work["mlp"], 2)()
-    assert mlp.shape == (1, 4)
-
+    probabilities = raw.caller(work["mobilenet"], 2)()
+    assert probabilities.sum() == pytest.approx(1.0, rel=1e-4)
     for name in ("cnn", "mlp"):
-        lat = bench.measure_latency(raw.caller(work[name], 1), seconds=0.0, min_samples=3)
-        assert lat["samples"] == 3
-        assert 0 < lat["p50_ms"] <= lat["p99_ms"] < 10_000
+        samples = bench.measure_latency(raw.caller(work[name], 1), calls=3, min_s=0.0)
+        assert len(samples) == 3
+        q = bench.percentiles(samples)
+        assert 0 < q["p50_ms"] <= q["p99_ms"] < 10_000
         rps = bench.measure_throughput(lambda n=name: raw.caller(work[n], 1), 2, 0.05)
         assert math.isfinite(rps)
         assert rps > 0
 
 
-def test_ratios_and_table_from_figures(bench: ModuleType) -> None:
-    def server(cnn_p50: float, cnn_rps: float, mlp_p50: float, mlp_rps: float) -> dict[str, object]:
-        return {
-            "status": "ok",
-            "cnn": {"p50_ms": cnn_p50, "throughput_rps": cnn_rps},
-            "mlp": {"p50_ms": mlp_p50, "throughput_rps": mlp_rps},
-        }
+def test_contention_meter_tells_own_work_from_outside_work(contention: ModuleType) -> None:
+    meter = contention.CpuMeter()
+    with meter.block() as own:
+        deadline = time.process_time() + 0.3
+        while time.process_time() < deadline:  # 0.3 s of this process's own CPU
+            pass
+    assert own.result["own_cores"] > 0.0
+    spinner = subprocess.Popen(  # not our child's child: a stranger, started by the shell
+        ["sh", "-c", f'exec {sys.executable} -c "import time; t = time.time() + 1.5\n'
+         'while time.time() < t: pass" & wait'],
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        outside_meter = contention.CpuMeter(root_pid=os.getpid() + 10**7)  # a tree of nobody
+        with outside_meter.block() as outside:
+            time.sleep(0.5)
+    finally:
+        spinner.wait()
+    assert outside.result["outside_cores"] > 0.2
+    assert outside.result["contended"] is True
+    assert outside.result["top_outside"]
+    summary = contention.summarise([own.result, outside.result])
+    assert summary["blocks"] == 2
+    assert summary["contended_blocks"] >= 1
 
-    servers = {
-        "raw": server(10.0, 100.0, 0.02, 40_000.0),
-        "agent": server(11.0, 97.0, 0.8, 1500.0),
-        "kserve_tuned": server(15.0, 70.0, 1.6, 800.0),
-        "mlserver_default": {"status": "skipped", "reason": "no network"},
+
+def _round(p50: float, p99: float, rps: float, raw_p50: float, outside: float = 0.0) -> dict:
+    block = {
+        "wall_s": 1.0, "own_cores": 1.0, "outside_cores": outside, "loadavg_1m": [0.5, 0.5],
+        "top_outside": [], "contended": outside > 0.2,
+    }  # fmt: skip
+    side = {"p50_ms": raw_p50, "p99_ms": raw_p50 * 1.2, "threads": 2, "throughput_rps": 100.0}
+    return {
+        "p50_ms": p50, "p90_ms": p50, "p99_ms": p99, "calls": 3, "samples": [p50, p50, p99],
+        "throughput_rps": rps, "raw": {**bench_pair(side), "before": side, "after": side},
+        "contention": {"latency": block, "throughput": block},
+    }  # fmt: skip
+
+
+def bench_pair(side: dict) -> dict:
+    return {"p50_ms": side["p50_ms"], "throughput_rps": side["throughput_rps"], "unstable": False}
+
+
+def test_summaries_ratios_and_table_from_figures(bench: ModuleType) -> None:
+    rows = {
+        "agent": {"cnn": [_round(11.0, 13.0, 97.0, 10.0), _round(11.2, 14.0, 99.0, 10.0)]},
+        "kserve_default": {"cnn": [_round(12.0, 20.0, 80.0, 10.0, outside=0.5)] * 2},
+        "kserve_tuned": {"cnn": [_round(16.0, 18.0, 90.0, 10.0)] * 2},
     }
-    ratios = bench.compute_ratios(servers)
-    assert ratios["cnn_p50_agent_over_raw"]["value"] == pytest.approx(1.1)
-    assert ratios["cnn_p50_agent_over_raw"]["met"] is True
-    assert ratios["cnn_throughput_agent_over_raw"]["met"] is True
-    assert ratios["mlp_throughput_agent_over_kserve_tuned"]["value"] == pytest.approx(1.875)
-    assert ratios["mlp_throughput_agent_over_mlserver_tuned"]["value"] is None
-    table = bench.format_table({"servers": servers, "ratios": ratios})
-    assert "skipped: no network" in table
-    assert "hatswarm-agent" in table
+    summaries = {r: {m: bench.summarise_row(v) for m, v in per.items()} for r, per in rows.items()}
+    agent = summaries["agent"]["cnn"]
+    assert agent["p50_ms"] == pytest.approx(11.1)
+    assert agent["p50_over_raw"] == pytest.approx(1.11)
+    assert agent["throughput_over_raw"] == pytest.approx(0.98)
+    assert agent["reproduced"] is True  # 11.0 vs 11.2: within 10%
+    best = bench.best_of(summaries, ["kserve_default", "kserve_tuned"])["cnn"]
+    assert (best["p50_from"], best["p99_from"], best["throughput_from"]) == (
+        "kserve_default", "kserve_tuned", "kserve_tuned",
+    )  # fmt: skip
+    table = {**summaries, "kserve": {"cnn": best}, "_rss": {"agent": 200.0, "kserve": 250.0}}
+    ratios = bench.compute_ratios(table, ["cnn"])
+    assert ratios["cnn_p50_agent_over_kserve"]["value"] == pytest.approx(11.1 / 12.0)
+    assert ratios["cnn_p50_agent_over_kserve"]["met"] is True
+    assert ratios["cnn_throughput_agent_over_kserve"]["met"] is True
+    assert ratios["rss_agent_over_kserve"]["value"] == pytest.approx(0.8)
+    results = {
+        "models": {"cnn": {}},
+        "table": {k: v for k, v in table.items() if not k.startswith("_")},
+        "rss_mb": {"after_run": {"agent": 200.0, "kserve": 250.0}, "no_models": {"agent": 90.0}},
+        "servers": {"mlserver": {"status": "skipped", "reason": "no network"}},
+        "machine": {"cpus": 2, "blocks": {"blocks": 8, "contended_blocks": 2}},
+        "ratios": ratios,
+    }
+    text = bench.format_table(results)
+    assert "skipped: no network" in text
+    assert "12.0 / 18.0, 90*" in text  # the best of both forms; contended blocks marked
+    assert "90 / 200" in text
+    assert "2 of 8 blocks contended" in text
+
+
+def test_a_short_run_against_the_floor_and_the_agent(tmp_path: Path) -> None:
+    # In a child: the run imports tritonclient, whose protobufs clash with the agent's here.
+    results = tritonjobs.run(benchjobs.agent_bench_run, str(tmp_path), ["mlp"])
+    table = results["table"]
+    assert results["servers"]["floor"]["status"] == "ok", results["servers"]["floor"]
+    assert results["servers"]["agent"]["status"] == "ok", results["servers"]["agent"]
+    assert results["servers"]["agent"]["outputs_match_raw"]["agent"] == {"mlp": True}
+    for row in ("raw", "floor", "agent"):
+        assert table[row]["mlp"]["p50_ms"] > 0, row
+    assert results["rss_mb"]["no_models"]["agent"] > 0
+    assert results["rss_mb"]["after_run"]["agent"] > 0
+    assert "machine" in results and "blocks" in results["machine"]
+    json.dumps(results)  # what run.py writes

@@ -74,6 +74,12 @@ class LoadedModel(abc.ABC):
     active_watts: float | None = None
     # Whether `run_alone` is another way to run (more cores) worth timing against `run`.
     runs_alone: bool = False
+    # Batch-1 seconds of `run` and `run_alone` as timed at load (0.0: not timed).
+    alone_times: tuple[float, float] = (0.0, 0.0)
+    # Whether `maintain` does anything (the queue then calls it when idle).
+    maintains: bool = False
+    # Resident bytes each of the model's sessions added when it loaded, by session name.
+    memory_bytes: dict[str, int] = {}  # replaced per instance; this shared one stays empty
 
     @abc.abstractmethod
     def run(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
@@ -82,6 +88,11 @@ class LoadedModel(abc.ABC):
     def run_alone(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
         """`run` for a request with the device to itself (only called when `runs_alone`)."""
         return self.run(inputs)
+
+    def maintain(self, reclaim: bool, retime: bool) -> tuple[float, float] | None:
+        """Idle-time upkeep, from a worker thread while nothing runs: give back memory a burst
+        took (`reclaim`); re-time `run` and `run_alone` on zeros (`retime`): their seconds."""
+        return None
 
     @abc.abstractmethod
     def capacity_fps(self) -> float:

@@ -496,6 +496,7 @@ class ModelLifecycle:
         entry.active_watts = model.active_watts
         entry.metrics = self.metrics.model(entry.name, entry.version)
         entry.metrics.loaded.set(1)
+        self.metrics.memory(entry.name, entry.version, model.memory_bytes)
         entry.metrics.queue_depth.set_function(lambda: queue.depth)
         if isinstance(model, GenerativeModel):
             entry.metrics.sequences.set_function(lambda: model.load().active_sequences)

@@ -8,6 +8,12 @@ the batch dimension and the same LoRA adapter, or none). While a batch runs, new
 requests pile up and the next take merges them, so batching costs no delay when the queue is
 empty; `max_queue_delay_s` only adds a wait when another batch is already running. Inference
 runs in a thread pool, never on the event loop; merging and splitting happen there too.
+
+A request that finds the queue idle skips all of that: it goes from `submit` straight to a
+worker thread (one hand-off each way, no batcher coroutine in between). Work that only pays
+while nothing else runs happens when the queue has been idle for IDLE_S: re-timing the ways a
+lone request may run (never by sending a real request the slower way) and, after a burst,
+giving back the memory the burst took (`LoadedModel.maintain`).
 """
 
 from __future__ import annotations
@@ -15,12 +21,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import queue
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -59,23 +66,21 @@ ExecutionHook = Callable[[int, float], None]
 class AloneChoice:
     """Which way to run a lone request: `run_alone` (wide) or `run`, by measured time per item.
 
-    Each way keeps a moving average; the faster one is used, the other every EXPLORE_EVERY-th
-    time so a change in the node's load is noticed. Both start unmeasured (tried first).
+    Each way keeps a moving average, seeded by the backend's timing at load; the faster one is
+    used. Real requests only ever go the way that is faster, so only that way learns from them;
+    the other is re-timed on zeros while the queue is idle (`ModelQueue` calls `retime`),
+    which is how a change in the node's load is noticed without making a request slower.
     """
 
     wide_s: float = 0.0
     narrow_s: float = 0.0
-    runs: int = 0
 
-    EXPLORE_EVERY = 8
     WEIGHT = 0.3
 
     def wide(self) -> bool:
-        self.runs += 1
         if not self.wide_s or not self.narrow_s:
-            return not self.wide_s
-        faster = self.wide_s <= self.narrow_s
-        return faster != (self.runs % self.EXPLORE_EVERY == 0)
+            return not self.wide_s  # unmeasured: only at start, before any timing
+        return self.wide_s <= self.narrow_s
 
     def learn(self, wide: bool, seconds_per_item: float) -> None:
         if wide:
@@ -84,6 +89,72 @@ class AloneChoice:
         else:
             old = self.narrow_s or seconds_per_item
             self.narrow_s = old + self.WEIGHT * (seconds_per_item - old)
+
+    def retime(self, narrow_s: float, wide_s: float) -> None:
+        """Fresh idle-time measurements of both ways replace the averages."""
+        if narrow_s > 0:
+            self.narrow_s = narrow_s
+        if wide_s > 0:
+            self.wide_s = wide_s
+
+
+T = TypeVar("T")
+
+
+class Workers:
+    """A fixed set of worker threads with the leanest hand-off to and from the event loop.
+
+    A job is put on a SimpleQueue (a waiting thread wakes on it at once) and its result comes
+    back through one `call_soon_threadsafe`: no concurrent Future, no chained callbacks, which
+    is what `run_in_executor` costs on top of the two thread wake-ups.
+    """
+
+    def __init__(self, count: int, name: str) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._serve, name=f"{name}-{i}", daemon=True)
+            for i in range(count)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def run(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._jobs.put((loop, future, fn, args))
+        return future
+
+    def _serve(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            loop, future, fn, args = job
+            try:
+                result = fn(*args)
+            except BaseException as exc:
+                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                    loop.call_soon_threadsafe(_settle_error, future, exc)
+                continue
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle, future, result)
+
+    def shutdown(self) -> None:
+        for _ in self._threads:
+            self._jobs.put(None)
+
+
+def _settle(future: asyncio.Future[Any], result: Any) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _settle_error(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
+
+
+# Idle this long (no request waiting or running) before maintenance runs: re-timing the lone
+# ways, giving back burst memory. Re-timing at most every RETIME_EVERY_S.
+IDLE_S = 1.0
+RETIME_EVERY_S = 60.0
 
 
 def merge(requests: list[DecodedRequest]) -> dict[str, Array]:
@@ -137,7 +208,12 @@ class ModelQueue:
             model.run_alone if model.runs_alone else None
         )
         self._alone = AloneChoice()
+        self._alone.retime(*model.alone_times)
         self._starts = 0  # runs started so far (was a lone run joined by another?)
+        self._burst = False  # ran more than one item at once since the last maintenance
+        self._retimed = time.monotonic()
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._maintaining: asyncio.Task[None] | None = None
         # Requests this small run on the event loop when nothing else waits: for a model that
         # computes in tens of microseconds, the two thread hops of the pool cost more than it.
         self.inline_max_items = inline_max_items
@@ -152,7 +228,7 @@ class ModelQueue:
         self._running = 0
         self._wakeup: asyncio.Event | None = None
         self._workers: list[asyncio.Task[None]] = []
-        self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix=f"infer-{name}")
+        self._executor = Workers(concurrency, f"infer-{name}")
         self._closed = False
         self._inflight: list[list[_Pending]] = []
 
@@ -167,13 +243,14 @@ class ModelQueue:
             raise ModelNotReadyError("model is unloading")
         if self._depth >= self.limit:
             raise QueueFullError(f"queue full ({self._depth}/{self.limit} requests)")
-        if (
-            request.batch <= self.inline_max_items
-            and not adapter
-            and not self._running
-            and not self._pending
-        ):
-            return self._run_inline(request)
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        idle = not self._running and not self._pending
+        if idle and not adapter:
+            if request.batch <= self.inline_max_items:
+                return self._run_inline(request)
+            return await self._run_lone(request)
         if self._wakeup is None:
             self._start()
         assert self._wakeup is not None
@@ -185,6 +262,72 @@ class ModelQueue:
             return await future
         finally:
             self._depth -= 1
+            self._after_request()
+
+    async def _run_lone(self, request: DecodedRequest) -> Result:
+        """The idle queue's path: straight to a worker thread, the faster lone way."""
+        wide = self._run_alone is not None and self._alone.wide()
+        self._depth += 1
+        self._running += 1
+        self._starts += 1
+        starts = self._starts
+        if request.batch > 1:
+            self._burst = True  # memory to give back once idle (see _after_request)
+        try:
+            outputs, seconds = await self._executor.run(self._run_one, request.inputs, wide)
+        finally:
+            self._running -= 1
+            self._depth -= 1
+            if self._pending and self._wakeup is not None:
+                self._wakeup.set()  # requests that came meanwhile: a worker may now take them
+            self._after_request()
+        if self._run_alone is not None and self._starts == starts:  # stayed alone: a fair sample
+            self._alone.learn(wide, seconds / max(1, request.batch))
+        if self._on_execution is not None:
+            self._on_execution(request.batch, seconds)
+        return Result(outputs, 0.0, seconds)
+
+    def _run_one(self, inputs: dict[str, Array], wide: bool) -> tuple[dict[str, Array], float]:
+        run = self._run_alone if wide and self._run_alone is not None else self.model.run
+        start = time.perf_counter()
+        outputs = run(inputs)
+        return outputs, time.perf_counter() - start
+
+    def _after_request(self) -> None:
+        """Once nothing waits or runs, schedule maintenance for when the queue stays idle."""
+        if self._depth or self._closed or self._idle_timer is not None:
+            return
+        if not self.model.maintains:
+            return
+        due = time.monotonic() - self._retimed >= RETIME_EVERY_S
+        if self._burst or (due and self._run_alone is not None):
+            loop = asyncio.get_running_loop()
+            self._idle_timer = loop.call_later(IDLE_S, self._on_idle)
+
+    def _on_idle(self) -> None:
+        self._idle_timer = None
+        if self._depth or self._closed or self._maintaining is not None:
+            return
+        self._maintaining = asyncio.get_running_loop().create_task(self._maintain())
+
+    async def _maintain(self) -> None:
+        """Idle-time upkeep in a worker thread: memory back after a burst, lone ways re-timed."""
+        reclaim = self._burst
+        retime = self._run_alone is not None and time.monotonic() - self._retimed >= RETIME_EVERY_S
+        self._burst = False
+        try:
+            times = await self._executor.run(self.model.maintain, reclaim, retime)
+        except Exception:
+            log.exception("idle maintenance failed")
+            return
+        finally:
+            self._maintaining = None
+        if retime:
+            self._retimed = time.monotonic()
+            if times is not None:
+                self._alone.retime(*times)
+            if not self.model.runs_alone:  # the backend let its wide way go
+                self._run_alone = None
 
     def _run_inline(self, request: DecodedRequest) -> Result:
         """The fast path for tiny models on an idle queue (see `inline_max_items`)."""
@@ -256,8 +399,11 @@ class ModelQueue:
 
     async def _work(self) -> None:
         assert self._wakeup is not None
-        loop = asyncio.get_running_loop()
         while True:
+            if self._running >= self.concurrency:  # a lone run holds a thread too
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
             batch = self._take()
             if not batch:
                 self._wakeup.clear()
@@ -278,7 +424,7 @@ class ModelQueue:
             starts = self._starts
             self._inflight.append(batch)
             try:
-                parts, seconds = await loop.run_in_executor(self._executor, self._run, batch, wide)
+                parts, seconds = await self._executor.run(self._run, batch, wide)
             except Exception as exc:
                 for p in batch:
                     if not p.future.done():
@@ -287,7 +433,11 @@ class ModelQueue:
             finally:
                 self._running -= 1
                 self._inflight.remove(batch)
+                if self._pending:
+                    self._wakeup.set()
             items = sum(p.request.batch for p in batch)
+            if items > 1 or self._running:
+                self._burst = True
             if alone and self._starts == starts:  # it stayed alone: a fair sample
                 self._alone.learn(wide, seconds / items)
             if self._on_execution is not None:
@@ -317,6 +467,10 @@ class ModelQueue:
     async def close(self, grace_s: float = 5.0) -> None:
         """Refuse new work, let admitted requests finish for up to `grace_s`, fail the rest."""
         self._closed = True
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        if self._maintaining is not None:
+            self._maintaining.cancel()
         deadline = time.monotonic() + grace_s
         while self._depth > 0 and time.monotonic() < deadline:  # noqa: ASYNC110 - rare path
             await asyncio.sleep(0.01)
@@ -330,4 +484,4 @@ class ModelQueue:
         for p in leftovers:
             if not p.future.done():
                 p.future.set_exception(ModelNotReadyError("model was unloaded"))
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._executor.shutdown()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -25,6 +25,7 @@ from hatswarm_agent.serving.metrics import AgentMetrics
 from hatswarm_agent.serving.registry import ModelRegistry, ModelVersion
 from hatswarm_agent.serving.tensors import (
     DEFAULT_LIMITS,
+    Buffer,
     TensorLimits,
     decode_request,
     encode_response,
@@ -111,9 +112,15 @@ class DataPlane:
         return await self.serve(request)
 
     async def serve(
-        self, request: pb.ModelInferRequest, entry: ModelVersion | None = None
+        self,
+        request: pb.ModelInferRequest,
+        entry: ModelVersion | None = None,
+        *,
+        buffers: Mapping[int, Buffer] | None = None,
+        into: Mapping[str, memoryview] | None = None,
     ) -> pb.ModelInferResponse:
-        """Run `request` here (on `entry` when the caller already looked it up).
+        """Run `request` here (on `entry` when the caller already looked it up); `buffers`
+        and `into` are the inputs and outputs a client keeps in shared memory (shm.py).
 
         One coroutine frame, no per-request allocations beyond the decoded arrays, the queue's
         result and the response: this runs for every request on the event loop.
@@ -132,12 +139,14 @@ class DataPlane:
             if adapter:
                 entry.check_adapter(adapter).count(adapter)
             batchable = queue.max_batch_size > 0
-            if is_large(request):
+            if buffers is None and is_large(request):
                 return await self._serve_large(request, entry, adapter, start)
-            decoded = decode_request(request, entry.inputs, batchable, self.limits)
+            decoded = decode_request(request, entry.inputs, batchable, self.limits, buffers)
             outputs = select_outputs(request, entry.outputs)
             result = await queue.submit(decoded, adapter)
-            response = encode_response(request, entry.version, result.outputs, outputs, decoded.raw)
+            response = encode_response(
+                request, entry.version, result.outputs, outputs, decoded.raw, into
+            )
         except Exception as exc:
             entry.stats.failure += 1
             if entry.metrics is not None:

@@ -9,6 +9,7 @@ temperature and power are node-level and read from the backend at scrape time.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -284,6 +285,12 @@ class AgentMetrics:
         self._generation = _GenerationCollector()
         r.register(self._generation)
         self.tokens = TokenCounts(r)
+        self._memory = Gauge(
+            "hatswarm_model_memory_bytes",
+            "Resident memory each session of a model version added when it loaded",
+            (*_LABELS, "session"),
+            registry=r,
+        )
         if device_info is not None:
             r.register(_DeviceCollector(device_info))
 
@@ -326,12 +333,24 @@ class AgentMetrics:
         """A request for a model this agent does not have (no per-name series: bounded)."""
         self._failure.labels(model="", version="", reason=reason).inc()
 
+    def memory(self, name: str, version: str, sessions: dict[str, int]) -> None:
+        """What each of a model version's sessions costs in resident memory, read from
+        `sessions` at every scrape (a session the backend lets go reads 0)."""
+        for session in list(sessions):
+            self._memory.labels(name, version, session).set_function(
+                functools.partial(_size_of, sessions, session)
+            )
+
     def forget(self, name: str, version: str) -> None:
         """Drop a model version's gauges after unload (counters keep their history)."""
         for gauge in (self._depth, self._loaded, self._sequences):
             with contextlib.suppress(KeyError):
                 gauge.remove(name, version)
         self._generation.models.pop((name, version), None)
+        for labels in list(self._memory._metrics):  # every session of this version
+            if labels[:2] == (name, version):
+                with contextlib.suppress(KeyError):
+                    self._memory.remove(*labels)
 
     def serve(self, host: str, port: int) -> None:
         """Expose /metrics on its own port, in a daemon thread."""
@@ -363,6 +382,10 @@ class TokenCounts:
                 key = (model, kind, where)
                 self.totals[key] = self.totals.get(key, 0) + n
                 self._counter.labels(*key).inc(n)
+
+
+def _size_of(sessions: dict[str, int], session: str) -> float:
+    return float(sessions.get(session, 0))
 
 
 class RouteMetrics:

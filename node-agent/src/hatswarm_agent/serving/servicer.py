@@ -29,6 +29,7 @@ from hatswarm_agent.serving.errors import AgentError, InvalidInputError, grpc_er
 from hatswarm_agent.serving.generation import Generate, LocalStream, is_generative
 from hatswarm_agent.serving.modelconfig import model_config, repository_index
 from hatswarm_agent.serving.registry import ModelRegistry
+from hatswarm_agent.serving.shm import SharedMemoryRegions, SharedMemoryRpcs
 from hatswarm_agent.serving.tensors import LARGE_REQUEST_BYTES, check_wire_limits
 
 log = logging.getLogger(__name__)
@@ -74,8 +75,8 @@ def _is_hop(context: Any) -> bool:
     return any(key == HOP_KEY for key, _ in context.invocation_metadata() or ())
 
 
-class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    """inference.GRPCInferenceService over the data plane.
+class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
+    """inference.GRPCInferenceService over the data plane (shared memory RPCs: shm.py).
 
     With `pool`, the pool answers as one server: ModelReady and ModelMetadata of a model this
     node does not serve are a replica's answers, so a client behind the pool's Service gets the
@@ -90,7 +91,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         generate: Generate,
         pool: PoolModels | None = None,
         node_name: str = "",
+        shm: SharedMemoryRegions | None = None,
     ) -> None:
+        self.shm_regions = shm
         self._dataplane = dataplane
         self._registry = dataplane.registry
         self._state = dataplane.state

@@ -179,20 +179,28 @@ class DecodedRequest:
     raw: bool  # the request used raw_input_contents (answer in kind)
 
 
+Buffer = bytes | memoryview
+
+
 def decode_request(
     request: pb.ModelInferRequest,
     specs: Sequence[TensorSpec],
     batchable: bool,
     limits: TensorLimits = DEFAULT_LIMITS,
+    buffers: Mapping[int, Buffer] | None = None,
 ) -> DecodedRequest:
     """Check `request` against the model's inputs and `limits`, and turn it into numpy arrays.
 
     This runs once per request (on the event loop unless the request `is_large`), so the common
     case does no more than it must: specs are found by a scan (models have a handful of
-    inputs), messages are only formatted when a check fails.
+    inputs), messages are only formatted when a check fails. `buffers` holds the inputs that
+    came another way (shared memory, by input index); the other inputs are then in
+    raw_input_contents, in order.
     """
     tensors = request.inputs
-    contents = request.raw_input_contents
+    contents: Sequence[Buffer] = request.raw_input_contents
+    if buffers:
+        contents = _with_buffers(len(tensors), contents, buffers)
     n_raw = len(contents)
     raw = n_raw > 0
     if raw and n_raw != len(tensors):
@@ -254,7 +262,7 @@ def decode_request(
 
 
 def _bytes_payload(
-    spec: TensorSpec, count: int, raw: bytes | None, contents: pb.InferTensorContents
+    spec: TensorSpec, count: int, raw: Buffer | None, contents: pb.InferTensorContents
 ) -> int:
     """The payload bytes of a BYTES input, found without decoding it (the limits' input)."""
     if raw is None:
@@ -265,6 +273,18 @@ def _bytes_payload(
             f"{count} elements)"
         )
     return len(raw) - 4 * count
+
+
+def _with_buffers(count: int, raw: Sequence[Buffer], buffers: Mapping[int, Buffer]) -> list[Buffer]:
+    """One entry per input: the given buffer, else the next raw_input_contents entry."""
+    others = count - len(buffers)
+    if len(raw) != others:
+        raise InvalidInputError(
+            f"raw_input_contents has {len(raw)} entries for the {others} inputs not in shared "
+            "memory (send those raw)"
+        )
+    it = iter(raw)
+    return [buffers[i] if i in buffers else next(it) for i in range(count)]
 
 
 def _spec_named(specs: Sequence[TensorSpec], name: str) -> TensorSpec:
@@ -295,7 +315,7 @@ def check_shape(spec: TensorSpec, shape: tuple[int, ...]) -> None:
     raise InvalidInputError(f"input '{spec.name}': shape {list(shape)}, expected {expected}")
 
 
-def decode_raw(spec: TensorSpec, shape: tuple[int, ...], data: bytes) -> Array:
+def decode_raw(spec: TensorSpec, shape: tuple[int, ...], data: Buffer) -> Array:
     """Row-major raw bytes to an array; the byte count must match the shape exactly."""
     count = math.prod(shape)
     if spec.datatype == "BYTES":
@@ -311,7 +331,7 @@ def decode_raw(spec: TensorSpec, shape: tuple[int, ...], data: bytes) -> Array:
     return arr
 
 
-def _decode_bytes(spec: TensorSpec, shape: tuple[int, ...], count: int, data: bytes) -> Array:
+def _decode_bytes(spec: TensorSpec, shape: tuple[int, ...], count: int, data: Buffer) -> Array:
     """BYTES raw layout: each element is a 4-byte little-endian length, then its bytes."""
     items: list[bytes] = []
     offset = 0
@@ -322,7 +342,7 @@ def _decode_bytes(spec: TensorSpec, shape: tuple[int, ...], count: int, data: by
         offset += 4
         if offset + length > len(data):
             raise InvalidInputError(f"input '{spec.name}': BYTES raw data truncated")
-        items.append(data[offset : offset + length])
+        items.append(bytes(data[offset : offset + length]))
         offset += length
     if offset != len(data):
         raise InvalidInputError(
@@ -406,9 +426,14 @@ def encode_response(
     outputs: Mapping[str, Array],
     specs: Sequence[TensorSpec],
     raw: bool,
+    into: Mapping[str, memoryview] | None = None,
 ) -> pb.ModelInferResponse:
-    """Build the response in the request's style (raw or typed); FP16/BF16 force raw."""
-    if not raw and any(CONTENTS_FIELD.get(s.datatype) is None for s in specs):
+    """Build the response in the request's style (raw or typed); FP16/BF16 force raw.
+
+    Outputs named in `into` (shared memory) are written there; their raw_output_contents entry
+    stays empty, so the entries still line up with the outputs (as Triton answers).
+    """
+    if not raw and (into or any(CONTENTS_FIELD.get(s.datatype) is None for s in specs)):
         raw = True
     response = pb.ModelInferResponse(
         model_name=request.model_name, model_version=version, id=request.id
@@ -416,7 +441,10 @@ def encode_response(
     for spec in specs:
         arr = outputs[spec.name]
         tensor = response.outputs.add(name=spec.name, datatype=spec.datatype, shape=arr.shape)
-        if spec.datatype == "BYTES":
+        if into and spec.name in into:
+            write_into(spec.name, arr, into[spec.name])
+            response.raw_output_contents.append(b"")
+        elif spec.datatype == "BYTES":
             if raw:
                 response.raw_output_contents.append(encode_bytes(arr))
             else:
@@ -429,3 +457,21 @@ def encode_response(
         else:
             getattr(tensor.contents, CONTENTS_FIELD[spec.datatype]).extend(arr.reshape(-1).tolist())
     return response
+
+
+def write_into(name: str, array: Array, view: memoryview) -> None:
+    """Put one output into a caller's buffer (row-major), refusing one that does not fit."""
+    if array.dtype == np.object_:
+        data = encode_bytes(array)
+        if len(data) > len(view):
+            raise InvalidInputError(_too_small(name, len(view), len(data)))
+        view[: len(data)] = data
+        return
+    if array.nbytes > len(view):
+        raise InvalidInputError(_too_small(name, len(view), array.nbytes))
+    target = np.frombuffer(view, dtype=array.dtype, count=array.size).reshape(array.shape)
+    np.copyto(target, array)
+
+
+def _too_small(name: str, have: int, need: int) -> str:
+    return f"output '{name}': {have} bytes of shared memory given, the output needs {need}"

@@ -108,6 +108,8 @@ async def test_tiny_requests_run_inline_only_on_an_idle_queue(mlp: OnnxModel) ->
     np.testing.assert_array_equal(result.outputs["y"], mlp.run({"x": x})["y"])
     assert runs == [1] and result.queue_s == 0.0 and not queue._workers
     big = np.ones((2, 64), np.float32)
-    await queue.submit(request(big))  # over the inline size: through the pool
-    assert runs == [1, 2] and len(queue._workers) == 1
+    await queue.submit(request(big))  # over the inline size: a worker thread, no batcher
+    assert runs == [1, 2] and not queue._workers
+    await asyncio.gather(*(queue.submit(request(big)) for _ in range(3)))  # company: batcher
+    assert sum(runs) == 9 and len(queue._workers) == 1
     await queue.close()

@@ -1,4 +1,5 @@
-"""A lone request may run another way (onnx: a session with more threads); the faster one wins.
+"""A lone request may run another way (onnx: a session with more threads); the faster one wins,
+and no real request is ever sent the slower way to find out (that is what idle time is for).
 
 No timing here: the choice is driven by the times it is told (AloneChoice), and the queue is
 checked for which way it ran with a fake model.
@@ -7,24 +8,30 @@ checked for which way it ran with a fake model.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from hatswarm_agent.backends.base import Array, LoadedModel, TensorSpec
-from hatswarm_agent.backends.onnx import OnnxBackend, open_session
+import pytest
+from hatswarm_agent.backends.base import Array, BackendError, LoadedModel, TensorSpec
+from hatswarm_agent.backends.onnx import WIDE_MIN_S, OnnxBackend, open_session
+from hatswarm_agent.serving import batching
 from hatswarm_agent.serving.batching import AloneChoice, ModelQueue
 from hatswarm_agent.serving.tensors import DecodedRequest
 
-from tests.onnxmodels import build_mlp
+from tests.onnxmodels import build_cnn, build_mlp, direct_run
 
 
 class TwoWays(LoadedModel):
-    """A model that records which way each run went."""
+    """A model that records which way each run went (and its idle-time upkeep)."""
 
     runs_alone = True
+    maintains = True
 
-    def __init__(self) -> None:
+    def __init__(self, alone_times: tuple[float, float] = (0.0, 0.0)) -> None:
+        self.alone_times = alone_times
+        self.maintained: list[tuple[bool, bool]] = []
+        self.retimed_to = (0.002, 0.001)
         spec = TensorSpec("x", "FP32", (-1, 2))
         self.inputs: Sequence[TensorSpec] = (spec,)
         self.outputs: Sequence[TensorSpec] = (spec,)
@@ -39,6 +46,10 @@ class TwoWays(LoadedModel):
         self.ways.append("wide")
         return dict(inputs)
 
+    def maintain(self, reclaim: bool, retime: bool) -> tuple[float, float] | None:
+        self.maintained.append((reclaim, retime))
+        return self.retimed_to if retime else None
+
     def capacity_fps(self) -> float:
         return 0.0
 
@@ -51,41 +62,177 @@ def request() -> DecodedRequest:
     return DecodedRequest({"x": x}, 1, ((2,),), raw=True)
 
 
-def test_choice_tries_both_then_keeps_the_faster_and_explores() -> None:
+def test_choice_keeps_the_faster_way_and_never_explores_on_requests() -> None:
     choice = AloneChoice()
-    assert choice.wide()  # unmeasured: try the wide way first
-    choice.learn(True, 0.010)
-    assert not choice.wide()  # then the narrow one
-    choice.learn(False, 0.015)
-    picks = [choice.wide() for _ in range(3 * AloneChoice.EXPLORE_EVERY)]
-    assert picks.count(False) == 3  # the slower way once in EXPLORE_EVERY
-    for _ in range(20):  # the node got busy: the wide way is now slower
+    assert choice.wide()  # unmeasured (only before the backend timed it): the wide way
+    choice.retime(narrow_s=0.015, wide_s=0.010)
+    assert all(choice.wide() for _ in range(100))  # no request is sent the slow way
+    for _ in range(20):  # the node got busy: the wide way, the one requests take, slows down
         choice.learn(True, 0.030)
-    picks = [choice.wide() for _ in range(2 * AloneChoice.EXPLORE_EVERY)]
-    assert picks.count(True) == 2
+    assert not choice.wide()
+    assert not any(choice.wide() for _ in range(100))  # narrow now, and only narrow learns
+    choice.retime(narrow_s=0.015, wide_s=0.009)  # idle-time re-timing brings the wide way back
+    assert choice.wide()
 
 
-async def test_lone_requests_run_alone_and_concurrent_ones_do_not() -> None:
-    model = TwoWays()
+async def test_lone_requests_run_the_faster_way_and_concurrent_ones_narrow() -> None:
+    model = TwoWays(alone_times=(0.015, 0.010))
     queue = ModelQueue(model, limit=100, max_batch_size=0, max_queue_delay_s=0, concurrency=2)
-    await queue.submit(request())
-    assert model.ways == ["wide"]
-    await queue.submit(request())
-    assert model.ways == ["wide", "narrow"]  # the other way gets measured too
+    for _ in range(10):
+        await queue.submit(request())
+    assert model.ways == ["wide"] * 10
     model.ways.clear()
     await asyncio.gather(*(queue.submit(request()) for _ in range(6)))
     # Six at once: only the first found the queue empty; the rest had company.
-    assert model.ways.count("wide") + model.ways.count("narrow") == 6
-    assert model.ways[1:] == ["narrow"] * 5
+    assert model.ways == ["wide"] + ["narrow"] * 5
     await queue.close()
+
+
+async def test_narrow_is_chosen_when_timed_faster() -> None:
+    model = TwoWays(alone_times=(0.005, 0.008))
+    queue = ModelQueue(model, limit=100, max_batch_size=0, max_queue_delay_s=0, concurrency=2)
+    for _ in range(10):
+        await queue.submit(request())
+    assert model.ways == ["narrow"] * 10
+    await queue.close()
+
+
+async def test_idle_queue_reclaims_after_a_burst_and_retimes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(batching, "IDLE_S", 0.01)
+    model = TwoWays(alone_times=(0.005, 0.008))
+    queue = ModelQueue(model, limit=100, max_batch_size=8, max_queue_delay_s=0, concurrency=1)
+    await queue.submit(request())
+    await asyncio.sleep(0.05)
+    assert model.maintained == []  # a lone request is no burst, and re-timing is not due
+    await asyncio.gather(*(queue.submit(request()) for _ in range(4)))  # a burst (batched)
+    await poll_until(lambda: model.maintained, within=2.0)
+    assert model.maintained == [(True, False)]
+    x = np.zeros((3, 2), np.float32)  # one request of three items on an idle queue: a burst
+    await queue.submit(DecodedRequest({"x": x}, 3, ((2,),), raw=True))
+    await poll_until(lambda: len(model.maintained) == 2, within=2.0)
+    assert model.maintained[1] == (True, False)
+    monkeypatch.setattr(batching, "RETIME_EVERY_S", 0.0)
+    await queue.submit(request())
+    await poll_until(lambda: len(model.maintained) == 3, within=2.0)
+    assert model.maintained[2] == (False, True)
+    model.ways.clear()
+    await queue.submit(request())  # the re-timing said wide is faster now (0.001 vs 0.002)
+    assert model.ways == ["wide"]
+    await queue.close()
+
+
+async def test_a_wide_way_the_backend_let_go_is_not_chosen_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(batching, "IDLE_S", 0.01)
+    monkeypatch.setattr(batching, "RETIME_EVERY_S", 0.0)
+    model = TwoWays(alone_times=(0.010, 0.005))
+    queue = ModelQueue(model, limit=100, max_batch_size=8, max_queue_delay_s=0, concurrency=1)
+    await queue.submit(request())
+    assert model.ways == ["wide"]
+
+    def let_go(reclaim: bool, retime: bool) -> tuple[float, float]:
+        model.runs_alone = False
+        return (0.010, 0.0)
+
+    monkeypatch.setattr(model, "maintain", let_go)
+    await poll_until(lambda: not model.runs_alone, within=2.0)
+    await asyncio.sleep(0.01)
+    await queue.submit(request())
+    assert model.ways == ["wide", "narrow"]
+    await queue.close()
+
+
+async def test_a_request_arriving_before_the_idle_timer_cancels_upkeep(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(batching, "IDLE_S", 0.2)
+    model = TwoWays(alone_times=(0.005, 0.008))
+    queue = ModelQueue(model, limit=100, max_batch_size=8, max_queue_delay_s=0, concurrency=1)
+    await asyncio.gather(*(queue.submit(request()) for _ in range(4)))
+    for _ in range(5):  # busy again well within IDLE_S each time
+        await asyncio.sleep(0.05)
+        await queue.submit(request())
+    assert model.maintained == []
+    await poll_until(lambda: model.maintained, within=2.0)
+    await queue.close()
+
+
+async def poll_until(condition: Callable[[], object], within: float) -> None:
+    async with asyncio.timeout(within):
+        while not condition():  # noqa: ASYNC110 - the fake model has no event to wait on
+            await asyncio.sleep(0.01)
 
 
 def test_onnx_adds_a_wide_session_only_for_slow_models(tmp_path: Path) -> None:
     path = build_mlp(tmp_path / "mlp.onnx")
     tiny = OnnxBackend().load(path, {"idle_intra_op_threads": "2"})
     assert tiny._wide is None  # microseconds per run: threads cannot help
+    assert not tiny.runs_alone
+    assert set(tiny.memory_bytes) == {"narrow"}
     x = {"x": np.ones((3, 64), np.float32)}
     np.testing.assert_array_equal(tiny.run_alone(x)["y"], tiny.run(x)["y"])  # same session
     tiny.add_wide_session(open_session(path, {"intra_op_threads": "2"}))
     assert tiny._wide is not None
+    assert tiny.runs_alone
     np.testing.assert_allclose(tiny.run_alone(x)["y"], tiny.run(x)["y"], rtol=1e-6)
+    narrow_s, wide_s = tiny.time_ways(runs=2)
+    assert narrow_s > 0
+    assert wide_s > 0
+    tiny.drop_wide_session()
+    assert not tiny.runs_alone
+    assert tiny.time_ways(runs=2)[1] == 0.0
+
+
+def test_onnx_sessions_option_forces_or_forbids_the_second_session(tmp_path: Path) -> None:
+    path = build_cnn(tmp_path / "cnn.onnx", size=96, channels=32)
+    options = {"idle_intra_op_threads": "2"}
+    two = OnnxBackend().load(path, {**options, "sessions": "two"})
+    if two.latency_s > WIDE_MIN_S:  # a model this small may run under the threshold here
+        assert two._wide is not None
+        assert set(two.memory_bytes) == {"narrow", "wide"}
+        assert all(t > 0 for t in two.alone_times)
+    one = OnnxBackend().load(path, {**options, "sessions": "one"})
+    assert one._wide is None
+    assert set(one.memory_bytes) == {"narrow"}
+    with pytest.raises(BackendError, match="option sessions='three'"):
+        OnnxBackend().load(path, {"sessions": "three"})
+
+
+def test_onnx_auto_drops_the_wide_session_only_after_idle_timings_show_no_gain(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = build_mlp(tmp_path / "mlp.onnx")
+    model = OnnxBackend().load(path, {"sessions": "auto"})
+    model.add_wide_session(open_session(path, {"intra_op_threads": "2"}))
+    model.memory_bytes["wide"] = 1 << 20
+    gains = iter([False, True, False, False, False])  # what each idle timing finds
+    monkeypatch.setattr(model, "wide_pays", lambda: next(gains))
+    for _ in range(4):  # no, yes (the count restarts), no, no: kept
+        assert model.maintain(reclaim=False, retime=True) is not None
+        assert model.runs_alone
+    assert model.unpaid == 2
+    model.maintain(reclaim=False, retime=True)  # a third time in a row: let go
+    assert not model.runs_alone
+    assert model._wide is None
+    assert "wide" not in model.memory_bytes
+    assert model.maintain(reclaim=False, retime=True) is None  # nothing left to time
+
+
+@pytest.mark.parametrize("arena", ["shared", "session", "off"])
+def test_onnx_arena_options_give_the_same_answers_and_reclaim(tmp_path: Path, arena: str) -> None:
+    path = build_mlp(tmp_path / "mlp.onnx")
+    model = OnnxBackend().load(path, {"arena": arena})
+    x = {"x": np.random.default_rng(0).standard_normal((8, 64)).astype(np.float32)}
+    want = direct_run(path, x["x"])
+    np.testing.assert_allclose(
+        np.asarray(model.run(x)["y"], np.float32), want, rtol=1e-5, atol=1e-6
+    )
+    assert model.maintain(reclaim=True, retime=True) is None  # no wide session: nothing to time
+    np.testing.assert_allclose(
+        np.asarray(model.run(x)["y"], np.float32), want, rtol=1e-5, atol=1e-6
+    )
+    with pytest.raises(BackendError, match="option arena='big'"):
+        OnnxBackend().load(path, {"arena": "big"})

@@ -11,6 +11,8 @@ grpc_service.proto, BSD-3-Clause): decoupled models answer one request with many
 
 ModelConfig and RepositoryIndex are Triton's extensions (its grpc_service.proto), with
 Triton's message names and field numbers, so perf_analyzer-style clients work.
+The SystemSharedMemory* RPCs and messages are Triton's system shared-memory extension (same
+file and licence): same-host clients pass tensors in POSIX shared memory regions.
 """
 
 from collections import abc as _abc
@@ -50,6 +52,9 @@ class GRPCInferenceServiceStub:
     ModelStreamInfer: _grpc.StreamStreamMultiCallable[_grpc_predict_v2_pb2.ModelInferRequest, _grpc_predict_v2_pb2.ModelStreamInferResponse]
     ModelConfig: _grpc.UnaryUnaryMultiCallable[_grpc_predict_v2_pb2.ModelConfigRequest, _grpc_predict_v2_pb2.ModelConfigResponse]
     RepositoryIndex: _grpc.UnaryUnaryMultiCallable[_grpc_predict_v2_pb2.RepositoryIndexRequest, _grpc_predict_v2_pb2.RepositoryIndexResponse]
+    SystemSharedMemoryStatus: _grpc.UnaryUnaryMultiCallable[_grpc_predict_v2_pb2.SystemSharedMemoryStatusRequest, _grpc_predict_v2_pb2.SystemSharedMemoryStatusResponse]
+    SystemSharedMemoryRegister: _grpc.UnaryUnaryMultiCallable[_grpc_predict_v2_pb2.SystemSharedMemoryRegisterRequest, _grpc_predict_v2_pb2.SystemSharedMemoryRegisterResponse]
+    SystemSharedMemoryUnregister: _grpc.UnaryUnaryMultiCallable[_grpc_predict_v2_pb2.SystemSharedMemoryUnregisterRequest, _grpc_predict_v2_pb2.SystemSharedMemoryUnregisterResponse]
 
 @_typing.type_check_only
 class GRPCInferenceServiceAsyncStub(GRPCInferenceServiceStub):
@@ -63,6 +68,9 @@ class GRPCInferenceServiceAsyncStub(GRPCInferenceServiceStub):
     ModelStreamInfer: _aio.StreamStreamMultiCallable[_grpc_predict_v2_pb2.ModelInferRequest, _grpc_predict_v2_pb2.ModelStreamInferResponse]  # type: ignore[assignment]
     ModelConfig: _aio.UnaryUnaryMultiCallable[_grpc_predict_v2_pb2.ModelConfigRequest, _grpc_predict_v2_pb2.ModelConfigResponse]  # type: ignore[assignment]
     RepositoryIndex: _aio.UnaryUnaryMultiCallable[_grpc_predict_v2_pb2.RepositoryIndexRequest, _grpc_predict_v2_pb2.RepositoryIndexResponse]  # type: ignore[assignment]
+    SystemSharedMemoryStatus: _aio.UnaryUnaryMultiCallable[_grpc_predict_v2_pb2.SystemSharedMemoryStatusRequest, _grpc_predict_v2_pb2.SystemSharedMemoryStatusResponse]  # type: ignore[assignment]
+    SystemSharedMemoryRegister: _aio.UnaryUnaryMultiCallable[_grpc_predict_v2_pb2.SystemSharedMemoryRegisterRequest, _grpc_predict_v2_pb2.SystemSharedMemoryRegisterResponse]  # type: ignore[assignment]
+    SystemSharedMemoryUnregister: _aio.UnaryUnaryMultiCallable[_grpc_predict_v2_pb2.SystemSharedMemoryUnregisterRequest, _grpc_predict_v2_pb2.SystemSharedMemoryUnregisterResponse]  # type: ignore[assignment]
 
 class GRPCInferenceServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -127,5 +135,26 @@ class GRPCInferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _grpc_predict_v2_pb2.RepositoryIndexRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_grpc_predict_v2_pb2.RepositoryIndexResponse, _abc.Awaitable[_grpc_predict_v2_pb2.RepositoryIndexResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SystemSharedMemoryStatus(
+        self,
+        request: _grpc_predict_v2_pb2.SystemSharedMemoryStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_grpc_predict_v2_pb2.SystemSharedMemoryStatusResponse, _abc.Awaitable[_grpc_predict_v2_pb2.SystemSharedMemoryStatusResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SystemSharedMemoryRegister(
+        self,
+        request: _grpc_predict_v2_pb2.SystemSharedMemoryRegisterRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_grpc_predict_v2_pb2.SystemSharedMemoryRegisterResponse, _abc.Awaitable[_grpc_predict_v2_pb2.SystemSharedMemoryRegisterResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SystemSharedMemoryUnregister(
+        self,
+        request: _grpc_predict_v2_pb2.SystemSharedMemoryUnregisterRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_grpc_predict_v2_pb2.SystemSharedMemoryUnregisterResponse, _abc.Awaitable[_grpc_predict_v2_pb2.SystemSharedMemoryUnregisterResponse]]: ...
 
 def add_GRPCInferenceServiceServicer_to_server(servicer: GRPCInferenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
