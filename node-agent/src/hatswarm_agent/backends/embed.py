@@ -10,15 +10,17 @@ sentence-transformers models such as all-MiniLM-L6-v2 do, and what OpenAI's embe
 
 It is an OIP model too: `text` (BYTES [-1]) in, `embedding` (FP32 [-1, dim]) and
 `prompt_tokens` (INT64 [1], the tokens the texts took: what an OpenAI answer's usage reports)
-out.
+out. That face, and `embed` on the model's worker thread, are `TextEmbeddingModel`'s, which
+llama.cpp's embedding mode (llamacpp.py) shares; each model tokenizes and encodes its own way.
 """
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import logging
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -74,11 +76,51 @@ def l2_normalize(vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     return unit
 
 
-class EncoderModel(LoadedModel):
-    """One encoder and its tokenizer."""
+class TextEmbeddingModel(LoadedModel):
+    """An embedding model with one worker thread (`_executor`, the subclass's): `embed` runs
+    `embed_blocking` there, `run` is the OIP path. A subclass implements `embed_blocking`
+    and `close`."""
 
     capabilities = frozenset({EMBED})
     max_batch_size = 0
+    dimensions: int
+    _executor: Executor
+    _closed: bool
+
+    def _texts(self, inputs: Sequence[str] | Sequence[Sequence[int]]) -> list[str]:
+        """The inputs that are texts, once the model is known to be open and `inputs` not
+        empty (what to do with lists of token ids is the model's to say)."""
+        if self._closed:
+            raise BackendError("model is unloaded")
+        if not inputs:
+            raise GenerationRequestError("input must hold at least one text")
+        return [x for x in inputs if isinstance(x, str)]
+
+    @abc.abstractmethod
+    def embed_blocking(self, inputs: Sequence[str] | Sequence[Sequence[int]]) -> Embeddings:
+        """One vector per input and the tokens they took. Blocking."""
+
+    async def embed(self, inputs: Sequence[str] | Sequence[Sequence[int]]) -> Embeddings:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.embed_blocking, inputs)
+
+    def run(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
+        if TEXT.name not in inputs:
+            raise GenerationRequestError(f"input {TEXT.name} (BYTES) is required")
+        texts = [
+            v.decode("utf-8") if isinstance(v, bytes) else str(v)
+            for v in np.asarray(inputs[TEXT.name], dtype=object).reshape(-1)
+        ]
+        result = self.embed_blocking(texts)
+        tokens = np.array([result.prompt_tokens], dtype=np.int64)
+        return {"embedding": result.vectors, PROMPT_TOKENS.name: tokens}
+
+    def capacity_fps(self) -> float:
+        return 0.0
+
+
+class EncoderModel(TextEmbeddingModel):
+    """One encoder and its tokenizer."""
 
     def __init__(self, folder: ModelFolder, options: Mapping[str, str]) -> None:
         try:
@@ -155,11 +197,7 @@ class EncoderModel(LoadedModel):
         return l2_normalize(vectors) if self.normalize else vectors
 
     def embed_blocking(self, inputs: Sequence[str] | Sequence[Sequence[int]]) -> Embeddings:
-        if self._closed:
-            raise BackendError("model is unloaded")
-        if not inputs:
-            raise GenerationRequestError("input must hold at least one text")
-        texts = [x for x in inputs if isinstance(x, str)]
+        texts = self._texts(inputs)
         if len(texts) == len(inputs):
             ids = self.tokenize(texts)
         elif not texts:
@@ -172,24 +210,6 @@ class EncoderModel(LoadedModel):
             self._encode_ids(ids[i : i + self._batch]) for i in range(0, len(ids), self._batch)
         ]
         return Embeddings(np.concatenate(parts), sum(len(row) for row in ids))
-
-    async def embed(self, inputs: Sequence[str] | Sequence[Sequence[int]]) -> Embeddings:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.embed_blocking, inputs)
-
-    def run(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
-        if TEXT.name not in inputs:
-            raise GenerationRequestError(f"input {TEXT.name} (BYTES) is required")
-        texts = [
-            v.decode("utf-8") if isinstance(v, bytes) else str(v)
-            for v in np.asarray(inputs[TEXT.name], dtype=object).reshape(-1)
-        ]
-        result = self.embed_blocking(texts)
-        tokens = np.array([result.prompt_tokens], dtype=np.int64)
-        return {"embedding": result.vectors, PROMPT_TOKENS.name: tokens}
-
-    def capacity_fps(self) -> float:
-        return 0.0
 
     def close(self) -> None:
         if self._closed:

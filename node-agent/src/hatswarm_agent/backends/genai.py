@@ -27,7 +27,9 @@ prefix affinity, routing/generation.py), so the cache is where the conversation 
 
 The model is also an OIP model with the tensor names of Triton's vLLM backend (`text_input`
 in, `text_output` out, optional `sampling_parameters` JSON), so a plain ModelInfer generates a
-whole completion; streaming goes through `generate`.
+whole completion; streaming goes through `generate`. That path, the slots, the load and the
+measured rates are `ThreadedGenerativeModel`'s (textgen.py), shared with llama.cpp; this module
+keeps tokenizing, the prefix cache and the onnxruntime-genai generation loop.
 """
 
 from __future__ import annotations
@@ -46,15 +48,10 @@ from typing import Any
 import numpy as np
 
 from hatswarm_agent.backends.base import (
-    Array,
     BackendError,
     BackendUnavailableError,
-    LoadedModel,
-    TensorSpec,
 )
 from hatswarm_agent.backends.generation import (
-    GENERATE,
-    ContextLengthError,
     CpuModelBackend,
     Emitter,
     GenerationLoad,
@@ -67,14 +64,13 @@ from hatswarm_agent.backends.generation import (
     Prompt,
     SequenceSlots,
     StopMatcher,
-    TokenStream,
     check_messages,
-    drain_blocking,
     load_from_folder,
     read_json,
 )
 from hatswarm_agent.backends.isolation import ProcessModel
 from hatswarm_agent.backends.options import bool_option, int_option
+from hatswarm_agent.backends.textgen import ThreadedGenerativeModel, check_prompt_length
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +86,6 @@ DEFAULT_PREFIX_HEADROOM = 512
 # Tokenize prompts up to this many characters on the event loop (microseconds); longer ones
 # on a thread.
 INLINE_TOKENIZE_CHARS = 4096
-
-# Triton's vLLM backend tensor names, so tritonclient code written for it works unchanged.
-TEXT_INPUT = TensorSpec("text_input", "BYTES", (1,))
-TEXT_OUTPUT = TensorSpec("text_output", "BYTES", (-1,))
-SAMPLING_PARAMETERS = "sampling_parameters"
 
 
 def token_logprob(logits: Any, token: int) -> float:
@@ -190,22 +181,19 @@ def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
     return n
 
 
-class GenaiModel(LoadedModel):
+class GenaiModel(ThreadedGenerativeModel):
     """One onnxruntime-genai model folder, loaded and ready to generate."""
-
-    capabilities = frozenset({GENERATE})
-    max_batch_size = 0
 
     def __init__(self, og: Any, folder: ModelFolder, options: Mapping[str, str]) -> None:
         self._og = og
         self._folder = folder
         self.config = verify_folder(folder.path)
         self.context_length = int(self.config["model"]["context_length"])
-        self.inputs = [TEXT_INPUT]
-        self.outputs = [TEXT_OUTPUT]
         max_sequences = int_option(options, "max_sequences", DEFAULT_MAX_SEQUENCES, minimum=1)
-        self._slots = SequenceSlots(
-            max_sequences, int_option(options, "max_queued", DEFAULT_MAX_QUEUED, minimum=0)
+        super().__init__(
+            SequenceSlots(
+                max_sequences, int_option(options, "max_queued", DEFAULT_MAX_QUEUED, minimum=0)
+            )
         )
         self._executor = ThreadPoolExecutor(
             max_workers=max_sequences, thread_name_prefix=f"genai-{folder.path.name}"
@@ -215,14 +203,9 @@ class GenaiModel(LoadedModel):
         self.has_chat_template = self._chat_template is not None or (
             tokenizer_config.is_file() and bool(read_json(tokenizer_config).get("chat_template"))
         )
-        self._in_use = 0  # context tokens the running sequences hold
-        self._in_use_lock = threading.Lock()
         self._prefixes = PrefixCache(int_option(options, "prefix_cache", DEFAULT_PREFIX_CACHE))
         self._headroom = int_option(options, "prefix_headroom", DEFAULT_PREFIX_HEADROOM)
-        self._tokens_per_s = 0.0
-        self._sequences_per_s = 0.0
         self._cached_tokens = 0  # prompt tokens served from the prefix cache since load
-        self._closed = False
         try:
             config = og.Config(str(folder.path))
             threads = int_option(options, "intra_op_num_threads", 0)
@@ -263,17 +246,16 @@ class GenaiModel(LoadedModel):
     def count_tokens(self, prompt: Prompt) -> int:
         return len(self.encode(self.render(prompt)))
 
-    async def _prompt_ids(self, prompt: Prompt) -> list[int]:
-        text = self.render(prompt)
-        if len(text) <= INLINE_TOKENIZE_CHARS:
-            ids = self.encode(text)
-        else:
-            ids = await asyncio.to_thread(self.encode, text)
-        if not ids:
-            raise GenerationRequestError("the prompt is empty")
-        if len(ids) >= self.context_length:
-            raise ContextLengthError(len(ids), self.context_length)
+    def _ids(self, prompt: Prompt) -> list[int]:
+        ids = self.encode(self.render(prompt))
+        check_prompt_length(len(ids), self.context_length)
         return ids
+
+    async def _prompt_ids(self, prompt: Prompt) -> list[int]:
+        text = self.render(prompt)  # a string as is, so `_ids` does not render it again
+        if len(text) <= INLINE_TOKENIZE_CHARS:
+            return self._ids(text)
+        return await asyncio.to_thread(self._ids, text)
 
     def _max_length(self, prompt_tokens: int, params: GenerationParams) -> int:
         if params.max_tokens is None:
@@ -281,21 +263,6 @@ class GenaiModel(LoadedModel):
         return min(self.context_length, prompt_tokens + params.max_tokens)
 
     # -- generation ----------------------------------------------------------------------------
-
-    async def generate(self, prompt: Prompt, params: GenerationParams) -> TokenStream:
-        """Stream a completion; see GenerativeModel.generate."""
-        if self._closed:
-            raise BackendError("model is unloaded")
-        params.validate()
-        ids = await self._prompt_ids(prompt)
-        await self._slots.acquire(len(ids))
-        try:
-            return TokenStream.start(
-                self._producer(ids, params), self._executor, len(ids), self._slots.release
-            )
-        except BaseException:
-            self._slots.release()
-            raise
 
     def _search_options(self, prompt_tokens: int, params: GenerationParams) -> dict[str, Any]:
         options: dict[str, Any] = {
@@ -393,87 +360,21 @@ class GenaiModel(LoadedModel):
 
         return produce
 
-    def _add_in_use(self, tokens: int) -> None:
-        with self._in_use_lock:
-            self._in_use += tokens
-
-    def _measure(self, tokens: int, seconds: float) -> None:
-        if tokens < 2 or seconds <= 0:
-            return
-        alpha = 0.2
-        rate = tokens / seconds
-        self._tokens_per_s = (
-            rate if not self._tokens_per_s else ((1 - alpha) * self._tokens_per_s + alpha * rate)
-        )
-        per_s = self._slots.limit / seconds
-        self._sequences_per_s = (
-            per_s
-            if not self._sequences_per_s
-            else ((1 - alpha) * self._sequences_per_s + alpha * per_s)
-        )
-
     def _warm_up(self) -> None:
         """One short greedy generation, so the first request does not pay for lazy setup."""
         ids = self.encode("hello") or [int(self.config["model"].get("bos_token_id", 0))]
-        params = GenerationParams(max_tokens=2, temperature=0.0)
-        try:
-            drain_blocking(self._producer(ids[: self.context_length - 2], params))
-        except BackendError as exc:
-            raise BackendError(f"the model does not run: {exc}") from exc
-        self._tokens_per_s = self._sequences_per_s = 0.0
+        self._warm_up_with(ids)
         self._prefixes.clear()
-
-    # -- the OIP (non-streaming) path -----------------------------------------------------------
-
-    def run(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
-        """ModelInfer with vLLM-style tensors: one whole completion per `text_input` element.
-        Blocking; called from a worker thread."""
-        if self._closed:
-            raise BackendError("model is unloaded")
-        if TEXT_INPUT.name not in inputs:
-            raise GenerationRequestError(f"input {TEXT_INPUT.name} (BYTES) is required")
-        prompts = np.asarray(inputs[TEXT_INPUT.name], dtype=object)
-        params = GenerationParams()
-        if SAMPLING_PARAMETERS in inputs:
-            raw = np.asarray(inputs[SAMPLING_PARAMETERS], dtype=object).reshape(-1)
-            params = GenerationParams.from_json(raw[0] if raw.size else b"{}")
-        outputs = np.empty(prompts.shape, dtype=object)
-        for index, value in np.ndenumerate(prompts):
-            text = value.decode("utf-8") if isinstance(value, bytes) else str(value)
-            ids = self.encode(text)
-            if not ids:
-                raise GenerationRequestError("the prompt is empty")
-            if len(ids) >= self.context_length:
-                raise ContextLengthError(len(ids), self.context_length)
-            self._slots.try_acquire()
-            try:
-                completion, _ = drain_blocking(self._producer(ids, params.validate()))
-            finally:
-                self._slots.release()
-            outputs[index] = completion.encode("utf-8")
-        return {TEXT_OUTPUT.name: outputs}
 
     # -- load and lifecycle -------------------------------------------------------------------
 
     def load(self) -> GenerationLoad:
-        return GenerationLoad(
-            active_sequences=self._slots.active,
-            queued_sequences=self._slots.waiting,
-            max_sequences=self._slots.limit,
-            queued_prompt_tokens=self._slots.waiting_tokens,
-            context_tokens_in_use=max(0, self._in_use),
-            context_tokens_capacity=self._slots.limit * self.context_length,
+        return self._slots.load(
+            max(0, self._in_use),
+            self.context_length,
             cached_prefix_tokens=self._prefixes.tokens,
             prefix_hit_tokens=self._cached_tokens,
         )
-
-    def tokens_per_s(self) -> float:
-        """Measured decode rate of one sequence (EWMA), 0 before the first generation."""
-        return self._tokens_per_s
-
-    def capacity_fps(self) -> float:
-        """Whole sequences per second this model has completed at its concurrency (EWMA)."""
-        return self._sequences_per_s
 
     def close(self) -> None:
         if self._closed:

@@ -4,7 +4,8 @@ A generative model (capability "generate") turns a prompt or chat messages into 
 text pieces; an embedding model (capability "embed") turns texts into vectors. The parts:
 genparams.py (requests: parameters, messages, stop sequences, request errors), tokenstream.py
 (pieces and the async stream the loop reads), sequences.py (load in sequences and tokens, the
-bounded slots), modelfolder.py (model folders and tarballs). This module keeps the capability
+bounded slots), modelfolder.py (model folders and tarballs), textgen.py (the OIP text tensors
+and the base of the CPU generative models). This module keeps the capability
 protocols and re-exports those parts, so `from hatswarm_agent.backends.generation import ...`
 keeps working for backends written against it."""
 

@@ -18,6 +18,10 @@ the next piece, which then stands for two: counted as one, a rare undercount). P
 come from `LLM.tokenize` for text prompts; chat prompts are templated on the device, so they
 are counted from the context's size after the generation (less the generated tokens and the
 recovery sequence HailoRT appends when a generation hits its token limit).
+
+The OIP face (Triton vLLM tensor names, the ModelInfer loop) and the load report are shared with
+the CPU generative backends (textgen.py, `SequenceSlots.load`); the rest is not, since the LLM
+objects template, count and generate on the device.
 """
 
 from __future__ import annotations
@@ -32,24 +36,19 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from hatswarm_agent.backends.base import (
     Array,
     BackendError,
     BackendUnavailableError,
     DeviceInfo,
     LoadedModel,
-    TensorSpec,
 )
 from hatswarm_agent.backends.generation import (
     GENERATE,
-    ContextLengthError,
     Emitter,
     FinishReason,
     GenerationLoad,
     GenerationParams,
-    GenerationRequestError,
     Outcome,
     Piece,
     Producer,
@@ -62,6 +61,12 @@ from hatswarm_agent.backends.generation import (
     run_blocking,
 )
 from hatswarm_agent.backends.options import bool_option, int_option
+from hatswarm_agent.backends.textgen import (
+    TEXT_INPUT,
+    TEXT_OUTPUT,
+    check_prompt_length,
+    run_prompts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +77,6 @@ INSTALL_HINT = (
 )
 DEFAULT_MAX_QUEUED = 4
 READ_TIMEOUT_MS = 30_000
-TEXT_INPUT = TensorSpec("text_input", "BYTES", (1,))
-TEXT_OUTPUT = TensorSpec("text_output", "BYTES", (-1,))
 # ChatML and Llama-style prompts spend about this many template tokens per message: an
 # estimate for routing before the device has templated a chat prompt.
 CHAT_TOKENS_PER_MESSAGE = 4
@@ -179,10 +182,7 @@ class HailoLLMModel(LoadedModel):
             tokens = len(llm.tokenize(prompt))
         except self._error as exc:
             raise BackendError(f"HailoRT: {exc}") from exc
-        if tokens == 0:
-            raise GenerationRequestError("the prompt is empty")
-        if tokens >= self.context_length:
-            raise ContextLengthError(tokens, self.context_length)
+        check_prompt_length(tokens, self.context_length)
         return tokens
 
     @staticmethod
@@ -283,37 +283,22 @@ class HailoLLMModel(LoadedModel):
         """ModelInfer with vLLM-style tensors; blocking, called from a worker thread."""
         if self._closed:
             raise BackendError("model is unloaded")
-        if TEXT_INPUT.name not in inputs:
-            raise GenerationRequestError(f"input {TEXT_INPUT.name} (BYTES) is required")
-        params = GenerationParams()
-        if "sampling_parameters" in inputs:
-            raw = np.asarray(inputs["sampling_parameters"], dtype=object).reshape(-1)
-            params = GenerationParams.from_json(raw[0] if raw.size else b"{}")
-        prompts = np.asarray(inputs[TEXT_INPUT.name], dtype=object)
-        outputs = np.empty(prompts.shape, dtype=object)
-        for index, value in np.ndenumerate(prompts):
-            text = value.decode("utf-8") if isinstance(value, bytes) else str(value)
-            self._slots.try_acquire()
-            slot = self._take()
-            try:
-                tokens = self._prepare(slot, text, params)
-                completion, _ = drain_blocking(self._producer(slot, text, params, tokens))
-            finally:
-                self._give_back(slot)
-            outputs[index] = completion.encode("utf-8")
-        return {TEXT_OUTPUT.name: outputs}
+        return run_prompts(inputs, self._complete)
+
+    def _complete(self, text: str, params: GenerationParams) -> str:
+        self._slots.try_acquire()
+        slot = self._take()
+        try:
+            tokens = self._prepare(slot, text, params)
+            completion, _ = drain_blocking(self._producer(slot, text, params, tokens))
+        finally:
+            self._give_back(slot)
+        return completion
 
     # -- load and lifecycle ------------------------------------------------------------------------
 
     def load(self) -> GenerationLoad:
-        return GenerationLoad(
-            active_sequences=self._slots.active,
-            queued_sequences=self._slots.waiting,
-            max_sequences=self._slots.limit,
-            queued_prompt_tokens=self._slots.waiting_tokens,
-            context_tokens_in_use=sum(slot.in_use for slot in self._all),
-            context_tokens_capacity=self._slots.limit * self.context_length,
-        )
+        return self._slots.load(sum(slot.in_use for slot in self._all), self.context_length)
 
     def capacity_fps(self) -> float:
         return 0.0

@@ -16,13 +16,16 @@ Greedy when temperature is 0; otherwise top-k / top-p sampling seeded by `seed` 
 repeat penalty: OpenAI's parameters mean exactly what they say).
 
 Like the onnxruntime-genai backend, a model runs in a child process by default (isolation.py):
-the sampling loop is Python and would otherwise take the agent's GIL between decode steps.
+the sampling loop is Python and would otherwise take the agent's GIL between decode steps. What
+the two share (slots, streams, the OIP path, the load, the measured rates) is
+`ThreadedGenerativeModel`'s (textgen.py); this module keeps tokenizing and llama.cpp's loop.
 
 With option `embedding=true` the file is an embedding model instead ("embed"): llama.cpp's
 embedding mode, pooled as the GGUF says (`<arch>.pooling_type`; option `pooling` = mean, cls or
 last overrides it; a decoder without one is mean-pooled), L2-normalised unless
 `normalize=false`. It runs in the agent's process: one `llama_decode` per batch, during which
-ctypes releases the GIL, and no per-token Python loop.
+ctypes releases the GIL, and no per-token Python loop. Its OIP path and `embed` are
+`TextEmbeddingModel`'s (embed.py), shared with the ONNX encoders.
 """
 
 from __future__ import annotations
@@ -43,22 +46,15 @@ from typing import Any
 import numpy as np
 
 from hatswarm_agent.backends.base import (
-    Array,
     BackendError,
     BackendUnavailableError,
-    LoadedModel,
     TensorSpec,
 )
-from hatswarm_agent.backends.embed import PROMPT_TOKENS, TEXT
-from hatswarm_agent.backends.genai import SAMPLING_PARAMETERS, TEXT_INPUT, TEXT_OUTPUT
+from hatswarm_agent.backends.embed import PROMPT_TOKENS, TEXT, TextEmbeddingModel
 from hatswarm_agent.backends.generation import (
-    EMBED,
-    GENERATE,
-    ContextLengthError,
     CpuModelBackend,
     Embeddings,
     Emitter,
-    GenerationLoad,
     GenerationParams,
     GenerationRequestError,
     Outcome,
@@ -67,13 +63,11 @@ from hatswarm_agent.backends.generation import (
     Prompt,
     SequenceSlots,
     StopMatcher,
-    TokenStream,
     check_messages,
-    drain_blocking,
-    run_blocking,
 )
 from hatswarm_agent.backends.isolation import ProcessModel
 from hatswarm_agent.backends.options import bool_option, int_option
+from hatswarm_agent.backends.textgen import ThreadedGenerativeModel, check_prompt_length
 
 log = logging.getLogger(__name__)
 
@@ -124,25 +118,21 @@ def default_threads(sequences: int) -> int:
     return max(1, cores // sequences)
 
 
-class LlamaCppModel(LoadedModel):
+class LlamaCppModel(ThreadedGenerativeModel):
     """One GGUF model, loaded into `max_sequences` llama.cpp contexts and ready to generate."""
-
-    capabilities = frozenset({GENERATE})
-    max_batch_size = 0
 
     def __init__(self, llama_cpp: Any, path: Path, options: Mapping[str, str]) -> None:
         check_gguf(path)
-        self.inputs = [TEXT_INPUT]
-        self.outputs = [TEXT_OUTPUT]
         max_sequences = int_option(options, "max_sequences", DEFAULT_MAX_SEQUENCES, minimum=1)
-        self._slots = SequenceSlots(
-            max_sequences, int_option(options, "max_queued", DEFAULT_MAX_QUEUED, minimum=0)
+        super().__init__(
+            SequenceSlots(
+                max_sequences, int_option(options, "max_queued", DEFAULT_MAX_QUEUED, minimum=0)
+            )
         )
         threads = int_option(options, "threads", 0) or default_threads(max_sequences)
         requested_context = int_option(options, "context_length", 0)
         self._contexts: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._all: list[Any] = []
-        self._closed = False
 
         def context(n_ctx: int) -> Any:
             return llama_cpp.Llama(
@@ -179,10 +169,6 @@ class LlamaCppModel(LoadedModel):
         self._executor = ThreadPoolExecutor(
             max_workers=max_sequences, thread_name_prefix=f"llamacpp-{path.stem}"
         )
-        self._in_use = 0
-        self._in_use_lock = threading.Lock()
-        self._tokens_per_s = 0.0
-        self._sequences_per_s = 0.0
         if bool_option(options, "warm_up", True):
             self._warm_up()
 
@@ -229,30 +215,12 @@ class LlamaCppModel(LoadedModel):
     def count_tokens(self, prompt: Prompt) -> int:
         return len(self.encode(prompt))
 
-    def _prompt_ids(self, prompt: Prompt) -> list[int]:
+    def _ids(self, prompt: Prompt) -> list[int]:
         ids = self.encode(prompt)
-        if not ids:
-            raise GenerationRequestError("the prompt is empty")
-        if len(ids) >= self.context_length:
-            raise ContextLengthError(len(ids), self.context_length)
+        check_prompt_length(len(ids), self.context_length)
         return ids
 
     # -- generation ----------------------------------------------------------------------------
-
-    async def generate(self, prompt: Prompt, params: GenerationParams) -> TokenStream:
-        """Stream a completion; see GenerativeModel.generate."""
-        if self._closed:
-            raise BackendError("model is unloaded")
-        params.validate()
-        ids = self._prompt_ids(prompt)
-        await self._slots.acquire(len(ids))
-        try:
-            return TokenStream.start(
-                self._producer(ids, params), self._executor, len(ids), self._slots.release
-            )
-        except BaseException:
-            self._slots.release()
-            raise
 
     def _producer(self, ids: list[int], params: GenerationParams) -> Producer:
         is_eog = self._llama_cpp.llama_vocab_is_eog
@@ -311,81 +279,15 @@ class LlamaCppModel(LoadedModel):
 
         return produce
 
-    def _add_in_use(self, tokens: int) -> None:
-        with self._in_use_lock:
-            self._in_use += tokens
-
-    def _measure(self, tokens: int, seconds: float) -> None:
-        if tokens < 2 or seconds <= 0:
-            return
-        alpha = 0.2
-        rate, per_s = tokens / seconds, self._slots.limit / seconds
-        self._tokens_per_s = (
-            (1 - alpha) * self._tokens_per_s + alpha * rate if self._tokens_per_s else rate
-        )
-        self._sequences_per_s = (
-            (1 - alpha) * self._sequences_per_s + alpha * per_s if self._sequences_per_s else per_s
-        )
-
     def _warm_up(self) -> None:
         """One short greedy generation per context, so no request pays for lazy setup."""
         llm = self._all[0]
         ids = ([int(llm.token_bos())] if self._add_bos else []) + list(
             llm.tokenize(b"hello", add_bos=False)
         )
-        params = GenerationParams(max_tokens=2, temperature=0.0)
-        try:
-            for _ in self._all:
-                drain_blocking(self._producer(ids[: self.context_length - 2], params))
-        except BackendError as exc:
-            raise BackendError(f"the model does not run: {exc}") from exc
-        self._tokens_per_s = self._sequences_per_s = 0.0
+        self._warm_up_with(ids, runs=len(self._all))
 
-    # -- the OIP (non-streaming) path -----------------------------------------------------------
-
-    def run(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
-        """ModelInfer with vLLM-style tensors: one whole completion per `text_input` element.
-        Blocking; called from a worker thread."""
-        if self._closed:
-            raise BackendError("model is unloaded")
-        if TEXT_INPUT.name not in inputs:
-            raise GenerationRequestError(f"input {TEXT_INPUT.name} (BYTES) is required")
-        prompts = np.asarray(inputs[TEXT_INPUT.name], dtype=object)
-        params = GenerationParams()
-        if SAMPLING_PARAMETERS in inputs:
-            raw = np.asarray(inputs[SAMPLING_PARAMETERS], dtype=object).reshape(-1)
-            params = GenerationParams.from_json(raw[0] if raw.size else b"{}")
-        outputs = np.empty(prompts.shape, dtype=object)
-        for index, value in np.ndenumerate(prompts):
-            text = value.decode("utf-8") if isinstance(value, bytes) else str(value)
-            ids = self._prompt_ids(text)
-            self._slots.try_acquire()
-            try:
-                completion, _ = drain_blocking(self._producer(ids, params.validate()))
-            finally:
-                self._slots.release()
-            outputs[index] = completion.encode("utf-8")
-        return {TEXT_OUTPUT.name: outputs}
-
-    # -- load and lifecycle -------------------------------------------------------------------
-
-    def load(self) -> GenerationLoad:
-        return GenerationLoad(
-            active_sequences=self._slots.active,
-            queued_sequences=self._slots.waiting,
-            max_sequences=self._slots.limit,
-            queued_prompt_tokens=self._slots.waiting_tokens,
-            context_tokens_in_use=max(0, self._in_use),
-            context_tokens_capacity=self._slots.limit * self.context_length,
-        )
-
-    def tokens_per_s(self) -> float:
-        """Measured decode rate of one sequence (EWMA), 0 before the first generation."""
-        return self._tokens_per_s
-
-    def capacity_fps(self) -> float:
-        """Whole sequences per second this model has completed at its concurrency (EWMA)."""
-        return self._sequences_per_s
+    # -- lifecycle ------------------------------------------------------------------------------
 
     def close(self) -> None:
         if self._closed:
@@ -400,11 +302,8 @@ class LlamaCppModel(LoadedModel):
         self._all.clear()
 
 
-class LlamaCppEmbedModel(LoadedModel):
+class LlamaCppEmbedModel(TextEmbeddingModel):
     """One GGUF model in llama.cpp's embedding mode: texts in, one pooled vector each."""
-
-    capabilities = frozenset({EMBED})
-    max_batch_size = 0
 
     def __init__(self, llama_cpp: Any, path: Path, options: Mapping[str, str]) -> None:
         check_gguf(path)
@@ -451,11 +350,7 @@ class LlamaCppEmbedModel(LoadedModel):
         self._closed = False
 
     def embed_blocking(self, inputs: Sequence[str] | Sequence[Sequence[int]]) -> Embeddings:
-        if self._closed:
-            raise BackendError("model is unloaded")
-        if not inputs:
-            raise GenerationRequestError("input must hold at least one text")
-        texts = [x for x in inputs if isinstance(x, str)]
+        texts = self._texts(inputs)
         if len(texts) != len(inputs):
             raise GenerationRequestError("this model embeds texts, not lists of token ids")
         if any(not t for t in texts):
@@ -467,24 +362,6 @@ class LlamaCppEmbedModel(LoadedModel):
         except (ValueError, RuntimeError) as exc:
             raise BackendError(f"llama.cpp: {exc}") from exc
         return Embeddings(np.asarray(vectors, dtype=np.float32), int(tokens))
-
-    async def embed(self, inputs: Sequence[str] | Sequence[Sequence[int]]) -> Embeddings:
-        result: Embeddings = await run_blocking(self._executor, lambda: self.embed_blocking(inputs))
-        return result
-
-    def run(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
-        if TEXT.name not in inputs:
-            raise GenerationRequestError(f"input {TEXT.name} (BYTES) is required")
-        texts = [
-            v.decode("utf-8") if isinstance(v, bytes) else str(v)
-            for v in np.asarray(inputs[TEXT.name], dtype=object).reshape(-1)
-        ]
-        result = self.embed_blocking(texts)
-        tokens = np.array([result.prompt_tokens], dtype=np.int64)
-        return {"embedding": result.vectors, PROMPT_TOKENS.name: tokens}
-
-    def capacity_fps(self) -> float:
-        return 0.0
 
     def close(self) -> None:
         if self._closed:

@@ -2,7 +2,8 @@
 
 `SequenceSlots` bounds how many sequences a model runs at once (and how many may wait), and
 refuses the rest with `BackendBusyError`, which the serving layer answers as RESOURCE_EXHAUSTED
-(HTTP 429), so a router can send the request to a peer: never an unbounded queue."""
+(HTTP 429), so a router can send the request to a peer: never an unbounded queue. Its `load`
+is the `GenerationLoad` every generative backend reports, from the slots and the model's tokens."""
 
 from __future__ import annotations
 
@@ -57,6 +58,27 @@ class SequenceSlots:
     def waiting_tokens(self) -> int:
         with self._lock:
             return sum(tokens for _, _, tokens in self._waiters)
+
+    def load(
+        self,
+        context_tokens_in_use: int,
+        context_length: int,
+        *,
+        cached_prefix_tokens: int = 0,
+        prefix_hit_tokens: int = 0,
+    ) -> GenerationLoad:
+        """The load of a model whose sequences these slots bound, each with `context_length`
+        tokens of context; what the slots do not know is the model's to say."""
+        return GenerationLoad(
+            active_sequences=self.active,
+            queued_sequences=self.waiting,
+            max_sequences=self.limit,
+            queued_prompt_tokens=self.waiting_tokens,
+            context_tokens_in_use=context_tokens_in_use,
+            context_tokens_capacity=self.limit * context_length,
+            cached_prefix_tokens=cached_prefix_tokens,
+            prefix_hit_tokens=prefix_hit_tokens,
+        )
 
     def _busy(self) -> BackendBusyError:
         return BackendBusyError(
