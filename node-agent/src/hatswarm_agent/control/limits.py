@@ -20,6 +20,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from hatswarm_agent.backends import canonical_name
+from hatswarm_agent.backends.base import BackendError
 from hatswarm_agent.protocol.v1 import control_pb2
 from hatswarm_agent.serving.errors import InvalidInputError
 
@@ -193,6 +195,11 @@ def check_load_request(request: control_pb2.LoadModelRequest) -> None:
     _bounded("signature", request.signature, MAX_SIGNATURE_CHARS)
     _bounded("public_key", request.public_key, MAX_PUBLIC_KEY_CHARS)
     _bounded("backend", request.backend, 64)
+    if request.backend:
+        try:
+            canonical_name(request.backend)
+        except BackendError as exc:  # a caller's mistake, not the backend's: INVALID_ARGUMENT
+            raise InvalidInputError(f"LoadModel '{request.name}': {exc}") from None
     _bounded("format", request.format, 16)
     if not 0 <= request.cache_ttl_seconds <= MAX_CACHE_TTL_S:
         raise InvalidInputError(

@@ -56,6 +56,8 @@ class ArtifactSources:
     def confine(self, uri: str) -> str:
         """`uri` with a local path resolved (symlinks followed) and checked against the roots;
         http(s) URIs unchanged. SourceRefusedError when the path is outside every root."""
+        if "\x00" in uri:  # no path holds one; os.path would raise ValueError on it
+            raise SourceRefusedError("the artifact URI holds a NUL character")
         path = local_path(uri)
         if path is None:
             scheme = urllib.parse.urlsplit(uri).scheme.lower()

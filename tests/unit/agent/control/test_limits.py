@@ -141,3 +141,17 @@ async def test_failed_entries_are_bounded_and_expire(tmp_path: Path) -> None:
     now[0] += FAILED_TTL_S + 1
     assert lc.failed_count() == 0 and lc.registry.names() == [] and not lc._locks
     await lc.close()
+
+
+@pytest.mark.parametrize("uri", ["file:///models/a\x00b.onnx", "/models/a\x00b.onnx"])
+def test_a_nul_in_the_uri_is_refused_not_a_crash(tmp_path: Path, uri: str) -> None:
+    """os.path raises ValueError on a NUL: it must come back as INVALID_ARGUMENT (hypothesis
+    found it in the fuzz test)."""
+    with pytest.raises(SourceRefusedError, match="NUL"):
+        ArtifactSources([tmp_path]).check(request(uri=uri))
+
+
+def test_an_unknown_backend_is_the_callers_mistake() -> None:
+    with pytest.raises(InvalidInputError, match="unknown backend 'nope'"):
+        check_load_request(request(backend="nope"))
+    check_load_request(request(backend="onnxruntime"))
