@@ -19,6 +19,7 @@ from typing import Any
 
 import openai
 import pytest
+from hatswarm_agent.routing.policy import affinity_key, rendezvous
 
 from tests.agentproc import free_port
 from tests.genaimodels import EMBED_HIDDEN, build_embedding_model, build_genai_model, reference
@@ -158,14 +159,18 @@ def test_generative_models_place_by_accelerator_and_answer_chats(
     assert "(8192 MiB on cpu, " in degraded["message"], degraded
     assert world.ready_on("big") == []
 
-    # A chat through the CPU node's OpenAI door: the runtime's own greedy answer.
+    # A chat through the CPU node's OpenAI door: the runtime's own greedy answer. Generations
+    # go to the node their session hashes to (affinity), so each request names a session that
+    # lands where this test looks.
+    messages = [{"role": "user", "content": PROMPT}]
     prompt_ids, tokens, text = reference(folder, PROMPT, MAX_TOKENS, chat=True, do_sample=False)
     cpu = openai.OpenAI(base_url=f"http://127.0.0.1:{http['pi-cpu']}/v1", api_key="unused")
     raw = cpu.chat.completions.with_raw_response.create(
         model="chat",
-        messages=[{"role": "user", "content": PROMPT}],
+        messages=messages,  # type: ignore[arg-type]
         max_tokens=MAX_TOKENS,
         temperature=0,
+        extra_headers={"X-Session-Id": session_for("pi-cpu", messages, placements)},
     )
     assert raw.headers["x-hatswarm-node"] == "pi-cpu"
     answer = raw.parse()
@@ -181,7 +186,8 @@ def test_generative_models_place_by_accelerator_and_answer_chats(
     npu = openai.OpenAI(base_url=f"http://127.0.0.1:{http['pi-10h']}/v1", api_key="unused")
     streamed = npu.chat.completions.with_raw_response.create(
         model="chat",
-        messages=[{"role": "user", "content": PROMPT}],
+        messages=messages,  # type: ignore[arg-type]
+        extra_headers={"X-Session-Id": session_for("pi-10h", messages, placements)},
         max_tokens=MAX_TOKENS,
         temperature=0,
         stream=True,
@@ -199,3 +205,13 @@ def test_generative_models_place_by_accelerator_and_answer_chats(
     door = openai.OpenAI(base_url=f"http://127.0.0.1:{http['pi-8']}/v1", api_key="unused")
     vectors = door.embeddings.create(model="vec", input=["hello", "world"])
     assert [len(v.embedding) for v in vectors.data] == [EMBED_HIDDEN, EMBED_HIDDEN]
+
+
+def session_for(node: str, messages: list[dict[str, str]], holders: dict[str, str]) -> str:
+    """A session id whose conversation every agent of the pool sends to `node` (the same
+    rendezvous hash over the holders the agents compute)."""
+    for i in range(10_000):
+        session = f"s{i}"
+        if rendezvous(affinity_key(messages, session), sorted(holders)) == node:
+            return session
+    raise AssertionError(f"no session hashes to {node}")
