@@ -135,7 +135,29 @@ def start_agent(
     ready line.
 
     `extra_args` go to every agent alike (the pool's `--auth-token-file`, `--tls-*`).
+    A port picked free can be taken by another process before the agent binds it (other
+    agents' `--port 0` draw from the same ephemeral range): such a start is retried with
+    fresh ports, any other failure is raised at once.
     """
+    for attempt in range(PORT_ATTEMPTS):
+        try:
+            return _start_agent_once(spec, state_dir, timeout, extra_args)
+        except PortTakenError:
+            if attempt == PORT_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+PORT_ATTEMPTS = 5
+
+
+class PortTakenError(RuntimeError):
+    """The agent exited because a port chosen for it was taken meanwhile."""
+
+
+def _start_agent_once(
+    spec: NodeSpec, state_dir: Path, timeout: float, extra_args: Sequence[str]
+) -> LocalAgent:
     metrics_port, http_port = free_port(), free_port()
     node_dir = state_dir / "nodes" / spec.name
     node_dir.mkdir(parents=True, exist_ok=True)
@@ -179,9 +201,10 @@ def start_agent(
     while not found:
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            raise RuntimeError(
-                f"agent {spec.name} did not start: {log_path.read_text(errors='replace')[-2000:]}"
-            )
+            proc.wait(timeout=10)
+            tail = log_path.read_text(errors="replace")[-2000:]
+            kind = PortTakenError if "already in use" in tail else RuntimeError
+            raise kind(f"agent {spec.name} did not start: {tail}")
         time.sleep(0.02)
     return LocalAgent(spec, proc, found[0], log_path, metrics_port, http_port)
 
