@@ -74,6 +74,9 @@ OPTION_LIMITS: dict[str, Limit] = {
     "idle_intra_op_threads": Limit("int", 0, THREADS),
     "workers": Limit("int", 1, THREADS),
     "graph_optimization": Limit("enum", choices=("disable", "basic", "extended", "all")),
+    "spinning": _BOOL,
+    "sessions": Limit("enum", choices=("auto", "one", "two")),
+    "arena": Limit("enum", choices=("shared", "session", "off")),
     # simulated NPU
     "profile": _SHORT,
     "fps_batch1": Limit("float", 0.001, 1e6),
