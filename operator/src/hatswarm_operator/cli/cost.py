@@ -435,10 +435,9 @@ def to_table(report: CostReport) -> str:
                 f"{'break-even volume:':<26}{_num(report.break_even_per_device_day)} "
                 f"inferences per device per day ({cheaper} is cheaper at this volume)"
             )
-        lines.append(
-            f"{'same volume in the cloud:':<26}{usd(cloud_year)} a year "
-            f"(edge saves {usd(cloud_year - fleet.total_usd_per_year)})"
-        )
+        saved = cloud_year - fleet.total_usd_per_year
+        verdict = f"edge saves {usd(saved)}" if saved >= 0 else f"edge costs {usd(-saved)} more"
+        lines.append(f"{'same volume in the cloud:':<26}{usd(cloud_year)} a year ({verdict})")
     if report.tokens is not None:
         lines += _tokens_lines(report.tokens)
     if report.blended is not None:

@@ -289,3 +289,13 @@ def test_token_flags_refuse_half_a_price(capsys: pytest.CaptureFixture[str]) -> 
     assert "go together" in capsys.readouterr().err
     assert cost_cli.main(["--tokens-per-s", "0"]) == 2
     assert "--tokens-per-s" in capsys.readouterr().err
+
+
+def test_the_verdict_says_which_side_is_cheaper(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cost_cli.main([*KIOSKS, "--cloud-per-1k", "1"]) == 0
+    assert "edge saves $" in capsys.readouterr().out
+    # 100 a day on one Pi at a cent per thousand: the cloud's $0.36 a year beats the Pi's $138.84
+    assert cost_cli.main(["--per-day", "100", "--cloud-per-1k", "0.01"]) == 0
+    table = capsys.readouterr().out
+    assert "(edge costs $138.48 more)" in table
+    assert "$-" not in table
