@@ -93,11 +93,11 @@ def test_model_stream_infer_wants_the_token(secured: Secured) -> None:
         {"id": "a", "prompt": "hello world", "sampling": {"max_tokens": 4, "temperature": 0}}
     ]
     refused = tritonjobs.run(
-        tritonjobs.stream_generate, secured.entry.address, "tiny", request, 20.0
+        tritonjobs.stream_generate, secured.entry.address, "tiny", request, 60.0
     )
     assert refused and "bearer token" in (refused[0]["error"] or "")
     allowed = tritonjobs.run(
-        tritonjobs.stream_generate, secured.entry.address, "tiny", request, 20.0,
+        tritonjobs.stream_generate, secured.entry.address, "tiny", request, 60.0,
         {"authorization": f"Bearer {TOKEN}"},
     )  # fmt: skip
     assert not [r for r in allowed if r["error"]] and allowed[-1]["final"] is True
