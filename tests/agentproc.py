@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,15 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from hatswarm_operator.local import processes
+
 READY_PREFIX = "hatswarm-agent ready on "
 
 
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A TCP port free on 127.0.0.1 right now, outside the ephemeral range (see
+    `hatswarm_operator.local.processes.free_port`: a probed port is not taken meanwhile by the
+    many `--port 0` listeners and connections of a test run)."""
+    return processes.free_port()
 
 
 @dataclass

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -122,10 +123,34 @@ class LocalAgent:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
+    """A TCP port free on 127.0.0.1 now, picked below the kernel's ephemeral range.
+
+    A port from `bind(0)` comes from the ephemeral range, where every `--port 0` listener and
+    outgoing connection on the host also draws: between our probe and the agent's bind one of
+    them can take it (CI saw it). Below that range only explicit binds compete.
+    """
+    low, high = _unreserved_ports()
+    for _ in range(64):
+        port = random.randint(low, high)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # a crowded range: fall back to the kernel's choice
         s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+        chosen: int = s.getsockname()[1]
+        return chosen
+
+
+def _unreserved_ports() -> tuple[int, int]:
+    """Ports from 20000 up to the ephemeral range's start (Linux default 32768)."""
+    try:
+        first = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        first = 32768
+    return (20000, first - 1) if first > 21000 else (49152, 65535)
 
 
 def start_agent(
