@@ -122,8 +122,10 @@ done
 rm -rf "$CTX" && mkdir -p "$CTX/wheels"
 echo "==> wheels and requirements (uv.lock) into $CTX"
 $UV build --all-packages --wheel --out-dir "$CTX/wheels" >/dev/null 2>&1
+# tokenizers pulls the Hugging Face Hub client (hf-xet, fsspec, tqdm, httpx2: ~17 MB) for
+# `from_pretrained`; the agent never downloads from a hub, so the image leaves it out.
 $UV export --frozen --no-dev --no-emit-workspace --package hatswarm-agent --extra genai --extra embed \
-  --output-file "$CTX/agent-requirements.txt" >/dev/null
+  --prune huggingface-hub --output-file "$CTX/agent-requirements.txt" >/dev/null
 $UV export --frozen --no-dev --no-emit-workspace --package hatswarm-operator --prune onnxruntime \
   --output-file "$CTX/operator-requirements.txt" >/dev/null
 if grep -qiE '^(kopf|kubernetes)==' "$CTX/agent-requirements.txt"; then

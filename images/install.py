@@ -38,14 +38,18 @@ PYTHON = "3.11"
 # What each image carries of ours, and what it must not carry (checked on the unpacked tree).
 OURS = {"agent": ["hatswarm_agent"], "operator": ["hatswarm_agent", "hatswarm_operator"]}
 MUST = {"agent": ["onnxruntime", "grpc", "numpy"], "operator": ["kopf", "kubernetes", "grpc"]}
-MUST_NOT = {"agent": ["kopf", "kubernetes", "pydantic"], "operator": ["onnxruntime"]}
+MUST_NOT = {
+    "agent": ["kopf", "kubernetes", "pydantic", "huggingface_hub", "hf_xet"],
+    "operator": ["onnxruntime"],
+}
 IMPORTS = {
-    "agent": "import hatswarm_agent.cli, onnxruntime",
+    "agent": "import hatswarm_agent.cli, onnxruntime, onnxruntime_genai, tokenizers",
     "operator": "import hatswarm_operator.kube.main, hatswarm_agent.protocol.v1.control_pb2_grpc",
 }
-# Never imported at run time: tests, build-time headers, type stubs, onnxruntime's offline tools,
-# and onnxruntime's C-API library (27 MB; the Python binding is self-contained, it does not link
-# it: `readelf -d onnxruntime_pybind11_state*.so` lists no libonnxruntime.so).
+# Never imported at run time: tests, build-time headers, type stubs, onnxruntime's offline tools
+# and onnxruntime-genai's model builder. onnxruntime's C-API library stays: the Python binding
+# does not link it, but onnxruntime-genai loads it (ImportError "Could not find the onnxruntime
+# shared library" without it, found by importing it in the arm64 image under qemu).
 STRIP_DIRS = {"tests", "__pycache__"}
 STRIP_PATHS = [
     "bin",  # console scripts with the build host's shebang; ours are written below
@@ -57,12 +61,13 @@ STRIP_PATHS = [
     "numpy/random/_examples",
     "onnxruntime/tools",
     "onnxruntime/transformers",
+    "onnxruntime_genai/models",
     "onnxruntime/quantization",
     # kubernetes' asyncio client (41 MB): the operator uses the sync client and kopf its own
     # aiohttp session (tests/unit/chart/test_images.py fails if operator code imports it)
     "kubernetes/aio",
 ]
-STRIP_GLOBS = ["*.pyi", "*.pxd", "*.pyx", "*.h", "onnxruntime/capi/libonnxruntime.so*"]
+STRIP_GLOBS = ["*.pyi", "*.pxd", "*.pyx", "*.h"]
 
 
 def platforms(arch: str) -> list[str]:
@@ -195,11 +200,15 @@ def write_entry_points(site: Path, prefix: Path, in_image: Path, role: str) -> l
                     name, _, ref = (s.strip() for s in line.partition("="))
                     module, _, func = ref.partition(":")
                     script = prefix / "bin" / name
+                    # The guard is what pip's scripts have too: a `multiprocessing` spawn child
+                    # (the generation worker) re-imports the main script as __mp_main__, and
+                    # without it would run a second agent instead of its target.
                     script.write_text(
                         f"#!{in_image}/bin/python3\n"
                         "import sys\n"
                         f"from {module} import {func}\n"
-                        f"sys.exit({func}())\n"
+                        "if __name__ == '__main__':\n"
+                        f"    sys.exit({func}())\n"
                     )
                     script.chmod(0o755)
                     names.append(name)
