@@ -70,6 +70,7 @@ class NodeView:
 
 
 MIB = Decimal(1024 * 1024)
+MAX_BYTES = Decimal(2**63 - 1)  # the API server's largest quantity: beyond it, not a node's memory
 
 
 def memory_mib(quantity: object) -> int | None:
@@ -77,14 +78,14 @@ def memory_mib(quantity: object) -> int | None:
     rounded down; None when there is none or it is not a quantity (the node then keeps
     the default budget: a malformed field must not empty a node). Parsed by the kubernetes
     client's `parse_quantity` (the operator depends on it already); what it accepts beyond
-    the API server's own grammar (a negative or non-finite number) counts as none."""
+    the API server's own grammar (a negative, non-finite or absurd number) counts as none."""
     if quantity is None or isinstance(quantity, bool):
         return None
     try:
         value: Decimal = parse_quantity(quantity)  # type: ignore[no-untyped-call]
     except (ValueError, TypeError, ArithmeticError):
         return None
-    if not value.is_finite() or value < 0:
+    if not value.is_finite() or value < 0 or value > MAX_BYTES:
         return None
     return int(value // MIB)
 
