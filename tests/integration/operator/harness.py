@@ -150,10 +150,12 @@ class World:
         *,
         agent_args: tuple[str, ...] = CPU_AGENT,
         env: dict[str, str] | None = None,
+        allocatable_memory: str | None = None,
         **labels: str,
     ) -> AgentProcess:
-        """A Node with labels, a real agent (`agent_args`, `env`), and its Ready agent Pod."""
-        self._put_node(name, pool, labels)
+        """A Node with labels (and `status.allocatable.memory`, a quantity, if given), a real
+        agent (`agent_args`, `env`), and its Ready agent Pod."""
+        self._put_node(name, pool, labels, allocatable_memory)
         agent = start_agent(self._agent_args(name, agent_args), env=env)
         self._put_pod(name, pool, agent)
         return agent
@@ -180,14 +182,19 @@ class World:
             str(self.tmp),
         ]
 
-    def _put_node(self, name: str, pool: str, labels: dict[str, str]) -> None:
+    def _put_node(
+        self, name: str, pool: str, labels: dict[str, str], memory: str | None = None
+    ) -> None:
+        status: dict[str, Any] = {"conditions": [{"type": "Ready", "status": "True"}]}
+        if memory is not None:
+            status["allocatable"] = {"cpu": "4", "memory": memory, "pods": "110"}
         self.store.put(
             {
                 "apiVersion": "v1",
                 "kind": "Node",
                 "metadata": {"name": name, "labels": {"hatswarm.io/pool": pool, **labels}},
                 "spec": {},
-                "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+                "status": status,
             }
         )
 

@@ -367,6 +367,20 @@ class DeviceCost(ApiModel):
     """Operations cost shared by the whole pool per year in USD."""
 
 
+DEFAULT_NODE_MEMORY_RESERVE_MIB = 512
+
+
+class PoolPlacement(ApiModel):
+    """How much of each node placement may fill with the pool's models."""
+
+    node_memory_reserve_mi_b: Annotated[
+        int, Field(ge=0, le=1048576, alias="nodeMemoryReserveMiB")
+    ] = DEFAULT_NODE_MEMORY_RESERVE_MIB
+    """Memory kept back on every node, in MiB, for the agent itself and whatever else the node
+    runs: placement fills a node's allocatable memory (Node status.allocatable.memory) minus
+    this. A node that reports no allocatable memory offers 3072 MiB."""
+
+
 class InferencePoolSpec(ApiModel):
     model_config = with_rules(
         cel(
@@ -393,6 +407,8 @@ class InferencePoolSpec(ApiModel):
     cost: DeviceCost = Field(default_factory=DeviceCost)
     max_concurrent_loads_per_node: Annotated[int, Field(ge=1, le=16)] = 1
     """Model loads one node performs at once."""
+    placement: PoolPlacement = Field(default_factory=PoolPlacement)
+    """How much of each node's memory the pool's models may take."""
 
     @model_validator(mode="after")
     def _mtls(self) -> Self:
@@ -414,6 +430,11 @@ class PoolNode(ApiModel):
     """Model versions loaded on the node."""
     queue_depth: int = 0
     """Requests waiting on the node."""
+    memory_mi_b: int | None = None
+    """Memory the pool may place models into on this node, in MiB (allocatable minus
+    spec.placement.nodeMemoryReserveMiB)."""
+    memory_used_mi_b: int | None = None
+    """Memory the replicas placed on this node declare, in MiB."""
     active_sequences: int | None = None
     """Sequences its generative models are generating now (absent without one)."""
     tokens_per_second: float | None = None

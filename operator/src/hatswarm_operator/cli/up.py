@@ -128,7 +128,9 @@ def up_parser() -> argparse.ArgumentParser:
     p = Parser(prog="hatswarm up", description=__doc__.split("\n")[0])
     p.add_argument("-f", "--filename", action="append", help="manifest file or folder")
     p.add_argument("--nodes", type=int, default=3, help="simulated Pi + HAT+ nodes (default 3)")
-    p.add_argument("--nodes-file", type=Path, help="YAML list of {name, accelerator, labels}")
+    p.add_argument(
+        "--nodes-file", type=Path, help="YAML list of {name, accelerator, labels, memoryMiB}"
+    )
     p.add_argument("--state-dir", type=Path, default=default_state_dir())
     p.add_argument("--refresh", type=float, default=2.0, help="seconds between table refreshes")
     p.add_argument("--duration", type=float, default=0.0, help="stop after N seconds (0: never)")

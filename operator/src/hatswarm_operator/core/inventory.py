@@ -17,6 +17,22 @@ from enum import StrEnum
 from hatswarm_operator.api import InferencePool
 from hatswarm_operator.api.common import ACCELERATOR_LABEL, ACCELERATORS
 
+DEFAULT_NODE_MEMORY_MIB = 3072
+"""What a node offers the pool when nothing says how much memory it has (a Node without
+status.allocatable.memory, a local node without memoryMiB): the budget before nodes reported it."""
+
+
+def memory_budget(allocatable_mib: int | None, reserve_mib: int) -> int:
+    """The memory placement may fill on a node, in MiB: what the node can allocate to pods
+    less the pool's reserve for the agent and everything else the node runs (never below 0).
+
+    None (the node does not say) keeps :data:`DEFAULT_NODE_MEMORY_MIB`, reserve not taken
+    off: a default is a budget already, and an unreporting node places as it always did.
+    """
+    if allocatable_mib is None:
+        return DEFAULT_NODE_MEMORY_MIB
+    return max(0, allocatable_mib - reserve_mib)
+
 
 class ModelState(StrEnum):
     """Where a model version stands on one agent; the values are what status shows."""
@@ -83,7 +99,7 @@ class NodeState:
     labels: dict[str, str] = field(default_factory=dict)
     k8s_ready: bool = True
     schedulable: bool = True
-    memory_mib: int = 3072
+    memory_mib: int = DEFAULT_NODE_MEMORY_MIB  # what placement may fill (memory_budget)
     npu_contexts: int = 4
     accelerator: str = "cpu"
     device_id: str = ""

@@ -586,6 +586,7 @@ class _Plan:
         if placed < len(eligible):
             rest = [i for i in eligible if i not in self.on]
             short_mem = short_ctx = 0
+            most_free = 0
             needs: dict[str, int] = {}
             for i in rest:
                 art = self.artifact_on(i)
@@ -594,13 +595,17 @@ class _Plan:
                 needs[art.accelerator] = self.mem_need(art)
                 short_mem += pool.free_mem[i] < self.mem_need(art)
                 short_ctx += pool.free_ctx[i] < self.ctx_need(art)
+                most_free = max(most_free, pool.free_mem[i])
             memory = ", ".join(f"{mib} MiB on {accel}" for accel, mib in sorted(needs.items()))
+            # The most free memory on one node says how far off the model is (a node's budget
+            # is its allocatable memory less the pool's reserve: a 2 GB Pi offers ~1.3 GB).
+            most = f" (at most {most_free} MiB free on one)" if short_mem else ""
             return short(
                 Reason.INSUFFICIENT_CAPACITY,
                 f"placed {placed} of {m.replicas}: none of the {len(rest)} other nodes that can "
                 f"run it has room for a replica ({memory}, {m.npu_contexts} NPU "
-                f"context(s) on an NPU): {short_mem} short of memory, {short_ctx} short of "
-                "NPU contexts",
+                f"context(s) on an NPU): {short_mem} short of memory{most}, {short_ctx} short "
+                "of NPU contexts",
             )
         return short(
             Reason.TOO_FEW_NODES,

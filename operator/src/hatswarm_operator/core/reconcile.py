@@ -417,7 +417,20 @@ def report_status(
             plan.rollout_events.append(
                 ResourceEvent("EdgeModel", name, ev.type, ev.reason, ev.message)
             )
-    plan.pool_status = pool_status(view.pool, view.models, view.nodes, view.members, now)
+    plan.pool_status = pool_status(
+        view.pool, view.models, view.nodes, view.members, now, placed_memory(view, plan.placement)
+    )
+
+
+def placed_memory(view: PoolView, placement: pl.Placement) -> dict[str, int]:
+    """node -> MiB the replicas placed on it take (their artifact's memoryMiB, else the
+    model's resources.memoryMiB), as placement counted them against the node's budget."""
+    declared = {m.metadata.name: m.spec.resources.memory_mi_b for m in view.models}
+    out: dict[str, int] = {}
+    for r in placement.replicas:
+        mib = declared[r.model] if r.artifact.memory_mib is None else r.artifact.memory_mib
+        out[r.node] = out.get(r.node, 0) + mib
+    return out
 
 
 def adapter_plans(

@@ -8,7 +8,7 @@ rollout's state, and the pool's nodes, capacity and nameplate cost.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 from hatswarm_operator.api import EdgeModel, InferencePool
@@ -319,6 +319,8 @@ def _pool_node(
     cloud_requests: int,
     active_sequences: int | None,
     tokens_per_second: float | None,
+    memory_mib: int | None = None,
+    memory_used_mib: int | None = None,
 ) -> PoolNode:
     """One node's entry, the same object while nothing in it changed: a thousand-node pool
     builds its status every tick and a pydantic model costs tens of microseconds. (Shared:
@@ -337,6 +339,8 @@ def _pool_node(
         cloud_requests=cloud_requests,
         active_sequences=active_sequences,
         tokens_per_second=tokens_per_second,
+        memory_mi_b=memory_mib,
+        memory_used_mi_b=memory_used_mib,
     )
 
 
@@ -346,8 +350,10 @@ def pool_status(
     nodes: Sequence[NodeState],
     members: Sequence[NodeState],
     now: float,
+    placed_mib: Mapping[str, int] | None = None,
 ) -> InferencePoolStatus:
-    """The pool's status: its nodes, capacity, nameplate cost and Ready condition."""
+    """The pool's status: its nodes (with each one's memory budget and what the placed
+    replicas take of it, `placed_mib`), capacity, nameplate cost and Ready condition."""
     member_names = {n.name for n in members}
     selected = [n for n in nodes if selects(pool.spec.node_selector, n.labels)]
     pool_nodes = [
@@ -365,6 +371,8 @@ def pool_status(
             sum(count for _, count in n.cloud_requests),
             _as_int(_node_generation(n, "active_sequences")),
             _node_generation(n, "tokens_per_second"),
+            n.memory_mib,
+            (placed_mib or {}).get(n.name, 0),
         )
         for n in selected
     ]

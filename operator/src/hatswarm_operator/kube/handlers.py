@@ -568,7 +568,8 @@ async def run_pool(
         started = time.monotonic()
         with metrics.PLACEMENT_SECONDS.time():
             try:
-                inputs = await sources.read(namespace, name)
+                reserve = pool.spec.placement.node_memory_reserve_mi_b
+                inputs = await sources.read(namespace, name, reserve)
             except TimeoutError as err:
                 logger.warning(f"cluster caches not ready: {err}")
                 raise SkipTick(5.0) from None

@@ -21,18 +21,21 @@ import base64
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Protocol
+
+from kubernetes.utils.quantity import parse_quantity
 
 from hatswarm_operator.api import EdgeModel
 from hatswarm_operator.api.common import GROUP, POOL_LABEL, VERSION
-from hatswarm_operator.api.inferencepool import InferencePool
+from hatswarm_operator.api.inferencepool import DEFAULT_NODE_MEMORY_RESERVE_MIB, InferencePool
 from hatswarm_operator.api.manifests import ManifestError, parse_object
 from hatswarm_operator.control.credentials import (
     AgentCredentials,
     agent_credentials,
     auth_secret_names,
 )
-from hatswarm_operator.core.inventory import NodeState
+from hatswarm_operator.core.inventory import NodeState, memory_budget
 from hatswarm_operator.kube import builders
 from hatswarm_operator.kube.cluster import Cluster
 from hatswarm_operator.kube.informers import Informer
@@ -63,15 +66,38 @@ class NodeView:
     labels: Mapping[str, str]
     ready: bool
     schedulable: bool
+    memory_mib: int | None = None  # status.allocatable.memory; None: not reported
+
+
+MIB = Decimal(1024 * 1024)
+MAX_BYTES = Decimal(2**63 - 1)  # the API server's largest quantity: beyond it, not a node's memory
+
+
+def memory_mib(quantity: object) -> int | None:
+    """A memory quantity ("7901784Ki", "8Gi", "8G", "512Mi", "8589934592") in whole MiB,
+    rounded down; None when there is none or it is not a quantity (the node then keeps
+    the default budget: a malformed field must not empty a node). Parsed by the kubernetes
+    client's `parse_quantity` (the operator depends on it already); what it accepts beyond
+    the API server's own grammar (a negative, non-finite or absurd number) counts as none."""
+    if quantity is None or isinstance(quantity, bool):
+        return None
+    try:
+        value: Decimal = parse_quantity(quantity)  # type: ignore[no-untyped-call]
+    except (ValueError, TypeError, ArithmeticError):
+        return None
+    if not value.is_finite() or value < 0 or value > MAX_BYTES:
+        return None
+    return int(value // MIB)
 
 
 def node_view(obj: Obj) -> NodeView:
-    meta = obj.get("metadata") or {}
+    meta, status = obj.get("metadata") or {}, obj.get("status") or {}
     return NodeView(
         name=str(meta.get("name")),
         labels=dict(meta.get("labels") or {}),
         ready=_condition(obj, "Ready") == "True",
         schedulable=not (obj.get("spec") or {}).get("unschedulable", False),
+        memory_mib=memory_mib((status.get("allocatable") or {}).get("memory")),
     )
 
 
@@ -115,12 +141,17 @@ def pod_view(obj: Obj) -> PodView:
     )
 
 
-def node_states(nodes: Mapping[str, NodeView], pods: Iterable[PodView]) -> list[NodeState]:
+def node_states(
+    nodes: Mapping[str, NodeView],
+    pods: Iterable[PodView],
+    memory_reserve_mib: int = DEFAULT_NODE_MEMORY_RESERVE_MIB,
+) -> list[NodeState]:
     """One NodeState per agent pod: where to probe it, and how Kubernetes sees its node.
 
     A pod counts when it has an IP and a container port named `grpc` and is not being
     deleted or finished. `k8s_ready` is the node's Ready condition and the pod's;
-    `schedulable` is the node not being cordoned. The agent probe decides the rest.
+    `schedulable` is the node not being cordoned; `memory_mib` its allocatable memory less
+    the pool's `memory_reserve_mib` (inventory.memory_budget). The agent probe decides the rest.
     """
     out: dict[str, NodeState] = {}
     for pod in sorted(pods, key=lambda p: p.created):
@@ -137,6 +168,7 @@ def node_states(nodes: Mapping[str, NodeView], pods: Iterable[PodView]) -> list[
             labels=dict(node.labels),
             k8s_ready=node.ready and pod.ready,
             schedulable=node.schedulable,
+            memory_mib=memory_budget(node.memory_mib, memory_reserve_mib),
         )
     return [out[k] for k in sorted(out)]
 
@@ -205,7 +237,15 @@ class Sources(Protocol):
     credentials_refresh_s: float
     """How often a pool re-reads its auth Secrets (0: every tick, they are in memory)."""
 
-    async def read(self, namespace: str, pool: str) -> PoolInputs: ...
+    async def read(
+        self,
+        namespace: str,
+        pool: str,
+        memory_reserve_mib: int = DEFAULT_NODE_MEMORY_RESERVE_MIB,
+    ) -> PoolInputs:
+        """The pool's inputs; its nodes' memory budgets keep `memory_reserve_mib` back (the
+        pool's spec.placement.nodeMemoryReserveMiB), and a new reserve is a new revision."""
+        ...
 
     async def secret_data(self, namespace: str, name: str) -> dict[str, bytes]: ...
 
@@ -235,7 +275,12 @@ class ListedSources:
         self.cluster = cluster
         self._reads = 0
 
-    async def read(self, namespace: str, pool: str) -> PoolInputs:
+    async def read(
+        self,
+        namespace: str,
+        pool: str,
+        memory_reserve_mib: int = DEFAULT_NODE_MEMORY_RESERVE_MIB,
+    ) -> PoolInputs:
         nodes, pods, models = await asyncio.gather(
             self.cluster.nodes(),
             self.cluster.agent_pods(namespace, pool),
@@ -244,7 +289,11 @@ class ListedSources:
         views = [model_view(m) for m in models]
         self._reads += 1
         return PoolInputs(
-            nodes=node_states({n.name: n for n in map(node_view, nodes)}, map(pod_view, pods)),
+            nodes=node_states(
+                {n.name: n for n in map(node_view, nodes)},
+                map(pod_view, pods),
+                memory_reserve_mib,
+            ),
             models=pool_models(views, pool),
             uids={v.name: v.uid for v in views},
             revision=(self._reads,),
@@ -334,18 +383,27 @@ class WatchedSources:
 
         return changed
 
-    async def read(self, namespace: str, pool: str) -> PoolInputs:
+    async def read(
+        self,
+        namespace: str,
+        pool: str,
+        memory_reserve_mib: int = DEFAULT_NODE_MEMORY_RESERVE_MIB,
+    ) -> PoolInputs:
         pods, models = self._namespace(namespace)
         for informer in (self.nodes, pods, models):
             if not await informer.wait_synced(SYNC_TIMEOUT_S):
                 raise TimeoutError(f"{informer.name}: no first list within {SYNC_TIMEOUT_S}s")
-        key = (self.nodes.revision, pods.revision, models.revision)
+        key = (self.nodes.revision, pods.revision, models.revision, memory_reserve_mib)
         derived = self._derived.get((namespace, pool))
         if derived is not None and derived.revision == key:
             return derived
         views = models.items.values()
         derived = self._derived[(namespace, pool)] = PoolInputs(
-            nodes=node_states(self.nodes.items, [p for p in pods.items.values() if p.pool == pool]),
+            nodes=node_states(
+                self.nodes.items,
+                [p for p in pods.items.values() if p.pool == pool],
+                memory_reserve_mib,
+            ),
             models=pool_models(views, pool),
             uids={v.name: v.uid for v in views},
             revision=key,

@@ -23,7 +23,7 @@ from hatswarm_operator.api.common import SecretKeyRef
 from hatswarm_operator.control.agentclient import AgentClient
 from hatswarm_operator.control.driver import drive
 from hatswarm_operator.control.runtime import PoolRuntime
-from hatswarm_operator.core.inventory import NodeState
+from hatswarm_operator.core.inventory import NodeState, memory_budget
 from hatswarm_operator.local.processes import LocalAgent, NodeSpec, start_agent
 from hatswarm_operator.local.secrets import (
     client_token,
@@ -97,9 +97,12 @@ class LocalPool:
         if errors:
             await self.stop()
             raise RuntimeError(f"could not start the local nodes: {errors[0]}")
+        reserve = self.pool.spec.placement.node_memory_reserve_mi_b
         self.runtime.set_nodes(
             [NodeState(name=a.spec.name, address=a.address, labels=dict(a.spec.labels),
-                       accelerator=a.spec.accelerator) for a in self.agents.values()]
+                       accelerator=a.spec.accelerator,
+                       memory_mib=memory_budget(a.spec.memory_mib, reserve))
+             for a in self.agents.values()]
         )  # fmt: skip
         self._task = asyncio.create_task(self._run())
 

@@ -35,12 +35,17 @@ BUNDLED_MODEL = "light_shufflenet.onnx"
 
 @dataclass(frozen=True)
 class NodeSpec:
-    """A simulated node: its name, Hailo chip and labels (as `kubectl get node --show-labels`)."""
+    """A simulated node: its name, Hailo chip and labels (as `kubectl get node --show-labels`).
+
+    `memory_mib` stands for the Node's allocatable memory (a 4 GB Pi 5: about 3800); the pool's
+    placement.nodeMemoryReserveMiB is kept back from it as on a cluster. None: the default
+    budget (inventory.DEFAULT_NODE_MEMORY_MIB)."""
 
     name: str
     accelerator: str
     labels: dict[str, str] = field(default_factory=dict)
     slowdown: float = 1.0
+    memory_mib: int | None = None
 
 
 def default_nodes(count: int, pool_labels: dict[str, str]) -> list[NodeSpec]:
@@ -56,7 +61,7 @@ def default_nodes(count: int, pool_labels: dict[str, str]) -> list[NodeSpec]:
 
 
 def load_nodes_file(path: Path, pool_labels: dict[str, str]) -> list[NodeSpec]:
-    """`--nodes-file`: a YAML list of {name, accelerator, labels, slowdown}."""
+    """`--nodes-file`: a YAML list of {name, accelerator, labels, slowdown, memoryMiB}."""
     raw = yaml.safe_load(path.read_text())
     if not isinstance(raw, list) or not raw:
         raise ValueError(f"{path}: expected a non-empty YAML list of nodes")
@@ -76,9 +81,23 @@ def load_nodes_file(path: Path, pool_labels: dict[str, str]) -> list[NodeSpec]:
                     **{str(k): str(v) for k, v in item.get("labels", {}).items()},
                 },
                 slowdown=float(item.get("slowdown", 1.0)),
+                memory_mib=_memory_mib(path, item),
             )
         )
     return out
+
+
+def _memory_mib(path: Path, item: dict[str, Any]) -> int | None:
+    """A node's `memoryMiB` (a whole number of MiB, at least 1), if it declares one."""
+    value = item.get("memoryMiB")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"{path}: node {item['name']}: memoryMiB must be a whole number of MiB >= 1, "
+            f"not {value!r}"
+        )
+    return value
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child

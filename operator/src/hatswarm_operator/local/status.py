@@ -74,6 +74,12 @@ def _figure(value: object, fmt: str = "") -> str:
     return "" if value is None else format(value, fmt)
 
 
+def _memory(node: dict[str, Any]) -> str:
+    """'1564/7204Mi': what the replicas placed on a node take of its budget ('' unknown)."""
+    budget = node.get("memoryMiB")
+    return "" if budget is None else f"{node.get('memoryUsedMiB') or 0}/{budget}Mi"
+
+
 def render(snapshot: dict[str, Any], events: int = 6) -> str:
     """A `kubectl get inferencepools.hatswarm.io,edgemodels.hatswarm.io` style table (kinds
     qualified by group, as `kubectl get all` prints them), plus the latest Events."""
@@ -96,7 +102,7 @@ def render(snapshot: dict[str, Any], events: int = 6) -> str:
             temp = n.get("temperatureC")
             lines.append(
                 f"  node/{n['name']:<8} {n.get('accelerator', ''):<8} {mark:<28} "
-                f"{','.join(n.get('models', [])) or '-':<24} "
+                f"{','.join(n.get('models', [])) or '-':<24} {_memory(n):<14} "
                 f"{f'{temp:.0f}C' if temp is not None else ''}"
             )
     lines.append("")

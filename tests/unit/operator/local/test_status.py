@@ -81,3 +81,23 @@ def test_cloud_spend_and_per_node_cloud_answers_reach_status(tmp_path: Path) -> 
     assert snap["pools"]["floor"]["nodes"][0]["cloudRequests"] == 1250
     pool_line = next(line for line in render(snap).splitlines() if line.startswith("inferencepool"))
     assert pool_line.split()[-2:] == ["0.4", "$0.5"]
+
+
+def test_the_table_shows_each_nodes_memory_used_of_its_budget(tmp_path: Path) -> None:
+    s = LocalSink(tmp_path / "status.json")
+    status = InferencePoolStatus(
+        nodes=[
+            PoolNode(name="pi-1", ready=True, memory_mi_b=7204, memory_used_mi_b=1564),
+            PoolNode(name="pi-2", ready=True, memory_mi_b=1401, memory_used_mi_b=0),
+            PoolNode(name="pi-3", ready=True),
+        ]
+    )
+    asyncio.run(s.pool_status("default", "floor", status))
+    rows = {
+        line.split()[0]: line.split()
+        for line in render(s.snapshot()).splitlines()
+        if line.startswith("  node/")
+    }
+    assert rows["node/pi-1"][-1] == "1564/7204Mi"
+    assert rows["node/pi-2"][-1] == "0/1401Mi"
+    assert "Mi" not in " ".join(rows["node/pi-3"])
