@@ -13,22 +13,30 @@ The pool falls back on a cloud LLM (tests/cloudllm.py, an OpenAI-compatible stan
 process) through `spec.cloudFallback.openai`, its API key in a Secret the DaemonSet mounts, and
 `chat` escalates prompts longer than its context there (`cloudFallback.longPrompts`): a long
 chat is answered by the cloud, short ones stay on the edge, and the operator's status counts the
-cloud's tokens and their price, per EdgeModel and for the pool, exactly as the cloud counted them.
+cloud's tokens and their price, per EdgeModel and for the pool, exactly as the cloud counted them;
+so does `hatswarm cost report` (showback in tokens) from a real Prometheus scraping the agents.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import tarfile
+import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
+import yaml
 from hatswarm_agent.routing.policy import affinity_key, rendezvous
+from hatswarm_operator.cli.cost import main as cost_main
+from hatswarm_operator.finops.promql import Prometheus
 
+from tests import prometheusproc
 from tests.agentproc import free_port
 from tests.cloudllm import CloudLLM, running
 from tests.genaimodels import EMBED_HIDDEN, build_embedding_model, build_genai_model, reference
@@ -49,6 +57,12 @@ IN_PRICE, OUT_PRICE = 3.0, 15.0  # the cloud's USD per 1M input / output tokens
 def cloud() -> Iterator[CloudLLM]:
     with running(token=CLOUD_TOKEN) as c:
         yield c
+
+
+@pytest.fixture
+def stack() -> Iterator[ExitStack]:
+    with ExitStack() as s:
+        yield s
 
 
 def tarball(folder: Path) -> Path:
@@ -108,16 +122,17 @@ def held(world: World, node: str, model: str) -> tuple[str, str] | None:
 
 
 def test_generative_models_place_by_accelerator_answer_chats_and_escalate_to_the_cloud(
-    world: World, tmp_path: Path, cloud: CloudLLM
+    world: World, tmp_path: Path, cloud: CloudLLM, stack: ExitStack
 ) -> None:
     http = {"pi-10h": free_port(), "pi-8": free_port(), "pi-cpu": free_port()}
+    metrics = {node: free_port() for node in http}
     # The kubelet's view of the cloud API key Secret the DaemonSet mounts (checked below).
     mounted = tmp_path / "cloud-token"
     mounted.write_text(CLOUD_TOKEN + "\n")
 
     def args(node: str, chip: str) -> tuple[str, ...]:
         return ("--backend", "auto", "--accelerator", chip, "--http-port", str(http[node]),
-                "--cloud-token", f"cloud={mounted}")  # fmt: skip
+                "--metrics-port", str(metrics[node]), "--cloud-token", f"cloud={mounted}")  # fmt: skip
 
     world.add_node("pi-10h", agent_args=args("pi-10h", "hailo10h"), env=fake_env("hailo10h"),
                    **{LABEL: "hailo10h"})  # fmt: skip
@@ -136,6 +151,7 @@ def test_generative_models_place_by_accelerator_answer_chats_and_escalate_to_the
         replicas=3,
     )
     chat["spec"]["cloudFallback"] = {"longPrompts": True, "cloudModel": "cloud-big"}
+    chat["spec"]["costAttribution"] = {"team": "assistants"}
     embed = edge_model("vec", "embed", [artifact("cpu", vec, memory_mib=128)], replicas=1)
     big = edge_model("big", "generate", [artifact("cpu", cpu_build, memory_mib=8192)], replicas=1)
     pool = pool_manifest(
@@ -158,6 +174,11 @@ def test_generative_models_place_by_accelerator_answer_chats_and_escalate_to_the
     secret = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
               "metadata": {"name": "floor-cloud", "namespace": "default"}, "data": {"token": key}}  # fmt: skip
     world.kube.apply(secret, pool, chat, embed, big)
+    prometheus = stack.enter_context(prometheusproc.running(tmp_path, list(metrics.values())))
+    prom = Prometheus(prometheus)
+    stack.callback(prom.close)
+    wait_for(lambda: prom.query("sum(up)")[0].value == len(metrics), timeout=30, what="scrapes")
+    start = time.time() - 0.05
     world.start_operator()
 
     # Every agent DaemonSet mounts the cloud's API key Secret and names it to the agent as the
@@ -302,6 +323,27 @@ def test_generative_models_place_by_accelerator_answer_chats_and_escalate_to_the
     assert cost["cloudFallbackSpendUsd"] == pytest.approx(round(spend, 4))
     assert (cost["cloudPer1MInputUsd"], cost["cloudPer1MOutputUsd"]) == (IN_PRICE, OUT_PRICE)
     assert cost["edgeTokens"] >= counted["edgeTokens"]
+
+    # Showback in tokens (`hatswarm cost report`) over the agents' own counters, scraped by
+    # Prometheus: the same cloud tokens and price, by model and by team.
+    wait_for(
+        lambda: prom.query('sum(hatswarm_tokens_total{where="cloud"})')[0].value == cloud_tokens,
+        timeout=30,
+        what="Prometheus scraping the cloud's tokens",
+    )
+    end = time.time()
+    manifests = tmp_path / "manifests.yaml"
+    manifests.write_text(yaml.safe_dump_all([pool, chat, embed, big]))
+    out = tmp_path / "report"
+    window = ["--from", f"{start:.3f}", "--to", f"{end:.3f}", "--prometheus", prometheus]
+    assert cost_main(["report", *window, "-f", str(manifests), "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    shown = {m["model"]: m for m in report["models"]}["chat"]
+    assert (shown["cloud_prompt_tokens"], shown["cloud_completion_tokens"]) == (600, 5)
+    assert shown["cloud_usd"] == pytest.approx((600 * IN_PRICE + 5 * OUT_PRICE) / 1e6)
+    assert shown["edge_prompt_tokens"] + shown["edge_completion_tokens"] > 0
+    team = {t["team"]: t for t in report["teams"]}["assistants"]
+    assert team["cloud_tokens"] == cloud_tokens
 
 
 def session_for(node: str, messages: list[dict[str, str]], holders: dict[str, str]) -> str:
