@@ -220,6 +220,7 @@ class Agent:
         if self.dispatcher is not None:
             self.generation_router = GenerationRouter(self.dispatcher, self.generations, self.auth)
             generate = self.generation_router.generate
+            infer = self.generation_router.infer  # escalates a generative model's long prompt
         # Clients on this host may pass tensors in shared memory (Triton's extension).
         self.shm = SharedMemoryRegions()
         oip_infer = SharedMemoryInfer(self.shm, self.dataplane, infer)

@@ -12,28 +12,24 @@ Needs the `prometheus` binary: fails without it under `make test`, skips elsewhe
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import openai
 import pytest
 import yaml
 from hatswarm_operator.cli.cost import main as cost_main
 from hatswarm_operator.finops.promql import Prometheus
 
+from tests import prometheusproc
 from tests.agentproc import free_port, start_agent
 from tests.cloudllm import CloudLLM, running
-from tests.externaltools import missing
 from tests.genaimodels import build_genai_model
 from tests.polling import poll
 
 pytestmark = pytest.mark.integration
 
-PROMETHEUS = shutil.which("prometheus")
 LONG = "hello world " * 300
 IN_PRICE, OUT_PRICE = 2.5, 10.0
 
@@ -41,47 +37,9 @@ IN_PRICE, OUT_PRICE = 2.5, 10.0
 @pytest.fixture
 def prometheus(tmp_path: Path) -> Iterator[tuple[str, int]]:
     """(Prometheus URL, the agent metrics port it scrapes every second)."""
-    if PROMETHEUS is None:
-        missing("prometheus", "make tools; Debian: apt-get install -y prometheus")
     metrics_port = free_port()
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                "scrape_configs": [
-                    {
-                        "job_name": "hatswarm-agent",
-                        "scrape_timeout": "900ms",
-                        "static_configs": [{"targets": [f"127.0.0.1:{metrics_port}"]}],
-                    }
-                ],
-            }
-        )
-    )
-    port = free_port()
-    log = (tmp_path / "prometheus.log").open("w")
-    proc = subprocess.Popen(
-        [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=1h"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        try:
-            return httpx.get(f"{url}/-/ready", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        assert poll(ready, 20), (tmp_path / "prometheus.log").read_text()
+    with prometheusproc.running(tmp_path, [metrics_port]) as url:
         yield url, metrics_port
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        log.close()
 
 
 def _value(prom: Prometheus, expr: str) -> float | None:

@@ -19,6 +19,8 @@ import httpx
 import openai
 import pytest
 from hatswarm_agent.protocol.v1 import control_pb2, control_pb2_grpc
+from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
+from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2_grpc as pb_grpc
 
 from tests import tritonjobs
 from tests.agentproc import AgentProcess, free_port
@@ -157,6 +159,62 @@ def test_a_too_long_prompt_goes_to_the_cloud_through_every_door(
     assert counts[("tiny", "completion", "cloud")] == stats["completion_tokens"] == 12
     assert ("tiny", "prompt", "edge") not in counts  # nothing ran on the edge
     assert node_tokens(entry) == {}  # the entry only relayed: counted once, by the holder
+
+
+def text_request(prompt: str) -> pb.ModelInferRequest:
+    """A plain ModelInfer of a generative model: Triton vLLM-style tensors (text_input only:
+    the OIP face of the generative backends declares no sampling_parameters input)."""
+    request = pb.ModelInferRequest(model_name="tiny", id="r1")
+    text = request.inputs.add(name="text_input", datatype="BYTES", shape=[1])
+    text.contents.bytes_contents.append(prompt.encode())
+    return request
+
+
+def test_plain_model_infer_and_kserve_rest_escalate_a_too_long_prompt(
+    agents: Agents, tiny: Path, cloud: CloudLLM, tmp_path: Path
+) -> None:
+    """Not only the streaming doors: gRPC ModelInfer and KServe v2 REST infer of a generative
+    model send a prompt over its context to the cloud too (the holder measures and escalates;
+    a non-holding entry relays), answered as the model's one text_output; short ones stay."""
+    holder = agents.start(
+        ["--node-name", "holder", "--model", f"tiny@genai={tiny}",
+         "--routing-table", str(table(tmp_path, cloud, route={"escalateLongPrompts": True}))],
+        timeout=120,
+    )  # fmt: skip
+    http = free_port()
+    entry = agents.start(
+        ["--node-name", "entry", "--http-port", str(http), "--peer", f"tiny={holder.address}"]
+    )  # fmt: skip
+    with grpc.insecure_channel(entry.address) as channel:
+        infer = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer
+        short = infer(text_request("hello"), timeout=60)
+        assert short.parameters["hatswarm.node"].string_param == "holder"
+        long = infer(text_request(LONG), timeout=60)
+        assert long.parameters["hatswarm.node"].string_param == "cloud"
+        assert [o.name for o in long.outputs] == ["text_output"] and long.id == "r1"
+        eight = "".join(f"cloud{i} " for i in range(8))  # the stand-in's default length
+        assert long.outputs[0].contents.bytes_contents == [eight.encode()]
+    rest = httpx.post(
+        f"http://127.0.0.1:{http}/v2/models/tiny/infer",
+        json={
+            "inputs": [{"name": "text_input", "datatype": "BYTES", "shape": [1], "data": [LONG]}]
+        },
+        timeout=60,
+    )
+    assert rest.status_code == 200, rest.text
+    answer = rest.json()
+    assert answer["parameters"]["hatswarm.node"] == "cloud"
+    assert answer["outputs"][0]["data"] == [eight]
+    with grpc.insecure_channel(holder.address) as channel:  # the holder's own door
+        own = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(text_request(LONG), timeout=60)
+    assert own.parameters["hatswarm.route"].string_param == "cloud"
+    assert own.outputs[0].contents.bytes_contents == [eight.encode()]
+    stats = cloud.stats()
+    assert stats["calls"] == 3 and stats["prompt_tokens"] == 1800
+    counts = node_tokens(holder)  # the holder counted the cloud's tokens as the cloud did
+    assert counts[("tiny", "prompt", "cloud")] == 1800
+    assert counts[("tiny", "completion", "cloud")] == stats["completion_tokens"] == 24
+    assert node_tokens(entry) == {}  # the entry only relayed
 
 
 def test_cloud_share_cap_and_token_cost(

@@ -16,6 +16,12 @@ any full replica); this node takes a request it has a free slot for unless the a
 an open peer. A local model without a free slot still takes the request when no peer is open
 (its own wait queue is the backlog); one that refuses (BackendBusyError) sends it on to a peer.
 
+ModelInfer (gRPC, KServe v2 REST) goes through `infer`: the dispatcher's routing, and a
+generative model's prompt over its context escalated to the cloud as a generation's is (the
+route's long-prompt rule, the cloud's share), answered as the one `text_output` the model would
+give. The node that holds the model measures the prompt, so it escalates: an entry that
+forwarded the request gets the cloud's answer back from it.
+
 Failover: until a peer has sent its first piece, nothing has reached the caller, so a peer that
 refuses, dies or stays silent past the routing budget is retried on another replica
 transparently (within the table's retry budget). Once a piece is out, a lost peer ends the
@@ -28,6 +34,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
+import struct
 import time
 from dataclasses import replace
 from typing import Any
@@ -48,9 +56,12 @@ from hatswarm_agent.protocol.wire import (
     DEPTH_PARAM,
     HOP_KEY,
     HOP_METADATA,
+    NODE_CLOUD,
+    ROUTE_CLOUD,
     ROUTE_LOCAL,
     ROUTE_PEER,
     STREAM_INFER_METHOD,
+    TEXT_OUTPUT,
 )
 from hatswarm_agent.routing.cloudgen import CloudGenerations
 from hatswarm_agent.routing.dispatcher import Dispatcher
@@ -65,6 +76,7 @@ from hatswarm_agent.routing.policy import (
 )
 from hatswarm_agent.serving import streaming
 from hatswarm_agent.serving.errors import (
+    AgentError,
     DeadlineError,
     ForwardedError,
     NoReplicaError,
@@ -221,6 +233,44 @@ class GenerationRouter:
 
     async def close(self) -> None:
         await self.cloud.close()
+
+    async def infer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+        """ModelInfer (the servicer's and the KServe door's `infer`): the dispatcher's, with a
+        generative model's prompt over its context sent to the cloud when its route says so."""
+        d = self.dispatcher
+        hop = any(key == HOP_KEY for key, _ in context.invocation_metadata() or ())
+        if hop and self.local.local_entry(request.model_name, request.model_version):
+            d.cloud.window.request()  # as a forwarded generation counts here (see generate)
+        start = time.monotonic()
+        try:
+            return await d.infer(request, context)
+        except ContextLengthError as exc:
+            compiled = d.compiled()
+            routes = compiled.routes(request.model_name)
+            route = pick_version(routes, d.balancer.rng, request.model_version) if routes else None
+            rules = route.cloud_generation if route is not None else None
+            if rules is None or not rules.long_prompts or not self.cloud.enabled:
+                raise
+            try:
+                call = streaming.decode_generation(request).call
+            except AgentError:  # inputs a generation does not take: the context error stands
+                raise exc from None
+            if not self.cloud.allow():
+                raise SaturatedError(
+                    f"{exc}; the cloud fallback, which takes such prompts, is at its share "
+                    f"limit ({d.cloud.config.max_share:.0%} of recent requests)"
+                ) from None
+            d.metrics.escalations.labels(call.model, "cloud").inc()
+            budget = d.config.timeout_s(compiled)
+            remaining = context.time_remaining()
+            if remaining is not None and math.isfinite(remaining):
+                budget = min(budget, remaining)
+            stream = await self._to_cloud(call, route, start + budget, exc.prompt_tokens)
+            try:
+                text = "".join([piece.text async for piece in stream])
+            finally:
+                await stream.aclose()
+            return cloud_text_response(request, text)
 
     async def _to_cloud(
         self,
@@ -464,6 +514,21 @@ class GenerationRouter:
         peer.ejections = 0
         take_load_report(peer, first)
         return RemoteStream(rpc, first, peer, on_end)
+
+
+def cloud_text_response(request: pb.ModelInferRequest, text: str) -> pb.ModelInferResponse:
+    """The ModelInfer answer a generative model gives (`text_output`, BYTES [1], raw when the
+    request was), with the cloud's completion, tagged as the cloud's."""
+    response = pb.ModelInferResponse(
+        model_name=request.model_name, model_version=request.model_version, id=request.id
+    )
+    data = text.encode("utf-8")
+    tensor = response.outputs.add(name=TEXT_OUTPUT, datatype="BYTES", shape=[1])
+    if request.raw_input_contents:
+        response.raw_output_contents.append(struct.pack("<I", len(data)) + data)
+    else:
+        tensor.contents.bytes_contents.append(data)
+    return params.tag(response, NODE_CLOUD, ROUTE_CLOUD)
 
 
 def take_load_report(peer: PeerState, response: pb.ModelInferResponse) -> None:

@@ -531,6 +531,12 @@ class EdgeModelStatus(ApiModel):
     """Measured p99 latency across replicas (ms); absent until measured."""
     cost_per1k_usd: float | None = Field(default=None, alias="costPer1kUsd")
     """Measured cost per 1,000 inferences in USD; absent until measured."""
+    edge_tokens: int | None = None
+    """Tokens (prompt + completion) the pool's nodes processed for this model since the operator started (generative models)."""
+    cloud_tokens: int | None = None
+    """Tokens (prompt + completion) the pool's cloud fallback processed for this model since the operator started (generative models)."""
+    cloud_token_spend_usd: float | None = None
+    """What the cloud charged for this model's cloud tokens so far in USD (spec.cloudFallback.openai's prices)."""
     generation: GenerationStatus | None = None
     """Load in tokens, tokens/s and time to first token (generative models only)."""
     last_scale_time: Time | None = None

@@ -50,7 +50,12 @@ from hatswarm_operator.core.inventory import (
 from hatswarm_operator.core.plan import PoolPlan, ReplicaLoad, ResourceEvent, Route
 from hatswarm_operator.core.reconcile import plan_pool
 from hatswarm_operator.core.rollout import ACTIVE
-from hatswarm_operator.core.status import live_model_cost_per1k, live_pool_cost
+from hatswarm_operator.core.status import (
+    ModelTokens,
+    live_model_cost_per1k,
+    live_model_tokens,
+    live_pool_cost,
+)
 from hatswarm_operator.finops import attribution
 from hatswarm_operator.finops import metrics as cost_metrics
 
@@ -202,7 +207,15 @@ class PoolRuntime:
         self._events: dict[str, str] = {}
         self._scale_state: dict[str, ScaleState] = {}
         self.cost_ledger = attribution.CostLedger()
-        self._cost_status: tuple[float, PoolCost, dict[str, float | None]] | None = None
+        self._cost_status: (
+            tuple[
+                float,
+                PoolCost,
+                dict[str, float | None],
+                dict[str, ModelTokens],
+            ]
+            | None
+        ) = None
         self.failovers = 0
         self.rollouts = RolloutTracker(clock, lambda: self.client.credentials)
         self._node_notes: dict[str, tuple[str, str]] = {}
@@ -597,11 +610,21 @@ class PoolRuntime:
         )
         operator_metrics.cost().publish(pool.metadata.name, live, cost_metrics.showback_of(models))
         if self._cost_status is None or now - self._cost_status[0] >= COST_STATUS_SECONDS:
-            self._cost_status = (now, live_pool_cost(live), live_model_cost_per1k(live))
-        _, pool_cost, per1k = self._cost_status
+            self._cost_status = (
+                now,
+                live_pool_cost(live),
+                live_model_cost_per1k(live),
+                live_model_tokens(live),
+            )
+        _, pool_cost, per1k, tokens = self._cost_status
         plan.pool_status.cost = pool_cost
         for name, st in plan.model_status.items():
             st.cost_per1k_usd = per1k.get(name)
+            counted = tokens.get(name)
+            if counted is not None:
+                st.edge_tokens = counted.edge_tokens
+                st.cloud_tokens = counted.cloud_tokens
+                st.cloud_token_spend_usd = counted.cloud_token_spend_usd
 
     def _autoscale(self, pool: InferencePool, models: Sequence[EdgeModel]) -> list[ResourceEvent]:
         """Each model's replica count from its queue depth and rate (or `kubectl scale`)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 from hatswarm_operator.api import EdgeModel, InferencePool
@@ -42,6 +43,7 @@ from hatswarm_operator.finops.tco import (
     fleet_annual_cost,
     inferences_per_year_from_rate,
 )
+from hatswarm_operator.finops.tokens import CLOUD, COMPLETION, EDGE, PROMPT, sum_tokens
 
 PlacementState = Literal["Loading", "Ready", "Failed", "Unloading", "Validating"]
 PLACEMENT_STATES: dict[ModelState, PlacementState] = {
@@ -483,3 +485,31 @@ def _token_cost(live: LiveCost) -> dict[str, float | int | None]:
 def live_model_cost_per1k(live: LiveCost) -> dict[str, float | None]:
     """EdgeModel ``status.costPer1kUsd`` per model name (None until it served something)."""
     return {name: significant(m.per_1k_usd, 4) for name, m in live.models.items()}
+
+
+@dataclass(frozen=True)
+class ModelTokens:
+    """A generative model's tokens since the operator started, for its EdgeModel status."""
+
+    edge_tokens: int
+    cloud_tokens: int
+    cloud_token_spend_usd: float | None
+    """None without cloud token prices (no spec.cloudFallback.openai)."""
+
+
+def live_model_tokens(live: LiveCost) -> dict[str, ModelTokens]:
+    """EdgeModel ``status.edgeTokens``, ``cloudTokens`` and ``cloudTokenSpendUsd`` per model
+    name (the models that counted tokens): a generative model's share of the cloud in tokens
+    and money, beside the pool's totals in ``status.cost``."""
+    prices = live.cloud_tokens
+    out: dict[str, ModelTokens] = {}
+    for name in sorted({m for m, _, _ in live.tokens}):
+        cloud_in = sum_tokens(live.tokens, model=name, kind=PROMPT, where=CLOUD)
+        cloud_out = sum_tokens(live.tokens, model=name, kind=COMPLETION, where=CLOUD)
+        spend = None if prices is None else prices.cost_usd(cloud_in, cloud_out)
+        out[name] = ModelTokens(
+            edge_tokens=sum_tokens(live.tokens, model=name, where=EDGE),
+            cloud_tokens=cloud_in + cloud_out,
+            cloud_token_spend_usd=rounded(spend, 6),
+        )
+    return out

@@ -7,7 +7,12 @@ from decimal import Decimal
 import pytest
 from hatswarm_operator.api import EdgeModel, InferencePool
 from hatswarm_operator.core.inventory import ModelObs, ModelState, NodeState
-from hatswarm_operator.core.status import live_model_cost_per1k, live_pool_cost
+from hatswarm_operator.core.status import (
+    ModelTokens,
+    live_model_cost_per1k,
+    live_model_tokens,
+    live_pool_cost,
+)
 from hatswarm_operator.finops.attribution import (
     CostLedger,
     ModelSample,
@@ -331,6 +336,10 @@ def test_tokens_are_counted_by_delta_and_cloud_tokens_priced() -> None:
     assert status.cloud_token_spend_usd == 0.0075
     wire = status.model_dump(by_alias=True, exclude_none=True)
     assert wire["cloudPer1MInputUsd"] == 3.0 and "edgePer1MTokensUsd" in wire
+    # The EdgeModel's own share: its edge and cloud tokens, the cloud's priced.
+    assert live_model_tokens(live) == {
+        "chat": ModelTokens(edge_tokens=1400, cloud_tokens=2100, cloud_token_spend_usd=0.0075)
+    }
     # An agent restart: counters start over, the new values are the whole delta.
     restarted = {("chat", "prompt", "cloud"): 10}
     live = account(ledger, inputs, [node("n1", busy, tokens=restarted, agent_started_at=5.0)], 61)
@@ -381,3 +390,14 @@ def test_node_status_tokens_reach_the_ledger() -> None:
     state = observe(NodeState("n1", "10.0.0.1:8001"), node_report(status), 1.0, 3)
     (sample,) = node_samples([state])
     assert sample.tokens == {("chat", "completion", "edge"): 40, ("chat", "prompt", "cloud"): 600}
+
+
+def test_model_tokens_without_cloud_prices_leave_the_spend_unset() -> None:
+    ledger = CostLedger()
+    chat = ModelSample("chat", "1", compute_seconds=0.0)
+    account(ledger, INPUTS, [node("n1", chat, tokens={})], 0.0)
+    counts = {("chat", "prompt", "edge"): 7, ("chat", "completion", "cloud"): 5}
+    live = account(ledger, INPUTS, [node("n1", chat, tokens=counts)], 1.0)
+    assert live_model_tokens(live) == {
+        "chat": ModelTokens(edge_tokens=7, cloud_tokens=5, cloud_token_spend_usd=None)
+    }
