@@ -27,6 +27,7 @@ import itertools
 import logging
 import multiprocessing
 import pickle
+import struct
 import sys
 import threading
 import time
@@ -53,6 +54,7 @@ SWITCH_INTERVAL_S = 1e-4
 START_TIMEOUT_S = 300.0  # a 0.5B model loads in seconds; a cold SD card can be slow
 CLOSE_TIMEOUT_S = 10.0
 LOAD_EVERY_S = 0.1  # during a generation, the model's load rides on a piece this often
+HOLD_IF_WITHIN_S = 0.002  # a piece may wait for the next when tokens come faster than this
 READ_BATCH = 256  # messages the parent reads from the pipe before handing them to the loop
 
 
@@ -80,38 +82,83 @@ def _plain(prompt: Prompt) -> str | list[dict[str, str]]:
 # -- the child ---------------------------------------------------------------------------------
 
 
+def _unread_bytes(conn: Connection) -> Callable[[], int]:
+    """How many bytes this end has sent that the other has not read yet (Linux: SIOCOUTQ on
+    the socket pair), or a function that always says 0 where that cannot be asked."""
+    try:
+        import fcntl
+        import termios
+
+        fd = conn.fileno()
+        request = termios.TIOCOUTQ  # == SIOCOUTQ
+        fcntl.ioctl(fd, request, b"\0\0\0\0")
+    except (ImportError, AttributeError, OSError):
+        return lambda: 0
+
+    def unread() -> int:
+        try:
+            return int(struct.unpack("i", fcntl.ioctl(fd, request, b"\0\0\0\0"))[0])
+        except OSError:
+            return 0
+
+    return unread
+
+
 class _Forward:
     """Sends one generation's pieces down the pipe as the producer emits them, from its thread:
     no hop through the child's event loop per token (which, holding the GIL against the
     producer, halved a fast model's rate). Pieces emitted before "started" has gone are held
     and sent right after it, so the parent never sees a piece of a generation it has not
-    started."""
+    started.
+
+    Adaptive bundling: when the parent has not read the last message yet (it is behind) and
+    the model makes tokens fast (the last came less than HOLD_IF_WITHIN_S ago, so the next is
+    about as near), a piece waits for the next one and they go in one message; `flush` sends
+    what waits at the end. A slow model, or a parent that keeps up, gets one message a piece,
+    so neither the first token nor any other waits longer than before."""
 
     def __init__(
-        self, rid: int, send: Callable[[tuple[Any, ...]], None], load: Callable[[], Any]
+        self,
+        rid: int,
+        send: Callable[[tuple[Any, ...]], None],
+        load: Callable[[], Any],
+        unread: Callable[[], int],
     ) -> None:
         self._rid = rid
         self._send = send
         self._load = load
+        self._unread = unread
         self._lock = threading.Lock()
-        self._held: list[WirePiece] | None = []
+        self._started = False
+        self._waiting: list[WirePiece] = []
+        self._last = 0.0  # perf_counter of the last piece
         self._reported = time.monotonic()
 
     def __call__(self, piece: Piece) -> None:
-        wire = _wire(piece)
+        now = time.perf_counter()
         with self._lock:
-            if self._held is not None:
-                self._held.append(wire)
+            self._waiting.append(_wire(piece))
+            fast, self._last = now - self._last < HOLD_IF_WITHIN_S, now
+            if not self._started or (fast and self._unread() > 0):
                 return
-        self.pieces([wire])
+            pieces, self._waiting = self._waiting, []
+        self.pieces(pieces)
 
     def open(self, prompt_tokens: int) -> None:
-        """Send "started", then what was held."""
+        """Send "started", then what waits."""
         with self._lock:
             self._send(("started", self._rid, prompt_tokens, self._load()))
-            held, self._held = self._held, None
-            if held:
-                self.pieces(held)
+            self._started = True
+            pieces, self._waiting = self._waiting, []
+            if pieces:
+                self.pieces(pieces)
+
+    def flush(self) -> None:
+        """Send the pieces that wait (before the generation's end)."""
+        with self._lock:
+            pieces, self._waiting = self._waiting, []
+            if pieces:
+                self.pieces(pieces)
 
     def pieces(self, pieces: list[WirePiece]) -> None:
         now = time.monotonic()
@@ -142,6 +189,8 @@ async def _serve(
     def send(message: tuple[Any, ...]) -> None:
         with lock:
             conn.send(message)
+
+    unread = _unread_bytes(conn)
 
     try:
         backend = getattr(importlib.import_module(module), factory)()
@@ -179,7 +228,7 @@ async def _serve(
     tasks: set[asyncio.Task[None]] = set()
 
     async def generate(rid: int, prompt: Prompt, params: GenerationParams) -> None:
-        forward = _Forward(rid, send, model.load)
+        forward = _Forward(rid, send, model.load, unread)
         try:
             if isinstance(model, ThreadedGenerativeModel):
                 stream = await model.generate(prompt, params, forward)
@@ -201,8 +250,10 @@ async def _serve(
             outcome = Outcome(
                 stream.finish_reason or "stop", stream.completion_tokens, stream.prompt_tokens
             )
+            forward.flush()
             send(("done", rid, outcome, model.load()))
         except Exception as exc:
+            forward.flush()
             send(("error", rid, _portable(exc), model.load()))
         finally:
             streams.pop(rid, None)

@@ -190,6 +190,11 @@ class TokenStream:
             pieces.append(self._take(items.popleft()))  # type: ignore[arg-type]
         return pieces
 
+    @property
+    def ended(self) -> bool:
+        """Whether the end (an Outcome or an error) has arrived, read or not."""
+        return self._done or any(not isinstance(item, Piece) for item in self._items)
+
     def _take(self, piece: Piece) -> Piece:
         if self.first_token_s is None and piece.tokens:
             self.first_token_s = time.perf_counter() - self._started
