@@ -172,9 +172,11 @@ class _Forward:
 def serve(conn: Connection, module: str, factory: str, path: str, options: dict[str, str]) -> None:
     """The child process: load the model in thread mode and serve the parent until closed.
 
-    The runtime holds the GIL for a whole decode step, so the child's own loop (which sends the
-    pieces down the pipe) would get it back only after Python's 5 ms switch interval: pieces
-    would leave in bursts, the first one late. A 0.1 ms interval hands it over after each step.
+    The runtime holds the GIL for a whole decode step, so the child's own loop (which reads
+    requests, starts generations and sends "started" and the ends, and the pieces of a model
+    that does not forward them from its producer) would get it back only after Python's 5 ms
+    switch interval: the first token would be late. A 0.1 ms interval hands it over after each
+    step.
     """
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     asyncio.run(_serve(conn, module, factory, path, options))
