@@ -6,9 +6,9 @@ has no `gil_scoped_release`), and HailoRT's `LLMGeneratorCompletion.read` is bou
 way. On a worker thread such a model would stall the agent's event loop — every gRPC and HTTP
 request, for every model — for one decode step at a time. So by default a generative model
 lives in its own process (`multiprocessing` spawn) that loads it with the same backend in
-thread mode, and the agent talks to it over a pipe: the pieces of text (every piece produced
-since the last message in one message: a model faster than the pipe and the agent's loop gets
-its tokens there in batches, a slower one one by one), the generation's outcome, and the
+thread mode, and the agent talks to it over a pipe: the pieces of text (sent from the
+producer's thread as they come; while the agent has not read the last message and tokens come
+fast, the next ones wait and go together, see `_Forward`), the generation's outcome, and the
 model's load (sequences and tokens) with every start and end, and on pieces every 0.1 s while
 generations run. The parent reads everything in the pipe at once and hands it to the event
 loop in one callback.
