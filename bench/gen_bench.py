@@ -17,7 +17,7 @@ full ``max_tokens``. Per round and model, in alternating order:
   the first over the time after it;
 - agent, 1 sequence: the same prompt through the agent's OpenAI door (``/v1/completions``,
   ``stream: true``, temperature 0), read with aiohttp; TTFT = request sent to the first SSE
-  chunk with text, tokens from the final chunk's usage;
+  chunk with text, tokens from the usage the stream ends with (never counted from chunks);
 - 4 sequences at once: the runtime with 4 threads (one ``Generator`` each) and the agent with 4
   concurrent streams; aggregate tokens/s = all generated tokens over the wall time.
 
@@ -247,8 +247,12 @@ class Agent:
 
 
 async def agent_stream(session: Any, url: str, tokens: int) -> Sample:
+    # Tokens are counted from the usage the stream ends with (what OpenAI's include_usage asks
+    # for), never from chunks: a chunk may carry several tokens (a client behind a fast model
+    # gets the text that is ready in one chunk) or none (bytes held until they are UTF-8).
     body = {
         "model": "chat", "prompt": PROMPT, "max_tokens": tokens, "temperature": 0, "stream": True,
+        "stream_options": {"include_usage": True},
     }  # fmt: skip
     started = time.perf_counter()
     first: float | None = None
@@ -266,9 +270,9 @@ async def agent_stream(session: Any, url: str, tokens: int) -> Sample:
                 first = time.perf_counter() - started
             usage = doc.get("usage") or usage
     total = time.perf_counter() - started
-    return Sample(
-        first if first is not None else total, total, int(usage.get("completion_tokens", 0))
-    )
+    if "completion_tokens" not in usage:
+        raise RuntimeError("the agent's stream ended without usage: its tokens cannot be counted")
+    return Sample(first if first is not None else total, total, int(usage["completion_tokens"]))
 
 
 async def agent_run(url: str, tokens: int, sequences: int) -> tuple[list[Sample], float]:

@@ -93,3 +93,26 @@ def reference(
         tokens.append(token)
         text += stream.decode(token)
     return ids, tokens, text
+
+
+def reference_pieces(
+    folder: Path, prompt: str, max_tokens: int, *, chat: bool = False
+) -> list[tuple[str, int]]:
+    """The greedy tokens of `reference` grouped as a streamer prints them: (text, tokens) per
+    piece, one whenever the decoded text becomes printable, the held tail last — what a
+    stream of one response per piece carries."""
+    import onnxruntime_genai as og
+
+    _, tokens, _ = reference(folder, prompt, max_tokens, chat=chat, do_sample=False)
+    stream = og.Tokenizer(og.Model(str(folder))).create_stream()
+    pieces: list[tuple[str, int]] = []
+    pending = 0
+    for token in tokens:
+        pending += 1
+        text = stream.decode(token)
+        if text:
+            pieces.append((text, pending))
+            pending = 0
+    if pending:
+        pieces.append(("", pending))
+    return pieces

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import tarfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from tests.genaimodels import (
     build_endless_model,
     build_genai_model,
     reference,
+    reference_pieces,
 )
 from tests.onnxmodels import build_mlp
 from tests.polling import poll
@@ -490,3 +492,64 @@ def test_langchain_streams_a_chat_through_an_agent_that_does_not_hold_the_model(
     assert whole.usage_metadata["input_tokens"] == len(prompt_ids)
     assert whole.usage_metadata["output_tokens"] == len(tokens)
     assert whole.response_metadata.get("finish_reason") in ("stop", "length")
+
+
+# -- the per-token path: chunks may bundle tokens, counts and the gRPC stream do not -------------
+
+
+def test_fast_streams_on_the_holder_keep_the_runtimes_tokens_and_exact_usage(pool: Pool) -> None:
+    """On the node holding it, the tiny model makes tokens faster than one SSE or NDJSON chunk
+    each can be written: the doors may send several tokens in a chunk, but the text is the
+    runtime's greedy output and the usage counts its tokens, for 4 streams at once too; the
+    gRPC stream still gets one response per piece, each the runtime's own."""
+    tokens = 64
+    expected = reference_pieces(pool.tiny, ENDLESS_PROMPT, tokens)
+    text = "".join(t for t, _ in expected)
+    count = sum(n for _, n in expected)
+    body = {
+        "model": "tiny", "prompt": ENDLESS_PROMPT, "max_tokens": tokens, "temperature": 0,
+        "stream": True,
+    }  # fmt: skip
+
+    def sse_stream(_: int) -> tuple[str, int, int]:
+        with httpx.stream("POST", f"{pool.holder_http}/v1/completions", json=body) as response:
+            docs = [
+                json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: {")
+            ]
+        chunks = [d["choices"][0]["text"] for d in docs[:-1]]
+        return "".join(chunks), len(chunks), docs[-1]["usage"]["completion_tokens"]
+
+    with ThreadPoolExecutor(4) as pool_threads:
+        for got, chunks, usage in [sse_stream(0), *pool_threads.map(sse_stream, range(4))]:
+            assert got == text
+            assert usage == count
+            assert 1 <= chunks <= len([t for t, _ in expected if t])
+
+    with httpx.stream(
+        "POST",
+        f"{pool.holder_http}/api/generate",
+        json={
+            "model": "tiny", "prompt": ENDLESS_PROMPT, "raw": True,
+            "options": {"num_predict": tokens, "temperature": 0},
+        },
+    ) as response:  # fmt: skip
+        lines = ndjson(response)
+    assert "".join(line["response"] for line in lines) == text  # type: ignore[misc]
+    assert lines[-1]["eval_count"] == count
+
+    responses = tritonjobs.run(
+        tritonjobs.stream_generate,
+        pool.holder.address,
+        "tiny",
+        [
+            {
+                "id": "a",
+                "prompt": ENDLESS_PROMPT,
+                "sampling": {"max_tokens": tokens, "temperature": 0},
+            }
+        ],
+    )
+    *pieces, final = responses
+    assert not final["error"] and final["final"] is True
+    assert [(r["text"], r["params"]["hatswarm.tokens"]) for r in pieces] == expected
+    assert final["params"]["hatswarm.completion_tokens"] == count

@@ -6,9 +6,12 @@ has no `gil_scoped_release`), and HailoRT's `LLMGeneratorCompletion.read` is bou
 way. On a worker thread such a model would stall the agent's event loop — every gRPC and HTTP
 request, for every model — for one decode step at a time. So by default a generative model
 lives in its own process (`multiprocessing` spawn) that loads it with the same backend in
-thread mode, and the agent talks to it over a pipe: a message per piece of text, the
-generation's outcome, and the model's load (sequences and tokens) with every start and end,
-and on a piece every 0.1 s while generations run.
+thread mode, and the agent talks to it over a pipe: the pieces of text (sent from the
+producer's thread as they come; while the agent has not read the last message and tokens come
+fast, the next ones wait and go together, see `_Forward`), the generation's outcome, and the
+model's load (sequences and tokens) with every start and end, and on pieces every 0.1 s while
+generations run. The parent reads everything in the pipe at once and hands it to the event
+loop in one callback.
 
 The child enforces the model's sequence slots, so BackendBusyError, ContextLengthError and
 the other request errors come back as themselves. If the child dies, pending and later
@@ -24,10 +27,11 @@ import itertools
 import logging
 import multiprocessing
 import pickle
+import struct
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -42,6 +46,7 @@ from hatswarm_agent.backends.generation import (
     Prompt,
     TokenStream,
 )
+from hatswarm_agent.backends.textgen import ThreadedGenerativeModel
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +54,8 @@ SWITCH_INTERVAL_S = 1e-4
 START_TIMEOUT_S = 300.0  # a 0.5B model loads in seconds; a cold SD card can be slow
 CLOSE_TIMEOUT_S = 10.0
 LOAD_EVERY_S = 0.1  # during a generation, the model's load rides on a piece this often
+HOLD_IF_WITHIN_S = 0.002  # a piece may wait for the next when tokens come faster than this
+READ_BATCH = 256  # messages the parent reads from the pipe before handing them to the loop
 
 
 def _portable(exc: BaseException) -> BaseException:
@@ -60,6 +67,14 @@ def _portable(exc: BaseException) -> BaseException:
     return exc
 
 
+WirePiece = tuple[str, int, tuple[int, ...], float | None]
+
+
+def _wire(piece: Piece) -> WirePiece:
+    """A piece as a plain tuple: pickles several times faster than the dataclass."""
+    return (piece.text, piece.tokens, piece.token_ids, piece.logprob)
+
+
 def _plain(prompt: Prompt) -> str | list[dict[str, str]]:
     return prompt if isinstance(prompt, str) else [dict(m) for m in prompt]
 
@@ -67,12 +82,101 @@ def _plain(prompt: Prompt) -> str | list[dict[str, str]]:
 # -- the child ---------------------------------------------------------------------------------
 
 
+def _unread_bytes(conn: Connection) -> Callable[[], int]:
+    """How many bytes this end has sent that the other has not read yet (Linux: SIOCOUTQ on
+    the socket pair), or a function that always says 0 where that cannot be asked."""
+    try:
+        import fcntl
+        import termios
+
+        fd = conn.fileno()
+        request = termios.TIOCOUTQ  # == SIOCOUTQ
+        fcntl.ioctl(fd, request, b"\0\0\0\0")
+    except (ImportError, AttributeError, OSError):
+        return lambda: 0
+
+    def unread() -> int:
+        try:
+            return int(struct.unpack("i", fcntl.ioctl(fd, request, b"\0\0\0\0"))[0])
+        except OSError:
+            return 0
+
+    return unread
+
+
+class _Forward:
+    """Sends one generation's pieces down the pipe as the producer emits them, from its thread:
+    no hop through the child's event loop per token (which, holding the GIL against the
+    producer, halved a fast model's rate). Pieces emitted before "started" has gone are held
+    and sent right after it, so the parent never sees a piece of a generation it has not
+    started.
+
+    Adaptive bundling: when the parent has not read the last message yet (it is behind) and
+    the model makes tokens fast (the last came less than HOLD_IF_WITHIN_S ago, so the next is
+    about as near), a piece waits for the next one and they go in one message; `flush` sends
+    what waits at the end. A slow model, or a parent that keeps up, gets one message a piece,
+    so neither the first token nor any other waits longer than before."""
+
+    def __init__(
+        self,
+        rid: int,
+        send: Callable[[tuple[Any, ...]], None],
+        load: Callable[[], Any],
+        unread: Callable[[], int],
+    ) -> None:
+        self._rid = rid
+        self._send = send
+        self._load = load
+        self._unread = unread
+        self._lock = threading.Lock()
+        self._started = False
+        self._waiting: list[WirePiece] = []
+        self._last = 0.0  # perf_counter of the last piece
+        self._reported = time.monotonic()
+
+    def __call__(self, piece: Piece) -> None:
+        now = time.perf_counter()
+        with self._lock:
+            self._waiting.append(_wire(piece))
+            fast, self._last = now - self._last < HOLD_IF_WITHIN_S, now
+            if not self._started or (fast and self._unread() > 0):
+                return
+            pieces, self._waiting = self._waiting, []
+        self.pieces(pieces)
+
+    def open(self, prompt_tokens: int) -> None:
+        """Send "started", then what waits."""
+        with self._lock:
+            self._send(("started", self._rid, prompt_tokens, self._load()))
+            self._started = True
+            pieces, self._waiting = self._waiting, []
+            if pieces:
+                self.pieces(pieces)
+
+    def flush(self) -> None:
+        """Send the pieces that wait (before the generation's end)."""
+        with self._lock:
+            pieces, self._waiting = self._waiting, []
+            if pieces:
+                self.pieces(pieces)
+
+    def pieces(self, pieces: list[WirePiece]) -> None:
+        now = time.monotonic()
+        if now - self._reported >= LOAD_EVERY_S:  # KV use grows with every token
+            self._reported = now
+            self._send(("pieces", self._rid, pieces, self._load()))
+        else:
+            self._send(("pieces", self._rid, pieces))
+
+
 def serve(conn: Connection, module: str, factory: str, path: str, options: dict[str, str]) -> None:
     """The child process: load the model in thread mode and serve the parent until closed.
 
-    The runtime holds the GIL for a whole decode step, so the child's own loop (which sends the
-    pieces down the pipe) would get it back only after Python's 5 ms switch interval: pieces
-    would leave in bursts, the first one late. A 0.1 ms interval hands it over after each step.
+    The runtime holds the GIL for a whole decode step, so the child's own loop (which reads
+    requests, starts generations and sends "started" and the ends, and the pieces of a model
+    that does not forward them from its producer) would get it back only after Python's 5 ms
+    switch interval: the first token would be late. A 0.1 ms interval hands it over after each
+    step.
     """
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     asyncio.run(_serve(conn, module, factory, path, options))
@@ -87,6 +191,8 @@ async def _serve(
     def send(message: tuple[Any, ...]) -> None:
         with lock:
             conn.send(message)
+
+    unread = _unread_bytes(conn)
 
     try:
         backend = getattr(importlib.import_module(module), factory)()
@@ -109,47 +215,49 @@ async def _serve(
     inbox: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
 
     def read() -> None:
-        while True:
-            try:
-                message = conn.recv()
-            except (EOFError, OSError):
-                message = ("close",)
-            loop.call_soon_threadsafe(inbox.put_nowait, message)
-            if message[0] == "close":
-                return
+        """Every message in the pipe, read on the loop (no reader thread to hand over from:
+        one thread wake-up less on the way to a first token)."""
+        try:
+            while True:
+                inbox.put_nowait(conn.recv())
+                if not conn.poll():
+                    return
+        except (EOFError, OSError):
+            loop.remove_reader(conn.fileno())
+            inbox.put_nowait(("close",))
 
-    threading.Thread(target=read, name="genai-child-reader", daemon=True).start()
+    loop.add_reader(conn.fileno(), read)
     streams: dict[int, TokenStream] = {}
     cancelled: set[int] = set()
     tasks: set[asyncio.Task[None]] = set()
 
     async def generate(rid: int, prompt: Prompt, params: GenerationParams) -> None:
+        forward = _Forward(rid, send, model.load, unread)
         try:
-            stream = await model.generate(prompt, params)
+            if isinstance(model, ThreadedGenerativeModel):
+                stream = await model.generate(prompt, params, forward)
+            else:
+                stream = await model.generate(prompt, params)
         except Exception as exc:
             send(("error", rid, _portable(exc), model.load()))
             return
         streams[rid] = stream
-        send(("started", rid, stream.prompt_tokens, model.load()))
+        forward.open(stream.prompt_tokens)
         try:
             if rid in cancelled:
                 await stream.aclose()
-            reported = time.monotonic()
-            async for piece in stream:
-                now = time.monotonic()
-                if now - reported >= LOAD_EVERY_S:  # KV use grows with every token
-                    reported = now
-                    send(("piece", rid, piece, model.load()))
-                else:
-                    send(("piece", rid, piece))
+            async for piece in stream:  # a model that does not forward its pieces itself
+                forward.pieces([_wire(piece), *map(_wire, stream.ready())])
             # A cancel ends the iteration at once, while the producer may still be running:
             # wait until it has freed its slot, so the load sent with "done" is true.
             await stream.aclose()
             outcome = Outcome(
                 stream.finish_reason or "stop", stream.completion_tokens, stream.prompt_tokens
             )
+            forward.flush()
             send(("done", rid, outcome, model.load()))
         except Exception as exc:
+            forward.flush()
             send(("error", rid, _portable(exc), model.load()))
         finally:
             streams.pop(rid, None)
@@ -191,6 +299,11 @@ async def _serve(
 
 
 # -- the parent --------------------------------------------------------------------------------
+
+
+def _run_actions(actions: list[tuple[Any, ...]]) -> None:
+    for fn, *args in actions:
+        fn(*args)
 
 
 class _Generation:
@@ -259,23 +372,39 @@ class ProcessModel(LoadedModel):
             raise BackendError(f"the generation worker is gone: {exc}") from exc
 
     def _read(self) -> None:
-        while True:
+        """Read the child's messages; everything already in the pipe is read at once and
+        handed to the loop in one callback (not one loop wake-up per message)."""
+        alive = True
+        while alive:
+            batch: list[tuple[Any, ...]] = []
             try:
-                message = self._conn.recv()
+                batch.append(self._conn.recv())
+                while len(batch) < READ_BATCH and self._conn.poll():
+                    batch.append(self._conn.recv())
             except (EOFError, OSError):
-                break
-            self._dispatch(message)
+                alive = False
+            calls: dict[asyncio.AbstractEventLoop, list[tuple[Any, ...]]] = {}
+            for message in batch:
+                self._dispatch(message, calls)
+            for loop, actions in calls.items():
+                with contextlib.suppress(RuntimeError):  # the loop may be closed
+                    loop.call_soon_threadsafe(_run_actions, actions)
         self._dead = True
         died = BackendError("the generation worker process died: reload the model")
         for rid in list(self._pending):
             self._fail(rid, died)
 
-    def _dispatch(self, message: tuple[Any, ...]) -> None:
+    def _dispatch(
+        self,
+        message: tuple[Any, ...],
+        calls: dict[asyncio.AbstractEventLoop, list[tuple[Any, ...]]],
+    ) -> None:
+        """Act on one message: blocking calls' futures at once, generations' steps queued in
+        `calls` for their loop."""
         kind, rid = message[0], message[1]
         pending = self._pending.get(rid)
-        carries_load = kind in ("started", "done") or (kind in ("error", "piece"))
-        if carries_load and len(message) > 3 and message[3] is not None:
-            self._load = message[3]
+        if len(message) > 3 and message[3] is not None and kind != "result":
+            self._load = message[3]  # started, pieces, done and error may carry the load
         if pending is None:
             return
         if isinstance(pending, Future):
@@ -285,13 +414,14 @@ class ProcessModel(LoadedModel):
             else:
                 pending.set_exception(message[2])
             return
+        actions = calls.setdefault(pending.loop, [])
         if kind == "started":
-            pending.loop.call_soon_threadsafe(self._started, rid, pending, message[2])
-        elif kind == "piece":
-            pending.loop.call_soon_threadsafe(self._push, pending, message[2])
+            actions.append((self._started, rid, pending, message[2]))
+        elif kind == "pieces":
+            actions.append((self._push, pending, [Piece(*p) for p in message[2]]))
         elif kind in ("done", "error"):
             self._pending.pop(rid, None)
-            pending.loop.call_soon_threadsafe(self._end, pending, message[2])
+            actions.append((self._end, pending, message[2]))
 
     def _fail(self, rid: int, exc: BaseException) -> None:
         pending = self._pending.pop(rid, None)
@@ -311,9 +441,9 @@ class ProcessModel(LoadedModel):
             generation.started.set_result(prompt_tokens)
 
     @staticmethod
-    def _push(generation: _Generation, piece: Piece) -> None:
+    def _push(generation: _Generation, pieces: list[Piece]) -> None:
         if generation.stream is not None:
-            generation.stream.push(piece)
+            generation.stream.push_many(pieces)
 
     @staticmethod
     def _end(generation: _Generation, item: Outcome | BaseException) -> None:

@@ -32,7 +32,7 @@ from hatswarm_agent.backends.genparams import (
     Prompt,
 )
 from hatswarm_agent.backends.sequences import GenerationLoad, SequenceSlots
-from hatswarm_agent.backends.tokenstream import Producer, TokenStream, drain_blocking
+from hatswarm_agent.backends.tokenstream import Emitter, Producer, TokenStream, drain_blocking
 
 # Triton's vLLM backend tensor names, so tritonclient code written for it works unchanged.
 TEXT_INPUT = TensorSpec("text_input", "BYTES", (1,))
@@ -109,8 +109,10 @@ class ThreadedGenerativeModel(LoadedModel):
 
     # -- generation ----------------------------------------------------------------------------
 
-    async def generate(self, prompt: Prompt, params: GenerationParams) -> TokenStream:
-        """Stream a completion; see GenerativeModel.generate."""
+    async def generate(
+        self, prompt: Prompt, params: GenerationParams, forward: Emitter | None = None
+    ) -> TokenStream:
+        """Stream a completion; see GenerativeModel.generate. `forward`: see TokenStream.start."""
         if self._closed:
             raise BackendError("model is unloaded")
         params.validate()
@@ -118,7 +120,11 @@ class ThreadedGenerativeModel(LoadedModel):
         await self._slots.acquire(len(ids))
         try:
             return TokenStream.start(
-                self._producer(ids, params), self._executor, len(ids), self._slots.release
+                self._producer(ids, params),
+                self._executor,
+                len(ids),
+                self._slots.release,
+                forward,
             )
         except BaseException:
             self._slots.release()

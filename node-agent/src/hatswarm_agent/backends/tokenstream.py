@@ -13,7 +13,8 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -76,7 +77,8 @@ class TokenStream:
         cancel: Callable[[], None] = lambda: None,
         finished: asyncio.Future[None] | None = None,
     ) -> None:
-        self._queue: asyncio.Queue[Piece | Outcome | BaseException] = asyncio.Queue()
+        self._items: deque[Piece | Outcome | BaseException] = deque()
+        self._waiter: asyncio.Future[None] | None = None
         self._cancel = cancel
         self._done = False
         self._finished = finished  # done once the producer has ended and freed its slot
@@ -88,7 +90,18 @@ class TokenStream:
 
     def push(self, item: Piece | Outcome | BaseException) -> None:
         """Hand the consumer a piece, or the end (an Outcome or an error). On the loop."""
-        self._queue.put_nowait(item)
+        self._items.append(item)
+        self._wake()
+
+    def push_many(self, items: Iterable[Piece | Outcome | BaseException]) -> None:
+        """`push` for several items at once (one wake-up of the consumer). On the loop."""
+        self._items.extend(items)
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     @classmethod
     def start(
@@ -97,18 +110,40 @@ class TokenStream:
         executor: Executor,
         prompt_tokens: int,
         on_done: Callable[[], None],
+        forward: Emitter | None = None,
     ) -> TokenStream:
         """Run `producer(emit, cancelled)` on `executor`; `on_done` runs on the loop when it
-        has ended, before the stream ends or `aclose` returns."""
+        has ended, before the stream ends or `aclose` returns. With `forward`, pieces go to it
+        on the producer's thread instead of through the stream (which then only ends): what a
+        process host sends down its pipe without waking its loop for every token."""
         loop = asyncio.get_running_loop()
         cancelled = threading.Event()
         stream = cls(prompt_tokens, cancel=cancelled.set)
+        # Pieces the loop has not taken yet: one wake-up of the loop per batch, not per token
+        # (a fast model emits faster than the loop wakes up; a slow one still gets one each).
+        outbox: list[Piece] = []
+        lock = threading.Lock()
+
+        def deliver() -> None:
+            with lock:
+                pieces = outbox[:]
+                outbox.clear()
+            stream.push_many(pieces)
 
         def emit(piece: Piece) -> None:
-            if not cancelled.is_set():
-                loop.call_soon_threadsafe(stream.push, piece)
+            if cancelled.is_set():
+                return
+            if forward is not None:
+                forward(piece)
+                return
+            with lock:
+                outbox.append(piece)
+                if len(outbox) > 1:
+                    return  # a delivery is already scheduled and will take this one too
+            loop.call_soon_threadsafe(deliver)
 
         def finish(outcome: Outcome | BaseException) -> None:
+            deliver()  # pieces still in the outbox come before the end
             on_done()  # before the consumer can see the end: its slot is free by then
             stream.push(outcome)
 
@@ -128,20 +163,49 @@ class TokenStream:
     async def __anext__(self) -> Piece:
         if self._done:
             raise StopAsyncIteration
-        item = await self._queue.get()
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        item = self._items.popleft()
         if isinstance(item, Piece):
-            if self.first_token_s is None and item.tokens:
-                self.first_token_s = time.perf_counter() - self._started
-            self.completion_tokens += item.tokens
-            return item
+            return self._take(item)
         self._done = True
         if isinstance(item, BaseException):
             raise item
-        self.finish_reason = item.finish_reason
-        self.completion_tokens = item.completion_tokens
-        if item.prompt_tokens is not None:
-            self.prompt_tokens = item.prompt_tokens
+        self._end(item)
         raise StopAsyncIteration
+
+    def ready(self) -> list[Piece]:
+        """The pieces that have arrived and not been read yet, without waiting (the end, if it
+        is among them, stays for the next `__anext__`). A consumer that is behind the model
+        sends them on together: one chunk to its client instead of one per token."""
+        pieces: list[Piece] = []
+        items = self._items
+        if self._done:
+            return pieces
+        while items and isinstance(items[0], Piece):
+            pieces.append(self._take(items.popleft()))  # type: ignore[arg-type]
+        return pieces
+
+    @property
+    def ended(self) -> bool:
+        """Whether the end (an Outcome or an error) has arrived, read or not."""
+        return self._done or any(not isinstance(item, Piece) for item in self._items)
+
+    def _take(self, piece: Piece) -> Piece:
+        if self.first_token_s is None and piece.tokens:
+            self.first_token_s = time.perf_counter() - self._started
+        self.completion_tokens += piece.tokens
+        return piece
+
+    def _end(self, outcome: Outcome) -> None:
+        self.finish_reason = outcome.finish_reason
+        self.completion_tokens = outcome.completion_tokens
+        if outcome.prompt_tokens is not None:
+            self.prompt_tokens = outcome.prompt_tokens
 
     @property
     def usage(self) -> Usage:

@@ -34,7 +34,12 @@ from hatswarm_agent.http.common import (
     node_headers,
 )
 from hatswarm_agent.http.openai import chat_messages, session
-from hatswarm_agent.serving.generation import CallContext, GenerationCall, PieceStream
+from hatswarm_agent.serving.generation import (
+    CallContext,
+    GenerationCall,
+    PieceStream,
+    ready_pieces,
+)
 
 
 def error_body(error: HttpError) -> dict[str, Any]:
@@ -162,8 +167,11 @@ class OllamaDoor:
             async for piece in stream:
                 if first_ns is None and piece.tokens:
                     first_ns = time.perf_counter_ns()
-                if piece.text:
-                    await response.write(_encode(line(piece.text)))
+                # What arrived while the last line was written goes out with it (one line).
+                more = ready_pieces(stream)
+                text = piece.text + "".join([p.text for p in more]) if more else piece.text
+                if text:
+                    await response.write(_encode(line(text)))
             final = {**line(""), **_done(stream, started, first_ns)}
         except Exception as exc:
             final = error_body(http_error(exc))

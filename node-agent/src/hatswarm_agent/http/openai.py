@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
-from hatswarm_agent.backends.generation import GenerationParams, Message, Piece, Usage
+from hatswarm_agent.backends.generation import GenerationParams, Message, Usage
 from hatswarm_agent.http.common import (
     HttpError,
     Services,
@@ -33,7 +33,12 @@ from hatswarm_agent.http.common import (
 )
 from hatswarm_agent.http.kserve import infer_texts
 from hatswarm_agent.protocol.wire import SESSION_HEADER
-from hatswarm_agent.serving.generation import CallContext, GenerationCall, PieceStream
+from hatswarm_agent.serving.generation import (
+    CallContext,
+    GenerationCall,
+    PieceStream,
+    ready_pieces,
+)
 
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -126,13 +131,26 @@ def sampling(body: dict[str, Any]) -> GenerationParams:
     return GenerationParams.from_mapping(params)
 
 
+_SENTINEL = "\x00hatswarm-text\x00"
+
+
+def sse_template(doc: Callable[[str], dict[str, Any]]) -> Callable[[str], bytes]:
+    """The SSE event of `doc(text)`, encoded once: per chunk only the text is encoded (the same
+    bytes json.dumps of the whole document gives), not the whole document again."""
+    head, tail = json.dumps(doc(_SENTINEL)).split(json.dumps(_SENTINEL))
+    before, after = b"data: " + head.encode(), tail.encode() + b"\n\n"
+    return lambda text: before + json.dumps(text).encode() + after
+
+
 async def sse(
     request: web.Request,
     stream: PieceStream,
-    chunk: Callable[[Piece], dict[str, Any] | None],
+    chunk: Callable[[str], bytes | None],
     end: Callable[[PieceStream], dict[str, Any]],
 ) -> web.StreamResponse:
-    """Pieces as server-sent events; the end (or an error event) then `data: [DONE]`."""
+    """Pieces as server-sent events, `chunk(text)` each (None: nothing to send); the end (or an
+    error event) then `data: [DONE]`. Pieces that arrived while the last chunk was written go
+    out together as one chunk (see `ready_pieces`); the usage at the end counts tokens."""
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",
@@ -143,9 +161,11 @@ async def sse(
     await response.prepare(request)
     try:
         async for piece in stream:
-            doc = chunk(piece)
-            if doc is not None:
-                await response.write(b"data: " + json.dumps(doc).encode() + b"\n\n")
+            more = ready_pieces(stream)
+            text = piece.text + "".join([p.text for p in more]) if more else piece.text
+            data = chunk(text)
+            if data is not None:
+                await response.write(data)
         final = end(stream)
     except Exception as exc:
         final = error_body(http_error(exc))
@@ -195,16 +215,15 @@ class OpenAIDoor:
 
         if streaming:
             first = True
+            opening = sse_template(lambda text: chunk({"role": "assistant", "content": text}))
+            following = sse_template(lambda text: chunk({"content": text}))
 
-            def piece_chunk(piece: Piece) -> dict[str, Any] | None:
+            def piece_chunk(text: str) -> bytes | None:
                 nonlocal first
-                if not piece.text and not first:
-                    return None
-                delta = {"role": "assistant", "content": piece.text} if first else {
-                    "content": piece.text
-                }  # fmt: skip
-                first = False
-                return chunk(delta)
+                if first:
+                    first = False
+                    return opening(text)
+                return following(text) if text else None
 
             def end(s: PieceStream) -> dict[str, Any]:
                 return {**chunk({}, s.finish_reason), "usage": usage_json(s.usage)}
@@ -263,8 +282,11 @@ class OpenAIDoor:
             def end(s: PieceStream) -> dict[str, Any]:
                 return {**chunk("", s.finish_reason), "usage": usage_json(s.usage)}
 
+            text_chunk = sse_template(chunk)
             try:
-                return await sse(request, stream, lambda p: chunk(p.text) if p.text else None, end)
+                return await sse(
+                    request, stream, lambda text: text_chunk(text) if text else None, end
+                )
             finally:
                 await stream.aclose()
         text = await _collect(stream)

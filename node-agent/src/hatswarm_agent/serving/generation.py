@@ -92,6 +92,16 @@ class CallContext:
         return max(0.0, self._deadline - time.monotonic())
 
 
+def ready_pieces(stream: PieceStream) -> list[Piece]:
+    """The pieces of `stream` that have arrived and not been read yet, without waiting ([] for
+    a stream that cannot tell). A front door that is behind its model (a small model on a busy
+    node makes tokens faster than one HTTP chunk each can be written and parsed) sends them with
+    the piece it has just read, as one chunk: vLLM's stream interval, but adaptive, so a slow
+    model still streams one chunk per token and the first token is never held back."""
+    ready = getattr(stream, "ready", None)
+    return list(ready()) if ready is not None else []
+
+
 # The front doors' entry points: the router's, or this node's own when nothing routes.
 Generate = Callable[[GenerationCall, Any], Awaitable[PieceStream]]
 
@@ -171,6 +181,16 @@ class LocalStream:
             if m is not None:
                 m.first_token.observe(ttft)
         return piece
+
+    def ready(self) -> list[Piece]:
+        """The pieces that have arrived and not been read yet, without waiting (see
+        `ready_pieces`)."""
+        pieces = self._stream.ready()
+        if pieces:
+            tokens = sum(p.tokens for p in pieces)
+            self._entry.generation.tokens(tokens)
+            self._tokens_seen += tokens
+        return pieces
 
     async def aclose(self) -> None:
         await self._stream.aclose()

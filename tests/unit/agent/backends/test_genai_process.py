@@ -7,6 +7,7 @@ import json
 import os
 import resource
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,10 +22,11 @@ from hatswarm_agent.backends.generation import (
     ContextLengthError,
     GenerationParams,
     GenerativeModel,
+    Piece,
 )
-from hatswarm_agent.backends.isolation import ProcessModel
+from hatswarm_agent.backends.isolation import HOLD_IF_WITHIN_S, ProcessModel, _Forward
 
-from tests.genaimodels import TinyDecoder, build_genai_model, reference
+from tests.genaimodels import TinyDecoder, build_genai_model, reference, reference_pieces
 
 PROMPT = "hello world, the pool serves"
 GREEDY = GenerationParams(max_tokens=40, temperature=0.0)
@@ -169,3 +171,72 @@ async def test_a_dead_worker_fails_clearly(backend: GenaiBackend, long_folder: P
 def test_a_folder_that_does_not_load_fails_at_load(backend: GenaiBackend, tmp_path: Path) -> None:
     with pytest.raises(BackendError, match="genai_config"):
         backend.load(tmp_path, {})
+
+
+async def test_a_consumer_that_falls_behind_gets_every_piece_at_once_with_exact_tokens(
+    model: ProcessModel, folder: Path
+) -> None:
+    """A fast generation whose pieces pile up (in the pipe, in the stream) while the consumer
+    is away: one `ready()` takes them all, in order, each piece the runtime's own, and the
+    usage counts tokens, not pieces or messages."""
+    expected = reference_pieces(folder, PROMPT, 40)
+    assert len(expected) > 3
+    stream = await model.generate(PROMPT, GREEDY)
+    first = await stream.__anext__()
+    for _ in range(3000):  # until the end has arrived: every piece is in by then
+        if stream.ended:
+            break
+        await asyncio.sleep(0.01)
+    assert stream.ended
+    rest = stream.ready()
+    assert stream.ready() == []  # taken
+    assert [p async for p in stream] == []  # only the end was left
+    got = [first, *rest]
+    assert [(p.text, p.tokens) for p in got] == expected
+    _, ids, _ = reference(folder, PROMPT, 40, do_sample=False)
+    assert [t for p in got for t in p.token_ids] == ids
+    tokens = len(ids)
+    assert stream.completion_tokens == sum(p.tokens for p in got) == tokens
+    assert stream.usage.completion_tokens == tokens
+    assert stream.finish_reason in ("stop", "length")
+
+
+def test_forwarding_sends_at_once_unless_the_reader_is_behind_and_tokens_come_fast() -> None:
+    """The child's adaptive bundling (isolation._Forward): the first piece and every piece
+    while the parent keeps up go alone and at once; while the parent has not read the last
+    message and tokens come fast, pieces wait and go together, in order; `flush` sends what
+    waits before the end; pieces before "started" follow it."""
+    sent: list[tuple[object, ...]] = []
+    behind = [0]
+    forward = _Forward(7, sent.append, lambda: None, lambda: behind[0])
+
+    def piece(i: int) -> Piece:
+        return Piece(str(i), 1, (i,))
+
+    def texts(message: tuple[object, ...]) -> list[str]:
+        assert message[0] == "pieces" and message[1] == 7
+        return [p[0] for p in message[2]]  # type: ignore[attr-defined]
+
+    forward(piece(0))  # before "started": held
+    assert sent == []
+    forward.open(5)
+    assert sent[0][:3] == ("started", 7, 5) and texts(sent[1]) == ["0"]
+    del sent[:]
+    forward(piece(1))  # the reader keeps up: alone, at once
+    assert [texts(m) for m in sent] == [["1"]]
+    behind[0] = 512  # the reader is behind and tokens come fast: they wait
+    forward(piece(2))
+    forward(piece(3))
+    assert [texts(m) for m in sent] == [["1"]]
+    behind[0] = 0  # caught up: everything waiting goes in one message, in order
+    forward(piece(4))
+    assert [texts(m) for m in sent] == [["1"], ["2", "3", "4"]]
+    behind[0] = 512
+    forward(piece(5))
+    forward.flush()  # the end: nothing stays behind
+    assert [texts(m) for m in sent] == [["1"], ["2", "3", "4"], ["5"]]
+    time.sleep(2 * HOLD_IF_WITHIN_S)  # a slow model: never held, even with the reader behind
+    forward(piece(6))
+    assert [texts(m) for m in sent][-1] == ["6"]
+    forward.flush()
+    assert len(sent) == 4
