@@ -357,6 +357,9 @@ def measure(case: Case, threads: int) -> dict[str, Any]:
         ]
         return statistics.median(values)
 
+    def ratio_of(a: str, field_a: str, b: str, field_b: str) -> float:
+        return statistics.median(row[a][field_a] / row[b][field_b] for row in rows)
+
     overhead = paired("agent_1", "runtime_1", "ttft_ms", diff=True)
     figures = {
         key: {f: round(med(key, f), 3) for f in ("ttft_ms", "decode_tps", "aggregate_tps")}
@@ -385,23 +388,22 @@ def measure(case: Case, threads: int) -> dict[str, Any]:
                 "value": round(cached_ttft_ms / figures["agent_1"]["ttft_ms"], 3),
                 "target": "< 1 (a follow-up prompt on the node holding its prefix)",
             },
+            # Like with like: both sides' tokens over the wall time of the whole run, prefill
+            # included (dividing an aggregate by a decode-only rate would count the 4-sequence
+            # side's prefill against it alone); the decode-only quotient is kept for reference.
             f"{case.name}_agent_4seq_aggregate_vs_runtime_1seq": {
                 "value": round(
-                    statistics.median(
-                        row["agent_4"]["aggregate_tps"] / row["runtime_1"]["decode_tps"]
-                        for row in rows
-                    ),
-                    3,
+                    ratio_of("agent_4", "aggregate_tps", "runtime_1", "aggregate_tps"), 3
                 ),
                 "target": ">= 1",
             },
+            f"{case.name}_agent_4seq_aggregate_vs_runtime_1seq_decode": {
+                "value": round(ratio_of("agent_4", "aggregate_tps", "runtime_1", "decode_tps"), 3),
+                "target": "(against the decode-only rate, for reference)",
+            },
             f"{case.name}_runtime_4seq_aggregate_vs_runtime_1seq": {
                 "value": round(
-                    statistics.median(
-                        row["runtime_4"]["aggregate_tps"] / row["runtime_1"]["decode_tps"]
-                        for row in rows
-                    ),
-                    3,
+                    ratio_of("runtime_4", "aggregate_tps", "runtime_1", "aggregate_tps"), 3
                 ),
                 "target": "(the runtime's own concurrency, for reference)",
             },
