@@ -74,13 +74,26 @@ class AloneChoice:
 
     wide_s: float = 0.0
     narrow_s: float = 0.0
+    on_wide: bool | None = None  # the way chosen last; None after a fresh timing of both
 
     WEIGHT = 0.3
+    # Leave the way in use only for one this much faster. Only that way learns from requests,
+    # and a few slow runs (a wake-up, a scheduler hiccup) must not flip the choice to the
+    # other way for good: its figure is stale and nothing re-measures it under steady traffic
+    # (measured: SqueezeNet lone requests stuck on the 1-thread way for whole runs, 2.5x raw).
+    # A real slowdown (beside a busy process the wide way goes 2-5x slower) still switches.
+    MARGIN = 0.25
 
     def wide(self) -> bool:
         if not self.wide_s or not self.narrow_s:
             return not self.wide_s  # unmeasured: only at start, before any timing
-        return self.wide_s <= self.narrow_s
+        if self.on_wide is None:
+            self.on_wide = self.wide_s <= self.narrow_s
+        elif self.on_wide:
+            self.on_wide = self.wide_s <= self.narrow_s * (1 + self.MARGIN)
+        else:
+            self.on_wide = self.wide_s * (1 + self.MARGIN) <= self.narrow_s
+        return self.on_wide
 
     def learn(self, wide: bool, seconds_per_item: float) -> None:
         if wide:
@@ -96,6 +109,7 @@ class AloneChoice:
             self.narrow_s = narrow_s
         if wide_s > 0:
             self.wide_s = wide_s
+        self.on_wide = None  # both measured alike just now: the faster one, no margin
 
 
 T = TypeVar("T")

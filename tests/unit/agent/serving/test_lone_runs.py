@@ -75,6 +75,29 @@ def test_choice_keeps_the_faster_way_and_never_explores_on_requests() -> None:
     assert choice.wide()
 
 
+def test_a_few_slow_runs_do_not_flip_the_lone_way() -> None:
+    """Only the way in use learns, so a flip on noise would stick: it takes a clear margin."""
+    choice = AloneChoice()
+    choice.retime(narrow_s=0.0075, wide_s=0.0045)
+    assert choice.wide()
+    for _ in range(3):  # hiccups: the wide way's average rises to ~8.8 ms, past narrow's 7.5
+        choice.learn(True, 0.011)
+    assert choice.wide_s > choice.narrow_s
+    assert choice.wide()  # within the margin: stays
+    for _ in range(3):
+        choice.learn(True, 0.0045)  # and recovers
+    assert choice.wide()
+    for _ in range(10):
+        choice.learn(True, 0.020)  # a real slowdown: well past the margin
+    assert not choice.wide()
+    choice.learn(False, 0.016)  # narrow slows down a little too: not enough to go back
+    assert not choice.wide()
+    choice.retime(narrow_s=0.0075, wide_s=0.008)  # a fresh timing of both: the faster, no margin
+    assert not choice.wide()
+    choice.retime(narrow_s=0.0075, wide_s=0.0070)
+    assert choice.wide()
+
+
 async def test_lone_requests_run_the_faster_way_and_concurrent_ones_narrow() -> None:
     model = TwoWays(alone_times=(0.015, 0.010))
     queue = ModelQueue(model, limit=100, max_batch_size=0, max_queue_delay_s=0, concurrency=2)
