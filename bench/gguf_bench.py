@@ -123,9 +123,27 @@ class ThroughAgent:
     def round(self, text: str, tokens: int) -> tuple[float, float, float, int]:
         start = time.perf_counter()
         stream = self.client.completions.create(
-            model="m", prompt=text, max_tokens=tokens, temperature=0, stream=True
+            model="m",
+            prompt=text,
+            max_tokens=tokens,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
         )
-        return measure((1 for c in stream if c.choices and c.choices[0].text), start)
+        # A chunk may carry several tokens (the agent sends what is ready as one chunk), so the
+        # count comes from usage; chunks give the times of the first and the last piece.
+        first = last = 0.0
+        count: int | None = None
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].text:
+                last = time.perf_counter()
+                first = first or last
+            if chunk.usage is not None:
+                count = chunk.usage.completion_tokens
+        if count is None:
+            raise RuntimeError("the agent's stream ended without usage (stream_options)")
+        decode = (count - 1) / (last - first) if count > 1 and last > first else 0.0
+        return first - start, decode, count / (last - start) if count else 0.0, count
 
     def close(self) -> None:
         self.agent.stop()

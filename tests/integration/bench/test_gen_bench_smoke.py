@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import statistics
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -47,8 +48,16 @@ def test_tiny_round_measures_runtime_and_agent_paired(
         "tiny_ttft_agent_vs_runtime",
         "tiny_ttft_prefix_cached_vs_cold",
         "tiny_agent_4seq_aggregate_vs_runtime_1seq",
+        "tiny_agent_4seq_aggregate_vs_runtime_1seq_decode",
         "tiny_runtime_4seq_aggregate_vs_runtime_1seq",
     }
+    # like with like: the 4-sequence target divides aggregate by aggregate, round by round
+    rows = result["rows"]
+    expected = statistics.median(
+        r["agent_4"]["aggregate_tps"] / r["runtime_1"]["aggregate_tps"] for r in rows
+    )
+    got = result["ratios"]["tiny_agent_4seq_aggregate_vs_runtime_1seq"]["value"]
+    assert got == pytest.approx(expected, abs=0.001)
     assert all(math.isfinite(r["value"]) and r["value"] > 0 for r in result["ratios"].values())
     assert math.isfinite(result["ttft_overhead_ms"])
     assert math.isfinite(result["load_average_before"])
