@@ -21,9 +21,12 @@ full ``max_tokens``. Per round and model, in alternating order:
 - 4 sequences at once: the runtime with 4 threads (one ``Generator`` each) and the agent with 4
   concurrent streams; aggregate tokens/s = all generated tokens over the wall time.
 
-The agent runs the model as it does in production, in its child process, with
+The agent runs the model as it does in production, in child processes: ``processes`` 2 (the
+weights loaded twice, so that two sequences decode at once: onnxruntime-genai's binding holds
+the GIL for a whole step, so the runtime's own four threads take turns), each with
 ``intra_op_num_threads`` equal to the runtime's (1: on these two shared cores a second spinning
-intra-op thread only adds noise) and ``max_sequences`` 4, but its prefix cache off for the paired
+intra-op thread only adds noise) and ``max_sequences`` 4; a second agent with one process (the
+default) runs the 4 sequences too, for reference. The prefix cache is off for the paired
 rounds (every request prefills its whole prompt, as the runtime's does); then a second agent with
 the cache on measures what a repeated prompt costs (the next turn of a conversation on the node
 its affinity picks): ``ttft_prefix_cached_ms``. Ratios: agent decode rate over
@@ -62,6 +65,9 @@ CACHE = Path(
     os.environ.get("HATSWARM_BENCH_CACHE", Path(tempfile.gettempdir()) / "hatswarm-bench-cache")
 )
 PROMPT = "hello world, the pool serves a small model on every node"
+# The agent's generation processes (option `processes`): two, one per core of this machine, so
+# four sequences run two at a time; a second agent with one process is measured beside it.
+PROCESSES = 2
 HOST = "127.0.0.1"
 
 
@@ -202,7 +208,9 @@ def free_port() -> int:
 class Agent:
     """hatswarm-agent serving one generative model, with its OpenAI door on `http`."""
 
-    def __init__(self, folder: Path, threads: int, sequences: int, prefix_cache: int) -> None:
+    def __init__(
+        self, folder: Path, threads: int, sequences: int, prefix_cache: int, processes: int = 1
+    ) -> None:
         self.port, http = free_port(), free_port()
         self.http = f"http://{HOST}:{http}"
         fd, name = tempfile.mkstemp(prefix="gen-bench-agent-", suffix=".log")
@@ -213,7 +221,7 @@ class Agent:
             "--model", f"chat@genai={folder}",
             "--option", f"intra_op_num_threads={threads}",
             "--option", f"max_sequences={sequences}", "--option", "max_queued=0",
-            "--option", f"prefix_cache={prefix_cache}",
+            "--option", f"prefix_cache={prefix_cache}", "--option", f"processes={processes}",
         ]  # fmt: skip
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=fd)
         os.close(fd)
@@ -319,21 +327,24 @@ def measure(case: Case, threads: int) -> dict[str, Any]:
     runtime_run(model, tokenizer, min(8, case.max_tokens), 1)  # warm-up
     # Paired rounds without the prefix cache: every request prefills its whole prompt, as the
     # runtime's does (with it, a repeated prompt would prefill one token).
-    agent = Agent(folder, threads, 4, prefix_cache=0)
+    agent = Agent(folder, threads, 4, prefix_cache=0, processes=PROCESSES)
+    single = Agent(folder, threads, 4, prefix_cache=0, processes=1)
     rows: list[dict[str, Any]] = []
     load_before = load_average()
     try:
-        agent.wait_ready()
-        asyncio.run(agent_run(agent.http, min(8, case.max_tokens), 1))  # warm-up
+        for a in (agent, single):
+            a.wait_ready()
+            asyncio.run(agent_run(a.http, min(8, case.max_tokens), 4))  # warm-up
         for r in range(case.rounds):
             row: dict[str, Any] = {}
-            order = ("runtime", "agent") if r % 2 == 0 else ("agent", "runtime")
+            order = ("runtime", "agent", "single") if r % 2 == 0 else ("single", "agent", "runtime")
             for who in order:
-                for n in (1, 4):
+                for n in (1, 4) if who != "single" else (4,):
                     if who == "runtime":
                         samples, wall = runtime_run(model, tokenizer, case.max_tokens, n)
                     else:
-                        samples, wall = asyncio.run(agent_run(agent.http, case.max_tokens, n))
+                        url = agent.http if who == "agent" else single.http
+                        samples, wall = asyncio.run(agent_run(url, case.max_tokens, n))
                     bad = [s.tokens for s in samples if s.tokens != case.max_tokens]
                     if bad:
                         raise RuntimeError(f"{who} generated {bad} tokens, not {case.max_tokens}")
@@ -345,6 +356,7 @@ def measure(case: Case, threads: int) -> dict[str, Any]:
             rows.append(row)
     finally:
         agent.stop()
+        single.stop()
     cached_ttft_ms = prefix_cached_ttft_ms(folder, threads, case.max_tokens)
     load_after = load_average()
 
@@ -363,13 +375,14 @@ def measure(case: Case, threads: int) -> dict[str, Any]:
     overhead = paired("agent_1", "runtime_1", "ttft_ms", diff=True)
     figures = {
         key: {f: round(med(key, f), 3) for f in ("ttft_ms", "decode_tps", "aggregate_tps")}
-        for key in ("runtime_1", "agent_1", "runtime_4", "agent_4")
+        for key in ("runtime_1", "agent_1", "runtime_4", "agent_4", "single_4")
     }
     return {
         "model": case.name,
         "max_tokens": case.max_tokens,
         "rounds": case.rounds,
         "intra_op_num_threads": threads,
+        "processes": PROCESSES,
         "load_average_before": round(load_before, 2),
         "load_average_after": round(load_after, 2),
         "figures": figures,
@@ -401,6 +414,12 @@ def measure(case: Case, threads: int) -> dict[str, Any]:
                 "value": round(ratio_of("agent_4", "aggregate_tps", "runtime_1", "decode_tps"), 3),
                 "target": "(against the decode-only rate, for reference)",
             },
+            f"{case.name}_agent_4seq_one_process_aggregate_vs_runtime_1seq": {
+                "value": round(
+                    ratio_of("single_4", "aggregate_tps", "runtime_1", "aggregate_tps"), 3
+                ),
+                "target": "(the model in one process, for reference)",
+            },
             f"{case.name}_runtime_4seq_aggregate_vs_runtime_1seq": {
                 "value": round(
                     ratio_of("runtime_4", "aggregate_tps", "runtime_1", "aggregate_tps"), 3
@@ -412,7 +431,11 @@ def measure(case: Case, threads: int) -> dict[str, Any]:
     }
 
 
-def run(quick: bool = False, models: tuple[str, ...] = ("tiny", "qwen05b_int4")) -> dict[str, Any]:
+def run(
+    quick: bool = False,
+    models: tuple[str, ...] = ("tiny", "qwen05b_int4"),
+    chart_path: Path = BENCH_DIR / "generation.png",
+) -> dict[str, Any]:
     """Every model's figures; `quick`: the tiny model only, 2 short rounds."""
     threads = 1  # these 2 shared cores: a second spinning intra-op thread only adds noise
     cases = [
@@ -428,13 +451,13 @@ def run(quick: bool = False, models: tuple[str, ...] = ("tiny", "qwen05b_int4"))
         out["models"][case.name] = result
         out["ratios"].update(result["ratios"])
     if not quick and out["models"]:
-        chart(out, BENCH_DIR / "generation.png")
+        chart(out, chart_path)
     return out
 
 
 def chart(result: dict[str, Any], path: Path) -> None:
-    """Tokens/s and TTFT per model: runtime vs agent, 1 and 4 sequences (needs matplotlib, the
-    operator's `plot` extra)."""
+    """Tokens/s and TTFT per model: runtime vs agent (and the agent with one process), 1 and 4
+    sequences (needs matplotlib, the operator's `plot` extra)."""
     try:
         import matplotlib
     except ImportError:
@@ -446,8 +469,9 @@ def chart(result: dict[str, Any], path: Path) -> None:
 
     models = list(result["models"])
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    keys = ("runtime_1", "agent_1", "runtime_4", "agent_4")
-    width = 0.2
+    keys = ("runtime_1", "agent_1", "runtime_4", "agent_4", "single_4")
+    labels = {"single_4": "agent (1 process), 4 seq"}
+    width = 0.16
     for i, key in enumerate(keys):
         tps = [
             result["models"][m]["figures"][key][
@@ -456,9 +480,10 @@ def chart(result: dict[str, Any], path: Path) -> None:
             for m in models
         ]
         ttft = [result["models"][m]["figures"][key]["ttft_ms"] for m in models]
-        xs = [j + (i - 1.5) * width for j in range(len(models))]
-        axes[0].bar(xs, tps, width, label=key.replace("_", ", ") + " seq")
-        axes[1].bar(xs, ttft, width, label=key.replace("_", ", ") + " seq")
+        xs = [j + (i - 2) * width for j in range(len(models))]
+        label = labels.get(key, key.replace("_", ", ") + " seq")
+        axes[0].bar(xs, tps, width, label=label)
+        axes[1].bar(xs, ttft, width, label=label)
     for ax, title in zip(
         axes, ("tokens/s (1 seq: decode rate; 4: aggregate)", "TTFT ms (median)"), strict=True
     ):
@@ -478,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path)
     p.add_argument("--chart", type=Path, default=BENCH_DIR / "generation.png")
     args = p.parse_args(argv)
-    result = run(args.quick, tuple(args.models.split(",")))
+    result = run(args.quick, tuple(args.models.split(",")), args.chart)
     for name, ratio in result["ratios"].items():
         print(f"{name:<55} {ratio['value']:9.3f}  {ratio['target']}")
     for name, model in result["models"].items():

@@ -40,7 +40,7 @@ def test_tiny_round_measures_runtime_and_agent_paired(
     result = bench.measure(bench.Case("tiny", max_tokens=8, rounds=1), threads=1)
     assert (tmp_path / "cache").is_dir()  # built there, nothing downloaded
     figures = result["figures"]
-    assert set(figures) == {"runtime_1", "agent_1", "runtime_4", "agent_4"}
+    assert set(figures) == {"runtime_1", "agent_1", "runtime_4", "agent_4", "single_4"}
     for key, row in figures.items():
         assert all(value > 0 for value in row.values()), key
     assert set(result["ratios"]) == {
@@ -49,6 +49,7 @@ def test_tiny_round_measures_runtime_and_agent_paired(
         "tiny_ttft_prefix_cached_vs_cold",
         "tiny_agent_4seq_aggregate_vs_runtime_1seq",
         "tiny_agent_4seq_aggregate_vs_runtime_1seq_decode",
+        "tiny_agent_4seq_one_process_aggregate_vs_runtime_1seq",
         "tiny_runtime_4seq_aggregate_vs_runtime_1seq",
     }
     # like with like: the 4-sequence target divides aggregate by aggregate, round by round
@@ -59,6 +60,7 @@ def test_tiny_round_measures_runtime_and_agent_paired(
     got = result["ratios"]["tiny_agent_4seq_aggregate_vs_runtime_1seq"]["value"]
     assert got == pytest.approx(expected, abs=0.001)
     assert all(math.isfinite(r["value"]) and r["value"] > 0 for r in result["ratios"].values())
+    assert result["processes"] == bench.PROCESSES == 2
     assert math.isfinite(result["ttft_overhead_ms"])
     assert math.isfinite(result["load_average_before"])
     chart = tmp_path / "generation.png"

@@ -70,6 +70,7 @@ from hatswarm_agent.backends.generation import (
 )
 from hatswarm_agent.backends.isolation import ProcessModel
 from hatswarm_agent.backends.options import bool_option, int_option
+from hatswarm_agent.backends.processgroup import ProcessGroup, isolated
 from hatswarm_agent.backends.textgen import ThreadedGenerativeModel, check_prompt_length
 
 log = logging.getLogger(__name__)
@@ -387,7 +388,7 @@ class GenaiModel(ThreadedGenerativeModel):
         self._folder.cleanup()
 
 
-class GenaiBackend(CpuModelBackend[GenaiModel | ProcessModel]):
+class GenaiBackend(CpuModelBackend[GenaiModel | ProcessModel | ProcessGroup]):
     """Loads onnxruntime-genai model folders on the CPU."""
 
     name = "onnxruntime-genai"
@@ -396,14 +397,17 @@ class GenaiBackend(CpuModelBackend[GenaiModel | ProcessModel]):
         super().__init__()
         self._og = _import_og()
 
-    def load(self, path: Path, options: Mapping[str, str]) -> GenaiModel | ProcessModel:
+    def load(
+        self, path: Path, options: Mapping[str, str]
+    ) -> GenaiModel | ProcessModel | ProcessGroup:
         """Options: max_sequences, max_queued, prefix_cache, prefix_headroom,
         intra_op_num_threads, chat_template, warm_up,
         isolation (process, the default: the model runs in a child process, see
-        isolation.py; thread: in this process, for tests and tools)."""
+        isolation.py, or in `processes` of them, see processgroup.py; thread: in this
+        process, for tests and tools)."""
         isolation = options.get("isolation", "process")
         if isolation == "process":
-            return self._track(ProcessModel(__name__, type(self).__name__, path, options))
+            return self._track(isolated(__name__, type(self).__name__, path, options))
         if isolation != "thread":
             raise BackendError(f"option isolation must be process or thread, got {isolation!r}")
         return self._track(

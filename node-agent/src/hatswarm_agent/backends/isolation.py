@@ -25,6 +25,7 @@ import contextlib
 import importlib
 import itertools
 import logging
+import math
 import multiprocessing
 import pickle
 import struct
@@ -55,6 +56,12 @@ START_TIMEOUT_S = 300.0  # a 0.5B model loads in seconds; a cold SD card can be 
 CLOSE_TIMEOUT_S = 10.0
 LOAD_EVERY_S = 0.1  # during a generation, the model's load rides on a piece this often
 HOLD_IF_WITHIN_S = 0.002  # a piece may wait for the next when tokens come faster than this
+# Fast pieces travel together, sent at most this long after the first of them: one pipe
+# message (a wake-up of the agent and of its client) per 2 ms instead of one per token.
+BUNDLE_S = 0.002
+# While several sequences run, their producers take turns on the GIL: at 0.1 ms they would
+# hand it over after every decode step (4 tiny-model sequences ran at half the rate of one).
+SHARED_SWITCH_INTERVAL_S = 0.002
 READ_BATCH = 256  # messages the parent reads from the pipe before handing them to the loop
 
 
@@ -111,11 +118,13 @@ class _Forward:
     and sent right after it, so the parent never sees a piece of a generation it has not
     started.
 
-    Adaptive bundling: when the parent has not read the last message yet (it is behind) and
-    the model makes tokens fast (the last came less than HOLD_IF_WITHIN_S ago, so the next is
-    about as near), a piece waits for the next one and they go in one message; `flush` sends
-    what waits at the end. A slow model, or a parent that keeps up, gets one message a piece,
-    so neither the first token nor any other waits longer than before."""
+    Bundling: a piece that comes less than HOLD_IF_WITHIN_S after the one before (a fast model)
+    waits while the first waiting piece is younger than BUNDLE_S, or while the parent has not
+    read the last message; then they go in one message. `end` sends what waits and the end
+    when the producer has ended (from its thread, before the loop hears of it). The first
+    token never waits, and a slow model's pieces go one a message as before. A tiny model at
+    ~20k tokens/s sent one message per two tokens and ran at 0.6x its rate alone; at one per
+    2 ms it keeps up (bench/gen_bench.py)."""
 
     def __init__(
         self,
@@ -123,42 +132,64 @@ class _Forward:
         send: Callable[[tuple[Any, ...]], None],
         load: Callable[[], Any],
         unread: Callable[[], int],
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._rid = rid
         self._send = send
         self._load = load
         self._unread = unread
+        self._clock = clock
         self._lock = threading.Lock()
         self._started = False
         self._waiting: list[WirePiece] = []
-        self._last = 0.0  # perf_counter of the last piece
+        self._last = -math.inf  # when the last piece came
+        self._since = 0.0  # when the first waiting piece came
         self._reported = time.monotonic()
+        self._end: tuple[Any, ...] | None = None  # "done" or "error", once the producer ended
 
     def __call__(self, piece: Piece) -> None:
-        now = time.perf_counter()
+        now = self._clock()
         with self._lock:
+            if not self._waiting:
+                self._since = now
             self._waiting.append(_wire(piece))
             fast, self._last = now - self._last < HOLD_IF_WITHIN_S, now
-            if not self._started or (fast and self._unread() > 0):
+            if not self._started or (fast and (now - self._since < BUNDLE_S or self._unread() > 0)):
                 return
             pieces, self._waiting = self._waiting, []
         self.pieces(pieces)
 
     def open(self, prompt_tokens: int) -> None:
-        """Send "started", then what waits."""
+        """Send "started", then what waits (and the end, if the producer has ended)."""
         with self._lock:
             self._send(("started", self._rid, prompt_tokens, self._load()))
             self._started = True
-            pieces, self._waiting = self._waiting, []
-            if pieces:
-                self.pieces(pieces)
+            self._flush()
+            if self._end is not None:
+                self._send(self._end)
 
     def flush(self) -> None:
         """Send the pieces that wait (before the generation's end)."""
         with self._lock:
-            pieces, self._waiting = self._waiting, []
-            if pieces:
-                self.pieces(pieces)
+            self._flush()
+
+    def end(self, outcome: Outcome | BaseException) -> None:
+        """The producer has ended and freed its slot: send what waits and "done" (or "error")
+        with the load, from the producer's thread (held until "started" has gone)."""
+        with self._lock:
+            self._end = (
+                ("done", self._rid, outcome, self._load())
+                if isinstance(outcome, Outcome)
+                else ("error", self._rid, _portable(outcome), self._load())
+            )
+            if self._started:
+                self._flush()
+                self._send(self._end)
+
+    def _flush(self) -> None:
+        pieces, self._waiting = self._waiting, []
+        if pieces:
+            self.pieces(pieces)
 
     def pieces(self, pieces: list[WirePiece]) -> None:
         now = time.monotonic()
@@ -176,7 +207,8 @@ def serve(conn: Connection, module: str, factory: str, path: str, options: dict[
     requests, starts generations and sends "started" and the ends, and the pieces of a model
     that does not forward them from its producer) would get it back only after Python's 5 ms
     switch interval: the first token would be late. A 0.1 ms interval hands it over after each
-    step.
+    step; while several sequences run, SHARED_SWITCH_INTERVAL_S (a new request's first token
+    then waits up to that long for the loop, not 5 ms).
     """
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     asyncio.run(_serve(conn, module, factory, path, options))
@@ -231,10 +263,26 @@ async def _serve(
     cancelled: set[int] = set()
     tasks: set[asyncio.Task[None]] = set()
 
+    running = 0
+
+    def pace(change: int) -> None:
+        """A short GIL switch interval while one sequence runs, a longer one while several do."""
+        nonlocal running
+        running += change
+        sys.setswitchinterval(SWITCH_INTERVAL_S if running <= 1 else SHARED_SWITCH_INTERVAL_S)
+
     async def generate(rid: int, prompt: Prompt, params: GenerationParams) -> None:
-        forward = _Forward(rid, send, model.load, unread)
+        pace(1)
         try:
-            if isinstance(model, ThreadedGenerativeModel):
+            await _generate(rid, prompt, params)
+        finally:
+            pace(-1)
+
+    async def _generate(rid: int, prompt: Prompt, params: GenerationParams) -> None:
+        forward = _Forward(rid, send, model.load, unread)
+        forwarded = isinstance(model, ThreadedGenerativeModel)
+        try:
+            if forwarded:
                 stream = await model.generate(prompt, params, forward)
             else:
                 stream = await model.generate(prompt, params)
@@ -243,6 +291,17 @@ async def _serve(
             return
         streams[rid] = stream
         forward.open(stream.prompt_tokens)
+        if forwarded:  # the producer's thread sends the pieces and the end (_Forward.end)
+            try:
+                if rid in cancelled:
+                    await stream.aclose()
+                with contextlib.suppress(Exception):  # the end has gone to the parent
+                    async for _ in stream:
+                        pass
+            finally:
+                streams.pop(rid, None)
+                cancelled.discard(rid)
+            return
         try:
             if rid in cancelled:
                 await stream.aclose()
@@ -359,6 +418,11 @@ class ProcessModel(LoadedModel):
     @property
     def pid(self) -> int | None:
         return self._process.pid
+
+    @property
+    def in_flight(self) -> int:
+        """Requests sent to the child and not answered yet (generations until their end)."""
+        return len(self._pending)
 
     # -- messages ---------------------------------------------------------------------------------
 

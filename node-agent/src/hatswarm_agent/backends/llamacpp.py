@@ -67,6 +67,7 @@ from hatswarm_agent.backends.generation import (
 )
 from hatswarm_agent.backends.isolation import ProcessModel
 from hatswarm_agent.backends.options import bool_option, int_option
+from hatswarm_agent.backends.processgroup import ProcessGroup, isolated
 from hatswarm_agent.backends.textgen import ThreadedGenerativeModel, check_prompt_length
 
 log = logging.getLogger(__name__)
@@ -372,7 +373,9 @@ class LlamaCppEmbedModel(TextEmbeddingModel):
             self._llm.close()
 
 
-class LlamaCppBackend(CpuModelBackend[LlamaCppModel | LlamaCppEmbedModel | ProcessModel]):
+class LlamaCppBackend(
+    CpuModelBackend[LlamaCppModel | LlamaCppEmbedModel | ProcessModel | ProcessGroup]
+):
     """Loads GGUF files with llama.cpp on the CPU."""
 
     name = "llamacpp"
@@ -383,9 +386,10 @@ class LlamaCppBackend(CpuModelBackend[LlamaCppModel | LlamaCppEmbedModel | Proce
 
     def load(
         self, path: Path, options: Mapping[str, str]
-    ) -> LlamaCppModel | LlamaCppEmbedModel | ProcessModel:
+    ) -> LlamaCppModel | LlamaCppEmbedModel | ProcessModel | ProcessGroup:
         """Options: max_sequences, max_queued, threads, context_length, chat_template, warm_up,
-        isolation (process, the default: the model runs in a child process, see isolation.py;
+        isolation (process, the default: the model runs in a child process, see isolation.py,
+        or in `processes` of them, see processgroup.py;
         thread: in this process, for tests and tools); embedding=true (with pooling,
         normalize, threads, context_length): an embedding model, in this process."""
         if bool_option(options, "embedding", False):
@@ -393,7 +397,7 @@ class LlamaCppBackend(CpuModelBackend[LlamaCppModel | LlamaCppEmbedModel | Proce
         isolation = options.get("isolation", "process")
         if isolation == "process":
             check_gguf(path)  # a clear error before a process is spawned for nothing
-            return self._track(ProcessModel(__name__, type(self).__name__, path, options))
+            return self._track(isolated(__name__, type(self).__name__, path, options))
         if isolation != "thread":
             raise BackendError(f"option isolation must be process or thread, got {isolation!r}")
         return self._track(LlamaCppModel(self._llama_cpp, path, options))

@@ -32,7 +32,12 @@ from hatswarm_agent.backends.genparams import (
     Prompt,
 )
 from hatswarm_agent.backends.sequences import GenerationLoad, SequenceSlots
-from hatswarm_agent.backends.tokenstream import Emitter, Producer, TokenStream, drain_blocking
+from hatswarm_agent.backends.tokenstream import (
+    Forwarder,
+    Producer,
+    TokenStream,
+    drain_blocking,
+)
 
 # Triton's vLLM backend tensor names, so tritonclient code written for it works unchanged.
 TEXT_INPUT = TensorSpec("text_input", "BYTES", (1,))
@@ -110,7 +115,7 @@ class ThreadedGenerativeModel(LoadedModel):
     # -- generation ----------------------------------------------------------------------------
 
     async def generate(
-        self, prompt: Prompt, params: GenerationParams, forward: Emitter | None = None
+        self, prompt: Prompt, params: GenerationParams, forward: Forwarder | None = None
     ) -> TokenStream:
         """Stream a completion; see GenerativeModel.generate. `forward`: see TokenStream.start."""
         if self._closed:

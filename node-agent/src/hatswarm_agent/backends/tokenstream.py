@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import Protocol
 
 from hatswarm_agent.backends.genparams import FinishReason
 
@@ -58,6 +59,16 @@ class Outcome:
 
 Producer = Callable[[Emitter, threading.Event], Outcome]
 """A blocking generation loop: emits pieces until done or until the event is set."""
+
+
+class Forwarder(Protocol):
+    """Where a process host sends a generation from the producer's thread (isolation.py):
+    called per piece, then `end` with the outcome once the producer has ended and its slot is
+    free, before the end reaches the loop (one hop less for the last tokens)."""
+
+    def __call__(self, piece: Piece) -> None: ...
+
+    def end(self, outcome: Outcome | BaseException) -> None: ...
 
 
 class TokenStream:
@@ -110,12 +121,13 @@ class TokenStream:
         executor: Executor,
         prompt_tokens: int,
         on_done: Callable[[], None],
-        forward: Emitter | None = None,
+        forward: Forwarder | None = None,
     ) -> TokenStream:
-        """Run `producer(emit, cancelled)` on `executor`; `on_done` runs on the loop when it
-        has ended, before the stream ends or `aclose` returns. With `forward`, pieces go to it
-        on the producer's thread instead of through the stream (which then only ends): what a
-        process host sends down its pipe without waking its loop for every token."""
+        """Run `producer(emit, cancelled)` on `executor`; `on_done` (thread-safe: it frees the
+        sequence's slot) runs on the producer's thread when it has ended, before the stream
+        ends or `aclose` returns. With `forward`, pieces and the end go to it on the producer's
+        thread instead of through the stream (which then only ends): what a process host sends
+        down its pipe without waking its loop for every token."""
         loop = asyncio.get_running_loop()
         cancelled = threading.Event()
         stream = cls(prompt_tokens, cancel=cancelled.set)
@@ -144,7 +156,6 @@ class TokenStream:
 
         def finish(outcome: Outcome | BaseException) -> None:
             deliver()  # pieces still in the outbox come before the end
-            on_done()  # before the consumer can see the end: its slot is free by then
             stream.push(outcome)
 
         def run() -> None:
@@ -152,7 +163,12 @@ class TokenStream:
                 outcome: Outcome | BaseException = producer(emit, cancelled)
             except BaseException as exc:
                 outcome = exc
-            loop.call_soon_threadsafe(finish, outcome)
+            try:
+                on_done()  # before the consumer can see the end: its slot is free by then
+            finally:
+                if forward is not None:
+                    forward.end(outcome)
+                loop.call_soon_threadsafe(finish, outcome)
 
         stream._finished = asyncio.wrap_future(executor.submit(run), loop=loop)
         return stream

@@ -105,6 +105,7 @@ OPTION_LIMITS: dict[str, Limit] = {
     "normalize": _BOOL,
     "warm_up": _BOOL,
     "isolation": Limit("enum", choices=("process", "thread")),
+    "processes": Limit("int", 1, THREADS),
     "lora_name": _SHORT,
     "optimize_memory_on_device": _BOOL,
     "chat_template": Limit("text", high=MAX_OPTION_VALUE_CHARS),

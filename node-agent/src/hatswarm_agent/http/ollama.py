@@ -27,6 +27,7 @@ from hatswarm_agent.backends.generation import GenerationParams, Message, Prompt
 from hatswarm_agent.http.common import (
     HttpError,
     Services,
+    TokenStreamResponse,
     field,
     http_error,
     json_body,
@@ -158,7 +159,7 @@ class OllamaDoor:
         line: Callable[[str], dict[str, Any]],
         started: int,
     ) -> web.StreamResponse:
-        response = web.StreamResponse(
+        response = TokenStreamResponse(
             headers={"Content-Type": "application/x-ndjson", **node_headers(stream)}
         )
         await response.prepare(request)
@@ -175,8 +176,7 @@ class OllamaDoor:
             final = {**line(""), **_done(stream, started, first_ns)}
         except Exception as exc:
             final = error_body(http_error(exc))
-        await response.write(_encode(final))
-        await response.write_eof()
+        await response.write_eof(_encode(final))
         return response
 
     async def tags(self, request: web.Request) -> web.Response:

@@ -25,6 +25,7 @@ from hatswarm_agent.backends.generation import GenerationParams, Message, Usage
 from hatswarm_agent.http.common import (
     HttpError,
     Services,
+    TokenStreamResponse,
     field,
     http_error,
     json_body,
@@ -151,7 +152,7 @@ async def sse(
     """Pieces as server-sent events, `chunk(text)` each (None: nothing to send); the end (or an
     error event) then `data: [DONE]`. Pieces that arrived while the last chunk was written go
     out together as one chunk (see `ready_pieces`); the usage at the end counts tokens."""
-    response = web.StreamResponse(
+    response = TokenStreamResponse(
         headers={
             "Content-Type": "text/event-stream",
             "Cache-Control": "no-cache",
@@ -169,8 +170,7 @@ async def sse(
         final = end(stream)
     except Exception as exc:
         final = error_body(http_error(exc))
-    await response.write(b"data: " + json.dumps(final).encode() + b"\n\ndata: [DONE]\n\n")
-    await response.write_eof()
+    await response.write_eof(b"data: " + json.dumps(final).encode() + b"\n\ndata: [DONE]\n\n")
     return response
 
 

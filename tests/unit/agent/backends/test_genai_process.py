@@ -7,7 +7,6 @@ import json
 import os
 import resource
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,9 +21,11 @@ from hatswarm_agent.backends.generation import (
     ContextLengthError,
     GenerationParams,
     GenerativeModel,
+    Outcome,
     Piece,
 )
-from hatswarm_agent.backends.isolation import HOLD_IF_WITHIN_S, ProcessModel, _Forward
+from hatswarm_agent.backends.isolation import BUNDLE_S, HOLD_IF_WITHIN_S, ProcessModel, _Forward
+from hatswarm_agent.backends.processgroup import ProcessGroup
 
 from tests.genaimodels import TinyDecoder, build_genai_model, reference, reference_pieces
 
@@ -201,42 +202,104 @@ async def test_a_consumer_that_falls_behind_gets_every_piece_at_once_with_exact_
     assert stream.finish_reason in ("stop", "length")
 
 
-def test_forwarding_sends_at_once_unless_the_reader_is_behind_and_tokens_come_fast() -> None:
-    """The child's adaptive bundling (isolation._Forward): the first piece and every piece
-    while the parent keeps up go alone and at once; while the parent has not read the last
-    message and tokens come fast, pieces wait and go together, in order; `flush` sends what
-    waits before the end; pieces before "started" follow it."""
+def test_forwarding_bundles_fast_pieces_for_at_most_the_bundle_time() -> None:
+    """The child's bundling (isolation._Forward), on a clock the test drives: the first piece
+    goes at once; fast pieces wait until the first of them is BUNDLE_S old, then go together
+    in order; while the reader is behind they wait longer; `flush` sends what waits; a slow
+    model's pieces are never held; pieces before "started" follow it."""
     sent: list[tuple[object, ...]] = []
     behind = [0]
-    forward = _Forward(7, sent.append, lambda: None, lambda: behind[0])
+    now = [100.0]
+    forward = _Forward(7, sent.append, lambda: None, lambda: behind[0], clock=lambda: now[0])
 
-    def piece(i: int) -> Piece:
-        return Piece(str(i), 1, (i,))
+    def piece(i: int, at_ms: float) -> None:
+        now[0] = 100.0 + at_ms / 1000
+        forward(Piece(str(i), 1, (i,)))
 
-    def texts(message: tuple[object, ...]) -> list[str]:
-        assert message[0] == "pieces" and message[1] == 7
-        return [p[0] for p in message[2]]  # type: ignore[attr-defined]
+    def texts() -> list[list[str]]:
+        assert all(m[0] == "pieces" and m[1] == 7 for m in sent)
+        return [[p[0] for p in m[2]] for m in sent]  # type: ignore[attr-defined]
 
-    forward(piece(0))  # before "started": held
+    piece(0, 0.0)  # before "started": held
     assert sent == []
     forward.open(5)
-    assert sent[0][:3] == ("started", 7, 5) and texts(sent[1]) == ["0"]
+    assert sent[0][:3] == ("started", 7, 5) and sent[1][2][0][0] == "0"  # type: ignore[index]
     del sent[:]
-    forward(piece(1))  # the reader keeps up: alone, at once
-    assert [texts(m) for m in sent] == [["1"]]
-    behind[0] = 512  # the reader is behind and tokens come fast: they wait
-    forward(piece(2))
-    forward(piece(3))
-    assert [texts(m) for m in sent] == [["1"]]
-    behind[0] = 0  # caught up: everything waiting goes in one message, in order
-    forward(piece(4))
-    assert [texts(m) for m in sent] == [["1"], ["2", "3", "4"]]
-    behind[0] = 512
-    forward(piece(5))
+    piece(1, 10.0)  # the first token of a burst (10 ms after the last): alone, at once
+    assert texts() == [["1"]]
+    piece(2, 10.1)  # fast: waits for the next ones
+    piece(3, 10.6)
+    piece(4, 11.5)
+    assert texts() == [["1"]]
+    piece(5, 10.1 + 1000 * BUNDLE_S)  # the first waiting one is BUNDLE_S old: all go, in order
+    assert texts() == [["1"], ["2", "3", "4", "5"]]
+    behind[0] = 512  # the reader is behind: fast pieces wait past BUNDLE_S
+    piece(6, 13.0)
+    piece(7, 14.5)
+    piece(8, 16.0)
+    assert len(sent) == 2
+    behind[0] = 0  # caught up: everything waiting goes in one message
+    piece(9, 16.5)
+    assert texts()[-1] == ["6", "7", "8", "9"]
+    piece(10, 17.0)
     forward.flush()  # the end: nothing stays behind
-    assert [texts(m) for m in sent] == [["1"], ["2", "3", "4"], ["5"]]
-    time.sleep(2 * HOLD_IF_WITHIN_S)  # a slow model: never held, even with the reader behind
-    forward(piece(6))
-    assert [texts(m) for m in sent][-1] == ["6"]
+    assert texts()[-1] == ["10"]
+    behind[0] = 512  # a slow model (a gap over HOLD_IF_WITHIN_S): never held
+    piece(11, 100.0)
+    assert texts()[-1] == ["11"]
+    piece(12, 100.0 + 2000 * HOLD_IF_WITHIN_S)
+    assert texts()[-1] == ["12"]
     forward.flush()
-    assert len(sent) == 4
+    assert len(sent) == 6
+
+
+async def test_processes_run_sequences_side_by_side_each_in_its_own_child(
+    backend: GenaiBackend, long_folder: Path
+) -> None:
+    """`processes=2`: two children, the second sequence goes to the idle one, both give the
+    runtime's own tokens; the load adds up; closing ends both children."""
+    model = backend.load(long_folder, {"processes": "2", "max_sequences": "1"})
+    assert isinstance(model, ProcessGroup)
+    assert len(set(model.pids)) == 2 and os.getpid() not in model.pids
+    assert model.load().max_sequences == 2  # max_sequences is per process
+    _, expected, _ = reference(long_folder, PROMPT, 200, do_sample=False)
+    params = GenerationParams(max_tokens=200, temperature=0.0)
+    first = await model.generate(PROMPT, params)
+    second = await model.generate(PROMPT, params)
+    assert sorted(model.in_flight) == [1, 1]  # one in each child, not two in one
+    assert model.load().active_sequences == 2
+    for stream in (first, second):
+        assert [t async for p in stream for t in p.token_ids] == expected
+    assert model.count_tokens(PROMPT) == first.prompt_tokens
+    children = [psutil.Process(pid) for pid in model.pids if pid is not None]
+    model.close()
+    assert not any(
+        child.is_running() and child.status() != psutil.STATUS_ZOMBIE for child in children
+    )
+
+
+def test_processes_must_be_a_positive_count(backend: GenaiBackend, folder: Path) -> None:
+    with pytest.raises(BackendError, match="processes=0 must be >= 1"):
+        backend.load(folder, {"processes": "0"})
+
+
+def test_the_end_goes_after_every_piece_and_never_before_started() -> None:
+    """`_Forward.end` (the producer's thread, the slot already free): what waits, then "done"
+    with the load; a producer that ends before "started" has gone is held until it has."""
+    sent: list[tuple[object, ...]] = []
+    forward = _Forward(3, sent.append, lambda: "load", lambda: 0, clock=lambda: 1.0)
+    forward(Piece("a", 1, (1,)))
+    forward.end(Outcome("stop", 1))
+    assert sent == []
+    forward.open(4)
+    assert [m[0] for m in sent] == ["started", "pieces", "done"]
+    assert sent[2] == ("done", 3, Outcome("stop", 1), "load")
+    failed: list[tuple[object, ...]] = []
+    forward = _Forward(4, failed.append, lambda: "load", lambda: 0, clock=lambda: 1.0)
+    forward.open(2)
+    forward(Piece("b", 1, (2,)))
+    forward(Piece("c", 1, (3,)))  # fast: waits
+    forward.end(BackendError("boom"))
+    assert [m[0] for m in failed] == ["started", "pieces", "pieces", "error"]
+    assert [p[0] for p in failed[2][2]] == ["c"]  # type: ignore[index]
+    assert isinstance(failed[3][2], BackendError) and failed[3][3] == "load"
