@@ -5,13 +5,7 @@ load names) and the openai client gets the runtime's own greedy answer through a
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import signal
-import subprocess
-import sys
 import tarfile
-import threading
 from pathlib import Path
 
 import openai
@@ -20,10 +14,10 @@ import yaml
 
 from tests.genaimodels import build_genai_model, reference
 from tests.polling import poll
+from tests.upproc import Up
 
 pytestmark = pytest.mark.integration
 
-HATSWARM = Path(sys.executable).parent / "hatswarm"
 PROMPT = "hello world"
 
 
@@ -71,37 +65,12 @@ def manifests(tmp: Path) -> tuple[Path, Path]:
 
 def test_up_places_a_generative_edge_model_and_serves_chats(tmp_path: Path) -> None:
     found, folder = manifests(tmp_path)
-    state = tmp_path / "state"
-    proc = subprocess.Popen(
-        [str(HATSWARM), "up", "-f", str(found), "--nodes", "2", "--quiet",
-         "--state-dir", str(state)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )  # fmt: skip
-    lines: list[str] = []
-    assert proc.stdout is not None
-    stdout = proc.stdout
-    threading.Thread(target=lambda: lines.extend(iter(stdout.readline, "")), daemon=True).start()
-
-    def chat_status() -> dict[str, object]:
-        try:
-            models = json.loads((state / "status.json").read_text()).get("models", {})
-        except (FileNotFoundError, json.JSONDecodeError):
-            return {}
-        chat: dict[str, object] = models.get("chat", {})
-        return chat
-
-    try:
-        assert poll(lambda: chat_status().get("phase") == "Ready", within=120), "".join(lines)
-        placements = chat_status()["placements"]
-        assert [p["state"] for p in placements] == ["Ready", "Ready"]  # type: ignore[attr-defined]
-        door = next(x for x in lines if "HTTP (OpenAI" in x).rsplit(": ", 1)[1].split(", ")[0]
-        token_file = Path(next(x for x in lines if "token in" in x).rsplit(" ", 1)[1].strip())
-        client = openai.OpenAI(
-            base_url=f"{door.strip()}/v1", api_key=token_file.read_text().strip()
-        )
+    with Up(tmp_path / "state", "-f", str(found), "--nodes", "2") as up:
+        assert poll(lambda: up.model("chat").get("phase") == "Ready", within=120), up.output
+        placements = up.model("chat")["placements"]
+        assert [p["state"] for p in placements] == ["Ready", "Ready"]
+        door = up.line("HTTP (OpenAI").rsplit(": ", 1)[1].split(", ")[0]
+        client = openai.OpenAI(base_url=f"{door.strip()}/v1", api_key=up.token())
         _, tokens, text = reference(folder, PROMPT, 8, chat=True, do_sample=False)
         answer = client.chat.completions.create(
             model="chat",
@@ -111,6 +80,3 @@ def test_up_places_a_generative_edge_model_and_serves_chats(tmp_path: Path) -> N
         )
         assert answer.choices[0].message.content == text
         assert answer.usage is not None and answer.usage.completion_tokens == len(tokens)
-    finally:
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 0, "".join(lines)

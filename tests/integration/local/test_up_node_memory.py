@@ -5,12 +5,6 @@ pool's reserve), says why the second replica is missing, and shows each node's b
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import signal
-import subprocess
-import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +13,9 @@ import yaml
 
 from tests.onnxmodels import build_mlp
 from tests.polling import poll
+from tests.upproc import Up
 
 pytestmark = pytest.mark.integration
-
-HATSWARM = Path(sys.executable).parent / "hatswarm"
 
 
 def manifests(tmp: Path) -> Path:
@@ -75,47 +68,21 @@ def test_up_places_by_each_nodes_declared_memory(tmp_path: Path) -> None:
             ]
         )
     )
-    state = tmp_path / "state"
-    proc = subprocess.Popen(
-        [str(HATSWARM), "up", "-f", str(found), "--nodes-file", str(nodes), "--quiet",
-         "--state-dir", str(state)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )  # fmt: skip
-    lines: list[str] = []
-    assert proc.stdout is not None
-    stdout = proc.stdout
-    threading.Thread(target=lambda: lines.extend(iter(stdout.readline, "")), daemon=True).start()
+    with Up(tmp_path / "state", "-f", str(found), "--nodes-file", str(nodes)) as up:
 
-    def snapshot() -> dict[str, Any]:
-        try:
-            out: dict[str, Any] = json.loads((state / "status.json").read_text())
-            return out
-        except (FileNotFoundError, json.JSONDecodeError):
-            return {}
+        def ready() -> list[str]:
+            placements = up.model("mid").get("placements", [])
+            return sorted(p["node"] for p in placements if p["state"] == "Ready")
 
-    def mid() -> dict[str, Any]:
-        out: dict[str, Any] = snapshot().get("models", {}).get("mid", {})
-        return out
+        def degraded() -> dict[str, Any]:
+            conds = {c["type"]: c for c in up.model("mid").get("conditions", [])}
+            cond: dict[str, Any] = conds.get("Degraded", {})
+            return cond if cond.get("status") == "True" else {}
 
-    def ready() -> list[str]:
-        return sorted(p["node"] for p in mid().get("placements", []) if p["state"] == "Ready")
-
-    def degraded() -> dict[str, Any]:
-        conds = {c["type"]: c for c in mid().get("conditions", [])}
-        cond: dict[str, Any] = conds.get("Degraded", {})
-        return cond if cond.get("status") == "True" else {}
-
-    try:
-        assert poll(lambda: ready() == ["pi-8gb"] and degraded(), within=120), "".join(lines)
+        assert poll(lambda: ready() == ["pi-8gb"] and degraded(), within=120), up.output
         why = degraded()
         assert why["reason"] == "InsufficientCapacity"
         assert "1 short of memory (at most 1400 MiB free on one)" in why["message"], why
-        pool = snapshot()["pools"]["local"]
+        pool = up.status()["pools"]["local"]
         memory = {n["name"]: (n["memoryMiB"], n["memoryUsedMiB"]) for n in pool["nodes"]}
         assert memory == {"pi-2gb": (1400, 0), "pi-8gb": (7300, 1500)}
-    finally:
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 0, "".join(lines)
