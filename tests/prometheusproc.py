@@ -21,12 +21,13 @@ from tests.polling import poll
 
 
 @contextmanager
-def running(workdir: Path, metrics_ports: Sequence[int]) -> Iterator[str]:
-    """Prometheus scraping 127.0.0.1:<port> for each of `metrics_ports` every second; its URL."""
+def running(workdir: Path, metrics_ports: Sequence[int | str]) -> Iterator[str]:
+    """Prometheus scraping 127.0.0.1:<port> for each of `metrics_ports` (or each "host:port"
+    given as such) every second; its URL."""
     binary = shutil.which("prometheus")
     if binary is None:
         missing("prometheus", "make tools; Debian: apt-get install -y prometheus")
-    targets = [f"127.0.0.1:{port}" for port in metrics_ports]
+    targets = [p if isinstance(p, str) else f"127.0.0.1:{p}" for p in metrics_ports]
     config = workdir / "prometheus.yml"
     config.write_text(
         yaml.safe_dump(
@@ -64,5 +65,9 @@ def running(workdir: Path, metrics_ports: Sequence[int]) -> Iterator[str]:
         yield url
     finally:
         proc.terminate()
-        proc.wait(10)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
         log.close()

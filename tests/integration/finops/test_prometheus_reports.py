@@ -13,28 +13,23 @@ Needs the `prometheus` binary: fails without it under `make test`, skips elsewhe
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-import httpx
 import pytest
 import yaml
 from hatswarm_operator.cli.cost import main as cost_main
 from hatswarm_operator.finops.promql import Prometheus
 
-from tests import tritonjobs
+from tests import prometheusproc, tritonjobs
 from tests.agentproc import AgentProcess, free_port, start_agent
-from tests.externaltools import missing
 from tests.onnxmodels import build_mlp
 from tests.polling import poll
 
 pytestmark = pytest.mark.integration
 
-PROMETHEUS = shutil.which("prometheus")
 T = TypeVar("T")
 
 YOLO, MOBILENET, CLOUDY = "yolov8s", "mobilenet-v2", "cloudy"  # Kubernetes names: no "_"
@@ -86,57 +81,11 @@ def agents(tmp_path: Path) -> Iterator[tuple[AgentProcess, int]]:
 
 @pytest.fixture
 def prometheus(tmp_path: Path, agents: tuple[AgentProcess, int]) -> Iterator[tuple[str, str, str]]:
-    if PROMETHEUS is None:
-        missing("prometheus", "make tools; Debian: apt-get install -y prometheus")
+    """Prometheus scraping the agent and a target where nothing listens (a node that is down)."""
     _, metrics_port = agents
     target, dead = f"127.0.0.1:{metrics_port}", f"127.0.0.1:{free_port()}"
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                "scrape_configs": [
-                    {
-                        "job_name": "hatswarm-agent",
-                        "scrape_timeout": "900ms",
-                        "static_configs": [{"targets": [target, dead]}],
-                    }
-                ],
-            }
-        )
-    )
-    port = free_port()
-    log = (tmp_path / "prometheus.log").open("w")
-    proc = subprocess.Popen(
-        [
-            PROMETHEUS,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--storage.tsdb.retention.time=1h",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        try:
-            return httpx.get(f"{url}/-/ready", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        assert poll(ready, 20), (tmp_path / "prometheus.log").read_text()
+    with prometheusproc.running(tmp_path, [target, dead]) as url:
         yield url, target, dead
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 def _scraped(prom: Prometheus, expr: str, want: float) -> bool:
