@@ -37,7 +37,7 @@ def test_tiny_round_measures_runtime_and_agent_paired(
     bench: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(bench, "CACHE", tmp_path / "cache")
-    result = bench.measure(bench.Case("tiny", max_tokens=8, rounds=1), threads=1)
+    result = bench.measure(bench.Case("tiny", max_tokens=8, rounds=1, ttft_pairs=2), threads=1)
     assert (tmp_path / "cache").is_dir()  # built there, nothing downloaded
     figures = result["figures"]
     assert set(figures) == {"runtime_1", "agent_1", "runtime_4", "agent_4", "single_4"}
@@ -62,6 +62,7 @@ def test_tiny_round_measures_runtime_and_agent_paired(
     assert all(math.isfinite(r["value"]) and r["value"] > 0 for r in result["ratios"].values())
     assert result["processes"] == bench.PROCESSES == 2
     assert math.isfinite(result["ttft_overhead_ms"])
+    assert result["ttft_pairs"] == 3  # the round's and two short generations' differences
     assert math.isfinite(result["load_average_before"])
     chart = tmp_path / "generation.png"
     bench.chart({"models": {"tiny": result}}, chart)
