@@ -176,11 +176,22 @@ def place_versions(
         units,
         current,
     )
+    caps = sorted({n.memory_cap for n in view.members if n.memory_cap})
     placement = pl.Placement(
         replicas=tuple(replace(r, model=split_unit(r.model)[0]) for r in raw.replicas),
-        unplaced=tuple(replace(u, model=split_unit(u.model)[0]) for u in raw.unplaced),
+        unplaced=tuple(
+            replace(u, model=split_unit(u.model)[0], message=_capped(u, caps)) for u in raw.unplaced
+        ),
     )
     return placement, held
+
+
+def _capped(u: pl.Unplaced, caps: Sequence[str]) -> str:
+    """A model short of memory on nodes whose budget the agent container's limit set says so:
+    the node has room, its agent container does not (raise the limit, not the node)."""
+    if u.reason is not pl.Reason.INSUFFICIENT_CAPACITY or not caps:
+        return u.message
+    return f"{u.message}; {'; '.join(caps)}"
 
 
 def _placement_unit(
