@@ -55,6 +55,7 @@ from hatswarm_operator.core.rolloutplan import (
     split_unit,
     unit_name,
 )
+from hatswarm_operator.core.slo import SLO_MET, slo_event
 from hatswarm_operator.core.status import model_status, pool_status
 
 PRESENT = (ModelState.READY, ModelState.LOADING)
@@ -424,6 +425,10 @@ def report_status(
         )
         for u in unplaced.get(name, []):
             plan.events.append(ResourceEvent("EdgeModel", name, "Warning", u.reason, u.message))
+        slo = next((c for c in plan.model_status[name].conditions if c.type == SLO_MET), None)
+        flip = slo_event(name, m.status.conditions if m.status else [], slo)
+        if flip is not None:
+            plan.events.append(flip)
         for ev in roll.decision.events:
             plan.rollout_events.append(
                 ResourceEvent("EdgeModel", name, ev.type, ev.reason, ev.message)
