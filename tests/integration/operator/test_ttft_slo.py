@@ -4,7 +4,8 @@ One CPU node serves a tiny onnxruntime-genai model (tests/genaimodels) through i
 OpenAI door. The real operator (kopf, against the emulated API) reads the agent's measured TTFT
 p99, reports SLOMet True against a generous target (no Event: nothing flipped), then False with
 a `SLOMissed` Warning naming measured against target once the target drops below what was
-measured, and True again with an `SLOMet` Event when it is raised.
+measured, and True again with an `SLOMet` Event when it is raised; `kubectl get em -o wide`
+shows it in the SLO column.
 """
 
 from __future__ import annotations
@@ -64,3 +65,10 @@ def test_slo_met_flips_with_the_target(world: World, tmp_path: Path) -> None:
     back = wait_for(lambda: world.events("chat", "SLOMet"), timeout=30, what="the SLOMet Event")
     assert back[0]["type"] == "Normal" and "within the target 600000 ms" in back[0]["message"]
     assert len(world.events("chat", "SLOMissed")) == 1
+
+    # kubectl shows the verdict in the wide view (a printer column on the SLOMet condition).
+    header, row = world.kube.kubectl("get", "em", "chat", "-o", "wide", check=True).stdout.split(
+        "\n"
+    )[:2]
+    at = header.index(" SLO ") + 1  # columns are aligned; an empty one has no word to split
+    assert row[at:].split()[0] == "True", (header, row)
