@@ -475,7 +475,8 @@ class PoolNode(ApiModel):
     """Requests waiting on the node."""
     memory_mi_b: int | None = None
     """Memory the pool may place models into on this node, in MiB (allocatable minus
-    spec.placement.nodeMemoryReserveMiB)."""
+    spec.placement.nodeMemoryReserveMiB, at most the agent container's memory limit minus
+    spec.placement.agentMemoryBaselineMiB)."""
     memory_used_mi_b: int | None = None
     """Memory the replicas placed on this node declare, in MiB."""
     active_sequences: int | None = None

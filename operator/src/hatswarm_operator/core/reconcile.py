@@ -190,7 +190,7 @@ def place_versions(
 def _capped(u: pl.Unplaced, caps: Sequence[str]) -> str:
     """A model short of memory on nodes whose budget the agent container's limit set says so:
     the node has room, its agent container does not (raise the limit, not the node)."""
-    if u.reason is not pl.Reason.INSUFFICIENT_CAPACITY or not caps:
+    if not u.short_of_memory or not caps:
         return u.message
     return f"{u.message}; {'; '.join(caps)}"
 

@@ -142,3 +142,15 @@ def test_a_node_short_by_its_own_memory_does_not_blame_the_container() -> None:
     degraded = {c.type: c for c in plan.model_status["llm"].conditions}["Degraded"]
     assert "at most 1401 MiB free on one" in degraded.message
     assert "container" not in degraded.message
+
+
+def test_a_model_short_of_npu_contexts_only_does_not_blame_the_container() -> None:
+    pool = make_pool(generation=1, nodeSelector=POOL_LABELS, accelerators=["hailo8l"])
+    cap = ContainerCap("1Gi", 1024, 256)
+    full = make_node("n1", memory_mib=cap.budget_mib, memory_cap=str(cap), npu_contexts=0)
+    hef = {"accelerator": "hailo8l", "format": "hef", "uri": "file:///m.hef", "sha256": "a" * 64}
+    plan = plan_pool(pool, [make_model("det", replicas=1, artifacts=[hef])], [full], now=0)
+    degraded = {c.type: c for c in plan.model_status["det"].conditions}["Degraded"]
+    assert degraded.reason == "InsufficientCapacity"
+    assert "0 short of memory, 1 short of NPU contexts" in degraded.message
+    assert "container" not in degraded.message
