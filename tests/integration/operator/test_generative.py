@@ -157,7 +157,12 @@ def test_generative_models_place_by_accelerator_answer_chats_and_escalate_to_the
     pool = pool_manifest(
         "floor",
         accelerators=["hailo8", "hailo10h", "cpu"],
-        agent={"backend": "auto", "image": "hatswarm/agent:test"},
+        # A container that holds the 1024 MiB cpu build (the built-in 1Gi limit caps nodes at 768).
+        agent={
+            "backend": "auto",
+            "image": "hatswarm/agent:test",
+            "resources": {"limits": {"memory": "4Gi"}},
+        },
         cloudFallback={
             "openai": {
                 "baseUrl": cloud.base_url,

@@ -23,6 +23,15 @@ pytestmark = pytest.mark.integration
 PI_2GB, PI_8GB = "1959868Ki", "7901784Ki"  # 1913 and 7716 MiB
 
 
+# An agent container that holds what the 8 GB node offers (the built-in limit, 1Gi, would cap
+# every node at 768 MiB: test_container_cap.py).
+ROOMY_AGENT = {
+    "backend": "onnxruntime",
+    "image": "hatswarm/agent:test",
+    "resources": {"limits": {"memory": "8Gi"}},
+}
+
+
 def with_memory(manifest: dict[str, Any], mib: int) -> dict[str, Any]:
     manifest["spec"]["artifacts"][0]["memoryMiB"] = mib
     return manifest
@@ -39,7 +48,7 @@ def test_models_place_by_each_nodes_memory(world: World, mlp: Path) -> None:
     mid = with_memory(model_manifest("mid", mlp, replicas=2), 1500)
     huge = with_memory(model_manifest("huge", mlp, replicas=1), 8000)
     tiny = model_manifest("tiny", mlp, replicas=2)  # resources.memoryMiB 64: fits both
-    world.kube.apply(pool_manifest("floor"), mid, huge, tiny)
+    world.kube.apply(pool_manifest("floor", agent=ROOMY_AGENT), mid, huge, tiny)
     world.start_operator()
 
     wait_for(lambda: world.ready_on("tiny") == ["pi-2gb", "pi-8gb"], timeout=120, what="tiny")
@@ -66,7 +75,9 @@ def test_models_place_by_each_nodes_memory(world: World, mlp: Path) -> None:
     )
 
     # No reserve: the 2 GB node offers all 1913 MiB, and the second replica of mid fits there.
-    world.kube.apply(pool_manifest("floor", placement={"nodeMemoryReserveMiB": 0}))
+    world.kube.apply(
+        pool_manifest("floor", agent=ROOMY_AGENT, placement={"nodeMemoryReserveMiB": 0})
+    )
     wait_for(lambda: world.ready_on("mid") == ["pi-2gb", "pi-8gb"], timeout=60, what="mid on both")
     wait_for(
         lambda: memory() == {"pi-2gb": (1913, 1564), "pi-8gb": (7716, 1564)},

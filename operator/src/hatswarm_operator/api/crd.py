@@ -186,6 +186,13 @@ def edgemodel_crd() -> dict[str, Any]:
                 "p99 time to first token",
                 1,
             ),
+            _column(
+                "SLO",
+                '.status.conditions[?(@.type=="SLOMet")].status',
+                "string",
+                "Time to first token within spec.slo.ttftP99Ms (SLOMet)",
+                1,
+            ),
             _AGE,
         ],
         scale={

@@ -226,6 +226,10 @@ class Slo(ApiModel):
     """Target p99 latency in ms: placement, autoscaling and rollbacks are judged by it."""
     availability_percent: Annotated[float, Field(ge=0, le=100)] = 99.9
     """Target share of requests answered successfully, in percent."""
+    ttft_p99_ms: Annotated[float, Field(ge=1, le=600000)] | None = None
+    """Target p99 time to first token in ms (task generate): the SLOMet condition compares the
+    measured status.generation.ttftP99Ms with it, and an Event says when that flips. Unset: no
+    TTFT target."""
 
 
 class CostAttribution(ApiModel):
@@ -344,6 +348,12 @@ class EdgeModelSpec(ApiModel):
             ".task",
         ),
         cel(
+            "!has(self.slo) || !has(self.slo.ttftP99Ms)"
+            " || (has(self.task) && self.task == 'generate')",
+            "slo.ttftP99Ms needs task generate (only generations have a first token)",
+            ".slo",
+        ),
+        cel(
             "!has(self.autoscale) || !self.autoscale.enabled"
             " || (has(self.replicas) && has(self.replicas.max))",
             "autoscale.enabled needs replicas.max (the most replicas autoscaling may place)",
@@ -433,6 +443,15 @@ class EdgeModelSpec(ApiModel):
             raise ValueError(
                 f"task {self.task!r} with {' and '.join(tensor_only)}: validation samples and "
                 "escalation read tensors: task tensor only"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _ttft_needs_generate(self) -> Self:
+        if self.slo.ttft_p99_ms is not None and self.task != "generate":
+            raise ValueError(
+                f"slo.ttftP99Ms with task {self.task!r}: slo.ttftP99Ms needs task generate "
+                "(only generations have a first token)"
             )
         return self
 

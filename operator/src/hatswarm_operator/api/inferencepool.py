@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+from decimal import Decimal
 from typing import Annotated, Any, Literal, Self
 
 from hatswarm_agent.protocol.defaults import ROUTE_QUEUE_LIMIT, ROUTE_RETRIES, ROUTE_TIMEOUT_MS
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from hatswarm_operator.api.common import (
     ACCELERATORS,
@@ -38,6 +41,28 @@ QUANTITY = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 RESOURCE_NAME = r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
 AgentBackend = Literal["auto", "hailo", "simulated", "onnxruntime"]
+
+_MEMORY_QUANTITY = re.compile(
+    r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE]([+-]?[0-9]+))?(Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E)?"
+)
+_SUFFIX: dict[str, Decimal | int] = {"": 1, "m": Decimal("0.001"), "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
+           "P": 10**15, "E": 10**18, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
+           "Pi": 2**50, "Ei": 2**60}  # fmt: skip
+
+
+def memory_limit_mib(resources: Mapping[str, Any]) -> tuple[str, int] | None:
+    """The memory limit of a corev1.ResourceRequirements (`limits.memory`), as written and in
+    whole MiB (rounded down); None without one. ValueError names a limit that is no quantity
+    (the API server would refuse the DaemonSet; better the pool says so itself)."""
+    limits = resources.get("limits")
+    if not isinstance(limits, Mapping) or limits.get("memory") is None:
+        return None
+    raw = limits["memory"]
+    m = _MEMORY_QUANTITY.fullmatch(str(raw)) if isinstance(raw, str | int) else None
+    if m is None or isinstance(raw, bool):
+        raise ValueError(f"agent.resources.limits.memory: not a Kubernetes quantity: {raw!r}")
+    value = Decimal(m.group(1)) * Decimal(10) ** int(m.group(2) or 0) * _SUFFIX[m.group(3) or ""]
+    return str(raw), int(value // (1024 * 1024))
 
 
 class ChipResources(ApiModel):
@@ -147,7 +172,8 @@ class AgentSettings(ApiModel):
             "limits": {"memory": "1Gi"},
         },
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
-        description="corev1.ResourceRequirements for the agent container",
+        description="corev1.ResourceRequirements for the agent container. Its limits.memory "
+        "also caps what placement fills on each node (spec.placement.agentMemoryBaselineMiB)",
     )
     npu: NpuAccess = Field(default_factory=NpuAccess)
     cache_size: Annotated[str, Field(pattern=QUANTITY)] = "2Gi"
@@ -204,6 +230,12 @@ class AgentSettings(ApiModel):
         if any(".." in r for r in self.file_roots):
             raise ValueError("agent.fileRoots must not contain '..'")
         return self
+
+    @field_validator("resources")
+    @classmethod
+    def _memory_limit(cls, resources: dict[str, Any]) -> dict[str, Any]:
+        memory_limit_mib(resources)
+        return resources
 
 
 class Routing(ApiModel):
@@ -368,6 +400,11 @@ class DeviceCost(ApiModel):
 
 
 DEFAULT_NODE_MEMORY_RESERVE_MIB = 512
+DEFAULT_AGENT_MEMORY_BASELINE_MIB = 256
+"""What the agent takes of its own container before any model: an idle agent measured ~105 MiB
+resident (Python, grpc, aiohttp, onnxruntime imported), the response cache may hold 64 MiB
+(spec.cache.maxBytes' default), and the rest is room for request buffers and an artifact being
+verified. Not the node reserve: that one covers the OS and kubelet too, outside the container."""
 
 
 class PoolPlacement(ApiModel):
@@ -379,6 +416,12 @@ class PoolPlacement(ApiModel):
     """Memory kept back on every node, in MiB, for the agent itself and whatever else the node
     runs: placement fills a node's allocatable memory (Node status.allocatable.memory) minus
     this. A node that reports no allocatable memory offers 3072 MiB."""
+    agent_memory_baseline_mi_b: Annotated[
+        int, Field(ge=0, le=1048576, alias="agentMemoryBaselineMiB")
+    ] = DEFAULT_AGENT_MEMORY_BASELINE_MIB
+    """Memory the agent itself takes inside its container, in MiB. The models run in the agent
+    container, so when spec.agent.resources.limits.memory is set, no node offers placement more
+    than that limit less this (on a cluster; local nodes run no container)."""
 
 
 class InferencePoolSpec(ApiModel):
@@ -432,7 +475,8 @@ class PoolNode(ApiModel):
     """Requests waiting on the node."""
     memory_mi_b: int | None = None
     """Memory the pool may place models into on this node, in MiB (allocatable minus
-    spec.placement.nodeMemoryReserveMiB)."""
+    spec.placement.nodeMemoryReserveMiB, at most the agent container's memory limit minus
+    spec.placement.agentMemoryBaselineMiB)."""
     memory_used_mi_b: int | None = None
     """Memory the replicas placed on this node declare, in MiB."""
     active_sequences: int | None = None

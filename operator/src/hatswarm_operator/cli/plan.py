@@ -20,6 +20,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from hatswarm_operator.api import EdgeModel, InferencePool
 from hatswarm_operator.api.manifests import ManifestError, load
 from hatswarm_operator.cli.common import (
@@ -32,8 +34,10 @@ from hatswarm_operator.cli.common import (
     usage_errors,
 )
 from hatswarm_operator.core.fleetplan import VerifiedPlan, cheapest, plan_fleet
+from hatswarm_operator.core.inventory import memory_budget
 from hatswarm_operator.finops.capacity import DEFAULT_MAX_UTILISATION
 from hatswarm_operator.finops.money import parse_amount, rounded, significant, usd
+from hatswarm_operator.local.processes import load_nodes_file
 
 
 def _decimal(text: str, what: str) -> Decimal:
@@ -111,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="NPU busy ceiling per node after failures (default 0.7)")  # fmt: skip
     p.add_argument("--node-memory-mib", type=int, default=3072,
                    help="memory per node the pool may use (default 3072)")  # fmt: skip
+    p.add_argument("--nodes-file", type=Path, metavar="FILE",
+                   help="the nodes one has, as for hatswarm up ({name, accelerator, memoryMiB}): "
+                   "the fleet uses them first, each with its memoryMiB less the pool's "
+                   "nodeMemoryReserveMiB; more devices get --node-memory-mib")  # fmt: skip
     p.add_argument("--node-npu-contexts", type=int, default=4,
                    help="NPU contexts per node (default 4)")  # fmt: skip
     add_output(p)
@@ -172,8 +180,29 @@ def plan_from_args(
         max_utilisation=ceiling,
         node_memory_mib=args.node_memory_mib,
         node_npu_contexts=args.node_npu_contexts,
+        known_nodes=_known_nodes(args.nodes_file, pool, args.node_memory_mib),
     )
     return pool, plans, rates
+
+
+def _known_nodes(
+    path: Path | None, pool: InferencePool, default_mib: int
+) -> dict[str, list[tuple[str, int]]]:
+    """`--nodes-file`, read as `hatswarm up` reads it: (name, budget) by accelerator; a node
+    without memoryMiB offers --node-memory-mib, like the devices the plan adds."""
+    if path is None:
+        return {}
+    with usage_errors(OSError, ValueError, yaml.YAMLError):
+        try:
+            specs = load_nodes_file(path, {})
+        except OSError as exc:
+            raise OSError(f"--nodes-file {path}: {exc.strerror or exc}") from exc
+    reserve = pool.spec.placement.node_memory_reserve_mi_b
+    out: dict[str, list[tuple[str, int]]] = {}
+    for n in specs:
+        mib = default_mib if n.memory_mib is None else memory_budget(n.memory_mib, reserve)
+        out.setdefault(n.accelerator, []).append((n.name, mib))
+    return out
 
 
 def to_json(

@@ -248,6 +248,7 @@ class PoolRuntime:
                     k8s_ready=n.k8s_ready,
                     schedulable=n.schedulable,
                     memory_mib=n.memory_mib,
+                    memory_cap=n.memory_cap,
                     npu_contexts=n.npu_contexts,
                 )
             fresh[n.name] = n

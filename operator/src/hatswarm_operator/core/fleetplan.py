@@ -211,9 +211,15 @@ def verify_kind(
     node_memory_mib: int,
     node_npu_contexts: int,
     max_devices: int | None = None,
+    known: Sequence[tuple[str, int]] = (),
 ) -> tuple[int, dict[str, int], dict[str, tuple[str, ...]], FailureCheck | None, list[str]]:
     """Grow a synthetic fleet from the capacity estimate until placement and the K-failure
-    check both pass; returns (devices, replicas per model, layout, check, warnings)."""
+    check both pass; returns (devices, replicas per model, layout, check, warnings).
+
+    `known` are nodes of this kind one has, (name, memory budget): the fleet is made of them
+    first, roomiest first, and only the devices beyond them get `node_memory_mib` (a mixed
+    floor of 2 and 8 GB Pis is not planned as if every node had the same memory)."""
+    have = sorted(known, key=lambda k: (-k[1], k[0]))
     ceiling = capacity.max_utilisation
     busy: dict[str, Decimal] = {}
     desired: dict[str, int] = {}
@@ -240,7 +246,9 @@ def verify_kind(
     last_reason = ""
     for n in range(start, limit + 1):
         nodes = [
-            pl.Node(f"{accelerator}-{i:03d}", accelerator, node_memory_mib, node_npu_contexts)
+            pl.Node(have[i - 1][0], accelerator, have[i - 1][1], node_npu_contexts)
+            if i <= len(have)
+            else pl.Node(f"{accelerator}-{i:03d}", accelerator, node_memory_mib, node_npu_contexts)
             for i in range(1, n + 1)
         ]
         plan_models = [
@@ -300,8 +308,10 @@ def plan_fleet(
     max_utilisation: Decimal = DEFAULT_MAX_UTILISATION,
     node_memory_mib: int = 3072,
     node_npu_contexts: int = 4,
+    known_nodes: Mapping[str, Sequence[tuple[str, int]]] | None = None,
 ) -> list[VerifiedPlan]:
-    """One verified plan per accelerator kind the pool allows (or ``accelerators``)."""
+    """One verified plan per accelerator kind the pool allows (or ``accelerators``);
+    ``known_nodes`` by accelerator: the (name, memory budget) of nodes one has already."""
     inputs = pool_cost_inputs(pool)
     cloud = (
         None
@@ -335,7 +345,7 @@ def plan_fleet(
             devices, replicas, layout, check, warnings = verify_kind(
                 accel, models, rates, capacity, fps,
                 failures=failures, node_memory_mib=node_memory_mib,
-                node_npu_contexts=node_npu_contexts,
+                node_npu_contexts=node_npu_contexts, known=(known_nodes or {}).get(accel, ()),
             )  # fmt: skip
         else:
             devices, replicas, layout, check = capacity.devices, {}, {}, None

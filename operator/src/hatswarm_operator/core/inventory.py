@@ -16,22 +16,59 @@ from enum import StrEnum
 
 from hatswarm_operator.api import InferencePool
 from hatswarm_operator.api.common import ACCELERATOR_LABEL, ACCELERATORS
+from hatswarm_operator.api.inferencepool import memory_limit_mib
 
 DEFAULT_NODE_MEMORY_MIB = 3072
 """What a node offers the pool when nothing says how much memory it has (a Node without
 status.allocatable.memory, a local node without memoryMiB): the budget before nodes reported it."""
 
 
-def memory_budget(allocatable_mib: int | None, reserve_mib: int) -> int:
+@dataclass(frozen=True)
+class ContainerCap:
+    """The most placement may fill on any node of a pool on a cluster: the agent container's
+    memory limit less what the agent itself takes there. Every model a node holds runs in that
+    container (onnxruntime sessions in the agent, a generative runtime in its child process,
+    same cgroup), so past the limit the kernel kills the agent, whatever the node has free."""
+
+    limit: str
+    """spec.agent.resources.limits.memory as written (e.g. 1Gi)."""
+    limit_mib: int
+    baseline_mib: int
+    """spec.placement.agentMemoryBaselineMiB."""
+
+    @property
+    def budget_mib(self) -> int:
+        return max(0, self.limit_mib - self.baseline_mib)
+
+    def __str__(self) -> str:
+        return (
+            f"each node offers at most {self.budget_mib} MiB: the agent container's memory limit "
+            f"{self.limit} (spec.agent.resources.limits.memory) less {self.baseline_mib} MiB for "
+            "the agent itself (spec.placement.agentMemoryBaselineMiB)"
+        )
+
+
+def container_cap(pool: InferencePool) -> ContainerCap | None:
+    """The pool's :class:`ContainerCap`; None when its agents run without a memory limit."""
+    limit = memory_limit_mib(pool.spec.agent.resources)
+    if limit is None:
+        return None
+    return ContainerCap(limit[0], limit[1], pool.spec.placement.agent_memory_baseline_mi_b)
+
+
+def memory_budget(
+    allocatable_mib: int | None, reserve_mib: int, cap: ContainerCap | None = None
+) -> int:
     """The memory placement may fill on a node, in MiB: what the node can allocate to pods
-    less the pool's reserve for the agent and everything else the node runs (never below 0).
+    less the pool's reserve for the agent and everything else the node runs (never below 0),
+    and no more than the agent container may hold (`cap`, when its agents have a limit).
 
     None (the node does not say) keeps :data:`DEFAULT_NODE_MEMORY_MIB`, reserve not taken
-    off: a default is a budget already, and an unreporting node places as it always did.
+    off: a default is a budget already, and an unreporting node places as it always did (the
+    container's cap still holds: it is known whatever the node reports).
     """
-    if allocatable_mib is None:
-        return DEFAULT_NODE_MEMORY_MIB
-    return max(0, allocatable_mib - reserve_mib)
+    budget = DEFAULT_NODE_MEMORY_MIB if allocatable_mib is None else allocatable_mib - reserve_mib
+    return max(0, budget if cap is None else min(budget, cap.budget_mib))
 
 
 class ModelState(StrEnum):
@@ -100,6 +137,7 @@ class NodeState:
     k8s_ready: bool = True
     schedulable: bool = True
     memory_mib: int = DEFAULT_NODE_MEMORY_MIB  # what placement may fill (memory_budget)
+    memory_cap: str = ""  # the ContainerCap, when it (not the node) set memory_mib
     npu_contexts: int = 4
     accelerator: str = "cpu"
     device_id: str = ""

@@ -140,6 +140,8 @@ class Unplaced:
     message: str
     placed: int
     desired: int
+    short_of_memory: int = 0
+    """Nodes that could run it but lack the memory for a replica (INSUFFICIENT_CAPACITY)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -600,12 +602,19 @@ class _Plan:
             # The most free memory on one node says how far off the model is (a node's budget
             # is its allocatable memory less the pool's reserve: a 2 GB Pi offers ~1.3 GB).
             most = f" (at most {most_free} MiB free on one)" if short_mem else ""
-            return short(
-                Reason.INSUFFICIENT_CAPACITY,
+            message = (
                 f"placed {placed} of {m.replicas}: none of the {len(rest)} other nodes that can "
                 f"run it has room for a replica ({memory}, {m.npu_contexts} NPU "
                 f"context(s) on an NPU): {short_mem} short of memory{most}, {short_ctx} short "
-                "of NPU contexts",
+                "of NPU contexts"
+            )
+            return Unplaced(
+                m.name,
+                Reason.INSUFFICIENT_CAPACITY,
+                message,
+                placed=placed,
+                desired=m.replicas,
+                short_of_memory=short_mem,
             )
         return short(
             Reason.TOO_FEW_NODES,

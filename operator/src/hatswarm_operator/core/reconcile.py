@@ -55,6 +55,7 @@ from hatswarm_operator.core.rolloutplan import (
     split_unit,
     unit_name,
 )
+from hatswarm_operator.core.slo import SLO_MET, slo_event
 from hatswarm_operator.core.status import model_status, pool_status
 
 PRESENT = (ModelState.READY, ModelState.LOADING)
@@ -176,11 +177,22 @@ def place_versions(
         units,
         current,
     )
+    caps = sorted({n.memory_cap for n in view.members if n.memory_cap})
     placement = pl.Placement(
         replicas=tuple(replace(r, model=split_unit(r.model)[0]) for r in raw.replicas),
-        unplaced=tuple(replace(u, model=split_unit(u.model)[0]) for u in raw.unplaced),
+        unplaced=tuple(
+            replace(u, model=split_unit(u.model)[0], message=_capped(u, caps)) for u in raw.unplaced
+        ),
     )
     return placement, held
+
+
+def _capped(u: pl.Unplaced, caps: Sequence[str]) -> str:
+    """A model short of memory on nodes whose budget the agent container's limit set says so:
+    the node has room, its agent container does not (raise the limit, not the node)."""
+    if not u.short_of_memory or not caps:
+        return u.message
+    return f"{u.message}; {'; '.join(caps)}"
 
 
 def _placement_unit(
@@ -413,6 +425,10 @@ def report_status(
         )
         for u in unplaced.get(name, []):
             plan.events.append(ResourceEvent("EdgeModel", name, "Warning", u.reason, u.message))
+        slo = next((c for c in plan.model_status[name].conditions if c.type == SLO_MET), None)
+        flip = slo_event(name, m.status.conditions if m.status else [], slo)
+        if flip is not None:
+            plan.events.append(flip)
         for ev in roll.decision.events:
             plan.rollout_events.append(
                 ResourceEvent("EdgeModel", name, ev.type, ev.reason, ev.message)

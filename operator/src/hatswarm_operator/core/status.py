@@ -35,6 +35,7 @@ from hatswarm_operator.core.rollout import ACTIVE as ACTIVE_PHASES
 from hatswarm_operator.core.rollout import FAILED as FAILED_PHASES
 from hatswarm_operator.core.rollout import Canary
 from hatswarm_operator.core.rolloutplan import ModelRollout, canary_to_status
+from hatswarm_operator.core.slo import model_slo
 from hatswarm_operator.finops.attribution import LiveCost, pool_cost_inputs
 from hatswarm_operator.finops.money import rounded, significant
 from hatswarm_operator.finops.tco import (
@@ -118,6 +119,12 @@ def model_status(
         now,
         gen,
     )
+    generation = generation_status(
+        [o.generation for n in members for o in n.models if o.name == name and o.ready]
+    )
+    slo = model_slo(m, generation, now)
+    if slo is not None:
+        conds.append(slo)
     old = m.status.conditions if m.status else []
     if rolled_back:
         phase = "Degraded" if ready > 0 else "Failed"
@@ -143,9 +150,7 @@ def model_status(
         conditions=merge_conditions(old, conds),
         request_rate=round(rate, 3),
         p99_latency_ms=round(p99, 3) if ready and p99 > 0 else None,  # 0: nothing measured
-        generation=generation_status(
-            [o.generation for n in members for o in n.models if o.name == name and o.ready]
-        ),
+        generation=generation,
         selector=agent_pod_selector(m.spec.pool),
     )
 

@@ -58,6 +58,7 @@ from hatswarm_operator.control.credentials import AgentCredentials, generated_se
 from hatswarm_operator.control.driver import SkipTick, drive
 from hatswarm_operator.control.runtime import PoolRuntime
 from hatswarm_operator.core.conditions import rfc3339
+from hatswarm_operator.core.inventory import container_cap
 from hatswarm_operator.kube import builders
 from hatswarm_operator.kube.cluster import Cluster
 from hatswarm_operator.kube.events import EventRecorder
@@ -569,7 +570,7 @@ async def run_pool(
         with metrics.PLACEMENT_SECONDS.time():
             try:
                 reserve = pool.spec.placement.node_memory_reserve_mi_b
-                inputs = await sources.read(namespace, name, reserve)
+                inputs = await sources.read(namespace, name, reserve, container_cap(pool))
             except TimeoutError as err:
                 logger.warning(f"cluster caches not ready: {err}")
                 raise SkipTick(5.0) from None

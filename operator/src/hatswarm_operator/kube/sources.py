@@ -35,7 +35,7 @@ from hatswarm_operator.control.credentials import (
     agent_credentials,
     auth_secret_names,
 )
-from hatswarm_operator.core.inventory import NodeState, memory_budget
+from hatswarm_operator.core.inventory import ContainerCap, NodeState, memory_budget
 from hatswarm_operator.kube import builders
 from hatswarm_operator.kube.cluster import Cluster
 from hatswarm_operator.kube.informers import Informer
@@ -145,13 +145,15 @@ def node_states(
     nodes: Mapping[str, NodeView],
     pods: Iterable[PodView],
     memory_reserve_mib: int = DEFAULT_NODE_MEMORY_RESERVE_MIB,
+    memory_cap: ContainerCap | None = None,
 ) -> list[NodeState]:
     """One NodeState per agent pod: where to probe it, and how Kubernetes sees its node.
 
     A pod counts when it has an IP and a container port named `grpc` and is not being
     deleted or finished. `k8s_ready` is the node's Ready condition and the pod's;
     `schedulable` is the node not being cordoned; `memory_mib` its allocatable memory less
-    the pool's `memory_reserve_mib` (inventory.memory_budget). The agent probe decides the rest.
+    the pool's `memory_reserve_mib`, at most what the agent container may hold (`memory_cap`;
+    inventory.memory_budget). The agent probe decides the rest.
     """
     out: dict[str, NodeState] = {}
     for pod in sorted(pods, key=lambda p: p.created):
@@ -162,13 +164,15 @@ def node_states(
         node = nodes.get(pod.node_name)
         if node is None:
             continue
+        uncapped = memory_budget(node.memory_mib, memory_reserve_mib)
         out[pod.node_name] = NodeState(
             name=pod.node_name,
             address=pod.address,
             labels=dict(node.labels),
             k8s_ready=node.ready and pod.ready,
             schedulable=node.schedulable,
-            memory_mib=memory_budget(node.memory_mib, memory_reserve_mib),
+            memory_mib=memory_budget(node.memory_mib, memory_reserve_mib, memory_cap),
+            memory_cap=str(memory_cap) if memory_cap and memory_cap.budget_mib < uncapped else "",
         )
     return [out[k] for k in sorted(out)]
 
@@ -242,9 +246,11 @@ class Sources(Protocol):
         namespace: str,
         pool: str,
         memory_reserve_mib: int = DEFAULT_NODE_MEMORY_RESERVE_MIB,
+        memory_cap: ContainerCap | None = None,
     ) -> PoolInputs:
         """The pool's inputs; its nodes' memory budgets keep `memory_reserve_mib` back (the
-        pool's spec.placement.nodeMemoryReserveMiB), and a new reserve is a new revision."""
+        pool's spec.placement.nodeMemoryReserveMiB) and stay within `memory_cap` (its agent
+        container's limit, inventory.container_cap); a new reserve or cap is a new revision."""
         ...
 
     async def secret_data(self, namespace: str, name: str) -> dict[str, bytes]: ...
@@ -280,6 +286,7 @@ class ListedSources:
         namespace: str,
         pool: str,
         memory_reserve_mib: int = DEFAULT_NODE_MEMORY_RESERVE_MIB,
+        memory_cap: ContainerCap | None = None,
     ) -> PoolInputs:
         nodes, pods, models = await asyncio.gather(
             self.cluster.nodes(),
@@ -293,6 +300,7 @@ class ListedSources:
                 {n.name: n for n in map(node_view, nodes)},
                 map(pod_view, pods),
                 memory_reserve_mib,
+                memory_cap,
             ),
             models=pool_models(views, pool),
             uids={v.name: v.uid for v in views},
@@ -388,12 +396,19 @@ class WatchedSources:
         namespace: str,
         pool: str,
         memory_reserve_mib: int = DEFAULT_NODE_MEMORY_RESERVE_MIB,
+        memory_cap: ContainerCap | None = None,
     ) -> PoolInputs:
         pods, models = self._namespace(namespace)
         for informer in (self.nodes, pods, models):
             if not await informer.wait_synced(SYNC_TIMEOUT_S):
                 raise TimeoutError(f"{informer.name}: no first list within {SYNC_TIMEOUT_S}s")
-        key = (self.nodes.revision, pods.revision, models.revision, memory_reserve_mib)
+        key = (
+            self.nodes.revision,
+            pods.revision,
+            models.revision,
+            memory_reserve_mib,
+            hash(memory_cap),
+        )
         derived = self._derived.get((namespace, pool))
         if derived is not None and derived.revision == key:
             return derived
@@ -403,6 +418,7 @@ class WatchedSources:
                 self.nodes.items,
                 [p for p in pods.items.values() if p.pool == pool],
                 memory_reserve_mib,
+                memory_cap,
             ),
             models=pool_models(views, pool),
             uids={v.name: v.uid for v in views},

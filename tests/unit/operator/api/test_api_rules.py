@@ -158,7 +158,10 @@ def test_good_names_pass() -> None:
             "spec.replcas: unknown field 'replcas': did you mean `replicas`?",
         ),
         ({"rollout": {"canaryWieght": 5}}, "did you mean `canaryWeight`?"),
-        ({"slo": {"p99": 5}}, "unknown field 'p99' (fields: p99LatencyMs, availabilityPercent)"),
+        (
+            {"slo": {"p99": 5}},
+            "unknown field 'p99' (fields: p99LatencyMs, availabilityPercent, ttftP99Ms)",
+        ),
         ({"replicas": {"min": "two"}}, "spec.replicas.min: 'two' must be a valid integer"),
         ({"cache": {"enabled": "maybe"}}, "spec.cache.enabled: 'maybe' must be a valid boolean"),
     ],

@@ -237,3 +237,37 @@ def test_table_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert main(["-f", str(f), "--load", "yolo"]) == 2
     assert main(["-f", str(f), "--load", "yolo=1", "--fps", "yolo=3"]) == 2
     assert main(["-f", str(f), "--load", "yolo=1", "--max-utilisation", "2"]) == 2
+
+
+def test_nodes_file_plans_each_node_by_its_own_memory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 2 GB and an 8 GB Pi (memoryMiB as `hatswarm up --nodes-file` reads it, less the
+    512 MiB reserve): a 1500 MiB model fits only the 8 GB one, so its second replica (for one
+    failure) needs a third device, where two 3072 MiB nodes sufficed without the file."""
+    f = write(tmp_path, pool_doc(accelerators=["cpu"]), model_doc("llm", {"cpu": 10}, memory=1500))
+    nodes = tmp_path / "nodes.yaml"
+    nodes.write_text(
+        yaml.safe_dump(
+            [
+                {"name": "pi-2gb", "accelerator": "cpu", "memoryMiB": 1913},
+                {"name": "pi-8gb", "accelerator": "cpu", "memoryMiB": 7716},
+                {"name": "pi-10h", "accelerator": "hailo10h", "memoryMiB": 7716},  # not planned
+            ]
+        )
+    )
+    _, same = run_json(capsys, "-f", str(f), "--load", "llm=5", "-o", "json")
+    assert by_accel(same)["cpu"]["devices"] == 2
+    _, mixed = run_json(
+        capsys, "-f", str(f), "--load", "llm=5", "--nodes-file", str(nodes), "-o", "json"
+    )
+    p = by_accel(mixed)["cpu"]
+    assert p["devices"] == 3
+    assert p["layout"] == {"pi-8gb": ["llm"], "pi-2gb": [], "cpu-003": ["llm"]}
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump([{"name": "pi", "accelerator": "cpu", "memoryMiB": "8G"}]))
+    assert main(["-f", str(f), "--load", "llm=5", "--nodes-file", str(bad)]) == 2
+    assert "memoryMiB must be a whole number" in capsys.readouterr().err
+    assert main(["-f", str(f), "--load", "llm=5", "--nodes-file", str(tmp_path / "no")]) == 2
+    assert "--nodes-file" in capsys.readouterr().err

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hatswarm_operator.core.inventory import DEFAULT_NODE_MEMORY_MIB
+from hatswarm_operator.core.inventory import DEFAULT_NODE_MEMORY_MIB, ContainerCap
 from hatswarm_operator.kube.sources import memory_mib, node_states, node_view, pod_view
 
 
@@ -88,3 +88,15 @@ def test_a_changed_allocatable_is_a_changed_node_view() -> None:
     after = node_view(node("pi", {"memory": "8Gi"}))
     assert before != after
     assert before == node_view(node("pi", {"memory": "4096Mi"}))
+
+
+def test_node_states_stay_within_the_agent_containers_limit() -> None:
+    """A cap lower than the node's own budget sets it and says so; a higher one is silent."""
+    nodes = [node("pi-2gb", {"memory": "1959868Ki"}), node("pi-8gb", {"memory": "7901784Ki"})]
+    views = {v.name: v for v in map(node_view, nodes)}
+    pods = [pod(n["metadata"]["name"]) for n in nodes]
+    cap = ContainerCap("2Gi", 2048, 256)
+    states = {s.name: s for s in node_states(views, map(pod_view, pods), 512, cap)}
+    assert {k: s.memory_mib for k, s in states.items()} == {"pi-2gb": 1401, "pi-8gb": 1792}
+    assert states["pi-2gb"].memory_cap == ""  # its own memory binds
+    assert "memory limit 2Gi" in states["pi-8gb"].memory_cap
