@@ -157,7 +157,7 @@ def test_generative_models_place_by_accelerator_answer_chats_and_escalate_to_the
     pool = pool_manifest(
         "floor",
         accelerators=["hailo8", "hailo10h", "cpu"],
-        # A container that holds the 1024 MiB cpu build (the built-in 1Gi limit caps nodes at 768).
+        # Room for the 1024 MiB cpu build beside the others (the built-in 2Gi limit: 1792 MiB).
         agent={
             "backend": "auto",
             "image": "hatswarm/agent:test",

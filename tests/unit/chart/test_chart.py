@@ -638,3 +638,13 @@ def test_values_are_documented_in_the_readme_table() -> None:
     readme = (CHART / "README.md").read_text()
     for key in ("devicePlugin.enabled", "modelStore.configMap", "agentDefaults.imagePullSecrets"):
         assert f"| `{key}` |" in readme
+
+
+def test_the_api_default_agent_resources_are_the_charts() -> None:
+    """A pool applied without the chart gets the agent container the chart would give it: the
+    limit also caps placement, so two defaults would place differently."""
+    from hatswarm_operator.api.inferencepool import AgentSettings
+
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    chart = values["agentDefaults"]["resources"]
+    assert AgentSettings().resources == chart

@@ -168,8 +168,8 @@ class AgentSettings(ApiModel):
     )
     resources: dict[str, Any] = Field(
         default_factory=lambda: {
-            "requests": {"cpu": "250m", "memory": "256Mi"},
-            "limits": {"memory": "1Gi"},
+            "requests": {"cpu": "500m", "memory": "512Mi"},  # the chart's agentDefaults
+            "limits": {"cpu": "3", "memory": "2Gi"},
         },
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
         description="corev1.ResourceRequirements for the agent container. Its limits.memory "

@@ -83,7 +83,7 @@ def test_the_cap_is_the_limit_less_the_agents_baseline() -> None:
     assert ContainerCap("128Mi", 128, 256).budget_mib == 0  # never below 0
     # The built-in agent settings carry a limit (the chart's agentDefaults set 2Gi).
     default = container_cap(make_pool())
-    assert default is not None and default.limit == "1Gi"
+    assert default is not None and default.limit == "2Gi"
 
 
 def test_the_budget_is_the_smaller_of_node_and_container() -> None:
