@@ -97,6 +97,7 @@ def pip_python() -> str:
     for py in [*candidates, "/usr/bin/python3"]:
         if (
             py
+            and os.access(py, os.X_OK)  # PATH may name directories that have no python3
             and subprocess.run([py, "-m", "pip", "--version"], capture_output=True).returncode == 0
         ):
             return py
