@@ -22,9 +22,10 @@ state, which the fake enforces so a backend that breaks them fails here:
 A "HEF" is a JSON file (`write_fake_llm_hef`). Tokens are the special tokens (`<|...|>`) and the
 whitespace-led words of the text; a token's id ignores its leading whitespace, so a context
 continued turn by turn holds the same ids as the whole conversation templated at once (as the
-real tokenizers' special tokens make it). Generation is deterministic: with `do_sample` false the next word is
-`words[(sum(context ids) + len(context)) % len(words)]`, with `do_sample` a `random.Random`
-seeded by (seed, context length) picks it. Generating the HEF's `eos` word ends the generation
+real tokenizers' special tokens make it). Generation is deterministic and depends on every id of
+the context, like a model's: with `do_sample` false the next word is
+`words[crc32(context ids) % len(words)]`, with `do_sample` a `random.Random` seeded by (seed,
+that crc) picks it. Generating the HEF's `eos` word ends the generation
 (LOGICAL_END_OF_GENERATION) without yielding it (it stays in the context); generating text that
 ends with a stop token yields it and ends the same way; `max_generated_tokens` ends it with
 MAX_TOKENS_REACHED and, like an abort, appends the recovery sequence to the context. Each LLM
@@ -41,6 +42,7 @@ import random
 import re
 import threading
 import zlib
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -186,11 +188,12 @@ class LLMGeneratorCompletion:
         llm, doc = self._llm, self._llm._doc
         context = llm._context
         words: list[str] = doc["words"]
+        digest = zlib.crc32(array("q", context).tobytes())
         if self._params.do_sample:
-            rng = random.Random(self._params.seed * 1_000_003 + len(context))
+            rng = random.Random(self._params.seed * 1_000_003 + digest)
             word = words[rng.randrange(len(words))]
         else:
-            word = words[(sum(context) + len(context)) % len(words)]
+            word = words[digest % len(words)]
         piece = word if not self._text else " " + word
         context.append(token_id(piece))
         self._generated += 1
