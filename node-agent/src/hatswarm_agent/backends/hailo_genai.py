@@ -204,8 +204,6 @@ class HailoLLMModel(LoadedModel):
             idle = [slot for slot in self._all if not slot.busy]
             slot, plan = self._choose(idle, chat)
             slot.busy = True
-            if plan.prefix is not None:
-                self._hit_tokens += plan.prefix.tokens
             return slot, plan
 
     def _choose(self, idle: list[_Slot], chat: Chat | None) -> tuple[_Slot, _Plan]:
@@ -237,7 +235,14 @@ class HailoLLMModel(LoadedModel):
             slot.busy = False
         self._slots.release()
 
-    def _keep(self, held: _Held, blob: bytes) -> None:
+    def _save(self, llm: Any, held: _Held) -> None:
+        """Keep the context of `held` (on `llm`) for a later turn; losing it only costs a
+        prefill, so a failure to save is logged, not the request's error."""
+        try:
+            blob = bytes(llm.save_context())
+        except self._error as exc:
+            log.warning("HailoRT cannot save a conversation's context: %s", exc)
+            return
         with self._lock:
             self._saved[held.chat] = (held, blob)
             self._saved.move_to_end(held.chat)
@@ -284,7 +289,7 @@ class HailoLLMModel(LoadedModel):
         llm = slot.llm
         try:
             if plan.evict is not None:
-                self._keep(plan.evict, bytes(llm.save_context()))
+                self._save(llm, plan.evict)
             slot.held = None  # until a generation ends on its own
             if plan.load is not None:
                 llm.load_context(plan.load[1])
@@ -376,6 +381,9 @@ class HailoLLMModel(LoadedModel):
                     raise
                 # A chat prompt was templated: the next one is rendered as a continuation.
                 slot.continuing = slot.continuing or chat is not None
+                if prefix is not None:
+                    with self._lock:
+                        self._hit_tokens += prefix.tokens
                 with started as completion:
                     while _status(completion) == "GENERATING" and not cancelled.is_set():
                         text = completion.read(READ_TIMEOUT_MS)
