@@ -8,18 +8,29 @@ state, which the fake enforces so a backend that breaks them fails here:
 
 - only one `LLMGeneratorCompletion` per LLM at a time: a second `generate` while the previous
   completion is neither finished nor released raises;
-- an LLM keeps the conversation (its context) across calls until `clear_context()`; system
-  messages and tools are only allowed on a fresh context;
+- an LLM keeps the conversation (its context) across calls until `clear_context()`. As in
+  HailoRT's client (libhailort/src/genai/llm/minja_wrapper: PromptTemplateHandler), the first
+  chat prompt after creation or `clear_context()` is templated whole (with the template's
+  default system prompt when it has no system message, as Qwen's does); later ones are
+  templated as a continuation, and system messages or tools in them raise. `load_context`
+  replaces the context but not that client-side state, exactly like HailoRT 5.1.1/5.2;
+- `save_context()`/`load_context(data)` (HailoRT >= 5.1.1) carry a context between LLM objects
+  of the same model; `GENAI.context_blobs = False` plays an older HailoRT without them;
 - `generate(...)` is a context manager whose iteration yields text pieces, one per token;
   `read()` past the end or after `release()` raises.
 
-A "HEF" is a JSON file (`write_fake_llm_hef`). Tokens are the whitespace-led words of the text;
-generation is deterministic: with `do_sample` false the next word is
-`words[(sum(context ids) + len(context)) % len(words)]`, with `do_sample` a `random.Random`
-seeded by (seed, context length) picks it. Generating the HEF's `eos` word ends the generation
-(LOGICAL_END_OF_GENERATION) without yielding it; generating text that ends with a stop token
-yields it and ends the same way; `max_generated_tokens` ends it with MAX_TOKENS_REACHED and
-appends the recovery sequence to the context. `GENAI` is the device state tests adjust: its
+A "HEF" is a JSON file (`write_fake_llm_hef`). Tokens are the special tokens (`<|...|>`) and the
+whitespace-led words of the text; a token's id ignores its leading whitespace, so a context
+continued turn by turn holds the same ids as the whole conversation templated at once (as the
+real tokenizers' special tokens make it). Generation is deterministic and depends on every id of
+the context, like a model's: with `do_sample` false the next word is
+`words[crc32(context ids) % len(words)]`, with `do_sample` a `random.Random` seeded by (seed,
+that crc) picks it. Generating the HEF's `eos` word ends the generation
+(LOGICAL_END_OF_GENERATION) without yielding it (it stays in the context); generating text that
+ends with a stop token yields it and ends the same way; `max_generated_tokens` ends it with
+MAX_TOKENS_REACHED and, like an abort, appends the recovery sequence to the context. Each LLM
+records the context calls made on it in `calls` (generate, clear_context, save_context,
+load_context). `GENAI` is the device state tests adjust: its
 `gate`, when set, makes every `read()` wait for it, so a generation can be held in flight.
 """
 
@@ -31,13 +42,18 @@ import random
 import re
 import threading
 import zlib
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hailo_platform import HailoRTException, VDevice
 
+DEFAULT_SYSTEM = "You are a helpful assistant."
 CHATML = (
+    "{% if messages[0]['role'] != 'system' %}<|im_start|>system\n"
+    + DEFAULT_SYSTEM
+    + "<|im_end|>\n{% endif %}"
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
     "{{ message['content'] }}<|im_end|>\n{% endfor %}<|im_start|>assistant\n"
 )
@@ -46,7 +62,7 @@ WORDS = [
     "quickly.", "stream", "each", "piece", "to", "the", "client", "and", "count", "them", "all.",
     "<|im_end|>",
 ]  # fmt: skip
-_WORD = re.compile(r"\s*\S+")
+_WORD = re.compile(r"<\|[^|>\s]*\|>|\s*(?:(?!<\|)\S)+")
 
 
 class LLMGeneratorCompletionStatus(enum.Enum):
@@ -64,6 +80,7 @@ class GenaiHardware:
     llms: list[LLM] = field(default_factory=list)
     generations: list[dict[str, Any]] = field(default_factory=list)  # params of every generate
     gate: threading.Event | None = None  # when set: read() waits for it
+    context_blobs: bool = True  # save_context/load_context exist (HailoRT >= 5.1.1)
 
     def reset(self) -> None:
         fresh = GenaiHardware()
@@ -101,14 +118,18 @@ def write_fake_llm_hef(
 
 
 def token_id(word: str) -> int:
-    return zlib.crc32(word.encode()) % 151_646
+    return zlib.crc32(word.strip().encode()) % 151_646
 
 
 def tokenize_text(text: str) -> list[int]:
     return [token_id(w) for w in _WORD.findall(text)]
 
 
-def render_chatml(messages: list[dict[str, Any]]) -> str:
+def render_chatml(messages: list[dict[str, Any]], *, continuation: bool = False) -> str:
+    """The template applied: a whole conversation, or (`continuation`) the messages that
+    follow a context's earlier turns, as HailoRT renders them (no default system prompt)."""
+    if not continuation and (not messages or messages[0].get("role") != "system"):
+        messages = [{"role": "system", "content": DEFAULT_SYSTEM}, *messages]
     parts = [f"<|im_start|>{m.get('role')}\n{m.get('content')}<|im_end|>\n" for m in messages]
     return "".join(parts) + "<|im_start|>assistant\n"
 
@@ -138,6 +159,7 @@ class LLMGeneratorCompletion:
             self._released = True
             if self._status is LLMGeneratorCompletionStatus.GENERATING:
                 self._status = LLMGeneratorCompletionStatus.ABORTED
+                self._llm._context.extend(tokenize_text(self._llm._recovery))
             if self._llm._active is self:
                 self._llm._active = None
 
@@ -166,11 +188,12 @@ class LLMGeneratorCompletion:
         llm, doc = self._llm, self._llm._doc
         context = llm._context
         words: list[str] = doc["words"]
+        digest = zlib.crc32(array("q", context).tobytes())
         if self._params.do_sample:
-            rng = random.Random(self._params.seed * 1_000_003 + len(context))
+            rng = random.Random(self._params.seed * 1_000_003 + digest)
             word = words[rng.randrange(len(words))]
         else:
-            word = words[(sum(context) + len(context)) % len(words)]
+            word = words[digest % len(words)]
         piece = word if not self._text else " " + word
         context.append(token_id(piece))
         self._generated += 1
@@ -230,7 +253,14 @@ class LLM:
         self._recovery: str = doc["recovery_sequence"]
         self._active: LLMGeneratorCompletion | None = None
         self._released = False
+        self._first_prompt = True  # HailoRT's PromptTemplateHandler state
+        self.calls: list[str] = []
         GENAI.llms.append(self)
+
+    def __getattribute__(self, name: str) -> Any:
+        if name in ("save_context", "load_context") and not GENAI.context_blobs:
+            raise AttributeError(f"'LLM' object has no attribute {name!r}")
+        return super().__getattribute__(name)
 
     def _check(self) -> None:
         if self._released:
@@ -276,13 +306,14 @@ class LLM:
         else:
             if not isinstance(prompt, list) or not all(isinstance(m, dict) for m in prompt):
                 raise HailoRTException("prompt must be a list of dicts")
-            fresh = not self._context
-            if not fresh and (tools or any(m.get("role") == "system" for m in prompt)):
+            if not self._first_prompt and (tools or any(m.get("role") == "system" for m in prompt)):
                 raise HailoRTException(
-                    "tools and system messages are only allowed on a fresh context "
-                    "(HAILO_INVALID_OPERATION)"
+                    "tools and system messages are only allowed on the first prompt of a "
+                    "context (HAILO_INVALID_OPERATION)"
                 )
-            text = render_chatml([json.loads(json.dumps(m)) for m in prompt])
+            messages = [json.loads(json.dumps(m)) for m in prompt]
+            text = render_chatml(messages, continuation=not self._first_prompt)
+            self._first_prompt = False
         ids = tokenize_text(text)
         if len(self._context) + len(ids) >= self._doc["context_capacity"]:
             raise HailoRTException("libhailort failed with error: 2 (HAILO_INVALID_ARGUMENT)")
@@ -299,6 +330,7 @@ class LLM:
             if value is not None:
                 setattr(params, name, value)
         GENAI.generations.append({"prompt": prompt, "tools": tools, **vars(params)})
+        self.calls.append("generate")
         self._context.extend(ids)
         self._active = LLMGeneratorCompletion(self, params)
         return self._active
@@ -324,7 +356,9 @@ class LLM:
             self._active.generation_status is LLMGeneratorCompletionStatus.GENERATING
         ):
             raise HailoRTException("cannot clear the context while generating")
+        self.calls.append("clear_context")
         self._context.clear()
+        self._first_prompt = True
 
     def get_generation_recovery_sequence(self) -> str:
         return self._recovery
@@ -342,10 +376,18 @@ class LLM:
         return list(self._stop_tokens)
 
     def save_context(self) -> bytes:
-        return json.dumps(self._context).encode()
+        self._check()
+        self.calls.append("save_context")
+        return json.dumps({"model": self._doc, "context": self._context}).encode()
 
     def load_context(self, context_data: bytes) -> None:
-        self._context = list(json.loads(bytes(context_data)))
+        """Replaces the context; the prompt template's state stays (as in HailoRT)."""
+        self._check()
+        self.calls.append("load_context")
+        saved = json.loads(bytes(context_data))
+        if saved["model"] != self._doc:
+            raise HailoRTException("the context is from another model (HAILO_INVALID_ARGUMENT)")
+        self._context = list(saved["context"])
 
 
 class VLM:  # present in the real module; hatswarm does not use it yet

@@ -6,12 +6,26 @@ optimize_memory_on_device)` and reads generated text piece by piece from the con
 `LLM.generate(...)`. Like `hailo_platform` itself, the module comes from Hailo's apt packages,
 never from PyPI: it is imported lazily and its absence is a clear BackendUnavailableError.
 
-An LLM object is a conversation: it keeps its context between calls and HailoRT allows only one
-generation (one `LLMGeneratorCompletion`) at a time per object. hatswarm's requests are
-stateless, so each one takes an idle LLM object, calls `clear_context()`, sets the stop tokens
-(the model's own plus the request's), generates, and gives the object back. `max_sequences`
-(option, default 1) LLM objects of the same HEF run side by side on the device when its
-memory allows; `max_queued` requests may wait for one; the rest get BackendBusyError.
+An LLM object is a conversation: it keeps its context (the KV cache in the Hailo-10H's memory)
+between calls and HailoRT allows only one generation (one `LLMGeneratorCompletion`) at a time
+per object. `max_sequences` (option, default 1) LLM objects of the same HEF run side by side on
+the device when its memory allows; `max_queued` requests may wait for one; the rest get
+BackendBusyError. Each request takes an idle LLM object, sets the stop tokens (the model's own
+plus the request's), generates, and gives the object back.
+
+Conversations reuse the device's context instead of prefilling it again. Each object remembers
+the chat it holds after a generation that ended on its own (the messages sent and the answer as
+generated). A chat request that continues it (same messages, that answer, then new non-system
+messages) goes to that object and sends only the new messages: HailoRT renders a later prompt
+of a context as a continuation. Otherwise the object holding nothing or used least recently is
+cleared (`clear_context()`) and gets the whole prompt; completion prompts always do. A
+generation that was cancelled, failed, stopped on a request's stop sequence or hit its token
+limit (HailoRT then appends a recovery sequence) leaves a context nobody can name: cleared next
+time. With HailoRT >= 5.1.1 (`save_context`/`load_context`) a conversation about to be cleared
+is saved first (up to `prefix_cache` of them, option, default 4, 0 = off, least recently used
+dropped) and a follow-up loads it into any idle object whose prompt template has rendered a chat
+since its last clear: `load_context` does not reset HailoRT's client-side "first prompt" state,
+so an object fresh from `clear_context()` would template the follow-up as a new chat.
 
 Token counts: each piece HailoRT yields is one generated token (it merges a lone U+FFFD into
 the next piece, which then stands for two: counted as one, a rare undercount). Prompt tokens
@@ -30,9 +44,10 @@ import contextlib
 import logging
 import math
 import threading
-from collections import deque
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +91,7 @@ INSTALL_HINT = (
     "run `sudo apt install hailo-h10-all` and create the venv with --system-site-packages"
 )
 DEFAULT_MAX_QUEUED = 4
+DEFAULT_PREFIX_CACHE = 4  # saved contexts of conversations (HailoRT >= 5.1.1)
 READ_TIMEOUT_MS = 30_000
 # ChatML and Llama-style prompts spend about this many template tokens per message: an
 # estimate for routing before the device has templated a chat prompt.
@@ -99,6 +115,36 @@ def find_hef(path: Path, options: Mapping[str, str]) -> Path:
     return hefs[0]
 
 
+Chat = tuple[tuple[str, str], ...]  # (role, content) of each message
+
+
+@dataclass(frozen=True)
+class _Held:
+    """A conversation as a device context holds it: the messages and the generated answer."""
+
+    chat: Chat
+    tokens: int  # context tokens (prompt template included)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How a request uses the LLM object it was given."""
+
+    reuse: _Held | None = None  # the object's context continues this conversation
+    load: tuple[_Held, bytes] | None = None  # load this saved context first
+    evict: _Held | None = None  # the object's conversation, to save before it is replaced
+
+    @property
+    def prefix(self) -> _Held | None:
+        return self.reuse or (self.load[0] if self.load else None)
+
+
+def continues(held: Chat, chat: Chat) -> bool:
+    """`chat` is `held` plus new messages HailoRT accepts on a used context (no system)."""
+    n = len(held)
+    return len(chat) > n and chat[:n] == held and all(role != "system" for role, _ in chat[n:])
+
+
 class _Slot:
     """One LLM object and what the backend last told it."""
 
@@ -107,6 +153,12 @@ class _Slot:
         self.default_stops: list[str] = list(llm.get_stop_tokens())
         self.stops: list[str] = list(self.default_stops)
         self.in_use = 0  # context tokens of the running generation
+        self.busy = False
+        self.held: _Held | None = None  # the conversation its context holds, when known
+        # Whether its prompt template has rendered a chat since the last clear_context():
+        # HailoRT then renders the next chat prompt as a continuation (no system prompt).
+        self.continuing = False
+        self.last_used = 0
 
 
 class HailoLLMModel(LoadedModel):
@@ -120,9 +172,18 @@ class HailoLLMModel(LoadedModel):
     ) -> None:
         self._backend = backend
         self._error = backend.hailo_error
-        self._slots_free: deque[_Slot] = deque(_Slot(llm) for llm in llms)
-        self._all = list(self._slots_free)
+        self._all = [_Slot(llm) for llm in llms]
         self._lock = threading.Lock()
+        self._uses = 0
+        self._can_save = all(
+            callable(getattr(llm, "save_context", None))
+            and callable(getattr(llm, "load_context", None))
+            for llm in llms
+        )
+        saved_max = int_option(options, "prefix_cache", DEFAULT_PREFIX_CACHE, minimum=0)
+        self._saved_max = saved_max if self._can_save else 0
+        self._saved: OrderedDict[Chat, tuple[_Held, bytes]] = OrderedDict()  # LRU first
+        self._hit_tokens = 0  # prompt tokens not prefilled again since load
         self._slots = SequenceSlots(
             len(llms), int_option(options, "max_queued", DEFAULT_MAX_QUEUED, minimum=0)
         )
@@ -135,15 +196,58 @@ class HailoLLMModel(LoadedModel):
 
     # -- slots of LLM objects ------------------------------------------------------------------
 
-    def _take(self) -> _Slot:
+    def _take(self, chat: Chat | None = None) -> tuple[_Slot, _Plan]:
+        """An idle LLM object (a held sequence slot guarantees one) and how to use it: the one
+        holding the conversation `chat` continues, else a saved context of it loaded into an
+        object that can take one, else the object holding nothing or used least recently."""
         with self._lock:
-            return self._slots_free.popleft()  # a held sequence slot guarantees one is free
+            idle = [slot for slot in self._all if not slot.busy]
+            slot, plan = self._choose(idle, chat)
+            slot.busy = True
+            return slot, plan
 
-    def _give_back(self, slot: _Slot) -> None:
+    def _choose(self, idle: list[_Slot], chat: Chat | None) -> tuple[_Slot, _Plan]:
+        by_age = sorted(idle, key=lambda s: (s.held is not None, s.last_used))
+        if chat is not None:
+            holding = [s for s in idle if s.held is not None and continues(s.held.chat, chat)]
+            if holding:
+                best = max(holding, key=lambda s: len(s.held.chat) if s.held else 0)
+                return best, _Plan(reuse=best.held)
+            saved = [key for key in self._saved if continues(key, chat)]
+            takers = [s for s in by_age if s.continuing]
+            if saved and takers:
+                entry = self._saved.pop(max(saved, key=len))
+                return takers[0], _Plan(load=entry, evict=self._evicted(takers[0]))
+        return by_age[0], _Plan(evict=self._evicted(by_age[0]))
+
+    def _evicted(self, slot: _Slot) -> _Held | None:
+        """The slot's conversation when it is worth saving before it is replaced."""
+        if slot.held is None or not self._saved_max or slot.held.chat in self._saved:
+            return None
+        return slot.held
+
+    def _give_back(self, slot: _Slot, *, used: bool = True) -> None:
         slot.in_use = 0
         with self._lock:
-            self._slots_free.append(slot)
+            if used:
+                self._uses += 1
+                slot.last_used = self._uses
+            slot.busy = False
         self._slots.release()
+
+    def _save(self, llm: Any, held: _Held) -> None:
+        """Keep the context of `held` (on `llm`) for a later turn; losing it only costs a
+        prefill, so a failure to save is logged, not the request's error."""
+        try:
+            blob = bytes(llm.save_context())
+        except self._error as exc:
+            log.warning("HailoRT cannot save a conversation's context: %s", exc)
+            return
+        with self._lock:
+            self._saved[held.chat] = (held, blob)
+            self._saved.move_to_end(held.chat)
+            while len(self._saved) > self._saved_max:
+                self._saved.popitem(last=False)
 
     # -- prompts ---------------------------------------------------------------------------------
 
@@ -157,22 +261,41 @@ class HailoLLMModel(LoadedModel):
             text = "\n".join(f"{m['role']}\n{m['content']}" for m in messages)
             overhead = CHAT_TOKENS_PER_MESSAGE * len(messages) + 3
         self._slots.try_acquire()
-        slot = self._take()
+        slot = self._take_for_tokenizing()
         try:
             return len(slot.llm.tokenize(text)) + overhead
         except self._error as exc:
             raise BackendError(f"HailoRT: {exc}") from exc
         finally:
-            self._give_back(slot)
+            self._give_back(slot, used=False)
+
+    def _take_for_tokenizing(self) -> _Slot:
+        """Any idle object: tokenizing leaves its context as it is."""
+        with self._lock:
+            slot = next(s for s in self._all if not s.busy)
+            slot.busy = True
+            return slot
 
     def _prepare(
-        self, slot: _Slot, prompt: str | list[dict[str, str]], params: GenerationParams
+        self,
+        slot: _Slot,
+        plan: _Plan,
+        prompt: str | list[dict[str, str]],
+        params: GenerationParams,
     ) -> int | None:
-        """On the worker: a fresh context, this request's stop tokens, the prompt checked.
-        Returns the prompt's tokens when they can be known before generating."""
+        """On the worker: the context the plan asks for (the slot's, a saved one loaded, or a
+        fresh one), this request's stop tokens, the prompt checked. Returns the prompt's tokens
+        when they can be known before generating."""
         llm = slot.llm
         try:
-            llm.clear_context()
+            if plan.evict is not None:
+                self._save(llm, plan.evict)
+            slot.held = None  # until a generation ends on its own
+            if plan.load is not None:
+                llm.load_context(plan.load[1])
+            elif plan.reuse is None:
+                llm.clear_context()
+                slot.continuing = False
             stops = slot.default_stops + [s for s in params.stop if s not in slot.default_stops]
             if stops != slot.stops:
                 llm.set_stop_tokens(stops)
@@ -214,13 +337,13 @@ class HailoLLMModel(LoadedModel):
             prompt if isinstance(prompt, str) else check_messages(prompt)
         )
         await self._slots.acquire()
-        slot = self._take()
+        slot, plan = self._take(_chat(request))
         try:
             prompt_tokens = await run_blocking(
-                self._executor, lambda: self._prepare(slot, request, params)
+                self._executor, lambda: self._prepare(slot, plan, request, params)
             )
             return TokenStream.start(
-                self._producer(slot, request, params, prompt_tokens),
+                self._producer(slot, plan, request, params, prompt_tokens),
                 self._executor,
                 prompt_tokens or 0,
                 lambda: self._give_back(slot),
@@ -232,21 +355,39 @@ class HailoLLMModel(LoadedModel):
     def _producer(
         self,
         slot: _Slot,
+        plan: _Plan,
         request: str | list[dict[str, str]],
         params: GenerationParams,
         prompt_tokens: int | None,
     ) -> Producer:
         kwargs = self._generate_kwargs(params, prompt_tokens, self.context_length)
+        chat = _chat(request)
+        prefix = plan.prefix
+        # On a continued context only the new messages are sent.
+        sent = request[len(prefix.chat) :] if prefix is not None else request
 
         def produce(emit: Emitter, cancelled: threading.Event) -> Outcome:
             llm = slot.llm
             matcher = StopMatcher(params.stop)
             count, pending, status = 0, 0, ""
-            slot.in_use = prompt_tokens or 0
+            generated: list[str] = []
+            slot.in_use = (prompt_tokens or 0) + (prefix.tokens if prefix is not None else 0)
             try:
-                with llm.generate(prompt=request, **kwargs) as completion:
+                try:
+                    started = llm.generate(prompt=sent, **kwargs)
+                except self._error:
+                    # HailoRT's template state is unknown now: never load a context into it.
+                    slot.continuing = slot.continuing and chat is None
+                    raise
+                # A chat prompt was templated: the next one is rendered as a continuation.
+                slot.continuing = slot.continuing or chat is not None
+                if prefix is not None:
+                    with self._lock:
+                        self._hit_tokens += prefix.tokens
+                with started as completion:
                     while _status(completion) == "GENERATING" and not cancelled.is_set():
                         text = completion.read(READ_TIMEOUT_MS)
+                        generated.append(text)
                         count += 1
                         pending += 1
                         slot.in_use += 1
@@ -273,6 +414,14 @@ class HailoLLMModel(LoadedModel):
             finish: FinishReason = (
                 "length" if status == "MAX_TOKENS_REACHED" and not matcher.stopped else "stop"
             )
+            if (
+                chat is not None
+                and status == "LOGICAL_END_OF_GENERATION"
+                and not matcher.stopped
+                and not cancelled.is_set()
+            ):
+                answer = (("assistant", "".join(generated)),)
+                slot.held = _Held(chat + answer, usage)
             return Outcome(finish, count, counted)
 
         return produce
@@ -287,10 +436,10 @@ class HailoLLMModel(LoadedModel):
 
     def _complete(self, text: str, params: GenerationParams) -> str:
         self._slots.try_acquire()
-        slot = self._take()
+        slot, plan = self._take()
         try:
-            tokens = self._prepare(slot, text, params)
-            completion, _ = drain_blocking(self._producer(slot, text, params, tokens))
+            tokens = self._prepare(slot, plan, text, params)
+            completion, _ = drain_blocking(self._producer(slot, plan, text, params, tokens))
         finally:
             self._give_back(slot)
         return completion
@@ -298,7 +447,16 @@ class HailoLLMModel(LoadedModel):
     # -- load and lifecycle ------------------------------------------------------------------------
 
     def load(self) -> GenerationLoad:
-        return self._slots.load(sum(slot.in_use for slot in self._all), self.context_length)
+        with self._lock:
+            cached = sum(s.held.tokens for s in self._all if s.held is not None and not s.busy)
+            cached += sum(held.tokens for held, _ in self._saved.values())
+            hits = self._hit_tokens
+        return self._slots.load(
+            sum(slot.in_use for slot in self._all),
+            self.context_length,
+            cached_prefix_tokens=cached,
+            prefix_hit_tokens=hits,
+        )
 
     def capacity_fps(self) -> float:
         return 0.0
@@ -312,6 +470,13 @@ class HailoLLMModel(LoadedModel):
             with contextlib.suppress(self._error, AttributeError):
                 slot.llm.release()
         self._backend.forget(self)
+
+
+def _chat(request: str | list[dict[str, str]]) -> Chat | None:
+    """A chat request as (role, content) pairs; None for a completion prompt."""
+    if isinstance(request, str):
+        return None
+    return tuple((m["role"], m["content"]) for m in request)
 
 
 def _status(completion: Any) -> str:
@@ -355,8 +520,9 @@ class HailoGenaiBackend:
         self.device_id = str(ids[0]) if ids else ""
 
     def load(self, path: Path, options: Mapping[str, str]) -> HailoLLMModel:
-        """Options: max_sequences (LLM objects, default 1), max_queued, lora_name,
-        optimize_memory_on_device, hef (the file in a folder), hw_arch."""
+        """Options: max_sequences (LLM objects, default 1), max_queued, prefix_cache (saved
+        conversation contexts, default 4), lora_name, optimize_memory_on_device, hef (the file
+        in a folder), hw_arch."""
         declared = options.get("hw_arch", "").strip().lower()
         if declared and declared != ACCELERATOR:
             raise BackendError(

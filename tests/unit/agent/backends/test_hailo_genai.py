@@ -287,3 +287,246 @@ def test_registered_by_name(genai: ModuleType) -> None:
     assert backend.name == "hailo-genai"
     assert backend.device_info().accelerator == "hailo10h"
     backend.close()
+
+
+# -- conversations reuse the device's context ------------------------------------------------------
+
+CHAT_WORDS = ["edge", "pool", "board", "tokens", "stream", "quickly.", "<|im_end|>"]
+TALK = GenerationParams(max_tokens=50, temperature=0.0)
+USER1 = {"role": "user", "content": "tell me about the edge"}
+USER2 = {"role": "user", "content": "and the pool?"}
+USER3 = {"role": "user", "content": "thanks, and the boards"}
+
+
+@pytest.fixture
+def chat_hef(genai: ModuleType, tmp_path: Path) -> Path:
+    """A model whose answers end on their own (the end-of-turn word comes often)."""
+    return genai.write_fake_llm_hef(tmp_path / "chat.hef", words=CHAT_WORDS)
+
+
+async def answer(model: HailoLLMModel, messages: list[dict[str, str]]) -> tuple[str, TokenStream]:
+    stream = await model.generate(messages, TALK)
+    text = await collect(stream)
+    assert stream.finish_reason == "stop"  # ended on its own: the context is a clean turn
+    return text, stream
+
+
+def fresh_answer(genai: ModuleType, hef: Path, messages: list[dict[str, str]]) -> str:
+    """The whole conversation prefilled on a fresh LLM object."""
+    pieces, status = direct(genai, hef, messages, do_sample=False, max_generated_tokens=50)
+    assert status == "LOGICAL_END_OF_GENERATION"
+    return "".join(pieces)
+
+
+def context_tokens(genai: ModuleType, messages: list[dict[str, str]], answer: str) -> int:
+    """What a device context holds after answering `messages` (the end-of-turn token too)."""
+    done = [*messages, {"role": "assistant", "content": answer}]
+    return len(
+        genai.tokenize_text(genai.render_chatml(done).removesuffix("<|im_start|>assistant\n"))
+    )
+
+
+async def test_a_second_turn_continues_the_context_with_only_the_new_message(
+    backend: HailoGenaiBackend, chat_hef: Path, genai: ModuleType
+) -> None:
+    model = backend.load(chat_hef, {})
+    llm = genai.GENAI.llms[-1]
+    turn1 = [USER1]
+    a1, _ = await answer(model, turn1)
+    assert llm.calls == ["clear_context", "generate"]
+    held = context_tokens(genai, turn1, a1)
+    assert model.load().cached_prefix_tokens == held
+    assert model.load().prefix_hit_tokens == 0
+
+    turn2 = [*turn1, {"role": "assistant", "content": a1}, USER2]
+    a2, stream = await answer(model, turn2)
+    assert llm.calls[2:] == ["generate"]  # no clear_context: the context goes on
+    assert genai.GENAI.generations[-1]["prompt"] == [USER2]
+    assert a2 == fresh_answer(genai, chat_hef, turn2)
+    # Usage counts the whole conversation, as if prefilled; the reused part is reported.
+    assert stream.prompt_tokens == len(genai.tokenize_text(genai.render_chatml(turn2)))
+    assert model.load().prefix_hit_tokens == held
+
+    # A third turn, with its own sampling parameters and stop sequence, goes on too.
+    turn3 = [*turn2, {"role": "assistant", "content": a2}, USER3]
+    params = GenerationParams(max_tokens=50, temperature=0.7, seed=7, stop=("zzz",))
+    stream = await model.generate(turn3, params)
+    a3 = await collect(stream)
+    assert llm.calls[3:] == ["generate"]
+    call = genai.GENAI.generations[-1]
+    assert (call["prompt"], call["do_sample"], call["temperature"], call["seed"]) == (
+        [USER3],
+        True,
+        0.7,
+        7,
+    )
+    assert llm.get_stop_tokens() == ["<|im_end|>", "zzz"]
+    pieces, _ = direct(
+        genai, chat_hef, turn3, do_sample=True, temperature=0.7, top_p=1.0, seed=7,
+        max_generated_tokens=50,
+    )  # fmt: skip
+    assert a3 == "".join(pieces)
+    assert model.load().prefix_hit_tokens == held + context_tokens(genai, turn2, a2)
+
+
+async def test_a_diverging_conversation_starts_from_a_cleared_context(
+    backend: HailoGenaiBackend, chat_hef: Path, genai: ModuleType
+) -> None:
+    model = backend.load(chat_hef, {})
+    llm = genai.GENAI.llms[-1]
+    a1, _ = await answer(model, [USER1])
+    diverging = [
+        [USER1, {"role": "assistant", "content": a1 + " (edited)"}, USER2],  # another answer
+        [{"role": "system", "content": "be brief"}, USER1, {"role": "assistant", "content": a1}],
+        [USER1, {"role": "assistant", "content": a1}, {"role": "system", "content": "now terse"}],
+        [USER1],  # the same first turn again (a regenerate)
+    ]
+    for messages in diverging:
+        before = len(llm.calls)
+        text, _ = await answer(model, messages)
+        # (the conversation it held is saved first: a later turn of it may still come)
+        assert llm.calls[before:] == ["save_context", "clear_context", "generate"]
+        assert genai.GENAI.generations[-1]["prompt"] == messages
+        assert text == fresh_answer(genai, chat_hef, messages)
+    assert model.load().prefix_hit_tokens == 0
+
+
+async def test_completion_prompts_are_always_stateless(
+    backend: HailoGenaiBackend, chat_hef: Path, genai: ModuleType
+) -> None:
+    model = backend.load(chat_hef, {"prefix_cache": "0"})
+    llm = genai.GENAI.llms[-1]
+    a1, _ = await answer(model, [USER1])
+    for _ in range(2):
+        before = len(llm.calls)
+        text = await collect(await model.generate(PROMPT, TALK))
+        assert llm.calls[before:] == ["clear_context", "generate"]
+        pieces, _ = direct(genai, chat_hef, PROMPT, do_sample=False, max_generated_tokens=50)
+        assert text == "".join(pieces)
+    # The completion replaced the conversation: its next turn is prefilled again.
+    turn2 = [USER1, {"role": "assistant", "content": a1}, USER2]
+    before = len(llm.calls)
+    assert (await answer(model, turn2))[0] == fresh_answer(genai, chat_hef, turn2)
+    assert llm.calls[before:] == ["clear_context", "generate"]
+    assert model.load().prefix_hit_tokens == 0
+
+
+async def test_a_follow_up_whose_object_is_busy_loads_its_saved_context_into_another(
+    backend: HailoGenaiBackend, chat_hef: Path, genai: ModuleType
+) -> None:
+    model = backend.load(chat_hef, {"max_sequences": "2", "prefix_cache": "1"})
+    x, y = genai.GENAI.llms[-2:]
+    conv_a, conv_b = [USER1], [{"role": "user", "content": "what is a hat"}]
+    a1, _ = await answer(model, conv_a)  # on x
+    b1, _ = await answer(model, conv_b)  # on y, which held nothing
+    assert (x.calls, y.calls) == (["clear_context", "generate"], ["clear_context", "generate"])
+    held_a = context_tokens(genai, conv_a, a1)
+    held_b = context_tokens(genai, conv_b, b1)
+    assert model.load().cached_prefix_tokens == held_a + held_b
+
+    # A new conversation takes x (used least recently), which saves conversation A first; x
+    # stays busy with it.
+    genai.GENAI.gate = threading.Event()
+    other = await model.generate([{"role": "user", "content": "count them all"}], TALK)
+    assert x.calls[2:4] == ["save_context", "clear_context"]
+    assert model.load().cached_prefix_tokens == held_a + held_b  # A saved, B held by y
+
+    turn2 = [*conv_a, {"role": "assistant", "content": a1}, USER2]
+    follow_up = await model.generate(turn2, TALK)
+    # y saves B (prefix_cache=1: A's saved context was taken, B's is the one kept), loads A
+    # without clearing (its template goes on from a chat) and sends only the new message.
+    assert y.calls[2:4] == ["save_context", "load_context"]
+    assert model.load().cached_prefix_tokens == held_b
+    genai.GENAI.gate.set()
+    assert await collect(follow_up) == fresh_answer(genai, chat_hef, turn2)
+    await collect(other)
+    assert y.calls[2:] == ["save_context", "load_context", "generate"]
+    assert [USER2] in [call["prompt"] for call in genai.GENAI.generations]
+    assert model.load().prefix_hit_tokens == held_a
+
+    # B's follow-up loads B's saved context the same way, into the object used least recently
+    # (whose conversation is saved in B's place).
+    before_x, before_y = len(x.calls), len(y.calls)
+    turn_b2 = [*conv_b, {"role": "assistant", "content": b1}, USER2]
+    text, _ = await answer(model, turn_b2)
+    assert text == fresh_answer(genai, chat_hef, turn_b2)
+    assert sorted([x.calls[before_x:], y.calls[before_y:]]) == [
+        [],
+        ["save_context", "load_context", "generate"],
+    ]
+    assert genai.GENAI.generations[-2]["prompt"] == [USER2]  # (the last is fresh_answer's)
+    assert model.load().prefix_hit_tokens == held_a + held_b
+
+
+async def test_a_saved_context_never_goes_into_an_object_fresh_from_clear_context(
+    backend: HailoGenaiBackend, chat_hef: Path, genai: ModuleType
+) -> None:
+    """HailoRT's load_context keeps the client's "first prompt" state: an object cleared for a
+    completion would template the follow-up as a new chat (default system prompt and all)."""
+    model = backend.load(chat_hef, {"max_sequences": "2"})
+    x, y = genai.GENAI.llms[-2:]
+    conv_b = [{"role": "user", "content": "what is a hat"}]
+    a1, _ = await answer(model, [USER1])  # on x
+    b1, _ = await answer(model, conv_b)  # on y
+    await collect(await model.generate(PROMPT, TALK))  # on x (least recently used): A saved
+    assert x.calls[2:] == ["save_context", "clear_context", "generate"]
+    genai.GENAI.gate = threading.Event()
+    busy = await model.generate([*conv_b, {"role": "assistant", "content": b1}, USER2], TALK)
+    turn2 = [USER1, {"role": "assistant", "content": a1}, USER2]
+    follow_up = await model.generate(turn2, TALK)  # only x is idle, and it was cleared
+    assert x.calls[5:] == ["clear_context"]  # prefilled whole instead
+    genai.GENAI.gate.set()
+    await collect(busy)
+    assert await collect(follow_up) == fresh_answer(genai, chat_hef, turn2)
+    assert "load_context" not in x.calls + y.calls
+
+
+async def test_without_save_and_load_only_the_holding_object_continues(
+    backend: HailoGenaiBackend, chat_hef: Path, genai: ModuleType
+) -> None:
+    genai.GENAI.context_blobs = False  # HailoRT before 5.1.1
+    model = backend.load(chat_hef, {"max_sequences": "2"})
+    x, y = genai.GENAI.llms[-2:]
+    a1, _ = await answer(model, [USER1])  # on x
+    await answer(model, [{"role": "user", "content": "what is a hat"}])  # on y
+    await answer(model, [{"role": "user", "content": "count them all"}])  # on x: A is gone
+    turn2 = [USER1, {"role": "assistant", "content": a1}, USER2]
+    text, _ = await answer(model, turn2)
+    assert text == fresh_answer(genai, chat_hef, turn2)
+    assert genai.GENAI.generations[-1]["prompt"] == turn2
+    assert not {"save_context", "load_context"} & set(x.calls + y.calls)
+    assert model.load().prefix_hit_tokens == 0
+
+
+async def test_cancelled_and_truncated_generations_leave_a_context_that_is_cleared(
+    backend: HailoGenaiBackend, chat_hef: Path, genai: ModuleType
+) -> None:
+    model = backend.load(chat_hef, {})
+    llm = genai.GENAI.llms[-1]
+    a1, _ = await answer(model, [USER1])
+    turn2 = [USER1, {"role": "assistant", "content": a1}, USER2]
+    genai.GENAI.gate = threading.Event()  # held in flight at its first token
+    stream = await model.generate(turn2, TALK)  # continues the context...
+    closing = asyncio.ensure_future(stream.aclose())  # ...and is cancelled
+    await asyncio.sleep(0)
+    genai.GENAI.gate.set()
+    await closing
+    assert stream.completion_tokens <= 1
+    genai.GENAI.gate = None
+    before = len(llm.calls)
+    text, _ = await answer(model, turn2)
+    assert llm.calls[before:] == ["clear_context", "generate"]
+    assert text == fresh_answer(genai, chat_hef, turn2)
+
+    # A generation that hits its token limit: its answer is not a clean turn either.
+    short = await model.generate([USER3], GenerationParams(max_tokens=1, temperature=0))
+    cut = await collect(short)
+    assert short.finish_reason == "length"
+    before = len(llm.calls)
+    await answer(model, [USER3, {"role": "assistant", "content": cut}, USER2])
+    assert llm.calls[before:] == ["clear_context", "generate"]
+
+
+def test_prefix_cache_option_is_checked(backend: HailoGenaiBackend, chat_hef: Path) -> None:
+    with pytest.raises(BackendError, match="prefix_cache"):
+        backend.load(chat_hef, {"prefix_cache": "-1"})
