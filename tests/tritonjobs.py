@@ -204,3 +204,50 @@ def repository_index(address: str) -> dict[str, Any]:
         return {"index": index.get("models", []), "server_ready": client.is_server_ready()}
     finally:
         client.close()
+
+
+def infer_texts(url: str, model: str, requests: list[dict[str, Any]]) -> dict[str, Any]:
+    """Plain `client.infer` (ModelInfer) generations, Triton vLLM-backend tensors: per request
+    dict (prompt; optional sampling: a dict sent as JSON, or raw_sampling: bytes sent as they
+    are; stream, exclude: bools sent as those inputs) {text, params} or {error: status,
+    message}. Also the model's metadata and config as tritonclient reads them."""
+    import json
+
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    def tensor(name: str, datatype: str, value: Any) -> Any:
+        item = grpcclient.InferInput(name, [1], datatype)
+        kind = np.bool_ if datatype == "BOOL" else np.object_
+        item.set_data_from_numpy(np.array([value], dtype=kind))
+        return item
+
+    client = grpcclient.InferenceServerClient(url)
+    answers: list[dict[str, Any]] = []
+    try:
+        for r in requests:
+            inputs = [tensor("text_input", "BYTES", r["prompt"].encode())]
+            if "sampling" in r:
+                inputs.append(tensor("sampling_parameters", "BYTES", json.dumps(r["sampling"])))
+            if "raw_sampling" in r:
+                inputs.append(tensor("sampling_parameters", "BYTES", r["raw_sampling"]))
+            for key, name in (("stream", "stream"), ("exclude", "exclude_input_in_output")):
+                if key in r:
+                    inputs.append(tensor(name, "BOOL", r[key]))
+            try:
+                result = client.infer(model, inputs, client_timeout=60)
+            except InferenceServerException as err:
+                answers.append({"error": err.status(), "message": err.message()})
+                continue
+            response = result.get_response()
+            params = {
+                k: getattr(v, v.WhichOneof("parameter_choice"))
+                for k, v in response.parameters.items()
+            }
+            text = b"".join(result.as_numpy("text_output").reshape(-1)).decode()
+            answers.append({"text": text, "params": params})
+        metadata = client.get_model_metadata(model, as_json=True)
+        config = client.get_model_config(model, as_json=True)["config"]
+    finally:
+        client.close()
+    return {"answers": answers, "metadata": metadata, "config": config}

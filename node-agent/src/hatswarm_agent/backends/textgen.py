@@ -38,6 +38,15 @@ from hatswarm_agent.backends.tokenstream import Emitter, Producer, TokenStream, 
 TEXT_INPUT = TensorSpec("text_input", "BYTES", (1,))
 TEXT_OUTPUT = TensorSpec("text_output", "BYTES", (-1,))
 SAMPLING_PARAMETERS = "sampling_parameters"
+# Every input of a generative model's OIP face, as the vLLM backend declares them: the prompt,
+# then the optional sampling parameters (a JSON object), `stream` (ModelInfer refuses true:
+# streaming is ModelStreamInfer's) and `exclude_input_in_output`.
+GENERATION_INPUTS = (
+    TEXT_INPUT,
+    TensorSpec(SAMPLING_PARAMETERS, "BYTES", (1,), optional=True),
+    TensorSpec("stream", "BOOL", (1,), optional=True),
+    TensorSpec("exclude_input_in_output", "BOOL", (1,), optional=True),
+)
 
 # Weight of the newest generation in the measured rates (EWMA).
 RATE_ALPHA = 0.2
@@ -86,7 +95,7 @@ class ThreadedGenerativeModel(LoadedModel):
     _executor: Executor
 
     def __init__(self, slots: SequenceSlots) -> None:
-        self.inputs = [TEXT_INPUT]
+        self.inputs = list(GENERATION_INPUTS)
         self.outputs = [TEXT_OUTPUT]
         self._slots = slots
         self._in_use = 0  # context tokens the running sequences hold
