@@ -1,10 +1,13 @@
 """What the generative backends share, so each keeps only what its runtime does differently.
 
 The OIP face of every generative model (llamacpp.py, genai.py, hailo_genai.py): the tensor names
-of Triton's vLLM backend (`text_input` in, `text_output` out, optional `sampling_parameters` JSON),
-so tritonclient code written for it works unchanged, and `run_prompts`, the ModelInfer loop that
-generates one whole completion per prompt (streaming goes through `generate`). `check_prompt_length`
-is the one check of a prompt's token count against the context.
+of Triton's vLLM backend (`text_input` in, `text_output` out; `sampling_parameters` JSON, `stream`
+and `exclude_input_in_output` optional, as that backend declares them), so tritonclient code
+written for it works unchanged, and `run_prompts`, the blocking `run` of the backend interface
+that generates one whole completion per prompt. The agent's ModelInfer does not call `run`: it
+generates through `generate` as the streaming doors do (serving/generation.complete_prompts), so
+its tokens are counted the same way. `check_prompt_length` is the one check of a prompt's token
+count against the context.
 
 `ThreadedGenerativeModel` is the base of the CPU models whose sequences are blocking producers on
 worker threads of the model, bounded by `SequenceSlots` (llama.cpp, onnxruntime-genai): starting
