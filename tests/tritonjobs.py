@@ -117,6 +117,7 @@ def stream_generate(
     import time
 
     import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
 
     client = grpcclient.InferenceServerClient(url)
     responses: queue.Queue[dict[str, Any]] = queue.Queue()
@@ -152,12 +153,18 @@ def stream_generate(
             sampling.set_data_from_numpy(
                 np.array([json.dumps(r.get("sampling", {})).encode()], dtype=np.object_)
             )
-            client.async_stream_infer(
-                model,
-                [text, stream, sampling],
-                request_id=r["id"],
-                enable_empty_final_response=r.get("empty_final", False),
-            )
+            try:
+                client.async_stream_infer(
+                    model,
+                    [text, stream, sampling],
+                    request_id=r["id"],
+                    enable_empty_final_response=r.get("empty_final", False),
+                )
+            except InferenceServerException:
+                # The server already ended the stream (a refused token): its error reaches the
+                # callback. (Raised out of this child, the exception would not unpickle and
+                # the parent would wait for its whole timeout.)
+                break
         finals = 0
         deadline = time.monotonic() + timeout_s
         while finals < len(requests) and time.monotonic() < deadline:
