@@ -217,7 +217,8 @@ def infer_texts(url: str, model: str, requests: list[dict[str, Any]]) -> dict[st
     """Plain `client.infer` (ModelInfer) generations, Triton vLLM-backend tensors: per request
     dict (prompt; optional sampling: a dict sent as JSON, or raw_sampling: bytes sent as they
     are; stream, exclude: bools sent as those inputs) {text, params} or {error: status,
-    message}. Also the model's metadata and config as tritonclient reads them."""
+    message}. Also the model's metadata and config as tritonclient reads them (or {error,
+    message} where the agent has no config to give)."""
     import json
 
     import tritonclient.grpc as grpcclient
@@ -253,8 +254,11 @@ def infer_texts(url: str, model: str, requests: list[dict[str, Any]]) -> dict[st
             }
             text = b"".join(result.as_numpy("text_output").reshape(-1)).decode()
             answers.append({"text": text, "params": params})
-        metadata = client.get_model_metadata(model, as_json=True)
-        config = client.get_model_config(model, as_json=True)["config"]
+        try:  # raised out of this child, the exception would not unpickle
+            metadata = client.get_model_metadata(model, as_json=True)
+            config = client.get_model_config(model, as_json=True)["config"]
+        except InferenceServerException as err:
+            metadata = config = {"error": err.status(), "message": err.message()}
     finally:
         client.close()
     return {"answers": answers, "metadata": metadata, "config": config}

@@ -189,3 +189,23 @@ def test_bad_sampling_parameters_and_stream_true_are_invalid_argument(holder: Ho
         timeout=60,
     )  # fmt: skip
     assert rest.status_code == 400 and "sampling_parameters" in rest.text, rest.text
+
+
+def test_an_entry_relays_sampling_parameters_and_only_the_holder_counts(holder: Holder) -> None:
+    """A non-holding agent forwards the request whole: the holder generates with its sampling
+    parameters and counts the tokens once (the entry only relayed)."""
+    _, generated, text = reference(holder.folder, PROMPT, 7, do_sample=False)
+    before = node_tokens(holder.agent)
+    with start_agent(["--node-name", "entry", "--peer", f"tiny={holder.agent.address}"]) as entry:
+        got = tritonjobs.run(
+            tritonjobs.infer_texts,
+            entry.address,
+            "tiny",
+            [{"prompt": PROMPT, "sampling": {"max_tokens": 7, "temperature": 0}}],
+        )
+        assert node_tokens(entry) == {}
+    answer = got["answers"][0]
+    assert answer.get("text") == text, answer
+    assert answer["params"]["hatswarm.node"] == "holder"
+    assert answer["params"]["hatswarm.route"] == "peer"
+    assert delta(before, node_tokens(holder.agent))["completion"] == len(generated) == 7
