@@ -117,6 +117,7 @@ def stream_generate(
     import time
 
     import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
 
     client = grpcclient.InferenceServerClient(url)
     responses: queue.Queue[dict[str, Any]] = queue.Queue()
@@ -152,12 +153,18 @@ def stream_generate(
             sampling.set_data_from_numpy(
                 np.array([json.dumps(r.get("sampling", {})).encode()], dtype=np.object_)
             )
-            client.async_stream_infer(
-                model,
-                [text, stream, sampling],
-                request_id=r["id"],
-                enable_empty_final_response=r.get("empty_final", False),
-            )
+            try:
+                client.async_stream_infer(
+                    model,
+                    [text, stream, sampling],
+                    request_id=r["id"],
+                    enable_empty_final_response=r.get("empty_final", False),
+                )
+            except InferenceServerException:
+                # The server already ended the stream (a refused token): its error reaches the
+                # callback. (Raised out of this child, the exception would not unpickle and
+                # the parent would wait for its whole timeout.)
+                break
         finals = 0
         deadline = time.monotonic() + timeout_s
         while finals < len(requests) and time.monotonic() < deadline:
@@ -204,3 +211,54 @@ def repository_index(address: str) -> dict[str, Any]:
         return {"index": index.get("models", []), "server_ready": client.is_server_ready()}
     finally:
         client.close()
+
+
+def infer_texts(url: str, model: str, requests: list[dict[str, Any]]) -> dict[str, Any]:
+    """Plain `client.infer` (ModelInfer) generations, Triton vLLM-backend tensors: per request
+    dict (prompt; optional sampling: a dict sent as JSON, or raw_sampling: bytes sent as they
+    are; stream, exclude: bools sent as those inputs) {text, params} or {error: status,
+    message}. Also the model's metadata and config as tritonclient reads them (or {error,
+    message} where the agent has no config to give)."""
+    import json
+
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    def tensor(name: str, datatype: str, value: Any) -> Any:
+        item = grpcclient.InferInput(name, [1], datatype)
+        kind = np.bool_ if datatype == "BOOL" else np.object_
+        item.set_data_from_numpy(np.array([value], dtype=kind))
+        return item
+
+    client = grpcclient.InferenceServerClient(url)
+    answers: list[dict[str, Any]] = []
+    try:
+        for r in requests:
+            inputs = [tensor("text_input", "BYTES", r["prompt"].encode())]
+            if "sampling" in r:
+                inputs.append(tensor("sampling_parameters", "BYTES", json.dumps(r["sampling"])))
+            if "raw_sampling" in r:
+                inputs.append(tensor("sampling_parameters", "BYTES", r["raw_sampling"]))
+            for key, name in (("stream", "stream"), ("exclude", "exclude_input_in_output")):
+                if key in r:
+                    inputs.append(tensor(name, "BOOL", r[key]))
+            try:
+                result = client.infer(model, inputs, client_timeout=60)
+            except InferenceServerException as err:
+                answers.append({"error": err.status(), "message": err.message()})
+                continue
+            response = result.get_response()
+            params = {
+                k: getattr(v, v.WhichOneof("parameter_choice"))
+                for k, v in response.parameters.items()
+            }
+            text = b"".join(result.as_numpy("text_output").reshape(-1)).decode()
+            answers.append({"text": text, "params": params})
+        try:  # raised out of this child, the exception would not unpickle
+            metadata = client.get_model_metadata(model, as_json=True)
+            config = client.get_model_config(model, as_json=True)["config"]
+        except InferenceServerException as err:
+            metadata = config = {"error": err.status(), "message": err.message()}
+    finally:
+        client.close()
+    return {"answers": answers, "metadata": metadata, "config": config}

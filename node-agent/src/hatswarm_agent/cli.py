@@ -136,6 +136,17 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
+def file_mode(text: str) -> int:
+    """An octal file mode such as 0660 (chmod's digits)."""
+    try:
+        value = int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an octal file mode: {text!r}") from None
+    if not 0 <= value <= 0o777:
+        raise argparse.ArgumentTypeError(f"file mode {text} is outside 000..777")
+    return value
+
+
 def port(text: str) -> int:
     try:
         value = int(text)
@@ -157,6 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--uds", type=Path, metavar="PATH", help="also serve on this unix socket (local clients)"
     )
+    p.add_argument(
+        "--unix-socket-mode", type=file_mode, default=0o660, metavar="MODE",
+        help="octal file mode of the --uds socket: who on this host may connect (default 0660: "
+        "the agent's user and group, as containerd and docker create theirs)",
+    )  # fmt: skip
     p.add_argument("--node-name", default="local")
     p.add_argument(
         "--accelerator", choices=["cpu", "hailo8l", "hailo8", "hailo10h"], default="cpu",
@@ -423,6 +439,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         download_idle_s=args.download_idle_seconds,
         download_idle_min_bytes=args.download_idle_min_bytes,
         uds=args.uds,
+        uds_mode=args.unix_socket_mode,
         file_roots=tuple(args.allow_file_root),
         trusted_keys=tuple(args.trusted_keys),
         require_signatures=args.require_signatures,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -103,6 +104,7 @@ class AgentConfig:
     control_token_file: Path | None = None  # none: AgentControl from loopback only
     tls: TlsFiles | None = None
     uds: Path | None = None  # also listen on this unix socket (clients on this host)
+    uds_mode: int = 0o660  # its file mode: owner and group connect, other local users do not
     file_roots: tuple[Path, ...] = ()  # where control-plane loads may read file:// artifacts
     trusted_keys: tuple[Path, ...] = ()  # ed25519 public keys (files or folders of files)
     require_signatures: bool = False
@@ -308,15 +310,24 @@ class Agent:
             task.add_done_callback(self._tasks.discard)
 
     def _listen_unix(self, path: Path) -> None:
-        """The unix socket: the same services (auth included) without TCP, for local clients."""
+        """The unix socket: the same services (auth included) without TCP, for local clients.
+
+        Connecting needs write permission on the socket file, so its mode is who may: created
+        under a umask that leaves only `uds_mode` (never, even for an instant, open to every
+        local user as the process umask would make it), then set to exactly that mode."""
+        mode = self.config.uds_mode & 0o777
         if path.is_socket():
             path.unlink()  # left by an agent that did not stop cleanly
+        old_umask = os.umask(~mode & 0o777)
         try:
             bound = self.server.add_insecure_port(f"unix:{path}")
         except RuntimeError as exc:
             raise OSError(f"cannot listen on unix:{path}: {exc}") from exc
+        finally:
+            os.umask(old_umask)
         if not bound:
             raise OSError(f"cannot listen on unix:{path}")
+        os.chmod(path, mode)
 
     async def stop(self) -> None:
         """Health NOT_SERVING first, then let in-flight calls finish within the grace period."""

@@ -10,7 +10,9 @@ peer gets the inputs in the request).
 
 from __future__ import annotations
 
+import os
 import socket
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -118,3 +120,30 @@ def test_the_unix_socket_keeps_the_auth_boundary(model_dir: Path, tmp_path: Path
         got = tritonjobs.run(tritonshm.infer_mlp, f"unix:{sock}", x, "the-token", 1)
     assert refused.startswith("StatusCode.UNAUTHENTICATED"), refused
     np.testing.assert_allclose(got["outputs"][0], direct_run(model_dir / "mlp.onnx", x), rtol=1e-5)
+
+
+def test_the_unix_socket_is_for_owner_and_group_only(local: tuple[AgentProcess, str]) -> None:
+    """Connecting to a unix socket needs write permission on its file: 0660 by default, as
+    containerd and docker make theirs, whatever the umask (this agent's is the test's)."""
+    _, uds = local
+    sock = Path(uds.removeprefix("unix:"))
+    assert stat.S_ISSOCK(sock.stat().st_mode)
+    assert stat.S_IMODE(sock.stat().st_mode) == 0o660
+
+
+@pytest.mark.parametrize(("flag", "mode"), [([], 0o660), (["--unix-socket-mode", "0600"], 0o600)])
+def test_the_unix_socket_mode_holds_under_an_open_umask(
+    model_dir: Path, tmp_path: Path, flag: list[str], mode: int
+) -> None:
+    """Under umask 0 a socket would be 0777 (any local user connects): the agent's is not, and
+    `--unix-socket-mode` narrows it further; requests still work through it."""
+    sock = tmp_path / "open.sock"
+    old = os.umask(0)
+    try:
+        agent = start_agent(["--model", f"mlp={model_dir / 'mlp.onnx'}", "--uds", str(sock), *flag])
+    finally:
+        os.umask(old)
+    with agent:
+        assert stat.S_IMODE(sock.stat().st_mode) == mode
+        out = tritonjobs.run(tritonjobs.infer_many, f"unix:{sock}", "mlp", "x", [1, 64], 2, "y")
+        assert out["ok"] == 2, out["errors"]

@@ -125,6 +125,7 @@ def test_a_too_long_prompt_goes_to_the_cloud_through_every_door(
         stream=True,
     )
     assert raw.headers["x-hatswarm-node"] == "cloud"
+    assert raw.headers["x-hatswarm-route"] == "cloud"  # relayed by the holder, from the cloud
     chunks = list(raw.parse())
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "cloud0 cloud1 cloud2 cloud3 cloud4 "
@@ -149,6 +150,8 @@ def test_a_too_long_prompt_goes_to_the_cloud_through_every_door(
     )
     assert "".join(r["text"] or "" for r in responses) == "cloud0 cloud1 cloud2 cloud3 "
     assert responses[-1]["final"] and not any(r["error"] for r in responses)
+    assert responses[0]["params"]["hatswarm.route"] == responses[-1]["params"]["hatswarm.route"]
+    assert responses[-1]["params"]["hatswarm.route"] == "cloud"
 
     stats = cloud.stats()
     assert stats["calls"] == 3 and stats["unauthorized"] == 0
@@ -189,8 +192,11 @@ def test_plain_model_infer_and_kserve_rest_escalate_a_too_long_prompt(
         infer = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer
         short = infer(text_request("hello"), timeout=60)
         assert short.parameters["hatswarm.node"].string_param == "holder"
+        assert short.parameters["hatswarm.route"].string_param == "peer"
         long = infer(text_request(LONG), timeout=60)
         assert long.parameters["hatswarm.node"].string_param == "cloud"
+        # Relayed by the holder, answered by the cloud: the route says where the answer came from.
+        assert long.parameters["hatswarm.route"].string_param == "cloud"
         assert [o.name for o in long.outputs] == ["text_output"] and long.id == "r1"
         eight = "".join(f"cloud{i} " for i in range(8))  # the stand-in's default length
         assert long.outputs[0].contents.bytes_contents == [eight.encode()]
@@ -204,6 +210,7 @@ def test_plain_model_infer_and_kserve_rest_escalate_a_too_long_prompt(
     assert rest.status_code == 200, rest.text
     answer = rest.json()
     assert answer["parameters"]["hatswarm.node"] == "cloud"
+    assert answer["parameters"]["hatswarm.route"] == "cloud"
     assert answer["outputs"][0]["data"] == [eight]
     with grpc.insecure_channel(holder.address) as channel:  # the holder's own door
         own = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(text_request(LONG), timeout=60)

@@ -34,6 +34,9 @@ class TensorSpec:
     name: str
     datatype: str  # OIP datatype: "FP32", "UINT8", "INT64", "FP16", "BYTES", ...
     shape: tuple[int, ...]  # -1 marks a variable dimension
+    # An input a request may leave out (Triton's `optional` in the model config), as the
+    # sampling parameters of a generative model.
+    optional: bool = False
 
 
 @dataclass(frozen=True)

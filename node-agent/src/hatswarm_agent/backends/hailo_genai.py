@@ -77,7 +77,7 @@ from hatswarm_agent.backends.generation import (
 )
 from hatswarm_agent.backends.options import bool_option, int_option
 from hatswarm_agent.backends.textgen import (
-    TEXT_INPUT,
+    GENERATION_INPUTS,
     TEXT_OUTPUT,
     check_prompt_length,
     run_prompts,
@@ -190,7 +190,7 @@ class HailoLLMModel(LoadedModel):
         self._executor = ThreadPoolExecutor(max_workers=len(llms), thread_name_prefix="hailo-llm")
         self.context_length = int(llms[0].max_context_capacity())
         self.prompt_template = str(llms[0].prompt_template())
-        self.inputs = [TEXT_INPUT]
+        self.inputs = list(GENERATION_INPUTS)
         self.outputs = [TEXT_OUTPUT]
         self._closed = False
 

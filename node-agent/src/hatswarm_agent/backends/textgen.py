@@ -1,10 +1,13 @@
 """What the generative backends share, so each keeps only what its runtime does differently.
 
 The OIP face of every generative model (llamacpp.py, genai.py, hailo_genai.py): the tensor names
-of Triton's vLLM backend (`text_input` in, `text_output` out, optional `sampling_parameters` JSON),
-so tritonclient code written for it works unchanged, and `run_prompts`, the ModelInfer loop that
-generates one whole completion per prompt (streaming goes through `generate`). `check_prompt_length`
-is the one check of a prompt's token count against the context.
+of Triton's vLLM backend (`text_input` in, `text_output` out; `sampling_parameters` JSON, `stream`
+and `exclude_input_in_output` optional, as that backend declares them), so tritonclient code
+written for it works unchanged, and `run_prompts`, the blocking `run` of the backend interface
+that generates one whole completion per prompt. The agent's ModelInfer does not call `run`: it
+generates through `generate` as the streaming doors do (serving/generation.complete_prompts), so
+its tokens are counted the same way. `check_prompt_length` is the one check of a prompt's token
+count against the context.
 
 `ThreadedGenerativeModel` is the base of the CPU models whose sequences are blocking producers on
 worker threads of the model, bounded by `SequenceSlots` (llama.cpp, onnxruntime-genai): starting
@@ -43,6 +46,15 @@ from hatswarm_agent.backends.tokenstream import (
 TEXT_INPUT = TensorSpec("text_input", "BYTES", (1,))
 TEXT_OUTPUT = TensorSpec("text_output", "BYTES", (-1,))
 SAMPLING_PARAMETERS = "sampling_parameters"
+# Every input of a generative model's OIP face, as the vLLM backend declares them: the prompt,
+# then the optional sampling parameters (a JSON object), `stream` (ModelInfer refuses true:
+# streaming is ModelStreamInfer's) and `exclude_input_in_output`.
+GENERATION_INPUTS = (
+    TEXT_INPUT,
+    TensorSpec(SAMPLING_PARAMETERS, "BYTES", (1,), optional=True),
+    TensorSpec("stream", "BOOL", (1,), optional=True),
+    TensorSpec("exclude_input_in_output", "BOOL", (1,), optional=True),
+)
 
 # Weight of the newest generation in the measured rates (EWMA).
 RATE_ALPHA = 0.2
@@ -91,7 +103,7 @@ class ThreadedGenerativeModel(LoadedModel):
     _executor: Executor
 
     def __init__(self, slots: SequenceSlots) -> None:
-        self.inputs = [TEXT_INPUT]
+        self.inputs = list(GENERATION_INPUTS)
         self.outputs = [TEXT_OUTPUT]
         self._slots = slots
         self._in_use = 0  # context tokens the running sequences hold

@@ -158,7 +158,10 @@ class Forwarder:
         self.latencies.add(elapsed)
         node = params.answered_by(response, peer.node)
         self.metrics.requests.labels(request.model_name, ROUTE_PEER).inc()
-        return params.tag(response, node, ROUTE_PEER)
+        # The peer may have sent it on to the cloud (a generation's prompt over its context):
+        # the answer says so, not that a node of the pool ran it.
+        route = ROUTE_CLOUD if params.route_of(response) == ROUTE_CLOUD else ROUTE_PEER
+        return params.tag(response, node, route)
 
     async def to_cloud(
         self, request: pb.ModelInferRequest, deadline: float

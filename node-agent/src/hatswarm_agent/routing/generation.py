@@ -106,8 +106,6 @@ def stream_call(channel: grpc.aio.Channel) -> Any:
 class RemoteStream:
     """A generation running on a peer, read from its ModelStreamInfer call."""
 
-    route = ROUTE_PEER
-
     def __init__(
         self,
         call: Any,
@@ -122,6 +120,8 @@ class RemoteStream:
         self._done = False
         self._tokens = 0
         self.node = params.answered_by(first, peer.node)
+        # A peer that sent the generation on to the cloud says so on its first response.
+        self.route = ROUTE_CLOUD if params.route_of(first) == ROUTE_CLOUD else ROUTE_PEER
         self.finish_reason: FinishReason | None = None
         self._usage = Usage(0, 0)
 

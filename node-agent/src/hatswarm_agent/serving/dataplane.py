@@ -18,11 +18,13 @@ from typing import Any, TypeVar
 
 from hatswarm_agent.protocol import params
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
-from hatswarm_agent.protocol.wire import ADAPTER_PARAM
+from hatswarm_agent.protocol.wire import ADAPTER_PARAM, TEXT_INPUT, TEXT_OUTPUT
 from hatswarm_agent.serving.batching import Result
 from hatswarm_agent.serving.errors import AgentError, status_for
+from hatswarm_agent.serving.generation import complete_prompts, is_generative
 from hatswarm_agent.serving.metrics import AgentMetrics
 from hatswarm_agent.serving.registry import ModelRegistry, ModelVersion
+from hatswarm_agent.serving.streaming import model_infer_options
 from hatswarm_agent.serving.tensors import (
     DEFAULT_LIMITS,
     Buffer,
@@ -132,6 +134,8 @@ class DataPlane:
             except AgentError as exc:
                 self.metrics.failure_without_model(exc.reason)
                 raise
+        if is_generative(entry):
+            return await self._serve_generation(request, entry, buffers, into)
         try:
             queue = entry.queue
             assert queue is not None
@@ -154,6 +158,31 @@ class DataPlane:
             raise
         self._succeeded(entry, start, result)
         return response
+
+    async def _serve_generation(
+        self,
+        request: pb.ModelInferRequest,
+        entry: ModelVersion,
+        buffers: Mapping[int, Buffer] | None,
+        into: Mapping[str, memoryview] | None,
+    ) -> pb.ModelInferResponse:
+        """ModelInfer of a generative model: the vLLM-style tensors (streaming.py) decoded as
+        any request's, then generated as a stream is (counted the same: serving/generation.py)."""
+        try:
+            decoded = decode_request(request, entry.inputs, False, self.limits, buffers)
+            outputs = select_outputs(request, entry.outputs)
+            sampling, exclude = model_infer_options(decoded.inputs, request.parameters)
+        except Exception as exc:
+            entry.stats.failure += 1
+            if entry.metrics is not None:
+                entry.metrics.failure(status_for(exc)[2])
+            raise
+        texts = await complete_prompts(
+            entry, decoded.inputs[TEXT_INPUT], sampling, exclude, self.metrics.tokens
+        )
+        return encode_response(
+            request, entry.version, {TEXT_OUTPUT: texts}, outputs, decoded.raw, into
+        )
 
     @staticmethod
     def _succeeded(entry: ModelVersion, start: float, result: Result) -> None:

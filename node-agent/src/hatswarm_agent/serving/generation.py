@@ -19,6 +19,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
+
+from hatswarm_agent.backends.base import Array
 from hatswarm_agent.backends.generation import (
     EMBED,
     GENERATE,
@@ -34,8 +37,13 @@ from hatswarm_agent.backends.generation import (
     Usage,
 )
 from hatswarm_agent.protocol.auth import Metadata
-from hatswarm_agent.protocol.wire import ROUTE_LOCAL
-from hatswarm_agent.serving.errors import AgentError, NotGenerativeError, status_for
+from hatswarm_agent.protocol.wire import ROUTE_LOCAL, TEXT_INPUT
+from hatswarm_agent.serving.errors import (
+    AgentError,
+    InvalidInputError,
+    NotGenerativeError,
+    status_for,
+)
 from hatswarm_agent.serving.metrics import EDGE, AgentMetrics, TokenCounts
 from hatswarm_agent.serving.registry import ModelRegistry, ModelVersion
 
@@ -61,7 +69,7 @@ class PieceStream(Protocol):
 
     @property
     def route(self) -> str:
-        """wire.ROUTE_LOCAL or wire.ROUTE_PEER."""
+        """wire.ROUTE_LOCAL, ROUTE_PEER or ROUTE_CLOUD (also when a peer sent it there)."""
         ...
 
     @property
@@ -233,6 +241,45 @@ class _CancelledError(Exception):
     """The consumer closed the stream before its end."""
 
 
+def _failed(entry: ModelVersion, exc: BaseException) -> None:
+    entry.stats.failure += 1
+    if entry.metrics is not None:
+        entry.metrics.failure(status_for(exc)[2])
+
+
+async def complete_prompts(
+    entry: ModelVersion,
+    prompts: Array,
+    params: GenerationParams,
+    exclude_input: bool,
+    tokens: TokenCounts | None,
+) -> Array:
+    """ModelInfer of a generative model on this node: one whole completion per `text_input`
+    element (prompt first unless `exclude_input`), each generated as a stream is, so it is
+    counted as one (tokens, time to first token, success) and waits for a sequence slot."""
+    model = entry.model
+    assert isinstance(model, GenerativeModel)
+    outputs = np.empty(prompts.shape, dtype=object)
+    for index, value in np.ndenumerate(prompts):
+        try:
+            text = value.decode("utf-8") if isinstance(value, bytes) else str(value)
+        except UnicodeDecodeError:
+            raise InvalidInputError(f"input '{TEXT_INPUT}' is not UTF-8 text") from None
+        started = time.perf_counter()
+        try:
+            stream = await model.generate(text, params)
+        except Exception as exc:
+            _failed(entry, exc)
+            raise
+        local = LocalStream(stream, entry, "", started, tokens)
+        try:
+            completion = "".join([piece.text async for piece in local])
+        finally:
+            await local.aclose()
+        outputs[index] = (completion if exclude_input else text + completion).encode("utf-8")
+    return outputs
+
+
 class Generations:
     """Generations and embeddings on this node's models."""
 
@@ -292,9 +339,7 @@ class Generations:
         try:
             stream = await model.generate(call.prompt, call.params)
         except Exception as exc:
-            entry.stats.failure += 1
-            if entry.metrics is not None:
-                entry.metrics.failure(status_for(exc)[2])
+            _failed(entry, exc)
             raise
         return LocalStream(stream, entry, self.node, started, self.metrics.tokens)
 

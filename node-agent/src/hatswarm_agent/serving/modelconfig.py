@@ -62,7 +62,12 @@ def model_config(entry: ModelVersion, platform: str) -> mc.ModelConfig:
     )
     for spec in entry.inputs:
         dims = spec.shape[1:] if max_batch else spec.shape
-        config.input.add(name=spec.name, data_type=DATA_TYPES.get(spec.datatype, 0), dims=dims)
+        config.input.add(
+            name=spec.name,
+            data_type=DATA_TYPES.get(spec.datatype, 0),
+            dims=dims,
+            optional=spec.optional,
+        )
     for spec in entry.outputs:
         dims = spec.shape[1:] if max_batch else spec.shape
         config.output.add(name=spec.name, data_type=DATA_TYPES.get(spec.datatype, 0), dims=dims)

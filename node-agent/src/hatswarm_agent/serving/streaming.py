@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from hatswarm_agent.backends.base import TensorSpec
 from hatswarm_agent.backends.generation import (
@@ -122,6 +125,49 @@ def _text(value: Any, name: str) -> str:
         raise InvalidInputError(f"input '{name}' is not UTF-8 text") from None
 
 
+def sampling_params(raw: Any, parameters: Mapping[str, pb.InferParameter]) -> GenerationParams:
+    """The sampling parameters of a request: the `sampling_parameters` input (a JSON object;
+    None when not given), overridden by request parameters of vLLM's names; InvalidInputError
+    naming the input when it is wrong."""
+    sampling: dict[str, Any] = {}
+    if raw is not None:
+        try:
+            doc = json.loads(raw)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise InvalidInputError(f"input '{SAMPLING_INPUT}' is not JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise InvalidInputError(f"input '{SAMPLING_INPUT}' must be a JSON object")
+        sampling.update(doc)
+    given = SAMPLING_PARAMS & parameters.keys()
+    for key in given:
+        sampling[key] = _param_value(parameters[key])
+    try:
+        return GenerationParams.from_mapping(sampling)
+    except GenerationRequestError as exc:
+        where = f"input '{SAMPLING_INPUT}'" if not given else "sampling parameters"
+        raise InvalidInputError(f"{where}: {exc}") from None
+
+
+def model_infer_options(
+    inputs: Mapping[str, Any], parameters: Mapping[str, pb.InferParameter]
+) -> tuple[GenerationParams, bool]:
+    """What a ModelInfer (not streaming) of a generative model asks besides its prompt: the
+    sampling parameters and whether the answer leaves the prompt out (the default: the answer
+    is the completion alone). `stream` true is refused: one answer cannot stream."""
+    raw = inputs.get(SAMPLING_INPUT)
+    if raw is not None:
+        raw = np.asarray(raw, dtype=object).reshape(-1)[0]
+    if STREAM_INPUT in inputs and bool(np.asarray(inputs[STREAM_INPUT]).reshape(-1)[0]):
+        raise InvalidInputError(
+            f"input '{STREAM_INPUT}' is true: ModelInfer answers once; stream with "
+            "ModelStreamInfer (tritonclient's start_stream / async_stream_infer)"
+        )
+    exclude = True
+    if EXCLUDE_INPUT in inputs:
+        exclude = bool(np.asarray(inputs[EXCLUDE_INPUT]).reshape(-1)[0])
+    return sampling_params(raw, parameters), exclude
+
+
 def decode_generation(request: pb.ModelInferRequest) -> StreamRequest:
     """The generation a ModelStreamInfer request asks for; InvalidInputError naming what is
     wrong otherwise."""
@@ -144,25 +190,10 @@ def decode_generation(request: pb.ModelInferRequest) -> StreamRequest:
         prompt = _text(values[TEXT_INPUT], TEXT_INPUT)
     else:
         raise InvalidInputError(f"input '{TEXT_INPUT}' (BYTES [1]) is required")
-    sampling: dict[str, Any] = {}
-    if SAMPLING_INPUT in values:
-        raw = values[SAMPLING_INPUT]
-        try:
-            doc = json.loads(raw)
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise InvalidInputError(f"input '{SAMPLING_INPUT}' is not JSON: {exc}") from None
-        if not isinstance(doc, dict):
-            raise InvalidInputError(f"input '{SAMPLING_INPUT}' must be a JSON object")
-        sampling.update(doc)
-    for key in SAMPLING_PARAMS & params.keys():
-        sampling[key] = _param_value(params[key])
+    generation = sampling_params(values.get(SAMPLING_INPUT), params)
     stream = bool(values.get(STREAM_INPUT, False))
     exclude = bool(values.get(EXCLUDE_INPUT, stream))
     empty_final = EMPTY_FINAL_PARAM in params and bool(_param_value(params[EMPTY_FINAL_PARAM]))
-    try:
-        generation = GenerationParams.from_mapping(sampling)
-    except GenerationRequestError as exc:
-        raise InvalidInputError(str(exc)) from None
     session = params[SESSION_PARAM].string_param if SESSION_PARAM in params else ""
     call = GenerationCall(request.model_name, request.model_version, prompt, generation, session)
     return StreamRequest(call, stream, exclude, empty_final, bool(request.raw_input_contents))

@@ -239,15 +239,16 @@ def decode_request(
         else:
             arrays[name] = decode_typed(spec, shape, tensor.contents)
         shapes[name] = shape
-    if len(arrays) != len(specs):  # every given name is a distinct spec: some are missing
-        missing = [s.name for s in specs if s.name not in arrays]
-        names = sorted(s.name for s in specs)
-        raise InvalidInputError(f"missing inputs {missing}: model inputs are {names}")
+    if len(arrays) != len(specs):  # every given name is a distinct spec: some are left out
+        missing = [s.name for s in specs if s.name not in arrays and not s.optional]
+        if missing:
+            names = sorted(s.name for s in specs)
+            raise InvalidInputError(f"missing inputs {missing}: model inputs are {names}")
     if not batchable:
         return DecodedRequest(arrays, 1, (), raw)
-    key = tuple(shapes[s.name][1:] for s in specs)
-    if len(specs) == 1:
-        batch = shapes[specs[0].name][0]
+    key = tuple(shapes[s.name][1:] if s.name in shapes else (-1,) for s in specs)
+    if len(shapes) == 1:
+        batch = next(iter(shapes.values()))[0]
     else:
         dims0 = {shape[0] for shape in shapes.values()}
         if len(dims0) != 1:

@@ -411,7 +411,12 @@ async def test_oip_run_uses_vllm_tensor_names(model: GenaiModel) -> None:
     assert isinstance(model, LoadedModel)
     assert isinstance(model, GenerativeModel)
     assert GENERATE in model.capabilities
-    assert [s.name for s in model.inputs] == ["text_input"]
+    assert [(s.name, s.optional) for s in model.inputs] == [
+        ("text_input", False),
+        ("sampling_parameters", True),
+        ("stream", True),
+        ("exclude_input_in_output", True),
+    ]
     assert [s.name for s in model.outputs] == ["text_output"]
     expected = await (
         await model.generate(PROMPT, GenerationParams(max_tokens=12, temperature=0))

@@ -72,7 +72,12 @@ async def test_the_model_lives_in_a_child_process(model: ProcessModel) -> None:
     assert isinstance(model, GenerativeModel)
     assert GENERATE in model.capabilities
     assert model.context_length == 256
-    assert [s.name for s in model.inputs] == ["text_input"]
+    assert [(s.name, s.optional) for s in model.inputs] == [
+        ("text_input", False),
+        ("sampling_parameters", True),
+        ("stream", True),
+        ("exclude_input_in_output", True),
+    ]
     assert model.load().max_sequences == 2
 
 

@@ -92,7 +92,12 @@ def test_load_describes_the_model(backend: HailoGenaiBackend, hef: Path, genai: 
     assert GENERATE in model.capabilities
     assert model.context_length == 256
     assert "im_start" in model.prompt_template
-    assert [s.name for s in model.inputs] == ["text_input"]
+    assert [(s.name, s.optional) for s in model.inputs] == [
+        ("text_input", False),
+        ("sampling_parameters", True),
+        ("stream", True),
+        ("exclude_input_in_output", True),
+    ]
     assert model.load().max_sequences == 1
     info = backend.device_info()
     assert info.accelerator == "hailo10h"

@@ -107,6 +107,21 @@ def test_missing_and_duplicate_inputs() -> None:
         decode_request(req, [X], batchable=True)
 
 
+def test_an_optional_input_may_be_left_out_a_required_one_not() -> None:
+    """Triton's `optional` inputs (a generative model's sampling parameters): left out, the
+    request decodes without them; given, they are checked like any input."""
+    opt = TensorSpec("ids", "INT64", (-1, 4), optional=True)
+    x = np.zeros((2, 4), np.float32)
+    decoded = decode_request(raw_request(x=x), [X, opt], batchable=True)
+    assert set(decoded.inputs) == {"x"} and decoded.batch == 2
+    both = decode_request(raw_request(x=x, ids=np.ones((2, 4), np.int64)), [X, opt], True)
+    assert set(both.inputs) == {"x", "ids"} and both.key != decoded.key  # never merged
+    with pytest.raises(InvalidInputError, match=r"missing inputs \['x'\]"):
+        decode_request(raw_request(ids=np.ones((2, 4), np.int64)), [X, opt], batchable=True)
+    with pytest.raises(InvalidInputError, match="'ids': datatype FP32, expected INT64"):
+        decode_request(raw_request(x=x, ids=x), [X, opt], batchable=True)
+
+
 def test_batch_dims_must_agree() -> None:
     req = raw_request(x=np.zeros((2, 4), np.float32), ids=np.zeros((3, 4), np.int64))
     with pytest.raises(InvalidInputError, match="disagree on the batch"):
