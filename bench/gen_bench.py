@@ -411,6 +411,7 @@ def measure(case: Case, threads: int) -> dict[str, Any]:
         "figures": figures,
         "ttft_overhead_ms": round(overhead, 3),
         "ttft_pairs": len(rows) + len(ttft_pairs),
+        "ttft_differences_ms": [round(d, 3) for d in ttft_pairs],
         "ttft_prefix_cached_ms": round(cached_ttft_ms, 3),
         "ratios": {
             f"{case.name}_decode_tps_agent_vs_runtime": {
