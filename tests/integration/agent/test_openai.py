@@ -16,6 +16,7 @@ import json
 import shutil
 import subprocess
 import tarfile
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -553,3 +554,48 @@ def test_fast_streams_on_the_holder_keep_the_runtimes_tokens_and_exact_usage(poo
     assert not final["error"] and final["final"] is True
     assert [(r["text"], r["params"]["hatswarm.tokens"]) for r in pieces] == expected
     assert final["params"]["hatswarm.completion_tokens"] == count
+
+
+def test_the_holder_reports_its_runtimes_own_timings(pool: Pool) -> None:
+    """The end of an answer carries llama.cpp's `timings`: the runtime's own time, inside what
+    the client measured; the Ollama door reports the same split as its durations."""
+    tokens = 32
+    expected = reference_pieces(pool.tiny, ENDLESS_PROMPT, tokens)
+    first_tokens = next(n for text, n in expected if text)
+    body = {
+        "model": "tiny", "prompt": ENDLESS_PROMPT, "max_tokens": tokens, "temperature": 0,
+        "stream": True,
+    }  # fmt: skip
+    started = time.perf_counter()
+    first_ms = None
+    with httpx.stream("POST", f"{pool.holder_http}/v1/completions", json=body) as response:
+        docs = []
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                docs.append(json.loads(line[6:]))
+                if first_ms is None and docs[-1]["choices"][0]["text"]:
+                    first_ms = 1000 * (time.perf_counter() - started)
+    total_ms = 1000 * (time.perf_counter() - started)
+    timings, usage = docs[-1]["timings"], docs[-1]["usage"]
+    assert timings["prompt_n"] == usage["prompt_tokens"]
+    assert timings["predicted_n"] == usage["completion_tokens"] - first_tokens
+    assert first_ms is not None and 0 < timings["prompt_ms"] < first_ms
+    assert 0 < timings["prompt_ms"] + timings["predicted_ms"] < total_ms
+    assert timings["predicted_per_second"] == pytest.approx(
+        1000 * timings["predicted_n"] / timings["predicted_ms"], rel=1e-3
+    )
+    whole = httpx.post(f"{pool.holder_http}/v1/completions", json={**body, "stream": False})
+    assert whole.json()["timings"]["prompt_n"] == usage["prompt_tokens"]
+    # Through a peer the runtime's time does not travel: no timings rather than wrong ones.
+    relayed = httpx.post(f"{pool.entry_http}/v1/completions", json={**body, "stream": False})
+    assert relayed.status_code == 200 and "timings" not in relayed.json()
+
+    done = httpx.post(
+        f"{pool.holder_http}/api/generate",
+        json={
+            "model": "tiny", "prompt": ENDLESS_PROMPT, "raw": True, "stream": False,
+            "options": {"num_predict": tokens, "temperature": 0},
+        },
+    ).json()  # fmt: skip
+    assert done["prompt_eval_duration"] > 0 and done["eval_duration"] > 0
+    assert done["prompt_eval_duration"] + done["eval_duration"] < done["total_duration"]

@@ -44,8 +44,11 @@ def test_tiny_round_measures_runtime_and_agent_paired(
     for key, row in figures.items():
         assert all(value > 0 for value in row.values()), key
     assert set(result["ratios"]) == {
+        "tiny_decode_tps_agent_vs_its_runtime",
+        "tiny_ttft_agent_vs_its_runtime",
         "tiny_decode_tps_agent_vs_runtime",
         "tiny_ttft_agent_vs_runtime",
+        "tiny_runtime_ttft_process_spread",
         "tiny_ttft_prefix_cached_vs_cold",
         "tiny_agent_4seq_aggregate_vs_runtime_1seq",
         "tiny_agent_4seq_aggregate_vs_runtime_1seq_decode",
@@ -63,6 +66,16 @@ def test_tiny_round_measures_runtime_and_agent_paired(
     assert result["processes"] == bench.PROCESSES == 2
     assert math.isfinite(result["ttft_overhead_ms"])
     assert result["ttft_pairs"] == 3  # the round's and two short generations' differences
+    # The agent's own overhead: its answers' timings (the runtime's time in its child process)
+    # against the client's TTFT of the same requests, one a short generation.
+    own = result["ttft_own_overheads_ms"]
+    assert len(own) == 2 and all(math.isfinite(d) and d > 0 for d in own)
+    assert result["ttft_own_overhead_ms"] == pytest.approx(
+        statistics.median([rows[0]["agent_1"]["own_overhead_ms"], *own]), abs=0.001
+    )
+    assert 0 < rows[0]["agent_1"]["decode_vs_own_runtime"] < 10
+    by_process = result["runtime_ttft_ms_by_process"]
+    assert len(by_process) == 1 + bench.FRESH_PROCESSES and all(t > 0 for t in by_process)
     assert math.isfinite(result["load_average_before"])
     chart = tmp_path / "generation.png"
     bench.chart({"models": {"tiny": result}}, chart)

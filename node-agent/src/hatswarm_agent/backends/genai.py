@@ -62,6 +62,7 @@ from hatswarm_agent.backends.generation import (
     Piece,
     Producer,
     Prompt,
+    RuntimeTimer,
     SequenceSlots,
     StopMatcher,
     check_messages,
@@ -299,7 +300,9 @@ class GenaiModel(ThreadedGenerativeModel):
         )
 
         def produce(emit: Emitter, cancelled: threading.Event) -> Outcome:
-            started = time.perf_counter()
+            clock = time.perf_counter
+            started = clock()
+            timer = RuntimeTimer()
             # A seeded request samples from a fresh generator (its random stream starts there).
             seeded = "random_seed" in search_options
             reused = None if seeded else self._prefixes.take(key, ids, needed)
@@ -316,6 +319,7 @@ class GenaiModel(ThreadedGenerativeModel):
                     generator.append_tokens(np.asarray(ids, dtype=np.int32))
             except RuntimeError as exc:
                 raise BackendError(f"onnxruntime-genai: {exc}") from exc
+            timer.spent = clock() - started
             stream = self._tokenizer.create_stream()
             matcher = StopMatcher(params.stop)
             pending: list[int] = []
@@ -328,16 +332,20 @@ class GenaiModel(ThreadedGenerativeModel):
                 while count < limit and not generator.is_done() and not cancelled.is_set():
                     # The logits the next token is drawn from: read before the step (after it
                     # they are already the following token's).
+                    step = clock()
                     logits = generator.get_logits() if count < judged else None
                     generator.generate_next_token()
                     last = int(generator.get_next_tokens()[0])
+                    decoded = stream.decode(last)
+                    timer.spent += clock() - step
                     if logits is not None and logprob is not None:
                         logprob += token_logprob(logits, last)
                     count += 1
                     self._add_in_use(1)
                     pending.append(last)
-                    text = matcher.feed(stream.decode(last))
+                    text = matcher.feed(decoded)
                     if text:
+                        timer.first_piece(count)
                         emit(Piece(text, len(pending), tuple(pending), logprob))
                         pending = []
                         logprob = 0.0 if count < judged else None
@@ -357,7 +365,7 @@ class GenaiModel(ThreadedGenerativeModel):
                 emit(Piece(tail, len(pending), tuple(pending), logprob if pending else None))
             self._measure(count, time.perf_counter() - started)
             stopped = matcher.stopped or last in self.eos_token_ids or cancelled.is_set()
-            return Outcome("stop" if stopped else "length", count)
+            return Outcome("stop" if stopped else "length", count, timings=timer.timings(count))
 
         return produce
 

@@ -44,6 +44,7 @@ import contextlib
 import logging
 import math
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -68,6 +69,7 @@ from hatswarm_agent.backends.generation import (
     Piece,
     Producer,
     Prompt,
+    RuntimeTimer,
     SequenceSlots,
     StopMatcher,
     TokenStream,
@@ -368,13 +370,17 @@ class HailoLLMModel(LoadedModel):
 
         def produce(emit: Emitter, cancelled: threading.Event) -> Outcome:
             llm = slot.llm
+            clock = time.perf_counter
+            timer = RuntimeTimer()
             matcher = StopMatcher(params.stop)
             count, pending, status = 0, 0, ""
             generated: list[str] = []
             slot.in_use = (prompt_tokens or 0) + (prefix.tokens if prefix is not None else 0)
             try:
                 try:
+                    step = clock()
                     started = llm.generate(prompt=sent, **kwargs)
+                    timer.spent += clock() - step
                 except self._error:
                     # HailoRT's template state is unknown now: never load a context into it.
                     slot.continuing = slot.continuing and chat is None
@@ -386,13 +392,16 @@ class HailoLLMModel(LoadedModel):
                         self._hit_tokens += prefix.tokens
                 with started as completion:
                     while _status(completion) == "GENERATING" and not cancelled.is_set():
+                        step = clock()
                         text = completion.read(READ_TIMEOUT_MS)
+                        timer.spent += clock() - step
                         generated.append(text)
                         count += 1
                         pending += 1
                         slot.in_use += 1
                         out = matcher.feed(text)
                         if out:
+                            timer.first_piece(count)
                             emit(Piece(out, pending))
                             pending = 0
                         if matcher.stopped:
@@ -422,7 +431,7 @@ class HailoLLMModel(LoadedModel):
             ):
                 answer = (("assistant", "".join(generated)),)
                 slot.held = _Held(chat + answer, usage)
-            return Outcome(finish, count, counted)
+            return Outcome(finish, count, counted, timer.timings(count))
 
         return produce
 

@@ -311,7 +311,10 @@ async def _serve(
             # wait until it has freed its slot, so the load sent with "done" is true.
             await stream.aclose()
             outcome = Outcome(
-                stream.finish_reason or "stop", stream.completion_tokens, stream.prompt_tokens
+                stream.finish_reason or "stop",
+                stream.completion_tokens,
+                stream.prompt_tokens,
+                stream.timings,
             )
             forward.flush()
             send(("done", rid, outcome, model.load()))

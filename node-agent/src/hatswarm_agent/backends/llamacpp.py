@@ -61,6 +61,7 @@ from hatswarm_agent.backends.generation import (
     Piece,
     Producer,
     Prompt,
+    RuntimeTimer,
     SequenceSlots,
     StopMatcher,
     check_messages,
@@ -227,7 +228,9 @@ class LlamaCppModel(ThreadedGenerativeModel):
         is_eog = self._llama_cpp.llama_vocab_is_eog
 
         def produce(emit: Emitter, cancelled: threading.Event) -> Outcome:
-            started = time.perf_counter()
+            clock = time.perf_counter
+            started = clock()
+            timer = RuntimeTimer()
             limit = self.context_length - len(ids)
             budget = limit if params.max_tokens is None else min(params.max_tokens, limit)
             llm = self._contexts.get()  # a slot was acquired, so a context is free
@@ -248,17 +251,21 @@ class LlamaCppModel(ThreadedGenerativeModel):
                     repeat_penalty=1.0,
                 )
                 try:
-                    for token in tokens:
-                        if cancelled.is_set():
+                    while not cancelled.is_set():
+                        step = clock()
+                        token = next(tokens, None)  # evaluates the prompt, then one token
+                        if token is None or is_eog(self._vocab, token):
+                            timer.spent += clock() - step
+                            eog = token is not None
                             break
-                        if is_eog(self._vocab, token):
-                            eog = True
-                            break
+                        decoded = decoder.decode(llm.detokenize([token]))
+                        timer.spent += clock() - step
                         count += 1
                         self._add_in_use(1)
                         pending.append(int(token))
-                        text = matcher.feed(decoder.decode(llm.detokenize([token])))
+                        text = matcher.feed(decoded)
                         if text:
+                            timer.first_piece(count)
                             emit(Piece(text, len(pending), tuple(pending)))
                             pending = []
                         if matcher.stopped or count >= budget:
@@ -276,7 +283,7 @@ class LlamaCppModel(ThreadedGenerativeModel):
                 emit(Piece(tail, len(pending), tuple(pending)))
             self._measure(count, time.perf_counter() - started)
             stopped = eog or matcher.stopped or cancelled.is_set()
-            return Outcome("stop" if stopped else "length", count)
+            return Outcome("stop" if stopped else "length", count, timings=timer.timings(count))
 
         return produce
 

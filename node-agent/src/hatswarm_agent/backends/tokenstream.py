@@ -48,6 +48,39 @@ Emitter = Callable[[Piece], None]
 """What a blocking generation loop calls for each piece (from its worker thread)."""
 
 
+@dataclass(frozen=True)
+class Timings:
+    """The runtime's own time for one generation: its calls only, not the agent's work around
+    them. A client subtracts it from what it measured to see the agent's overhead, on the very
+    request and process that served it (the same prefill runs +-7% faster or slower from one
+    process to the next here, more than the overhead itself). What llama.cpp's server reports
+    as `timings` and Ollama's as its durations."""
+
+    prompt_s: float  # up to the first piece of text: the prompt's evaluation and first token(s)
+    decode_s: float  # the tokens after the first piece
+    decode_tokens: int
+
+
+class RuntimeTimer:
+    """Adds up the time a producer spends inside its runtime's calls (two clock reads a token,
+    ~0.1 us) and where the first piece came."""
+
+    __slots__ = ("_first", "spent")
+
+    def __init__(self) -> None:
+        self.spent = 0.0
+        self._first: tuple[float, int] | None = None
+
+    def first_piece(self, tokens: int) -> None:
+        """A piece is being emitted after `tokens` tokens: the first one ends the prompt's time."""
+        if self._first is None:
+            self._first = (self.spent, tokens)
+
+    def timings(self, tokens: int) -> Timings:
+        spent, at = self._first if self._first is not None else (self.spent, tokens)
+        return Timings(spent, self.spent - spent, tokens - at)
+
+
 @dataclass
 class Outcome:
     """How a blocking generation loop ended."""
@@ -55,6 +88,7 @@ class Outcome:
     finish_reason: FinishReason
     completion_tokens: int
     prompt_tokens: int | None = None  # when only known at the end (HailoRT chat prompts)
+    timings: Timings | None = None  # the runtime's own time, where the backend measures it
 
 
 Producer = Callable[[Emitter, threading.Event], Outcome]
@@ -97,6 +131,7 @@ class TokenStream:
         self.completion_tokens = 0
         self.finish_reason: FinishReason | None = None
         self.first_token_s: float | None = None  # seconds from start to the first piece
+        self.timings: Timings | None = None  # the runtime's own time, once ended
         self._started = time.perf_counter()
 
     def push(self, item: Piece | Outcome | BaseException) -> None:
@@ -222,6 +257,7 @@ class TokenStream:
         self.completion_tokens = outcome.completion_tokens
         if outcome.prompt_tokens is not None:
             self.prompt_tokens = outcome.prompt_tokens
+        self.timings = outcome.timings
 
     @property
     def usage(self) -> Usage:

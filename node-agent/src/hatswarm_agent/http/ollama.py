@@ -207,18 +207,24 @@ def _iso(unix_ms: int) -> str:
 
 
 def _done(stream: PieceStream, started: int, first_ns: int | None = None) -> dict[str, Any]:
+    """The last object: counts and durations (ns). The evaluation durations are the runtime's
+    own time when the node measured it (as Ollama reports them), else the door's view."""
     now = time.perf_counter_ns()
     first = first_ns or now
     usage = stream.usage
+    prompt_ns, eval_ns = first - started, now - first
+    if stream.timings is not None:
+        prompt_ns = round(stream.timings.prompt_s * 1e9)
+        eval_ns = round(stream.timings.decode_s * 1e9)
     return {
         "done": True,
         "done_reason": stream.finish_reason or "stop",
         "total_duration": now - started,
         "load_duration": 0,
         "prompt_eval_count": usage.prompt_tokens,
-        "prompt_eval_duration": first - started,
+        "prompt_eval_duration": prompt_ns,
         "eval_count": usage.completion_tokens,
-        "eval_duration": now - first,
+        "eval_duration": eval_ns,
     }
 
 

@@ -7,6 +7,11 @@ tokens) in every answer (streamed: on the chunk that carries the finish reason),
 that breaks after its first token (the generating node was lost) ends with an error event,
 which the `openai` client raises, never with a silently short answer. Embeddings come as floats
 or, as the `openai` client asks by default, base64 of little-endian float32.
+
+The answer's end also carries `timings` as llama.cpp's server reports them (`prompt_n`,
+`prompt_ms`, `predicted_n`, `predicted_ms` and rates) when the node that ran the generation
+measured its runtime's own time (backends' `Timings`): the prompt's part runs to the first
+piece of text, so a client's time to first token minus `prompt_ms` is what the agent added.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
-from hatswarm_agent.backends.generation import GenerationParams, Message, Usage
+from hatswarm_agent.backends.generation import GenerationParams, Message, Timings, Usage
 from hatswarm_agent.http.common import (
     HttpError,
     Services,
@@ -61,6 +66,31 @@ def error_body(error: HttpError) -> dict[str, Any]:
             "param": None,
             "code": error.reason,
         }
+    }
+
+
+def end_json(stream: PieceStream) -> dict[str, Any]:
+    """What an answer's end carries besides its text: usage, and timings when measured."""
+    usage = stream.usage
+    out: dict[str, Any] = {"usage": usage_json(usage)}
+    if stream.timings is not None:
+        out["timings"] = timings_json(stream.timings, usage.prompt_tokens)
+    return out
+
+
+def timings_json(timings: Timings, prompt_tokens: int) -> dict[str, float]:
+    """llama.cpp server's `timings` object (milliseconds and per-second rates)."""
+    prompt_ms, predicted_ms = 1000 * timings.prompt_s, 1000 * timings.decode_s
+    predicted = timings.decode_tokens
+    return {
+        "prompt_n": prompt_tokens,
+        "prompt_ms": round(prompt_ms, 3),
+        "prompt_per_token_ms": round(prompt_ms / prompt_tokens, 3) if prompt_tokens else 0.0,
+        "prompt_per_second": round(1000 * prompt_tokens / prompt_ms, 3) if prompt_ms else 0.0,
+        "predicted_n": predicted,
+        "predicted_ms": round(predicted_ms, 3),
+        "predicted_per_token_ms": round(predicted_ms / predicted, 3) if predicted else 0.0,
+        "predicted_per_second": round(1000 * predicted / predicted_ms, 3) if predicted_ms else 0.0,
     }
 
 
@@ -226,7 +256,7 @@ class OpenAIDoor:
                 return following(text) if text else None
 
             def end(s: PieceStream) -> dict[str, Any]:
-                return {**chunk({}, s.finish_reason), "usage": usage_json(s.usage)}
+                return {**chunk({}, s.finish_reason), **end_json(s)}
 
             try:
                 return await sse(request, stream, piece_chunk, end)
@@ -248,7 +278,7 @@ class OpenAIDoor:
                         "finish_reason": stream.finish_reason,
                     }
                 ],
-                "usage": usage_json(stream.usage),
+                **end_json(stream),
             },
             headers=node_headers(stream),
         )
@@ -280,7 +310,7 @@ class OpenAIDoor:
         if streaming:
 
             def end(s: PieceStream) -> dict[str, Any]:
-                return {**chunk("", s.finish_reason), "usage": usage_json(s.usage)}
+                return {**chunk("", s.finish_reason), **end_json(s)}
 
             text_chunk = sse_template(chunk)
             try:
@@ -291,7 +321,7 @@ class OpenAIDoor:
                 await stream.aclose()
         text = await _collect(stream)
         return web.json_response(
-            {**chunk(text, stream.finish_reason), "usage": usage_json(stream.usage)},
+            {**chunk(text, stream.finish_reason), **end_json(stream)},
             headers=node_headers(stream),
         )
 

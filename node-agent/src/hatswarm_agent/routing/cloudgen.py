@@ -28,7 +28,14 @@ from typing import Any
 import grpc
 import httpx
 
-from hatswarm_agent.backends.generation import FinishReason, Message, Piece, Prompt, Usage
+from hatswarm_agent.backends.generation import (
+    FinishReason,
+    Message,
+    Piece,
+    Prompt,
+    Timings,
+    Usage,
+)
 from hatswarm_agent.protocol.auth import bearer
 from hatswarm_agent.protocol.v1 import control_pb2
 from hatswarm_agent.protocol.wire import NODE_CLOUD, ROUTE_CLOUD
@@ -128,6 +135,7 @@ class CloudStream:
         self._prompt_estimate = prompt_tokens
         self._reported: Usage | None = None
         self.finish_reason: FinishReason | None = None
+        self.timings: Timings | None = None  # the cloud's own time is not known
 
     @property
     def usage(self) -> Usage:

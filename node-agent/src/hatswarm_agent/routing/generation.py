@@ -47,6 +47,7 @@ from hatswarm_agent.backends.generation import (
     ContextLengthError,
     FinishReason,
     Piece,
+    Timings,
     Usage,
 )
 from hatswarm_agent.protocol import params
@@ -123,6 +124,7 @@ class RemoteStream:
         # A peer that sent the generation on to the cloud says so on its first response.
         self.route = ROUTE_CLOUD if params.route_of(first) == ROUTE_CLOUD else ROUTE_PEER
         self.finish_reason: FinishReason | None = None
+        self.timings: Timings | None = None  # the peer's runtime time does not travel (yet)
         self._usage = Usage(0, 0)
 
     @property
@@ -205,6 +207,10 @@ class HeldStream:
     @property
     def usage(self) -> Usage:
         return self._stream.usage
+
+    @property
+    def timings(self) -> Timings | None:
+        return self._stream.timings
 
     def __aiter__(self) -> HeldStream:
         return self

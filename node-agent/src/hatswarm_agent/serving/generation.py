@@ -33,6 +33,7 @@ from hatswarm_agent.backends.generation import (
     GenerativeModel,
     Piece,
     Prompt,
+    Timings,
     TokenStream,
     Usage,
 )
@@ -77,6 +78,11 @@ class PieceStream(Protocol):
 
     @property
     def usage(self) -> Usage: ...
+
+    @property
+    def timings(self) -> Timings | None:
+        """The runtime's own time, once ended, where the node that ran it measured it."""
+        ...
 
     def __aiter__(self) -> AsyncIterator[Piece]: ...
 
@@ -150,6 +156,10 @@ class LocalStream:
     @property
     def usage(self) -> Usage:
         return self._stream.usage
+
+    @property
+    def timings(self) -> Timings | None:
+        return self._stream.timings
 
     @property
     def first_token_s(self) -> float | None:

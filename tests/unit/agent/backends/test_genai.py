@@ -519,3 +519,18 @@ async def test_log_probabilities_are_the_runtimes_own(model: GenaiModel, folder:
     # Not asked for: none computed (the hot path reads no logits).
     plain, _ = await collect(await model.generate(PROMPT, GREEDY))
     assert all(p.logprob is None for p in plain)
+
+
+async def test_timings_are_the_runtimes_own_time_split_at_the_first_piece(
+    model: GenaiModel,
+) -> None:
+    started = asyncio.get_running_loop().time()
+    stream = await model.generate(PROMPT, GenerationParams(max_tokens=24, temperature=0.0))
+    pieces, _ = await collect(stream)
+    wall = asyncio.get_running_loop().time() - started
+    timings = stream.timings
+    assert timings is not None
+    first = next(p for p in pieces if p.text)
+    assert timings.decode_tokens == stream.completion_tokens - first.tokens
+    assert timings.prompt_s > 0 and timings.decode_s > 0
+    assert timings.prompt_s + timings.decode_s < wall  # the runtime's calls, inside the request

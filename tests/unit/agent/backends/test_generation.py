@@ -16,8 +16,10 @@ from hatswarm_agent.backends.generation import (
     Emitter,
     Outcome,
     Piece,
+    RuntimeTimer,
     SequenceSlots,
     StopMatcher,
+    Timings,
     TokenStream,
     open_model_folder,
 )
@@ -136,3 +138,16 @@ def test_model_folders_from_tarballs_refuse_escapes(tmp_path: Path) -> None:
     (tmp_path / "plain.bin").write_bytes(b"not a tarball")
     with pytest.raises(BackendError, match="tarball"):
         open_model_folder(tmp_path / "plain.bin", "marker.json")
+
+
+def test_runtime_timer_splits_at_the_first_piece() -> None:
+    timer = RuntimeTimer()
+    timer.spent = 0.2  # the prompt's evaluation and two tokens that printed nothing
+    timer.first_piece(3)  # the third token printed
+    timer.spent += 0.05
+    timer.first_piece(5)  # later pieces do not move the split
+    timer.spent += 0.05
+    assert timer.timings(9) == Timings(prompt_s=0.2, decode_s=pytest.approx(0.1), decode_tokens=6)
+    silent = RuntimeTimer()  # nothing printed: all of it is the prompt's time
+    silent.spent = 0.3
+    assert silent.timings(4) == Timings(0.3, 0.0, 0)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hatswarm_agent.backends.generation import BackendBusyError, ContextLengthError
+from hatswarm_agent.backends.generation import BackendBusyError, ContextLengthError, Timings
 from hatswarm_agent.http.common import HttpError, http_error
 from hatswarm_agent.http.kserve import output_array, request_from_json, response_json
-from hatswarm_agent.http.openai import _embedding_inputs, chat_messages, error_body
+from hatswarm_agent.http.openai import _embedding_inputs, chat_messages, error_body, timings_json
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
 from hatswarm_agent.serving.errors import (
     ModelNotFoundError,
@@ -139,3 +139,19 @@ def test_errors_get_the_status_and_openai_type_of_their_kind(
     assert error.status == status
     body = error_body(error)["error"]
     assert body["type"] == kind and body["message"]
+
+
+def test_timings_are_llama_cpp_servers_fields_and_rates() -> None:
+    got = timings_json(Timings(prompt_s=0.25, decode_s=0.5, decode_tokens=20), prompt_tokens=10)
+    assert got == {
+        "prompt_n": 10,
+        "prompt_ms": 250.0,
+        "prompt_per_token_ms": 25.0,
+        "prompt_per_second": 40.0,
+        "predicted_n": 20,
+        "predicted_ms": 500.0,
+        "predicted_per_token_ms": 25.0,
+        "predicted_per_second": 40.0,
+    }
+    empty = timings_json(Timings(0.0, 0.0, 0), prompt_tokens=0)
+    assert empty["prompt_per_second"] == 0.0 and empty["predicted_per_token_ms"] == 0.0
