@@ -11,15 +11,13 @@ from typing import Any
 
 from hatswarm_operator.api import EdgeModel, InferencePool
 from hatswarm_operator.api.common import Condition
-from hatswarm_operator.core.inventory import ContainerCap, ModelObs, NodeState, memory_budget
+from hatswarm_operator.core.inventory import ModelObs, NodeState
 from hatswarm_operator.core.plan import PoolPlan
 
 API_VERSION = "hatswarm.io/v1alpha1"
 SHA = "a" * 64
 POOL = "p"
 POOL_LABELS = {"pool": POOL}
-# Node status.allocatable.memory of a 2 GB and an 8 GB Pi 5 (k3s), in MiB.
-PI_2GB, PI_8GB = 1913, 7716
 
 
 def pool_manifest(
@@ -85,22 +83,6 @@ def make_node(
         up=up,
         models=models,
         **kw,
-    )
-
-
-def make_llm(name: str = "llm", *, replicas: int = 1, memory_mib: int = 1500) -> EdgeModel:
-    """A generative model of one CPU artifact declaring `memory_mib` (a 1.5B decoder: ~1500)."""
-    artifact = {**cpu_artifact("file:///q.tar.gz"), "memoryMiB": memory_mib}
-    return make_model(name, replicas=replicas, task="generate", artifacts=[artifact])
-
-
-def cpu_node(
-    name: str, allocatable_mib: int, cap: ContainerCap | None = None, **kw: Any
-) -> NodeState:
-    """A CPU node offering placement the budget the operator gives a node reporting
-    `allocatable_mib`: less the default 512 MiB reserve, no more than `cap`."""
-    return make_node(
-        name, accelerator="cpu", memory_mib=memory_budget(allocatable_mib, 512, cap), **kw
     )
 
 

@@ -20,17 +20,14 @@ from hatswarm_operator.core.reconcile import plan_pool
 from pydantic import ValidationError
 
 from tests.unit.operator.factories import (
-    PI_2GB,
-    PI_8GB,
     POOL_LABELS,
     condition,
-    cpu_node,
-    make_llm,
     make_model,
     make_node,
     make_pool,
     pool_manifest,
 )
+from tests.unit.operator.pimemory import PI_2GB, PI_8GB, cpu_node, make_llm
 
 
 def limited(memory: object, **placement: int) -> InferencePool:

@@ -15,16 +15,13 @@ from hatswarm_operator.core.reconcile import plan_pool
 from pydantic import ValidationError
 
 from tests.unit.operator.factories import (
-    PI_2GB,
-    PI_8GB,
     POOL_LABELS,
     condition,
-    cpu_node,
-    make_llm,
     make_model,
     make_pool,
     pool_manifest,
 )
+from tests.unit.operator.pimemory import PI_2GB, PI_8GB, cpu_node, make_llm
 
 
 def test_budget_is_allocatable_less_the_reserve() -> None:
