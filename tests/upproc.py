@@ -4,6 +4,7 @@ on a thread, its status file and the lines it prints read while it runs, stopped
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -92,9 +93,7 @@ def alive(pids: list[int]) -> list[int]:
     """The processes of `pids` still running (zombies and vanished ones are not)."""
     out = []
     for pid in pids:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
                 out.append(pid)
-        except psutil.NoSuchProcess:
-            pass
     return out

@@ -8,7 +8,6 @@ HATSWARM_FAKE_HAILO_CHIP).
 from __future__ import annotations
 
 import hashlib
-import os
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,16 +20,9 @@ from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2_grpc as pb_grpc
 
 from tests.agentproc import AgentProcess, free_port, start_agent
+from tests.hailodouble import agent_env, write_hef
 
 pytestmark = pytest.mark.integration
-
-FAKES = Path(__file__).resolve().parents[2] / "fakes"
-
-
-def fake_hailort(chip: str) -> dict[str, str]:
-    """Environment of an agent whose node has HailoRT and `chip` (the test double)."""
-    path = os.pathsep.join(p for p in (str(FAKES), os.environ.get("PYTHONPATH", "")) if p)
-    return {"PYTHONPATH": path, "HATSWARM_FAKE_HAILO_CHIP": chip}
 
 
 def status(agent: AgentProcess) -> control_pb2.NodeStatusResponse:
@@ -93,21 +85,13 @@ def test_auto_without_hailort_serves_on_the_cpu_and_says_so(
 def test_auto_with_a_chip_reports_it_and_serves_hefs_and_onnx(
     agents: list[AgentProcess], tmp_path: Path, model_dir: Path, chip: str
 ) -> None:
-    import sys
-
-    sys.path.insert(0, str(FAKES))
-    try:
-        from hailo_platform import write_fake_hef  # the test double's HEF writer
-    finally:
-        sys.path.remove(str(FAKES))
-        sys.modules.pop("hailo_platform", None)
     roots = ["--allow-file-root", str(model_dir), "--allow-file-root", str(tmp_path)]
-    agent = start_agent(["--accelerator", "cpu", *roots], env=fake_hailort(chip))  # default: auto
+    agent = start_agent(["--accelerator", "cpu", *roots], env=agent_env(chip))  # default: auto
     agents.append(agent)
     st = status(agent)
     assert (st.backend, st.backend_error, st.accelerator) == ("hailo", "", chip)
     assert st.device_id == f"FAKE{chip.upper()}0001"
-    hef = write_fake_hef(tmp_path / "det.hef", hw_arch=chip)
+    hef = write_hef(tmp_path / "det.hef", chip)
     assert load(agent, name="det", uri=str(hef), format="hef").state == (
         control_pb2.MODEL_STATE_READY
     )
@@ -115,7 +99,7 @@ def test_auto_with_a_chip_reports_it_and_serves_hefs_and_onnx(
     onnx = load(agent, name="mlp", uri=str(model_dir / "mlp.onnx"), format="onnx")
     assert onnx.state == control_pb2.MODEL_STATE_READY and onnx.backend == "onnxruntime"
     other = "hailo10h" if chip != "hailo10h" else "hailo8"
-    wrong = load(agent, name="x", uri=str(write_fake_hef(tmp_path / "x.hef", hw_arch=other)))
+    wrong = load(agent, name="x", uri=str(write_hef(tmp_path / "x.hef", other)))
     assert wrong.state == control_pb2.MODEL_STATE_FAILED and "Invalid HEF" in wrong.reason
     with grpc.insecure_channel(agent.address) as ch:
         req = pb.ModelInferRequest(model_name="det")
@@ -143,7 +127,7 @@ def test_pinned_hailo_without_the_chip_stays_up_and_reports_why(
             "--allow-file-root",
             str(tmp_path),
         ],
-        env=fake_hailort("none"),  # HailoRT installed, no device on the bus
+        env=agent_env("none"),  # HailoRT installed, no device on the bus
     )
     agents.append(agent)
     st = status(agent)

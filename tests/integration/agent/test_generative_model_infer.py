@@ -15,14 +15,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import httpx
 import pytest
-from hatswarm_agent.protocol.v1 import control_pb2, control_pb2_grpc
 
 from tests import tritonjobs
 from tests.agentproc import AgentProcess, free_port, start_agent
 from tests.genaimodels import TinyDecoder, build_endless_model, reference
+from tests.tokencounts import node_tokens, tokens_metric
 
 pytestmark = pytest.mark.integration
 
@@ -53,28 +52,6 @@ def holder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Holder]:
         yield Holder(agent, folder, metrics, http)
 
 
-def scrape(port: int) -> dict[tuple[str, str, str], float]:
-    """hatswarm_tokens_total by (model, kind, where), from the agent's real /metrics."""
-    out: dict[tuple[str, str, str], float] = {}
-    for line in httpx.get(f"http://127.0.0.1:{port}/metrics").text.splitlines():
-        if line.startswith("hatswarm_tokens_total{"):
-            labels = dict(
-                part.split("=", 1)
-                for part in line[line.index("{") + 1 : line.index("}")].split(",")
-            )
-            model, kind, where = (labels[k].strip('"') for k in ("model", "kind", "where"))
-            out[(model, kind, where)] = float(line.split()[-1])
-    return out
-
-
-def node_tokens(agent: AgentProcess) -> dict[tuple[str, str, str], int]:
-    with grpc.insecure_channel(agent.address) as channel:
-        status = control_pb2_grpc.AgentControlStub(channel).NodeStatus(
-            control_pb2.NodeStatusRequest(), timeout=10
-        )
-    return {(t.model, t.kind, t.where): t.tokens for t in status.tokens}
-
-
 def delta(
     before: dict[tuple[str, str, str], float], after: dict[tuple[str, str, str], float]
 ) -> dict[str, float]:
@@ -89,7 +66,7 @@ def test_greedy_model_infer_with_sampling_parameters_is_the_runtimes_output_and_
 ) -> None:
     ids, generated, text = reference(holder.folder, PROMPT, TOKENS, do_sample=False)
     assert len(generated) == TOKENS  # the model does not stop early: exactly TOKENS tokens
-    metrics_before, status_before = scrape(holder.metrics), node_tokens(holder.agent)
+    metrics_before, status_before = tokens_metric(holder.metrics), node_tokens(holder.agent)
     got = tritonjobs.run(
         tritonjobs.infer_texts,
         holder.agent.address,
@@ -101,7 +78,7 @@ def test_greedy_model_infer_with_sampling_parameters_is_the_runtimes_output_and_
     assert answer["text"] == text  # the completion alone (exclude_input_in_output defaults on)
     assert answer["params"]["hatswarm.node"] == "holder"
     assert answer["params"]["hatswarm.route"] == "local"
-    counted = delta(metrics_before, scrape(holder.metrics))
+    counted = delta(metrics_before, tokens_metric(holder.metrics))
     assert counted == {"prompt": len(ids), "completion": TOKENS}
     assert delta(status_before, node_tokens(holder.agent)) == counted  # NodeStatus, edgeTokens
 
@@ -119,7 +96,7 @@ def test_greedy_model_infer_with_sampling_parameters_is_the_runtimes_output_and_
 
 def test_seeded_sampling_prompt_echo_and_the_kserve_rest_door(holder: Holder) -> None:
     sampled = {"max_tokens": 6, "temperature": 0.9, "top_p": 0.95, "seed": 1234}
-    before = scrape(holder.metrics)
+    before = tokens_metric(holder.metrics)
     got = tritonjobs.run(
         tritonjobs.infer_texts,
         holder.agent.address,
@@ -136,7 +113,7 @@ def test_seeded_sampling_prompt_echo_and_the_kserve_rest_door(holder: Holder) ->
     assert first["text"] and first["text"] == again["text"]  # the same seed, the same sample
     _, _, greedy3 = reference(holder.folder, PROMPT, 3, do_sample=False)
     assert echoed["text"] == PROMPT + greedy3  # exclude_input_in_output false: prompt first
-    assert delta(before, scrape(holder.metrics))["completion"] >= 6 + 6 + 3
+    assert delta(before, tokens_metric(holder.metrics))["completion"] >= 6 + 6 + 3
 
     _, _, greedy5 = reference(holder.folder, PROMPT, 5, do_sample=False)
     rest = httpx.post(

@@ -5,8 +5,6 @@ node reports the prompt tokens it did not prefill again."""
 from __future__ import annotations
 
 import hashlib
-import os
-import sys
 from pathlib import Path
 
 import grpc
@@ -15,22 +13,11 @@ import pytest
 from hatswarm_agent.protocol.v1 import control_pb2, control_pb2_grpc
 
 from tests.agentproc import AgentProcess, free_port, start_agent
+from tests.hailodouble import agent_env, write_llm_hef
 
 pytestmark = pytest.mark.integration
 
-FAKES = Path(__file__).resolve().parents[2] / "fakes"
 WORDS = ["edge", "pool", "board", "tokens", "stream", "quickly.", "<|im_end|>"]
-
-
-def write_hef(path: Path) -> Path:
-    sys.path.insert(0, str(FAKES))
-    try:
-        from hailo_platform.genai import write_fake_llm_hef
-    finally:
-        sys.path.remove(str(FAKES))
-        for name in ("hailo_platform.genai", "hailo_platform"):
-            sys.modules.pop(name, None)
-    return Path(write_fake_llm_hef(path, words=WORDS))
 
 
 def generation(agent: AgentProcess) -> control_pb2.GenerationStatus:
@@ -43,10 +30,9 @@ def generation(agent: AgentProcess) -> control_pb2.GenerationStatus:
 
 
 def test_a_second_turn_reuses_the_device_context(tmp_path: Path) -> None:
-    hef = write_hef(tmp_path / "chat.hef")
+    hef = write_llm_hef(tmp_path / "chat.hef", words=WORDS)
     sha = hashlib.sha256(hef.read_bytes()).hexdigest()
     http = free_port()
-    path = os.pathsep.join(p for p in (str(FAKES), os.environ.get("PYTHONPATH", "")) if p)
     agent = start_agent(
         [
             "--node-name", "pi-10h",
@@ -54,7 +40,7 @@ def test_a_second_turn_reuses_the_device_context(tmp_path: Path) -> None:
             "--http-port", str(http),
             "--model", f"chat@hailo-genai={hef}#sha256={sha}",
         ],
-        env={"PYTHONPATH": path, "HATSWARM_FAKE_HAILO_CHIP": "hailo10h"},
+        env=agent_env("hailo10h"),
         timeout=120,
     )  # fmt: skip
     try:

@@ -9,34 +9,17 @@ hailo8l, HailoRT says hailo8. A fifth agent was pinned to `hailo` on a node with
 from __future__ import annotations
 
 import hashlib
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.hailodouble import agent_env, write_hef
 from tests.integration.operator.harness import World, pool_manifest, wait_for
 
 pytestmark = pytest.mark.integration
 
-FAKES = Path(__file__).resolve().parents[2] / "fakes"
 LABEL = "hatswarm.io/accelerator"
-
-
-def fake_env(chip: str) -> dict[str, str]:
-    path = os.pathsep.join(p for p in (str(FAKES), os.environ.get("PYTHONPATH", "")) if p)
-    return {"PYTHONPATH": path, "HATSWARM_FAKE_HAILO_CHIP": chip}
-
-
-def write_hef(path: Path, chip: str) -> Path:
-    sys.path.insert(0, str(FAKES))
-    try:
-        from hailo_platform import write_fake_hef
-    finally:
-        sys.path.remove(str(FAKES))
-        sys.modules.pop("hailo_platform", None)
-    return write_fake_hef(path, hw_arch=chip)  # type: ignore[no-any-return]
 
 
 def artifact(accelerator: str, path: Path) -> dict[str, Any]:
@@ -59,14 +42,14 @@ def loaded(world: World, node: str, model: str) -> tuple[str, str] | None:
 def test_hefs_go_where_the_reported_chip_runs_them(world: World, tmp_path: Path, mlp: Path) -> None:
     auto = ("--backend", "auto")
     world.add_node("pi-8l", agent_args=(*auto, "--accelerator", "hailo8l"),
-                   env=fake_env("hailo8l"), **{LABEL: "hailo8l"})  # fmt: skip
+                   env=agent_env("hailo8l"), **{LABEL: "hailo8l"})  # fmt: skip
     world.add_node("pi-8", agent_args=(*auto, "--accelerator", "hailo8l"),
-                   env=fake_env("hailo8"), **{LABEL: "hailo8l"})  # fmt: skip  # mislabelled
+                   env=agent_env("hailo8"), **{LABEL: "hailo8l"})  # fmt: skip  # mislabelled
     world.add_node("pi-10h", agent_args=(*auto, "--accelerator", "hailo10h"),
-                   env=fake_env("hailo10h"), **{LABEL: "hailo10h"})  # fmt: skip
+                   env=agent_env("hailo10h"), **{LABEL: "hailo10h"})  # fmt: skip
     world.add_node("pi-cpu", agent_args=(*auto, "--accelerator", "cpu"))
     world.add_node("pi-nohw", agent_args=("--backend", "hailo", "--accelerator", "hailo8"),
-                   env=fake_env("none"), **{LABEL: "hailo8"})  # fmt: skip
+                   env=agent_env("none"), **{LABEL: "hailo8"})  # fmt: skip
     hefs = {chip: write_hef(tmp_path / f"det-{chip}.bin", chip) for chip in ("hailo8l", "hailo8",
                                                                              "hailo10h")}  # fmt: skip
     model = {

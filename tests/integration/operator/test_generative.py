@@ -40,8 +40,9 @@ from tests import prometheusproc
 from tests.agentproc import free_port
 from tests.cloudllm import CloudLLM, running
 from tests.genaimodels import EMBED_HIDDEN, build_embedding_model, build_genai_model, reference
+from tests.hailodouble import agent_env, llm_words, write_llm_hef
 from tests.integration.operator.harness import World, pool_manifest, wait_for
-from tests.integration.operator.test_accelerators import FAKES, LABEL, fake_env
+from tests.integration.operator.test_accelerators import LABEL
 
 pytestmark = pytest.mark.integration
 
@@ -70,20 +71,6 @@ def tarball(folder: Path) -> Path:
     with tarfile.open(target, "w:gz") as archive:
         archive.add(folder, arcname=folder.name)
     return target
-
-
-def fake_llm_hef(path: Path) -> tuple[Path, list[str]]:
-    """A HEF of the GenAI test double, and the words it speaks."""
-    import sys
-
-    sys.path.insert(0, str(FAKES))
-    try:
-        from hailo_platform.genai import WORDS, write_fake_llm_hef
-    finally:
-        sys.path.remove(str(FAKES))
-        for name in ("hailo_platform.genai", "hailo_platform"):
-            sys.modules.pop(name, None)
-    return write_fake_llm_hef(path), list(WORDS)
 
 
 def artifact(accelerator: str, path: Path, memory_mib: int | None = None) -> dict[str, Any]:
@@ -134,15 +121,15 @@ def test_generative_models_place_by_accelerator_answer_chats_and_escalate_to_the
         return ("--backend", "auto", "--accelerator", chip, "--http-port", str(http[node]),
                 "--metrics-port", str(metrics[node]), "--cloud-token", f"cloud={mounted}")  # fmt: skip
 
-    world.add_node("pi-10h", agent_args=args("pi-10h", "hailo10h"), env=fake_env("hailo10h"),
+    world.add_node("pi-10h", agent_args=args("pi-10h", "hailo10h"), env=agent_env("hailo10h"),
                    **{LABEL: "hailo10h"})  # fmt: skip
-    world.add_node("pi-8", agent_args=args("pi-8", "hailo8"), env=fake_env("hailo8"),
+    world.add_node("pi-8", agent_args=args("pi-8", "hailo8"), env=agent_env("hailo8"),
                    **{LABEL: "hailo8"})  # fmt: skip
     world.add_node("pi-cpu", agent_args=args("pi-cpu", "cpu"))
 
     folder = build_genai_model(tmp_path / "tiny", seed=7)
     cpu_build = tarball(folder)
-    hef, words = fake_llm_hef(tmp_path / "chat.hef")
+    hef, words = write_llm_hef(tmp_path / "chat.hef"), llm_words()
     vec = tarball(build_embedding_model(tmp_path / "vec"))
     chat = edge_model(
         "chat",

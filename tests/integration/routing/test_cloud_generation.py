@@ -18,14 +18,14 @@ import grpc
 import httpx
 import openai
 import pytest
-from hatswarm_agent.protocol.v1 import control_pb2, control_pb2_grpc
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2_grpc as pb_grpc
 
 from tests import tritonjobs
-from tests.agentproc import AgentProcess, free_port
+from tests.agentproc import free_port
 from tests.cloudllm import CloudLLM, running
 from tests.genaimodels import build_genai_model, reference
+from tests.tokencounts import node_tokens, tokens_metric
 
 from .conftest import Agents
 
@@ -74,31 +74,9 @@ def table(
     return path
 
 
-def scrape(port: int) -> dict[tuple[str, str, str], float]:
-    """hatswarm_tokens_total by (model, kind, where)."""
-    out = {}
-    for line in httpx.get(f"http://127.0.0.1:{port}/metrics").text.splitlines():
-        if line.startswith("hatswarm_tokens_total{"):
-            labels = dict(
-                part.split("=", 1)
-                for part in line[line.index("{") + 1 : line.index("}")].split(",")
-            )
-            key = tuple(labels[k].strip('"') for k in ("model", "kind", "where"))
-            out[key] = float(line.split()[-1])  # type: ignore[index]
-    return out  # type: ignore[return-value]
-
-
 def metric(port: int, prefix: str) -> float:
     text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(prefix))
-
-
-def node_tokens(agent: AgentProcess) -> dict[tuple[str, str, str], int]:
-    with grpc.insecure_channel(agent.address) as channel:
-        status = control_pb2_grpc.AgentControlStub(channel).NodeStatus(
-            control_pb2.NodeStatusRequest(), timeout=10
-        )
-    return {(t.model, t.kind, t.where): t.tokens for t in status.tokens}
 
 
 def test_a_too_long_prompt_goes_to_the_cloud_through_every_door(
@@ -245,7 +223,7 @@ def test_cloud_share_cap_and_token_cost(
     assert "share limit" in str(info.value) and "context" in str(info.value)
     stats = cloud.stats()
     assert stats["calls"] == 1 and stats["models"] == ["cloud-default"]
-    counts = scrape(metrics)
+    counts = tokens_metric(metrics)
     assert counts[("tiny", "prompt", "cloud")] == stats["prompt_tokens"] == 600
     assert counts[("tiny", "completion", "cloud")] == 6
     assert counts[("tiny", "prompt", "edge")] == short.usage.prompt_tokens

@@ -10,7 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from hatswarm_operator.api import EdgeModel, InferencePool
+from hatswarm_operator.api.common import Condition
 from hatswarm_operator.core.inventory import ModelObs, NodeState
+from hatswarm_operator.core.plan import PoolPlan
 
 API_VERSION = "hatswarm.io/v1alpha1"
 SHA = "a" * 64
@@ -82,3 +84,8 @@ def make_node(
         models=models,
         **kw,
     )
+
+
+def condition(plan: PoolPlan, model: str, kind: str) -> Condition:
+    """The `kind` condition the plan sets in `model`'s status (KeyError when it sets none)."""
+    return {c.type: c for c in plan.model_status[model].conditions}[kind]

@@ -10,6 +10,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any, NamedTuple
 
 import grpc
 import numpy as np
@@ -301,6 +302,7 @@ TALK = GenerationParams(max_tokens=50, temperature=0.0)
 USER1 = {"role": "user", "content": "tell me about the edge"}
 USER2 = {"role": "user", "content": "and the pool?"}
 USER3 = {"role": "user", "content": "thanks, and the boards"}
+HAT = {"role": "user", "content": "what is a hat"}  # another conversation's first message
 
 
 @pytest.fixture
@@ -314,6 +316,37 @@ async def answer(model: HailoLLMModel, messages: list[dict[str, str]]) -> tuple[
     text = await collect(stream)
     assert stream.finish_reason == "stop"  # ended on its own: the context is a clean turn
     return text, stream
+
+
+async def first_turn(
+    backend: HailoGenaiBackend, hef: Path, genai: ModuleType, **options: str
+) -> tuple[HailoLLMModel, Any, str]:
+    """A model on one LLM object of the double that has answered [USER1], its device context
+    holding that turn: (model, the LLM object, the answer)."""
+    model = backend.load(hef, options)
+    llm = genai.GENAI.llms[-1]
+    a1, _ = await answer(model, [USER1])
+    return model, llm, a1
+
+
+class TwoHeld(NamedTuple):
+    model: HailoLLMModel
+    x: Any  # the double's LLM object that answered [USER1]
+    y: Any  # the one that answered [HAT]
+    a1: str
+    b1: str
+
+
+async def two_held(
+    backend: HailoGenaiBackend, hef: Path, genai: ModuleType, **options: str
+) -> TwoHeld:
+    """A model on two LLM objects of the double (max_sequences 2), each holding the first turn
+    of a conversation: [USER1] on x, then [HAT] on y."""
+    model = backend.load(hef, {"max_sequences": "2", **options})
+    x, y = genai.GENAI.llms[-2:]
+    a1, _ = await answer(model, [USER1])
+    b1, _ = await answer(model, [HAT])
+    return TwoHeld(model, x, y, a1, b1)
 
 
 def fresh_answer(genai: ModuleType, hef: Path, messages: list[dict[str, str]]) -> str:
@@ -334,10 +367,8 @@ def context_tokens(genai: ModuleType, messages: list[dict[str, str]], answer: st
 async def test_a_second_turn_continues_the_context_with_only_the_new_message(
     backend: HailoGenaiBackend, chat_hef: Path, genai: ModuleType
 ) -> None:
-    model = backend.load(chat_hef, {})
-    llm = genai.GENAI.llms[-1]
+    model, llm, a1 = await first_turn(backend, chat_hef, genai)
     turn1 = [USER1]
-    a1, _ = await answer(model, turn1)
     assert llm.calls == ["clear_context", "generate"]
     held = context_tokens(genai, turn1, a1)
     assert model.load().cached_prefix_tokens == held
@@ -377,9 +408,7 @@ async def test_a_second_turn_continues_the_context_with_only_the_new_message(
 async def test_a_diverging_conversation_starts_from_a_cleared_context(
     backend: HailoGenaiBackend, chat_hef: Path, genai: ModuleType
 ) -> None:
-    model = backend.load(chat_hef, {})
-    llm = genai.GENAI.llms[-1]
-    a1, _ = await answer(model, [USER1])
+    model, llm, a1 = await first_turn(backend, chat_hef, genai)
     diverging = [
         [USER1, {"role": "assistant", "content": a1 + " (edited)"}, USER2],  # another answer
         [{"role": "system", "content": "be brief"}, USER1, {"role": "assistant", "content": a1}],
@@ -399,9 +428,7 @@ async def test_a_diverging_conversation_starts_from_a_cleared_context(
 async def test_completion_prompts_are_always_stateless(
     backend: HailoGenaiBackend, chat_hef: Path, genai: ModuleType
 ) -> None:
-    model = backend.load(chat_hef, {"prefix_cache": "0"})
-    llm = genai.GENAI.llms[-1]
-    a1, _ = await answer(model, [USER1])
+    model, llm, a1 = await first_turn(backend, chat_hef, genai, prefix_cache="0")
     for _ in range(2):
         before = len(llm.calls)
         text = await collect(await model.generate(PROMPT, TALK))
@@ -419,11 +446,8 @@ async def test_completion_prompts_are_always_stateless(
 async def test_a_follow_up_whose_object_is_busy_loads_its_saved_context_into_another(
     backend: HailoGenaiBackend, chat_hef: Path, genai: ModuleType
 ) -> None:
-    model = backend.load(chat_hef, {"max_sequences": "2", "prefix_cache": "1"})
-    x, y = genai.GENAI.llms[-2:]
-    conv_a, conv_b = [USER1], [{"role": "user", "content": "what is a hat"}]
-    a1, _ = await answer(model, conv_a)  # on x
-    b1, _ = await answer(model, conv_b)  # on y, which held nothing
+    model, x, y, a1, b1 = await two_held(backend, chat_hef, genai, prefix_cache="1")
+    conv_a, conv_b = [USER1], [HAT]  # y held nothing before conv_b
     assert (x.calls, y.calls) == (["clear_context", "generate"], ["clear_context", "generate"])
     held_a = context_tokens(genai, conv_a, a1)
     held_b = context_tokens(genai, conv_b, b1)
@@ -468,11 +492,8 @@ async def test_a_saved_context_never_goes_into_an_object_fresh_from_clear_contex
 ) -> None:
     """HailoRT's load_context keeps the client's "first prompt" state: an object cleared for a
     completion would template the follow-up as a new chat (default system prompt and all)."""
-    model = backend.load(chat_hef, {"max_sequences": "2"})
-    x, y = genai.GENAI.llms[-2:]
-    conv_b = [{"role": "user", "content": "what is a hat"}]
-    a1, _ = await answer(model, [USER1])  # on x
-    b1, _ = await answer(model, conv_b)  # on y
+    model, x, y, a1, b1 = await two_held(backend, chat_hef, genai)
+    conv_b = [HAT]
     await collect(await model.generate(PROMPT, TALK))  # on x (least recently used): A saved
     assert x.calls[2:] == ["save_context", "clear_context", "generate"]
     genai.GENAI.gate = threading.Event()
@@ -490,10 +511,7 @@ async def test_without_save_and_load_only_the_holding_object_continues(
     backend: HailoGenaiBackend, chat_hef: Path, genai: ModuleType
 ) -> None:
     genai.GENAI.context_blobs = False  # HailoRT before 5.1.1
-    model = backend.load(chat_hef, {"max_sequences": "2"})
-    x, y = genai.GENAI.llms[-2:]
-    a1, _ = await answer(model, [USER1])  # on x
-    await answer(model, [{"role": "user", "content": "what is a hat"}])  # on y
+    model, x, y, a1, _ = await two_held(backend, chat_hef, genai)
     await answer(model, [{"role": "user", "content": "count them all"}])  # on x: A is gone
     turn2 = [USER1, {"role": "assistant", "content": a1}, USER2]
     text, _ = await answer(model, turn2)
@@ -506,9 +524,7 @@ async def test_without_save_and_load_only_the_holding_object_continues(
 async def test_cancelled_and_truncated_generations_leave_a_context_that_is_cleared(
     backend: HailoGenaiBackend, chat_hef: Path, genai: ModuleType
 ) -> None:
-    model = backend.load(chat_hef, {})
-    llm = genai.GENAI.llms[-1]
-    a1, _ = await answer(model, [USER1])
+    model, llm, a1 = await first_turn(backend, chat_hef, genai)
     turn2 = [USER1, {"role": "assistant", "content": a1}, USER2]
     genai.GENAI.gate = threading.Event()  # held in flight at its first token
     stream = await model.generate(turn2, TALK)  # continues the context...

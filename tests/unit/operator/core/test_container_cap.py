@@ -21,14 +21,13 @@ from pydantic import ValidationError
 
 from tests.unit.operator.factories import (
     POOL_LABELS,
-    cpu_artifact,
+    condition,
     make_model,
     make_node,
     make_pool,
     pool_manifest,
 )
-
-PI_2GB, PI_8GB = 1913, 7716  # Node status.allocatable.memory of a 2 GB and an 8 GB Pi 5, MiB
+from tests.unit.operator.pimemory import PI_2GB, PI_8GB, cpu_node, make_llm
 
 
 def limited(memory: object, **placement: int) -> InferencePool:
@@ -101,21 +100,11 @@ def test_a_1gi_agent_refuses_a_1500_mib_model_on_an_8gb_node_and_says_why() -> N
     pool = limited("1Gi")
     cap = container_cap(pool)
     assert cap is not None
-    llm = make_model(
-        "llm",
-        replicas=1,
-        task="generate",
-        artifacts=[{**cpu_artifact("file:///q.tar.gz"), "memoryMiB": 1500}],
-    )
-    big = make_node(
-        "n8",
-        accelerator="cpu",
-        memory_mib=memory_budget(PI_8GB, 512, cap),
-        memory_cap=str(cap),
-    )
+    llm = make_llm()
+    big = cpu_node("n8", PI_8GB, cap, memory_cap=str(cap))
     plan = plan_pool(pool, [llm], [big], now=0)
     assert plan.loads == []
-    degraded = {c.type: c for c in plan.model_status["llm"].conditions}["Degraded"]
+    degraded = condition(plan, "llm", "Degraded")
     assert degraded.status == "True" and degraded.reason == "InsufficientCapacity"
     assert "1 short of memory (at most 768 MiB free on one)" in degraded.message
     assert "memory limit 1Gi (spec.agent.resources.limits.memory)" in degraded.message
@@ -124,22 +113,17 @@ def test_a_1gi_agent_refuses_a_1500_mib_model_on_an_8gb_node_and_says_why() -> N
     # A 2Gi limit (the chart's default) holds it: 2048 - 256 = 1792 MiB.
     roomy = container_cap(limited("2Gi"))
     assert roomy is not None
-    big = make_node("n8", accelerator="cpu", memory_mib=memory_budget(PI_8GB, 512, roomy))
+    big = cpu_node("n8", PI_8GB, roomy)
     plan = plan_pool(limited("2Gi"), [llm], [big], now=0)
     assert [(ld.model, ld.node) for ld in plan.loads] == [("llm", "n8")]
 
 
 def test_a_node_short_by_its_own_memory_does_not_blame_the_container() -> None:
     pool = limited("8Gi")
-    llm = make_model(
-        "llm",
-        replicas=1,
-        task="generate",
-        artifacts=[{**cpu_artifact("file:///q.tar.gz"), "memoryMiB": 1500}],
-    )
-    small = make_node("n2", accelerator="cpu", memory_mib=memory_budget(PI_2GB, 512))
+    llm = make_llm()
+    small = cpu_node("n2", PI_2GB)
     plan = plan_pool(pool, [llm], [small], now=0)
-    degraded = {c.type: c for c in plan.model_status["llm"].conditions}["Degraded"]
+    degraded = condition(plan, "llm", "Degraded")
     assert "at most 1401 MiB free on one" in degraded.message
     assert "container" not in degraded.message
 
@@ -150,7 +134,7 @@ def test_a_model_short_of_npu_contexts_only_does_not_blame_the_container() -> No
     full = make_node("n1", memory_mib=cap.budget_mib, memory_cap=str(cap), npu_contexts=0)
     hef = {"accelerator": "hailo8l", "format": "hef", "uri": "file:///m.hef", "sha256": "a" * 64}
     plan = plan_pool(pool, [make_model("det", replicas=1, artifacts=[hef])], [full], now=0)
-    degraded = {c.type: c for c in plan.model_status["det"].conditions}["Degraded"]
+    degraded = condition(plan, "det", "Degraded")
     assert degraded.reason == "InsufficientCapacity"
     assert "0 short of memory, 1 short of NPU contexts" in degraded.message
     assert "container" not in degraded.message

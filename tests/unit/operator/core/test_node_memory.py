@@ -16,15 +16,12 @@ from pydantic import ValidationError
 
 from tests.unit.operator.factories import (
     POOL_LABELS,
-    cpu_artifact,
+    condition,
     make_model,
-    make_node,
     make_pool,
     pool_manifest,
 )
-
-# Node status.allocatable.memory of a 2 GB and an 8 GB Pi 5 (k3s), in MiB.
-PI_2GB, PI_8GB = 1913, 7716
+from tests.unit.operator.pimemory import PI_2GB, PI_8GB, cpu_node, make_llm
 
 
 def test_budget_is_allocatable_less_the_reserve() -> None:
@@ -98,15 +95,9 @@ def test_a_16gb_node_takes_more_than_a_4gb_one() -> None:
 
 def test_pool_status_shows_each_nodes_budget_and_what_is_placed() -> None:
     pool = make_pool(generation=1, nodeSelector=POOL_LABELS)
-    llm = make_model(
-        "llm",
-        replicas=2,
-        task="generate",
-        artifacts=[{**cpu_artifact("file:///q.tar.gz"), "memoryMiB": 1500}],
-    )
+    llm = make_llm(replicas=2)
     tiny = make_model("tiny", replicas=2, resources={"memoryMiB": 64})
-    small = make_node("n2", accelerator="cpu", memory_mib=memory_budget(PI_2GB, 512))
-    big = make_node("n8", accelerator="cpu", memory_mib=memory_budget(PI_8GB, 512))
+    small, big = cpu_node("n2", PI_2GB), cpu_node("n8", PI_8GB)
     plan = plan_pool(pool, [llm, tiny], [small, big], now=0)
     assert sorted((ld.model, ld.node) for ld in plan.loads) == [
         ("llm", "n8"),
@@ -115,7 +106,7 @@ def test_pool_status_shows_each_nodes_budget_and_what_is_placed() -> None:
     ]
     nodes = {n.name: (n.memory_mi_b, n.memory_used_mi_b) for n in plan.pool_status.nodes}
     assert nodes == {"n2": (1401, 64), "n8": (7204, 1564)}
-    degraded = {c.type: c for c in plan.model_status["llm"].conditions}["Degraded"]
+    degraded = condition(plan, "llm", "Degraded")
     assert degraded.status == "True" and degraded.reason == "InsufficientCapacity"
     assert "at most 1337 MiB free on one" in degraded.message  # 1401 less tiny's 64
     # Serialized as the CRD names them.
