@@ -586,9 +586,14 @@ def test_the_holder_reports_its_runtimes_own_timings(pool: Pool) -> None:
     )
     whole = httpx.post(f"{pool.holder_http}/v1/completions", json={**body, "stream": False})
     assert whole.json()["timings"]["prompt_n"] == usage["prompt_tokens"]
-    # Through a peer the runtime's time does not travel: no timings rather than wrong ones.
+    # Through a peer: the holder's runtime time travels with the stream's end.
+    started = time.perf_counter()
     relayed = httpx.post(f"{pool.entry_http}/v1/completions", json={**body, "stream": False})
-    assert relayed.status_code == 200 and "timings" not in relayed.json()
+    relayed_ms = 1000 * (time.perf_counter() - started)
+    assert relayed.headers["x-hatswarm-route"] == "peer"
+    got = relayed.json()["timings"]
+    assert got["predicted_n"] == timings["predicted_n"]
+    assert 0 < got["prompt_ms"] + got["predicted_ms"] < relayed_ms
 
     done = httpx.post(
         f"{pool.holder_http}/api/generate",

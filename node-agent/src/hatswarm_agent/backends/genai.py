@@ -329,10 +329,10 @@ class GenaiModel(ThreadedGenerativeModel):
             self._add_in_use(len(ids))
             kept = False
             try:
+                step = clock()  # the runtime's time includes its is_done (a bare loop's too)
                 while count < limit and not generator.is_done() and not cancelled.is_set():
                     # The logits the next token is drawn from: read before the step (after it
                     # they are already the following token's).
-                    step = clock()
                     logits = generator.get_logits() if count < judged else None
                     generator.generate_next_token()
                     last = int(generator.get_next_tokens()[0])
@@ -351,6 +351,9 @@ class GenaiModel(ThreadedGenerativeModel):
                         logprob = 0.0 if count < judged else None
                     if matcher.stopped:
                         break
+                    step = clock()
+                else:
+                    timer.spent += clock() - step
                 if self._prefixes.size and not generator.is_done():
                     sequence = [int(t) for t in generator.get_sequence(0)]
                     kept = self._prefixes.put(key, sequence, generator, capacity)

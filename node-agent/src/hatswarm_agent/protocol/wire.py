@@ -66,6 +66,11 @@ TOKENS_PARAM = "hatswarm.tokens"  # response, int: tokens this piece completes
 FINISH_PARAM = "hatswarm.finish_reason"  # final response, string: "stop" or "length"
 PROMPT_TOKENS_PARAM = "hatswarm.prompt_tokens"  # final response, int
 COMPLETION_TOKENS_PARAM = "hatswarm.completion_tokens"  # final response, int
+# Final response, when the node measured its runtime's own time (backends' Timings): the
+# runtime's seconds to the first piece and after it, and the tokens after it.
+PROMPT_SECONDS_PARAM = "hatswarm.runtime_prompt_s"  # double
+DECODE_SECONDS_PARAM = "hatswarm.runtime_decode_s"  # double
+DECODE_TOKENS_PARAM = "hatswarm.runtime_decode_tokens"  # int
 CODE_PARAM = "hatswarm.code"  # error response, string: the gRPC status code's name
 SESSION_PARAM = "hatswarm.session"  # request, string: a conversation's id (routing affinity)
 # HTTP: the header naming a conversation (OpenAI's body field `user` is read when it is absent).

@@ -124,7 +124,7 @@ class RemoteStream:
         # A peer that sent the generation on to the cloud says so on its first response.
         self.route = ROUTE_CLOUD if params.route_of(first) == ROUTE_CLOUD else ROUTE_PEER
         self.finish_reason: FinishReason | None = None
-        self.timings: Timings | None = None  # the peer's runtime time does not travel (yet)
+        self.timings: Timings | None = None  # the peer's runtime time, with its end
         self._usage = Usage(0, 0)
 
     @property
@@ -144,6 +144,7 @@ class RemoteStream:
                 self._done = True
                 take_load_report(self._peer, response)
                 reason, self._usage = streaming.read_end(response)
+                self.timings = streaming.read_timings(response)
                 self.finish_reason = "length" if reason == "length" else "stop"
                 self._finish()
                 text = streaming.read_text(response)

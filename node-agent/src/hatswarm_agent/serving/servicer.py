@@ -265,7 +265,7 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
                     text = prompt + text
             final = streaming.final_response(
                 request, stream.finish_reason or "stop", stream.usage, text=text,
-                raw=asked.raw, node=stream.node, route=stream.route,
+                raw=asked.raw, node=stream.node, route=stream.route, timings=stream.timings,
             )  # fmt: skip
             if hop and isinstance(stream, LocalStream):  # the load as this sequence ends
                 report_load(final.infer_response, stream)

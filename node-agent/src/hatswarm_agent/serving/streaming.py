@@ -8,7 +8,8 @@ as Triton's vLLM backend takes them; sampling parameters may also come as reques
 Chat messages come as the `hatswarm.messages` parameter (JSON) instead of `text_input`.
 Streaming, each piece of text is one response (`text_output`, BYTES [1]); the last response has
 `triton_final_response` true and says why and how many tokens (`hatswarm.finish_reason`,
-`hatswarm.prompt_tokens`, `hatswarm.completion_tokens`). Not streaming, one response carries
+`hatswarm.prompt_tokens`, `hatswarm.completion_tokens`, and the runtime's own time when measured:
+`hatswarm.runtime_prompt_s`, `hatswarm.runtime_decode_s`, `hatswarm.runtime_decode_tokens`). Not streaming, one response carries
 the whole text, prompt first unless `exclude_input_in_output` (vLLM's defaults). An error is a
 response with `error_message` (and the status code's name in `hatswarm.code`); the stream stays
 open for the caller's other requests.
@@ -30,6 +31,7 @@ from hatswarm_agent.backends.generation import (
     GenerationRequestError,
     Piece,
     Prompt,
+    Timings,
     Usage,
     check_messages,
 )
@@ -37,12 +39,15 @@ from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
 from hatswarm_agent.protocol.wire import (
     CODE_PARAM,
     COMPLETION_TOKENS_PARAM,
+    DECODE_SECONDS_PARAM,
+    DECODE_TOKENS_PARAM,
     EMPTY_FINAL_PARAM,
     EXCLUDE_INPUT,
     FINAL_PARAM,
     FINISH_PARAM,
     MESSAGES_PARAM,
     NODE_PARAM,
+    PROMPT_SECONDS_PARAM,
     PROMPT_TOKENS_PARAM,
     ROUTE_PARAM,
     SAMPLING_INPUT,
@@ -244,9 +249,10 @@ def final_response(
     raw: bool,
     node: str,
     route: str,
+    timings: Timings | None = None,
 ) -> pb.ModelStreamInferResponse:
     """The last response: `text` as its text_output (None: no outputs), the finish reason and
-    the token usage, and where it ran."""
+    the token usage, where it ran, and the runtime's own time when measured."""
     out = _response(request, final=True)
     r = out.infer_response
     if text is not None:
@@ -257,6 +263,10 @@ def final_response(
     p[COMPLETION_TOKENS_PARAM].int64_param = usage.completion_tokens
     p[NODE_PARAM].string_param = node
     p[ROUTE_PARAM].string_param = route
+    if timings is not None:
+        p[PROMPT_SECONDS_PARAM].double_param = timings.prompt_s
+        p[DECODE_SECONDS_PARAM].double_param = timings.decode_s
+        p[DECODE_TOKENS_PARAM].int64_param = timings.decode_tokens
     return out
 
 
@@ -353,6 +363,18 @@ def read_end(response: pb.ModelInferResponse) -> tuple[str, Usage]:
     prompt = int(p[PROMPT_TOKENS_PARAM].int64_param) if PROMPT_TOKENS_PARAM in p else 0
     completion = int(p[COMPLETION_TOKENS_PARAM].int64_param) if COMPLETION_TOKENS_PARAM in p else 0
     return reason, Usage(prompt, completion)
+
+
+def read_timings(response: pb.ModelInferResponse) -> Timings | None:
+    """The runtime's own time a final response reports, if the node measured it."""
+    p = response.parameters
+    if PROMPT_SECONDS_PARAM not in p:
+        return None
+    return Timings(
+        p[PROMPT_SECONDS_PARAM].double_param,
+        p[DECODE_SECONDS_PARAM].double_param if DECODE_SECONDS_PARAM in p else 0.0,
+        int(p[DECODE_TOKENS_PARAM].int64_param) if DECODE_TOKENS_PARAM in p else 0,
+    )
 
 
 def error_code(response: pb.ModelStreamInferResponse) -> str:

@@ -11,6 +11,7 @@ from hatswarm_agent.backends.generation import (
     BackendBusyError,
     GenerationParams,
     Piece,
+    Timings,
     Usage,
 )
 from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
@@ -128,10 +129,16 @@ def test_pieces_and_the_end_read_back(raw: bool) -> None:
     ).infer_response
     assert streaming.is_final(end) and streaming.read_text(end) == ""
     assert streaming.read_end(end) == ("length", Usage(5, 9))
+    assert streaming.read_timings(end) is None  # not measured: none rather than zeros
     empty = streaming.final_response(
         request, "stop", Usage(1, 1), text=None, raw=raw, node="n", route="local"
     ).infer_response
     assert not empty.outputs and streaming.is_final(empty)
+    timed = streaming.final_response(
+        request, "stop", Usage(5, 9), text="", raw=raw, node="n", route="local",
+        timings=Timings(0.25, 0.5, 8),
+    ).infer_response  # fmt: skip
+    assert streaming.read_timings(timed) == Timings(0.25, 0.5, 8)
 
 
 def test_an_error_is_final_and_carries_its_code() -> None:
