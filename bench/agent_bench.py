@@ -840,14 +840,13 @@ def raw_side(
 ) -> dict[str, Any]:
     """Raw onnxruntime on one model right now: p50 the faster thread count, and throughput."""
     with meter.block() as block:
-        lat = {
-            t: percentiles(measure_latency(raw.caller(work, t), plan.raw_calls, 0.0))
-            for t in (1, 2)
-        }
+        samples = {t: measure_latency(raw.caller(work, t), plan.raw_calls, 0.0) for t in (1, 2)}
+        lat = {t: percentiles(s) for t, s in samples.items()}
         best = min(lat, key=lambda t: lat[t]["p50_ms"])
         out: dict[str, Any] = {
             "p50_ms": lat[best]["p50_ms"],
             "p99_ms": lat[best]["p99_ms"],
+            "mean_ms": float(np.mean(samples[best])),
             "threads": best,
             "p50_ms_1_thread": lat[1]["p50_ms"],
             "p50_ms_2_threads": lat[2]["p50_ms"],
@@ -863,6 +862,8 @@ def raw_side(
 def raw_pair(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     """The baseline for the block between two raw sides: their mean, flagged when they differ."""
     pair: dict[str, Any] = {"before": before, "after": after}
+    if "mean_ms" in before and "mean_ms" in after:  # for the agent's breakdown, not the flag
+        pair["mean_ms"] = (before["mean_ms"] + after["mean_ms"]) / 2
     for key in ("p50_ms", "throughput_rps"):
         if key in before and key in after:
             a, b = before[key], after[key]
@@ -873,24 +874,77 @@ def raw_pair(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
 
 
 def measure_view(
-    target: OipTarget, view: View, work: Workload, plan: Plan, meter: Any
+    target: OipTarget,
+    view: View,
+    work: Workload,
+    plan: Plan,
+    meter: Any,
+    metrics: str | None = None,
 ) -> dict[str, Any]:
     make = target.shm_caller if view.shm else target.caller
     caller = make(work)
+    before = _scrape_durations(metrics, work.model)
     try:
         with meter.block() as lat_block:
             samples = measure_latency(caller, plan.latency_calls, plan.latency_min_s)
     finally:
         caller.close()
+    server = _server_means(before, _scrape_durations(metrics, work.model))
     with meter.block() as thr_block:
         rps = measure_throughput(lambda: make(work), CLIENTS, plan.throughput_s)
     return {
         **percentiles(samples),
+        "mean_ms": float(np.mean(samples)),
         "calls": len(samples),
         "samples": samples,  # pooled for p99 over rounds, dropped from the JSON
         "throughput_rps": rps,
         "contention": {"latency": lat_block.result, "throughput": thr_block.result},
+        **server,
     }
+
+
+DURATIONS = {
+    "compute": "hatswarm_inference_compute_duration_seconds",
+    "handler": "hatswarm_inference_request_duration_seconds",
+}
+
+
+def _scrape_durations(address: str | None, model: str) -> dict[str, tuple[float, float]]:
+    """The agent's cumulative (seconds, count) per duration histogram for `model`, from its
+    /metrics (the agent's own view of the same requests the client timed); {} without one."""
+    if not address:
+        return {}
+    try:
+        with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as reply:
+            text = reply.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, tuple[float, float]] = {}
+    for key, name in DURATIONS.items():
+        found: dict[str, float] = {}
+        for suffix in ("sum", "count"):
+            pattern = rf'^{name}_{suffix}{{[^}}]*model="{re.escape(model)}"[^}}]*}} (\S+)$'
+            match = re.search(pattern, text, re.M)
+            if match:
+                found[suffix] = float(match.group(1))
+        if len(found) == 2:
+            out[key] = (found["sum"], found["count"])
+    return out
+
+
+def _server_means(
+    before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]
+) -> dict[str, float]:
+    """Mean ms per request the agent measured between two scrapes: the model's run alone
+    (`server_compute_mean_ms`) and its whole handler (`server_handler_mean_ms`). The client's
+    mean minus the handler's is the transport; the handler's minus the compute, the agent's own
+    work around the model; the compute against raw's, the session in the agent's process."""
+    out: dict[str, float] = {}
+    for key in DURATIONS:
+        if key in before and key in after and after[key][1] > before[key][1]:
+            seconds = after[key][0] - before[key][0]
+            out[f"server_{key}_mean_ms"] = 1000 * seconds / (after[key][1] - before[key][1])
+    return out
 
 
 def _check_outputs(caller: Caller, raw: RawTarget, work: Workload) -> bool:
@@ -977,7 +1031,7 @@ def bench_round(
                 before = raw_side(raw, work[m], plan, contender.raw_throughput, meter)
                 for view, target in views:
                     measured.setdefault(view.row, {})[m] = measure_view(
-                        target, view, work[m], plan, meter
+                        target, view, work[m], plan, meter, spec.extra.get("metrics")
                     )
                 pair = raw_pair(
                     before, raw_side(raw, work[m], plan, contender.raw_throughput, meter)
@@ -1001,6 +1055,14 @@ def bench_round(
                 f"(raw {result['raw']['p50_ms']:.2f}), p99 {result['p99_ms']:.2f} ms, "
                 f"{result['throughput_rps']:.0f} req/s, outside load "
                 f"{result['contention']['latency']['outside_cores']:.2f} cores"
+                + (
+                    f"; means: client {result['mean_ms']:.2f}, handler "
+                    f"{result['server_handler_mean_ms']:.2f}, compute "
+                    f"{result['server_compute_mean_ms']:.2f} ms (raw "
+                    f"{result['raw']['mean_ms']:.2f})"
+                    if "server_compute_mean_ms" in result and "mean_ms" in result["raw"]
+                    else ""
+                )
             )
 
 
@@ -1036,6 +1098,16 @@ def summarise_row(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         out["throughput_over_raw"] = _median(thr_ratio)
     spreads = [s for s in (out["p50_spread"], out["throughput_spread"]) if s is not None]
     out["reproduced"] = None if not spreads else max(spreads) <= REPRODUCED
+    if all("server_compute_mean_ms" in r and "mean_ms" in r["raw"] for r in rounds):
+        # Where a lone request's time goes, in means (the agent's histograms give no median):
+        # the transport (client - handler), the agent's own work (handler - compute), and the
+        # model's run in the agent's process against raw's in this one.
+        out["breakdown_mean_ms"] = {
+            "client": _median([r["mean_ms"] for r in rounds]),
+            "handler": _median([r["server_handler_mean_ms"] for r in rounds]),
+            "compute": _median([r["server_compute_mean_ms"] for r in rounds]),
+            "raw": _median([r["raw"]["mean_ms"] for r in rounds]),
+        }
     out["rounds"] = [{k: v for k, v in r.items() if k != "samples"} for r in rounds]
     return out
 

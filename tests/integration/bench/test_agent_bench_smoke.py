@@ -19,9 +19,11 @@ from types import ModuleType
 
 import numpy as np
 import onnx
+import psutil
 import pytest
 
 from tests import benchjobs, tritonjobs
+from tests.polling import poll
 
 pytestmark = pytest.mark.integration
 
@@ -117,6 +119,9 @@ def test_contention_meter_tells_own_work_from_outside_work(contention: ModuleTyp
         start_new_session=True,
     )  # fmt: skip
     try:
+        # The spinning child of the shell must exist before the block starts: a process born
+        # during a block counts only in the machine's busy time, not among the top strangers.
+        assert poll(lambda: psutil.Process(spinner.pid).children(), within=10, every=0.01)
         outside_meter = contention.CpuMeter(root_pid=os.getpid() + 10**7)  # a tree of nobody
         with outside_meter.block() as outside:
             time.sleep(0.5)
@@ -193,6 +198,11 @@ def test_a_short_run_against_the_floor_and_the_agent(tmp_path: Path) -> None:
     assert results["servers"]["agent"]["outputs_match_raw"]["agent"] == {"mlp": True}
     for row in ("raw", "floor", "agent"):
         assert table[row]["mlp"]["p50_ms"] > 0, row
+    # The agent's own view of the same lone requests: the model's run inside its handler,
+    # the handler inside what the client waited.
+    parts = table["agent"]["mlp"]["breakdown_mean_ms"]
+    assert 0 < parts["compute"] < parts["handler"] < parts["client"], parts
+    assert parts["raw"] > 0 and "breakdown_mean_ms" not in table["floor"]["mlp"]
     assert results["rss_mb"]["no_models"]["agent"] > 0
     assert results["rss_mb"]["after_run"]["agent"] > 0
     assert "machine" in results and "blocks" in results["machine"]
