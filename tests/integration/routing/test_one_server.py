@@ -2,7 +2,7 @@
 answering before it can route.
 
 A Triton/KServe client behind the pool's Service reaches whichever agent the Service picks:
-ModelReady and ModelMetadata must not depend on it, and an agent that has no routing table
+ModelReady, ModelMetadata and ModelConfig must not depend on it, and an agent that has no routing table
 yet must say "not ready" (health) and "try again" (UNAVAILABLE), never "no such model".
 """
 
@@ -47,14 +47,28 @@ def test_model_ready_and_metadata_are_the_same_through_every_agent(
         s = stub(agent.address)
         ready, call = s.ModelReady.with_call(pb.ModelReadyRequest(name="ident"))
         meta = s.ModelMetadata(pb.ModelMetadataRequest(name="ident"))
+        # Triton's ModelConfig too: perf_analyzer asks it first, through the pool's Service.
+        config, config_call = s.ModelConfig.with_call(pb.ModelConfigRequest(name="ident"))
         node = dict(call.initial_metadata()).get("x-hatswarm-node")
         assert node in ({"b", "c"} if name == "a" else {name})  # who has it (or would serve)
-        answers.append((ready.ready, meta.SerializeToString(deterministic=True)))
+        config_node = dict(config_call.initial_metadata()).get("x-hatswarm-node")
+        assert config_node in ({"b", "c"} if name == "a" else {name})
+        answers.append(
+            (
+                ready.ready,
+                meta.SerializeToString(deterministic=True),
+                config.SerializeToString(deterministic=True),
+            )
+        )
         unknown = s.ModelReady(pb.ModelReadyRequest(name="nope"))
         assert not unknown.ready
-        with pytest.raises(grpc.RpcError) as err:
-            s.ModelMetadata(pb.ModelMetadataRequest(name="nope"))
-        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        for rpc, request in (
+            (s.ModelMetadata, pb.ModelMetadataRequest(name="nope")),
+            (s.ModelConfig, pb.ModelConfigRequest(name="nope")),
+        ):
+            with pytest.raises(grpc.RpcError) as err:
+                rpc(request)
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
     assert answers[0][0] is True
     assert len(set(answers)) == 1, "an agent answered differently"
 
@@ -65,6 +79,9 @@ def test_a_peer_asked_on_a_clients_behalf_answers_for_itself_only(
     hop = (("x-hatswarm-hop", "1"),)
     s = stub(pool["a"].address)
     assert not s.ModelReady(pb.ModelReadyRequest(name="ident"), metadata=hop).ready
+    with pytest.raises(grpc.RpcError) as err:
+        s.ModelConfig(pb.ModelConfigRequest(name="ident"), metadata=hop)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 def _health(address: str, service: str = "") -> int:

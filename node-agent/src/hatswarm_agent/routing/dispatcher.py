@@ -211,6 +211,16 @@ class Dispatcher:
             )
         )  # fmt: skip
 
+    async def model_config(
+        self, request: pb.ModelConfigRequest
+    ) -> tuple[pb.ModelConfigResponse, str] | None:
+        """A replica's Triton model config (the node it came from); None when none has it."""
+        return await self._ask_replicas(
+            request.name, request.version, lambda ch, md, t: ch.oip.ModelConfig(
+                request, metadata=md, timeout=t
+            )
+        )  # fmt: skip
+
     async def _ask_replicas(
         self, model: str, version: str, call: Callable[[PeerChannel, Metadata, float], Any]
     ) -> tuple[Any, str] | None:

@@ -60,7 +60,7 @@ Infer = Callable[[pb.ModelInferRequest, Any], Awaitable[pb.ModelInferResponse]]
 
 
 class PoolModels(Protocol):
-    """Readiness and metadata of models this node does not serve, from a replica of the pool
+    """Readiness, metadata and config of models this node does not serve, from a replica of the pool
     (routing.dispatcher.Dispatcher): each answer comes with the node that gave it."""
 
     async def model_ready(self, request: pb.ModelReadyRequest) -> tuple[bool, str]: ...
@@ -68,6 +68,10 @@ class PoolModels(Protocol):
     async def model_metadata(
         self, request: pb.ModelMetadataRequest
     ) -> tuple[pb.ModelMetadataResponse, str] | None: ...
+
+    async def model_config(
+        self, request: pb.ModelConfigRequest
+    ) -> tuple[pb.ModelConfigResponse, str] | None: ...
 
 
 def _is_hop(context: Any) -> bool:
@@ -277,8 +281,20 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
     async def ModelConfig(  # noqa: N802
         self, request: pb.ModelConfigRequest, context: Any
     ) -> pb.ModelConfigResponse:
-        entry = self._registry.get(request.name, request.version)
+        try:
+            entry = self._registry.get(request.name, request.version)
+        except AgentError:
+            # Not here: a replica's config (what perf_analyzer asks first, through the pool).
+            if self._pool is None or _is_hop(context):
+                raise
+            answer = await self._pool.model_config(request)
+            if answer is None:
+                raise
+            response, node = answer
+            await _say_node(context, node)
+            return response
         platform = PLATFORMS.get(entry.backend, entry.backend)
+        await _say_node(context, self._node)
         return pb.ModelConfigResponse(config=model_config(entry, platform))
 
     async def RepositoryIndex(  # noqa: N802
