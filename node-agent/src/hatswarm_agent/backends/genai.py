@@ -38,6 +38,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Mapping
@@ -52,6 +53,8 @@ from hatswarm_agent.backends.base import (
     BackendUnavailableError,
 )
 from hatswarm_agent.backends.generation import (
+    BUNDLE_S,
+    BundlingEmitter,
     CpuModelBackend,
     Emitter,
     GenerationLoad,
@@ -60,6 +63,7 @@ from hatswarm_agent.backends.generation import (
     ModelFolder,
     Outcome,
     Piece,
+    PieceTuple,
     Producer,
     Prompt,
     RuntimeTimer,
@@ -88,6 +92,7 @@ DEFAULT_PREFIX_HEADROOM = 512
 # Tokenize prompts up to this many characters on the event loop (microseconds); longer ones
 # on a thread.
 INLINE_TOKENIZE_CHARS = 4096
+IN_USE_EVERY = 16  # generated tokens between updates of the in-use count (a lock each)
 
 
 def token_logprob(logits: Any, token: int) -> float:
@@ -326,7 +331,13 @@ class GenaiModel(ThreadedGenerativeModel):
             judged = params.logprobs  # the first tokens only: what a router judges
             logprob: float | None = 0.0 if judged else None
             count, last = 0, -1
+            # A process host's forwarder takes bundles: a fast model's pieces go as tuples, a
+            # few dozen at a time, instead of a Piece and a call per token (BundlingEmitter).
+            bundle = emit.many if isinstance(emit, BundlingEmitter) else None
+            held: list[PieceTuple] = []
+            held_since = token_at = -math.inf
             self._add_in_use(len(ids))
+            counted = 0  # generated tokens added to the in-use count (every IN_USE_EVERY)
             kept = False
             try:
                 step = clock()  # the runtime's time includes its is_done (a bare loop's too)
@@ -337,18 +348,31 @@ class GenaiModel(ThreadedGenerativeModel):
                     generator.generate_next_token()
                     last = int(generator.get_next_tokens()[0])
                     decoded = stream.decode(last)
-                    timer.spent += clock() - step
+                    now = clock()
+                    timer.spent += now - step
                     if logits is not None and logprob is not None:
                         logprob += token_logprob(logits, last)
                     count += 1
-                    self._add_in_use(1)
+                    if count - counted >= IN_USE_EVERY:
+                        self._add_in_use(count - counted)
+                        counted = count
                     pending.append(last)
                     text = matcher.feed(decoded)
                     if text:
                         timer.first_piece(count)
-                        emit(Piece(text, len(pending), tuple(pending), logprob))
+                        if bundle is None:
+                            emit(Piece(text, len(pending), tuple(pending), logprob))
+                        else:
+                            if not held:
+                                held_since = now
+                            held.append((text, len(pending), tuple(pending), logprob))
+                            # A slow token, or the oldest held piece due: send what is held.
+                            if now - token_at >= BUNDLE_S or now - held_since >= BUNDLE_S:
+                                bundle(held)
+                                held = []
                         pending = []
                         logprob = 0.0 if count < judged else None
+                    token_at = now
                     if matcher.stopped:
                         break
                     step = clock()
@@ -360,7 +384,9 @@ class GenaiModel(ThreadedGenerativeModel):
             except RuntimeError as exc:
                 raise BackendError(f"onnxruntime-genai: {exc}") from exc
             finally:
-                self._add_in_use(-len(ids) - count)
+                if held and bundle is not None:
+                    bundle(held)  # before the tail and the end, an error's too
+                self._add_in_use(-len(ids) - counted)
                 if not kept:
                     del generator
             tail = "" if matcher.stopped else matcher.flush()

@@ -43,9 +43,12 @@ from hatswarm_agent.backends.modelfolder import (
 )
 from hatswarm_agent.backends.sequences import GenerationLoad, SequenceSlots
 from hatswarm_agent.backends.tokenstream import (
+    BUNDLE_S,
+    BundlingEmitter,
     Emitter,
     Outcome,
     Piece,
+    PieceTuple,
     Producer,
     RuntimeTimer,
     Timings,
@@ -55,10 +58,12 @@ from hatswarm_agent.backends.tokenstream import (
 )
 
 __all__ = [
+    "BUNDLE_S",
     "EMBED",
     "GENERATE",
     "MAX_STOP_SEQUENCES",
     "BackendBusyError",
+    "BundlingEmitter",
     "ContextLengthError",
     "CpuModelBackend",
     "EmbeddingModel",
@@ -73,6 +78,7 @@ __all__ = [
     "ModelFolder",
     "Outcome",
     "Piece",
+    "PieceTuple",
     "Producer",
     "Prompt",
     "RuntimeTimer",

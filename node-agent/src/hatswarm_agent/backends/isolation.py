@@ -44,6 +44,7 @@ from hatswarm_agent.backends.generation import (
     GenerationParams,
     Outcome,
     Piece,
+    PieceTuple,
     Prompt,
     TokenStream,
 )
@@ -74,7 +75,7 @@ def _portable(exc: BaseException) -> BaseException:
     return exc
 
 
-WirePiece = tuple[str, int, tuple[int, ...], float | None]
+WirePiece = PieceTuple
 
 
 def _wire(piece: Piece) -> WirePiece:
@@ -157,6 +158,17 @@ class _Forward:
             if not self._started or (fast and (now - self._since < BUNDLE_S or self._unread() > 0)):
                 return
             pieces, self._waiting = self._waiting, []
+        self.pieces(pieces)
+
+    def many(self, pieces: list[WirePiece]) -> None:
+        """A bundle the producer made itself (a fast genai model): sent as it is, after
+        "started" (held with the rest until then)."""
+        with self._lock:
+            if not self._started:
+                self._waiting.extend(pieces)
+                return
+            if self._waiting:
+                pieces, self._waiting = self._waiting + pieces, []
         self.pieces(pieces)
 
     def open(self, prompt_tokens: int) -> None:
