@@ -184,18 +184,11 @@ def place_versions(
     placement = pl.Placement(
         replicas=tuple(replace(r, model=split_unit(r.model)[0]) for r in raw.replicas),
         unplaced=tuple(
-            replace(u, model=split_unit(u.model)[0], message=_capped(u, caps)) for u in raw.unplaced
+            replace(u, model=split_unit(u.model)[0], message=u.with_caps(caps))
+            for u in raw.unplaced
         ),
     )
     return placement, held
-
-
-def _capped(u: pl.Unplaced, caps: Sequence[str]) -> str:
-    """A model short of memory on nodes whose budget the agent container's limit set says so:
-    the node has room, its agent container does not (raise the limit, not the node)."""
-    if not u.short_of_memory or not caps:
-        return u.message
-    return f"{u.message}; {'; '.join(caps)}"
 
 
 def _placement_unit(
