@@ -110,7 +110,8 @@ READ_TIMEOUT_MS = 30_000
 # estimate for routing before the device has templated a chat prompt.
 CHAT_TOKENS_PER_MESSAGE = 4
 # The context length assumed when HailoRT (< 5.1.1) cannot report the HEF's and option
-# context_length is unset: the 2048-token KV cache of the Hailo-10H LLM HEFs we know of.
+# context_length is unset. An assumption, not read from any HEF (HailoRT keeps the KV-cache
+# size in the HEF and has no default): set the option to the HEF's own where it is known.
 DEFAULT_CONTEXT_LENGTH = 2048
 
 
