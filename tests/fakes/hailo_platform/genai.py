@@ -14,8 +14,12 @@ state, which the fake enforces so a backend that breaks them fails here:
   default system prompt when it has no system message, as Qwen's does); later ones are
   templated as a continuation, and system messages or tools in them raise. `load_context`
   replaces the context but not that client-side state, exactly like HailoRT 5.1.1/5.2;
-- `save_context()`/`load_context(data)` (HailoRT >= 5.1.1) carry a context between LLM objects
-  of the same model; `GENAI.context_blobs = False` plays an older HailoRT without them;
+- `save_context()`/`load_context(data)` carry a context between LLM objects of the same model;
+- `GENAI.version` plays a HailoRT release, with the LLM methods its Python binding has
+  (hailort's bindings/python/src/llm_api.cpp at each tag): before 5.1.1 there is no
+  `save_context`, `load_context`, `max_context_capacity` or `get_context_usage_size` (the
+  attributes are missing, as on the real objects); before 5.1.0 `LLM()` takes no
+  `optimize_memory_on_device` (a TypeError, as Python raises for an unknown argument);
 - `generate(...)` is a context manager whose iteration yields text pieces, one per token;
   `read()` past the end or after `release()` raises.
 
@@ -62,6 +66,8 @@ WORDS = [
     "quickly.", "stream", "each", "piece", "to", "the", "client", "and", "count", "them", "all.",
     "<|im_end|>",
 ]  # fmt: skip
+# LLM methods HailoRT's Python binding gained in 5.1.1.
+SINCE_5_1_1 = ("save_context", "load_context", "max_context_capacity", "get_context_usage_size")
 _WORD = re.compile(r"<\|[^|>\s]*\|>|\s*(?:(?!<\|)\S)+")
 
 
@@ -80,7 +86,7 @@ class GenaiHardware:
     llms: list[LLM] = field(default_factory=list)
     generations: list[dict[str, Any]] = field(default_factory=list)  # params of every generate
     gate: threading.Event | None = None  # when set: read() waits for it
-    context_blobs: bool = True  # save_context/load_context exist (HailoRT >= 5.1.1)
+    version: tuple[int, int, int] = (5, 2, 0)  # the HailoRT release played
 
     def reset(self) -> None:
         fresh = GenaiHardware()
@@ -232,8 +238,10 @@ class LLM:
         vdevice: VDevice,
         model_path: str,
         lora_name: str = "",
-        optimize_memory_on_device: bool = False,
+        optimize_memory_on_device: bool | None = None,
     ) -> None:
+        if optimize_memory_on_device is not None and GENAI.version < (5, 1, 0):
+            raise TypeError("__init__() got an unexpected argument 'optimize_memory_on_device'")
         if vdevice.released:
             raise HailoRTException("VDevice was released")
         if GENAI.arch != "hailo10h":
@@ -247,7 +255,7 @@ class LLM:
             raise HailoRTException("libhailort failed with error: 26 (HAILO_INVALID_HEF)")
         self._doc = doc
         self.lora_name = lora_name
-        self.optimize_memory_on_device = optimize_memory_on_device
+        self.optimize_memory_on_device = bool(optimize_memory_on_device)
         self._context: list[int] = []
         self._stop_tokens: list[str] = list(doc["stop_tokens"])
         self._recovery: str = doc["recovery_sequence"]
@@ -258,7 +266,7 @@ class LLM:
         GENAI.llms.append(self)
 
     def __getattribute__(self, name: str) -> Any:
-        if name in ("save_context", "load_context") and not GENAI.context_blobs:
+        if name in SINCE_5_1_1 and GENAI.version < (5, 1, 1):
             raise AttributeError(f"'LLM' object has no attribute {name!r}")
         return super().__getattribute__(name)
 

@@ -33,6 +33,17 @@ come from `LLM.tokenize` for text prompts; chat prompts are templated on the dev
 are counted from the context's size after the generation (less the generated tokens and the
 recovery sequence HailoRT appends when a generation hits its token limit).
 
+HailoRT before 5.1.1 (read in hailort's bindings/python/src/llm_api.cpp at each tag) has no
+`max_context_capacity`, `get_context_usage_size`, `save_context` or `load_context`, and before
+5.1.0 `LLM()` takes no `optimize_memory_on_device`. There the context length is option
+`context_length`, else DEFAULT_CONTEXT_LENGTH (a prompt past the HEF's real KV cache then fails
+on the device with HailoRT's error, so set the option when the HEF's is smaller), and a chat
+prompt's tokens are estimated as `count_tokens` does: its messages' text tokenized on the
+device plus CHAT_TOKENS_PER_MESSAGE a message. Exact would need the template rendered here
+(HailoRT renders it with minja, with its own continuation rules, and the agent has no Jinja
+engine), and an estimate keeps usage and the load report meaningful where "unknown" would
+read as zero. Text prompts stay exact (`tokenize` exists in every 5.x).
+
 The OIP face (Triton vLLM tensor names, the ModelInfer loop) and the load report are shared with
 the CPU generative backends (textgen.py, `SequenceSlots.load`); the rest is not, since the LLM
 objects template, count and generate on the device.
@@ -98,6 +109,10 @@ READ_TIMEOUT_MS = 30_000
 # ChatML and Llama-style prompts spend about this many template tokens per message: an
 # estimate for routing before the device has templated a chat prompt.
 CHAT_TOKENS_PER_MESSAGE = 4
+# The context length assumed when HailoRT (< 5.1.1) cannot report the HEF's and option
+# context_length is unset. An assumption, not read from any HEF (HailoRT keeps the KV-cache
+# size in the HEF and has no default): set the option to the HEF's own where it is known.
+DEFAULT_CONTEXT_LENGTH = 2048
 
 
 def find_hef(path: Path, options: Mapping[str, str]) -> Path:
@@ -141,6 +156,29 @@ class _Plan:
         return self.reuse or (self.load[0] if self.load else None)
 
 
+def context_length(llm: Any, options: Mapping[str, str]) -> int:
+    """The HEF's KV-cache size as HailoRT >= 5.1.1 reports it, which option `context_length`
+    may lower (not raise: the device refuses past it); before 5.1.1 the option, else
+    DEFAULT_CONTEXT_LENGTH."""
+    requested = int_option(options, "context_length", 0, minimum=0)
+    capacity = getattr(llm, "max_context_capacity", None)
+    if not callable(capacity):
+        return requested or DEFAULT_CONTEXT_LENGTH
+    device = int(capacity())
+    if requested > device:
+        raise BackendError(
+            f"option context_length={requested} is over the HEF's context of {device} tokens"
+        )
+    return requested or device
+
+
+def estimate_chat(tokenize: Any, messages: Sequence[Mapping[str, str]]) -> int:
+    """A chat prompt's tokens without the device's template: the messages' text tokenized,
+    plus CHAT_TOKENS_PER_MESSAGE a message and the generation prompt."""
+    text = "\n".join(f"{m['role']}\n{m['content']}" for m in messages)
+    return len(tokenize(text)) + CHAT_TOKENS_PER_MESSAGE * len(messages) + 3
+
+
 def continues(held: Chat, chat: Chat) -> bool:
     """`chat` is `held` plus new messages HailoRT accepts on a used context (no system)."""
     n = len(held)
@@ -174,6 +212,7 @@ class HailoLLMModel(LoadedModel):
     ) -> None:
         self._backend = backend
         self._error = backend.hailo_error
+        self.context_length = context_length(llms[0], options)
         self._all = [_Slot(llm) for llm in llms]
         self._lock = threading.Lock()
         self._uses = 0
@@ -190,7 +229,10 @@ class HailoLLMModel(LoadedModel):
             len(llms), int_option(options, "max_queued", DEFAULT_MAX_QUEUED, minimum=0)
         )
         self._executor = ThreadPoolExecutor(max_workers=len(llms), thread_name_prefix="hailo-llm")
-        self.context_length = int(llms[0].max_context_capacity())
+        # HailoRT >= 5.1.1 reports a context's size; before, chat prompts are estimated.
+        self._reports_usage = all(
+            callable(getattr(llm, "get_context_usage_size", None)) for llm in llms
+        )
         self.prompt_template = str(llms[0].prompt_template())
         self.inputs = list(GENERATION_INPUTS)
         self.outputs = [TEXT_OUTPUT]
@@ -256,16 +298,13 @@ class HailoLLMModel(LoadedModel):
     def count_tokens(self, prompt: Prompt) -> int:
         """Exact for text prompts; an estimate for chat messages (templated on the device).
         Blocking; needs an idle LLM object (BackendBusyError when every one is generating)."""
-        if isinstance(prompt, str):
-            text, overhead = prompt, 0
-        else:
-            messages = check_messages(prompt)
-            text = "\n".join(f"{m['role']}\n{m['content']}" for m in messages)
-            overhead = CHAT_TOKENS_PER_MESSAGE * len(messages) + 3
+        messages = None if isinstance(prompt, str) else check_messages(prompt)
         self._slots.try_acquire()
         slot = self._take_for_tokenizing()
         try:
-            return len(slot.llm.tokenize(text)) + overhead
+            if messages is not None:
+                return estimate_chat(slot.llm.tokenize, messages)
+            return len(slot.llm.tokenize(prompt))
         except self._error as exc:
             raise BackendError(f"HailoRT: {exc}") from exc
         finally:
@@ -407,19 +446,26 @@ class HailoLLMModel(LoadedModel):
                         if matcher.stopped:
                             break
                     status = _status(completion)
-                usage = int(llm.get_context_usage_size())
-                recovery = (
-                    len(llm.tokenize(llm.get_generation_recovery_sequence()))
-                    if status == "MAX_TOKENS_REACHED" and prompt_tokens is None
-                    else 0
-                )
+                if prompt_tokens is not None:
+                    counted = prompt_tokens
+                elif self._reports_usage:
+                    # A chat prompt was templated and counted on the device: read it off the
+                    # context, less the answer and any recovery sequence.
+                    recovery = (
+                        len(llm.tokenize(llm.get_generation_recovery_sequence()))
+                        if status == "MAX_TOKENS_REACHED"
+                        else 0
+                    )
+                    usage = int(llm.get_context_usage_size())
+                    counted = max(0, usage - count - recovery)
+                else:
+                    assert not isinstance(request, str)
+                    counted = estimate_chat(llm.tokenize, request)
             except self._error as exc:
                 raise BackendError(f"HailoRT generation failed: {exc}") from exc
             tail = "" if matcher.stopped else matcher.flush()
             if tail or pending:
                 emit(Piece(tail, pending))
-            # A chat prompt was templated and counted on the device: read it off the context.
-            counted = max(0, usage - count - recovery) if prompt_tokens is None else prompt_tokens
             finish: FinishReason = (
                 "length" if status == "MAX_TOKENS_REACHED" and not matcher.stopped else "stop"
             )
@@ -430,7 +476,7 @@ class HailoLLMModel(LoadedModel):
                 and not cancelled.is_set()
             ):
                 answer = (("assistant", "".join(generated)),)
-                slot.held = _Held(chat + answer, usage)
+                slot.held = _Held(chat + answer, counted + count)
             return Outcome(finish, count, counted, timer.timings(count))
 
         return produce
@@ -530,8 +576,9 @@ class HailoGenaiBackend:
 
     def load(self, path: Path, options: Mapping[str, str]) -> HailoLLMModel:
         """Options: max_sequences (LLM objects, default 1), max_queued, prefix_cache (saved
-        conversation contexts, default 4), lora_name, optimize_memory_on_device, hef (the file
-        in a folder), hw_arch."""
+        conversation contexts, default 4), context_length (needed before HailoRT 5.1.1 when
+        the HEF's is not DEFAULT_CONTEXT_LENGTH), lora_name, optimize_memory_on_device
+        (HailoRT >= 5.1.0), hef (the file in a folder), hw_arch."""
         declared = options.get("hw_arch", "").strip().lower()
         if declared and declared != ACCELERATOR:
             raise BackendError(
@@ -541,17 +588,28 @@ class HailoGenaiBackend:
         hef = find_hef(path, options)
         count = int_option(options, "max_sequences", 1, minimum=1)
         lora = options.get("lora_name", "")
-        optimize = bool_option(options, "optimize_memory_on_device", False)
+        # Passed only when asked for: HailoRT before 5.1.0 has no such argument.
+        extra = (
+            {"optimize_memory_on_device": True}
+            if bool_option(options, "optimize_memory_on_device", False)
+            else {}
+        )
         llms: list[Any] = []
         try:
             for _ in range(count):
-                llms.append(self._genai.LLM(self._vdevice, str(hef), lora, optimize))
+                llms.append(self._genai.LLM(self._vdevice, str(hef), lora, **extra))
             model = HailoLLMModel(self, llms, options)
-        except self.hailo_error as exc:
+        except BaseException as exc:
             for llm in llms:
                 with contextlib.suppress(self.hailo_error):
                     llm.release()
-            raise BackendError(f"HailoRT cannot load {hef.name}: {exc}") from exc
+            if isinstance(exc, self.hailo_error):
+                raise BackendError(f"HailoRT cannot load {hef.name}: {exc}") from exc
+            if isinstance(exc, TypeError) and extra:
+                raise BackendError(
+                    "option optimize_memory_on_device needs HailoRT >= 5.1.0"
+                ) from exc
+            raise
         self._models.append(model)
         return model
 

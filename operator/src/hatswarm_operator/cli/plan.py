@@ -7,7 +7,10 @@ The planning is :mod:`hatswarm_operator.core.fleetplan` (N+K capacity per accele
 by placement with every K nodes down, costed against the cloud); this module reads the
 manifests and flags (``--fps MODEL:ACCEL=FPS`` beats ``--measured FILE`` from
 ``hatswarm loadtest --write-measured``, which beats the artifacts' ``throughputFps``) and
-prints a table or JSON.
+prints a table or JSON. Node memory is capped as the operator caps it on a cluster: no node
+offers more than the agent container's memory limit (spec.agent.resources.limits.memory) less
+spec.placement.agentMemoryBaselineMiB (core.fleetplan.plan_fleet; `hatswarm up` runs agents as
+processes, with no such limit).
 """
 
 from __future__ import annotations
@@ -114,11 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-utilisation", default=str(DEFAULT_MAX_UTILISATION), metavar="U",
                    help="NPU busy ceiling per node after failures (default 0.7)")  # fmt: skip
     p.add_argument("--node-memory-mib", type=int, default=3072,
-                   help="memory per node the pool may use (default 3072)")  # fmt: skip
+                   help="memory per node the pool may use (default 3072), at most what the "
+                   "agent container may hold (its memory limit less agentMemoryBaselineMiB)")  # fmt: skip
     p.add_argument("--nodes-file", type=Path, metavar="FILE",
                    help="the nodes one has, as for hatswarm up ({name, accelerator, memoryMiB}): "
                    "the fleet uses them first, each with its memoryMiB less the pool's "
-                   "nodeMemoryReserveMiB; more devices get --node-memory-mib")  # fmt: skip
+                   "nodeMemoryReserveMiB, capped like --node-memory-mib; more devices get "
+                   "--node-memory-mib")  # fmt: skip
     p.add_argument("--node-npu-contexts", type=int, default=4,
                    help="NPU contexts per node (default 4)")  # fmt: skip
     add_output(p)

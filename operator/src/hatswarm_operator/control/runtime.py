@@ -205,6 +205,8 @@ class PoolRuntime:
         """Durations of `probe_forever`'s rounds (each should take about the interval)."""
         self._published: dict[str, tuple[str, str, float]] = {}  # key -> (full, steady, when)
         self._events: dict[str, str] = {}
+        # Each model's last SLO verdict, as posted: flips are judged against it (core.slo).
+        self._slo: dict[str, bool] = {}
         self._scale_state: dict[str, ScaleState] = {}
         self.cost_ledger = attribution.CostLedger()
         self._cost_status: (
@@ -519,6 +521,7 @@ class PoolRuntime:
             self.clock(),
             self.replicas,
             self.rollouts.contexts(mine, nodes),
+            self._slo,
         )
         self._cost(pool, mine, plan)
         self.last_plan = plan
@@ -818,6 +821,9 @@ class PoolRuntime:
             if self._events.get(key) != ev.message:
                 self._events[key] = ev.message
                 await self.sink.event(ns, ev)
+        for ev in plan.transitions:
+            await self.sink.event(ns, ev)
+        self._slo = dict(plan.slo)  # posted: the next plan judges flips against these
         for name, status in plan.model_status.items():
             if self._changed(f"em/{name}", status, MODEL_METRICS):
                 await self.sink.model_status(ns, name, status)

@@ -24,6 +24,7 @@ from decimal import ROUND_CEILING, Decimal
 
 from hatswarm_operator.api import EdgeModel, InferencePool
 from hatswarm_operator.core import placement as pl
+from hatswarm_operator.core.inventory import container_cap, memory_budget
 from hatswarm_operator.finops.attribution import pool_cost_inputs
 from hatswarm_operator.finops.capacity import (
     DEFAULT_MAX_UTILISATION,
@@ -212,13 +213,15 @@ def verify_kind(
     node_npu_contexts: int,
     max_devices: int | None = None,
     known: Sequence[tuple[str, int]] = (),
+    caps: Sequence[str] = (),
 ) -> tuple[int, dict[str, int], dict[str, tuple[str, ...]], FailureCheck | None, list[str]]:
     """Grow a synthetic fleet from the capacity estimate until placement and the K-failure
     check both pass; returns (devices, replicas per model, layout, check, warnings).
 
     `known` are nodes of this kind one has, (name, memory budget): the fleet is made of them
     first, roomiest first, and only the devices beyond them get `node_memory_mib` (a mixed
-    floor of 2 and 8 GB Pis is not planned as if every node had the same memory)."""
+    floor of 2 and 8 GB Pis is not planned as if every node had the same memory). `caps` name
+    the agent container's limit when it set those budgets (for the messages, as the operator's)."""
     have = sorted(known, key=lambda k: (-k[1], k[0]))
     ceiling = capacity.max_utilisation
     busy: dict[str, Decimal] = {}
@@ -276,7 +279,7 @@ def verify_kind(
             if busy.get(name) and len(placed.get(name, ())) < want
         ]
         if short or too_few:
-            last_reason = "; ".join(u.message for u in short) or (
+            last_reason = "; ".join(u.with_caps(caps) for u in short) or (
                 f"{', '.join(too_few)} need more nodes than {n} for their replicas"
             )
             continue
@@ -289,7 +292,7 @@ def verify_kind(
             last_reason = check.reason
             continue
         for u in placement.unplaced:
-            warnings.append(f"{u.model}: {u.message}")
+            warnings.append(f"{u.model}: {u.with_caps(caps)}")
         replicas = {name: len(nodes_) for name, nodes_ in placed.items()}
         return n, replicas, frozen, check, warnings
     warnings.append(f"no fleet up to {limit} nodes passed: {last_reason}")
@@ -311,7 +314,22 @@ def plan_fleet(
     known_nodes: Mapping[str, Sequence[tuple[str, int]]] | None = None,
 ) -> list[VerifiedPlan]:
     """One verified plan per accelerator kind the pool allows (or ``accelerators``);
-    ``known_nodes`` by accelerator: the (name, memory budget) of nodes one has already."""
+    ``known_nodes`` by accelerator: the (name, memory budget) of nodes one has already.
+
+    Every budget (``node_memory_mib`` and the known nodes') is capped as the operator caps a
+    node's on a cluster: at most the agent container's memory limit less the agent's own
+    baseline (inventory.container_cap, inventory.memory_budget), since every model a node
+    holds runs in that container."""
+    cap = container_cap(pool)
+
+    def capped(budget_mib: int) -> int:
+        return memory_budget(budget_mib, 0, cap)  # a budget already: no reserve to take off
+
+    known = {a: [(n, capped(mib)) for n, mib in ns] for a, ns in (known_nodes or {}).items()}
+    lowered = capped(node_memory_mib) < node_memory_mib or any(
+        capped(mib) < mib for ns in (known_nodes or {}).values() for _, mib in ns
+    )
+    caps = (str(cap),) if cap is not None and lowered else ()
     inputs = pool_cost_inputs(pool)
     cloud = (
         None
@@ -344,8 +362,8 @@ def plan_fleet(
         if capacity.feasible:
             devices, replicas, layout, check, warnings = verify_kind(
                 accel, models, rates, capacity, fps,
-                failures=failures, node_memory_mib=node_memory_mib,
-                node_npu_contexts=node_npu_contexts, known=(known_nodes or {}).get(accel, ()),
+                failures=failures, node_memory_mib=capped(node_memory_mib),
+                node_npu_contexts=node_npu_contexts, known=known.get(accel, ()), caps=caps,
             )  # fmt: skip
         else:
             devices, replicas, layout, check = capacity.devices, {}, {}, None

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
@@ -142,6 +142,14 @@ class Unplaced:
     desired: int
     short_of_memory: int = 0
     """Nodes that could run it but lack the memory for a replica (INSUFFICIENT_CAPACITY)."""
+
+    def with_caps(self, caps: Sequence[str]) -> str:
+        """The message, and when it is short of memory on nodes whose budget the agent
+        container's limit set (`caps`, inventory.ContainerCap as text), that limit: the node has
+        room, its agent container does not (raise the limit, not the node)."""
+        if not self.short_of_memory or not caps:
+            return self.message
+        return f"{self.message}; {'; '.join(caps)}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -159,6 +159,12 @@ class PoolPlan:
     """Events about a lasting state (posted when their message changes)."""
     rollout_events: list[ResourceEvent] = field(default_factory=list)
     """Rollout transitions (posted every time: each happens once)."""
+    transitions: list[ResourceEvent] = field(default_factory=list)
+    """Condition flips judged against the loop's memory (`slo`): posted every time, each
+    happens once, even when a flip's message repeats an earlier one's."""
+    slo: dict[str, bool] = field(default_factory=dict)
+    """Each model's last SLO verdict after this reconcile (True met, False missed; models with
+    a TTFT target and a verdict so far): the next reconcile judges flips against it."""
     rollouts: dict[str, RolloutMemory] = field(default_factory=dict)
     """Each model's rollout state after this reconcile (the next one starts from it)."""
     gates: list[GateRequest] = field(default_factory=list)

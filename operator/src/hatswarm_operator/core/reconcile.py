@@ -55,7 +55,7 @@ from hatswarm_operator.core.rolloutplan import (
     split_unit,
     unit_name,
 )
-from hatswarm_operator.core.slo import SLO_MET, slo_event
+from hatswarm_operator.core.slo import SLO_MET, slo_event, slo_verdict, stored_verdict
 from hatswarm_operator.core.status import model_status, pool_status
 
 PRESENT = (ModelState.READY, ModelState.LOADING)
@@ -102,13 +102,16 @@ def plan_pool(
     now: float,
     replicas: dict[str, int] | None = None,
     rollouts: Mapping[str, RolloutContext] | None = None,
+    slo: Mapping[str, bool] | None = None,
 ) -> PoolPlan:
     """Decide placement, loads, unloads, routes, statuses and Events for one pool.
 
     `replicas` overrides each model's replica count (the autoscaler's decision); by default a
     model gets `spec.replicas.target()`. `rollouts` holds what the loop knows of each model's
     rollout (its memory, the gate's verdict, the step's metrics); a model without an entry
-    starts from its status. Each model's versions (stable, canary, under validation) come from
+    starts from its status. `slo` is the last SLO verdict the loop judged for each model (the
+    previous plan's `slo`); a model without an entry starts from its stored SLOMet condition.
+    Each model's versions (stable, canary, under validation) come from
     :func:`rollout.decide_rollout` and are placed, loaded, routed and reported side by side.
     """
     mine = sorted(
@@ -140,7 +143,7 @@ def plan_pool(
     plan.unloads = plan_unloads(view, rolls, desired_on)
     plan.routes = plan_routes(view, rolls, placement, plan.unloads)
     plan.gates = plan_gates(view, rolls)
-    report_status(view, rolls, plan, now)
+    report_status(view, rolls, plan, now, slo or {})
     return plan
 
 
@@ -181,18 +184,11 @@ def place_versions(
     placement = pl.Placement(
         replicas=tuple(replace(r, model=split_unit(r.model)[0]) for r in raw.replicas),
         unplaced=tuple(
-            replace(u, model=split_unit(u.model)[0], message=_capped(u, caps)) for u in raw.unplaced
+            replace(u, model=split_unit(u.model)[0], message=u.with_caps(caps))
+            for u in raw.unplaced
         ),
     )
     return placement, held
-
-
-def _capped(u: pl.Unplaced, caps: Sequence[str]) -> str:
-    """A model short of memory on nodes whose budget the agent container's limit set says so:
-    the node has room, its agent container does not (raise the limit, not the node)."""
-    if not u.short_of_memory or not caps:
-        return u.message
-    return f"{u.message}; {'; '.join(caps)}"
 
 
 def _placement_unit(
@@ -403,9 +399,13 @@ def plan_gates(view: PoolView, rolls: Mapping[str, ModelRollout]) -> list[GateRe
 
 
 def report_status(
-    view: PoolView, rolls: Mapping[str, ModelRollout], plan: PoolPlan, now: float
+    view: PoolView,
+    rolls: Mapping[str, ModelRollout],
+    plan: PoolPlan,
+    now: float,
+    slo: Mapping[str, bool],
 ) -> None:
-    """Fill in the plan's statuses, Events and each model's rollout memory."""
+    """Fill in the plan's statuses, Events and each model's rollout and SLO memory."""
     unplaced: dict[str, list[pl.Unplaced]] = {}
     for u in plan.placement.unplaced:
         unplaced.setdefault(u.model, []).append(u)
@@ -425,10 +425,14 @@ def report_status(
         )
         for u in unplaced.get(name, []):
             plan.events.append(ResourceEvent("EdgeModel", name, "Warning", u.reason, u.message))
-        slo = next((c for c in plan.model_status[name].conditions if c.type == SLO_MET), None)
-        flip = slo_event(name, m.status.conditions if m.status else [], slo)
+        judged = next((c for c in plan.model_status[name].conditions if c.type == SLO_MET), None)
+        last = slo[name] if name in slo else stored_verdict(m.status.conditions if m.status else [])
+        flip = slo_event(name, last, judged)
         if flip is not None:
-            plan.events.append(flip)
+            plan.transitions.append(flip)
+        verdict = slo_verdict(last, judged) if judged is not None else None
+        if verdict is not None:
+            plan.slo[name] = verdict
         for ev in roll.decision.events:
             plan.rollout_events.append(
                 ResourceEvent("EdgeModel", name, ev.type, ev.reason, ev.message)

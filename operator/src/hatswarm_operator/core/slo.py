@@ -4,6 +4,12 @@ Event when it flips. Pure: plain data in, a Condition and maybe an Event out.
 The measured figure is status.generation.ttftP99Ms: the slowest Ready replica's p99 over the
 agents' last 60 s (what a client on the unlucky node sees). No traffic for 60 s leaves nothing
 measured: the condition goes Unknown rather than keeping a verdict on stale figures.
+
+Flips are judged against the loop's own memory of the last verdict (met or missed; Unknown is
+neither), not against the stored condition: the stored status lags the loop (a status patch
+reaches the informer cache a watch event later; `hatswarm up` never feeds its status back), so
+judging against it posted the same flip again on every tick until it caught up, each time with
+the newest figures. The stored condition is the memory only on a loop's first look at a model.
 """
 
 from __future__ import annotations
@@ -48,17 +54,28 @@ def slo_condition(
     )
 
 
-def slo_event(
-    model: str, before: Sequence[Condition], after: Condition | None
-) -> ResourceEvent | None:
-    """The Event of a flip between met and missed (Unknown, no traffic, is neither: a model
-    that misses again after a quiet spell is told once more only if it was met in between)."""
+def stored_verdict(conditions: Sequence[Condition]) -> bool | None:
+    """The verdict a stored SLOMet condition holds: True met, False missed, None neither."""
+    status = next((c.status for c in conditions if c.type == SLO_MET), "Unknown")
+    return {"True": True, "False": False}.get(status)
+
+
+def slo_verdict(last: bool | None, after: Condition | None) -> bool | None:
+    """The last verdict once `after` is judged: its own when met or missed, else `last`."""
+    if after is None or after.status == "Unknown":
+        return last
+    return after.status == "True"
+
+
+def slo_event(model: str, last: bool | None, after: Condition | None) -> ResourceEvent | None:
+    """The Event of a flip from the `last` verdict (None: none yet) between met and missed.
+    Unknown, no traffic, is neither: a model that misses again after a quiet spell is told
+    once more only if it was met in between."""
     if after is None or after.status == "Unknown":
         return None
-    old = next((c.status for c in before if c.type == SLO_MET), "Unknown")
-    if after.status == "False" and old != "False":
+    if after.status == "False" and last is not False:
         return ResourceEvent("EdgeModel", model, "Warning", "SLOMissed", after.message or "")
-    if after.status == "True" and old == "False":
+    if after.status == "True" and last is False:
         return ResourceEvent("EdgeModel", model, "Normal", "SLOMet", after.message or "")
     return None
 

@@ -25,7 +25,12 @@ from hatswarm_agent.backends.generation import (
     GenerativeModel,
     TokenStream,
 )
-from hatswarm_agent.backends.hailo_genai import INSTALL_HINT, HailoGenaiBackend, HailoLLMModel
+from hatswarm_agent.backends.hailo_genai import (
+    DEFAULT_CONTEXT_LENGTH,
+    INSTALL_HINT,
+    HailoGenaiBackend,
+    HailoLLMModel,
+)
 from hatswarm_agent.serving.errors import status_for
 
 FAKES = Path(__file__).resolve().parents[3] / "fakes"
@@ -295,6 +300,85 @@ def test_registered_by_name(genai: ModuleType) -> None:
     backend.close()
 
 
+# -- older HailoRT 5.x ---------------------------------------------------------------------------
+
+
+async def test_hailort_before_5_1_1_loads_and_generates_with_usage_counted(
+    backend: HailoGenaiBackend, hef: Path, genai: ModuleType
+) -> None:
+    """HailoRT 5.1.0's LLM has no max_context_capacity, get_context_usage_size or
+    save/load_context: the context length comes from the option (or the default), text prompts
+    are counted exactly with tokenize, chat prompts with the routing estimate."""
+    genai.GENAI.version = (5, 1, 0)
+    assert not hasattr(genai.LLM(genai.VDevice(), str(hef)), "max_context_capacity")
+    assert backend.load(hef, {}).context_length == DEFAULT_CONTEXT_LENGTH
+    model = backend.load(hef, {"context_length": "256"})  # the HEF's, known to the user
+    assert model.context_length == 256
+    assert model.load().max_sequences == 1
+
+    pieces, _ = direct(genai, hef, PROMPT, do_sample=False, max_generated_tokens=12)
+    stream = await model.generate(PROMPT, GREEDY)
+    assert await collect(stream) == "".join(pieces)
+    assert (stream.prompt_tokens, stream.completion_tokens) == (
+        len(genai.tokenize_text(PROMPT)),
+        len(pieces),
+    )
+    with pytest.raises(ContextLengthError):
+        await model.generate("word " * 300, GREEDY)
+
+    messages = [{"role": "user", "content": "tell me about the edge"}]
+    for max_tokens in (3, 100):  # hits the token limit, or not
+        params = GenerationParams(max_tokens=max_tokens, temperature=0)
+        stream = await model.generate(messages, params)
+        text = await collect(stream)
+        pieces, _ = direct(genai, hef, messages, do_sample=False, max_generated_tokens=max_tokens)
+        assert text == "".join(pieces)
+        assert stream.completion_tokens == len(pieces)
+        # The estimate routing uses: the words of "user" and the content, then 4 + 3.
+        assert stream.prompt_tokens == model.count_tokens(messages) == 1 + 5 + 4 + 3
+    exact = len(genai.tokenize_text(genai.render_chatml(messages)))
+    assert abs(stream.prompt_tokens - exact) <= exact // 2
+    assert model.load().active_sequences == 0
+
+
+async def test_hailort_before_5_1_1_continues_a_conversation_on_its_object(
+    backend: HailoGenaiBackend, genai: ModuleType, tmp_path: Path
+) -> None:
+    genai.GENAI.version = (5, 1, 0)
+    chat_hef = genai.write_fake_llm_hef(tmp_path / "chat.hef", words=CHAT_WORDS)
+    model, llm, a1 = await first_turn(backend, chat_hef, genai)
+    turn2 = [USER1, {"role": "assistant", "content": a1}, USER2]
+    a2, stream = await answer(model, turn2)
+    assert llm.calls[2:] == ["generate"]  # continued, only the new message sent
+    assert genai.GENAI.generations[-1]["prompt"] == [USER2]
+    assert a2 == fresh_answer(genai, chat_hef, turn2)
+    assert stream.prompt_tokens == model.count_tokens(turn2)
+    # The held context's size is the estimate plus the answer's tokens.
+    held = model.count_tokens([USER1]) + len(genai.tokenize_text(a1)) + 1  # (+ end of turn)
+    assert model.load().prefix_hit_tokens == held
+
+
+def test_context_length_option_may_lower_the_hefs_not_raise_it(
+    backend: HailoGenaiBackend, hef: Path, genai: ModuleType
+) -> None:
+    assert backend.load(hef, {"context_length": "128"}).context_length == 128
+    with pytest.raises(BackendError, match="context_length=512 is over the HEF's context of 256"):
+        backend.load(hef, {"context_length": "512"})
+    assert all(llm.released for llm in genai.GENAI.llms[-1:])  # the refused load's object
+
+
+def test_hailort_5_0_loads_without_optimize_memory_on_device(
+    backend: HailoGenaiBackend, hef: Path, genai: ModuleType
+) -> None:
+    genai.GENAI.version = (5, 0, 1)  # LLM(vdevice, hef, lora_name) only
+    assert backend.load(hef, {"context_length": "256"}).context_length == 256
+    with pytest.raises(BackendError, match=r"optimize_memory_on_device needs HailoRT >= 5\.1\.0"):
+        backend.load(hef, {"optimize_memory_on_device": "true"})
+    genai.GENAI.version = (5, 2, 0)
+    backend.load(hef, {"optimize_memory_on_device": "true"})
+    assert genai.GENAI.llms[-1].optimize_memory_on_device is True
+
+
 # -- conversations reuse the device's context ------------------------------------------------------
 
 CHAT_WORDS = ["edge", "pool", "board", "tokens", "stream", "quickly.", "<|im_end|>"]
@@ -510,7 +594,7 @@ async def test_a_saved_context_never_goes_into_an_object_fresh_from_clear_contex
 async def test_without_save_and_load_only_the_holding_object_continues(
     backend: HailoGenaiBackend, chat_hef: Path, genai: ModuleType
 ) -> None:
-    genai.GENAI.context_blobs = False  # HailoRT before 5.1.1
+    genai.GENAI.version = (5, 1, 0)  # before save_context/load_context
     model, x, y, a1, _ = await two_held(backend, chat_hef, genai)
     await answer(model, [{"role": "user", "content": "count them all"}])  # on x: A is gone
     turn2 = [USER1, {"role": "assistant", "content": a1}, USER2]

@@ -115,10 +115,11 @@ def test_memory_forces_more_nodes_than_npu_time(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Two big models barely load the NPU, but only one fits a node's memory: capacity says
-    2 devices (1 + 1 spare); each model needs 2 replicas to survive a failure, so 4."""
+    2 devices (1 + 1 spare); each model needs 2 replicas to survive a failure, so 4. (A 4Gi
+    agent container: the default 2Gi one could hold neither.)"""
     f = write(
         tmp_path,
-        pool_doc(accelerators=["hailo8"]),
+        pool_doc(accelerators=["hailo8"], agent={"resources": {"limits": {"memory": "4Gi"}}}),
         model_doc("big-a", {"hailo8": 500}, memory=2000),
         model_doc("big-b", {"hailo8": 500}, memory=2000),
     )
@@ -271,3 +272,60 @@ def test_nodes_file_plans_each_node_by_its_own_memory(
     assert "memoryMiB must be a whole number" in capsys.readouterr().err
     assert main(["-f", str(f), "--load", "llm=5", "--nodes-file", str(tmp_path / "no")]) == 2
     assert "--nodes-file" in capsys.readouterr().err
+
+
+def test_a_model_that_fits_the_node_but_not_the_agent_container_is_unplaced(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every model a node holds runs in its agent container, so the operator caps each node's
+    budget at the container's memory limit less agentMemoryBaselineMiB (1Gi - 256 = 768 MiB
+    here); plan does the same: a 1000 MiB model fits an 8 GB Pi, not its agent, and is
+    reported unplaced with the operator's own message."""
+    from dataclasses import replace
+
+    from hatswarm_operator.core.inventory import container_cap
+    from hatswarm_operator.core.reconcile import plan_pool
+    from hatswarm_operator.kube.sources import NodeView, PodView, node_states
+
+    small = {"resources": {"limits": {"memory": "1Gi"}}}
+    pool = pool_doc(accelerators=["cpu"], agent=small)
+    model = model_doc("llm", {"cpu": 10}, memory=1000)
+    f = write(tmp_path, pool, model)
+    nodes = tmp_path / "nodes.yaml"
+    nodes.write_text(yaml.safe_dump([{"name": "pi-8gb", "accelerator": "cpu", "memoryMiB": 7716}]))
+
+    # The operator, on a cluster with that Pi: its Node, its agent Pod, one probe.
+    pool_obj = InferencePool.model_validate(pool)
+    [seen] = node_states(
+        {"pi-8gb": NodeView("pi-8gb", {}, True, True, 7716)},
+        [PodView("agent-x", "p", "pi-8gb", "10.0.0.8:50051", True, "Running", False, "")],
+        pool_obj.spec.placement.node_memory_reserve_mi_b,
+        container_cap(pool_obj),
+    )
+    assert seen.memory_mib == 768
+    operator = plan_pool(
+        pool_obj, [EdgeModel.model_validate(model)], [replace(seen, up=True, accelerator="cpu")], 0
+    )
+    [unplaced] = [e for e in operator.events if e.name == "llm"]
+    assert "each node offers at most 768 MiB" in unplaced.message
+
+    _, idle = run_json(capsys, "-f", str(f), "--load", "llm=0", "--nodes-file", str(nodes),
+                       "--tolerate-failures", "0", "-o", "json")  # fmt: skip
+    p = by_accel(idle)["cpu"]
+    assert p["layout"] == {"pi-8gb": []}
+    assert p["warnings"] == [f"llm: {unplaced.message}"]
+
+    code, busy = run_json(capsys, "-f", str(f), "--load", "llm=5", "--nodes-file", str(nodes),
+                          "-o", "json")  # fmt: skip
+    assert code == 1
+    p = by_accel(busy)["cpu"]
+    assert not p["replicas"] and not p["layout"]
+    assert p["warnings"][-1].startswith("no fleet up to ")  # no number of such Pis helps
+    assert p["warnings"][-1].endswith(f"; {container_cap(pool_obj)}")
+
+    # A container that holds it: planned on the Pi, as the operator would place it.
+    roomy = write(tmp_path, pool_doc(accelerators=["cpu"], agent={"resources": {"limits": {
+        "memory": "2Gi"}}}), model)  # fmt: skip
+    code, ok = run_json(capsys, "-f", str(roomy), "--load", "llm=5", "--nodes-file", str(nodes),
+                        "--tolerate-failures", "0", "-o", "json")  # fmt: skip
+    assert code == 0 and by_accel(ok)["cpu"]["layout"] == {"pi-8gb": ["llm"]}

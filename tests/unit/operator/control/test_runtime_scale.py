@@ -116,3 +116,35 @@ def test_a_streamed_status_counts_from_before_it_arrived_and_agreement_ends_a_no
     [view] = rt.planning_view()
     assert [(o.name, o.state) for o in view.models] == [("vision", ModelState.READY)]
     assert rt._acted == {}
+
+
+def test_an_slo_flip_reaches_the_sink_once_while_the_stored_status_lags() -> None:
+    """`hatswarm up` never feeds status back into the models it ticks on (and the informer
+    cache lags a status patch): every tick below sees the manifest's empty status, while the
+    agent's p99 moves each tick. One Event per flip, whatever the messages."""
+    from hatswarm_operator.core.inventory import GenerationObs
+    from hatswarm_operator.local.status import LocalSink
+
+    from tests.unit.operator.factories import POOL_LABELS, make_model, make_pool
+
+    sink = LocalSink(None)
+    rt = PoolRuntime(AgentClient(timeout_s=1.0), sink)
+    pool = make_pool(generation=1, nodeSelector=POOL_LABELS)
+    chat = make_model("chat", replicas=1, task="generate", slo={"ttftP99Ms": 300})
+
+    async def ticks() -> None:
+        for p99 in (420, 450, 470, 240, 250, 420):
+            gen = GenerationObs(ttft_p50_ms=100.0, ttft_p99_ms=p99, tokens_per_second=40.0)
+            obs = ModelObs("chat", "1", ModelState.READY, generation=gen)
+            rt.nodes = {
+                "pi-1": NodeState("pi-1", "127.0.0.1:9", labels=dict(POOL_LABELS),
+                                  accelerator="cpu", up=True, last_seen=rt.clock(), models=(obs,))
+            }  # fmt: skip
+            await rt.tick(pool, [chat], probe=False)
+        await rt.close()
+
+    asyncio.run(ticks())
+    flips = [(e.reason, e.message) for _, e in sink.events if e.reason.startswith("SLO")]
+    assert [reason for reason, _ in flips] == ["SLOMissed", "SLOMet", "SLOMissed"]
+    assert "p99 420 ms above" in flips[0][1] and "p99 240 ms within" in flips[1][1]
+    assert flips[2][1] == flips[0][1]  # the same figures as the first miss: a new flip still

@@ -10,8 +10,9 @@ from hatswarm_operator.api import EdgeModel
 from hatswarm_operator.api.common import Condition
 from hatswarm_operator.api.edgemodel import GenerationStatus
 from hatswarm_operator.core.inventory import GenerationObs, ModelObs, ModelState
+from hatswarm_operator.core.plan import PoolPlan
 from hatswarm_operator.core.reconcile import plan_pool
-from hatswarm_operator.core.slo import slo_condition, slo_event
+from hatswarm_operator.core.slo import slo_condition, slo_event, stored_verdict
 from pydantic import ValidationError
 
 from tests.unit.operator.factories import (
@@ -42,10 +43,26 @@ def serving(name: str, p50: float, p99: float) -> Any:
     return make_node(name, obs, accelerator="cpu")
 
 
+def quiet(name: str) -> Any:
+    """A node serving chat that measured no first token in the last 60 s."""
+    return make_node(name, ModelObs("chat", "1", ModelState.READY), accelerator="cpu")
+
+
+def tick(m: EdgeModel, *nodes: Any, last: PoolPlan | None = None) -> PoolPlan:
+    """One reconcile, remembering what the `last` one judged (as the loop does)."""
+    pool = make_pool(generation=1, nodeSelector=POOL_LABELS)
+    return plan_pool(pool, [m], list(nodes), now=0, slo=last.slo if last else None)
+
+
+def flips(plan: PoolPlan) -> list[tuple[str, str]]:
+    return [(e.type, e.reason) for e in plan.transitions]
+
+
 def slo_of(m: EdgeModel, *nodes: Any) -> tuple[Condition | None, list[Any]]:
-    plan = plan_pool(make_pool(generation=1, nodeSelector=POOL_LABELS), [m], list(nodes), now=0)
+    plan = tick(m, *nodes)
     cond = {c.type: c for c in plan.model_status["chat"].conditions}.get("SLOMet")
-    return cond, [e for e in plan.events if e.reason in ("SLOMet", "SLOMissed")]
+    assert not [e for e in plan.events if e.reason in ("SLOMet", "SLOMissed")]
+    return cond, plan.transitions
 
 
 def test_within_above_and_unmeasured() -> None:
@@ -70,17 +87,20 @@ def test_events_only_when_met_and_missed_flip() -> None:
     missed = slo_condition(100, GenerationStatus(ttft_p99_ms=412.0), 0, 1)
     met = slo_condition(500, GenerationStatus(ttft_p99_ms=412.0), 0, 1)
     unknown = slo_condition(500, None, 0, 1)
-    ev = slo_event("chat", [], missed)
+    ev = slo_event("chat", None, missed)
     assert ev is not None and (ev.type, ev.reason) == ("Warning", "SLOMissed")
     assert "p99 412 ms above the target 100 ms" in ev.message
-    assert slo_event("chat", [cond("False")], missed) is None  # still missed: said already
-    back = slo_event("chat", [cond("False")], met)
+    assert slo_event("chat", False, missed) is None  # still missed: said already
+    back = slo_event("chat", False, met)
     assert back is not None and (back.type, back.reason) == ("Normal", "SLOMet")
-    assert slo_event("chat", [], met) is None  # met from the start: nothing to say
-    assert slo_event("chat", [cond("True")], met) is None
-    assert slo_event("chat", [cond("False")], unknown) is None  # no traffic is no verdict
-    assert slo_event("chat", [cond("Unknown")], missed) is not None
-    assert slo_event("chat", [], None) is None
+    assert slo_event("chat", None, met) is None  # met from the start: nothing to say
+    assert slo_event("chat", True, met) is None
+    assert slo_event("chat", False, unknown) is None  # no traffic is no verdict
+    assert slo_event("chat", True, missed) is not None
+    assert slo_event("chat", None, None) is None
+    # A stored condition is the memory only on a loop's first look.
+    assert [stored_verdict([cond(s)]) for s in ("True", "False", "Unknown")] == [True, False, None]
+    assert stored_verdict([]) is None
 
 
 def test_the_pool_plan_reports_the_slowest_replica_against_the_target() -> None:
@@ -112,3 +132,60 @@ def test_the_target_needs_task_generate() -> None:
         make_model("cls", slo={"ttftP99Ms": 300})
     with pytest.raises(ValidationError, match="ttftP99Ms"):
         chat(ttftP99Ms=0)
+
+
+def test_a_flip_is_posted_once_while_the_stored_status_lags() -> None:
+    """The status patch of a flip reaches the informer cache a watch event later (and
+    `hatswarm up` never feeds status back): the next ticks still see the old condition, and
+    judged against it each tick's newest p99 made a new SLOMissed message, so a new Event."""
+    m = chat(ttftP99Ms=300)  # its stored status never catches up here
+    first = tick(m, serving("n1", 150, 420))
+    assert flips(first) == [("Warning", "SLOMissed")]
+    assert first.slo == {"chat": False}
+    for p99 in (420, 450, 470):  # the same measurement, then moving ones
+        again = tick(m, serving("n1", 150, p99), last=first)
+        assert flips(again) == [], p99
+        assert again.slo == {"chat": False}
+    # What the stale status alone would have said: the flip again, with a new message.
+    stale = tick(m, serving("n1", 150, 450))
+    assert flips(stale) == [("Warning", "SLOMissed")]
+    assert stale.transitions[0].message != first.transitions[0].message
+
+
+def test_each_flip_is_posted_even_when_its_message_repeats() -> None:
+    m = chat(ttftP99Ms=300)
+    plans = [tick(m, serving("n1", 150, 420))]
+    for p99 in (240, 420, 420, 240):
+        plans.append(tick(m, serving("n1", 150, p99), last=plans[-1]))
+    assert [flips(p) for p in plans] == [
+        [("Warning", "SLOMissed")],
+        [("Normal", "SLOMet")],
+        [("Warning", "SLOMissed")],  # the first one's very message: still a new flip
+        [],
+        [("Normal", "SLOMet")],
+    ]
+    assert plans[2].transitions[0].message == plans[0].transitions[0].message
+
+
+def test_a_quiet_spell_between_two_misses_is_not_a_new_flip() -> None:
+    m = chat(ttftP99Ms=300)
+    missed = tick(m, serving("n1", 150, 420))
+    silent = tick(m, quiet("n1"), last=missed)
+    cond_ = {c.type: c for c in silent.model_status["chat"].conditions}["SLOMet"]
+    assert cond_.status == "Unknown" and flips(silent) == []
+    assert silent.slo == {"chat": False}  # Unknown keeps the last verdict
+    assert flips(tick(m, serving("n1", 150, 430), last=silent)) == []
+    # Met in between: missing again is news.
+    met = tick(m, serving("n1", 150, 200), last=silent)
+    assert flips(tick(m, quiet("n1"), last=met)) == []
+    assert flips(tick(m, serving("n1", 150, 430), last=tick(m, quiet("n1"), last=met))) == [
+        ("Warning", "SLOMissed")
+    ]
+
+
+def test_a_new_loop_starts_from_the_stored_condition() -> None:
+    missed, _ = slo_of(chat(ttftP99Ms=300), serving("n1", 150, 420))
+    assert missed is not None
+    stored = {"conditions": [missed.model_dump(by_alias=True, exclude_none=True)]}
+    restarted = tick(chat(stored, ttftP99Ms=300), serving("n1", 150, 480))
+    assert flips(restarted) == [] and restarted.slo == {"chat": False}
