@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import tarfile
+import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -534,3 +535,54 @@ async def test_timings_are_the_runtimes_own_time_split_at_the_first_piece(
     assert timings.decode_tokens == stream.completion_tokens - first.tokens
     assert timings.prompt_s > 0 and timings.decode_s > 0
     assert timings.prompt_s + timings.decode_s < wall  # the runtime's calls, inside the request
+
+
+class Bundles:
+    """A process host's emitter (BundlingEmitter): records each send, single or bundle."""
+
+    def __init__(self) -> None:
+        self.sends: list[list[tuple[str, int]]] = []
+
+    def __call__(self, piece: Piece) -> None:
+        self.sends.append([(piece.text, piece.tokens)])
+
+    def many(self, pieces: list[tuple[str, int, tuple[int, ...], float | None]]) -> None:
+        self.sends.append([(text, tokens) for text, tokens, _, _ in pieces])
+
+
+class Clock:
+    """perf_counter for the producer: `step` seconds later at every reading."""
+
+    def __init__(self, step: float) -> None:
+        self.now, self.step = 0.0, step
+
+    def perf_counter(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+@pytest.mark.parametrize(("step_s", "bundled"), [(0.0001, True), (0.005, False)])
+def test_a_fast_models_pieces_go_to_a_process_host_in_bundles(
+    model: GenaiModel, monkeypatch: pytest.MonkeyPatch, step_s: float, bundled: bool
+) -> None:
+    """Fast tokens (0.2 ms apart on this clock) go a bundle per 2 ms, the first piece alone
+    and at once; slow ones (10 ms apart) one a send. Either way every piece is the runtime's
+    own, in order, as the per-piece path emits them."""
+    import hatswarm_agent.backends.genai as genai_module
+
+    params = GenerationParams(max_tokens=40, temperature=0.0)
+    expected: list[tuple[str, int]] = []
+    model._producer(model._ids(PROMPT), params)(  # the per-piece path (a thread host's)
+        lambda p: expected.append((p.text, p.tokens)), threading.Event()
+    )
+    monkeypatch.setattr(genai_module, "time", Clock(step_s))
+    sink = Bundles()
+    outcome = model._producer(model._ids(PROMPT), params)(sink, threading.Event())
+    assert [piece for send in sink.sends for piece in send] == expected
+    assert outcome.completion_tokens == 40 == sum(n for _, n in expected)
+    assert len(sink.sends[0]) == 1  # the first token never waits
+    if bundled:
+        assert len(sink.sends) < len(expected) / 4
+        assert max(len(send) for send in sink.sends) > 1
+    else:
+        assert all(len(send) == 1 for send in sink.sends)

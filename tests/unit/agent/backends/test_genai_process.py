@@ -308,3 +308,18 @@ def test_the_end_goes_after_every_piece_and_never_before_started() -> None:
     assert [m[0] for m in failed] == ["started", "pieces", "pieces", "error"]
     assert [p[0] for p in failed[2][2]] == ["c"]  # type: ignore[index]
     assert isinstance(failed[3][2], BackendError) and failed[3][3] == "load"
+
+
+def test_a_producers_own_bundle_goes_at_once_after_started_and_what_waits() -> None:
+    """`_Forward.many` (a genai producer that bundles itself): held with the rest until
+    "started", then in order after what waited; afterwards sent as it comes."""
+    sent: list[tuple[object, ...]] = []
+    forward = _Forward(5, sent.append, lambda: None, lambda: 0, clock=lambda: 1.0)
+    forward(Piece("a", 1, (1,)))
+    forward.many([("b", 1, (2,), None), ("c", 2, (3, 4), None)])
+    assert sent == []
+    forward.open(3)
+    assert [m[0] for m in sent] == ["started", "pieces"]
+    assert [p[0] for p in sent[1][2]] == ["a", "b", "c"]  # type: ignore[index]
+    forward.many([("d", 1, (5,), None), ("e", 1, (6,), None)])
+    assert sent[-1][:3] == ("pieces", 5, [("d", 1, (5,), None), ("e", 1, (6,), None)])
