@@ -336,6 +336,8 @@ class GenaiModel(ThreadedGenerativeModel):
             bundle = emit.many if isinstance(emit, BundlingEmitter) else None
             held: list[PieceTuple] = []
             held_since = token_at = -math.inf
+            stops = bool(params.stop)  # without any, the text is the decoder's as it comes
+            printed = False
             self._add_in_use(len(ids))
             counted = 0  # generated tokens added to the in-use count (every IN_USE_EVERY)
             kept = False
@@ -357,9 +359,11 @@ class GenaiModel(ThreadedGenerativeModel):
                         self._add_in_use(count - counted)
                         counted = count
                     pending.append(last)
-                    text = matcher.feed(decoded)
+                    text = matcher.feed(decoded) if stops else decoded
                     if text:
-                        timer.first_piece(count)
+                        if not printed:
+                            timer.first_piece(count)
+                            printed = True
                         if bundle is None:
                             emit(Piece(text, len(pending), tuple(pending), logprob))
                         else:
@@ -371,9 +375,10 @@ class GenaiModel(ThreadedGenerativeModel):
                                 bundle(held)
                                 held = []
                         pending = []
-                        logprob = 0.0 if count < judged else None
+                        if judged:
+                            logprob = 0.0 if count < judged else None
                     token_at = now
-                    if matcher.stopped:
+                    if stops and matcher.stopped:
                         break
                     step = clock()
                 else:
