@@ -369,12 +369,17 @@ def plan_fleet(
             devices, replicas, layout, check = capacity.devices, {}, {}, None
             for name in capacity.unserved:
                 value, kind_name = fps[name]
+                # A node without the model's own build for it runs the cpu artifact: say so,
+                # or an --fps given for the chip seems ignored.
+                artifact = "" if kind_name == accel else f" of its {kind_name} artifact"
+                fallback = "" if kind_name == accel else f" (it has none for {accel})"
                 why = (
                     f"no artifact runs on {accel}"
                     if not kind_name
-                    else "no measured throughput (throughputFps, --fps or --measured)"
+                    else f"no measured throughput{artifact} (throughputFps, --fps or --measured)"
+                    f"{fallback}"
                     if value is None
-                    else f"too slow for its p99 SLO at {value} fps"
+                    else f"too slow for its p99 SLO at {value} fps{artifact}{fallback}"
                 )
                 warnings.append(f"{name}: {why}")
         out.append(

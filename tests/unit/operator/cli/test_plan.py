@@ -210,6 +210,22 @@ def test_unservable_kind_is_reported(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert code == 1
 
 
+def test_a_kind_without_the_models_build_names_the_cpu_artifact_it_falls_back_to(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--fps for a chip the model has no build for cannot help: the warning says the node would
+    run the cpu artifact, and that one has no throughput."""
+    f = write(tmp_path, pool_doc(), model_doc("intent", {"hailo8l": 800, "cpu": None}))
+    _, out = run_json(
+        capsys, "-f", str(f), "--load", "intent=50", "--fps", "intent:hailo8=1600", "-o", "json"
+    )
+    warnings = by_accel(out)["hailo8"]["warnings"]
+    assert any(
+        "intent: no measured throughput of its cpu artifact" in w and "none for hailo8" in w
+        for w in warnings
+    ), warnings
+
+
 def test_check_failures_finds_lost_model() -> None:
     layout = {"a": ("x",), "b": ("y",), "c": ("y",)}
     check = check_failures(["a", "b", "c"], layout, {"x": D("0.1"), "y": D("0.1")}, 1, D("0.7"))
