@@ -912,13 +912,7 @@ DURATIONS = {
 def _scrape_durations(address: str | None, model: str) -> dict[str, tuple[float, float]]:
     """The agent's cumulative (seconds, count) per duration histogram for `model`, from its
     /metrics (the agent's own view of the same requests the client timed); {} without one."""
-    if not address:
-        return {}
-    try:
-        with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as reply:
-            text = reply.read().decode()
-    except OSError:
-        return {}
+    text = _metrics_text(address)
     out: dict[str, tuple[float, float]] = {}
     for key, name in DURATIONS.items():
         found: dict[str, float] = {}
@@ -956,15 +950,20 @@ def _check_outputs(caller: Caller, raw: RawTarget, work: Workload) -> bool:
     return bool(got.shape == want.shape and np.allclose(got, want, rtol=1e-3, atol=1e-4))
 
 
-def _scrape_model_memory(address: str | None) -> dict[str, float]:
-    """The agent's per-model, per-session memory gauge (bytes -> MiB), when it exports one."""
+def _metrics_text(address: str | None) -> str:
+    """The agent's /metrics page, or "" when it has none or does not answer."""
     if not address:
-        return {}
+        return ""
     try:
         with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as reply:
-            text = reply.read().decode()
+            return str(reply.read().decode())
     except OSError:
-        return {}
+        return ""
+
+
+def _scrape_model_memory(address: str | None) -> dict[str, float]:
+    """The agent's per-model, per-session memory gauge (bytes -> MiB), when it exports one."""
+    text = _metrics_text(address)
     out: dict[str, float] = {}
     for line in text.splitlines():
         if line.startswith("hatswarm_model_memory_bytes{"):

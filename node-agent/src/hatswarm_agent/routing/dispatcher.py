@@ -205,18 +205,18 @@ class Dispatcher:
         self, request: pb.ModelMetadataRequest
     ) -> tuple[pb.ModelMetadataResponse, str] | None:
         """A replica's metadata for the model (the node it came from); None when none has it."""
-        return await self._ask_replicas(
-            request.name, request.version, lambda ch, md, t: ch.oip.ModelMetadata(
-                request, metadata=md, timeout=t
-            )
-        )  # fmt: skip
+        return await self._ask_replicas_with("ModelMetadata", request)
 
     async def model_config(
         self, request: pb.ModelConfigRequest
     ) -> tuple[pb.ModelConfigResponse, str] | None:
         """A replica's Triton model config (the node it came from); None when none has it."""
+        return await self._ask_replicas_with("ModelConfig", request)
+
+    async def _ask_replicas_with(self, rpc: str, request: Any) -> tuple[Any, str] | None:
+        """`rpc` (an OIP method taking a model's name and version) on the model's replicas."""
         return await self._ask_replicas(
-            request.name, request.version, lambda ch, md, t: ch.oip.ModelConfig(
+            request.name, request.version, lambda ch, md, t: getattr(ch.oip, rpc)(
                 request, metadata=md, timeout=t
             )
         )  # fmt: skip

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -141,15 +141,9 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelMetadataResponse:
         try:
             response = model_metadata(self._registry, request.name, request.version)
-        except AgentError:
-            if self._pool is None or _is_hop(context):
-                raise
-            answer = await self._pool.model_metadata(request)
-            if answer is None:
-                raise
-            response, node = answer
-            await _say_node(context, node)
-            return response
+        except AgentError as exc:
+            ask = self._pool.model_metadata if self._pool is not None else None
+            return await _from_replica(ask, request, context, exc)
         await _say_node(context, self._node)
         return response
 
@@ -283,16 +277,9 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelConfigResponse:
         try:
             entry = self._registry.get(request.name, request.version)
-        except AgentError:
-            # Not here: a replica's config (what perf_analyzer asks first, through the pool).
-            if self._pool is None or _is_hop(context):
-                raise
-            answer = await self._pool.model_config(request)
-            if answer is None:
-                raise
-            response, node = answer
-            await _say_node(context, node)
-            return response
+        except AgentError as exc:  # a replica's config: what perf_analyzer asks first, via the pool
+            ask = self._pool.model_config if self._pool is not None else None
+            return await _from_replica(ask, request, context, exc)
         platform = PLATFORMS.get(entry.backend, entry.backend)
         await _say_node(context, self._node)
         return pb.ModelConfigResponse(config=model_config(entry, platform))
@@ -301,6 +288,28 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.RepositoryIndexRequest, context: Any
     ) -> pb.RepositoryIndexResponse:
         return repository_index(self._registry, request.ready)
+
+
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
+
+
+async def _from_replica(
+    ask: Callable[[_Request], Awaitable[tuple[_Response, str] | None]] | None,
+    request: _Request,
+    context: Any,
+    missing: AgentError,
+) -> _Response:
+    """A model this node does not hold: a replica's answer, naming the node it came from;
+    `missing` (NOT_FOUND) when none has it, or when a peer asks on a client's behalf (a hop)."""
+    if ask is None or _is_hop(context):
+        raise missing
+    answer = await ask(request)
+    if answer is None:
+        raise missing
+    response, node = answer
+    await _say_node(context, node)
+    return response
 
 
 async def _say_node(context: Any, node: str) -> None:
