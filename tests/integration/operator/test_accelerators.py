@@ -119,6 +119,7 @@ def test_hefs_go_where_the_reported_chip_runs_them(world: World, tmp_path: Path,
     assert event["type"] == "Warning" and "node pi-nohw" in event["message"]
     assert world.agents["pi-nohw"].proc.poll() is None  # running, not crash-looping
     # The mislabelled node: placed by its chip, and the label is called out.
+    wait_for(lambda: world.events("floor", "AcceleratorMismatch"), what="AcceleratorMismatch Event")
     (mismatch,) = world.events("floor", "AcceleratorMismatch")
     assert "hatswarm.io/accelerator=hailo8l" in mismatch["message"]
     assert "identified a hailo8" in mismatch["message"]

@@ -51,8 +51,15 @@ def test_a_1gi_agent_refuses_a_1500_mib_model_even_on_an_8gb_node(world: World, 
     assert "memory limit 1Gi (spec.agent.resources.limits.memory)" in why["message"], why
     assert "256 MiB for the agent itself" in why["message"], why
     assert world.ready_on("llm") == []
-    events = world.events("llm", "InsufficientCapacity")
-    assert any("memory limit 1Gi" in e.get("message", "") for e in events), events
+    # The recorder posts in the background: the Event may follow the condition by a moment.
+    wait_for(
+        lambda: any(
+            "memory limit 1Gi" in e.get("message", "")
+            for e in world.events("llm", "InsufficientCapacity")
+        ),
+        timeout=30,
+        what=f"the InsufficientCapacity Event (last {world.events('llm', 'InsufficientCapacity')})",
+    )
 
     def memory() -> dict[str, int]:
         nodes = world.status("InferencePool", "floor").get("nodes") or []

@@ -62,7 +62,7 @@ def test_models_place_by_each_nodes_memory(world: World, mlp: Path) -> None:
     assert why["reason"] == "InsufficientCapacity"
     assert re.search(r"2 short of memory \(at most \d+ MiB free on one\)", why["message"]), why
     assert world.ready_on("huge") == []
-    assert world.events("huge", "InsufficientCapacity")
+    wait_for(lambda: world.events("huge", "InsufficientCapacity"), timeout=30, what="the Event")
 
     def memory() -> dict[str, tuple[int, int]]:
         nodes = world.status("InferencePool", "floor").get("nodes") or []

@@ -44,7 +44,7 @@ def test_pool_places_models_fails_over_and_unloads_on_delete(world: World, mlp: 
         what="pool Ready",
     )
     assert world.status("InferencePool", "floor")["nodesReady"] == 3
-    assert world.events("mlp", "Loaded"), "Loaded events are posted on the EdgeModel"
+    wait_for(lambda: world.events("mlp", "Loaded"), what="Loaded Events on the EdgeModel")
 
     # Kill one agent holding a replica: the replica moves, the pool stays Ready.
     first = world.ready_on("mlp")
@@ -57,7 +57,7 @@ def test_pool_places_models_fails_over_and_unloads_on_delete(world: World, mlp: 
     )
     wait_for(lambda: world.status("EdgeModel", "mlp").get("ready") == "2/2", what="2/2 again")
     assert world.condition("InferencePool", "floor").get("status") == "True"
-    assert world.events("floor", "NodeLost")
+    wait_for(lambda: world.events("floor", "NodeLost"), what="a NodeLost Event on the pool")
     wait_for(
         lambda: re.search(r"^hatswarm_operator_failovers_total [1-9]", op.metrics(), re.M),
         what="failover metric",
