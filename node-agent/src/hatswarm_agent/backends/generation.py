@@ -44,6 +44,7 @@ from hatswarm_agent.backends.modelfolder import (
 from hatswarm_agent.backends.sequences import GenerationLoad, SequenceSlots
 from hatswarm_agent.backends.tokenstream import (
     BUNDLE_S,
+    FAST_TOKEN_S,
     BundlingEmitter,
     Emitter,
     Outcome,
@@ -60,6 +61,7 @@ from hatswarm_agent.backends.tokenstream import (
 __all__ = [
     "BUNDLE_S",
     "EMBED",
+    "FAST_TOKEN_S",
     "GENERATE",
     "MAX_STOP_SEQUENCES",
     "BackendBusyError",

@@ -28,6 +28,7 @@ from hatswarm_agent.backends.generation import (
     Piece,
     TokenStream,
 )
+from hatswarm_agent.backends.tokenstream import BUNDLE_S
 from hatswarm_agent.serving.errors import status_for
 
 from tests.genaimodels import CHAT_TEMPLATE, TinyDecoder, build_genai_model, reference
@@ -561,12 +562,12 @@ class Clock:
         return self.now
 
 
-@pytest.mark.parametrize(("step_s", "bundled"), [(0.0001, True), (0.005, False)])
+@pytest.mark.parametrize(("step_s", "bundled"), [(0.0009, True), (0.005, False)])
 def test_a_fast_models_pieces_go_to_a_process_host_in_bundles(
     model: GenaiModel, monkeypatch: pytest.MonkeyPatch, step_s: float, bundled: bool
 ) -> None:
-    """Fast tokens (0.2 ms apart on this clock) go a bundle per 2 ms, the first piece alone
-    and at once; slow ones (10 ms apart) one a send. Either way every piece is the runtime's
+    """Fast tokens (1.8 ms apart on this clock: under FAST_TOKEN_S) go a bundle per BUNDLE_S,
+    the first piece alone and at once; slow ones (10 ms apart) one a send. Either way every piece is the runtime's
     own, in order, as the per-piece path emits them."""
     import hatswarm_agent.backends.genai as genai_module
 
@@ -582,7 +583,10 @@ def test_a_fast_models_pieces_go_to_a_process_host_in_bundles(
     assert outcome.completion_tokens == 40 == sum(n for _, n in expected)
     assert len(sink.sends[0]) == 1  # the first token never waits
     if bundled:
-        assert len(sink.sends) < len(expected) / 4
-        assert max(len(send) for send in sink.sends) > 1
+        per_bundle = BUNDLE_S / (2 * step_s)  # two clock readings a token
+        tokens = [sum(n for _, n in send) for send in sink.sends]
+        assert len(tokens) >= 3, tokens  # 72 ms of tokens: several bundles, not one at the end
+        assert max(tokens) <= 1.5 * per_bundle, tokens  # none held much past BUNDLE_S
+        assert min(tokens[1:-1]) >= per_bundle / 1.5, tokens  # and none sent much sooner
     else:
         assert all(len(send) == 1 for send in sink.sends)
