@@ -345,6 +345,7 @@ class GenaiModel(ThreadedGenerativeModel):
             # The runtime's calls, looked up once: a tiny model's token is ~50-120 us here.
             next_token, next_tokens = generator.generate_next_token, generator.get_next_tokens
             is_done, decode, stopping = generator.is_done, stream.decode, cancelled.is_set
+            fast, due, every = FAST_TOKEN_S, BUNDLE_S, IN_USE_EVERY
             try:
                 step = clock()  # the runtime's time includes its is_done (a bare loop's too)
                 while count < limit and not is_done() and not stopping():
@@ -359,28 +360,34 @@ class GenaiModel(ThreadedGenerativeModel):
                     if logits is not None and logprob is not None:
                         logprob += token_logprob(logits, last)
                     count += 1
-                    if count - counted >= IN_USE_EVERY:
+                    if count - counted >= every:
                         self._add_in_use(count - counted)
                         counted = count
-                    pending.append(last)
                     text = matcher.feed(decoded) if stops else decoded
                     if text:
+                        if pending:
+                            pending.append(last)
+                            piece = (text, len(pending), tuple(pending), logprob)
+                            pending = []
+                        else:  # the common case: this token's own text
+                            piece = (text, 1, (last,), logprob)
                         if not printed:
                             timer.first_piece(count)
                             printed = True
                         if bundle is None:
-                            emit(Piece(text, len(pending), tuple(pending), logprob))
+                            emit(Piece(*piece))
                         else:
                             if not held:
                                 held_since = now
-                            held.append((text, len(pending), tuple(pending), logprob))
+                            held.append(piece)
                             # A slow token, or the oldest held piece due: send what is held.
-                            if now - token_at >= FAST_TOKEN_S or now - held_since >= BUNDLE_S:
+                            if now - token_at >= fast or now - held_since >= due:
                                 bundle(held)
                                 held = []
-                        pending = []
                         if judged:
                             logprob = 0.0 if count < judged else None
+                    else:
+                        pending.append(last)  # bytes the decoder holds until they are text
                     token_at = now
                     if stops and matcher.stopped:
                         break
