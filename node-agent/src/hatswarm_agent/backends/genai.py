@@ -38,7 +38,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import threading
 import time
 from collections.abc import Mapping
@@ -53,9 +52,6 @@ from hatswarm_agent.backends.base import (
     BackendUnavailableError,
 )
 from hatswarm_agent.backends.generation import (
-    BUNDLE_S,
-    FAST_TOKEN_S,
-    BundlingEmitter,
     CpuModelBackend,
     Emitter,
     GenerationLoad,
@@ -64,7 +60,7 @@ from hatswarm_agent.backends.generation import (
     ModelFolder,
     Outcome,
     Piece,
-    PieceTuple,
+    PieceSender,
     Producer,
     Prompt,
     RuntimeTimer,
@@ -332,11 +328,8 @@ class GenaiModel(ThreadedGenerativeModel):
             judged = params.logprobs  # the first tokens only: what a router judges
             logprob: float | None = 0.0 if judged else None
             count, last = 0, -1
-            # A process host's forwarder takes bundles: a fast model's pieces go as tuples, a
-            # few dozen at a time, instead of a Piece and a call per token (BundlingEmitter).
-            bundle = emit.many if isinstance(emit, BundlingEmitter) else None
-            held: list[PieceTuple] = []
-            held_since = token_at = -math.inf
+            sender = PieceSender(emit)
+            send = sender.send
             stops = bool(params.stop)  # without any, the text is the decoder's as it comes
             printed = False
             self._add_in_use(len(ids))
@@ -345,7 +338,7 @@ class GenaiModel(ThreadedGenerativeModel):
             # The runtime's calls, looked up once: a tiny model's token is ~50-120 us here.
             next_token, next_tokens = generator.generate_next_token, generator.get_next_tokens
             is_done, decode, stopping = generator.is_done, stream.decode, cancelled.is_set
-            fast, due, every = FAST_TOKEN_S, BUNDLE_S, IN_USE_EVERY
+            every = IN_USE_EVERY
             try:
                 step = clock()  # the runtime's time includes its is_done (a bare loop's too)
                 while count < limit and not is_done() and not stopping():
@@ -374,21 +367,11 @@ class GenaiModel(ThreadedGenerativeModel):
                         if not printed:
                             timer.first_piece(count)
                             printed = True
-                        if bundle is None:
-                            emit(Piece(*piece))
-                        else:
-                            if not held:
-                                held_since = now
-                            held.append(piece)
-                            # A slow token, or the oldest held piece due: send what is held.
-                            if now - token_at >= fast or now - held_since >= due:
-                                bundle(held)
-                                held = []
+                        send(piece, now)
                         if judged:
                             logprob = 0.0 if count < judged else None
                     else:
                         pending.append(last)  # bytes the decoder holds until they are text
-                    token_at = now
                     if stops and matcher.stopped:
                         break
                     step = clock()
@@ -400,8 +383,7 @@ class GenaiModel(ThreadedGenerativeModel):
             except RuntimeError as exc:
                 raise BackendError(f"onnxruntime-genai: {exc}") from exc
             finally:
-                if held and bundle is not None:
-                    bundle(held)  # before the tail and the end, an error's too
+                sender.flush()  # before the tail and the end, an error's too
                 self._add_in_use(-len(ids) - counted)
                 if not kept:
                     del generator

@@ -78,6 +78,7 @@ from hatswarm_agent.backends.generation import (
     GenerationParams,
     Outcome,
     Piece,
+    PieceSender,
     Producer,
     Prompt,
     RuntimeTimer,
@@ -413,6 +414,7 @@ class HailoLLMModel(LoadedModel):
             timer = RuntimeTimer()
             matcher = StopMatcher(params.stop)
             count, pending, status = 0, 0, ""
+            sender = PieceSender(emit)
             generated: list[str] = []
             slot.in_use = (prompt_tokens or 0) + (prefix.tokens if prefix is not None else 0)
             try:
@@ -433,7 +435,8 @@ class HailoLLMModel(LoadedModel):
                     while _status(completion) == "GENERATING" and not cancelled.is_set():
                         step = clock()
                         text = completion.read(READ_TIMEOUT_MS)
-                        timer.spent += clock() - step
+                        now = clock()
+                        timer.spent += now - step
                         generated.append(text)
                         count += 1
                         pending += 1
@@ -441,7 +444,7 @@ class HailoLLMModel(LoadedModel):
                         out = matcher.feed(text)
                         if out:
                             timer.first_piece(count)
-                            emit(Piece(out, pending))
+                            sender.send((out, pending, (), None), now)
                             pending = 0
                         if matcher.stopped:
                             break
@@ -463,6 +466,8 @@ class HailoLLMModel(LoadedModel):
                     counted = estimate_chat(llm.tokenize, request)
             except self._error as exc:
                 raise BackendError(f"HailoRT generation failed: {exc}") from exc
+            finally:
+                sender.flush()  # before the tail and the end, an error's too
             tail = "" if matcher.stopped else matcher.flush()
             if tail or pending:
                 emit(Piece(tail, pending))

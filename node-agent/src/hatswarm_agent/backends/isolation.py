@@ -25,10 +25,8 @@ import contextlib
 import importlib
 import itertools
 import logging
-import math
 import multiprocessing
 import pickle
-import struct
 import sys
 import threading
 import time
@@ -56,10 +54,6 @@ SWITCH_INTERVAL_S = 1e-4
 START_TIMEOUT_S = 300.0  # a 0.5B model loads in seconds; a cold SD card can be slow
 CLOSE_TIMEOUT_S = 10.0
 LOAD_EVERY_S = 0.1  # during a generation, the model's load rides on a piece this often
-HOLD_IF_WITHIN_S = 0.002  # a piece may wait for the next when tokens come faster than this
-# Fast pieces travel together, sent at most this long after the first of them: one pipe
-# message (a wake-up of the agent and of its client) per 2 ms instead of one per token.
-BUNDLE_S = 0.002
 # While several sequences run, their producers take turns on the GIL: at 0.1 ms they would
 # hand it over after every decode step (4 tiny-model sequences ran at half the rate of one).
 SHARED_SWITCH_INTERVAL_S = 0.002
@@ -90,78 +84,35 @@ def _plain(prompt: Prompt) -> str | list[dict[str, str]]:
 # -- the child ---------------------------------------------------------------------------------
 
 
-def _unread_bytes(conn: Connection) -> Callable[[], int]:
-    """How many bytes this end has sent that the other has not read yet (Linux: SIOCOUTQ on
-    the socket pair), or a function that always says 0 where that cannot be asked."""
-    try:
-        import fcntl
-        import termios
-
-        fd = conn.fileno()
-        request = termios.TIOCOUTQ  # == SIOCOUTQ
-        fcntl.ioctl(fd, request, b"\0\0\0\0")
-    except (ImportError, AttributeError, OSError):
-        return lambda: 0
-
-    def unread() -> int:
-        try:
-            return int(struct.unpack("i", fcntl.ioctl(fd, request, b"\0\0\0\0"))[0])
-        except OSError:
-            return 0
-
-    return unread
-
-
 class _Forward:
     """Sends one generation's pieces down the pipe as the producer emits them, from its thread:
     no hop through the child's event loop per token (which, holding the GIL against the
-    producer, halved a fast model's rate). Pieces emitted before "started" has gone are held
-    and sent right after it, so the parent never sees a piece of a generation it has not
-    started.
-
-    Bundling: a piece that comes less than HOLD_IF_WITHIN_S after the one before (a fast model)
-    waits while the first waiting piece is younger than BUNDLE_S, or while the parent has not
-    read the last message; then they go in one message. `end` sends what waits and the end
-    when the producer has ended (from its thread, before the loop hears of it). The first
-    token never waits, and a slow model's pieces go one a message as before. A tiny model at
-    ~20k tokens/s sent one message per two tokens and ran at 0.6x its rate alone; at one per
-    2 ms it keeps up (bench/gen_bench.py)."""
+    producer, halved a fast model's rate). A fast model's pieces come in bundles (`many`: the
+    producer's PieceSender makes them, tokenstream.py), a slow one's one a call. Pieces emitted
+    before "started" has gone are held and sent right after it, so the parent never sees a
+    piece of a generation it has not started. `end` sends the end when the producer has ended
+    (from its thread, before the loop hears of it)."""
 
     def __init__(
         self,
         rid: int,
         send: Callable[[tuple[Any, ...]], None],
         load: Callable[[], Any],
-        unread: Callable[[], int],
-        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._rid = rid
         self._send = send
         self._load = load
-        self._unread = unread
-        self._clock = clock
         self._lock = threading.Lock()
         self._started = False
-        self._waiting: list[WirePiece] = []
-        self._last = -math.inf  # when the last piece came
-        self._since = 0.0  # when the first waiting piece came
+        self._waiting: list[WirePiece] = []  # until "started" has gone
         self._reported = time.monotonic()
         self._end: tuple[Any, ...] | None = None  # "done" or "error", once the producer ended
 
     def __call__(self, piece: Piece) -> None:
-        now = self._clock()
-        with self._lock:
-            if not self._waiting:
-                self._since = now
-            self._waiting.append(_wire(piece))
-            fast, self._last = now - self._last < HOLD_IF_WITHIN_S, now
-            if not self._started or (fast and (now - self._since < BUNDLE_S or self._unread() > 0)):
-                return
-            pieces, self._waiting = self._waiting, []
-        self.pieces(pieces)
+        self.many([_wire(piece)])
 
     def many(self, pieces: list[WirePiece]) -> None:
-        """A bundle the producer made itself (a fast genai model): sent as it is, after
+        """A bundle the producer made (PieceSender), or one piece: sent as it is, after
         "started" (held with the rest until then)."""
         with self._lock:
             if not self._started:
@@ -236,8 +187,6 @@ async def _serve(
         with lock:
             conn.send(message)
 
-    unread = _unread_bytes(conn)
-
     try:
         backend = getattr(importlib.import_module(module), factory)()
         model = backend.load(Path(path), {**options, "isolation": "thread"})
@@ -291,7 +240,7 @@ async def _serve(
             pace(-1)
 
     async def _generate(rid: int, prompt: Prompt, params: GenerationParams) -> None:
-        forward = _Forward(rid, send, model.load, unread)
+        forward = _Forward(rid, send, model.load)
         forwarded = isinstance(model, ThreadedGenerativeModel)
         try:
             if forwarded:

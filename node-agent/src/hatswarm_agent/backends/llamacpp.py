@@ -59,6 +59,7 @@ from hatswarm_agent.backends.generation import (
     GenerationRequestError,
     Outcome,
     Piece,
+    PieceSender,
     Producer,
     Prompt,
     RuntimeTimer,
@@ -238,6 +239,7 @@ class LlamaCppModel(ThreadedGenerativeModel):
             matcher = StopMatcher(params.stop)
             pending: list[int] = []
             count, eog = 0, False
+            sender = PieceSender(emit)
             self._add_in_use(len(ids))
             try:
                 llm.set_seed(params.seed if params.seed is not None else random.getrandbits(32))
@@ -259,19 +261,21 @@ class LlamaCppModel(ThreadedGenerativeModel):
                             eog = token is not None
                             break
                         decoded = decoder.decode(llm.detokenize([token]))
-                        timer.spent += clock() - step
+                        now = clock()
+                        timer.spent += now - step
                         count += 1
                         self._add_in_use(1)
                         pending.append(int(token))
                         text = matcher.feed(decoded)
                         if text:
                             timer.first_piece(count)
-                            emit(Piece(text, len(pending), tuple(pending)))
+                            sender.send((text, len(pending), tuple(pending), None), now)
                             pending = []
                         if matcher.stopped or count >= budget:
                             break
                 finally:
                     tokens.close()
+                    sender.flush()  # before the tail and the end, an error's too
             except (RuntimeError, ValueError) as exc:
                 raise BackendError(f"llama.cpp: {exc}") from exc
             finally:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import threading
 import time
 from collections import deque
@@ -51,12 +52,13 @@ PieceTuple = tuple[str, int, tuple[int, ...], float | None]
 """A piece as a plain tuple (text, tokens, token_ids, logprob): what a process host's pipe
 carries, and what a fast producer hands over in bundles (`BundlingEmitter`)."""
 
-# A producer that bundles (BundlingEmitter) holds a piece that came less than FAST_TOKEN_S after
-# the token before it (a model past 500 tokens/s), until its oldest held piece is BUNDLE_S old:
+# PieceSender holds a piece that came less than FAST_TOKEN_S a token after the piece before it
+# (a model past 500 tokens/s) for a BundlingEmitter, until its oldest held piece is BUNDLE_S old:
 # a fast model's pieces go a bundle at a time, a slower model's one by one, the first at once.
 # Each bundle is a pipe message that wakes the agent's process, and on these two cores it cost
-# the producer's process more than the message itself: the tiny model's rate over its runtime's
-# own was 1.074 in-process with 5 ms bundles, 1.058 at 10 ms, 1.044 at 20 ms, 1.023 with no pipe.
+# the producer's process more than the message itself: the tiny model's producer took, over its
+# runtime's own time, 1.074 in-process with 5 ms bundles, 1.058 at 10 ms, 1.044 at 20 ms and 1.023
+# with no pipe.
 # 20 ms is a display frame and a bit: a reader sees text flow, not bursts.
 FAST_TOKEN_S = 0.002
 BUNDLE_S = 0.020
@@ -71,6 +73,46 @@ class BundlingEmitter(Protocol):
     def __call__(self, piece: Piece) -> None: ...
 
     def many(self, pieces: list[PieceTuple]) -> None: ...
+
+
+class PieceSender:
+    """How a producer hands over its pieces: one Piece a call to a plain emitter (a thread
+    host's), and to a bundling one (a process host's forwarder) a fast model's pieces in
+    bundles: a piece that came under FAST_TOKEN_S a token after the one before waits until the
+    oldest waiting is BUNDLE_S old. The first piece and a slow model's go at once. `flush` when the
+    producer stops, before its tail. Every runtime's producer sends through one of these, so
+    the pipe to the agent carries the same bundles whichever runtime made them."""
+
+    __slots__ = ("_emit", "_held", "_last", "_many", "_since")
+
+    def __init__(self, emit: Emitter) -> None:
+        self._emit = emit
+        self._many = emit.many if isinstance(emit, BundlingEmitter) else None
+        self._held: list[PieceTuple] = []
+        self._since = self._last = -math.inf
+
+    def send(self, piece: PieceTuple, now: float) -> None:
+        """`piece` became ready at `now` (the producer's perf_counter reading)."""
+        many = self._many
+        if many is None:
+            self._emit(Piece(*piece))
+            return
+        if not self._held:
+            self._since = now
+        self._held.append(piece)
+        # Slow: more than FAST_TOKEN_S a token since the last piece (a piece may span tokens
+        # whose bytes were not text yet).
+        slow = now - self._last >= FAST_TOKEN_S * max(1, piece[1])
+        if slow or now - self._since >= BUNDLE_S:
+            held, self._held = self._held, []
+            many(held)
+        self._last = now
+
+    def flush(self) -> None:
+        """Send what waits (the producer has stopped, or failed)."""
+        if self._held and self._many is not None:
+            held, self._held = self._held, []
+            self._many(held)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from hatswarm_agent.backends.generation import (
     Outcome,
     Piece,
 )
-from hatswarm_agent.backends.isolation import BUNDLE_S, HOLD_IF_WITHIN_S, ProcessModel, _Forward
+from hatswarm_agent.backends.isolation import ProcessModel, _Forward
 from hatswarm_agent.backends.processgroup import ProcessGroup
 
 from tests.genaimodels import TinyDecoder, build_genai_model, reference, reference_pieces
@@ -207,55 +207,29 @@ async def test_a_consumer_that_falls_behind_gets_every_piece_at_once_with_exact_
     assert stream.finish_reason in ("stop", "length")
 
 
-def test_forwarding_bundles_fast_pieces_for_at_most_the_bundle_time() -> None:
-    """The child's bundling (isolation._Forward), on a clock the test drives: the first piece
-    goes at once; fast pieces wait until the first of them is BUNDLE_S old, then go together
-    in order; while the reader is behind they wait longer; `flush` sends what waits; a slow
-    model's pieces are never held; pieces before "started" follow it."""
+def test_forwarding_sends_each_piece_at_once_after_started() -> None:
+    """The child's forwarder (isolation._Forward) holds nothing once "started" has gone: a
+    piece (a producer that sends one at a time) or a bundle (PieceSender's) goes as one
+    message, in order; pieces before "started" follow it."""
     sent: list[tuple[object, ...]] = []
-    behind = [0]
-    now = [100.0]
-    forward = _Forward(7, sent.append, lambda: None, lambda: behind[0], clock=lambda: now[0])
-
-    def piece(i: int, at_ms: float) -> None:
-        now[0] = 100.0 + at_ms / 1000
-        forward(Piece(str(i), 1, (i,)))
+    forward = _Forward(7, sent.append, lambda: None)
 
     def texts() -> list[list[str]]:
         assert all(m[0] == "pieces" and m[1] == 7 for m in sent)
         return [[p[0] for p in m[2]] for m in sent]  # type: ignore[attr-defined]
 
-    piece(0, 0.0)  # before "started": held
+    forward(Piece("0", 1, (0,)))  # before "started": held
     assert sent == []
     forward.open(5)
     assert sent[0][:3] == ("started", 7, 5) and sent[1][2][0][0] == "0"  # type: ignore[index]
     del sent[:]
-    piece(1, 10.0)  # the first token of a burst (10 ms after the last): alone, at once
-    assert texts() == [["1"]]
-    piece(2, 10.1)  # fast: waits for the next ones
-    piece(3, 10.6)
-    piece(4, 11.5)
-    assert texts() == [["1"]]
-    piece(5, 10.1 + 1000 * BUNDLE_S)  # the first waiting one is BUNDLE_S old: all go, in order
-    assert texts() == [["1"], ["2", "3", "4", "5"]]
-    behind[0] = 512  # the reader is behind: fast pieces wait past BUNDLE_S
-    piece(6, 13.0)
-    piece(7, 14.5)
-    piece(8, 16.0)
-    assert len(sent) == 2
-    behind[0] = 0  # caught up: everything waiting goes in one message
-    piece(9, 16.5)
-    assert texts()[-1] == ["6", "7", "8", "9"]
-    piece(10, 17.0)
-    forward.flush()  # the end: nothing stays behind
-    assert texts()[-1] == ["10"]
-    behind[0] = 512  # a slow model (a gap over HOLD_IF_WITHIN_S): never held
-    piece(11, 100.0)
-    assert texts()[-1] == ["11"]
-    piece(12, 100.0 + 2000 * HOLD_IF_WITHIN_S)
-    assert texts()[-1] == ["12"]
-    forward.flush()
-    assert len(sent) == 6
+    forward(Piece("1", 1, (1,)))
+    forward(Piece("2", 1, (2,)))
+    assert texts() == [["1"], ["2"]]
+    forward.many([("3", 1, (3,), None), ("4", 2, (4, 5), None)])
+    assert texts()[-1] == ["3", "4"]
+    forward.flush()  # nothing waits
+    assert len(sent) == 3
 
 
 async def test_processes_run_sequences_side_by_side_each_in_its_own_child(
@@ -292,7 +266,7 @@ def test_the_end_goes_after_every_piece_and_never_before_started() -> None:
     """`_Forward.end` (the producer's thread, the slot already free): what waits, then "done"
     with the load; a producer that ends before "started" has gone is held until it has."""
     sent: list[tuple[object, ...]] = []
-    forward = _Forward(3, sent.append, lambda: "load", lambda: 0, clock=lambda: 1.0)
+    forward = _Forward(3, sent.append, lambda: "load")
     forward(Piece("a", 1, (1,)))
     forward.end(Outcome("stop", 1))
     assert sent == []
@@ -300,10 +274,10 @@ def test_the_end_goes_after_every_piece_and_never_before_started() -> None:
     assert [m[0] for m in sent] == ["started", "pieces", "done"]
     assert sent[2] == ("done", 3, Outcome("stop", 1), "load")
     failed: list[tuple[object, ...]] = []
-    forward = _Forward(4, failed.append, lambda: "load", lambda: 0, clock=lambda: 1.0)
+    forward = _Forward(4, failed.append, lambda: "load")
     forward.open(2)
     forward(Piece("b", 1, (2,)))
-    forward(Piece("c", 1, (3,)))  # fast: waits
+    forward(Piece("c", 1, (3,)))
     forward.end(BackendError("boom"))
     assert [m[0] for m in failed] == ["started", "pieces", "pieces", "error"]
     assert [p[0] for p in failed[2][2]] == ["c"]  # type: ignore[index]
@@ -314,7 +288,7 @@ def test_a_producers_own_bundle_goes_at_once_after_started_and_what_waits() -> N
     """`_Forward.many` (a genai producer that bundles itself): held with the rest until
     "started", then in order after what waited; afterwards sent as it comes."""
     sent: list[tuple[object, ...]] = []
-    forward = _Forward(5, sent.append, lambda: None, lambda: 0, clock=lambda: 1.0)
+    forward = _Forward(5, sent.append, lambda: None)
     forward(Piece("a", 1, (1,)))
     forward.many([("b", 1, (2,), None), ("c", 2, (3, 4), None)])
     assert sent == []

@@ -12,10 +12,14 @@ from pathlib import Path
 import pytest
 from hatswarm_agent.backends.base import BackendError
 from hatswarm_agent.backends.generation import (
+    BUNDLE_S,
+    FAST_TOKEN_S,
     BackendBusyError,
     Emitter,
     Outcome,
     Piece,
+    PieceSender,
+    PieceTuple,
     RuntimeTimer,
     SequenceSlots,
     StopMatcher,
@@ -151,3 +155,57 @@ def test_runtime_timer_splits_at_the_first_piece() -> None:
     silent = RuntimeTimer()  # nothing printed: all of it is the prompt's time
     silent.spent = 0.3
     assert silent.timings(4) == Timings(0.3, 0.0, 0)
+
+
+class _Bundles:
+    """A process host's forwarder as the producer sees it (BundlingEmitter)."""
+
+    def __init__(self) -> None:
+        self.sends: list[list[str]] = []
+
+    def __call__(self, piece: Piece) -> None:
+        self.sends.append([piece.text])
+
+    def many(self, pieces: list[PieceTuple]) -> None:
+        self.sends.append([p[0] for p in pieces])
+
+
+def test_piece_sender_bundles_fast_pieces_for_at_most_the_bundle_time() -> None:
+    """On a clock the test drives (ms): the first piece goes at once; pieces under
+    FAST_TOKEN_S apart wait until the oldest waiting is BUNDLE_S old, then go together in
+    order; a slow piece takes what waits with it; `flush` sends the rest. A plain emitter
+    gets one Piece a call."""
+    fast, due = 1000 * FAST_TOKEN_S, 1000 * BUNDLE_S
+    sink = _Bundles()
+    sender = PieceSender(sink)
+
+    def piece(text: str, at_ms: float) -> None:
+        sender.send((text, 1, (0,), None), at_ms / 1000)
+
+    piece("a", 0.0)
+    assert sink.sends == [["a"]]
+    at = 0.0
+    texts = []
+    while at + fast / 2 < due:  # a burst, half FAST_TOKEN_S apart, younger than BUNDLE_S
+        at += fast / 2
+        texts.append(f"t{at}")
+        piece(texts[-1], at)
+    assert sink.sends == [["a"]], "fast pieces wait"
+    piece("due", fast / 2 + due)  # the oldest waiting one is BUNDLE_S old now
+    assert sink.sends[-1] == [*texts, "due"]
+    piece("b", fast / 2 + due + fast / 2)
+    piece("slow", fast / 2 + due + fast / 2 + 2 * fast)  # a slow piece: at once, with "b"
+    assert sink.sends[-1] == ["b", "slow"]
+    piece("c", fast / 2 + due + fast / 2 + 2 * fast + fast / 2)
+    assert sink.sends[-1] == ["b", "slow"]
+    sender.flush()
+    assert sink.sends[-1] == ["c"]
+    sender.flush()
+    assert len(sink.sends) == 4  # nothing twice
+
+    plain: list[Piece] = []
+    one = PieceSender(plain.append)
+    one.send(("x", 2, (1, 2), -0.5), 0.0)
+    one.send(("y", 1, (3,), None), 0.0001)
+    one.flush()
+    assert plain == [Piece("x", 2, (1, 2), -0.5), Piece("y", 1, (3,), None)]
