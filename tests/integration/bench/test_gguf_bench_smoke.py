@@ -32,3 +32,6 @@ def test_quick_round_measures_both_sides() -> None:
     for side in ("direct", "agent"):
         assert tiny[side]["tokens_per_s"] > 0 and tiny[side]["ttft_ms"] > 0
     assert tiny["tokens_per_s_agent_vs_direct"] > 0
+    # Measured on the agent's own answers: the runtime's timings came back with every round.
+    assert len(tiny["decode_vs_own_runtime_per_round"]) == out["rounds"]
+    assert tiny["decode_vs_own_runtime"] > 0 and tiny["ttft_own_overhead_ms"] > 0
