@@ -73,7 +73,11 @@ from hatswarm_agent.backends.generation import (
 from hatswarm_agent.backends.isolation import ProcessModel
 from hatswarm_agent.backends.options import bool_option, int_option
 from hatswarm_agent.backends.processgroup import ProcessGroup, isolated
-from hatswarm_agent.backends.textgen import ThreadedGenerativeModel, check_prompt_length
+from hatswarm_agent.backends.textgen import (
+    IN_USE_EVERY,
+    ThreadedGenerativeModel,
+    check_prompt_length,
+)
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +93,6 @@ DEFAULT_PREFIX_HEADROOM = 512
 # Tokenize prompts up to this many characters on the event loop (microseconds); longer ones
 # on a thread.
 INLINE_TOKENIZE_CHARS = 4096
-IN_USE_EVERY = 16  # generated tokens between updates of the in-use count (a lock each)
 
 
 def token_logprob(logits: Any, token: int) -> float:

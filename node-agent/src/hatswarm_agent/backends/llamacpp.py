@@ -70,7 +70,11 @@ from hatswarm_agent.backends.generation import (
 from hatswarm_agent.backends.isolation import ProcessModel
 from hatswarm_agent.backends.options import bool_option, int_option
 from hatswarm_agent.backends.processgroup import ProcessGroup, isolated
-from hatswarm_agent.backends.textgen import ThreadedGenerativeModel, check_prompt_length
+from hatswarm_agent.backends.textgen import (
+    IN_USE_EVERY,
+    ThreadedGenerativeModel,
+    check_prompt_length,
+)
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +244,8 @@ class LlamaCppModel(ThreadedGenerativeModel):
             pending: list[int] = []
             count, eog = 0, False
             sender = PieceSender(emit)
+            stops = bool(params.stop)  # without any, the text is the decoder's as it comes
+            counted = 0  # generated tokens added to the in-use count (every IN_USE_EVERY)
             self._add_in_use(len(ids))
             try:
                 llm.set_seed(params.seed if params.seed is not None else random.getrandbits(32))
@@ -264,9 +270,11 @@ class LlamaCppModel(ThreadedGenerativeModel):
                         now = clock()
                         timer.spent += now - step
                         count += 1
-                        self._add_in_use(1)
+                        if count - counted >= IN_USE_EVERY:
+                            self._add_in_use(count - counted)
+                            counted = count
                         pending.append(int(token))
-                        text = matcher.feed(decoded)
+                        text = matcher.feed(decoded) if stops else decoded
                         if text:
                             timer.first_piece(count)
                             sender.send((text, len(pending), tuple(pending), None), now)
@@ -279,7 +287,7 @@ class LlamaCppModel(ThreadedGenerativeModel):
             except (RuntimeError, ValueError) as exc:
                 raise BackendError(f"llama.cpp: {exc}") from exc
             finally:
-                self._add_in_use(-len(ids) - count)
+                self._add_in_use(-len(ids) - counted)
                 self._contexts.put(llm)
             tail = "" if matcher.stopped else matcher.feed(decoder.decode(b"", final=True))
             tail += "" if matcher.stopped else matcher.flush()

@@ -91,6 +91,11 @@ def _ewma(current: float, sample: float) -> float:
     return (1 - RATE_ALPHA) * current + RATE_ALPHA * sample if current else sample
 
 
+# Generated tokens between a producer's updates of the in-use (KV) count: a lock each, and a
+# fast model makes thousands of tokens a second.
+IN_USE_EVERY = 16
+
+
 class ThreadedGenerativeModel(LoadedModel):
     """A CPU generative model whose sequences run as producers on `_executor`'s threads, at
     most `_slots.limit` at once. A subclass sets `context_length` and `_executor`, calls
