@@ -2,10 +2,9 @@
 
 The same GGUF (random weights, so no download: a tiny one and one with a real 0.5B decoder
 shape — Qwen2-0.5B's hidden size, heads, layers and MLP, a small vocabulary, Q4_0), the same
-thread count, the same greedy prompt, in one run. Direct: llama-cpp-python's
-`create_completion(stream=True)` in this process. Agent: the `openai` client streaming
-`/v1/completions` from a real agent process serving the file (llama.cpp in the model's child
-process). The models never emit an end token (tests/ggufmodels.py `never_end`), so both sides
+thread count, the same greedy prompt, in one run. Direct: llama.cpp's own token loop in this
+process. Agent: httpx streaming `/v1/completions` (SSE) from a real agent process serving the
+file (llama.cpp in the model's child process). The models never emit an end token (tests/ggufmodels.py `never_end`), so both sides
 generate exactly `tokens` tokens. tokens/s = tokens / (last piece - request start), the rate a
 client sees; decode tokens/s = (tokens - 1) / (last piece - first piece).
 
@@ -25,6 +24,7 @@ latencies at either end.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import statistics
 import sys
@@ -112,10 +112,12 @@ class Direct:
 
 
 class ThroughAgent:
-    """The `openai` client streaming /v1/completions from a real agent process."""
+    """A client streaming /v1/completions from a real agent process: httpx reading the SSE
+    lines, as lean as the direct side (the `openai` client's own parsing, a pydantic model a
+    chunk, would count as the agent's overhead)."""
 
     def __init__(self, path: Path) -> None:
-        import openai
+        import httpx
 
         http = free_port()
         sha = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -128,31 +130,33 @@ class ThroughAgent:
             ],
             timeout=300,
         )  # fmt: skip
-        self.client = openai.OpenAI(base_url=f"http://127.0.0.1:{http}/v1", api_key="x")
+        self.url = f"http://127.0.0.1:{http}/v1/completions"
+        self.client = httpx.Client(timeout=600)
         self.own: list[dict[str, float]] = []  # per round, against the runtime's own timings
 
     def round(self, text: str, tokens: int) -> tuple[float, float, float, int]:
+        body = {
+            "model": "m", "prompt": text, "max_tokens": tokens, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True},
+        }  # fmt: skip
         start = time.perf_counter()
-        stream = self.client.completions.create(
-            model="m",
-            prompt=text,
-            max_tokens=tokens,
-            temperature=0,
-            stream=True,
-            stream_options={"include_usage": True},
-        )
         # A chunk may carry several tokens (the agent sends what is ready as one chunk), so the
         # count comes from usage; chunks give the times of the first and the last piece.
         first = last = 0.0
         count: int | None = None
         timings: dict[str, Any] = {}
-        for chunk in stream:
-            if chunk.choices and chunk.choices[0].text:
-                last = time.perf_counter()
-                first = first or last
-            if chunk.usage is not None:
-                count = chunk.usage.completion_tokens
-            timings = (chunk.model_extra or {}).get("timings") or timings
+        with self.client.stream("POST", self.url, json=body) as response:
+            response.raise_for_status()
+            for line in response.iter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                doc = json.loads(line[6:])
+                if doc["choices"] and doc["choices"][0].get("text"):
+                    last = time.perf_counter()
+                    first = first or last
+                if doc.get("usage"):
+                    count = doc["usage"]["completion_tokens"]
+                timings = doc.get("timings") or timings
         if count is None:
             raise RuntimeError("the agent's stream ended without usage (stream_options)")
         if "predicted_ms" not in timings:
@@ -168,6 +172,7 @@ class ThroughAgent:
         return first - start, decode, count / (last - start) if count else 0.0, count
 
     def close(self) -> None:
+        self.client.close()
         self.agent.stop()
 
 
