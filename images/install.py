@@ -76,6 +76,9 @@ STRIP_GLOBS = ["*.pyi", "*.pxd", "*.pyx", "*.h"]
 LOCAL_BUILDS = {"llama-cpp-python": "llama_cpp"}
 # llama-cpp-python's wheel also installs llama.cpp's CMake tree beside the package: the shared
 # libraries again (llama_cpp/lib has those it loads), C headers, CMake and pkg-config files.
+# Wheels hold no symlinks: llama_cpp/lib has libX.so, libX.so.0 and libX.so.0.25.3 as three
+# copies (16 MB for 5.5); the shorter names become links to the longest (the loader follows them).
+DEDUPE_DIRS = ["llama_cpp/lib"]
 STRAY_TOP = {"lib": ("libllama", "libggml", "libmtmd", "cmake", "pkgconfig"), "include": ("",)}
 
 
@@ -215,6 +218,21 @@ def local_builds(lines: list[str], context: Path, arch: str) -> tuple[list[str],
     return out, modules
 
 
+def dedupe_libraries(lib: Path) -> None:
+    """Same-content copies of one shared library (libX.so[.N[.M]]) -> links to the longest name."""
+    groups: dict[str, list[Path]] = {}
+    for path in lib.iterdir():
+        if path.is_file() and not path.is_symlink() and ".so" in path.name:
+            groups.setdefault(path.name.split(".so")[0], []).append(path)
+    for paths in groups.values():
+        keep = max(paths, key=lambda p: len(p.name))
+        data = keep.read_bytes()
+        for path in paths:
+            if path != keep and path.read_bytes() == data:
+                path.unlink()
+                path.symlink_to(keep.name)
+
+
 def strip(site: Path) -> None:
     for path in list(site.rglob("*")):
         if path.is_dir() and path.name in STRIP_DIRS and path.exists():
@@ -226,6 +244,9 @@ def strip(site: Path) -> None:
         stray = site / top
         if stray.is_dir() and all(p.name.startswith(prefixes) for p in stray.iterdir()):
             shutil.rmtree(stray)
+    for rel in DEDUPE_DIRS:
+        if (site / rel).is_dir():
+            dedupe_libraries(site / rel)
     for pattern in STRIP_GLOBS:
         for path in site.rglob(pattern) if "/" not in pattern else site.glob(pattern):
             if path.is_file() or path.is_symlink():

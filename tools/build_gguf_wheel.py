@@ -124,16 +124,16 @@ def relabel(wheel: Path, machine: str, tag: str) -> Path:
     name, version = wheel.name.split("-")[:2]
     target = wheel.with_name(f"{name}-{version}-{BUILD}-py3-none-{tag}.whl")
     dist_info = f"{name}-{version}.dist-info"
-    with zipfile.ZipFile(wheel) as src, zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as out:
+    partial = target.with_suffix(".partial")
+    with zipfile.ZipFile(wheel) as src, zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as out:
         records = []
         for info in src.infolist():
             if info.filename == f"{dist_info}/RECORD":
                 continue
             data = src.read(info)
             if info.filename == f"{dist_info}/WHEEL":
-                lines = [
-                    ln for ln in data.decode().splitlines() if not ln.startswith(("Tag:", "Build:"))
-                ]
+                keep = [ln for ln in data.decode().splitlines() if ln.strip()]  # headers only
+                lines = [ln for ln in keep if not ln.startswith(("Tag:", "Build:"))]
                 data = (
                     "\n".join([*lines, f"Build: {BUILD}", f"Tag: py3-none-{tag}"]) + "\n"
                 ).encode()
@@ -143,6 +143,7 @@ def relabel(wheel: Path, machine: str, tag: str) -> Path:
         records.append(f"{dist_info}/RECORD,,")
         out.writestr(f"{dist_info}/RECORD", "\n".join(records) + "\n")
     wheel.unlink()
+    partial.replace(target)
     return target
 
 

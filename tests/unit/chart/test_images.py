@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
 import re
 import shlex
 import shutil
@@ -386,9 +387,18 @@ def test_llama_cpps_cmake_tree_is_stripped_but_not_other_lib_dirs(
                 "include/llama.h", "llama_cpp/lib/libllama.so"):  # fmt: skip
         (site / rel).parent.mkdir(parents=True, exist_ok=True)
         (site / rel).write_text("x")
+    for name in ("libggml.so", "libggml.so.0", "libggml.so.0.25.3"):  # copies: links to one
+        (site / "llama_cpp/lib" / name).write_text("ggml")
+    (site / "llama_cpp/lib/libggml-cpu.so.0").write_text("another library")
     install.strip(site)
     assert sorted(p.name for p in site.iterdir()) == ["llama_cpp"]
-    assert (site / "llama_cpp/lib/libllama.so").exists()
+    lib = site / "llama_cpp/lib"
+    assert (lib / "libllama.so").read_text() == "x" and not (lib / "libllama.so").is_symlink()
+    assert (
+        os.readlink(lib / "libggml.so") == os.readlink(lib / "libggml.so.0") == "libggml.so.0.25.3"
+    )
+    assert (lib / "libggml.so").read_text() == "ggml"
+    assert not (lib / "libggml-cpu.so.0").is_symlink()
     (site / "lib").mkdir()
     (site / "lib" / "something_else.py").write_text("x")
     install.strip(site)
