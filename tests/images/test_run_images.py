@@ -262,7 +262,10 @@ def complete(http: int) -> dict[str, Any]:
 def test_arm64_agent_generates_from_a_gguf_under_qemu(agent_arm64: Path, tmp_path: Path) -> None:
     """llama.cpp in the arm64 image (cross-built for armv8.2-a+dotprod+fp16, which qemu's `max`
     CPU has): the agent serves a tiny GGUF and its OpenAI completion is llama.cpp's own greedy
-    text as computed on the host (x86-64 build)."""
+    text as computed on the host (x86-64 build). In the agent's process (`isolation=thread`):
+    qemu-user without binfmt_misc cannot start the default generation worker, a child process
+    that execs the image's aarch64 python (the amd64 test under podman runs that default)."""
+    (agent_arm64 / "models").mkdir(exist_ok=True)
     model = build_gguf_model(agent_arm64 / "models" / "tiny.gguf", seed=7)
     model.chmod(0o644)
     expected = gguf_reference(model)
@@ -270,7 +273,8 @@ def test_arm64_agent_generates_from_a_gguf_under_qemu(agent_arm64: Path, tmp_pat
     log = tmp_path / "agent-gguf.log"
     cmd = [*qemu(agent_arm64, "/opt/hatswarm/bin/hatswarm-agent"), "--host", "127.0.0.1",
            "--port", str(port), "--metrics-port", "0", "--http-port", str(http),
-           "--state-dir", "/var/lib/hatswarm", "--model", "tiny=/models/tiny.gguf"]  # fmt: skip
+           "--state-dir", "/var/lib/hatswarm", "--model", "tiny=/models/tiny.gguf",
+           "--option", "isolation=thread"]  # fmt: skip
     start = time.monotonic()
     with log.open("w") as sink:
         proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT,
