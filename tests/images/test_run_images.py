@@ -49,7 +49,8 @@ ARCHES = ["amd64", "arm64"]
 ROLES = ["agent", "operator"]
 # Sizes as buildah reports them (uncompressed); the agent was 450 MB (amd64) before issue 13,
 # under 200 MB for tensor models, then took onnxruntime-genai (35 MB), the onnxruntime C-API
-# library it loads (35 MB) and tokenizers (12 MB) for the generative workload (issue 17).
+# library it loads (35 MB) and tokenizers (12 MB) for the generative workload (issue 17), and
+# llama.cpp for GGUF models (+8 MB: llama_cpp's libraries linked, not copied, by install.py).
 MAX_MB = {"agent": 280, "operator": 220}
 GGUF_PROMPT = "the agent"
 GGUF_TOKENS = 8
