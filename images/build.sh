@@ -100,7 +100,7 @@ print_config() {  # ROLE -> "kind<TAB>value" lines
   printf 'healthcheck-%s\n' "interval	15s" "timeout	5s" "start-period	30s" "retries	3"
 }
 
-usage() { sed -n '2,30p' "$0"; }
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d'; }
 
 while [[ $# -gt 0 ]]; do
   case "$1" in
