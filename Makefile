@@ -88,7 +88,7 @@ images-tools: ## buildah, mmdebstrap, podman + runc, qemu-user-static from Debia
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
 	    --no-install-recommends buildah mmdebstrap podman runc qemu-user-static; }
 
-images-check: install images-tools ## build both arches (rootfs engine), run arm64 under qemu-user, amd64 under podman
+images-check: install gguf images-tools ## build both arches (rootfs engine), run arm64 under qemu-user, amd64 under podman
 	@if [ "$(SKIP_BUILD)" != 1 ]; then images/build.sh --engine rootfs; fi
 	$(RUN) pytest tests/images -m images -q
 

@@ -14,6 +14,12 @@
 #                                            # (buildx/bud then build with PIP_NO_INDEX=1)
 #   images/build.sh --context-only           # just prepare build/images/ (wheels, requirements)
 #   images/build.sh --print-config agent     # the image config the rootfs engine applies
+#   images/build.sh --no-gguf                # the agent without llama.cpp (GGUF=0 does the same)
+#
+# GGUF models: PyPI has llama-cpp-python only as an sdist, so the agent images carry a wheel built
+# here once per arch by tools/build_gguf_wheel.py (portable; arm64 cross-compiled, no emulation)
+# and cached in .cache/wheels (minutes the first time; needs cmake and, for arm64 on x86-64,
+# g++-aarch64-linux-gnu). images/README.md has the cost.
 #
 # Engines (--engine; default buildx when docker buildx has a daemon, else rootfs):
 #   rootfs  no registry, no emulation: a Debian bookworm root filesystem per arch from Debian's
@@ -39,6 +45,7 @@ ENGINE="${ENGINE:-}"
 PUSH=0
 WHEELHOUSE=0
 CONTEXT_ONLY=0
+GGUF="${GGUF:-1}"
 BUILD_ARGS=()
 OLD_IDS=()
 REBUILT=""  # the arches whose base this run rebuilt (REBUILD_BASE=1 rebuilds each once)
@@ -93,7 +100,7 @@ print_config() {  # ROLE -> "kind<TAB>value" lines
   printf 'healthcheck-%s\n' "interval	15s" "timeout	5s" "start-period	30s" "retries	3"
 }
 
-usage() { sed -n '2,30p' "$0"; }
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d'; }
 
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -101,6 +108,8 @@ while [[ $# -gt 0 ]]; do
     --push) PUSH=1; shift ;;
     --wheelhouse) WHEELHOUSE=1; shift ;;
     --context-only) CONTEXT_ONLY=1; shift ;;
+    --gguf) GGUF=1; shift ;;
+    --no-gguf) GGUF=0; shift ;;
     --engine) ENGINE="$2"; shift 2 ;;
     --only) IMAGES=("$2"); shift 2 ;;
     --build-arg) BUILD_ARGS+=(--build-arg "$2"); shift 2 ;;
@@ -124,7 +133,9 @@ echo "==> wheels and requirements (uv.lock) into $CTX"
 $UV build --all-packages --wheel --out-dir "$CTX/wheels" >/dev/null 2>&1
 # tokenizers pulls the Hugging Face Hub client (hf-xet, fsspec, tqdm, httpx2: ~17 MB) for
 # `from_pretrained`; the agent never downloads from a hub, so the image leaves it out.
-$UV export --frozen --no-dev --no-emit-workspace --package hatswarm-agent --extra genai --extra embed \
+AGENT_EXTRAS=(--extra genai --extra embed)
+if [[ "$GGUF" == 1 ]]; then AGENT_EXTRAS+=(--extra gguf); fi
+$UV export --frozen --no-dev --no-emit-workspace --package hatswarm-agent "${AGENT_EXTRAS[@]}" \
   --prune huggingface-hub --output-file "$CTX/agent-requirements.txt" >/dev/null
 $UV export --frozen --no-dev --no-emit-workspace --package hatswarm-operator --prune onnxruntime \
   --output-file "$CTX/operator-requirements.txt" >/dev/null
@@ -135,6 +146,14 @@ if grep -qiE '^onnxruntime==' "$CTX/operator-requirements.txt"; then
   echo "build.sh: the operator's requirements carry onnxruntime" >&2; exit 1
 fi
 cp images/install.py "$CTX/"
+if [[ "$GGUF" == 1 ]]; then  # llama-cpp-python per arch: built once, cached (install.py pins it)
+  for arch in "${ARCHES[@]}"; do
+    machine="${arch/amd64/x86_64}"; machine="${machine/arm64/aarch64}"
+    echo "==> llama-cpp-python for $arch (tools/build_gguf_wheel.py; cached in .cache/wheels)"
+    wheel="$(python3 tools/build_gguf_wheel.py --arch "$machine" | tail -1)"
+    cp "$wheel" "$CTX/wheels/"
+  done
+fi
 for py in "$PYTHON" python3 /usr/bin/python3; do
   if [[ -n "$py" ]] && "$py" -m pip --version >/dev/null 2>&1; then PYTHON="$py"; break; fi
 done

@@ -30,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
 MACHINES = {"amd64": "x86_64", "arm64": "aarch64"}
@@ -68,12 +69,24 @@ STRIP_PATHS = [
     "kubernetes/aio",
 ]
 STRIP_GLOBS = ["*.pyi", "*.pxd", "*.pyx", "*.h"]
+# Requirements PyPI has only as an sdist that compiles C/C++ (install.py builds nothing): a wheel
+# for the target machine built beforehand must be in the context's wheels/ (images/build.sh puts
+# tools/build_gguf_wheel.py's there); its own hash replaces the sdist's from uv.lock. Value: the
+# module the image must then carry.
+LOCAL_BUILDS = {"llama-cpp-python": "llama_cpp"}
+# llama-cpp-python's wheel also installs llama.cpp's CMake tree beside the package: the shared
+# libraries again (llama_cpp/lib has those it loads), C headers, CMake and pkg-config files.
+# Wheels hold no symlinks: llama_cpp/lib has libX.so, libX.so.0 and libX.so.0.25.3 as three
+# copies (16 MB for 5.5); the shorter names become links to the longest (the loader follows them).
+DEDUPE_DIRS = ["llama_cpp/lib"]
+STRAY_TOP = {"lib": ("libllama", "libggml", "libmtmd", "cmake", "pkgconfig"), "include": ("",)}
 
 
 def platforms(arch: str) -> list[str]:
     machine = MACHINES[arch]
     tags = [f"manylinux_2_{minor}_{machine}" for minor in range(GLIBC_MINOR, 16, -1)]
-    return [*tags, f"manylinux2014_{machine}"]
+    # linux_<machine>: LOCAL_BUILDS' wheels (PyPI accepts no such wheel; hashes pin the rest)
+    return [*tags, f"manylinux2014_{machine}", f"linux_{machine}"]
 
 
 def pip_target_flags(arch: str) -> list[str]:
@@ -155,6 +168,71 @@ def our_wheels(context: Path, role: str) -> list[str]:
     return lines
 
 
+def glibc_needed(wheel: Path) -> int:
+    """The newest glibc 2.N symbol version any shared library in the wheel refers to (0: none).
+
+    A wheel built on a newer distribution (Ubuntu 24.04: 2.39) links e.g. __isoc23_strtol@2.38
+    and would not load on bookworm's 2.36; the version names are plain strings in .dynstr."""
+    newest = 0
+    with zipfile.ZipFile(wheel) as archive:
+        for name in archive.namelist():
+            if ".so" in name.rsplit("/", 1)[-1]:
+                for minor in re.findall(rb"GLIBC_2\.(\d+)", archive.read(name)):
+                    newest = max(newest, int(minor))
+    return newest
+
+
+def local_builds(lines: list[str], context: Path, arch: str) -> tuple[list[str], list[str]]:
+    """(requirements, modules): LOCAL_BUILDS' requirements pinned to the context's wheels."""
+    out, modules = [], []
+    for line in lines:
+        name = _name(line)
+        if name not in LOCAL_BUILDS:
+            out.append(line)
+            continue
+        match = re.match(r"[^=<>!~; ]+==([^ ;]+)", line)
+        if match is None:
+            raise SystemExit(f"install.py: {name} is not pinned (==) in {line!r}")
+        version = match.group(1)
+        dist = name.replace("-", "_")
+        found = sorted(
+            w
+            for w in (context / "wheels").glob(f"{dist}-{version}-*.whl")
+            if w.name.removesuffix(".whl").endswith(f"_{MACHINES[arch]}")
+        )
+        if len(found) != 1:
+            raise SystemExit(
+                f"install.py: {name}=={version} has no {arch} wheel on PyPI: want one in "
+                f"{context}/wheels, got {[w.name for w in found]} (images/build.sh builds it "
+                f"with tools/build_gguf_wheel.py --arch {MACHINES[arch]})"
+            )
+        newest = glibc_needed(found[0])
+        if newest > GLIBC_MINOR:
+            raise SystemExit(
+                f"install.py: {found[0].name} needs glibc 2.{newest}, the image has 2.{GLIBC_MINOR}"
+                " (Debian bookworm): build it on bookworm or with its cross toolchain"
+            )
+        digest = hashlib.sha256(found[0].read_bytes()).hexdigest()
+        out.append(f"{name}=={version} --hash=sha256:{digest}")
+        modules.append(LOCAL_BUILDS[name])
+    return out, modules
+
+
+def dedupe_libraries(lib: Path) -> None:
+    """Same-content copies of one shared library (libX.so[.N[.M]]) -> links to the longest name."""
+    groups: dict[str, list[Path]] = {}
+    for path in lib.iterdir():
+        if path.is_file() and not path.is_symlink() and ".so" in path.name:
+            groups.setdefault(path.name.split(".so")[0], []).append(path)
+    for paths in groups.values():
+        keep = max(paths, key=lambda p: len(p.name))
+        data = keep.read_bytes()
+        for path in paths:
+            if path != keep and path.read_bytes() == data:
+                path.unlink()
+                path.symlink_to(keep.name)
+
+
 def strip(site: Path) -> None:
     for path in list(site.rglob("*")):
         if path.is_dir() and path.name in STRIP_DIRS and path.exists():
@@ -162,6 +240,13 @@ def strip(site: Path) -> None:
     for rel in STRIP_PATHS:
         if (site / rel).is_dir():
             shutil.rmtree(site / rel)
+    for top, prefixes in STRAY_TOP.items():
+        stray = site / top
+        if stray.is_dir() and all(p.name.startswith(prefixes) for p in stray.iterdir()):
+            shutil.rmtree(stray)
+    for rel in DEDUPE_DIRS:
+        if (site / rel).is_dir():
+            dedupe_libraries(site / rel)
     for pattern in STRIP_GLOBS:
         for path in site.rglob(pattern) if "/" not in pattern else site.glob(pattern):
             if path.is_file() or path.is_symlink():
@@ -215,9 +300,9 @@ def write_entry_points(site: Path, prefix: Path, in_image: Path, role: str) -> l
     return names
 
 
-def check_tree(site: Path, role: str) -> None:
+def check_tree(site: Path, role: str, also: list[str]) -> None:
     present = {p.name for p in site.iterdir()}
-    missing = [m for m in [*MUST[role], *OURS[role]] if m not in present]
+    missing = [m for m in [*MUST[role], *OURS[role], *also] if m not in present]
     if missing:
         raise SystemExit(f"install.py: the {role} image lacks {missing}")
     extra = [m for m in MUST_NOT[role] if m in present]
@@ -250,9 +335,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     exported = (args.context / f"{args.role}-requirements.txt").read_text()
-    lines = target_requirements(exported, args.arch, args.override) + our_wheels(
-        args.context, args.role
+    lines, built = local_builds(
+        target_requirements(exported, args.arch, args.override), args.context, args.arch
     )
+    lines += our_wheels(args.context, args.role)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
     links = ["--find-links", str(args.context / "wheels")]
     with tempfile.TemporaryDirectory() as tmp:
@@ -271,11 +357,12 @@ def main(argv: list[str] | None = None) -> int:
         cmd = [*pip, "install", "--no-compile", "--root-user-action=ignore", "--target", str(site)]
         subprocess.run([*cmd, *pip_target_flags(args.arch), *links, "-r", str(req)], check=True)
     strip(site)
-    check_tree(site, args.role)
+    check_tree(site, args.role, built)
     write_venv(prefix, in_image, args.python, args.system_site_packages)
     scripts = write_entry_points(site, prefix, in_image, args.role)
     if args.check == "auto" and native(args.arch, args.python, prefix, in_image):
-        subprocess.run([str(prefix / "bin" / "python3"), "-c", IMPORTS[args.role]], check=True)
+        imports = ", ".join([IMPORTS[args.role], *built])
+        subprocess.run([str(prefix / "bin" / "python3"), "-c", imports], check=True)
     print(f"install.py: {args.role}/{args.arch} -> {prefix} ({du(prefix) / 1e6:.0f} MB; {scripts})")
     return 0
 

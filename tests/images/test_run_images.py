@@ -24,6 +24,7 @@ from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2_grpc as pb_grpc
 from onnx import TensorProto, helper, save_model
 
 from tests.genaimodels import build_genai_model, reference
+from tests.ggufmodels import build_gguf_model, reference_text
 
 from .conftest import (
     BUILDAH,
@@ -48,8 +49,11 @@ ARCHES = ["amd64", "arm64"]
 ROLES = ["agent", "operator"]
 # Sizes as buildah reports them (uncompressed); the agent was 450 MB (amd64) before issue 13,
 # under 200 MB for tensor models, then took onnxruntime-genai (35 MB), the onnxruntime C-API
-# library it loads (35 MB) and tokenizers (12 MB) for the generative workload (issue 17).
+# library it loads (35 MB) and tokenizers (12 MB) for the generative workload (issue 17), and
+# llama.cpp for GGUF models (+8 MB: llama_cpp's libraries linked, not copied, by install.py).
 MAX_MB = {"agent": 280, "operator": 220}
+GGUF_PROMPT = "the agent"
+GGUF_TOKENS = 8
 X = [[1.0, 2.0, 3.0, 4.0]]
 EXPECTED = [[3.0, 5.0, 7.0, 9.0]]  # y = 2x + 1
 # qemu-user 7.2 shows an arm64 process the host's x86 /proc/cpuinfo; onnxruntime's cpuinfo
@@ -234,6 +238,68 @@ def test_arm64_agent_answers_an_inference_under_qemu(agent_arm64: Path, tmp_path
     FIGURES["arm64 agent under qemu: start to answered (s)"] = figures["answered"]
 
 
+def gguf_reference(path: Path) -> str:
+    """llama-cpp-python's own greedy completion on the host (`make gguf` installs it)."""
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError as err:
+        missing(f"llama-cpp-python is not installed on the host (make gguf): {err}")
+    text, _, completion_tokens = reference_text(path, GGUF_PROMPT, GGUF_TOKENS)
+    assert completion_tokens == GGUF_TOKENS and text
+    return text
+
+
+def complete(http: int) -> dict[str, Any]:
+    answer = httpx.post(
+        f"http://127.0.0.1:{http}/v1/completions",
+        json={"model": "tiny", "prompt": GGUF_PROMPT, "max_tokens": GGUF_TOKENS, "temperature": 0},
+        timeout=120,
+    )
+    assert answer.status_code == 200, answer.text
+    body: dict[str, Any] = answer.json()
+    return body
+
+
+def test_arm64_agent_generates_from_a_gguf_under_qemu(agent_arm64: Path, tmp_path: Path) -> None:
+    """llama.cpp in the arm64 image (cross-built for armv8.2-a+dotprod+fp16, which qemu's `max`
+    CPU has): the agent serves a tiny GGUF and its OpenAI completion is llama.cpp's own greedy
+    text as computed on the host (x86-64 build). In the agent's process (`isolation=thread`):
+    qemu-user without binfmt_misc cannot start the default generation worker, a child process
+    that execs the image's aarch64 python (the amd64 test under podman runs that default)."""
+    (agent_arm64 / "models").mkdir(exist_ok=True)
+    model = build_gguf_model(agent_arm64 / "models" / "tiny.gguf", seed=7)
+    model.chmod(0o644)
+    expected = gguf_reference(model)
+    port, http = free_port(), free_port()
+    log = tmp_path / "agent-gguf.log"
+    cmd = [*qemu(agent_arm64, "/opt/hatswarm/bin/hatswarm-agent"), "--host", "127.0.0.1",
+           "--port", str(port), "--metrics-port", "0", "--http-port", str(http),
+           "--state-dir", "/var/lib/hatswarm", "--model", "tiny=/models/tiny.gguf",
+           "--option", "isolation=thread"]  # fmt: skip
+    start = time.monotonic()
+    with log.open("w") as sink:
+        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT,
+                                env=image_env(image("agent", "arm64")))  # fmt: skip
+        try:
+            try:
+                ready = wait_ready(port, "tiny", within=300, proc=proc)
+            except AssertionError as err:
+                raise AssertionError(f"{err}\n{log.read_text()}") from None
+            body = complete(http)
+            answered = time.monotonic() - start
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    assert body["choices"][0]["text"] == expected, log.read_text()[-2000:]
+    assert body["usage"]["completion_tokens"] == GGUF_TOKENS
+    FIGURES["arm64 agent under qemu, GGUF: start to model ready (s)"] = round(ready, 1)
+    FIGURES["arm64 agent under qemu, GGUF: start to completion (s)"] = round(answered, 1)
+
+
 def test_hailo_variant_app_layer_under_qemu(
     agent_arm64: Path, context: Path, tmp_path: Path
 ) -> None:
@@ -350,6 +416,41 @@ def test_amd64_agent_generates_under_podman(tmp_path: Path) -> None:
     body = answer.json()
     assert body["choices"][0]["text"] == expected
     assert body["usage"]["completion_tokens"] == 8
+
+
+def test_amd64_agent_generates_from_a_gguf_under_podman(tmp_path: Path) -> None:
+    """llama.cpp in the amd64 image (the portable x86-64 build): a tiny GGUF answers an OpenAI
+    completion with llama-cpp-python's own greedy text as computed on the host."""
+    need("podman", "runc")
+    ref = image("agent", "amd64")
+    inspect(ref)
+    models = tmp_path / "models"
+    models.mkdir()
+    models.chmod(0o755)
+    model = build_gguf_model(models / "tiny.gguf", seed=7)
+    model.chmod(0o644)
+    expected = gguf_reference(model)
+    port, http = free_port(), free_port()
+    name = f"hatswarm-images-gguf-{port}"
+    start = time.monotonic()
+    try:
+        run(*PODMAN, "run", "-d", "--name", name, "--network", "host", *ULIMITS,
+            "-v", f"{models}:/models:ro", ref,
+            "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0",
+            "--http-port", str(http), "--state-dir", "/var/lib/hatswarm",
+            "--model", "tiny=/models/tiny.gguf")  # fmt: skip
+        try:
+            wait_ready(port, "tiny", within=120)
+        except AssertionError as err:
+            logs = run(*PODMAN, "logs", name, check=False)
+            raise AssertionError(f"{err}\n{logs}") from None
+        body = complete(http)
+        answered = time.monotonic() - start
+    finally:
+        run(*PODMAN, "rm", "-f", name, check=False)
+    assert body["choices"][0]["text"] == expected
+    assert body["usage"]["completion_tokens"] == GGUF_TOKENS
+    FIGURES["amd64 agent under podman, GGUF: run to completion (s)"] = round(answered, 1)
 
 
 def test_amd64_operator_starts_under_podman() -> None:

@@ -6,8 +6,10 @@ reads files only and runs in a second.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
+import os
 import re
 import shlex
 import shutil
@@ -24,6 +26,7 @@ from tests.externaltools import missing
 from .conftest import ROOT, tool
 
 IMAGES = ROOT / "images"
+TOOLS = ROOT / "tools"
 DOCKERFILES = sorted(IMAGES.glob("*Dockerfile"))
 BUILD = IMAGES / "build.sh"
 # Build arguments without a default, on purpose (the build fails without them).
@@ -319,3 +322,121 @@ def test_the_operator_image_carries_no_onnxruntime(install: ModuleType) -> None:
     assert install.OURS["operator"] == ["hatswarm_agent", "hatswarm_operator"]
     assert "onnxruntime" in install.MUST_NOT["operator"]
     assert {"kopf", "kubernetes"} <= set(install.MUST_NOT["agent"])
+
+
+# --- llama-cpp-python: PyPI has only an sdist, the images take a wheel built beforehand --------
+
+
+def _fake_wheel(path: Path, libs: dict[str, bytes]) -> Path:
+    """A wheel-shaped zip holding `libs` (name -> bytes) under llama_cpp/lib/."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("llama_cpp/__init__.py", "")
+        for name, data in libs.items():
+            archive.writestr(f"llama_cpp/lib/{name}", data)
+        archive.writestr(
+            "llama_cpp_python-0.3.36.dist-info/WHEEL",
+            "Wheel-Version: 1.0\nRoot-Is-Purelib: false\nTag: py3-none-linux_x86_64\n",
+        )
+        archive.writestr("llama_cpp_python-0.3.36.dist-info/RECORD", "")
+    return path
+
+
+def _elf(machine: int, glibc: int = 34) -> bytes:
+    header = b"\x7fELF\x02\x01\x01" + bytes(11) + machine.to_bytes(2, "little")
+    return header + bytes(64) + f"GLIBC_2.17\0GLIBC_2.{glibc}\0".encode()
+
+
+def test_local_builds_pin_the_context_wheel_per_arch(install: ModuleType, tmp_path: Path) -> None:
+    """The sdist's hash from uv.lock is replaced by the hash of the target arch's own wheel; the
+    other arch's wheel and other requirements are left alone; llama_cpp must then be there."""
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    arm = _fake_wheel(wheels / "llama_cpp_python-0.3.36-1-py3-none-linux_aarch64.whl",
+                      {"libllama.so": _elf(183)})  # fmt: skip
+    _fake_wheel(wheels / "llama_cpp_python-0.3.36-1-py3-none-linux_x86_64.whl",
+                {"libllama.so": _elf(62)})  # fmt: skip
+    lines = ["llama-cpp-python==0.3.36 --hash=sha256:5d0e", "jinja2==3.1.6 --hash=sha256:abcd"]
+    pinned, modules = install.local_builds(lines, tmp_path, "arm64")
+    digest = hashlib.sha256(arm.read_bytes()).hexdigest()
+    assert pinned == [f"llama-cpp-python==0.3.36 --hash=sha256:{digest}", lines[1]]
+    assert modules == ["llama_cpp"]
+    assert install.local_builds(lines[1:], tmp_path, "arm64") == (lines[1:], [])
+    assert "linux_aarch64" in install.platforms("arm64")  # pip may then pick the local wheel
+
+
+def test_local_builds_refuse_a_missing_or_too_new_wheel(
+    install: ModuleType, tmp_path: Path
+) -> None:
+    (tmp_path / "wheels").mkdir()
+    lines = ["llama-cpp-python==0.3.36 --hash=sha256:5d0e"]
+    with pytest.raises(SystemExit, match=re.escape("build_gguf_wheel.py --arch aarch64")):
+        install.local_builds(lines, tmp_path, "arm64")
+    _fake_wheel(tmp_path / "wheels" / "llama_cpp_python-0.3.36-1-py3-none-linux_aarch64.whl",
+                {"libggml-base.so": _elf(183, glibc=38)})  # fmt: skip
+    with pytest.raises(SystemExit, match=re.escape("needs glibc 2.38, the image has 2.36")):
+        install.local_builds(lines, tmp_path, "arm64")
+
+
+def test_llama_cpps_cmake_tree_is_stripped_but_not_other_lib_dirs(
+    install: ModuleType, tmp_path: Path
+) -> None:
+    site = tmp_path / "site"
+    for rel in ("lib/libllama.so.0", "lib/libggml-cpu.so", "lib/cmake/llama/x.cmake",
+                "include/llama.h", "llama_cpp/lib/libllama.so"):  # fmt: skip
+        (site / rel).parent.mkdir(parents=True, exist_ok=True)
+        (site / rel).write_text("x")
+    for name in ("libggml.so", "libggml.so.0", "libggml.so.0.25.3"):  # copies: links to one
+        (site / "llama_cpp/lib" / name).write_text("ggml")
+    (site / "llama_cpp/lib/libggml-cpu.so.0").write_text("another library")
+    install.strip(site)
+    assert sorted(p.name for p in site.iterdir()) == ["llama_cpp"]
+    lib = site / "llama_cpp/lib"
+    assert (lib / "libllama.so").read_text() == "x" and not (lib / "libllama.so").is_symlink()
+    assert (
+        os.readlink(lib / "libggml.so") == os.readlink(lib / "libggml.so.0") == "libggml.so.0.25.3"
+    )
+    assert (lib / "libggml.so").read_text() == "ggml"
+    assert not (lib / "libggml-cpu.so.0").is_symlink()
+    (site / "lib").mkdir()
+    (site / "lib" / "something_else.py").write_text("x")
+    install.strip(site)
+    assert (site / "lib" / "something_else.py").exists()
+
+
+@pytest.fixture(scope="module")
+def gguf_tool() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("build_gguf_wheel", TOOLS / "build_gguf_wheel.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_gguf_tool_relabels_only_a_wheel_of_the_claimed_machine(
+    gguf_tool: ModuleType, tmp_path: Path
+) -> None:
+    """A cross-built wheel is labelled for the build host; relabelled linux_aarch64 (with the
+    build tag) only when every ELF in it is aarch64, and RECORD still matches every file."""
+    import base64
+    import zipfile
+
+    built = _fake_wheel(tmp_path / "llama_cpp_python-0.3.36-py3-none-linux_x86_64.whl",
+                        {"libllama.so": _elf(183), "libggml.so": _elf(183)})  # fmt: skip
+    wheel = gguf_tool.relabel(built, "aarch64", "linux_aarch64")
+    assert wheel.name == f"llama_cpp_python-0.3.36-{gguf_tool.BUILD}-py3-none-linux_aarch64.whl"
+    with zipfile.ZipFile(wheel) as archive:
+        meta = archive.read("llama_cpp_python-0.3.36.dist-info/WHEEL").decode()
+        assert "Tag: py3-none-linux_aarch64" in meta and f"Build: {gguf_tool.BUILD}" in meta
+        assert "x86_64" not in meta
+        for line in archive.read("llama_cpp_python-0.3.36.dist-info/RECORD").decode().split():
+            name, digest, _ = line.split(",")
+            if digest:
+                data = archive.read(name)
+                expected = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
+                assert digest == "sha256=" + expected.decode(), name
+    mixed = _fake_wheel(tmp_path / "llama_cpp_python-0.3.36-py3-none-linux_x86_64.whl",
+                        {"libllama.so": _elf(183), "libggml-cpu.so": _elf(62)})  # fmt: skip
+    with pytest.raises(SystemExit, match="not all aarch64 ELF files"):
+        gguf_tool.relabel(mixed, "aarch64", "linux_aarch64")
