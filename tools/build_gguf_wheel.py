@@ -19,8 +19,8 @@ runs. Stdlib only; `python3 -m uv` builds (isolated, with the sdist's own build 
 toolchain file; no emulation): the package is ctypes over libllama/libggml, so nothing in it is
 compiled against the build host's Python. The CPU code targets a Raspberry Pi 5's Cortex-A76
 (AARCH64_ARCH: armv8.2-a + dotprod + fp16, which qemu-user's default `max` CPU also has). The
-build labels the wheel for the build host; it is relabelled `manylinux_2_36_aarch64` (Debian
-bookworm's glibc, what the agent image runs) after every shared library was checked to be an
+build labels the wheel for the build host; it is relabelled `linux_aarch64` (linked against Debian
+bookworm's glibc 2.36, what the agent image runs) after every shared library was checked to be an
 aarch64 ELF.
 """
 
