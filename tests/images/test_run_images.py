@@ -8,6 +8,7 @@ the figures it prints.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
 import time
@@ -198,16 +199,16 @@ def test_arm64_python_imports_onnxruntime(agent_arm64: Path) -> None:
     assert "CPUExecutionProvider" in providers, out
 
 
-def serve_under_qemu(root: Path, venv: str, log: Path) -> dict[str, Any]:
-    """Start the agent of the venv at `venv` (a path in the image) under qemu-user, serving the
-    tiny model from the container's rootfs; answer two inferences; stop it. Timings back."""
-    # the model goes into the container's rootfs, as a volume would put it into a pod
-    tiny_model(root / "models" / "tiny.onnx")
+@contextlib.contextmanager
+def agent_under_qemu(
+    root: Path, venv: str, args: list[str], log: Path
+) -> Iterator[tuple[int, float, float]]:
+    """The agent of the venv at `venv` (a path in the image) under qemu-user with `args`, once
+    its model `tiny` is ready: (port, start time, seconds to ready). Stopped on leaving."""
     port = free_port()
     cmd = [QEMU, "-L", str(root), str(root / venv.lstrip("/") / "bin/python3"),
            f"{venv}/bin/hatswarm-agent", "--host", "127.0.0.1", "--port", str(port),
-           "--metrics-port", "0", "--state-dir", "/var/lib/hatswarm",
-           "--model", "tiny=/models/tiny.onnx"]  # fmt: skip
+           "--metrics-port", "0", "--state-dir", "/var/lib/hatswarm", *args]  # fmt: skip
     start = time.monotonic()
     with log.open("w") as sink:
         proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT,
@@ -217,9 +218,7 @@ def serve_under_qemu(root: Path, venv: str, log: Path) -> dict[str, Any]:
                 ready = wait_ready(port, "tiny", within=300, proc=proc)
             except AssertionError as err:
                 raise AssertionError(f"{err}\n{log.read_text()}") from None
-            values, ms = infer(port, "tiny")
-            answered = time.monotonic() - start
-            values2, ms2 = infer(port, "tiny")
+            yield port, start, ready
         finally:
             proc.terminate()
             try:
@@ -227,6 +226,21 @@ def serve_under_qemu(root: Path, venv: str, log: Path) -> dict[str, Any]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def serve_under_qemu(root: Path, venv: str, log: Path) -> dict[str, Any]:
+    """Start the agent of the venv at `venv` (a path in the image) under qemu-user, serving the
+    tiny model from the container's rootfs; answer two inferences; stop it. Timings back."""
+    # the model goes into the container's rootfs, as a volume would put it into a pod
+    tiny_model(root / "models" / "tiny.onnx")
+    with agent_under_qemu(root, venv, ["--model", "tiny=/models/tiny.onnx"], log) as (
+        port,
+        start,
+        ready,
+    ):
+        values, ms = infer(port, "tiny")
+        answered = time.monotonic() - start
+        values2, ms2 = infer(port, "tiny")
     assert values == EXPECTED and values2 == EXPECTED
     return {"ready": round(ready, 1), "answered": round(answered, 1), "ms": [round(ms), round(ms2)]}
 
@@ -270,30 +284,13 @@ def test_arm64_agent_generates_from_a_gguf_under_qemu(agent_arm64: Path, tmp_pat
     model = build_gguf_model(agent_arm64 / "models" / "tiny.gguf", seed=7)
     model.chmod(0o644)
     expected = gguf_reference(model)
-    port, http = free_port(), free_port()
+    http = free_port()
     log = tmp_path / "agent-gguf.log"
-    cmd = [*qemu(agent_arm64, "/opt/hatswarm/bin/hatswarm-agent"), "--host", "127.0.0.1",
-           "--port", str(port), "--metrics-port", "0", "--http-port", str(http),
-           "--state-dir", "/var/lib/hatswarm", "--model", "tiny=/models/tiny.gguf",
-           "--option", "isolation=thread"]  # fmt: skip
-    start = time.monotonic()
-    with log.open("w") as sink:
-        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT,
-                                env=image_env(image("agent", "arm64")))  # fmt: skip
-        try:
-            try:
-                ready = wait_ready(port, "tiny", within=300, proc=proc)
-            except AssertionError as err:
-                raise AssertionError(f"{err}\n{log.read_text()}") from None
-            body = complete(http)
-            answered = time.monotonic() - start
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    args = ["--http-port", str(http), "--model", "tiny=/models/tiny.gguf",
+            "--option", "isolation=thread"]  # fmt: skip
+    with agent_under_qemu(agent_arm64, "/opt/hatswarm", args, log) as (_, start, ready):
+        body = complete(http)
+        answered = time.monotonic() - start
     assert body["choices"][0]["text"] == expected, log.read_text()[-2000:]
     assert body["usage"]["completion_tokens"] == GGUF_TOKENS
     FIGURES["arm64 agent under qemu, GGUF: start to model ready (s)"] = round(ready, 1)
