@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -18,3 +19,13 @@ def poll(pred: Callable[[], T], within: float = 90.0, every: float = 0.2) -> T:
         if value or time.monotonic() >= deadline:
             return value
         time.sleep(every)
+
+
+async def until(pred: Callable[[], object], within: float) -> float:
+    """Seconds until `pred()` holds, on the running event loop; fails after `within`."""
+    started = time.monotonic()
+    while not pred():
+        if time.monotonic() - started > within:
+            raise AssertionError(f"not within {within}s")
+        await asyncio.sleep(0.02)
+    return time.monotonic() - started

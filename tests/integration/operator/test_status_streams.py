@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from hatswarm_operator.core.inventory import NodeState
 
 from tests.agentproc import AgentProcess, start_agents
 from tests.integration.operator.simworld import sim_fleet
+from tests.polling import until
 
 pytestmark = pytest.mark.integration
 
@@ -53,16 +53,6 @@ def agents(tmp_path: Path) -> Iterator[list[AgentProcess]]:
         if p.proc.poll() is None:
             os.kill(p.proc.pid, signal.SIGCONT)
         p.stop()
-
-
-async def until(pred: Callable[[], bool], within: float) -> float:
-    """Seconds until `pred()` holds; fails after `within`."""
-    started = time.monotonic()
-    while not pred():
-        if time.monotonic() - started > within:
-            raise AssertionError(f"not within {within}s")
-        await asyncio.sleep(0.02)
-    return time.monotonic() - started
 
 
 def follow(runtime: PoolRuntime, body: Callable[[], Awaitable[None]]) -> None:

@@ -13,6 +13,7 @@ failure counters, its request duration) plus tokens and time to first token.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -147,6 +148,7 @@ class LocalStream:
         self._started = started
         self._ended = False
         self._tokens_seen = 0  # tokens of this stream counted in entry.generation so far
+        self._closing: asyncio.Future[None] | None = None
         self.node = node
 
     @property
@@ -211,6 +213,15 @@ class LocalStream:
         return pieces
 
     async def aclose(self) -> None:
+        """Stop the generation and count it. Shielded: a front door closes its stream while its
+        own task is being cancelled (aiohttp cancels a handler whose client went away, often
+        just after a write to that client failed), and a second cancellation must not skip the
+        count of the tokens the model made."""
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close())
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
         await self._stream.aclose()
         if not self._ended:  # the caller went away before the end
             self._end(_CancelledError())

@@ -13,10 +13,11 @@ floods the event loop with a thousand coroutines at once nor waits on them one b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
@@ -367,34 +368,55 @@ class PoolRuntime:
         try:
             while True:
                 started = loop.time()
-                if watch:
-                    self._watch_all(threshold, interval, on_change)
-                names = list(self.nodes)
-                if not names:
-                    await asyncio.sleep(0.1)  # no nodes yet: look again soon
+                try:
+                    if not await self._probe_round(threshold, interval, on_change, slices, watch):
+                        continue
+                except Exception:  # a round that fails must not end the following of every node
+                    log.exception("probe round failed; the next starts in one interval")
+                    await asyncio.sleep(max(0.1, interval()))
                     continue
-                groups = max(1, min(slices, len(names)))
-                for i in range(groups):
-                    part = {
-                        n
-                        for n in names[i * len(names) // groups : (i + 1) * len(names) // groups]
-                        if not self._streamed(n)
-                    }
-                    if part and await self.probe(threshold(), part):
-                        on_change()
-                    pause = started + (i + 1) * interval() / groups - loop.time()
-                    await asyncio.sleep(max(0.0, pause))
                 self.probe_rounds.append(loop.time() - started)
         finally:
             await self._stop_watches()
+
+    async def _probe_round(
+        self,
+        threshold: Callable[[], int],
+        interval: Callable[[], float],
+        on_change: Callable[[], None],
+        slices: int,
+        watch: bool,
+    ) -> bool:
+        """One round over every node; False when there were none (no round to count)."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        if watch:
+            self._watch_all(threshold, interval, on_change)
+        names = list(self.nodes)
+        if not names:
+            await asyncio.sleep(0.1)  # no nodes yet: look again soon
+            return False
+        groups = max(1, min(slices, len(names)))
+        for i in range(groups):
+            # The nodes may change while the round sleeps (a relist drops a Pod's node).
+            part = {
+                n
+                for n in names[i * len(names) // groups : (i + 1) * len(names) // groups]
+                if n in self.nodes and not self._streamed(n)
+            }
+            if part and await self.probe(threshold(), part):
+                on_change()
+            pause = started + (i + 1) * interval() / groups - loop.time()
+            await asyncio.sleep(max(0.0, pause))
+        return True
 
     def streamed(self) -> int:
         """Nodes followed over a live status stream now."""
         return sum(1 for n in self.nodes if self._streamed(n))
 
     def _streamed(self, name: str) -> bool:
-        w = self._watches.get(name)
-        return w is not None and w.live and w.address == self.nodes[name].address
+        w, node = self._watches.get(name), self.nodes.get(name)
+        return w is not None and node is not None and w.live and w.address == node.address
 
     def _watch_all(
         self,
@@ -513,6 +535,9 @@ class PoolRuntime:
         started, cpu = time.perf_counter(), time.thread_time()
         self._planned_at = self.clock()
         mine = [m for m in models if m.spec.pool == pool.metadata.name]
+        # The key is of the nodes planned on: a report that lands while this tick awaits its
+        # actions below must make the next tick plan again, not look quiet.
+        planned_on = tuple(self.nodes.values())
         nodes = self.planning_view()
         plan = plan_pool(
             pool,
@@ -533,13 +558,16 @@ class PoolRuntime:
             await self.sink.event(ns, ev)
         self.rollouts.run_gates(mine, plan)
         await self._publish(pool, models, plan)
-        self._quiet = self._quiet_key(pool, models)
+        self._quiet = self._quiet_key(pool, models, planned_on)
         self.plan_seconds.append(time.perf_counter() - started)
         self.plan_cpu_seconds.append(time.thread_time() - cpu)
         return plan
 
     def _quiet_key(
-        self, pool: InferencePool, models: Sequence[EdgeModel]
+        self,
+        pool: InferencePool,
+        models: Sequence[EdgeModel],
+        nodes: tuple[NodeState, ...] | None = None,
     ) -> tuple[Any, ...] | None:
         """What the next plan depends on, when the last plan left nothing in motion (None when
         it did, or a full plan is due): the same key means the same plan.
@@ -569,7 +597,7 @@ class PoolRuntime:
         return (
             pool,
             tuple(models),
-            tuple(self.nodes.values()),
+            tuple(self.nodes.values()) if nodes is None else nodes,
             tuple(sorted(self.replicas.items())),
         )
 
@@ -826,9 +854,21 @@ class PoolRuntime:
         self._slo = dict(plan.slo)  # posted: the next plan judges flips against these
         for name, status in plan.model_status.items():
             if self._changed(f"em/{name}", status, MODEL_METRICS):
-                await self.sink.model_status(ns, name, status)
+                with self._unpublished_on_error(f"em/{name}"):
+                    await self.sink.model_status(ns, name, status)
         if self._changed("pool", plan.pool_status, POOL_METRICS):
-            await self.sink.pool_status(ns, pool.metadata.name, plan.pool_status)
+            with self._unpublished_on_error("pool"):
+                await self.sink.pool_status(ns, pool.metadata.name, plan.pool_status)
+
+    @contextlib.contextmanager
+    def _unpublished_on_error(self, key: str) -> Iterator[None]:
+        """A status write that failed (the API server down a moment) is not published: the
+        next tick writes it again instead of waiting for the next change."""
+        try:
+            yield
+        except BaseException:
+            self._published.pop(key, None)
+            raise
 
     async def close(self) -> None:
         tasks = [*self._inflight.values(), *self.rollouts.tasks()]
