@@ -342,33 +342,44 @@ def test_arm64_operator_starts_under_qemu() -> None:
 # --- amd64 under podman ---------------------------------------------------------------------
 
 
-def test_amd64_agent_answers_an_inference_under_podman(tmp_path: Path) -> None:
-    need("podman", "runc")
+@contextlib.contextmanager
+def agent_under_podman(models: Path, *args: str) -> Iterator[tuple[str, int, int, float, float]]:
+    """The amd64 agent image under podman, `models` at /models, with `args` (and the HTTP doors),
+    once its model `tiny` is ready: (container name, gRPC port, HTTP port, start time, seconds
+    to ready). Removed on leaving."""
     ref = image("agent", "amd64")
     inspect(ref)
-    models = tmp_path / "models"
-    tiny_model(models / "tiny.onnx")
-    models.chmod(0o755)
-    port = free_port()
+    port, http = free_port(), free_port()
     name = f"hatswarm-images-check-{port}"
     start = time.monotonic()
     try:
         run(*PODMAN, "run", "-d", "--name", name, "--network", "host", *ULIMITS,
             "-v", f"{models}:/models:ro", "-e", f"HATSWARM_HEALTH_ADDR=127.0.0.1:{port}", ref,
             "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0",
-            "--state-dir", "/var/lib/hatswarm", "--model", "tiny=/models/tiny.onnx")  # fmt: skip
+            "--http-port", str(http), "--state-dir", "/var/lib/hatswarm", *args)  # fmt: skip
         try:
             ready = wait_ready(port, "tiny", within=120)
         except AssertionError as err:
             logs = run(*PODMAN, "logs", name, check=False)
             raise AssertionError(f"{err}\n{logs}") from None
+        yield name, port, http, start, ready
+    finally:
+        run(*PODMAN, "rm", "-f", name, check=False)
+
+
+def test_amd64_agent_answers_an_inference_under_podman(tmp_path: Path) -> None:
+    need("podman", "runc")
+    models = tmp_path / "models"
+    tiny_model(models / "tiny.onnx")
+    models.chmod(0o755)
+    with agent_under_podman(models, "--model", "tiny=/models/tiny.onnx") as (
+        name, port, _, start, ready,
+    ):  # fmt: skip
         values, ms = infer(port, "tiny")
         answered = time.monotonic() - start
         health = subprocess.run([*PODMAN, "healthcheck", "run", name],
                                 capture_output=True, text=True, timeout=60)  # fmt: skip
         user = run(*PODMAN, "exec", name, "python3", "-c", "import os; print(os.getuid())")
-    finally:
-        run(*PODMAN, "rm", "-f", name, check=False)
     assert values == EXPECTED
     assert user.strip() == "10001"
     assert health.returncode == 0, health.stdout + health.stderr  # the image's HEALTHCHECK
@@ -381,34 +392,18 @@ def test_amd64_agent_generates_under_podman(tmp_path: Path) -> None:
     """The generative workload in the image: onnxruntime-genai (with the C-API library it
     loads) and tokenizers answer an OpenAI completion with the runtime's own greedy text."""
     need("podman", "runc")
-    ref = image("agent", "amd64")
-    inspect(ref)
     models = tmp_path / "models"
     folder = build_genai_model(models / "tiny", seed=7)
     for path in [models, *models.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)
     prompt = "hello world"
     _, _, expected = reference(folder, prompt, 8)
-    port, http = free_port(), free_port()
-    name = f"hatswarm-images-gen-{port}"
-    try:
-        run(*PODMAN, "run", "-d", "--name", name, "--network", "host", *ULIMITS,
-            "-v", f"{models}:/models:ro", ref,
-            "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0",
-            "--http-port", str(http), "--state-dir", "/var/lib/hatswarm",
-            "--model", "tiny@genai=/models/tiny")  # fmt: skip
-        try:
-            wait_ready(port, "tiny", within=120)
-        except AssertionError as err:
-            logs = run(*PODMAN, "logs", name, check=False)
-            raise AssertionError(f"{err}\n{logs}") from None
+    with agent_under_podman(models, "--model", "tiny@genai=/models/tiny") as (_, _, http, _, _):
         answer = httpx.post(
             f"http://127.0.0.1:{http}/v1/completions",
             json={"model": "tiny", "prompt": prompt, "max_tokens": 8, "temperature": 0},
             timeout=60,
         )
-    finally:
-        run(*PODMAN, "rm", "-f", name, check=False)
     assert answer.status_code == 200, answer.text
     body = answer.json()
     assert body["choices"][0]["text"] == expected
@@ -419,32 +414,15 @@ def test_amd64_agent_generates_from_a_gguf_under_podman(tmp_path: Path) -> None:
     """llama.cpp in the amd64 image (the portable x86-64 build): a tiny GGUF answers an OpenAI
     completion with llama-cpp-python's own greedy text as computed on the host."""
     need("podman", "runc")
-    ref = image("agent", "amd64")
-    inspect(ref)
     models = tmp_path / "models"
     models.mkdir()
     models.chmod(0o755)
     model = build_gguf_model(models / "tiny.gguf", seed=7)
     model.chmod(0o644)
     expected = gguf_reference(model)
-    port, http = free_port(), free_port()
-    name = f"hatswarm-images-gguf-{port}"
-    start = time.monotonic()
-    try:
-        run(*PODMAN, "run", "-d", "--name", name, "--network", "host", *ULIMITS,
-            "-v", f"{models}:/models:ro", ref,
-            "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0",
-            "--http-port", str(http), "--state-dir", "/var/lib/hatswarm",
-            "--model", "tiny=/models/tiny.gguf")  # fmt: skip
-        try:
-            wait_ready(port, "tiny", within=120)
-        except AssertionError as err:
-            logs = run(*PODMAN, "logs", name, check=False)
-            raise AssertionError(f"{err}\n{logs}") from None
+    with agent_under_podman(models, "--model", "tiny=/models/tiny.gguf") as (_, _, http, start, _):
         body = complete(http)
         answered = time.monotonic() - start
-    finally:
-        run(*PODMAN, "rm", "-f", name, check=False)
     assert body["choices"][0]["text"] == expected
     assert body["usage"]["completion_tokens"] == GGUF_TOKENS
     FIGURES["amd64 agent under podman, GGUF: run to completion (s)"] = round(answered, 1)

@@ -7,7 +7,6 @@ No timing assertions: tiny iteration counts so it runs in seconds.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -24,6 +23,7 @@ import pytest
 
 from tests import benchjobs, tritonjobs
 from tests.polling import poll
+from tests.scripts import load_script
 
 pytestmark = pytest.mark.integration
 
@@ -31,13 +31,7 @@ BENCH_DIR = Path(__file__).resolve().parents[3] / "bench"
 
 
 def _load(name: str, filename: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, BENCH_DIR / filename)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(BENCH_DIR / filename, name)
 
 
 @pytest.fixture(scope="module")

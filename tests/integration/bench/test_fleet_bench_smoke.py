@@ -4,12 +4,13 @@ targets: those live in the benchmark's own results)."""
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from tests.scripts import load_script
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -18,14 +19,7 @@ BENCH_DIR = Path(__file__).resolve().parents[3] / "bench"
 
 def _load() -> ModuleType:
     sys.path.insert(0, str(BENCH_DIR))
-    spec = importlib.util.spec_from_file_location(
-        "fleet_bench_under_test", BENCH_DIR / "fleet_bench.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(BENCH_DIR / "fleet_bench.py", "fleet_bench_under_test")
 
 
 def test_fleet_bench_runs_both_designs(tmp_path: Path) -> None:

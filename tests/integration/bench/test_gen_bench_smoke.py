@@ -10,11 +10,12 @@ from __future__ import annotations
 import importlib.util
 import math
 import statistics
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from tests.scripts import load_script
 
 pytestmark = pytest.mark.integration
 
@@ -23,14 +24,7 @@ BENCH_DIR = Path(__file__).resolve().parents[3] / "bench"
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "hatswarm_gen_bench_under_test", BENCH_DIR / "gen_bench.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(BENCH_DIR / "gen_bench.py", "hatswarm_gen_bench_under_test")
 
 
 def test_tiny_round_measures_runtime_and_agent_paired(

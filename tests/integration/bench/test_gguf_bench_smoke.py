@@ -4,12 +4,12 @@ on the tiny GGUF and they generate the same number of tokens. No timing assertio
 from __future__ import annotations
 
 import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.externaltools import missing
+from tests.scripts import load_script
 
 pytestmark = pytest.mark.integration
 
@@ -19,13 +19,7 @@ BENCH_DIR = Path(__file__).resolve().parents[3] / "bench"
 def test_quick_round_measures_both_sides() -> None:
     if importlib.util.find_spec("llama_cpp") is None:
         missing("llama-cpp-python", "run `make gguf`")
-    spec = importlib.util.spec_from_file_location(
-        "hatswarm_gguf_bench", BENCH_DIR / "gguf_bench.py"
-    )
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench
-    spec.loader.exec_module(bench)
+    bench = load_script(BENCH_DIR / "gguf_bench.py", "hatswarm_gguf_bench")
     out = bench.run(quick=True)
     tiny = out["tiny"]
     assert tiny["direct"]["tokens"] == tiny["agent"]["tokens"] == out["tokens"]

@@ -7,7 +7,6 @@ reads files only and runs in a second.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -22,6 +21,7 @@ from typing import Any
 import pytest
 
 from tests.externaltools import missing
+from tests.scripts import load_script
 
 from .conftest import ROOT, tool
 
@@ -223,11 +223,7 @@ def test_the_hailo_variant() -> None:
 
 @pytest.fixture(scope="module")
 def install() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("images_install", IMAGES / "install.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(IMAGES / "install.py", "images_install")
 
 
 EXPORT = """\
@@ -407,11 +403,7 @@ def test_llama_cpps_cmake_tree_is_stripped_but_not_other_lib_dirs(
 
 @pytest.fixture(scope="module")
 def gguf_tool() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("build_gguf_wheel", TOOLS / "build_gguf_wheel.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(TOOLS / "build_gguf_wheel.py", "build_gguf_wheel")
 
 
 def test_the_gguf_tool_relabels_only_a_wheel_of_the_claimed_machine(

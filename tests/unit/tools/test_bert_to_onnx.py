@@ -7,7 +7,6 @@ transcription of BertModel's forward pass gives, padding included.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import struct
@@ -18,6 +17,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from tests.scripts import load_script
+
 TOOL = Path(__file__).resolve().parents[3] / "tools" / "bert_to_onnx.py"
 CONFIG = {
     "model_type": "bert", "hidden_act": "gelu", "hidden_size": 16, "num_attention_heads": 4,
@@ -27,11 +28,7 @@ CONFIG = {
 
 
 def tool() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bert_to_onnx", TOOL)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(TOOL, "bert_to_onnx")
 
 
 def random_bert(rng: np.random.Generator) -> dict[str, np.ndarray]:
