@@ -96,32 +96,41 @@ async def run_up(args: argparse.Namespace) -> int:
             flush=True,
         )
         prom = None
-        if args.prometheus:
-            loop_port = free_port()
-            operator_metrics.serve(loop_port, host="127.0.0.1")
-            prom = start_prometheus(
-                list(local.agents.values()), loop_port, pool.metadata.name, state_dir
-            )
-            print(
-                f"hatswarm up: Prometheus on {prom.url} (agents and the control loop)", flush=True
-            )
-        last = ""
-        elapsed = 0.0
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=args.refresh)
-            elapsed += args.refresh
-            if not args.quiet:
-                text = render(local.sink.snapshot())
-                if text != last:
-                    print(("\033[2J\033[H" if sys.stdout.isatty() else "\n") + text, flush=True)
-                    last = text
-            if args.duration and elapsed >= args.duration:
-                break
-        if prom is not None:
-            prom.stop()
+        try:
+            if args.prometheus:
+                loop_port = free_port()
+                operator_metrics.serve(loop_port, host="127.0.0.1")
+                prom = start_prometheus(
+                    list(local.agents.values()), loop_port, pool.metadata.name, state_dir
+                )
+                await prom.ready()
+                print(
+                    f"hatswarm up: Prometheus on {prom.url} (agents and the control loop)",
+                    flush=True,
+                )
+            await _show_status(local, stop, args)
+        finally:
+            if prom is not None:
+                prom.stop()
     print("hatswarm up: stopped every agent", flush=True)
     return 0
+
+
+async def _show_status(local: LocalPool, stop: asyncio.Event, args: argparse.Namespace) -> None:
+    """Redraw the status table when it changes, until Ctrl-C or --duration."""
+    last = ""
+    elapsed = 0.0
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=args.refresh)
+        elapsed += args.refresh
+        if not args.quiet:
+            text = render(local.sink.snapshot())
+            if text != last:
+                print(("\033[2J\033[H" if sys.stdout.isatty() else "\n") + text, flush=True)
+                last = text
+        if args.duration and elapsed >= args.duration:
+            break
 
 
 def up_parser() -> argparse.ArgumentParser:

@@ -8,6 +8,8 @@ order) and dies with its parent on Linux (PR_SET_PDEATHSIG), so nothing is left 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import httpx
 import yaml
 from hatswarm_agent.protocol.defaults import ROUTE_RETRIES, ROUTE_TIMEOUT_MS
 
@@ -264,6 +267,27 @@ class LocalPrometheus:
 
     proc: subprocess.Popen[bytes]
     url: str
+    log: Path
+
+    async def ready(self, within: float = 60.0) -> None:
+        """Wait for `/-/ready`: until then Prometheus answers its API with a plain-text 503.
+
+        The URL is announced only after this, so a user (or a test) that queries it at once gets
+        JSON, not "Service Unavailable" while the TSDB is still opening."""
+        deadline = time.monotonic() + within
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            while True:
+                if self.proc.poll() is not None:
+                    tail = self.log.read_text(errors="replace")[-2000:]
+                    raise RuntimeError(
+                        f"prometheus exited with code {self.proc.returncode}:\n{tail}"
+                    )
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get(f"{self.url}/-/ready")).status_code == 200:
+                        return
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"prometheus at {self.url} not ready after {within:.0f} s")
+                await asyncio.sleep(0.1)
 
     def stop(self) -> None:
         stop_process(self.proc)
@@ -305,6 +329,7 @@ def start_prometheus(
     config = folder / "prometheus.yml"
     config.write_text(yaml.safe_dump(prometheus_config(agents, loop_port, pool)))
     port = free_port()
+    log = folder / "prometheus.log"
     proc = subprocess.Popen(
         [
             exe,
@@ -313,11 +338,11 @@ def start_prometheus(
             f"--web.listen-address=127.0.0.1:{port}",
         ],
         stdout=subprocess.DEVNULL,
-        stderr=(folder / "prometheus.log").open("wb"),
+        stderr=log.open("wb"),
         start_new_session=True,
         preexec_fn=_die_with_parent if sys.platform == "linux" else None,
     )
-    return LocalPrometheus(proc, f"http://127.0.0.1:{port}")
+    return LocalPrometheus(proc, f"http://127.0.0.1:{port}", log)
 
 
 def bundled_model(state_dir: Path) -> tuple[Path, str]:
