@@ -690,14 +690,19 @@ def agent_spec(paths: dict[str, Path], extra_args: Sequence[str] = ()) -> Server
     )
 
 
-def floor_spec(work: dict[str, Workload]) -> ServerSpec:
+def floor_spec(work: dict[str, Workload], holds: dict[str, float] | None = None) -> ServerSpec:
+    """The do-nothing server; with `holds` (seconds per model) each reply waits that long."""
     port = free_port()
     argv = [sys.executable, str(PEERS_DIR / "floor_server.py"), "--port", str(port)]
     for name, w in work.items():
         shape = "x".join(str(d) for d in w.output_shape)
         argv += ["--output", f"{name}={w.output}:{w.output_datatype}:{shape}"]
+        if holds and name in holds:
+            argv += ["--hold", f"{name}={holds[name]:.6f}"]
+    key = "floor_held" if holds else "floor"
+    extra = {f"hold_ms.{m}": f"{1000 * s:.4f}" for m, s in (holds or {}).items()}
     return ServerSpec(
-        "floor", "do-nothing OIP server", argv, port, ready_timeout_s=60, models=tuple(work)
+        key, SERVER_LABELS[key], argv, port, ready_timeout_s=60, models=tuple(work), extra=extra
     )
 
 
@@ -857,6 +862,16 @@ def raw_side(
             out["throughput_rps"] = max(concurrent, sequential)
     out["contention"] = block.result
     return out
+
+
+def raw_holds(
+    raw: RawTarget, work: dict[str, Workload], plan: Plan, meter: Any
+) -> dict[str, float]:
+    """Each model's raw lone run time (seconds, the faster thread count's p50), measured just
+    before the held floor starts for a round: how long it waits before answering."""
+    holds = {m: raw_side(raw, w, plan, False, meter)["p50_ms"] / 1000 for m, w in work.items()}
+    log("held floor waits " + ", ".join(f"{m} {s * 1000:.2f} ms" for m, s in holds.items()))
+    return holds
 
 
 def raw_pair(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
@@ -1032,6 +1047,8 @@ def bench_round(
                     measured.setdefault(view.row, {})[m] = measure_view(
                         target, view, work[m], plan, meter, spec.extra.get("metrics")
                     )
+                    if f"hold_ms.{m}" in spec.extra:  # the held floor: what it waited
+                        measured[view.row][m]["hold_ms"] = float(spec.extra[f"hold_ms.{m}"])
                 pair = raw_pair(
                     before, raw_side(raw, work[m], plan, contender.raw_throughput, meter)
                 )
@@ -1107,6 +1124,11 @@ def summarise_row(rounds: list[dict[str, Any]]) -> dict[str, Any]:
             "compute": _median([r["server_compute_mean_ms"] for r in rounds]),
             "raw": _median([r["raw"]["mean_ms"] for r in rounds]),
         }
+    if all("hold_ms" in r for r in rounds):
+        # The held floor against the raw time it waited (measured just before it started):
+        # what answering after that long costs any server here, beyond the wait itself.
+        out["p50_over_hold"] = _median([r["p50_ms"] / r["hold_ms"] for r in rounds])
+        out["p50_minus_hold_ms"] = _median([r["p50_ms"] - r["hold_ms"] for r in rounds])
     out["rounds"] = [{k: v for k, v in r.items() if k != "samples"} for r in rounds]
     return out
 
@@ -1168,7 +1190,7 @@ class Target:
     key: str
     description: str
     value: Callable[[dict[str, Any]], float | None]
-    bound: float
+    bound: float | None  # None: reported beside the targets, not one of them
     higher_is_better: bool = False
 
 
@@ -1220,6 +1242,25 @@ def targets(model_names: Sequence[str]) -> list[Target]:
                 1.05,
             )
         )
+        out.append(
+            Target(
+                "mobilenet_p50_floor_held_over_raw",
+                "MobileNet v1 p50: do-nothing server holding raw's time / that time",
+                lambda t: _get(t, "floor_held", "mobilenet", "p50_over_hold"),
+                None,
+            )
+        )
+        out.append(
+            Target(
+                "mobilenet_p50_agent_over_floor_held",
+                "MobileNet v1 p50: agent / do-nothing server holding raw's time",
+                lambda t: _ratio(
+                    _get(t, "agent", "mobilenet", "p50_ms"),
+                    _get(t, "floor_held", "mobilenet", "p50_ms"),
+                ),
+                None,
+            )
+        )
     out.append(
         Target(
             "rss_agent_over_kserve",
@@ -1236,7 +1277,7 @@ def compute_ratios(table: dict[str, Any], model_names: Sequence[str]) -> dict[st
     for t in targets(model_names):
         value = t.value(table)
         entry: dict[str, Any] = {"description": t.description, "value": value}
-        if value is not None:
+        if value is not None and t.bound is not None:
             entry["target"] = f"{'>=' if t.higher_is_better else '<='} {t.bound}"
             entry["met"] = value >= t.bound if t.higher_is_better else value <= t.bound
         ratios[t.key] = entry
@@ -1265,6 +1306,7 @@ AGENT_VIEWS = (
 SERVER_LABELS = {
     "raw": "raw onnxruntime (in-process)",
     "floor": "do-nothing OIP server",
+    "floor_held": "do-nothing OIP server, holding raw's time",
     "agent": "hatswarm-agent",
     "agent_uds": "hatswarm-agent, unix socket",
     "agent_shm": "hatswarm-agent, shared memory",
@@ -1275,7 +1317,7 @@ SERVER_LABELS = {
     "mlserver_default": "MLServer default",
     "mlserver_tuned": "MLServer tuned",
 }
-TABLE_ROWS = ("raw", "floor", "agent", "agent_uds", "agent_shm", "kserve", "mlserver")
+TABLE_ROWS = ("raw", "floor", "floor_held", "agent", "agent_uds", "agent_shm", "kserve", "mlserver")
 RSS_OF_ROW = {"agent": "agent", "kserve": "kserve", "mlserver": "mlserver", "floor": "floor"}
 
 
@@ -1312,6 +1354,11 @@ def run(
         work = workloads(paths)
         raw = RawTarget(paths)
         skipped: dict[str, str] = {}
+        holds: list[dict[str, float]] = []  # the held floor's waits, one set per round
+
+        def held_floor_spec(p: dict[str, Path]) -> ServerSpec:
+            holds.append(raw_holds(raw, work, plan, meter))
+            return floor_spec({m: w for m, w in work.items() if m in p}, holds[-1])
 
         contenders: list[Contender] = [
             Contender(
@@ -1320,7 +1367,14 @@ def run(
                 lambda p: floor_spec({m: w for m, w in work.items() if m in p}),
                 (View("floor", SERVER_LABELS["floor"], _tcp),),
                 check_outputs=False,
-            )
+            ),
+            Contender(
+                "floor_held",
+                SERVER_LABELS["floor_held"],
+                held_floor_spec,
+                (View("floor_held", SERVER_LABELS["floor_held"], _tcp),),
+                check_outputs=False,
+            ),
         ]
         agent_reason = agent_unavailable()
         if agent_reason:
@@ -1363,14 +1417,17 @@ def run(
                 )
 
         for contender in contenders:
-            memory_without_models(contender)
+            if contender.key != "floor_held":  # the same process as the floor's, at rest
+                memory_without_models(contender)
         rows: dict[str, dict[str, list[dict[str, Any]]]] = {}
         for index in range(plan.rounds):
             shift = index % max(1, len(contenders))
             for contender in contenders[shift:] + contenders[:shift]:
                 if contender.failure is None:
                     bench_round(contender, raw, paths, work, plan, index, rows, meter)
-        return assemble(plan, quick, paths, contenders, rows, skipped, meter, whole_run, started)
+        results = assemble(plan, quick, paths, contenders, rows, skipped, meter, whole_run, started)
+        results["floor_held_waits_ms"] = [{m: 1000 * h for m, h in r.items()} for r in holds]
+        return results
     finally:
         _stop_all()
         if previous_sigterm is not None:
@@ -1527,7 +1584,11 @@ def format_table(results: dict[str, Any]) -> str:
         if entry["value"] is None:
             lines.append(f"{entry['description']:<58} n/a")
             continue
-        verdict = f"target {entry['target']}: {'met' if entry['met'] else 'MISSED'}"
+        verdict = (
+            f"target {entry['target']}: {'met' if entry['met'] else 'MISSED'}"
+            if "target" in entry
+            else "(beside the targets)"
+        )
         lines.append(f"{entry['description']:<58} {entry['value']:6.3f}  {verdict}")
     return "\n".join(lines)
 

@@ -113,7 +113,7 @@ def machine() -> dict[str, Any]:
     }
 
 
-AGENT_ROWS = ("raw", "floor", "agent", "agent_uds", "agent_shm", "kserve", "mlserver")
+AGENT_ROWS = ("raw", "floor", "floor_held", "agent", "agent_uds", "agent_shm", "kserve", "mlserver")
 
 
 def chart(results: dict[str, Any], path: Path) -> None:

@@ -16,12 +16,16 @@ import time
 from pathlib import Path
 from types import ModuleType
 
+import grpc
 import numpy as np
 import onnx
 import psutil
 import pytest
+from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2 as pb
+from hatswarm_agent.protocol.v1 import grpc_predict_v2_pb2_grpc as pb_grpc
 
 from tests import benchjobs, tritonjobs
+from tests.agentproc import free_port
 from tests.polling import poll
 from tests.scripts import load_script
 
@@ -158,6 +162,13 @@ def test_summaries_ratios_and_table_from_figures(bench: ModuleType) -> None:
     assert agent["p50_over_raw"] == pytest.approx(1.11)
     assert agent["throughput_over_raw"] == pytest.approx(0.98)
     assert agent["reproduced"] is True  # 11.0 vs 11.2: within 10%
+    assert "p50_over_hold" not in agent  # only the held floor waited
+    held = bench.summarise_row(
+        [{**_round(12.0, 13.0, 90.0, 9.0), "hold_ms": 10.0},
+         {**_round(13.0, 14.0, 90.0, 9.0), "hold_ms": 10.0}]
+    )  # fmt: skip
+    assert held["p50_over_hold"] == pytest.approx(1.25)
+    assert held["p50_minus_hold_ms"] == pytest.approx(2.5)
     best = bench.best_of(summaries, ["kserve_default", "kserve_tuned"])["cnn"]
     assert (best["p50_from"], best["p99_from"], best["throughput_from"]) == (
         "kserve_default", "kserve_tuned", "kserve_tuned",
@@ -190,8 +201,12 @@ def test_a_short_run_against_the_floor_and_the_agent(tmp_path: Path) -> None:
     assert results["servers"]["floor"]["status"] == "ok", results["servers"]["floor"]
     assert results["servers"]["agent"]["status"] == "ok", results["servers"]["agent"]
     assert results["servers"]["agent"]["outputs_match_raw"]["agent"] == {"mlp": True}
-    for row in ("raw", "floor", "agent"):
+    for row in ("raw", "floor", "floor_held", "agent"):
         assert table[row]["mlp"]["p50_ms"] > 0, row
+    # The held floor answers no sooner than the raw run time it holds each reply for.
+    (waits,) = results["floor_held_waits_ms"]  # one round: one set of waits
+    assert table["floor_held"]["mlp"]["p50_ms"] >= waits["mlp"] > 0
+    assert table["floor_held"]["mlp"]["p50_over_hold"] >= 1
     # The agent's own view of the same lone requests: the model's run inside its handler,
     # the handler inside what the client waited.
     parts = table["agent"]["mlp"]["breakdown_mean_ms"]
@@ -201,3 +216,29 @@ def test_a_short_run_against_the_floor_and_the_agent(tmp_path: Path) -> None:
     assert results["rss_mb"]["after_run"]["agent"] > 0
     assert "machine" in results and "blocks" in results["machine"]
     json.dumps(results)  # what run.py writes
+
+
+def test_the_held_floor_waits_only_for_the_models_it_holds() -> None:
+    floor = _load("hatswarm_floor_server_under_test", "peers/floor_server.py")
+    assert floor.parse_hold("held=0.25") == ("held", 0.25)
+    free = free_port()
+    argv = [sys.executable, str(BENCH_DIR / "peers" / "floor_server.py"), "--port", str(free)]
+    argv += ["--output", "quick=out:FP32:1x4", "--output", "held=out:FP32:1x4"]
+    proc = subprocess.Popen([*argv, "--hold", "held=0.25"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and "floor ready" in proc.stdout.readline()
+        with grpc.insecure_channel(f"127.0.0.1:{free}") as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+
+            def took(model: str) -> float:
+                start = time.perf_counter()
+                reply = stub.ModelInfer(pb.ModelInferRequest(model_name=model))
+                assert list(reply.outputs[0].shape) == [1, 4]
+                return time.perf_counter() - start
+
+            took("quick")
+            assert took("held") >= 0.25
+            assert took("quick") < 0.25
+    finally:
+        proc.terminate()
+        proc.wait(10)
