@@ -363,7 +363,9 @@ async def generative_step(state_dir: Path, chats: int) -> None:
         text, tokens, first_ms, node = await asyncio.to_thread(stream_chat, client, "hello world")
         say(f"  openai client, {gen.entry_url}: {tokens} tokens streamed from {node}, "
             f"first after {first_ms:.1f} ms: {text!r}")  # fmt: skip
-        victim = gen.holders[0]
+        # The node that answered: the chats below share its prompt, so affinity sends them there
+        # too, and killing any other node would show no failover at all.
+        victim = next((h for h in gen.holders if h.spec.name == node), gen.holders[0])
         say(f"  {chats} streamed chats from 4 clients; SIGKILL {victim.spec.name} a quarter in")
 
         def kill_once(i: int) -> None:
