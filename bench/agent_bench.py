@@ -1069,7 +1069,8 @@ def bench_round(
             log(
                 f"round {index + 1}/{plan.rounds} {row} {m}: p50 {result['p50_ms']:.2f} ms "
                 f"(raw {result['raw']['p50_ms']:.2f}), p99 {result['p99_ms']:.2f} ms, "
-                f"{result['throughput_rps']:.0f} req/s, outside load "
+                f"{result['throughput_rps']:.0f} req/s "
+                f"({result['contention']['throughput']['own_cores']:.2f} cores), outside load "
                 f"{result['contention']['latency']['outside_cores']:.2f} cores"
                 + (
                     f"; means: client {result['mean_ms']:.2f}, handler "
@@ -1124,6 +1125,11 @@ def summarise_row(rounds: list[dict[str, Any]]) -> dict[str, Any]:
             "compute": _median([r["server_compute_mean_ms"] for r in rounds]),
             "raw": _median([r["raw"]["mean_ms"] for r in rounds]),
         }
+    busy = [r["contention"]["throughput"].get("own_cores") for r in rounds]
+    if busy and all(b is not None for b in busy):
+        # The cores the server and its 8 clients kept busy (of the machine's): below all of
+        # them, the server left a core idle while work waited (e.g. on its event loop).
+        out["busy_cores_8_clients"] = _median(busy)
     if all("hold_ms" in r for r in rounds):
         # The held floor against the raw time it waited (measured just before it started):
         # what answering after that long costs any server here, beyond the wait itself.

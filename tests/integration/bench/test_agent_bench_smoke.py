@@ -133,7 +133,9 @@ def test_contention_meter_tells_own_work_from_outside_work(contention: ModuleTyp
     assert summary["contended_blocks"] >= 1
 
 
-def _round(p50: float, p99: float, rps: float, raw_p50: float, outside: float = 0.0) -> dict:
+def _round(
+    p50: float, p99: float, rps: float, raw_p50: float, outside: float = 0.0, busy: float = 1.0
+) -> dict:
     block = {
         "wall_s": 1.0, "own_cores": 1.0, "outside_cores": outside, "loadavg_1m": [0.5, 0.5],
         "top_outside": [], "contended": outside > 0.2,
@@ -142,7 +144,7 @@ def _round(p50: float, p99: float, rps: float, raw_p50: float, outside: float = 
     return {
         "p50_ms": p50, "p90_ms": p50, "p99_ms": p99, "calls": 3, "samples": [p50, p50, p99],
         "throughput_rps": rps, "raw": {**bench_pair(side), "before": side, "after": side},
-        "contention": {"latency": block, "throughput": block},
+        "contention": {"latency": block, "throughput": {**block, "own_cores": busy}},
     }  # fmt: skip
 
 
@@ -152,7 +154,13 @@ def bench_pair(side: dict) -> dict:
 
 def test_summaries_ratios_and_table_from_figures(bench: ModuleType) -> None:
     rows = {
-        "agent": {"cnn": [_round(11.0, 13.0, 97.0, 10.0), _round(11.2, 14.0, 99.0, 10.0)]},
+        "agent": {
+            "cnn": [
+                _round(11.0, 13.0, 97.0, 10.0, busy=1.9),
+                _round(11.2, 14.0, 99.0, 10.0, busy=1.98),
+                _round(11.1, 14.0, 98.0, 10.0, busy=1.96),
+            ]
+        },
         "kserve_default": {"cnn": [_round(12.0, 20.0, 80.0, 10.0, outside=0.5)] * 2},
         "kserve_tuned": {"cnn": [_round(16.0, 18.0, 90.0, 10.0)] * 2},
     }
@@ -161,6 +169,7 @@ def test_summaries_ratios_and_table_from_figures(bench: ModuleType) -> None:
     assert agent["p50_ms"] == pytest.approx(11.1)
     assert agent["p50_over_raw"] == pytest.approx(1.11)
     assert agent["throughput_over_raw"] == pytest.approx(0.98)
+    assert agent["busy_cores_8_clients"] == pytest.approx(1.96)  # the 8-client blocks' median
     assert agent["reproduced"] is True  # 11.0 vs 11.2: within 10%
     assert "p50_over_hold" not in agent  # only the held floor waited
     held = bench.summarise_row(

@@ -6,14 +6,19 @@ dynamic batch the micro-batcher may fill. onnxruntime releases the GIL in `run`,
 worker threads run sessions in parallel.
 
 Threads: under load, `workers` runs of `intra_op_threads` (1) each use the cores best (one
-request per core, no thread synchronisation); a request that arrives alone would leave cores
-idle that way. So a model whose batch-1 run takes over WIDE_MIN_S may get a second session
-with `idle_intra_op_threads` (default: every core) that the queue uses when nothing else is
-waiting or running (`run_alone`): measured here, the CNN's batch-1 run is 15 ms on one thread
-and 8.5 ms on two. It holds a second copy of the weights (~17 MB for MobileNet v1 with the shared
-arena), so with `sessions=auto` it goes once timing both while the queue is idle has shown it
-less than WIDE_GAIN faster DROP_AFTER times in a row (`sessions=one` never makes it,
-`sessions=two` always keeps it); `idle_intra_op_threads=0` turns it off too.
+request per core, no thread synchronisation). The default is one worker more than the cores: a
+worker that has finished waits for the event loop to hand it the next request, and with only as
+many workers as cores its core idles meanwhile (measured here at 8 clients: two workers kept
+1.90 of the 2 cores busy, three 1.96). Capacity still counts the cores, not the workers.
+
+A request that arrives alone would leave cores idle that way. So a model whose batch-1 run
+takes over WIDE_MIN_S may get a second session with `idle_intra_op_threads` (default: every
+core) that the queue uses when nothing else is waiting or running (`run_alone`): measured
+here, the CNN's batch-1 run is 15 ms on one thread and 8.5 ms on two. It holds a second copy of
+the weights (~17 MB for MobileNet v1 with the shared arena), so with `sessions=auto` it goes
+once timing both while the queue is idle has shown it less than WIDE_GAIN faster DROP_AFTER
+times in a row (`sessions=one` never makes it, `sessions=two` always keeps it);
+`idle_intra_op_threads=0` turns it off too.
 
 Memory (memory.py): every session allocates from one shared arena (`arena=shared`, the
 default; `session` gives each its own, `off` none), freed heap goes back to the system after
@@ -65,6 +70,9 @@ _OPT_LEVELS: dict[str, Any] = {
 }
 
 DEFAULT_MAX_BATCH_SIZE = 8
+CORES = os.cpu_count() or 1
+# One more than the cores: a run ready for the core a worker leaves while the loop refills it.
+DEFAULT_WORKERS = CORES + 1
 # Models faster than this per run gain nothing from more threads (synchronising them costs more).
 WIDE_MIN_S = 0.001
 # A second (wide) session must make a lone request at least this much faster to be kept.
@@ -148,7 +156,7 @@ class OnnxModel(LoadedModel):
         batchable = has_dynamic_batch(list(session.get_inputs()) + tensor_outputs)
         max_batch = int_option(options, "max_batch_size", DEFAULT_MAX_BATCH_SIZE)
         self.max_batch_size = max_batch if batchable and max_batch > 1 else 0
-        self.concurrency = int_option(options, "workers", os.cpu_count() or 1, minimum=1)
+        self.concurrency = int_option(options, "workers", DEFAULT_WORKERS, minimum=1)
         self._capacity = 0.0
         self.latency_s = 0.0  # measured batch-1 run time at load; 0 when unknown
         # The binding under InferenceSession.run: the wrapper's checks (input names, OrtValue
@@ -325,7 +333,8 @@ class OnnxModel(LoadedModel):
             log.info("warm-up on zeros failed (capacity unknown): %s", exc)
             return
         self.latency_s = elapsed
-        self._capacity = self.concurrency / max(elapsed, 1e-6)
+        # Runs at once beyond the cores share them: they add no capacity.
+        self._capacity = min(self.concurrency, CORES) / max(elapsed, 1e-6)
 
     def capacity_fps(self) -> float:
         return self._capacity
@@ -369,7 +378,7 @@ class OnnxBackend:
         after = memory.rss_bytes()
         model.memory_bytes["narrow"] = max(0, after - before)
         narrow = int_option(options, "intra_op_threads", 1)
-        wide = int_option(options, "idle_intra_op_threads", os.cpu_count() or 1)
+        wide = int_option(options, "idle_intra_op_threads", CORES)
         if sessions != "one" and 1 <= narrow < wide and model.latency_s > WIDE_MIN_S:
             try:
                 model.add_wide_session(

@@ -72,7 +72,7 @@ OPTION_LIMITS: dict[str, Limit] = {
     "intra_op_threads": Limit("int", 0, THREADS),
     "inter_op_threads": Limit("int", 0, THREADS),
     "idle_intra_op_threads": Limit("int", 0, THREADS),
-    "workers": Limit("int", 1, THREADS),
+    "workers": Limit("int", 1, 2 * THREADS),  # runs at once; the default is the cores + 1
     "graph_optimization": Limit("enum", choices=("disable", "basic", "extended", "all")),
     "spinning": _BOOL,
     "sessions": Limit("enum", choices=("auto", "one", "two")),

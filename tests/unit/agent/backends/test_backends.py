@@ -44,6 +44,25 @@ def test_onnx_describes_inputs_outputs_and_dynamic_batch(tmp_path: Path) -> None
     assert fp16.inputs[0].datatype == "FP16"
 
 
+def test_onnx_runs_one_more_worker_than_cores_but_counts_capacity_by_cores(
+    tmp_path: Path,
+) -> None:
+    """A spare worker keeps every core busy while another waits for the event loop to hand it
+    the next request; it shares the cores, so the capacity the router sees does not grow."""
+    import os
+
+    cores = os.cpu_count() or 1
+    path = build_cnn(tmp_path / "cnn.onnx")
+    default = OnnxBackend().load(path, {})
+    assert default.concurrency == cores + 1
+    assert default.capacity_fps() == pytest.approx(cores / default.latency_s)
+    many = OnnxBackend().load(path, {"workers": str(4 * cores)})
+    assert many.concurrency == 4 * cores
+    assert many.capacity_fps() == pytest.approx(cores / many.latency_s)
+    one = OnnxBackend().load(path, {"workers": "1"})
+    assert one.capacity_fps() == pytest.approx(1 / one.latency_s)
+
+
 def test_onnx_bad_file_and_bad_options_are_backend_errors(tmp_path: Path) -> None:
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"not a model")
