@@ -1125,11 +1125,11 @@ def summarise_row(rounds: list[dict[str, Any]]) -> dict[str, Any]:
             "compute": _median([r["server_compute_mean_ms"] for r in rounds]),
             "raw": _median([r["raw"]["mean_ms"] for r in rounds]),
         }
-    busy = [r["contention"]["throughput"].get("own_cores") for r in rounds]
-    if busy and all(b is not None for b in busy):
-        # The cores the server and its 8 clients kept busy (of the machine's): below all of
-        # them, the server left a core idle while work waited (e.g. on its event loop).
-        out["busy_cores_8_clients"] = _median(busy)
+    # The cores the server and its 8 clients kept busy (of the machine's): below all of them,
+    # the server left a core idle while work waited (e.g. on its event loop).
+    out["busy_cores_8_clients"] = _median(
+        [r["contention"]["throughput"]["own_cores"] for r in rounds]
+    )
     if all("hold_ms" in r for r in rounds):
         # The held floor against the raw time it waited (measured just before it started):
         # what answering after that long costs any server here, beyond the wait itself.

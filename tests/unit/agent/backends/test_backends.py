@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -49,8 +50,6 @@ def test_onnx_runs_one_more_worker_than_cores_but_counts_capacity_by_cores(
 ) -> None:
     """A spare worker keeps every core busy while another waits for the event loop to hand it
     the next request; it shares the cores, so the capacity the router sees does not grow."""
-    import os
-
     cores = os.cpu_count() or 1
     path = build_cnn(tmp_path / "cnn.onnx")
     default = OnnxBackend().load(path, {})
