@@ -47,6 +47,12 @@ FAILOVERS = Counter(
     registry=REGISTRY,
 )
 
+PROBER_RESTARTS = Counter(
+    "hatswarm_operator_prober_restarts",
+    "Times a pool's node prober ended and was started again (failures went unseen meanwhile)",
+    registry=REGISTRY,
+)
+
 _node_counts: dict[tuple[str, str], tuple[int, int]] = {}
 
 

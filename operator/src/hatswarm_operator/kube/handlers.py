@@ -55,7 +55,7 @@ from hatswarm_operator.api.manifests import ManifestError, parse_object
 from hatswarm_operator.control import metrics
 from hatswarm_operator.control.agentclient import AgentClient
 from hatswarm_operator.control.credentials import AgentCredentials, generated_secrets, new_token
-from hatswarm_operator.control.driver import SkipTick, drive
+from hatswarm_operator.control.driver import Restarting, SkipTick, drive
 from hatswarm_operator.control.runtime import PoolRuntime
 from hatswarm_operator.core.conditions import rfc3339
 from hatswarm_operator.core.inventory import container_cap
@@ -605,28 +605,34 @@ async def run_pool(
         await _wait(handle, stopped, max(0.0, seconds - elapsed))
         return not stopped
 
+    def prober_ended(error: BaseException | None) -> None:
+        why = f"{type(error).__name__}: {error}" if error is not None else "it returned"
+        logger.error(f"the node prober ended ({why}); started again")
+        metrics.PROBER_RESTARTS.inc()
+        kopf.warn(body, reason="ProberRestarted", message=f"node prober ended: {why}"[:1024])
+
     # The agents are probed apart from the ticks, spread over each interval; a node that
-    # crosses the failure threshold kicks a tick at once.
-    prober = asyncio.create_task(
-        runtime.probe_forever(
+    # crosses the failure threshold kicks a tick at once. Should the prober end, it restarts.
+    prober = Restarting(
+        lambda: runtime.probe_forever(
             lambda: threshold,
             lambda: interval,
             handle.kick.set,
             watch=CONFIG.agent_status == "stream",
-        )
-        if not legacy
-        else asyncio.sleep(0),
+        ),
         name=f"probes of {namespace}/{name}",
+        backoff=lambda: interval,
+        on_restart=prober_ended,
     )
+    if not legacy:
+        prober.start()
     try:
         if not stopped:
             await drive(
                 tick, interval=lambda: interval, pause=pause, logger=logger, on_result=record
             )
     finally:
-        prober.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await prober
+        await prober.stop()
         if memo.pools.get((namespace, name)) is handle:
             del memo.pools[(namespace, name)]
         metrics.forget_pool(namespace, name)
