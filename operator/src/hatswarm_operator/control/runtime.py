@@ -51,6 +51,7 @@ from hatswarm_operator.core.inventory import (
 from hatswarm_operator.core.plan import PoolPlan, ReplicaLoad, ResourceEvent, Route
 from hatswarm_operator.core.reconcile import plan_pool
 from hatswarm_operator.core.rollout import ACTIVE
+from hatswarm_operator.core.slo import SLO_MET
 from hatswarm_operator.core.status import (
     ModelTokens,
     live_model_cost_per1k,
@@ -85,6 +86,21 @@ POOL_METRICS: dict[str, Any] = {
     },
     "capacity": {"inferences_per_second"},
 }
+
+LIVE_CONDITIONS = frozenset({SLO_MET})
+"""Conditions whose message quotes live measurements (the TTFT p99 against its target): a
+new figure alone is a live measurement too; a new status or reason is a change."""
+
+
+def _without_live_messages(status: BaseModel) -> BaseModel:
+    conditions = getattr(status, "conditions", None)
+    if not conditions or not any(c.type in LIVE_CONDITIONS for c in conditions):
+        return status
+    kept = [
+        c.model_copy(update={"message": ""}) if c.type in LIVE_CONDITIONS else c for c in conditions
+    ]
+    return status.model_copy(update={"conditions": kept})
+
 
 PublicKeyResolver = Callable[[str, SecretKeyRef], Awaitable[str]]
 """(namespace, the Secret key holding it) -> an artifact signature's public key."""
@@ -830,7 +846,7 @@ class PoolRuntime:
         thousand-node pool's status is not rewritten each second for that."""
         stamps: dict[str, Any] = {"conditions": {"__all__": {"last_transition_time"}}}
         full = status.model_dump_json(exclude=stamps)
-        steady = status.model_dump_json(exclude={**stamps, **volatile})
+        steady = _without_live_messages(status).model_dump_json(exclude={**stamps, **volatile})
         now = self.clock()
         last = self._published.get(key)
         if last is not None and last[0] == full:

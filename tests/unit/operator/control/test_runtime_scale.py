@@ -77,6 +77,34 @@ def test_live_measurements_alone_rewrite_status_at_most_every_30_s() -> None:
     assert rt._changed("pool", pool(5, ready=False), volatile)
 
 
+def test_an_slo_message_is_a_live_measurement_but_its_verdict_is_a_change() -> None:
+    """SLOMet's message quotes the measured p99, which moves every tick under traffic: alone it
+    rewrites the EdgeModel's status (and status.json in `hatswarm up`) at most every 30 s;
+    a verdict that flips is written at once."""
+    from hatswarm_operator.api.edgemodel import GenerationStatus
+    from hatswarm_operator.control.runtime import MODEL_METRICS
+    from hatswarm_operator.core.slo import slo_condition
+
+    now = [0.0]
+    rt = runtime(now)
+
+    def model(p99: float) -> EdgeModelStatus:
+        measured = GenerationStatus(ttft_p50_ms=90.0, ttft_p99_ms=p99)
+        cond = slo_condition(300, measured, now[0], 1)
+        return EdgeModelStatus(phase="Ready", ready="1/1", conditions=[cond])
+
+    assert rt._changed("em/chat", model(120.4), MODEL_METRICS)
+    for p99 in (131.7, 118.2, 240.9):  # new figures, each tick, all within the target
+        now[0] += 1
+        assert not rt._changed("em/chat", model(p99), MODEL_METRICS)
+    now[0] += 1
+    assert rt._changed("em/chat", model(420.0), MODEL_METRICS)  # above it: at once
+    now[0] += 1
+    assert not rt._changed("em/chat", model(450.0), MODEL_METRICS)
+    now[0] += COST_STATUS_SECONDS
+    assert rt._changed("em/chat", model(460.0), MODEL_METRICS)  # the figure, every 30 s
+
+
 def test_cloud_counters_are_live_measurements_in_pool_status() -> None:
     """Agents' cloud counters climb with every fallback answer: priced into the pool status,
     but alone they rewrite it at most every 30 s, like queue depths."""
