@@ -36,6 +36,7 @@ from hatswarm_operator.local.processes import (
     default_nodes,
     free_port,
     load_nodes_file,
+    prometheus_config,
     start_prometheus,
 )
 from hatswarm_operator.local.secrets import client_token_file
@@ -100,8 +101,10 @@ async def run_up(args: argparse.Namespace) -> int:
             if args.prometheus:
                 loop_port = free_port()
                 operator_metrics.serve(loop_port, host="127.0.0.1")
+                agents = list(local.agents.values())
                 prom = start_prometheus(
-                    list(local.agents.values()), loop_port, pool.metadata.name, state_dir
+                    prometheus_config(agents, loop_port, pool.metadata.name),
+                    state_dir / "prometheus",
                 )
                 await prom.ready()
                 print(

@@ -316,32 +316,33 @@ def prometheus_config(agents: list[LocalAgent], loop_port: int, pool: str) -> di
     }
 
 
-def start_prometheus(
-    agents: list[LocalAgent], loop_port: int, pool: str, state_dir: Path
-) -> LocalPrometheus:
+def start_prometheus(config: dict[str, Any], folder: Path) -> LocalPrometheus:
+    """A Prometheus on a free loopback port with `config` (prometheus.yml), its data and log in
+    `folder`; `ready()` says when to use it. The local pool's (`prometheus_config`) and the
+    tests' (tests/prometheusproc.py) both start this way."""
     exe = shutil.which("prometheus")
     if exe is None:
         raise FileNotFoundError(
             "prometheus is not installed: `apt-get install prometheus` (Debian) or `make tools`"
         )
-    folder = state_dir / "prometheus"
     folder.mkdir(parents=True, exist_ok=True)
-    config = folder / "prometheus.yml"
-    config.write_text(yaml.safe_dump(prometheus_config(agents, loop_port, pool)))
+    path = folder / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config))
     port = free_port()
     log = folder / "prometheus.log"
-    proc = subprocess.Popen(
-        [
-            exe,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={folder / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=log.open("wb"),
-        start_new_session=True,
-        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-    )
+    with log.open("wb") as stderr:  # the child keeps its own descriptor
+        proc = subprocess.Popen(
+            [
+                exe,
+                f"--config.file={path}",
+                f"--storage.tsdb.path={folder / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
     return LocalPrometheus(proc, f"http://127.0.0.1:{port}", log)
 
 
