@@ -224,8 +224,37 @@ def percentiles(samples: Sequence[float]) -> dict[str, float]:
     return {"p50_ms": float(q[0]), "p90_ms": float(q[1]), "p99_ms": float(q[2])}
 
 
+@dataclass
+class Throughput:
+    """One closed-loop block: completed requests over the clients' window and, with a server
+    pid, the CPU its process tree spent in that window."""
+
+    requests: int
+    seconds: float
+    server_cpu_s: float | None = None
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds
+
+    @property
+    def server_cpu_ms_per_request(self) -> float | None:
+        if self.server_cpu_s is None or not self.requests:
+            return None
+        return self.server_cpu_s / self.requests * 1e3
+
+
 def measure_throughput(make_caller: Callable[[], Caller], clients: int, seconds: float) -> float:
     """``clients`` threads, each with its own client, calling back to back: completed req/s."""
+    return run_clients(make_caller, clients, seconds).rps
+
+
+def run_clients(
+    make_caller: Callable[[], Caller], clients: int, seconds: float, server_pid: int | None = None
+) -> Throughput:
+    """`measure_throughput`, with the server's CPU time per request when `server_pid` is given:
+    on a noisy machine that figure holds where req/s moves (the work a request costs, not how
+    soon the host ran it)."""
     callers = [make_caller() for _ in range(clients)]  # connect before the clock starts
     barrier = threading.Barrier(clients + 1)
     stop = threading.Event()
@@ -250,11 +279,13 @@ def measure_throughput(make_caller: Callable[[], Caller], clients: int, seconds:
             thread.start()
         barrier.wait()
         start = time.perf_counter()
+        cpu_start = contention.tree_cpu_seconds(server_pid) if server_pid else None
         time.sleep(seconds)
         stop.set()
         for thread in threads:
             thread.join()
         elapsed = time.perf_counter() - start
+        cpu_end = contention.tree_cpu_seconds(server_pid) if server_pid else None
     finally:
         stop.set()
         for caller in callers:
@@ -264,7 +295,8 @@ def measure_throughput(make_caller: Callable[[], Caller], clients: int, seconds:
         raise RuntimeError(
             f"{len(errors)} client(s) failed: {type(first).__name__}: {first}"
         ) from first
-    return sum(counts) / elapsed
+    cpu = cpu_end - cpu_start if cpu_start is not None and cpu_end is not None else None
+    return Throughput(sum(counts), elapsed, cpu)
 
 
 def warm_up(make_caller: Callable[[], Caller], seconds: float) -> None:
@@ -895,6 +927,7 @@ def measure_view(
     plan: Plan,
     meter: Any,
     metrics: str | None = None,
+    server_pid: int | None = None,
 ) -> dict[str, Any]:
     make = target.shm_caller if view.shm else target.caller
     caller = make(work)
@@ -906,13 +939,15 @@ def measure_view(
         caller.close()
     server = _server_means(before, _scrape_durations(metrics, work.model))
     with meter.block() as thr_block:
-        rps = measure_throughput(lambda: make(work), CLIENTS, plan.throughput_s)
+        load = run_clients(lambda: make(work), CLIENTS, plan.throughput_s, server_pid)
+    cpu = load.server_cpu_ms_per_request
     return {
         **percentiles(samples),
         "mean_ms": float(np.mean(samples)),
         "calls": len(samples),
         "samples": samples,  # pooled for p99 over rounds, dropped from the JSON
-        "throughput_rps": rps,
+        "throughput_rps": load.rps,
+        **({"server_cpu_ms_per_request": cpu} if cpu is not None else {}),
         "contention": {"latency": lat_block.result, "throughput": thr_block.result},
         **server,
     }
@@ -1045,7 +1080,7 @@ def bench_round(
                 before = raw_side(raw, work[m], plan, contender.raw_throughput, meter)
                 for view, target in views:
                     measured.setdefault(view.row, {})[m] = measure_view(
-                        target, view, work[m], plan, meter, spec.extra.get("metrics")
+                        target, view, work[m], plan, meter, spec.extra.get("metrics"), proc.pid
                     )
                     if f"hold_ms.{m}" in spec.extra:  # the held floor: what it waited
                         measured[view.row][m]["hold_ms"] = float(spec.extra[f"hold_ms.{m}"])
@@ -1070,7 +1105,13 @@ def bench_round(
                 f"round {index + 1}/{plan.rounds} {row} {m}: p50 {result['p50_ms']:.2f} ms "
                 f"(raw {result['raw']['p50_ms']:.2f}), p99 {result['p99_ms']:.2f} ms, "
                 f"{result['throughput_rps']:.0f} req/s "
-                f"({result['contention']['throughput']['own_cores']:.2f} cores), outside load "
+                f"({result['contention']['throughput']['own_cores']:.2f} cores"
+                + (
+                    f", server CPU {result['server_cpu_ms_per_request']:.2f} ms/req"
+                    if "server_cpu_ms_per_request" in result
+                    else ""
+                )
+                + "), outside load "
                 f"{result['contention']['latency']['outside_cores']:.2f} cores"
                 + (
                     f"; means: client {result['mean_ms']:.2f}, handler "
@@ -1130,6 +1171,12 @@ def summarise_row(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     out["busy_cores_8_clients"] = _median(
         [r["contention"]["throughput"]["own_cores"] for r in rounds]
     )
+    cpu = [r["server_cpu_ms_per_request"] for r in rounds if "server_cpu_ms_per_request" in r]
+    if cpu and len(cpu) == len(rounds):
+        # The server's own CPU per request at 8 clients: the work a request costs it, which
+        # reproduces where req/s follows the host's mood (raw and the floor have no server).
+        out["server_cpu_ms_per_request"] = _median(cpu)
+        out["server_cpu_spread"] = _spread(cpu)
     if all("hold_ms" in r for r in rounds):
         # The held floor against the raw time it waited (measured just before it started):
         # what answering after that long costs any server here, beyond the wait itself.
@@ -1174,6 +1221,12 @@ def best_of(summaries: dict[str, dict[str, Any]], keys: Sequence[str]) -> dict[s
         p50 = min(have, key=lambda k: summaries[k][m]["p50_ms"])
         p99 = min(have, key=lambda k: summaries[k][m]["p99_ms"])
         thr = max(have, key=lambda k: summaries[k][m]["throughput_rps"])
+        cpu = {
+            k: summaries[k][m]["server_cpu_ms_per_request"]
+            for k in have
+            if "server_cpu_ms_per_request" in summaries[k][m]
+        }
+        leanest = min(cpu, key=lambda k: cpu[k]) if cpu else None
         out[m] = {
             "p50_ms": summaries[p50][m]["p50_ms"],
             "p50_from": p50,
@@ -1181,6 +1234,15 @@ def best_of(summaries: dict[str, dict[str, Any]], keys: Sequence[str]) -> dict[s
             "p99_from": p99,
             "throughput_rps": summaries[thr][m]["throughput_rps"],
             "throughput_from": thr,
+            **(
+                {
+                    "server_cpu_ms_per_request": cpu[leanest],
+                    "server_cpu_spread": summaries[leanest][m].get("server_cpu_spread"),
+                    "server_cpu_from": leanest,
+                }
+                if leanest is not None
+                else {}
+            ),
             "contention": {
                 "contended_blocks": sum(
                     summaries[k][m]["contention"]["contended_blocks"] for k in have
@@ -1231,6 +1293,18 @@ def targets(model_names: Sequence[str]) -> list[Target]:
                     higher,
                 )
             )
+    for m in model_names:
+        out.append(
+            Target(
+                f"{m}_cpu_agent_over_kserve",
+                f"{MODEL_LABELS[m]} server CPU per request, 8 clients: agent / KServe best",
+                lambda t, m=m: _ratio(
+                    _get(t, "agent", m, "server_cpu_ms_per_request"),
+                    _get(t, "kserve", m, "server_cpu_ms_per_request"),
+                ),
+                None,
+            )
+        )
     if "mobilenet" in model_names:
         out.append(
             Target(
@@ -1562,6 +1636,7 @@ def markdown_table(results: dict[str, Any]) -> list[str]:
         if group and group in rss.get("after_run", {}):
             mem = f"{rss['no_models'].get(group, float('nan')):.0f} / {rss['after_run'][group]:.0f}"
         lines.append(f"| {SERVER_LABELS[row]} | " + " | ".join(cells) + f" | {mem} |")
+    lines += cpu_table(results)
     machine = results.get("machine", {})
     blocks = machine.get("blocks", {})
     lines += [
@@ -1574,6 +1649,36 @@ def markdown_table(results: dict[str, Any]) -> list[str]:
         f"{blocks.get('outside_cores_max', 0):.2f} cores; load average up to "
         f"{blocks.get('loadavg_1m_max', 0):.1f} on {machine.get('cpus', '?')} cores.",
     ]
+    return lines
+
+
+def cpu_table(results: dict[str, Any]) -> list[str]:
+    """The servers' own CPU per request at 8 clients (ms): the figure that reproduces."""
+    table = results.get("table", {})
+    names = list(results.get("models", {}))
+    rows = [
+        r
+        for r in TABLE_ROWS
+        if any("server_cpu_ms_per_request" in (table.get(r) or {}).get(m, {}) for m in names)
+    ]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "| server CPU per request, 8 clients, ms | "
+        + " | ".join(MODEL_LABELS[m] for m in names)
+        + " |",
+        "|---" * (len(names) + 1) + "|",
+    ]
+    for row in rows:
+        cells = []
+        for m in names:
+            entry = table[row].get(m, {})
+            value = entry.get("server_cpu_ms_per_request")
+            spread = entry.get("server_cpu_spread")
+            mark = "~" if spread is not None and spread > REPRODUCED else ""
+            cells.append("-" if value is None else f"{value:.2f}{mark}")
+        lines.append(f"| {SERVER_LABELS[row]} | " + " | ".join(cells) + " |")
     return lines
 
 

@@ -72,6 +72,12 @@ def _tree(stats: dict[int, tuple[int, int, str]], root: int) -> set[int]:
     return tree
 
 
+def tree_cpu_seconds(root: int) -> float:
+    """CPU time (user + system) of `root` and its live descendants so far."""
+    stats = _proc_stats()
+    return sum(stats[pid][1] for pid in _tree(stats, root) if pid in stats) / CLOCK_TICKS
+
+
 @dataclass
 class Snapshot:
     wall: float

@@ -134,7 +134,13 @@ def test_contention_meter_tells_own_work_from_outside_work(contention: ModuleTyp
 
 
 def _round(
-    p50: float, p99: float, rps: float, raw_p50: float, outside: float = 0.0, busy: float = 1.0
+    p50: float,
+    p99: float,
+    rps: float,
+    raw_p50: float,
+    outside: float = 0.0,
+    busy: float = 1.0,
+    cpu: float | None = None,
 ) -> dict:
     block = {
         "wall_s": 1.0, "own_cores": 1.0, "outside_cores": outside, "loadavg_1m": [0.5, 0.5],
@@ -145,6 +151,7 @@ def _round(
         "p50_ms": p50, "p90_ms": p50, "p99_ms": p99, "calls": 3, "samples": [p50, p50, p99],
         "throughput_rps": rps, "raw": {**bench_pair(side), "before": side, "after": side},
         "contention": {"latency": block, "throughput": {**block, "own_cores": busy}},
+        **({"server_cpu_ms_per_request": cpu} if cpu is not None else {}),
     }  # fmt: skip
 
 
@@ -156,13 +163,15 @@ def test_summaries_ratios_and_table_from_figures(bench: ModuleType) -> None:
     rows = {
         "agent": {
             "cnn": [
-                _round(11.0, 13.0, 97.0, 10.0, busy=1.9),
-                _round(11.2, 14.0, 99.0, 10.0, busy=1.98),
-                _round(11.1, 14.0, 98.0, 10.0, busy=1.96),
+                _round(11.0, 13.0, 97.0, 10.0, busy=1.9, cpu=12.9),
+                _round(11.2, 14.0, 99.0, 10.0, busy=1.98, cpu=12.5),
+                _round(11.1, 14.0, 98.0, 10.0, busy=1.96, cpu=12.7),
             ]
         },
-        "kserve_default": {"cnn": [_round(12.0, 20.0, 80.0, 10.0, outside=0.5)] * 2},
-        "kserve_tuned": {"cnn": [_round(16.0, 18.0, 90.0, 10.0)] * 2},
+        "kserve_default": {
+            "cnn": [_round(12.0, 20.0, 80.0, 10.0, outside=0.5, cpu=c) for c in (14.0, 16.0)]
+        },
+        "kserve_tuned": {"cnn": [_round(16.0, 18.0, 90.0, 10.0, cpu=12.0)] * 2},
     }
     summaries = {r: {m: bench.summarise_row(v) for m, v in per.items()} for r, per in rows.items()}
     agent = summaries["agent"]["cnn"]
@@ -171,6 +180,8 @@ def test_summaries_ratios_and_table_from_figures(bench: ModuleType) -> None:
     assert agent["throughput_over_raw"] == pytest.approx(0.98)
     assert agent["busy_cores_8_clients"] == pytest.approx(1.96)  # the 8-client blocks' median
     assert agent["reproduced"] is True  # 11.0 vs 11.2: within 10%
+    assert agent["server_cpu_ms_per_request"] == pytest.approx(12.7)  # median of rounds
+    assert agent["server_cpu_spread"] == pytest.approx(0.4 / 12.7)
     assert "p50_over_hold" not in agent  # only the held floor waited
     held = bench.summarise_row(
         [{**_round(12.0, 13.0, 90.0, 9.0), "hold_ms": 10.0},
@@ -182,12 +193,15 @@ def test_summaries_ratios_and_table_from_figures(bench: ModuleType) -> None:
     assert (best["p50_from"], best["p99_from"], best["throughput_from"]) == (
         "kserve_default", "kserve_tuned", "kserve_tuned",
     )  # fmt: skip
+    assert (best["server_cpu_ms_per_request"], best["server_cpu_from"]) == (12.0, "kserve_tuned")
     table = {**summaries, "kserve": {"cnn": best}, "_rss": {"agent": 200.0, "kserve": 250.0}}
     ratios = bench.compute_ratios(table, ["cnn"])
     assert ratios["cnn_p50_agent_over_kserve"]["value"] == pytest.approx(11.1 / 12.0)
     assert ratios["cnn_p50_agent_over_kserve"]["met"] is True
     assert ratios["cnn_throughput_agent_over_kserve"]["met"] is True
     assert ratios["rss_agent_over_kserve"]["value"] == pytest.approx(0.8)
+    cpu = ratios["cnn_cpu_agent_over_kserve"]
+    assert cpu["value"] == pytest.approx(12.7 / 12.0) and "target" not in cpu  # beside them
     results = {
         "models": {"cnn": {}},
         "table": {k: v for k, v in table.items() if not k.startswith("_")},
@@ -201,6 +215,9 @@ def test_summaries_ratios_and_table_from_figures(bench: ModuleType) -> None:
     assert "12.0 / 18.0, 90*" in text  # the best of both forms; contended blocks marked
     assert "90 / 200" in text
     assert "2 of 8 blocks contended" in text
+    cpu_rows = {line.split(" | ")[0]: line for line in text.splitlines() if "CPU" in line}
+    assert "| hatswarm-agent | 12.70 |" in text  # its rounds within 10%: no mark
+    assert "| KServe 0.21 (best of default, tuned) | 12.00 |" in text, cpu_rows
 
 
 def test_a_short_run_against_the_floor_and_the_agent(tmp_path: Path) -> None:
@@ -221,6 +238,10 @@ def test_a_short_run_against_the_floor_and_the_agent(tmp_path: Path) -> None:
     parts = table["agent"]["mlp"]["breakdown_mean_ms"]
     assert 0 < parts["compute"] < parts["handler"] < parts["client"], parts
     assert parts["raw"] > 0 and "breakdown_mean_ms" not in table["floor"]["mlp"]
+    # What each server's process tree spent per request at 8 clients; raw has no server.
+    assert table["agent"]["mlp"]["server_cpu_ms_per_request"] > 0
+    assert table["floor"]["mlp"]["server_cpu_ms_per_request"] > 0
+    assert "server_cpu_ms_per_request" not in table["raw"]["mlp"]
     assert results["rss_mb"]["no_models"]["agent"] > 0
     assert results["rss_mb"]["after_run"]["agent"] > 0
     assert "machine" in results and "blocks" in results["machine"]
