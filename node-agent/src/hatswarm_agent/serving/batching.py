@@ -67,14 +67,26 @@ class AloneChoice:
     """Which way to run a lone request: `run_alone` (wide) or `run`, by measured time per item.
 
     Each way keeps a moving average, seeded by the backend's timing at load; the faster one is
-    used. Real requests only ever go the way that is faster, so only that way learns from them;
-    the other is re-timed on zeros while the queue is idle (`ModelQueue` calls `retime`),
-    which is how a change in the node's load is noticed without making a request slower.
+    used. Real requests go the way that is faster, so that way learns from them; the other is
+    re-timed on zeros while the queue is idle (`ModelQueue` calls `retime`), which is how a
+    change in the node's load is noticed without making a request slower.
+
+    One exception, bounded: while lone requests run narrow, the wide way's figure ages, and a
+    queue that is never idle for long (a steady client) would keep it for good. A timing taken
+    while something else held the cores (the wide way slows most then) would pin every lone
+    request to the one-thread way, ~1.7x slower, for as long as the traffic lasts (measured:
+    whole benchmark blocks at 15 ms instead of 9 on the CNN). So once the wide figure is
+    RECHECK_S old, one lone request tries it and its time replaces the figure; a try that
+    confirms the narrow way doubles the wait before the next (up to RECHECK_MAX_S), so a node
+    that stays busy pays one slower request a minute at most.
     """
 
     wide_s: float = 0.0
     narrow_s: float = 0.0
     on_wide: bool | None = None  # the way chosen last; None after a fresh timing of both
+    wide_at: float = 0.0  # when the wide way was last timed or run (monotonic seconds)
+    recheck_s: float = 1.0  # how old the wide figure may get, on the narrow way, before a try
+    trying: bool = False  # the wide run last chosen was a try: its time replaces the figure
 
     WEIGHT = 0.3
     # Leave the way in use only for one this much faster. Only that way learns from requests,
@@ -83,33 +95,60 @@ class AloneChoice:
     # (measured: SqueezeNet lone requests stuck on the 1-thread way for whole runs, 2.5x raw).
     # A real slowdown (beside a busy process the wide way goes 2-5x slower) still switches.
     MARGIN = 0.25
+    RECHECK_S = 1.0
+    RECHECK_MAX_S = 60.0
 
-    def wide(self) -> bool:
+    def wide(self, now: float) -> bool:
         if not self.wide_s or not self.narrow_s:
             return not self.wide_s  # unmeasured: only at start, before any timing
+        was = self.on_wide
         if self.on_wide is None:
             self.on_wide = self.wide_s <= self.narrow_s
         elif self.on_wide:
             self.on_wide = self.wide_s <= self.narrow_s * (1 + self.MARGIN)
         else:
             self.on_wide = self.wide_s * (1 + self.MARGIN) <= self.narrow_s
-        return self.on_wide
+        if was is not None and was != self.on_wide:
+            log.debug(
+                "lone requests now run the %s way (wide %.2f ms, narrow %.2f ms)",
+                "wide" if self.on_wide else "narrow", self.wide_s * 1e3, self.narrow_s * 1e3,
+            )  # fmt: skip
+        if self.on_wide:
+            self.trying = False
+            if was is False:
+                self.recheck_s = self.RECHECK_S  # back on the wide way: a fresh back-off
+            return True
+        if now - self.wide_at < self.recheck_s:
+            return False
+        log.debug("a lone request tries the wide way (its %.2f ms is %.1f s old)",
+                  self.wide_s * 1e3, now - self.wide_at)  # fmt: skip
+        self.trying = True  # the wide figure is stale: one lone request measures it
+        self.wide_at = now
+        self.recheck_s = min(self.recheck_s * 2, self.RECHECK_MAX_S)
+        return True
 
-    def learn(self, wide: bool, seconds_per_item: float) -> None:
+    def learn(self, wide: bool, seconds_per_item: float, now: float) -> None:
         if wide:
             old = self.wide_s or seconds_per_item
+            if self.trying:
+                old = seconds_per_item  # the stale figure goes: this run is the measurement
             self.wide_s = old + self.WEIGHT * (seconds_per_item - old)
+            self.wide_at = now
+            self.trying = False
         else:
             old = self.narrow_s or seconds_per_item
             self.narrow_s = old + self.WEIGHT * (seconds_per_item - old)
 
-    def retime(self, narrow_s: float, wide_s: float) -> None:
+    def retime(self, narrow_s: float, wide_s: float, now: float) -> None:
         """Fresh idle-time measurements of both ways replace the averages."""
         if narrow_s > 0:
             self.narrow_s = narrow_s
         if wide_s > 0:
             self.wide_s = wide_s
+            self.wide_at = now
         self.on_wide = None  # both measured alike just now: the faster one, no margin
+        self.recheck_s = self.RECHECK_S
+        log.debug("lone ways re-timed: wide %.2f ms, narrow %.2f ms", wide_s * 1e3, narrow_s * 1e3)
 
 
 T = TypeVar("T")
@@ -222,7 +261,7 @@ class ModelQueue:
             model.run_alone if model.runs_alone else None
         )
         self._alone = AloneChoice()
-        self._alone.retime(*model.alone_times)
+        self._alone.retime(*model.alone_times, time.monotonic())
         self._starts = 0  # runs started so far (was a lone run joined by another?)
         self._burst = False  # ran more than one item at once since the last maintenance
         self._retimed = time.monotonic()
@@ -280,7 +319,7 @@ class ModelQueue:
 
     async def _run_lone(self, request: DecodedRequest) -> Result:
         """The idle queue's path: straight to a worker thread, the faster lone way."""
-        wide = self._run_alone is not None and self._alone.wide()
+        wide = self._run_alone is not None and self._alone.wide(time.monotonic())
         self._depth += 1
         self._running += 1
         self._starts += 1
@@ -296,7 +335,7 @@ class ModelQueue:
                 self._wakeup.set()  # requests that came meanwhile: a worker may now take them
             self._after_request()
         if self._run_alone is not None and self._starts == starts:  # stayed alone: a fair sample
-            self._alone.learn(wide, seconds / max(1, request.batch))
+            self._alone.learn(wide, seconds / max(1, request.batch), time.monotonic())
         if self._on_execution is not None:
             self._on_execution(request.batch, seconds)
         return Result(outputs, 0.0, seconds)
@@ -339,7 +378,7 @@ class ModelQueue:
         if retime:
             self._retimed = time.monotonic()
             if times is not None:
-                self._alone.retime(*times)
+                self._alone.retime(*times, time.monotonic())
             if not self.model.runs_alone:  # the backend let its wide way go
                 self._run_alone = None
 
@@ -432,7 +471,7 @@ class ModelQueue:
                 and not self._pending
                 and not batch[0].adapter
             )
-            wide = alone and self._alone.wide()
+            wide = alone and self._alone.wide(time.monotonic())
             self._running += 1
             self._starts += 1
             starts = self._starts
@@ -453,7 +492,7 @@ class ModelQueue:
             if items > 1 or self._running:
                 self._burst = True
             if alone and self._starts == starts:  # it stayed alone: a fair sample
-                self._alone.learn(wide, seconds / items)
+                self._alone.learn(wide, seconds / items, time.monotonic())
             if self._on_execution is not None:
                 self._on_execution(items, seconds)
             for p, outputs in zip(batch, parts, strict=True):

@@ -8,6 +8,7 @@ checked for which way it ran with a fake model.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -63,39 +64,88 @@ def request() -> DecodedRequest:
 
 
 def test_choice_keeps_the_faster_way_and_never_explores_on_requests() -> None:
+    """Within RECHECK_S of the last timing (the clock stands still here), no request is sent
+    the slower way."""
     choice = AloneChoice()
-    assert choice.wide()  # unmeasured (only before the backend timed it): the wide way
-    choice.retime(narrow_s=0.015, wide_s=0.010)
-    assert all(choice.wide() for _ in range(100))  # no request is sent the slow way
+    assert choice.wide(0.0)  # unmeasured (only before the backend timed it): the wide way
+    choice.retime(narrow_s=0.015, wide_s=0.010, now=0.0)
+    assert all(choice.wide(0.0) for _ in range(100))  # no request is sent the slow way
     for _ in range(20):  # the node got busy: the wide way, the one requests take, slows down
-        choice.learn(True, 0.030)
-    assert not choice.wide()
-    assert not any(choice.wide() for _ in range(100))  # narrow now, and only narrow learns
-    choice.retime(narrow_s=0.015, wide_s=0.009)  # idle-time re-timing brings the wide way back
-    assert choice.wide()
+        choice.learn(True, 0.030, 0.0)
+    assert not choice.wide(0.0)
+    assert not any(choice.wide(0.0) for _ in range(100))  # narrow now, and only narrow learns
+    choice.retime(
+        narrow_s=0.015, wide_s=0.009, now=0.0
+    )  # idle-time re-timing brings the wide way back
+    assert choice.wide(0.0)
 
 
 def test_a_few_slow_runs_do_not_flip_the_lone_way() -> None:
     """Only the way in use learns, so a flip on noise would stick: it takes a clear margin."""
     choice = AloneChoice()
-    choice.retime(narrow_s=0.0075, wide_s=0.0045)
-    assert choice.wide()
+    choice.retime(narrow_s=0.0075, wide_s=0.0045, now=0.0)
+    assert choice.wide(0.0)
     for _ in range(3):  # hiccups: the wide way's average rises to ~8.8 ms, past narrow's 7.5
-        choice.learn(True, 0.011)
+        choice.learn(True, 0.011, 0.0)
     assert choice.wide_s > choice.narrow_s
-    assert choice.wide()  # within the margin: stays
+    assert choice.wide(0.0)  # within the margin: stays
     for _ in range(3):
-        choice.learn(True, 0.0045)  # and recovers
-    assert choice.wide()
+        choice.learn(True, 0.0045, 0.0)  # and recovers
+    assert choice.wide(0.0)
     for _ in range(10):
-        choice.learn(True, 0.020)  # a real slowdown: well past the margin
-    assert not choice.wide()
-    choice.learn(False, 0.016)  # narrow slows down a little too: not enough to go back
-    assert not choice.wide()
-    choice.retime(narrow_s=0.0075, wide_s=0.008)  # a fresh timing of both: the faster, no margin
-    assert not choice.wide()
-    choice.retime(narrow_s=0.0075, wide_s=0.0070)
-    assert choice.wide()
+        choice.learn(True, 0.020, 0.0)  # a real slowdown: well past the margin
+    assert not choice.wide(0.0)
+    choice.learn(False, 0.016, 0.0)  # narrow slows down a little too: not enough to go back
+    assert not choice.wide(0.0)
+    choice.retime(
+        narrow_s=0.0075, wide_s=0.008, now=0.0
+    )  # a fresh timing of both: the faster, no margin
+    assert not choice.wide(0.0)
+    choice.retime(narrow_s=0.0075, wide_s=0.0070, now=0.0)
+    assert choice.wide(0.0)
+
+
+def test_a_stale_wide_figure_is_tried_once_and_backs_off_while_it_stays_slow() -> None:
+    """A timing taken while the cores were busy must not pin lone requests to the narrow way
+    for as long as traffic lasts: one request tries the wide way once its figure is a second
+    old; a try that confirms narrow doubles the wait, one that finds it fast again switches."""
+    choice = AloneChoice()
+    choice.retime(narrow_s=0.0125, wide_s=0.030, now=100.0)  # timed while something else ran
+    assert not any(choice.wide(100.0 + i / 1000) for i in range(900))  # fresh: never tried
+    assert choice.wide(101.0)  # a second old: this one lone request tries it
+    assert choice.trying
+    assert not choice.wide(101.001)  # and only that one
+    choice.learn(True, 0.031, now=101.01)  # still slow: the try's time replaces the figure
+    assert choice.wide_s == pytest.approx(0.031)
+    assert not any(choice.wide(101.01 + i / 100) for i in range(199))  # now it waits 2 s
+    assert choice.wide(103.02)
+    choice.learn(True, 0.030, now=103.05)
+    assert not choice.wide(105.0) and choice.wide(107.1)  # then 4 s
+    choice.learn(True, 0.007, now=107.11)  # the node is quiet again: one fast run is enough
+    assert all(choice.wide(107.2 + i) for i in range(10))  # back on the wide way
+    assert choice.recheck_s == AloneChoice.RECHECK_S
+    for _ in range(20):
+        choice.learn(True, 0.040, now=120.0)
+    assert not choice.wide(120.0)  # slow again under traffic: narrow, and tries start at 1 s
+    assert choice.wide(121.0)
+
+
+def test_tries_never_come_more_often_than_the_cap() -> None:
+    choice = AloneChoice()
+    choice.retime(narrow_s=0.010, wide_s=0.050, now=0.0)
+    tries = []
+    for tick in range(1, 2000):  # 2000 s of lone traffic, one request every 100 ms
+        for step in range(10):
+            now = tick + step / 10
+            if choice.wide(now):
+                tries.append(now)
+                choice.learn(True, 0.050, now)
+            else:
+                choice.learn(False, 0.010, now)
+    gaps = [b - a for a, b in itertools.pairwise(tries)]
+    assert len(tries) < 45  # 1, 2, 4, ... 32 s, then one a minute
+    assert max(gaps) == pytest.approx(AloneChoice.RECHECK_MAX_S, abs=0.11)
+    assert all(b >= a - 0.11 for a, b in itertools.pairwise(gaps))  # never closer
 
 
 async def test_lone_requests_run_the_faster_way_and_concurrent_ones_narrow() -> None:
@@ -117,6 +167,23 @@ async def test_narrow_is_chosen_when_timed_faster() -> None:
     for _ in range(10):
         await queue.submit(request())
     assert model.ways == ["narrow"] * 10
+    await queue.close()
+
+
+async def test_the_queue_tries_a_stale_wide_way_with_one_lone_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(AloneChoice, "RECHECK_S", 0.05)
+    model = TwoWays(alone_times=(0.005, 0.008))  # timed at load: narrow faster
+    queue = ModelQueue(model, limit=100, max_batch_size=0, max_queue_delay_s=0, concurrency=2)
+    for _ in range(5):
+        await queue.submit(request())
+    assert model.ways == ["narrow"] * 5
+    await asyncio.sleep(0.06)
+    for _ in range(5):
+        await queue.submit(request())
+    # One try; the fake's wide run takes microseconds, far under narrow's figure: it stays.
+    assert model.ways == ["narrow"] * 5 + ["wide"] * 5
     await queue.close()
 
 
