@@ -115,8 +115,7 @@ class AloneChoice:
             )  # fmt: skip
         if self.on_wide:
             self.trying = False
-            if was is False:
-                self.recheck_s = self.RECHECK_S  # back on the wide way: a fresh back-off
+            self.recheck_s = self.RECHECK_S  # on the wide way: a later narrow spell backs off anew
             return True
         if now - self.wide_at < self.recheck_s:
             return False
@@ -132,6 +131,7 @@ class AloneChoice:
             old = self.wide_s or seconds_per_item
             if self.trying:
                 old = seconds_per_item  # the stale figure goes: this run is the measurement
+                self.on_wide = None  # fresh against narrow's, which learns all along: no margin
             self.wide_s = old + self.WEIGHT * (seconds_per_item - old)
             self.wide_at = now
             self.trying = False

@@ -121,7 +121,7 @@ def test_a_stale_wide_figure_is_tried_once_and_backs_off_while_it_stays_slow() -
     assert choice.wide(103.02)
     choice.learn(True, 0.030, now=103.05)
     assert not choice.wide(105.0) and choice.wide(107.1)  # then 4 s
-    choice.learn(True, 0.007, now=107.11)  # the node is quiet again: one fast run is enough
+    choice.learn(True, 0.011, now=107.11)  # quiet again: one faster run is enough, no margin
     assert all(choice.wide(107.2 + i) for i in range(10))  # back on the wide way
     assert choice.recheck_s == AloneChoice.RECHECK_S
     for _ in range(20):
