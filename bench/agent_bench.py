@@ -253,8 +253,8 @@ def run_clients(
     make_caller: Callable[[], Caller], clients: int, seconds: float, server_pid: int | None = None
 ) -> Throughput:
     """`measure_throughput`, with the server's CPU time per request when `server_pid` is given:
-    on a noisy machine that figure holds where req/s moves (the work a request costs, not how
-    soon the host ran it)."""
+    the work a request costs the server, beside how soon the host ran it (it moves with the
+    host's phase too: CNN 13.5 then 14.9 ms in two runs on 2026-12-02)."""
     callers = [make_caller() for _ in range(clients)]  # connect before the clock starts
     barrier = threading.Barrier(clients + 1)
     stop = threading.Event()
@@ -1173,8 +1173,8 @@ def summarise_row(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     )
     cpu = [r["server_cpu_ms_per_request"] for r in rounds if "server_cpu_ms_per_request" in r]
     if cpu and len(cpu) == len(rounds):
-        # The server's own CPU per request at 8 clients: the work a request costs it, which
-        # reproduces where req/s follows the host's mood (raw and the floor have no server).
+        # The server's own CPU per request at 8 clients: the work a request costs it (raw, in
+        # this process, has no server). It moves with the host less than req/s, but it moves.
         out["server_cpu_ms_per_request"] = _median(cpu)
         out["server_cpu_spread"] = _spread(cpu)
     if all("hold_ms" in r for r in rounds):
@@ -1653,7 +1653,7 @@ def markdown_table(results: dict[str, Any]) -> list[str]:
 
 
 def cpu_table(results: dict[str, Any]) -> list[str]:
-    """The servers' own CPU per request at 8 clients (ms): the figure that reproduces."""
+    """The servers' own CPU per request at 8 clients (ms): what a request costs each server."""
     table = results.get("table", {})
     names = list(results.get("models", {}))
     rows = [
