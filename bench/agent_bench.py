@@ -1174,7 +1174,7 @@ def summarise_row(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     cpu = [r["server_cpu_ms_per_request"] for r in rounds if "server_cpu_ms_per_request" in r]
     if cpu and len(cpu) == len(rounds):
         # The server's own CPU per request at 8 clients: the work a request costs it (raw, in
-        # this process, has no server). It moves with the host less than req/s, but it moves.
+        # this process, has no server). It moves with the host's phase too.
         out["server_cpu_ms_per_request"] = _median(cpu)
         out["server_cpu_spread"] = _spread(cpu)
     if all("hold_ms" in r for r in rounds):
